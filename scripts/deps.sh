@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Wrenn needs to build, run and test, skipping
+# what is already there. Safe to run repeatedly; needs root on Debian 12.
+set -euo pipefail
+
+want=(
+  ca-certificates git make gcc        # build
+  runc iproute2 nftables e2fsprogs    # container runtime driver
+  util-linux kmod procps psmisc       # losetup, mount, ps, fuser
+  busybox-static debootstrap          # templates
+  postgresql                          # store tests on PostgreSQL
+)
+
+missing=()
+for p in "${want[@]}"; do
+  [[ $p == \#* ]] && continue
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "deps: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
