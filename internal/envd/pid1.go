@@ -1,0 +1,72 @@
+package envd
+
+import (
+	"bufio"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// earlyMount is a filesystem envd mounts when it boots a capsule as PID 1
+// and nothing mounted it yet (Firecracker guests; runc mounts these itself).
+type earlyMount struct {
+	source, target, fstype, data string
+	flags                        uintptr
+}
+
+var earlyMounts = []earlyMount{
+	{"proc", "/proc", "proc", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+	{"sysfs", "/sys", "sysfs", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+	{"devtmpfs", "/dev", "devtmpfs", "mode=0755", unix.MS_NOSUID},
+	{"devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620", unix.MS_NOSUID | unix.MS_NOEXEC},
+	{"tmpfs", "/dev/shm", "tmpfs", "mode=1777", unix.MS_NOSUID | unix.MS_NODEV},
+	{"tmpfs", "/run", "tmpfs", "mode=0755", unix.MS_NOSUID | unix.MS_NODEV},
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+}
+
+// SetupPID1 prepares a bare guest when envd is its init: it mounts the
+// essential pseudo filesystems that are not mounted yet. Failures are
+// logged, not fatal: envd still serves whatever works.
+func SetupPID1(log *slog.Logger) {
+	mounted := mountPoints("/proc/self/mountinfo")
+	for _, m := range earlyMounts {
+		if mounted[m.target] {
+			continue
+		}
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			log.Warn("pid1: cannot create mount point", "target", m.target, "err", err)
+			continue
+		}
+		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			log.Warn("pid1: mount failed", "target", m.target, "err", err)
+			continue
+		}
+		if m.target == "/proc" {
+			mounted = mountPoints("/proc/self/mountinfo")
+		}
+	}
+	if _, err := os.Lstat("/dev/ptmx"); errors.Is(err, os.ErrNotExist) {
+		_ = os.Symlink("pts/ptmx", "/dev/ptmx")
+	}
+}
+
+// mountPoints returns the set of mount points listed in a mountinfo file.
+func mountPoints(path string) map[string]bool {
+	out := map[string]bool{}
+	f, err := os.Open(path)
+	if err != nil {
+		return out
+	}
+	defer func() { _ = f.Close() }()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 {
+			out[fields[4]] = true
+		}
+	}
+	return out
+}
