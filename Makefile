@@ -31,19 +31,25 @@ wrenn:
 deps:
 	@scripts/deps.sh
 
-tools:
-	$(TOOL) -n buf >/dev/null
+# Test-only programs installed from the Go module proxy into bin/tools.
+VERSITYGW_VERSION := v1.8.0
+tools: bin/tools/versitygw
+
+bin/tools/versitygw:
+	GOBIN=$(CURDIR)/bin/tools $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 run: deps build
 	@scripts/run.sh
 
 gen:
 	$(TOOL) buf generate
+	$(TOOL) sqlc generate
 
+GENERATED := proto internal/store/postgres/pgdb internal/store/sqlite/sqlitedb
 # CI fails when the checked-in generated tree differs from a fresh `make gen`.
 gen-check: gen
-	@if [[ -n "$$(git status --porcelain -- proto)" ]]; then \
-	  echo "generated code is stale: run 'make gen' and commit the result"; git status --porcelain -- proto; exit 1; fi
+	@if [[ -n "$$(git status --porcelain -- $(GENERATED))" ]]; then \
+	  echo "generated code is stale: run 'make gen' and commit the result"; git status --porcelain -- $(GENERATED); exit 1; fi
 
 vet:
 	$(GO) vet ./...
@@ -54,8 +60,12 @@ lint:
 fmt:
 	$(TOOL) gofumpt -w $$(git ls-files '*.go' | grep -v '^proto/')
 
-test-go:
-	$(GO) test $(TESTFLAGS) ./...
+# Tests need: root (namespaces, cgroups, mounts), a local PostgreSQL (started
+# by scripts/postgres.sh), versitygw (S3 tests) and node/npm (E2B SDK check).
+test-go: tools
+	export PATH="$(CURDIR)/bin/tools:$$PATH"; \
+	export WRENN_TEST_POSTGRES_DSN="$${WRENN_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)}"; \
+	$(GO) test $(TESTFLAGS) ./... && \
 	$(GO) test $(TESTFLAGS) -race -short ./...
 
 test: deps gen-check vet lint build test-go
