@@ -42,6 +42,7 @@ func NewRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCmd())
+	root.AddCommand(newSnapshotCmd())
 	return root
 }
 
