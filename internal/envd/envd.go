@@ -81,6 +81,8 @@ type Server struct {
 	metrics  *metricsReader
 	mux      *http.ServeMux
 	closers  []func()
+	// background tasks run for the lifetime of Serve.
+	background []backgroundTask
 
 	httpMu  sync.Mutex
 	httpSrv *http.Server
@@ -144,6 +146,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.reclaim.run(bg) })
 	wg.Go(func() { s.metrics.run(bg) })
+	for _, task := range s.background {
+		wg.Go(func() { task(bg) })
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

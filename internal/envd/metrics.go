@@ -69,9 +69,9 @@ type metricsReader struct {
 }
 
 type cpuSample struct {
-	busy, total float64 // seconds of CPU time, and capacity seconds
-	at          time.Time
-	ok          bool
+	busy float64 // seconds of CPU time used
+	at   time.Time
+	ok   bool
 }
 
 func newMetricsReader(cfg MetricsConfig) *metricsReader {

@@ -1,0 +1,179 @@
+package process
+
+import (
+	"context"
+	"io"
+	"net"
+	"os/exec"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+// percentile returns the p-th percentile (0..1) of sorted durations in ms.
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := min(int(float64(len(sorted))*p), len(sorted)-1)
+	return float64(sorted[i]) / float64(time.Millisecond)
+}
+
+// BenchmarkExecRoundTrip starts `true` through the connect client over
+// loopback and waits for its end event, interleaved with os/exec running the
+// same binary in the same loop as the baseline.
+func BenchmarkExecRoundTrip(b *testing.B) {
+	h := newHarness(b)
+	ctx := context.Background()
+	path, err := exec.LookPath("true")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Warm the connection and the page cache.
+	for range 5 {
+		if _, err := h.run(b, connect.NewRequest(startReq("true"))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var rpc, base []time.Duration
+	for b.Loop() {
+		began := time.Now()
+		stream, err := h.client.Start(ctx, connect.NewRequest(startReq("true")))
+		if err != nil {
+			b.Fatal(err)
+		}
+		r, err := drain(stream)
+		if err != nil || r.end.GetExitCode() != 0 {
+			b.Fatalf("true: %v %v", r.end, err)
+		}
+		rpc = append(rpc, time.Since(began))
+		_ = stream.Close()
+
+		began = time.Now()
+		if err := exec.Command(path).Run(); err != nil {
+			b.Fatal(err)
+		}
+		base = append(base, time.Since(began))
+	}
+	slices.Sort(rpc)
+	slices.Sort(base)
+	b.ReportMetric(percentile(rpc, 0.50), "p50_ms")
+	b.ReportMetric(percentile(rpc, 0.99), "p99_ms")
+	b.ReportMetric(percentile(base, 0.50), "baseline_p50_ms")
+	b.ReportMetric(percentile(base, 0.99), "baseline_p99_ms")
+	b.ReportMetric(percentile(rpc, 0.50)/percentile(base, 0.50), "ratio_p50")
+}
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// tcpCopy copies size bytes over a loopback TCP connection and returns how
+// long it took.
+func tcpCopy(b *testing.B, size int64) time.Duration {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		_ = c.Close()
+		got <- n
+	}()
+	began := time.Now()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.CopyN(c, zeros{}, size); err != nil {
+		b.Fatal(err)
+	}
+	_ = c.Close()
+	if n := <-got; n != size {
+		b.Fatalf("tcp copy moved %d bytes, want %d", n, size)
+	}
+	return time.Since(began)
+}
+
+// BenchmarkStdoutStream streams 1 GiB (64 MiB with -short) of a process's
+// stdout through the RPC to a client, next to a plain loopback TCP copy of
+// the same size in the same run. The client does not accept gzip: Go's
+// connect client offers it by default and it would turn the zeros into a
+// compression benchmark.
+func BenchmarkStdoutStream(b *testing.B) {
+	size := int64(1 << 30)
+	if testing.Short() {
+		size = 64 << 20
+	}
+	h := newHarness(b)
+	client, tr := h.newClient(connect.WithAcceptCompression("gzip", nil, nil))
+	b.Cleanup(tr.CloseIdleConnections)
+	ctx := context.Background()
+	var rpcTime, tcpTime, rpcCPU, tcpCPU time.Duration
+	var msgs int
+	b.SetBytes(size)
+	for b.Loop() {
+		cpu0 := cpuTime()
+		began := time.Now()
+		stream, err := client.Start(ctx, connect.NewRequest(startReq("head", "-c", strconv.FormatInt(size, 10), "/dev/zero")))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var n int64
+		var exit int32 = -1
+		for stream.Receive() {
+			ev := stream.Msg().GetEvent()
+			msgs++
+			n += int64(len(ev.GetData().GetStdout()))
+			if end := ev.GetEnd(); end != nil {
+				exit = end.GetExitCode()
+			}
+		}
+		if err := stream.Err(); err != nil || n != size || exit != 0 {
+			b.Fatalf("streamed %d bytes, exit %d, err %v; want %d bytes", n, exit, err, size)
+		}
+		_ = stream.Close()
+		rpcTime += time.Since(began)
+		cpu1 := cpuTime()
+		tcpTime += tcpCopy(b, size)
+		rpcCPU += cpu1 - cpu0
+		tcpCPU += cpuTime() - cpu1
+	}
+	total := float64(size) * float64(b.N) / 1e6
+	rpcMBps := total / rpcTime.Seconds()
+	tcpMBps := total / tcpTime.Seconds()
+	b.ReportMetric(rpcMBps, "rpc_MB/s")
+	b.ReportMetric(tcpMBps, "tcp_MB/s")
+	b.ReportMetric(rpcMBps/tcpMBps, "ratio")
+	b.ReportMetric(float64(size)*float64(b.N)/float64(msgs)/1024, "KiB/msg")
+	// CPU seconds this process (envd side and client side) spent per GiB:
+	// steadier than wall-clock rates on a shared machine.
+	gib := float64(size) * float64(b.N) / (1 << 30)
+	b.ReportMetric(rpcCPU.Seconds()/gib, "rpc_cpu_s/GiB")
+	b.ReportMetric(tcpCPU.Seconds()/gib, "tcp_cpu_s/GiB")
+}
+
+// cpuTime returns the user+system CPU time this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
