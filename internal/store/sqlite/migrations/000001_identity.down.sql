@@ -1,0 +1,7 @@
+DROP TABLE IF EXISTS user_tokens;
+DROP TABLE IF EXISTS oauth_providers;
+DROP TABLE IF EXISTS api_keys;
+DROP TABLE IF EXISTS team_invites;
+DROP TABLE IF EXISTS team_members;
+DROP TABLE IF EXISTS users;
+DROP TABLE IF EXISTS teams;

@@ -1,0 +1,7 @@
+-- The platform team owns public templates and records admin-panel actions.
+INSERT INTO teams (id, name, is_byoc, is_platform, created_at, updated_at)
+VALUES ('team-platform', 'Platform', FALSE, TRUE, CAST(strftime('%s', 'now') AS INTEGER) * 1000000, CAST(strftime('%s', 'now') AS INTEGER) * 1000000);
+
+INSERT INTO templates (id, team_id, name, public, size_bytes, created_at, updated_at)
+VALUES ('tpl-base', 'team-platform', 'base', TRUE, 0, CAST(strftime('%s', 'now') AS INTEGER) * 1000000, CAST(strftime('%s', 'now') AS INTEGER) * 1000000),
+       ('tpl-minimal', 'team-platform', 'minimal', TRUE, 0, CAST(strftime('%s', 'now') AS INTEGER) * 1000000, CAST(strftime('%s', 'now') AS INTEGER) * 1000000);

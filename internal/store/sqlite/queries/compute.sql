@@ -1,0 +1,162 @@
+-- name: CreateHostToken :exec
+INSERT INTO host_tokens (token_hash, team_id, created_by, created_at, expires_at)
+VALUES (sqlc.arg(token_hash), sqlc.narg(team_id), sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(expires_at));
+
+-- name: ConsumeHostToken :one
+UPDATE host_tokens SET used_at = sqlc.arg(now), host_id = sqlc.arg(host_id)
+WHERE token_hash = sqlc.arg(token_hash) AND used_at IS NULL AND expires_at > sqlc.arg(now)
+RETURNING *;
+
+-- name: InsertHost :one
+INSERT INTO hosts (id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb,
+                   last_heartbeat_at, created_at, updated_at)
+VALUES (sqlc.arg(id), sqlc.narg(team_id), sqlc.arg(address), 'online', sqlc.arg(credential_hash),
+        sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(created_at))
+RETURNING *;
+
+-- name: GetHost :one
+SELECT * FROM hosts WHERE id = sqlc.arg(id);
+
+-- name: GetHostByCredentialHash :one
+SELECT * FROM hosts WHERE credential_hash = sqlc.arg(credential_hash);
+
+-- name: ListHosts :many
+SELECT * FROM hosts ORDER BY created_at, id;
+
+-- name: ListOnlineSharedHosts :many
+SELECT * FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id;
+
+-- name: ListOnlineTeamHosts :many
+SELECT * FROM hosts WHERE status = 'online' AND team_id = sqlc.arg(team_id) ORDER BY id;
+
+-- name: HostHeartbeat :one
+UPDATE hosts
+SET used_vcpus = sqlc.arg(used_vcpus), used_memory_mb = sqlc.arg(used_memory_mb), used_disk_mb = sqlc.arg(used_disk_mb),
+    vcpus = sqlc.arg(vcpus), memory_mb = sqlc.arg(memory_mb), disk_mb = sqlc.arg(disk_mb),
+    address = sqlc.arg(address),
+    last_heartbeat_at = sqlc.arg(now), updated_at = sqlc.arg(now),
+    status = CASE WHEN status = 'unavailable' THEN 'online' ELSE status END
+WHERE id = sqlc.arg(id)
+RETURNING *;
+
+-- name: MarkStaleHostsUnavailable :many
+UPDATE hosts SET status = 'unavailable', updated_at = sqlc.arg(now)
+WHERE status <> 'unavailable' AND last_heartbeat_at < sqlc.arg(stale_before)
+RETURNING id;
+
+-- name: SetHostStatus :execrows
+UPDATE hosts SET status = sqlc.arg(status), updated_at = sqlc.arg(now) WHERE id = sqlc.arg(id);
+
+-- name: DeleteHost :execrows
+DELETE FROM hosts WHERE id = sqlc.arg(id);
+
+-- name: CreateTemplate :one
+INSERT INTO templates (id, team_id, name, public, size_bytes, created_at, updated_at)
+VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(name), sqlc.arg(public), sqlc.arg(size_bytes), sqlc.arg(created_at), sqlc.arg(created_at))
+RETURNING *;
+
+-- name: GetTemplate :one
+SELECT * FROM templates WHERE id = sqlc.arg(id) AND (team_id = sqlc.arg(team_id) OR public = TRUE);
+
+-- name: GetTemplateByName :one
+SELECT * FROM templates
+WHERE name = sqlc.arg(name) AND (team_id = sqlc.arg(team_id) OR public = TRUE)
+ORDER BY public, id -- the team's own (private) template first
+LIMIT 1;
+
+-- name: ListTemplates :many
+SELECT * FROM templates WHERE team_id = sqlc.arg(team_id) OR public = TRUE ORDER BY name, id;
+
+-- name: ListAllTemplates :many
+SELECT * FROM templates ORDER BY team_id, name;
+
+-- name: UpdateTemplateSize :execrows
+UPDATE templates SET size_bytes = sqlc.arg(size_bytes), updated_at = sqlc.arg(updated_at)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: DeleteTemplate :execrows
+DELETE FROM templates WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: CreateBuild :one
+INSERT INTO builds (id, team_id, template_name, template_id, status, spec, created_by, created_at, updated_at)
+VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(template_name), sqlc.narg(template_id), 'pending',
+        sqlc.arg(spec), sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at))
+RETURNING *;
+
+-- name: GetBuild :one
+SELECT * FROM builds WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: ListBuilds :many
+SELECT * FROM builds WHERE team_id = sqlc.arg(team_id) ORDER BY created_at DESC, id DESC;
+
+-- name: ListAllBuilds :many
+SELECT * FROM builds ORDER BY created_at DESC, id DESC;
+
+-- name: UpdateBuildStatus :execrows
+UPDATE builds
+SET status = sqlc.arg(to_status), error = sqlc.arg(error), template_id = COALESCE(sqlc.narg(template_id), template_id),
+    updated_at = sqlc.arg(now), finished_at = sqlc.narg(finished_at)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(from_status);
+
+-- name: CreateCapsule :one
+INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at)
+VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(template_id), sqlc.narg(host_id), sqlc.arg(status),
+        sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_size_mb), sqlc.arg(timeout_sec),
+        sqlc.narg(expires_at), sqlc.arg(env), sqlc.arg(public), sqlc.arg(access_token_hash),
+        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at))
+RETURNING *;
+
+-- name: GetCapsule :one
+SELECT * FROM capsules WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: GetCapsuleUnscoped :one
+SELECT * FROM capsules WHERE id = sqlc.arg(id);
+
+-- name: ListCapsules :many
+SELECT * FROM capsules
+WHERE team_id = sqlc.arg(team_id)
+  AND (status = sqlc.arg(status) OR sqlc.arg(status) = '')
+  AND (created_at, id) < (sqlc.arg(cursor_ts), CAST(sqlc.arg(cursor_id) AS TEXT))
+ORDER BY created_at DESC, id DESC
+LIMIT sqlc.arg(lim);
+
+-- name: ListAllCapsules :many
+SELECT * FROM capsules
+WHERE (status = sqlc.arg(status) OR sqlc.arg(status) = '')
+  AND (created_at, id) < (sqlc.arg(cursor_ts), CAST(sqlc.arg(cursor_id) AS TEXT))
+ORDER BY created_at DESC, id DESC
+LIMIT sqlc.arg(lim);
+
+-- name: ListCapsulesByHost :many
+SELECT * FROM capsules WHERE host_id = sqlc.arg(host_id) ORDER BY id;
+
+-- name: ListExpiredCapsules :many
+SELECT * FROM capsules
+WHERE expires_at <= sqlc.arg(now) AND status IN ('pending', 'starting', 'running')
+ORDER BY expires_at, id
+LIMIT sqlc.arg(lim);
+
+-- name: CountCapsulesByStatus :many
+SELECT status, count(*) AS n FROM capsules GROUP BY status ORDER BY status;
+
+-- name: UpdateCapsuleStatus :execrows
+UPDATE capsules
+SET status = sqlc.arg(to_status), updated_at = sqlc.arg(now),
+    paused_at = CASE WHEN CAST(sqlc.arg(keep_paused_at) AS BOOLEAN) THEN paused_at ELSE sqlc.narg(paused_at) END
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(from_status);
+
+-- name: SetCapsuleHost :execrows
+UPDATE capsules SET host_id = sqlc.narg(host_id), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: SetCapsuleExpiry :execrows
+UPDATE capsules SET expires_at = sqlc.narg(expires_at), timeout_sec = sqlc.arg(timeout_sec), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: SetCapsulePublic :execrows
+UPDATE capsules SET public = sqlc.arg(public), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: DeleteCapsule :execrows
+DELETE FROM capsules WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);

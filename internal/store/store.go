@@ -1,0 +1,656 @@
+// Package store owns the control plane's persistent state: the domain types
+// (teams, users, keys, hosts, templates, builds, capsules, audit log, usage)
+// and the Store interface the API, scheduler and workers use. It imports no
+// SQL driver; internal/store/sqlite and internal/store/postgres implement
+// Store, and internal/store/storetest is the conformance suite both pass.
+//
+// Invariants every implementation keeps:
+//   - Team data is read and changed only through methods that take a team ID
+//     and match it in the same statement: team A can never read or touch
+//     team B's capsules, keys, templates or builds. Methods that cross teams
+//     are named for it (Admin…, …Unscoped, ListCapsulesByHost) and are for
+//     admins and internal workers only.
+//   - Conditional updates (capsule/build status transitions, the last-admin
+//     rule) are single atomic statements that report whether they applied.
+//   - Timestamps are UTC with microsecond precision.
+//   - Driver errors are mapped to the errors below; callers test them with
+//     errors.Is.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Domain errors. Implementations wrap them with context.
+var (
+	// ErrNotFound: the row does not exist, or belongs to another team.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: a unique key (email, name, id, hash) is taken.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrConflict: the row exists but is not in a state that allows the
+	// change (e.g. a foreign key points nowhere, a token was already used).
+	ErrConflict = errors.New("conflict")
+	// ErrLastAdmin: the change would leave no active platform admin.
+	ErrLastAdmin = errors.New("would remove the last active platform admin")
+	// ErrInvalidCursor: a pagination cursor could not be decoded.
+	ErrInvalidCursor = errors.New("invalid cursor")
+	// ErrInvalid: a value breaks a constraint (unknown status, role, ...).
+	ErrInvalid = errors.New("invalid value")
+)
+
+// PlatformTeamID is the seeded team that owns public templates and under
+// which admin-panel actions are audited. It cannot be deleted.
+const PlatformTeamID = "team-platform"
+
+// Role is a member's role in a team.
+type Role string
+
+// Team roles, strongest first.
+const (
+	RoleOwner  Role = "owner"
+	RoleAdmin  Role = "admin"
+	RoleMember Role = "member"
+)
+
+// UserStatus says whether a user may sign in.
+type UserStatus string
+
+// User statuses.
+const (
+	UserActive   UserStatus = "active"
+	UserInactive UserStatus = "inactive"
+)
+
+// TokenKind names what a UserToken is for.
+type TokenKind string
+
+// User token kinds.
+const (
+	TokenRefresh       TokenKind = "refresh"
+	TokenEmailVerify   TokenKind = "email_verify"
+	TokenPasswordReset TokenKind = "password_reset"
+)
+
+// HostStatus is a host's availability for scheduling.
+type HostStatus string
+
+// Host statuses.
+const (
+	HostOnline      HostStatus = "online"
+	HostUnavailable HostStatus = "unavailable"
+	HostDraining    HostStatus = "draining"
+)
+
+// CapsuleStatus is a capsule's lifecycle state.
+type CapsuleStatus string
+
+// Capsule states: pending → starting → running → paused → hibernated, and
+// the terminal or failure states stopped, error and missing (its host went
+// away).
+const (
+	CapsulePending    CapsuleStatus = "pending"
+	CapsuleStarting   CapsuleStatus = "starting"
+	CapsuleRunning    CapsuleStatus = "running"
+	CapsulePaused     CapsuleStatus = "paused"
+	CapsuleHibernated CapsuleStatus = "hibernated"
+	CapsuleStopped    CapsuleStatus = "stopped"
+	CapsuleError      CapsuleStatus = "error"
+	CapsuleMissing    CapsuleStatus = "missing"
+)
+
+// IsPaused reports whether s keeps the capsule's state on disk or frozen.
+func (s CapsuleStatus) IsPaused() bool { return s == CapsulePaused || s == CapsuleHibernated }
+
+// BuildStatus is a template build's state.
+type BuildStatus string
+
+// Build states.
+const (
+	BuildPending   BuildStatus = "pending"
+	BuildRunning   BuildStatus = "running"
+	BuildSucceeded BuildStatus = "succeeded"
+	BuildFailed    BuildStatus = "failed"
+	BuildCancelled BuildStatus = "cancelled"
+)
+
+// ActorType says who performed an audited action.
+type ActorType string
+
+// Audit actor types.
+const (
+	ActorUser   ActorType = "user"
+	ActorAPIKey ActorType = "api_key"
+	ActorSystem ActorType = "system"
+	ActorHost   ActorType = "host"
+)
+
+// AuditScope separates team activity from admin-panel activity.
+type AuditScope string
+
+// Audit scopes.
+const (
+	ScopeTeam  AuditScope = "team"
+	ScopeAdmin AuditScope = "admin"
+)
+
+// AuditStatus is an audited action's outcome.
+type AuditStatus string
+
+// Audit outcomes.
+const (
+	AuditSuccess AuditStatus = "success"
+	AuditFailure AuditStatus = "failure"
+)
+
+// Team is a tenant. IsBYOC teams run capsules on their own hosts.
+type Team struct {
+	ID         string
+	Name       string
+	IsBYOC     bool
+	IsPlatform bool
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// TeamMembership is a team as seen by one of its members.
+type TeamMembership struct {
+	Team Team
+	Role Role
+}
+
+// Member is a user in a team.
+type Member struct {
+	TeamID    string
+	UserID    string
+	Role      Role
+	Email     string // filled by ListTeamMembers
+	Name      string // filled by ListTeamMembers
+	CreatedAt time.Time
+}
+
+// Invite asks the owner of Email to join a team; the token is stored hashed.
+type Invite struct {
+	ID         string
+	TeamID     string
+	Email      string
+	Role       Role
+	TokenHash  string
+	InvitedBy  string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	AcceptedAt *time.Time
+}
+
+// User is a person. Email is stored lower-case. A soft-deleted user keeps
+// its row (DeletedAt set, email and name replaced) so references stay valid.
+type User struct {
+	ID            string
+	Email         string
+	Name          string
+	PasswordHash  string // empty for OAuth-only users
+	EmailVerified bool
+	IsAdmin       bool
+	Status        UserStatus
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	DeletedAt     *time.Time
+}
+
+// UserToken is a hashed one-time or refresh token.
+type UserToken struct {
+	TokenHash string
+	UserID    string
+	Kind      TokenKind
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// APIKey is a team credential; only its hash and display prefix are kept.
+type APIKey struct {
+	ID         string
+	TeamID     string
+	Name       string
+	Prefix     string
+	Hash       string
+	CreatedBy  string
+	CreatedAt  time.Time
+	LastUsedAt *time.Time
+}
+
+// OAuthLink connects an identity at an OAuth provider to a user.
+type OAuthLink struct {
+	Provider       string
+	ProviderUserID string
+	UserID         string
+	Email          string
+	CreatedAt      time.Time
+}
+
+// Host runs capsules. TeamID is set for a BYOC team's own host.
+type Host struct {
+	ID              string
+	TeamID          string
+	Address         string
+	Status          HostStatus
+	CredentialHash  string
+	VCPUs           int64
+	MemoryMB        int64
+	DiskMB          int64
+	UsedVCPUs       int64
+	UsedMemoryMB    int64
+	UsedDiskMB      int64
+	LastHeartbeatAt *time.Time
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+}
+
+// HostToken is a hashed one-time registration token.
+type HostToken struct {
+	TokenHash string
+	TeamID    string
+	CreatedBy string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	UsedAt    *time.Time
+	HostID    string
+}
+
+// HostUsage is what a host reports in a heartbeat.
+type HostUsage struct {
+	Address      string
+	VCPUs        int64
+	MemoryMB     int64
+	DiskMB       int64
+	UsedVCPUs    int64
+	UsedMemoryMB int64
+	UsedDiskMB   int64
+}
+
+// Template is a capsule image. Public templates (owned by the platform
+// team) are visible to every team; others only to their team.
+type Template struct {
+	ID        string
+	TeamID    string
+	Name      string
+	Public    bool
+	SizeBytes int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Build produces a template.
+type Build struct {
+	ID           string
+	TeamID       string
+	TemplateName string
+	TemplateID   string
+	Status       BuildStatus
+	Spec         []byte // JSON
+	Error        string
+	CreatedBy    string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	FinishedAt   *time.Time
+}
+
+// Capsule is a sandbox.
+type Capsule struct {
+	ID              string
+	TeamID          string
+	TemplateID      string
+	HostID          string
+	Status          CapsuleStatus
+	VCPUs           int64
+	MemoryMB        int64
+	DiskSizeMB      int64
+	TimeoutSec      int64
+	ExpiresAt       *time.Time
+	Env             map[string]string
+	Public          bool
+	AccessTokenHash string
+	CreatedBy       string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	PausedAt        *time.Time
+}
+
+// AuditLog is one audited action. Metadata is a JSON object.
+type AuditLog struct {
+	ID           int64
+	TeamID       string
+	ActorType    ActorType
+	ActorID      string
+	ActorName    string
+	ResourceType string
+	ResourceID   string
+	Action       string
+	Status       AuditStatus
+	Scope        AuditScope
+	Metadata     []byte
+	CreatedAt    time.Time
+}
+
+// AuditFilter selects audit entries; empty fields match everything.
+// TeamID empty means every team (admin use only).
+type AuditFilter struct {
+	TeamID       string
+	Scope        AuditScope
+	ActorID      string
+	ResourceType string
+	Action       string
+	From, To     time.Time // [From, To); zero means unbounded
+	Cursor       string    // from a previous page; empty for the first
+	Limit        int       // 1..1000, default 50
+}
+
+// MetricSnapshot is a capsule's resource use over IntervalMS ending at TS.
+type MetricSnapshot struct {
+	ID         int64
+	CapsuleID  string
+	TeamID     string
+	TS         time.Time
+	IntervalMS int64
+	CPUCores   float64
+	MemBytes   int64
+}
+
+// UsageSum is one team's consumption over a time range.
+type UsageSum struct {
+	TeamID       string
+	CPUMinutes   float64
+	RAMMBMinutes float64
+}
+
+// DailyUsage is one team's consumption on one UTC day (Day at 00:00 UTC).
+type DailyUsage struct {
+	TeamID       string
+	Day          time.Time
+	CPUMinutes   float64
+	RAMMBMinutes float64
+	UpdatedAt    time.Time
+}
+
+// CapsuleFilter pages through capsules, newest first.
+type CapsuleFilter struct {
+	Status CapsuleStatus // empty: all
+	Cursor string
+	Limit  int // 1..1000, default 100
+}
+
+// UserFilter searches users by email or name substring.
+type UserFilter struct {
+	Search string
+	Limit  int // 1..1000, default 100
+	Offset int
+}
+
+// Store is the control plane's persistence. All methods are safe for
+// concurrent use; every method that reads or changes team data takes the
+// team ID.
+type Store interface {
+	Ping(ctx context.Context) error
+	Close() error
+
+	// Teams.
+	CreateTeam(ctx context.Context, t Team) (Team, error)
+	GetTeam(ctx context.Context, id string) (Team, error)
+	GetPlatformTeam(ctx context.Context) (Team, error)
+	ListTeams(ctx context.Context) ([]Team, error)
+	ListTeamsForUser(ctx context.Context, userID string) ([]TeamMembership, error)
+	RenameTeam(ctx context.Context, id, name string) error
+	SetTeamBYOC(ctx context.Context, id string, byoc bool) error
+	// DeleteTeam removes the team and, by cascade, its members, invites,
+	// keys, templates, builds, capsules and BYOC hosts. The platform team
+	// cannot be deleted (ErrConflict).
+	DeleteTeam(ctx context.Context, id string) error
+
+	// Members and invites.
+	AddTeamMember(ctx context.Context, teamID, userID string, role Role) (Member, error)
+	GetTeamMember(ctx context.Context, teamID, userID string) (Member, error)
+	ListTeamMembers(ctx context.Context, teamID string) ([]Member, error)
+	UpdateTeamMemberRole(ctx context.Context, teamID, userID string, role Role) error
+	RemoveTeamMember(ctx context.Context, teamID, userID string) error
+	CreateInvite(ctx context.Context, inv Invite) (Invite, error)
+	ListInvites(ctx context.Context, teamID string) ([]Invite, error)
+	ListInvitesForEmail(ctx context.Context, email string) ([]Invite, error)
+	GetInviteByTokenHash(ctx context.Context, tokenHash string) (Invite, error)
+	// AcceptInvite marks an open, unexpired invite accepted and adds the
+	// user to its team with its role, atomically. ErrConflict when the
+	// invite was already accepted or expired.
+	AcceptInvite(ctx context.Context, inviteID, userID string) (Member, error)
+	DeleteInvite(ctx context.Context, teamID, inviteID string) error
+
+	// Users.
+	CreateUser(ctx context.Context, u User) (User, error)
+	GetUser(ctx context.Context, id string) (User, error)
+	GetUserByEmail(ctx context.Context, email string) (User, error)
+	ListUsers(ctx context.Context, f UserFilter) ([]User, error)
+	SetUserName(ctx context.Context, id, name string) error
+	SetUserPassword(ctx context.Context, id, passwordHash string) error
+	SetUserEmailVerified(ctx context.Context, id string, verified bool) error
+	// SetUserActive activates or deactivates a user. Deactivating the last
+	// active admin fails with ErrLastAdmin.
+	SetUserActive(ctx context.Context, id string, active bool) error
+	// SoftDeleteUser marks the user deleted, scrubs its email, name and
+	// password, removes its memberships, OAuth links and tokens, and
+	// anonymises its audit entries, in one transaction. Deleting the last
+	// active admin fails with ErrLastAdmin.
+	SoftDeleteUser(ctx context.Context, id string) error
+	// GrantUserAdmin makes a user a platform admin; granting again is a
+	// no-op (changed=false).
+	GrantUserAdmin(ctx context.Context, id string) (changed bool, err error)
+	// RevokeUserAdmin removes platform admin in one atomic conditional
+	// statement that never removes the last active admin (ErrLastAdmin).
+	// Revoking a non-admin is a no-op (changed=false).
+	RevokeUserAdmin(ctx context.Context, id string) (changed bool, err error)
+	CountActiveAdmins(ctx context.Context) (int64, error)
+
+	// User tokens (refresh sessions, email verification, password reset).
+	CreateUserToken(ctx context.Context, tok UserToken) error
+	// ConsumeUserToken deletes and returns an unexpired token of that kind,
+	// so a token works once.
+	ConsumeUserToken(ctx context.Context, tokenHash string, kind TokenKind) (UserToken, error)
+	DeleteUserTokens(ctx context.Context, userID string, kind TokenKind) error
+
+	// API keys.
+	CreateAPIKey(ctx context.Context, k APIKey) (APIKey, error)
+	ListAPIKeys(ctx context.Context, teamID string) ([]APIKey, error)
+	DeleteAPIKey(ctx context.Context, teamID, id string) error
+	// LookupAPIKey finds a key by hash and records its use (at most one
+	// write per key per minute).
+	LookupAPIKey(ctx context.Context, hash string) (APIKey, error)
+
+	// OAuth.
+	LinkOAuth(ctx context.Context, l OAuthLink) (OAuthLink, error)
+	GetOAuthLink(ctx context.Context, provider, providerUserID string) (OAuthLink, error)
+	ListOAuthLinks(ctx context.Context, userID string) ([]OAuthLink, error)
+	UnlinkOAuth(ctx context.Context, userID, provider string) error
+
+	// Hosts.
+	CreateHostToken(ctx context.Context, tok HostToken) error
+	// RegisterHost consumes an unused, unexpired registration token and
+	// creates the host (online, heartbeat now), atomically. The host gets
+	// the token's team (BYOC) if it has one.
+	RegisterHost(ctx context.Context, tokenHash string, h Host) (Host, error)
+	GetHost(ctx context.Context, id string) (Host, error)
+	GetHostByCredentialHash(ctx context.Context, hash string) (Host, error)
+	ListHosts(ctx context.Context) ([]Host, error)
+	// ListSchedulableHosts returns online hosts a team may use: the team's
+	// own hosts when byoc, else the shared hosts.
+	ListSchedulableHosts(ctx context.Context, teamID string, byoc bool) ([]Host, error)
+	// HostHeartbeat records usage, sets the heartbeat time and brings an
+	// unavailable host back online.
+	HostHeartbeat(ctx context.Context, id string, u HostUsage) (Host, error)
+	// MarkStaleHostsUnavailable marks hosts whose last heartbeat is older
+	// than staleBefore unavailable and returns their IDs.
+	MarkStaleHostsUnavailable(ctx context.Context, staleBefore time.Time) ([]string, error)
+	SetHostStatus(ctx context.Context, id string, s HostStatus) error
+	DeleteHost(ctx context.Context, id string) error
+
+	// Templates. Get/List see the team's own and public templates; Update
+	// and Delete only the team's own.
+	CreateTemplate(ctx context.Context, t Template) (Template, error)
+	GetTemplate(ctx context.Context, teamID, id string) (Template, error)
+	// GetTemplateByName prefers the team's own template over a public one.
+	GetTemplateByName(ctx context.Context, teamID, name string) (Template, error)
+	ListTemplates(ctx context.Context, teamID string) ([]Template, error)
+	AdminListTemplates(ctx context.Context) ([]Template, error)
+	SetTemplateSize(ctx context.Context, teamID, id string, sizeBytes int64) error
+	DeleteTemplate(ctx context.Context, teamID, id string) error
+
+	// Builds.
+	CreateBuild(ctx context.Context, b Build) (Build, error)
+	GetBuild(ctx context.Context, teamID, id string) (Build, error)
+	ListBuilds(ctx context.Context, teamID string) ([]Build, error)
+	AdminListBuilds(ctx context.Context) ([]Build, error)
+	// UpdateBuildStatus moves a build from one of from to to (recording
+	// errMsg, templateID when not empty, finished time for terminal states)
+	// and reports whether it applied.
+	UpdateBuildStatus(ctx context.Context, teamID, id string, from []BuildStatus, to BuildStatus, errMsg, templateID string) (bool, error)
+
+	// Capsules.
+	CreateCapsule(ctx context.Context, c Capsule) (Capsule, error)
+	GetCapsule(ctx context.Context, teamID, id string) (Capsule, error)
+	// GetCapsuleUnscoped is for the port proxy, reconciler and admin only.
+	GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error)
+	// ListCapsules pages through a team's capsules, newest first; the
+	// returned cursor is empty on the last page.
+	ListCapsules(ctx context.Context, teamID string, f CapsuleFilter) ([]Capsule, string, error)
+	AdminListCapsules(ctx context.Context, f CapsuleFilter) ([]Capsule, string, error)
+	ListCapsulesByHost(ctx context.Context, hostID string) ([]Capsule, error)
+	// ListExpiredCapsules returns live capsules whose expiry is at or before
+	// now, oldest expiry first.
+	ListExpiredCapsules(ctx context.Context, now time.Time, limit int) ([]Capsule, error)
+	CountCapsulesByStatus(ctx context.Context) (map[CapsuleStatus]int64, error)
+	// UpdateCapsuleStatus moves a capsule from `from` to `to` in one
+	// conditional statement and reports whether it applied (false when the
+	// capsule is in another state or is not the team's). Entering a paused
+	// state records PausedAt; leaving paused states clears it.
+	UpdateCapsuleStatus(ctx context.Context, teamID, id string, from, to CapsuleStatus) (bool, error)
+	SetCapsuleHost(ctx context.Context, teamID, id, hostID string) error
+	// SetCapsuleTimeout sets the TTL and the expiry (nil: never expires).
+	SetCapsuleTimeout(ctx context.Context, teamID, id string, timeoutSec int64, expiresAt *time.Time) error
+	SetCapsulePublic(ctx context.Context, teamID, id string, public bool) error
+	DeleteCapsule(ctx context.Context, teamID, id string) error
+
+	// Audit log.
+	InsertAuditLog(ctx context.Context, e AuditLog) (AuditLog, error)
+	// ListAuditLogs pages newest first by (created_at, id); the cursor is
+	// stable under concurrent inserts. next is empty on the last page.
+	ListAuditLogs(ctx context.Context, f AuditFilter) (entries []AuditLog, next string, err error)
+	AnonymizeUserAuditLogs(ctx context.Context, userID string) (int64, error)
+
+	// Usage metering.
+	InsertMetricSnapshots(ctx context.Context, snaps []MetricSnapshot) error
+	ListCapsuleMetricSnapshots(ctx context.Context, teamID, capsuleID string, from, to time.Time) ([]MetricSnapshot, error)
+	ListTeamMetricSnapshots(ctx context.Context, teamID string, from, to time.Time) ([]MetricSnapshot, error)
+	ListTeamsWithMetricSnapshots(ctx context.Context, from, to time.Time) ([]string, error)
+	DeleteMetricSnapshotsBefore(ctx context.Context, before time.Time) (int64, error)
+	// SumUsage aggregates snapshots in [from, to) per team (teamID empty:
+	// every team): CPU minutes = Σ cpu_cores × interval, RAM MB-minutes =
+	// Σ mem MiB × interval. The rollup worker stores completed days with
+	// UpsertDailyUsage; today's figures come from here live.
+	SumUsage(ctx context.Context, teamID string, from, to time.Time) ([]UsageSum, error)
+	// UpsertDailyUsage writes rows keyed by (team, day); writing the same
+	// rows again changes nothing.
+	UpsertDailyUsage(ctx context.Context, rows []DailyUsage) error
+	// ListDailyUsage returns a team's days in [from, to] (dates, inclusive).
+	ListDailyUsage(ctx context.Context, teamID string, from, to time.Time) ([]DailyUsage, error)
+}
+
+// ID prefixes.
+const (
+	PrefixCapsule  = "cl"
+	PrefixTeam     = "team"
+	PrefixUser     = "usr"
+	PrefixAPIKey   = "key"
+	PrefixHost     = "host"
+	PrefixTemplate = "tpl"
+	PrefixBuild    = "bld"
+	PrefixInvite   = "inv"
+)
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// NewID returns prefix + "-" + 16 random lower-case base32 characters
+// (80 bits), e.g. "cl-3k9x…".
+func NewID(prefix string) string {
+	var b [10]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return prefix + "-" + idEncoding.EncodeToString(b[:])
+}
+
+// Now returns the current time as the store keeps it: UTC, microseconds.
+func Now() time.Time { return Truncate(time.Now()) }
+
+// Truncate normalises t to the store's precision (UTC, microseconds).
+func Truncate(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
+// NormalizeEmail lower-cases and trims an email address.
+func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
+
+// Day returns t's UTC calendar day at 00:00 UTC.
+func Day(t time.Time) time.Time {
+	y, m, d := t.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}
+
+// Cursor is a keyset position: the (created_at, id) of the last row of a
+// page. Rows strictly after it in (created_at DESC, id DESC) order follow.
+type Cursor struct {
+	Time  time.Time
+	IntID int64  // for integer-keyed tables (audit log)
+	StrID string // for text-keyed tables (capsules)
+}
+
+// EncodeCursor returns an opaque, URL-safe cursor.
+func EncodeCursor(c Cursor) string {
+	b := binary.BigEndian.AppendUint64(nil, uint64(c.Time.UnixMicro()))
+	b = binary.BigEndian.AppendUint64(b, uint64(c.IntID))
+	b = append(b, c.StrID...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// DecodeCursor parses a cursor from EncodeCursor. The empty string decodes
+// to the start position (after everything).
+func DecodeCursor(s string) (Cursor, error) {
+	if s == "" {
+		// MaxTime is after every row, so the id part never decides.
+		return Cursor{Time: MaxTime, IntID: 1<<63 - 1}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) < 16 || len(b) > 16+256 {
+		return Cursor{}, fmt.Errorf("%w: %q", ErrInvalidCursor, s)
+	}
+	return Cursor{
+		Time:  time.UnixMicro(int64(binary.BigEndian.Uint64(b[:8]))).UTC(),
+		IntID: int64(binary.BigEndian.Uint64(b[8:16])),
+		StrID: string(b[16:]),
+	}, nil
+}
+
+// Time bounds used for open-ended ranges; both fit PostgreSQL timestamptz
+// and int64 microseconds.
+var (
+	MinTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	MaxTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+)
+
+// ClampLimit returns n bounded to [1, max], or def when n <= 0.
+func ClampLimit(n, def, maxN int) int {
+	switch {
+	case n <= 0:
+		return def
+	case n > maxN:
+		return maxN
+	}
+	return n
+}
