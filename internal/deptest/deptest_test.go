@@ -43,9 +43,18 @@ func TestEnvdImportsOnlyItsOwnPackages(t *testing.T) {
 
 // domainRules lists packages that hold domain types and logic, and the
 // import prefixes they must not reach (transports and SQL drivers).
+var (
+	transport = []string{"net/http", "connectrpc.com/", "github.com/go-chi/", "google.golang.org/grpc"}
+	sqlDriver = []string{"database/sql", "github.com/jackc/", "modernc.org/sqlite", "github.com/golang-migrate/"}
+)
+
 var domainRules = map[string][]string{
-	"../../internal/envd/defaults": {"database/sql", "connectrpc.com/"},
-	"../../internal/envd/identity": {"database/sql", "connectrpc.com/"},
+	"../../internal/envd/defaults": append(slices.Clone(sqlDriver), "connectrpc.com/"),
+	"../../internal/envd/identity": append(slices.Clone(sqlDriver), "connectrpc.com/"),
+	"../../internal/store":         slices.Concat(transport, sqlDriver),
+	"../../internal/runtime":       slices.Concat(transport, sqlDriver),
+	"../../internal/usage":         slices.Concat(transport, sqlDriver),
+	"../../internal/audit":         slices.Concat(transport, sqlDriver),
 }
 
 func TestDomainPackagesImportNoTransportOrSQL(t *testing.T) {
