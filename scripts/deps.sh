@@ -7,6 +7,7 @@ want=(
   ca-certificates git make gcc      # build
   runc iproute2 nftables e2fsprogs  # container runtime driver
   util-linux kmod procps psmisc     # losetup, mount, ps, fuser
+  tar file passwd                   # template import, tests (useradd)
   busybox-static debootstrap        # templates
   postgresql                        # store tests on PostgreSQL
 )

@@ -43,6 +43,8 @@ func NewRoot() *cobra.Command {
 	}
 	root.AddCommand(newVersionCmd())
 	root.AddCommand(newSnapshotCmd())
+	root.AddCommand(newAgentCmd())
+	root.AddCommand(newServerCmd())
 	return root
 }
 

@@ -1,0 +1,746 @@
+package api
+
+// Admin panel (/v1/admin/…): users, teams, templates, builds, capsules of
+// every team, and the platform audit log. mountAdmin is called inside the
+// /admin route group, which already requires authentication and platform
+// admin; every state-changing handler here records an admin-scope audit
+// entry under the platform team, failed attempts included.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/wrenn-dev/wrenn/internal/audit"
+	"github.com/wrenn-dev/wrenn/internal/store"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+// mountAdmin adds the admin-panel routes to r (the /v1/admin group).
+func (a *API) mountAdmin(r chi.Router) {
+	r.Get("/users", a.adminListUsers)
+	r.Get("/users/{userID}", a.adminGetUser)
+	r.Put("/users/{userID}/active", a.adminSetUserActive)
+	r.Put("/users/{userID}/admin", a.adminSetUserAdmin)
+	r.Delete("/users/{userID}", a.adminDeleteUser)
+
+	r.Get("/teams", a.adminListTeams)
+	r.Put("/teams/{teamID}/byoc", a.adminSetTeamBYOC)
+	r.Delete("/teams/{teamID}", a.adminDeleteTeam)
+
+	r.Get("/templates", a.adminListTemplates)
+	r.Delete("/templates/{templateID}", a.adminDeleteTemplate)
+
+	r.Get("/builds", a.adminListBuilds)
+	r.Post("/builds", a.adminCreateBuild)
+	r.Post("/builds/{buildID}/cancel", a.adminCancelBuild)
+
+	r.Get("/capsules", a.adminListCapsules)
+	r.Get("/capsules/{capsuleID}", a.adminGetCapsule)
+	r.Delete("/capsules/{capsuleID}", a.adminDeleteCapsule)
+	r.Post("/capsules/{capsuleID}/pause", a.adminPauseCapsule)
+	r.Post("/capsules/{capsuleID}/resume", a.adminResumeCapsule)
+
+	r.Get("/audit-logs", a.adminAuditLogs)
+}
+
+// recordAdmin audits an admin-panel action; err marks it failed.
+func (a *API) recordAdmin(r *http.Request, resourceType, resourceID, action string, err error, meta map[string]any) {
+	if a.cfg.Audit == nil {
+		return
+	}
+	a.cfg.Audit.Admin(r.Context(), audit.Entry{
+		Actor: actor(caller(r.Context())), ResourceType: resourceType, ResourceID: resourceID,
+		Action: action, Failed: err != nil, Metadata: meta,
+	})
+}
+
+type adminUserJSON struct {
+	userJSON
+	Status    string     `json:"status"`
+	DeletedAt *time.Time `json:"deleted_at,omitempty"`
+}
+
+func toAdminUserJSON(u store.User) adminUserJSON {
+	return adminUserJSON{userJSON: toUserJSON(u), Status: string(u.Status), DeletedAt: u.DeletedAt}
+}
+
+// queryInt parses an optional integer query parameter within [lo, hi].
+func queryInt(r *http.Request, name string, lo, hi int) (int, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return 0, errorf(CodeInvalidArgument, "%s must be an integer from %d to %d", name, lo, hi)
+	}
+	return n, nil
+}
+
+func (a *API) adminListUsers(w http.ResponseWriter, r *http.Request) {
+	limit, err := queryInt(r, "limit", 1, 1000)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	offset, err := queryInt(r, "offset", 0, 1<<30)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	q := r.URL.Query().Get("q")
+	if len(q) > 254 {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "q is too long"))
+		return
+	}
+	us, err := a.cfg.Store.ListUsers(r.Context(), store.UserFilter{Search: q, Limit: limit, Offset: offset})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	out := make([]adminUserJSON, 0, len(us))
+	for _, u := range us {
+		out = append(out, toAdminUserJSON(u))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"users": out})
+}
+
+// pathUser reads the {userID} user.
+func (a *API) pathUser(r *http.Request) (store.User, error) {
+	id := chi.URLParam(r, "userID")
+	if err := validID(store.PrefixUser, id); err != nil {
+		return store.User{}, err
+	}
+	u, err := a.cfg.Store.GetUser(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.User{}, errorf(CodeNotFound, "user %q not found", id)
+	}
+	return u, err
+}
+
+func (a *API) adminGetUser(w http.ResponseWriter, r *http.Request) {
+	u, err := a.pathUser(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toAdminUserJSON(u))
+}
+
+// lastAdminError explains a refused change that would leave no admin.
+func lastAdminError(err error) error {
+	if errors.Is(err, store.ErrLastAdmin) {
+		return &Error{Code: CodeConflict, Message: "this user is the last active platform admin; grant admin to someone else first"}
+	}
+	return err
+}
+
+func (a *API) adminSetUserActive(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Active *bool `json:"active"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if req.Active == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "active (boolean) is required"))
+		return
+	}
+	u, err := a.pathUser(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if u.DeletedAt != nil {
+		a.writeError(w, r, errorf(CodeConflict, "user %s is deleted", u.ID))
+		return
+	}
+	action := "deactivate"
+	if *req.Active {
+		action = "activate"
+	}
+	err = a.cfg.Store.SetUserActive(context.WithoutCancel(r.Context()), u.ID, *req.Active)
+	a.recordAdmin(r, "user", u.ID, action, err, map[string]any{"email": u.Email, "from": string(u.Status)})
+	if err != nil {
+		a.writeError(w, r, lastAdminError(err))
+		return
+	}
+	u, err = a.cfg.Store.GetUser(r.Context(), u.ID)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toAdminUserJSON(u))
+}
+
+// adminSetUserAdmin grants or revokes platform admin. Both are idempotent
+// (200 with "changed": false); a revoke that would leave no active admin
+// is refused by the store's single conditional statement (409).
+func (a *API) adminSetUserAdmin(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Admin *bool `json:"admin"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if req.Admin == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "admin (boolean) is required"))
+		return
+	}
+	u, err := a.pathUser(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if u.DeletedAt != nil {
+		a.writeError(w, r, errorf(CodeConflict, "user %s is deleted", u.ID))
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	var changed bool
+	action := "revoke_admin"
+	if *req.Admin {
+		action = "grant_admin"
+		changed, err = a.cfg.Store.GrantUserAdmin(ctx, u.ID)
+	} else {
+		changed, err = a.cfg.Store.RevokeUserAdmin(ctx, u.ID)
+	}
+	self := caller(r.Context()).UserID == u.ID
+	a.recordAdmin(r, "user", u.ID, action, err, map[string]any{"email": u.Email, "changed": changed, "self": self})
+	if err != nil {
+		a.writeError(w, r, lastAdminError(err))
+		return
+	}
+	u, err = a.cfg.Store.GetUser(ctx, u.ID)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"user": toAdminUserJSON(u), "changed": changed})
+}
+
+// adminDeleteUser soft-deletes a user: the row stays (scrubbed), their
+// memberships, links and tokens go, and their audit entries are
+// anonymised.
+func (a *API) adminDeleteUser(w http.ResponseWriter, r *http.Request) {
+	u, err := a.pathUser(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if u.DeletedAt != nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	err = a.cfg.Store.SoftDeleteUser(context.WithoutCancel(r.Context()), u.ID)
+	// The entry names the user by ID only: their email is being scrubbed.
+	a.recordAdmin(r, "user", u.ID, "delete", err, nil)
+	if err != nil {
+		a.writeError(w, r, lastAdminError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) adminListTeams(w http.ResponseWriter, r *http.Request) {
+	ts, err := a.cfg.Store.ListTeams(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	type adminTeamJSON struct {
+		teamJSON
+		IsPlatform bool `json:"is_platform"`
+	}
+	out := make([]adminTeamJSON, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, adminTeamJSON{teamJSON: toTeamJSON(t), IsPlatform: t.IsPlatform})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"teams": out})
+}
+
+func (a *API) pathTeam(r *http.Request) (store.Team, error) {
+	id := chi.URLParam(r, "teamID")
+	if err := validID(store.PrefixTeam, id); err != nil {
+		return store.Team{}, err
+	}
+	t, err := a.cfg.Store.GetTeam(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Team{}, errorf(CodeNotFound, "team %q not found", id)
+	}
+	return t, err
+}
+
+func (a *API) adminSetTeamBYOC(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		BYOC *bool `json:"byoc"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if req.BYOC == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "byoc (boolean) is required"))
+		return
+	}
+	t, err := a.pathTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	err = a.cfg.Store.SetTeamBYOC(context.WithoutCancel(r.Context()), t.ID, *req.BYOC)
+	a.recordAdmin(r, "team", t.ID, "set_byoc", err, map[string]any{"byoc": *req.BYOC, "from": t.IsBYOC})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	t.IsBYOC = *req.BYOC
+	writeJSON(w, http.StatusOK, toTeamJSON(t))
+}
+
+// destroyOnAgent destroys c on its host. A capsule the agent no longer
+// knows counts as destroyed.
+func (a *API) destroyOnAgent(ctx context.Context, c store.Capsule) error {
+	if c.HostID == "" || c.Status == store.CapsuleStopped {
+		return nil
+	}
+	cl, _, err := a.agentFor(ctx, c)
+	if err != nil {
+		return err
+	}
+	_, err = cl.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: c.ID}))
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		return agentError(err)
+	}
+	return nil
+}
+
+// adminDeleteTeam deletes a team with everything in it: its capsules are
+// destroyed on their hosts (best-effort: an unreachable host's capsules
+// are forgotten and its reconciler cleans them up), then the store removes
+// the team, its members, invites, keys, templates, builds and capsules in
+// one cascade.
+func (a *API) adminDeleteTeam(w http.ResponseWriter, r *http.Request) {
+	t, err := a.pathTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if t.IsPlatform || t.ID == store.PlatformTeamID {
+		a.writeError(w, r, errorf(CodeConflict, "the platform team cannot be deleted"))
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	var (
+		gone   []string
+		failed []string
+		cursor string
+	)
+	for {
+		caps, next, err := a.cfg.Store.ListCapsules(ctx, t.ID, store.CapsuleFilter{Cursor: cursor, Limit: 500})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		for _, c := range caps {
+			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if err := a.destroyOnAgent(dctx, c); err != nil {
+				a.log.WarnContext(ctx, "admin team delete: capsule not destroyed on its host", "team_id", t.ID, "capsule_id", c.ID, "host_id", c.HostID, "err", err)
+				failed = append(failed, c.ID)
+			}
+			cancel()
+			gone = append(gone, c.ID)
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	err = a.cfg.Store.DeleteTeam(ctx, t.ID)
+	a.recordAdmin(r, "team", t.ID, "delete", err, map[string]any{
+		"name": t.Name, "capsules": len(gone), "capsules_not_destroyed": failed,
+	})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if a.cfg.OnCapsuleGone != nil {
+		for _, id := range gone {
+			a.cfg.OnCapsuleGone(id)
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type adminTemplateJSON struct {
+	templateJSON
+	TeamID string `json:"team_id"`
+}
+
+func (a *API) adminListTemplates(w http.ResponseWriter, r *http.Request) {
+	ts, err := a.cfg.Store.AdminListTemplates(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	out := make([]adminTemplateJSON, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, adminTemplateJSON{templateJSON: toTemplateJSON(t), TeamID: t.TeamID})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
+}
+
+func (a *API) adminDeleteTemplate(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "templateID")
+	if err := validID(store.PrefixTemplate, id); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	ts, err := a.cfg.Store.AdminListTemplates(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var tmpl *store.Template
+	for i := range ts {
+		if ts[i].ID == id {
+			tmpl = &ts[i]
+			break
+		}
+	}
+	if tmpl == nil {
+		a.writeError(w, r, errorf(CodeNotFound, "template %q not found", id))
+		return
+	}
+	err = a.cfg.Store.DeleteTemplate(context.WithoutCancel(r.Context()), tmpl.TeamID, tmpl.ID)
+	a.recordAdmin(r, "template", tmpl.ID, "delete", err, map[string]any{"name": tmpl.Name, "team_id": tmpl.TeamID})
+	if errors.Is(err, store.ErrConflict) {
+		a.writeError(w, r, errorf(CodeConflict, "template %s is still in use", tmpl.Name))
+		return
+	}
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type buildJSON struct {
+	ID           string          `json:"id"`
+	TeamID       string          `json:"team_id"`
+	TemplateName string          `json:"template_name"`
+	TemplateID   string          `json:"template_id,omitempty"`
+	Status       string          `json:"status"`
+	Spec         json.RawMessage `json:"spec,omitempty"`
+	Error        string          `json:"error,omitempty"`
+	CreatedBy    string          `json:"created_by,omitempty"`
+	CreatedAt    time.Time       `json:"created_at"`
+	UpdatedAt    time.Time       `json:"updated_at"`
+	FinishedAt   *time.Time      `json:"finished_at,omitempty"`
+}
+
+func toBuildJSON(b store.Build) buildJSON {
+	j := buildJSON{
+		ID: b.ID, TeamID: b.TeamID, TemplateName: b.TemplateName, TemplateID: b.TemplateID, Status: string(b.Status),
+		Error: b.Error, CreatedBy: b.CreatedBy, CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, FinishedAt: b.FinishedAt,
+	}
+	if len(b.Spec) > 0 && json.Valid(b.Spec) {
+		j.Spec = b.Spec
+	}
+	return j
+}
+
+func (a *API) adminListBuilds(w http.ResponseWriter, r *http.Request) {
+	bs, err := a.cfg.Store.AdminListBuilds(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	out := make([]buildJSON, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, toBuildJSON(b))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"builds": out})
+}
+
+// adminCreateBuild queues a template build (status pending) for a team
+// (default: the platform team, whose templates are public).
+func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		TemplateName string          `json:"template_name"`
+		TeamID       string          `json:"team_id"`
+		Spec         json.RawMessage `json:"spec"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if !templateNameRE.MatchString(req.TemplateName) {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "template_name must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"))
+		return
+	}
+	if req.TeamID == "" {
+		req.TeamID = store.PlatformTeamID
+	} else if _, err := a.cfg.Store.GetTeam(r.Context(), req.TeamID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			err = errorf(CodeNotFound, "team %q not found", clip(req.TeamID))
+		}
+		a.writeError(w, r, err)
+		return
+	}
+	spec := []byte(strings.TrimSpace(string(req.Spec)))
+	if len(spec) == 0 || string(spec) == "null" {
+		spec = []byte("{}")
+	}
+	if spec[0] != '{' {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "spec must be a JSON object"))
+		return
+	}
+	b, err := a.cfg.Store.CreateBuild(context.WithoutCancel(r.Context()), store.Build{
+		ID: store.NewID(store.PrefixBuild), TeamID: req.TeamID, TemplateName: req.TemplateName,
+		Status: store.BuildPending, Spec: spec, CreatedBy: caller(r.Context()).UserID,
+	})
+	a.recordAdmin(r, "build", b.ID, "create", err, map[string]any{"template_name": req.TemplateName, "team_id": req.TeamID})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toBuildJSON(b))
+}
+
+// adminCancelBuild cancels a pending or running build; a finished one is
+// a 409.
+func (a *API) adminCancelBuild(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "buildID")
+	if err := validID(store.PrefixBuild, id); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	bs, err := a.cfg.Store.AdminListBuilds(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var b *store.Build
+	for i := range bs {
+		if bs[i].ID == id {
+			b = &bs[i]
+			break
+		}
+	}
+	if b == nil {
+		a.writeError(w, r, errorf(CodeNotFound, "build %q not found", id))
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	ok, err := a.cfg.Store.UpdateBuildStatus(ctx, b.TeamID, b.ID,
+		[]store.BuildStatus{store.BuildPending, store.BuildRunning}, store.BuildCancelled, "cancelled by a platform admin", "")
+	if err == nil && !ok {
+		err = errorf(CodeConflict, "build %s is already %s", b.ID, b.Status)
+		if cur, gerr := a.cfg.Store.GetBuild(ctx, b.TeamID, b.ID); gerr == nil {
+			err = errorf(CodeConflict, "build %s is already %s", b.ID, cur.Status)
+		}
+	}
+	a.recordAdmin(r, "build", b.ID, "cancel", err, map[string]any{"template_name": b.TemplateName, "team_id": b.TeamID})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	cur, err := a.cfg.Store.GetBuild(ctx, b.TeamID, b.ID)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toBuildJSON(cur))
+}
+
+type adminCapsuleJSON struct {
+	capsuleJSON
+	TeamID string `json:"team_id"`
+}
+
+func (a *API) adminListCapsules(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.CapsuleFilter{Cursor: q.Get("cursor"), Status: store.CapsuleStatus(q.Get("status"))}
+	limit, err := queryInt(r, "limit", 1, 1000)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	f.Limit = limit
+	switch f.Status {
+	case "", store.CapsulePending, store.CapsuleStarting, store.CapsuleRunning, store.CapsulePaused,
+		store.CapsuleHibernated, store.CapsuleStopped, store.CapsuleError, store.CapsuleMissing:
+	default:
+		a.writeError(w, r, errorf(CodeInvalidArgument, "unknown status %q", clip(string(f.Status))))
+		return
+	}
+	caps, next, err := a.cfg.Store.AdminListCapsules(r.Context(), f)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	out := make([]adminCapsuleJSON, 0, len(caps))
+	for _, c := range caps {
+		out = append(out, adminCapsuleJSON{capsuleJSON: toCapsuleJSON(c), TeamID: c.TeamID})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"capsules": out, "next_cursor": next})
+}
+
+// pathCapsuleAnyTeam reads the {capsuleID} capsule whatever its team.
+func (a *API) pathCapsuleAnyTeam(r *http.Request) (store.Capsule, error) {
+	id := chi.URLParam(r, "capsuleID")
+	if err := validID(store.PrefixCapsule, id); err != nil {
+		return store.Capsule{}, err
+	}
+	c, err := a.cfg.Store.GetCapsuleUnscoped(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Capsule{}, errorf(CodeNotFound, "capsule %q not found", id)
+	}
+	return c, err
+}
+
+func (a *API) adminGetCapsule(w http.ResponseWriter, r *http.Request) {
+	c, err := a.pathCapsuleAnyTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, adminCapsuleJSON{capsuleJSON: toCapsuleJSON(c), TeamID: c.TeamID})
+}
+
+// adminDeleteCapsule destroys any team's capsule. With ?force=true the
+// capsule is forgotten even when its host cannot be reached.
+func (a *API) adminDeleteCapsule(w http.ResponseWriter, r *http.Request) {
+	c, err := a.pathCapsuleAnyTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	force := r.URL.Query().Get("force") == "true"
+	ctx := context.WithoutCancel(r.Context())
+	agentErr := a.destroyOnAgent(r.Context(), c)
+	if agentErr != nil && !force {
+		a.recordAdmin(r, "capsule", c.ID, "delete", agentErr, map[string]any{"team_id": c.TeamID})
+		a.writeError(w, r, agentErr)
+		return
+	}
+	err = a.cfg.Store.DeleteCapsule(ctx, c.TeamID, c.ID)
+	a.recordAdmin(r, "capsule", c.ID, "delete", err, map[string]any{"team_id": c.TeamID, "force": force, "agent_destroyed": agentErr == nil})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if a.cfg.OnCapsuleGone != nil {
+		a.cfg.OnCapsuleGone(c.ID)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) adminPauseCapsule(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		ToDisk bool `json:"to_disk"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	c, err := a.pathCapsuleAnyTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if c.Status != store.CapsuleRunning {
+		a.writeError(w, r, errorf(CodeConflict, "capsule %s is %s, not running", c.ID, c.Status))
+		return
+	}
+	ctx := r.Context()
+	cl, _, err := a.agentFor(ctx, c)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := cl.PauseCapsule(ctx, connect.NewRequest(&pb.PauseCapsuleRequest{CapsuleId: c.ID, ToDisk: req.ToDisk}))
+	a.recordAdmin(r, "capsule", c.ID, "pause", err, map[string]any{"team_id": c.TeamID, "to_disk": req.ToDisk})
+	if err != nil {
+		a.markGoneIfMissing(ctx, cl, c)
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	to := store.CapsulePaused
+	if resp.Msg.GetCapsule().GetState() == pb.CapsuleState_CAPSULE_STATE_HIBERNATED || req.ToDisk {
+		to = store.CapsuleHibernated
+	}
+	a.transition(w, r, c, store.CapsuleRunning, to)
+}
+
+func (a *API) adminResumeCapsule(w http.ResponseWriter, r *http.Request) {
+	c, err := a.pathCapsuleAnyTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var req struct {
+		TimeoutSec *int64 `json:"timeout_sec"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	timeout, err := intField("timeout_sec", req.TimeoutSec, c.TimeoutSec, 1, maxTimeoutSec)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if !c.Status.IsPaused() {
+		a.writeError(w, r, errorf(CodeConflict, "capsule %s is %s, not paused", c.ID, c.Status))
+		return
+	}
+	ctx := r.Context()
+	cl, _, err := a.agentFor(ctx, c)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := cl.ResumeCapsule(ctx, connect.NewRequest(&pb.ResumeCapsuleRequest{CapsuleId: c.ID, TimeoutSec: int32(timeout)})) //nolint:gosec // bounded by maxTimeoutSec
+	a.recordAdmin(r, "capsule", c.ID, "resume", err, map[string]any{"team_id": c.TeamID})
+	if err != nil {
+		a.markGoneIfMissing(ctx, cl, c)
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	if e := resp.Msg.GetCapsule().GetExpiresAt(); e > 0 {
+		t := store.Truncate(time.Unix(e, 0))
+		_ = a.cfg.Store.SetCapsuleTimeout(context.WithoutCancel(ctx), c.TeamID, c.ID, timeout, &t)
+	}
+	a.transition(w, r, c, c.Status, store.CapsuleRunning)
+}
+
+// adminAuditLogs answers GET /v1/admin/audit-logs: every team's and the
+// admin panel's entries, filtered by team_id, actor_id, resource_type,
+// action, scope and from/to (RFC 3339), newest first with a keyset cursor.
+func (a *API) adminAuditLogs(w http.ResponseWriter, r *http.Request) {
+	f, err := AuditFilterFromQuery(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if t := r.URL.Query().Get("team_id"); t != "" {
+		if err := validID(store.PrefixTeam, t); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		f.TeamID = t
+	}
+	a.WriteAuditPage(w, r, f)
+}

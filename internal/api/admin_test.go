@@ -1,0 +1,402 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/store"
+)
+
+// auditActions returns the actions of admin-scope entries about resourceID.
+func auditActions(t *testing.T, st store.Store, resourceID string) []string {
+	t.Helper()
+	es, _, err := st.ListAuditLogs(context.Background(), store.AuditFilter{TeamID: store.PlatformTeamID, Scope: store.ScopeAdmin, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		if e.ResourceID == resourceID {
+			out = append(out, e.Action+":"+string(e.Status))
+		}
+	}
+	return out
+}
+
+func TestAdminUsers(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		e := newEnv(t, st)
+		root := e.signup("root@example.com")
+		e.makeAdmin(root)
+		alice := e.signup("alice@example.com")
+		e.signup("bob@example.com")
+
+		// List and search.
+		all := e.want(e.do("GET", "/v1/admin/users", root.token, nil), 200).json(t)["users"].([]any)
+		if len(all) != 3 {
+			t.Fatalf("users = %d, want 3", len(all))
+		}
+		found := e.want(e.do("GET", "/v1/admin/users?q=ALICE&limit=10", root.token, nil), 200).json(t)["users"].([]any)
+		if len(found) != 1 || found[0].(map[string]any)["id"] != alice.id {
+			t.Fatalf("search = %v", found)
+		}
+		e.want(e.do("GET", "/v1/admin/users?limit=0", root.token, nil), 400)
+		e.want(e.do("GET", "/v1/admin/users/usr-nope", root.token, nil), 404)
+		e.want(e.do("GET", "/v1/admin/users/"+alice.id, root.token, nil), 200)
+
+		// Deactivate: alice's session stops working; activate restores it.
+		for _, tc := range []struct {
+			body       any
+			wantStatus int
+		}{
+			{map[string]any{}, 400},
+			{map[string]any{"active": "no"}, 400},
+			{`{"active":false,"x":1}`, 400},
+		} {
+			e.want(e.do("PUT", "/v1/admin/users/"+alice.id+"/active", root.token, tc.body), tc.wantStatus)
+		}
+		if got := e.want(e.do("PUT", "/v1/admin/users/"+alice.id+"/active", root.token, map[string]bool{"active": false}), 200).str(t, "status"); got != "inactive" {
+			t.Fatalf("status = %q", got)
+		}
+		e.want(e.do("GET", "/v1/me", alice.token, nil), 401)
+		e.want(e.do("PUT", "/v1/admin/users/"+alice.id+"/active", root.token, map[string]bool{"active": true}), 200)
+		e.want(e.do("GET", "/v1/me", alice.token, nil), 200)
+		// The only admin cannot deactivate themselves.
+		if r := e.want(e.do("PUT", "/v1/admin/users/"+root.id+"/active", root.token, map[string]bool{"active": false}), 409); r.str(t, "code") != "conflict" {
+			t.Fatalf("body %s", r.body)
+		}
+
+		// Grant is idempotent; revoke of the last admin is a clear 409.
+		for i, wantChanged := range []bool{true, false} {
+			r := e.want(e.do("PUT", "/v1/admin/users/"+alice.id+"/admin", root.token, map[string]bool{"admin": true}), 200).json(t)
+			if r["changed"] != wantChanged || r["user"].(map[string]any)["is_admin"] != true {
+				t.Fatalf("grant #%d = %v", i, r)
+			}
+		}
+		e.want(e.do("GET", "/v1/admin/users", alice.token, nil), 200)
+		e.want(e.do("PUT", "/v1/admin/users/"+alice.id+"/admin", root.token, map[string]bool{"admin": false}), 200)
+		if r := e.want(e.do("PUT", "/v1/admin/users/"+alice.id+"/admin", root.token, map[string]bool{"admin": false}), 200).json(t); r["changed"] != false {
+			t.Fatalf("second revoke = %v", r)
+		}
+		e.want(e.do("GET", "/v1/admin/users", alice.token, nil), 403)
+		last := e.want(e.do("PUT", "/v1/admin/users/"+root.id+"/admin", root.token, map[string]bool{"admin": false}), 409)
+		if msg := last.str(t, "message"); msg == "" || last.str(t, "code") != "conflict" {
+			t.Fatalf("last-admin answer %s", last.body)
+		}
+		e.want(e.do("DELETE", "/v1/admin/users/"+root.id, root.token, nil), 409)
+		if n, err := st.CountActiveAdmins(context.Background()); err != nil || n != 1 {
+			t.Fatalf("admins = %d, %v", n, err)
+		}
+		if got := auditActions(t, st, root.id); fmt.Sprint(got) != "[delete:failure revoke_admin:failure deactivate:failure]" {
+			t.Fatalf("root's admin audit entries = %v", got)
+		}
+		gotAlice := auditActions(t, st, alice.id)
+		wantAlice := []string{"revoke_admin:success", "revoke_admin:success", "grant_admin:success", "grant_admin:success", "activate:success", "deactivate:success"}
+		if fmt.Sprint(gotAlice) != fmt.Sprint(wantAlice) {
+			t.Fatalf("alice's admin audit entries = %v, want %v", gotAlice, wantAlice)
+		}
+
+		// Deleting a user anonymises their audit entries and ends their sessions.
+		e.apiKey(alice, "alice-key")
+		before, _, err := st.ListAuditLogs(context.Background(), store.AuditFilter{TeamID: alice.team, ActorID: alice.id})
+		if err != nil || len(before) == 0 {
+			t.Fatalf("alice's team entries before delete: %v %v", before, err)
+		}
+		e.want(e.do("DELETE", "/v1/admin/users/"+alice.id, root.token, nil), 204)
+		e.want(e.do("DELETE", "/v1/admin/users/"+alice.id, root.token, nil), 404)
+		e.want(e.do("GET", "/v1/me", alice.token, nil), 401)
+		after, _, err := st.ListAuditLogs(context.Background(), store.AuditFilter{TeamID: alice.team, ActorID: alice.id})
+		if err != nil || len(after) != 0 {
+			t.Fatalf("entries still name alice after delete: %v %v", after, err)
+		}
+		page := e.want(e.do("GET", "/v1/admin/audit-logs?team_id="+alice.team+"&resource_type=api_key", root.token, nil), 200).json(t)
+		entries := page["entries"].([]any)
+		if len(entries) != 1 {
+			t.Fatalf("entries = %v", entries)
+		}
+		if en := entries[0].(map[string]any); en["actor_name"] == alice.email || en["actor_id"] == alice.id {
+			t.Fatalf("entry not anonymised: %v", en)
+		}
+		if got := auditActions(t, st, alice.id); len(got) == 0 || got[0] != "delete:success" {
+			t.Fatalf("delete not audited: %v", got)
+		}
+	})
+}
+
+func TestAdminTeamsTemplatesBuildsCapsules(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		root := e.signup("root@example.com")
+		e.makeAdmin(root)
+		owner := e.signup("owner@example.com")
+		key := e.apiKey(owner, "k")
+
+		// Teams: list, BYOC toggle.
+		teams := e.want(e.do("GET", "/v1/admin/teams", root.token, nil), 200).json(t)["teams"].([]any)
+		if len(teams) < 3 { // platform + two personal teams
+			t.Fatalf("teams = %v", teams)
+		}
+		e.want(e.do("PUT", "/v1/admin/teams/"+owner.team+"/byoc", root.token, map[string]any{}), 400)
+		if r := e.want(e.do("PUT", "/v1/admin/teams/"+owner.team+"/byoc", root.token, map[string]bool{"byoc": true}), 200).json(t); r["is_byoc"] != true {
+			t.Fatalf("byoc = %v", r)
+		}
+		if tm, err := st.GetTeam(ctx, owner.team); err != nil || !tm.IsBYOC {
+			t.Fatalf("team = %+v, %v", tm, err)
+		}
+		e.want(e.do("PUT", "/v1/admin/teams/"+owner.team+"/byoc", root.token, map[string]bool{"byoc": false}), 200)
+		e.want(e.do("DELETE", "/v1/admin/teams/"+store.PlatformTeamID, root.token, nil), 409)
+
+		// Capsules of every team; one on an unreachable host.
+		hostID, _ := e.registerHost(root, "127.0.0.1:1", "")
+		onHost := e.insertCapsule(owner.team, hostID)
+		unplaced := e.insertCapsule(owner.team, "")
+		rootCaps := e.insertCapsule(root.team, "")
+		list := e.want(e.do("GET", "/v1/admin/capsules?limit=2", root.token, nil), 200).json(t)
+		if len(list["capsules"].([]any)) != 2 || list["next_cursor"] == "" {
+			t.Fatalf("page 1 = %v", list)
+		}
+		rest := e.want(e.do("GET", "/v1/admin/capsules?cursor="+list["next_cursor"].(string), root.token, nil), 200).json(t)
+		if len(rest["capsules"].([]any)) != 1 {
+			t.Fatalf("page 2 = %v", rest)
+		}
+		e.want(e.do("GET", "/v1/admin/capsules?status=bogus", root.token, nil), 400)
+		if got := e.want(e.do("GET", "/v1/admin/capsules/"+onHost.ID, root.token, nil), 200).str(t, "team_id"); got != owner.team {
+			t.Fatalf("team_id = %q", got)
+		}
+		// The host cannot be reached: 503 unless forced.
+		e.want(e.do("DELETE", "/v1/admin/capsules/"+onHost.ID, root.token, nil), 503)
+		e.want(e.do("POST", "/v1/admin/capsules/"+onHost.ID+"/pause", root.token, nil), 503)
+		e.want(e.do("POST", "/v1/admin/capsules/"+onHost.ID+"/resume", root.token, nil), 409)
+		e.want(e.do("DELETE", "/v1/admin/capsules/"+rootCaps.ID, root.token, nil), 204)
+		e.want(e.do("GET", "/v1/admin/capsules/"+rootCaps.ID, root.token, nil), 404)
+		if got := auditActions(t, st, onHost.ID); fmt.Sprint(got) != "[pause:failure delete:failure]" {
+			t.Fatalf("capsule audit = %v", got)
+		}
+
+		// Templates and builds.
+		tpl, err := st.CreateTemplate(ctx, store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: owner.team, Name: "custom"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tpls := e.want(e.do("GET", "/v1/admin/templates", root.token, nil), 200).json(t)["templates"].([]any)
+		if len(tpls) == 0 {
+			t.Fatal("no templates listed")
+		}
+		e.want(e.do("DELETE", "/v1/admin/templates/tpl-doesnotexist", root.token, nil), 404)
+		e.want(e.do("DELETE", "/v1/admin/templates/"+tpl.ID, root.token, nil), 204)
+		if _, err := st.GetTemplate(ctx, owner.team, tpl.ID); err == nil {
+			t.Fatal("template still there")
+		}
+		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "Bad Name"}), 400)
+		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "spec": []int{1}}), 400)
+		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "team_id": "team-nope"}), 404)
+		b := e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{
+			"template_name": "python", "spec": map[string]any{"base": "base", "run": []string{"apt-get install -y python3-pip"}},
+		}), 201).json(t)
+		if b["status"] != "pending" || b["team_id"] != store.PlatformTeamID {
+			t.Fatalf("build = %v", b)
+		}
+		bid := b["id"].(string)
+		if bs := e.want(e.do("GET", "/v1/admin/builds", root.token, nil), 200).json(t)["builds"].([]any); len(bs) != 1 {
+			t.Fatalf("builds = %v", bs)
+		}
+		if c := e.want(e.do("POST", "/v1/admin/builds/"+bid+"/cancel", root.token, nil), 200).json(t); c["status"] != "cancelled" {
+			t.Fatalf("cancel = %v", c)
+		}
+		e.want(e.do("POST", "/v1/admin/builds/"+bid+"/cancel", root.token, nil), 409)
+		e.want(e.do("POST", "/v1/admin/builds/bld-nope/cancel", root.token, nil), 404)
+		if got := auditActions(t, st, bid); fmt.Sprint(got) != "[cancel:failure cancel:success create:success]" {
+			t.Fatalf("build audit = %v", got)
+		}
+
+		// Delete the owner's team: capsules (one on a dead host), keys and
+		// members go; the admin log keeps the trace.
+		e.want(e.do("DELETE", "/v1/admin/teams/"+owner.team, root.token, nil), 204)
+		if _, err := st.GetTeam(ctx, owner.team); err == nil {
+			t.Fatal("team still exists")
+		}
+		for _, id := range []string{onHost.ID, unplaced.ID} {
+			if _, err := st.GetCapsuleUnscoped(ctx, id); err == nil {
+				t.Fatalf("capsule %s survived its team", id)
+			}
+		}
+		e.want(e.do("GET", "/v1/me", key, nil), 401)
+		if ms, err := st.ListTeamsForUser(ctx, owner.id); err != nil || len(ms) != 0 {
+			t.Fatalf("memberships = %v, %v", ms, err)
+		}
+		es, _, err := st.ListAuditLogs(ctx, store.AuditFilter{TeamID: store.PlatformTeamID, Scope: store.ScopeAdmin, ResourceType: "team", Action: "delete"})
+		if err != nil || len(es) != 1 || es[0].ResourceID != owner.team || es[0].ActorID != root.id {
+			t.Fatalf("team delete audit = %+v, %v", es, err)
+		}
+		e.want(e.do("DELETE", "/v1/admin/teams/"+owner.team, root.token, nil), 404)
+	})
+}
+
+// TestLastAdminConcurrentRevokes fires many concurrent revokes at the last
+// two admins through the API: one admin always remains, and no request
+// fails with a 5xx.
+func TestLastAdminConcurrentRevokes(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		a := e.signup("a@example.com")
+		b := e.signup("b@example.com")
+		admins := []user{a, b}
+		rounds, perRound := 8, 24
+		if testing.Short() {
+			rounds, perRound = 3, 10
+		}
+		for round := range rounds {
+			for _, u := range admins {
+				e.makeAdmin(u)
+			}
+			var (
+				wg       sync.WaitGroup
+				mu       sync.Mutex
+				statuses = map[int]int{}
+			)
+			start := make(chan struct{})
+			for i := range perRound {
+				by, target := admins[i%2], admins[(i/2)%2]
+				wg.Go(func() {
+					<-start
+					r := e.do("PUT", "/v1/admin/users/"+target.id+"/admin", by.token, map[string]bool{"admin": false})
+					mu.Lock()
+					statuses[r.status]++
+					mu.Unlock()
+					if r.status >= 500 {
+						t.Errorf("round %d: %d %s", round, r.status, r.body)
+					}
+				})
+			}
+			close(start)
+			wg.Wait()
+			for s := range statuses {
+				if s != http.StatusOK && s != http.StatusConflict && s != http.StatusForbidden {
+					t.Fatalf("round %d: unexpected status %d (%v)", round, s, statuses)
+				}
+			}
+			n, err := st.CountActiveAdmins(ctx)
+			if err != nil || n != 1 {
+				t.Fatalf("round %d: active admins = %d, %v (statuses %v)", round, n, err, statuses)
+			}
+			if statuses[http.StatusConflict] == 0 {
+				t.Fatalf("round %d: no revoke was refused: %v", round, statuses)
+			}
+			// The survivor still has admin access.
+			var alive int
+			for _, u := range admins {
+				if e.do("GET", "/v1/admin/users", u.token, nil).status == http.StatusOK {
+					alive++
+				}
+			}
+			if alive != 1 {
+				t.Fatalf("round %d: %d admins can use the panel", round, alive)
+			}
+		}
+	})
+}
+
+// TestAuditPaginationUnderInserts pages through the admin and team audit
+// logs while entries are being inserted: every entry that existed when
+// paging began is seen exactly once, in (created_at, id) descending order.
+func TestAuditPaginationUnderInserts(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		root := e.signup("root@example.com")
+		e.makeAdmin(root)
+		n := 300
+		if testing.Short() {
+			n = 80
+		}
+		base := time.Now().UTC().Add(-time.Hour)
+		var fresh atomic.Int64
+		fresh.Store(100000)
+		insert := func(teamID string, scope store.AuditScope, at time.Time, i int) {
+			if _, err := st.InsertAuditLog(ctx, store.AuditLog{
+				TeamID: teamID, ActorType: store.ActorSystem, ResourceType: "capsule", ResourceID: fmt.Sprintf("cl-%06d", i),
+				Action: "create", Status: store.AuditSuccess, Scope: scope, CreatedAt: at,
+			}); err != nil {
+				t.Error(err)
+			}
+		}
+		// Several entries share a timestamp so the id breaks ties.
+		for i := range n {
+			insert(root.team, store.ScopeTeam, base.Add(time.Duration(i/3)*time.Millisecond), i)
+		}
+		for _, tc := range []struct{ name, path string }{
+			{"team", "/v1/audit-logs?resource_type=capsule&limit=7"},
+			{"admin", "/v1/admin/audit-logs?team_id=" + root.team + "&resource_type=capsule&scope=team&limit=7"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				wg.Go(func() {
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						insert(root.team, store.ScopeTeam, time.Now().UTC(), int(fresh.Add(1)))
+					}
+				})
+				seen := map[string]int{}
+				var prev struct {
+					at time.Time
+					id float64
+				}
+				cursor := ""
+				for pages := 0; ; pages++ {
+					if pages > n {
+						t.Fatal("pagination does not end")
+					}
+					path := tc.path
+					if cursor != "" {
+						path += "&cursor=" + cursor
+					}
+					page := e.want(e.do("GET", path, root.token, nil), 200).json(t)
+					for _, en := range page["entries"].([]any) {
+						m := en.(map[string]any)
+						at, err := time.Parse(time.RFC3339Nano, m["created_at"].(string))
+						if err != nil {
+							t.Fatal(err)
+						}
+						id := m["id"].(float64)
+						if !prev.at.IsZero() && (at.After(prev.at) || (at.Equal(prev.at) && id >= prev.id)) {
+							t.Fatalf("order broken: %v/%v after %v/%v", at, id, prev.at, prev.id)
+						}
+						prev.at, prev.id = at, id
+						seen[m["resource_id"].(string)]++
+					}
+					next, _ := page["next_cursor"].(string)
+					if next == "" {
+						break
+					}
+					cursor = next
+				}
+				close(stop)
+				wg.Wait()
+				for i := range n {
+					if c := seen[fmt.Sprintf("cl-%06d", i)]; c != 1 {
+						t.Fatalf("entry %d seen %d times", i, c)
+					}
+				}
+				for id, c := range seen {
+					if c != 1 {
+						t.Fatalf("%s seen %d times", id, c)
+					}
+				}
+			})
+		}
+		e.want(e.do("GET", "/v1/admin/audit-logs?cursor=!!notacursor", root.token, nil), 400)
+		e.want(e.do("GET", "/v1/admin/audit-logs?team_id=bogus", root.token, nil), 404)
+	})
+}

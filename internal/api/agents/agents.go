@@ -1,0 +1,142 @@
+// Package agents owns the control plane's connections to host agents: one
+// HTTP/1.1 transport pool (separate from the port proxy's) and a Connect
+// client per host, authenticated with the host's credential.
+//
+// Invariants:
+//   - HTTP/2 is off; ResponseHeaderTimeout is long (default 5 min) because
+//     create/pause/resume/snapshot answer only when done; there is no
+//     client-wide timeout, callers pass deadlines in contexts.
+//   - The credential sent to host H is auth.HostCredential(key, H): the
+//     same secret H presents to the control plane, recomputable by every
+//     replica, never stored in clear.
+package agents
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// Config configures a Pool.
+type Config struct {
+	// Key derives host credentials (auth.HostCredential). Required.
+	Key []byte
+	// TLS, when set, is used for https:// agent addresses (mutual TLS when
+	// it carries a client certificate).
+	TLS *tls.Config
+	// ResponseHeaderTimeout default 5 min.
+	ResponseHeaderTimeout time.Duration
+	// DialTimeout default 5 s.
+	DialTimeout time.Duration
+}
+
+// Pool hands out clients for hosts.
+type Pool struct {
+	cfg       Config
+	transport *http.Transport
+
+	mu      sync.Mutex
+	clients map[string]entry
+}
+
+type entry struct {
+	addr   string
+	client hostagentv1connect.HostAgentServiceClient
+}
+
+// NewTransport returns an HTTP/1.1-only transport with the given
+// response-header timeout and TLS config.
+func NewTransport(tc *tls.Config, responseHeaderTimeout, dialTimeout time.Duration) *http.Transport {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	var tlsCfg *tls.Config
+	if tc != nil {
+		tlsCfg = tc.Clone()
+		tlsCfg.NextProtos = []string{"http/1.1"}
+	}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       tlsCfg,
+		Protocols:             &protos,
+		ForceAttemptHTTP2:     false,
+		MaxIdleConns:          512,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: responseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// New returns a pool.
+func New(cfg Config) *Pool {
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = 5 * time.Minute
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	return &Pool{
+		cfg:       cfg,
+		transport: NewTransport(cfg.TLS, cfg.ResponseHeaderTimeout, cfg.DialTimeout),
+		clients:   map[string]entry{},
+	}
+}
+
+// BaseURL is the agent's base URL for a host address ("host:port" gets
+// http:// or, with TLS configured, https://).
+func (p *Pool) BaseURL(address string) string {
+	if strings.Contains(address, "://") {
+		return strings.TrimSuffix(address, "/")
+	}
+	if p.cfg.TLS != nil {
+		return "https://" + address
+	}
+	return "http://" + address
+}
+
+// Credential returns the secret for hostID.
+func (p *Pool) Credential(hostID string) string { return auth.HostCredential(p.cfg.Key, hostID) }
+
+// Client returns the RPC client for h, rebuilt when its address changed.
+func (p *Pool) Client(h store.Host) hostagentv1connect.HostAgentServiceClient {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e, ok := p.clients[h.ID]; ok && e.addr == h.Address {
+		return e.client
+	}
+	hc := &http.Client{Transport: bearer{base: p.transport, secret: p.Credential(h.ID)}}
+	c := hostagentv1connect.NewHostAgentServiceClient(hc, p.BaseURL(h.Address))
+	p.clients[h.ID] = entry{addr: h.Address, client: c}
+	return c
+}
+
+// Forget drops a host's client (host deleted).
+func (p *Pool) Forget(hostID string) {
+	p.mu.Lock()
+	delete(p.clients, hostID)
+	p.mu.Unlock()
+}
+
+// Close closes idle connections.
+func (p *Pool) Close() { p.transport.CloseIdleConnections() }
+
+type bearer struct {
+	base   http.RoundTripper
+	secret string
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.secret)
+	return b.base.RoundTrip(r)
+}

@@ -1,0 +1,253 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/scheduler"
+	"github.com/wrenn-dev/wrenn/internal/store"
+)
+
+// Error codes, the "code" field of every error response.
+const (
+	CodeInvalidArgument  = "invalid_argument"
+	CodeUnauthenticated  = "unauthenticated"
+	CodePermissionDenied = "permission_denied"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeConflict         = "conflict"
+	CodeAlreadyExists    = "already_exists"
+	CodePayloadTooLarge  = "payload_too_large"
+	CodeUnsupportedMedia = "unsupported_media_type"
+	CodeNotImplemented   = "not_implemented"
+	CodeUnavailable      = "unavailable"
+	CodeInternal         = "internal"
+)
+
+// Error is the one error type handlers return to clients: a code from the
+// list above and a message safe to show. Err, when set, is the internal
+// cause; it is logged, never sent.
+type Error struct {
+	Code    string
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Code + ": " + e.Message + ": " + e.Err.Error()
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// errorf builds an *Error with a formatted message.
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// httpStatus is the only place an error code becomes an HTTP status.
+func httpStatus(code string) int {
+	switch code {
+	case CodeInvalidArgument:
+		return http.StatusBadRequest
+	case CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case CodePermissionDenied:
+		return http.StatusForbidden
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case CodeConflict, CodeAlreadyExists:
+		return http.StatusConflict
+	case CodePayloadTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeUnsupportedMedia:
+		return http.StatusUnsupportedMediaType
+	case CodeNotImplemented:
+		return http.StatusNotImplemented
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// Friendly messages for unavailability; they never carry internal detail.
+const (
+	msgNoCapacity       = "no capacity is available to run this capsule right now; please try again in a moment"
+	msgAgentUnavailable = "the capsule's host is not reachable right now; please try again in a moment"
+)
+
+// toAPIError maps any error to an *Error. Unknown errors become internal.
+func toAPIError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return &Error{Code: CodePayloadTooLarge, Message: fmt.Sprintf("request body is larger than %d bytes", mbe.Limit)}
+	case errors.Is(err, store.ErrNotFound):
+		return &Error{Code: CodeNotFound, Message: "not found"}
+	case errors.Is(err, store.ErrAlreadyExists):
+		return &Error{Code: CodeAlreadyExists, Message: "already exists"}
+	case errors.Is(err, store.ErrLastAdmin):
+		return &Error{Code: CodeConflict, Message: "this change would leave no active platform admin"}
+	case errors.Is(err, store.ErrConflict):
+		return &Error{Code: CodeConflict, Message: "the resource is not in a state that allows this change"}
+	case errors.Is(err, store.ErrInvalidCursor):
+		return &Error{Code: CodeInvalidArgument, Message: "invalid cursor"}
+	case errors.Is(err, store.ErrInvalid):
+		return &Error{Code: CodeInvalidArgument, Message: "invalid value"}
+	case errors.Is(err, scheduler.ErrNoHosts), errors.Is(err, scheduler.ErrNoCapacity):
+		return &Error{Code: CodeUnavailable, Message: msgNoCapacity, Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &Error{Code: CodeUnavailable, Message: "the operation timed out; please try again", Err: err}
+	}
+	return &Error{Code: CodeInternal, Message: "internal error", Err: err}
+}
+
+// agentError maps an error from a host agent call. Connect codes that
+// describe the request become 4xx; transport failures become a friendly 503.
+func agentError(err error) *Error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return &Error{Code: CodeUnavailable, Message: msgAgentUnavailable, Err: err}
+	}
+	msg := ce.Message()
+	switch ce.Code() {
+	case connect.CodeNotFound:
+		return &Error{Code: CodeNotFound, Message: clip(msg), Err: err}
+	case connect.CodeInvalidArgument, connect.CodeOutOfRange:
+		return &Error{Code: CodeInvalidArgument, Message: clip(msg), Err: err}
+	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
+		return &Error{Code: CodeConflict, Message: clip(msg), Err: err}
+	case connect.CodeResourceExhausted:
+		return &Error{Code: CodePayloadTooLarge, Message: clip(msg), Err: err}
+	case connect.CodePermissionDenied:
+		return &Error{Code: CodePermissionDenied, Message: clip(msg), Err: err}
+	case connect.CodeUnimplemented:
+		return &Error{Code: CodeNotImplemented, Message: "this host's runtime does not support the operation", Err: err}
+	case connect.CodeCanceled:
+		return &Error{Code: CodeUnavailable, Message: "the request was cancelled", Err: err}
+	case connect.CodeDeadlineExceeded:
+		return &Error{Code: CodeUnavailable, Message: "the operation timed out; please try again", Err: err}
+	}
+	return &Error{Code: CodeUnavailable, Message: msgAgentUnavailable, Err: err}
+}
+
+// clip bounds a message coming from an agent.
+func clip(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
+}
+
+type errorBody struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// writeError writes err as {"code","message"} with its status. Internal
+// errors are logged with the request ID and shown as "internal error".
+func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := toAPIError(err)
+	rid := requestID(r.Context())
+	status := httpStatus(e.Code)
+	msg := e.Message
+	switch {
+	case e.Code == CodeInternal:
+		a.log.ErrorContext(r.Context(), "internal error", "request_id", rid, "method", r.Method, "path", r.URL.Path, "err", err)
+		msg = "internal error (request id " + rid + ")"
+	case e.Err != nil && status >= 500:
+		a.log.WarnContext(r.Context(), "request failed", "request_id", rid, "code", e.Code, "err", e.Err)
+	}
+	writeJSON(w, status, errorBody{Code: e.Code, Message: msg, RequestID: rid})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decodeJSON reads one JSON object into v: unknown fields, trailing data,
+// wrong types and oversized bodies are 4xx errors. An empty body is
+// accepted when optional.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any, limit int64, optional bool) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return errorf(CodeUnsupportedMedia, "Content-Type must be application/json")
+		}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var (
+			syn  *json.SyntaxError
+			typ  *json.UnmarshalTypeError
+			mbe  *http.MaxBytesError
+			inv  *json.InvalidUnmarshalError
+			unkn = strings.HasPrefix(err.Error(), "json: unknown field ")
+		)
+		switch {
+		case errors.Is(err, io.EOF):
+			if optional {
+				return nil
+			}
+			return errorf(CodeInvalidArgument, "request body is empty; a JSON object is required")
+		case errors.As(err, &mbe):
+			return errorf(CodePayloadTooLarge, "request body is larger than %d bytes", mbe.Limit)
+		case errors.As(err, &syn), errors.Is(err, io.ErrUnexpectedEOF):
+			return errorf(CodeInvalidArgument, "request body is not valid JSON")
+		case errors.As(err, &typ):
+			if typ.Field != "" {
+				return errorf(CodeInvalidArgument, "field %q must be of type %s", typ.Field, jsonType(typ.Type.Kind().String()))
+			}
+			return errorf(CodeInvalidArgument, "request body must be a JSON object")
+		case unkn:
+			return errorf(CodeInvalidArgument, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		case errors.As(err, &inv):
+			return err
+		}
+		return errorf(CodeInvalidArgument, "request body could not be decoded")
+	}
+	if dec.More() {
+		return errorf(CodeInvalidArgument, "request body must hold exactly one JSON object")
+	}
+	return nil
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "string"
+	case "bool":
+		return "boolean"
+	case "map", "struct":
+		return "object"
+	case "slice", "array":
+		return "array"
+	}
+	return "number"
+}
+
+// discard logs nothing; used where a logger is optional.
+var discard = slog.New(slog.DiscardHandler)

@@ -1,0 +1,312 @@
+package api
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"connectrpc.com/connect"
+	"github.com/go-chi/chi/v5"
+
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+const fileChunk = 256 << 10
+
+func pathParam(r *http.Request) (string, error) {
+	p := r.URL.Query().Get("path")
+	if p == "" || len(p) > 4096 || strings.ContainsRune(p, 0) {
+		return "", errorf(CodeInvalidArgument, "path is required (at most 4096 bytes, no NUL)")
+	}
+	return p, nil
+}
+
+type fileEntryJSON struct {
+	Name          string `json:"name"`
+	Path          string `json:"path"`
+	Type          string `json:"type"`
+	Size          int64  `json:"size"`
+	Mode          uint32 `json:"mode"`
+	Permissions   string `json:"permissions"`
+	Owner         string `json:"owner"`
+	Group         string `json:"group"`
+	ModifiedAt    int64  `json:"modified_at"`
+	SymlinkTarget string `json:"symlink_target,omitempty"`
+}
+
+func toEntryJSON(e *pb.FileEntry) fileEntryJSON {
+	return fileEntryJSON{
+		Name: e.GetName(), Path: e.GetPath(), Type: e.GetType(), Size: e.GetSize(), Mode: e.GetMode(),
+		Permissions: e.GetPermissions(), Owner: e.GetOwner(), Group: e.GetGroup(), ModifiedAt: e.GetModifiedAt(),
+		SymlinkTarget: e.GetSymlinkTarget(),
+	}
+}
+
+// readFile streams a file's bytes (any size).
+func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
+	path, err := pathParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	stream, err := cl.ReadFileStream(r.Context(), connect.NewRequest(&pb.ReadFileRequest{CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user")}))
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	defer stream.Close()
+	started := false
+	for stream.Receive() {
+		if !started {
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		if _, err := w.Write(stream.Msg().GetData()); err != nil {
+			return
+		}
+	}
+	if err := stream.Err(); err != nil {
+		if !started {
+			a.writeError(w, r, agentError(err))
+			return
+		}
+		// Headers are out: abort the response so the client sees a
+		// truncated body, not a silently short file.
+		a.log.WarnContext(r.Context(), "file stream broke", "capsule_id", c.ID, "request_id", requestID(r.Context()), "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	if !started {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// writeFile streams the request body into a file.
+func (a *API) writeFile(w http.ResponseWriter, r *http.Request) {
+	path, err := pathParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)
+	stream := cl.WriteFileStream(r.Context())
+	sendErr := stream.Send(&pb.WriteFileStreamRequest{Msg: &pb.WriteFileStreamRequest_Header{Header: &pb.WriteFileHeader{
+		CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user"),
+	}}})
+	buf := make([]byte, fileChunk)
+	var readErr error
+	for sendErr == nil {
+		n, err := io.ReadFull(body, buf)
+		if n > 0 {
+			sendErr = stream.Send(&pb.WriteFileStreamRequest{Msg: &pb.WriteFileStreamRequest_Data{Data: append([]byte(nil), buf[:n]...)}})
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	if readErr != nil {
+		_, _ = stream.CloseAndReceive()
+		a.writeError(w, r, readErr)
+		return
+	}
+	resp, err := stream.CloseAndReceive()
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, toEntryJSON(resp.Msg.GetEntry()))
+}
+
+func (a *API) removeFile(w http.ResponseWriter, r *http.Request) {
+	path, err := pathParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if _, err := cl.RemovePath(r.Context(), connect.NewRequest(&pb.RemovePathRequest{CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user")})); err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) listFiles(w http.ResponseWriter, r *http.Request) {
+	path, err := pathParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	depth := uint64(1)
+	if s := r.URL.Query().Get("depth"); s != "" {
+		depth, err = strconv.ParseUint(s, 10, 8)
+		if err != nil || depth < 1 || depth > 10 {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "depth must be an integer from 1 to 10"))
+			return
+		}
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := cl.ListDir(r.Context(), connect.NewRequest(&pb.ListDirRequest{CapsuleId: c.ID, Path: path, Depth: uint32(depth), User: r.URL.Query().Get("user")}))
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	out := make([]fileEntryJSON, 0, len(resp.Msg.GetEntries()))
+	for _, e := range resp.Msg.GetEntries() {
+		out = append(out, toEntryJSON(e))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+}
+
+func (a *API) mkdir(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Path string `json:"path"`
+		User string `json:"user"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if req.Path == "" || len(req.Path) > 4096 || strings.ContainsRune(req.Path, 0) {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "path is required (at most 4096 bytes, no NUL)"))
+		return
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := cl.MakeDir(r.Context(), connect.NewRequest(&pb.MakeDirRequest{CapsuleId: c.ID, Path: req.Path, User: req.User}))
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	status := http.StatusOK
+	if resp.Msg.GetCreated() {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, map[string]any{"created": resp.Msg.GetCreated(), "entry": toEntryJSON(resp.Msg.GetEntry())})
+}
+
+// ---- processes ----
+
+func (a *API) listProcesses(w http.ResponseWriter, r *http.Request) {
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := cl.ListProcesses(r.Context(), connect.NewRequest(&pb.ListProcessesRequest{CapsuleId: c.ID}))
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	type proc struct {
+		PID  uint32            `json:"pid"`
+		Tag  string            `json:"tag,omitempty"`
+		Cmd  string            `json:"cmd"`
+		Args []string          `json:"args"`
+		Cwd  string            `json:"cwd,omitempty"`
+		Env  map[string]string `json:"env,omitempty"`
+	}
+	out := make([]proc, 0, len(resp.Msg.GetProcesses()))
+	for _, p := range resp.Msg.GetProcesses() {
+		out = append(out, proc{p.GetPid(), p.GetTag(), p.GetCmd(), p.GetArgs(), p.GetCwd(), p.GetEnv()})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"processes": out})
+}
+
+func (a *API) startProcess(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		execReq
+		Tag       string `json:"tag"`
+		OpenStdin bool   `json:"open_stdin"`
+	}
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if err := req.validate(); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if len(req.Tag) > 128 {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "tag is too long"))
+		return
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := cl.StartProcess(r.Context(), connect.NewRequest(&pb.StartProcessRequest{
+		CapsuleId: c.ID, Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, User: req.User, Tag: req.Tag, Stdin: req.OpenStdin,
+	}))
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"pid": resp.Msg.GetPid(), "tag": req.Tag})
+}
+
+func pidParam(r *http.Request) (uint32, error) {
+	n, err := strconv.ParseUint(chi.URLParam(r, "pid"), 10, 32)
+	if err != nil || n == 0 {
+		return 0, errorf(CodeInvalidArgument, "pid must be a positive integer")
+	}
+	return uint32(n), nil
+}
+
+func (a *API) killProcess(w http.ResponseWriter, r *http.Request) {
+	pid, err := pidParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	sig := pb.Signal_SIGNAL_SIGKILL
+	switch r.URL.Query().Get("signal") {
+	case "", "SIGKILL", "KILL", "9":
+	case "SIGTERM", "TERM", "15":
+		sig = pb.Signal_SIGNAL_SIGTERM
+	default:
+		a.writeError(w, r, errorf(CodeInvalidArgument, "signal must be SIGKILL or SIGTERM"))
+		return
+	}
+	c, cl, err := a.runningCapsule(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if _, err := cl.KillProcess(r.Context(), connect.NewRequest(&pb.KillProcessRequest{
+		CapsuleId: c.ID, Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}, Signal: sig,
+	})); err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

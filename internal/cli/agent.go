@@ -1,0 +1,169 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/wrenn-dev/wrenn/internal/buildinfo"
+	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/template"
+)
+
+// agentFlags are the flags of `wrenn agent`.
+type agentFlags struct {
+	listen          string
+	home            string
+	stateDir        string
+	templatesDir    string
+	envdPath        string
+	rootfsSize      string
+	defaultTemplate string
+	defaultTimeout  time.Duration
+	secretFile      string
+	tlsCert         string
+	tlsKey          string
+	clientCA        string
+	logLevel        string
+	warmPools       map[string]int
+}
+
+// newAgentCmd returns `wrenn agent`: the host agent serving the control
+// plane over Connect RPC (HTTP/1.1) and running capsules with the
+// container driver.
+func newAgentCmd() *cobra.Command {
+	var f agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host agent: capsules on this host, served to the control plane over Connect RPC",
+		Long: `Run the host agent. It runs capsules with the container runtime driver
+(runc, namespaces, cgroups) and serves the control plane on --listen over
+Connect RPC (HTTP/1.1). It must run as root. After a crash or kill -9,
+starting it again re-adopts every capsule it can and cleans up the rest.
+
+Environment: WRENN_HOME (default /var/lib/wrenn), WRENN_DEFAULT_ROOTFS_SIZE
+(e.g. 30Gi), WRENN_AGENT_SECRET (the host secret, if --secret-file is unset).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runAgent(cmd.Context(), f, cmd.ErrOrStderr())
+		},
+	}
+	home := os.Getenv("WRENN_HOME")
+	if home == "" {
+		home = "/var/lib/wrenn"
+	}
+	size := os.Getenv("WRENN_DEFAULT_ROOTFS_SIZE")
+	if size == "" {
+		size = "5120MiB"
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", ":50051", "address to serve the control plane on")
+	fl.StringVar(&f.home, "home", home, "Wrenn home directory ($WRENN_HOME)")
+	fl.StringVar(&f.stateDir, "state-dir", "", "agent and driver state (default <home>/agent)")
+	fl.StringVar(&f.templatesDir, "templates-dir", "", "template store (default <home>/templates)")
+	fl.StringVar(&f.envdPath, "envd-path", "", "static envd binary put into every capsule (default: envd next to this binary)")
+	fl.StringVar(&f.rootfsSize, "default-rootfs-size", size, "default writable disk per capsule, e.g. 5Gi ($WRENN_DEFAULT_ROOTFS_SIZE)")
+	fl.StringVar(&f.defaultTemplate, "default-template", "base", "template used when a create names none")
+	fl.DurationVar(&f.defaultTimeout, "default-timeout", 300*time.Second, "capsule time to live when a create gives none")
+	fl.StringVar(&f.secretFile, "secret-file", "", "file holding the host secret the control plane must send ($WRENN_AGENT_SECRET)")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM) to serve TLS")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "server key (PEM)")
+	fl.StringVar(&f.clientCA, "client-ca", "", "CA (PEM) that client certificates must chain to (mutual TLS)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
+	return cmd
+}
+
+func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte) (int, error) }) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if f.stateDir == "" {
+		f.stateDir = filepath.Join(f.home, "agent")
+	}
+	if f.templatesDir == "" {
+		f.templatesDir = filepath.Join(f.home, "templates")
+	}
+	if f.envdPath == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		f.envdPath = filepath.Join(filepath.Dir(exe), "envd")
+	}
+	sizeBytes, err := humanize.ParseBytes(f.rootfsSize)
+	if err != nil {
+		return fmt.Errorf("--default-rootfs-size %q: %w", f.rootfsSize, err)
+	}
+	secret := os.Getenv("WRENN_AGENT_SECRET")
+	if f.secretFile != "" {
+		b, err := os.ReadFile(f.secretFile)
+		if err != nil {
+			return fmt.Errorf("--secret-file: %w", err)
+		}
+		secret = string(bytes.TrimSpace(b))
+	}
+	if secret == "" {
+		log.Warn("no host secret set: every caller that reaches --listen controls this host's capsules")
+	}
+	srvCfg := hostagent.ServerConfig{Addr: f.listen, TLSCert: f.tlsCert, TLSKey: f.tlsKey, ClientCA: f.clientCA, Logger: log}
+	if _, err := srvCfg.TLSConfig(); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("the host agent must run as root (namespaces, cgroups, mounts)")
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	templates := &template.Store{Dir: f.templatesDir}
+	if err := os.MkdirAll(templates.Dir, 0o755); err != nil {
+		return err
+	}
+	drv, err := container.New(ctx, container.Config{
+		StateDir:          filepath.Join(f.stateDir, "container"),
+		Templates:         *templates,
+		EnvdPath:          f.envdPath,
+		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+		Logger:            log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = drv.Close() }()
+	agent, err := hostagent.New(ctx, hostagent.Config{
+		Driver:          drv,
+		StateDir:        f.stateDir,
+		Templates:       templates,
+		DefaultTemplate: f.defaultTemplate,
+		DefaultTimeout:  f.defaultTimeout,
+		Secret:          secret,
+		WarmPools:       f.warmPools,
+		Version:         buildinfo.Version,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = agent.Close() }()
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return err
+	}
+	log.Info("host agent serving", "addr", ln.Addr().String(), "tls", f.tlsCert != "", "mtls", f.clientCA != "")
+	return agent.Serve(ctx, ln, srvCfg)
+}

@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/testutil"
+)
+
+func TestServerCommandServesAndStops(t *testing.T) {
+	home := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	secret := filepath.Join(home, "secret")
+	cmd := newServerCmd()
+	cmd.SetArgs([]string{"--listen", addr, "--db", filepath.Join(home, "db", "wrenn.db"), "--jwt-secret-file", secret, "--log-level", "warn"})
+	var stderr bytes.Buffer
+	cmd.SetErr(&stderr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/health", nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		_ = res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}, "wrenn server answers /health")
+	st, err := os.Stat(secret)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file: %v, mode %v; want 0600", err, st.Mode())
+	}
+	first, _ := os.ReadFile(secret)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("server exited with %v; stderr %s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not stop after cancellation")
+	}
+	// A second start reuses the secret.
+	if _, err := loadOrCreateSecret(secret); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(secret); !bytes.Equal(first, again) {
+		t.Fatal("the secret changed between starts")
+	}
+	if _, err := serverConfig(serverFlags{db: filepath.Join(home, "x.db"), secretFile: secret, logLevel: "loud"}, &stderr); err == nil {
+		t.Fatal("bad --log-level accepted")
+	}
+	if _, err := serverConfig(serverFlags{db: filepath.Join(home, "x.db"), secretFile: secret, logLevel: "info", githubClientID: "id"}, &stderr); err == nil {
+		t.Fatal("GitHub client id without a secret file accepted")
+	}
+}

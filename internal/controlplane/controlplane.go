@@ -1,0 +1,346 @@
+// Package controlplane assembles the control plane: it opens the store,
+// builds auth, the agent pool, the scheduler, the port proxy, the audit
+// recorder and the HTTP API into one Server, and runs the background loops
+// (host liveness, the reconciler that aligns the store with what agents
+// report, and the hourly usage rollup).
+//
+// Invariants:
+//   - The server is stateless: everything durable is in the store, so
+//     several replicas can run against one PostgreSQL.
+//   - Every http.Server has ReadHeaderTimeout and IdleTimeout.
+//   - Run returns only after the HTTP server and every background loop
+//     have stopped (graceful shutdown, bounded by ShutdownTimeout).
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/wrenn-dev/wrenn/internal/api"
+	"github.com/wrenn-dev/wrenn/internal/api/agents"
+	"github.com/wrenn-dev/wrenn/internal/audit"
+	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/proxy"
+	"github.com/wrenn-dev/wrenn/internal/scheduler"
+	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/internal/store/postgres"
+	"github.com/wrenn-dev/wrenn/internal/store/sqlite"
+	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Listen address (default 127.0.0.1:9725).
+	Listen string
+	// DB is a SQLite file path, or a PostgreSQL URL (postgres://…,
+	// postgresql://…) or key=value DSN. Ignored when Store is set.
+	DB string
+	// Store, when set, is used instead of opening DB (wrenn up, tests).
+	// The caller keeps ownership: Close does not close it.
+	Store store.Store
+	// Secret signs sessions and derives OAuth-state and host-credential
+	// keys; at least 32 bytes. Every replica needs the same one.
+	Secret []byte
+	// SessionTTL default 24 h.
+	SessionTTL time.Duration
+	// PublicURL is where browsers reach Wrenn (OAuth redirects).
+	PublicURL string
+	// ProxyDomain enables {port}-{capsule}.{ProxyDomain} routing.
+	ProxyDomain string
+	// GitHub sign-in; disabled when ClientID is empty.
+	GitHub auth.GitHubConfig
+	// AgentCA, AgentClientCert and AgentClientKey configure TLS (mutual
+	// with a client certificate) to agents on https:// addresses.
+	AgentCA, AgentClientCert, AgentClientKey string
+	// AgentResponseHeaderTimeout default 5 min.
+	AgentResponseHeaderTimeout time.Duration
+	// HeartbeatInterval hosts are asked to use (default 30 s); a host
+	// silent for HeartbeatMisses intervals (default 3) is unavailable.
+	HeartbeatInterval time.Duration
+	HeartbeatMisses   int
+	// ReconcileInterval default 30 s.
+	ReconcileInterval time.Duration
+	// ShutdownTimeout bounds graceful shutdown (default 15 s).
+	ShutdownTimeout time.Duration
+	DisableSignup   bool
+	SecureCookies   bool
+	// WSOriginPatterns are extra origins allowed to open WebSockets.
+	WSOriginPatterns []string
+	// UsageRollupInterval is how often completed days are rolled into
+	// daily usage (default 1 h).
+	UsageRollupInterval time.Duration
+	// AdminRoutes adds routes under /v1/admin (see api.Config).
+	AdminRoutes func(r chi.Router, a *api.API)
+	Logger      *slog.Logger
+}
+
+func (c *Config) fill() error {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:9725"
+	}
+	if len(c.Secret) < 32 {
+		return errors.New("controlplane: Secret must be at least 32 bytes")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.SessionTTL, 24*time.Hour)
+	def(&c.HeartbeatInterval, 30*time.Second)
+	def(&c.ReconcileInterval, 30*time.Second)
+	def(&c.ShutdownTimeout, 15*time.Second)
+	def(&c.AgentResponseHeaderTimeout, 5*time.Minute)
+	def(&c.UsageRollupInterval, time.Hour)
+	if c.HeartbeatMisses <= 0 {
+		c.HeartbeatMisses = 3
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Server is a control plane replica.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	store     store.Store
+	ownStore  bool
+	agents    *agents.Pool
+	proxy     *proxy.Proxy
+	api       *api.API
+	handler   http.Handler
+	registry  *prometheus.Registry
+	usage     *usage.Service
+	closeOnce sync.Once
+}
+
+// IsPostgresDSN reports whether db names PostgreSQL rather than a file.
+func IsPostgresDSN(db string) bool {
+	return strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://") ||
+		strings.Contains(db, "host=") || strings.Contains(db, "dbname=")
+}
+
+// OpenStore opens (and migrates) the store db names.
+func OpenStore(ctx context.Context, db string) (store.Store, error) {
+	if db == "" {
+		return nil, errors.New("controlplane: no database configured")
+	}
+	if IsPostgresDSN(db) {
+		return postgres.Open(ctx, postgres.Options{DSN: db})
+	}
+	return sqlite.Open(ctx, sqlite.Options{Path: db})
+}
+
+// New builds a server.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), store: cfg.Store}
+	if s.store == nil {
+		st, err := OpenStore(ctx, cfg.DB)
+		if err != nil {
+			return nil, err
+		}
+		s.store, s.ownStore = st, true
+	}
+	tc, err := agentTLS(cfg)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	sessions, err := auth.NewSessions(auth.DeriveKey(cfg.Secret, "wrenn session v1"), cfg.SessionTTL)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.agents = agents.New(agents.Config{
+		Key: auth.DeriveKey(cfg.Secret, "wrenn host credential v1"), TLS: tc,
+		ResponseHeaderTimeout: cfg.AgentResponseHeaderTimeout,
+	})
+	s.proxy = proxy.New(proxy.Config{Resolve: s.resolveProxy, Domain: cfg.ProxyDomain, TLS: tc, Logger: s.log})
+	s.registry = prometheus.NewRegistry()
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.usage = &usage.Service{Store: s.store, Log: s.log}
+	var gh *auth.GitHubClient
+	if cfg.GitHub.Enabled() {
+		ghc := cfg.GitHub
+		if ghc.RedirectURL == "" {
+			ghc.RedirectURL = strings.TrimSuffix(cfg.PublicURL, "/") + "/v1/auth/github/callback"
+		}
+		gh = auth.NewGitHubClient(ghc, &http.Client{Timeout: 15 * time.Second})
+	}
+	s.api = api.New(api.Config{
+		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
+		Agents: s.agents, Scheduler: scheduler.New(s.store), GitHub: gh, Proxy: s.proxy,
+		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
+		Audit:     &audit.Recorder{Store: s.store, Logger: s.log},
+		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
+		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
+	})
+	s.handler = s.proxy.Wrap(s.api)
+	return s, nil
+}
+
+func agentTLS(cfg Config) (*tls.Config, error) {
+	if cfg.AgentCA == "" && cfg.AgentClientCert == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.AgentCA != "" {
+		pem, err := os.ReadFile(cfg.AgentCA)
+		if err != nil {
+			return nil, fmt.Errorf("controlplane: agent CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("controlplane: agent CA: no certificates found")
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.AgentClientCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.AgentClientCert, cfg.AgentClientKey)
+		if err != nil {
+			return nil, fmt.Errorf("controlplane: agent client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Handler is the full HTTP handler (API, /proxy/, subdomain proxy).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Store returns the server's store.
+func (s *Server) Store() store.Store { return s.store }
+
+// HostCredential is the secret host hostID and the control plane share.
+func (s *Server) HostCredential(hostID string) string { return s.agents.Credential(hostID) }
+
+// Agent returns the RPC client the server uses for host h.
+func (s *Server) Agent(h store.Host) hostagentv1connect.HostAgentServiceClient {
+	return s.agents.Client(h)
+}
+
+// NewHTTPServer returns the http.Server for h with the server timeouts.
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
+
+// Run listens on cfg.Listen and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("controlplane: listen: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln and runs the background loops until ctx ends, then
+// shuts down gracefully.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := NewHTTPServer(s.handler, s.log)
+	s.log.Info("control plane listening", "addr", ln.Addr().String())
+	bg, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
+	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval) })
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		err = srv.Shutdown(sctx)
+		scancel()
+		if err != nil {
+			_ = srv.Close()
+		}
+		<-errc
+	}
+	cancel()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) loop(ctx context.Context, every time.Duration, f func(context.Context) error) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("background pass failed", "err", err)
+			}
+		}
+	}
+}
+
+// Close releases the server's resources (and the store when it opened it).
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		if s.agents != nil {
+			s.agents.Close()
+		}
+		if s.proxy != nil {
+			s.proxy.Close()
+		}
+		if s.ownStore && s.store != nil {
+			_ = s.store.Close()
+		}
+	})
+}
+
+func (s *Server) resolveProxy(ctx context.Context, id string) (proxy.Target, error) {
+	if !strings.HasPrefix(id, store.PrefixCapsule+"-") || len(id) > 80 {
+		return proxy.Target{}, proxy.ErrNotFound
+	}
+	c, err := s.store.GetCapsuleUnscoped(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return proxy.Target{}, proxy.ErrNotFound
+	}
+	if err != nil {
+		return proxy.Target{}, err
+	}
+	if c.HostID == "" {
+		return proxy.Target{Public: c.Public, AccessTokenHash: c.AccessTokenHash}, nil
+	}
+	h, err := s.store.GetHost(ctx, c.HostID)
+	if err != nil {
+		return proxy.Target{}, err
+	}
+	return proxy.Target{
+		AgentURL: s.agents.BaseURL(h.Address), HostSecret: s.agents.Credential(h.ID),
+		Public: c.Public, AccessTokenHash: c.AccessTokenHash,
+		Running: c.Status == store.CapsuleRunning && h.Status != store.HostUnavailable,
+	}, nil
+}

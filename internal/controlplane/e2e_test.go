@@ -1,0 +1,361 @@
+package controlplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/coder/websocket"
+
+	"github.com/wrenn-dev/wrenn/internal/api/apitest"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
+	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/internal/template"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+var agentSeq atomic.Int32
+
+// startAgent runs a real host agent with the container driver on
+// loopback, registered with the control plane through hostlink.
+func startAgent(t testing.TB, c *cp, adminTok string) (hostID string, agent *hostagent.Agent) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	ctx := testutil.Context(t, testutil.Long)
+	dir := t.TempDir()
+	envd, err := buildEnvd(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpls := &template.Store{Dir: filepath.Join(dir, "templates")}
+	if _, err := tmpls.BuildBusybox(ctx, "minimal", ""); err != nil {
+		t.Fatalf("build minimal template: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := c.call("POST", "/v1/admin/hosts/tokens", adminTok, map[string]any{}, 201).obj(t)["token"].(string)
+	hl := &hostlink.Client{BaseURL: c.url}
+	reg, err := hl.Register(ctx, tok, hostlink.Usage{Address: ln.Addr().String(), VCPUs: 4, MemoryMB: 8192, DiskMB: 100000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := "wcp" + strings.TrimPrefix(reg.HostID, "host-")[:6]
+	dc := container.Config{
+		StateDir: filepath.Join(dir, "driver"), Templates: *tmpls, EnvdPath: envd,
+		DefaultMemoryMB: 128, DefaultDiskSizeMB: 64, PidsLimit: 128, CgroupParent: "/" + tag,
+		Network: network.Config{
+			// 10.170-179: a range no other package's tests use.
+			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 170+int(agentSeq.Add(1))%10)),
+			Table:  tag, NetnsPrefix: tag + "-",
+		},
+		Logger: logger(),
+	}
+	drv, err := container.New(ctx, dc)
+	if err != nil {
+		t.Fatalf("container.New: %v", err)
+	}
+	ag, err := hostagent.New(ctx, hostagent.Config{
+		Driver: drv, StateDir: filepath.Join(dir, "agent"), Templates: tmpls, DefaultTemplate: "minimal",
+		Secret: reg.Credential, Logger: logger(),
+	})
+	if err != nil {
+		_ = drv.Close()
+		t.Fatalf("hostagent.New: %v", err)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = ag.Serve(sctx, ln, hostagent.ServerConfig{Logger: logger()}) })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		_ = ag.Close()
+		_ = drv.Close()
+		cctx, ccancel := context.WithTimeout(context.Background(), testutil.Long)
+		defer ccancel()
+		if last, err := container.New(cctx, dc); err == nil {
+			infos, _ := last.Recover(cctx)
+			for _, in := range infos {
+				_ = last.Destroy(cctx, in.ID)
+			}
+			_ = last.Close()
+			_ = last.Network().RemoveTable()
+		}
+		for _, sub := range []string{"unified", "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio", "systemd", "net_cls", "net_prio", "perf_event", "hugetlb", "rdma", "misc", ""} {
+			_ = os.Remove(filepath.Join("/sys/fs/cgroup", sub, dc.CgroupParent))
+		}
+	})
+	return reg.HostID, ag
+}
+
+// TestEndToEnd drives a real agent and container driver through the API:
+// create → exec → write/read file → pause → resume → exec → streams → delete.
+func TestEndToEnd(t *testing.T) {
+	testutil.RequireRoot(t)
+	st := apitest.SQLite(t)
+	c := startCP(t, st, nil)
+	ctx := testutil.Context(t, testutil.Long)
+	adminTok, adminID, _ := c.signup("e2e-admin@example.com")
+	if _, err := st.GrantUserAdmin(ctx, adminID); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, c, adminTok)
+	userTok, _, userTeam := c.signup("e2e-user@example.com")
+
+	capsule := c.call("POST", "/v1/capsules", userTok, map[string]any{"template": "minimal", "memory_mb": 128, "disk_size_mb": 512, "env": map[string]string{"GREETING": "hi"}}, 201).obj(t)
+	id := capsule["id"].(string)
+	if !strings.HasPrefix(id, "cl-") || capsule["status"] != "running" || capsule["access_token"] == "" {
+		t.Fatalf("create = %v", capsule)
+	}
+	base := "/v1/capsules/" + id
+	exec := func(cmd string, args ...string) map[string]any {
+		t.Helper()
+		return c.call("POST", base+"/exec", userTok, map[string]any{"cmd": cmd, "args": args}, 200).obj(t)
+	}
+	if out := exec("sh", "-c", "echo hello $GREETING"); out["stdout"] != "hello hi\n" || out["exit_code"] != float64(0) {
+		t.Fatalf("exec = %v", out)
+	}
+	if out := exec("sh", "-c", "exit 3"); out["exit_code"] != float64(3) {
+		t.Fatalf("exit code = %v", out)
+	}
+
+	payload := []byte(strings.Repeat("wrenn file payload\n", 50000)) // ~950 KB: several chunks
+	c.call("PUT", base+"/files?path=/tmp/data/file.txt", userTok, payload, 200)
+	got := c.call("GET", base+"/files?path=/tmp/data/file.txt", userTok, nil, 200)
+	if string(got.body) != string(payload) {
+		t.Fatalf("read back %d bytes, want %d", len(got.body), len(payload))
+	}
+	ls := c.call("GET", base+"/files/list?path=/tmp/data", userTok, nil, 200)
+	if !strings.Contains(string(ls.body), "file.txt") {
+		t.Fatalf("list = %s", ls.body)
+	}
+	c.call("POST", base+"/files/mkdir", userTok, map[string]any{"path": "/tmp/newdir/sub"}, 201)
+	c.call("DELETE", base+"/files?path=/tmp/newdir", userTok, nil, 204)
+	c.call("GET", base+"/files?path=/nope/missing", userTok, nil, 404)
+
+	// Pause, refuse exec while paused, resume, exec again.
+	if m := c.call("POST", base+"/pause", userTok, nil, 200).obj(t); m["status"] != "paused" {
+		t.Fatalf("pause = %v", m)
+	}
+	c.call("POST", base+"/exec", userTok, map[string]any{"cmd": "true"}, 409)
+	if m := c.call("POST", base+"/resume", userTok, nil, 200).obj(t); m["status"] != "running" {
+		t.Fatalf("resume = %v", m)
+	}
+	if out := exec("cat", "/tmp/data/file.txt"); !strings.HasPrefix(out["stdout"].(string), "wrenn file payload") {
+		t.Fatalf("file after resume: %.80v", out)
+	}
+	c.call("POST", base+"/timeout", userTok, map[string]any{"timeout_sec": 600}, 200)
+
+	// WebSocket exec stream with the token in the query.
+	wsURL := strings.Replace(c.url, "http://", "ws://", 1) + base
+	conn, _, err := websocket.Dial(ctx, wsURL+"/exec/stream?token="+userTok, nil)
+	if err != nil {
+		t.Fatalf("dial exec stream: %v", err)
+	}
+	req, _ := json.Marshal(map[string]any{"cmd": "sh", "args": []string{"-c", "echo out; echo err >&2; exit 5"}})
+	if err := conn.Write(ctx, websocket.MessageText, req); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr string
+	var exit float64 = -1
+	for exit < 0 {
+		_, b, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatalf("exec stream read: %v (stdout %q)", err, stdout)
+		}
+		var ev map[string]any
+		_ = json.Unmarshal(b, &ev)
+		switch ev["type"] {
+		case "stdout":
+			stdout += ev["data"].(string)
+		case "stderr":
+			stderr += ev["data"].(string)
+		case "end":
+			exit = ev["exit_code"].(float64)
+		case "error":
+			t.Fatalf("exec stream error: %v", ev)
+		}
+	}
+	if stdout != "out\n" || stderr != "err\n" || exit != 5 {
+		t.Fatalf("stream: stdout %q stderr %q exit %v", stdout, stderr, exit)
+	}
+	conn.CloseNow()
+
+	// PTY: type a command, see its output, end the shell.
+	pty, _, err := websocket.Dial(ctx, wsURL+"/pty?cols=100&rows=30&token="+userTok, nil)
+	if err != nil {
+		t.Fatalf("dial pty: %v", err)
+	}
+	resize, _ := json.Marshal(map[string]any{"type": "resize", "cols": 120, "rows": 40})
+	_ = pty.Write(ctx, websocket.MessageText, resize)
+	for _, k := range []string{"ec", "ho pty-", "works", "\n"} { // keystrokes may be coalesced
+		if err := pty.Write(ctx, websocket.MessageBinary, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var screen strings.Builder
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(screen.String(), "pty-works\r\n") && time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		typ, b, err := pty.Read(rctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("pty read: %v (screen %q)", err, screen.String())
+		}
+		if typ == websocket.MessageBinary {
+			screen.Write(b)
+		}
+	}
+	if !strings.Contains(screen.String(), "pty-works") {
+		t.Fatalf("pty screen %q", screen.String())
+	}
+	_ = pty.Write(ctx, websocket.MessageBinary, []byte("exit\n"))
+	for {
+		_, b, err := pty.Read(ctx)
+		if err != nil {
+			if websocket.CloseStatus(err) != websocket.StatusNormalClosure {
+				t.Fatalf("pty closed with %v, want a normal closure", err)
+			}
+			break
+		}
+		_ = b
+	}
+
+	// Background process, listed then killed.
+	p := c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sleep", "args": []string{"300"}, "tag": "sleeper"}, 201).obj(t)
+	pid := int(p["pid"].(float64))
+	if ps := c.call("GET", base+"/processes", userTok, nil, 200); !strings.Contains(string(ps.body), "sleeper") {
+		t.Fatalf("processes = %s", ps.body)
+	}
+	c.call("DELETE", base+"/processes/"+itoa(pid), userTok, nil, 204)
+
+	// Process stream with stdin over a WebSocket.
+	rp := c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{"-c", "read line; echo got:$line"}, "open_stdin": true}, 201).obj(t)
+	ps, _, err := websocket.Dial(ctx, wsURL+"/processes/"+itoa(int(rp["pid"].(float64)))+"/stream?token="+userTok, nil)
+	if err != nil {
+		t.Fatalf("dial process stream: %v", err)
+	}
+	in, _ := json.Marshal(map[string]string{"type": "stdin", "data": "ping\n"})
+	if err := ps.Write(ctx, websocket.MessageText, in); err != nil {
+		t.Fatal(err)
+	}
+	var pout string
+	for ended := false; !ended; {
+		_, b, err := ps.Read(ctx)
+		if err != nil {
+			t.Fatalf("process stream: %v (out %q)", err, pout)
+		}
+		var ev map[string]any
+		_ = json.Unmarshal(b, &ev)
+		switch ev["type"] {
+		case "stdout":
+			pout += ev["data"].(string)
+		case "end":
+			ended = true
+		case "error":
+			t.Fatalf("process stream error: %v", ev)
+		}
+	}
+	if pout != "got:ping\n" {
+		t.Fatalf("process output %q", pout)
+	}
+	ps.CloseNow()
+	c.call("GET", base+"/metrics", userTok, nil, 200)
+
+	// Port proxy: a web server inside the capsule, reached through the
+	// control plane, the agent and the capsule network.
+	token := capsule["access_token"].(string)
+	c.call("PUT", base+"/files?path=/tmp/www/dir/index.html", userTok, []byte("hello from the capsule"), 200)
+	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "httpd", "args": []string{"-f", "-p", "8000", "-h", "/tmp/www"}}, 201)
+	var body string
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		r := c.call("GET", "/proxy/"+id+"/8000/dir/index.html?wrenn_access_token="+token, "", nil, 0)
+		body = string(r.body)
+		return r.status == 200
+	}, "capsule web server reachable through the proxy")
+	if body != "hello from the capsule" {
+		t.Fatalf("proxied body %q", body)
+	}
+	c.call("GET", "/proxy/"+id+"/8000/dir/index.html", "", nil, 401)
+	// busybox httpd redirects a directory without its slash; the Location
+	// comes back under the proxy prefix.
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	rq, _ := http.NewRequestWithContext(ctx, "GET", c.url+"/proxy/"+id+"/8000/dir?wrenn_access_token="+token, nil)
+	res, err := noFollow.Do(rq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusFound || loc != "/proxy/"+id+"/8000/dir/" {
+		t.Fatalf("directory redirect: %d Location %q, want 302 to the prefixed path", res.StatusCode, loc)
+	}
+	c.call("PUT", base+"/public", userTok, map[string]any{"public": true}, 200)
+	c.call("GET", "/proxy/"+id+"/8000/dir/index.html", "", nil, 200)
+
+	// Delete: gone from the store and from the agent.
+	c.call("DELETE", base, userTok, nil, 204)
+	c.call("GET", base, userTok, nil, 404)
+
+	// A capsule that vanishes behind the control plane's back: a failed
+	// pause marks it error, not running.
+	id2 := c.call("POST", "/v1/capsules", userTok, map[string]any{"template": "minimal", "memory_mb": 128, "disk_size_mb": 512}, 201).obj(t)["id"].(string)
+	h, _ := st.ListHosts(ctx)
+	cl := c.srvAgent(h[0])
+	if _, err := cl.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id2})); err != nil {
+		t.Fatal(err)
+	}
+	r := c.call("POST", "/v1/capsules/"+id2+"/pause", userTok, nil, 0)
+	if r.status < 400 || r.status >= 500 && r.status != http.StatusServiceUnavailable {
+		t.Fatalf("pause of a vanished capsule: %d %s", r.status, r.body)
+	}
+	if m := c.call("GET", "/v1/capsules/"+id2, userTok, nil, 200).obj(t); m["status"] != "error" {
+		t.Fatalf("vanished capsule status = %v, want error", m["status"])
+	}
+	c.call("DELETE", "/v1/capsules/"+id2, userTok, nil, 204)
+
+	// The reconciler sees a capsule destroyed on the agent.
+	id3 := c.call("POST", "/v1/capsules", userTok, map[string]any{"template": "minimal", "memory_mb": 128, "disk_size_mb": 512}, 201).obj(t)["id"].(string)
+	if _, err := cl.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id3})); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.srv.ReconcileOnce(ctx); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if m := c.call("GET", "/v1/capsules/"+id3, userTok, nil, 200).obj(t); m["status"] != "error" {
+		t.Fatalf("reconciled status = %v, want error", m["status"])
+	}
+	c.call("DELETE", "/v1/capsules/"+id3, userTok, nil, 204)
+
+	// The life cycle was audited under the team.
+	logs, _, err := st.ListAuditLogs(ctx, store.AuditFilter{TeamID: userTeam, ResourceType: "capsule", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, l := range logs {
+		if l.ResourceID == id {
+			seen[l.Action+"/"+string(l.Status)] = true
+		}
+	}
+	for _, want := range []string{"create/success", "pause/success", "resume/success", "set_public/success", "delete/success"} {
+		if !seen[want] {
+			t.Errorf("no %s audit entry for %s (have %v)", want, id, seen)
+		}
+	}
+}

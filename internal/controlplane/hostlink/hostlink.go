@@ -1,0 +1,123 @@
+// Package hostlink is the host side of the control plane's host protocol:
+// register once with a one-time token (receiving the host ID and its
+// credential), then heartbeat with that credential at the interval the
+// control plane asks for. The credential is also the secret the host
+// agent must require from the control plane (hostagent.Config.Secret).
+package hostlink
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Usage is what a host reports.
+type Usage struct {
+	Address      string `json:"address,omitempty"`
+	VCPUs        int64  `json:"vcpus"`
+	MemoryMB     int64  `json:"memory_mb"`
+	DiskMB       int64  `json:"disk_mb"`
+	UsedVCPUs    int64  `json:"used_vcpus"`
+	UsedMemoryMB int64  `json:"used_memory_mb"`
+	UsedDiskMB   int64  `json:"used_disk_mb"`
+}
+
+// Registration is what the control plane returns on register.
+type Registration struct {
+	HostID               string `json:"host_id"`
+	Credential           string `json:"credential"`
+	HeartbeatIntervalSec int    `json:"heartbeat_interval_sec"`
+}
+
+// Client talks to one control plane.
+type Client struct {
+	BaseURL string
+	HTTP    *http.Client
+}
+
+func (c *Client) post(ctx context.Context, path, bearer string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.BaseURL, "/")+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s: HTTP %d: %s", path, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return json.Unmarshal(b, out)
+}
+
+// Register consumes token and returns the host's identity.
+func (c *Client) Register(ctx context.Context, token string, u Usage) (Registration, error) {
+	var out Registration
+	in := struct {
+		Token string `json:"token"`
+		Usage
+	}{token, u}
+	if err := c.post(ctx, "/v1/hosts/register", "", in, &out); err != nil {
+		return Registration{}, fmt.Errorf("hostlink: register: %w", err)
+	}
+	return out, nil
+}
+
+// Heartbeat reports usage once and returns the interval to use next.
+func (c *Client) Heartbeat(ctx context.Context, hostID, credential string, u Usage) (time.Duration, error) {
+	var out struct {
+		HeartbeatIntervalSec int `json:"heartbeat_interval_sec"`
+	}
+	if err := c.post(ctx, "/v1/hosts/"+hostID+"/heartbeat", credential, u, &out); err != nil {
+		return 0, fmt.Errorf("hostlink: heartbeat: %w", err)
+	}
+	return time.Duration(out.HeartbeatIntervalSec) * time.Second, nil
+}
+
+// Run heartbeats until ctx ends, reading usage from usage before each
+// beat. Failures are logged and retried at the next tick.
+func (c *Client) Run(ctx context.Context, hostID, credential string, interval time.Duration, usage func(context.Context) (Usage, error), log *slog.Logger) {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	for {
+		u, err := usage(ctx)
+		if err == nil {
+			var next time.Duration
+			next, err = c.Heartbeat(ctx, hostID, credential, u)
+			if err == nil && next > 0 {
+				interval = next
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("heartbeat failed", "host_id", hostID, "err", err)
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}

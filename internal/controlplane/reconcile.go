@@ -1,0 +1,161 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/store"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+)
+
+// settle is how long a capsule in a transitional state or an agent-only
+// capsule is left alone, so the reconciler never races a create.
+const settle = 2 * time.Minute
+
+// ReconcileOnce runs one pass: hosts silent for too long become
+// unavailable and their live capsules missing; for every online host the
+// store is aligned with what its agent reports, and capsules the store no
+// longer knows are destroyed on the agent.
+func (s *Server) ReconcileOnce(ctx context.Context) error {
+	staleBefore := time.Now().Add(-time.Duration(s.cfg.HeartbeatMisses) * s.cfg.HeartbeatInterval)
+	stale, err := s.store.MarkStaleHostsUnavailable(ctx, staleBefore)
+	if err != nil {
+		return fmt.Errorf("reconcile: mark stale hosts: %w", err)
+	}
+	for _, id := range stale {
+		s.log.Warn("host missed its heartbeats; marked unavailable", "host_id", id)
+		if err := s.markHostCapsulesMissing(ctx, id); err != nil {
+			s.log.Warn("reconcile: mark capsules missing", "host_id", id, "err", err)
+		}
+	}
+	hosts, err := s.store.ListHosts(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: list hosts: %w", err)
+	}
+	var errs []error
+	for _, h := range hosts {
+		if h.Status == store.HostUnavailable {
+			continue
+		}
+		if err := s.reconcileHost(ctx, h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) markHostCapsulesMissing(ctx context.Context, hostID string) error {
+	caps, err := s.store.ListCapsulesByHost(ctx, hostID)
+	if err != nil {
+		return err
+	}
+	for _, c := range caps {
+		switch c.Status {
+		case store.CapsulePending, store.CapsuleStarting, store.CapsuleRunning, store.CapsulePaused:
+			if _, err := s.store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, c.Status, store.CapsuleMissing); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func fromAgentState(st pb.CapsuleState) (store.CapsuleStatus, bool) {
+	switch st {
+	case pb.CapsuleState_CAPSULE_STATE_STARTING:
+		return store.CapsuleStarting, true
+	case pb.CapsuleState_CAPSULE_STATE_RUNNING:
+		return store.CapsuleRunning, true
+	case pb.CapsuleState_CAPSULE_STATE_PAUSED:
+		return store.CapsulePaused, true
+	case pb.CapsuleState_CAPSULE_STATE_HIBERNATED:
+		return store.CapsuleHibernated, true
+	case pb.CapsuleState_CAPSULE_STATE_STOPPED:
+		return store.CapsuleStopped, true
+	case pb.CapsuleState_CAPSULE_STATE_ERROR:
+		return store.CapsuleError, true
+	}
+	return "", false
+}
+
+func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	resp, err := s.agents.Client(h).ListCapsules(cctx, connect.NewRequest(&pb.ListCapsulesRequest{}))
+	cancel()
+	if err != nil {
+		// Liveness is the heartbeat's business; just report.
+		return fmt.Errorf("reconcile: host %s: list capsules: %w", h.ID, err)
+	}
+	onAgent := map[string]*pb.Capsule{}
+	for _, c := range resp.Msg.GetCapsules() {
+		onAgent[c.GetCapsuleId()] = c
+	}
+	caps, err := s.store.ListCapsulesByHost(ctx, h.ID)
+	if err != nil {
+		return fmt.Errorf("reconcile: host %s: %w", h.ID, err)
+	}
+	now := time.Now()
+	known := map[string]bool{}
+	for _, c := range caps {
+		known[c.ID] = true
+		if c.Status == store.CapsulePending || c.Status == store.CapsuleStarting {
+			if now.Sub(c.UpdatedAt) < settle {
+				continue
+			}
+		}
+		ac, present := onAgent[c.ID]
+		var want store.CapsuleStatus
+		switch {
+		case !present:
+			switch c.Status {
+			case store.CapsuleStopped, store.CapsuleError:
+				continue
+			}
+			want = store.CapsuleError
+			if c.ExpiresAt != nil && !c.ExpiresAt.After(now) {
+				want = store.CapsuleStopped // reaped by its TTL
+			}
+		default:
+			st, ok := fromAgentState(ac.GetState())
+			if !ok || st == store.CapsuleStarting {
+				continue
+			}
+			want = st
+		}
+		if want == c.Status {
+			continue
+		}
+		ok, err := s.store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, c.Status, want)
+		if err != nil {
+			return fmt.Errorf("reconcile: capsule %s: %w", c.ID, err)
+		}
+		if ok {
+			s.log.Info("reconciled capsule state", "capsule_id", c.ID, "host_id", h.ID, "from", c.Status, "to", want)
+		}
+	}
+	for id, ac := range onAgent {
+		if known[id] || now.Sub(time.Unix(ac.GetCreatedAt(), 0)) < settle {
+			continue
+		}
+		// Not in the store on this host: deleted while the host was away,
+		// or placed elsewhere. Make sure the store really does not know it.
+		if c, err := s.store.GetCapsuleUnscoped(ctx, id); err == nil && c.HostID == h.ID {
+			continue
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		dctx, dcancel := context.WithTimeout(ctx, time.Minute)
+		_, err := s.agents.Client(h).DestroyCapsule(dctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id}))
+		dcancel()
+		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+			s.log.Warn("reconcile: destroy orphan capsule", "capsule_id", id, "host_id", h.ID, "err", err)
+			continue
+		}
+		s.log.Info("destroyed orphan capsule", "capsule_id", id, "host_id", h.ID)
+	}
+	return nil
+}

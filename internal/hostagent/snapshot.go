@@ -1,0 +1,96 @@
+package hostagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/template"
+)
+
+// snapshotToTemplate turns a running capsule's filesystem into a new
+// template. The capsule is quiesced and frozen (when the driver can pause)
+// so the copy is consistent, its root is archived from the host through
+// /proc/<init pid>/root with GNU tar (one file system: /proc, /sys, /dev
+// and bind-mounted files are left out), imported with the template store,
+// and the capsule is thawed and re-inited. Drivers that expose no host
+// process for the capsule (PID 0, e.g. a VM) are not supported.
+func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (template.Template, error) {
+	if a.cfg.Templates == nil {
+		return template.Template{}, fmt.Errorf("create snapshot: no template store configured: %w", runtime.ErrNotSupported)
+	}
+	if !template.ValidName(name) {
+		return template.Template{}, fmt.Errorf("%w: template name %q: want letters, digits, '_', '.', '-'", runtime.ErrInvalidSpec, name)
+	}
+	if _, err := a.cfg.Templates.Get(name); err == nil {
+		return template.Template{}, fmt.Errorf("template %q: %w", name, runtime.ErrExists)
+	}
+	c, err := a.lookup(id)
+	if err != nil {
+		return template.Template{}, err
+	}
+	c.op.Lock()
+	defer c.op.Unlock()
+	rec, info, cl := c.snapshot()
+	if c.gone {
+		return template.Template{}, fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
+	}
+	if rec.Phase != phaseRunning {
+		return template.Template{}, fmt.Errorf("capsule %s is %s: %w", id, rec.Phase, runtime.ErrInvalidState)
+	}
+	if info.PID == 0 {
+		return template.Template{}, fmt.Errorf("create snapshot: the %s driver exposes no host view of the capsule's root: %w", a.driver.Name(), runtime.ErrNotSupported)
+	}
+	pauser, canPause := a.driver.(runtime.Pauser)
+	if canPause {
+		if err := a.quiesce(ctx, c, cl); err != nil {
+			return template.Template{}, err
+		}
+		if err := pauser.Pause(ctx, id); err != nil {
+			a.unquiesce(c)
+			return template.Template{}, fmt.Errorf("freeze capsule %s: %w", id, err)
+		}
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ResumeTimeout)
+			defer cancel()
+			err := pauser.Resume(rctx, id)
+			if err == nil {
+				err = a.readyAndInit(rctx, c, true)
+			}
+			if err != nil {
+				a.log.Error("thaw after snapshot failed; destroying the capsule", "capsule_id", id, "err", err)
+				a.discard(c, true)
+				return
+			}
+			a.startSampler(c)
+		}()
+	}
+	tmp, err := os.CreateTemp(a.cfg.Templates.Dir, ".snapshot-"+id+"-*.tar")
+	if err != nil {
+		return template.Template{}, fmt.Errorf("create snapshot: %w", err)
+	}
+	_ = tmp.Close()
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	root := "/proc/" + strconv.Itoa(info.PID) + "/root"
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "tar", "--one-file-system", "--numeric-owner", "--xattrs", "--acls",
+		"--sparse", "-C", root, "-cf", tmp.Name(), ".")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	// GNU tar exits 1 when a file changed while it was read: acceptable
+	// for a live (unfreezable) capsule.
+	if err != nil && (!errors.As(err, &ee) || ee.ExitCode() != 1) {
+		return template.Template{}, fmt.Errorf("create snapshot: archive %s: %w: %s", id, err, out)
+	}
+	t, err := a.cfg.Templates.ImportTarball(ctx, name, tmp.Name())
+	if err != nil {
+		return template.Template{}, fmt.Errorf("create snapshot: import: %w", err)
+	}
+	a.log.Info("capsule snapshotted to template", "capsule_id", id, "template", name, "size_bytes", t.SizeBytes, "took", time.Since(start))
+	return t, nil
+}

@@ -1,0 +1,160 @@
+package network_test
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	goruntime "runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
+)
+
+func newManager(t *testing.T) *network.Manager {
+	t.Helper()
+	testutil.RequireRoot(t)
+	tag := fmt.Sprintf("wnt%d", os.Getpid()%100000)
+	m, err := network.New(network.Config{
+		Subnet: netip.MustParsePrefix("10.250.0.0/24"), Table: tag, NetnsPrefix: tag + "-",
+	}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.RemoveTable() })
+	return m
+}
+
+// listenIn opens a TCP listener inside a namespace.
+func listenIn(t *testing.T, path, addr string) net.Listener {
+	t.Helper()
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	orig, _ := netns.Get()
+	defer orig.Close()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	ln, lerr := net.Listen("tcp4", addr)
+	if err := netns.Set(orig); err != nil {
+		t.Fatal(err)
+	}
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func TestSetupTeardown(t *testing.T) {
+	m := newManager(t)
+	base, err := m.RuleCount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := m.Setup("k1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.Setup("k2", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(a); _ = m.Teardown(b) })
+	if a.Guest == b.Guest || a.Host == b.Host {
+		t.Errorf("addresses reused: %+v %+v", a, b)
+	}
+	if got, want := a.Guest, a.Host.Next(); got != want {
+		t.Errorf("guest = %s, want %s", got, want)
+	}
+	if n, _ := m.RuleCount(); n != base+1 {
+		t.Errorf("rules = %d, want base %d + 1 internet rule", n, base)
+	}
+	// The host reaches a service in the namespace.
+	ln := listenIn(t, a.Netns, net.JoinHostPort(a.Guest.String(), "8080"))
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.DialTimeout("tcp4", ln.Addr().String(), 2*time.Second)
+	if err != nil {
+		t.Errorf("host cannot reach the namespace: %v", err)
+	} else {
+		c.Close()
+	}
+	if err := m.SetInternet(b, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := m.RuleCount(); n != base {
+		t.Errorf("rules after SetInternet(false) = %d, want %d", n, base)
+	}
+	for _, al := range []network.Allocation{a, b} {
+		if err := m.Teardown(al); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(al.Netns); !os.IsNotExist(err) {
+			t.Errorf("netns %s left: %v", al.Netns, err)
+		}
+		if _, err := netlink.LinkByName(al.Veth); err == nil {
+			t.Errorf("veth %s left", al.Veth)
+		}
+	}
+	if err := m.Teardown(a); err != nil {
+		t.Errorf("second Teardown: %v", err)
+	}
+	// Freed addresses can be taken again; used ones cannot.
+	c1, err := m.Setup("k3", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(c1) })
+	if err := m.Adopt(network.Allocation{Key: "other", Index: a.Index}); err != nil {
+		t.Errorf("freed index %d not free: %v", a.Index, err)
+	}
+	if err := m.Adopt(network.Allocation{Key: "other2", Index: c1.Index}); err == nil {
+		t.Errorf("used index %d adopted twice", c1.Index)
+	}
+}
+
+func TestSweepRemovesOrphans(t *testing.T) {
+	m := newManager(t)
+	a, err := m.Setup("keep", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(a) })
+	b, err := m.Setup("orphan", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(b) })
+	before, _ := m.RuleCount()
+	if err := m.Sweep(func(k string) bool { return k == "keep" }, []string{"keep", "orphan"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := m.RuleCount(); n != before-1 {
+		t.Errorf("rules = %d, want %d", n, before-1)
+	}
+	if _, err := os.Stat(b.Netns); !os.IsNotExist(err) {
+		t.Errorf("orphan netns left: %v", err)
+	}
+	if _, err := os.Stat(a.Netns); err != nil {
+		t.Errorf("kept netns removed: %v", err)
+	}
+	ns, _ := m.Namespaces()
+	if len(ns) != 1 {
+		t.Errorf("namespaces = %v, want just the kept one", ns)
+	}
+}

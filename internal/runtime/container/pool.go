@@ -1,0 +1,303 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	goruntime "runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/runtime"
+)
+
+// poolSet holds the warm pools: per template, capsules that are started,
+// have answered /health and are frozen. They are not in the driver's
+// capsule map until taken.
+type poolSet struct {
+	mu     sync.Mutex
+	pools  map[string]*pool
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type pool struct {
+	want    int
+	ready   []*capsule
+	filling bool
+	kick    chan struct{}
+}
+
+func (ps *poolSet) init() {
+	ps.pools = map[string]*pool{}
+	ps.ctx, ps.cancel = context.WithCancel(context.Background())
+}
+
+// SetWarmPool implements runtime.WarmPooler.
+func (d *Driver) SetWarmPool(template string, n int) {
+	ps := &d.pools
+	ps.mu.Lock()
+	p, ok := ps.pools[template]
+	if !ok {
+		p = &pool{kick: make(chan struct{}, 1)}
+		ps.pools[template] = p
+	}
+	p.want = max(n, 0)
+	var drain []*capsule
+	for len(p.ready) > p.want {
+		drain = append(drain, p.ready[len(p.ready)-1])
+		p.ready = p.ready[:len(p.ready)-1]
+	}
+	start := !p.filling && ps.ctx.Err() == nil
+	if start {
+		p.filling = true
+		ps.wg.Add(1)
+	}
+	ps.mu.Unlock()
+	for _, c := range drain {
+		d.destroyPooled(c)
+	}
+	if start {
+		go d.fill(template, p)
+	}
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// WarmPoolSize returns how many warm capsules of template are ready.
+func (d *Driver) WarmPoolSize(template string) int {
+	d.pools.mu.Lock()
+	defer d.pools.mu.Unlock()
+	if p, ok := d.pools.pools[template]; ok {
+		return len(p.ready)
+	}
+	return 0
+}
+
+// fill keeps a pool at its wanted size until the driver closes.
+func (d *Driver) fill(template string, p *pool) {
+	ps := &d.pools
+	defer ps.wg.Done()
+	failures := 0
+	for {
+		ps.mu.Lock()
+		need := p.want - len(p.ready)
+		ps.mu.Unlock()
+		if need <= 0 || failures > 0 {
+			wait := time.Duration(0)
+			if failures > 0 {
+				wait = time.Duration(min(failures, 30)) * time.Second
+			}
+			select {
+			case <-ps.ctx.Done():
+				return
+			case <-p.kick:
+			case <-time.After(max(wait, time.Second)):
+			}
+			if failures > 0 && need > 0 {
+				failures = 0
+			}
+			continue
+		}
+		c, err := d.warmOne(ps.ctx, template)
+		if err != nil {
+			if ps.ctx.Err() != nil {
+				return
+			}
+			failures++
+			d.log.Warn("warm pool: cannot make capsule", "template", template, "err", err)
+			continue
+		}
+		ps.mu.Lock()
+		if ps.ctx.Err() != nil || len(p.ready) >= p.want {
+			ps.mu.Unlock()
+			d.destroyPooled(c)
+			continue
+		}
+		p.ready = append(p.ready, c)
+		ps.mu.Unlock()
+	}
+}
+
+// warmOne creates, starts, waits for and freezes one pool capsule.
+func (d *Driver) warmOne(ctx context.Context, template string) (*capsule, error) {
+	key := newKey()
+	spec, tmpl, err := d.normalize(runtime.Spec{ID: "pool-" + key, Template: template})
+	if err != nil {
+		return nil, err
+	}
+	rec, err := d.build(ctx, spec, tmpl, true, nil)
+	if err != nil {
+		return nil, err
+	}
+	c := &capsule{rec: rec}
+	fail := func(err error) (*capsule, error) {
+		d.destroyPooled(c)
+		return nil, err
+	}
+	if err := d.start(ctx, &c.rec); err != nil {
+		return fail(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := d.WaitReady(wctx, d.info(&c.rec)); err != nil {
+		return fail(err)
+	}
+	if err := d.cg.freeze(d.cgroupPath(c.rec.Key), true); err != nil {
+		return fail(err)
+	}
+	c.rec.State = runtime.StatePaused
+	if err := d.save(&c.rec); err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+func (d *Driver) destroyPooled(c *capsule) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d.release(ctx, &c.rec)
+	_ = os.RemoveAll(d.paths(c.rec.Key).Dir)
+	c.gone = true
+}
+
+// Take implements runtime.WarmPooler: it thaws a warm capsule of
+// spec.Template, gives it spec.ID (hostname included), applies the network
+// policy and labels, and returns it running. The caller then /inits envd
+// with spec.Env and the new identity. Limits must be the driver defaults.
+func (d *Driver) Take(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	want, _, err := d.normalize(spec)
+	if err != nil {
+		return runtime.Info{}, err
+	}
+	if want.VCPUs != d.cfg.DefaultVCPUs || want.MemoryMB != d.cfg.DefaultMemoryMB || spec.DiskSizeMB != 0 && spec.DiskSizeMB != d.cfg.DefaultDiskSizeMB {
+		return runtime.Info{}, fmt.Errorf("take %s: %w", spec.Template, runtime.ErrPoolMismatch)
+	}
+	ps := &d.pools
+	for {
+		ps.mu.Lock()
+		p, ok := ps.pools[spec.Template]
+		if !ok || len(p.ready) == 0 {
+			ps.mu.Unlock()
+			return runtime.Info{}, fmt.Errorf("take %s: %w", spec.Template, runtime.ErrPoolEmpty)
+		}
+		c := p.ready[0]
+		p.ready = p.ready[1:]
+		ps.mu.Unlock()
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+		info, err := d.adoptPooled(ctx, c, want)
+		if err == nil {
+			return info, nil
+		}
+		if errors.Is(err, runtime.ErrExists) {
+			return runtime.Info{}, err
+		}
+		d.log.Warn("warm pool: bad capsule dropped", "template", spec.Template, "err", err)
+	}
+}
+
+func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec) (runtime.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := d.reserve(spec.ID, c); err != nil {
+		// Put it back: the pool capsule is fine, the ID is taken.
+		d.returnPooled(spec.Template, c)
+		return runtime.Info{}, err
+	}
+	fail := func(err error) (runtime.Info, error) {
+		d.unreserve(spec.ID, c)
+		d.destroyPooled(c)
+		return runtime.Info{}, err
+	}
+	if err := d.cg.freeze(d.cgroupPath(c.rec.Key), false); err != nil {
+		return fail(err)
+	}
+	if err := setHostname(c.rec.PID, spec.ID); err != nil {
+		return fail(err)
+	}
+	if spec.AllowInternet {
+		if err := d.net.SetInternet(c.rec.Net, true); err != nil {
+			return fail(err)
+		}
+	}
+	p := d.paths(c.rec.Key)
+	if err := d.writeEtc(p.Root(), spec.ID, c.rec.Net.Guest); err != nil {
+		return fail(err)
+	}
+	c.rec.ID = spec.ID
+	c.rec.Pool = false
+	c.rec.State = runtime.StateRunning
+	c.rec.CreatedAt = time.Now().UTC()
+	spec.DiskSizeMB = c.rec.Spec.DiskSizeMB
+	c.rec.Spec = spec
+	if err := d.save(&c.rec); err != nil {
+		return fail(err)
+	}
+	return d.info(&c.rec), nil
+}
+
+func (d *Driver) returnPooled(template string, c *capsule) {
+	ps := &d.pools
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if p, ok := ps.pools[template]; ok && ps.ctx.Err() == nil {
+		p.ready = append(p.ready, c)
+		return
+	}
+	go d.destroyPooled(c)
+}
+
+// close stops the fillers and destroys every pooled capsule.
+func (ps *poolSet) close(d *Driver) {
+	ps.cancel()
+	ps.wg.Wait()
+	ps.mu.Lock()
+	var all []*capsule
+	for _, p := range ps.pools {
+		all = append(all, p.ready...)
+		p.ready = nil
+	}
+	ps.mu.Unlock()
+	for _, c := range all {
+		d.destroyPooled(c)
+	}
+}
+
+// setHostname sets the hostname in the UTS namespace of pid.
+func setHostname(pid int, name string) error {
+	target, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer target.Close()
+	goruntime.LockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/uts")
+	if err != nil {
+		goruntime.UnlockOSThread()
+		return fmt.Errorf("container: %w", err)
+	}
+	defer self.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWUTS); err != nil {
+		goruntime.UnlockOSThread()
+		return fmt.Errorf("container: setns uts: %w", err)
+	}
+	herr := unix.Sethostname([]byte(name))
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWUTS); err != nil {
+		// Leave the thread locked: Go discards it when the goroutine ends.
+		return fmt.Errorf("container: restore uts: %w", err)
+	}
+	goruntime.UnlockOSThread()
+	if herr != nil {
+		return fmt.Errorf("container: sethostname: %w", herr)
+	}
+	return nil
+}

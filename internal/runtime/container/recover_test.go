@@ -1,0 +1,280 @@
+package container_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/template"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
+)
+
+var crashHelper = flag.String("crash-helper", "", "JSON config: run as the agent that TestAgentKill9 kills")
+
+// helperConfig is the part of container.Config the crash helper needs.
+type helperConfig struct {
+	StateDir, Templates, Envd, CgroupParent, Table, NetnsPrefix string
+	Subnet                                                      netip.Prefix
+}
+
+func toHelper(c container.Config) helperConfig {
+	return helperConfig{
+		StateDir: c.StateDir, Templates: c.Templates.Dir, Envd: c.EnvdPath, CgroupParent: c.CgroupParent,
+		Table: c.Network.Table, NetnsPrefix: c.Network.NetnsPrefix, Subnet: c.Network.Subnet,
+	}
+}
+
+func (h helperConfig) config() container.Config {
+	return container.Config{
+		StateDir: h.StateDir, Templates: template.Store{Dir: h.Templates}, EnvdPath: h.Envd,
+		DefaultMemoryMB: 128, DefaultDiskSizeMB: 64, PidsLimit: 128, CgroupParent: h.CgroupParent,
+		Network: network.Config{Subnet: h.Subnet, Table: h.Table, NetnsPrefix: h.NetnsPrefix},
+		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+}
+
+// TestCrashHelper is the "agent" process of TestAgentKill9: it creates,
+// starts and pauses capsules forever, announcing each, until killed.
+func TestCrashHelper(t *testing.T) {
+	if *crashHelper == "" {
+		t.Skip("runs only as TestAgentKill9's subprocess")
+	}
+	var h helperConfig
+	if err := json.Unmarshal([]byte(*crashHelper), &h); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, err := container.New(ctx, h.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.SetWarmPool(tmplName, 1)
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("cl-crash-%d", i)
+		if _, err := d.Create(ctx, runtime.Spec{ID: id, Template: tmplName}); err != nil {
+			t.Fatal(err)
+		}
+		if i%3 != 2 {
+			info, err := d.Start(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.WaitReady(ctx, info); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%3 == 1 {
+			if err := d.Pause(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fmt.Printf("ready %s\n", id)
+	}
+}
+
+// TestAgentKill9 kills an agent process with SIGKILL in the middle of
+// creating capsules, then starts a new driver on the same state: finished
+// capsules are re-adopted (running ones still answer), the half-made one
+// and the warm pool are cleaned up, and destroying the adopted ones leaves
+// no host object behind.
+func TestAgentKill9(t *testing.T) {
+	testutil.RequireRoot(t)
+	if setupErr != nil {
+		t.Fatalf("test setup: %v", setupErr)
+	}
+	cfg := testConfig(t, t.TempDir())
+	hcfg, _ := json.Marshal(toHelper(cfg))
+	ctx := testutil.Context(t, testutil.Long)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashHelper$", "-crash-helper="+string(hcfg))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := map[string]bool{}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() && len(ready) < 4 {
+		if id, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+			ready[id] = true
+		}
+	}
+	if len(ready) < 4 {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("helper made only %d capsules", len(ready))
+	}
+	time.Sleep(40 * time.Millisecond) // land inside the next create
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	d := openDriver(t, cfg) // New + Recover
+	list, err := d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]runtime.Info{}
+	for _, c := range list {
+		got[c.ID] = c
+	}
+	for id := range ready {
+		info, ok := got[id]
+		if !ok {
+			t.Errorf("capsule %s was not re-adopted", id)
+			continue
+		}
+		var n int
+		fmt.Sscanf(id, "cl-crash-%d", &n)
+		want := []runtime.State{runtime.StateRunning, runtime.StatePaused, runtime.StateCreated}[n%3]
+		if info.State != want {
+			t.Errorf("%s: state %s, want %s", id, info.State, want)
+		}
+		if want == runtime.StateRunning {
+			if err := d.WaitReady(testutil.Context(t, testutil.Short), info); err != nil {
+				t.Errorf("%s: envd lost: %v", id, err)
+			}
+		}
+	}
+	for id := range got {
+		if !ready[id] {
+			// Finished just before the kill, announced too late: fine, but
+			// it must be complete.
+			t.Logf("adopted %s (created before the kill, not yet announced)", id)
+		}
+	}
+	for id := range got {
+		if err := d.Destroy(ctx, id); err != nil {
+			t.Errorf("Destroy %s: %v", id, err)
+		}
+	}
+	assertClean(t, d)
+}
+
+// assertClean fails unless the driver has no host objects left (the nft
+// table keeps only its base rules).
+func assertClean(t *testing.T, d *container.Driver) {
+	t.Helper()
+	got, err := d.CountHostObjects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := container.Leaks{Rules: got.Rules}
+	if got != want {
+		t.Errorf("host objects left: %+v", got)
+	}
+	if got.Rules != baseRules {
+		t.Errorf("nft rules = %d, want the %d base rules", got.Rules, baseRules)
+	}
+}
+
+// baseRules is the number of rules the network table always has.
+const baseRules = 18
+
+func TestCreateDestroyCycles(t *testing.T) {
+	d := newDriver(t)
+	n := 300
+	if testing.Short() {
+		n = 30
+	}
+	ctx := testutil.Context(t, 15*time.Minute)
+	before, err := d.CountHostObjects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		id := fmt.Sprintf("cl-cyc-%d", i)
+		spec := runtime.Spec{ID: id, Template: tmplName, AllowInternet: i%2 == 0}
+		if _, err := d.Create(ctx, spec); err != nil {
+			t.Fatalf("cycle %d: Create: %v", i, err)
+		}
+		info, err := d.Start(ctx, id)
+		if err != nil {
+			t.Fatalf("cycle %d: Start: %v", i, err)
+		}
+		if err := d.WaitReady(ctx, info); err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+		if i%5 == 0 {
+			if err := d.Pause(ctx, id); err != nil {
+				t.Fatalf("cycle %d: Pause: %v", i, err)
+			}
+		}
+		if err := d.Destroy(ctx, id); err != nil {
+			t.Fatalf("cycle %d: Destroy: %v", i, err)
+		}
+	}
+	after, err := d.CountHostObjects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != before {
+		t.Errorf("after %d cycles: host objects %+v, before %+v", n, after, before)
+	}
+	assertClean(t, d)
+}
+
+// TestFailedRestoreDestroys: a restore that cannot complete leaves no
+// capsule reporting anything and no host object, even when the caller's
+// context is already cancelled by then.
+func TestFailedRestoreDestroys(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	store := container.DirStore{Dir: dir + "/snaps"}
+	cfg.Snapshots = store
+	testutil.RequireRoot(t)
+	if setupErr != nil {
+		t.Fatalf("test setup: %v", setupErr)
+	}
+	d := openDriver(t, cfg)
+	ctx := testutil.Context(t, testutil.Long)
+	startCapsule(t, d, runtime.Spec{ID: "cl-rf"})
+	snap, err := d.Snapshot(ctx, "cl-rf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The archive is damaged: restore must fail.
+	if err := store.Put(ctx, snap.Keys[0], strings.NewReader("not a tar archive")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Restore(ctx, snap); err == nil {
+		t.Fatal("Restore of a damaged snapshot succeeded")
+	}
+	if _, err := d.Inspect(ctx, "cl-rf"); err == nil {
+		t.Errorf("a capsule is left after the failed restore")
+	}
+	assertClean(t, d)
+	// The same with a context cancelled mid-way: cleanup still happens.
+	startCapsule(t, d, runtime.Spec{ID: "cl-rf2"})
+	snap2, err := d.Snapshot(ctx, "cl-rf2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if _, err := d.Restore(cctx, snap2); err == nil {
+		t.Skip("restore finished within 30 ms; nothing to check")
+	}
+	if _, err := d.Inspect(ctx, "cl-rf2"); err == nil {
+		t.Errorf("a capsule is left after the cancelled restore")
+	}
+	assertClean(t, d)
+}

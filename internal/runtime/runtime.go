@@ -1,0 +1,223 @@
+// Package runtime defines the contract between the host agent and the things
+// that actually run capsules (runtime drivers): the Driver interface, the
+// optional capability interfaces a driver may also implement (Pauser,
+// Snapshotter, WarmPooler), the capsule value types and the typed errors.
+//
+// The shape follows Nomad's task drivers: a small mandatory core (Create,
+// Start, Stop, Destroy, Inspect, List, Stats, Recover) plus capabilities that
+// callers discover with a type assertion. Every driver must pass the
+// conformance suite in runtime/runtimetest.
+//
+// Invariants:
+//   - A capsule ID is unique per driver; Create with a live ID returns ErrExists.
+//   - Destroy is idempotent for a known ID and frees every host resource the
+//     capsule held (processes, mounts, network namespaces, firewall rules,
+//     cgroups, loop devices, state files). Destroy of an unknown ID returns
+//     ErrNotFound.
+//   - Recover, called once when a driver starts, re-adopts every capsule whose
+//     on-disk state and processes are intact and removes every trace of the rest.
+//   - This package imports no transport, SQL or driver-specific package.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"time"
+)
+
+// EnvdPort is the TCP port envd listens on inside every capsule.
+const EnvdPort = 49983
+
+// State is the life-cycle state of a capsule as seen by its driver.
+type State string
+
+// Capsule states.
+const (
+	// StateCreated: resources allocated (rootfs, network), no process yet.
+	StateCreated State = "created"
+	// StateRunning: envd (PID 1) is running.
+	StateRunning State = "running"
+	// StatePaused: processes frozen in place, memory kept (warm pause).
+	StatePaused State = "paused"
+	// StateStopped: the process tree has exited; resources still held.
+	StateStopped State = "stopped"
+	// StateSnapshotted: suspended to disk; no processes and no memory on the
+	// host; Restore brings it back.
+	StateSnapshotted State = "snapshotted"
+)
+
+// Spec is what a caller asks for when creating a capsule.
+type Spec struct {
+	// ID is the capsule ID (e.g. "cl-…"); also the hostname inside.
+	ID string
+	// Template names the template whose rootfs the capsule starts from.
+	Template string
+	// VCPUs is the CPU limit in whole CPUs; 0 means the driver default.
+	VCPUs int
+	// MemoryMB is the memory limit; 0 means the driver default.
+	MemoryMB int
+	// DiskSizeMB is the writable disk size; 0 means the driver default. A
+	// driver never makes it smaller than the template's own rootfs.
+	DiskSizeMB int
+	// Env is added to the environment of envd (and so of processes it starts).
+	Env map[string]string
+	// AllowInternet lets the capsule reach public addresses. Private ranges,
+	// the host and other capsules stay unreachable either way.
+	AllowInternet bool
+	// Labels are opaque key/values kept with the capsule (e.g. team ID).
+	Labels map[string]string
+}
+
+// Info describes one capsule.
+type Info struct {
+	ID         string
+	Template   string
+	State      State
+	VCPUs      int
+	MemoryMB   int
+	DiskSizeMB int
+	// IP is the capsule's address; envd answers at IP:EnvdPort from the host.
+	IP            netip.Addr
+	AllowInternet bool
+	Labels        map[string]string
+	CreatedAt     time.Time
+	// StartedAt is the last time the capsule's processes were (re)started.
+	StartedAt time.Time
+	// MemoryKept reports, after the last Restore, whether process memory
+	// survived (false means the capsule booted again with its files intact).
+	MemoryKept bool
+	// PID is the host PID of the capsule's init (envd), 0 when not running.
+	PID int
+}
+
+// EnvdAddr returns "ip:49983" for the capsule's envd.
+func (i Info) EnvdAddr() string {
+	return netip.AddrPortFrom(i.IP, EnvdPort).String()
+}
+
+// Stats is a host-side resource sample of one capsule.
+type Stats struct {
+	Time time.Time
+	// CPUUsage is the cumulative CPU time consumed.
+	CPUUsage time.Duration
+	// MemoryBytes is the host-side memory charged to the capsule's cgroup
+	// (for guest-side use, ask envd's /metrics).
+	MemoryBytes uint64
+	// MemoryLimitBytes is the memory limit in force.
+	MemoryLimitBytes uint64
+	// PIDs is the number of tasks in the capsule.
+	PIDs uint64
+	// DiskUsedBytes / DiskTotalBytes describe the writable layer.
+	DiskUsedBytes  uint64
+	DiskTotalBytes uint64
+}
+
+// Driver runs capsules. Implementations are safe for concurrent use; calls
+// on different capsules proceed in parallel, calls on one capsule serialize.
+type Driver interface {
+	// Name is the driver's short name ("container", "firecracker").
+	Name() string
+	// Create allocates a capsule's resources (rootfs, network, limits) and
+	// returns it in StateCreated. On error nothing is left behind.
+	Create(ctx context.Context, spec Spec) (Info, error)
+	// Start starts envd as the capsule's init; on return the process runs
+	// (envd may still be binding its port: poll /health).
+	Start(ctx context.Context, id string) (Info, error)
+	// Stop stops the capsule's processes (SIGTERM, then SIGKILL after
+	// timeout) and keeps its resources; Start may run it again.
+	Stop(ctx context.Context, id string, timeout time.Duration) error
+	// Destroy stops the capsule if needed and frees all its resources.
+	Destroy(ctx context.Context, id string) error
+	// Inspect returns the capsule's current info.
+	Inspect(ctx context.Context, id string) (Info, error)
+	// List returns every capsule the driver holds.
+	List(ctx context.Context) ([]Info, error)
+	// Stats samples the capsule's host-side resource use.
+	Stats(ctx context.Context, id string) (Stats, error)
+	// Recover re-adopts capsules left by a previous instance of the driver
+	// (agent restart, even after kill -9) and cleans up the ones that cannot
+	// be re-adopted. It returns the re-adopted capsules.
+	Recover(ctx context.Context) ([]Info, error)
+	// Close releases the driver's own resources (background goroutines,
+	// warm pools). Capsules keep running; a later driver can Recover them.
+	Close() error
+}
+
+// Pauser is implemented by drivers that can freeze a capsule in place with
+// its memory kept (warm pause: cgroup freezer, VM pause).
+type Pauser interface {
+	// Pause freezes all processes of a running capsule.
+	Pause(ctx context.Context, id string) error
+	// Resume thaws a paused capsule. The caller re-/inits envd (clock,
+	// connections) afterwards.
+	Resume(ctx context.Context, id string) error
+}
+
+// SnapshotStore is where a Snapshotter puts and finds snapshot artifacts
+// (rootfs archives, memory images). Keys are slash-separated names chosen
+// by the driver, unique per snapshot.
+type SnapshotStore interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	Delete(ctx context.Context, key string) error
+}
+
+// SnapshotInfo describes a stored snapshot of one capsule.
+type SnapshotInfo struct {
+	// ID names the snapshot in the store; Restore takes it.
+	ID string
+	// CapsuleID and Template are those of the capsule it was taken from.
+	CapsuleID string
+	Template  string
+	// MemoryKept reports whether process memory is in the snapshot.
+	MemoryKept bool
+	// Spec is the capsule's spec at snapshot time.
+	Spec      Spec
+	CreatedAt time.Time
+	// Keys lists the store keys that make up the snapshot.
+	Keys []string
+}
+
+// Snapshotter is implemented by drivers that can suspend a capsule to disk
+// (pause to disk) and bring it back, on this host or another.
+type Snapshotter interface {
+	// Snapshot writes the capsule's writable filesystem (and memory where the
+	// host supports it) to the store and releases its host resources except
+	// the state needed to Restore. The capsule ends in StateSnapshotted.
+	Snapshot(ctx context.Context, id string) (SnapshotInfo, error)
+	// Restore brings a snapshotted capsule back to StateRunning under its
+	// original ID. Info.MemoryKept tells whether memory survived. A failed
+	// Restore destroys the capsule (no zombie); the cleanup does not depend
+	// on ctx.
+	Restore(ctx context.Context, snap SnapshotInfo) (Info, error)
+	// MemorySnapshots reports whether Snapshot keeps memory on this host
+	// (detected once at driver start).
+	MemorySnapshots() bool
+}
+
+// WarmPooler is implemented by drivers that keep started-and-frozen capsules
+// per template to cut create latency.
+type WarmPooler interface {
+	// SetWarmPool sets how many warm capsules to keep for template (0 drains).
+	SetWarmPool(template string, n int)
+	// Take returns a running capsule from the template's pool, thawed and
+	// renamed to spec.ID, or ErrPoolEmpty. The caller /inits envd with
+	// the new identity and spec.Env. Only spec fields that the pool's
+	// capsules match (template, limits, network policy) are honoured;
+	// Take returns ErrPoolMismatch if spec asks for other limits.
+	Take(ctx context.Context, spec Spec) (Info, error)
+}
+
+// Typed errors. Drivers wrap them; callers test with errors.Is.
+var (
+	ErrNotFound     = errors.New("capsule not found")
+	ErrExists       = errors.New("capsule already exists")
+	ErrInvalidState = errors.New("capsule is not in a state that allows this")
+	ErrInvalidSpec  = errors.New("invalid capsule spec")
+	ErrNoTemplate   = errors.New("template not found")
+	ErrPoolEmpty    = errors.New("warm pool empty")
+	ErrPoolMismatch = errors.New("spec does not match warm pool")
+	ErrNotSupported = errors.New("not supported by this driver")
+)

@@ -1,0 +1,106 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/api/apitest"
+	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/store"
+)
+
+func host(id string, cpus, mem, usedCPU, usedMem int64) store.Host {
+	return store.Host{ID: id, Status: store.HostOnline, VCPUs: cpus, MemoryMB: mem, UsedVCPUs: usedCPU, UsedMemoryMB: usedMem, DiskMB: 100000}
+}
+
+func TestChoose(t *testing.T) {
+	req := Request{VCPUs: 1, MemoryMB: 512, DiskMB: 5120}
+	unavailable := host("h-down", 64, 1<<20, 0, 0)
+	unavailable.Status = store.HostUnavailable
+	tests := []struct {
+		name    string
+		hosts   []store.Host
+		want    string
+		wantErr error
+	}{
+		{"none", nil, "", ErrNoHosts},
+		{"only unavailable", []store.Host{unavailable}, "", ErrNoHosts},
+		{"most free memory wins", []store.Host{host("a", 4, 8192, 0, 6000), host("b", 4, 8192, 0, 1000)}, "b", nil},
+		{"cpu breaks equal memory", []store.Host{host("a", 4, 8192, 10, 0), host("b", 4, 8192, 2, 0)}, "b", nil},
+		{"skips full host", []store.Host{host("a", 4, 8192, 0, 8000), host("b", 1, 1024, 0, 0)}, "b", nil},
+		{"no capacity", []store.Host{host("a", 4, 1024, 0, 1000)}, "", ErrNoCapacity},
+		{"cpu overcommit bound", []store.Host{host("a", 1, 8192, 4, 0)}, "", ErrNoCapacity},
+		{"unavailable never chosen", []store.Host{unavailable, host("a", 2, 2048, 0, 0)}, "a", nil},
+		{"deterministic tie", []store.Host{host("b", 4, 4096, 0, 0), host("a", 4, 4096, 0, 0)}, "a", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Choose(tt.hosts, req, 4)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if got.ID != tt.want {
+				t.Fatalf("host = %q, want %q", got.ID, tt.want)
+			}
+		})
+	}
+}
+
+// TestPickRespectsBYOC places through a real store: a BYOC team gets
+// only its own hosts, other teams only the shared ones.
+func TestPickRespectsBYOC(t *testing.T) {
+	for _, o := range apitest.Stores() {
+		t.Run(o.Name, func(t *testing.T) {
+			st := o.Open(t)
+			ctx := context.Background()
+			byoc, err := st.CreateTeam(ctx, store.Team{Name: "byoc", IsBYOC: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain, err := st.CreateTeam(ctx, store.Team{Name: "plain"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lonely, err := st.CreateTeam(ctx, store.Team{Name: "lonely", IsBYOC: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			register := func(teamID, name string, mem, used int64) store.Host {
+				tok := auth.RandomToken("wrt_")
+				if err := st.CreateHostToken(ctx, store.HostToken{TokenHash: auth.HashToken(tok), TeamID: teamID, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+					t.Fatal(err)
+				}
+				h, err := st.RegisterHost(ctx, auth.HashToken(tok), store.Host{Address: name + ":50051", CredentialHash: auth.HashToken(name), VCPUs: 8, MemoryMB: mem, DiskMB: 100000})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h, err = st.HostHeartbeat(ctx, h.ID, store.HostUsage{Address: h.Address, VCPUs: 8, MemoryMB: mem, DiskMB: 100000, UsedMemoryMB: used}); err != nil {
+					t.Fatal(err)
+				}
+				return h
+			}
+			busy := register("", "busy", 65536, 60000)
+			idle := register("", "idle", 65536, 1000)
+			own := register(byoc.ID, "own", 2048, 0)
+			s := New(st)
+			req := Request{VCPUs: 1, MemoryMB: 512, DiskMB: 5120}
+			if got, err := s.Pick(ctx, byoc, req); err != nil || got.ID != own.ID {
+				t.Fatalf("BYOC pick = %q, %v; want its own host %q", got.ID, err, own.ID)
+			}
+			if got, err := s.Pick(ctx, plain, req); err != nil || got.ID != idle.ID {
+				t.Fatalf("shared pick = %q, %v; want the least loaded %q (not %q)", got.ID, err, idle.ID, busy.ID)
+			}
+			if _, err := s.Pick(ctx, lonely, req); !errors.Is(err, ErrNoHosts) {
+				t.Fatalf("BYOC team without hosts: err = %v, want ErrNoHosts", err)
+			}
+			if err := st.SetHostStatus(ctx, idle.ID, store.HostUnavailable); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Pick(ctx, plain, req); err != nil || got.ID != busy.ID {
+				t.Fatalf("pick with the idle host down = %q, %v; want %q", got.ID, err, busy.ID)
+			}
+		})
+	}
+}
