@@ -11,6 +11,13 @@
 // the veth, so a warm-pool capsule can take a new public ID without
 // renaming host objects. runc keeps its own state under <StateDir>/runc.
 //
+// Pause to disk publishes the capsule's ext4 disk image to the snapshot
+// engine (package snapshot; by default a local store under
+// <StateDir>/snapshots, or any shared store such as S3) and deletes it
+// locally; Restore materialises it as a sparse file again. A restored
+// capsule remembers its snapshot as the parent its next pause diffs
+// against; that pause supersedes (deletes) it, and so does Destroy.
+//
 // Invariants:
 //   - state.json is written only once every resource of the capsule exists,
 //     and rewritten (atomically) on each state change; Recover trusts it only
@@ -19,6 +26,9 @@
 //     whose key is not adopted.
 //   - Calls on one capsule are serialized by its mutex; the driver lock only
 //     guards the maps.
+//   - A capsule disk image is never read by the snapshot engine while it is
+//     mounted or attached to a loop device; a failed or cancelled Restore
+//     leaves no host object (the snapshot in the store is kept).
 package container
 
 import (
@@ -43,6 +53,8 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/snapshot"
+	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
 
@@ -69,9 +81,19 @@ type Config struct {
 	CgroupParent string
 	// CgroupRoot is where cgroup hierarchies are mounted (default "/sys/fs/cgroup").
 	CgroupRoot string
-	// Snapshots receives pause-to-disk archives (default: a DirStore at
-	// <StateDir>/snapshots).
-	Snapshots runtime.SnapshotStore
+	// Snapshots is the snapshot engine pause-to-disk publishes capsule
+	// disk images to (block images, zero blocks skipped, diffs over the
+	// parent merged per its MaxDiffGenerations). Any store works: a shared
+	// S3 store lets a capsule paused here resume on another host. Default:
+	// a local store at <StateDir>/snapshots, temp files in
+	// <StateDir>/snapshot-tmp.
+	Snapshots *snapshot.Manager
+	// SnapshotGCMinAge is the minAge of the garbage collection the driver
+	// runs after it deletes a superseded snapshot: unreferenced builds
+	// younger than this survive (they may belong to a publish in flight on
+	// another host). Default 10 minutes; negative disables the driver's GC
+	// (the operator then runs Manager.GC).
+	SnapshotGCMinAge time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -86,6 +108,7 @@ type Driver struct {
 	capsDir  string
 	criu     bool
 	client   *http.Client
+	snaps    *snapshot.Manager
 
 	mu   sync.Mutex
 	caps map[string]*capsule // by public ID
@@ -113,6 +136,9 @@ type record struct {
 	Pool      bool                  `json:"pool,omitempty"`
 	PID       int                   `json:"pid,omitempty"`
 	Snapshot  *runtime.SnapshotInfo `json:"snapshot,omitempty"`
+	// Parent is the snapshot the capsule's disk was restored from; the
+	// next Snapshot diffs against it and then deletes it.
+	Parent string `json:"parent,omitempty"`
 }
 
 type capsule struct {
@@ -151,9 +177,6 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Snapshots == nil {
-		cfg.Snapshots = DirStore{Dir: filepath.Join(cfg.StateDir, "snapshots")}
-	}
 	runc, err := exec.LookPath(cfg.RuncPath)
 	if err != nil {
 		return nil, fmt.Errorf("container: runc not found (apt-get install runc): %w", err)
@@ -169,7 +192,27 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 		cfg.StateDir = abs
 	}
+	if cfg.SnapshotGCMinAge == 0 {
+		cfg.SnapshotGCMinAge = 10 * time.Minute
+	}
+	if cfg.Snapshots == nil {
+		st, err := store.OpenLocal(filepath.Join(cfg.StateDir, "snapshots"))
+		if err != nil {
+			return nil, fmt.Errorf("container: snapshot store: %w", err)
+		}
+		// Only this driver writes here: whatever is left is from a pause
+		// that a crash interrupted.
+		tmp := filepath.Join(cfg.StateDir, "snapshot-tmp")
+		if err := os.RemoveAll(tmp); err != nil {
+			return nil, fmt.Errorf("container: %w", err)
+		}
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return nil, fmt.Errorf("container: %w", err)
+		}
+		cfg.Snapshots = &snapshot.Manager{Store: st, TempDir: tmp, Log: cfg.Logger.With("driver", "container")}
+	}
 	d := &Driver{
+		snaps:    cfg.Snapshots,
 		cfg:      cfg,
 		log:      cfg.Logger.With("driver", "container"),
 		runcRoot: filepath.Join(cfg.StateDir, "runc"),
@@ -307,8 +350,10 @@ func (d *Driver) unreserve(id string, c *capsule) {
 }
 
 // build makes every resource of a new capsule and writes its state. On
-// error it removes what it made.
-func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Template, pool bool, fill func(string) error) (rec record, err error) {
+// error it removes what it made. image, if not nil, writes the capsule's
+// disk image (restoring a snapshot) instead of a blank one; it runs while
+// the network is set up.
+func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Template, pool bool, image func(path string) error) (rec record, err error) {
 	key := newKey()
 	p := d.paths(key)
 	rec = record{ID: spec.ID, Key: key, Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC(), Pool: pool}
@@ -327,7 +372,13 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 		defer close(done)
 		rec.Net, netErr = d.net.Setup(key, spec.AllowInternet && !pool)
 	}()
-	fsErr := rootfs.Mount(ctx, p, tmpl.Rootfs, spec.DiskSizeMB, filepath.Join(d.cfg.StateDir, "blank"), fill)
+	var fsErr error
+	if image != nil {
+		fsErr = image(p.Image())
+	}
+	if fsErr == nil {
+		fsErr = rootfs.Mount(ctx, p, tmpl.Rootfs, spec.DiskSizeMB, filepath.Join(d.cfg.StateDir, "blank"), nil)
+	}
 	<-done
 	if err := errors.Join(netErr, fsErr); err != nil {
 		return rec, err
@@ -602,6 +653,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	}
 	defer c.mu.Unlock()
 	d.destroyLocked(ctx, c)
+	d.dropParent(ctx, &c.rec)
 	return nil
 }
 

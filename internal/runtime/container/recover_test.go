@@ -238,8 +238,8 @@ func TestCreateDestroyCycles(t *testing.T) {
 func TestFailedRestoreDestroys(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
-	store := container.DirStore{Dir: dir + "/snaps"}
-	cfg.Snapshots = store
+	mgr, local := localManager(t, dir+"/snaps")
+	cfg.Snapshots = mgr
 	testutil.RequireRoot(t)
 	if setupErr != nil {
 		t.Fatalf("test setup: %v", setupErr)
@@ -251,10 +251,8 @@ func TestFailedRestoreDestroys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The archive is damaged: restore must fail.
-	if err := store.Put(ctx, snap.Keys[0], strings.NewReader("not a tar archive")); err != nil {
-		t.Fatal(err)
-	}
+	// The image's data is damaged: restore must fail its checksums.
+	corruptBuilds(ctx, t, mgr, local, snap.Keys[0])
 	if _, err := d.Restore(ctx, snap); err == nil {
 		t.Fatal("Restore of a damaged snapshot succeeded")
 	}

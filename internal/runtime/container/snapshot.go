@@ -4,84 +4,57 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/snapshot"
+	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
 )
 
-// DirStore is a runtime.SnapshotStore in a local directory.
-type DirStore struct {
-	Dir string
-}
+// Header metadata keys of a capsule disk snapshot. The runtime.SnapshotInfo
+// a caller keeps is authoritative; the metadata makes an image
+// self-describing (inspectable with `wrenn snapshot inspect`) and lets
+// Restore check that an info and an image belong together.
+const (
+	metaKind       = "wrenn.kind"
+	metaDriver     = "wrenn.driver"
+	metaCapsuleID  = "wrenn.capsule_id"
+	metaTemplateID = "wrenn.template_id"
+	metaVCPUs      = "wrenn.vcpus"
+	metaMemoryMB   = "wrenn.memory_mb"
+	metaDiskSizeMB = "wrenn.disk_size_mb"
+	metaInternet   = "wrenn.allow_internet"
+	metaCreatedAt  = "wrenn.created_at"
 
-func (s DirStore) path(key string) (string, error) {
-	clean := filepath.Clean("/" + key)
-	if key == "" || clean != "/"+key {
-		return "", fmt.Errorf("snapshot store: bad key %q", key)
-	}
-	return filepath.Join(s.Dir, clean), nil
-}
-
-// Put implements runtime.SnapshotStore; the object appears atomically.
-func (s DirStore) Put(_ context.Context, key string, r io.Reader) error {
-	p, err := s.path(key)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".put-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return fmt.Errorf("snapshot store: write %s: %w", key, err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), p)
-}
-
-// Get implements runtime.SnapshotStore.
-func (s DirStore) Get(_ context.Context, key string) (io.ReadCloser, error) {
-	p, err := s.path(key)
-	if err != nil {
-		return nil, err
-	}
-	return os.Open(p)
-}
-
-// Delete implements runtime.SnapshotStore.
-func (s DirStore) Delete(_ context.Context, key string) error {
-	p, err := s.path(key)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	_ = os.Remove(filepath.Dir(p)) // the snapshot's directory, once empty
-	return nil
-}
+	kindDisk = "capsule-disk-ext4"
+)
 
 // MemorySnapshots implements runtime.Snapshotter. Memory checkpoints need a
-// working CRIU; this driver does not checkpoint memory yet, so snapshots
-// keep files only and Restore reports MemoryKept=false.
+// working CRIU; this driver does not checkpoint memory, so snapshots keep
+// the writable disk only and Restore reports MemoryKept=false.
 func (d *Driver) MemorySnapshots() bool { return false }
 
-// Snapshot implements runtime.Snapshotter: it stops the capsule, archives
-// the upper directory (tar with overlay xattrs, so whiteouts survive) into
-// the snapshot store and frees every host resource except the record.
+// SnapshotManager returns the snapshot engine the driver publishes capsule
+// disks to (for GC and inspection by the agent or operator tools).
+func (d *Driver) SnapshotManager() *snapshot.Manager { return d.snaps }
+
+// Snapshot implements runtime.Snapshotter (pause to disk). It stops the
+// capsule, unmounts its overlay and the ext4 image (releasing the loop
+// device), publishes the image to the snapshot engine — zero blocks are
+// never stored, and a capsule restored from an earlier snapshot diffs
+// against that parent (merged per the manager's MaxDiffGenerations) — and
+// then frees every host resource, keeping only state.json. The snapshot's
+// ID is the header name in the store.
+//
+// If publishing fails the capsule is left stopped with its disk remounted,
+// so it can be started or snapshotted again; nothing partial is visible in
+// the store.
 func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo, error) {
 	c, err := d.get(id)
 	if err != nil {
@@ -97,22 +70,41 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	if err := d.stop(ctx, rec, 2*time.Second); err != nil {
 		return runtime.SnapshotInfo{}, err
 	}
-	snapID := fmt.Sprintf("%s-%d", rec.ID, time.Now().UnixNano())
-	key := snapID + "/upper.tar"
-	if err := d.archiveUpper(ctx, rec, key); err != nil {
-		return runtime.SnapshotInfo{}, err
+	p := d.paths(rec.Key)
+	tmpl, err := d.cfg.Templates.Get(rec.Spec.Template)
+	if err != nil {
+		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: template %q: %w", id, rec.Spec.Template, err)
+	}
+	if err := detachDisk(ctx, p); err != nil {
+		d.remount(rec, tmpl.Rootfs)
+		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
+	}
+	now := time.Now().UTC()
+	snapID := fmt.Sprintf("%s-%d", rec.ID, now.UnixNano())
+	hdr, err := d.publish(ctx, rec, snapID, p.Image(), now)
+	if err != nil {
+		d.remount(rec, tmpl.Rootfs)
+		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
 	}
 	snap := runtime.SnapshotInfo{
 		ID: snapID, CapsuleID: rec.ID, Template: rec.Spec.Template, MemoryKept: false,
-		Spec: rec.Spec, CreatedAt: time.Now().UTC(), Keys: []string{key},
+		Spec: rec.Spec, CreatedAt: now, Keys: []string{snapID},
 	}
-	// Free the host: processes are gone; now mounts, loop, network.
+	d.log.Info("capsule disk snapshotted", "id", rec.ID, "snapshot", snapID,
+		"parent", rec.Parent, "generation", hdr.Generation, "stored_bytes", storedBytes(hdr))
+	// The new image supersedes the one the disk was restored from.
+	if rec.Parent != "" && rec.Parent != snapID {
+		d.dropSnapshot(ctx, rec.Parent)
+	}
+	// Free the host: processes are gone; now mounts, loop, network and
+	// the local image (rootfs.Remove deletes the capsule directory).
 	d.release(ctx, rec)
 	rec.State = runtime.StateSnapshotted
 	rec.Snapshot = &snap
+	rec.Parent = ""
 	rec.Net = network.Allocation{}
 	if err := os.MkdirAll(filepath.Join(d.capsDir, rec.Key), 0o700); err != nil {
-		return snap, err
+		return snap, fmt.Errorf("container: %w", err)
 	}
 	if err := d.save(rec); err != nil {
 		return snap, err
@@ -120,43 +112,106 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	return snap, nil
 }
 
-func (d *Driver) archiveUpper(ctx context.Context, rec *record, key string) error {
-	p := d.paths(rec.Key)
-	cmd := exec.CommandContext(ctx, "tar", "--xattrs", "--xattrs-include=trusted.*", "--xattrs-include=user.*",
-		"--numeric-owner", "--sparse", "-cpf", "-", "-C", p.Upper(), ".")
-	out, err := cmd.StdoutPipe()
+// publish runs Manager.Pause on the detached image, diffing against the
+// capsule's parent snapshot when it has one. A parent that is gone from the
+// store (deleted by its other owner) is not an error: the image is then
+// published whole.
+func (d *Driver) publish(ctx context.Context, rec *record, name, image string, now time.Time) (*snapshot.Header, error) {
+	opts := snapshot.PauseOptions{Parent: rec.Parent, Metadata: snapshotMetadata(rec, now)}
+	hdr, err := d.snaps.Pause(ctx, name, image, opts)
+	if err != nil && opts.Parent != "" && errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
+		d.log.Warn("snapshot parent missing, storing the full image", "id", rec.ID, "parent", opts.Parent, "err", err)
+		opts.Parent = ""
+		hdr, err = d.snaps.Pause(ctx, name, image, opts)
+	}
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("publish disk image: %w", err)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("container: tar: %w", err)
-	}
-	perr := d.cfg.Snapshots.Put(ctx, key, out)
-	werr := cmd.Wait()
-	if perr != nil {
-		return fmt.Errorf("container: store %s: %w", key, perr)
-	}
-	if werr != nil {
-		return fmt.Errorf("container: tar upper: %w: %s", werr, stderr.String())
-	}
-	return nil
+	return hdr, nil
 }
 
-// Restore implements runtime.Snapshotter: it rebuilds the capsule under its
-// original ID with the archived files in its writable layer and boots it
-// again (memory is not kept). A failed restore leaves nothing behind.
+func snapshotMetadata(rec *record, now time.Time) map[string]string {
+	return map[string]string{
+		metaKind:       kindDisk,
+		metaDriver:     "container",
+		metaCapsuleID:  rec.ID,
+		metaTemplateID: rec.Spec.Template,
+		metaVCPUs:      strconv.Itoa(rec.Spec.VCPUs),
+		metaMemoryMB:   strconv.Itoa(rec.Spec.MemoryMB),
+		metaDiskSizeMB: strconv.Itoa(rec.Spec.DiskSizeMB),
+		metaInternet:   strconv.FormatBool(rec.Spec.AllowInternet),
+		metaCreatedAt:  now.Format(time.RFC3339Nano),
+	}
+}
+
+// storedBytes is what one header's own build added to the store.
+func storedBytes(h *snapshot.Header) int64 {
+	for _, b := range h.Builds {
+		if b.ID == h.BuildID {
+			return b.DataLen
+		}
+	}
+	return 0
+}
+
+// remount brings a stopped capsule's disk and overlay back after a failed
+// snapshot, so it can be started again.
+func (d *Driver) remount(rec *record, lower string) {
+	p := d.paths(rec.Key)
+	if err := rootfs.Mount(context.Background(), p, lower, rec.Spec.DiskSizeMB, "", nil); err != nil {
+		d.log.Error("remount after a failed snapshot", "id", rec.ID, "err", err)
+	}
+}
+
+// dropSnapshot deletes a snapshot header the driver no longer needs and
+// collects the builds nothing references any more (best effort: a failure
+// leaves garbage for a later GC, never a broken snapshot).
+func (d *Driver) dropSnapshot(ctx context.Context, name string) {
+	ctx = context.WithoutCancel(ctx)
+	if err := d.snaps.Delete(ctx, name); err != nil {
+		d.log.Warn("delete superseded snapshot", "snapshot", name, "err", err)
+		return
+	}
+	if d.cfg.SnapshotGCMinAge < 0 {
+		return
+	}
+	st, err := d.snaps.GC(ctx, d.cfg.SnapshotGCMinAge)
+	if err != nil {
+		d.log.Warn("snapshot gc", "err", err)
+		return
+	}
+	if len(st.Deleted) > 0 {
+		d.log.Info("snapshot gc", "deleted_builds", len(st.Deleted), "deleted_bytes", st.DeletedBytes)
+	}
+}
+
+// Restore implements runtime.Snapshotter: it materialises the snapshot's
+// disk image as a sparse file (zero blocks stay holes), attaches and mounts
+// it, rebuilds the overlay and the network and boots envd again under the
+// capsule's original ID (memory is not kept). The snapshot stays in the
+// store as the parent the next Snapshot of this capsule diffs against. A
+// failed or cancelled restore leaves no host object behind; the cleanup
+// does not depend on ctx.
 func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtime.Info, error) {
-	if len(snap.Keys) == 0 || snap.CapsuleID == "" {
+	if len(snap.Keys) == 0 || snap.CapsuleID == "" || snap.ID == "" {
 		return runtime.Info{}, fmt.Errorf("%w: empty snapshot", runtime.ErrInvalidSpec)
 	}
-	spec := snap.Spec
-	spec.ID = snap.CapsuleID
+	name := snap.Keys[0]
+	r, err := d.snaps.Open(ctx, name)
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("restore capsule %s: open snapshot %s: %w", snap.CapsuleID, name, err)
+	}
+	defer r.Close()
+	spec, err := restoreSpec(snap, r)
+	if err != nil {
+		return runtime.Info{}, err
+	}
 	spec, tmpl, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
 	}
+	// The image decides the disk size (normalize may have raised it).
+	spec.DiskSizeMB = int(r.Size() >> 20)
 	// A snapshotted record of this capsule on this host is replaced.
 	if old, err := d.get(spec.ID); err == nil {
 		if old.rec.State != runtime.StateSnapshotted {
@@ -172,12 +227,18 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 	if err := d.reserve(spec.ID, c); err != nil {
 		return runtime.Info{}, err
 	}
-	fill := func(upper string) error { return d.extract(ctx, snap.Keys[0], upper) }
-	rec, err := d.build(ctx, spec, tmpl, false, fill)
+	materialise := func(image string) error {
+		if err := r.WriteFile(ctx, image); err != nil {
+			return fmt.Errorf("container: materialise snapshot %s: %w", name, err)
+		}
+		return nil
+	}
+	rec, err := d.build(ctx, spec, tmpl, false, materialise)
 	if err != nil {
 		d.unreserve(spec.ID, c)
-		return runtime.Info{}, err
+		return runtime.Info{}, fmt.Errorf("restore capsule %s: %w", spec.ID, err)
 	}
+	rec.Parent = name
 	c.rec = rec
 	if err := d.start(ctx, &c.rec); err != nil {
 		d.log.Error("restore failed, destroying capsule", "id", spec.ID, "err", err)
@@ -187,21 +248,59 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 		return runtime.Info{}, fmt.Errorf("restore capsule %s (destroyed): %w", spec.ID, err)
 	}
 	c.rec.Memory = false
-	_ = d.save(&c.rec)
+	if err := d.save(&c.rec); err != nil {
+		d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
+	}
 	return d.info(&c.rec), nil
 }
 
-func (d *Driver) extract(ctx context.Context, key, upper string) error {
-	r, err := d.cfg.Snapshots.Get(ctx, key)
-	if err != nil {
-		return fmt.Errorf("container: snapshot %s: %w", key, err)
+// restoreSpec checks that snap and the image belong together and fills the
+// spec fields a bare SnapshotInfo (e.g. one carried to another host with
+// only its ID and capsule ID) leaves empty from the header metadata.
+func restoreSpec(snap runtime.SnapshotInfo, r *snapshot.Reader) (runtime.Spec, error) {
+	md := r.Metadata()
+	if md[metaKind] != kindDisk {
+		return runtime.Spec{}, fmt.Errorf("%w: snapshot %s is not a container disk image (kind %q)", runtime.ErrInvalidSpec, snap.ID, md[metaKind])
 	}
-	defer r.Close()
-	cmd := exec.CommandContext(ctx, "tar", "--xattrs", "--xattrs-include=trusted.*", "--xattrs-include=user.*",
-		"--numeric-owner", "-xpf", "-", "-C", upper)
-	cmd.Stdin = r
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("container: untar snapshot: %w: %s", err, strings.TrimSpace(string(out)))
+	if md[metaCapsuleID] != snap.CapsuleID {
+		return runtime.Spec{}, fmt.Errorf("%w: snapshot %s belongs to capsule %q, not %q", runtime.ErrInvalidSpec, snap.ID, md[metaCapsuleID], snap.CapsuleID)
 	}
-	return nil
+	if r.Size()%(1<<20) != 0 {
+		return runtime.Spec{}, fmt.Errorf("%w: snapshot %s: image size %d is not whole MiB", runtime.ErrInvalidSpec, snap.ID, r.Size())
+	}
+	spec := snap.Spec
+	spec.ID = snap.CapsuleID
+	if snap.Template != "" && spec.Template == "" {
+		spec.Template = snap.Template
+	}
+	if spec.Template == "" {
+		spec.Template = md[metaTemplateID]
+	}
+	if spec.Template != md[metaTemplateID] {
+		return runtime.Spec{}, fmt.Errorf("%w: snapshot %s was taken from template %q, not %q", runtime.ErrInvalidSpec, snap.ID, md[metaTemplateID], spec.Template)
+	}
+	atoi := func(k string) int { n, _ := strconv.Atoi(md[k]); return n }
+	if spec.VCPUs == 0 {
+		spec.VCPUs = atoi(metaVCPUs)
+	}
+	if spec.MemoryMB == 0 {
+		spec.MemoryMB = atoi(metaMemoryMB)
+	}
+	if snap.Spec.Template == "" && snap.Spec.VCPUs == 0 {
+		// A bare info: the network policy comes from the image too.
+		spec.AllowInternet, _ = strconv.ParseBool(md[metaInternet])
+	}
+	spec.Labels = maps.Clone(spec.Labels)
+	return spec, nil
+}
+
+// dropParent forgets the snapshot a destroyed capsule was restored from or
+// paused into: the capsule is gone, so is its disk history.
+func (d *Driver) dropParent(ctx context.Context, rec *record) {
+	switch {
+	case rec.State == runtime.StateSnapshotted && rec.Snapshot != nil && len(rec.Snapshot.Keys) > 0:
+		d.dropSnapshot(ctx, rec.Snapshot.Keys[0])
+	case rec.Parent != "":
+		d.dropSnapshot(ctx, rec.Parent)
+	}
 }
