@@ -39,7 +39,7 @@ bin/tools/versitygw:
 	GOBIN=$(CURDIR)/bin/tools $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 run: deps build
-	@scripts/run.sh
+	@scripts/run.sh $(ARGS)
 
 gen:
 	$(TOOL) buf generate

@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# `make run`: start Wrenn on this machine. Until `wrenn up` lands (control
-# plane + host agent in one process), this starts envd, the in-capsule agent,
-# directly on the host so that it can be driven with E2B-compatible clients.
+# `make run`: start a complete single-node Wrenn on this machine — control
+# plane, host agent and embedded SQLite in one process (`wrenn up`). The
+# first start prints an admin API key and a copy-paste example; state lives
+# in $WRENN_HOME (default /var/lib/wrenn). Extra flags pass through:
+#   make run ARGS="--listen 0.0.0.0:9725 --on-exit destroy"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-port=${ENVD_PORT:-49983}
-cat <<MSG
-Starting envd on 0.0.0.0:${port} (the in-capsule agent, running on the host).
-  health:   curl http://127.0.0.1:${port}/health
-  metrics:  curl http://127.0.0.1:${port}/metrics
-  upload:   curl -X POST --data-binary @/etc/hostname 'http://127.0.0.1:${port}/files?path=/tmp/hello'
-Stop with Ctrl+C.
-MSG
-exec ./bin/envd --port "${port}"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "wrenn up runs capsules with namespaces and cgroups: run 'make run' as root" >&2
+  exit 1
+fi
+exec ./bin/wrenn up "$@"

@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wrenn-dev/wrenn/internal/controlplane"
+	"github.com/wrenn-dev/wrenn/internal/template"
+	"github.com/wrenn-dev/wrenn/internal/up"
+	wrenn "github.com/wrenn-dev/wrenn/sdk"
+)
+
+// newTemplateCmd returns `wrenn template`.
+func newTemplateCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:     "template",
+		Aliases: []string{"templates"},
+		Short:   "List and import capsule templates",
+	}
+	addClientFlags(cmd, &f)
+	cmd.AddCommand(templateLsCmd(&f), templateImportCmd())
+	return cmd
+}
+
+func templateLsCmd(f *clientFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List the templates capsules can be created from",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.resolve()
+			if err != nil {
+				return err
+			}
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			ts, err := c.Templates(cmd.Context())
+			if err != nil {
+				return friendly(err, cfg.URL)
+			}
+			if asJSON {
+				if ts == nil {
+					ts = []wrenn.Template{}
+				}
+				return writeJSON(cmd.OutOrStdout(), ts)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tID\tPUBLIC\tSIZE\tCREATED")
+			now := time.Now()
+			for _, t := range ts {
+				fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\n", t.Name, t.ID, t.Public, humanBytes(t.SizeBytes), ago(t.CreatedAt, now))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func templateImportCmd() *cobra.Command {
+	var home string
+	cmd := &cobra.Command{
+		Use:   "import NAME ROOTFS",
+		Short: "Import a root filesystem (directory or tarball) as a public template",
+		Long: `Import a root filesystem, given as a directory or a (compressed) tarball, as
+a template every team can use. Run it as root on the machine where
+` + "`wrenn up`" + ` runs: it writes into $WRENN_HOME (--home) directly, and the
+template is usable at once.`,
+		Example: `  docker export $(docker create python:3.12-slim) > py.tar
+  sudo wrenn template import python py.tar`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, src := args[0], args[1]
+			if !template.ValidName(name) {
+				return fmt.Errorf("%q is not a valid template name (letters, digits, . _ -; at most 64)", name)
+			}
+			if os.Geteuid() != 0 {
+				return errors.New("`wrenn template import` must run as root (it keeps file owners) on the Wrenn host")
+			}
+			home = resolveHome(home)
+			db := filepath.Join(home, "wrenn.db")
+			if _, err := os.Stat(db); err != nil {
+				return fmt.Errorf("no Wrenn home at %s (%w): start `wrenn up` once, or pass --home", home, err)
+			}
+			st, err := os.Stat(src)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ts := template.Store{Dir: filepath.Join(home, "templates")}
+			start := time.Now()
+			var t template.Template
+			if st.IsDir() {
+				t, err = ts.ImportDir(ctx, name, src)
+			} else {
+				t, err = ts.ImportTarball(ctx, name, src)
+			}
+			if err != nil {
+				return err
+			}
+			s, err := controlplane.OpenStore(ctx, db)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if err := up.RegisterTemplate(ctx, s, t); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Imported template %s (%s) in %s\n", name, humanBytes(t.SizeBytes), time.Since(start).Round(time.Millisecond))
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&home, "home", "", "Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
+	return cmd
+}
+
+// resolveHome applies the WRENN_HOME default.
+func resolveHome(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if h := os.Getenv("WRENN_HOME"); h != "" {
+		return h
+	}
+	return "/var/lib/wrenn"
+}

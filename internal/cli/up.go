@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/wrenn-dev/wrenn/internal/up"
+)
+
+type upFlags struct {
+	home, listen, onExit, envdPath, cacheDir, mirror, instance, subnet, logLevel, rootfsSize string
+	noBase                                                                                   bool
+	warmPools                                                                                map[string]int
+}
+
+// newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
+func newUpCmd() *cobra.Command {
+	var f upFlags
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run a complete single-node Wrenn: control plane and host agent in one process",
+		Long: `Run a complete Wrenn on this machine: the control plane (on an embedded
+SQLite database) and a host agent running capsules with the container
+driver, in one process. State lives in WRENN_HOME (--home).
+
+On first start it creates the admin user and an admin API key, saved in
+$WRENN_HOME/admin.key (mode 0600) and printed once, and builds the
+templates: "minimal" (busybox) first, so capsules can be created within
+seconds, then "base" (Debian, debootstrap) in the background, cached
+machine-wide in --cache-dir.
+
+Stop it with Ctrl-C or SIGTERM: running capsules are paused (and
+re-adopted on the next start) or destroyed, as --on-exit says.
+
+Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE.`,
+		Example: `  sudo wrenn up
+  sudo wrenn up --listen 0.0.0.0:9725 --on-exit destroy`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runUp(cmd, f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.home, "home", "", "Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:9725", "address to serve the API on")
+	fl.StringVar(&f.onExit, "on-exit", "pause", "what happens to running capsules on shutdown: pause or destroy")
+	fl.StringVar(&f.envdPath, "envd-path", "", "static envd binary put into every capsule (default: envd next to this binary)")
+	fl.StringVar(&f.cacheDir, "cache-dir", "/var/cache/wrenn", "machine-wide cache of base template builds")
+	fl.StringVar(&f.mirror, "debian-mirror", "http://deb.debian.org/debian", "Debian mirror for the base template")
+	fl.BoolVar(&f.noBase, "no-base", false, "do not build the base template")
+	fl.StringVar(&f.rootfsSize, "default-rootfs-size", "", "default writable disk per capsule, e.g. 5GiB (default $WRENN_DEFAULT_ROOTFS_SIZE, else 5120MiB)")
+	fl.StringVar(&f.instance, "instance", "wrenn", "name of this Wrenn's cgroup parent, nftables table and network namespaces")
+	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "private IPv4 range capsule addresses come from")
+	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template for fast creates, e.g. minimal=2")
+	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
+	return cmd
+}
+
+func runUp(cmd *cobra.Command, f upFlags) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	if f.onExit != string(up.OnExitPause) && f.onExit != string(up.OnExitDestroy) {
+		return fmt.Errorf("--on-exit must be pause or destroy, not %q", f.onExit)
+	}
+	subnet, err := netip.ParsePrefix(f.subnet)
+	if err != nil {
+		return fmt.Errorf("--subnet: %w", err)
+	}
+	if f.rootfsSize == "" {
+		f.rootfsSize = os.Getenv("WRENN_DEFAULT_ROOTFS_SIZE")
+	}
+	if f.rootfsSize == "" {
+		f.rootfsSize = "5120MiB"
+	}
+	size, err := humanize.ParseBytes(f.rootfsSize)
+	if err != nil {
+		return fmt.Errorf("--default-rootfs-size %q: %w", f.rootfsSize, err)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("`wrenn up` must run as root (capsules need namespaces, cgroups and mounts): try sudo wrenn up")
+	}
+	if f.envdPath == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		f.envdPath = filepath.Join(filepath.Dir(exe), "envd")
+	}
+	if _, err := os.Stat(f.envdPath); err != nil {
+		return fmt.Errorf("envd (the in-capsule agent) not found at %s: build it (make build) or pass --envd-path", f.envdPath)
+	}
+	out := cmd.OutOrStdout()
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app, err := up.New(ctx, up.Config{
+		Home: resolveHome(f.home), Listen: f.listen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
+		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
+		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
+		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	return app.Run(ctx)
+}

@@ -1,0 +1,674 @@
+// Package up runs a whole single-node Wrenn in one process (`wrenn up`):
+// the control plane on an embedded SQLite database, and a host agent with
+// the container runtime driver, registered with that control plane as its
+// only host. It owns WRENN_HOME's layout:
+//
+//	$WRENN_HOME/wrenn.db        SQLite store
+//	$WRENN_HOME/server.secret   control plane secret (0600)
+//	$WRENN_HOME/admin.key       the admin API key (0600), written once
+//	$WRENN_HOME/host.json       this host's ID in the store
+//	$WRENN_HOME/agent.secret    the host credential the agent requires (0600)
+//	$WRENN_HOME/templates/      template rootfs trees
+//	$WRENN_HOME/agent/          agent and runtime state, snapshots
+//
+// Invariants:
+//   - The admin user and key are created once; later starts read
+//     admin.key and never mint or print a new key while it still works.
+//   - The "minimal" template is built and registered before Ready is
+//     closed, so a capsule can be created as soon as Ready fires; "base" is
+//     built in the background (debootstrap, cached machine-wide under
+//     CacheDir keyed by the recipe's hash).
+//   - On shutdown every capsule of this host is paused (warm, re-adopted on
+//     the next start) or destroyed, according to Config.OnExit, before the
+//     servers stop; with OnExit destroy the runtime's host objects
+//     (nftables table, cgroup parents) are removed too.
+package up
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/buildinfo"
+	"github.com/wrenn-dev/wrenn/internal/controlplane"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
+	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/internal/template"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// OnExit says what happens to capsules when `wrenn up` stops.
+type OnExit string
+
+// OnExit values.
+const (
+	// OnExitPause freezes running capsules; the next start re-adopts them.
+	OnExitPause OnExit = "pause"
+	// OnExitDestroy destroys every capsule of this host.
+	OnExitDestroy OnExit = "destroy"
+)
+
+// Template names built on first start.
+const (
+	MinimalTemplate = "minimal"
+	BaseTemplate    = "base"
+)
+
+// AdminEmail is the e-mail address of the admin user `wrenn up` creates.
+const AdminEmail = "admin@localhost"
+
+// Config configures an App. Zero values take the documented defaults.
+type Config struct {
+	// Home is WRENN_HOME. Required.
+	Home string
+	// Listen is the API address (default 127.0.0.1:9725; port 0 picks one).
+	Listen string
+	// AgentListen is the in-process agent's address (default 127.0.0.1:0).
+	AgentListen string
+	// OnExit default pause.
+	OnExit OnExit
+	// EnvdPath is the static envd binary put into every capsule. Required.
+	EnvdPath string
+	// CacheDir caches base rootfs builds machine-wide (default /var/cache/wrenn).
+	CacheDir string
+	// BuildBase builds the "base" template in the background when missing.
+	BuildBase bool
+	// DebianMirror for the base template (default http://deb.debian.org/debian).
+	DebianMirror string
+	// Busybox is the static busybox for "minimal" (default template.BusyboxPath).
+	Busybox string
+	// DefaultDiskSizeMB is a capsule's writable disk when a create gives
+	// none at the runtime level (default 5120).
+	DefaultDiskSizeMB int
+	// Instance names this Wrenn's host objects: cgroup parent /<Instance>,
+	// nftables table <Instance>, network namespaces <Instance>-… (default
+	// "wrenn"). Two instances on one machine need different names and
+	// subnets.
+	Instance string
+	// Subnet capsule addresses come from (default 10.200.0.0/16).
+	Subnet netip.Prefix
+	// WarmPools keeps this many started-and-frozen capsules per template
+	// (e.g. {"minimal": 2}) so creates take one instead of booting. A
+	// pool starts filling once its template is available.
+	WarmPools map[string]int
+	// HeartbeatInterval of the in-process host (default 10 s).
+	HeartbeatInterval time.Duration
+	// Out receives the human-facing output: banner and template progress.
+	Out io.Writer
+	// Progress draws progress bars on Out (set it when Out is a terminal).
+	Progress bool
+	// Logger receives structured logs.
+	Logger *slog.Logger
+}
+
+func (c *Config) fill() error {
+	if c.Home == "" {
+		return errors.New("up: Config.Home is required")
+	}
+	if c.EnvdPath == "" {
+		return errors.New("up: Config.EnvdPath is required")
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:9725"
+	}
+	if c.AgentListen == "" {
+		c.AgentListen = "127.0.0.1:0"
+	}
+	switch c.OnExit {
+	case "":
+		c.OnExit = OnExitPause
+	case OnExitPause, OnExitDestroy:
+	default:
+		return fmt.Errorf("up: on-exit must be pause or destroy, not %q", c.OnExit)
+	}
+	if c.CacheDir == "" {
+		c.CacheDir = "/var/cache/wrenn"
+	}
+	if c.DebianMirror == "" {
+		c.DebianMirror = "http://deb.debian.org/debian"
+	}
+	if c.DefaultDiskSizeMB <= 0 {
+		c.DefaultDiskSizeMB = 5120
+	}
+	if c.Instance == "" {
+		c.Instance = "wrenn"
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 10 * time.Second
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// App is a running single-node Wrenn.
+type App struct {
+	cfg   Config
+	log   *slog.Logger
+	store store.Store
+	cp    *controlplane.Server
+	drv   *container.Driver
+	agent *hostagent.Agent
+	tmpls *template.Store
+
+	ln, agentLn net.Listener
+	url         string
+	adminKey    string
+	firstStart  bool
+	hostID      string
+	credential  string
+	agentRPC    hostagentv1connect.HostAgentServiceClient
+	transport   *http.Transport // to the agent and the API, closed with the App
+
+	ready    chan struct{}
+	baseDone chan struct{}
+	started  time.Time
+	outMu    sync.Mutex
+}
+
+// New prepares WRENN_HOME, opens the store, creates the admin user and key
+// on first start, starts the runtime (re-adopting capsules left by a
+// previous run), registers this host and binds both listeners. Nothing is
+// served until Run.
+func New(ctx context.Context, cfg Config) (_ *App, err error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	a := &App{
+		cfg: cfg, log: cfg.Logger.With("component", "up"), started: time.Now(),
+		ready: make(chan struct{}), baseDone: make(chan struct{}),
+		tmpls: &template.Store{Dir: filepath.Join(cfg.Home, "templates")},
+	}
+	defer func() {
+		if err != nil {
+			a.closeAll(false)
+		}
+	}()
+	if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
+		return nil, fmt.Errorf("up: WRENN_HOME: %w", err)
+	}
+	if err := os.MkdirAll(a.tmpls.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("up: templates dir: %w", err)
+	}
+	secret, err := loadOrCreateSecret(filepath.Join(cfg.Home, "server.secret"))
+	if err != nil {
+		return nil, err
+	}
+	if a.store, err = controlplane.OpenStore(ctx, filepath.Join(cfg.Home, "wrenn.db")); err != nil {
+		return nil, fmt.Errorf("up: open store: %w", err)
+	}
+	if err := a.bootstrapAdmin(ctx); err != nil {
+		return nil, err
+	}
+	if a.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("up: listen on %s: %w (is another wrenn up running?)", cfg.Listen, err)
+	}
+	a.url = "http://" + dialable(a.ln.Addr().(*net.TCPAddr))
+	if a.agentLn, err = net.Listen("tcp", cfg.AgentListen); err != nil {
+		return nil, fmt.Errorf("up: agent listen on %s: %w", cfg.AgentListen, err)
+	}
+	if a.cp, err = controlplane.New(ctx, controlplane.Config{
+		Listen: a.ln.Addr().String(), Store: a.store, Secret: secret, PublicURL: a.url,
+		HeartbeatInterval: cfg.HeartbeatInterval, Logger: cfg.Logger,
+	}); err != nil {
+		return nil, err
+	}
+	if err := a.registerHost(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.startAgent(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// URL is the API's base URL, e.g. http://127.0.0.1:9725.
+func (a *App) URL() string { return a.url }
+
+// AdminKey is the admin API key (also in $WRENN_HOME/admin.key).
+func (a *App) AdminKey() string { return a.adminKey }
+
+// FirstStart reports whether this start created the admin user and key.
+func (a *App) FirstStart() bool { return a.firstStart }
+
+// HostID is this host's ID in the store.
+func (a *App) HostID() string { return a.hostID }
+
+// Ready is closed once the API serves and the minimal template is
+// registered: capsules can be created.
+func (a *App) Ready() <-chan struct{} { return a.ready }
+
+// BaseDone is closed when the base template is available, or its build
+// was skipped or failed.
+func (a *App) BaseDone() <-chan struct{} { return a.baseDone }
+
+// AdminKeyPath is where the admin key of home is kept.
+func AdminKeyPath(home string) string { return filepath.Join(home, "admin.key") }
+
+func (a *App) printf(format string, args ...any) {
+	a.outMu.Lock()
+	defer a.outMu.Unlock()
+	_, _ = fmt.Fprintf(a.cfg.Out, format, args...)
+}
+
+// loadOrCreateSecret reads a secret file, creating it (64 random bytes in
+// hex, mode 0600) when missing.
+func loadOrCreateSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		var raw [64]byte
+		_, _ = rand.Read(raw[:])
+		b = fmt.Appendf(nil, "%x\n", raw[:])
+		if err := writeFileAtomic(path, b, 0o600); err != nil {
+			return nil, fmt.Errorf("up: write secret: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("up: read secret: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) < 32 {
+		return nil, fmt.Errorf("up: secret in %s is shorter than 32 bytes", path)
+	}
+	return []byte(s), nil
+}
+
+// writeFileAtomic writes b to path through a temporary file and a rename,
+// so a crash never leaves a half-written key behind.
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// bootstrapAdmin makes sure an admin user exists in the platform team with
+// a working API key in admin.key.
+func (a *App) bootstrapAdmin(ctx context.Context) error {
+	keyPath := AdminKeyPath(a.cfg.Home)
+	b, err := os.ReadFile(keyPath)
+	switch {
+	case err == nil:
+		key := strings.TrimSpace(string(b))
+		if _, err := a.store.LookupAPIKey(ctx, auth.HashToken(key)); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("up: %s holds a key this database does not know; move it away to create a new admin key", keyPath)
+			}
+			return fmt.Errorf("up: check admin key: %w", err)
+		}
+		a.adminKey = key
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("up: read admin key: %w", err)
+	}
+	team, err := a.store.GetPlatformTeam(ctx)
+	if err != nil {
+		return fmt.Errorf("up: platform team: %w", err)
+	}
+	u, err := a.store.GetUserByEmail(ctx, AdminEmail)
+	if errors.Is(err, store.ErrNotFound) {
+		u, err = a.store.CreateUser(ctx, store.User{Email: AdminEmail, Name: "admin", EmailVerified: true, IsAdmin: true})
+	}
+	if err != nil {
+		return fmt.Errorf("up: admin user: %w", err)
+	}
+	if _, err := a.store.GetTeamMember(ctx, team.ID, u.ID); errors.Is(err, store.ErrNotFound) {
+		if _, err := a.store.AddTeamMember(ctx, team.ID, u.ID, store.RoleOwner); err != nil {
+			return fmt.Errorf("up: admin membership: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("up: admin membership: %w", err)
+	}
+	nk := auth.GenerateAPIKey()
+	if _, err := a.store.CreateAPIKey(ctx, store.APIKey{TeamID: team.ID, Name: "wrenn up admin", Prefix: nk.Prefix, Hash: nk.Hash, CreatedBy: u.ID}); err != nil {
+		return fmt.Errorf("up: admin key: %w", err)
+	}
+	if err := writeFileAtomic(keyPath, []byte(nk.Plain+"\n"), 0o600); err != nil {
+		return fmt.Errorf("up: write admin key: %w", err)
+	}
+	a.adminKey, a.firstStart = nk.Plain, true
+	return nil
+}
+
+type hostFile struct {
+	HostID string `json:"host_id"`
+}
+
+// registerHost registers this machine as a host (once) and stores its
+// credential, which the agent then requires from the control plane.
+func (a *App) registerHost(ctx context.Context) error {
+	path := filepath.Join(a.cfg.Home, "host.json")
+	var hf hostFile
+	if b, err := os.ReadFile(path); err == nil {
+		if err := json.Unmarshal(b, &hf); err != nil {
+			return fmt.Errorf("up: %s: %w", path, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("up: read host file: %w", err)
+	}
+	if hf.HostID != "" {
+		if _, err := a.store.GetHost(ctx, hf.HostID); errors.Is(err, store.ErrNotFound) {
+			a.log.Warn("this host was removed from the store; registering it again", "host_id", hf.HostID)
+			hf.HostID = ""
+		} else if err != nil {
+			return fmt.Errorf("up: host: %w", err)
+		}
+	}
+	if hf.HostID == "" {
+		token := auth.RandomToken("wrt_")
+		if err := a.store.CreateHostToken(ctx, store.HostToken{
+			TokenHash: auth.HashToken(token), ExpiresAt: time.Now().Add(time.Minute).UTC(),
+		}); err != nil {
+			return fmt.Errorf("up: host token: %w", err)
+		}
+		id := store.NewID(store.PrefixHost)
+		if _, err := a.store.RegisterHost(ctx, auth.HashToken(token), store.Host{
+			ID: id, Address: a.agentLn.Addr().String(), CredentialHash: auth.HashToken(a.cp.HostCredential(id)),
+		}); err != nil {
+			return fmt.Errorf("up: register host: %w", err)
+		}
+		b, _ := json.Marshal(hostFile{HostID: id})
+		if err := writeFileAtomic(path, b, 0o600); err != nil {
+			return fmt.Errorf("up: write host file: %w", err)
+		}
+		hf.HostID = id
+	}
+	a.hostID = hf.HostID
+	a.credential = a.cp.HostCredential(a.hostID)
+	if err := writeFileAtomic(filepath.Join(a.cfg.Home, "agent.secret"), []byte(a.credential+"\n"), 0o600); err != nil {
+		return fmt.Errorf("up: write agent secret: %w", err)
+	}
+	// Mark the host online at its (possibly new) address before anything
+	// can be scheduled or reconciled.
+	u, err := a.usage(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := a.store.HostHeartbeat(ctx, a.hostID, storeUsage(u)); err != nil {
+		return fmt.Errorf("up: first heartbeat: %w", err)
+	}
+	return nil
+}
+
+func storeUsage(u hostlink.Usage) store.HostUsage {
+	return store.HostUsage{
+		Address: u.Address, VCPUs: u.VCPUs, MemoryMB: u.MemoryMB, DiskMB: u.DiskMB,
+		UsedVCPUs: u.UsedVCPUs, UsedMemoryMB: u.UsedMemoryMB, UsedDiskMB: u.UsedDiskMB,
+	}
+}
+
+// usage is this host's capacity and what its capsules reserve.
+func (a *App) usage(ctx context.Context) (hostlink.Usage, error) {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil {
+		return hostlink.Usage{}, fmt.Errorf("up: sysinfo: %w", err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(a.cfg.Home, &st); err != nil {
+		return hostlink.Usage{}, fmt.Errorf("up: statfs: %w", err)
+	}
+	u := hostlink.Usage{
+		Address:  a.agentLn.Addr().String(),
+		VCPUs:    int64(runtime.NumCPU()),
+		MemoryMB: int64(si.Totalram*uint64(si.Unit)) >> 20, //nolint:gosec // RAM sizes fit in int64
+		DiskMB:   int64(st.Blocks*uint64(st.Bsize)) >> 20,  //nolint:gosec // disk sizes fit in int64
+	}
+	caps, err := a.store.ListCapsulesByHost(ctx, a.hostID)
+	if err != nil {
+		return hostlink.Usage{}, fmt.Errorf("up: list capsules: %w", err)
+	}
+	for _, c := range caps {
+		switch c.Status {
+		case store.CapsuleStarting, store.CapsuleRunning, store.CapsulePaused:
+			u.UsedVCPUs += c.VCPUs
+			u.UsedMemoryMB += c.MemoryMB
+			u.UsedDiskMB += c.DiskSizeMB
+		case store.CapsuleHibernated:
+			u.UsedDiskMB += c.DiskSizeMB
+		}
+	}
+	return u, nil
+}
+
+func (a *App) startAgent(ctx context.Context) error {
+	netCfg := network.Config{Subnet: a.cfg.Subnet, Table: a.cfg.Instance, NetnsPrefix: a.cfg.Instance + "-"}
+	stateDir := filepath.Join(a.cfg.Home, "agent")
+	drv, err := container.New(ctx, container.Config{
+		StateDir:          filepath.Join(stateDir, "container"),
+		Templates:         *a.tmpls,
+		EnvdPath:          a.cfg.EnvdPath,
+		DefaultDiskSizeMB: a.cfg.DefaultDiskSizeMB,
+		CgroupParent:      "/" + a.cfg.Instance,
+		Network:           netCfg,
+		Logger:            a.cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("up: runtime: %w", err)
+	}
+	a.drv = drv
+	agent, err := hostagent.New(ctx, hostagent.Config{
+		Driver: drv, StateDir: stateDir, Templates: a.tmpls, DefaultTemplate: BaseTemplate,
+		Secret: a.credential, Version: buildinfo.Version, Logger: a.cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("up: host agent: %w", err)
+	}
+	a.agent = agent
+	a.transport = &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second}
+	hc := &http.Client{Transport: secretTransport{secret: a.credential, base: a.transport}}
+	a.agentRPC = hostagentv1connect.NewHostAgentServiceClient(hc, "http://"+a.agentLn.Addr().String())
+	return nil
+}
+
+// secretTransport presents the host secret to the in-process agent.
+type secretTransport struct {
+	secret string
+	base   http.RoundTripper
+}
+
+func (t secretTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(hostagent.SecretHeader, t.secret)
+	return t.base.RoundTrip(r)
+}
+
+// Run serves the API and the agent, builds the default templates, and
+// heartbeats, until ctx ends; then it pauses or destroys this host's
+// capsules (Config.OnExit) and shuts everything down. Run closes the App.
+func (a *App) Run(ctx context.Context) error {
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() {
+		if err := a.cp.Serve(serveCtx, a.ln); err != nil {
+			errc <- fmt.Errorf("control plane: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := a.agent.Serve(serveCtx, a.agentLn, hostagent.ServerConfig{Addr: a.agentLn.Addr().String(), Logger: a.cfg.Logger}); err != nil {
+			errc <- fmt.Errorf("host agent: %w", err)
+		}
+	})
+	bgCtx, stopBG := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		hl := &hostlink.Client{BaseURL: a.url, HTTP: &http.Client{Transport: a.transport, Timeout: 30 * time.Second}}
+		hl.Run(bgCtx, a.hostID, a.credential, a.cfg.HeartbeatInterval, a.usage, a.log)
+	})
+	bg.Go(func() { a.templates(bgCtx) })
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	stopBG()
+	bg.Wait()
+	a.printf("Stopping Wrenn: %s capsules…\n", map[OnExit]string{OnExitPause: "pausing", OnExitDestroy: "destroying"}[a.cfg.OnExit])
+	exitErr := a.onExit(context.WithoutCancel(ctx))
+	stopServing()
+	wg.Wait()
+	a.closeAll(a.cfg.OnExit == OnExitDestroy)
+	select {
+	case err := <-errc:
+		runErr = errors.Join(runErr, err)
+	default:
+	}
+	return errors.Join(runErr, exitErr)
+}
+
+// onExit pauses or destroys every capsule of this host.
+func (a *App) onExit(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	caps, err := a.store.ListCapsulesByHost(ctx, a.hostID)
+	if err != nil {
+		return fmt.Errorf("up: list capsules: %w", err)
+	}
+	var errs []error
+	n := 0
+	for _, c := range caps {
+		switch a.cfg.OnExit {
+		case OnExitPause:
+			if c.Status != store.CapsuleRunning {
+				continue
+			}
+			if _, err := a.agentRPC.PauseCapsule(ctx, connect.NewRequest(&pb.PauseCapsuleRequest{CapsuleId: c.ID})); err != nil {
+				errs = append(errs, fmt.Errorf("pause %s: %w", c.ID, err))
+				continue
+			}
+			if _, err := a.store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, store.CapsuleRunning, store.CapsulePaused); err != nil {
+				errs = append(errs, fmt.Errorf("pause %s: %w", c.ID, err))
+				continue
+			}
+		case OnExitDestroy:
+			_, err := a.agentRPC.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: c.ID}))
+			if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+				errs = append(errs, fmt.Errorf("destroy %s: %w", c.ID, err))
+				continue
+			}
+			if err := a.store.DeleteCapsule(ctx, c.TeamID, c.ID); err != nil {
+				errs = append(errs, fmt.Errorf("destroy %s: %w", c.ID, err))
+				continue
+			}
+		}
+		n++
+	}
+	// Capsules the agent runs but the store no longer knows (e.g. a delete
+	// that reached the store only) must not outlive a destroy exit.
+	if a.cfg.OnExit == OnExitDestroy {
+		resp, err := a.agentRPC.ListCapsules(ctx, connect.NewRequest(&pb.ListCapsulesRequest{}))
+		if err == nil {
+			for _, c := range resp.Msg.GetCapsules() {
+				if _, err := a.agentRPC.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: c.GetCapsuleId()})); err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+					errs = append(errs, fmt.Errorf("destroy %s: %w", c.GetCapsuleId(), err))
+				}
+			}
+		} else {
+			errs = append(errs, fmt.Errorf("list agent capsules: %w", err))
+		}
+	}
+	a.printf("%d capsule(s) %s.\n", n, map[OnExit]string{OnExitPause: "paused", OnExitDestroy: "destroyed"}[a.cfg.OnExit])
+	return errors.Join(errs...)
+}
+
+// closeAll releases everything New opened. With cleanHost it also removes
+// the runtime's host objects (no capsule may be left).
+func (a *App) closeAll(cleanHost bool) {
+	if a.agent != nil {
+		_ = a.agent.Close()
+	}
+	if a.drv != nil {
+		_ = a.drv.Close()
+		if cleanHost {
+			if err := a.drv.Network().RemoveTable(); err != nil {
+				a.log.Warn("remove nftables table", "err", err)
+			}
+			removeCgroupParents("/" + a.cfg.Instance)
+		}
+	}
+	if a.transport != nil {
+		a.transport.CloseIdleConnections()
+	}
+	if a.cp != nil {
+		a.cp.Close()
+	}
+	if a.ln != nil {
+		_ = a.ln.Close()
+	}
+	if a.agentLn != nil {
+		_ = a.agentLn.Close()
+	}
+	if a.store != nil {
+		_ = a.store.Close()
+	}
+}
+
+// removeCgroupParents removes the (empty) cgroup parent directories of an
+// instance in every hierarchy; non-empty ones stay.
+func removeCgroupParents(parent string) {
+	entries, err := os.ReadDir("/sys/fs/cgroup")
+	if err != nil {
+		return
+	}
+	_ = os.Remove(filepath.Join("/sys/fs/cgroup", parent))
+	for _, e := range entries {
+		if e.IsDir() {
+			_ = os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), parent))
+		}
+	}
+}
+
+// dialable is addr with an unspecified IP (0.0.0.0, ::) replaced by
+// loopback, for URLs this machine's clients can use.
+func dialable(addr *net.TCPAddr) string {
+	ip := addr.IP
+	if ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(addr.Port))
+}

@@ -1,0 +1,228 @@
+package wrenn
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Capsule states.
+const (
+	StatusPending    = "pending"
+	StatusStarting   = "starting"
+	StatusRunning    = "running"
+	StatusPaused     = "paused"
+	StatusHibernated = "hibernated"
+	StatusStopped    = "stopped"
+	StatusError      = "error"
+	StatusMissing    = "missing"
+)
+
+// Capsule is a sandbox as the API describes it.
+type Capsule struct {
+	ID         string     `json:"id"`
+	Status     string     `json:"status"`
+	TemplateID string     `json:"template_id"`
+	HostID     string     `json:"host_id,omitempty"`
+	VCPUs      int64      `json:"vcpus"`
+	MemoryMB   int64      `json:"memory_mb"`
+	DiskSizeMB int64      `json:"disk_size_mb"`
+	TimeoutSec int64      `json:"timeout_sec"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+	Public     bool       `json:"public"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	PausedAt   *time.Time `json:"paused_at,omitempty"`
+	// AccessToken opens the capsule's ports through the port proxy; only
+	// Create returns it.
+	AccessToken string `json:"access_token,omitempty"`
+}
+
+// CreateParams describe a new capsule. Zero fields take the server's
+// defaults (template "base", 1 vCPU, 512 MB, 5120 MB disk, 300 s timeout).
+type CreateParams struct {
+	Template   string
+	VCPUs      int64
+	MemoryMB   int64
+	DiskSizeMB int64
+	Timeout    time.Duration
+	Env        map[string]string
+	Public     bool
+}
+
+type createBody struct {
+	Template   *string           `json:"template,omitempty"`
+	VCPUs      *int64            `json:"vcpus,omitempty"`
+	MemoryMB   *int64            `json:"memory_mb,omitempty"`
+	DiskSizeMB *int64            `json:"disk_size_mb,omitempty"`
+	TimeoutSec *int64            `json:"timeout_sec,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Public     bool              `json:"public,omitempty"`
+}
+
+func optInt(v int64) *int64 {
+	if v == 0 {
+		return nil
+	}
+	return &v
+}
+
+// timeoutSec rounds d up to whole seconds (0 stays 0).
+func timeoutSec(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// Create starts a capsule and returns it once it runs.
+func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
+	body := createBody{
+		VCPUs: optInt(p.VCPUs), MemoryMB: optInt(p.MemoryMB), DiskSizeMB: optInt(p.DiskSizeMB),
+		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public,
+	}
+	if p.Template != "" {
+		body.Template = &p.Template
+	}
+	var out Capsule
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Get returns one capsule.
+func (c *Client) Get(ctx context.Context, id string) (*Capsule, error) {
+	var out Capsule
+	if err := c.call(ctx, http.MethodGet, "/v1/capsules/"+url.PathEscape(id), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListOptions page through capsules, newest first.
+type ListOptions struct {
+	// Status filters by state ("" for all).
+	Status string
+	// Limit is the page size (server default 100, at most 1000).
+	Limit int
+	// Cursor continues after a previous page's NextCursor.
+	Cursor string
+}
+
+// CapsulePage is one page of capsules.
+type CapsulePage struct {
+	Capsules   []Capsule `json:"capsules"`
+	NextCursor string    `json:"next_cursor"`
+}
+
+// ListPage returns one page of the team's capsules.
+func (c *Client) ListPage(ctx context.Context, o ListOptions) (*CapsulePage, error) {
+	q := url.Values{}
+	if o.Status != "" {
+		q.Set("status", o.Status)
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	if o.Cursor != "" {
+		q.Set("cursor", o.Cursor)
+	}
+	var out CapsulePage
+	if err := c.call(ctx, http.MethodGet, "/v1/capsules", q, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// List returns all of the team's capsules (every page), optionally only
+// those in status.
+func (c *Client) List(ctx context.Context, status string) ([]Capsule, error) {
+	var all []Capsule
+	o := ListOptions{Status: status, Limit: 1000}
+	for {
+		p, err := c.ListPage(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, p.Capsules...)
+		if p.NextCursor == "" {
+			return all, nil
+		}
+		o.Cursor = p.NextCursor
+	}
+}
+
+// Delete destroys a capsule and forgets it.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/capsules/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// Kill destroys a capsule; it is Delete under the name other sandbox SDKs use.
+func (c *Client) Kill(ctx context.Context, id string) error { return c.Delete(ctx, id) }
+
+// PauseOptions tune Pause.
+type PauseOptions struct {
+	// ToDisk writes the capsule to the snapshot store and frees its memory
+	// (state "hibernated") instead of freezing it in place ("paused").
+	ToDisk bool
+}
+
+// Pause freezes a running capsule.
+func (c *Client) Pause(ctx context.Context, id string, o PauseOptions) (*Capsule, error) {
+	var out Capsule
+	body := struct {
+		ToDisk bool `json:"to_disk"`
+	}{o.ToDisk}
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/pause", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Resume continues a paused capsule. A non-zero timeout replaces its time
+// to live.
+func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) (*Capsule, error) {
+	var out Capsule
+	body := struct {
+		TimeoutSec *int64 `json:"timeout_sec,omitempty"`
+	}{optInt(timeoutSec(timeout))}
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/resume", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// SetTimeout sets a running capsule's time to live, counted from now.
+func (c *Client) SetTimeout(ctx context.Context, id string, timeout time.Duration) (*Capsule, error) {
+	var out Capsule
+	body := struct {
+		TimeoutSec int64 `json:"timeout_sec"`
+	}{timeoutSec(timeout)}
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/timeout", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Template is a capsule image.
+type Template struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Public    bool      `json:"public"`
+	SizeBytes int64     `json:"size_bytes"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Templates lists the templates the team can use (its own and public ones).
+func (c *Client) Templates(ctx context.Context) ([]Template, error) {
+	var out struct {
+		Templates []Template `json:"templates"`
+	}
+	if err := c.call(ctx, http.MethodGet, "/v1/templates", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Templates, nil
+}

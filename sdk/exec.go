@@ -1,0 +1,245 @@
+package wrenn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// ExecRequest is a command to run in a capsule.
+type ExecRequest struct {
+	// Cmd is the program (looked up in PATH). Required.
+	Cmd  string            `json:"cmd"`
+	Args []string          `json:"args,omitempty"`
+	Env  map[string]string `json:"env,omitempty"`
+	Cwd  string            `json:"cwd,omitempty"`
+	User string            `json:"user,omitempty"`
+	// Timeout kills the command when it runs longer (0: the server's).
+	Timeout time.Duration `json:"-"`
+	// Stdin is fed to the command (unary Exec only).
+	Stdin string `json:"stdin,omitempty"`
+}
+
+type execBody struct {
+	ExecRequest
+	TimeoutSec int64 `json:"timeout_sec,omitempty"`
+}
+
+func (r ExecRequest) body() execBody { return execBody{r, timeoutSec(r.Timeout)} }
+
+// ExecResult is a finished command's output.
+type ExecResult struct {
+	ExitCode int    `json:"exit_code"`
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	// Error says why the command did not run or was killed, if it was.
+	Error string `json:"error"`
+	// Truncated is set when the output was larger than the server keeps.
+	Truncated bool   `json:"truncated"`
+	PID       uint32 `json:"pid"`
+}
+
+// Exec runs a command to completion and returns its buffered output. For
+// large or long-running output use ExecStream.
+func (c *Client) Exec(ctx context.Context, id string, r ExecRequest) (*ExecResult, error) {
+	var out ExecResult
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/exec", nil, r.body(), &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ExitStatus is how a streamed process ended.
+type ExitStatus struct {
+	ExitCode int
+	// Exited is false when the process was killed by a signal.
+	Exited bool
+	// Status is the runtime's description, e.g. "exit status 1".
+	Status string
+	// Message explains a failure to run, if any.
+	Message string
+}
+
+// wsEvent is one JSON message on exec and process streams.
+type wsEvent struct {
+	Type     string `json:"type"`
+	PID      uint32 `json:"pid,omitempty"`
+	Data     string `json:"data,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Exited   bool   `json:"exited,omitempty"`
+	Status   string `json:"status,omitempty"`
+	Code     string `json:"code,omitempty"`
+	Message  string `json:"message,omitempty"`
+}
+
+// ErrStreamClosed is returned when a stream ends without the process's
+// exit status (the server or the network went away).
+var ErrStreamClosed = errors.New("wrenn: stream closed before the process ended")
+
+// dial opens a WebSocket to path.
+func (c *Client) dial(ctx context.Context, path string, q url.Values) (*websocket.Conn, error) {
+	u := *c.base
+	switch u.Scheme {
+	case "https":
+		u.Scheme = "wss"
+	default:
+		u.Scheme = "ws"
+	}
+	u.Path = u.Path + path
+	u.RawQuery = q.Encode()
+	h := http.Header{}
+	c.authorize(h)
+	conn, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{HTTPClient: c.hc, HTTPHeader: h})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil {
+			defer resp.Body.Close()
+			return nil, decodeError(resp)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, c.wrapTransport(err)
+	}
+	conn.SetReadLimit(8 << 20)
+	return conn, nil
+}
+
+// ExecStream runs a command and copies its output to stdout and stderr
+// (either may be nil) as it is produced, then returns its exit status.
+// Cancelling ctx stops the command.
+func (c *Client) ExecStream(ctx context.Context, id string, r ExecRequest, stdout, stderr io.Writer) (*ExitStatus, error) {
+	conn, err := c.dial(ctx, "/v1/capsules/"+url.PathEscape(id)+"/exec/stream", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.CloseNow()
+	b, err := json.Marshal(r.body())
+	if err != nil {
+		return nil, fmt.Errorf("wrenn: encode request: %w", err)
+	}
+	if err := conn.Write(ctx, websocket.MessageText, b); err != nil {
+		return nil, fmt.Errorf("wrenn: exec stream: %w", err)
+	}
+	return pumpEvents(ctx, conn, stdout, stderr)
+}
+
+// pumpEvents reads JSON events until the end event.
+func pumpEvents(ctx context.Context, conn *websocket.Conn, stdout, stderr io.Writer) (*ExitStatus, error) {
+	for {
+		typ, msg, err := conn.Read(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("%w: %w", ErrStreamClosed, err)
+		}
+		if typ != websocket.MessageText {
+			continue
+		}
+		var ev wsEvent
+		if err := json.Unmarshal(msg, &ev); err != nil {
+			return nil, fmt.Errorf("wrenn: bad stream event: %w", err)
+		}
+		switch ev.Type {
+		case "stdout":
+			if stdout != nil {
+				if _, err := io.WriteString(stdout, ev.Data); err != nil {
+					return nil, err
+				}
+			}
+		case "stderr":
+			if stderr != nil {
+				if _, err := io.WriteString(stderr, ev.Data); err != nil {
+					return nil, err
+				}
+			}
+		case "end":
+			conn.Close(websocket.StatusNormalClosure, "")
+			return ev.exitStatus(), nil
+		case "error":
+			return nil, &Error{Code: ev.Code, Message: ev.Message}
+		}
+	}
+}
+
+func (ev wsEvent) exitStatus() *ExitStatus {
+	st := &ExitStatus{Exited: ev.Exited, Status: ev.Status, Message: ev.Message}
+	if ev.ExitCode != nil {
+		st.ExitCode = *ev.ExitCode
+	}
+	return st
+}
+
+// ProcessRequest starts a background process.
+type ProcessRequest struct {
+	ExecRequest
+	// Tag names the process so it can be found again.
+	Tag string `json:"tag,omitempty"`
+	// OpenStdin keeps the process's stdin open for input.
+	OpenStdin bool `json:"open_stdin,omitempty"`
+}
+
+// Process is a background process in a capsule.
+type Process struct {
+	PID  uint32            `json:"pid"`
+	Tag  string            `json:"tag,omitempty"`
+	Cmd  string            `json:"cmd"`
+	Args []string          `json:"args"`
+	Cwd  string            `json:"cwd,omitempty"`
+	Env  map[string]string `json:"env,omitempty"`
+}
+
+// StartProcess starts a background process and returns its PID.
+func (c *Client) StartProcess(ctx context.Context, id string, r ProcessRequest) (uint32, error) {
+	body := struct {
+		execBody
+		Tag       string `json:"tag,omitempty"`
+		OpenStdin bool   `json:"open_stdin,omitempty"`
+	}{r.body(), r.Tag, r.OpenStdin}
+	var out struct {
+		PID uint32 `json:"pid"`
+	}
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/processes", nil, body, &out); err != nil {
+		return 0, err
+	}
+	return out.PID, nil
+}
+
+// Processes lists a capsule's processes.
+func (c *Client) Processes(ctx context.Context, id string) ([]Process, error) {
+	var out struct {
+		Processes []Process `json:"processes"`
+	}
+	if err := c.call(ctx, http.MethodGet, "/v1/capsules/"+url.PathEscape(id)+"/processes", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Processes, nil
+}
+
+// KillProcess signals a process: "SIGKILL" (or "") or "SIGTERM".
+func (c *Client) KillProcess(ctx context.Context, id string, pid uint32, signal string) error {
+	q := url.Values{}
+	if signal != "" {
+		q.Set("signal", signal)
+	}
+	return c.call(ctx, http.MethodDelete, "/v1/capsules/"+url.PathEscape(id)+"/processes/"+strconv.FormatUint(uint64(pid), 10), q, nil, nil)
+}
+
+// AttachProcess follows a background process's output until it exits (or
+// ctx ends) and returns its exit status.
+func (c *Client) AttachProcess(ctx context.Context, id string, pid uint32, stdout, stderr io.Writer) (*ExitStatus, error) {
+	conn, err := c.dial(ctx, "/v1/capsules/"+url.PathEscape(id)+"/processes/"+strconv.FormatUint(uint64(pid), 10)+"/stream", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.CloseNow()
+	return pumpEvents(ctx, conn, stdout, stderr)
+}
