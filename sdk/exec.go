@@ -2,6 +2,7 @@ package wrenn
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,6 +74,7 @@ type wsEvent struct {
 	Type     string `json:"type"`
 	PID      uint32 `json:"pid,omitempty"`
 	Data     string `json:"data,omitempty"`
+	DataB64  string `json:"data_b64,omitempty"` // binary output (not valid UTF-8)
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Exited   bool   `json:"exited,omitempty"`
 	Status   string `json:"status,omitempty"`
@@ -149,17 +151,20 @@ func pumpEvents(ctx context.Context, conn *websocket.Conn, stdout, stderr io.Wri
 			return nil, fmt.Errorf("wrenn: bad stream event: %w", err)
 		}
 		switch ev.Type {
-		case "stdout":
-			if stdout != nil {
-				if _, err := io.WriteString(stdout, ev.Data); err != nil {
-					return nil, err
-				}
+		case "stdout", "stderr":
+			w := stdout
+			if ev.Type == "stderr" {
+				w = stderr
 			}
-		case "stderr":
-			if stderr != nil {
-				if _, err := io.WriteString(stderr, ev.Data); err != nil {
-					return nil, err
-				}
+			if w == nil {
+				continue
+			}
+			data, err := ev.bytes()
+			if err != nil {
+				return nil, err
+			}
+			if _, err := w.Write(data); err != nil {
+				return nil, err
 			}
 		case "end":
 			conn.Close(websocket.StatusNormalClosure, "")
@@ -242,4 +247,16 @@ func (c *Client) AttachProcess(ctx context.Context, id string, pid uint32, stdou
 	}
 	defer conn.CloseNow()
 	return pumpEvents(ctx, conn, stdout, stderr)
+}
+
+// bytes returns the event's output, decoding binary (base64) chunks.
+func (e *wsEvent) bytes() ([]byte, error) {
+	if e.DataB64 == "" {
+		return []byte(e.Data), nil
+	}
+	b, err := base64.StdEncoding.DecodeString(e.DataB64)
+	if err != nil {
+		return nil, fmt.Errorf("wrenn: bad binary output in stream: %w", err)
+	}
+	return b, nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -154,6 +155,34 @@ func TestExecStreamIsLive(t *testing.T) {
 	}
 	if at := <-first; end.Sub(at) < time.Second {
 		t.Errorf("first output came %v after start and %v before the end: not streamed", at.Sub(start), end.Sub(at))
+	}
+}
+
+func TestExecStreamIsBinarySafe(t *testing.T) {
+	c := client(t)
+	ctx := testutil.Context(t, testutil.Long)
+	capsule := newCapsule(t, c)
+	// Every byte value, twice, and a lone UTF-8 lead byte at the end.
+	var want bytes.Buffer
+	for range 2 {
+		for b := range 256 {
+			want.WriteByte(byte(b))
+		}
+	}
+	want.WriteByte(0xe2)
+	var printf strings.Builder
+	for _, b := range want.Bytes() {
+		fmt.Fprintf(&printf, "\\%03o", b)
+	}
+	var stdout bytes.Buffer
+	st, err := c.ExecStream(ctx, capsule.ID, wrenn.ExecRequest{
+		Cmd: "sh", Args: []string{"-c", "printf '" + printf.String() + "'"},
+	}, &stdout, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode != 0 || !bytes.Equal(stdout.Bytes(), want.Bytes()) {
+		t.Fatalf("exit %d; got %d bytes, want the %d bytes written (binary output mangled)", st.ExitCode, stdout.Len(), want.Len())
 	}
 }
 

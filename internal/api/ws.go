@@ -2,11 +2,13 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"github.com/coder/websocket"
@@ -28,14 +30,26 @@ const (
 
 // wsEvent is one JSON message on exec and process streams.
 type wsEvent struct {
-	Type     string `json:"type"` // start, stdout, stderr, end, error
-	PID      uint32 `json:"pid,omitempty"`
-	Data     string `json:"data,omitempty"`
+	Type string `json:"type"` // start, stdout, stderr, end, error
+	PID  uint32 `json:"pid,omitempty"`
+	Data string `json:"data,omitempty"`
+	// DataB64 carries output that is not valid UTF-8 (binary), base64
+	// encoded, instead of Data, so that no byte is ever replaced.
+	DataB64  string `json:"data_b64,omitempty"`
 	ExitCode *int32 `json:"exit_code,omitempty"`
 	Exited   bool   `json:"exited,omitempty"`
 	Status   string `json:"status,omitempty"`
 	Code     string `json:"code,omitempty"`
 	Message  string `json:"message,omitempty"`
+}
+
+// outputEvent wraps a chunk of process output: as text when it is valid
+// UTF-8, base64 in data_b64 otherwise.
+func outputEvent(typ string, b []byte) wsEvent {
+	if utf8.Valid(b) {
+		return wsEvent{Type: typ, Data: string(b)}
+	}
+	return wsEvent{Type: typ, DataB64: base64.StdEncoding.EncodeToString(b)}
 }
 
 func (a *API) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn, error) {
@@ -130,9 +144,9 @@ func (a *API) pumpProcess(ctx context.Context, conn *websocket.Conn, recv func()
 		case *pb.ExecStreamResponse_StartedPid:
 			ev = wsEvent{Type: "start", PID: e.StartedPid}
 		case *pb.ExecStreamResponse_Stdout:
-			ev = wsEvent{Type: "stdout", Data: string(e.Stdout)}
+			ev = outputEvent("stdout", e.Stdout)
 		case *pb.ExecStreamResponse_Stderr:
-			ev = wsEvent{Type: "stderr", Data: string(e.Stderr)}
+			ev = outputEvent("stderr", e.Stderr)
 		case *pb.ExecStreamResponse_End:
 			if err := writeEvent(ctx, conn, endEvent(e.End)); err == nil {
 				_ = conn.Close(websocket.StatusNormalClosure, "process exited")
