@@ -16,7 +16,7 @@ BIN     := bin
 # detector in -short mode (heavy data tests scale down there).
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
+.PHONY: templates build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
 
 build: envd wrenn
 
@@ -37,6 +37,13 @@ tools: bin/tools/versitygw
 
 bin/tools/versitygw:
 	GOBIN=$(CURDIR)/bin/tools $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
+# The shipped templates: minimal (busybox, seconds) and base (Debian bookworm
+# via debootstrap, cached in /var/cache/wrenn). `wrenn up` builds them too.
+WRENN_HOME ?= /var/lib/wrenn
+templates: deps wrenn
+	$(BIN)/wrenn template build minimal --home $(WRENN_HOME)
+	$(BIN)/wrenn template build base --home $(WRENN_HOME)
 
 run: deps build
 	@scripts/run.sh $(ARGS)

@@ -25,7 +25,7 @@ func newTemplateCmd() *cobra.Command {
 		Short:   "List and import capsule templates",
 	}
 	addClientFlags(cmd, &f)
-	cmd.AddCommand(templateLsCmd(&f), templateImportCmd())
+	cmd.AddCommand(templateLsCmd(&f), templateImportCmd(), templateBuildCmd())
 	return cmd
 }
 
@@ -122,6 +122,77 @@ template is usable at once.`,
 		},
 	}
 	cmd.Flags().StringVar(&home, "home", "", "Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
+	return cmd
+}
+
+func templateBuildCmd() *cobra.Command {
+	var home, cacheDir, mirror, busybox string
+	cmd := &cobra.Command{
+		Use:   "build minimal|base",
+		Short: "Build a shipped template (minimal: busybox; base: Debian bookworm via debootstrap)",
+		Long: `Build one of the templates Wrenn ships into $WRENN_HOME (--home), as root:
+"minimal" is a static busybox (seconds), "base" is Debian bookworm minbase
+with bash, coreutils, curl, git, python3 and more, built with debootstrap and
+cached machine-wide in --cache-dir keyed by the recipe's hash (minutes the
+first time, seconds after). If a Wrenn already uses that home, the template
+is registered at once; otherwise ` + "`wrenn up`" + ` registers it when it starts.`,
+		Example: "  sudo wrenn template build minimal\n  sudo wrenn template build base",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if name != up.MinimalTemplate && name != up.BaseTemplate {
+				return fmt.Errorf("unknown template %q: wrenn builds %q and %q (use `wrenn template import` for your own)", name, up.MinimalTemplate, up.BaseTemplate)
+			}
+			if os.Geteuid() != 0 {
+				return errors.New("`wrenn template build` must run as root (it keeps file owners)")
+			}
+			home = resolveHome(home)
+			ctx := cmd.Context()
+			ts := template.Store{Dir: filepath.Join(home, "templates")}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Building template %s into %s…\n", name, ts.Dir)
+			start := time.Now()
+			done := make(chan struct{})
+			go func() { // progress for the long debootstrap build
+				t := time.NewTicker(10 * time.Second)
+				defer t.Stop()
+				for {
+					select {
+					case <-done:
+						return
+					case <-t.C:
+						fmt.Fprintf(out, "  still building %s (%s)\n", name, time.Since(start).Round(time.Second))
+					}
+				}
+			}()
+			var t template.Template
+			var err error
+			if name == up.MinimalTemplate {
+				t, err = ts.BuildBusybox(ctx, name, busybox)
+			} else {
+				t, err = ts.BuildDebian(ctx, name, template.DefaultDebianRecipe(mirror), cacheDir)
+			}
+			close(done)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "Built template %s (%s) in %s\n", name, humanBytes(t.SizeBytes), time.Since(start).Round(time.Millisecond))
+			db := filepath.Join(home, "wrenn.db")
+			if _, err := os.Stat(db); err != nil {
+				return nil // no Wrenn in this home yet: wrenn up registers it
+			}
+			s, err := controlplane.OpenStore(ctx, db)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			return up.RegisterTemplate(ctx, s, t)
+		},
+	}
+	cmd.Flags().StringVar(&home, "home", "", "Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
+	cmd.Flags().StringVar(&cacheDir, "cache-dir", "/var/cache/wrenn", "machine-wide cache of base template builds")
+	cmd.Flags().StringVar(&mirror, "debian-mirror", "http://deb.debian.org/debian", "Debian mirror for the base template")
+	cmd.Flags().StringVar(&busybox, "busybox", template.BusyboxPath, "static busybox binary for the minimal template")
 	return cmd
 }
 
