@@ -285,11 +285,26 @@ func Unmount(p Paths) error {
 			errs = append(errs, err)
 		}
 	}
+	if len(errs) == 0 {
+		errs = append(errs, waitImageReleased(p))
+	}
 	return errors.Join(errs...)
 }
 
 // UnmountDisk unmounts only the image.
-func UnmountDisk(p Paths) error { return unmount(p.Disk()) }
+func UnmountDisk(p Paths) error {
+	if err := unmount(p.Disk()); err != nil {
+		return err
+	}
+	return waitImageReleased(p)
+}
+
+// waitImageReleased waits until the loop device's autoclear (which the
+// kernel may finish after umount returns) has let go of the image, so that
+// after Unmount no loop device refers to it.
+func waitImageReleased(p Paths) error {
+	return WaitLoopDetached(context.Background(), p.Image(), 5*time.Second)
+}
 
 func unmount(target string) error {
 	for i := 0; ; i++ {
