@@ -275,8 +275,25 @@ func TestLastAdminConcurrentRevokes(t *testing.T) {
 					}
 				})
 			}
+			// A watcher checks that an admin remains throughout the storm.
+			done := make(chan struct{})
+			var watch sync.WaitGroup
+			watch.Go(func() {
+				for {
+					if n, err := st.CountActiveAdmins(ctx); err != nil || n < 1 {
+						t.Errorf("round %d: active admins = %d, %v during the revokes", round, n, err)
+					}
+					select {
+					case <-done:
+						return
+					default:
+					}
+				}
+			})
 			close(start)
 			wg.Wait()
+			close(done)
+			watch.Wait()
 			for s := range statuses {
 				if s != http.StatusOK && s != http.StatusConflict && s != http.StatusForbidden {
 					t.Fatalf("round %d: unexpected status %d (%v)", round, s, statuses)

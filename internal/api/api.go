@@ -20,10 +20,12 @@
 package api
 
 import (
-	_ "embed" // openapi.yaml
+	_ "embed"
 	"log/slog"
 	"net/http"
 	"time"
+	// openapi.yaml
+	"github.com/wrenn-dev/wrenn/internal/email"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +64,8 @@ type Config struct {
 	Audit *audit.Recorder
 	// Usage, when set, serves GET /v1/capsules/usage.
 	Usage *usage.Service
+	// Mailer sends verification and password-reset mail; nil logs them.
+	Mailer email.Mailer
 	// AdminRoutes, when set, adds routes under /v1/admin (behind
 	// authentication and the platform-admin check); handlers use
 	// CallerFrom, WriteError and DecodeJSON.
@@ -163,6 +167,7 @@ func (a *API) routes() chi.Router {
 		// Unauthenticated.
 		r.Post("/auth/signup", a.signup)
 		r.Post("/auth/login", a.login)
+		a.mountEmailFlows(r) // verify, verify/resend (authenticated), password/forgot, password/reset
 		r.Get("/auth/github", a.githubStart)
 		r.Get("/auth/github/callback", a.githubCallback)
 		r.Post("/hosts/register", a.registerHost)

@@ -106,6 +106,10 @@ func (a *API) signup(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// The account works at once; the mail only confirms the address.
+	if err := a.sendVerification(r.Context(), u); err != nil {
+		a.log.Warn("sign-up verification mail not sent", "user_id", u.ID, "err", err)
+	}
 	a.writeSession(w, r, http.StatusCreated, u, team)
 }
 

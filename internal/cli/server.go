@@ -19,6 +19,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
+	"github.com/wrenn-dev/wrenn/internal/email"
 )
 
 // serverFlags are the flags of `wrenn server`.
@@ -43,6 +44,13 @@ type serverFlags struct {
 	secureCookies      bool
 	wsOrigins          []string
 	logLevel           string
+	smtpHost           string
+	smtpPort           int
+	smtpUser           string
+	smtpPasswordFile   string
+	smtpFrom           string
+	smtpTLS            string
+	noMetricsFlush     bool
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -73,6 +81,13 @@ missing.`,
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9725", "address to serve the API on")
 	fl.StringVar(&f.db, "db", filepath.Join(home, "wrenn.db"), "SQLite file, or PostgreSQL URL (postgres://…)")
 	fl.StringVar(&f.secretFile, "jwt-secret-file", filepath.Join(home, "server.secret"), "file holding the server secret (created when missing)")
+	fl.StringVar(&f.smtpHost, "smtp-host", "", "SMTP server for verification and password-reset mail (default: write the links to the log)")
+	fl.IntVar(&f.smtpPort, "smtp-port", 587, "SMTP port")
+	fl.StringVar(&f.smtpUser, "smtp-user", "", "SMTP user name")
+	fl.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "file holding the SMTP password")
+	fl.StringVar(&f.smtpFrom, "smtp-from", "", "sender address, e.g. \"Wrenn <noreply@example.com>\"")
+	fl.StringVar(&f.smtpTLS, "smtp-tls", "starttls", "starttls, require-starttls, tls (implicit, port 465) or none")
+	fl.BoolVar(&f.noMetricsFlush, "no-metrics-flush", false, "do not copy agents' samples into usage metrics (set on all but one replica)")
 	fl.StringVar(&f.publicURL, "public-url", "", "URL browsers use to reach Wrenn (OAuth redirects), e.g. https://wrenn.example")
 	fl.StringVar(&f.proxyDomain, "proxy-domain", "", "serve capsule ports at {port}-{capsule}.<domain>")
 	fl.StringVar(&f.githubClientID, "github-client-id", "", "GitHub OAuth app client id (enables GitHub sign-in)")
@@ -147,6 +162,24 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		ProxyDomain: f.proxyDomain, AgentCA: f.agentCA, AgentClientCert: f.agentClientCert, AgentClientKey: f.agentClientKey,
 		HeartbeatInterval: f.heartbeatInterval, ReconcileInterval: f.reconcileInterval,
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
+		DisableMetricsFlush: f.noMetricsFlush,
+	}
+	if f.smtpHost != "" {
+		var password string
+		if f.smtpPasswordFile != "" {
+			b, err := os.ReadFile(f.smtpPasswordFile)
+			if err != nil {
+				return controlplane.Config{}, fmt.Errorf("smtp password: %w", err)
+			}
+			password = strings.TrimSpace(string(b))
+		}
+		m, err := email.NewSMTP(email.SMTPConfig{
+			Host: f.smtpHost, Port: f.smtpPort, Username: f.smtpUser, Password: password, From: f.smtpFrom, TLS: f.smtpTLS,
+		})
+		if err != nil {
+			return controlplane.Config{}, err
+		}
+		cfg.Mailer = m
 	}
 	if f.githubClientID != "" {
 		if f.githubSecretFile == "" {

@@ -34,6 +34,8 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/api/agents"
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/email"
+	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -84,6 +86,15 @@ type Config struct {
 	// UsageRollupInterval is how often completed days are rolled into
 	// daily usage (default 1 h).
 	UsageRollupInterval time.Duration
+	// MetricsFlushInterval is how often the agents' 1 s guest samples are
+	// copied into capsule metric snapshots (default 60 s; the agents keep
+	// 10 minutes at 1 s). Run the flusher on one replica only.
+	MetricsFlushInterval time.Duration
+	// DisableMetricsFlush turns the flusher off (for extra replicas).
+	DisableMetricsFlush bool
+	// Mailer sends verification and password-reset mail (default: the log
+	// mailer, which writes the links to the log).
+	Mailer email.Mailer
 	// AdminRoutes adds routes under /v1/admin (see api.Config).
 	AdminRoutes func(r chi.Router, a *api.API)
 	Logger      *slog.Logger
@@ -107,6 +118,7 @@ func (c *Config) fill() error {
 	def(&c.ShutdownTimeout, 15*time.Second)
 	def(&c.AgentResponseHeaderTimeout, 5*time.Minute)
 	def(&c.UsageRollupInterval, time.Hour)
+	def(&c.MetricsFlushInterval, time.Minute)
 	if c.HeartbeatMisses <= 0 {
 		c.HeartbeatMisses = 3
 	}
@@ -191,7 +203,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
 		Agents: s.agents, Scheduler: scheduler.New(s.store), GitHub: gh, Proxy: s.proxy,
 		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
-		Audit:     &audit.Recorder{Store: s.store, Logger: s.log},
+		Audit: &audit.Recorder{Store: s.store, Logger: s.log},
+		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
 		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
 	})
@@ -268,6 +281,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
 	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval) })
+	if !s.cfg.DisableMetricsFlush {
+		flusher := &metricsflush.Flusher{Store: s.store, Agents: s.agents, Log: s.log}
+		wg.Go(func() { flusher.Run(bg, s.cfg.MetricsFlushInterval) })
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
