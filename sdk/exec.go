@@ -250,11 +250,11 @@ func (c *Client) AttachProcess(ctx context.Context, id string, pid uint32, stdou
 }
 
 // bytes returns the event's output, decoding binary (base64) chunks.
-func (e *wsEvent) bytes() ([]byte, error) {
-	if e.DataB64 == "" {
-		return []byte(e.Data), nil
+func (ev *wsEvent) bytes() ([]byte, error) {
+	if ev.DataB64 == "" {
+		return []byte(ev.Data), nil
 	}
-	b, err := base64.StdEncoding.DecodeString(e.DataB64)
+	b, err := base64.StdEncoding.DecodeString(ev.DataB64)
 	if err != nil {
 		return nil, fmt.Errorf("wrenn: bad binary output in stream: %w", err)
 	}
