@@ -62,10 +62,24 @@ func Open(tb testing.TB, engine string) store.Store {
 }
 
 func openPostgres(ctx context.Context, tb testing.TB) store.Store {
+	s, err := postgres.Open(ctx, postgres.Options{DSN: PostgresDSN(tb)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// PostgresDSN creates a fresh, empty database and returns its DSN; the
+// database is dropped when the test ends.
+func PostgresDSN(tb testing.TB) string {
+	tb.Helper()
 	base := os.Getenv(DSNEnv)
 	if base == "" {
-		tb.Fatalf("%s is not set: run `export %s=$(scripts/postgres.sh)`", DSNEnv, DSNEnv)
+		tb.Fatalf("%s is not set: run `export %s=$(scripts/postgres.sh)` (starts a local PostgreSQL and prints its DSN)", DSNEnv, DSNEnv)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	admin, err := pgx.Connect(ctx, base)
 	if err != nil {
 		tb.Fatalf("connect to PostgreSQL: %v (run scripts/postgres.sh)", err)
@@ -95,10 +109,5 @@ func openPostgres(ctx context.Context, tb testing.TB) store.Store {
 		tb.Fatalf("%s must be a postgres:// URL", DSNEnv)
 	}
 	u.Path = "/" + name
-	s, err := postgres.Open(ctx, postgres.Options{DSN: u.String()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = s.Close() })
-	return s
+	return u.String()
 }
