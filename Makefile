@@ -72,6 +72,8 @@ fmt:
 test-go: tools
 	export PATH="$(CURDIR)/bin/tools:$$PATH"; \
 	export WRENN_TEST_POSTGRES_DSN="$${WRENN_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)}"; \
+	case "$$WRENN_TEST_POSTGRES_DSN" in postgres://*[!\ ]) ;; *) \
+	  echo "make test: scripts/postgres.sh gave no usable DSN: '$$WRENN_TEST_POSTGRES_DSN'" >&2; exit 1;; esac; \
 	$(GO) test $(TESTFLAGS) ./... && \
 	$(GO) test $(TESTFLAGS) -race -short ./...
 

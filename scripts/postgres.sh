@@ -7,6 +7,11 @@
 # and drops it when done, so parallel runs do not collide.
 set -euo pipefail
 
+# Only the DSN may reach stdout: callers capture it with $(...). Everything
+# else (including chatter from pg_ctlcluster, apt, psql such as "Removed stale
+# pid file.") goes to stderr.
+exec 3>&1 1>&2
+
 role=wrenn_test
 password=wrenn_test
 port=${WRENN_TEST_POSTGRES_PORT:-5432}
@@ -30,14 +35,14 @@ if [[ -z ${ver:-} ]]; then
   ver=$(ls /usr/lib/postgresql | sort -n | tail -n1)
   cluster=main
   log "creating cluster $ver/$cluster"
-  pg_createcluster "$ver" "$cluster" --port "$port" >/dev/null
+  pg_createcluster "$ver" "$cluster" --port "$port" >/dev/null 3>&-
 fi
 port=$(pg_lsclusters -h | awk -v v="$ver" -v c="$cluster" '$1==v && $2==c {print $3}')
 
 status=$(pg_lsclusters -h | awk -v v="$ver" -v c="$cluster" '$1==v && $2==c {print $4}')
 if [[ $status != online ]]; then
   log "starting cluster $ver/$cluster on port $port"
-  pg_ctlcluster "$ver" "$cluster" start
+  pg_ctlcluster "$ver" "$cluster" start 3>&-
 fi
 
 psql_admin() { runuser -u postgres -- psql -p "$port" -v ON_ERROR_STOP=1 -qtAX "$@"; }
@@ -56,4 +61,4 @@ if [[ $(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$role'") != 1 
   psql_admin -c "CREATE DATABASE $role OWNER $role"
 fi
 
-echo "postgres://$role:$password@127.0.0.1:$port/$role?sslmode=disable"
+echo "postgres://$role:$password@127.0.0.1:$port/$role?sslmode=disable" >&3
