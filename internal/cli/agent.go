@@ -38,6 +38,7 @@ type agentFlags struct {
 	clientCA        string
 	logLevel        string
 	warmPools       map[string]int
+	snapshotGC      time.Duration
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -82,6 +83,7 @@ Environment: WRENN_HOME (default /var/lib/wrenn), WRENN_DEFAULT_ROOTFS_SIZE
 	fl.StringVar(&f.tlsKey, "tls-key", "", "server key (PEM)")
 	fl.StringVar(&f.clientCA, "client-ca", "", "CA (PEM) that client certificates must chain to (mutual TLS)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
 	return cmd
 }
@@ -146,15 +148,16 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	}
 	defer func() { _ = drv.Close() }()
 	agent, err := hostagent.New(ctx, hostagent.Config{
-		Driver:          drv,
-		StateDir:        f.stateDir,
-		Templates:       templates,
-		DefaultTemplate: f.defaultTemplate,
-		DefaultTimeout:  f.defaultTimeout,
-		Secret:          secret,
-		WarmPools:       f.warmPools,
-		Version:         buildinfo.Version,
-		Logger:          log,
+		Driver:             drv,
+		StateDir:           f.stateDir,
+		Templates:          templates,
+		DefaultTemplate:    f.defaultTemplate,
+		DefaultTimeout:     f.defaultTimeout,
+		Secret:             secret,
+		WarmPools:          f.warmPools,
+		SnapshotGCInterval: f.snapshotGC,
+		Version:            buildinfo.Version,
+		Logger:             log,
 	})
 	if err != nil {
 		return err

@@ -72,6 +72,16 @@ type Config struct {
 	MetricTiers []metrics.Tier
 	// ReapInterval is how often the TTL reaper looks (default 1 s).
 	ReapInterval time.Duration
+	// SnapshotGCInterval is how often the agent sweeps build data no
+	// snapshot header references from the driver's snapshot store (drivers
+	// that expose one; see snapshotCollector). Default 10 min; negative
+	// disables the periodic sweep. A sweep also runs once at start.
+	SnapshotGCInterval time.Duration
+	// SnapshotGCMinAge keeps unreferenced data younger than this: a publish
+	// (here or on another host sharing the store) uploads its data before
+	// its header, and a pause diffing against a parent reads that parent
+	// for as long as the pause takes. Default 1 hour.
+	SnapshotGCMinAge time.Duration
 	// WarmPools asks a driver that implements runtime.WarmPooler to keep
 	// this many started-and-frozen capsules per template.
 	WarmPools map[string]int
@@ -107,6 +117,10 @@ func (c *Config) fill() error {
 	def(&c.HealthInterval, 5*time.Millisecond)
 	def(&c.SampleInterval, time.Second)
 	def(&c.ReapInterval, time.Second)
+	if c.SnapshotGCInterval == 0 {
+		c.SnapshotGCInterval = 10 * time.Minute
+	}
+	def(&c.SnapshotGCMinAge, time.Hour)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -185,6 +199,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	a.bgCancel = cancel
 	a.bgWG.Go(func() { a.reaper(bg) })
+	if sc, ok := cfg.Driver.(snapshotCollector); ok && cfg.SnapshotGCInterval > 0 && sc.SnapshotManager() != nil {
+		a.bgWG.Go(func() { a.snapshotGC(bg, sc.SnapshotManager()) })
+	}
 	return a, nil
 }
 
