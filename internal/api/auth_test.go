@@ -72,9 +72,9 @@ func TestAuth(t *testing.T) {
 		t.Run("bad credentials", func(t *testing.T) {
 			expiredIssuer, _ := auth.NewSessions(auth.DeriveKey(testKey, "session"), time.Hour)
 			expiredIssuer.SetClock(func() time.Time { return time.Now().Add(-2 * time.Hour) })
-			expired, _, _ := expiredIssuer.Issue(u.id, u.team)
+			expired, _, _ := expiredIssuer.Issue(u.id, u.team, "")
 			otherKey, _ := auth.NewSessions([]byte("another-key-another-key-another-key!"), time.Hour)
-			forged, _, _ := otherKey.Issue(u.id, u.team)
+			forged, _, _ := otherKey.Issue(u.id, u.team, "")
 			for name, cred := range map[string]string{
 				"expired":       expired,
 				"forged":        forged,

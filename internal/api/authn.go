@@ -60,6 +60,9 @@ func (a *API) authenticate(ctx context.Context, cred string) (*principal, error)
 	if err != nil {
 		return nil, err
 	}
+	if !a.cfg.Sessions.StampMatches(claims, u.PasswordHash) {
+		return nil, errorf(CodeUnauthenticated, "session ended because the password was changed; log in again")
+	}
 	p := &principal{UserID: u.ID, User: u, TeamID: claims.TeamID, IsAdmin: u.IsAdmin, Via: "jwt"}
 	if err := a.fillRole(ctx, p); err != nil {
 		return nil, err

@@ -147,10 +147,16 @@ func TestEmailVerificationAndPasswordReset(t *testing.T) {
 				e.want(e.do("POST", "/v1/auth/password/reset", "", tc.body), tc.want)
 			})
 		}
+		e.want(e.do("GET", "/v1/me", u.token, nil), 200)
 		e.want(e.do("POST", "/v1/auth/password/reset", "", map[string]string{"token": reset, "password": "new password 123"}), 204)
 		e.want(e.do("POST", "/v1/auth/password/reset", "", map[string]string{"token": reset, "password": "another one 456"}), 400)
+		// The reset ends every session issued under the old password.
+		if r := e.want(e.do("GET", "/v1/me", u.token, nil), 401); !strings.Contains(r.str(t, "message"), "password was changed") {
+			t.Errorf("old session after a reset: %s", r.body)
+		}
 		e.want(e.do("POST", "/v1/auth/login", "", map[string]string{"email": u.email, "password": "correct horse battery"}), 401)
-		e.want(e.do("POST", "/v1/auth/login", "", map[string]string{"email": u.email, "password": "new password 123"}), 200)
+		fresh := e.want(e.do("POST", "/v1/auth/login", "", map[string]string{"email": u.email, "password": "new password 123"}), 200).str(t, "token")
+		e.want(e.do("GET", "/v1/me", fresh, nil), 200)
 
 		// Expired tokens fail; deactivated accounts get no mail.
 		ctx := context.Background()

@@ -130,7 +130,7 @@ func (a *API) createUserWithTeam(ctx context.Context, u store.User) (store.User,
 }
 
 func (a *API) writeSession(w http.ResponseWriter, r *http.Request, status int, u store.User, team store.Team) {
-	tok, exp, err := a.cfg.Sessions.Issue(u.ID, team.ID)
+	tok, exp, err := a.cfg.Sessions.Issue(u.ID, team.ID, u.PasswordHash)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -382,7 +382,7 @@ func (a *API) githubCallback(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	jwt, _, err := a.cfg.Sessions.Issue(u.ID, team.ID)
+	jwt, _, err := a.cfg.Sessions.Issue(u.ID, team.ID, u.PasswordHash)
 	if err != nil {
 		a.writeError(w, r, err)
 		return

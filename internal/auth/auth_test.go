@@ -18,7 +18,7 @@ func TestSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, exp, err := s.Issue("usr-1", "team-1")
+	tok, exp, err := s.Issue("usr-1", "team-1", "hash")
 	if err != nil || time.Until(exp) < 59*time.Minute {
 		t.Fatalf("Issue: %v, exp %v", err, exp)
 	}
@@ -29,7 +29,7 @@ func TestSessions(t *testing.T) {
 
 	past, _ := auth.NewSessions(key, time.Hour)
 	past.SetClock(func() time.Time { return time.Now().Add(-2 * time.Hour) })
-	old, _, _ := past.Issue("usr-1", "team-1")
+	old, _, _ := past.Issue("usr-1", "team-1", "hash")
 	if _, err := s.Parse(old); !errors.Is(err, auth.ErrExpired) {
 		t.Fatalf("expired token: %v, want ErrExpired", err)
 	}
@@ -39,7 +39,7 @@ func TestSessions(t *testing.T) {
 	}})
 	unsigned, _ := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
 	other, _ := auth.NewSessions([]byte("ffffffffffffffffffffffffffffffff"), time.Hour)
-	forged, _, _ := other.Issue("usr-1", "team-1")
+	forged, _, _ := other.Issue("usr-1", "team-1", "hash")
 	noSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, auth.Claims{RegisteredClaims: jwt.RegisteredClaims{
 		Issuer: "wrenn", ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour)),
 	}}).SignedString(key)
@@ -108,5 +108,43 @@ func TestStateCookie(t *testing.T) {
 				t.Fatalf("Verify = %q, %v; want %q ok=%v", got, err, tt.want, tt.ok)
 			}
 		})
+	}
+}
+
+func TestCredentialStamp(t *testing.T) {
+	s, err := auth.NewSessions(key, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := s.Issue("usr-1", "team-1", "hash-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Parse(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		hash string
+		want bool
+	}{
+		{"hash-a", true},
+		{"hash-b", false},
+		{"", false},
+	} {
+		if got := s.StampMatches(c, tc.hash); got != tc.want {
+			t.Errorf("StampMatches(token of hash-a, %q) = %v, want %v", tc.hash, got, tc.want)
+		}
+	}
+	if c.Stamp == "" || c.Stamp == "hash-a" {
+		t.Errorf("stamp %q: want a non-empty derived value, never the hash itself", c.Stamp)
+	}
+	other, _ := auth.NewSessions([]byte("ffffffffffffffffffffffffffffffff"), time.Hour)
+	if other.CredentialStamp("hash-a") == s.CredentialStamp("hash-a") {
+		t.Error("stamps do not depend on the session key")
+	}
+	// A token issued before stamps existed carries none: it does not match.
+	if s.StampMatches(auth.Claims{}, "") {
+		t.Error("an empty stamp matched")
 	}
 }

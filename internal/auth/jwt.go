@@ -1,6 +1,9 @@
 package auth
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"time"
@@ -8,10 +11,12 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// Claims are what a session token says: who (Subject = user id) and which
-// team is current.
+// Claims are what a session token says: who (Subject = user id), which
+// team is current, and the credential stamp of the user's password when the
+// token was issued (see Sessions.CredentialStamp).
 type Claims struct {
 	TeamID string `json:"tid"`
+	Stamp  string `json:"cst"`
 	jwt.RegisteredClaims
 }
 
@@ -40,11 +45,29 @@ func (s *Sessions) SetClock(now func() time.Time) { s.now = now }
 // TTL is how long an issued token lives.
 func (s *Sessions) TTL() time.Duration { return s.ttl }
 
-// Issue returns a signed token for userID with teamID current.
-func (s *Sessions) Issue(userID, teamID string) (string, time.Time, error) {
+// CredentialStamp derives a short, non-reversible stamp of a user's
+// password hash (empty for OAuth-only users) under the session key. Tokens
+// carry the stamp of the hash they were issued under; the API rejects a
+// token whose stamp no longer matches, so changing or resetting a password
+// ends every session issued before, with no server-side session table.
+func (s *Sessions) CredentialStamp(passwordHash string) string {
+	m := hmac.New(sha256.New, DeriveKey(s.key, "credential-stamp"))
+	m.Write([]byte(passwordHash))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:12])
+}
+
+// StampMatches reports, in constant time, whether a token's stamp is the
+// current stamp of passwordHash.
+func (s *Sessions) StampMatches(c Claims, passwordHash string) bool {
+	return hmac.Equal([]byte(c.Stamp), []byte(s.CredentialStamp(passwordHash)))
+}
+
+// Issue returns a signed token for userID with teamID current, stamped with
+// the user's current password hash (CredentialStamp).
+func (s *Sessions) Issue(userID, teamID, passwordHash string) (string, time.Time, error) {
 	now := s.now()
 	exp := now.Add(s.ttl)
-	c := Claims{TeamID: teamID, RegisteredClaims: jwt.RegisteredClaims{
+	c := Claims{TeamID: teamID, Stamp: s.CredentialStamp(passwordHash), RegisteredClaims: jwt.RegisteredClaims{
 		Subject: userID, Issuer: s.issuer,
 		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp),
 		ID: RandomToken(""),
