@@ -10,6 +10,14 @@
 //     ties break on host ID so placement is deterministic.
 //   - Errors are ErrNoHosts (nothing online for the team) or ErrNoCapacity
 //     (hosts exist but none fits); both mean "try later" to a caller.
+//   - Host load comes from heartbeats, which lag. A Scheduler therefore
+//     remembers what it placed on each host since that host's last
+//     heartbeat and counts it as used, so a burst of creates between two
+//     heartbeats spreads over the hosts instead of piling onto the one that
+//     looked emptiest. A placement is forgotten once a heartbeat newer than
+//     it arrives (the host then reports it itself) or after
+//     ReservationTTL. Placements made by other control-plane replicas are
+//     only seen through heartbeats.
 package scheduler
 
 import (
@@ -17,6 +25,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
+	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
@@ -44,22 +54,94 @@ type Scheduler struct {
 	hosts HostLister
 	// OvercommitCPU is how many vCPUs may be placed per host CPU (default 4).
 	OvercommitCPU int64
+	// ReservationTTL bounds how long a placement counts against its host
+	// when no newer heartbeat arrives (default 2 min).
+	ReservationTTL time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+
+	mu       sync.Mutex
+	reserved map[string][]reservation // host id → placements since its last heartbeat
+}
+
+type reservation struct {
+	at  time.Time
+	req Request
 }
 
 // New returns a scheduler reading hosts from l.
-func New(l HostLister) *Scheduler { return &Scheduler{hosts: l, OvercommitCPU: 4} }
+func New(l HostLister) *Scheduler {
+	return &Scheduler{hosts: l, OvercommitCPU: 4, ReservationTTL: 2 * time.Minute, Now: time.Now}
+}
 
-// Pick returns the host for a capsule of team.
+// Pick returns the host for a capsule of team and counts the request
+// against that host until its next heartbeat.
 func (s *Scheduler) Pick(ctx context.Context, team store.Team, req Request) (store.Host, error) {
 	hosts, err := s.hosts.ListSchedulableHosts(ctx, team.ID, team.IsBYOC)
 	if err != nil {
 		return store.Host{}, fmt.Errorf("scheduler: list hosts: %w", err)
 	}
-	h, err := Choose(hosts, req, s.OvercommitCPU)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	adjusted := make([]store.Host, len(hosts))
+	for i, h := range hosts {
+		adjusted[i] = s.withReservations(h, now)
+	}
+	h, err := Choose(adjusted, req, s.OvercommitCPU)
 	if err != nil {
 		return store.Host{}, fmt.Errorf("scheduler: team %s: %w", team.ID, err)
 	}
+	if s.reserved == nil {
+		s.reserved = map[string][]reservation{}
+	}
+	s.reserved[h.ID] = append(s.reserved[h.ID], reservation{at: now, req: req})
+	for _, orig := range hosts {
+		if orig.ID == h.ID {
+			return orig, nil
+		}
+	}
 	return h, nil
+}
+
+func (s *Scheduler) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// withReservations drops h's placements that its last heartbeat already
+// reflects (or that expired) and adds the rest to its used figures. The
+// caller holds s.mu.
+func (s *Scheduler) withReservations(h store.Host, now time.Time) store.Host {
+	rs := s.reserved[h.ID]
+	if len(rs) == 0 {
+		return h
+	}
+	ttl := s.ReservationTTL
+	if ttl <= 0 {
+		ttl = 2 * time.Minute
+	}
+	kept := rs[:0]
+	for _, r := range rs {
+		if h.LastHeartbeatAt != nil && !r.at.After(*h.LastHeartbeatAt) {
+			continue
+		}
+		if now.Sub(r.at) > ttl {
+			continue
+		}
+		kept = append(kept, r)
+		h.UsedVCPUs += r.req.VCPUs
+		h.UsedMemoryMB += r.req.MemoryMB
+		h.UsedDiskMB += r.req.DiskMB
+	}
+	if len(kept) == 0 {
+		delete(s.reserved, h.ID)
+	} else {
+		s.reserved[h.ID] = kept
+	}
+	return h
 }
 
 // Choose applies the placement rule to hosts.

@@ -104,3 +104,79 @@ func TestPickRespectsBYOC(t *testing.T) {
 		})
 	}
 }
+
+// staticHosts is a HostLister over a fixed slice (the hosts' last
+// heartbeat as the store would return it).
+type staticHosts []store.Host
+
+func (s staticHosts) ListSchedulableHosts(context.Context, string, bool) ([]store.Host, error) {
+	return s, nil
+}
+
+// TestPickSpreadsABurstBetweenHeartbeats: with heartbeats that have not
+// caught up, consecutive picks must not all land on the host that looked
+// emptiest; a heartbeat newer than a placement replaces it; placements
+// expire after ReservationTTL.
+func TestPickSpreadsABurstBetweenHeartbeats(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	beat := now.Add(-time.Second)
+	a := host("a", 4, 8192, 0, 0)
+	b := host("b", 4, 8192, 0, 1024) // slightly busier
+	a.LastHeartbeatAt, b.LastHeartbeatAt = &beat, &beat
+	hosts := staticHosts{a, b}
+	s := New(hosts)
+	s.Now = func() time.Time { return now }
+	team := store.Team{ID: "team-1"}
+	req := Request{VCPUs: 1, MemoryMB: 1024, DiskMB: 1024}
+
+	var got []string
+	for range 6 {
+		now = now.Add(time.Millisecond)
+		h, err := s.Pick(context.Background(), team, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, h.ID)
+	}
+	count := map[string]int{}
+	for _, id := range got {
+		count[id]++
+	}
+	// a starts 1 GiB emptier, so it takes the first placement or two, then
+	// the placements alternate: never all six on a.
+	if count["a"] == 6 || count["b"] == 0 {
+		t.Fatalf("burst placements %v: all on one host", got)
+	}
+	if count["a"]-count["b"] > 2 {
+		t.Errorf("burst placements %v: want them spread (a %d, b %d)", got, count["a"], count["b"])
+	}
+	// The returned host carries the store's figures, not the reservations.
+	if h, _ := s.Pick(context.Background(), team, req); h.UsedMemoryMB != 0 && h.UsedMemoryMB != 1024 {
+		t.Errorf("Pick returned adjusted figures: used memory %d", h.UsedMemoryMB)
+	}
+
+	// A heartbeat newer than every placement: the host's own report counts.
+	later := now.Add(time.Second)
+	hosts[0].LastHeartbeatAt, hosts[1].LastHeartbeatAt = &later, &later
+	now = later.Add(time.Millisecond)
+	if h, err := s.Pick(context.Background(), team, req); err != nil || h.ID != "a" {
+		t.Errorf("after fresh heartbeats: got %s, %v; want a (reservations dropped)", h.ID, err)
+	}
+
+	// Reservations expire without heartbeats.
+	s2 := New(staticHosts{host("a", 1, 2048, 0, 0)})
+	clock := now
+	s2.Now = func() time.Time { return clock }
+	s2.ReservationTTL = time.Minute
+	big := Request{VCPUs: 1, MemoryMB: 2048}
+	if _, err := s2.Pick(context.Background(), team, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Pick(context.Background(), team, big); !errors.Is(err, ErrNoCapacity) {
+		t.Errorf("second full-size pick before any heartbeat: %v, want ErrNoCapacity", err)
+	}
+	clock = clock.Add(2 * time.Minute)
+	if _, err := s2.Pick(context.Background(), team, big); err != nil {
+		t.Errorf("after the reservation expired: %v", err)
+	}
+}
