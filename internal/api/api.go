@@ -91,6 +91,9 @@ type Config struct {
 	// WSOriginPatterns are extra origins allowed to open WebSockets
 	// (same-origin is always allowed).
 	WSOriginPatterns []string
+	// RateLimits bound failed logins and reset mails (defaults apply to
+	// zero fields).
+	RateLimits RateLimits
 	// ExecTimeout bounds a unary exec when the request gives none
 	// (default 60 s).
 	ExecTimeout time.Duration
@@ -102,6 +105,7 @@ type API struct {
 	log     *slog.Logger
 	metrics *metrics
 	router  chi.Router
+	limits  rateLimiters
 }
 
 // New builds the API.
@@ -127,7 +131,7 @@ func New(cfg Config) *API {
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = scheduler.New(cfg.Store)
 	}
-	a := &API{cfg: cfg, log: cfg.Logger.With("component", "api")}
+	a := &API{cfg: cfg, log: cfg.Logger.With("component", "api"), limits: newRateLimiters(cfg.RateLimits)}
 	if cfg.Registry != nil {
 		a.metrics = newMetrics(cfg.Registry, cfg.Store, a.log)
 	}

@@ -157,6 +157,13 @@ func (a *API) forgotPassword(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// Limited per address asked for, account or not, so the answer still
+	// says nothing about which addresses have accounts.
+	if wait := a.limits.resetMail.wait(accountKey(addr)); wait > 0 {
+		a.tooMany(w, r, wait, "reset requests for this address")
+		return
+	}
+	a.limits.resetMail.spend(accountKey(addr))
 	ctx := context.WithoutCancel(r.Context())
 	accepted := map[string]any{"message": "if an account uses this address, a reset link is on its way"}
 	u, err := a.cfg.Store.GetUserByEmail(ctx, addr)

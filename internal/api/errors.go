@@ -30,6 +30,7 @@ const (
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeNotImplemented   = "not_implemented"
 	CodeUnavailable      = "unavailable"
+	CodeRateLimited      = "rate_limited"
 	CodeInternal         = "internal"
 )
 
@@ -79,6 +80,8 @@ func httpStatus(code string) int {
 		return http.StatusNotImplemented
 	case CodeUnavailable:
 		return http.StatusServiceUnavailable
+	case CodeRateLimited:
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusInternalServerError
 	}

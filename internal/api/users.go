@@ -152,12 +152,24 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, bad)
 		return
 	}
+	// Failed attempts are limited per account and per client address,
+	// whether or not the account exists (no hint either way).
+	acct, ip := accountKey(req.Email), clientIP(r)
+	if wait := max(a.limits.loginAccount.wait(acct), a.limits.loginIP.wait(ip)); wait > 0 {
+		a.tooMany(w, r, wait, "failed logins")
+		return
+	}
+	failed := func() {
+		a.limits.loginAccount.spend(acct)
+		a.limits.loginIP.spend(ip)
+		a.writeError(w, r, bad)
+	}
 	u, err := a.cfg.Store.GetUserByEmail(r.Context(), req.Email)
 	if errors.Is(err, store.ErrNotFound) {
 		// Spend the same time as a real check so timing does not reveal
 		// which emails exist.
 		_ = auth.CheckPassword(req.Password, dummyHash)
-		a.writeError(w, r, bad)
+		failed()
 		return
 	}
 	if err != nil {
@@ -165,7 +177,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if auth.CheckPassword(req.Password, u.PasswordHash) != nil {
-		a.writeError(w, r, bad)
+		failed()
 		return
 	}
 	if u.Status != store.UserActive || u.DeletedAt != nil {

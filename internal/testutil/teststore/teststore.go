@@ -100,8 +100,19 @@ func PostgresDSN(tb testing.TB) string {
 			return
 		}
 		defer func() { _ = c.Close(context.Background()) }()
+		// The store's own pool is closed by now (cleanups run last-in
+		// first-out). A plain DROP ends autovacuum workers itself; FORCE
+		// would need rights over them that this role lacks. A connection
+		// still closing makes DROP fail with "being accessed": retry.
+		var derr error
+		for range 20 {
+			if _, derr = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name); derr == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			tb.Errorf("drop database %s: %v", name, err)
+			tb.Errorf("drop database %s: %v (plain drop: %v)", name, err, derr)
 		}
 	})
 	u, err := url.Parse(base)
