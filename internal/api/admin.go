@@ -12,13 +12,13 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/audit"
+	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -474,12 +474,13 @@ func (a *API) adminListBuilds(w http.ResponseWriter, r *http.Request) {
 }
 
 // adminCreateBuild queues a template build (status pending) for a team
-// (default: the platform team, whose templates are public).
+// (default: the platform team, whose templates are public). The spec is
+// validated here (builds.Spec); internal/builds runs the build.
 func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
 	var req struct {
-		TemplateName string          `json:"template_name"`
-		TeamID       string          `json:"team_id"`
-		Spec         json.RawMessage `json:"spec"`
+		TemplateName string       `json:"template_name"`
+		TeamID       string       `json:"team_id"`
+		Spec         *builds.Spec `json:"spec"`
 	}
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
@@ -489,26 +490,57 @@ func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "template_name must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"))
 		return
 	}
+	if req.Spec == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "spec is required: {\"from\": template, \"run\": [shell commands], …}"))
+		return
+	}
+	if err := req.Spec.Normalize(); err != nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "%s", err.Error()))
+		return
+	}
+	ctx := r.Context()
 	if req.TeamID == "" {
 		req.TeamID = store.PlatformTeamID
-	} else if _, err := a.cfg.Store.GetTeam(r.Context(), req.TeamID); err != nil {
+	} else if _, err := a.cfg.Store.GetTeam(ctx, req.TeamID); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			err = errorf(CodeNotFound, "team %q not found", clip(req.TeamID))
 		}
 		a.writeError(w, r, err)
 		return
 	}
-	spec := []byte(strings.TrimSpace(string(req.Spec)))
-	if len(spec) == 0 || string(spec) == "null" {
-		spec = []byte("{}")
-	}
-	if spec[0] != '{' {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "spec must be a JSON object"))
+	if _, err := builds.ResolveFrom(ctx, a.cfg.Store, req.TeamID, req.Spec.From); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			err = errorf(CodeInvalidArgument, "spec.from: template %q not found for team %s", req.Spec.From, req.TeamID)
+		}
+		a.writeError(w, r, err)
 		return
 	}
-	b, err := a.cfg.Store.CreateBuild(context.WithoutCancel(r.Context()), store.Build{
+	if t, err := a.cfg.Store.GetTemplateByName(ctx, req.TeamID, req.TemplateName); err == nil && t.TeamID == req.TeamID {
+		a.writeError(w, r, errorf(CodeConflict, "team %s already has a template named %q; delete it first", req.TeamID, req.TemplateName))
+		return
+	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+		a.writeError(w, r, err)
+		return
+	}
+	existing, err := a.cfg.Store.ListBuilds(ctx, req.TeamID)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	for _, b := range existing {
+		if b.TemplateName == req.TemplateName && (b.Status == store.BuildPending || b.Status == store.BuildRunning) {
+			a.writeError(w, r, errorf(CodeConflict, "build %s of template %q is already %s", b.ID, req.TemplateName, b.Status))
+			return
+		}
+	}
+	spec, err := json.Marshal(req.Spec)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	b, err := a.cfg.Store.CreateBuild(context.WithoutCancel(ctx), store.Build{
 		ID: store.NewID(store.PrefixBuild), TeamID: req.TeamID, TemplateName: req.TemplateName,
-		Status: store.BuildPending, Spec: spec, CreatedBy: caller(r.Context()).UserID,
+		Status: store.BuildPending, Spec: spec, CreatedBy: caller(ctx).UserID,
 	})
 	a.recordAdmin(r, "build", b.ID, "create", err, map[string]any{"template_name": req.TemplateName, "team_id": req.TeamID})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -195,9 +196,9 @@ func TestAdminTeamsTemplatesBuildsCapsules(t *testing.T) {
 		}
 		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "Bad Name"}), 400)
 		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "spec": []int{1}}), 400)
-		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "team_id": "team-nope"}), 404)
+		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "team_id": "team-nope", "spec": map[string]any{"run": []string{"true"}}}), 404)
 		b := e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{
-			"template_name": "python", "spec": map[string]any{"base": "base", "run": []string{"apt-get install -y python3-pip"}},
+			"template_name": "python", "spec": map[string]any{"from": "base", "run": []string{"apt-get install -y python3-pip"}},
 		}), 201).json(t)
 		if b["status"] != "pending" || b["team_id"] != store.PlatformTeamID {
 			t.Fatalf("build = %v", b)
@@ -415,5 +416,81 @@ func TestAuditPaginationUnderInserts(t *testing.T) {
 		}
 		e.want(e.do("GET", "/v1/admin/audit-logs?cursor=!!notacursor", root.token, nil), 400)
 		e.want(e.do("GET", "/v1/admin/audit-logs?team_id=bogus", root.token, nil), 404)
+	})
+}
+
+// TestAdminBuildSpecValidation: a build's spec is checked when the build is
+// queued; every bad spec is a 400 with a message naming the problem, and a
+// good one is stored with its defaults filled in.
+func TestAdminBuildSpecValidation(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		e := newEnv(t, st)
+		root := e.signup("root@example.com")
+		e.makeAdmin(root)
+		other := e.signup("other@example.com")
+		ctx := context.Background()
+		hidden, err := st.CreateTemplate(ctx, store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: other.team, Name: "hidden"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tooMany := make([]string, 101)
+		for i := range tooMany {
+			tooMany[i] = "true"
+		}
+		for _, tc := range []struct {
+			name string
+			body any
+			want int
+			msg  string
+		}{
+			{"bad JSON", `{"template_name":"t1","spec":{"run":["true"]`, 400, "not valid JSON"},
+			{"spec not an object", `{"template_name":"t1","spec":"echo hi"}`, 400, "spec"},
+			{"no spec", map[string]any{"template_name": "t1"}, 400, "spec is required"},
+			{"unknown field", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{"true"}, "base": "base"}}, 400, "unknown field"},
+			{"wrong type", map[string]any{"template_name": "t1", "spec": map[string]any{"run": "true"}}, 400, "spec.run"},
+			{"empty run", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{}}}, 400, "spec.run must hold"},
+			{"blank step", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{"true", "  "}}}, 400, "spec.run[1] is empty"},
+			{"too many steps", map[string]any{"template_name": "t1", "spec": map[string]any{"run": tooMany}}, 400, "spec.run must hold 1 to 100"},
+			{"step too long", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{strings.Repeat("x", 16*1024+1)}}}, 400, "longer than"},
+			{"bad from", map[string]any{"template_name": "t1", "spec": map[string]any{"from": "No Such!", "run": []string{"true"}}}, 400, "spec.from"},
+			{"unknown from", map[string]any{"template_name": "t1", "spec": map[string]any{"from": "nosuch", "run": []string{"true"}}}, 400, "not found"},
+			{"another team's from", map[string]any{"template_name": "t1", "spec": map[string]any{"from": hidden.ID, "run": []string{"true"}}}, 400, "not found"},
+			{"relative workdir", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{"true"}, "workdir": "tmp"}}, 400, "spec.workdir"},
+			{"bad env key", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{"true"}, "env": map[string]string{"1X": "y"}}}, 400, "spec.env"},
+			{"memory too small", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{"true"}, "memory_mb": 1}}, 400, "spec.memory_mb"},
+			{"timeout too long", map[string]any{"template_name": "t1", "spec": map[string]any{"run": []string{"true"}, "timeout_sec": 7201}}, 400, "spec.timeout_sec"},
+			{"existing template name", map[string]any{"template_name": "minimal", "spec": map[string]any{"run": []string{"true"}}}, 409, "already has a template"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := e.want(e.do("POST", "/v1/admin/builds", root.token, tc.body), tc.want)
+				m := r.json(t)
+				if m["code"] == "" || !strings.Contains(fmt.Sprint(m["message"]), tc.msg) {
+					t.Fatalf("error = %v, want a message containing %q", m, tc.msg)
+				}
+			})
+		}
+
+		// A good spec: defaults filled in, the from template of the build's
+		// team (team templates by id work), pending, and a second build of
+		// the same name while it is pending is a conflict.
+		b := e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{
+			"template_name": "tools", "team_id": other.team,
+			"spec": map[string]any{"from": hidden.ID, "run": []string{"echo hi > /hi"}, "allow_internet": false},
+		}), 201).json(t)
+		spec := b["spec"].(map[string]any)
+		for k, want := range map[string]any{
+			"from": hidden.ID, "workdir": "/", "vcpus": 1.0, "memory_mb": 512.0, "disk_size_mb": 5120.0,
+			"timeout_sec": 1800.0, "allow_internet": false,
+		} {
+			if got := spec[k]; got != want {
+				t.Errorf("spec.%s = %v, want %v", k, got, want)
+			}
+		}
+		if b["status"] != "pending" || b["team_id"] != other.team {
+			t.Fatalf("build = %v", b)
+		}
+		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{
+			"template_name": "tools", "team_id": other.team, "spec": map[string]any{"run": []string{"true"}},
+		}), 409)
 	})
 }

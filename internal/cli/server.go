@@ -51,6 +51,7 @@ type serverFlags struct {
 	smtpFrom           string
 	smtpTLS            string
 	noMetricsFlush     bool
+	noBuildRunner      bool
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -87,6 +88,7 @@ missing.`,
 	fl.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "file holding the SMTP password")
 	fl.StringVar(&f.smtpFrom, "smtp-from", "", "sender address, e.g. \"Wrenn <noreply@example.com>\"")
 	fl.StringVar(&f.smtpTLS, "smtp-tls", "starttls", "starttls, require-starttls, tls (implicit, port 465) or none")
+	fl.BoolVar(&f.noBuildRunner, "no-build-runner", false, "do not run queued template builds on this replica")
 	fl.BoolVar(&f.noMetricsFlush, "no-metrics-flush", false, "do not copy agents' samples into usage metrics (set on all but one replica)")
 	fl.StringVar(&f.publicURL, "public-url", "", "URL browsers use to reach Wrenn (OAuth redirects), e.g. https://wrenn.example")
 	fl.StringVar(&f.proxyDomain, "proxy-domain", "", "serve capsule ports at {port}-{capsule}.<domain>")
@@ -163,6 +165,7 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		HeartbeatInterval: f.heartbeatInterval, ReconcileInterval: f.reconcileInterval,
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush,
+		DisableBuildRunner:  f.noBuildRunner,
 	}
 	if f.smtpHost != "" {
 		var password string

@@ -2,7 +2,8 @@
 // builds auth, the agent pool, the scheduler, the port proxy, the audit
 // recorder and the HTTP API into one Server, and runs the background loops
 // (host liveness, the reconciler that aligns the store with what agents
-// report, and the hourly usage rollup).
+// report, the hourly usage rollup, the metrics flusher and the template
+// build runner).
 //
 // Invariants:
 //   - The server is stateless: everything durable is in the store, so
@@ -34,6 +35,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/api/agents"
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/email"
 	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
@@ -92,6 +94,15 @@ type Config struct {
 	MetricsFlushInterval time.Duration
 	// DisableMetricsFlush turns the flusher off (for extra replicas).
 	DisableMetricsFlush bool
+	// BuildInterval is how often the template build runner looks for
+	// queued builds (default 2 s). Every replica may run it: builds are
+	// claimed with a conditional update.
+	BuildInterval time.Duration
+	// BuildPollInterval is how often a running build step checks for a
+	// cancel (default 1 s).
+	BuildPollInterval time.Duration
+	// DisableBuildRunner turns the template build runner off.
+	DisableBuildRunner bool
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -119,6 +130,7 @@ func (c *Config) fill() error {
 	def(&c.AgentResponseHeaderTimeout, 5*time.Minute)
 	def(&c.UsageRollupInterval, time.Hour)
 	def(&c.MetricsFlushInterval, time.Minute)
+	def(&c.BuildInterval, 2*time.Second)
 	if c.HeartbeatMisses <= 0 {
 		c.HeartbeatMisses = 3
 	}
@@ -139,6 +151,7 @@ type Server struct {
 	api       *api.API
 	handler   http.Handler
 	registry  *prometheus.Registry
+	scheduler *scheduler.Scheduler
 	usage     *usage.Service
 	closeOnce sync.Once
 }
@@ -191,6 +204,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.usage = &usage.Service{Store: s.store, Log: s.log}
+	s.scheduler = scheduler.New(s.store)
 	var gh *auth.GitHubClient
 	if cfg.GitHub.Enabled() {
 		ghc := cfg.GitHub
@@ -201,7 +215,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.api = api.New(api.Config{
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
-		Agents: s.agents, Scheduler: scheduler.New(s.store), GitHub: gh, Proxy: s.proxy,
+		Agents: s.agents, Scheduler: s.scheduler, GitHub: gh, Proxy: s.proxy,
 		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
 		Audit: &audit.Recorder{Store: s.store, Logger: s.log},
 		Usage: s.usage, Mailer: cfg.Mailer,
@@ -284,6 +298,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if !s.cfg.DisableMetricsFlush {
 		flusher := &metricsflush.Flusher{Store: s.store, Agents: s.agents, Log: s.log}
 		wg.Go(func() { flusher.Run(bg, s.cfg.MetricsFlushInterval) })
+	}
+	if !s.cfg.DisableBuildRunner {
+		runner := builds.New(builds.Config{
+			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Logger: s.log,
+			PollInterval: s.cfg.BuildPollInterval,
+		})
+		wg.Go(func() { runner.Run(bg, s.cfg.BuildInterval) })
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -4,22 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
-// settle is how long a capsule in a transitional state or an agent-only
-// capsule is left alone, so the reconciler never races a create.
-const settle = 2 * time.Minute
+// defaultSettle is how long a capsule in a transitional state or an
+// agent-only capsule is left alone, so the reconciler never races a create.
+const defaultSettle = 2 * time.Minute
+
+// settleOverride, when positive, replaces defaultSettle (tests only).
+var settleOverride atomic.Int64
+
+func settleTime() time.Duration {
+	if d := settleOverride.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return defaultSettle
+}
 
 // ReconcileOnce runs one pass: hosts silent for too long become
 // unavailable and their live capsules missing; for every online host the
 // store is aligned with what its agent reports, and capsules the store no
-// longer knows are destroyed on the agent.
+// longer knows are destroyed on the agent (a template build's capsule only
+// once its build is no longer running).
 func (s *Server) ReconcileOnce(ctx context.Context) error {
 	staleBefore := time.Now().Add(-time.Duration(s.cfg.HeartbeatMisses) * s.cfg.HeartbeatInterval)
 	stale, err := s.store.MarkStaleHostsUnavailable(ctx, staleBefore)
@@ -99,6 +112,7 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 		return fmt.Errorf("reconcile: host %s: %w", h.ID, err)
 	}
 	now := time.Now()
+	settle := settleTime()
 	known := map[string]bool{}
 	for _, c := range caps {
 		known[c.ID] = true
@@ -140,6 +154,17 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 	for id, ac := range onAgent {
 		if known[id] || now.Sub(time.Unix(ac.GetCreatedAt(), 0)) < settle {
 			continue
+		}
+		// A template build's capsule has no capsule row: keep it while its
+		// build runs; once the build has ended it is an orphan.
+		if bid, team, ok := builds.BuildOfCapsule(ac.GetLabels()); ok {
+			b, err := s.store.GetBuild(ctx, team, bid)
+			if err == nil && b.Status == store.BuildRunning {
+				continue
+			}
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
 		}
 		// Not in the store on this host: deleted while the host was away,
 		// or placed elsewhere. Make sure the store really does not know it.

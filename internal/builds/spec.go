@@ -1,0 +1,214 @@
+// Package builds owns template builds: the build spec (its JSON format,
+// defaults and validation) and the Runner that executes queued builds on a
+// host agent and turns the result into a team template.
+//
+// A build runs in an agent-only capsule whose ID is the build's ID
+// ("bld-…") and whose labels name the build (LabelBuild, LabelTeam); there is
+// no capsule row in the store, so users never see it and usage metering
+// ignores it. The reconciler leaves such a capsule alone while its build is
+// running and destroys it otherwise.
+//
+// Invariants:
+//   - A build is claimed with the store's conditional pending → running
+//     update, so two control-plane replicas never run the same build.
+//   - Every later transition is conditional on running: a cancel (running →
+//     cancelled) or a stale sweep by another replica wins, and the runner
+//     that sees its update refused stops and cleans up.
+//   - The build capsule is destroyed when the build ends, whatever the
+//     outcome, with a context that outlives the caller's.
+//   - Non-public templates are stored on hosts under their template ID
+//     (HostTemplateName), so two teams' templates of the same name never
+//     collide in a host's template store.
+package builds
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+
+	"github.com/wrenn-dev/wrenn/internal/store"
+)
+
+// Spec defaults and bounds. The resource bounds are the capsule create
+// API's (internal/api).
+const (
+	DefaultFrom       = "base"
+	DefaultWorkdir    = "/"
+	DefaultVCPUs      = 1
+	DefaultMemoryMB   = 512
+	DefaultDiskSizeMB = 5120
+	DefaultTimeoutSec = 1800
+
+	MaxSteps      = 100
+	MaxStepBytes  = 16 * 1024
+	MaxTimeoutSec = 7200
+
+	maxVCPUs    = 64
+	minMemoryMB = 128
+	maxMemoryMB = 256 * 1024
+	minDiskMB   = 512
+	maxDiskMB   = 1024 * 1024
+	maxEnvVars  = 200
+	maxEnvValue = 32 * 1024
+	maxWorkdir  = 4096
+)
+
+// Spec is what a build does: start a capsule from From, run each shell
+// command of Run in order with Env in Workdir, and snapshot the result.
+// Pointer fields are optional; Normalize fills the defaults.
+type Spec struct {
+	// From is the template (name or id, visible to the build's team) the
+	// build starts from.
+	From string `json:"from,omitempty"`
+	// Run holds 1..MaxSteps shell commands, each run as /bin/sh -c.
+	Run []string `json:"run"`
+	// Env is set for every step.
+	Env map[string]string `json:"env,omitempty"`
+	// Workdir is the absolute directory the steps run in.
+	Workdir       string `json:"workdir,omitempty"`
+	VCPUs         *int64 `json:"vcpus,omitempty"`
+	MemoryMB      *int64 `json:"memory_mb,omitempty"`
+	DiskSizeMB    *int64 `json:"disk_size_mb,omitempty"`
+	TimeoutSec    *int64 `json:"timeout_sec,omitempty"`
+	AllowInternet *bool  `json:"allow_internet,omitempty"`
+}
+
+var (
+	templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	templateIDRE   = regexp.MustCompile(`^` + store.PrefixTemplate + `-[0-9a-z]{1,64}$`)
+	envKeyRE       = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,255}$`)
+)
+
+// SpecError is a spec that breaks a rule; its message is meant for users.
+type SpecError struct{ Msg string }
+
+func (e *SpecError) Error() string { return e.Msg }
+
+func specErr(format string, args ...any) error { return &SpecError{Msg: fmt.Sprintf(format, args...)} }
+
+// ParseSpec decodes a stored spec strictly (unknown fields are errors) and
+// normalizes it.
+func ParseSpec(raw []byte) (Spec, error) {
+	var s Spec
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return Spec{}, specErr("spec: %v", err)
+	}
+	if dec.More() {
+		return Spec{}, specErr("spec must be exactly one JSON object")
+	}
+	if err := s.Normalize(); err != nil {
+		return Spec{}, err
+	}
+	return s, nil
+}
+
+// Normalize validates s and fills its defaults. Errors are *SpecError.
+func (s *Spec) Normalize() error {
+	if s.From == "" {
+		s.From = DefaultFrom
+	}
+	if !templateNameRE.MatchString(s.From) && !templateIDRE.MatchString(s.From) {
+		return specErr("spec.from must be a template name (lower-case letters, digits, . _ -) or id")
+	}
+	if len(s.Run) == 0 || len(s.Run) > MaxSteps {
+		return specErr("spec.run must hold 1 to %d shell commands", MaxSteps)
+	}
+	for i, step := range s.Run {
+		switch {
+		case strings.TrimSpace(step) == "":
+			return specErr("spec.run[%d] is empty", i)
+		case len(step) > MaxStepBytes:
+			return specErr("spec.run[%d] is longer than %d bytes", i, MaxStepBytes)
+		case strings.ContainsRune(step, 0):
+			return specErr("spec.run[%d] contains a NUL byte", i)
+		}
+	}
+	if len(s.Env) > maxEnvVars {
+		return specErr("spec.env has more than %d variables", maxEnvVars)
+	}
+	for k, v := range s.Env {
+		if !envKeyRE.MatchString(k) {
+			return specErr("spec.env key %q is not a valid variable name", clip(k))
+		}
+		if len(v) > maxEnvValue || strings.ContainsRune(v, 0) {
+			return specErr("spec.env %s: value too long or contains NUL", k)
+		}
+	}
+	if s.Workdir == "" {
+		s.Workdir = DefaultWorkdir
+	}
+	if !path.IsAbs(s.Workdir) || len(s.Workdir) > maxWorkdir || strings.ContainsRune(s.Workdir, 0) {
+		return specErr("spec.workdir must be an absolute path of at most %d bytes", maxWorkdir)
+	}
+	for _, f := range []struct {
+		name       string
+		p          **int64
+		def, lo, h int64
+	}{
+		{"vcpus", &s.VCPUs, DefaultVCPUs, 1, maxVCPUs},
+		{"memory_mb", &s.MemoryMB, DefaultMemoryMB, minMemoryMB, maxMemoryMB},
+		{"disk_size_mb", &s.DiskSizeMB, DefaultDiskSizeMB, minDiskMB, maxDiskMB},
+		{"timeout_sec", &s.TimeoutSec, DefaultTimeoutSec, 1, MaxTimeoutSec},
+	} {
+		if *f.p == nil {
+			v := f.def
+			*f.p = &v
+			continue
+		}
+		if v := **f.p; v < f.lo || v > f.h {
+			return specErr("spec.%s must be between %d and %d", f.name, f.lo, f.h)
+		}
+	}
+	if s.AllowInternet == nil {
+		t := true
+		s.AllowInternet = &t
+	}
+	return nil
+}
+
+// IsTemplateID reports whether ref names a template by id rather than name.
+func IsTemplateID(ref string) bool { return templateIDRE.MatchString(ref) }
+
+// ResolveFrom finds the template a build of team starts from: by id, or by
+// name (the team's own preferred over a public one).
+func ResolveFrom(ctx context.Context, st store.Store, teamID, ref string) (store.Template, error) {
+	var (
+		t   store.Template
+		err error
+	)
+	if IsTemplateID(ref) {
+		t, err = st.GetTemplate(ctx, teamID, ref)
+	} else {
+		t, err = st.GetTemplateByName(ctx, teamID, ref)
+	}
+	if err != nil {
+		return store.Template{}, fmt.Errorf("template %q: %w", ref, err)
+	}
+	return t, nil
+}
+
+// HostTemplateName is the name a template has in a host's template store:
+// public templates (seeded or built for the platform team) by name, every
+// other template by its id, so that teams' templates never collide.
+func HostTemplateName(t store.Template) string {
+	if t.Public {
+		return t.Name
+	}
+	return t.ID
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+var errInterrupted = errors.New("interrupted: the control plane stopped during the build")
