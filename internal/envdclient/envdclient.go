@@ -109,9 +109,15 @@ func New(cfg Config) (*Client, error) {
 	c.SetAccessToken(cfg.AccessToken)
 	c.unary = &http.Client{Transport: c.unaryT, Timeout: cfg.UnaryTimeout}
 	c.stream = &http.Client{Transport: c.strT}
-	opt := connect.WithInterceptors(authInterceptor{c})
-	c.Process = processconnect.NewProcessClient(c.stream, c.base, opt)
-	c.Filesystem = filesystemconnect.NewFilesystemClient(c.unary, c.base, opt)
+	opts := connect.WithClientOptions(
+		connect.WithInterceptors(authInterceptor{c}),
+		// envd is on the same host (a TAP or veth away): gzip would only
+		// burn the capsule's CPU, several times over what moving the
+		// bytes costs, so responses are never compressed.
+		connect.WithAcceptCompression("gzip", nil, nil),
+	)
+	c.Process = processconnect.NewProcessClient(c.stream, c.base, opts)
+	c.Filesystem = filesystemconnect.NewFilesystemClient(c.unary, c.base, opts)
 	return c, nil
 }
 
@@ -264,11 +270,13 @@ func (c *Client) Health(ctx context.Context) error {
 	return c.unaryJSON(ctx, "health", http.MethodGet, "/health", nil, nil, http.StatusOK)
 }
 
-// WaitHealthy polls Health every interval until it succeeds or ctx ends.
+// WaitHealthy polls Health until it succeeds or ctx ends: first after
+// 250 µs, then doubling the pause up to interval.
 func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) error {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var last error
+	wait := min(250*time.Microsecond, interval)
 	for {
 		select {
 		case <-ctx.Done():
@@ -284,7 +292,10 @@ func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) error 
 		if last == nil {
 			return nil
 		}
-		t.Reset(interval)
+		// Poll fast at first (envd usually listens within a few ms of its
+		// start), then back off to interval.
+		wait = min(2*wait, interval)
+		t.Reset(wait)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -283,4 +284,40 @@ func itoa(n int) string {
 		n /= 10
 	}
 	return string(b[i:])
+}
+
+func TestConnectCallsRefuseGzip(t *testing.T) {
+	// envd is a TAP or veth away: compressing process output would only
+	// burn the capsule's CPU, so the client must not offer gzip.
+	got := make(chan http.Header, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		http.Error(w, "recorded", http.StatusTeapot)
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, strings.TrimPrefix(srv.URL, "http://"))
+	ctx := testutil.Context(t, testutil.Short)
+
+	stream, err := c.Process.Start(ctx, connect.NewRequest(&procpb.StartRequest{Process: &procpb.ProcessConfig{Cmd: "true"}}))
+	if err == nil {
+		for stream.Receive() {
+		}
+		err = stream.Err()
+		_ = stream.Close()
+	}
+	if err == nil {
+		t.Fatal("start against a recording server succeeded")
+	}
+	_, err = c.Filesystem.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: "/"}))
+	if err == nil {
+		t.Fatal("stat against a recording server succeeded")
+	}
+	for _, call := range []string{"process start", "filesystem stat"} {
+		h := <-got
+		for _, name := range []string{"Connect-Accept-Encoding", "Accept-Encoding", "Grpc-Accept-Encoding"} {
+			if v := h.Get(name); strings.Contains(v, "gzip") {
+				t.Errorf("%s: %s: %q offers gzip", call, name, v)
+			}
+		}
+	}
 }

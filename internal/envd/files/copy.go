@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 )
 
 // copyBufSize is the buffer of the upload copy loop (one per upload in
@@ -80,4 +81,20 @@ func spliceBody(dst *os.File, buffered *bufio.Reader, conn net.Conn, size int64)
 		return &readError{fmt.Errorf("body ended after %d of %d bytes", head+n, size)}
 	}
 	return nil
+}
+
+// drainBody reads and discards what a client still sends after a failed
+// upload: until EOF, limit bytes, or idle without data (the client has sent
+// everything and waits for the answer). Errors end it quietly.
+func drainBody(r *bufio.Reader, conn net.Conn, limit int64, idle time.Duration) {
+	buf := make([]byte, 64<<10)
+	for total := int64(0); total < limit; {
+		_ = conn.SetReadDeadline(time.Now().Add(idle))
+		n, err := r.Read(buf)
+		total += int64(n)
+		if err != nil {
+			break
+		}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
 }

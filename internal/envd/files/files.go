@@ -506,6 +506,10 @@ func (h *Handler) uploadSpliced(hj http.Hijacker, r *http.Request, req *request,
 			h.logger.Error("files request failed", "method", r.Method, "err", err)
 		}
 		payload = errorBody{msg, status}
+		// The client may still be sending the body; closing with unread
+		// data would reset the connection and it might never see this
+		// answer. Read (and drop) what it still sends, within bounds.
+		drainBody(rw.Reader, conn, 64<<20, 250*time.Millisecond)
 	}
 	body, _ := json.Marshal(payload)
 	body = append(body, '\n')

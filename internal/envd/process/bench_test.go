@@ -7,11 +7,15 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
 
 // percentile returns the p-th percentile (0..1) of sorted durations in ms.
@@ -112,18 +116,39 @@ func tcpCopy(b *testing.B, size int64) time.Duration {
 }
 
 // BenchmarkStdoutStream streams 1 GiB (64 MiB with -short) of a process's
-// stdout through the RPC to a client, next to a plain loopback TCP copy of
-// the same size in the same run. The client does not accept gzip: Go's
-// connect client offers it by default and it would turn the zeros into a
-// compression benchmark.
+// stdout through the RPC to the product's client, envdclient (HTTP/1.1, the
+// host agent's streaming transport, no gzip), next to a plain loopback TCP
+// copy of the same size in the same run.
 func BenchmarkStdoutStream(b *testing.B) {
+	h := newHarness(b)
+	c, err := envdclient.New(envdclient.Config{Addr: strings.TrimPrefix(h.srv.URL, "http://")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.CloseIdleConnections)
+	benchStdout(b, c.Process)
+}
+
+// BenchmarkStdoutStreamH2C is BenchmarkStdoutStream through connect-go's
+// default client over HTTP/2 cleartext, as clients written for E2B's envd
+// may connect. The client does not accept gzip: connect offers it by
+// default and it would turn the zeros into a compression benchmark.
+func BenchmarkStdoutStreamH2C(b *testing.B) {
+	h := newHarness(b)
+	client, tr := h.newClient(connect.WithAcceptCompression("gzip", nil, nil))
+	b.Cleanup(tr.CloseIdleConnections)
+	benchStdout(b, client)
+}
+
+// benchStdout streams `head -c 1G /dev/zero` through client, then copies as
+// much over loopback TCP, and reports both rates, their ratio, the average
+// message size and the CPU time this process (envd and client) spent.
+func benchStdout(b *testing.B, client processconnect.ProcessClient) {
+	b.Helper()
 	size := int64(1 << 30)
 	if testing.Short() {
 		size = 64 << 20
 	}
-	h := newHarness(b)
-	client, tr := h.newClient(connect.WithAcceptCompression("gzip", nil, nil))
-	b.Cleanup(tr.CloseIdleConnections)
 	ctx := context.Background()
 	var rpcTime, tcpTime, rpcCPU, tcpCPU time.Duration
 	var msgs int

@@ -22,6 +22,71 @@ const (
 type chunk struct {
 	kind streamKind
 	data []byte
+	buf  *outBuf // the pooled buffer data points into; nil when data is private
+}
+
+// release drops one holder's reference to the chunk's pooled buffer.
+func (c chunk) release() {
+	if c.buf != nil {
+		c.buf.release()
+	}
+}
+
+// outBuf is a read buffer that output chunks point into, shared by the
+// reader and every subscriber a chunk was queued for. Each holds one
+// reference; the last to release it returns it to its pool, so a buffer is
+// never read into again while a queued or sending chunk still points into
+// it. A holder that never releases (a dropped subscriber's queue) only
+// costs the reuse: the garbage collector takes the buffer.
+type outBuf struct {
+	b    []byte
+	refs atomic.Int32
+	pool *bufPool
+}
+
+func (b *outBuf) hold() { b.refs.Add(1) }
+
+func (b *outBuf) release() {
+	if b.refs.Add(-1) == 0 {
+		b.pool.put(b)
+	}
+}
+
+// bufPool is one output reader's free list of read buffers. It is not a
+// sync.Pool: buffers survive garbage collections, so a stream moving bulk
+// output reuses a few warm buffers instead of allocating (and zeroing, and
+// faulting in) a fresh one per message.
+type bufPool struct {
+	free chan *outBuf
+}
+
+// pooledBuffers is how many idle buffers a reader keeps.
+const pooledBuffers = 4
+
+func newBufPool() *bufPool {
+	return &bufPool{free: make(chan *outBuf, pooledBuffers)}
+}
+
+// get returns a buffer of size bytes holding one reference (the caller's).
+func (p *bufPool) get(size int) *outBuf {
+	select {
+	case b := <-p.free:
+		if len(b.b) == size {
+			b.refs.Store(1)
+			return b
+		}
+	default:
+	}
+	b := &outBuf{b: make([]byte, size), pool: p}
+	b.refs.Store(1)
+	return b
+}
+
+func (p *bufPool) put(b *outBuf) {
+	select {
+	case p.free <- b:
+	default:
+	}
 }
 
 // event wraps the chunk as a data event.
@@ -38,36 +103,21 @@ func (c chunk) event() *pb.ProcessEvent {
 	return &pb.ProcessEvent{Event: &pb.ProcessEvent_Data{Data: d}}
 }
 
-// chunkOf is the inverse of chunk.event for data events.
-func chunkOf(ev *pb.ProcessEvent) (chunk, bool) {
-	switch o := ev.GetData().GetOutput().(type) {
-	case *pb.ProcessEvent_DataEvent_Stdout:
-		return chunk{kindStdout, o.Stdout}, true
-	case *pb.ProcessEvent_DataEvent_Stderr:
-		return chunk{kindStderr, o.Stderr}, true
-	case *pb.ProcessEvent_DataEvent_Pty:
-		return chunk{kindPTY, o.Pty}, true
-	}
-	return chunk{}, false
-}
-
 // errSlowSubscriber is why a subscriber that stopped consuming is dropped.
 var errSlowSubscriber = errors.New("subscriber too slow: its output buffer stayed full, so it was disconnected to keep the process running; re-attach with Connect")
 
 // subscriber is one attached stream. Its channel is filled by the hub and
 // drained by exactly one handler goroutine.
 type subscriber struct {
-	ch      chan *pb.ProcessEvent
+	ch      chan chunk
 	queued  atomic.Int64  // output bytes in ch
 	dropped chan struct{} // closed when the hub drops this subscriber
 	err     error         // why it was dropped; written before dropped is closed
 }
 
-// taken records that the handler took ev from the channel.
-func (s *subscriber) taken(ev *pb.ProcessEvent) {
-	if c, ok := chunkOf(ev); ok {
-		s.queued.Add(-int64(len(c.data)))
-	}
+// taken records that the handler took c from the channel.
+func (s *subscriber) taken(c chunk) {
+	s.queued.Add(-int64(len(c.data)))
 }
 
 // hub fans a process's output out to its subscribers.
@@ -83,6 +133,8 @@ func (s *subscriber) taken(ev *pb.ProcessEvent) {
 //   - With no subscriber attached output goes to a bounded backlog (oldest
 //     bytes dropped first) that the next subscriber receives before anything
 //     else.
+//   - A chunk in a subscriber's channel holds a reference to its pooled
+//     buffer (see outBuf); the handler releases it once the chunk is sent.
 //   - finish is called once, after the last publish; then ended is closed.
 type hub struct {
 	subBuffer    int   // messages a subscriber may have queued
@@ -133,7 +185,8 @@ func (h *hub) freed() {
 }
 
 // publish delivers c to every subscriber, or to the backlog when there is
-// none. timer is the calling reader's own timer (stopped, reusable).
+// none. timer is the calling reader's own timer (stopped, reusable). The
+// caller keeps its own reference to c's buffer and releases it afterwards.
 func (h *hub) publish(c chunk, timer *time.Timer) {
 	waiting, stalled := false, false
 	defer func() {
@@ -156,14 +209,16 @@ func (h *hub) publish(c chunk, timer *time.Timer) {
 			}
 		}
 		if room {
-			ev := c.event()
 			for s := range h.subs {
 				if !h.hasRoom(s) {
 					h.dropLocked(s, errSlowSubscriber)
 					continue
 				}
+				if c.buf != nil {
+					c.buf.hold()
+				}
 				s.queued.Add(int64(len(c.data)))
-				s.ch <- ev // cannot block: only publishers send, with h.mu held
+				s.ch <- c // cannot block: only publishers send, with h.mu held
 			}
 			if len(h.subs) == 0 {
 				// Every subscriber was dropped: keep c for the next one.
@@ -192,7 +247,7 @@ func (h *hub) hasRoom(s *subscriber) bool {
 
 // subscribe attaches a new subscriber and hands it the backlog to replay.
 func (h *hub) subscribe() (*subscriber, []chunk) {
-	s := &subscriber{ch: make(chan *pb.ProcessEvent, h.subBuffer), dropped: make(chan struct{})}
+	s := &subscriber{ch: make(chan chunk, h.subBuffer), dropped: make(chan struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	replay := h.backlog.take()
@@ -224,10 +279,9 @@ func (h *hub) removeLocked(s *subscriber) {
 	if len(h.subs) == 0 {
 		for {
 			select {
-			case ev := <-s.ch:
-				if c, ok := chunkOf(ev); ok {
-					h.backlog.add(c)
-				}
+			case c := <-s.ch:
+				h.backlog.add(c)
+				c.release()
 				continue
 			default:
 			}
@@ -282,7 +336,7 @@ func (b *backlog) add(c chunk) {
 		}
 		last.data = append(last.data, c.data...)
 	} else {
-		b.chunks = append(b.chunks, chunk{kind: c.kind, data: append(make([]byte, 0, len(c.data)), c.data...)})
+		b.chunks = append(b.chunks, chunk{kind: c.kind, data: append(make([]byte, 0, len(c.data)), c.data...)}) // buf nil: a private copy
 	}
 	b.size += len(c.data)
 	for b.size > b.limit {

@@ -112,29 +112,35 @@ const minReadChunk = 16 << 10
 func (p *proc) read(o output, t tuning) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	pool := newBufPool()
 	size := min(minReadChunk, t.readChunk)
-	buf := make([]byte, size)
+	ob := pool.get(size)
+	defer ob.release()
 	for {
 		if p.exited.Load() {
 			_ = o.f.SetReadDeadline(earliest(time.Now().Add(t.drainIdle), p.drainUntil))
 		}
-		n, err := o.f.Read(buf)
+		n, err := o.f.Read(ob.b)
 		if n > 0 {
-			if n == len(buf) && size < t.readChunk {
+			if n == len(ob.b) && size < t.readChunk {
 				size = min(2*size, t.readChunk)
 			}
-			var data []byte
-			if n >= len(buf)/2 {
-				// Hand the buffer itself over; subscribers own it now.
-				data = buf[:n]
-				buf = make([]byte, size)
+			if n >= len(ob.b)/2 {
+				// Publish the buffer itself; it returns to the pool once
+				// every subscriber has sent it.
+				c := chunk{kind: o.kind, data: ob.b[:n], buf: ob}
+				p.hub.publish(c, timer)
+				c.release()
+				ob = pool.get(size)
 			} else {
-				data = append(make([]byte, 0, n), buf[:n]...)
-				if len(buf) < size {
-					buf = make([]byte, size)
+				// A small read gets a private copy, so a queued byte never
+				// pins a large buffer.
+				p.hub.publish(chunk{kind: o.kind, data: append(make([]byte, 0, n), ob.b[:n]...)}, timer)
+				if len(ob.b) < size {
+					ob.release()
+					ob = pool.get(size)
 				}
 			}
-			p.hub.publish(chunk{kind: o.kind, data: data}, timer)
 		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {

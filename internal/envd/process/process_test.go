@@ -985,8 +985,8 @@ func TestReapOrphans(t *testing.T) {
 }
 
 func TestBacklog(t *testing.T) {
-	out := func(s string) chunk { return chunk{kindStdout, []byte(s)} }
-	errc := func(s string) chunk { return chunk{kindStderr, []byte(s)} }
+	out := func(s string) chunk { return chunk{kind: kindStdout, data: []byte(s)} }
+	errc := func(s string) chunk { return chunk{kind: kindStderr, data: []byte(s)} }
 	tests := []struct {
 		name  string
 		limit int
@@ -1038,8 +1038,8 @@ func TestLateReaderKeepsOutput(t *testing.T) {
 	p.exited.Store(true)
 	p.read(output{f: r, kind: kindStdout}, tuning{readChunk: DefaultReadChunk, drainIdle: time.Millisecond, drainMax: time.Millisecond})
 	select {
-	case ev := <-sub.ch:
-		if got := string(ev.GetData().GetStdout()); got != "written before exit" {
+	case c := <-sub.ch:
+		if got := string(c.data); got != "written before exit" {
 			t.Fatalf("forwarded %q", got)
 		}
 	default:
@@ -1053,7 +1053,7 @@ func TestHubStallKeepsOutputInOrder(t *testing.T) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for _, s := range []string{"a", "b", "c"} {
-		h.publish(chunk{kindStdout, []byte(s)}, timer)
+		h.publish(chunk{kind: kindStdout, data: []byte(s)}, timer)
 	}
 	// "c" found the only subscriber full for the stall timeout: it was
 	// dropped, and what it had queued plus "c" wait for the next one.
@@ -1069,8 +1069,103 @@ func TestHubStallKeepsOutputInOrder(t *testing.T) {
 	if len(replay) != 1 || string(replay[0].data) != "abc" {
 		t.Fatalf("replay = %v, want one chunk \"abc\"", replay)
 	}
-	h.publish(chunk{kindStdout, []byte("d")}, timer)
-	if got := string((<-next.ch).GetData().GetStdout()); got != "d" {
+	h.publish(chunk{kind: kindStdout, data: []byte("d")}, timer)
+	if got := string((<-next.ch).data); got != "d" {
 		t.Fatalf("live output after replay = %q", got)
+	}
+}
+
+func TestPooledBufferReleasedByLastHolder(t *testing.T) {
+	h := newHub(DefaultSubBuffer, DefaultSubBytes, DefaultBacklog, time.Second)
+	a, _ := h.subscribe()
+	b, _ := h.subscribe()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	pool := newBufPool()
+	ob := pool.get(8)
+	copy(ob.b, "abcdefgh")
+	c := chunk{kind: kindStdout, data: ob.b, buf: ob}
+	h.publish(c, timer)
+	c.release() // the reader's own reference
+
+	(<-a.ch).release()
+	if got := pool.get(8); got == ob {
+		t.Fatal("buffer handed out again while a subscriber still holds it")
+	}
+	got := <-b.ch
+	if string(got.data) != "abcdefgh" {
+		t.Fatalf("second subscriber got %q", got.data)
+	}
+	got.release()
+	if again := pool.get(8); again != ob {
+		t.Fatal("buffer did not return to its pool after the last release")
+	}
+}
+
+func TestLeavingSubscriberHandsPooledOutputToBacklog(t *testing.T) {
+	h := newHub(DefaultSubBuffer, DefaultSubBytes, DefaultBacklog, time.Second)
+	sub, _ := h.subscribe()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	pool := newBufPool()
+	ob := pool.get(5)
+	copy(ob.b, "queue")
+	c := chunk{kind: kindStdout, data: ob.b, buf: ob}
+	h.publish(c, timer)
+	c.release()
+
+	// The only subscriber leaves with the chunk still queued: the backlog
+	// keeps a copy and the buffer returns to the reader, which reuses it.
+	h.unsubscribe(sub)
+	reused := pool.get(5)
+	if reused != ob {
+		t.Fatal("buffer of a chunk moved to the backlog was not released")
+	}
+	copy(reused.b, "XXXXX")
+	_, replay := h.subscribe()
+	if len(replay) != 1 || string(replay[0].data) != "queue" {
+		t.Fatalf("replay = %v, want one chunk \"queue\"", replay)
+	}
+}
+
+func TestFanOutKeepsEveryByte(t *testing.T) {
+	// Output buffers are recycled once every subscriber has sent them; two
+	// subscribers reading at their own pace must both get every byte.
+	h := newHarness(t, fast)
+	ctx := testutil.Context(t, testutil.Long)
+	lines := 400000
+	if testing.Short() {
+		lines = 50000
+	}
+	var want strings.Builder
+	for i := 1; i <= lines; i++ {
+		want.WriteString(strconv.Itoa(i) + "\n")
+	}
+	req := startReq("sh", "-c", `read x; seq 1 "$1"`, "sh", strconv.Itoa(lines))
+	other, otherTr := h.newClient(connect.WithAcceptCompression("gzip", nil, nil))
+	t.Cleanup(otherTr.CloseIdleConnections)
+	first, firstRes := h.started(ctx, t, h.client, connect.NewRequest(req))
+	second, secondRes := connected(ctx, t, other, byPID(firstRes.pid))
+	h.send(t, byPID(firstRes.pid), stdinInput("\n"))
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		rest, err := drain(first)
+		if err != nil {
+			t.Errorf("start stream: %v", err)
+			return
+		}
+		firstRes.stdout.Write(rest.stdout.Bytes())
+	})
+	rest, err := drain(second)
+	if err != nil {
+		t.Fatalf("connect stream: %v", err)
+	}
+	secondRes.stdout.Write(rest.stdout.Bytes())
+	wg.Wait()
+	for name, r := range map[string]*result{"start": firstRes, "connect": secondRes} {
+		if r.stdout.String() != want.String() {
+			t.Errorf("%s stream: output differs from what seq wrote (got %d bytes, want %d)", name, r.stdout.Len(), want.Len())
+		}
 	}
 }

@@ -46,7 +46,7 @@ const (
 	DefaultSubBuffer    = 256
 	DefaultSubBytes     = 16 << 20
 	DefaultBacklog      = 1 << 20
-	DefaultReadChunk    = 128 << 10
+	DefaultReadChunk    = 1 << 20 // = stdoutPipeSize: one read can empty a full pipe
 	DefaultStallTimeout = 5 * time.Second
 	DefaultDrainIdle    = 250 * time.Millisecond
 	DefaultDrainMax     = 5 * time.Second
@@ -410,10 +410,15 @@ func (s *Service) pump(ctx context.Context, p *proc, sub *subscriber, replay []c
 	defer keepalive.Stop()
 	for {
 		select {
-		case ev := <-sub.ch:
-			sub.taken(ev)
+		case c := <-sub.ch:
+			sub.taken(c)
 			p.hub.freed()
-			if err := send(ev); err != nil {
+			// When send returns, connect's codec has copied c's bytes into
+			// its own buffer (the handler has no interceptor that could
+			// keep the message), so the buffer may go back to the reader.
+			err := send(c.event())
+			c.release()
+			if err != nil {
 				return err
 			}
 		case <-sub.dropped:
@@ -426,8 +431,10 @@ func (s *Service) pump(ctx context.Context, p *proc, sub *subscriber, replay []c
 			}
 			for drained := false; !drained; {
 				select {
-				case ev := <-sub.ch:
-					if err := send(ev); err != nil {
+				case c := <-sub.ch:
+					err := send(c.event())
+					c.release()
+					if err != nil {
 						return err
 					}
 				default:

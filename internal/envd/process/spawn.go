@@ -268,11 +268,15 @@ func command(sp *spec, canSwitch bool) (*exec.Cmd, *fds, error) {
 	return cmd, f, nil
 }
 
-// stdoutPipeSize is the capacity requested for stdout pipes: a pipe larger
-// than the default 64 KiB lets the reader take bigger chunks per read when a
-// process writes fast. (Pipe pages count against the creating user's limit
-// unless it is root, so only stdout is enlarged, and moderately.)
-const stdoutPipeSize = 256 << 10
+// stdoutPipeSize is the capacity requested for stdout pipes (the default
+// pipe-max-size). A pipe larger than the default 64 KiB lets a process that
+// writes fast run ahead of envd's reader, which then takes large chunks per
+// read (fewer, bigger messages). Pipe pages are allocated only as output
+// waits in them; they count against the creating user's pipe limit unless
+// envd has CAP_SYS_RESOURCE (as root), and where that limit refuses the
+// size the pipe keeps its default, which only costs throughput. Only stdout
+// is enlarged.
+const stdoutPipeSize = 1 << 20
 
 func openPipes(cmd *exec.Cmd, f *fds, stdin bool) error {
 	// Each process is its own process group, so signals reach its children.
