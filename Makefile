@@ -68,12 +68,18 @@ fmt:
 	$(TOOL) gofumpt -w $$(git ls-files '*.go' | grep -v '^proto/')
 
 # Tests need: root (namespaces, cgroups, mounts), a local PostgreSQL (started
-# by scripts/postgres.sh), versitygw (S3 tests) and node/npm (E2B SDK check).
+# by scripts/postgres.sh), versitygw (S3 tests), node/npm (E2B SDK check) and
+# a CRIU that works on this kernel (built from Debian's source package by
+# scripts/criu.sh, cached in /var/cache/wrenn/criu; memory-snapshot tests).
 test-go: tools
 	export PATH="$(CURDIR)/bin/tools:$$PATH"; \
 	export WRENN_TEST_POSTGRES_DSN="$${WRENN_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)}"; \
 	case "$$WRENN_TEST_POSTGRES_DSN" in postgres://*[!\ ]) ;; *) \
 	  echo "make test: scripts/postgres.sh gave no usable DSN: '$$WRENN_TEST_POSTGRES_DSN'" >&2; exit 1;; esac; \
+	if [ -z "$${WRENN_TEST_CRIU+set}" ]; then \
+	  WRENN_TEST_CRIU="$$(scripts/criu.sh)" || { WRENN_TEST_CRIU=; \
+	    echo "make test: WARNING: building CRIU failed; the memory-snapshot tests will be skipped" >&2; }; \
+	fi; export WRENN_TEST_CRIU; \
 	$(GO) test $(TESTFLAGS) ./... && \
 	$(GO) test $(TESTFLAGS) -race -short ./...
 

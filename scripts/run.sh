@@ -10,4 +10,14 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "wrenn up runs capsules with namespaces and cgroups: run 'make run' as root" >&2
   exit 1
 fi
+# Memory snapshots (pause to disk that keeps processes) need a CRIU that
+# works on this kernel; Debian 12's does not, so build one once (cached).
+# Without it Wrenn still runs: paused capsules then keep their files only.
+if [[ -z ${WRENN_CRIU:-} ]]; then
+  if WRENN_CRIU=$(scripts/criu.sh); then
+    export WRENN_CRIU
+  else
+    echo "make run: building CRIU failed; pause to disk will keep files but not process memory" >&2
+  fi
+fi
 exec ./bin/wrenn up "$@"

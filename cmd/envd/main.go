@@ -50,7 +50,11 @@ func run(log *slog.Logger, port int) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", envd.ListenAddr(port))
+	// Plain TCP, not Go's default MPTCP: CRIU cannot checkpoint MPTCP
+	// sockets (memory snapshots in the container driver).
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(ctx, "tcp", envd.ListenAddr(port))
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type agentFlags struct {
 	logLevel        string
 	warmPools       map[string]int
 	snapshotGC      time.Duration
+	criu            criuFlags
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -55,7 +56,8 @@ Connect RPC (HTTP/1.1). It must run as root. After a crash or kill -9,
 starting it again re-adopts every capsule it can and cleans up the rest.
 
 Environment: WRENN_HOME (default /var/lib/wrenn), WRENN_DEFAULT_ROOTFS_SIZE
-(e.g. 30Gi), WRENN_AGENT_SECRET (the host secret, if --secret-file is unset).`,
+(e.g. 30Gi), WRENN_AGENT_SECRET (the host secret, if --secret-file is unset),
+WRENN_CRIU (the criu binary for memory snapshots).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAgent(cmd.Context(), f, cmd.ErrOrStderr())
@@ -83,6 +85,7 @@ Environment: WRENN_HOME (default /var/lib/wrenn), WRENN_DEFAULT_ROOTFS_SIZE
 	fl.StringVar(&f.tlsKey, "tls-key", "", "server key (PEM)")
 	fl.StringVar(&f.clientCA, "client-ca", "", "CA (PEM) that client certificates must chain to (mutual TLS)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.criu.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
 	return cmd
@@ -141,6 +144,9 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		Templates:         *templates,
 		EnvdPath:          f.envdPath,
 		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+		CRIUPath:          f.criu.path,
+		CRIUEnv:           f.criu.env,
+		DisableCRIU:       f.criu.off,
 		Logger:            log,
 	})
 	if err != nil {

@@ -20,6 +20,7 @@ type upFlags struct {
 	home, listen, onExit, envdPath, cacheDir, mirror, instance, subnet, logLevel, rootfsSize string
 	noBase                                                                                   bool
 	warmPools                                                                                map[string]int
+	criu                                                                                     criuFlags
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -41,7 +42,7 @@ machine-wide in --cache-dir.
 Stop it with Ctrl-C or SIGTERM: running capsules are paused (and
 re-adopted on the next start) or destroyed, as --on-exit says.
 
-Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE.`,
+Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU.`,
 		Example: `  sudo wrenn up
   sudo wrenn up --listen 0.0.0.0:9725 --on-exit destroy`,
 		Args: cobra.NoArgs,
@@ -59,6 +60,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE.`,
 	fl.StringVar(&f.instance, "instance", "wrenn", "name of this Wrenn's cgroup parent, nftables table and network namespaces")
 	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "private IPv4 range capsule addresses come from")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template for fast creates, e.g. minimal=2")
+	f.criu.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
 	return cmd
 }
@@ -107,6 +109,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
+		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off,
 	})
 	if err != nil {
 		return err

@@ -116,6 +116,9 @@ type dirs struct {
 	driverState, agentState string
 	tag                     string
 	subnet                  netip.Prefix
+	// tweakDriver, when set, adjusts the driver config (a restarted host
+	// on the same dirs gets the same).
+	tweakDriver func(*container.Config)
 }
 
 func newDirs(t testing.TB) dirs {
@@ -135,6 +138,14 @@ var logLevel = slog.LevelWarn
 // driverConfig is the container driver config of a host on d: its cgroup
 // parent, nft table, netns prefix and subnet belong to d alone.
 func driverConfig(d dirs) container.Config {
+	c := baseDriverConfig(d)
+	if d.tweakDriver != nil {
+		d.tweakDriver(&c)
+	}
+	return c
+}
+
+func baseDriverConfig(d dirs) container.Config {
 	return container.Config{
 		StateDir:          d.driverState,
 		Templates:         *templates,

@@ -114,6 +114,11 @@ type Config struct {
 	// (e.g. {"minimal": 2}) so creates take one instead of booting. A
 	// pool starts filling once its template is available.
 	WarmPools map[string]int
+	// CRIUPath, CRIUEnv and DisableCRIU configure memory snapshots of the
+	// container driver (container.Config): "" looks up criu in PATH.
+	CRIUPath    string
+	CRIUEnv     []string
+	DisableCRIU bool
 	// HeartbeatInterval of the in-process host (default 10 s).
 	HeartbeatInterval time.Duration
 	// Out receives the human-facing output: banner and template progress.
@@ -483,6 +488,9 @@ func (a *App) startAgent(ctx context.Context) error {
 		DefaultDiskSizeMB: a.cfg.DefaultDiskSizeMB,
 		CgroupParent:      "/" + a.cfg.Instance,
 		Network:           netCfg,
+		CRIUPath:          a.cfg.CRIUPath,
+		CRIUEnv:           a.cfg.CRIUEnv,
+		DisableCRIU:       a.cfg.DisableCRIU,
 		Logger:            a.cfg.Logger,
 	})
 	if err != nil {

@@ -14,7 +14,11 @@
 // Pause to disk publishes the capsule's ext4 disk image to the snapshot
 // engine (package snapshot; by default a local store under
 // <StateDir>/snapshots, or any shared store such as S3) and deletes it
-// locally; Restore materialises it as a sparse file again. A restored
+// locally; Restore materialises it as a sparse file again. Where `criu
+// check` passes at start (Config.CRIUPath), the processes are checkpointed
+// first and their CRIU images stored as a second image published before the
+// disk header (criu.go); Restore then resumes them with `runc restore`, or
+// boots the capsule with its files if that fails. A restored
 // capsule remembers its snapshot as the parent its next pause diffs
 // against; that pause supersedes (deletes) it, and so does Destroy.
 //
@@ -94,6 +98,19 @@ type Config struct {
 	// another host). Default 10 minutes; negative disables the driver's GC
 	// (the operator then runs Manager.GC).
 	SnapshotGCMinAge time.Duration
+	// CRIUPath is the criu binary memory snapshots use (e.g. the one
+	// scripts/criu.sh builds). "" looks up "criu" in PATH. Memory snapshots
+	// are on when `criu check` passes with it at start (CRIUAvailable).
+	CRIUPath string
+	// CRIUEnv is extra environment for every criu run (check, dump,
+	// restore), e.g. "CRIU_FAULT=130" on hosts whose CPU debug registers
+	// do not work for CRIU's breakpoints.
+	CRIUEnv []string
+	// DisableCRIU keeps pause-to-disk to files only even where criu works.
+	DisableCRIU bool
+	// CRIUTimeout bounds one checkpoint or restore (default 5 minutes); a
+	// restore that takes longer is killed and the capsule boots instead.
+	CRIUTimeout time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -107,6 +124,7 @@ type Driver struct {
 	runcRoot string
 	capsDir  string
 	criu     bool
+	criuPath string
 	client   *http.Client
 	snaps    *snapshot.Manager
 
@@ -192,6 +210,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 		cfg.StateDir = abs
 	}
+	if cfg.CRIUTimeout <= 0 {
+		cfg.CRIUTimeout = 5 * time.Minute
+	}
 	if cfg.SnapshotGCMinAge == 0 {
 		cfg.SnapshotGCMinAge = 10 * time.Minute
 	}
@@ -235,21 +256,17 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if d.net, err = network.New(cfg.Network, d.log); err != nil {
 		return nil, err
 	}
-	d.criu = criuWorks(ctx)
-	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "runc", runc)
-	return d, nil
-}
-
-// criuWorks runs `criu check`; Debian 12's CRIU fails on recent kernels, in
-// which case pause-to-disk keeps files only.
-func criuWorks(ctx context.Context) bool {
-	path, err := exec.LookPath("criu")
-	if err != nil {
-		return false
+	// Debian 12's CRIU 3.17 fails `criu check` on recent kernels: then
+	// pause-to-disk keeps files only.
+	if !cfg.DisableCRIU {
+		path, err := criuCheck(ctx, cfg.CRIUPath, cfg.CRIUEnv)
+		d.criu, d.criuPath = err == nil, path
+		if err != nil {
+			d.log.Info("memory snapshots off", "err", err)
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return exec.CommandContext(ctx, path, "check").Run() == nil
+	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc)
+	return d, nil
 }
 
 // Name implements runtime.Driver.
@@ -258,7 +275,8 @@ func (d *Driver) Name() string { return "container" }
 // Network exposes the network manager (rule counts for diagnostics).
 func (d *Driver) Network() *network.Manager { return d.net }
 
-// CRIUAvailable reports whether `criu check` passed at start.
+// CRIUAvailable reports whether `criu check` passed at start (memory
+// snapshots are on).
 func (d *Driver) CRIUAvailable() bool { return d.criu }
 
 var idRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -484,6 +502,11 @@ func (d *Driver) runc(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 func (d *Driver) runcDelete(ctx context.Context, key string) error {
+	// runc delete removes its state directory recursively: a rootfs bind
+	// mount a killed `runc restore` left there (criu-root) must go first.
+	if err := unmountUnder(filepath.Join(d.runcRoot, key)); err != nil {
+		return err
+	}
 	out, err := d.runc(ctx, "delete", "--force", key)
 	if err != nil && strings.Contains(string(out), "does not exist") {
 		return nil

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/network"
@@ -35,10 +36,10 @@ const (
 	kindDisk = "capsule-disk-ext4"
 )
 
-// MemorySnapshots implements runtime.Snapshotter. Memory checkpoints need a
-// working CRIU; this driver does not checkpoint memory, so snapshots keep
-// the writable disk only and Restore reports MemoryKept=false.
-func (d *Driver) MemorySnapshots() bool { return false }
+// MemorySnapshots implements runtime.Snapshotter: true when `criu check`
+// passed at start (see criu.go). Without it snapshots keep the writable
+// disk only and Restore reports MemoryKept=false.
+func (d *Driver) MemorySnapshots() bool { return d.criu }
 
 // SnapshotManager returns the snapshot engine the driver publishes capsule
 // disks to (for GC and inspection by the agent or operator tools).
@@ -51,6 +52,12 @@ func (d *Driver) SnapshotManager() *snapshot.Manager { return d.snaps }
 // against that parent (merged per the manager's MaxDiffGenerations) — and
 // then frees every host resource, keeping only state.json. The snapshot's
 // ID is the header name in the store.
+//
+// With CRIU (MemorySnapshots), a running or paused capsule's processes are
+// first checkpointed with `runc checkpoint`; the images are published as a
+// second header (<ID>.criu) before the disk header, which names it and is
+// the commit point. A failed checkpoint or memory publish is logged and the
+// snapshot keeps files only (MemoryKept=false).
 //
 // If publishing fails the capsule is left stopped with its disk remounted,
 // so it can be started or snapshotted again; nothing partial is visible in
@@ -67,6 +74,19 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	default:
 		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s in state %s: %w", id, rec.State, runtime.ErrInvalidState)
 	}
+	var (
+		images   string
+		criuKeys []string
+	)
+	if d.criu && (rec.State == runtime.StateRunning || rec.State == runtime.StatePaused) {
+		start := time.Now()
+		images, criuKeys, err = d.checkpoint(ctx, rec)
+		if err != nil {
+			d.log.Warn("memory checkpoint failed, keeping files only", "id", id, "err", err)
+		} else {
+			d.log.Info("capsule memory checkpointed", "id", id, "took", time.Since(start))
+		}
+	}
 	if err := d.stop(ctx, rec, 2*time.Second); err != nil {
 		return runtime.SnapshotInfo{}, err
 	}
@@ -81,16 +101,34 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	}
 	now := time.Now().UTC()
 	snapID := fmt.Sprintf("%s-%d", rec.ID, now.UnixNano())
-	hdr, err := d.publish(ctx, rec, snapID, p.Image(), now)
+	var memName string
+	if images != "" {
+		var memBytes int64
+		memName, memBytes, err = d.publishMemory(ctx, rec, snapID, images, criuKeys, now)
+		if err != nil {
+			d.log.Warn("memory image not stored, keeping files only", "id", id, "err", err)
+		} else {
+			d.log.Info("capsule memory stored", "id", id, "snapshot", memName, "stored_bytes", memBytes)
+		}
+		_ = os.RemoveAll(images)
+	}
+	hdr, err := d.publish(ctx, rec, snapID, p.Image(), now, memName)
 	if err != nil {
+		if memName != "" {
+			d.dropSnapshot(ctx, memName)
+		}
 		d.remount(rec, tmpl.Rootfs)
 		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
 	}
-	snap := runtime.SnapshotInfo{
-		ID: snapID, CapsuleID: rec.ID, Template: rec.Spec.Template, MemoryKept: false,
-		Spec: rec.Spec, CreatedAt: now, Keys: []string{snapID},
+	keys := []string{snapID}
+	if memName != "" {
+		keys = append(keys, memName)
 	}
-	d.log.Info("capsule disk snapshotted", "id", rec.ID, "snapshot", snapID,
+	snap := runtime.SnapshotInfo{
+		ID: snapID, CapsuleID: rec.ID, Template: rec.Spec.Template, MemoryKept: memName != "",
+		Spec: rec.Spec, CreatedAt: now, Keys: keys,
+	}
+	d.log.Info("capsule disk snapshotted", "id", rec.ID, "snapshot", snapID, "memory", memName != "",
 		"parent", rec.Parent, "generation", hdr.Generation, "stored_bytes", storedBytes(hdr))
 	// The new image supersedes the one the disk was restored from.
 	if rec.Parent != "" && rec.Parent != snapID {
@@ -116,8 +154,12 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 // capsule's parent snapshot when it has one. A parent that is gone from the
 // store (deleted by its other owner) is not an error: the image is then
 // published whole.
-func (d *Driver) publish(ctx context.Context, rec *record, name, image string, now time.Time) (*snapshot.Header, error) {
-	opts := snapshot.PauseOptions{Parent: rec.Parent, Metadata: snapshotMetadata(rec, now)}
+func (d *Driver) publish(ctx context.Context, rec *record, name, image string, now time.Time, memName string) (*snapshot.Header, error) {
+	md := snapshotMetadata(rec, now)
+	if memName != "" {
+		md[metaMemory] = memName
+	}
+	opts := snapshot.PauseOptions{Parent: rec.Parent, Metadata: md}
 	hdr, err := d.snaps.Pause(ctx, name, image, opts)
 	if err != nil && opts.Parent != "" && errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
 		d.log.Warn("snapshot parent missing, storing the full image", "id", rec.ID, "parent", opts.Parent, "err", err)
@@ -168,6 +210,13 @@ func (d *Driver) remount(rec *record, lower string) {
 // leaves garbage for a later GC, never a broken snapshot).
 func (d *Driver) dropSnapshot(ctx context.Context, name string) {
 	ctx = context.WithoutCancel(ctx)
+	// A disk image's memory companion (if any) goes first, so a memory
+	// image never outlives the disk header that names it unnoticed.
+	if !strings.HasSuffix(name, memSuffix) {
+		if err := d.snaps.Delete(ctx, name+memSuffix); err != nil && !errors.Is(err, store.ErrNotFound) {
+			d.log.Warn("delete superseded memory image", "snapshot", name+memSuffix, "err", err)
+		}
+	}
 	if err := d.snaps.Delete(ctx, name); err != nil {
 		d.log.Warn("delete superseded snapshot", "snapshot", name, "err", err)
 		return
@@ -187,8 +236,11 @@ func (d *Driver) dropSnapshot(ctx context.Context, name string) {
 
 // Restore implements runtime.Snapshotter: it materialises the snapshot's
 // disk image as a sparse file (zero blocks stay holes), attaches and mounts
-// it, rebuilds the overlay and the network and boots envd again under the
-// capsule's original ID (memory is not kept). The snapshot stays in the
+// it, rebuilds the overlay and the network, and then, when the snapshot has
+// a memory image and CRIU works here, restores the processes with `runc
+// restore` (MemoryKept=true); otherwise, or if that fails (restoreMemory
+// leaves nothing of the attempt), it boots envd again under the capsule's
+// original ID (MemoryKept=false, files intact). The snapshot stays in the
 // store as the parent the next Snapshot of this capsule diffs against. A
 // failed or cancelled restore leaves no host object behind; the cleanup
 // does not depend on ctx.
@@ -227,9 +279,22 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 	if err := d.reserve(spec.ID, c); err != nil {
 		return runtime.Info{}, err
 	}
+	memName := memoryImageOf(snap, r)
+	var (
+		images   string
+		criuKeys []string
+	)
 	materialise := func(image string) error {
 		if err := r.WriteFile(ctx, image); err != nil {
 			return fmt.Errorf("container: materialise snapshot %s: %w", name, err)
+		}
+		if memName == "" || !d.criu {
+			return nil
+		}
+		var merr error
+		images, criuKeys, merr = d.fetchMemory(ctx, filepath.Dir(image), memName, spec.ID)
+		if merr != nil {
+			d.log.Warn("memory image unusable, booting with files only", "id", spec.ID, "err", merr)
 		}
 		return nil
 	}
@@ -240,6 +305,22 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 	}
 	rec.Parent = name
 	c.rec = rec
+	c.rec.Memory = false
+	if images != "" {
+		start := time.Now()
+		if merr := d.restoreMemory(ctx, &c.rec, images, criuKeys); merr != nil {
+			d.log.Warn("memory restore failed, booting with files only", "id", spec.ID, "err", merr)
+		} else {
+			c.rec.Memory = true
+			d.log.Info("capsule memory restored", "id", spec.ID, "took", time.Since(start))
+		}
+	}
+	if c.rec.Memory {
+		if err := d.save(&c.rec); err != nil {
+			d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
+		}
+		return d.info(&c.rec), nil
+	}
 	if err := d.start(ctx, &c.rec); err != nil {
 		d.log.Error("restore failed, destroying capsule", "id", spec.ID, "err", err)
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -247,7 +328,6 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 		d.destroyLocked(cctx, c)
 		return runtime.Info{}, fmt.Errorf("restore capsule %s (destroyed): %w", spec.ID, err)
 	}
-	c.rec.Memory = false
 	if err := d.save(&c.rec); err != nil {
 		d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
 	}

@@ -1,0 +1,542 @@
+package container
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/rootfs"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/snapshot"
+)
+
+// Memory snapshots through CRIU (driven by `runc checkpoint` and `runc
+// restore`, which talk to criu over its RPC interface).
+//
+// A memory snapshot is a second header in the snapshot store, named after
+// the disk header plus memSuffix, holding a tar of the CRIU image
+// directory. It is published before the disk header, whose metadata names
+// it: the disk header stays the single commit point of a pause, so a
+// memory image is never visible as part of a snapshot without its disk.
+//
+// The capsule's network namespace and its envd.log (envd's stdout and
+// stderr, opened on the host) are outside what CRIU dumps: the namespace is
+// external (runc passes it as such), and the log is declared an external
+// file on dump and handed back with inherit-fd on restore. Per-run criu
+// options go in a config file named by CRIU_CONFIG_FILE, the only channel
+// runc leaves for options it does not know:
+//   - network-lock nftables: this host has no iptables binaries;
+//   - tcp-close: TCP connections are not dumped and come back closed, as
+//     envd expects of every pre-snapshot connection.
+const (
+	memSuffix     = ".criu"
+	metaMemory    = "wrenn.memory_image"
+	metaCRIUKeys  = "wrenn.criu_inherit"
+	kindCRIU      = "capsule-criu-images-tar"
+	criuImagesDir = "criu-images"
+	criuWorkDir   = "criu-work"
+	// maxCRIUEntry bounds one file of an image archive on extraction.
+	maxCRIUEntry = 64 << 30
+)
+
+// criuCheck runs `criu check` with the configured binary and environment.
+// It returns the binary's absolute path when the check passes.
+func criuCheck(ctx context.Context, path string, env []string) (string, error) {
+	if path == "" {
+		path = "criu"
+	}
+	bin, err := exec.LookPath(path)
+	if err != nil {
+		return "", fmt.Errorf("criu not found: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "check")
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return bin, fmt.Errorf("%s check: %w: %s", bin, err, lastLine(out))
+	}
+	return bin, nil
+}
+
+func lastLine(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
+
+// runcCRIU runs a runc checkpoint/restore command with the driver's criu
+// and a per-call criu config file. Output goes to logFile (runc's and
+// criu's own error lines); on failure the error carries the tail of criu's
+// log from workDir.
+func (d *Driver) runcCRIU(ctx context.Context, conf []string, workDir string, stdio *os.File, args ...string) error {
+	if err := os.MkdirAll(workDir, 0o700); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	confPath := filepath.Join(workDir, "criu.conf")
+	if err := os.WriteFile(confPath, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.CRIUTimeout)
+	defer cancel()
+	full := append([]string{"--root", d.runcRoot, "--criu", d.criuPath}, args...)
+	cmd := exec.CommandContext(ctx, d.cfg.RuncPath, full...)
+	cmd.Env = append(append(os.Environ(), "CRIU_CONFIG_FILE="+confPath), d.cfg.CRIUEnv...)
+	// runc and the criu it starts share a process group: a hung criu is
+	// killed with runc, not left holding the capsule under ptrace.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	var out strings.Builder
+	if stdio != nil {
+		cmd.Stdout, cmd.Stderr = stdio, stdio
+	} else {
+		cmd.Stdout, cmd.Stderr = &out, &out
+	}
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		err = fmt.Errorf("runc %s: %w: %s%s", args[0], err, strings.TrimSpace(out.String()), criuLogTail(workDir))
+		// criu mounts a cgroup yard under its work directory; a killed
+		// criu leaves it behind.
+		if uerr := unmountUnder(workDir); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return err
+	}
+	return nil
+}
+
+// unmountUnder detaches every mount at or below dir, deepest first, and
+// fails unless none is left.
+func unmountUnder(dir string) error {
+	mounts, err := rootfs.MountsUnder(dir)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+	}
+	if left, err := rootfs.MountsUnder(dir); err != nil || len(left) > 0 {
+		return fmt.Errorf("container: mounts left under %s: %v (%w)", dir, left, err)
+	}
+	return nil
+}
+
+// removeSameFS removes dir and what it holds without crossing into another
+// file system (a mount point is never descended into).
+func removeSameFS(dir string) error {
+	var root syscall.Stat_t
+	if err := syscall.Lstat(dir, &root); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("container: %w", err)
+	}
+	var walk func(path string) error
+	walk = func(path string) error {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(path, &st); err != nil {
+			return fmt.Errorf("container: %w", err)
+		}
+		if st.Dev != root.Dev {
+			return fmt.Errorf("container: %s is on another file system", path)
+		}
+		if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+			entries, err := os.ReadDir(path)
+			if err != nil {
+				return fmt.Errorf("container: %w", err)
+			}
+			for _, e := range entries {
+				if err := walk(filepath.Join(path, e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("container: %w", err)
+		}
+		return nil
+	}
+	return walk(dir)
+}
+
+// criuLogTail returns the first error lines of criu's dump or restore log.
+func criuLogTail(workDir string) string {
+	var lines []string
+	for _, name := range []string{"dump.log", "restore.log"} {
+		f, err := os.Open(filepath.Join(workDir, name))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() && len(lines) < 5 {
+			if l := sc.Text(); strings.Contains(l, "Error") && !strings.Contains(l, "RLIMIT_NOFILE") {
+				lines = append(lines, strings.TrimSpace(l))
+			}
+		}
+		_ = f.Close()
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return " (criu: " + strings.Join(lines, "; ") + ")"
+}
+
+// baseCRIUConf are the options of every dump and restore (see the comment
+// at the top of this file).
+var baseCRIUConf = []string{"network-lock nftables", "tcp-close"}
+
+// hostFileKeys returns CRIU's external-file keys ("file[mnt_id:inode]") of
+// envd's standard output and error, which are files on the host (the
+// capsule's envd.log) that CRIU cannot find in the capsule's mounts.
+func hostFileKeys(pid int) ([]string, error) {
+	var keys []string
+	for _, fd := range []int{1, 2} {
+		st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+		if err != nil {
+			return nil, fmt.Errorf("envd fd %d: %w", fd, err)
+		}
+		if !st.Mode().IsRegular() {
+			continue
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil, fmt.Errorf("envd fd %d: no inode", fd)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+		if err != nil {
+			return nil, fmt.Errorf("envd fd %d: %w", fd, err)
+		}
+		mnt := -1
+		for l := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "mnt_id:"); ok {
+				mnt, err = strconv.Atoi(strings.TrimSpace(v))
+				if err != nil {
+					return nil, fmt.Errorf("envd fd %d: mnt_id: %w", fd, err)
+				}
+			}
+		}
+		if mnt < 0 {
+			return nil, fmt.Errorf("envd fd %d: no mnt_id in fdinfo", fd)
+		}
+		key := fmt.Sprintf("file[%x:%x]", mnt, sys.Ino)
+		if len(keys) == 0 || keys[len(keys)-1] != key {
+			keys = append(keys, key)
+		}
+	}
+	return keys, nil
+}
+
+// checkpoint dumps a running or paused capsule's processes with CRIU into
+// <capsule>/criu-images. On success the processes are gone (runc deletes
+// the container) and rec is stopped; on failure the capsule is as it was,
+// running (a paused one is thawed first: CRIU freezes it itself), and the
+// image directory is removed. It returns the image directory and the
+// external-file keys restore must hand back.
+func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string, error) {
+	if rec.State == runtime.StatePaused {
+		if err := d.cg.freeze(d.cgroupPath(rec.Key), false); err != nil {
+			return "", nil, err
+		}
+		rec.State = runtime.StateRunning
+	}
+	p := d.paths(rec.Key)
+	images := filepath.Join(p.Dir, criuImagesDir)
+	work := filepath.Join(p.Dir, criuWorkDir)
+	for _, dir := range []string{images, work} {
+		if err := os.RemoveAll(dir); err != nil {
+			return "", nil, fmt.Errorf("container: %w", err)
+		}
+	}
+	keys, err := hostFileKeys(rec.PID)
+	if err != nil {
+		return "", nil, err
+	}
+	conf := append([]string(nil), baseCRIUConf...)
+	for _, k := range keys {
+		conf = append(conf, "external "+k)
+	}
+	if err := os.MkdirAll(images, 0o700); err != nil {
+		return "", nil, fmt.Errorf("container: %w", err)
+	}
+	err = d.runcCRIU(ctx, conf, work, nil, "checkpoint", "--image-path", images, "--work-path", work, rec.Key)
+	if err != nil {
+		_ = os.RemoveAll(images)
+		_ = os.RemoveAll(work)
+		return "", nil, err
+	}
+	_ = os.RemoveAll(work)
+	rec.State = runtime.StateStopped
+	rec.PID = 0
+	return images, keys, nil
+}
+
+// tarDir writes the regular files of dir (CRIU's image directory is flat)
+// into a tar archive at dst.
+func tarDir(dir, dst string) (err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("container: %w", cerr)
+		}
+	}()
+	tw := tar.NewWriter(out)
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			return fmt.Errorf("container: criu image %s is not a regular file", e.Name())
+		}
+		if err := addFile(tw, filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	return out.Sync()
+}
+
+func addFile(tw *tar.Writer, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	hdr := &tar.Header{Name: filepath.Base(path), Mode: 0o600, Size: st.Size(), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	if _, err := io.Copy(tw, f); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	return nil
+}
+
+// untarDir extracts an archive written by tarDir into dir, refusing
+// anything but plain file names.
+func untarDir(src, dir string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer f.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	tr := tar.NewReader(f)
+	n := 0
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("container: criu images: %w", err)
+		}
+		name := hdr.Name
+		if hdr.Typeflag != tar.TypeReg || name == "" || name != filepath.Base(name) || name == "." || name == ".." || hdr.Size > maxCRIUEntry {
+			return fmt.Errorf("container: criu images: bad entry %q", name)
+		}
+		if err := writeEntry(filepath.Join(dir, name), tr, hdr.Size); err != nil {
+			return err
+		}
+		n++
+	}
+	if n == 0 {
+		return errors.New("container: criu images: empty archive")
+	}
+	return nil
+}
+
+func writeEntry(path string, r io.Reader, size int64) (err error) {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("container: %w", cerr)
+		}
+	}()
+	if _, err := io.CopyN(out, r, size); err != nil {
+		return fmt.Errorf("container: criu images: %w", err)
+	}
+	return nil
+}
+
+// publishMemory archives the image directory and publishes it as
+// name+memSuffix (a full image: CRIU images do not diff block-wise against
+// the previous dump). It returns the header name and the stored bytes.
+func (d *Driver) publishMemory(ctx context.Context, rec *record, name, images string, keys []string, now time.Time) (string, int64, error) {
+	archive := images + ".tar"
+	defer os.Remove(archive)
+	if err := tarDir(images, archive); err != nil {
+		return "", 0, err
+	}
+	md := snapshotMetadata(rec, now)
+	md[metaKind] = kindCRIU
+	md[metaCRIUKeys] = strings.Join(keys, ",")
+	memName := name + memSuffix
+	hdr, err := d.snaps.Pause(ctx, memName, archive, snapshot.PauseOptions{Metadata: md})
+	if err != nil {
+		return "", 0, fmt.Errorf("publish memory image: %w", err)
+	}
+	return memName, storedBytes(hdr), nil
+}
+
+// fetchMemory materialises a memory image into <capsule dir>/criu-images
+// and returns the directory and the external-file keys of the dump.
+func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID string) (string, []string, error) {
+	r, err := d.snaps.Open(ctx, memName)
+	if err != nil {
+		return "", nil, fmt.Errorf("open memory image %s: %w", memName, err)
+	}
+	defer r.Close()
+	md := r.Metadata()
+	if md[metaKind] != kindCRIU || md[metaCapsuleID] != capsuleID {
+		return "", nil, fmt.Errorf("memory image %s: kind %q of capsule %q, want %q of %q", memName, md[metaKind], md[metaCapsuleID], kindCRIU, capsuleID)
+	}
+	var keys []string
+	if s := md[metaCRIUKeys]; s != "" {
+		keys = strings.Split(s, ",")
+	}
+	archive := filepath.Join(capsuleDir, criuImagesDir+".tar")
+	defer os.Remove(archive)
+	if err := r.WriteFile(ctx, archive); err != nil {
+		return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
+	}
+	images := filepath.Join(capsuleDir, criuImagesDir)
+	if err := untarDir(archive, images); err != nil {
+		_ = os.RemoveAll(images)
+		return "", nil, err
+	}
+	return images, keys, nil
+}
+
+// restoreMemory restores a built (not started) capsule's processes from
+// the CRIU images in images with `runc restore`. envd's standard output
+// and error become the new capsule's envd.log. On failure nothing of the
+// attempt is left running: the runc container is deleted and the capsule's
+// cgroup emptied, so the caller can boot it instead.
+func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, keys []string) error {
+	p := d.paths(rec.Key)
+	work := filepath.Join(p.Dir, criuWorkDir)
+	defer os.RemoveAll(work)
+	defer os.RemoveAll(images)
+	logf, err := os.OpenFile(filepath.Join(p.Dir, "envd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer logf.Close()
+	conf := append([]string(nil), baseCRIUConf...)
+	for _, k := range keys {
+		// criu inherits runc's stdio: fd 2 is the new envd.log.
+		conf = append(conf, "inherit-fd fd[2]:"+k)
+	}
+	pidFile := filepath.Join(p.Dir, "pid")
+	_ = os.Remove(pidFile)
+	err = d.runcCRIU(ctx, conf, work, logf, "restore", "--detach", "--image-path", images,
+		"--work-path", work, "--bundle", p.Dir, "--pid-file", pidFile, rec.Key)
+	if err == nil {
+		var b []byte
+		if b, err = os.ReadFile(pidFile); err == nil {
+			rec.PID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+	}
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if kerr := d.cg.remove(d.cgroupPath(rec.Key)); kerr != nil {
+			d.log.Warn("empty cgroup after a failed memory restore", "id", rec.ID, "err", kerr)
+		}
+		// A runc killed mid-restore leaves the capsule's rootfs
+		// bind-mounted at <runc state>/criu-root. It must go before
+		// anything removes the state directory (runc delete does
+		// RemoveAll, which would delete the capsule's files through the
+		// mount); it also pins the overlay and the loop device.
+		state := filepath.Join(d.runcRoot, rec.Key)
+		if uerr := unmountUnder(state); uerr != nil {
+			d.log.Error("unmount after a failed memory restore; capsule files at risk, not deleting runc state", "id", rec.ID, "err", uerr)
+			return errors.Join(err, uerr)
+		}
+		_ = d.runcDelete(cctx, rec.Key)
+		if rerr := removeSameFS(state); rerr != nil {
+			d.log.Warn("remove runc state after a failed memory restore", "id", rec.ID, "err", rerr)
+		}
+		// criu locks the capsule's network with an nftables table while it
+		// restores and may leave it behind when it fails: the capsule then
+		// boots with its traffic dropped.
+		if nerr := unlockNetwork(cctx, rec.Net.Netns); nerr != nil {
+			d.log.Warn("remove criu network lock after a failed memory restore", "id", rec.ID, "err", nerr)
+		}
+		rec.PID = 0
+		return err
+	}
+	rec.State = runtime.StateRunning
+	rec.StartedAt = time.Now().UTC()
+	return nil
+}
+
+// unlockNetwork deletes the nftables tables criu names "CRIU-<id>" in the
+// network namespace at netnsPath.
+func unlockNetwork(ctx context.Context, netnsPath string) error {
+	if netnsPath == "" {
+		return nil
+	}
+	nft := func(args ...string) ([]byte, error) {
+		full := append([]string{"--net=" + netnsPath, "nft"}, args...)
+		out, err := exec.CommandContext(ctx, "nsenter", full...).CombinedOutput()
+		if err != nil {
+			return out, fmt.Errorf("nft %s in %s: %w: %s", strings.Join(args, " "), netnsPath, err, strings.TrimSpace(string(out)))
+		}
+		return out, nil
+	}
+	out, err := nft("list", "tables")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for l := range strings.SplitSeq(string(out), "\n") {
+		// "table <family> <name>"
+		f := strings.Fields(l)
+		if len(f) == 3 && f[0] == "table" && strings.HasPrefix(f[2], "CRIU-") {
+			if _, err := nft("delete", "table", f[1], f[2]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// memoryImageOf returns the memory image a snapshot's disk header names
+// ("" if the snapshot kept files only).
+func memoryImageOf(snap runtime.SnapshotInfo, r *snapshot.Reader) string {
+	if len(snap.Keys) > 1 {
+		return snap.Keys[1]
+	}
+	return r.Metadata()[metaMemory]
+}
