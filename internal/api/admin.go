@@ -322,6 +322,7 @@ func (a *API) destroyOnAgent(ctx context.Context, c store.Capsule) error {
 	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
 		return agentError(err)
 	}
+	a.cfg.Scheduler.Release(c.HostID, c.ID)
 	return nil
 }
 

@@ -159,7 +159,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	host, err := a.cfg.Scheduler.Pick(ctx, team, scheduler.Request{VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	host, err := a.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: c.ID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -186,6 +186,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "request_id", requestID(ctx), "err", err)
 		_, _ = a.cfg.Store.UpdateCapsuleStatus(bg, c.TeamID, c.ID, store.CapsuleStarting, store.CapsuleError)
+		a.cfg.Scheduler.Release(host.ID, c.ID)
 		a.audit(r, c.TeamID, "capsule", c.ID, "create", err, map[string]any{"template": tmpl.Name, "host_id": host.ID})
 		a.writeError(w, r, agentError(err))
 		return
@@ -325,6 +326,7 @@ func (a *API) deleteCapsule(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	a.cfg.Scheduler.Release(c.HostID, c.ID)
 	a.audit(r, c.TeamID, "capsule", c.ID, "delete", nil, nil)
 	if a.cfg.OnCapsuleGone != nil {
 		a.cfg.OnCapsuleGone(c.ID)

@@ -45,6 +45,8 @@ type Agents interface {
 // Placer picks a host for a capsule (internal/scheduler.Scheduler).
 type Placer interface {
 	Pick(ctx context.Context, team store.Team, req scheduler.Request) (store.Host, error)
+	// Release forgets a placement whose capsule is gone.
+	Release(hostID, capsuleID string)
 }
 
 // Config configures a Runner. Zero durations take the defaults.
@@ -290,6 +292,17 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	defer cancel()
 	// stopped maps an error seen while ctx may be done to an outcome.
 	stopped := func(what string, err error) outcome {
+		// The agent enforces the deadline the call carries, so it may
+		// answer deadline_exceeded a moment before this side's timer
+		// fires: give the timer that moment before judging.
+		if connect.CodeOf(err) == connect.CodeDeadlineExceeded || errors.Is(err, context.DeadlineExceeded) {
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < time.Second {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Until(dl) + 50*time.Millisecond):
+				}
+			}
+		}
 		switch {
 		case errors.Is(err, errStopped):
 			return outcome{}
@@ -315,7 +328,7 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	if err != nil {
 		return stopped("read team", err)
 	}
-	host, err := r.cfg.Scheduler.Pick(ctx, team, scheduler.Request{VCPUs: *spec.VCPUs, MemoryMB: *spec.MemoryMB, DiskMB: *spec.DiskSizeMB})
+	host, err := r.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: b.ID, VCPUs: *spec.VCPUs, MemoryMB: *spec.MemoryMB, DiskMB: *spec.DiskSizeMB})
 	if err != nil {
 		if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
 			return failed("no host can run the build: %v", err)
@@ -493,7 +506,9 @@ func (r *Runner) destroy(ctx context.Context, h store.Host, capsuleID string) {
 	_, err := r.cfg.Agents.Client(h).DestroyCapsule(dctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: capsuleID}))
 	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
 		r.log.Warn("destroy build capsule", "capsule_id", capsuleID, "host_id", h.ID, "err", err)
+		return
 	}
+	r.cfg.Scheduler.Release(h.ID, capsuleID)
 }
 
 func firstLine(s string, n int) string {

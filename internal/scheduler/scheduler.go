@@ -15,9 +15,10 @@
 //     heartbeat and counts it as used, so a burst of creates between two
 //     heartbeats spreads over the hosts instead of piling onto the one that
 //     looked emptiest. A placement is forgotten once a heartbeat newer than
-//     it arrives (the host then reports it itself) or after
-//     ReservationTTL. Placements made by other control-plane replicas are
-//     only seen through heartbeats.
+//     it arrives (the host then reports it itself), when its capsule is
+//     released (Release: the create failed or the capsule was destroyed),
+//     or after ReservationTTL. Placements made by other control-plane
+//     replicas are only seen through heartbeats.
 package scheduler
 
 import (
@@ -37,11 +38,14 @@ var (
 	ErrNoCapacity = errors.New("no host has enough free capacity")
 )
 
-// Request is what a capsule needs.
+// Request is what a capsule needs. CapsuleID, when set, names the
+// placement so Release can forget it (a failed create, a destroy before
+// the host's next heartbeat).
 type Request struct {
-	VCPUs    int64
-	MemoryMB int64
-	DiskMB   int64
+	CapsuleID string
+	VCPUs     int64
+	MemoryMB  int64
+	DiskMB    int64
 }
 
 // HostLister is the part of the store the scheduler reads.
@@ -102,6 +106,29 @@ func (s *Scheduler) Pick(ctx context.Context, team store.Team, req Request) (sto
 		}
 	}
 	return h, nil
+}
+
+// Release forgets the placement of capsuleID on hostID, if this scheduler
+// still counts it: its create failed, or it was destroyed before the host's
+// next heartbeat. Unknown ids are ignored.
+func (s *Scheduler) Release(hostID, capsuleID string) {
+	if capsuleID == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rs := s.reserved[hostID]
+	for i, r := range rs {
+		if r.req.CapsuleID == capsuleID {
+			rs = append(rs[:i], rs[i+1:]...)
+			break
+		}
+	}
+	if len(rs) == 0 {
+		delete(s.reserved, hostID)
+	} else {
+		s.reserved[hostID] = rs
+	}
 }
 
 func (s *Scheduler) now() time.Time {

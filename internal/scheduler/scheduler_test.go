@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -178,5 +179,26 @@ func TestPickSpreadsABurstBetweenHeartbeats(t *testing.T) {
 	clock = clock.Add(2 * time.Minute)
 	if _, err := s2.Pick(context.Background(), team, big); err != nil {
 		t.Errorf("after the reservation expired: %v", err)
+	}
+
+	// Release: a create/destroy churn between heartbeats never fills the
+	// host; releasing an unknown id changes nothing.
+	s3 := New(staticHosts{host("a", 1, 2048, 0, 0)})
+	s3.Now = func() time.Time { return clock }
+	for i := range 10 {
+		id := "cl-" + strconv.Itoa(i)
+		h, err := s3.Pick(context.Background(), team, Request{CapsuleID: id, VCPUs: 1, MemoryMB: 2048})
+		if err != nil {
+			t.Fatalf("pick %d after releasing the previous ones: %v", i, err)
+		}
+		s3.Release("a", "cl-unknown")
+		s3.Release(h.ID, id)
+	}
+	if _, err := s3.Pick(context.Background(), team, Request{CapsuleID: "held", VCPUs: 1, MemoryMB: 2048}); err != nil {
+		t.Fatal(err)
+	}
+	s3.Release("a", "cl-unknown")
+	if _, err := s3.Pick(context.Background(), team, Request{CapsuleID: "next", VCPUs: 1, MemoryMB: 2048}); !errors.Is(err, ErrNoCapacity) {
+		t.Errorf("a held placement was released by an unknown id: %v", err)
 	}
 }
