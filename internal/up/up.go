@@ -627,6 +627,16 @@ func (a *App) onExit(ctx context.Context) error {
 // closeAll releases everything New opened. With cleanHost it also removes
 // the runtime's host objects (no capsule may be left).
 func (a *App) closeAll(cleanHost bool) {
+	// Dependents first: the control plane (API, reconciler, build runner)
+	// calls the agent, which drives the runtime. Stopping it first means
+	// no request can create a capsule (and its network) after the host
+	// was cleaned.
+	if a.cp != nil {
+		a.cp.Close()
+	}
+	if a.ln != nil {
+		_ = a.ln.Close()
+	}
 	if a.agent != nil {
 		_ = a.agent.Close()
 	}
@@ -641,12 +651,6 @@ func (a *App) closeAll(cleanHost bool) {
 	}
 	if a.transport != nil {
 		a.transport.CloseIdleConnections()
-	}
-	if a.cp != nil {
-		a.cp.Close()
-	}
-	if a.ln != nil {
-		_ = a.ln.Close()
 	}
 	if a.agentLn != nil {
 		_ = a.agentLn.Close()

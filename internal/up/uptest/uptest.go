@@ -50,8 +50,9 @@ type Instance struct {
 	Key  string
 	Home string
 
-	cancel context.CancelFunc
-	done   chan error
+	cancel   context.CancelFunc
+	done     chan error
+	instance string
 }
 
 // Start builds envd, starts a Wrenn on a free loopback port with
@@ -80,7 +81,7 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	in := &Instance{App: app, URL: app.URL(), Key: app.AdminKey(), Home: home, cancel: cancel, done: make(chan error, 1)}
+	in := &Instance{App: app, URL: app.URL(), Key: app.AdminKey(), Home: home, cancel: cancel, done: make(chan error, 1), instance: o.Instance}
 	go func() { in.done <- app.Run(runCtx) }()
 	select {
 	case <-app.Ready():
@@ -94,13 +95,22 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 	}
 }
 
-// Stop destroys every capsule and stops the instance.
+// Stop destroys every capsule and stops the instance. It fails if the
+// instance's nftables table outlives it (a destroy exit must leave the
+// host as it found it).
 func (in *Instance) Stop() error {
 	in.cancel()
 	select {
 	case err := <-in.done:
-		return err
+		if err != nil {
+			return err
+		}
 	case <-time.After(3 * time.Minute):
 		return errors.New("uptest: wrenn did not stop within 3 minutes")
 	}
+	if out, err := exec.Command("nft", "list", "table", "ip", in.instance).CombinedOutput(); err == nil {
+		_ = exec.Command("nft", "delete", "table", "ip", in.instance).Run()
+		return fmt.Errorf("uptest: nftables table %s left after a destroy exit:\n%s", in.instance, out)
+	}
+	return nil
 }
