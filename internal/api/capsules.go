@@ -159,7 +159,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	host, err := a.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: c.ID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	host, err := a.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: c.ID, HostID: tmpl.HostID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
 	if err != nil {
 		a.writeError(w, r, err)
 		return

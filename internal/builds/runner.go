@@ -328,7 +328,7 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	if err != nil {
 		return stopped("read team", err)
 	}
-	host, err := r.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: b.ID, VCPUs: *spec.VCPUs, MemoryMB: *spec.MemoryMB, DiskMB: *spec.DiskSizeMB})
+	host, err := r.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: b.ID, HostID: from.HostID, VCPUs: *spec.VCPUs, MemoryMB: *spec.MemoryMB, DiskMB: *spec.DiskSizeMB})
 	if err != nil {
 		if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
 			return failed("no host can run the build: %v", err)
@@ -383,7 +383,9 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 		return stopped("snapshot", err)
 	}
 	public := b.TeamID == store.PlatformTeamID
-	tmpl := store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: b.TeamID, Name: b.TemplateName, Public: public}
+	// The template exists only in this host's template store: capsules
+	// of it are placed here (store.Template.HostID).
+	tmpl := store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: b.TeamID, Name: b.TemplateName, Public: public, HostID: host.ID}
 	snap, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: b.ID, Template: HostTemplateName(tmpl)}))
 	if err != nil {
 		return stopped("snapshot the capsule", err)

@@ -109,6 +109,9 @@ func TestTemplateBuilds(t *testing.T) {
 				if tmpl.Name != "tools" || tmpl.Public || tmpl.TeamID != userTeam || tmpl.SizeBytes <= 0 {
 					t.Fatalf("template = %+v", tmpl)
 				}
+				if tmpl.HostID != hostID {
+					t.Fatalf("built template's host = %q, want the building host %s", tmpl.HostID, hostID)
+				}
 				if !noBuildCapsules() {
 					t.Fatalf("build capsule left on the agent: %v", agentCapsules(t, agent))
 				}

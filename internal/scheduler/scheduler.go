@@ -3,6 +3,8 @@
 // team may use (a BYOC team's own hosts, otherwise the shared ones).
 //
 // Invariants:
+//   - A request pinned to a host (Request.HostID: its template was built
+//     there) has that host as its only candidate.
 //   - A host is a candidate only when its free memory covers the request;
 //     vCPUs may be overcommitted (up to OvercommitCPU times the host's).
 //   - Among candidates the highest score wins, where score is the mean of
@@ -43,9 +45,12 @@ var (
 // the host's next heartbeat).
 type Request struct {
 	CapsuleID string
-	VCPUs     int64
-	MemoryMB  int64
-	DiskMB    int64
+	// HostID, when set, is the only host the capsule may go to (its
+	// template exists only there).
+	HostID   string
+	VCPUs    int64
+	MemoryMB int64
+	DiskMB   int64
 }
 
 // HostLister is the part of the store the scheduler reads.
@@ -179,6 +184,15 @@ func Choose(hosts []store.Host, req Request, overcommit int64) (store.Host, erro
 	type cand struct {
 		h     store.Host
 		score float64
+	}
+	if req.HostID != "" {
+		var pinned []store.Host
+		for _, h := range hosts {
+			if h.ID == req.HostID {
+				pinned = append(pinned, h)
+			}
+		}
+		hosts = pinned
 	}
 	var cands []cand
 	for _, h := range hosts {

@@ -36,6 +36,28 @@ func TestChoose(t *testing.T) {
 		{"unavailable never chosen", []store.Host{unavailable, host("a", 2, 2048, 0, 0)}, "a", nil},
 		{"deterministic tie", []store.Host{host("b", 4, 4096, 0, 0), host("a", 4, 4096, 0, 0)}, "a", nil},
 	}
+	pinned := []struct {
+		name    string
+		hosts   []store.Host
+		pin     string
+		want    string
+		wantErr error
+	}{
+		{"pinned to the busier host", []store.Host{host("a", 4, 8192, 0, 6000), host("b", 4, 8192, 0, 1000)}, "a", "a", nil},
+		{"pinned host full", []store.Host{host("a", 4, 1024, 0, 1000), host("b", 4, 8192, 0, 0)}, "a", "", ErrNoCapacity},
+		{"pinned host unavailable", []store.Host{unavailable, host("b", 4, 8192, 0, 0)}, "h-down", "", ErrNoHosts},
+		{"pinned host unknown", []store.Host{host("b", 4, 8192, 0, 0)}, "gone", "", ErrNoHosts},
+	}
+	for _, tt := range pinned {
+		t.Run(tt.name, func(t *testing.T) {
+			r := req
+			r.HostID = tt.pin
+			got, err := Choose(tt.hosts, r, 4)
+			if !errors.Is(err, tt.wantErr) || got.ID != tt.want {
+				t.Errorf("Choose = %q, %v; want %q, %v", got.ID, err, tt.want, tt.wantErr)
+			}
+		})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := Choose(tt.hosts, req, 4)

@@ -282,6 +282,10 @@ type Template struct {
 	Name      string
 	Public    bool
 	SizeBytes int64
+	// HostID, when set, is the only host that has the template (it was
+	// built there); capsules of it are placed on that host. Empty for
+	// templates every host has.
+	HostID    string
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }

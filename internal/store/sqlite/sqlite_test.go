@@ -1,7 +1,7 @@
 package sqlite_test
 
 import (
-	"errors"
+	"database/sql"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -111,25 +111,46 @@ func TestPragmas(t *testing.T) {
 	}
 }
 
-// TestMigrateTo steps the schema down past the seed and back up.
+// TestMigrateTo steps the schema down past the seed and back up. The
+// store only opens on the latest schema (it prepares every query), so the
+// intermediate versions are checked with plain SQL.
 func TestMigrateTo(t *testing.T) {
 	ctx := testutil.Context(t, testutil.Short)
 	o := sqlite.Options{Path: filepath.Join(t.TempDir(), "wrenn.db")}
+	platformTeams := func() int {
+		t.Helper()
+		db, err := sql.Open("sqlite", o.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM teams WHERE id = 'team-platform'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
 	if err := sqlite.MigrateTo(o, 3); err != nil {
 		t.Fatal(err)
 	}
+	if n := platformTeams(); n != 0 {
+		t.Fatalf("platform team at version 3: %d rows, want none", n)
+	}
+	if _, err := sqlite.Open(ctx, sqlite.Options{Path: o.Path, SkipMigrate: true}); err == nil {
+		t.Fatal("Open with SkipMigrate on an older schema: want a prepare error")
+	}
+	if err := sqlite.MigrateTo(o, 5); err != nil {
+		t.Fatal(err)
+	}
+	if n := platformTeams(); n != 1 {
+		t.Fatalf("platform team at version 5: %d rows, want 1", n)
+	}
 	s, err := sqlite.Open(ctx, sqlite.Options{Path: o.Path, SkipMigrate: true})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.GetPlatformTeam(ctx); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("platform team at version 3: got %v, want ErrNotFound", err)
-	}
-	if err := sqlite.MigrateTo(o, 4); err != nil {
-		t.Fatal(err)
+		t.Fatalf("open on the latest schema: %v", err)
 	}
 	if _, err := s.GetPlatformTeam(ctx); err != nil {
-		t.Fatalf("platform team at version 4: %v", err)
+		t.Fatalf("platform team through the store: %v", err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

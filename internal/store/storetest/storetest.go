@@ -572,6 +572,12 @@ func testHosts(t *testing.T, s store.Store) {
 	eq(t, "own host", own[0].ID, h2.ID)
 	eq(t, "other team's byoc hosts", len(must(s.ListSchedulableHosts(ctx, "team-other", true))(t)), 0)
 
+	// A template built on a host remembers it; deleting the host clears it.
+	built := must(s.CreateTemplate(ctx, store.Template{TeamID: byoc.ID, Name: "built-here", HostID: h2.ID}))(t)
+	eq(t, "built template host", built.HostID, h2.ID)
+	eq(t, "built template host (get)", must(s.GetTemplate(ctx, byoc.ID, built.ID))(t).HostID, h2.ID)
+	eq(t, "template without a host", must(s.CreateTemplate(ctx, store.Template{TeamID: byoc.ID, Name: "everywhere"}))(t).HostID, "")
+
 	hb := must(s.HostHeartbeat(ctx, h1.ID, store.HostUsage{Address: "10.0.0.1:50052", VCPUs: 8, MemoryMB: 16384, DiskMB: 100000, UsedVCPUs: 3, UsedMemoryMB: 2048, UsedDiskMB: 500}))(t)
 	if hb.UsedVCPUs != 3 || hb.UsedMemoryMB != 2048 || hb.Address != "10.0.0.1:50052" {
 		t.Fatalf("after heartbeat: %+v", hb)
@@ -605,6 +611,7 @@ func testHosts(t *testing.T, s store.Store) {
 	noErr(t, s.DeleteHost(ctx, h2.ID))
 	wantErr(t, s.DeleteHost(ctx, h2.ID), store.ErrNotFound)
 	eq(t, "capsule host cleared", must(s.GetCapsule(ctx, byoc.ID, c.ID))(t).HostID, "")
+	eq(t, "built template host cleared", must(s.GetTemplate(ctx, byoc.ID, built.ID))(t).HostID, "")
 }
 
 // ---- templates and builds ----

@@ -204,9 +204,9 @@ func (q *Queries) CreateHostToken(ctx context.Context, arg CreateHostTokenParams
 }
 
 const createTemplate = `-- name: CreateTemplate :one
-INSERT INTO templates (id, team_id, name, public, size_bytes, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $6)
-RETURNING id, team_id, name, public, size_bytes, created_at, updated_at
+INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id
 `
 
 type CreateTemplateParams struct {
@@ -215,6 +215,7 @@ type CreateTemplateParams struct {
 	Name      string
 	Public    bool
 	SizeBytes int64
+	HostID    *string
 	CreatedAt time.Time
 }
 
@@ -225,6 +226,7 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		arg.Name,
 		arg.Public,
 		arg.SizeBytes,
+		arg.HostID,
 		arg.CreatedAt,
 	)
 	var i Template
@@ -236,6 +238,7 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
@@ -430,7 +433,7 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates WHERE id = $1 AND (team_id = $2 OR public = TRUE)
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates WHERE id = $1 AND (team_id = $2 OR public = TRUE)
 `
 
 type GetTemplateParams struct {
@@ -449,12 +452,13 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates
 WHERE name = $1 AND (team_id = $2 OR public = TRUE)
 ORDER BY public, id -- the team's own (private) template first
 LIMIT 1
@@ -476,6 +480,7 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
@@ -680,7 +685,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 }
 
 const listAllTemplates = `-- name: ListAllTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates ORDER BY team_id, name
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates ORDER BY team_id, name
 `
 
 func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
@@ -700,6 +705,7 @@ func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
 			&i.SizeBytes,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.HostID,
 		); err != nil {
 			return nil, err
 		}
@@ -1018,7 +1024,7 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
 `
 
 func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template, error) {
@@ -1038,6 +1044,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 			&i.SizeBytes,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.HostID,
 		); err != nil {
 			return nil, err
 		}

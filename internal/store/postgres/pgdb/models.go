@@ -157,6 +157,7 @@ type Template struct {
 	SizeBytes int64
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	HostID    *string
 }
 
 type User struct {

@@ -206,9 +206,9 @@ func (q *Queries) CreateHostToken(ctx context.Context, arg CreateHostTokenParams
 }
 
 const createTemplate = `-- name: CreateTemplate :one
-INSERT INTO templates (id, team_id, name, public, size_bytes, created_at, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-RETURNING id, team_id, name, public, size_bytes, created_at, updated_at
+INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, created_at, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id
 `
 
 type CreateTemplateParams struct {
@@ -217,6 +217,7 @@ type CreateTemplateParams struct {
 	Name      string
 	Public    bool
 	SizeBytes int64
+	HostID    *string
 	CreatedAt int64
 }
 
@@ -227,6 +228,7 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		arg.Name,
 		arg.Public,
 		arg.SizeBytes,
+		arg.HostID,
 		arg.CreatedAt,
 	)
 	var i Template
@@ -238,6 +240,7 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
@@ -432,7 +435,7 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates WHERE id = ?1 AND (team_id = ?2 OR public = TRUE)
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates WHERE id = ?1 AND (team_id = ?2 OR public = TRUE)
 `
 
 type GetTemplateParams struct {
@@ -451,12 +454,13 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates
 WHERE name = ?1 AND (team_id = ?2 OR public = TRUE)
 ORDER BY public, id -- the team's own (private) template first
 LIMIT 1
@@ -478,6 +482,7 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.SizeBytes,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.HostID,
 	)
 	return i, err
 }
@@ -688,7 +693,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 }
 
 const listAllTemplates = `-- name: ListAllTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates ORDER BY team_id, name
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates ORDER BY team_id, name
 `
 
 func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
@@ -708,6 +713,7 @@ func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
 			&i.SizeBytes,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.HostID,
 		); err != nil {
 			return nil, err
 		}
@@ -1050,7 +1056,7 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at FROM templates WHERE team_id = ?1 OR public = TRUE ORDER BY name, id
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates WHERE team_id = ?1 OR public = TRUE ORDER BY name, id
 `
 
 func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template, error) {
@@ -1070,6 +1076,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 			&i.SizeBytes,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.HostID,
 		); err != nil {
 			return nil, err
 		}

@@ -153,6 +153,7 @@ type Template struct {
 	SizeBytes int64
 	CreatedAt int64
 	UpdatedAt int64
+	HostID    *string
 }
 
 type User struct {
