@@ -38,6 +38,10 @@ type Capsule struct {
 	// AccessToken opens the capsule's ports through the port proxy; only
 	// Create returns it.
 	AccessToken string `json:"access_token,omitempty"`
+	// MemoryKept is set by Pause and Resume only: whether the capsule's
+	// processes and memory were kept. A pause to disk on a host without a
+	// working CRIU keeps files only, and the capsule boots again on resume.
+	MemoryKept *bool `json:"memory_kept,omitempty"`
 }
 
 // CreateParams describe a new capsule. Zero fields take the server's

@@ -57,6 +57,11 @@ type capsuleJSON struct {
 	UpdatedAt   time.Time  `json:"updated_at"`
 	PausedAt    *time.Time `json:"paused_at,omitempty"`
 	AccessToken string     `json:"access_token,omitempty"`
+	// MemoryKept is set in pause and resume answers only: whether the
+	// capsule's processes and memory were (or are going to be) kept. A
+	// pause to disk without a working CRIU keeps files only; the capsule
+	// then boots again on resume.
+	MemoryKept *bool `json:"memory_kept,omitempty"`
 }
 
 func toCapsuleJSON(c store.Capsule) capsuleJSON {
@@ -374,14 +379,16 @@ func (a *API) pauseCapsule(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	to := store.CapsulePaused
+	to, kept := store.CapsulePaused, true // frozen in memory
 	if resp.Msg.GetCapsule().GetState() == pb.CapsuleState_CAPSULE_STATE_HIBERNATED || req.ToDisk {
-		to = store.CapsuleHibernated
+		to, kept = store.CapsuleHibernated, resp.Msg.GetMemoryKept()
 	}
-	a.transition(w, r, c, store.CapsuleRunning, to)
+	a.transition(w, r, c, store.CapsuleRunning, to, func(j *capsuleJSON) { j.MemoryKept = &kept })
 }
 
-func (a *API) transition(w http.ResponseWriter, r *http.Request, c store.Capsule, from, to store.CapsuleStatus) {
+// transition moves c from → to in the store and answers with the capsule;
+// decorate, when given, adds answer-only fields.
+func (a *API) transition(w http.ResponseWriter, r *http.Request, c store.Capsule, from, to store.CapsuleStatus, decorate ...func(*capsuleJSON)) {
 	ctx := context.WithoutCancel(r.Context())
 	ok, err := a.cfg.Store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, from, to)
 	if err != nil {
@@ -397,7 +404,11 @@ func (a *API) transition(w http.ResponseWriter, r *http.Request, c store.Capsule
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toCapsuleJSON(c))
+	out := toCapsuleJSON(c)
+	for _, d := range decorate {
+		d(&out)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) resumeCapsule(w http.ResponseWriter, r *http.Request) {
@@ -439,7 +450,11 @@ func (a *API) resumeCapsule(w http.ResponseWriter, r *http.Request) {
 		t := store.Truncate(time.Unix(e, 0))
 		_ = a.cfg.Store.SetCapsuleTimeout(context.WithoutCancel(ctx), c.TeamID, c.ID, timeout, &t)
 	}
-	a.transition(w, r, c, c.Status, store.CapsuleRunning)
+	kept := true // thawed from the freezer
+	if c.Status == store.CapsuleHibernated {
+		kept = resp.Msg.GetCapsule().GetMemoryKept()
+	}
+	a.transition(w, r, c, c.Status, store.CapsuleRunning, func(j *capsuleJSON) { j.MemoryKept = &kept })
 }
 
 func (a *API) timeoutCapsule(w http.ResponseWriter, r *http.Request) {

@@ -446,7 +446,14 @@ func (cc *capsuleCmd) each(cmd *cobra.Command, ids []string, asJSON bool, op fun
 			out = append(out, c)
 			continue
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", c.ID, c.Status)
+		switch {
+		case c.MemoryKept != nil && !*c.MemoryKept && c.Status == "running":
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (booted again: files kept, processes and memory were not)\n", c.ID, c.Status)
+		case c.MemoryKept != nil && !*c.MemoryKept:
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (files kept; processes and memory are not: it boots again on resume)\n", c.ID, c.Status)
+		default:
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", c.ID, c.Status)
+		}
 	}
 	if asJSON {
 		if err := writeJSON(cmd.OutOrStdout(), out); err != nil {

@@ -66,6 +66,10 @@ func startAgent(t testing.TB, c *cp, adminTok string) (hostID string, agent *hos
 			Table:  tag, NetnsPrefix: tag + "-",
 		},
 		Logger: logger(),
+		// With a working CRIU (make test builds one) pause to disk keeps
+		// memory; the end-to-end test checks what the API reports.
+		CRIUPath:    os.Getenv("WRENN_TEST_CRIU"),
+		DisableCRIU: os.Getenv("WRENN_TEST_CRIU") == "",
 	}
 	drv, err := container.New(ctx, dc)
 	if err != nil {
@@ -150,15 +154,30 @@ func TestEndToEnd(t *testing.T) {
 	c.call("GET", base+"/files?path=/nope/missing", userTok, nil, 404)
 
 	// Pause, refuse exec while paused, resume, exec again.
-	if m := c.call("POST", base+"/pause", userTok, nil, 200).obj(t); m["status"] != "paused" {
+	if m := c.call("POST", base+"/pause", userTok, nil, 200).obj(t); m["status"] != "paused" || m["memory_kept"] != true {
 		t.Fatalf("pause = %v", m)
 	}
 	c.call("POST", base+"/exec", userTok, map[string]any{"cmd": "true"}, 409)
-	if m := c.call("POST", base+"/resume", userTok, nil, 200).obj(t); m["status"] != "running" {
+	if m := c.call("POST", base+"/resume", userTok, nil, 200).obj(t); m["status"] != "running" || m["memory_kept"] != true {
 		t.Fatalf("resume = %v", m)
 	}
 	if out := exec("cat", "/tmp/data/file.txt"); !strings.HasPrefix(out["stdout"].(string), "wrenn file payload") {
 		t.Fatalf("file after resume: %.80v", out)
+	}
+	// Pause to disk: the API says whether processes and memory were kept
+	// (with a working CRIU) or only files (the capsule boots again).
+	wantKept := os.Getenv("WRENN_TEST_CRIU") != ""
+	if m := c.call("POST", base+"/pause", userTok, map[string]any{"to_disk": true}, 200).obj(t); m["status"] != "hibernated" || m["memory_kept"] != wantKept {
+		t.Fatalf("pause to disk = %v, want memory_kept %v", m, wantKept)
+	}
+	if m := c.call("POST", base+"/resume", userTok, nil, 200).obj(t); m["status"] != "running" || m["memory_kept"] != wantKept {
+		t.Fatalf("resume from disk = %v, want memory_kept %v", m, wantKept)
+	}
+	if m := c.call("GET", base, userTok, nil, 200).obj(t); m["memory_kept"] != nil {
+		t.Fatalf("memory_kept outside pause/resume answers: %v", m)
+	}
+	if out := exec("cat", "/tmp/data/file.txt"); !strings.HasPrefix(out["stdout"].(string), "wrenn file payload") {
+		t.Fatalf("file after resume from disk: %.80v", out)
 	}
 	c.call("POST", base+"/timeout", userTok, map[string]any{"timeout_sec": 600}, 200)
 
