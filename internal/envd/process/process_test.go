@@ -388,7 +388,7 @@ func alive(pid int) bool {
 func TestUserSwitch(t *testing.T) {
 	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("useradd not installed (package passwd)")
+		t.Fatal("useradd not installed: install Debian package passwd (scripts/deps.sh does)")
 	}
 	h := newHarness(t, fast)
 	name := fmt.Sprintf("wrp%d", os.Getpid()%100000)
