@@ -81,6 +81,22 @@ func TestServeVerifiesEveryByte(t *testing.T) {
 			}
 			waitReady(t, r.srv)
 			pages := peer.Pages(uint64(i))
+			if tt.prefetch {
+				// Touch only the lower half of each region first, so the
+				// upper half can only become present through prefetch (with
+				// four huge pages, faulting all of them can otherwise beat
+				// the prefetcher to every page). Then read everything.
+				var lower []uffdtest.Page
+				for _, p := range pages {
+					if p.Off < int64(len(peer.Mems[p.Region]))/2 {
+						lower = append(lower, p)
+					}
+				}
+				if err := peer.Verify(src, lower, tt.threads, nil); err != nil {
+					t.Fatal(err)
+				}
+				waitPrefetch(t, r.srv)
+			}
 			if err := peer.Verify(src, pages, tt.threads, nil); err != nil {
 				t.Fatal(err)
 			}
