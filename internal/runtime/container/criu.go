@@ -94,10 +94,12 @@ func (d *Driver) runcCRIU(ctx context.Context, conf []string, workDir string, st
 	full := append([]string{"--root", d.runcRoot, "--criu", d.criuPath}, args...)
 	cmd := exec.CommandContext(ctx, d.cfg.RuncPath, full...)
 	cmd.Env = append(append(os.Environ(), "CRIU_CONFIG_FILE="+confPath), d.cfg.CRIUEnv...)
-	// runc and the criu it starts share a process group: a hung criu is
-	// killed with runc, not left holding the capsule under ptrace.
+	// criu starts its own session, so killing runc's process group misses
+	// it: a hung criu (a damaged image can leave its restorer spinning) is
+	// killed with every other descendant of runc, not left holding the
+	// capsule under ptrace.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.Cancel = func() error { return killTree(cmd.Process.Pid) }
 	cmd.WaitDelay = 5 * time.Second
 	var out strings.Builder
 	if stdio != nil {
@@ -105,7 +107,7 @@ func (d *Driver) runcCRIU(ctx context.Context, conf []string, workDir string, st
 	} else {
 		cmd.Stdout, cmd.Stderr = &out, &out
 	}
-	if err := cmd.Run(); err != nil {
+	if err := runBounded(ctx, cmd, 10*time.Second); err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", err, ctx.Err())
 		}
@@ -118,6 +120,122 @@ func (d *Driver) runcCRIU(ctx context.Context, conf []string, workDir string, st
 		return err
 	}
 	return nil
+}
+
+// runBounded runs cmd (whose Cancel kills its process group) and returns
+// at most grace after ctx is done, even if the killed processes do not go
+// away: a process stuck in the kernel cannot be killed, and a restore or
+// checkpoint must not hold its caller past its deadline because of it.
+// Such a process is left to be reaped in the background and its state
+// goes into the error, so the cause can be found.
+func runBounded(ctx context.Context, cmd *exec.Cmd, grace time.Duration) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	pid := cmd.Process.Pid
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%w; process group %d still there %v after the kill: %s", ctx.Err(), pid, grace, processGroupState(pid))
+	}
+}
+
+// killTree SIGKILLs pid's process group and every descendant of pid,
+// whatever session or group it moved to. Children are found through
+// /proc before anything is killed, so none is orphaned first.
+func killTree(pid int) error {
+	children := map[int][]int{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp := parentPID(p); pp > 0 {
+			children[pp] = append(children[pp], p)
+		}
+	}
+	var tree []int
+	for queue := []int{pid}; len(queue) > 0; queue = queue[1:] {
+		for _, c := range children[queue[0]] {
+			tree = append(tree, c)
+			queue = append(queue, c)
+		}
+	}
+	err = syscall.Kill(-pid, syscall.SIGKILL)
+	for _, p := range tree {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	return err
+}
+
+// parentPID reads a process's parent from /proc (0 if it is gone).
+func parentPID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	pp, _ := strconv.Atoi(f[1])
+	return pp
+}
+
+// processGroupState describes the processes of group pgid: pid, state,
+// kernel wait channel and command, for an error message.
+func processGroupState(pgid int) string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		read := func(name string) string {
+			b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), name))
+			return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+		}
+		stat := read("stat")
+		// Field 3 (after the parenthesised command) is the state.
+		state := "?"
+		if i := strings.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = stat[i+2 : i+3]
+		}
+		if state == "Z" {
+			continue // exited, only not reaped yet
+		}
+		out = append(out, fmt.Sprintf("pid %d state %s wchan %s cmd %q", pid, state, read("wchan"), read("cmdline")))
+	}
+	if len(out) == 0 {
+		return "no process left in the group"
+	}
+	return strings.Join(out, "; ")
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first, and
