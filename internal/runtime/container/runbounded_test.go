@@ -79,18 +79,17 @@ func TestRunBoundedSuccess(t *testing.T) {
 func TestKillTreeReachesNewSessions(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "sh", "-c", "setsid sleep 31 & wait")
+	// A duration no other process uses, to find the child by.
+	arg := "37." + strconv.Itoa(os.Getpid())
+	cmd := exec.CommandContext(ctx, "sh", "-c", "setsid sleep "+arg+" & wait")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return killTree(cmd.Process.Pid) }
 	done := make(chan error, 1)
 	go func() { done <- runBounded(ctx, cmd, 10*time.Second) }()
 	var child int
 	for range 500 {
-		if cmd.Process != nil {
-			if c := childrenOf(cmd.Process.Pid); len(c) == 1 {
-				child = c[0]
-				break
-			}
+		if child = findProcess("sleep\x00" + arg + "\x00"); child != 0 {
+			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -98,8 +97,8 @@ func TestKillTreeReachesNewSessions(t *testing.T) {
 		t.Fatal("the setsid child did not appear")
 	}
 	t.Cleanup(func() { _ = syscall.Kill(child, syscall.SIGKILL) })
-	if g, _ := syscall.Getpgid(child); g == cmd.Process.Pid {
-		t.Fatalf("child %d is still in the parent's group", child)
+	if g, err := syscall.Getpgid(child); err != nil || g != child {
+		t.Fatalf("child %d leads group %d (%v), want its own: the test proves nothing", child, g, err)
 	}
 	cancel()
 	if err := <-done; err == nil {
@@ -114,15 +113,19 @@ func TestKillTreeReachesNewSessions(t *testing.T) {
 	t.Errorf("the child in its own session (pid %d) survived the kill", child)
 }
 
-func childrenOf(pid int) []int {
-	var out []int
+// findProcess returns a process whose command line is cmdline (0 if none).
+func findProcess(cmdline string) int {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		if p, err := strconv.Atoi(e.Name()); err == nil && parentPID(p) == pid {
-			out = append(out, p)
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && string(b) == cmdline {
+			return p
 		}
 	}
-	return out
+	return 0
 }
 
 func isZombie(pid int) bool {
