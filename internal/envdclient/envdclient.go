@@ -64,6 +64,7 @@ type Client struct {
 	strT   *http.Transport
 	unary  *http.Client
 	stream *http.Client
+	opts   connect.ClientOption
 
 	// Process is envd's process service (on the streaming client: its
 	// calls are bounded by the caller's context).
@@ -109,15 +110,15 @@ func New(cfg Config) (*Client, error) {
 	c.SetAccessToken(cfg.AccessToken)
 	c.unary = &http.Client{Transport: c.unaryT, Timeout: cfg.UnaryTimeout}
 	c.stream = &http.Client{Transport: c.strT}
-	opts := connect.WithClientOptions(
+	c.opts = connect.WithClientOptions(
 		connect.WithInterceptors(authInterceptor{c}),
 		// envd is on the same host (a TAP or veth away): gzip would only
 		// burn the capsule's CPU, several times over what moving the
 		// bytes costs, so responses are never compressed.
 		connect.WithAcceptCompression("gzip", nil, nil),
 	)
-	c.Process = processconnect.NewProcessClient(c.stream, c.base, opts)
-	c.Filesystem = filesystemconnect.NewFilesystemClient(c.unary, c.base, opts)
+	c.Process = processconnect.NewProcessClient(c.stream, c.base, c.opts)
+	c.Filesystem = filesystemconnect.NewFilesystemClient(c.unary, c.base, c.opts)
 	return c, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -319,5 +320,47 @@ func TestConnectCallsRefuseGzip(t *testing.T) {
 				t.Errorf("%s: %s: %q offers gzip", call, name, v)
 			}
 		}
+	}
+}
+
+// TestOneStreamOutput streams a few MiB of distinct lines through a
+// OneStream client from a real envd: copied before each next Receive,
+// the output is exactly what the process printed.
+func TestOneStreamOutput(t *testing.T) {
+	c := newClient(t, startEnvd(t))
+	ctx := testutil.Context(t, testutil.Short)
+	if err := c.WaitHealthy(ctx, 5*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	const n = 400000
+	var want bytes.Buffer
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	st, err := c.OneStream().Start(ctx, connect.NewRequest(&procpb.StartRequest{
+		Process: &procpb.ProcessConfig{Cmd: "sh", Args: []string{"-c", fmt.Sprintf("seq 1 %d; seq 1 3 >&2", n)}},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	var stdout, stderr bytes.Buffer
+	var exit int32 = -1
+	for st.Receive() {
+		ev := st.Msg().GetEvent()
+		stdout.Write(ev.GetData().GetStdout())
+		stderr.Write(ev.GetData().GetStderr())
+		if e := ev.GetEnd(); e != nil {
+			exit = e.GetExitCode()
+		}
+	}
+	if err := st.Err(); err != nil || exit != 0 {
+		t.Fatalf("stream: %v, exit %d", err, exit)
+	}
+	if !bytes.Equal(stdout.Bytes(), want.Bytes()) {
+		t.Errorf("stdout: %d bytes, want %d (equal: false)", stdout.Len(), want.Len())
+	}
+	if stderr.String() != "1\n2\n3\n" {
+		t.Errorf("stderr = %q", stderr.String())
 	}
 }

@@ -151,6 +151,46 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("exec stream bulk output", func(t *testing.T) {
+		// Several MiB of distinct lines on both streams through the agent's
+		// forwarding (which receives into one reused buffer): every byte
+		// arrives, in order.
+		n := 300000
+		if testing.Short() {
+			n = 50000
+		}
+		var want, wantErr strings.Builder
+		for i := 1; i <= n; i++ {
+			fmt.Fprintf(&want, "%d\n", i)
+		}
+		for i := 1; i <= n/10; i++ {
+			fmt.Fprintf(&wantErr, "%d\n", i)
+		}
+		st, err := c.ExecStream(ctx, connect.NewRequest(&pb.ExecRequest{CapsuleId: id, Cmd: "/bin/sh", Args: []string{"-c", fmt.Sprintf("seq 1 %d >&2 & seq 1 %d; wait", n/10, n)}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		var end *pb.ProcessEnd
+		for st.Receive() {
+			switch e := st.Msg().GetEvent().(type) {
+			case *pb.ExecStreamResponse_Stdout:
+				out.Write(e.Stdout)
+			case *pb.ExecStreamResponse_Stderr:
+				errOut.Write(e.Stderr)
+			case *pb.ExecStreamResponse_End:
+				end = e.End
+			}
+		}
+		if err := st.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if end.GetExitCode() != 0 || out.String() != want.String() || errOut.String() != wantErr.String() {
+			t.Errorf("end %+v; stdout %d bytes (want %d, equal %v); stderr %d bytes (want %d, equal %v)", end,
+				out.Len(), want.Len(), out.String() == want.String(), errOut.Len(), wantErr.Len(), errOut.String() == wantErr.String())
+		}
+	})
+
 	t.Run("files", func(t *testing.T) {
 		if _, err := c.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{CapsuleId: id, Path: "/home/data/note.txt", Content: []byte("note body")})); err != nil {
 			t.Fatal(err)

@@ -396,7 +396,7 @@ func (s service) ExecStream(ctx context.Context, req *connect.Request[pb.ExecReq
 		defer tc()
 	}
 	withStdin := len(m.GetStdin()) > 0
-	es, err := cl.Process.Start(sctx, connect.NewRequest(&procpb.StartRequest{
+	es, err := cl.OneStream().Start(sctx, connect.NewRequest(&procpb.StartRequest{
 		Process: procConfig(m.GetCmd(), m.GetArgs(), m.GetEnv(), m.GetCwd()), Stdin: &withStdin,
 	}))
 	if err != nil {
@@ -705,7 +705,7 @@ func (s service) PtyStart(ctx context.Context, req *connect.Request[pb.PtyStartR
 		tag := m.GetTag()
 		sr.Tag = &tag
 	}
-	es, err := cl.Process.Start(uctx, connect.NewRequest(sr))
+	es, err := cl.OneStream().Start(uctx, connect.NewRequest(sr))
 	if err != nil {
 		return toConnect(err)
 	}
@@ -727,7 +727,7 @@ func (s service) PtyAttach(ctx context.Context, req *connect.Request[pb.PtyAttac
 	if err != nil {
 		return toConnect(err)
 	}
-	es, err := cl.Process.Connect(ctx, connect.NewRequest(&procpb.ConnectRequest{Process: pidSel(req.Msg.GetPid())}))
+	es, err := cl.OneStream().Connect(ctx, connect.NewRequest(&procpb.ConnectRequest{Process: pidSel(req.Msg.GetPid())}))
 	if err != nil {
 		return toConnect(err)
 	}
@@ -867,7 +867,7 @@ func (s service) ConnectProcess(ctx context.Context, req *connect.Request[pb.Con
 	if err != nil {
 		return toConnect(err)
 	}
-	es, err := cl.Process.Connect(ctx, connect.NewRequest(&procpb.ConnectRequest{Process: sel}))
+	es, err := cl.OneStream().Connect(ctx, connect.NewRequest(&procpb.ConnectRequest{Process: sel}))
 	if err != nil {
 		return toConnect(err)
 	}

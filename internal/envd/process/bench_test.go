@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
@@ -81,8 +83,63 @@ func (zeros) Read(p []byte) (int, error) {
 }
 
 // tcpCopy copies size bytes over a loopback TCP connection and returns how
-// long it took.
+// long it took. The receiver reads in 1 MiB buffers.
 func tcpCopy(b *testing.B, size int64) time.Duration {
+	b.Helper()
+	return tcpSend(b, size, func(c net.Conn) (int64, error) {
+		return io.CopyN(c, zeros{}, size)
+	})
+}
+
+// tcpStdoutCopy is the like-for-like baseline of a stdout stream: the same
+// command writes size bytes into a pipe sized as envd sizes it, and a plain
+// loop reads the pipe in 1 MiB reads (as envd does) and writes them to a
+// loopback TCP connection. It is what streaming the output costs with no
+// RPC at all: the producer and the pipe are part of it.
+func tcpStdoutCopy(b *testing.B, size int64) time.Duration {
+	b.Helper()
+	return tcpSend(b, size, func(c net.Conn) (int64, error) {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return 0, err
+		}
+		defer func() { _ = pr.Close() }()
+		if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, stdoutPipeSize); err != nil {
+			_ = pw.Close()
+			return 0, err
+		}
+		cmd := exec.Command("head", "-c", strconv.FormatInt(size, 10), "/dev/zero")
+		cmd.Stdout = pw
+		err = cmd.Start()
+		_ = pw.Close()
+		if err != nil {
+			return 0, err
+		}
+		buf := make([]byte, 1<<20)
+		var n int64
+		for {
+			m, rerr := pr.Read(buf)
+			if m > 0 {
+				w, werr := c.Write(buf[:m])
+				n += int64(w)
+				if werr != nil {
+					_ = cmd.Process.Kill()
+					_ = cmd.Wait()
+					return n, werr
+				}
+			}
+			if rerr != nil {
+				break
+			}
+		}
+		return n, cmd.Wait()
+	})
+}
+
+// tcpSend runs send against the client end of a fresh loopback TCP
+// connection whose server end is read to EOF in 1 MiB reads, and returns
+// the time from dial to the last byte read.
+func tcpSend(b *testing.B, size int64, send func(net.Conn) (int64, error)) time.Duration {
 	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +153,15 @@ func tcpCopy(b *testing.B, size int64) time.Duration {
 			got <- -1
 			return
 		}
-		n, _ := io.Copy(io.Discard, c)
+		buf := make([]byte, 1<<20)
+		var n int64
+		for {
+			m, err := c.Read(buf)
+			n += int64(m)
+			if err != nil {
+				break
+			}
+		}
 		_ = c.Close()
 		got <- n
 	}()
@@ -105,8 +170,8 @@ func tcpCopy(b *testing.B, size int64) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := io.CopyN(c, zeros{}, size); err != nil {
-		b.Fatal(err)
+	if n, err := send(c); err != nil || n != size {
+		b.Fatalf("tcp send: %d bytes, %v; want %d", n, err, size)
 	}
 	_ = c.Close()
 	if n := <-got; n != size {
@@ -117,7 +182,8 @@ func tcpCopy(b *testing.B, size int64) time.Duration {
 
 // BenchmarkStdoutStream streams 1 GiB (64 MiB with -short) of a process's
 // stdout through the RPC to the product's client, envdclient (HTTP/1.1, the
-// host agent's streaming transport, no gzip), next to a plain loopback TCP
+// host agent's streaming transport, no gzip, output in a reused buffer as
+// the agent's forwarding streams receive it), next to a plain loopback TCP
 // copy of the same size in the same run.
 func BenchmarkStdoutStream(b *testing.B) {
 	h := newHarness(b)
@@ -126,7 +192,7 @@ func BenchmarkStdoutStream(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(c.CloseIdleConnections)
-	benchStdout(b, c.Process)
+	benchStdout(b, c.OneStream())
 }
 
 // BenchmarkStdoutStreamH2C is BenchmarkStdoutStream through connect-go's
@@ -140,9 +206,13 @@ func BenchmarkStdoutStreamH2C(b *testing.B) {
 	benchStdout(b, client)
 }
 
-// benchStdout streams `head -c 1G /dev/zero` through client, then copies as
-// much over loopback TCP, and reports both rates, their ratio, the average
-// message size and the CPU time this process (envd and client) spent.
+// benchStdout streams `head -c 1G /dev/zero` through client, then, in the
+// same iteration, copies as much over loopback TCP twice: from memory
+// (ratio) and from the same command's stdout through a pipe with no RPC
+// (ratio_stdout, the like-for-like baseline: on this machine the producer
+// and the pipe alone keep a stream well under the memory copy). It reports
+// the rates, both ratios, the average message size and the CPU time this
+// process (envd and client) spent.
 func benchStdout(b *testing.B, client processconnect.ProcessClient) {
 	b.Helper()
 	size := int64(1 << 30)
@@ -150,7 +220,7 @@ func benchStdout(b *testing.B, client processconnect.ProcessClient) {
 		size = 64 << 20
 	}
 	ctx := context.Background()
-	var rpcTime, tcpTime, rpcCPU, tcpCPU time.Duration
+	var rpcTime, tcpTime, stdoutTime, rpcCPU, tcpCPU time.Duration
 	var msgs int
 	b.SetBytes(size)
 	for b.Loop() {
@@ -179,13 +249,17 @@ func benchStdout(b *testing.B, client processconnect.ProcessClient) {
 		tcpTime += tcpCopy(b, size)
 		rpcCPU += cpu1 - cpu0
 		tcpCPU += cpuTime() - cpu1
+		stdoutTime += tcpStdoutCopy(b, size)
 	}
 	total := float64(size) * float64(b.N) / 1e6
 	rpcMBps := total / rpcTime.Seconds()
 	tcpMBps := total / tcpTime.Seconds()
 	b.ReportMetric(rpcMBps, "rpc_MB/s")
 	b.ReportMetric(tcpMBps, "tcp_MB/s")
+	stdoutMBps := total / stdoutTime.Seconds()
+	b.ReportMetric(stdoutMBps, "tcp_stdout_MB/s")
 	b.ReportMetric(rpcMBps/tcpMBps, "ratio")
+	b.ReportMetric(rpcMBps/stdoutMBps, "ratio_stdout")
 	b.ReportMetric(float64(size)*float64(b.N)/float64(msgs)/1024, "KiB/msg")
 	// CPU seconds this process (envd side and client side) spent per GiB:
 	// steadier than wall-clock rates on a shared machine.
