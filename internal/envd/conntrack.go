@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 )
 
 type connKey struct{}
@@ -42,14 +43,45 @@ func (t *connTracker) onState(c net.Conn, st http.ConnState) {
 	defer t.mu.Unlock()
 	switch st {
 	case http.StateNew:
+		t.pruneLocked()
 		t.conns[c] = &connInfo{state: st, epoch: t.epoch}
-	case http.StateClosed, http.StateHijacked:
+	case http.StateClosed:
 		delete(t.conns, c)
+	case http.StateHijacked:
+		// A hijacked connection (a spliced upload) is still a socket
+		// that may outlive a snapshot, so /init must be able to close
+		// it. net/http no longer reports its close: it is dropped once
+		// found closed (pruneLocked).
+		if ci, ok := t.conns[c]; ok {
+			ci.state = st
+		}
 	default:
 		if ci, ok := t.conns[c]; ok {
 			ci.state = st
 		}
 	}
+}
+
+// pruneLocked forgets hijacked connections their handler has closed.
+func (t *connTracker) pruneLocked() {
+	for c, ci := range t.conns {
+		if ci.state == http.StateHijacked && isClosed(c) {
+			delete(t.conns, c)
+		}
+	}
+}
+
+// isClosed reports whether c has been closed on this side.
+func isClosed(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	return rc.Control(func(uintptr) {}) != nil
 }
 
 // bump starts a new epoch and returns it: connections accepted from now on
@@ -84,6 +116,9 @@ func (t *connTracker) closeBefore(epoch uint64, keep net.Conn) int {
 	for c, ci := range t.conns {
 		if ci.epoch < epoch && c != keep {
 			old = append(old, c)
+			if ci.state == http.StateHijacked {
+				delete(t.conns, c) // no StateClosed will follow
+			}
 		}
 	}
 	t.mu.Unlock()
@@ -93,9 +128,10 @@ func (t *connTracker) closeBefore(epoch uint64, keep net.Conn) int {
 	return len(old)
 }
 
-// count returns the number of tracked connections.
+// count returns the number of tracked connections that are still open.
 func (t *connTracker) count() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.pruneLocked()
 	return len(t.conns)
 }

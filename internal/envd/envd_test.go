@@ -519,3 +519,38 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return r.body.Write(b)
 }
 func (r *recorder) WriteHeader(c int) { r.code = c }
+
+// TestInitClosesPreSnapshotUpload: a large upload is served on a hijacked
+// connection (spliced into the file). One in flight across a snapshot is
+// a pre-snapshot socket like any other: /init closes it, and the upload
+// leaves neither the target nor a temp file behind.
+func TestInitClosesPreSnapshotUpload(t *testing.T) {
+	h := start(t, nil)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "big.bin")
+	up := rawConn(t, h.addr, false)
+	size := 64 << 20
+	fmt.Fprintf(up, "POST /files?path=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", target, size)
+	if _, err := up.Write(make([]byte, 2<<20)); err != nil {
+		t.Fatal(err)
+	}
+	// The upload is under way: its temp file exists.
+	testutil.Eventually(t, testutil.Short, func() bool {
+		ents, _ := os.ReadDir(dir)
+		return len(ents) == 1
+	}, "upload temp file")
+	if code, _ := h.do(t, "POST", "/snapshot/prepare", "", nil); code != http.StatusOK {
+		t.Fatal("prepare failed")
+	}
+	if code, b := h.do(t, "POST", "/init", `{"capsule_id":"cl-x"}`, map[string]string{"Content-Type": "application/json"}); code != http.StatusNoContent {
+		t.Fatalf("init: %d %s", code, b)
+	}
+	if !closedByPeer(up) {
+		t.Fatal("/init did not close the connection of an upload in flight")
+	}
+	testutil.Eventually(t, testutil.Short, func() bool {
+		ents, _ := os.ReadDir(dir)
+		return len(ents) == 0
+	}, "no target and no temp file left")
+	testutil.Eventually(t, testutil.Short, func() bool { return h.srv.conns.count() == 0 }, "closed hijacked connection forgotten")
+}
