@@ -433,6 +433,11 @@ func (a *API) adminDeleteTemplate(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// The files go with the row. If the host cannot do it now, the
+	// reconciler does once it answers (team templates).
+	if herr := builds.DeleteOnHost(context.WithoutCancel(r.Context()), a.cfg.Store, a.cfg.Agents, *tmpl); herr != nil {
+		a.log.Warn("delete template files on its host", "template_id", tmpl.ID, "err", herr)
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -239,8 +239,13 @@ func (r *Runner) execute(ctx context.Context, b store.Build) {
 	case !ok && out.templateID != "":
 		// Cancelled between the template's creation and now: the build
 		// did not produce it.
+		t, gerr := r.cfg.Store.GetTemplate(bg, b.TeamID, out.templateID)
 		if derr := r.cfg.Store.DeleteTemplate(bg, b.TeamID, out.templateID); derr != nil {
 			log.Warn("remove the template of a cancelled build", "template_id", out.templateID, "err", derr)
+		} else if gerr == nil {
+			if herr := DeleteOnHost(bg, r.cfg.Store, r.cfg.Agents, t); herr != nil {
+				log.Warn("remove the files of a cancelled build's template", "template_id", out.templateID, "err", herr)
+			}
 		}
 		log.Info("build cancelled at its end; template removed", "template_id", out.templateID)
 	case !ok:
@@ -391,16 +396,28 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 		return stopped("snapshot the capsule", err)
 	}
 	tmpl.SizeBytes = snap.Msg.GetSizeBytes()
+	// Until the store records it, the host's new template is this build's
+	// to remove.
+	discard := func() {
+		if err := DeleteOnHost(context.WithoutCancel(ctx), r.cfg.Store, r.cfg.Agents, tmpl); err != nil {
+			log.Warn("remove the snapshot of an unrecorded build", "host_template", HostTemplateName(tmpl), "err", err)
+		}
+	}
 	if err := r.running(ctx, b); err != nil {
+		discard()
 		return stopped("snapshot", err)
 	}
-	tmpl, err = r.cfg.Store.CreateTemplate(context.WithoutCancel(ctx), tmpl)
+	created, err := r.cfg.Store.CreateTemplate(context.WithoutCancel(ctx), tmpl)
+	if err != nil {
+		discard()
+	}
 	if errors.Is(err, store.ErrAlreadyExists) {
 		return failed("the team already has a template named %q", b.TemplateName)
 	}
 	if err != nil {
 		return stopped("record the template", err)
 	}
+	tmpl = created
 	log.Info("template built", "template_id", tmpl.ID, "host_template", HostTemplateName(tmpl), "size_bytes", tmpl.SizeBytes)
 	return outcome{status: store.BuildSucceeded, templateID: tmpl.ID}
 }

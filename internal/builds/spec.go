@@ -18,7 +18,9 @@
 //     outcome, with a context that outlives the caller's.
 //   - Non-public templates are stored on hosts under their template ID
 //     (HostTemplateName), so two teams' templates of the same name never
-//     collide in a host's template store.
+//     collide in a host's template store. Deleting a template deletes its
+//     files on its host (DeleteOnHost); the reconciler deletes a team
+//     template's files the store no longer knows.
 package builds
 
 import (
@@ -30,8 +32,12 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"time"
+
+	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/store"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
 // Spec defaults and bounds. The resource bounds are the capsule create
@@ -212,3 +218,32 @@ func clip(s string) string {
 }
 
 var errInterrupted = errors.New("interrupted: the control plane stopped during the build")
+
+// DeleteOnHost removes template t's files from the host that holds it
+// (t.HostID; templates without one live on every host from `wrenn
+// template build` and are left alone). A host that is unknown,
+// unavailable or already without the template is not an error; the
+// control plane's reconciler removes a team template the store no longer
+// knows once its host answers again.
+func DeleteOnHost(ctx context.Context, st store.Store, ag Agents, t store.Template) error {
+	if t.HostID == "" {
+		return nil
+	}
+	h, err := st.GetHost(ctx, t.HostID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if h.Status == store.HostUnavailable {
+		return fmt.Errorf("host %s is unavailable", h.ID)
+	}
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	_, err = ag.Client(h).DeleteTemplate(dctx, connect.NewRequest(&pb.DeleteTemplateRequest{Template: HostTemplateName(t)}))
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		return fmt.Errorf("delete template %s on host %s: %w", HostTemplateName(t), h.ID, err)
+	}
+	return nil
+}

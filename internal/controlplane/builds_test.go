@@ -147,6 +147,79 @@ func TestTemplateBuilds(t *testing.T) {
 				}
 			})
 
+			t.Run("template files follow the store", func(t *testing.T) {
+				onHost := func() map[string]bool {
+					lt, err := agent.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
+					if err != nil {
+						t.Fatal(err)
+					}
+					m := map[string]bool{}
+					for _, tm := range lt.Msg.GetTemplates() {
+						m[tm.GetName()] = true
+					}
+					return m
+				}
+				// An admin delete removes the built template's files from its host.
+				b := c.call("POST", "/v1/admin/builds", adminTok, map[string]any{"template_name": "doomed", "team_id": userTeam, "spec": spec("echo x > /x")}, 201).obj(t)
+				got := waitBuild(t, c, adminTok, b["id"].(string), finished)
+				if got["status"] != "succeeded" {
+					t.Fatalf("build = %v", got)
+				}
+				tid := got["template_id"].(string)
+				if !onHost()[tid] {
+					t.Fatalf("built template %s not on the host: %v", tid, onHost())
+				}
+				c.call("DELETE", "/v1/admin/templates/"+tid, adminTok, nil, 204)
+				if onHost()[tid] {
+					t.Fatalf("deleted template %s still on the host", tid)
+				}
+
+				// Files the store does not know: a team template's (id-shaped
+				// name) is removed by the reconciler once settled; one built
+				// on the host by hand is never touched, nor is a known one.
+				capID := store.NewID(store.PrefixCapsule)
+				if _, err := agent.CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{CapsuleId: capID, Template: "minimal", MemoryMb: 128, DiskSizeMb: 512})); err != nil {
+					t.Fatal(err)
+				}
+				orphan, handmade := store.NewID(store.PrefixTemplate), "handmade-"+strings.ToLower(store.NewID("x"))
+				for _, name := range []string{orphan, handmade} {
+					if _, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: capID, Template: name})); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := agent.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: capID})); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					_, _ = agent.DeleteTemplate(context.Background(), connect.NewRequest(&pb.DeleteTemplateRequest{Template: handmade}))
+				})
+				if err := c.srv.ReconcileOnce(ctx); err != nil {
+					t.Fatalf("reconcile: %v", err)
+				}
+				if !onHost()[orphan] {
+					t.Fatal("the reconciler deleted a template younger than its settle time")
+				}
+				restore := controlplane.SetReconcileSettle(time.Nanosecond)
+				err := c.srv.ReconcileOnce(ctx)
+				restore()
+				if err != nil {
+					t.Fatalf("reconcile: %v", err)
+				}
+				h := onHost()
+				if h[orphan] || !h[handmade] || !h["minimal"] {
+					t.Fatalf("after reconcile the host has %v; want %s gone, %s and minimal kept", h, orphan, handmade)
+				}
+				known, err := st.ListTemplates(ctx, userTeam)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, k := range known {
+					if k.HostID == hostID && !h[builds.HostTemplateName(k)] {
+						t.Errorf("the reconciler deleted %s (%s), which the store knows", k.Name, k.ID)
+					}
+				}
+			})
+
 			t.Run("failing step", func(t *testing.T) {
 				b := c.call("POST", "/v1/admin/builds", adminTok, map[string]any{
 					"template_name": "broken", "team_id": userTeam,

@@ -182,5 +182,51 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 		}
 		s.log.Info("destroyed orphan capsule", "capsule_id", id, "host_id", h.ID)
 	}
+	return s.reconcileTemplates(ctx, h, now, settle)
+}
+
+// reconcileTemplates deletes from host h the files of team templates the
+// store no longer knows: deleted while the host was away, or snapshotted
+// by a build that could not record them. Only names shaped like a
+// template ID qualify (teams' templates live on hosts under their ID), so
+// templates built on the host by hand are never touched; a fresh one is
+// left alone for the settle time, so an in-flight build can record it.
+func (s *Server) reconcileTemplates(ctx context.Context, h store.Host, now time.Time, settle time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	resp, err := s.agents.Client(h).ListTemplates(cctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("reconcile: host %s: list templates: %w", h.ID, err)
+	}
+	var orphans []string
+	for _, t := range resp.Msg.GetTemplates() {
+		if store.IsID(store.PrefixTemplate, t.GetName()) && now.Sub(time.Unix(t.GetCreatedAt(), 0)) >= settle {
+			orphans = append(orphans, t.GetName())
+		}
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	known, err := s.store.AdminListTemplates(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: templates: %w", err)
+	}
+	inStore := map[string]bool{}
+	for _, t := range known {
+		inStore[builds.HostTemplateName(t)] = true
+	}
+	for _, name := range orphans {
+		if inStore[name] {
+			continue
+		}
+		dctx, dcancel := context.WithTimeout(ctx, time.Minute)
+		_, err := s.agents.Client(h).DeleteTemplate(dctx, connect.NewRequest(&pb.DeleteTemplateRequest{Template: name}))
+		dcancel()
+		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+			s.log.Warn("reconcile: delete orphan template", "template", name, "host_id", h.ID, "err", err)
+			continue
+		}
+		s.log.Info("deleted orphan template files", "template", name, "host_id", h.ID)
+	}
 	return nil
 }

@@ -187,6 +187,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := a.recover(ctx); err != nil {
 		return nil, err
 	}
+	a.removeTemplateTrash()
 	if len(cfg.WarmPools) > 0 {
 		wp, ok := cfg.Driver.(runtime.WarmPooler)
 		if !ok {

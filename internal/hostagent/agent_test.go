@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -609,6 +611,58 @@ func TestPauseToDiskAndSnapshotTemplate(t *testing.T) {
 		if connect.CodeOf(err) != connect.CodeAlreadyExists {
 			t.Errorf("snapshot onto an existing template: got %v, want AlreadyExists", err)
 		}
+
+		// Deleting a template: refused while a capsule uses it, for the
+		// default template and for a bad name; then it goes, files and all.
+		del := func(n string) error {
+			_, err := c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Template: n}))
+			return err
+		}
+		if err := del(name); connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), child) {
+			t.Errorf("delete a template in use: %v, want FailedPrecondition naming %s", err, child)
+		}
+		if err := del(tmplName); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+			t.Errorf("delete the default template: %v, want FailedPrecondition", err)
+		}
+		if err := del("../etc"); connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("delete a bad name: %v, want InvalidArgument", err)
+		}
+		if _, err := c.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: child})); err != nil {
+			t.Fatal(err)
+		}
+		listed := func() map[string]bool {
+			lt, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := map[string]bool{}
+			for _, tm := range lt.Msg.GetTemplates() {
+				m[tm.GetName()] = tm.GetSizeBytes() > 0 && tm.GetCreatedAt() > 0
+			}
+			return m
+		}
+		if !listed()[name] || !listed()[tmplName] {
+			t.Errorf("ListTemplates = %v, want %s and %s with sizes and times", listed(), name, tmplName)
+		}
+		if err := del(name); err != nil {
+			t.Fatalf("delete an unused template: %v", err)
+		}
+		if _, ok := listed()[name]; ok {
+			t.Error("deleted template still listed")
+		}
+		ents, _ := os.ReadDir(templates.Dir)
+		for _, e := range ents {
+			if strings.Contains(e.Name(), name) {
+				t.Errorf("left in the template directory after delete: %s", e.Name())
+			}
+		}
+		if err := del(name); connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("delete again: %v, want NotFound", err)
+		}
+		_, err = c.CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{CapsuleId: newID(), Template: name}))
+		if connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("create from a deleted template: %v, want NotFound", err)
+		}
 	})
 
 	t.Run("pause to disk", func(t *testing.T) {
@@ -633,6 +687,21 @@ func TestPauseToDiskAndSnapshotTemplate(t *testing.T) {
 			t.Errorf("after restore: got %q", got)
 		}
 	})
+}
+
+// TestTemplateTrashRemovedAtStart: a template delete interrupted between
+// its rename and the removal leaves a trash directory; the next agent
+// removes it.
+func TestTemplateTrashRemovedAtStart(t *testing.T) {
+	trash := filepath.Join(templates.Dir, ".deleting-gone-123")
+	if err := os.MkdirAll(filepath.Join(trash, "gone", "rootfs", "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(trash) })
+	startHost(t, newDirs(t), nil)
+	if _, err := os.Stat(trash); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("trash of an interrupted template delete survived an agent start: %v", err)
+	}
 }
 
 func TestPortProxyThroughAgent(t *testing.T) {

@@ -592,6 +592,16 @@ func NewID(prefix string) string {
 	return prefix + "-" + idEncoding.EncodeToString(b[:])
 }
 
+// IsID reports whether s has exactly the shape NewID(prefix) gives.
+func IsID(prefix, s string) bool {
+	rest, ok := strings.CutPrefix(s, prefix+"-")
+	if !ok || len(rest) != idEncoding.EncodedLen(10) {
+		return false
+	}
+	_, err := idEncoding.DecodeString(rest)
+	return err == nil
+}
+
 // Now returns the current time as the store keeps it: UTC, microseconds.
 func Now() time.Time { return Truncate(time.Now()) }
 

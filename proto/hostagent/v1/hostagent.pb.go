@@ -4086,6 +4086,227 @@ func (x *CreateSnapshotResponse) GetSizeBytes() int64 {
 	return 0
 }
 
+type ListTemplatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplatesRequest) Reset() {
+	*x = ListTemplatesRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplatesRequest) ProtoMessage() {}
+
+func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
+func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+}
+
+type HostTemplate struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SizeBytes int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// Unix seconds.
+	CreatedAt     int64 `protobuf:"varint,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostTemplate) Reset() {
+	*x = HostTemplate{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostTemplate) ProtoMessage() {}
+
+func (x *HostTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostTemplate.ProtoReflect.Descriptor instead.
+func (*HostTemplate) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *HostTemplate) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HostTemplate) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *HostTemplate) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+type ListTemplatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Templates     []*HostTemplate        `protobuf:"bytes,1,rep,name=templates,proto3" json:"templates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplatesResponse) Reset() {
+	*x = ListTemplatesResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplatesResponse) ProtoMessage() {}
+
+func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
+func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ListTemplatesResponse) GetTemplates() []*HostTemplate {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+type DeleteTemplateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Template      string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTemplateRequest) Reset() {
+	*x = DeleteTemplateRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTemplateRequest) ProtoMessage() {}
+
+func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *DeleteTemplateRequest) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+type DeleteTemplateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTemplateResponse) Reset() {
+	*x = DeleteTemplateResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTemplateResponse) ProtoMessage() {}
+
+func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
+}
+
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
@@ -4414,7 +4635,19 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x16CreateSnapshotResponse\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes*\xd0\x01\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\x16\n" +
+	"\x14ListTemplatesRequest\"`\n" +
+	"\fHostTemplate\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\x03R\tcreatedAt\"Q\n" +
+	"\x15ListTemplatesResponse\x128\n" +
+	"\ttemplates\x18\x01 \x03(\v2\x1a.hostagent.v1.HostTemplateR\ttemplates\"3\n" +
+	"\x15DeleteTemplateRequest\x12\x1a\n" +
+	"\btemplate\x18\x01 \x01(\tR\btemplate\"\x18\n" +
+	"\x16DeleteTemplateResponse*\xd0\x01\n" +
 	"\fCapsuleState\x12\x1d\n" +
 	"\x19CAPSULE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16CAPSULE_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -4431,7 +4664,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1aMETRICS_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12METRICS_WINDOW_10M\x10\x01\x12\x15\n" +
 	"\x11METRICS_WINDOW_2H\x10\x02\x12\x16\n" +
-	"\x12METRICS_WINDOW_24H\x10\x032\xe0\x13\n" +
+	"\x12METRICS_WINDOW_24H\x10\x032\x97\x15\n" +
 	"\x10HostAgentService\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateCapsule\x12\".hostagent.v1.CreateCapsuleRequest\x1a#.hostagent.v1.CreateCapsuleResponse\x12[\n" +
@@ -4465,7 +4698,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0eConnectProcess\x12#.hostagent.v1.ConnectProcessRequest\x1a .hostagent.v1.ExecStreamResponse0\x01\x12a\n" +
 	"\x10SendProcessInput\x12%.hostagent.v1.SendProcessInputRequest\x1a&.hostagent.v1.SendProcessInputResponse\x12d\n" +
 	"\x11GetCapsuleMetrics\x12&.hostagent.v1.GetCapsuleMetricsRequest\x1a'.hostagent.v1.GetCapsuleMetricsResponse\x12[\n" +
-	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponseB\xae\x01\n" +
+	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
+	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12[\n" +
+	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponseB\xae\x01\n" +
 	"\x10com.hostagent.v1B\x0eHostagentProtoP\x01Z9github.com/wrenn-dev/wrenn/proto/hostagent/v1;hostagentv1\xa2\x02\x03HXX\xaa\x02\fHostagent.V1\xca\x02\fHostagent\\V1\xe2\x02\x18Hostagent\\V1\\GPBMetadata\xea\x02\rHostagent::V1b\x06proto3"
 
 var (
@@ -4481,7 +4716,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(CapsuleState)(0),                 // 0: hostagent.v1.CapsuleState
 	(Signal)(0),                       // 1: hostagent.v1.Signal
@@ -4548,35 +4783,40 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*GetCapsuleMetricsResponse)(nil), // 62: hostagent.v1.GetCapsuleMetricsResponse
 	(*CreateSnapshotRequest)(nil),     // 63: hostagent.v1.CreateSnapshotRequest
 	(*CreateSnapshotResponse)(nil),    // 64: hostagent.v1.CreateSnapshotResponse
-	nil,                               // 65: hostagent.v1.Capsule.LabelsEntry
-	nil,                               // 66: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                               // 67: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                               // 68: hostagent.v1.ExecRequest.EnvEntry
-	nil,                               // 69: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                               // 70: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                               // 71: hostagent.v1.ProcessInfo.EnvEntry
+	(*ListTemplatesRequest)(nil),      // 65: hostagent.v1.ListTemplatesRequest
+	(*HostTemplate)(nil),              // 66: hostagent.v1.HostTemplate
+	(*ListTemplatesResponse)(nil),     // 67: hostagent.v1.ListTemplatesResponse
+	(*DeleteTemplateRequest)(nil),     // 68: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 69: hostagent.v1.DeleteTemplateResponse
+	nil,                               // 70: hostagent.v1.Capsule.LabelsEntry
+	nil,                               // 71: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                               // 72: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                               // 73: hostagent.v1.ExecRequest.EnvEntry
+	nil,                               // 74: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                               // 75: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                               // 76: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	65, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
-	66, // 2: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	67, // 3: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	70, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	71, // 2: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	72, // 3: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
 	3,  // 4: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	3,  // 5: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	3,  // 6: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	3,  // 7: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
 	3,  // 8: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	0,  // 9: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	68, // 10: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	73, // 10: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
 	24, // 11: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
 	26, // 12: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
 	32, // 13: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
 	26, // 14: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
 	26, // 15: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	69, // 16: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	74, // 16: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
 	24, // 17: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	70, // 18: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	71, // 19: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	75, // 18: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	76, // 19: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
 	52, // 20: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
 	49, // 21: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
 	1,  // 22: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
@@ -4584,71 +4824,76 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	49, // 24: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
 	2,  // 25: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
 	60, // 26: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
-	4,  // 27: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	6,  // 28: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	8,  // 29: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	10, // 30: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	12, // 31: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	14, // 32: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	16, // 33: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	18, // 34: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	20, // 35: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	22, // 36: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	22, // 37: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	27, // 38: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	30, // 39: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	27, // 40: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	33, // 41: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	34, // 42: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	36, // 43: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	38, // 44: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	40, // 45: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	42, // 46: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	43, // 47: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	45, // 48: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	47, // 49: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	50, // 50: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	53, // 51: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	55, // 52: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	57, // 53: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	58, // 54: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	61, // 55: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	63, // 56: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	5,  // 57: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	7,  // 58: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	9,  // 59: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	11, // 60: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	13, // 61: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	15, // 62: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	17, // 63: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	19, // 64: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	21, // 65: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	23, // 66: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	25, // 67: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	28, // 68: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	31, // 69: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	29, // 70: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	31, // 71: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	35, // 72: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	37, // 73: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	39, // 74: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	41, // 75: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	41, // 76: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	44, // 77: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	46, // 78: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	48, // 79: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	51, // 80: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	54, // 81: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	56, // 82: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	25, // 83: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	59, // 84: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	62, // 85: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	64, // 86: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	57, // [57:87] is the sub-list for method output_type
-	27, // [27:57] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	66, // 27: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
+	4,  // 28: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	6,  // 29: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	8,  // 30: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	10, // 31: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	12, // 32: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	14, // 33: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	16, // 34: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	18, // 35: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	20, // 36: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	22, // 37: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	22, // 38: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	27, // 39: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	30, // 40: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	27, // 41: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	33, // 42: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	34, // 43: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	36, // 44: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	38, // 45: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	40, // 46: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	42, // 47: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	43, // 48: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	45, // 49: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	47, // 50: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	50, // 51: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	53, // 52: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	55, // 53: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	57, // 54: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	58, // 55: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	61, // 56: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	63, // 57: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	65, // 58: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	68, // 59: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	5,  // 60: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	7,  // 61: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	9,  // 62: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	11, // 63: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	13, // 64: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	15, // 65: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	17, // 66: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	19, // 67: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	21, // 68: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	23, // 69: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	25, // 70: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	28, // 71: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	31, // 72: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	29, // 73: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	31, // 74: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	35, // 75: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	37, // 76: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	39, // 77: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	41, // 78: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	41, // 79: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	44, // 80: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	46, // 81: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	48, // 82: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	51, // 83: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	54, // 84: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	56, // 85: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	25, // 86: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	59, // 87: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	62, // 88: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	64, // 89: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	67, // 90: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	69, // 91: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	60, // [60:92] is the sub-list for method output_type
+	28, // [28:60] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -4681,7 +4926,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   69,
+			NumMessages:   74,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -134,6 +134,12 @@ const (
 	// HostAgentServiceCreateSnapshotProcedure is the fully-qualified name of the HostAgentService's
 	// CreateSnapshot RPC.
 	HostAgentServiceCreateSnapshotProcedure = "/hostagent.v1.HostAgentService/CreateSnapshot"
+	// HostAgentServiceListTemplatesProcedure is the fully-qualified name of the HostAgentService's
+	// ListTemplates RPC.
+	HostAgentServiceListTemplatesProcedure = "/hostagent.v1.HostAgentService/ListTemplates"
+	// HostAgentServiceDeleteTemplateProcedure is the fully-qualified name of the HostAgentService's
+	// DeleteTemplate RPC.
+	HostAgentServiceDeleteTemplateProcedure = "/hostagent.v1.HostAgentService/DeleteTemplate"
 )
 
 // HostAgentServiceClient is a client for the hostagent.v1.HostAgentService service.
@@ -202,6 +208,12 @@ type HostAgentServiceClient interface {
 	GetCapsuleMetrics(context.Context, *connect.Request[v1.GetCapsuleMetricsRequest]) (*connect.Response[v1.GetCapsuleMetricsResponse], error)
 	// CreateSnapshot turns a capsule's filesystem into a new template.
 	CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error)
+	// ListTemplates lists the templates stored on the host.
+	ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error)
+	// DeleteTemplate removes a template from the host. FailedPrecondition
+	// while a capsule the agent knows (running, paused or on disk) or a
+	// mount uses it, or for the agent's default template.
+	DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -395,6 +407,18 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("CreateSnapshot")),
 			connect.WithClientOptions(opts...),
 		),
+		listTemplates: connect.NewClient[v1.ListTemplatesRequest, v1.ListTemplatesResponse](
+			httpClient,
+			baseURL+HostAgentServiceListTemplatesProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ListTemplates")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteTemplate: connect.NewClient[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse](
+			httpClient,
+			baseURL+HostAgentServiceDeleteTemplateProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("DeleteTemplate")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -430,6 +454,8 @@ type hostAgentServiceClient struct {
 	sendProcessInput  *connect.Client[v1.SendProcessInputRequest, v1.SendProcessInputResponse]
 	getCapsuleMetrics *connect.Client[v1.GetCapsuleMetricsRequest, v1.GetCapsuleMetricsResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
+	listTemplates     *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
+	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgentService.GetHostInfo.
@@ -582,6 +608,16 @@ func (c *hostAgentServiceClient) CreateSnapshot(ctx context.Context, req *connec
 	return c.createSnapshot.CallUnary(ctx, req)
 }
 
+// ListTemplates calls hostagent.v1.HostAgentService.ListTemplates.
+func (c *hostAgentServiceClient) ListTemplates(ctx context.Context, req *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error) {
+	return c.listTemplates.CallUnary(ctx, req)
+}
+
+// DeleteTemplate calls hostagent.v1.HostAgentService.DeleteTemplate.
+func (c *hostAgentServiceClient) DeleteTemplate(ctx context.Context, req *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error) {
+	return c.deleteTemplate.CallUnary(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// GetHostInfo describes the host: driver, capabilities, capacity, load.
@@ -648,6 +684,12 @@ type HostAgentServiceHandler interface {
 	GetCapsuleMetrics(context.Context, *connect.Request[v1.GetCapsuleMetricsRequest]) (*connect.Response[v1.GetCapsuleMetricsResponse], error)
 	// CreateSnapshot turns a capsule's filesystem into a new template.
 	CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error)
+	// ListTemplates lists the templates stored on the host.
+	ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error)
+	// DeleteTemplate removes a template from the host. FailedPrecondition
+	// while a capsule the agent knows (running, paused or on disk) or a
+	// mount uses it, or for the agent's default template.
+	DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -837,6 +879,18 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("CreateSnapshot")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceListTemplatesHandler := connect.NewUnaryHandler(
+		HostAgentServiceListTemplatesProcedure,
+		svc.ListTemplates,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ListTemplates")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceDeleteTemplateHandler := connect.NewUnaryHandler(
+		HostAgentServiceDeleteTemplateProcedure,
+		svc.DeleteTemplate,
+		connect.WithSchema(hostAgentServiceMethods.ByName("DeleteTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceGetHostInfoProcedure:
@@ -899,6 +953,10 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceGetCapsuleMetricsHandler.ServeHTTP(w, r)
 		case HostAgentServiceCreateSnapshotProcedure:
 			hostAgentServiceCreateSnapshotHandler.ServeHTTP(w, r)
+		case HostAgentServiceListTemplatesProcedure:
+			hostAgentServiceListTemplatesHandler.ServeHTTP(w, r)
+		case HostAgentServiceDeleteTemplateProcedure:
+			hostAgentServiceDeleteTemplateHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1026,4 +1084,12 @@ func (UnimplementedHostAgentServiceHandler) GetCapsuleMetrics(context.Context, *
 
 func (UnimplementedHostAgentServiceHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.CreateSnapshot is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ListTemplates is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.DeleteTemplate is not implemented"))
 }
