@@ -577,7 +577,12 @@ func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, 
 	}
 	pidFile := filepath.Join(p.Dir, "pid")
 	_ = os.Remove(pidFile)
-	err = d.runcCRIU(ctx, conf, work, logf, "restore", "--detach", "--image-path", images,
+	// A damaged image can leave criu spinning instead of failing: bound
+	// the attempt by the image's size, not only by CRIUTimeout, so a
+	// resume falls back to a boot within about a minute.
+	rctx, cancel := context.WithTimeout(ctx, restoreBudget(imagesSize(images)))
+	defer cancel()
+	err = d.runcCRIU(rctx, conf, work, logf, "restore", "--detach", "--image-path", images,
 		"--work-path", work, "--bundle", p.Dir, "--pid-file", pidFile, rec.Key)
 	if err == nil {
 		var b []byte
@@ -617,6 +622,27 @@ func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, 
 	rec.State = runtime.StateRunning
 	rec.StartedAt = time.Now().UTC()
 	return nil
+}
+
+// restoreBudget is how long a memory restore of an image of size bytes
+// may take: a minute, plus a second per 50 MB (a slow disk reads a large
+// image at that rate). CRIUTimeout still applies when shorter.
+func restoreBudget(size int64) time.Duration {
+	return time.Minute + time.Duration(size/(50<<20))*time.Second
+}
+
+// imagesSize is the total size of the files in dir (0 if unreadable).
+func imagesSize(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, de os.DirEntry, err error) error {
+		if err == nil && de.Type().IsRegular() {
+			if fi, err := de.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // unlockNetwork deletes the nftables tables criu names "CRIU-<id>" in the

@@ -110,6 +110,9 @@ type Config struct {
 	DisableCRIU bool
 	// CRIUTimeout bounds one checkpoint or restore (default 5 minutes); a
 	// restore that takes longer is killed and the capsule boots instead.
+	// A restore is also bounded by its image size (a minute plus a second
+	// per 50 MB), so a damaged image that leaves criu spinning delays a
+	// resume by about a minute, not the whole CRIUTimeout.
 	CRIUTimeout time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger

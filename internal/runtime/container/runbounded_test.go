@@ -136,3 +136,31 @@ func isZombie(pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
+
+func TestRestoreBudget(t *testing.T) {
+	for _, tc := range []struct {
+		size int64
+		want time.Duration
+	}{
+		{0, time.Minute},
+		{2 << 20, time.Minute},
+		{8 << 30, time.Minute + 163*time.Second},
+	} {
+		if got := restoreBudget(tc.size); got != tc.want {
+			t.Errorf("restoreBudget(%d) = %v, want %v", tc.size, got, tc.want)
+		}
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/a", make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir+"/sub", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir+"/sub/b", make([]byte, 24), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := imagesSize(dir); got != 1024 {
+		t.Errorf("imagesSize = %d, want 1024", got)
+	}
+}
