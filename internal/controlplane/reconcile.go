@@ -195,6 +195,9 @@ func (s *Server) reconcileTemplates(ctx context.Context, h store.Host, now time.
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	resp, err := s.agents.Client(h).ListTemplates(cctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
 	cancel()
+	if connect.CodeOf(err) == connect.CodeUnimplemented {
+		return nil // an agent from before template deletes
+	}
 	if err != nil {
 		return fmt.Errorf("reconcile: host %s: list templates: %w", h.ID, err)
 	}
