@@ -115,22 +115,12 @@ func tcpStdoutCopy(b *testing.B, size int64) time.Duration {
 		if err != nil {
 			return 0, err
 		}
-		buf := make([]byte, 1<<20)
-		var n int64
-		for {
-			m, rerr := pr.Read(buf)
-			if m > 0 {
-				w, werr := c.Write(buf[:m])
-				n += int64(w)
-				if werr != nil {
-					_ = cmd.Process.Kill()
-					_ = cmd.Wait()
-					return n, werr
-				}
-			}
-			if rerr != nil {
-				break
-			}
+		// The wrappers hide ReadFrom/WriteTo: a plain loop of 1 MiB reads.
+		n, err := io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{pr}, make([]byte, 1<<20))
+		if err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return n, err
 		}
 		return n, cmd.Wait()
 	})
@@ -153,15 +143,7 @@ func tcpSend(b *testing.B, size int64, send func(net.Conn) (int64, error)) time.
 			got <- -1
 			return
 		}
-		buf := make([]byte, 1<<20)
-		var n int64
-		for {
-			m, err := c.Read(buf)
-			n += int64(m)
-			if err != nil {
-				break
-			}
-		}
+		n, _ := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, make([]byte, 1<<20))
 		_ = c.Close()
 		got <- n
 	}()
