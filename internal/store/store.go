@@ -324,6 +324,12 @@ type Capsule struct {
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
 	PausedAt        *time.Time
+	// AllowInternet lets the capsule open outbound connections to public
+	// addresses (the host, other capsules and private ranges are never
+	// reachable).
+	AllowInternet bool
+	// ErrorReason says why the capsule is in status error; empty otherwise.
+	ErrorReason string
 }
 
 // AuditLog is one audited action. Metadata is a JSON object.
@@ -539,6 +545,10 @@ type Store interface {
 	// capsule is in another state or is not the team's). Entering a paused
 	// state records PausedAt; leaving paused states clears it.
 	UpdateCapsuleStatus(ctx context.Context, teamID, id string, from, to CapsuleStatus) (bool, error)
+	// FailCapsule moves a capsule from `from` to error with a reason, in
+	// one conditional statement (UpdateCapsuleStatus to any other state
+	// clears the reason).
+	FailCapsule(ctx context.Context, teamID, id string, from CapsuleStatus, reason string) (bool, error)
 	SetCapsuleHost(ctx context.Context, teamID, id, hostID string) error
 	// SetCapsuleTimeout sets the TTL and the expiry (nil: never expires).
 	SetCapsuleTimeout(ctx context.Context, teamID, id string, timeoutSec int64, expiresAt *time.Time) error

@@ -938,6 +938,7 @@ func toCapsule(c db.Capsule) (store.Capsule, error) {
 		DiskSizeMB: c.DiskSizeMb, TimeoutSec: c.TimeoutSec, ExpiresAt: tmp(c.ExpiresAt), Env: env,
 		Public: c.Public, AccessTokenHash: c.AccessTokenHash, CreatedBy: str(c.CreatedBy),
 		CreatedAt: tm(c.CreatedAt), UpdatedAt: tm(c.UpdatedAt), PausedAt: tmp(c.PausedAt),
+		AllowInternet: c.AllowInternet, ErrorReason: c.ErrorReason,
 	}, nil
 }
 
@@ -982,7 +983,7 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 		ID: c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: strp(c.HostID), Status: string(c.Status),
 		Vcpus: c.VCPUs, MemoryMb: c.MemoryMB, DiskSizeMb: c.DiskSizeMB, TimeoutSec: c.TimeoutSec,
 		ExpiresAt: tsp(exp), Env: env, Public: c.Public, AccessTokenHash: c.AccessTokenHash,
-		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created),
+		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet,
 	})
 	if err != nil {
 		return store.Capsule{}, mapErr(err, "create capsule")
@@ -1087,6 +1088,15 @@ func (s *Store) CountCapsulesByStatus(ctx context.Context) (map[store.CapsuleSta
 
 // UpdateCapsuleStatus implements store.Store.
 func (s *Store) UpdateCapsuleStatus(ctx context.Context, teamID, id string, from, to store.CapsuleStatus) (bool, error) {
+	return s.updateCapsuleStatus(ctx, teamID, id, from, to, "")
+}
+
+// FailCapsule implements store.Store.
+func (s *Store) FailCapsule(ctx context.Context, teamID, id string, from store.CapsuleStatus, reason string) (bool, error) {
+	return s.updateCapsuleStatus(ctx, teamID, id, from, store.CapsuleError, reason)
+}
+
+func (s *Store) updateCapsuleStatus(ctx context.Context, teamID, id string, from, to store.CapsuleStatus, reason string) (bool, error) {
 	now := store.Now()
 	var paused *time.Time
 	if to.IsPaused() {
@@ -1094,7 +1104,7 @@ func (s *Store) UpdateCapsuleStatus(ctx context.Context, teamID, id string, from
 	}
 	n, err := s.qw.UpdateCapsuleStatus(ctx, db.UpdateCapsuleStatusParams{
 		TeamID: teamID, ID: id, FromStatus: string(from), ToStatus: string(to), Now: ts(now),
-		KeepPausedAt: from.IsPaused() && to.IsPaused(), PausedAt: tsp(paused),
+		KeepPausedAt: from.IsPaused() && to.IsPaused(), PausedAt: tsp(paused), ErrorReason: reason,
 	})
 	if err != nil {
 		return false, mapErr(err, "update capsule status")

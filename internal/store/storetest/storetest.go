@@ -674,6 +674,22 @@ func testBuilds(t *testing.T, s store.Store) {
 
 // ---- capsules ----
 
+// testCapsuleErrorReason: allow_internet is stored; FailCapsule records a
+// reason that any later status change clears.
+func testCapsuleErrorReason(t *testing.T, s store.Store, teamID string) {
+	ctx := ctxT(t)
+	c := must(s.CreateCapsule(ctx, store.Capsule{TeamID: teamID, TemplateID: "tpl-base", AllowInternet: true, Status: store.CapsuleStarting}))(t)
+	eq(t, "allow_internet", must(s.GetCapsule(ctx, teamID, c.ID))(t).AllowInternet, true)
+	eq(t, "fail from wrong state", must(s.FailCapsule(ctx, teamID, c.ID, store.CapsuleRunning, "x"))(t), false)
+	eq(t, "fail", must(s.FailCapsule(ctx, teamID, c.ID, store.CapsuleStarting, "agent said no"))(t), true)
+	got := must(s.GetCapsule(ctx, teamID, c.ID))(t)
+	eq(t, "status", got.Status, store.CapsuleError)
+	eq(t, "reason", got.ErrorReason, "agent said no")
+	eq(t, "leave error", must(s.UpdateCapsuleStatus(ctx, teamID, c.ID, store.CapsuleError, store.CapsuleRunning))(t), true)
+	eq(t, "reason cleared", must(s.GetCapsule(ctx, teamID, c.ID))(t).ErrorReason, "")
+	noErr(t, s.DeleteCapsule(ctx, teamID, c.ID))
+}
+
 func testCapsules(t *testing.T, s store.Store) {
 	ctx := ctxT(t)
 	team := newTeam(t, s, "t")
@@ -691,6 +707,8 @@ func testCapsules(t *testing.T, s store.Store) {
 		t.Fatalf("GetCapsule: %+v", got)
 	}
 	eq(t, "unscoped", must(s.GetCapsuleUnscoped(ctx, c.ID))(t).TeamID, team.ID)
+	eq(t, "allow_internet default", got.AllowInternet, false)
+	testCapsuleErrorReason(t, s, team.ID)
 	_, err := s.CreateCapsule(ctx, store.Capsule{ID: c.ID, TeamID: team.ID, TemplateID: "x"})
 	wantErr(t, err, store.ErrAlreadyExists)
 	_, err = s.CreateCapsule(ctx, store.Capsule{TeamID: team.ID, TemplateID: "x", Status: "sleepy"})

@@ -112,12 +112,12 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet)
 VALUES ($1, $2, $3, $4, $5,
         $6, $7, $8, $9,
         $10, $11, $12, $13,
-        $14, $15, $15)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at
+        $14, $15, $15, $16)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason
 `
 
 type CreateCapsuleParams struct {
@@ -136,6 +136,7 @@ type CreateCapsuleParams struct {
 	AccessTokenHash string
 	CreatedBy       *string
 	CreatedAt       time.Time
+	AllowInternet   bool
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -155,6 +156,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.AccessTokenHash,
 		arg.CreatedBy,
 		arg.CreatedAt,
+		arg.AllowInternet,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -175,6 +177,8 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.PausedAt,
+		&i.AllowInternet,
+		&i.ErrorReason,
 	)
 	return i, err
 }
@@ -318,7 +322,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at FROM capsules WHERE team_id = $1 AND id = $2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE team_id = $1 AND id = $2
 `
 
 type GetCapsuleParams struct {
@@ -347,12 +351,14 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.PausedAt,
+		&i.AllowInternet,
+		&i.ErrorReason,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at FROM capsules WHERE id = $1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE id = $1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -376,6 +382,8 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.PausedAt,
+		&i.AllowInternet,
+		&i.ErrorReason,
 	)
 	return i, err
 }
@@ -627,7 +635,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
 WHERE (status = $1 OR $1 = '')
   AND (created_at, id) < ($2, CAST($3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -673,6 +681,8 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.PausedAt,
+			&i.AllowInternet,
+			&i.ErrorReason,
 		); err != nil {
 			return nil, err
 		}
@@ -754,7 +764,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
 WHERE team_id = $1
   AND (status = $2 OR $2 = '')
   AND (created_at, id) < ($3, CAST($4 AS TEXT))
@@ -803,6 +813,8 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.PausedAt,
+			&i.AllowInternet,
+			&i.ErrorReason,
 		); err != nil {
 			return nil, err
 		}
@@ -815,7 +827,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at FROM capsules WHERE host_id = $1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE host_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -845,6 +857,8 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.PausedAt,
+			&i.AllowInternet,
+			&i.ErrorReason,
 		); err != nil {
 			return nil, err
 		}
@@ -857,7 +871,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
 WHERE expires_at <= $1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT $2
@@ -895,6 +909,8 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.PausedAt,
+			&i.AllowInternet,
+			&i.ErrorReason,
 		); err != nil {
 			return nil, err
 		}
@@ -1219,14 +1235,15 @@ func (q *Queries) UpdateBuildStatus(ctx context.Context, arg UpdateBuildStatusPa
 
 const updateCapsuleStatus = `-- name: UpdateCapsuleStatus :execrows
 UPDATE capsules
-SET status = $1, updated_at = $2,
-    paused_at = CASE WHEN CAST($3 AS BOOLEAN) THEN paused_at ELSE $4 END
-WHERE team_id = $5 AND id = $6 AND status = $7
+SET status = $1, updated_at = $2, error_reason = $3,
+    paused_at = CASE WHEN CAST($4 AS BOOLEAN) THEN paused_at ELSE $5 END
+WHERE team_id = $6 AND id = $7 AND status = $8
 `
 
 type UpdateCapsuleStatusParams struct {
 	ToStatus     string
 	Now          time.Time
+	ErrorReason  string
 	KeepPausedAt bool
 	PausedAt     *time.Time
 	TeamID       string
@@ -1238,6 +1255,7 @@ func (q *Queries) UpdateCapsuleStatus(ctx context.Context, arg UpdateCapsuleStat
 	result, err := q.db.Exec(ctx, updateCapsuleStatus,
 		arg.ToStatus,
 		arg.Now,
+		arg.ErrorReason,
 		arg.KeepPausedAt,
 		arg.PausedAt,
 		arg.TeamID,

@@ -66,6 +66,8 @@ type Capsule struct {
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
 	PausedAt        *time.Time
+	AllowInternet   bool
+	ErrorReason     string
 }
 
 type CapsuleMetricSnapshot struct {

@@ -100,11 +100,11 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(fr
 
 -- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(template_id), sqlc.narg(host_id), sqlc.arg(status),
         sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_size_mb), sqlc.arg(timeout_sec),
         sqlc.narg(expires_at), sqlc.arg(env), sqlc.arg(public), sqlc.arg(access_token_hash),
-        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at))
+        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(allow_internet))
 RETURNING *;
 
 -- name: GetCapsule :one
@@ -142,7 +142,7 @@ SELECT status, count(*) AS n FROM capsules GROUP BY status ORDER BY status;
 
 -- name: UpdateCapsuleStatus :execrows
 UPDATE capsules
-SET status = sqlc.arg(to_status), updated_at = sqlc.arg(now),
+SET status = sqlc.arg(to_status), updated_at = sqlc.arg(now), error_reason = sqlc.arg(error_reason),
     paused_at = CASE WHEN CAST(sqlc.arg(keep_paused_at) AS BOOLEAN) THEN paused_at ELSE sqlc.narg(paused_at) END
 WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(from_status);
 

@@ -62,6 +62,8 @@ type Capsule struct {
 	CreatedAt       int64
 	UpdatedAt       int64
 	PausedAt        *int64
+	AllowInternet   bool
+	ErrorReason     string
 }
 
 type CapsuleMetricSnapshot struct {
