@@ -11,16 +11,16 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/builds"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
-	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
 // mountAdmin adds the admin-panel routes to r (the /v1/admin group).
@@ -308,29 +308,9 @@ func (a *API) adminSetTeamBYOC(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toTeamJSON(t))
 }
 
-// destroyOnAgent destroys c on its host. A capsule the agent no longer
-// knows counts as destroyed.
-func (a *API) destroyOnAgent(ctx context.Context, c store.Capsule) error {
-	if c.HostID == "" || c.Status == store.CapsuleStopped {
-		return nil
-	}
-	cl, _, err := a.agentFor(ctx, c)
-	if err != nil {
-		return err
-	}
-	_, err = cl.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: c.ID}))
-	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-		return agentError(err)
-	}
-	a.cfg.Scheduler.Release(c.HostID, c.ID)
-	return nil
-}
-
-// adminDeleteTeam deletes a team with everything in it: its capsules are
-// destroyed on their hosts (best-effort: an unreachable host's capsules
-// are forgotten and its reconciler cleans them up), then the store removes
-// the team, its members, invites, keys, templates, builds and capsules in
-// one cascade.
+// adminDeleteTeam deletes a team with everything in it: the capsule
+// service destroys its capsules on their hosts (best-effort) and removes
+// the team in one cascade.
 func (a *API) adminDeleteTeam(w http.ResponseWriter, r *http.Request) {
 	t, err := a.pathTeam(r)
 	if err != nil {
@@ -341,44 +321,13 @@ func (a *API) adminDeleteTeam(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodeConflict, "the platform team cannot be deleted"))
 		return
 	}
-	ctx := context.WithoutCancel(r.Context())
-	var (
-		gone   []string
-		failed []string
-		cursor string
-	)
-	for {
-		caps, next, err := a.cfg.Store.ListCapsules(ctx, t.ID, store.CapsuleFilter{Cursor: cursor, Limit: 500})
-		if err != nil {
-			a.writeError(w, r, err)
-			return
-		}
-		for _, c := range caps {
-			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if err := a.destroyOnAgent(dctx, c); err != nil {
-				a.log.WarnContext(ctx, "admin team delete: capsule not destroyed on its host", "team_id", t.ID, "capsule_id", c.ID, "host_id", c.HostID, "err", err)
-				failed = append(failed, c.ID)
-			}
-			cancel()
-			gone = append(gone, c.ID)
-		}
-		if next == "" {
-			break
-		}
-		cursor = next
-	}
-	err = a.cfg.Store.DeleteTeam(ctx, t.ID)
+	res, err := a.capsules.DeleteTeam(r.Context(), t.ID)
 	a.recordAdmin(r, "team", t.ID, "delete", err, map[string]any{
-		"name": t.Name, "capsules": len(gone), "capsules_not_destroyed": failed,
+		"name": t.Name, "capsules": len(res.Capsules), "capsules_not_destroyed": res.NotDestroyed,
 	})
 	if err != nil {
 		a.writeError(w, r, err)
 		return
-	}
-	if a.cfg.OnCapsuleGone != nil {
-		for _, id := range gone {
-			a.cfg.OnCapsuleGone(id)
-		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -423,20 +372,11 @@ func (a *API) adminDeleteTemplate(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodeNotFound, "template %q not found", id))
 		return
 	}
-	err = a.cfg.Store.DeleteTemplate(context.WithoutCancel(r.Context()), tmpl.TeamID, tmpl.ID)
+	err = a.capsules.DeleteTemplate(r.Context(), *tmpl)
 	a.recordAdmin(r, "template", tmpl.ID, "delete", err, map[string]any{"name": tmpl.Name, "team_id": tmpl.TeamID})
-	if errors.Is(err, store.ErrConflict) {
-		a.writeError(w, r, errorf(CodeConflict, "template %s is still in use", tmpl.Name))
-		return
-	}
 	if err != nil {
 		a.writeError(w, r, err)
 		return
-	}
-	// The files go with the row. If the host cannot do it now, the
-	// reconciler does once it answers (team templates).
-	if herr := builds.DeleteOnHost(context.WithoutCancel(r.Context()), a.cfg.Store, a.cfg.Agents, *tmpl); herr != nil {
-		a.log.Warn("delete template files on its host", "template_id", tmpl.ID, "err", herr)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -478,6 +418,8 @@ func (a *API) adminListBuilds(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"builds": out})
 }
+
+var templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
 // adminCreateBuild queues a template build (status pending) for a team
 // (default: the platform team, whose templates are public). The spec is
@@ -608,22 +550,12 @@ type adminCapsuleJSON struct {
 }
 
 func (a *API) adminListCapsules(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := store.CapsuleFilter{Cursor: q.Get("cursor"), Status: store.CapsuleStatus(q.Get("status"))}
-	limit, err := queryInt(r, "limit", 1, 1000)
+	f, err := listFilter(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	f.Limit = limit
-	switch f.Status {
-	case "", store.CapsulePending, store.CapsuleStarting, store.CapsuleRunning, store.CapsulePaused,
-		store.CapsuleHibernated, store.CapsuleStopped, store.CapsuleError, store.CapsuleMissing:
-	default:
-		a.writeError(w, r, errorf(CodeInvalidArgument, "unknown status %q", clip(string(f.Status))))
-		return
-	}
-	caps, next, err := a.cfg.Store.AdminListCapsules(r.Context(), f)
+	caps, next, err := a.capsules.List(r.Context(), adminScope(r), f)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -635,21 +567,8 @@ func (a *API) adminListCapsules(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"capsules": out, "next_cursor": next})
 }
 
-// pathCapsuleAnyTeam reads the {capsuleID} capsule whatever its team.
-func (a *API) pathCapsuleAnyTeam(r *http.Request) (store.Capsule, error) {
-	id := chi.URLParam(r, "capsuleID")
-	if err := validID(store.PrefixCapsule, id); err != nil {
-		return store.Capsule{}, err
-	}
-	c, err := a.cfg.Store.GetCapsuleUnscoped(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		return store.Capsule{}, errorf(CodeNotFound, "capsule %q not found", id)
-	}
-	return c, err
-}
-
 func (a *API) adminGetCapsule(w http.ResponseWriter, r *http.Request) {
-	c, err := a.pathCapsuleAnyTeam(r)
+	c, err := a.capsules.Get(r.Context(), adminScope(r), capsuleID(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -660,115 +579,47 @@ func (a *API) adminGetCapsule(w http.ResponseWriter, r *http.Request) {
 // adminDeleteCapsule destroys any team's capsule. With ?force=true the
 // capsule is forgotten even when its host cannot be reached.
 func (a *API) adminDeleteCapsule(w http.ResponseWriter, r *http.Request) {
-	c, err := a.pathCapsuleAnyTeam(r)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
 	force := r.URL.Query().Get("force") == "true"
-	ctx := context.WithoutCancel(r.Context())
-	agentErr := a.destroyOnAgent(r.Context(), c)
-	if agentErr != nil && !force {
-		a.recordAdmin(r, "capsule", c.ID, "delete", agentErr, map[string]any{"team_id": c.TeamID})
-		a.writeError(w, r, agentErr)
-		return
-	}
-	err = a.cfg.Store.DeleteCapsule(ctx, c.TeamID, c.ID)
-	a.recordAdmin(r, "capsule", c.ID, "delete", err, map[string]any{"team_id": c.TeamID, "force": force, "agent_destroyed": agentErr == nil})
-	if err != nil {
+	if err := a.capsules.Destroy(r.Context(), adminScope(r), capsuleID(r), capsules.DestroyOptions{Force: force}); err != nil {
 		a.writeError(w, r, err)
 		return
-	}
-	if a.cfg.OnCapsuleGone != nil {
-		a.cfg.OnCapsuleGone(c.ID)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *API) adminPauseCapsule(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		ToDisk bool `json:"to_disk"`
-	}
+	var req pauseReq
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	c, err := a.pathCapsuleAnyTeam(r)
+	res, err := a.capsules.Pause(r.Context(), adminScope(r), capsuleID(r), req.ToDisk)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if c.Status != store.CapsuleRunning {
-		a.writeError(w, r, errorf(CodeConflict, "capsule %s is %s, not running", c.ID, c.Status))
-		return
-	}
-	ctx := r.Context()
-	cl, _, err := a.agentFor(ctx, c)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	resp, err := cl.PauseCapsule(ctx, connect.NewRequest(&pb.PauseCapsuleRequest{CapsuleId: c.ID, ToDisk: req.ToDisk}))
-	a.recordAdmin(r, "capsule", c.ID, "pause", err, map[string]any{"team_id": c.TeamID, "to_disk": req.ToDisk})
-	if err != nil {
-		a.markGoneIfMissing(ctx, cl, c)
-		a.writeError(w, r, agentError(err))
-		return
-	}
-	to := store.CapsulePaused
-	if resp.Msg.GetCapsule().GetState() == pb.CapsuleState_CAPSULE_STATE_HIBERNATED || req.ToDisk {
-		to = store.CapsuleHibernated
-	}
-	a.transition(w, r, c, store.CapsuleRunning, to)
+	writeJSON(w, http.StatusOK, toCapsuleJSON(res.Capsule))
 }
 
 func (a *API) adminResumeCapsule(w http.ResponseWriter, r *http.Request) {
-	c, err := a.pathCapsuleAnyTeam(r)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	var req struct {
-		TimeoutSec *int64 `json:"timeout_sec"`
-	}
+	var req resumeReq
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	timeout, err := intField("timeout_sec", req.TimeoutSec, c.TimeoutSec, 1, maxTimeoutSec)
+	res, err := a.capsules.Resume(r.Context(), adminScope(r), capsuleID(r), req.TimeoutSec)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if !c.Status.IsPaused() {
-		a.writeError(w, r, errorf(CodeConflict, "capsule %s is %s, not paused", c.ID, c.Status))
-		return
-	}
-	ctx := r.Context()
-	cl, _, err := a.agentFor(ctx, c)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	resp, err := cl.ResumeCapsule(ctx, connect.NewRequest(&pb.ResumeCapsuleRequest{CapsuleId: c.ID, TimeoutSec: int32(timeout)})) //nolint:gosec // bounded by maxTimeoutSec
-	a.recordAdmin(r, "capsule", c.ID, "resume", err, map[string]any{"team_id": c.TeamID})
-	if err != nil {
-		a.markGoneIfMissing(ctx, cl, c)
-		a.writeError(w, r, agentError(err))
-		return
-	}
-	if e := resp.Msg.GetCapsule().GetExpiresAt(); e > 0 {
-		t := store.Truncate(time.Unix(e, 0))
-		_ = a.cfg.Store.SetCapsuleTimeout(context.WithoutCancel(ctx), c.TeamID, c.ID, timeout, &t)
-	}
-	a.transition(w, r, c, c.Status, store.CapsuleRunning)
+	writeJSON(w, http.StatusOK, toCapsuleJSON(res.Capsule))
 }
 
 // adminAuditLogs answers GET /v1/admin/audit-logs: every team's and the
 // admin panel's entries, filtered by team_id, actor_id, resource_type,
 // action, scope and from/to (RFC 3339), newest first with a keyset cursor.
 func (a *API) adminAuditLogs(w http.ResponseWriter, r *http.Request) {
-	f, err := AuditFilterFromQuery(r)
+	f, err := auditFilterFromQuery(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -780,5 +631,5 @@ func (a *API) adminAuditLogs(w http.ResponseWriter, r *http.Request) {
 		}
 		f.TeamID = t
 	}
-	a.WriteAuditPage(w, r, f)
+	a.writeAuditPage(w, r, f)
 }

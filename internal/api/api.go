@@ -34,6 +34,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/api/agents"
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/internal/usage"
@@ -53,6 +54,9 @@ type Config struct {
 	States    *auth.StateSigner
 	Agents    *agents.Pool
 	Scheduler *scheduler.Scheduler
+	// Capsules is the capsule service; nil builds one from Store, Agents,
+	// Scheduler, Audit, OnCapsuleGone and ExecTimeout.
+	Capsules *capsules.Service
 	// GitHub, when set, enables GitHub sign-in.
 	GitHub *auth.GitHubClient
 	// Proxy serves /proxy/{id}/{port}/… (the port proxy); nil disables it.
@@ -66,10 +70,6 @@ type Config struct {
 	Usage *usage.Service
 	// Mailer sends verification and password-reset mail; nil logs them.
 	Mailer email.Mailer
-	// AdminRoutes, when set, adds routes under /v1/admin (behind
-	// authentication and the platform-admin check); handlers use
-	// CallerFrom, WriteError and DecodeJSON.
-	AdminRoutes func(r chi.Router, a *API)
 	// Registry receives the API's metrics; nil disables /metrics.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
@@ -101,11 +101,12 @@ type Config struct {
 
 // API is the HTTP API.
 type API struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *metrics
-	router  chi.Router
-	limits  rateLimiters
+	cfg      Config
+	capsules *capsules.Service
+	log      *slog.Logger
+	metrics  *metrics
+	router   chi.Router
+	limits   rateLimiters
 }
 
 // New builds the API.
@@ -131,7 +132,13 @@ func New(cfg Config) *API {
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = scheduler.New(cfg.Store)
 	}
-	a := &API{cfg: cfg, log: cfg.Logger.With("component", "api"), limits: newRateLimiters(cfg.RateLimits)}
+	if cfg.Capsules == nil {
+		cfg.Capsules = capsules.New(capsules.Config{
+			Store: cfg.Store, Agents: cfg.Agents, Scheduler: cfg.Scheduler, Audit: cfg.Audit,
+			OnGone: cfg.OnCapsuleGone, ExecTimeout: cfg.ExecTimeout, Logger: cfg.Logger,
+		})
+	}
+	a := &API{cfg: cfg, capsules: cfg.Capsules, log: cfg.Logger.With("component", "api"), limits: newRateLimiters(cfg.RateLimits)}
 	if cfg.Registry != nil {
 		a.metrics = newMetrics(cfg.Registry, cfg.Store, a.log)
 	}
@@ -251,9 +258,6 @@ func (a *API) routes() chi.Router {
 				r.Get("/hosts", a.listHosts)
 				r.Delete("/hosts/{hostID}", a.deleteHost)
 				a.mountAdmin(r)
-				if a.cfg.AdminRoutes != nil {
-					a.cfg.AdminRoutes(r, a)
-				}
 			})
 		})
 	})

@@ -2,6 +2,8 @@ package api
 
 import (
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -37,4 +39,90 @@ func (a *API) auditAdmin(r *http.Request, resourceType, resourceID, action strin
 	a.cfg.Audit.Admin(r.Context(), audit.Entry{
 		Actor: actor(caller(r.Context())), ResourceType: resourceType, ResourceID: resourceID, Action: action, Metadata: meta,
 	})
+}
+
+type auditJSON struct {
+	ID           int64          `json:"id"`
+	ActorType    string         `json:"actor_type"`
+	ActorID      string         `json:"actor_id"`
+	ActorName    string         `json:"actor_name"`
+	ResourceType string         `json:"resource_type"`
+	ResourceID   string         `json:"resource_id"`
+	Action       string         `json:"action"`
+	Status       string         `json:"status"`
+	Scope        string         `json:"scope"`
+	Metadata     map[string]any `json:"metadata,omitempty"`
+	CreatedAt    time.Time      `json:"created_at"`
+}
+
+// auditFilterFromQuery parses actor_id, resource_type, action, scope,
+// from, to (RFC 3339), cursor and limit.
+func auditFilterFromQuery(r *http.Request) (store.AuditFilter, error) {
+	q := r.URL.Query()
+	f := store.AuditFilter{
+		ActorID: q.Get("actor_id"), ResourceType: q.Get("resource_type"), Action: q.Get("action"),
+		Scope: store.AuditScope(q.Get("scope")), Cursor: q.Get("cursor"),
+	}
+	if f.Scope != "" && f.Scope != store.ScopeTeam && f.Scope != store.ScopeAdmin {
+		return f, errorf(CodeInvalidArgument, "scope must be team or admin")
+	}
+	for name, dst := range map[string]*time.Time{"from": &f.From, "to": &f.To} {
+		if s := q.Get(name); s != "" {
+			t, err := time.Parse(time.RFC3339, s)
+			if err != nil {
+				return f, errorf(CodeInvalidArgument, "%s must be an RFC 3339 time", name)
+			}
+			*dst = t
+		}
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return f, errorf(CodeInvalidArgument, "limit must be an integer from 1 to 1000")
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+// writeAuditPage lists audit entries for f as {"entries","next_cursor"}.
+func (a *API) writeAuditPage(w http.ResponseWriter, r *http.Request, f store.AuditFilter) {
+	entries, next, err := a.cfg.Store.ListAuditLogs(r.Context(), f)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	out := make([]auditJSON, 0, len(entries))
+	for _, e := range entries {
+		j := auditJSON{
+			ID: e.ID, ActorType: string(e.ActorType), ActorID: e.ActorID, ActorName: e.ActorName,
+			ResourceType: e.ResourceType, ResourceID: e.ResourceID, Action: e.Action, Status: string(e.Status),
+			Scope: string(e.Scope), CreatedAt: e.CreatedAt,
+		}
+		if len(e.Metadata) > 0 {
+			_ = jsonUnmarshal(e.Metadata, &j.Metadata)
+		}
+		out = append(out, j)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": out, "next_cursor": next})
+}
+
+// teamAuditLogs answers GET /v1/audit-logs for the current team (team
+// admins and owners).
+func (a *API) teamAuditLogs(w http.ResponseWriter, r *http.Request) {
+	p := caller(r.Context())
+	if !roleAtLeast(p.Role, store.RoleAdmin) {
+		a.writeError(w, r, errorf(CodePermissionDenied, "the audit log needs the admin role in the team"))
+		return
+	}
+	f, err := auditFilterFromQuery(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	f.TeamID = p.TeamID
+	if f.Scope == "" {
+		f.Scope = store.ScopeTeam
+	}
+	a.writeAuditPage(w, r, f)
 }

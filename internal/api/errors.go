@@ -11,8 +11,7 @@ import (
 	"net/http"
 	"strings"
 
-	"connectrpc.com/connect"
-
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
@@ -89,8 +88,8 @@ func httpStatus(code string) int {
 
 // Friendly messages for unavailability; they never carry internal detail.
 const (
-	msgNoCapacity       = "no capacity is available to run this capsule right now; please try again in a moment"
-	msgAgentUnavailable = "the capsule's host is not reachable right now; please try again in a moment"
+	msgNoCapacity       = capsules.MsgNoCapacity
+	msgAgentUnavailable = capsules.MsgAgentUnavailable
 )
 
 // toAPIError maps any error to an *Error. Unknown errors become internal.
@@ -98,6 +97,10 @@ func toAPIError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
+	}
+	var se *capsules.Error
+	if errors.As(err, &se) {
+		return &Error{Code: serviceCode(se.Kind), Message: se.Message, Err: se.Err}
 	}
 	var mbe *http.MaxBytesError
 	switch {
@@ -123,34 +126,31 @@ func toAPIError(err error) *Error {
 	return &Error{Code: CodeInternal, Message: "internal error", Err: err}
 }
 
-// agentError maps an error from a host agent call. Connect codes that
-// describe the request become 4xx; transport failures become a friendly 503.
-func agentError(err error) *Error {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return &Error{Code: CodeUnavailable, Message: msgAgentUnavailable, Err: err}
+// serviceCode is the API code of a capsule service error kind.
+func serviceCode(k capsules.Kind) string {
+	switch k {
+	case capsules.KindInvalid:
+		return CodeInvalidArgument
+	case capsules.KindNotFound:
+		return CodeNotFound
+	case capsules.KindConflict:
+		return CodeConflict
+	case capsules.KindUnavailable:
+		return CodeUnavailable
+	case capsules.KindNotImplemented:
+		return CodeNotImplemented
+	case capsules.KindTooLarge:
+		return CodePayloadTooLarge
+	case capsules.KindPermissionDenied:
+		return CodePermissionDenied
 	}
-	msg := ce.Message()
-	switch ce.Code() {
-	case connect.CodeNotFound:
-		return &Error{Code: CodeNotFound, Message: clip(msg), Err: err}
-	case connect.CodeInvalidArgument, connect.CodeOutOfRange:
-		return &Error{Code: CodeInvalidArgument, Message: clip(msg), Err: err}
-	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
-		return &Error{Code: CodeConflict, Message: clip(msg), Err: err}
-	case connect.CodeResourceExhausted:
-		return &Error{Code: CodePayloadTooLarge, Message: clip(msg), Err: err}
-	case connect.CodePermissionDenied:
-		return &Error{Code: CodePermissionDenied, Message: clip(msg), Err: err}
-	case connect.CodeUnimplemented:
-		return &Error{Code: CodeNotImplemented, Message: "this host's runtime does not support the operation", Err: err}
-	case connect.CodeCanceled:
-		return &Error{Code: CodeUnavailable, Message: "the request was cancelled", Err: err}
-	case connect.CodeDeadlineExceeded:
-		return &Error{Code: CodeUnavailable, Message: "the operation timed out; please try again", Err: err}
-	}
-	return &Error{Code: CodeUnavailable, Message: msgAgentUnavailable, Err: err}
+	return CodeInternal
 }
+
+// agentError maps an error from a host agent call (capsules.AgentError):
+// codes that describe the request become 4xx; transport failures become a
+// friendly 503.
+func agentError(err error) *Error { return toAPIError(capsules.AgentError(err)) }
 
 // clip bounds a message coming from an agent.
 func clip(s string) string {

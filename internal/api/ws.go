@@ -230,26 +230,12 @@ func (a *API) wsPTY(w http.ResponseWriter, r *http.Request) {
 
 // wsAdminPTY opens a terminal in any team's capsule (platform admins).
 func (a *API) wsAdminPTY(w http.ResponseWriter, r *http.Request) {
-	id := chiParam(r, "capsuleID")
-	if err := validID(store.PrefixCapsule, id); err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	c, err := a.cfg.Store.GetCapsuleUnscoped(r.Context(), id)
+	conn, err := a.capsules.Connect(r.Context(), adminScope(r), chiParam(r, "capsuleID"))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if c.Status != store.CapsuleRunning {
-		a.writeError(w, r, errorf(CodeConflict, "capsule %s is %s, not running", c.ID, c.Status))
-		return
-	}
-	cl, _, err := a.agentFor(r.Context(), c)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	a.servePTY(w, r, c, cl)
+	a.servePTY(w, r, conn.Capsule, conn.Agent)
 }
 
 type ptyItem struct {

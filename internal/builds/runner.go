@@ -14,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -54,7 +55,10 @@ type Config struct {
 	Store     store.Store
 	Agents    Agents
 	Scheduler Placer
-	Logger    *slog.Logger
+	// Capsules starts and destroys the build capsules (as internal
+	// capsules); nil builds one from Store, Agents and Scheduler.
+	Capsules *capsules.Service
+	Logger   *slog.Logger
 	// PollInterval is how often a running step re-reads its build to
 	// notice a cancel (default 1 s).
 	PollInterval time.Duration
@@ -89,6 +93,9 @@ func New(cfg Config) *Runner {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Capsules == nil {
+		cfg.Capsules = capsules.New(capsules.Config{Store: cfg.Store, Agents: cfg.Agents, Scheduler: cfg.Scheduler, Logger: cfg.Logger})
 	}
 	return &Runner{
 		cfg: cfg, log: cfg.Logger.With("component", "builds"),
@@ -201,7 +208,7 @@ func (r *Runner) sweepStale(ctx context.Context, b store.Build) error {
 		if h.Status == store.HostUnavailable {
 			continue // the reconciler destroys it when the host comes back
 		}
-		r.destroy(ctx, h, b.ID)
+		r.cfg.Capsules.DestroyInternal(ctx, h, b.ID)
 	}
 	return nil
 }
@@ -243,7 +250,7 @@ func (r *Runner) execute(ctx context.Context, b store.Build) {
 		if derr := r.cfg.Store.DeleteTemplate(bg, b.TeamID, out.templateID); derr != nil {
 			log.Warn("remove the template of a cancelled build", "template_id", out.templateID, "err", derr)
 		} else if gerr == nil {
-			if herr := DeleteOnHost(bg, r.cfg.Store, r.cfg.Agents, t); herr != nil {
+			if herr := capsules.DeleteTemplateFiles(bg, r.cfg.Store, r.cfg.Agents, t); herr != nil {
 				log.Warn("remove the files of a cancelled build's template", "template_id", out.templateID, "err", herr)
 			}
 		}
@@ -329,37 +336,31 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	if t, err := r.cfg.Store.GetTemplateByName(ctx, b.TeamID, b.TemplateName); err == nil && t.TeamID == b.TeamID {
 		return failed("the team already has a template named %q; delete it first", b.TemplateName)
 	}
-	team, err := r.cfg.Store.GetTeam(ctx, b.TeamID)
-	if err != nil {
-		return stopped("read team", err)
-	}
-	host, err := r.cfg.Scheduler.Pick(ctx, team, scheduler.Request{CapsuleID: b.ID, HostID: from.HostID, VCPUs: *spec.VCPUs, MemoryMB: *spec.MemoryMB, DiskMB: *spec.DiskSizeMB})
-	if err != nil {
-		if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
-			return failed("no host can run the build: %v", err)
-		}
-		return stopped("pick a host", err)
-	}
-	if err := r.progress(ctx, b, fmt.Sprintf("starting a capsule from %s on %s", from.Name, host.ID)); err != nil {
+	if err := r.progress(ctx, b, "starting a capsule from "+from.Name); err != nil {
 		return stopped("start", err)
 	}
-	agent := r.cfg.Agents.Client(host)
-	log = log.With("host_id", host.ID)
-	log.Info("build started", "from", from.Name, "steps", len(spec.Run))
 	// The agent's own TTL reaps the capsule even if this control plane
 	// dies mid-build.
 	ttl := *spec.TimeoutSec + int64(r.cfg.StaleMargin/time.Second)
-	_, err = agent.CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
-		CapsuleId: b.ID, Template: HostTemplateName(from),
-		Vcpus: int32(*spec.VCPUs), MemoryMb: int32(*spec.MemoryMB), DiskSizeMb: int32(*spec.DiskSizeMB), //nolint:gosec // bounded by Normalize
-		TimeoutSec: int32(ttl), Env: spec.Env, AllowInternet: *spec.AllowInternet, //nolint:gosec // bounded by Normalize
-		Labels:         map[string]string{LabelBuild: b.ID, LabelTeam: b.TeamID},
-		DefaultWorkdir: spec.Workdir,
-	}))
-	defer r.destroy(ctx, host, b.ID)
+	created, err := r.cfg.Capsules.Create(ctx, capsules.SystemScope(), capsules.CreateRequest{
+		VCPUs: spec.VCPUs, MemoryMB: spec.MemoryMB, DiskSizeMB: spec.DiskSizeMB, TimeoutSec: &ttl,
+		Env: spec.Env, AllowInternet: spec.AllowInternet,
+		Internal: &capsules.Internal{
+			ID: b.ID, TeamID: b.TeamID, From: from, DefaultWorkdir: spec.Workdir,
+			Labels: map[string]string{LabelBuild: b.ID, LabelTeam: b.TeamID},
+		},
+	})
+	if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
+		return failed("no host can run the build: %v", err)
+	}
 	if err != nil {
 		return stopped("create the build capsule", err)
 	}
+	host := created.Host
+	defer r.cfg.Capsules.DestroyInternal(ctx, host, b.ID)
+	agent := r.cfg.Agents.Client(host)
+	log = log.With("host_id", host.ID)
+	log.Info("build started", "from", from.Name, "steps", len(spec.Run))
 
 	n := len(spec.Run)
 	for i, step := range spec.Run {
@@ -391,7 +392,7 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	// The template exists only in this host's template store: capsules
 	// of it are placed here (store.Template.HostID).
 	tmpl := store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: b.TeamID, Name: b.TemplateName, Public: public, HostID: host.ID}
-	snap, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: b.ID, Template: HostTemplateName(tmpl)}))
+	snap, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: b.ID, Template: capsules.HostTemplateName(tmpl)}))
 	if err != nil {
 		return stopped("snapshot the capsule", err)
 	}
@@ -399,15 +400,15 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	// Until the store records it, the host's new template is this build's
 	// to remove.
 	discard := func() {
-		if err := DeleteOnHost(context.WithoutCancel(ctx), r.cfg.Store, r.cfg.Agents, tmpl); err != nil {
-			log.Warn("remove the snapshot of an unrecorded build", "host_template", HostTemplateName(tmpl), "err", err)
+		if err := capsules.DeleteTemplateFiles(context.WithoutCancel(ctx), r.cfg.Store, r.cfg.Agents, tmpl); err != nil {
+			log.Warn("remove the snapshot of an unrecorded build", "host_template", capsules.HostTemplateName(tmpl), "err", err)
 		}
 	}
 	if err := r.running(ctx, b); err != nil {
 		discard()
 		return stopped("snapshot", err)
 	}
-	created, err := r.cfg.Store.CreateTemplate(context.WithoutCancel(ctx), tmpl)
+	recorded, err := r.cfg.Store.CreateTemplate(context.WithoutCancel(ctx), tmpl)
 	if err != nil {
 		discard()
 	}
@@ -417,8 +418,8 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 	if err != nil {
 		return stopped("record the template", err)
 	}
-	tmpl = created
-	log.Info("template built", "template_id", tmpl.ID, "host_template", HostTemplateName(tmpl), "size_bytes", tmpl.SizeBytes)
+	tmpl = recorded
+	log.Info("template built", "template_id", tmpl.ID, "host_template", capsules.HostTemplateName(tmpl), "size_bytes", tmpl.SizeBytes)
 	return outcome{status: store.BuildSucceeded, templateID: tmpl.ID}
 }
 
@@ -515,19 +516,6 @@ func (t *tailBuffer) String() string {
 		b = b[1:]
 	}
 	return strings.ToValidUTF8(string(b), "\uFFFD")
-}
-
-// destroy removes the build capsule from host, with a context that outlives
-// ctx; a capsule that is already gone is fine.
-func (r *Runner) destroy(ctx context.Context, h store.Host, capsuleID string) {
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
-	_, err := r.cfg.Agents.Client(h).DestroyCapsule(dctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: capsuleID}))
-	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-		r.log.Warn("destroy build capsule", "capsule_id", capsuleID, "host_id", h.ID, "err", err)
-		return
-	}
-	r.cfg.Scheduler.Release(h.ID, capsuleID)
 }
 
 func firstLine(s string, n int) string {

@@ -16,11 +16,11 @@
 //     that sees its update refused stops and cleans up.
 //   - The build capsule is destroyed when the build ends, whatever the
 //     outcome, with a context that outlives the caller's.
+//   - The build capsule is an internal capsule of the capsule service
+//     (internal/capsules): created and destroyed there, never recorded.
 //   - Non-public templates are stored on hosts under their template ID
-//     (HostTemplateName), so two teams' templates of the same name never
-//     collide in a host's template store. Deleting a template deletes its
-//     files on its host (DeleteOnHost); the reconciler deletes a team
-//     template's files the store no longer knows.
+//     (capsules.HostTemplateName), so two teams' templates of the same
+//     name never collide in a host's template store.
 package builds
 
 import (
@@ -32,12 +32,8 @@ import (
 	"path"
 	"regexp"
 	"strings"
-	"time"
-
-	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/store"
-	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
 // Spec defaults and bounds. The resource bounds are the capsule create
@@ -200,16 +196,6 @@ func ResolveFrom(ctx context.Context, st store.Store, teamID, ref string) (store
 	return t, nil
 }
 
-// HostTemplateName is the name a template has in a host's template store:
-// public templates (seeded or built for the platform team) by name, every
-// other template by its id, so that teams' templates never collide.
-func HostTemplateName(t store.Template) string {
-	if t.Public {
-		return t.Name
-	}
-	return t.ID
-}
-
 func clip(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "…"
@@ -218,32 +204,3 @@ func clip(s string) string {
 }
 
 var errInterrupted = errors.New("interrupted: the control plane stopped during the build")
-
-// DeleteOnHost removes template t's files from the host that holds it
-// (t.HostID; templates without one live on every host from `wrenn
-// template build` and are left alone). A host that is unknown,
-// unavailable or already without the template is not an error; the
-// control plane's reconciler removes a team template the store no longer
-// knows once its host answers again.
-func DeleteOnHost(ctx context.Context, st store.Store, ag Agents, t store.Template) error {
-	if t.HostID == "" {
-		return nil
-	}
-	h, err := st.GetHost(ctx, t.HostID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if h.Status == store.HostUnavailable {
-		return fmt.Errorf("host %s is unavailable", h.ID)
-	}
-	dctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	_, err = ag.Client(h).DeleteTemplate(dctx, connect.NewRequest(&pb.DeleteTemplateRequest{Template: HostTemplateName(t)}))
-	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-		return fmt.Errorf("delete template %s on host %s: %w", HostTemplateName(t), h.ID, err)
-	}
-	return nil
-}

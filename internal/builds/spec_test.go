@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/wrenn-dev/wrenn/internal/builds"
-	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
 func TestParseSpec(t *testing.T) {
@@ -57,23 +56,6 @@ func TestSpecDefaults(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("default %d = %v, want %v", i, got[i], want[i])
 		}
-	}
-}
-
-func TestHostTemplateName(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		tmpl store.Template
-		want string
-	}{
-		{"public by name", store.Template{ID: "tpl-minimal", TeamID: store.PlatformTeamID, Name: "minimal", Public: true}, "minimal"},
-		{"team template by id", store.Template{ID: "tpl-0123456789abcdef", TeamID: "team-a", Name: "tools"}, "tpl-0123456789abcdef"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := builds.HostTemplateName(tc.tmpl); got != tc.want {
-				t.Fatalf("HostTemplateName = %q, want %q", got, tc.want)
-			}
-		})
 	}
 }
 

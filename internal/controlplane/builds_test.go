@@ -11,6 +11,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/builds"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -214,7 +215,7 @@ func TestTemplateBuilds(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, k := range known {
-					if k.HostID == hostID && !h[builds.HostTemplateName(k)] {
+					if k.HostID == hostID && !h[capsules.HostTemplateName(k)] {
 						t.Errorf("the reconciler deleted %s (%s), which the store knows", k.Name, k.ID)
 					}
 				}

@@ -27,7 +27,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -36,6 +35,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/builds"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/email"
 	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
@@ -106,9 +106,7 @@ type Config struct {
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
-	// AdminRoutes adds routes under /v1/admin (see api.Config).
-	AdminRoutes func(r chi.Router, a *api.API)
-	Logger      *slog.Logger
+	Logger *slog.Logger
 }
 
 func (c *Config) fill() error {
@@ -152,6 +150,7 @@ type Server struct {
 	handler   http.Handler
 	registry  *prometheus.Registry
 	scheduler *scheduler.Scheduler
+	capsules  *capsules.Service
 	usage     *usage.Service
 	closeOnce sync.Once
 }
@@ -213,11 +212,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		gh = auth.NewGitHubClient(ghc, &http.Client{Timeout: 15 * time.Second})
 	}
+	rec := &audit.Recorder{Store: s.store, Logger: s.log}
+	s.capsules = capsules.New(capsules.Config{
+		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
+	})
 	s.api = api.New(api.Config{
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
-		Agents: s.agents, Scheduler: s.scheduler, GitHub: gh, Proxy: s.proxy,
+		Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, GitHub: gh, Proxy: s.proxy,
 		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
-		Audit: &audit.Recorder{Store: s.store, Logger: s.log},
+		Audit: rec,
 		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
 		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
@@ -261,6 +264,9 @@ func (s *Server) Store() store.Store { return s.store }
 // HostCredential is the secret host hostID and the control plane share.
 func (s *Server) HostCredential(hostID string) string { return s.agents.Credential(hostID) }
 
+// Capsules returns the server's capsule service.
+func (s *Server) Capsules() *capsules.Service { return s.capsules }
+
 // Agent returns the RPC client the server uses for host h.
 func (s *Server) Agent(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	return s.agents.Client(h)
@@ -301,7 +307,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if !s.cfg.DisableBuildRunner {
 		runner := builds.New(builds.Config{
-			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Logger: s.log,
+			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, Logger: s.log,
 			PollInterval: s.cfg.BuildPollInterval,
 		})
 		wg.Go(func() { runner.Run(bg, s.cfg.BuildInterval) })

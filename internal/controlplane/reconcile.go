@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/builds"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -62,19 +63,7 @@ func (s *Server) ReconcileOnce(ctx context.Context) error {
 }
 
 func (s *Server) markHostCapsulesMissing(ctx context.Context, hostID string) error {
-	caps, err := s.store.ListCapsulesByHost(ctx, hostID)
-	if err != nil {
-		return err
-	}
-	for _, c := range caps {
-		switch c.Status {
-		case store.CapsulePending, store.CapsuleStarting, store.CapsuleRunning, store.CapsulePaused:
-			if _, err := s.store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, c.Status, store.CapsuleMissing); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return s.capsules.MarkHostMissing(ctx, hostID)
 }
 
 func fromAgentState(st pb.CapsuleState) (store.CapsuleStatus, bool) {
@@ -122,28 +111,32 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 			}
 		}
 		ac, present := onAgent[c.ID]
-		var want store.CapsuleStatus
+		var (
+			want store.CapsuleStatus
+			ok   bool
+			err  error
+		)
 		switch {
 		case !present:
 			switch c.Status {
 			case store.CapsuleStopped, store.CapsuleError:
 				continue
 			}
-			want = store.CapsuleError
 			if c.ExpiresAt != nil && !c.ExpiresAt.After(now) {
 				want = store.CapsuleStopped // reaped by its TTL
+				ok, err = s.capsules.Expire(ctx, c)
+			} else {
+				want = store.CapsuleError
+				ok, err = s.capsules.MarkGone(ctx, c, "the capsule is no longer on its host")
 			}
 		default:
-			st, ok := fromAgentState(ac.GetState())
-			if !ok || st == store.CapsuleStarting {
+			st, known := fromAgentState(ac.GetState())
+			if !known || st == store.CapsuleStarting || st == c.Status {
 				continue
 			}
 			want = st
+			ok, err = s.capsules.Align(ctx, c, want)
 		}
-		if want == c.Status {
-			continue
-		}
-		ok, err := s.store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, c.Status, want)
 		if err != nil {
 			return fmt.Errorf("reconcile: capsule %s: %w", c.ID, err)
 		}
@@ -173,10 +166,7 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		dctx, dcancel := context.WithTimeout(ctx, time.Minute)
-		_, err := s.agents.Client(h).DestroyCapsule(dctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id}))
-		dcancel()
-		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		if err := s.capsules.DestroyOrphan(ctx, h, id); err != nil {
 			s.log.Warn("reconcile: destroy orphan capsule", "capsule_id", id, "host_id", h.ID, "err", err)
 			continue
 		}
@@ -216,7 +206,7 @@ func (s *Server) reconcileTemplates(ctx context.Context, h store.Host, now time.
 	}
 	inStore := map[string]bool{}
 	for _, t := range known {
-		inStore[builds.HostTemplateName(t)] = true
+		inStore[capsules.HostTemplateName(t)] = true
 	}
 	for _, name := range orphans {
 		if inStore[name] {

@@ -49,6 +49,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
@@ -579,27 +580,19 @@ func (a *App) onExit(ctx context.Context) error {
 	}
 	var errs []error
 	n := 0
+	svc, sys := a.cp.Capsules(), capsules.SystemScope()
 	for _, c := range caps {
 		switch a.cfg.OnExit {
 		case OnExitPause:
 			if c.Status != store.CapsuleRunning {
 				continue
 			}
-			if _, err := a.agentRPC.PauseCapsule(ctx, connect.NewRequest(&pb.PauseCapsuleRequest{CapsuleId: c.ID})); err != nil {
-				errs = append(errs, fmt.Errorf("pause %s: %w", c.ID, err))
-				continue
-			}
-			if _, err := a.store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, store.CapsuleRunning, store.CapsulePaused); err != nil {
+			if _, err := svc.Pause(ctx, sys, c.ID, false); err != nil {
 				errs = append(errs, fmt.Errorf("pause %s: %w", c.ID, err))
 				continue
 			}
 		case OnExitDestroy:
-			_, err := a.agentRPC.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: c.ID}))
-			if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-				errs = append(errs, fmt.Errorf("destroy %s: %w", c.ID, err))
-				continue
-			}
-			if err := a.store.DeleteCapsule(ctx, c.TeamID, c.ID); err != nil {
+			if err := svc.Destroy(ctx, sys, c.ID, capsules.DestroyOptions{}); err != nil {
 				errs = append(errs, fmt.Errorf("destroy %s: %w", c.ID, err))
 				continue
 			}
@@ -610,14 +603,18 @@ func (a *App) onExit(ctx context.Context) error {
 	// that reached the store only) must not outlive a destroy exit.
 	if a.cfg.OnExit == OnExitDestroy {
 		resp, err := a.agentRPC.ListCapsules(ctx, connect.NewRequest(&pb.ListCapsulesRequest{}))
-		if err == nil {
+		h, herr := a.store.GetHost(ctx, a.hostID)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("list agent capsules: %w", err))
+		case herr != nil:
+			errs = append(errs, fmt.Errorf("read this host: %w", herr))
+		default:
 			for _, c := range resp.Msg.GetCapsules() {
-				if _, err := a.agentRPC.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: c.GetCapsuleId()})); err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+				if err := svc.DestroyOrphan(ctx, h, c.GetCapsuleId()); err != nil {
 					errs = append(errs, fmt.Errorf("destroy %s: %w", c.GetCapsuleId(), err))
 				}
 			}
-		} else {
-			errs = append(errs, fmt.Errorf("list agent capsules: %w", err))
 		}
 	}
 	a.printf("%d capsule(s) %s.\n", n, map[OnExit]string{OnExitPause: "paused", OnExitDestroy: "destroyed"}[a.cfg.OnExit])

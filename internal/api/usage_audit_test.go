@@ -2,16 +2,10 @@ package api_test
 
 import (
 	"context"
-	"errors"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-chi/chi/v5"
-
-	"github.com/wrenn-dev/wrenn/internal/api"
-	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
@@ -69,28 +63,4 @@ func TestUsageAndAuditLogRoutes(t *testing.T) {
 		sw := e.want(e.do("POST", "/v1/teams/"+owner.team+"/switch", member.token, nil), 200).str(t, "token")
 		e.want(e.do("GET", "/v1/audit-logs", sw, nil), 403)
 	})
-}
-
-func TestAdminRoutesExtension(t *testing.T) {
-	st := apitest.SQLite(t)
-	e := newEnv(t, st, func(c *api.Config, _ string) {
-		c.AdminRoutes = func(r chi.Router, a *api.API) {
-			r.Get("/whoami", func(w http.ResponseWriter, r *http.Request) {
-				c, ok := api.CallerFrom(r.Context())
-				if !ok || !c.IsAdmin {
-					a.WriteError(w, r, errors.New("no admin caller"))
-					return
-				}
-				_, _ = w.Write([]byte(c.Email))
-			})
-		}
-	})
-	admin := e.signup("root@example.com")
-	e.makeAdmin(admin)
-	user := e.signup("user@example.com")
-	e.want(e.do("GET", "/v1/admin/whoami", "", nil), 401)
-	e.want(e.do("GET", "/v1/admin/whoami", user.token, nil), 403)
-	if r := e.want(e.do("GET", "/v1/admin/whoami", admin.token, nil), 200); string(r.body) != admin.email {
-		t.Fatalf("body %q", r.body)
-	}
 }
