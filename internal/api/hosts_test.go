@@ -93,6 +93,14 @@ func TestUnavailableIs503(t *testing.T) {
 		if err != nil || len(caps) != 1 || caps[0].Status != store.CapsuleError {
 			t.Fatalf("capsules after failed create = %+v, %v", caps, err)
 		}
+		// GET says why, without internal detail.
+		got := e.want(e.do("GET", "/v1/capsules/"+caps[0].ID, u.token, nil), 200).json(t)
+		if reason, _ := got["error_reason"].(string); reason == "" || strings.Contains(reason, addr) || strings.Contains(reason, "dial") {
+			t.Fatalf("error_reason of the failed create = %q", reason)
+		}
+		if got["allow_internet"] != true {
+			t.Fatalf("allow_internet of a default create = %v, want true", got["allow_internet"])
+		}
 		// Exec on a running capsule whose agent is gone: 503 too.
 		c := e.insertCapsule(u.team, caps[0].HostID)
 		r = e.want(e.do("POST", "/v1/capsules/"+c.ID+"/exec", u.token, map[string]any{"cmd": "true"}), 503)

@@ -197,16 +197,19 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	}))
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)
-		reason := "create failed on the host: " + connect.CodeOf(err).String()
-		var ce *connect.Error
-		if errors.As(err, &ce) && ce.Message() != "" {
-			reason = ce.Message()
+		// The reason users see: the agent's own message when it answered,
+		// a friendly one (no addresses) when it could not be reached.
+		aerr := AgentError(err)
+		reason := "the host could not create the capsule"
+		var se *Error
+		if errors.As(aerr, &se) && se.Message != "" {
+			reason = se.Message
 		}
 		if _, ferr := s.transition(bg, c, store.CapsuleError, reason); ferr != nil {
 			s.log.Warn("mark failed capsule error", "capsule_id", c.ID, "err", ferr)
 		}
 		s.audit(ctx, sc, c, "create", err, map[string]any{"template": tmpl.Name, "host_id": host.ID})
-		return Created{}, AgentError(err)
+		return Created{}, aerr
 	}
 	placed = false // the capsule holds its placement until it is destroyed
 	if _, err := s.transition(bg, c, store.CapsuleRunning, ""); err != nil {
