@@ -1,7 +1,10 @@
 // Package api is the control plane's HTTP API: the chi router, middleware
 // (request IDs, logs, metrics, panics, authentication), the handlers for
 // auth, teams, API keys, hosts and capsules (REST and WebSocket), and the
-// OpenAPI document served at /openapi.yaml.
+// OpenAPI document served at /openapi.yaml. Capsule handlers are thin:
+// they decode, call the capsule service (internal/capsules) with the
+// caller's scope, and encode; the service's typed errors become API
+// errors in errors.go.
 //
 // Invariants:
 //   - Every error a client sees is {"code","message"} from one *Error type,

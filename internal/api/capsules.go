@@ -12,19 +12,9 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules"
-	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
-)
-
-// Capsule defaults (limits.Defaults, the one value).
-var (
-	DefaultVCPUs      = limits.Defaults.VCPUs
-	DefaultMemoryMB   = limits.Defaults.MemoryMB
-	DefaultDiskMB     = limits.Defaults.DiskSizeMB
-	DefaultTimeoutSec = limits.Defaults.TimeoutSec
-	DefaultTemplate   = limits.Defaults.Template
 )
 
 // AccessTokenHeader carries a capsule's access token to the port proxy.
