@@ -32,9 +32,15 @@ type Capsule struct {
 	TimeoutSec int64      `json:"timeout_sec"`
 	ExpiresAt  *time.Time `json:"expires_at"`
 	Public     bool       `json:"public"`
-	CreatedAt  time.Time  `json:"created_at"`
-	UpdatedAt  time.Time  `json:"updated_at"`
-	PausedAt   *time.Time `json:"paused_at,omitempty"`
+	// AllowInternet says whether the capsule may open connections to
+	// public addresses (the host, other capsules and private ranges are
+	// never reachable).
+	AllowInternet bool `json:"allow_internet"`
+	// ErrorReason says why a capsule is in status "error"; empty otherwise.
+	ErrorReason string     `json:"error_reason,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	PausedAt    *time.Time `json:"paused_at,omitempty"`
 	// AccessToken opens the capsule's ports through the port proxy; only
 	// Create returns it.
 	AccessToken string `json:"access_token,omitempty"`
@@ -45,7 +51,8 @@ type Capsule struct {
 }
 
 // CreateParams describe a new capsule. Zero fields take the server's
-// defaults (template "base", 1 vCPU, 512 MB, 5120 MB disk, 300 s timeout).
+// defaults (template "base", 1 vCPU, 512 MB memory, 5120 MB disk, 300 s
+// timeout, internet on).
 type CreateParams struct {
 	Template   string
 	VCPUs      int64
@@ -54,6 +61,8 @@ type CreateParams struct {
 	Timeout    time.Duration
 	Env        map[string]string
 	Public     bool
+	// NoInternet creates the capsule without outbound internet access.
+	NoInternet bool
 }
 
 type createBody struct {
@@ -64,6 +73,9 @@ type createBody struct {
 	TimeoutSec *int64            `json:"timeout_sec,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
 	Public     bool              `json:"public,omitempty"`
+	// AllowInternet is sent only to turn internet off (the server's
+	// default is on).
+	AllowInternet *bool `json:"allow_internet,omitempty"`
 }
 
 func optInt(v int64) *int64 {
@@ -86,6 +98,10 @@ func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
 	body := createBody{
 		VCPUs: optInt(p.VCPUs), MemoryMB: optInt(p.MemoryMB), DiskSizeMB: optInt(p.DiskSizeMB),
 		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public,
+	}
+	if p.NoInternet {
+		off := false
+		body.AllowInternet = &off
 	}
 	if p.Template != "" {
 		body.Template = &p.Template

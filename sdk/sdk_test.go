@@ -56,8 +56,8 @@ func TestCapsuleLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != capsule.ID || got.MemoryMB != 512 || got.VCPUs != 1 || got.AccessToken != "" {
-		t.Errorf("Get = %+v; want the capsule with defaults and no access token", got)
+	if got.ID != capsule.ID || got.MemoryMB != 512 || got.VCPUs != 1 || got.AccessToken != "" || !got.AllowInternet || got.ErrorReason != "" {
+		t.Errorf("Get = %+v; want the capsule with defaults (internet on) and no access token", got)
 	}
 	all, err := c.List(ctx, wrenn.StatusRunning)
 	if err != nil {

@@ -33,31 +33,29 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
-// Spec defaults and bounds. The resource bounds are the capsule create
-// API's (internal/api).
+// Spec defaults and bounds. The resources default to and are bounded by
+// the capsule's (limits.Defaults); a build has its own timeout.
 const (
 	DefaultFrom       = "base"
 	DefaultWorkdir    = "/"
-	DefaultVCPUs      = 1
-	DefaultMemoryMB   = 512
-	DefaultDiskSizeMB = 5120
 	DefaultTimeoutSec = 1800
 
 	MaxSteps      = 100
 	MaxStepBytes  = 16 * 1024
 	MaxTimeoutSec = 7200
 
-	maxVCPUs    = 64
-	minMemoryMB = 128
-	maxMemoryMB = 256 * 1024
-	minDiskMB   = 512
-	maxDiskMB   = 1024 * 1024
-	maxEnvVars  = 200
-	maxEnvValue = 32 * 1024
-	maxWorkdir  = 4096
+	maxWorkdir = 4096
+)
+
+// Resource defaults of a build capsule: the capsule's.
+var (
+	DefaultVCPUs      = limits.Defaults.VCPUs
+	DefaultMemoryMB   = limits.Defaults.MemoryMB
+	DefaultDiskSizeMB = limits.Defaults.DiskSizeMB
 )
 
 // Spec is what a build does: start a capsule from From, run each shell
@@ -132,14 +130,15 @@ func (s *Spec) Normalize() error {
 			return specErr("spec.run[%d] contains a NUL byte", i)
 		}
 	}
-	if len(s.Env) > maxEnvVars {
-		return specErr("spec.env has more than %d variables", maxEnvVars)
+	d := limits.Defaults
+	if len(s.Env) > d.MaxEnvVars {
+		return specErr("spec.env has more than %d variables", d.MaxEnvVars)
 	}
 	for k, v := range s.Env {
 		if !envKeyRE.MatchString(k) {
 			return specErr("spec.env key %q is not a valid variable name", clip(k))
 		}
-		if len(v) > maxEnvValue || strings.ContainsRune(v, 0) {
+		if len(v) > d.MaxEnvValue || strings.ContainsRune(v, 0) {
 			return specErr("spec.env %s: value too long or contains NUL", k)
 		}
 	}
@@ -154,9 +153,9 @@ func (s *Spec) Normalize() error {
 		p          **int64
 		def, lo, h int64
 	}{
-		{"vcpus", &s.VCPUs, DefaultVCPUs, 1, maxVCPUs},
-		{"memory_mb", &s.MemoryMB, DefaultMemoryMB, minMemoryMB, maxMemoryMB},
-		{"disk_size_mb", &s.DiskSizeMB, DefaultDiskSizeMB, minDiskMB, maxDiskMB},
+		{"vcpus", &s.VCPUs, DefaultVCPUs, d.MinVCPUs, d.MaxVCPUs},
+		{"memory_mb", &s.MemoryMB, DefaultMemoryMB, d.MinMemoryMB, d.MaxMemoryMB},
+		{"disk_size_mb", &s.DiskSizeMB, DefaultDiskSizeMB, d.MinDiskSizeMB, d.MaxDiskSizeMB},
 		{"timeout_sec", &s.TimeoutSec, DefaultTimeoutSec, 1, MaxTimeoutSec},
 	} {
 		if *f.p == nil {
@@ -169,8 +168,8 @@ func (s *Spec) Normalize() error {
 		}
 	}
 	if s.AllowInternet == nil {
-		t := true
-		s.AllowInternet = &t
+		on := limits.Defaults.AllowInternet
+		s.AllowInternet = &on
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	wrenn "github.com/wrenn-dev/wrenn/sdk"
 )
 
@@ -97,11 +98,13 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVarP(&p.Template, "template", "t", "", `template name or id (default "base")`)
-	fl.Int64Var(&p.VCPUs, "vcpus", 0, "virtual CPUs (default 1)")
-	fl.Int64Var(&p.MemoryMB, "memory", 0, "memory in MB (default 512)")
-	fl.Int64Var(&p.DiskSizeMB, "disk", 0, "writable disk in MB (default 5120)")
-	fl.DurationVar(&timeout, "timeout", 0, "time to live, refreshable (default 5m)")
+	d := limits.Defaults
+	fl.StringVarP(&p.Template, "template", "t", "", fmt.Sprintf("template name or id (default %q)", d.Template))
+	fl.Int64Var(&p.VCPUs, "vcpus", 0, fmt.Sprintf("virtual CPUs (default %d, at most %d)", d.VCPUs, d.MaxVCPUs))
+	fl.Int64Var(&p.MemoryMB, "memory", 0, fmt.Sprintf("memory in MB (default %d, at least %d)", d.MemoryMB, d.MinMemoryMB))
+	fl.Int64Var(&p.DiskSizeMB, "disk", 0, fmt.Sprintf("writable disk in MB (default %d, at least %d)", d.DiskSizeMB, d.MinDiskSizeMB))
+	fl.DurationVar(&timeout, "timeout", 0, fmt.Sprintf("time to live, refreshable (default %s)", strings.TrimSuffix((time.Duration(d.TimeoutSec)*time.Second).String(), "0s")))
+	fl.BoolVar(&p.NoInternet, "no-internet", false, "no outbound internet access (default: public addresses are reachable; the host, other capsules and private ranges never are)")
 	fl.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	fl.BoolVar(&p.Public, "public", false, "let anyone reach the capsule's ports through the proxy")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the capsule id")
@@ -199,11 +202,15 @@ func (cc *capsuleCmd) getCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "ID\t%s\n", c.ID)
 			fmt.Fprintf(tw, "Status\t%s\n", c.Status)
+			if c.ErrorReason != "" {
+				fmt.Fprintf(tw, "Error\t%s\n", c.ErrorReason)
+			}
 			fmt.Fprintf(tw, "Template\t%s\n", orID(names, c.TemplateID))
 			fmt.Fprintf(tw, "vCPUs\t%d\n", c.VCPUs)
 			fmt.Fprintf(tw, "Memory\t%d MB\n", c.MemoryMB)
 			fmt.Fprintf(tw, "Disk\t%d MB\n", c.DiskSizeMB)
 			fmt.Fprintf(tw, "Timeout\t%s\n", time.Duration(c.TimeoutSec)*time.Second)
+			fmt.Fprintf(tw, "Internet\t%s\n", map[bool]string{true: "on", false: "off"}[c.AllowInternet])
 			if c.ExpiresAt != nil {
 				fmt.Fprintf(tw, "Expires\t%s (%s)\n", c.ExpiresAt.Local().Format(time.RFC3339), ago(*c.ExpiresAt, now))
 			}

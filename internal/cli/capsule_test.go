@@ -52,6 +52,19 @@ func TestCapsuleCommandsAgainstRealWrenn(t *testing.T) {
 	}
 	id := created.ID
 
+	t.Run("create --no-internet", func(t *testing.T) {
+		out, errOut, code := runCLI(t, nil, "capsule", "create", "-t", "minimal", "-q", "--no-internet")
+		nid := strings.TrimSpace(out)
+		if code != 0 || !strings.HasPrefix(nid, "cl-") {
+			t.Fatalf("create --no-internet: exit %d, %q (%s)", code, out, errOut)
+		}
+		defer runCLI(t, nil, "capsule", "rm", nid)
+		out, _, _ = runCLI(t, nil, "capsule", "get", nid)
+		if !strings.Contains(out, "Internet") || !strings.Contains(out, "off") {
+			t.Errorf("get of a --no-internet capsule:\n%s", out)
+		}
+	})
+
 	t.Run("exec --json", func(t *testing.T) {
 		out, _, code := runCLI(t, nil, "capsule", "exec", id, "--json", "--", "sh", "-c", "echo $A; echo e >&2; exit 9")
 		var res struct {

@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/hostagent/metrics"
 	"github.com/wrenn-dev/wrenn/internal/hostagent/portproxy"
@@ -102,14 +103,14 @@ func (c *Config) fill() error {
 		return errors.New("hostagent: Config.StateDir is required")
 	}
 	if c.DefaultTemplate == "" {
-		c.DefaultTemplate = "base"
+		c.DefaultTemplate = limits.Defaults.Template
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
 		}
 	}
-	def(&c.DefaultTimeout, 300*time.Second)
+	def(&c.DefaultTimeout, time.Duration(limits.Defaults.TimeoutSec)*time.Second)
 	def(&c.ReadyTimeout, 30*time.Second)
 	def(&c.InitTimeout, 10*time.Second)
 	def(&c.PrepareTimeout, 30*time.Second)

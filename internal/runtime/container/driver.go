@@ -54,6 +54,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
@@ -75,10 +76,15 @@ type Config struct {
 	RuncPath string
 	// Network configures capsule addressing.
 	Network network.Config
-	// Defaults for fields a Spec leaves at zero.
-	DefaultVCPUs      int // default 1
-	DefaultMemoryMB   int // default 512
-	DefaultDiskSizeMB int // default 5120 (WRENN_DEFAULT_ROOTFS_SIZE, read in main)
+	// Defaults for fields a Spec leaves at zero (default: the product's,
+	// limits.Defaults; DefaultDiskSizeMB may come from
+	// WRENN_DEFAULT_ROOTFS_SIZE, read in main).
+	DefaultVCPUs      int
+	DefaultMemoryMB   int
+	DefaultDiskSizeMB int
+	// MinMemoryMB is the smallest memory a Spec may ask for (default
+	// limits.Defaults.MinMemoryMB); tests may lower it.
+	MinMemoryMB int
 	// PidsLimit bounds the tasks of one capsule (default 1024).
 	PidsLimit int64
 	// CgroupParent is the cgroup path capsules are placed under (default "/wrenn").
@@ -178,13 +184,16 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		cfg.RuncPath = "runc"
 	}
 	if cfg.DefaultVCPUs == 0 {
-		cfg.DefaultVCPUs = 1
+		cfg.DefaultVCPUs = int(limits.Defaults.VCPUs)
 	}
 	if cfg.DefaultMemoryMB == 0 {
-		cfg.DefaultMemoryMB = 512
+		cfg.DefaultMemoryMB = int(limits.Defaults.MemoryMB)
 	}
 	if cfg.DefaultDiskSizeMB == 0 {
-		cfg.DefaultDiskSizeMB = 5120
+		cfg.DefaultDiskSizeMB = int(limits.Defaults.DiskSizeMB)
+	}
+	if cfg.MinMemoryMB == 0 {
+		cfg.MinMemoryMB = int(limits.Defaults.MinMemoryMB)
 	}
 	if cfg.PidsLimit == 0 {
 		cfg.PidsLimit = 1024
@@ -314,7 +323,7 @@ func (d *Driver) normalize(spec runtime.Spec) (runtime.Spec, template.Template, 
 	if spec.DiskSizeMB == 0 {
 		spec.DiskSizeMB = d.cfg.DefaultDiskSizeMB
 	}
-	if spec.VCPUs < 0 || spec.MemoryMB < 16 || spec.DiskSizeMB < 0 {
+	if spec.VCPUs < 0 || spec.MemoryMB < d.cfg.MinMemoryMB || spec.DiskSizeMB < 0 {
 		return spec, tmpl, fmt.Errorf("%w: vcpus %d, memory %d MB, disk %d MB", runtime.ErrInvalidSpec, spec.VCPUs, spec.MemoryMB, spec.DiskSizeMB)
 	}
 	// The writable layer is never smaller than the template itself, so

@@ -85,6 +85,7 @@ func testConfig(t testing.TB, stateDir string) container.Config {
 		Templates:         templates,
 		EnvdPath:          envdBin,
 		DefaultMemoryMB:   128,
+		MinMemoryMB:       16, // the memory-limit tests use less than the product minimum
 		DefaultDiskSizeMB: 64,
 		PidsLimit:         128,
 		CgroupParent:      "/" + tag,
