@@ -161,6 +161,7 @@ func (a *API) routes() chi.Router {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(openapiYAML)
 	})
+	r.Get("/docs", a.docs)
 	if a.cfg.Registry != nil {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
 	}
