@@ -172,7 +172,8 @@ func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) (
 // SetTimeout sets a running capsule's time to live, counted from now.
 func (c *Client) SetTimeout(ctx context.Context, id string, timeout time.Duration) (*Capsule, error) {
 	var out Capsule
-	body := wrennapi.SetTimeout{TimeoutSec: timeoutSec(timeout)}
+	sec := timeoutSec(timeout)
+	body := wrennapi.SetTimeout{TimeoutSec: &sec}
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/timeout", nil, body, &out); err != nil {
 		return nil, err
 	}

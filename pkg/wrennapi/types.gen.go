@@ -1122,17 +1122,17 @@ type Session struct {
 
 // SetActive defines model for SetActive.
 type SetActive struct {
-	Active bool `json:"active"`
+	Active *bool `json:"active"`
 }
 
 // SetAdmin defines model for SetAdmin.
 type SetAdmin struct {
-	Admin bool `json:"admin"`
+	Admin *bool `json:"admin"`
 }
 
 // SetBYOC defines model for SetBYOC.
 type SetBYOC struct {
-	BYOC bool `json:"byoc"`
+	BYOC *bool `json:"byoc"`
 }
 
 // SetMemberRole defines model for SetMemberRole.
@@ -1145,12 +1145,12 @@ type SetMemberRoleRole string
 
 // SetPublic defines model for SetPublic.
 type SetPublic struct {
-	Public bool `json:"public"`
+	Public *bool `json:"public"`
 }
 
 // SetTimeout defines model for SetTimeout.
 type SetTimeout struct {
-	TimeoutSec int64 `json:"timeout_sec"`
+	TimeoutSec *int64 `json:"timeout_sec"`
 }
 
 // Signup defines model for Signup.
