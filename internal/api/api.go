@@ -37,6 +37,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 //go:embed openapi.yaml
@@ -160,6 +161,7 @@ func (a *API) routes() chi.Router {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(openapiYAML)
 	})
+	r.Get("/docs", a.docs)
 	if a.cfg.Registry != nil {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
 	}
@@ -263,8 +265,8 @@ func (a *API) routes() chi.Router {
 func (a *API) health(w http.ResponseWriter, r *http.Request) {
 	if err := a.cfg.Store.Ping(r.Context()); err != nil {
 		a.log.WarnContext(r.Context(), "health: store ping failed", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
+		writeJSON(w, http.StatusServiceUnavailable, wrennapi.Health{Status: wrennapi.HealthStatusUnavailable})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, wrennapi.Health{Status: wrennapi.HealthStatusOk})
 }

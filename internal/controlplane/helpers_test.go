@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -34,6 +35,7 @@ type cp struct {
 	srv *controlplane.Server
 	url string
 	st  store.Store
+	hc  *http.Client
 }
 
 func startCP(t testing.TB, st store.Store, tweak func(*controlplane.Config)) *cp {
@@ -62,7 +64,12 @@ func startCP(t testing.TB, st store.Store, tweak func(*controlplane.Config)) *cp
 		wg.Wait()
 		srv.Close()
 	})
-	return &cp{t: t, srv: srv, url: "http://" + ln.Addr().String(), st: st}
+	hc := http.DefaultClient
+	if _, bench := t.(*testing.B); !bench {
+		// Every answer call receives must match openapi.yaml.
+		hc = &http.Client{Transport: apitest.NewValidator(t).RoundTripper(t, nil)}
+	}
+	return &cp{t: t, srv: srv, url: "http://" + ln.Addr().String(), st: st, hc: hc}
 }
 
 type reply struct {
@@ -98,7 +105,7 @@ func (c *cp) call(method, path, cred string, body any, want int) reply {
 	if cred != "" {
 		req.Header.Set("Authorization", "Bearer "+cred)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := c.hc.Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
