@@ -66,6 +66,7 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	for stream.Receive() {
 		if !started {
 			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Disposition", attachment(path))
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
@@ -85,6 +86,7 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	}
 	if !started {
 		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Disposition", attachment(path))
 		w.WriteHeader(http.StatusOK)
 	}
 }
