@@ -346,6 +346,40 @@ func TestEndToEnd(t *testing.T) {
 	c.callProxy("GET", "/proxy/"+id+"/8000/dir/index.html", "", 200)
 	c.callProxy("GET", "/proxy/"+id+"/49983/health", "", 404)
 
+	// What capsule code receives: a one-shot listener in the capsule
+	// records the raw request carrying the caller's Wrenn credentials.
+	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{"-c",
+		`printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok' | nc -l -p 8001 > /tmp/req.txt`}}, 201)
+	apiKey := c.call("POST", "/v1/api-keys", userTok, map[string]any{"name": "proxy probe"}, 201).obj(t)["key"].(string)
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		rq, _ := http.NewRequestWithContext(ctx, "GET", c.proxyURL+"/proxy/"+id+"/8001/probe?keep=1&token="+apiKey, nil)
+		rq.Header.Set("X-API-Key", apiKey)
+		rq.Header.Add("Authorization", "Bearer "+userTok)
+		rq.Header.Add("Authorization", "Basic dXNlcjo=")
+		rq.Header.Set("Cookie", "wrenn_oauth_state=s; app=1")
+		res, err := http.DefaultClient.Do(rq)
+		if err != nil {
+			return false
+		}
+		_ = res.Body.Close()
+		return res.StatusCode == 200
+	}, "the recording listener in the capsule answered")
+	var rec string
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		rec = string(c.call("GET", base+"/files?path=/tmp/req.txt", userTok, nil, 0).body)
+		return strings.Contains(rec, "\r\n\r\n")
+	}, "the request recorded in the capsule")
+	for _, leaked := range []string{apiKey, userTok, "wrenn_", "X-Wrenn-", token} {
+		if strings.Contains(rec, leaked) {
+			t.Errorf("capsule code received %q:\n%s", leaked, rec)
+		}
+	}
+	for _, kept := range []string{"GET /probe?keep=1 HTTP/1.1", "Authorization: Basic dXNlcjo=", "Cookie: app=1"} {
+		if !strings.Contains(rec, kept) {
+			t.Errorf("capsule code did not receive %q:\n%s", kept, rec)
+		}
+	}
+
 	// Delete: gone from the store and from the agent.
 	c.call("DELETE", base, userTok, nil, 204)
 	c.call("GET", base, userTok, nil, 404)
