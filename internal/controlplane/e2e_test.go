@@ -348,8 +348,10 @@ func TestEndToEnd(t *testing.T) {
 
 	// What capsule code receives: a one-shot listener in the capsule
 	// records the raw request carrying the caller's Wrenn credentials.
-	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{"-c",
-		`printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok' | nc -l -p 8001 > /tmp/req.txt`}}, 201)
+	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{
+		"-c",
+		`printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok' | nc -l -p 8001 > /tmp/req.txt`,
+	}}, 201)
 	apiKey := c.call("POST", "/v1/api-keys", userTok, map[string]any{"name": "proxy probe"}, 201).obj(t)["key"].(string)
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		rq, _ := http.NewRequestWithContext(ctx, "GET", c.proxyURL+"/proxy/"+id+"/8001/probe?keep=1&token="+apiKey, nil)
