@@ -56,8 +56,6 @@ type Config struct {
 	Scheduler *scheduler.Scheduler
 	// GitHub, when set, enables GitHub sign-in.
 	GitHub *auth.GitHubClient
-	// Proxy serves /proxy/{id}/{port}/… (the port proxy); nil disables it.
-	Proxy http.Handler
 	// OnCapsuleGone is called after a capsule is destroyed (e.g. to evict
 	// cached proxies).
 	OnCapsuleGone func(capsuleID string)
@@ -165,9 +163,6 @@ func (a *API) routes() chi.Router {
 	if a.cfg.Registry != nil {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
 	}
-	if a.cfg.Proxy != nil {
-		r.Handle("/proxy/*", a.cfg.Proxy)
-	}
 
 	r.Route("/v1", func(r chi.Router) {
 		// Unauthenticated.
@@ -228,6 +223,7 @@ func (a *API) routes() chi.Router {
 				r.Get("/capsules", a.listCapsules)
 				r.Post("/capsules", a.createCapsule)
 				r.Route("/capsules/{capsuleID}", func(r chi.Router) {
+					r.Use(capsuleContent)
 					r.Get("/", a.getCapsule)
 					r.Delete("/", a.deleteCapsule)
 					r.Post("/pause", a.pauseCapsule)

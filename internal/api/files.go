@@ -54,6 +54,7 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	for stream.Receive() {
 		if !started {
 			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Disposition", attachment(path))
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
@@ -73,6 +74,7 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	}
 	if !started {
 		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Disposition", attachment(path))
 		w.WriteHeader(http.StatusOK)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/credstrip"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
@@ -209,9 +210,11 @@ func (a *API) me(w http.ResponseWriter, r *http.Request) {
 
 // ---- GitHub OAuth ----
 
+// Every cookie the API sets is named credstrip.CookiePrefix+…, so the port
+// proxies strip it before a request reaches capsule code.
 const (
-	stateCookie     = "wrenn_oauth_state"
-	newSignupCookie = "wrenn_oauth_new_signup"
+	stateCookie     = credstrip.CookiePrefix + "oauth_state"
+	newSignupCookie = credstrip.CookiePrefix + "oauth_new_signup"
 	providerGitHub  = "github"
 )
 
