@@ -51,8 +51,9 @@ run: deps build
 gen:
 	$(TOOL) buf generate
 	$(TOOL) sqlc generate
+	$(GO) generate ./internal/store/postgres/
 
-GENERATED := proto internal/store/postgres/pgdb internal/store/sqlite/sqlitedb
+GENERATED := proto internal/store/postgres/pgdb internal/store/sqlite/sqlitedb internal/store/postgres/store.go
 # CI fails when the checked-in generated tree differs from a fresh `make gen`.
 gen-check: gen
 	@if [[ -n "$$(git status --porcelain -- $(GENERATED))" ]]; then \
