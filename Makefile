@@ -51,8 +51,10 @@ run: deps build
 gen:
 	$(TOOL) buf generate
 	$(TOOL) sqlc generate
+	$(TOOL) oapi-codegen -config pkg/wrennapi/oapi-codegen.yaml internal/api/openapi.yaml
+	$(GO) generate ./internal/store/postgres/
 
-GENERATED := proto internal/store/postgres/pgdb internal/store/sqlite/sqlitedb
+GENERATED := proto internal/store/postgres/pgdb internal/store/sqlite/sqlitedb internal/store/postgres/store.go pkg/wrennapi
 # CI fails when the checked-in generated tree differs from a fresh `make gen`.
 gen-check: gen
 	@if [[ -n "$$(git status --porcelain -- $(GENERATED))" ]]; then \

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // Capsule states.
@@ -20,35 +22,14 @@ const (
 	StatusMissing    = "missing"
 )
 
-// Capsule is a sandbox as the API describes it.
-type Capsule struct {
-	ID         string     `json:"id"`
-	Status     string     `json:"status"`
-	TemplateID string     `json:"template_id"`
-	HostID     string     `json:"host_id,omitempty"`
-	VCPUs      int64      `json:"vcpus"`
-	MemoryMB   int64      `json:"memory_mb"`
-	DiskSizeMB int64      `json:"disk_size_mb"`
-	TimeoutSec int64      `json:"timeout_sec"`
-	ExpiresAt  *time.Time `json:"expires_at"`
-	Public     bool       `json:"public"`
-	// AllowInternet says whether the capsule may open connections to
-	// public addresses (the host, other capsules and private ranges are
-	// never reachable).
-	AllowInternet bool `json:"allow_internet"`
-	// ErrorReason says why a capsule is in status "error"; empty otherwise.
-	ErrorReason string     `json:"error_reason,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	UpdatedAt   time.Time  `json:"updated_at"`
-	PausedAt    *time.Time `json:"paused_at,omitempty"`
-	// AccessToken opens the capsule's ports through the port proxy; only
-	// Create returns it.
-	AccessToken string `json:"access_token,omitempty"`
-	// MemoryKept is set by Pause and Resume only: whether the capsule's
-	// processes and memory were kept. A pause to disk on a host without a
-	// working CRIU keeps files only, and the capsule boots again on resume.
-	MemoryKept *bool `json:"memory_kept,omitempty"`
-}
+// Capsule is a sandbox as the API describes it (the Capsule schema of the
+// API's OpenAPI document; the type is generated, see package wrennapi).
+// AccessToken opens the capsule's ports through the port proxy; only
+// Create returns it. MemoryKept is set by Pause and Resume only: whether
+// the capsule's processes and memory were kept. A pause to disk on a host
+// without a working CRIU keeps files only, and the capsule boots again on
+// resume.
+type Capsule = wrennapi.Capsule
 
 // CreateParams describe a new capsule. Zero fields take the server's
 // defaults (template "base", 1 vCPU, 512 MB memory, 5120 MB disk, 300 s
@@ -63,19 +44,6 @@ type CreateParams struct {
 	Public     bool
 	// NoInternet creates the capsule without outbound internet access.
 	NoInternet bool
-}
-
-type createBody struct {
-	Template   *string           `json:"template,omitempty"`
-	VCPUs      *int64            `json:"vcpus,omitempty"`
-	MemoryMB   *int64            `json:"memory_mb,omitempty"`
-	DiskSizeMB *int64            `json:"disk_size_mb,omitempty"`
-	TimeoutSec *int64            `json:"timeout_sec,omitempty"`
-	Env        map[string]string `json:"env,omitempty"`
-	Public     bool              `json:"public,omitempty"`
-	// AllowInternet is sent only to turn internet off (the server's
-	// default is on).
-	AllowInternet *bool `json:"allow_internet,omitempty"`
 }
 
 func optInt(v int64) *int64 {
@@ -95,7 +63,7 @@ func timeoutSec(d time.Duration) int64 {
 
 // Create starts a capsule and returns it once it runs.
 func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
-	body := createBody{
+	body := wrennapi.CreateCapsule{
 		VCPUs: optInt(p.VCPUs), MemoryMB: optInt(p.MemoryMB), DiskSizeMB: optInt(p.DiskSizeMB),
 		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public,
 	}
@@ -132,11 +100,8 @@ type ListOptions struct {
 	Cursor string
 }
 
-// CapsulePage is one page of capsules.
-type CapsulePage struct {
-	Capsules   []Capsule `json:"capsules"`
-	NextCursor string    `json:"next_cursor"`
-}
+// CapsulePage is one page of capsules (NextCursor is empty on the last).
+type CapsulePage = wrennapi.CapsuleList
 
 // ListPage returns one page of the team's capsules.
 func (c *Client) ListPage(ctx context.Context, o ListOptions) (*CapsulePage, error) {
@@ -193,9 +158,7 @@ type PauseOptions struct {
 // Pause freezes a running capsule.
 func (c *Client) Pause(ctx context.Context, id string, o PauseOptions) (*Capsule, error) {
 	var out Capsule
-	body := struct {
-		ToDisk bool `json:"to_disk"`
-	}{o.ToDisk}
+	body := wrennapi.Pause{ToDisk: o.ToDisk}
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/pause", nil, body, &out); err != nil {
 		return nil, err
 	}
@@ -206,9 +169,7 @@ func (c *Client) Pause(ctx context.Context, id string, o PauseOptions) (*Capsule
 // to live.
 func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) (*Capsule, error) {
 	var out Capsule
-	body := struct {
-		TimeoutSec *int64 `json:"timeout_sec,omitempty"`
-	}{optInt(timeoutSec(timeout))}
+	body := wrennapi.Resume{TimeoutSec: optInt(timeoutSec(timeout))}
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/resume", nil, body, &out); err != nil {
 		return nil, err
 	}
@@ -218,9 +179,8 @@ func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) (
 // SetTimeout sets a running capsule's time to live, counted from now.
 func (c *Client) SetTimeout(ctx context.Context, id string, timeout time.Duration) (*Capsule, error) {
 	var out Capsule
-	body := struct {
-		TimeoutSec int64 `json:"timeout_sec"`
-	}{timeoutSec(timeout)}
+	sec := timeoutSec(timeout)
+	body := wrennapi.SetTimeout{TimeoutSec: &sec}
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/timeout", nil, body, &out); err != nil {
 		return nil, err
 	}
@@ -228,19 +188,11 @@ func (c *Client) SetTimeout(ctx context.Context, id string, timeout time.Duratio
 }
 
 // Template is a capsule image.
-type Template struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Public    bool      `json:"public"`
-	SizeBytes int64     `json:"size_bytes"`
-	CreatedAt time.Time `json:"created_at"`
-}
+type Template = wrennapi.Template
 
 // Templates lists the templates the team can use (its own and public ones).
 func (c *Client) Templates(ctx context.Context) ([]Template, error) {
-	var out struct {
-		Templates []Template `json:"templates"`
-	}
+	var out wrennapi.TemplateList
 	if err := c.call(ctx, http.MethodGet, "/v1/templates", nil, nil, &out); err != nil {
 		return nil, err
 	}

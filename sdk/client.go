@@ -25,6 +25,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // Version is sent in the User-Agent header.
@@ -193,11 +195,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 func decodeError(resp *http.Response) error {
 	e := &Error{StatusCode: resp.StatusCode}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var body struct {
-		Code      string `json:"code"`
-		Message   string `json:"message"`
-		RequestID string `json:"request_id"`
-	}
+	var body wrennapi.Error
 	if json.Unmarshal(b, &body) == nil && body.Code != "" {
 		e.Code, e.Message, e.RequestID = body.Code, body.Message, body.RequestID
 	} else {
@@ -234,23 +232,10 @@ func (c *Client) call(ctx context.Context, method, path string, q url.Values, in
 }
 
 // Me describes the caller.
-type Me struct {
-	UserID   string `json:"user_id"`
-	Email    string `json:"email"`
-	Name     string `json:"name"`
-	TeamID   string `json:"team_id"`
-	Role     string `json:"role"`
-	IsAdmin  bool   `json:"is_admin"`
-	Auth     string `json:"auth"`
-	APIKeyID string `json:"api_key_id,omitempty"`
-	Team     *Team  `json:"team,omitempty"`
-}
+type Me = wrennapi.Me
 
 // Team is a tenant.
-type Team struct {
-	ID   string `json:"id"`
-	Name string `json:"name"`
-}
+type Team = wrennapi.Team
 
 // Me returns who the API key belongs to (GET /v1/me); use it to check a key.
 func (c *Client) Me(ctx context.Context) (*Me, error) {

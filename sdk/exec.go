@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // ExecRequest is a command to run in a capsule.
@@ -29,24 +31,17 @@ type ExecRequest struct {
 	Stdin string `json:"stdin,omitempty"`
 }
 
-type execBody struct {
-	ExecRequest
-	TimeoutSec int64 `json:"timeout_sec,omitempty"`
+func (r ExecRequest) body() wrennapi.Exec {
+	return wrennapi.Exec{
+		Cmd: r.Cmd, Args: r.Args, Env: r.Env, Cwd: r.Cwd, User: r.User, Stdin: r.Stdin,
+		TimeoutSec: timeoutSec(r.Timeout),
+	}
 }
 
-func (r ExecRequest) body() execBody { return execBody{r, timeoutSec(r.Timeout)} }
-
-// ExecResult is a finished command's output.
-type ExecResult struct {
-	ExitCode int    `json:"exit_code"`
-	Stdout   string `json:"stdout"`
-	Stderr   string `json:"stderr"`
-	// Error says why the command did not run or was killed, if it was.
-	Error string `json:"error"`
-	// Truncated is set when the output was larger than the server keeps.
-	Truncated bool   `json:"truncated"`
-	PID       uint32 `json:"pid"`
-}
+// ExecResult is a finished command's output. Error says why the command
+// did not run or was killed, if it was; Truncated is set when the output
+// was larger than the server keeps.
+type ExecResult = wrennapi.ExecResult
 
 // Exec runs a command to completion and returns its buffered output. For
 // large or long-running output use ExecStream.
@@ -69,18 +64,9 @@ type ExitStatus struct {
 	Message string
 }
 
-// wsEvent is one JSON message on exec and process streams.
-type wsEvent struct {
-	Type     string `json:"type"`
-	PID      uint32 `json:"pid,omitempty"`
-	Data     string `json:"data,omitempty"`
-	DataB64  string `json:"data_b64,omitempty"` // binary output (not valid UTF-8)
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Exited   bool   `json:"exited,omitempty"`
-	Status   string `json:"status,omitempty"`
-	Code     string `json:"code,omitempty"`
-	Message  string `json:"message,omitempty"`
-}
+// wsEvent is one JSON message on exec and process streams; DataB64
+// carries binary output (not valid UTF-8).
+type wsEvent = wrennapi.ExecEvent
 
 // ErrStreamClosed is returned when a stream ends without the process's
 // exit status (the server or the network went away).
@@ -159,7 +145,7 @@ func pumpEvents(ctx context.Context, conn *websocket.Conn, stdout, stderr io.Wri
 			if w == nil {
 				continue
 			}
-			data, err := ev.bytes()
+			data, err := eventBytes(&ev)
 			if err != nil {
 				return nil, err
 			}
@@ -168,17 +154,17 @@ func pumpEvents(ctx context.Context, conn *websocket.Conn, stdout, stderr io.Wri
 			}
 		case "end":
 			conn.Close(websocket.StatusNormalClosure, "")
-			return ev.exitStatus(), nil
+			return exitStatus(ev), nil
 		case "error":
 			return nil, &Error{Code: ev.Code, Message: ev.Message}
 		}
 	}
 }
 
-func (ev wsEvent) exitStatus() *ExitStatus {
+func exitStatus(ev wsEvent) *ExitStatus {
 	st := &ExitStatus{Exited: ev.Exited, Status: ev.Status, Message: ev.Message}
 	if ev.ExitCode != nil {
-		st.ExitCode = *ev.ExitCode
+		st.ExitCode = int(*ev.ExitCode)
 	}
 	return st
 }
@@ -193,25 +179,16 @@ type ProcessRequest struct {
 }
 
 // Process is a background process in a capsule.
-type Process struct {
-	PID  uint32            `json:"pid"`
-	Tag  string            `json:"tag,omitempty"`
-	Cmd  string            `json:"cmd"`
-	Args []string          `json:"args"`
-	Cwd  string            `json:"cwd,omitempty"`
-	Env  map[string]string `json:"env,omitempty"`
-}
+type Process = wrennapi.Process
 
 // StartProcess starts a background process and returns its PID.
 func (c *Client) StartProcess(ctx context.Context, id string, r ProcessRequest) (uint32, error) {
-	body := struct {
-		execBody
-		Tag       string `json:"tag,omitempty"`
-		OpenStdin bool   `json:"open_stdin,omitempty"`
-	}{r.body(), r.Tag, r.OpenStdin}
-	var out struct {
-		PID uint32 `json:"pid"`
+	e := r.body()
+	body := wrennapi.StartProcess{
+		Cmd: e.Cmd, Args: e.Args, Env: e.Env, Cwd: e.Cwd, User: e.User, Stdin: e.Stdin, TimeoutSec: e.TimeoutSec,
+		Tag: r.Tag, OpenStdin: r.OpenStdin,
 	}
+	var out wrennapi.ProcessStarted
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/processes", nil, body, &out); err != nil {
 		return 0, err
 	}
@@ -220,9 +197,7 @@ func (c *Client) StartProcess(ctx context.Context, id string, r ProcessRequest) 
 
 // Processes lists a capsule's processes.
 func (c *Client) Processes(ctx context.Context, id string) ([]Process, error) {
-	var out struct {
-		Processes []Process `json:"processes"`
-	}
+	var out wrennapi.ProcessList
 	if err := c.call(ctx, http.MethodGet, "/v1/capsules/"+url.PathEscape(id)+"/processes", nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -250,7 +225,7 @@ func (c *Client) AttachProcess(ctx context.Context, id string, pid uint32, stdou
 }
 
 // bytes returns the event's output, decoding binary (base64) chunks.
-func (ev *wsEvent) bytes() ([]byte, error) {
+func eventBytes(ev *wsEvent) ([]byte, error) {
 	if ev.DataB64 == "" {
 		return []byte(ev.Data), nil
 	}

@@ -8,25 +8,17 @@ import (
 	"net/url"
 	"path"
 	"strconv"
+
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // FilesService moves files in and out of capsules. Transfers are streamed:
 // neither the client nor the server holds a whole file in memory.
 type FilesService struct{ c *Client }
 
-// FileEntry describes a file or directory in a capsule.
-type FileEntry struct {
-	Name          string `json:"name"`
-	Path          string `json:"path"`
-	Type          string `json:"type"` // "file", "dir", "symlink", …
-	Size          int64  `json:"size"`
-	Mode          uint32 `json:"mode"`
-	Permissions   string `json:"permissions"`
-	Owner         string `json:"owner"`
-	Group         string `json:"group"`
-	ModifiedAt    int64  `json:"modified_at"`
-	SymlinkTarget string `json:"symlink_target,omitempty"`
-}
+// FileEntry describes a file or directory in a capsule (Type is "file",
+// "dir", "symlink", …; ModifiedAt is Unix seconds).
+type FileEntry = wrennapi.FileEntry
 
 func filesPath(id string) string { return "/v1/capsules/" + url.PathEscape(id) + "/files" }
 
@@ -76,9 +68,7 @@ func (f *FilesService) List(ctx context.Context, id, dir string, depth int) ([]F
 	if depth > 0 {
 		q.Set("depth", strconv.Itoa(depth))
 	}
-	var out struct {
-		Entries []FileEntry `json:"entries"`
-	}
+	var out wrennapi.FileList
 	if err := f.c.call(ctx, http.MethodGet, filesPath(id)+"/list", q, nil, &out); err != nil {
 		return nil, err
 	}
@@ -103,12 +93,8 @@ func (f *FilesService) Stat(ctx context.Context, id, filePath string) (*FileEntr
 // MakeDir creates a directory and its parents; created is false when it
 // already existed.
 func (f *FilesService) MakeDir(ctx context.Context, id, dir string) (created bool, err error) {
-	var out struct {
-		Created bool `json:"created"`
-	}
-	body := struct {
-		Path string `json:"path"`
-	}{dir}
+	var out wrennapi.MkdirResult
+	body := wrennapi.Mkdir{Path: dir}
 	if err := f.c.call(ctx, http.MethodPost, filesPath(id)+"/mkdir", nil, body, &out); err != nil {
 		return false, err
 	}

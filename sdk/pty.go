@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/coder/websocket"
+
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // PTYOptions configure an interactive terminal.
@@ -91,7 +93,7 @@ func (p *PTY) Read(b []byte) (int, error) {
 		case "start":
 			p.pid = ev.PID
 		case "end":
-			p.status = ev.exitStatus()
+			p.status = exitStatus(ev)
 		case "error":
 			p.readErr = &Error{Code: ev.Code, Message: ev.Message}
 		}
@@ -131,11 +133,7 @@ func (p *PTY) Write(b []byte) (int, error) {
 
 // Resize tells the terminal its new size.
 func (p *PTY) Resize(cols, rows uint16) error {
-	b, _ := json.Marshal(struct {
-		Type string `json:"type"`
-		Cols uint16 `json:"cols"`
-		Rows uint16 `json:"rows"`
-	}{"resize", cols, rows})
+	b, _ := json.Marshal(wrennapi.PtyResize{Type: wrennapi.PtyResizeTypeResize, Cols: uint32(cols), Rows: uint32(rows)})
 	if err := p.conn.Write(p.ctx, websocket.MessageText, b); err != nil {
 		return fmt.Errorf("wrenn: terminal resize: %w", err)
 	}

@@ -362,12 +362,17 @@ func TestAuditPaginationUnderInserts(t *testing.T) {
 				var wg sync.WaitGroup
 				stopInserts := sync.OnceFunc(func() { close(stop); wg.Wait() })
 				defer stopInserts() // also when the test fails early
+				// The inserter is paced and bounded: unpaced, on a loaded
+				// machine it outran the pager and grew SQLite's WAL (held
+				// open by the readers) to tens of GB.
 				wg.Go(func() {
-					for {
+					tick := time.NewTicker(time.Millisecond)
+					defer tick.Stop()
+					for range 5000 {
 						select {
 						case <-stop:
 							return
-						default:
+						case <-tick.C:
 						}
 						insert(root.team, store.ScopeTeam, time.Now().UTC(), int(fresh.Add(1)))
 					}

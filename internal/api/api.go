@@ -41,6 +41,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 //go:embed openapi.yaml
@@ -62,8 +63,6 @@ type Config struct {
 	Capsules *capsules.Service
 	// GitHub, when set, enables GitHub sign-in.
 	GitHub *auth.GitHubClient
-	// Proxy serves /proxy/{id}/{port}/… (the port proxy); nil disables it.
-	Proxy http.Handler
 	// OnCapsuleGone is called after a capsule is destroyed (e.g. to evict
 	// cached proxies).
 	OnCapsuleGone func(capsuleID string)
@@ -170,11 +169,9 @@ func (a *API) routes() chi.Router {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(openapiYAML)
 	})
+	r.Get("/docs", a.docs)
 	if a.cfg.Registry != nil {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
-	}
-	if a.cfg.Proxy != nil {
-		r.Handle("/proxy/*", a.cfg.Proxy)
 	}
 
 	r.Route("/v1", func(r chi.Router) {
@@ -236,6 +233,7 @@ func (a *API) routes() chi.Router {
 				r.Get("/capsules", a.listCapsules)
 				r.Post("/capsules", a.createCapsule)
 				r.Route("/capsules/{capsuleID}", func(r chi.Router) {
+					r.Use(capsuleContent)
 					r.Get("/", a.getCapsule)
 					r.Delete("/", a.deleteCapsule)
 					r.Post("/pause", a.pauseCapsule)
@@ -270,8 +268,8 @@ func (a *API) routes() chi.Router {
 func (a *API) health(w http.ResponseWriter, r *http.Request) {
 	if err := a.cfg.Store.Ping(r.Context()); err != nil {
 		a.log.WarnContext(r.Context(), "health: store ping failed", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
+		writeJSON(w, http.StatusServiceUnavailable, wrennapi.Health{Status: wrennapi.HealthStatusUnavailable})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, wrennapi.Health{Status: wrennapi.HealthStatusOk})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/email"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // Token lifetimes and the dashboard pages the mailed links open.
@@ -97,9 +98,7 @@ func validToken(tok, prefix string) error {
 }
 
 func (a *API) verifyEmail(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Token string `json:"token"`
-	}
+	var req wrennapi.Token
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -122,7 +121,7 @@ func (a *API) verifyEmail(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"email_verified": true})
+	writeJSON(w, http.StatusOK, wrennapi.EmailVerification{EmailVerified: true})
 }
 
 func (a *API) resendVerification(w http.ResponseWriter, r *http.Request) {
@@ -132,22 +131,20 @@ func (a *API) resendVerification(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p.User.EmailVerified {
-		writeJSON(w, http.StatusOK, map[string]any{"email_verified": true})
+		writeJSON(w, http.StatusOK, wrennapi.EmailVerification{EmailVerified: true})
 		return
 	}
 	if err := a.sendVerification(r.Context(), p.User); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"email_verified": false, "sent": true})
+	writeJSON(w, http.StatusAccepted, wrennapi.EmailVerification{EmailVerified: false, Sent: true})
 }
 
 // forgotPassword mails a reset link when the address belongs to an active
 // account. It answers 202 either way.
 func (a *API) forgotPassword(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Email string `json:"email"`
-	}
+	var req wrennapi.Email
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -165,7 +162,7 @@ func (a *API) forgotPassword(w http.ResponseWriter, r *http.Request) {
 	}
 	a.limits.resetMail.spend(accountKey(addr))
 	ctx := context.WithoutCancel(r.Context())
-	accepted := map[string]any{"message": "if an account uses this address, a reset link is on its way"}
+	accepted := wrennapi.Message{Message: "if an account uses this address, a reset link is on its way"}
 	u, err := a.cfg.Store.GetUserByEmail(ctx, addr)
 	if errors.Is(err, store.ErrNotFound) {
 		writeJSON(w, http.StatusAccepted, accepted)
@@ -195,10 +192,7 @@ func (a *API) forgotPassword(w http.ResponseWriter, r *http.Request) {
 // user's refresh sessions and marks the email verified (the link proved
 // the mailbox).
 func (a *API) resetPassword(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Token    string `json:"token"`
-		Password string `json:"password"`
-	}
+	var req wrennapi.PasswordReset
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return

@@ -31,6 +31,7 @@ type env struct {
 	srv      *httptest.Server
 	sessions *auth.Sessions
 	agents   *agents.Pool
+	api      *api.API
 }
 
 // envOpt adjusts the config; base is the server's URL.
@@ -53,11 +54,17 @@ func newEnv(t testing.TB, st store.Store, opts ...envOpt) *env {
 	for _, o := range opts {
 		o(&cfg, base)
 	}
-	srv.Config.Handler = api.New(cfg)
+	a := api.New(cfg)
+	var h http.Handler = a
+	if _, bench := t.(*testing.B); !bench {
+		// Every answer a test receives must match openapi.yaml.
+		h = apitest.NewValidator(t).Handler(t, h)
+	}
+	srv.Config.Handler = h
 	srv.Start()
 	t.Cleanup(srv.Close)
 	t.Cleanup(pool.Close)
-	return &env{t: t, st: st, srv: srv, sessions: sessions, agents: pool}
+	return &env{t: t, st: st, srv: srv, sessions: sessions, agents: pool, api: a}
 }
 
 // forEachStore runs f against SQLite and PostgreSQL.

@@ -14,6 +14,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // Error codes, the "code" field of every error response.
@@ -160,12 +161,6 @@ func clip(s string) string {
 	return s
 }
 
-type errorBody struct {
-	Code      string `json:"code"`
-	Message   string `json:"message"`
-	RequestID string `json:"request_id,omitempty"`
-}
-
 // writeError writes err as {"code","message"} with its status. Internal
 // errors are logged with the request ID and shown as "internal error".
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
@@ -180,7 +175,7 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case e.Err != nil && status >= 500:
 		a.log.WarnContext(r.Context(), "request failed", "request_id", rid, "code", e.Code, "err", e.Err)
 	}
-	writeJSON(w, status, errorBody{Code: e.Code, Message: msg, RequestID: rid})
+	writeJSON(w, status, wrennapi.Error{Code: e.Code, Message: msg, RequestID: rid})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -23,21 +24,8 @@ func pathParam(r *http.Request) (string, error) {
 	return p, nil
 }
 
-type fileEntryJSON struct {
-	Name          string `json:"name"`
-	Path          string `json:"path"`
-	Type          string `json:"type"`
-	Size          int64  `json:"size"`
-	Mode          uint32 `json:"mode"`
-	Permissions   string `json:"permissions"`
-	Owner         string `json:"owner"`
-	Group         string `json:"group"`
-	ModifiedAt    int64  `json:"modified_at"`
-	SymlinkTarget string `json:"symlink_target,omitempty"`
-}
-
-func toEntryJSON(e *pb.FileEntry) fileEntryJSON {
-	return fileEntryJSON{
+func toEntryJSON(e *pb.FileEntry) wrennapi.FileEntry {
+	return wrennapi.FileEntry{
 		Name: e.GetName(), Path: e.GetPath(), Type: e.GetType(), Size: e.GetSize(), Mode: e.GetMode(),
 		Permissions: e.GetPermissions(), Owner: e.GetOwner(), Group: e.GetGroup(), ModifiedAt: e.GetModifiedAt(),
 		SymlinkTarget: e.GetSymlinkTarget(),
@@ -66,6 +54,7 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	for stream.Receive() {
 		if !started {
 			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Disposition", attachment(path))
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
@@ -85,6 +74,7 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	}
 	if !started {
 		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Disposition", attachment(path))
 		w.WriteHeader(http.StatusOK)
 	}
 }
@@ -176,18 +166,15 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	out := make([]fileEntryJSON, 0, len(resp.Msg.GetEntries()))
+	out := make([]wrennapi.FileEntry, 0, len(resp.Msg.GetEntries()))
 	for _, e := range resp.Msg.GetEntries() {
 		out = append(out, toEntryJSON(e))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+	writeJSON(w, http.StatusOK, wrennapi.FileList{Entries: out})
 }
 
 func (a *API) mkdir(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Path string `json:"path"`
-		User string `json:"user"`
-	}
+	var req wrennapi.Mkdir
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -210,7 +197,7 @@ func (a *API) mkdir(w http.ResponseWriter, r *http.Request) {
 	if resp.Msg.GetCreated() {
 		status = http.StatusCreated
 	}
-	writeJSON(w, status, map[string]any{"created": resp.Msg.GetCreated(), "entry": toEntryJSON(resp.Msg.GetEntry())})
+	writeJSON(w, status, wrennapi.MkdirResult{Created: resp.Msg.GetCreated(), Entry: toEntryJSON(resp.Msg.GetEntry())})
 }
 
 // ---- processes ----
@@ -226,19 +213,15 @@ func (a *API) listProcesses(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	type proc struct {
-		PID  uint32            `json:"pid"`
-		Tag  string            `json:"tag,omitempty"`
-		Cmd  string            `json:"cmd"`
-		Args []string          `json:"args"`
-		Cwd  string            `json:"cwd,omitempty"`
-		Env  map[string]string `json:"env,omitempty"`
-	}
-	out := make([]proc, 0, len(resp.Msg.GetProcesses()))
+	out := make([]wrennapi.Process, 0, len(resp.Msg.GetProcesses()))
 	for _, p := range resp.Msg.GetProcesses() {
-		out = append(out, proc{p.GetPid(), p.GetTag(), p.GetCmd(), p.GetArgs(), p.GetCwd(), p.GetEnv()})
+		args := p.GetArgs()
+		if args == nil {
+			args = []string{} // the document says an array, never null
+		}
+		out = append(out, wrennapi.Process{PID: p.GetPid(), Tag: p.GetTag(), Cmd: p.GetCmd(), Args: args, Cwd: p.GetCwd(), Env: p.GetEnv()})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"processes": out})
+	writeJSON(w, http.StatusOK, wrennapi.ProcessList{Processes: out})
 }
 
 func (a *API) startProcess(w http.ResponseWriter, r *http.Request) {
@@ -271,7 +254,7 @@ func (a *API) startProcess(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, map[string]any{"pid": resp.Msg.GetPid(), "tag": req.Tag})
+	writeJSON(w, http.StatusCreated, wrennapi.ProcessStarted{PID: resp.Msg.GetPid(), Tag: req.Tag})
 }
 
 func pidParam(r *http.Request) (uint32, error) {

@@ -12,25 +12,12 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
-type hostJSON struct {
-	ID              string     `json:"id"`
-	TeamID          string     `json:"team_id,omitempty"`
-	Address         string     `json:"address"`
-	Status          string     `json:"status"`
-	VCPUs           int64      `json:"vcpus"`
-	MemoryMB        int64      `json:"memory_mb"`
-	DiskMB          int64      `json:"disk_mb"`
-	UsedVCPUs       int64      `json:"used_vcpus"`
-	UsedMemoryMB    int64      `json:"used_memory_mb"`
-	UsedDiskMB      int64      `json:"used_disk_mb"`
-	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
-}
-
-func toHostJSON(h store.Host) hostJSON {
-	return hostJSON{
-		ID: h.ID, TeamID: h.TeamID, Address: h.Address, Status: string(h.Status), VCPUs: h.VCPUs, MemoryMB: h.MemoryMB,
+func toHostJSON(h store.Host) wrennapi.Host {
+	return wrennapi.Host{
+		ID: h.ID, TeamID: h.TeamID, Address: h.Address, Status: wrennapi.HostStatus(h.Status), VCPUs: h.VCPUs, MemoryMB: h.MemoryMB,
 		DiskMB: h.DiskMB, UsedVCPUs: h.UsedVCPUs, UsedMemoryMB: h.UsedMemoryMB, UsedDiskMB: h.UsedDiskMB, LastHeartbeatAt: h.LastHeartbeatAt,
 	}
 }
@@ -50,15 +37,13 @@ func (a *API) createHostToken(w http.ResponseWriter, r *http.Request, teamID str
 	} else {
 		a.audit(r, teamID, "host_token", "", "create", nil, nil)
 	}
-	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "team_id": teamID, "expires_at": exp})
+	writeJSON(w, http.StatusCreated, wrennapi.HostToken{Token: tok, TeamID: teamID, ExpiresAt: exp})
 }
 
 // createAdminHostToken makes a token for a shared host, or for a team's
 // BYOC host when team_id is given.
 func (a *API) createAdminHostToken(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		TeamID string `json:"team_id"`
-	}
+	var req wrennapi.CreateHostToken
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -96,17 +81,14 @@ func (a *API) createTeamHostToken(w http.ResponseWriter, r *http.Request) {
 	a.createHostToken(w, r, t.ID, false)
 }
 
-type hostUsageJSON struct {
-	Address      string `json:"address"`
-	VCPUs        int64  `json:"vcpus"`
-	MemoryMB     int64  `json:"memory_mb"`
-	DiskMB       int64  `json:"disk_mb"`
-	UsedVCPUs    int64  `json:"used_vcpus"`
-	UsedMemoryMB int64  `json:"used_memory_mb"`
-	UsedDiskMB   int64  `json:"used_disk_mb"`
+func toHostUsage(u wrennapi.HostUsage) store.HostUsage {
+	return store.HostUsage{
+		Address: u.Address, VCPUs: u.VCPUs, MemoryMB: u.MemoryMB, DiskMB: u.DiskMB,
+		UsedVCPUs: u.UsedVCPUs, UsedMemoryMB: u.UsedMemoryMB, UsedDiskMB: u.UsedDiskMB,
+	}
 }
 
-func (u hostUsageJSON) validate() error {
+func validHostUsage(u store.HostUsage) error {
 	if u.Address != "" {
 		addr := u.Address
 		if i := strings.Index(addr, "://"); i >= 0 {
@@ -131,10 +113,7 @@ func (u hostUsageJSON) validate() error {
 // registerHost consumes a one-time token and returns the host's
 // credential (shown once).
 func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Token string `json:"token"`
-		hostUsageJSON
-	}
+	var req wrennapi.RegisterHost
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -147,7 +126,10 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "address is required"))
 		return
 	}
-	if err := req.validate(); err != nil {
+	if err := validHostUsage(toHostUsage(wrennapi.HostUsage{
+		Address: req.Address, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskMB: req.DiskMB,
+		UsedVCPUs: req.UsedVCPUs, UsedMemoryMB: req.UsedMemoryMB, UsedDiskMB: req.UsedDiskMB,
+	})); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -166,8 +148,8 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.InfoContext(r.Context(), "host registered", "host_id", h.ID, "address", h.Address, "team_id", h.TeamID)
-	writeJSON(w, http.StatusCreated, map[string]any{
-		"host_id": h.ID, "credential": cred, "heartbeat_interval_sec": int(a.cfg.HeartbeatInterval.Seconds()),
+	writeJSON(w, http.StatusCreated, wrennapi.HostRegistered{
+		HostID: h.ID, Credential: cred, HeartbeatIntervalSec: int(a.cfg.HeartbeatInterval.Seconds()),
 	})
 }
 
@@ -200,25 +182,26 @@ func (a *API) requireHost(next http.Handler) http.Handler {
 }
 
 func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
-	var req hostUsageJSON
+	var req wrennapi.HostUsage
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if err := req.validate(); err != nil {
+	usage := toHostUsage(req)
+	if err := validHostUsage(usage); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	h, _ := r.Context().Value(hostKey{}).(store.Host)
-	if req.Address == "" {
-		req.Address = h.Address
+	if usage.Address == "" {
+		usage.Address = h.Address
 	}
-	h, err := a.cfg.Store.HostHeartbeat(r.Context(), h.ID, store.HostUsage(req))
+	h, err := a.cfg.Store.HostHeartbeat(r.Context(), h.ID, usage)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": h.Status, "heartbeat_interval_sec": int(a.cfg.HeartbeatInterval.Seconds())})
+	writeJSON(w, http.StatusOK, wrennapi.HeartbeatAnswer{Status: wrennapi.HeartbeatAnswerStatus(h.Status), HeartbeatIntervalSec: int(a.cfg.HeartbeatInterval.Seconds())})
 }
 
 func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {
@@ -227,11 +210,11 @@ func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]hostJSON, 0, len(hs))
+	out := make([]wrennapi.Host, 0, len(hs))
 	for _, h := range hs {
 		out = append(out, toHostJSON(h))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
+	writeJSON(w, http.StatusOK, wrennapi.HostList{Hosts: out})
 }
 
 func (a *API) deleteHost(w http.ResponseWriter, r *http.Request) {

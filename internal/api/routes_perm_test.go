@@ -9,7 +9,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/wrenn-dev/wrenn/internal/api"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
@@ -29,7 +28,7 @@ func TestEveryAdminRouteNeedsAdmin(t *testing.T) {
 		memberKey := e.apiKey(member, "k")
 		hostID, _ := e.registerHost(root, "127.0.0.1:1", "")
 		c := e.insertCapsule(root.team, hostID)
-		b, err := st.CreateBuild(t.Context(), store.Build{ID: store.NewID(store.PrefixBuild), TeamID: root.team, TemplateName: "x", Status: store.BuildPending, Spec: []byte("{}")})
+		b, err := st.CreateBuild(t.Context(), store.Build{ID: store.NewID(store.PrefixBuild), TeamID: root.team, TemplateName: "x", Status: store.BuildPending, Spec: []byte(`{"run":["true"]}`)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,7 +41,7 @@ func TestEveryAdminRouteNeedsAdmin(t *testing.T) {
 			"templateID": tpl.ID, "buildID": b.ID, "keyID": "key-x", "pid": "1", "inviteID": "inv-x",
 		}
 
-		router := e.srv.Config.Handler.(*api.API).Routes()
+		router := e.api.Routes()
 		type route struct{ method, pattern string }
 		var admin []route
 		err = chi.Walk(router, func(method, pattern string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {

@@ -10,15 +10,15 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
-type teamJSON struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	IsBYOC    bool      `json:"is_byoc"`
-	Role      string    `json:"role,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-}
+// The JSON types are generated from openapi.yaml (pkg/wrennapi); the
+// aliases keep the names admin.go embeds.
+type (
+	teamJSON     = wrennapi.Team
+	templateJSON = wrennapi.Template
+)
 
 func toTeamJSON(t store.Team) teamJSON {
 	return teamJSON{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt}
@@ -60,7 +60,7 @@ func idNoun(prefix string) string {
 
 func (a *API) listTeams(w http.ResponseWriter, r *http.Request) {
 	p := caller(r.Context())
-	out := []teamJSON{}
+	out := []wrennapi.Team{}
 	if p.KeyID != "" || p.UserID == "" {
 		t, err := a.cfg.Store.GetTeam(r.Context(), p.TeamID)
 		if err != nil {
@@ -82,7 +82,7 @@ func (a *API) listTeams(w http.ResponseWriter, r *http.Request) {
 			out = append(out, tj)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"teams": out})
+	writeJSON(w, http.StatusOK, wrennapi.TeamList{Teams: out})
 }
 
 func (a *API) needUser(p *principal) error {
@@ -94,9 +94,7 @@ func (a *API) needUser(p *principal) error {
 
 func (a *API) createTeam(w http.ResponseWriter, r *http.Request) {
 	p := caller(r.Context())
-	var req struct {
-		Name string `json:"name"`
-	}
+	var req wrennapi.TeamName
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -157,9 +155,7 @@ func (a *API) teamRole(r *http.Request, minRole store.Role) (string, store.Role,
 }
 
 func (a *API) renameTeam(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Name string `json:"name"`
-	}
+	var req wrennapi.TeamName
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -234,14 +230,6 @@ func (a *API) switchTeam(w http.ResponseWriter, r *http.Request) {
 	a.writeSession(w, r, http.StatusOK, p.User, t)
 }
 
-type memberJSON struct {
-	UserID    string    `json:"user_id"`
-	Email     string    `json:"email"`
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 func (a *API) listMembers(w http.ResponseWriter, r *http.Request) {
 	teamID, _, err := a.teamRole(r, store.RoleMember)
 	if err != nil {
@@ -253,11 +241,11 @@ func (a *API) listMembers(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]memberJSON, 0, len(ms))
+	out := make([]wrennapi.Member, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, memberJSON{UserID: m.UserID, Email: m.Email, Name: m.Name, Role: string(m.Role), CreatedAt: m.CreatedAt})
+		out = append(out, wrennapi.Member{UserID: m.UserID, Email: m.Email, Name: m.Name, Role: wrennapi.MemberRole(m.Role), CreatedAt: m.CreatedAt})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"members": out})
+	writeJSON(w, http.StatusOK, wrennapi.MemberList{Members: out})
 }
 
 func parseRole(s string) (store.Role, error) {
@@ -269,9 +257,7 @@ func parseRole(s string) (store.Role, error) {
 }
 
 func (a *API) updateMember(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Role string `json:"role"`
-	}
+	var req wrennapi.SetMemberRole
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -281,7 +267,7 @@ func (a *API) updateMember(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	role, err := parseRole(req.Role)
+	role, err := parseRole(string(req.Role))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -311,7 +297,7 @@ func (a *API) updateMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.audit(r, teamID, "member", userID, "update_role", nil, map[string]any{"from": string(target.Role), "to": string(role)})
-	writeJSON(w, http.StatusOK, map[string]string{"user_id": userID, "role": string(role)})
+	writeJSON(w, http.StatusOK, wrennapi.MemberRoleChanged{UserID: userID, Role: wrennapi.MemberRoleChangedRole(role)})
 }
 
 // keepAnOwner refuses a change that would leave the team without owners.
@@ -367,20 +353,12 @@ func (a *API) removeMember(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type inviteJSON struct {
-	ID        string    `json:"id"`
-	Email     string    `json:"email"`
-	Role      string    `json:"role"`
-	Token     string    `json:"token,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
+func toInviteJSON(inv store.Invite) wrennapi.Invite {
+	return wrennapi.Invite{ID: inv.ID, Email: inv.Email, Role: wrennapi.InviteRole(inv.Role), CreatedAt: inv.CreatedAt, ExpiresAt: inv.ExpiresAt}
 }
 
 func (a *API) createInvite(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Email string `json:"email"`
-		Role  string `json:"role"`
-	}
+	var req wrennapi.CreateInvite
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -396,9 +374,9 @@ func (a *API) createInvite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Role == "" {
-		req.Role = string(store.RoleMember)
+		req.Role = wrennapi.CreateInviteRole(store.RoleMember)
 	}
-	role, err := parseRole(req.Role)
+	role, err := parseRole(string(req.Role))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -418,7 +396,9 @@ func (a *API) createInvite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.audit(r, teamID, "invite", inv.ID, "create", nil, map[string]any{"email": inv.Email, "role": string(inv.Role)})
-	writeJSON(w, http.StatusCreated, inviteJSON{ID: inv.ID, Email: inv.Email, Role: string(inv.Role), Token: token, CreatedAt: inv.CreatedAt, ExpiresAt: inv.ExpiresAt})
+	out := toInviteJSON(inv)
+	out.Token = token
+	writeJSON(w, http.StatusCreated, out)
 }
 
 func (a *API) listInvites(w http.ResponseWriter, r *http.Request) {
@@ -432,11 +412,11 @@ func (a *API) listInvites(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]inviteJSON, 0, len(invs))
+	out := make([]wrennapi.Invite, 0, len(invs))
 	for _, inv := range invs {
-		out = append(out, inviteJSON{ID: inv.ID, Email: inv.Email, Role: string(inv.Role), CreatedAt: inv.CreatedAt, ExpiresAt: inv.ExpiresAt})
+		out = append(out, toInviteJSON(inv))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"invites": out})
+	writeJSON(w, http.StatusOK, wrennapi.InviteList{Invites: out})
 }
 
 func (a *API) deleteInvite(w http.ResponseWriter, r *http.Request) {
@@ -459,9 +439,7 @@ func (a *API) deleteInvite(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) acceptInvite(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Token string `json:"token"`
-	}
+	var req wrennapi.Token
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -490,23 +468,13 @@ func (a *API) acceptInvite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.audit(r, m.TeamID, "member", p.UserID, "join", nil, map[string]any{"invite_id": inv.ID, "role": string(m.Role)})
-	writeJSON(w, http.StatusOK, map[string]string{"team_id": m.TeamID, "role": string(m.Role)})
+	writeJSON(w, http.StatusOK, wrennapi.InviteAccepted{TeamID: m.TeamID, Role: wrennapi.InviteAcceptedRole(m.Role)})
 }
 
 // ---- API keys ----
 
-type keyJSON struct {
-	ID         string     `json:"id"`
-	Name       string     `json:"name"`
-	Prefix     string     `json:"prefix"`
-	Key        string     `json:"key,omitempty"`
-	CreatedBy  string     `json:"created_by,omitempty"`
-	CreatedAt  time.Time  `json:"created_at"`
-	LastUsedAt *time.Time `json:"last_used_at"`
-}
-
-func toKeyJSON(k store.APIKey) keyJSON {
-	return keyJSON{ID: k.ID, Name: k.Name, Prefix: k.Prefix, CreatedBy: k.CreatedBy, CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt}
+func toKeyJSON(k store.APIKey) wrennapi.APIKey {
+	return wrennapi.APIKey{ID: k.ID, Name: k.Name, Prefix: k.Prefix, CreatedBy: k.CreatedBy, CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt}
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
@@ -515,17 +483,15 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]keyJSON, 0, len(ks))
+	out := make([]wrennapi.APIKey, 0, len(ks))
 	for _, k := range ks {
 		out = append(out, toKeyJSON(k))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"api_keys": out})
+	writeJSON(w, http.StatusOK, wrennapi.APIKeyList{APIKeys: out})
 }
 
 func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Name string `json:"name"`
-	}
+	var req wrennapi.CreateAPIKey
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -573,14 +539,6 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 
 // ---- templates ----
 
-type templateJSON struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Public    bool      `json:"public"`
-	SizeBytes int64     `json:"size_bytes"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 func toTemplateJSON(t store.Template) templateJSON {
 	return templateJSON{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt}
 }
@@ -595,7 +553,7 @@ func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {
 	for _, t := range ts {
 		out = append(out, toTemplateJSON(t))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
+	writeJSON(w, http.StatusOK, wrennapi.TemplateList{Templates: out})
 }
 
 func (a *API) getTemplate(w http.ResponseWriter, r *http.Request) {

@@ -7,31 +7,19 @@ import (
 	"net/mail"
 	"net/url"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/credstrip"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
-type userJSON struct {
-	ID            string    `json:"id"`
-	Email         string    `json:"email"`
-	Name          string    `json:"name"`
-	IsAdmin       bool      `json:"is_admin"`
-	EmailVerified bool      `json:"email_verified"`
-	CreatedAt     time.Time `json:"created_at"`
-}
+// userJSON keeps the name admin.go embeds.
+type userJSON = wrennapi.User
 
 func toUserJSON(u store.User) userJSON {
 	return userJSON{ID: u.ID, Email: u.Email, Name: u.Name, IsAdmin: u.IsAdmin, EmailVerified: u.EmailVerified, CreatedAt: u.CreatedAt}
-}
-
-type sessionJSON struct {
-	Token     string    `json:"token"`
-	ExpiresAt time.Time `json:"expires_at"`
-	User      userJSON  `json:"user"`
-	Team      teamJSON  `json:"team"`
 }
 
 func validEmail(s string) (string, error) {
@@ -62,11 +50,7 @@ func validName(field, s string, maxLen int) (string, error) {
 }
 
 func (a *API) signup(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Email    string `json:"email"`
-		Password string `json:"password"`
-		Name     string `json:"name"`
-	}
+	var req wrennapi.Signup
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -135,14 +119,11 @@ func (a *API) writeSession(w http.ResponseWriter, r *http.Request, status int, u
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, status, sessionJSON{Token: tok, ExpiresAt: exp.UTC(), User: toUserJSON(u), Team: toTeamJSON(team)})
+	writeJSON(w, status, wrennapi.Session{Token: tok, ExpiresAt: exp.UTC(), User: toUserJSON(u), Team: toTeamJSON(team)})
 }
 
 func (a *API) login(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Email    string `json:"email"`
-		Password string `json:"password"`
-	}
+	var req wrennapi.Login
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -214,31 +195,26 @@ func (a *API) defaultTeam(ctx context.Context, userID string) (store.Team, error
 
 func (a *API) me(w http.ResponseWriter, r *http.Request) {
 	p := caller(r.Context())
-	out := map[string]any{
-		"user_id":  p.UserID,
-		"email":    p.User.Email,
-		"name":     p.User.Name,
-		"team_id":  p.TeamID,
-		"role":     string(p.Role),
-		"is_admin": p.IsAdmin,
-		"auth":     p.Via,
+	out := wrennapi.Me{
+		UserID: p.UserID, Email: p.User.Email, Name: p.User.Name, TeamID: p.TeamID,
+		Role: wrennapi.MeRole(p.Role), IsAdmin: p.IsAdmin, Auth: wrennapi.MeAuth(p.Via), APIKeyID: p.KeyID,
 	}
 	if p.TeamID != "" && p.Role != "" {
 		if t, err := a.cfg.Store.GetTeam(r.Context(), p.TeamID); err == nil {
-			out["team"] = toTeamJSON(t)
+			tj := toTeamJSON(t)
+			out.Team = &tj
 		}
-	}
-	if p.KeyID != "" {
-		out["api_key_id"] = p.KeyID
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 // ---- GitHub OAuth ----
 
+// Every cookie the API sets is named credstrip.CookiePrefix+…, so the port
+// proxies strip it before a request reaches capsule code.
 const (
-	stateCookie     = "wrenn_oauth_state"
-	newSignupCookie = "wrenn_oauth_new_signup"
+	stateCookie     = credstrip.CookiePrefix + "oauth_state"
+	newSignupCookie = credstrip.CookiePrefix + "oauth_new_signup"
 	providerGitHub  = "github"
 )
 
@@ -281,7 +257,7 @@ func (a *API) githubConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	state := auth.RandomToken("") + "." + p.UserID
 	a.setStateCookie(w, a.cfg.States.Cookie(state, auth.IntentConnect), 600)
-	writeJSON(w, http.StatusOK, map[string]string{"url": a.cfg.GitHub.Config().AuthCodeURL(state)})
+	writeJSON(w, http.StatusOK, wrennapi.URL{URL: a.cfg.GitHub.Config().AuthCodeURL(state)})
 }
 
 func (a *API) oauthFail(w http.ResponseWriter, r *http.Request, code string) {

@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -28,24 +29,14 @@ const (
 	wsWriteDeadline = 30 * time.Second
 )
 
-// wsEvent is one JSON message on exec and process streams.
-type wsEvent struct {
-	Type string `json:"type"` // start, stdout, stderr, end, error
-	PID  uint32 `json:"pid,omitempty"`
-	Data string `json:"data,omitempty"`
-	// DataB64 carries output that is not valid UTF-8 (binary), base64
-	// encoded, instead of Data, so that no byte is ever replaced.
-	DataB64  string `json:"data_b64,omitempty"`
-	ExitCode *int32 `json:"exit_code,omitempty"`
-	Exited   bool   `json:"exited,omitempty"`
-	Status   string `json:"status,omitempty"`
-	Code     string `json:"code,omitempty"`
-	Message  string `json:"message,omitempty"`
-}
+// wsEvent is one JSON message on exec and process streams (ExecEvent in
+// openapi.yaml). DataB64 carries output that is not valid UTF-8 (binary),
+// base64 encoded, instead of Data, so that no byte is ever replaced.
+type wsEvent = wrennapi.ExecEvent
 
 // outputEvent wraps a chunk of process output: as text when it is valid
 // UTF-8, base64 in data_b64 otherwise.
-func outputEvent(typ string, b []byte) wsEvent {
+func outputEvent(typ wrennapi.ExecEventType, b []byte) wsEvent {
 	if utf8.Valid(b) {
 		return wsEvent{Type: typ, Data: string(b)}
 	}
@@ -200,10 +191,7 @@ func (a *API) wsProcess(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return
 			}
-			var in struct {
-				Type string `json:"type"`
-				Data string `json:"data"`
-			}
+			var in wrennapi.StdinMessage
 			if typ != websocket.MessageText || json.Unmarshal(b, &in) != nil {
 				continue
 			}
@@ -323,11 +311,7 @@ func (a *API) runPTY(w http.ResponseWriter, r *http.Request, c store.Capsule, cl
 			}
 			item := ptyItem{data: b}
 			if typ == websocket.MessageText {
-				var ctl struct {
-					Type string `json:"type"`
-					Cols uint32 `json:"cols"`
-					Rows uint32 `json:"rows"`
-				}
+				var ctl wrennapi.PtyResize
 				if json.Unmarshal(b, &ctl) != nil || ctl.Type != "resize" || ctl.Cols == 0 || ctl.Rows == 0 || ctl.Cols > 1000 || ctl.Rows > 1000 {
 					continue
 				}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/wrenn-dev/wrenn/internal/credstrip"
 )
 
 // Claims are what a session token says: who (Subject = user id), which
@@ -36,7 +38,7 @@ func NewSessions(key []byte, ttl time.Duration) (*Sessions, error) {
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	return &Sessions{key: key, ttl: ttl, issuer: "wrenn", now: time.Now}, nil
+	return &Sessions{key: key, ttl: ttl, issuer: credstrip.SessionIssuer, now: time.Now}, nil
 }
 
 // SetClock replaces the clock (tests of expiry).

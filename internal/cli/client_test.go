@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -166,7 +167,7 @@ func controlPlane(t *testing.T) (url, key string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewServer(apitest.ValidateResponses(t, srv.Handler()))
 	t.Cleanup(hs.Close)
 	u, err := st.CreateUser(ctx, store.User{Email: "ada@example.com", Name: "Ada", IsAdmin: true})
 	if err != nil {

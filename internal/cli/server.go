@@ -28,6 +28,7 @@ type serverFlags struct {
 	db                 string
 	secretFile         string
 	publicURL          string
+	proxyListen        string
 	proxyDomain        string
 	githubClientID     string
 	githubSecretFile   string
@@ -63,8 +64,10 @@ func newServerCmd() *cobra.Command {
 		Long: `Run the control plane. It serves the REST and WebSocket API on --listen,
 keeps its state in --db (an embedded SQLite file, or PostgreSQL when --db is
 a postgres:// URL so several replicas can share it), places capsules on
-registered hosts and proxies capsule ports at /proxy/{id}/{port}/ (and at
-{port}-{id}.<proxy-domain> when --proxy-domain is set).
+registered hosts and proxies capsule ports on its own listener,
+--proxy-listen, at /proxy/{id}/{port}/ (and at {port}-{id}.<proxy-domain>
+when --proxy-domain is set): capsule content never shares the API's origin,
+and the proxy strips Wrenn's credentials before a request reaches a capsule.
 
 The secret in --jwt-secret-file signs sessions and derives host
 credentials; every replica needs the same file. It is created (0600) when
@@ -91,7 +94,8 @@ missing.`,
 	fl.BoolVar(&f.noBuildRunner, "no-build-runner", false, "do not run queued template builds on this replica")
 	fl.BoolVar(&f.noMetricsFlush, "no-metrics-flush", false, "do not copy agents' samples into usage metrics (set on all but one replica)")
 	fl.StringVar(&f.publicURL, "public-url", "", "URL browsers use to reach Wrenn (OAuth redirects), e.g. https://wrenn.example")
-	fl.StringVar(&f.proxyDomain, "proxy-domain", "", "serve capsule ports at {port}-{capsule}.<domain>")
+	fl.StringVar(&f.proxyListen, "proxy-listen", controlplane.DefaultProxyListen, "address to serve the port proxy on (capsule ports, never on the API's address)")
+	fl.StringVar(&f.proxyDomain, "proxy-domain", "", "also serve capsule ports at {port}-{capsule}.<domain> on --proxy-listen")
 	fl.StringVar(&f.githubClientID, "github-client-id", "", "GitHub OAuth app client id (enables GitHub sign-in)")
 	fl.StringVar(&f.githubSecretFile, "github-client-secret-file", "", "file holding the GitHub OAuth app client secret")
 	fl.StringVar(&f.githubAuthorizeURL, "github-authorize-url", "", "GitHub authorize endpoint (default github.com)")
@@ -161,7 +165,7 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 	}
 	cfg := controlplane.Config{
 		Listen: f.listen, DB: f.db, Secret: secret, SessionTTL: f.sessionTTL, PublicURL: f.publicURL,
-		ProxyDomain: f.proxyDomain, AgentCA: f.agentCA, AgentClientCert: f.agentClientCert, AgentClientKey: f.agentClientKey,
+		ProxyListen: f.proxyListen, ProxyDomain: f.proxyDomain, AgentCA: f.agentCA, AgentClientCert: f.agentClientCert, AgentClientKey: f.agentClientKey,
 		HeartbeatInterval: f.heartbeatInterval, ReconcileInterval: f.reconcileInterval,
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush,

@@ -21,9 +21,15 @@ func TestServerCommandServesAndStops(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxyAddr := pln.Addr().String()
+	_ = pln.Close()
 	secret := filepath.Join(home, "secret")
 	cmd := newServerCmd()
-	cmd.SetArgs([]string{"--listen", addr, "--db", filepath.Join(home, "db", "wrenn.db"), "--jwt-secret-file", secret, "--log-level", "warn"})
+	cmd.SetArgs([]string{"--listen", addr, "--proxy-listen", proxyAddr, "--db", filepath.Join(home, "db", "wrenn.db"), "--jwt-secret-file", secret, "--log-level", "warn"})
 	var stderr bytes.Buffer
 	cmd.SetErr(&stderr)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -38,6 +44,19 @@ func TestServerCommandServesAndStops(t *testing.T) {
 		_ = res.Body.Close()
 		return res.StatusCode == http.StatusOK
 	}, "wrenn server answers /health")
+	// The port proxy has its own listener: an unknown capsule there is a
+	// 404 from the proxy; the API's listener has no such route.
+	for _, base := range []string{"http://" + proxyAddr, "http://" + addr} {
+		req, _ := http.NewRequestWithContext(ctx, "GET", base+"/proxy/cl-nosuchcapsule00000/8080/", nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", base, err)
+		}
+		_ = res.Body.Close()
+		if res.StatusCode != http.StatusNotFound || res.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s/proxy/…: %d %s, want a 404 error body", base, res.StatusCode, res.Header.Get("Content-Type"))
+		}
+	}
 	st, err := os.Stat(secret)
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("secret file: %v, mode %v; want 0600", err, st.Mode())

@@ -13,14 +13,15 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/up"
 )
 
 type upFlags struct {
-	home, listen, onExit, envdPath, cacheDir, mirror, instance, subnet, logLevel, rootfsSize string
-	noBase                                                                                   bool
-	warmPools                                                                                map[string]int
-	criu                                                                                     criuFlags
+	home, listen, proxyListen, onExit, envdPath, cacheDir, mirror, instance, subnet, logLevel, rootfsSize string
+	noBase                                                                                                bool
+	warmPools                                                                                             map[string]int
+	criu                                                                                                  criuFlags
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -44,13 +45,14 @@ re-adopted on the next start) or destroyed, as --on-exit says.
 
 Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU.`,
 		Example: `  sudo wrenn up
-  sudo wrenn up --listen 0.0.0.0:9725 --on-exit destroy`,
+  sudo wrenn up --listen 0.0.0.0:9725 --proxy-listen 0.0.0.0:9726 --on-exit destroy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runUp(cmd, f) },
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.home, "home", "", "Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9725", "address to serve the API on")
+	fl.StringVar(&f.proxyListen, "proxy-listen", controlplane.DefaultProxyListen, "address to serve the port proxy on: capsule ports at /proxy/{capsule}/{port}/")
 	fl.StringVar(&f.onExit, "on-exit", "pause", "what happens to running capsules on shutdown: pause or destroy")
 	fl.StringVar(&f.envdPath, "envd-path", "", "static envd binary put into every capsule (default: envd next to this binary)")
 	fl.StringVar(&f.cacheDir, "cache-dir", "/var/cache/wrenn", "machine-wide cache of base template builds")
@@ -105,7 +107,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app, err := up.New(ctx, up.Config{
-		Home: resolveHome(f.home), Listen: f.listen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
+		Home: resolveHome(f.home), Listen: f.listen, ProxyListen: f.proxyListen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,

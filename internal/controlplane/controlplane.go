@@ -9,7 +9,9 @@
 //   - The server is stateless: everything durable is in the store, so
 //     several replicas can run against one PostgreSQL.
 //   - Every http.Server has ReadHeaderTimeout and IdleTimeout.
-//   - Run returns only after the HTTP server and every background loop
+//   - The API and the port proxy are served on separate listeners (Listen,
+//     ProxyListen): capsule content never shares the API's origin.
+//   - Run returns only after the HTTP servers and every background loop
 //     have stopped (graceful shutdown, bounded by ShutdownTimeout).
 package controlplane
 
@@ -47,6 +49,9 @@ import (
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
+// DefaultProxyListen is the port proxy's default address.
+const DefaultProxyListen = "127.0.0.1:9726"
+
 // Config configures a Server. Zero values take the documented defaults.
 type Config struct {
 	// Listen address (default 127.0.0.1:9725).
@@ -64,7 +69,12 @@ type Config struct {
 	SessionTTL time.Duration
 	// PublicURL is where browsers reach Wrenn (OAuth redirects).
 	PublicURL string
-	// ProxyDomain enables {port}-{capsule}.{ProxyDomain} routing.
+	// ProxyListen is the port proxy's own address (default
+	// 127.0.0.1:9726): /proxy/{capsule}/{port}/… and, with ProxyDomain,
+	// {port}-{capsule}.{ProxyDomain}. The API's listener serves neither.
+	ProxyListen string
+	// ProxyDomain enables {port}-{capsule}.{ProxyDomain} routing on the
+	// proxy listener.
 	ProxyDomain string
 	// GitHub sign-in; disabled when ClientID is empty.
 	GitHub auth.GitHubConfig
@@ -112,6 +122,9 @@ type Config struct {
 func (c *Config) fill() error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:9725"
+	}
+	if c.ProxyListen == "" {
+		c.ProxyListen = DefaultProxyListen
 	}
 	if len(c.Secret) < 32 {
 		return errors.New("controlplane: Secret must be at least 32 bytes")
@@ -218,14 +231,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	})
 	s.api = api.New(api.Config{
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
-		Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, GitHub: gh, Proxy: s.proxy,
+		Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, GitHub: gh,
 		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
 		Audit: rec,
 		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
 		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
 	})
-	s.handler = s.proxy.Wrap(s.api)
+	s.handler = s.api
 	return s, nil
 }
 
@@ -255,8 +268,12 @@ func agentTLS(cfg Config) (*tls.Config, error) {
 	return tc, nil
 }
 
-// Handler is the full HTTP handler (API, /proxy/, subdomain proxy).
+// Handler is the API's HTTP handler (for the Listen address).
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// ProxyHandler is the port proxy's HTTP handler (for the ProxyListen
+// address): /proxy/{capsule}/{port}/… and {port}-{capsule}.{ProxyDomain}.
+func (s *Server) ProxyHandler() http.Handler { return s.proxy.Handler() }
 
 // Store returns the server's store.
 func (s *Server) Store() store.Store { return s.store }
@@ -283,20 +300,32 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// Run listens on cfg.Listen and serves until ctx ends.
+// Run listens on cfg.Listen (API) and cfg.ProxyListen (port proxy) and
+// serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("controlplane: listen: %w", err)
 	}
-	return s.Serve(ctx, ln)
+	pln, err := net.Listen("tcp", s.cfg.ProxyListen)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("controlplane: proxy listen: %w", err)
+	}
+	return s.Serve(ctx, ln, pln)
 }
 
-// Serve serves on ln and runs the background loops until ctx ends, then
-// shuts down gracefully.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+// Serve serves the API on ln and the port proxy on proxyLn (nil: no port
+// proxy) and runs the background loops until ctx ends, then shuts both
+// servers down gracefully.
+func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	srv := NewHTTPServer(s.handler, s.log)
 	s.log.Info("control plane listening", "addr", ln.Addr().String())
+	var psrv *http.Server
+	if proxyLn != nil {
+		psrv = NewHTTPServer(s.proxy.Handler(), s.log)
+		s.log.Info("port proxy listening", "addr", proxyLn.Addr().String())
+	}
 	bg, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
@@ -312,19 +341,36 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		})
 		wg.Go(func() { runner.Run(bg, s.cfg.BuildInterval) })
 	}
-	errc := make(chan error, 1)
+	servers := []*http.Server{srv}
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if psrv != nil {
+		servers = append(servers, psrv)
+		go func() { errc <- psrv.Serve(proxyLn) }()
+	}
 	var err error
+	running := len(servers)
 	select {
 	case err = <-errc:
+		running--
 	case <-ctx.Done():
-		sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-		err = srv.Shutdown(sctx)
-		scancel()
-		if err != nil {
-			_ = srv.Close()
+	}
+	// Either ctx ended or one server failed: stop all of them together.
+	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	var sw sync.WaitGroup
+	for _, hs := range servers {
+		sw.Go(func() {
+			if hs.Shutdown(sctx) != nil {
+				_ = hs.Close()
+			}
+		})
+	}
+	sw.Wait()
+	scancel()
+	for ; running > 0; running-- {
+		if e := <-errc; !errors.Is(e, http.ErrServerClosed) && err == nil {
+			err = e
 		}
-		<-errc
 	}
 	cancel()
 	wg.Wait()
@@ -375,16 +421,21 @@ func (s *Server) resolveProxy(ctx context.Context, id string) (proxy.Target, err
 	if err != nil {
 		return proxy.Target{}, err
 	}
-	if c.HostID == "" {
-		return proxy.Target{Public: c.Public, AccessTokenHash: c.AccessTokenHash}, nil
+	t := proxy.Target{Public: c.Public, AccessTokenHash: c.AccessTokenHash}
+	// The host is looked up only once the proxy granted access, so a
+	// request without a valid token costs one store read, like a request
+	// for an unknown capsule.
+	t.Locate = func(ctx context.Context) (proxy.Target, error) {
+		if c.HostID == "" {
+			return t, nil
+		}
+		h, err := s.store.GetHost(ctx, c.HostID)
+		if err != nil {
+			return proxy.Target{}, err
+		}
+		t.AgentURL, t.HostSecret = s.agents.BaseURL(h.Address), s.agents.Credential(h.ID)
+		t.Running = c.Status == store.CapsuleRunning && h.Status != store.HostUnavailable
+		return t, nil
 	}
-	h, err := s.store.GetHost(ctx, c.HostID)
-	if err != nil {
-		return proxy.Target{}, err
-	}
-	return proxy.Target{
-		AgentURL: s.agents.BaseURL(h.Address), HostSecret: s.agents.Credential(h.ID),
-		Public: c.Public, AccessTokenHash: c.AccessTokenHash,
-		Running: c.Status == store.CapsuleRunning && h.Status != store.HostUnavailable,
-	}, nil
+	return t, nil
 }

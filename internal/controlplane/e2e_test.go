@@ -142,6 +142,16 @@ func TestEndToEnd(t *testing.T) {
 	payload := []byte(strings.Repeat("wrenn file payload\n", 50000)) // ~950 KB: several chunks
 	c.call("PUT", base+"/files?path=/tmp/data/file.txt", userTok, payload, 200)
 	got := c.call("GET", base+"/files?path=/tmp/data/file.txt", userTok, nil, 200)
+	// Bytes from a capsule are a download the browser neither sniffs nor
+	// runs on the API's origin.
+	for h, want := range map[string]string{
+		"Content-Disposition": `attachment; filename=file.txt`, "X-Content-Type-Options": "nosniff",
+		"Content-Security-Policy": "sandbox", "Content-Type": "application/octet-stream",
+	} {
+		if v := got.header.Get(h); v != want {
+			t.Errorf("file download: %s = %q, want %q", h, v, want)
+		}
+	}
 	if string(got.body) != string(payload) {
 		t.Fatalf("read back %d bytes, want %d", len(got.body), len(payload))
 	}
@@ -304,18 +314,26 @@ func TestEndToEnd(t *testing.T) {
 	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "httpd", "args": []string{"-f", "-p", "8000", "-h", "/tmp/www"}}, 201)
 	var body string
 	testutil.Eventually(t, 20*time.Second, func() bool {
-		r := c.call("GET", "/proxy/"+id+"/8000/dir/index.html?wrenn_access_token="+token, "", nil, 0)
+		r := c.callProxy("GET", "/proxy/"+id+"/8000/dir/index.html?wrenn_access_token="+token, "", 0)
 		body = string(r.body)
 		return r.status == 200
 	}, "capsule web server reachable through the proxy")
 	if body != "hello from the capsule" {
 		t.Fatalf("proxied body %q", body)
 	}
-	c.call("GET", "/proxy/"+id+"/8000/dir/index.html", "", nil, 401)
+	// The API's origin serves no capsule ports; without its token a
+	// private capsule answers like an unknown one; envd's port is refused.
+	c.call("GET", "/proxy/"+id+"/8000/dir/index.html?wrenn_access_token="+token, "", nil, 404)
+	noTok := c.callProxy("GET", "/proxy/"+id+"/8000/dir/index.html", "", 404)
+	unknown := c.callProxy("GET", "/proxy/cl-unknown0000000000/8000/dir/index.html", "", 404)
+	envdPort := c.callProxy("GET", "/proxy/"+id+"/49983/health?wrenn_access_token="+token, "", 404)
+	if string(noTok.body) != string(unknown.body) || string(envdPort.body) != string(unknown.body) {
+		t.Fatalf("answers differ: no token %s, unknown %s, envd port %s", noTok.body, unknown.body, envdPort.body)
+	}
 	// busybox httpd redirects a directory without its slash; the Location
 	// comes back under the proxy prefix.
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	rq, _ := http.NewRequestWithContext(ctx, "GET", c.url+"/proxy/"+id+"/8000/dir?wrenn_access_token="+token, nil)
+	rq, _ := http.NewRequestWithContext(ctx, "GET", c.proxyURL+"/proxy/"+id+"/8000/dir?wrenn_access_token="+token, nil)
 	res, err := noFollow.Do(rq)
 	if err != nil {
 		t.Fatal(err)
@@ -325,7 +343,44 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("directory redirect: %d Location %q, want 302 to the prefixed path", res.StatusCode, loc)
 	}
 	c.call("PUT", base+"/public", userTok, map[string]any{"public": true}, 200)
-	c.call("GET", "/proxy/"+id+"/8000/dir/index.html", "", nil, 200)
+	c.callProxy("GET", "/proxy/"+id+"/8000/dir/index.html", "", 200)
+	c.callProxy("GET", "/proxy/"+id+"/49983/health", "", 404)
+
+	// What capsule code receives: a one-shot listener in the capsule
+	// records the raw request carrying the caller's Wrenn credentials.
+	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{
+		"-c",
+		`printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok' | nc -l -p 8001 > /tmp/req.txt`,
+	}}, 201)
+	apiKey := c.call("POST", "/v1/api-keys", userTok, map[string]any{"name": "proxy probe"}, 201).obj(t)["key"].(string)
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		rq, _ := http.NewRequestWithContext(ctx, "GET", c.proxyURL+"/proxy/"+id+"/8001/probe?keep=1&token="+apiKey, nil)
+		rq.Header.Set("X-API-Key", apiKey)
+		rq.Header.Add("Authorization", "Bearer "+userTok)
+		rq.Header.Add("Authorization", "Basic dXNlcjo=")
+		rq.Header.Set("Cookie", "wrenn_oauth_state=s; app=1")
+		res, err := http.DefaultClient.Do(rq)
+		if err != nil {
+			return false
+		}
+		_ = res.Body.Close()
+		return res.StatusCode == 200
+	}, "the recording listener in the capsule answered")
+	var rec string
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		rec = string(c.call("GET", base+"/files?path=/tmp/req.txt", userTok, nil, 0).body)
+		return strings.Contains(rec, "\r\n\r\n")
+	}, "the request recorded in the capsule")
+	for _, leaked := range []string{apiKey, userTok, "wrenn_", "X-Wrenn-", token} {
+		if strings.Contains(rec, leaked) {
+			t.Errorf("capsule code received %q:\n%s", leaked, rec)
+		}
+	}
+	for _, kept := range []string{"GET /probe?keep=1 HTTP/1.1", "Authorization: Basic dXNlcjo=", "Cookie: app=1"} {
+		if !strings.Contains(rec, kept) {
+			t.Errorf("capsule code did not receive %q:\n%s", kept, rec)
+		}
+	}
 
 	// Delete: gone from the store and from the agent.
 	c.call("DELETE", base, userTok, nil, 204)

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -33,7 +34,10 @@ type cp struct {
 	t   testing.TB
 	srv *controlplane.Server
 	url string
-	st  store.Store
+	// proxyURL is the port proxy's own listener.
+	proxyURL string
+	st       store.Store
+	hc       *http.Client
 }
 
 func startCP(t testing.TB, st store.Store, tweak func(*controlplane.Config)) *cp {
@@ -50,10 +54,14 @@ func startCP(t testing.TB, st store.Store, tweak func(*controlplane.Config)) *cp
 	if err != nil {
 		t.Fatal(err)
 	}
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := srv.Serve(ctx, ln); err != nil {
+		if err := srv.Serve(ctx, ln, pln); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
@@ -62,12 +70,18 @@ func startCP(t testing.TB, st store.Store, tweak func(*controlplane.Config)) *cp
 		wg.Wait()
 		srv.Close()
 	})
-	return &cp{t: t, srv: srv, url: "http://" + ln.Addr().String(), st: st}
+	hc := http.DefaultClient
+	if _, bench := t.(*testing.B); !bench {
+		// Every answer call receives must match openapi.yaml.
+		hc = &http.Client{Transport: apitest.NewValidator(t).RoundTripper(t, nil)}
+	}
+	return &cp{t: t, srv: srv, url: "http://" + ln.Addr().String(), proxyURL: "http://" + pln.Addr().String(), st: st, hc: hc}
 }
 
 type reply struct {
 	status int
 	body   []byte
+	header http.Header
 }
 
 func (r reply) obj(t testing.TB) map[string]any {
@@ -81,6 +95,18 @@ func (r reply) obj(t testing.TB) map[string]any {
 
 func (c *cp) call(method, path, cred string, body any, want int) reply {
 	c.t.Helper()
+	return c.callURL(method, c.url+path, cred, body, want)
+}
+
+// callProxy is call on the port proxy's listener.
+func (c *cp) callProxy(method, path, cred string, want int) reply {
+	c.t.Helper()
+	return c.callURL(method, c.proxyURL+path, cred, nil, want)
+}
+
+func (c *cp) callURL(method, url, cred string, body any, want int) reply {
+	c.t.Helper()
+	path := url
 	var rd io.Reader
 	ct := "application/json"
 	switch b := body.(type) {
@@ -91,14 +117,14 @@ func (c *cp) call(method, path, cred string, body any, want int) reply {
 		j, _ := json.Marshal(b)
 		rd = bytes.NewReader(j)
 	}
-	req, _ := http.NewRequestWithContext(context.Background(), method, c.url+path, rd)
+	req, _ := http.NewRequestWithContext(context.Background(), method, url, rd)
 	if body != nil {
 		req.Header.Set("Content-Type", ct)
 	}
 	if cred != "" {
 		req.Header.Set("Authorization", "Bearer "+cred)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := c.hc.Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -107,7 +133,7 @@ func (c *cp) call(method, path, cred string, body any, want int) reply {
 	if want != 0 && res.StatusCode != want {
 		c.t.Fatalf("%s %s: status %d, want %d: %s", method, path, res.StatusCode, want, b)
 	}
-	return reply{res.StatusCode, b}
+	return reply{res.StatusCode, b, res.Header}
 }
 
 // signup returns a session token and team id.

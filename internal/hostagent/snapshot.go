@@ -2,11 +2,8 @@ package hostagent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strconv"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/runtime"
@@ -16,11 +13,10 @@ import (
 
 // snapshotToTemplate turns a running capsule's filesystem into a new
 // template. The capsule is quiesced and frozen (when the driver can pause)
-// so the copy is consistent, its root is archived from the host through
-// /proc/<init pid>/root with GNU tar (one file system: /proc, /sys, /dev
-// and bind-mounted files are left out), imported with the template store,
-// and the capsule is thawed and re-inited. Drivers that expose no host
-// process for the capsule (PID 0, e.g. a VM) are not supported.
+// so the copy is consistent, the driver archives its root
+// (runtime.TemplateExporter), the archive is imported with the template
+// store, and the capsule is thawed and re-inited. Drivers without that
+// capability are not supported.
 func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (template.Template, error) {
 	if a.cfg.Templates == nil {
 		return template.Template{}, fmt.Errorf("create snapshot: no template store configured: %w", runtime.ErrNotSupported)
@@ -37,15 +33,16 @@ func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (templa
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
-	rec, info, cl := c.snapshot()
+	rec, _, cl := c.snapshot()
 	if c.gone {
 		return template.Template{}, fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
 	}
 	if rec.Phase != phaseRunning {
 		return template.Template{}, fmt.Errorf("capsule %s is %s: %w", id, rec.Phase, runtime.ErrInvalidState)
 	}
-	if info.PID == 0 {
-		return template.Template{}, fmt.Errorf("create snapshot: the %s driver exposes no host view of the capsule's root: %w", a.driver.Name(), runtime.ErrNotSupported)
+	exporter, ok := a.driver.(runtime.TemplateExporter)
+	if !ok {
+		return template.Template{}, fmt.Errorf("create snapshot: the %s driver cannot export a capsule's filesystem: %w", a.driver.Name(), runtime.ErrNotSupported)
 	}
 	pauser, canPause := a.driver.(runtime.Pauser)
 	if canPause {
@@ -77,16 +74,9 @@ func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (templa
 	}
 	_ = tmp.Close()
 	defer func() { _ = os.Remove(tmp.Name()) }()
-	root := "/proc/" + strconv.Itoa(info.PID) + "/root"
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "tar", "--one-file-system", "--numeric-owner", "--xattrs", "--acls",
-		"--sparse", "-C", root, "-cf", tmp.Name(), ".")
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	// GNU tar exits 1 when a file changed while it was read: acceptable
-	// for a live (unfreezable) capsule.
-	if err != nil && (!errors.As(err, &ee) || ee.ExitCode() != 1) {
-		return template.Template{}, fmt.Errorf("create snapshot: archive %s: %w: %s", id, err, out)
+	if err := exporter.ExportTemplate(ctx, id, tmp.Name()); err != nil {
+		return template.Template{}, fmt.Errorf("create snapshot: %w", err)
 	}
 	t, err := a.cfg.Templates.ImportTarball(ctx, name, tmp.Name())
 	if err != nil {

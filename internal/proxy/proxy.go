@@ -1,8 +1,19 @@
 // Package proxy is the control plane's port proxy: it exposes ports inside
 // capsules at /proxy/{capsule}/{port}/… and at {port}-{capsule}.{domain},
 // forwarding to the capsule proxy of the host agent that runs the capsule.
+// It is served on its own listener (Handler), never on the API's origin, so
+// capsule content cannot read or set the API's cookies or call the API as
+// the browser's user.
 //
 // Invariants:
+//   - Wrenn credentials never reach capsule code: credstrip.Request removes
+//     the API-key header, bearer Wrenn tokens and session JWTs, Wrenn's
+//     cookies, the access token (header and query) and every X-Wrenn-
+//     header before the proxy sets its own (host secret, prefix).
+//   - No existence oracle: an unknown capsule, a private capsule asked
+//     without a valid token, and envd's port (49983, reached only through
+//     the API) get the same answer (notFound), after the same store work
+//     (the host is located only once access is granted).
 //   - Its own HTTP/1.1 transport (HTTP/2 off), separate from the RPC pool;
 //     WebSocket upgrades pass through.
 //   - The path after the port is forwarded byte for byte (string
@@ -13,9 +24,8 @@
 //     that point at the agent or at the public host are rewritten the same
 //     way.
 //   - A capsule that is not public needs its access token (header
-//     X-Wrenn-Access-Token or query wrenn_access_token); the token, the
-//     host secret and proxy headers from the client are stripped before
-//     forwarding, and client X-Forwarded-* headers are replaced.
+//     X-Wrenn-Access-Token or query wrenn_access_token); client
+//     X-Forwarded-* headers are replaced.
 //   - Reverse proxies are cached per capsule+port+host and evicted when a
 //     capsule is destroyed.
 package proxy
@@ -23,6 +33,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -35,12 +46,14 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/credstrip"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
 // Header and query names.
 const (
 	AccessTokenHeader = "X-Wrenn-Access-Token"
-	AccessTokenParam  = "wrenn_access_token"
+	AccessTokenParam  = credstrip.AccessTokenParam
 	// Agent-side names (see internal/hostagent).
 	hostSecretHeader = "X-Wrenn-Host-Secret"
 	prefixHeader     = "X-Wrenn-Proxy-Prefix"
@@ -56,6 +69,11 @@ type Target struct {
 	// AccessTokenHash is the SHA-256 hex of the capsule's access token.
 	AccessTokenHash string
 	Running         bool
+	// Locate, when set, returns the target with AgentURL, HostSecret and
+	// Running filled in. It is called only after access was granted, so a
+	// request without a valid token costs the same store work as one for
+	// an unknown capsule.
+	Locate func(ctx context.Context) (Target, error)
 }
 
 // ErrNotFound is what a Resolver returns for an unknown capsule.
@@ -190,11 +208,20 @@ func ParseHost(host, domain string) (capsule string, port int, ok bool) {
 	return capsule, port, true
 }
 
+// Handler is the handler of the proxy's own listener: the subdomain form
+// for hosts under Domain, the path form for /proxy/…, and notFound for
+// anything else.
+func (p *Proxy) Handler() http.Handler { return p.Wrap(p) }
+
 // ServeHTTP serves the path form.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	capsule, port, rest, ok := ParsePath(r.URL.EscapedPath())
 	if !ok {
-		http.Error(w, "want /proxy/{capsule}/{port}/…", http.StatusBadRequest)
+		if !strings.HasPrefix(r.URL.EscapedPath(), "/proxy/") {
+			notFound(w)
+			return
+		}
+		writeError(w, http.StatusBadRequest, "invalid_argument", "want /proxy/{capsule}/{port}/…")
 		return
 	}
 	p.serve(w, r, capsule, port, rest, "/proxy/"+capsule+"/"+strconv.Itoa(port))
@@ -219,30 +246,67 @@ func (p *Proxy) Wrap(next http.Handler) http.Handler {
 
 type prefixCtx struct{}
 
+// notFoundMessage is the one answer for an unknown capsule, a private
+// capsule without a valid token, and a refused port.
+const notFoundMessage = "no such capsule port, or the capsule is private and the access token " +
+	"(X-Wrenn-Access-Token header or wrenn_access_token query parameter) is missing or wrong"
+
+// noSuchHash stands in for an unknown capsule's token hash, so the token
+// check costs the same whether or not the capsule exists.
+var noSuchHash = auth.HashToken("no such capsule")
+
+// writeError writes the API's error shape, {"code","message"}.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	b, _ := json.Marshal(map[string]string{"code": code, "message": msg})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func notFound(w http.ResponseWriter) {
+	writeError(w, http.StatusNotFound, "not_found", notFoundMessage)
+}
+
+func unavailable(w http.ResponseWriter, status int) {
+	writeError(w, status, "unavailable", "the capsule's host is not reachable right now; please try again in a moment")
+}
+
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, capsule string, port int, rest, prefix string) {
 	t, err := p.cfg.Resolve(r.Context(), capsule)
-	if errors.Is(err, ErrNotFound) {
-		http.Error(w, "capsule not found", http.StatusNotFound)
-		return
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		p.log.WarnContext(r.Context(), "port proxy: resolve failed", "capsule_id", capsule, "err", err)
-		http.Error(w, "the capsule's host is not reachable right now; please try again in a moment", http.StatusServiceUnavailable)
+		unavailable(w, http.StatusServiceUnavailable)
 		return
 	}
+	found := err == nil
 	q := r.URL.Query()
-	if !t.Public {
-		tok := r.Header.Get(AccessTokenHeader)
-		if tok == "" {
-			tok = q.Get(AccessTokenParam)
-		}
-		if tok == "" || !auth.EqualHash(auth.HashToken(tok), t.AccessTokenHash) {
-			http.Error(w, "this capsule's ports are private: send its access token", http.StatusUnauthorized)
+	tok := r.Header.Get(AccessTokenHeader)
+	if tok == "" {
+		tok = q.Get(AccessTokenParam)
+	}
+	want := t.AccessTokenHash
+	if !found {
+		want = noSuchHash
+	}
+	tokenOK := tok != "" && auth.EqualHash(auth.HashToken(tok), want)
+	// envd is reached through the API only; its port is refused like an
+	// unknown target.
+	if !found || (!t.Public && !tokenOK) || port == runtime.EnvdPort {
+		notFound(w)
+		return
+	}
+	if t.Locate != nil {
+		if t, err = t.Locate(r.Context()); err != nil {
+			p.log.WarnContext(r.Context(), "port proxy: locate failed", "capsule_id", capsule, "err", err)
+			unavailable(w, http.StatusServiceUnavailable)
 			return
 		}
 	}
 	if !t.Running {
-		http.Error(w, "the capsule is not running", http.StatusConflict)
+		writeError(w, http.StatusConflict, "conflict", "the capsule is not running")
 		return
 	}
 	k := key{capsule: capsule, port: port, host: r.Host}
@@ -251,7 +315,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, capsule string, po
 		rp, err := p.newReverseProxy(t.AgentURL)
 		if err != nil {
 			p.log.WarnContext(r.Context(), "port proxy: bad agent url", "capsule_id", capsule, "err", err)
-			http.Error(w, "the capsule's host is not reachable right now", http.StatusServiceUnavailable)
+			unavailable(w, http.StatusServiceUnavailable)
 			return
 		}
 		v, _ = p.cache.LoadOrStore(k, rp)
@@ -260,15 +324,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, capsule string, po
 	agentPath := "/proxy/" + capsule + "/" + strconv.Itoa(port) + rest
 	u, err := url.Parse(agentPath)
 	if err != nil {
-		http.Error(w, "bad path", http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, "invalid_argument", "bad path")
 		return
 	}
 	out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
-	if q.Has(AccessTokenParam) {
-		q.Del(AccessTokenParam)
-		out.URL.RawQuery = q.Encode()
-	}
-	out.Header.Del(AccessTokenHeader)
+	credstrip.Request(out)
 	out.Header.Set(hostSecretHeader, t.HostSecret)
 	out.Header.Set(prefixHeader, "")
 	v.(*httputil.ReverseProxy).ServeHTTP(w, out)
@@ -299,7 +359,7 @@ func (p *Proxy) newReverseProxy(agentURL string) (*httputil.ReverseProxy, error)
 			if !errors.Is(err, context.Canceled) {
 				p.log.WarnContext(r.Context(), "port proxy: agent error", "agent", target.Host, "err", err)
 			}
-			http.Error(w, "the capsule's host is not reachable right now; please try again in a moment", http.StatusBadGateway)
+			unavailable(w, http.StatusBadGateway)
 		},
 	}, nil
 }

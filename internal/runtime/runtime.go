@@ -1,7 +1,9 @@
 // Package runtime defines the contract between the host agent and the things
 // that actually run capsules (runtime drivers): the Driver interface, the
 // optional capability interfaces a driver may also implement (Pauser,
-// Snapshotter, WarmPooler), the capsule value types and the typed errors.
+// Snapshotter, WarmPooler, TemplateExporter), the capsule value types, the
+// typed errors, and Steps, the named-step lists drivers run their create
+// paths as.
 //
 // The shape follows Nomad's task drivers: a small mandatory core (Create,
 // Start, Stop, Destroy, Inspect, List, Stats, Recover) plus capabilities that
@@ -208,6 +210,21 @@ type WarmPooler interface {
 	// capsules match (template, limits, network policy) are honoured;
 	// Take returns ErrPoolMismatch if spec asks for other limits.
 	Take(ctx context.Context, spec Spec) (Info, error)
+}
+
+// TemplateExporter is implemented by drivers that can archive a capsule's
+// filesystem so that it becomes a new template (snapshot to template).
+type TemplateExporter interface {
+	// ExportTemplate writes the root filesystem of a running or paused
+	// capsule to the file dst (created or truncated) as a tar archive with
+	// numeric owners, xattrs, ACLs and sparse files, the form
+	// template.Store.ImportTarball reads. Only the capsule's own root file
+	// system is archived: what is mounted over it (/proc, /sys, /dev,
+	// tmpfs mounts, files the driver bind-mounts such as envd) is left
+	// out. The capsule keeps running; for a
+	// consistent copy the caller pauses it first (Pauser). A capsule in
+	// another state gives ErrInvalidState.
+	ExportTemplate(ctx context.Context, id, dst string) error
 }
 
 // Typed errors. Drivers wrap them; callers test with errors.Is.

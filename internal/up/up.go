@@ -87,6 +87,10 @@ type Config struct {
 	Home string
 	// Listen is the API address (default 127.0.0.1:9725; port 0 picks one).
 	Listen string
+	// ProxyListen is the port proxy's own address (default
+	// 127.0.0.1:9726; port 0 picks one): capsule ports are served at
+	// ProxyURL()/proxy/{capsule}/{port}/…, never on the API's origin.
+	ProxyListen string
 	// AgentListen is the in-process agent's address (default 127.0.0.1:0).
 	AgentListen string
 	// OnExit default pause.
@@ -140,6 +144,9 @@ func (c *Config) fill() error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:9725"
 	}
+	if c.ProxyListen == "" {
+		c.ProxyListen = controlplane.DefaultProxyListen
+	}
 	if c.AgentListen == "" {
 		c.AgentListen = "127.0.0.1:0"
 	}
@@ -185,7 +192,9 @@ type App struct {
 	tmpls *template.Store
 
 	ln, agentLn net.Listener
+	proxyLn     net.Listener
 	url         string
+	proxyURL    string
 	adminKey    string
 	firstStart  bool
 	hostID      string
@@ -237,11 +246,15 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, fmt.Errorf("up: listen on %s: %w (is another wrenn up running?)", cfg.Listen, err)
 	}
 	a.url = "http://" + dialable(a.ln.Addr().(*net.TCPAddr))
+	if a.proxyLn, err = net.Listen("tcp", cfg.ProxyListen); err != nil {
+		return nil, fmt.Errorf("up: proxy listen on %s: %w (is another wrenn up running?)", cfg.ProxyListen, err)
+	}
+	a.proxyURL = "http://" + dialable(a.proxyLn.Addr().(*net.TCPAddr))
 	if a.agentLn, err = net.Listen("tcp", cfg.AgentListen); err != nil {
 		return nil, fmt.Errorf("up: agent listen on %s: %w", cfg.AgentListen, err)
 	}
 	if a.cp, err = controlplane.New(ctx, controlplane.Config{
-		Listen: a.ln.Addr().String(), Store: a.store, Secret: secret, PublicURL: a.url,
+		Listen: a.ln.Addr().String(), ProxyListen: a.proxyLn.Addr().String(), Store: a.store, Secret: secret, PublicURL: a.url,
 		HeartbeatInterval: cfg.HeartbeatInterval, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err
@@ -257,6 +270,10 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 
 // URL is the API's base URL, e.g. http://127.0.0.1:9725.
 func (a *App) URL() string { return a.url }
+
+// ProxyURL is the port proxy's base URL, e.g. http://127.0.0.1:9726:
+// capsule ports are at ProxyURL()/proxy/{capsule}/{port}/.
+func (a *App) ProxyURL() string { return a.proxyURL }
 
 // AdminKey is the admin API key (also in $WRENN_HOME/admin.key).
 func (a *App) AdminKey() string { return a.adminKey }
@@ -533,7 +550,7 @@ func (a *App) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
-		if err := a.cp.Serve(serveCtx, a.ln); err != nil {
+		if err := a.cp.Serve(serveCtx, a.ln, a.proxyLn); err != nil {
 			errc <- fmt.Errorf("control plane: %w", err)
 		}
 	})
@@ -633,6 +650,9 @@ func (a *App) closeAll(cleanHost bool) {
 	}
 	if a.ln != nil {
 		_ = a.ln.Close()
+	}
+	if a.proxyLn != nil {
+		_ = a.proxyLn.Close()
 	}
 	if a.agent != nil {
 		_ = a.agent.Close()

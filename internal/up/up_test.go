@@ -3,9 +3,11 @@ package up_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -65,7 +67,7 @@ const instance = "wupt"
 
 func config(t testing.TB, home string, onExit up.OnExit, out io.Writer) up.Config {
 	return up.Config{
-		Home: home, Listen: "127.0.0.1:0", OnExit: onExit, EnvdPath: envd(t), DefaultDiskSizeMB: 256,
+		Home: home, Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0", OnExit: onExit, EnvdPath: envd(t), DefaultDiskSizeMB: 256,
 		Instance: fmt.Sprintf("%s%d", instance, os.Getpid()%100000), Subnet: netip.MustParsePrefix("10.250.0.0/16"),
 		Out: out, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
@@ -132,6 +134,9 @@ func TestRestartKeepsKeyHostAndCapsules(t *testing.T) {
 	key := first.app.AdminKey()
 	if !strings.Contains(out.String(), key) {
 		t.Errorf("first start did not print the admin key:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), first.app.ProxyURL()+"/proxy/") {
+		t.Errorf("first start did not print the port proxy's URL:\n%s", out.String())
 	}
 	st, err := os.Stat(up.AdminKeyPath(home))
 	if err != nil || st.Mode().Perm() != 0o600 {
@@ -246,7 +251,7 @@ func TestForeignAdminKeyIsRefused(t *testing.T) {
 	if err := os.WriteFile(up.AdminKeyPath(home), []byte("wrn_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := up.Config{Home: home, EnvdPath: "/nonexistent/envd", Listen: "127.0.0.1:0"}
+	cfg := up.Config{Home: home, EnvdPath: "/nonexistent/envd", Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0"}
 	_, err = up.New(ctx, cfg)
 	if err == nil || !strings.Contains(err.Error(), "holds a key this database does not know") {
 		t.Errorf("New with a foreign admin.key: %v", err)
@@ -294,11 +299,30 @@ func TestListenOnAllInterfacesGivesALoopbackURL(t *testing.T) {
 	testutil.RequireRoot(t)
 	cfg := config(t, t.TempDir(), up.OnExitDestroy, io.Discard)
 	cfg.Listen = "0.0.0.0:0"
+	cfg.ProxyListen = "0.0.0.0:0"
 	cfg.Instance += "a"
 	s := start(t, cfg)
 	defer s.shutdown(t)
 	if !strings.HasPrefix(s.app.URL(), "http://127.0.0.1:") {
 		t.Errorf("URL = %s; want a loopback URL", s.app.URL())
+	}
+	if !strings.HasPrefix(s.app.ProxyURL(), "http://127.0.0.1:") || s.app.ProxyURL() == s.app.URL() {
+		t.Errorf("ProxyURL = %s; want a loopback URL other than the API's", s.app.ProxyURL())
+	}
+	// The port proxy answers on its own listener (an unknown capsule), the
+	// API's listener has no /proxy/ route; both with the error body.
+	for _, base := range []string{s.app.ProxyURL(), s.app.URL()} {
+		req, _ := http.NewRequestWithContext(testutil.Context(t, testutil.Short), "GET", base+"/proxy/cl-nosuchcapsule00000/8080/", nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Code string }
+		err = json.NewDecoder(res.Body).Decode(&e)
+		_ = res.Body.Close()
+		if res.StatusCode != http.StatusNotFound || err != nil || e.Code != "not_found" {
+			t.Errorf("%s/proxy/…: %d %v %+v, want 404 not_found", base, res.StatusCode, err, e)
+		}
 	}
 	c, _ := wrenn.New(s.app.URL(), s.app.AdminKey())
 	if _, err := c.Me(testutil.Context(t, testutil.Short)); err != nil {

@@ -218,9 +218,9 @@ func TestQuickStart(t *testing.T) {
 			"newLoginCmd(), newCapsuleCmd(), newTemplateCmd() and newUpCmd()", err, out)
 	}
 	home := t.TempDir()
-	addr := freeAddr(t)
+	addr, proxyAddr := freeAddr(t), freeAddr(t)
 	instance := fmt.Sprintf("wqs%d", os.Getpid()%100000)
-	upArgs := []string{"--home", home, "--listen", addr, "--no-base", "--instance", instance, "--subnet", "10.253.0.0/16"}
+	upArgs := []string{"--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--no-base", "--instance", instance, "--subnet", "10.253.0.0/16"}
 	t.Cleanup(func() {
 		// Whatever happened, destroy every capsule this home still has: a
 		// start with --on-exit destroy re-adopts them, and its stop
@@ -262,7 +262,10 @@ func TestQuickStart(t *testing.T) {
 	}
 	key := m[1]
 	url := "http://" + addr
-	for _, want := range []string{"Wrenn is up at " + url, "wrenn login --url " + url + " --key " + key, "wrenn capsule create"} {
+	for _, want := range []string{
+		"Wrenn is up at " + url, "wrenn login --url " + url + " --key " + key, "wrenn capsule create",
+		"Capsule ports: http://" + proxyAddr + "/proxy/",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("wrenn up output lacks %q:\n%s", want, out)
 		}
@@ -380,7 +383,7 @@ func TestQuickStartBaseTemplate(t *testing.T) {
 	home := t.TempDir()
 	addr := freeAddr(t)
 	args := []string{
-		"--home", home, "--listen", addr, "--on-exit", "destroy",
+		"--home", home, "--listen", addr, "--proxy-listen", freeAddr(t), "--on-exit", "destroy",
 		"--instance", fmt.Sprintf("wqb%d", os.Getpid()%100000), "--subnet", "10.253.0.0/16", // tests of this package run one at a time
 	}
 	srv, _ := startUp(t, wrenn, args...)

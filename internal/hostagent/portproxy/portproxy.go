@@ -16,10 +16,18 @@
 //     client used: the X-Wrenn-Proxy-Prefix request header when present
 //     (the control plane sets it, "" for its subdomain form), otherwise
 //     /proxy/{capsule}/{port}.
+//   - Wrenn credentials never reach the capsule (credstrip.Request, after
+//     the prefix header was read): the control plane strips them already;
+//     this is the second line for any other caller holding the host
+//     secret.
+//   - envd's port (49983) is never forwarded: envd is reached through the
+//     API. It gets the same answer as an unknown or stopped capsule
+//     (notFound), which says nothing about what exists.
 package portproxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +40,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/credstrip"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
 // PrefixHeader names the prefix under which the client reached the proxy.
@@ -172,19 +183,41 @@ func parse(escaped string) (capsule string, port int, rest string, ok bool) {
 	return capsule, port, rest, true
 }
 
+// writeError writes the API's error shape, {"code","message"}.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	b, _ := json.Marshal(map[string]string{"code": code, "message": msg})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// notFound is the one answer for an unknown or stopped capsule and a
+// refused port.
+func notFound(w http.ResponseWriter) {
+	writeError(w, http.StatusNotFound, "not_found", "no such running capsule port")
+}
+
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	capsule, port, rest, ok := parse(r.URL.EscapedPath())
 	if !ok {
-		http.Error(w, "want /proxy/{capsule}/{port}/…", http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, "invalid_argument", "want /proxy/{capsule}/{port}/…")
+		return
+	}
+	if port == runtime.EnvdPort {
+		notFound(w)
 		return
 	}
 	ip, err := p.cfg.Resolve(r.Context(), capsule)
+	if errors.Is(err, ErrNoCapsule) {
+		notFound(w)
+		return
+	}
 	if err != nil {
-		status := http.StatusBadGateway
-		if errors.Is(err, ErrNoCapsule) {
-			status = http.StatusNotFound
-		}
-		http.Error(w, fmt.Sprintf("capsule %s: %v", capsule, err), status)
+		p.log.Warn("port proxy: resolve failed", "capsule_id", capsule, "err", err)
+		writeError(w, http.StatusBadGateway, "unavailable", "the capsule cannot be reached right now")
 		return
 	}
 	prefix := "/proxy/" + capsule + "/" + strconv.Itoa(port)
@@ -200,18 +233,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// entry behind: check again that the capsule is still there.
 		if _, err := p.cfg.Resolve(r.Context(), capsule); !loaded && err != nil {
 			p.cache.Delete(k)
-			http.Error(w, fmt.Sprintf("capsule %s: %v", capsule, err), http.StatusNotFound)
+			notFound(w)
 			return
 		}
 	}
 	out := r.Clone(r.Context())
 	u, err := url.Parse(rest)
 	if err != nil {
-		http.Error(w, "bad path", http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, "invalid_argument", "bad path")
 		return
 	}
 	out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
-	out.Header.Del(PrefixHeader)
+	credstrip.Request(out) // drops PrefixHeader with every X-Wrenn- header
 	out = out.WithContext(context.WithValue(out.Context(), prefixKey{}, prefix))
 	rp.(*httputil.ReverseProxy).ServeHTTP(w, out)
 }
@@ -240,7 +273,7 @@ func (p *Proxy) newReverseProxy(upstream netip.AddrPort) *httputil.ReverseProxy 
 			if !errors.Is(err, context.Canceled) {
 				p.log.Debug("port proxy upstream error", "upstream", upstream.String(), "err", err)
 			}
-			http.Error(w, "capsule port unreachable: "+err.Error(), http.StatusBadGateway)
+			writeError(w, http.StatusBadGateway, "unavailable", "capsule port unreachable: "+err.Error())
 		},
 	}
 }

@@ -283,3 +283,60 @@ func TestCacheAndEvict(t *testing.T) {
 		t.Fatalf("after evicting cl-b: got %d, want 0", got)
 	}
 }
+
+// TestStripsWrennCredentials: whatever reaches the agent (the control
+// plane strips these already), Wrenn credentials do not reach the capsule;
+// Basic auth (envd's user) and the app's own credentials do.
+func TestStripsWrennCredentials(t *testing.T) {
+	got := make(chan *http.Request, 1)
+	rec := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Clone(context.Background())
+	}))
+	t.Cleanup(rec.Close)
+	_, ps, _ := net.SplitHostPort(rec.Listener.Addr().String())
+	_, front := newProxy(t, map[string]bool{"cl-a": true})
+	jwtLike := "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJ3cmVubiIsInN1YiI6InVzLTEifQ.c2ln" // iss "wrenn"
+	req, _ := http.NewRequest(http.MethodGet, front.URL+"/proxy/cl-a/"+ps+"/p?token=wrn_abcdefgh&wrenn_access_token=wrc_x&keep=1", nil)
+	req.Header.Set("X-API-Key", "wrn_abcdefgh")
+	req.Header.Add("Authorization", "Bearer "+jwtLike)
+	req.Header.Add("Authorization", "Basic dXNlcjo=")
+	req.Header.Set("Cookie", "wrenn_oauth_state=s; app=1")
+	req.Header.Set("X-Wrenn-Access-Token", "wrc_x")
+	req.Header.Set(PrefixHeader, "")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	http.DefaultClient.CloseIdleConnections()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	r := <-got
+	if r.URL.RawQuery != "keep=1" {
+		t.Errorf("query %q, want keep=1", r.URL.RawQuery)
+	}
+	if v := r.Header.Values("Authorization"); len(v) != 1 || v[0] != "Basic dXNlcjo=" {
+		t.Errorf("Authorization %q, want only the Basic value", v)
+	}
+	if v := r.Header.Get("Cookie"); v != "app=1" {
+		t.Errorf("Cookie %q, want app=1", v)
+	}
+	for _, h := range []string{"X-Api-Key", "X-Wrenn-Access-Token", PrefixHeader} {
+		if v, ok := r.Header[h]; ok {
+			t.Errorf("%s reached the capsule: %q", h, v)
+		}
+	}
+}
+
+// TestEnvdPortRefused: envd (port 49983) is reached through the API only;
+// the proxy answers exactly as for an unknown capsule.
+func TestEnvdPortRefused(t *testing.T) {
+	_, front := newProxy(t, map[string]bool{"cl-a": true})
+	unknown, ubody := get(t, front.URL+"/proxy/cl-zzz/8080/", nil)
+	envd, ebody := get(t, front.URL+"/proxy/cl-a/49983/x", nil)
+	if unknown.StatusCode != http.StatusNotFound || envd.StatusCode != unknown.StatusCode || ebody != ubody ||
+		envd.Header.Get("Content-Type") != unknown.Header.Get("Content-Type") {
+		t.Fatalf("envd port answered %d %q; an unknown capsule answers %d %q", envd.StatusCode, ebody, unknown.StatusCode, ubody)
+	}
+}

@@ -122,7 +122,27 @@ type Config struct {
 	CRIUTimeout time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// CreateSteps, if set, sees every step list the driver is about to run
+	// (Steps.Op is OpCreate, OpStart, OpWarm or OpRestore) and may read,
+	// reorder, wrap or replace its steps; tests inject failures this way.
+	CreateSteps func(*runtime.Steps)
 }
+
+// Operations whose work the driver runs as a runtime.Steps list (Op).
+const (
+	// OpCreate is Create: dir, network (concurrent with the next steps up
+	// to rootfs), rootfs, etc, bundle, state.
+	OpCreate = "create"
+	// OpStart is Start: start.
+	OpStart = "start"
+	// OpWarm makes a warm-pool capsule: the OpCreate steps, then start,
+	// wait-ready, freeze.
+	OpWarm = "warm"
+	// OpRestore is Restore: the OpCreate steps with image before rootfs,
+	// then memory (CRIU; a failure there falls back to start), start,
+	// save.
+	OpRestore = "restore"
+)
 
 // Driver is the container runtime driver.
 type Driver struct {
@@ -351,12 +371,11 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, e
 	if err := d.reserve(spec.ID, c); err != nil {
 		return runtime.Info{}, err
 	}
-	rec, err := d.build(ctx, spec, tmpl, false, nil)
-	if err != nil {
+	c.rec = newRecord(spec, false)
+	if err := d.runSteps(ctx, d.createSteps(OpCreate, &c.rec, tmpl, nil)); err != nil {
 		d.unreserve(spec.ID, c)
 		return runtime.Info{}, err
 	}
-	c.rec = rec
 	return d.info(&c.rec), nil
 }
 
@@ -379,50 +398,91 @@ func (d *Driver) unreserve(id string, c *capsule) {
 	c.gone = true
 }
 
-// build makes every resource of a new capsule and writes its state. On
-// error it removes what it made. image, if not nil, writes the capsule's
-// disk image (restoring a snapshot) instead of a blank one; it runs while
-// the network is set up.
-func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Template, pool bool, image func(path string) error) (rec record, err error) {
-	key := newKey()
-	p := d.paths(key)
-	rec = record{ID: spec.ID, Key: key, Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC(), Pool: pool}
-	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
-		return rec, fmt.Errorf("container: %w", err)
+func newRecord(spec runtime.Spec, pool bool) record {
+	return record{ID: spec.ID, Key: newKey(), Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC(), Pool: pool}
+}
+
+// runSteps lets Config.CreateSteps see the list, then runs it.
+func (d *Driver) runSteps(ctx context.Context, s *runtime.Steps) error {
+	if d.cfg.CreateSteps != nil {
+		d.cfg.CreateSteps(s)
 	}
-	defer func() {
-		if err != nil {
-			d.release(context.WithoutCancel(ctx), &rec)
-		}
-	}()
-	// Network and rootfs are independent: make them at the same time.
-	var netErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		rec.Net, netErr = d.net.Setup(key, spec.AllowInternet && !pool)
-	}()
-	var fsErr error
+	return s.Run(ctx)
+}
+
+// createSteps returns the steps that make every resource of a new capsule
+// (rec, with its key) and write its state: dir, network (set up while the
+// disk is prepared), rootfs, etc, bundle, state. Each step's Undo removes
+// what the step made, so a failed run leaves nothing. image, if not nil,
+// becomes a step "image" before "rootfs" that writes the capsule's disk
+// image (restoring a snapshot) instead of a blank one.
+func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, image func(path string) error) *runtime.Steps {
+	p := d.paths(rec.Key)
+	s := &runtime.Steps{Op: op, ID: rec.ID, Log: d.log}
+	s.Append(
+		runtime.Step{
+			Name: "dir",
+			Do: func(context.Context) error {
+				if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+					return fmt.Errorf("container: %w", err)
+				}
+				return nil
+			},
+			// The directory goes last: while it exists, Recover can find
+			// the key. rootfs.Remove unmounts before it deletes.
+			Undo: func(context.Context) error { return rootfs.Remove(p) },
+		},
+		runtime.Step{
+			Name:  "network",
+			Async: true,
+			Do: func(context.Context) (err error) {
+				rec.Net, err = d.net.Setup(rec.Key, rec.Spec.AllowInternet && !rec.Pool)
+				return err
+			},
+			Undo: func(context.Context) error { return d.teardownNet(rec) },
+		},
+	)
 	if image != nil {
-		fsErr = image(p.Image())
+		s.Append(runtime.Step{Name: "image", Do: func(context.Context) error { return image(p.Image()) }})
 	}
-	if fsErr == nil {
-		fsErr = rootfs.Mount(ctx, p, tmpl.Rootfs, spec.DiskSizeMB, filepath.Join(d.cfg.StateDir, "blank"), nil)
+	s.Append(
+		runtime.Step{
+			Name: "rootfs",
+			Do: func(ctx context.Context) error {
+				return rootfs.Mount(ctx, p, tmpl.Rootfs, rec.Spec.DiskSizeMB, filepath.Join(d.cfg.StateDir, "blank"), nil)
+			},
+			Undo: func(context.Context) error { return rootfs.Unmount(p) },
+		},
+		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(p.Root(), rec.ID, rec.Net.Guest) }},
+		runtime.Step{Name: "bundle", Do: func(context.Context) error { return d.writeBundle(rec) }},
+		runtime.Step{Name: "state", Do: func(context.Context) error { return d.save(rec) }},
+	)
+	return s
+}
+
+// startStep runs envd as the capsule's init; its Undo deletes the runc
+// container and the cgroup.
+func (d *Driver) startStep(rec *record) runtime.Step {
+	return runtime.Step{
+		Name: "start",
+		Do:   func(ctx context.Context) error { return d.start(ctx, rec) },
+		Undo: func(ctx context.Context) error { return d.removeContainer(ctx, rec) },
 	}
-	<-done
-	if err := errors.Join(netErr, fsErr); err != nil {
-		return rec, err
+}
+
+// removeContainer deletes the capsule's runc container and cgroup.
+func (d *Driver) removeContainer(ctx context.Context, rec *record) error {
+	return errors.Join(d.runcDelete(ctx, rec.Key), d.cg.remove(d.cgroupPath(rec.Key)))
+}
+
+// teardownNet frees the capsule's network, also when its setup did not
+// complete (no allocation recorded: found by key).
+func (d *Driver) teardownNet(rec *record) error {
+	a := rec.Net
+	if a.Key == "" {
+		a = network.Allocation{Key: rec.Key, Index: -1, Netns: d.net.NetnsPath(rec.Key)}
 	}
-	if err := d.writeEtc(p.Root(), spec.ID, rec.Net.Guest); err != nil {
-		return rec, err
-	}
-	if err := d.writeBundle(&rec); err != nil {
-		return rec, err
-	}
-	if err := d.save(&rec); err != nil {
-		return rec, err
-	}
-	return rec, nil
+	return d.net.Teardown(a)
 }
 
 // writeEtc gives the capsule its /etc/hosts and /etc/hostname (in the
@@ -488,11 +548,7 @@ func (d *Driver) release(ctx context.Context, rec *record) {
 	if err := d.cg.remove(d.cgroupPath(rec.Key)); err != nil {
 		errs = append(errs, err)
 	}
-	a := rec.Net
-	if a.Key == "" {
-		a = network.Allocation{Key: rec.Key, Index: -1, Netns: d.net.NetnsPath(rec.Key)}
-	}
-	if err := d.net.Teardown(a); err != nil {
+	if err := d.teardownNet(rec); err != nil {
 		errs = append(errs, err)
 	}
 	// The directory goes last: while it exists, Recover can find the key.
@@ -587,7 +643,11 @@ func (d *Driver) Start(ctx context.Context, id string) (runtime.Info, error) {
 		return runtime.Info{}, err
 	}
 	defer c.mu.Unlock()
-	if err := d.start(ctx, &c.rec); err != nil {
+	// No Undo: a failed start leaves the capsule created (d.start deletes
+	// a runc container that did not run).
+	s := &runtime.Steps{Op: OpStart, ID: id, Log: d.log}
+	s.Append(runtime.Step{Name: "start", Do: func(ctx context.Context) error { return d.start(ctx, &c.rec) }})
+	if err := d.runSteps(ctx, s); err != nil {
 		return runtime.Info{}, err
 	}
 	return d.info(&c.rec), nil

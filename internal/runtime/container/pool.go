@@ -132,29 +132,26 @@ func (d *Driver) warmOne(ctx context.Context, template string) (*capsule, error)
 	if err != nil {
 		return nil, err
 	}
-	rec, err := d.build(ctx, spec, tmpl, true, nil)
-	if err != nil {
+	c := &capsule{rec: newRecord(spec, true)}
+	s := d.createSteps(OpWarm, &c.rec, tmpl, nil)
+	s.Append(
+		d.startStep(&c.rec),
+		runtime.Step{Name: "wait-ready", Do: func(ctx context.Context) error {
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			return d.WaitReady(wctx, d.info(&c.rec))
+		}},
+		runtime.Step{Name: "freeze", Do: func(context.Context) error {
+			if err := d.cg.freeze(d.cgroupPath(c.rec.Key), true); err != nil {
+				return err
+			}
+			c.rec.State = runtime.StatePaused
+			return d.save(&c.rec)
+		}},
+	)
+	if err := d.runSteps(ctx, s); err != nil {
+		c.gone = true
 		return nil, err
-	}
-	c := &capsule{rec: rec}
-	fail := func(err error) (*capsule, error) {
-		d.destroyPooled(c)
-		return nil, err
-	}
-	if err := d.start(ctx, &c.rec); err != nil {
-		return fail(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := d.WaitReady(wctx, d.info(&c.rec)); err != nil {
-		return fail(err)
-	}
-	if err := d.cg.freeze(d.cgroupPath(c.rec.Key), true); err != nil {
-		return fail(err)
-	}
-	c.rec.State = runtime.StatePaused
-	if err := d.save(&c.rec); err != nil {
-		return fail(err)
 	}
 	return c, nil
 }

@@ -298,38 +298,50 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 		}
 		return nil
 	}
-	rec, err := d.build(ctx, spec, tmpl, false, materialise)
-	if err != nil {
+	c.rec = newRecord(spec, false)
+	c.rec.Parent = name
+	s := d.createSteps(OpRestore, &c.rec, tmpl, materialise)
+	s.Append(
+		runtime.Step{
+			Name: "memory",
+			// A failed memory restore leaves nothing running
+			// (restoreMemory): the capsule boots in the next step.
+			Do: func(ctx context.Context) error {
+				if images == "" {
+					return nil
+				}
+				start := time.Now()
+				if merr := d.restoreMemory(ctx, &c.rec, images, criuKeys); merr != nil {
+					d.log.Warn("memory restore failed, booting with files only", "id", spec.ID, "err", merr)
+					return nil
+				}
+				c.rec.Memory = true
+				d.log.Info("capsule memory restored", "id", spec.ID, "took", time.Since(start))
+				return nil
+			},
+			Undo: func(ctx context.Context) error { return d.removeContainer(ctx, &c.rec) },
+		},
+		runtime.Step{
+			Name: "start",
+			Do: func(ctx context.Context) error {
+				if c.rec.Memory {
+					return nil
+				}
+				return d.start(ctx, &c.rec)
+			},
+			Undo: func(ctx context.Context) error { return d.removeContainer(ctx, &c.rec) },
+		},
+		runtime.Step{Name: "save", Do: func(context.Context) error {
+			if err := d.save(&c.rec); err != nil {
+				d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
+			}
+			return nil
+		}},
+	)
+	if err := d.runSteps(ctx, s); err != nil {
 		d.unreserve(spec.ID, c)
+		d.log.Warn("restore failed; the capsule's host objects are removed", "id", spec.ID, "err", err)
 		return runtime.Info{}, fmt.Errorf("restore capsule %s: %w", spec.ID, err)
-	}
-	rec.Parent = name
-	c.rec = rec
-	c.rec.Memory = false
-	if images != "" {
-		start := time.Now()
-		if merr := d.restoreMemory(ctx, &c.rec, images, criuKeys); merr != nil {
-			d.log.Warn("memory restore failed, booting with files only", "id", spec.ID, "err", merr)
-		} else {
-			c.rec.Memory = true
-			d.log.Info("capsule memory restored", "id", spec.ID, "took", time.Since(start))
-		}
-	}
-	if c.rec.Memory {
-		if err := d.save(&c.rec); err != nil {
-			d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
-		}
-		return d.info(&c.rec), nil
-	}
-	if err := d.start(ctx, &c.rec); err != nil {
-		d.log.Error("restore failed, destroying capsule", "id", spec.ID, "err", err)
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		d.destroyLocked(cctx, c)
-		return runtime.Info{}, fmt.Errorf("restore capsule %s (destroyed): %w", spec.ID, err)
-	}
-	if err := d.save(&c.rec); err != nil {
-		d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
 	}
 	return d.info(&c.rec), nil
 }

@@ -1,16 +1,20 @@
 // Package runtimetest is the conformance suite every runtime driver passes:
 // Run(t, newDriver) drives a fresh driver through the life cycle, errors,
 // limits and the optional capabilities it implements (Pauser, Snapshotter,
-// WarmPooler). It talks to capsules only through the Driver interface, envd's
+// WarmPooler, TemplateExporter). It talks to capsules only through the Driver interface, envd's
 // HTTP /health at the capsule's IP:49983, and an optional Exec hook the
 // driver's own test supplies for in-capsule commands.
 package runtimetest
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -55,6 +59,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) runtime.Driver, opts ...Opti
 	t.Run("Pause", s.pause)
 	t.Run("Snapshot", s.snapshot)
 	t.Run("WarmPool", s.warmPool)
+	t.Run("ExportTemplate", s.exportTemplate)
 }
 
 type suite struct {
@@ -456,5 +461,104 @@ func (s *suite) warmPool(t *testing.T) {
 	wp.SetWarmPool(s.o.template, 0)
 	if err := d.Destroy(ctx, "cl-warm"); err != nil {
 		t.Errorf("Destroy: %v", err)
+	}
+}
+
+func (s *suite) exportTemplate(t *testing.T) {
+	d := s.newDriver(t)
+	ex, ok := d.(runtime.TemplateExporter)
+	if !ok {
+		t.Skip("driver is not a TemplateExporter")
+	}
+	ctx := testutil.Context(t, testutil.Long)
+	dst := filepath.Join(t.TempDir(), "export.tar")
+	if err := ex.ExportTemplate(ctx, "cl-nope", dst); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("ExportTemplate of an unknown capsule: err = %v, want ErrNotFound", err)
+	}
+	s.start(t, d, s.spec("cl-export"))
+	if s.o.exec != nil {
+		if out, err := s.o.exec(ctx, d, "cl-export", "sh", "-c", "echo exported > /root/mark && echo gone > /run/tmpfs-file"); err != nil {
+			t.Fatalf("exec: %v: %s", err, out)
+		}
+	}
+	// The way the agent uses it: frozen when the driver can pause.
+	p, canPause := d.(runtime.Pauser)
+	if canPause {
+		if err := p.Pause(ctx, "cl-export"); err != nil {
+			t.Fatalf("Pause: %v", err)
+		}
+	}
+	if err := ex.ExportTemplate(ctx, "cl-export", dst); err != nil {
+		t.Fatalf("ExportTemplate: %v", err)
+	}
+	if canPause {
+		if err := p.Resume(ctx, "cl-export"); err != nil {
+			t.Fatalf("Resume: %v", err)
+		}
+	}
+	files := readTar(t, dst)
+	if _, ok := files["bin/sh"]; !ok {
+		t.Errorf("archive lacks the template's bin/sh (%d entries)", len(files))
+	}
+	// Mount points may be there as empty directories, never their content.
+	for name := range files {
+		if strings.HasPrefix(name, "proc/") || strings.HasPrefix(name, "sys/") || strings.HasPrefix(name, "dev/") {
+			t.Errorf("archive holds %s from a mounted file system", name)
+			break
+		}
+	}
+	if s.o.exec != nil {
+		if got := files["root/mark"]; got != "exported\n" {
+			t.Errorf("root/mark in the archive = %q, want the file the capsule wrote", got)
+		}
+		if _, ok := files["run/tmpfs-file"]; ok {
+			t.Errorf("archive holds a file of a tmpfs mounted in the capsule")
+		}
+	}
+	// The capsule runs on; a stopped one cannot be exported.
+	if got, _ := d.Inspect(ctx, "cl-export"); got.State != runtime.StateRunning {
+		t.Errorf("state after export = %s, want running", got.State)
+	}
+	if err := d.Stop(ctx, "cl-export", 5*time.Second); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if err := ex.ExportTemplate(ctx, "cl-export", dst); !errors.Is(err, runtime.ErrInvalidState) {
+		t.Errorf("ExportTemplate of a stopped capsule: err = %v, want ErrInvalidState", err)
+	}
+	if err := d.Destroy(ctx, "cl-export"); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+}
+
+// readTar returns the regular files (name without "./" → content) and the
+// other entries (name without "./" and a trailing "/" → "") of a tar
+// archive.
+func readTar(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]string{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(h.Name, "./"), "/"), "/")
+		if h.Typeflag != tar.TypeReg || h.Size > 1<<20 {
+			out[name] = ""
+			continue
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		out[name] = string(b)
 	}
 }

@@ -11,6 +11,8 @@
 //   - Timestamps are timestamptz, handled in UTC with microsecond precision.
 package postgres
 
+//go:generate go run ./gen
+
 import (
 	"context"
 	"database/sql"

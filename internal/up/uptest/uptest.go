@@ -73,7 +73,7 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 	}
 	home := filepath.Join(o.Dir, "home")
 	app, err := up.New(ctx, up.Config{
-		Home: home, Listen: "127.0.0.1:0", OnExit: up.OnExitDestroy, EnvdPath: envd,
+		Home: home, Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0", OnExit: up.OnExitDestroy, EnvdPath: envd,
 		DefaultDiskSizeMB: 256, Instance: o.Instance, Subnet: subnet,
 		Logger: slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
