@@ -124,7 +124,7 @@ func TestEndToEnd(t *testing.T) {
 
 	capsule := c.call("POST", "/v1/capsules", userTok, map[string]any{"template": "minimal", "memory_mb": 128, "disk_size_mb": 512, "env": map[string]string{"GREETING": "hi"}}, 201).obj(t)
 	id := capsule["id"].(string)
-	if !strings.HasPrefix(id, "cl-") || capsule["status"] != "running" || capsule["access_token"] == "" {
+	if _, hasReason := capsule["error_reason"]; !strings.HasPrefix(id, "cl-") || capsule["status"] != "running" || capsule["access_token"] == "" || hasReason {
 		t.Fatalf("create = %v", capsule)
 	}
 	base := "/v1/capsules/" + id
@@ -398,8 +398,8 @@ func TestEndToEnd(t *testing.T) {
 	if r.status < 400 || r.status >= 500 && r.status != http.StatusServiceUnavailable {
 		t.Fatalf("pause of a vanished capsule: %d %s", r.status, r.body)
 	}
-	if m := c.call("GET", "/v1/capsules/"+id2, userTok, nil, 200).obj(t); m["status"] != "error" {
-		t.Fatalf("vanished capsule status = %v, want error", m["status"])
+	if m := c.call("GET", "/v1/capsules/"+id2, userTok, nil, 200).obj(t); m["status"] != "error" || !strings.Contains(fmt.Sprint(m["error_reason"]), "vanished") {
+		t.Fatalf("vanished capsule status = %v (%v), want error with a reason", m["status"], m["error_reason"])
 	}
 	c.call("DELETE", "/v1/capsules/"+id2, userTok, nil, 204)
 
@@ -411,8 +411,8 @@ func TestEndToEnd(t *testing.T) {
 	if err := c.srv.ReconcileOnce(ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
-	if m := c.call("GET", "/v1/capsules/"+id3, userTok, nil, 200).obj(t); m["status"] != "error" {
-		t.Fatalf("reconciled status = %v, want error", m["status"])
+	if m := c.call("GET", "/v1/capsules/"+id3, userTok, nil, 200).obj(t); m["status"] != "error" || !strings.Contains(fmt.Sprint(m["error_reason"]), "no longer on its host") {
+		t.Fatalf("reconciled status = %v (%v), want error with a reason", m["status"], m["error_reason"])
 	}
 	c.call("DELETE", "/v1/capsules/"+id3, userTok, nil, 204)
 
