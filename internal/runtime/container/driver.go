@@ -44,7 +44,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,6 +59,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/snapshot"
 	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
 	"github.com/wrenn-dev/wrenn/internal/template"
+	"golang.org/x/sys/unix"
 )
 
 // Config configures the container driver.
@@ -116,6 +116,11 @@ type Config struct {
 	CRIUTimeout time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// DisableUserNS runs capsules without a user namespace (capsule root
+	// is host root), for the hardening benchmark's baseline. The zero
+	// value is the secure default: every capsule in its own user
+	// namespace over an unprivileged host id range (userns.go).
+	DisableUserNS bool
 }
 
 // Driver is the container runtime driver.
@@ -135,6 +140,8 @@ type Driver struct {
 	caps map[string]*capsule // by public ID
 
 	pools poolSet
+
+	idsUsed map[uint32]bool // user namespace id ranges in use (guarded by mu)
 }
 
 var (
@@ -160,6 +167,9 @@ type record struct {
 	// Parent is the snapshot the capsule's disk was restored from; the
 	// next Snapshot diffs against it and then deletes it.
 	Parent string `json:"parent,omitempty"`
+	// IDBase is the first host id of the capsule's user namespace range
+	// (0: no user namespace; userns.go).
+	IDBase uint32 `json:"id_base,omitempty"`
 }
 
 type capsule struct {
@@ -251,6 +261,15 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	for _, dir := range []string{d.runcRoot, d.capsDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("container: %w", err)
+		}
+	}
+	if !cfg.DisableUserNS {
+		// runc's init, already in the capsule's user namespace, walks to
+		// the rootfs and the envd binary as an unprivileged host uid.
+		for _, dir := range []string{d.capsDir, filepath.Dir(cfg.EnvdPath)} {
+			if err := makeTraversable(dir, d.log); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if d.cg, err = detectCgroups(cfg.CgroupRoot); err != nil {
@@ -381,6 +400,12 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
 		return rec, fmt.Errorf("container: %w", err)
 	}
+	if !d.cfg.DisableUserNS {
+		// Traversable (not listable) by the capsule's root: see New.
+		if err := os.Chmod(p.Dir, 0o711); err != nil {
+			return rec, fmt.Errorf("container: %w", err)
+		}
+	}
 	defer func() {
 		if err != nil {
 			d.release(context.WithoutCancel(ctx), &rec)
@@ -397,14 +422,17 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 	if image != nil {
 		fsErr = image(p.Image())
 	}
+	if fsErr == nil && !d.cfg.DisableUserNS {
+		rec.IDBase, fsErr = d.allocIDBase() // issue 11: user namespaces
+	}
 	if fsErr == nil {
-		fsErr = rootfs.Mount(ctx, p, tmpl.Rootfs, spec.DiskSizeMB, filepath.Join(d.cfg.StateDir, "blank"), nil)
+		fsErr = d.mountRootfs(ctx, &rec, tmpl.Rootfs, filepath.Join(d.cfg.StateDir, "blank"))
 	}
 	<-done
 	if err := errors.Join(netErr, fsErr); err != nil {
 		return rec, err
 	}
-	if err := d.writeEtc(p.Root(), spec.ID, rec.Net.Guest); err != nil {
+	if err := d.writeEtc(&rec, spec.ID); err != nil {
 		return rec, err
 	}
 	if err := d.writeBundle(&rec); err != nil {
@@ -416,18 +444,43 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 	return rec, nil
 }
 
+// mountRootfs mounts the capsule's image and overlay, idmapped to its user
+// namespace range if it has one.
+func (d *Driver) mountRootfs(ctx context.Context, rec *record, lower, blankDir string) error {
+	p := d.paths(rec.Key)
+	if rec.IDBase == 0 {
+		return rootfs.Mount(ctx, p, lower, rec.Spec.DiskSizeMB, blankDir, nil)
+	}
+	ns, err := openUserns(rec.IDBase)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ns)
+	return rootfs.Mount(ctx, p, lower, rec.Spec.DiskSizeMB, blankDir, nil, rootfs.WithIDMap(ns, rec.IDBase))
+}
+
 // writeEtc gives the capsule its /etc/hosts and /etc/hostname (in the
-// writable layer).
-func (d *Driver) writeEtc(root, id string, ip netip.Addr) error {
-	etc := filepath.Join(root, "etc")
-	if err := os.MkdirAll(etc, 0o755); err != nil {
+// writable layer), owned by capsule root.
+func (d *Driver) writeEtc(rec *record, id string) error {
+	root, err := os.OpenRoot(d.paths(rec.Key).Root())
+	if err != nil {
 		return fmt.Errorf("container: %w", err)
 	}
-	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", ip, id)
-	if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte(hosts), 0o644); err != nil {
-		return fmt.Errorf("container: %w", err)
+	defer root.Close()
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", rec.Net.Guest, id)
+	err = asCapsuleRoot(rec.IDBase, func() error {
+		if err := root.MkdirAll("etc", 0o755); err != nil {
+			return err
+		}
+		if err := root.WriteFile("etc/hosts", []byte(hosts), 0o644); err != nil {
+			return err
+		}
+		return root.WriteFile("etc/hostname", []byte(id+"\n"), 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("container: write /etc: %w", err)
 	}
-	return os.WriteFile(filepath.Join(etc, "hostname"), []byte(id+"\n"), 0o644)
+	return nil
 }
 
 func (d *Driver) writeBundle(rec *record) error {
@@ -442,6 +495,7 @@ func (d *Driver) writeBundle(rec *record) error {
 		MemoryMB:    rec.Spec.MemoryMB,
 		PidsLimit:   d.cfg.PidsLimit,
 		Env:         rec.Spec.Env,
+		IDBase:      rec.IDBase,
 	})
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -489,6 +543,8 @@ func (d *Driver) release(ctx context.Context, rec *record) {
 	// The directory goes last: while it exists, Recover can find the key.
 	if err := rootfs.Remove(d.paths(rec.Key)); err != nil {
 		errs = append(errs, err)
+	} else {
+		d.freeIDBase(rec.IDBase)
 	}
 	if err := errors.Join(errs...); err != nil {
 		d.log.Warn("release capsule", "id", rec.ID, "key", rec.Key, "err", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/runtime/runtimetest"
 	"github.com/wrenn-dev/wrenn/internal/template"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
@@ -137,15 +138,11 @@ func openDriver(t testing.TB, cfg container.Config) *container.Driver {
 	return d
 }
 
-// runcExec runs a command inside a capsule with `runc exec`.
+// runcExec runs a command inside a capsule as root, through envd (the path
+// user commands take; `runc exec` of Debian's runc 1.1.5 cannot join a
+// capsule whose network namespace is outside its user namespace).
 func runcExec(ctx context.Context, d *container.Driver, id string, args ...string) (string, error) {
-	key, err := d.Key(id)
-	if err != nil {
-		return "", err
-	}
-	full := append([]string{"--root", d.RuncRoot(), "exec", key}, args...)
-	out, err := exec.CommandContext(ctx, "runc", full...).CombinedOutput()
-	return string(out), err
+	return runtimetest.EnvdExecFunc(ctx, d, id, args...)
 }
 
 // startCapsule creates and starts a capsule and waits for envd.

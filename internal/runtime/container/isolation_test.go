@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
@@ -54,18 +55,10 @@ func httpServer(t *testing.T, ln net.Listener) {
 
 // fetch sends an HTTP/1.0 GET with busybox nc from inside the capsule to
 // addr ("ip:port") and reports whether a 200 came back.
-func fetch(ctx context.Context, d interface {
-	Key(string) (string, error)
-	RuncRoot() string
-}, id, addr, path string,
-) (bool, string) {
-	key, err := d.Key(id)
-	if err != nil {
-		return false, err.Error()
-	}
+func fetch(ctx context.Context, d *container.Driver, id, addr, path string) (bool, string) {
 	host, port, _ := net.SplitHostPort(addr)
 	script := fmt.Sprintf(`printf 'GET %s HTTP/1.0\r\n\r\n' | nc -w 2 %s %s`, path, host, port)
-	out, err := execCmd(ctx, "runc", "--root", d.RuncRoot(), "exec", key, "sh", "-c", script)
+	out, err := runcExec(ctx, d, id, "sh", "-c", script)
 	if err != nil {
 		out += " (" + err.Error() + ")"
 	}
