@@ -136,8 +136,10 @@ func userNS(s *specs.Spec, base uint32) {
 	s.Linux.GIDMappings = idMappings(base)
 	for i, m := range s.Mounts {
 		if m.Destination == "/sys" {
-			s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys",
-				Options: []string{"rbind", "nosuid", "noexec", "nodev", "rro"}}
+			s.Mounts[i] = specs.Mount{
+				Destination: "/sys", Type: "bind", Source: "/sys",
+				Options: []string{"rbind", "nosuid", "noexec", "nodev", "rro"},
+			}
 		}
 	}
 }

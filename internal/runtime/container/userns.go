@@ -25,13 +25,13 @@ package container
 
 import (
 	"crypto/rand"
-	"log/slog"
-	"path/filepath"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	goruntime "runtime"
 	"syscall"
 
