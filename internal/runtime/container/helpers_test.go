@@ -24,6 +24,7 @@ import (
 // Shared across the package's tests: built once in TestMain.
 var (
 	envdBin   string
+	helperBin string // runtimetest/hostilehelper, for the hostile-tenant suite
 	templates template.Store
 	setupErr  error
 	seq       atomic.Int32
@@ -46,6 +47,9 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	envdBin, setupErr = buildEnvd(dir)
+	if setupErr == nil {
+		helperBin, setupErr = buildStatic(dir, "./internal/runtime/runtimetest/hostilehelper")
+	}
 	if setupErr == nil {
 		templates = template.Store{Dir: filepath.Join(dir, "templates")}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -71,6 +75,23 @@ func buildEnvd(dir string) (string, error) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build envd: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+// buildStatic builds the main package pkg (relative to the module root)
+// statically into dir.
+func buildStatic(dir, pkg string) (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	bin := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %w: %s", pkg, err, out)
 	}
 	return bin, nil
 }
