@@ -286,6 +286,15 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		if err != nil {
 			d.log.Info("memory snapshots off", "err", err)
 		}
+		if d.criu && !cfg.DisableUserNS {
+			// Issue 11 (open): CRIU refuses to dump a task whose network
+			// namespace (made by the agent, owned by the host's user
+			// namespace) is outside the task's user namespace. Until the
+			// netns moves into the capsule's user namespace, memory
+			// snapshots need DisableUserNS.
+			d.criu = false
+			d.log.Warn("memory snapshots off: CRIU cannot checkpoint capsules in user namespaces yet; pause to disk keeps files only (Config.DisableUserNS restores memory snapshots at the cost of capsule root being host root)")
+		}
 	}
 	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc)
 	return d, nil
