@@ -48,9 +48,13 @@ func hostState() (string, error) {
 			mounts = append(mounts, f[4])
 		}
 	}
-	fmt.Fprintf(&b, "mounts: %v\n", mounts)
+	for _, m := range mounts {
+		fmt.Fprintf(&b, "mount %s\n", m)
+	}
 	ns, _ := filepath.Glob("/run/netns/" + tag + "*")
-	fmt.Fprintf(&b, "netns: %v\n", ns)
+	for _, n := range ns {
+		fmt.Fprintf(&b, "netns %s\n", n)
+	}
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	n := 0
 	for _, l := range loops {
@@ -58,7 +62,9 @@ func hostState() (string, error) {
 			n++
 		}
 	}
-	fmt.Fprintf(&b, "loops: %d\n", n)
+	for range n {
+		fmt.Fprintf(&b, "loop device\n")
+	}
 	nft, err := exec.Command("nft", "list", "tables").Output()
 	if err != nil {
 		return "", fmt.Errorf("nft list tables: %w", err)
@@ -69,7 +75,9 @@ func hostState() (string, error) {
 			tables = append(tables, line)
 		}
 	}
-	fmt.Fprintf(&b, "nft: %q\n", tables)
+	for _, tb := range tables {
+		fmt.Fprintf(&b, "nft %s\n", tb)
+	}
 	var cgroups []string
 	_ = filepath.WalkDir("/sys/fs/cgroup", func(path string, d os.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
@@ -84,7 +92,9 @@ func hostState() (string, error) {
 		return nil
 	})
 	slices.Sort(cgroups)
-	fmt.Fprintf(&b, "cgroups: %v\n", cgroups)
+	for _, c := range cgroups {
+		fmt.Fprintf(&b, "cgroup %s\n", c)
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	var ours []string
 	for _, p := range procs {
@@ -96,6 +106,8 @@ func hostState() (string, error) {
 		}
 	}
 	slices.Sort(ours)
-	fmt.Fprintf(&b, "processes: %v\n", ours)
+	for _, p := range ours {
+		fmt.Fprintf(&b, "process %s\n", p)
+	}
 	return b.String(), nil
 }

@@ -202,7 +202,9 @@ func TestForkBombContained(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if peak != 128 {
+	// Sampled: tasks whose fork failed come and go, so the sample may
+	// miss the exact peak by a task or two; it never exceeds the limit.
+	if peak < 125 || peak > 128 {
 		t.Errorf("peak tasks in capsule = %d, want the limit 128", peak)
 	}
 	// The host is unaffected: this process can still fork.

@@ -26,9 +26,9 @@ import (
 func WithHelper(path string) Option { return func(o *options) { o.helper = path } }
 
 // WithHostState gives RunHostile a function that describes the host
-// objects a driver could leak (mounts, namespaces, cgroups, processes...);
-// it is called before the suite and after every capsule and driver of the
-// suite is gone, and the two descriptions must be equal.
+// objects a driver could leak (mounts, namespaces, cgroups, processes...),
+// one object per line; it is called before the suite and after every
+// capsule and driver of the suite is gone, and no line may be new.
 func WithHostState(f func() (string, error)) Option { return func(o *options) { o.hostState = f } }
 
 // helperPath is where RunHostile installs the helper in a capsule.
@@ -61,23 +61,43 @@ func RunHostile(t *testing.T, newDriver func(t *testing.T) runtime.Driver, opts 
 	t.Run("Attacks", func(t *testing.T) { h.run(t, newDriver(t)) })
 	if o.hostState != nil {
 		// Objects may take a moment to go (lazy unmounts, autoclear
-		// loops): poll briefly before declaring a leak.
-		var after string
+		// loops): poll briefly before declaring a leak. Objects that
+		// existed before (other tests') may go; none may be new.
+		var leaked []string
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			var err error
-			if after, err = o.hostState(); err != nil {
+			after, err := o.hostState()
+			if err != nil {
 				t.Fatalf("host state after: %v", err)
 			}
-			if after == before || time.Now().After(deadline) {
+			leaked = newLines(before, after)
+			if len(leaked) == 0 || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		if after != before {
-			t.Errorf("the suite left host objects behind:\nbefore:\n%s\nafter:\n%s", before, after)
+		if len(leaked) > 0 {
+			t.Errorf("the suite left host objects behind: %q", leaked)
 		}
 	}
+}
+
+// newLines returns the lines of after that are not in before (a
+// multiset difference).
+func newLines(before, after string) []string {
+	have := map[string]int{}
+	for _, l := range strings.Split(before, "\n") {
+		have[l]++
+	}
+	var out []string
+	for _, l := range strings.Split(after, "\n") {
+		if have[l] > 0 {
+			have[l]--
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 type hostile struct {
