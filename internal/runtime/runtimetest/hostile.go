@@ -124,7 +124,7 @@ func (h *hostile) run(t *testing.T, d runtime.Driver) {
 	h.a = start(runtime.Spec{ID: "cl-hostile-a", DiskSizeMB: 64, MemoryMB: 128})
 	h.b = start(runtime.Spec{ID: "cl-hostile-b"})
 	for _, info := range []runtime.Info{h.a, h.b} {
-		h.install(t, ctx, info)
+		h.install(ctx, t, info)
 	}
 	t.Run("Syscalls", h.syscalls)
 	t.Run("PtraceOwnChild", h.ptraceOwnChild)
@@ -136,7 +136,7 @@ func (h *hostile) run(t *testing.T, d runtime.Driver) {
 }
 
 // install uploads the helper into a capsule through envd.
-func (h *hostile) install(t *testing.T, ctx context.Context, info runtime.Info) {
+func (h *hostile) install(ctx context.Context, t *testing.T, info runtime.Info) {
 	t.Helper()
 	bin, err := os.ReadFile(h.o.helper)
 	if err != nil {
