@@ -43,6 +43,9 @@ func main() {
 func run(log *slog.Logger, port int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := envd.Protect(); err != nil {
+		return fmt.Errorf("envd: make the process non-dumpable: %w", err)
+	}
 	if os.Getpid() == 1 {
 		envd.SetupPID1(log)
 	}

@@ -401,10 +401,13 @@ func (s *Service) MarkHostMissing(ctx context.Context, hostID string) error {
 
 // Align records the state c's agent reports (the reconciler). A move the
 // state machine does not allow is skipped; it reports whether c changed.
-func (s *Service) Align(ctx context.Context, c store.Capsule, want store.CapsuleStatus) (bool, error) {
+func (s *Service) Align(ctx context.Context, c store.Capsule, want store.CapsuleStatus, agentReason string) (bool, error) {
 	reason := ""
 	if want == store.CapsuleError {
 		reason = "its host reports the capsule failed"
+		if agentReason != "" {
+			reason = clip(agentReason) // e.g. "envd has not answered for 10 s"
+		}
 	}
 	return s.alignTo(ctx, c, want, reason)
 }

@@ -214,3 +214,31 @@ func TestFailedPauseOfAVanishedCapsuleMarksItError(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// The reconciler copies what the agent says of a failed capsule (e.g. envd
+// not answering) into error_reason, and a capsule whose agent reports it
+// running again leaves error with the reason cleared.
+func TestAlignKeepsTheAgentsReason(t *testing.T) {
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.Short)
+	tmpl := "minimal"
+	out, err := f.svc.Create(ctx, f.scope, capsules.CreateRequest{Template: &tmpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const why = "envd has not answered 10 metrics samples in a row"
+	if ok, err := f.svc.Align(ctx, out.Capsule, store.CapsuleError, why); err != nil || !ok {
+		t.Fatalf("align to error: %v %v", ok, err)
+	}
+	c, err := f.svc.Get(ctx, f.scope, out.Capsule.ID)
+	if err != nil || c.Status != store.CapsuleError || c.ErrorReason != why {
+		t.Fatalf("after align: %s %q %v", c.Status, c.ErrorReason, err)
+	}
+	if ok, err := f.svc.Align(ctx, c, store.CapsuleRunning, ""); err != nil || !ok {
+		t.Fatalf("align back to running: %v %v", ok, err)
+	}
+	c, err = f.svc.Get(ctx, f.scope, out.Capsule.ID)
+	if err != nil || c.Status != store.CapsuleRunning || c.ErrorReason != "" {
+		t.Fatalf("after envd answers again: %s %q %v", c.Status, c.ErrorReason, err)
+	}
+}

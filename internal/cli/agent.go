@@ -147,6 +147,7 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		CRIUPath:          f.criu.path,
 		CRIUEnv:           f.criu.env,
 		DisableCRIU:       f.criu.off,
+		DisableUserNS:     f.criu.noUserNS,
 		Logger:            log,
 	})
 	if err != nil {

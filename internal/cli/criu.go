@@ -12,6 +12,8 @@ type criuFlags struct {
 	path string
 	env  []string
 	off  bool
+	// noUserNS runs capsules without user namespaces (container driver).
+	noUserNS bool
 }
 
 func (c *criuFlags) register(fl *pflag.FlagSet) {
@@ -19,4 +21,6 @@ func (c *criuFlags) register(fl *pflag.FlagSet) {
 		"criu binary for memory snapshots (scripts/criu.sh builds one that works on recent kernels; $WRENN_CRIU; default: criu in PATH). Memory snapshots are on when 'criu check' passes")
 	fl.StringSliceVar(&c.env, "criu-env", nil, "extra environment for criu, e.g. CRIU_FAULT=130")
 	fl.BoolVar(&c.off, "no-criu", false, "pause to disk keeps files only, never process memory")
+	fl.BoolVar(&c.noUserNS, "insecure-no-userns", false,
+		"run capsules without a user namespace (capsule root is host root); memory snapshots need it until CRIU can checkpoint user namespaces here (docs/SECURITY.md)")
 }

@@ -111,7 +111,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
-		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off,
+		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS,
 	})
 	if err != nil {
 		return err

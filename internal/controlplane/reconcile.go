@@ -135,7 +135,7 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 				continue
 			}
 			want = st
-			ok, err = s.capsules.Align(ctx, c, want)
+			ok, err = s.capsules.Align(ctx, c, want, ac.GetErrorReason())
 		}
 		if err != nil {
 			return fmt.Errorf("reconcile: capsule %s: %w", c.ID, err)

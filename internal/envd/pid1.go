@@ -70,3 +70,14 @@ func mountPoints(path string) map[string]bool {
 	}
 	return out
 }
+
+// Protect makes envd's own process non-dumpable: processes without
+// CAP_SYS_PTRACE in envd's user namespace (capsule root keeps no such
+// capability) can then neither ptrace it nor read /proc/<envd>/mem,
+// environ, maps or fds, so capsule code cannot stop envd or read its
+// access token. The flag is per process image: the processes envd starts
+// become dumpable again at their execve, so strace and gdb of the user's
+// own processes keep working.
+func Protect() error {
+	return unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+}

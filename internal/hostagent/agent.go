@@ -69,6 +69,11 @@ type Config struct {
 	HealthInterval time.Duration
 	// SampleInterval is the metrics sampling period (default 1 s).
 	SampleInterval time.Duration
+	// EnvdUnresponsiveAfter is how many metrics samples in a row of a
+	// running capsule may fail before the capsule is reported in state
+	// ERROR with a reason (envd stopped or starved; default 10, so 10 s at
+	// the default SampleInterval). A later sample that succeeds clears it.
+	EnvdUnresponsiveAfter int
 	// MetricTiers are the ring buffers (default metrics.DefaultTiers).
 	MetricTiers []metrics.Tier
 	// ReapInterval is how often the TTL reaper looks (default 1 s).
@@ -117,6 +122,9 @@ func (c *Config) fill() error {
 	def(&c.ResumeTimeout, 5*time.Minute)
 	def(&c.HealthInterval, 5*time.Millisecond)
 	def(&c.SampleInterval, time.Second)
+	if c.EnvdUnresponsiveAfter <= 0 {
+		c.EnvdUnresponsiveAfter = 10
+	}
 	def(&c.ReapInterval, time.Second)
 	if c.SnapshotGCInterval == 0 {
 		c.SnapshotGCInterval = 10 * time.Minute
@@ -159,6 +167,39 @@ type capsule struct {
 	pooled  bool // came from the warm pool
 	series  *metrics.Series
 	sampler *metrics.Sampler
+
+	// envdFailures counts metrics samples in a row that envd did not
+	// answer; errReason is set once there are EnvdUnresponsiveAfter of
+	// them (the capsule is then reported as ERROR) and cleared by the next
+	// answer or a new start (startSampler).
+	envdFailures int
+	errReason    string
+}
+
+// errorReason returns why a running capsule is reported in state ERROR
+// ("" when it is not).
+func (c *capsule) errorReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.errReason
+}
+
+// envdAnswered records the outcome of one metrics sample.
+func (a *Agent) envdAnswered(c *capsule, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		if c.errReason != "" {
+			a.log.Info("envd answers again", "capsule_id", c.rec.ID)
+		}
+		c.envdFailures, c.errReason = 0, ""
+		return
+	}
+	c.envdFailures++
+	if c.envdFailures >= a.cfg.EnvdUnresponsiveAfter && c.errReason == "" {
+		c.errReason = fmt.Sprintf("envd unresponsive: %d health probes in a row failed (last: %v)", c.envdFailures, err)
+		a.log.Warn("capsule in error: envd unresponsive", "capsule_id", c.rec.ID, "failures", c.envdFailures, "err", err)
+	}
 }
 
 func (c *capsule) snapshot() (record, runtime.Info, *envdclient.Client) {
@@ -286,6 +327,7 @@ func (a *Agent) startSampler(c *capsule) {
 	if c.series == nil {
 		c.series = metrics.NewSeries(a.cfg.MetricTiers)
 	}
+	c.envdFailures, c.errReason = 0, ""
 	if c.sampler == nil {
 		c.sampler = metrics.NewSampler(c.series, func(ctx context.Context) (metrics.Point, error) {
 			_, _, cl := c.snapshot()
@@ -293,6 +335,10 @@ func (a *Agent) startSampler(c *capsule) {
 				return metrics.Point{}, errors.New("no envd client")
 			}
 			m, err := cl.Metrics(ctx)
+			if !errors.Is(ctx.Err(), context.Canceled) {
+				// The sampler's own stop is not envd's failure.
+				a.envdAnswered(c, err)
+			}
 			if err != nil {
 				return metrics.Point{}, err
 			}

@@ -264,18 +264,30 @@ func (s service) ListCapsules(_ context.Context, _ *connect.Request[pb.ListCapsu
 	out := &pb.ListCapsulesResponse{}
 	for _, c := range s.a.capsules() {
 		rec, info, _ := c.snapshot()
-		out.Capsules = append(out.Capsules, capsuleProto(rec, info))
+		out.Capsules = append(out.Capsules, withErrorReason(capsuleProto(rec, info), rec, c.errorReason()))
 	}
 	slices.SortFunc(out.Capsules, func(x, y *pb.Capsule) int { return strings.Compare(x.GetCapsuleId(), y.GetCapsuleId()) })
 	return connect.NewResponse(out), nil
 }
 
 func (s service) GetCapsule(_ context.Context, req *connect.Request[pb.GetCapsuleRequest]) (*connect.Response[pb.GetCapsuleResponse], error) {
-	rec, info, err := s.capsuleState(req.Msg.GetCapsuleId())
+	c, err := s.a.lookup(req.Msg.GetCapsuleId())
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&pb.GetCapsuleResponse{Capsule: capsuleProto(rec, info)}), nil
+	rec, info, _ := c.snapshot()
+	return connect.NewResponse(&pb.GetCapsuleResponse{Capsule: withErrorReason(capsuleProto(rec, info), rec, c.errorReason())}), nil
+}
+
+// withErrorReason reports a running capsule whose envd stopped answering
+// (issue 11: capsule code that stops or starves envd) as ERROR with the
+// reason, which the control plane copies to the capsule's error_reason.
+func withErrorReason(p *pb.Capsule, rec record, reason string) *pb.Capsule {
+	if reason != "" && rec.Phase == phaseRunning {
+		p.State = pb.CapsuleState_CAPSULE_STATE_ERROR
+		p.ErrorReason = reason
+	}
+	return p
 }
 
 func (s service) PingCapsule(ctx context.Context, req *connect.Request[pb.PingCapsuleRequest]) (*connect.Response[pb.PingCapsuleResponse], error) {

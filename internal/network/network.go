@@ -256,7 +256,7 @@ func (m *Manager) link(a Allocation) error {
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+a.Veth+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("network: disable ipv6 on %s: %w", a.Veth, err)
 	}
-	if err := inNetns(ns, disableIPv6); err != nil {
+	if err := inNetns(ns, func() error { return errors.Join(disableIPv6(), allowLowPorts()) }); err != nil {
 		return err
 	}
 	if err := netlink.AddrAdd(hostLink, &netlink.Addr{IPNet: ipnet(a.Host, 30)}); err != nil {
@@ -290,6 +290,17 @@ func (m *Manager) link(a Allocation) error {
 	gw := net.IP(a.Host.AsSlice())
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw}); err != nil {
 		return fmt.Errorf("network: default route: %w", err)
+	}
+	return nil
+}
+
+// allowLowPorts lets every process of the namespace bind ports below 1024:
+// capsules run in their own user namespace, whose root has no
+// CAP_NET_BIND_SERVICE over this namespace (it belongs to the host's user
+// namespace), and a server on port 80 must still work in a capsule.
+func allowLowPorts() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_unprivileged_port_start", []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("network: ip_unprivileged_port_start: %w", err)
 	}
 	return nil
 }

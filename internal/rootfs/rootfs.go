@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"time"
 
@@ -48,6 +49,37 @@ func (p Paths) Work() string { return filepath.Join(p.Dir, "disk", "work") }
 
 // Root is the overlay mount point, the capsule's root.
 func (p Paths) Root() string { return filepath.Join(p.Dir, "rootfs") }
+
+// Lower is where an idmapped view of the template's rootfs is mounted
+// (WithIDMap only).
+func (p Paths) Lower() string { return filepath.Join(p.Dir, "lower") }
+
+// IDDisk is where an idmapped view of the mounted image is mounted
+// (WithIDMap only); the overlay then takes upper and work from it.
+func (p Paths) IDDisk() string { return filepath.Join(p.Dir, "idisk") }
+
+// Option changes how Mount builds the overlay.
+type Option func(*mountOptions)
+
+type mountOptions struct {
+	userns   int    // fd of a user namespace, -1 for none
+	hostRoot uint32 // host id its root maps to
+}
+
+// WithIDMap idmaps both overlay layers with the uid/gid mapping of the
+// user namespace userns (an open /proc/<pid>/ns/user): the template's
+// files (owned by 0..n on the host) and the image's files (stored as
+// 0..n) appear to the capsule as the host ids the mapping gives, so a
+// capsule in that user namespace sees them owned by its own root, and
+// what it writes is stored on the image as 0..n again (portable across
+// mappings and hosts). Both idmapped mounts are private clones under
+// Dir; the overlay is made over them. hostRoot is the host id the
+// namespace's root maps to: overlayfs works on its upper layer with the
+// mounter's credentials, which must map into the idmapped upper, so the
+// overlay is mounted with that filesystem uid and gid.
+func WithIDMap(userns int, hostRoot uint32) Option {
+	return func(o *mountOptions) { o.userns, o.hostRoot = userns, hostRoot }
+}
 
 // MakeImage creates a sparse ext4 image of sizeMB at path. It runs mkfs.ext4
 // without a journal and with lazy inode tables so creation is fast and the
@@ -82,7 +114,11 @@ func MakeImage(ctx context.Context, path string, sizeMB int) error {
 //
 // blankDir, if not empty, caches one freshly made blank image per size; new
 // images are sparse copies of it (a few MB of metadata instead of a mkfs run).
-func Mount(ctx context.Context, p Paths, lower string, sizeMB int, blankDir string, fill func(upper string) error) (err error) {
+func Mount(ctx context.Context, p Paths, lower string, sizeMB int, blankDir string, fill func(upper string) error, opts ...Option) (err error) {
+	o := mountOptions{userns: -1}
+	for _, f := range opts {
+		f(&o)
+	}
 	for _, d := range []string{p.Dir, p.Disk(), p.Root()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("rootfs: %w", err)
@@ -109,18 +145,85 @@ func Mount(ctx context.Context, p Paths, lower string, sizeMB int, blankDir stri
 			return err
 		}
 	}
-	return mountOverlay(p, lower)
+	return mountOverlay(p, lower, o)
 }
 
-func mountOverlay(p Paths, lower string) error {
+func mountOverlay(p Paths, lower string, o mountOptions) error {
 	for _, d := range []string{p.Upper(), p.Work()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("rootfs: %w", err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, p.Upper(), p.Work())
-	if err := unix.Mount("overlay", p.Root(), "overlay", 0, opts); err != nil {
+	upper, work := p.Upper(), p.Work()
+	if o.userns >= 0 {
+		if err := idmapMount(lower, p.Lower(), o.userns); err != nil {
+			return err
+		}
+		if err := idmapMount(p.Disk(), p.IDDisk(), o.userns); err != nil {
+			return err
+		}
+		lower = p.Lower()
+		upper = filepath.Join(p.IDDisk(), "upper")
+		work = filepath.Join(p.IDDisk(), "work")
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	mount := func() error { return unix.Mount("overlay", p.Root(), "overlay", 0, opts) }
+	if o.userns >= 0 {
+		plain := mount
+		mount = func() error { return withFSIDs(o.hostRoot, plain) }
+	}
+	if err := mount(); err != nil {
 		return fmt.Errorf("rootfs: mount overlay: %w", err)
+	}
+	return nil
+}
+
+// withFSIDs runs f on a thread whose filesystem uid and gid are id and
+// whose effective capabilities are all it is permitted (setfsuid drops
+// the filesystem ones). The thread is discarded afterwards.
+func withFSIDs(id uint32, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		goruntime.LockOSThread() // never unlocked: Go discards the thread
+		_, _ = unix.SetfsgidRetGid(int(id))
+		_, _ = unix.SetfsuidRetUid(int(id))
+		if got, _ := unix.SetfsuidRetUid(-1); got != int(id) {
+			errc <- fmt.Errorf("rootfs: setfsuid %d failed", id)
+			return
+		}
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("rootfs: capget: %w", err)
+			return
+		}
+		data[0].Effective, data[1].Effective = data[0].Permitted, data[1].Permitted
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("rootfs: capset: %w", err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// idmapMount mounts an idmapped clone of the mount at src (mount_setattr
+// with MOUNT_ATTR_IDMAP, the mapping of the user namespace userns) on dst.
+func idmapMount(src, dst string, userns int) error {
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("rootfs: open_tree %s: %w", src, err)
+	}
+	defer unix.Close(fd)
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(userns)}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		return fmt.Errorf("rootfs: idmap %s (kernel 5.12+ and a filesystem with idmapped mounts are required): %w", src, err)
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("rootfs: move_mount %s: %w", dst, err)
 	}
 	return nil
 }
@@ -280,7 +383,7 @@ func openLoop(dev string, n int) (*os.File, error) {
 // It is idempotent.
 func Unmount(p Paths) error {
 	var errs []error
-	for _, m := range []string{p.Root(), p.Disk()} {
+	for _, m := range []string{p.Root(), p.IDDisk(), p.Lower(), p.Disk()} {
 		if err := unmount(m); err != nil {
 			errs = append(errs, err)
 		}

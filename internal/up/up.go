@@ -124,6 +124,9 @@ type Config struct {
 	CRIUPath    string
 	CRIUEnv     []string
 	DisableCRIU bool
+	// DisableUserNS runs capsules without user namespaces
+	// (container.Config.DisableUserNS).
+	DisableUserNS bool
 	// HeartbeatInterval of the in-process host (default 10 s).
 	HeartbeatInterval time.Duration
 	// Out receives the human-facing output: banner and template progress.
@@ -509,6 +512,7 @@ func (a *App) startAgent(ctx context.Context) error {
 		CRIUPath:          a.cfg.CRIUPath,
 		CRIUEnv:           a.cfg.CRIUEnv,
 		DisableCRIU:       a.cfg.DisableCRIU,
+		DisableUserNS:     a.cfg.DisableUserNS,
 		Logger:            a.cfg.Logger,
 	})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/runtime/runtimetest"
 	"github.com/wrenn-dev/wrenn/internal/template"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
@@ -23,6 +24,7 @@ import (
 // Shared across the package's tests: built once in TestMain.
 var (
 	envdBin   string
+	helperBin string // runtimetest/hostilehelper, for the hostile-tenant suite
 	templates template.Store
 	setupErr  error
 	seq       atomic.Int32
@@ -45,6 +47,9 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	envdBin, setupErr = buildEnvd(dir)
+	if setupErr == nil {
+		helperBin, setupErr = buildStatic(dir, "./internal/runtime/runtimetest/hostilehelper")
+	}
 	if setupErr == nil {
 		templates = template.Store{Dir: filepath.Join(dir, "templates")}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -70,6 +75,23 @@ func buildEnvd(dir string) (string, error) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build envd: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+// buildStatic builds the main package pkg (relative to the module root)
+// statically into dir.
+func buildStatic(dir, pkg string) (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	bin := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %w: %s", pkg, err, out)
 	}
 	return bin, nil
 }
@@ -138,15 +160,11 @@ func openDriver(t testing.TB, cfg container.Config) *container.Driver {
 	return d
 }
 
-// runcExec runs a command inside a capsule with `runc exec`.
+// runcExec runs a command inside a capsule as root, through envd (the path
+// user commands take; `runc exec` of Debian's runc 1.1.5 cannot join a
+// capsule whose network namespace is outside its user namespace).
 func runcExec(ctx context.Context, d *container.Driver, id string, args ...string) (string, error) {
-	key, err := d.Key(id)
-	if err != nil {
-		return "", err
-	}
-	full := append([]string{"--root", d.RuncRoot(), "exec", key}, args...)
-	out, err := exec.CommandContext(ctx, "runc", full...).CombinedOutput()
-	return string(out), err
+	return runtimetest.EnvdExecFunc(ctx, d, id, args...)
 }
 
 // startCapsule creates and starts a capsule and waits for envd.

@@ -226,8 +226,7 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 			return fail(err)
 		}
 	}
-	p := d.paths(c.rec.Key)
-	if err := d.writeEtc(p.Root(), spec.ID, c.rec.Net.Guest); err != nil {
+	if err := d.writeEtc(&c.rec, spec.ID); err != nil {
 		return fail(err)
 	}
 	c.rec.ID = spec.ID

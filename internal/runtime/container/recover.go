@@ -44,6 +44,9 @@ func (d *Driver) Recover(ctx context.Context) ([]runtime.Info, error) {
 			continue
 		}
 		c := &capsule{rec: rec}
+		if rec.State != runtime.StateSnapshotted {
+			d.holdIDBase(rec.IDBase)
+		}
 		if err := d.reserve(rec.ID, c); err != nil {
 			d.log.Warn("recover: duplicate capsule id", "id", rec.ID, "key", key)
 			d.release(ctx, &rec)

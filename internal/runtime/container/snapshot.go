@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/network"
-	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/snapshot"
 	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
@@ -199,8 +198,7 @@ func storedBytes(h *snapshot.Header) int64 {
 // remount brings a stopped capsule's disk and overlay back after a failed
 // snapshot, so it can be started again.
 func (d *Driver) remount(rec *record, lower string) {
-	p := d.paths(rec.Key)
-	if err := rootfs.Mount(context.Background(), p, lower, rec.Spec.DiskSizeMB, "", nil); err != nil {
+	if err := d.mountRootfs(context.Background(), rec, lower, ""); err != nil {
 		d.log.Error("remount after a failed snapshot", "id", rec.ID, "err", err)
 	}
 }

@@ -42,6 +42,9 @@ type bundleParams struct {
 	MemoryMB    int
 	PidsLimit   int64
 	Env         map[string]string
+	// IDBase, if not 0, runs the capsule in a user namespace mapping ids
+	// 0..65535 to IDBase.. on the host (userns.go).
+	IDBase uint32
 }
 
 // ociSpec builds the runtime-spec document runc runs.
@@ -61,7 +64,7 @@ func ociSpec(p bundleParams) *specs.Spec {
 	swappiness := uint64(0)
 	oomAdj := 500
 	ro := []string{"nosuid", "noexec", "nodev", "ro"}
-	return &specs.Spec{
+	s := &specs.Spec{
 		Version:  specs.Version,
 		Hostname: p.Hostname,
 		Root:     &specs.Root{Path: p.Rootfs},
@@ -115,6 +118,29 @@ func ociSpec(p bundleParams) *specs.Spec {
 			ReadonlyPaths:     readonlyPaths,
 			RootfsPropagation: "private",
 		},
+	}
+	if p.IDBase != 0 {
+		userNS(s, p.IDBase)
+	}
+	return s
+}
+
+// userNS puts the capsule in its own user namespace (issue 11). Its
+// network namespace belongs to the host's user namespace (the agent makes
+// it), so the capsule cannot mount a sysfs of it: /sys is the host's,
+// bound read-only recursively (capsule root is an unprivileged host uid
+// there; what the kernel exposes is the same read-only view).
+func userNS(s *specs.Spec, base uint32) {
+	s.Linux.Namespaces = append([]specs.LinuxNamespace{{Type: specs.UserNamespace}}, s.Linux.Namespaces...)
+	s.Linux.UIDMappings = idMappings(base)
+	s.Linux.GIDMappings = idMappings(base)
+	for i, m := range s.Mounts {
+		if m.Destination == "/sys" {
+			s.Mounts[i] = specs.Mount{
+				Destination: "/sys", Type: "bind", Source: "/sys",
+				Options: []string{"rbind", "nosuid", "noexec", "nodev", "rro"},
+			}
+		}
 	}
 }
 

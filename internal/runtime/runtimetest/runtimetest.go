@@ -28,8 +28,10 @@ import (
 type ExecFunc func(ctx context.Context, d runtime.Driver, id string, args ...string) (string, error)
 
 type options struct {
-	template string
-	exec     ExecFunc
+	template  string
+	exec      ExecFunc
+	helper    string
+	hostState func() (string, error)
 }
 
 // Option adjusts the suite.

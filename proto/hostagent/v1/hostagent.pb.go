@@ -224,8 +224,11 @@ type Capsule struct {
 	// The token envd requires (X-Access-Token); the control plane's proxy
 	// and SDKs use it to talk to envd through the agent.
 	EnvdAccessToken string `protobuf:"bytes,15,opt,name=envd_access_token,json=envdAccessToken,proto3" json:"envd_access_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Why the capsule is in state ERROR (e.g. "envd unresponsive: …"), for
+	// the control plane's capsule error_reason; empty otherwise.
+	ErrorReason   string `protobuf:"bytes,16,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Capsule) Reset() {
@@ -359,6 +362,13 @@ func (x *Capsule) GetMemoryKept() bool {
 func (x *Capsule) GetEnvdAccessToken() string {
 	if x != nil {
 		return x.EnvdAccessToken
+	}
+	return ""
+}
+
+func (x *Capsule) GetErrorReason() string {
+	if x != nil {
+		return x.ErrorReason
 	}
 	return ""
 }
@@ -4311,7 +4321,7 @@ var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
-	"\x1chostagent/v1/hostagent.proto\x12\fhostagent.v1\"\xc3\x04\n" +
+	"\x1chostagent/v1/hostagent.proto\x12\fhostagent.v1\"\xe6\x04\n" +
 	"\aCapsule\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -4335,7 +4345,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"timeoutSec\x12\x1f\n" +
 	"\vmemory_kept\x18\x0e \x01(\bR\n" +
 	"memoryKept\x12*\n" +
-	"\x11envd_access_token\x18\x0f \x01(\tR\x0fenvdAccessToken\x1a9\n" +
+	"\x11envd_access_token\x18\x0f \x01(\tR\x0fenvdAccessToken\x12!\n" +
+	"\ferror_reason\x18\x10 \x01(\tR\verrorReason\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x14\n" +

@@ -1,0 +1,188 @@
+package container
+
+// User namespaces (issue 11, item 4): every capsule runs in its own user
+// namespace whose root is an unprivileged host uid range, distinct per
+// capsule:
+//
+//   - The driver allocates a range of idRangeSize ids at a random free slot
+//     above idRangeFirst (far above the ids /etc/subuid hands out) and keeps
+//     its base in state.json (record.IDBase), so recovery, freezer pauses
+//     and Stop/Start keep it. A capsule restored from a snapshot gets a new
+//     range: its disk stores ids relative to the capsule (see below), so a
+//     remap is free and another host need not know the old one.
+//   - Runc 1.1.5 (Debian 12) cannot make idmapped mounts, so the driver
+//     makes them itself (rootfs.WithIDMap): the template's rootfs and the
+//     capsule's image are each mounted idmapped (0..n -> base..base+n)
+//     and the overlay is made over those two views. The shared template
+//     stays owned by host root, and the image stores the capsule's own
+//     ids (root = 0), exactly as without a user namespace.
+//   - Files the driver writes into a capsule's overlay from the host
+//     (/etc/hosts) are written with the capsule root's fsuid (asCapsuleRoot),
+//     since host uid 0 has no mapping in the idmapped layers.
+//
+// A record with IDBase 0 (Config.DisableUserNS, or a capsule created
+// before user namespaces) runs as before: capsule root is host root.
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"syscall"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// idRangeSize ids per capsule: uids and gids 0..65535 inside.
+	idRangeSize = 1 << 16
+	// idRangeFirst is the lowest host id a capsule range starts at.
+	idRangeFirst = 1 << 28
+	// idSlots is how many ranges fit between idRangeFirst and 2^32-1.
+	idSlots = (1<<32 - idRangeFirst) / idRangeSize
+)
+
+// allocIDBase reserves a free id range and returns its base.
+func (d *Driver) allocIDBase() (uint32, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.idsUsed == nil {
+		d.idsUsed = map[uint32]bool{}
+	}
+	var b [4]byte
+	for range 64 {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("container: %w", err)
+		}
+		slot := binary.LittleEndian.Uint32(b[:]) % (idSlots - 1)
+		base := uint32(idRangeFirst + slot*idRangeSize)
+		if !d.idsUsed[base] {
+			d.idsUsed[base] = true
+			return base, nil
+		}
+	}
+	return 0, errors.New("container: no free user namespace id range")
+}
+
+// holdIDBase marks base as used (recovered capsules).
+func (d *Driver) holdIDBase(base uint32) {
+	if base == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.idsUsed == nil {
+		d.idsUsed = map[uint32]bool{}
+	}
+	d.idsUsed[base] = true
+}
+
+// freeIDBase returns a range.
+func (d *Driver) freeIDBase(base uint32) {
+	if base == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.idsUsed, base)
+}
+
+// idMappings is the capsule's uid (and gid) mapping.
+func idMappings(base uint32) []specs.LinuxIDMapping {
+	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRangeSize}}
+}
+
+// openUserns returns an fd of a new user namespace with the capsule's
+// mapping, for mount_setattr(MOUNT_ATTR_IDMAP). The namespace is made by a
+// short-lived child (it stays alive through the fd).
+func openUserns(base uint32) (int, error) {
+	cat, err := exec.LookPath("cat")
+	if err != nil {
+		return -1, fmt.Errorf("container: user namespace helper: %w", err)
+	}
+	// The child (cat) blocks on an empty pipe until it is killed; by the
+	// time Start returns, Go has written its uid and gid maps.
+	r, w, err := os.Pipe()
+	if err != nil {
+		return -1, fmt.Errorf("container: %w", err)
+	}
+	defer r.Close()
+	defer w.Close()
+	cmd := exec.Command(cat)
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: idRangeSize}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: idRangeSize}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return -1, fmt.Errorf("container: new user namespace: %w", err)
+	}
+	fd, oerr := unix.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if oerr != nil {
+		return -1, fmt.Errorf("container: open user namespace: %w", oerr)
+	}
+	return fd, nil
+}
+
+// asCapsuleRoot runs f on a thread whose filesystem uid and gid are the
+// capsule root's host ids (base), so files it creates in the capsule's
+// overlay belong to capsule root. Base 0 runs f as is. f gets no
+// capability over files (path lookups through the 0700 capsule directory
+// fail): it must work relative to an fd opened before (os.Root). The thread is not
+// reused afterwards (it stays locked and Go discards it).
+func asCapsuleRoot(base uint32, f func() error) error {
+	if base == 0 {
+		return f()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		goruntime.LockOSThread()
+		// Never unlocked: the thread's credentials differ from the others'.
+		_, _ = unix.SetfsgidRetGid(int(base))
+		_, _ = unix.SetfsuidRetUid(int(base))
+		if uid, _ := unix.SetfsuidRetUid(-1); uid != int(base) {
+			errc <- fmt.Errorf("container: setfsuid %d failed", base)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// makeTraversable adds search (x) permission for others to dir and each of
+// its ancestors that lacks it, so runc's init, which runs as the capsule's
+// unprivileged host uid, can reach the capsule's rootfs and the envd
+// binary. Nothing becomes listable or readable that was not.
+func makeTraversable(dir string, log *slog.Logger) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	for {
+		st, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("container: %w", err)
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(dir, st.Mode().Perm()|0o001); err != nil {
+				return fmt.Errorf("container: make %s traversable for user namespaces: %w", dir, err)
+			}
+			log.Info("made a directory traversable for capsule user namespaces", "dir", dir, "mode", fmt.Sprintf("%o", st.Mode().Perm()|0o001))
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return nil
+		}
+		dir = parent
+	}
+}
