@@ -60,6 +60,9 @@ type Config struct {
 	// OnCapsuleGone is called after a capsule is destroyed (e.g. to evict
 	// cached proxies).
 	OnCapsuleGone func(capsuleID string)
+	// OnHostReturned is called when a host registers, or heartbeats after
+	// silence or an agent restart (e.g. to reconcile it at once).
+	OnHostReturned func(hostID string)
 	// Audit, when set, records team and admin actions.
 	Audit *audit.Recorder
 	// Usage, when set, serves GET /v1/capsules/usage.
@@ -249,6 +252,7 @@ func (a *API) routes() chi.Router {
 				r.Use(a.requireAdmin)
 				r.Post("/hosts/tokens", a.createAdminHostToken)
 				r.Get("/hosts", a.listHosts)
+				r.Get("/hosts/{hostID}", a.getHost)
 				r.Delete("/hosts/{hostID}", a.deleteHost)
 				a.mountAdmin(r)
 				if a.cfg.AdminRoutes != nil {

@@ -2,36 +2,85 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
+	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
 type hostJSON struct {
-	ID              string     `json:"id"`
-	TeamID          string     `json:"team_id,omitempty"`
-	Address         string     `json:"address"`
-	Status          string     `json:"status"`
-	VCPUs           int64      `json:"vcpus"`
-	MemoryMB        int64      `json:"memory_mb"`
-	DiskMB          int64      `json:"disk_mb"`
-	UsedVCPUs       int64      `json:"used_vcpus"`
-	UsedMemoryMB    int64      `json:"used_memory_mb"`
-	UsedDiskMB      int64      `json:"used_disk_mb"`
-	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
+	ID              string       `json:"id"`
+	TeamID          string       `json:"team_id,omitempty"`
+	Address         string       `json:"address"`
+	Status          string       `json:"status"`
+	VCPUs           int64        `json:"vcpus"`
+	MemoryMB        int64        `json:"memory_mb"`
+	DiskMB          int64        `json:"disk_mb"`
+	UsedVCPUs       int64        `json:"used_vcpus"`
+	UsedMemoryMB    int64        `json:"used_memory_mb"`
+	UsedDiskMB      int64        `json:"used_disk_mb"`
+	LastHeartbeatAt *time.Time   `json:"last_heartbeat_at"`
+	Capabilities    hostCapsJSON `json:"capabilities"`
+}
+
+// hostCapsJSON is a host's capabilities as the admin API shows them: what
+// it reported, the overcommit ratios the scheduler applies to it, and what
+// may still be placed on it.
+type hostCapsJSON struct {
+	Runtimes        []string             `json:"runtimes"`
+	Isolations      []string             `json:"isolations"`
+	MemorySnapshots memorySnapshotsJSON  `json:"memory_snapshots"`
+	Overcommit      scheduler.Overcommit `json:"overcommit"`
+	Free            scheduler.Free       `json:"free"`
+	AgentStartedAt  *time.Time           `json:"agent_started_at"`
+}
+
+type memorySnapshotsJSON struct {
+	Available bool   `json:"available"`
+	Reason    string `json:"reason,omitempty"`
+}
+
+// hostCapabilities decodes what h last reported ("{}" when nothing).
+func hostCapabilities(h store.Host) hostlink.Capabilities {
+	var c hostlink.Capabilities
+	_ = json.Unmarshal([]byte(h.Capabilities), &c)
+	return c
 }
 
 func toHostJSON(h store.Host) hostJSON {
+	c := hostCapabilities(h)
+	caps := hostCapsJSON{
+		Runtimes: c.Runtimes, Isolations: c.Isolations,
+		MemorySnapshots: memorySnapshotsJSON{Available: c.MemorySnapshots, Reason: c.MemorySnapshotsReason},
+		Overcommit:      scheduler.Ratios(h), Free: scheduler.FreeOn(h),
+	}
+	if caps.Runtimes == nil {
+		caps.Runtimes = []string{}
+	}
+	if caps.Isolations == nil {
+		caps.Isolations = []string{}
+	}
+	if !c.MemorySnapshots && c.MemorySnapshotsReason == "" {
+		caps.MemorySnapshots.Reason = "not reported by the host"
+	}
+	if !c.StartedAt.IsZero() {
+		t := c.StartedAt.UTC()
+		caps.AgentStartedAt = &t
+	}
 	return hostJSON{
 		ID: h.ID, TeamID: h.TeamID, Address: h.Address, Status: string(h.Status), VCPUs: h.VCPUs, MemoryMB: h.MemoryMB,
 		DiskMB: h.DiskMB, UsedVCPUs: h.UsedVCPUs, UsedMemoryMB: h.UsedMemoryMB, UsedDiskMB: h.UsedDiskMB, LastHeartbeatAt: h.LastHeartbeatAt,
+		Capabilities: caps,
 	}
 }
 
@@ -96,14 +145,32 @@ func (a *API) createTeamHostToken(w http.ResponseWriter, r *http.Request) {
 	a.createHostToken(w, r, t.ID, false)
 }
 
+// hostUsageJSON is hostlink.Usage on the wire.
 type hostUsageJSON struct {
-	Address      string `json:"address"`
-	VCPUs        int64  `json:"vcpus"`
-	MemoryMB     int64  `json:"memory_mb"`
-	DiskMB       int64  `json:"disk_mb"`
-	UsedVCPUs    int64  `json:"used_vcpus"`
-	UsedMemoryMB int64  `json:"used_memory_mb"`
-	UsedDiskMB   int64  `json:"used_disk_mb"`
+	Address          string                 `json:"address"`
+	VCPUs            int64                  `json:"vcpus"`
+	MemoryMB         int64                  `json:"memory_mb"`
+	DiskMB           int64                  `json:"disk_mb"`
+	UsedVCPUs        int64                  `json:"used_vcpus"`
+	UsedMemoryMB     int64                  `json:"used_memory_mb"`
+	UsedDiskMB       int64                  `json:"used_disk_mb"`
+	CPUOvercommit    float64                `json:"cpu_overcommit"`
+	MemoryOvercommit float64                `json:"memory_overcommit"`
+	DiskOvercommit   float64                `json:"disk_overcommit"`
+	Capabilities     *hostlink.Capabilities `json:"capabilities"`
+}
+
+func (u hostUsageJSON) toStore() store.HostUsage {
+	out := store.HostUsage{
+		Address: u.Address, VCPUs: u.VCPUs, MemoryMB: u.MemoryMB, DiskMB: u.DiskMB,
+		UsedVCPUs: u.UsedVCPUs, UsedMemoryMB: u.UsedMemoryMB, UsedDiskMB: u.UsedDiskMB,
+		CPUOvercommit: u.CPUOvercommit, MemoryOvercommit: u.MemoryOvercommit, DiskOvercommit: u.DiskOvercommit,
+	}
+	if u.Capabilities != nil {
+		b, _ := json.Marshal(u.Capabilities)
+		out.Capabilities = string(b)
+	}
+	return out
 }
 
 func (u hostUsageJSON) validate() error {
@@ -123,6 +190,19 @@ func (u hostUsageJSON) validate() error {
 	for _, v := range []int64{u.VCPUs, u.MemoryMB, u.DiskMB, u.UsedVCPUs, u.UsedMemoryMB, u.UsedDiskMB} {
 		if v < 0 || v > 1<<40 {
 			return errorf(CodeInvalidArgument, "capacity figures must be between 0 and 2^40")
+		}
+	}
+	if err := (scheduler.Overcommit{CPU: u.CPUOvercommit, Memory: u.MemoryOvercommit, Disk: u.DiskOvercommit}).Validate(); err != nil {
+		return errorf(CodeInvalidArgument, "%s", err.Error())
+	}
+	if c := u.Capabilities; c != nil {
+		if len(c.Runtimes) > 16 || len(c.Isolations) > 16 || len(c.MemorySnapshotsReason) > 1024 {
+			return errorf(CodeInvalidArgument, "capabilities: at most 16 runtimes and isolations and a reason of at most 1024 bytes")
+		}
+		for _, v := range append(slices.Clone(c.Runtimes), c.Isolations...) {
+			if v == "" || len(v) > 64 {
+				return errorf(CodeInvalidArgument, "capabilities: runtime and isolation names are 1 to 64 bytes")
+			}
 		}
 	}
 	return nil
@@ -165,7 +245,14 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if _, err := a.cfg.Store.HostHeartbeat(r.Context(), h.ID, req.toStore()); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	a.log.InfoContext(r.Context(), "host registered", "host_id", h.ID, "address", h.Address, "team_id", h.TeamID)
+	if a.cfg.OnHostReturned != nil {
+		a.cfg.OnHostReturned(h.ID)
+	}
 	writeJSON(w, http.StatusCreated, map[string]any{
 		"host_id": h.ID, "credential": cred, "heartbeat_interval_sec": int(a.cfg.HeartbeatInterval.Seconds()),
 	})
@@ -209,16 +296,48 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	h, _ := r.Context().Value(hostKey{}).(store.Host)
+	prev, _ := r.Context().Value(hostKey{}).(store.Host)
 	if req.Address == "" {
-		req.Address = h.Address
+		req.Address = prev.Address
 	}
-	h, err := a.cfg.Store.HostHeartbeat(r.Context(), h.ID, store.HostUsage(req))
+	h, err := a.cfg.Store.HostHeartbeat(r.Context(), prev.ID, req.toStore())
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
+	if a.cfg.OnHostReturned != nil && a.hostReturned(prev, req) {
+		a.log.InfoContext(r.Context(), "host answers again after silence or a restart; reconciling it now", "host_id", h.ID)
+		a.cfg.OnHostReturned(h.ID)
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": h.Status, "heartbeat_interval_sec": int(a.cfg.HeartbeatInterval.Seconds())})
+}
+
+// hostReturned reports whether a heartbeat (req) from a host whose row
+// was prev comes after silence (unavailable, no heartbeat yet, or none for
+// two intervals) or from a restarted agent (a new start time): what the
+// store holds for it may be stale, so it is reconciled at once.
+func (a *API) hostReturned(prev store.Host, req hostUsageJSON) bool {
+	if prev.Status == store.HostUnavailable || prev.LastHeartbeatAt == nil || time.Since(*prev.LastHeartbeatAt) > 2*a.cfg.HeartbeatInterval {
+		return true
+	}
+	if req.Capabilities == nil || req.Capabilities.StartedAt.IsZero() {
+		return false
+	}
+	return !hostCapabilities(prev).StartedAt.Equal(req.Capabilities.StartedAt)
+}
+
+func (a *API) getHost(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "hostID")
+	if err := validID(store.PrefixHost, id); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	h, err := a.cfg.Store.GetHost(r.Context(), id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toHostJSON(h))
 }
 
 func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {

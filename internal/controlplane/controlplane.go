@@ -154,6 +154,11 @@ type Server struct {
 	scheduler *scheduler.Scheduler
 	usage     *usage.Service
 	closeOnce sync.Once
+
+	returnMu  sync.Mutex
+	bg        context.Context // the background loops' context, set by Serve
+	returning map[string]bool // hosts being reconciled after a return → rerun wanted
+	returnWG  sync.WaitGroup
 }
 
 // IsPostgresDSN reports whether db names PostgreSQL rather than a file.
@@ -216,7 +221,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.api = api.New(api.Config{
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
 		Agents: s.agents, Scheduler: s.scheduler, GitHub: gh, Proxy: s.proxy,
-		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
+		OnCapsuleGone: s.proxy.Evict, OnHostReturned: s.hostReturned, Registry: s.registry, Logger: cfg.Logger,
 		Audit: &audit.Recorder{Store: s.store, Logger: s.log},
 		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
@@ -292,6 +297,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := NewHTTPServer(s.handler, s.log)
 	s.log.Info("control plane listening", "addr", ln.Addr().String())
 	bg, cancel := context.WithCancel(ctx)
+	s.returnMu.Lock()
+	s.bg = bg
+	s.returnMu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
 	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval) })
@@ -322,6 +330,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	cancel()
 	wg.Wait()
+	s.returnWG.Wait()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

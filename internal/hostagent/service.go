@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -149,6 +150,17 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 	if sn, ok := s.a.driver.(runtime.Snapshotter); ok {
 		out.CanSnapshot = true
 		out.MemorySnapshots = sn.MemorySnapshots()
+	}
+	if r, ok := s.a.driver.(interface{ CRIUUnavailableReason() string }); ok && !out.MemorySnapshots {
+		out.MemorySnapshotsReason = r.CRIUUnavailableReason()
+	} else if !out.MemorySnapshots {
+		out.MemorySnapshotsReason = "the " + s.a.driver.Name() + " driver keeps no process memory"
+	}
+	out.CpuOvercommit, out.MemoryOvercommit, out.DiskOvercommit = s.a.cfg.CPUOvercommit, s.a.cfg.MemoryOvercommit, s.a.cfg.DiskOvercommit
+	out.StartedAt = s.a.started.Unix()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.a.cfg.StateDir, &st); err == nil {
+		out.DiskFreeBytes = st.Bavail * uint64(st.Bsize) //nolint:gosec // block size is positive
 	}
 	out.MemoryTotalBytes, out.MemoryAvailableBytes = meminfo()
 	for _, c := range s.a.capsules() {

@@ -582,6 +582,16 @@ func testHosts(t *testing.T, s store.Store) {
 	if hb.UsedVCPUs != 3 || hb.UsedMemoryMB != 2048 || hb.Address != "10.0.0.1:50052" {
 		t.Fatalf("after heartbeat: %+v", hb)
 	}
+	eq(t, "capabilities before any report", hb.Capabilities, "{}")
+	// Overcommit ratios and capabilities are stored as reported.
+	hb = must(s.HostHeartbeat(ctx, h1.ID, store.HostUsage{
+		Address: "10.0.0.1:50052", VCPUs: 8, MemoryMB: 16384, DiskMB: 100000, UsedVCPUs: 3,
+		CPUOvercommit: 32, MemoryOvercommit: 4, DiskOvercommit: 2.5, Capabilities: `{"runtimes":["container"]}`,
+	}))(t)
+	got := must(s.GetHost(ctx, h1.ID))(t)
+	if got.CPUOvercommit != 32 || got.MemoryOvercommit != 4 || got.DiskOvercommit != 2.5 || got.Capabilities != `{"runtimes":["container"]}` || hb.CPUOvercommit != 32 {
+		t.Fatalf("overcommit/capabilities after heartbeat: %+v", got)
+	}
 	_, err = s.HostHeartbeat(ctx, "host-missing", store.HostUsage{})
 	wantErr(t, err, store.ErrNotFound)
 

@@ -381,7 +381,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 }
 
 const getHost = `-- name: GetHost :one
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE id = $1
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -402,12 +402,16 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
 
 const getHostByCredentialHash = `-- name: GetHostByCredentialHash :one
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE credential_hash = $1
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE credential_hash = $1
 `
 
 func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash string) (Host, error) {
@@ -428,6 +432,10 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
@@ -490,22 +498,28 @@ UPDATE hosts
 SET used_vcpus = $1, used_memory_mb = $2, used_disk_mb = $3,
     vcpus = $4, memory_mb = $5, disk_mb = $6,
     address = $7,
-    last_heartbeat_at = $8, updated_at = $8,
+    cpu_overcommit = $8, memory_overcommit = $9,
+    disk_overcommit = $10, capabilities = $11,
+    last_heartbeat_at = $12, updated_at = $12,
     status = CASE WHEN status = 'unavailable' THEN 'online' ELSE status END
-WHERE id = $9
-RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at
+WHERE id = $13
+RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities
 `
 
 type HostHeartbeatParams struct {
-	UsedVcpus    int64
-	UsedMemoryMb int64
-	UsedDiskMb   int64
-	Vcpus        int64
-	MemoryMb     int64
-	DiskMb       int64
-	Address      string
-	Now          *time.Time
-	ID           string
+	UsedVcpus        int64
+	UsedMemoryMb     int64
+	UsedDiskMb       int64
+	Vcpus            int64
+	MemoryMb         int64
+	DiskMb           int64
+	Address          string
+	CpuOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	Capabilities     string
+	Now              *time.Time
+	ID               string
 }
 
 func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (Host, error) {
@@ -517,6 +531,10 @@ func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (H
 		arg.MemoryMb,
 		arg.DiskMb,
 		arg.Address,
+		arg.CpuOvercommit,
+		arg.MemoryOvercommit,
+		arg.DiskOvercommit,
+		arg.Capabilities,
 		arg.Now,
 		arg.ID,
 	)
@@ -536,6 +554,10 @@ func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (H
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
@@ -545,7 +567,7 @@ INSERT INTO hosts (id, team_id, address, status, credential_hash, vcpus, memory_
                    last_heartbeat_at, created_at, updated_at)
 VALUES ($1, $2, $3, 'online', $4,
         $5, $6, $7, $8, $8, $8)
-RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at
+RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities
 `
 
 type InsertHostParams struct {
@@ -586,6 +608,10 @@ func (q *Queries) InsertHost(ctx context.Context, arg InsertHostParams) (Host, e
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
@@ -907,7 +933,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 }
 
 const listHosts = `-- name: ListHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts ORDER BY created_at, id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts ORDER BY created_at, id
 `
 
 func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
@@ -934,6 +960,10 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CpuOvercommit,
+			&i.MemoryOvercommit,
+			&i.DiskOvercommit,
+			&i.Capabilities,
 		); err != nil {
 			return nil, err
 		}
@@ -946,7 +976,7 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listOnlineSharedHosts = `-- name: ListOnlineSharedHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id
 `
 
 func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
@@ -973,6 +1003,10 @@ func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CpuOvercommit,
+			&i.MemoryOvercommit,
+			&i.DiskOvercommit,
+			&i.Capabilities,
 		); err != nil {
 			return nil, err
 		}
@@ -985,7 +1019,7 @@ func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listOnlineTeamHosts = `-- name: ListOnlineTeamHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE status = 'online' AND team_id = $1 ORDER BY id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE status = 'online' AND team_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Host, error) {
@@ -1012,6 +1046,10 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CpuOvercommit,
+			&i.MemoryOvercommit,
+			&i.DiskOvercommit,
+			&i.Capabilities,
 		); err != nil {
 			return nil, err
 		}
