@@ -100,6 +100,9 @@ type Config struct {
 	// ExecTimeout bounds a unary exec when the request gives none
 	// (default 60 s).
 	ExecTimeout time.Duration
+	// MaxUnauthInFlightPerIP bounds the requests one client address may
+	// have in flight on the unauthenticated routes (default 16).
+	MaxUnauthInFlightPerIP int
 }
 
 // API is the HTTP API.
@@ -109,6 +112,7 @@ type API struct {
 	metrics *metrics
 	router  chi.Router
 	limits  rateLimiters
+	unauth  *perIPLimiter
 }
 
 // New builds the API.
@@ -134,7 +138,7 @@ func New(cfg Config) *API {
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = scheduler.New(cfg.Store)
 	}
-	a := &API{cfg: cfg, log: cfg.Logger.With("component", "api"), limits: newRateLimiters(cfg.RateLimits)}
+	a := &API{cfg: cfg, log: cfg.Logger.With("component", "api"), limits: newRateLimiters(cfg.RateLimits), unauth: newPerIPLimiter(cfg.MaxUnauthInFlightPerIP)}
 	if cfg.Registry != nil {
 		a.metrics = newMetrics(cfg.Registry, cfg.Store, a.log)
 	}
@@ -171,13 +175,16 @@ func (a *API) routes() chi.Router {
 	}
 
 	r.Route("/v1", func(r chi.Router) {
-		// Unauthenticated.
-		r.Post("/auth/signup", a.signup)
-		r.Post("/auth/login", a.login)
-		a.mountEmailFlows(r) // verify, verify/resend (authenticated), password/forgot, password/reset
-		r.Get("/auth/github", a.githubStart)
-		r.Get("/auth/github/callback", a.githubCallback)
-		r.Post("/hosts/register", a.registerHost)
+		// Unauthenticated (bounded in flight per client address).
+		r.Group(func(r chi.Router) {
+			r.Use(a.limitUnauthenticated)
+			r.Post("/auth/signup", a.signup)
+			r.Post("/auth/login", a.login)
+			a.mountEmailFlows(r) // verify, verify/resend (authenticated), password/forgot, password/reset
+			r.Get("/auth/github", a.githubStart)
+			r.Get("/auth/github/callback", a.githubCallback)
+			r.Post("/hosts/register", a.registerHost)
+		})
 		r.With(a.requireHost).Post("/hosts/{hostID}/heartbeat", a.heartbeat)
 
 		// WebSocket routes: the only place a query token is accepted.

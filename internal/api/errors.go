@@ -32,6 +32,12 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeRateLimited      = "rate_limited"
 	CodeInternal         = "internal"
+	// CodeResourceExhausted: the capsule is out of a resource it is limited
+	// to (its process limit, its disk): the request is fine, the capsule's
+	// state is not (409).
+	CodeResourceExhausted = "resource_exhausted"
+	// CodeRequestTimeout: the request body did not arrive in time (408).
+	CodeRequestTimeout = "request_timeout"
 )
 
 // Error is the one error type handlers return to clients: a code from the
@@ -70,8 +76,10 @@ func httpStatus(code string) int {
 		return http.StatusNotFound
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case CodeConflict, CodeAlreadyExists:
+	case CodeConflict, CodeAlreadyExists, CodeResourceExhausted:
 		return http.StatusConflict
+	case CodeRequestTimeout:
+		return http.StatusRequestTimeout
 	case CodePayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case CodeUnsupportedMedia:
@@ -139,7 +147,7 @@ func agentError(err error) *Error {
 	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
 		return &Error{Code: CodeConflict, Message: clip(msg), Err: err}
 	case connect.CodeResourceExhausted:
-		return &Error{Code: CodePayloadTooLarge, Message: clip(msg), Err: err}
+		return &Error{Code: CodeResourceExhausted, Message: clip(msg), Err: err}
 	case connect.CodePermissionDenied:
 		return &Error{Code: CodePermissionDenied, Message: clip(msg), Err: err}
 	case connect.CodeUnimplemented:
@@ -203,6 +211,9 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, limit int64, opti
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if e := (*Error)(nil); errors.As(err, &e) {
+			return e // e.g. the body did not arrive in time (BodyDeadlines)
+		}
 		var (
 			syn  *json.SyntaxError
 			typ  *json.UnmarshalTypeError

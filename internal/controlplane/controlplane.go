@@ -271,10 +271,12 @@ func (s *Server) Agent(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	return s.agents.Client(h)
 }
 
-// NewHTTPServer returns the http.Server for h with the server timeouts.
+// NewHTTPServer returns the http.Server for h with the server timeouts:
+// headers within 10 s, and request bodies bounded per route class
+// (api.BodyDeadlines: JSON bodies 10 s, uploads a minimum rate).
 func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           api.BodyDeadlines(h, api.BodyLimits{}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    1 << 20,
