@@ -54,7 +54,7 @@ func (s *Server) ReconcileOnce(ctx context.Context) error {
 		if h.Status == store.HostUnavailable {
 			continue
 		}
-		if err := s.reconcileHost(ctx, h); err != nil {
+		if err := s.reconcileHost(ctx, s.refreshHostInfo(ctx, h)); err != nil {
 			errs = append(errs, err)
 		}
 	}

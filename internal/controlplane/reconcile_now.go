@@ -33,7 +33,49 @@ func (s *Server) ReconcileHost(ctx context.Context, hostID string) error {
 	if h.Status == store.HostUnavailable {
 		return nil
 	}
-	return s.reconcileHost(ctx, h)
+	return s.reconcileHost(ctx, s.refreshHostInfo(ctx, h))
+}
+
+// refreshHostInfo asks h's agent for its overcommit ratios and
+// capabilities (GetHostInfo) and records them when the agent reports
+// ratios (`wrenn agent --cpu-overcommit …`, which has no heartbeat of its
+// own to carry them) and they differ from the stored ones. An agent
+// reporting none (the one `wrenn up` runs in process, whose heartbeat
+// carries them) is left alone. It returns h as updated; failures only log.
+func (s *Server) refreshHostInfo(ctx context.Context, h store.Host) store.Host {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := s.agents.Client(h).GetHostInfo(cctx, connect.NewRequest(&pb.GetHostInfoRequest{}))
+	cancel()
+	if err != nil {
+		return h
+	}
+	in := resp.Msg
+	if in.GetCpuOvercommit() == 0 && in.GetMemoryOvercommit() == 0 && in.GetDiskOvercommit() == 0 {
+		return h
+	}
+	caps := hostlink.Capabilities{
+		Runtimes: []string{in.GetDriver()}, MemorySnapshots: in.GetMemorySnapshots(), MemorySnapshotsReason: in.GetMemorySnapshotsReason(),
+	}
+	if in.GetDriver() == "container" {
+		caps.Isolations = []string{"runc"}
+	}
+	if in.GetStartedAt() > 0 {
+		caps.StartedAt = time.Unix(in.GetStartedAt(), 0).UTC()
+	}
+	b, _ := json.Marshal(caps)
+	u := store.HostUsage{
+		CPUOvercommit: in.GetCpuOvercommit(), MemoryOvercommit: in.GetMemoryOvercommit(), DiskOvercommit: in.GetDiskOvercommit(),
+		Capabilities: string(b),
+	}
+	if u.CPUOvercommit == h.CPUOvercommit && u.MemoryOvercommit == h.MemoryOvercommit && u.DiskOvercommit == h.DiskOvercommit && u.Capabilities == h.Capabilities {
+		return h
+	}
+	if err := s.store.SetHostCapabilities(ctx, h.ID, u); err != nil {
+		s.log.Warn("record host capabilities", "host_id", h.ID, "err", err)
+		return h
+	}
+	h.CPUOvercommit, h.MemoryOvercommit, h.DiskOvercommit, h.Capabilities = u.CPUOvercommit, u.MemoryOvercommit, u.DiskOvercommit, u.Capabilities
+	return h
 }
 
 // hostReturned reconciles hostID in the background, once at a time per

@@ -143,3 +143,46 @@ func TestReturningHostIsReconciledAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// ratioAgent is a listingAgent whose GetHostInfo reports overcommit
+// ratios, as `wrenn agent --cpu-overcommit …` does.
+type ratioAgent struct{ listingAgent }
+
+func (a *ratioAgent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {
+	return connect.NewResponse(&pb.GetHostInfoResponse{
+		Driver: "container", CpuOvercommit: 32, MemoryOvercommit: 2, DiskOvercommit: 4,
+		MemorySnapshotsReason: "criu check failed: no criu", StartedAt: time.Now().Unix(),
+	}), nil
+}
+
+// TestAgentRatiosRecordedFromHostInfo: a standalone agent's ratios (it has
+// no heartbeat to carry them) reach the store through the reconciler's
+// GetHostInfo, and the scheduler's view (admin API) shows them.
+func TestAgentRatiosRecordedFromHostInfo(t *testing.T) {
+	st := apitest.Stores()[0].Open(t)
+	c := startCP(t, st, nil)
+	ctx := context.Background()
+	agent := &ratioAgent{listingAgent{caps: map[string]pb.CapsuleState{}}}
+	_, h := hostagentv1connect.NewHostAgentServiceHandler(agent)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	adminTok, adminID, _ := c.signup("admin@example.com")
+	if _, err := st.GrantUserAdmin(ctx, adminID); err != nil {
+		t.Fatal(err)
+	}
+	tok := c.call("POST", "/v1/admin/hosts/tokens", adminTok, map[string]any{}, 201).obj(t)["token"].(string)
+	reg, err := (&hostlink.Client{BaseURL: c.url}).Register(ctx, tok, hostlink.Usage{Address: srv.Listener.Addr().String(), VCPUs: 2, MemoryMB: 4096, DiskMB: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.srv.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	caps := c.call("GET", "/v1/admin/hosts/"+reg.HostID, adminTok, nil, 200).obj(t)["capabilities"].(map[string]any)
+	oc := caps["overcommit"].(map[string]any)
+	free := caps["free"].(map[string]any)
+	ms := caps["memory_snapshots"].(map[string]any)
+	if oc["cpu"] != 32.0 || oc["memory"] != 2.0 || oc["disk"] != 4.0 || free["vcpus"] != 64.0 || ms["available"] != false || ms["reason"] != "criu check failed: no criu" {
+		t.Fatalf("capabilities after reconcile: %v", caps)
+	}
+}

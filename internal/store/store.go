@@ -511,6 +511,10 @@ type Store interface {
 	// MarkStaleHostsUnavailable marks hosts whose last heartbeat is older
 	// than staleBefore unavailable and returns their IDs.
 	MarkStaleHostsUnavailable(ctx context.Context, staleBefore time.Time) ([]string, error)
+	// SetHostCapabilities records the overcommit ratios and capabilities
+	// (only those fields of u) a host's agent reports outside a heartbeat
+	// (GetHostInfo); it does not count as a heartbeat.
+	SetHostCapabilities(ctx context.Context, id string, u HostUsage) error
 	SetHostStatus(ctx context.Context, id string, s HostStatus) error
 	DeleteHost(ctx context.Context, id string) error
 

@@ -754,6 +754,15 @@ func (s *Store) MarkStaleHostsUnavailable(ctx context.Context, staleBefore time.
 	return ids, mapErr(err, "mark stale hosts")
 }
 
+// SetHostCapabilities implements store.Store.
+func (s *Store) SetHostCapabilities(ctx context.Context, id string, u store.HostUsage) error {
+	n, err := s.qw.SetHostCapabilities(ctx, db.SetHostCapabilitiesParams{
+		ID: id, CpuOvercommit: u.CPUOvercommit, MemoryOvercommit: u.MemoryOvercommit, DiskOvercommit: u.DiskOvercommit,
+		Capabilities: capabilitiesJSON(u.Capabilities), Now: ts(store.Now()),
+	})
+	return one(n, err, "set host capabilities")
+}
+
 // SetHostStatus implements store.Store.
 func (s *Store) SetHostStatus(ctx context.Context, id string, st store.HostStatus) error {
 	n, err := s.qw.SetHostStatus(ctx, db.SetHostStatusParams{ID: id, Status: string(st), Now: ts(store.Now())})

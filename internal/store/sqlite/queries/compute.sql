@@ -46,6 +46,12 @@ UPDATE hosts SET status = 'unavailable', updated_at = sqlc.arg(now)
 WHERE status <> 'unavailable' AND last_heartbeat_at < sqlc.arg(stale_before)
 RETURNING id;
 
+-- name: SetHostCapabilities :execrows
+UPDATE hosts
+SET cpu_overcommit = sqlc.arg(cpu_overcommit), memory_overcommit = sqlc.arg(memory_overcommit),
+    disk_overcommit = sqlc.arg(disk_overcommit), capabilities = sqlc.arg(capabilities), updated_at = sqlc.arg(now)
+WHERE id = sqlc.arg(id);
+
 -- name: SetHostStatus :execrows
 UPDATE hosts SET status = sqlc.arg(status), updated_at = sqlc.arg(now) WHERE id = sqlc.arg(id);
 

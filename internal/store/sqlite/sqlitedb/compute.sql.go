@@ -1240,6 +1240,37 @@ func (q *Queries) SetCapsulePublic(ctx context.Context, arg SetCapsulePublicPara
 	return result.RowsAffected()
 }
 
+const setHostCapabilities = `-- name: SetHostCapabilities :execrows
+UPDATE hosts
+SET cpu_overcommit = ?1, memory_overcommit = ?2,
+    disk_overcommit = ?3, capabilities = ?4, updated_at = ?5
+WHERE id = ?6
+`
+
+type SetHostCapabilitiesParams struct {
+	CpuOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	Capabilities     string
+	Now              int64
+	ID               string
+}
+
+func (q *Queries) SetHostCapabilities(ctx context.Context, arg SetHostCapabilitiesParams) (int64, error) {
+	result, err := q.exec(ctx, q.setHostCapabilitiesStmt, setHostCapabilities,
+		arg.CpuOvercommit,
+		arg.MemoryOvercommit,
+		arg.DiskOvercommit,
+		arg.Capabilities,
+		arg.Now,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const setHostStatus = `-- name: SetHostStatus :execrows
 UPDATE hosts SET status = ?1, updated_at = ?2 WHERE id = ?3
 `
