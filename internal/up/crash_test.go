@@ -34,7 +34,8 @@ import (
 const crashChildEnv = "WRENN_UP_CRASH_CHILD"
 
 // runCrashChild is the child: an App on the home in the environment, with
-// a small CPU overcommit (so ghost capsules would block creates), until
+// a small CPU overcommit (4 one-vCPU capsules on 2 CPUs: two ghost
+// capsules and two live ones would block a create), until
 // SIGTERM. It writes its URL to <home>/child.url once ready.
 func runCrashChild() int {
 	var c struct{ Home, Envd, Instance, Subnet, OnExit string }
@@ -47,7 +48,7 @@ func runCrashChild() int {
 	app, err := up.New(ctx, up.Config{
 		Home: c.Home, Listen: "127.0.0.1:0", OnExit: up.OnExit(c.OnExit), EnvdPath: c.Envd, DefaultDiskSizeMB: 256,
 		Instance: c.Instance, Subnet: netip.MustParsePrefix(c.Subnet), HeartbeatInterval: 2 * time.Second,
-		Overcommit: scheduler.Overcommit{CPU: 1, Memory: 1, Disk: 1},
+		Overcommit: scheduler.Overcommit{CPU: 2, Memory: 1, Disk: 1},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "up.New:", err)
@@ -207,8 +208,9 @@ func disagreements(ctx context.Context, t *testing.T, home string, ch *crashChil
 // points of create, pause (to disk) and resume. After each restart the
 // store agrees with the agent within one reconcile pass (nothing left
 // pending/starting, no row disagreeing with its host) and a create
-// succeeds at once — the host's capacity is small (CPU overcommit 1), so
-// ghost capsules holding it would make creates answer 503.
+// succeeds at once — the host's capacity is small (CPU overcommit 2 on 2
+// CPUs), so ghost capsules holding it would make creates answer 503,
+// while the live capsules a round can leave (at most 2) never fill it.
 func TestKill9UpMidCreatePauseResume(t *testing.T) {
 	testutil.RequireRoot(t)
 	home := t.TempDir()
@@ -227,7 +229,7 @@ func TestKill9UpMidCreatePauseResume(t *testing.T) {
 		return c.ID, nil
 	}
 	var steps []step
-	for _, d := range []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond} {
+	for _, d := range []time.Duration{0, 20 * time.Millisecond, 40 * time.Millisecond, 70 * time.Millisecond, 150 * time.Millisecond, 400 * time.Millisecond} {
 		steps = append(steps, step{"create", d, nil, func(ch *crashChild, _ string) error {
 			var wg sync.WaitGroup
 			for range 2 {
