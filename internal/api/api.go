@@ -66,6 +66,9 @@ type Config struct {
 	// OnCapsuleGone is called after a capsule is destroyed (e.g. to evict
 	// cached proxies).
 	OnCapsuleGone func(capsuleID string)
+	// OnHostReturned is called when a host registers, or heartbeats after
+	// silence or an agent restart (e.g. to reconcile it at once).
+	OnHostReturned func(hostID string)
 	// Audit, when set, records team and admin actions.
 	Audit *audit.Recorder
 	// Usage, when set, serves GET /v1/capsules/usage.
@@ -99,6 +102,9 @@ type Config struct {
 	// ExecTimeout bounds a unary exec when the request gives none
 	// (default 60 s).
 	ExecTimeout time.Duration
+	// MaxUnauthInFlightPerIP bounds the requests one client address may
+	// have in flight on the unauthenticated routes (default 16).
+	MaxUnauthInFlightPerIP int
 }
 
 // API is the HTTP API.
@@ -109,6 +115,7 @@ type API struct {
 	metrics  *metrics
 	router   chi.Router
 	limits   rateLimiters
+	unauth   *perIPLimiter
 }
 
 // New builds the API.
@@ -140,7 +147,10 @@ func New(cfg Config) *API {
 			OnGone: cfg.OnCapsuleGone, ExecTimeout: cfg.ExecTimeout, Logger: cfg.Logger,
 		})
 	}
-	a := &API{cfg: cfg, capsules: cfg.Capsules, log: cfg.Logger.With("component", "api"), limits: newRateLimiters(cfg.RateLimits)}
+	a := &API{
+		cfg: cfg, capsules: cfg.Capsules, log: cfg.Logger.With("component", "api"),
+		limits: newRateLimiters(cfg.RateLimits), unauth: newPerIPLimiter(cfg.MaxUnauthInFlightPerIP),
+	}
 	if cfg.Registry != nil {
 		a.metrics = newMetrics(cfg.Registry, cfg.Store, a.log)
 	}
@@ -175,13 +185,16 @@ func (a *API) routes() chi.Router {
 	}
 
 	r.Route("/v1", func(r chi.Router) {
-		// Unauthenticated.
-		r.Post("/auth/signup", a.signup)
-		r.Post("/auth/login", a.login)
-		a.mountEmailFlows(r) // verify, verify/resend (authenticated), password/forgot, password/reset
-		r.Get("/auth/github", a.githubStart)
-		r.Get("/auth/github/callback", a.githubCallback)
-		r.Post("/hosts/register", a.registerHost)
+		// Unauthenticated (bounded in flight per client address).
+		r.Group(func(r chi.Router) {
+			r.Use(a.limitUnauthenticated)
+			r.Post("/auth/signup", a.signup)
+			r.Post("/auth/login", a.login)
+			a.mountEmailFlows(r) // verify, verify/resend (authenticated), password/forgot, password/reset
+			r.Get("/auth/github", a.githubStart)
+			r.Get("/auth/github/callback", a.githubCallback)
+			r.Post("/hosts/register", a.registerHost)
+		})
 		r.With(a.requireHost).Post("/hosts/{hostID}/heartbeat", a.heartbeat)
 
 		// WebSocket routes: the only place a query token is accepted.
@@ -257,6 +270,7 @@ func (a *API) routes() chi.Router {
 				r.Use(a.requireAdmin)
 				r.Post("/hosts/tokens", a.createAdminHostToken)
 				r.Get("/hosts", a.listHosts)
+				r.Get("/hosts/{hostID}", a.getHost)
 				r.Delete("/hosts/{hostID}", a.deleteHost)
 				a.mountAdmin(r)
 			})

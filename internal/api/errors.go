@@ -32,6 +32,12 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeRateLimited      = "rate_limited"
 	CodeInternal         = "internal"
+	// CodeResourceExhausted: the capsule is out of a resource it is limited
+	// to (its process limit, its disk): the request is fine, the capsule's
+	// state is not (409).
+	CodeResourceExhausted = "resource_exhausted"
+	// CodeRequestTimeout: the request body did not arrive in time (408).
+	CodeRequestTimeout = "request_timeout"
 )
 
 // Error is the one error type handlers return to clients: a code from the
@@ -70,8 +76,10 @@ func httpStatus(code string) int {
 		return http.StatusNotFound
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case CodeConflict, CodeAlreadyExists:
+	case CodeConflict, CodeAlreadyExists, CodeResourceExhausted:
 		return http.StatusConflict
+	case CodeRequestTimeout:
+		return http.StatusRequestTimeout
 	case CodePayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case CodeUnsupportedMedia:
@@ -140,6 +148,8 @@ func serviceCode(k capsules.Kind) string {
 		return CodeUnavailable
 	case capsules.KindNotImplemented:
 		return CodeNotImplemented
+	case capsules.KindExhausted:
+		return CodeResourceExhausted
 	case capsules.KindTooLarge:
 		return CodePayloadTooLarge
 	case capsules.KindPermissionDenied:
@@ -198,6 +208,9 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, limit int64, opti
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if e := (*Error)(nil); errors.As(err, &e) {
+			return e // e.g. the body did not arrive in time (BodyDeadlines)
+		}
 		var (
 			syn  *json.SyntaxError
 			typ  *json.UnmarshalTypeError

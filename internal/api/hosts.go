@@ -2,23 +2,56 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
+	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
+// hostCapabilities decodes what h last reported ("{}" when nothing).
+func hostCapabilities(h store.Host) hostlink.Capabilities {
+	var c hostlink.Capabilities
+	_ = json.Unmarshal([]byte(h.Capabilities), &c)
+	return c
+}
+
 func toHostJSON(h store.Host) wrennapi.Host {
+	c := hostCapabilities(h)
+	o, free := scheduler.Ratios(h), scheduler.FreeOn(h)
+	caps := wrennapi.HostCapabilities{
+		Runtimes: c.Runtimes, Isolations: c.Isolations,
+		MemorySnapshots: wrennapi.MemorySnapshots{Available: c.MemorySnapshots, Reason: c.MemorySnapshotsReason},
+		Overcommit:      wrennapi.Overcommit{CPU: o.CPU, Memory: o.Memory, Disk: o.Disk},
+		Free:            wrennapi.HostFree{VCPUs: free.VCPUs, MemoryMB: free.MemoryMB, DiskMB: free.DiskMB},
+	}
+	if caps.Runtimes == nil {
+		caps.Runtimes = []string{}
+	}
+	if caps.Isolations == nil {
+		caps.Isolations = []string{}
+	}
+	if !c.MemorySnapshots && c.MemorySnapshotsReason == "" {
+		caps.MemorySnapshots.Reason = "not reported by the host"
+	}
+	if !c.StartedAt.IsZero() {
+		t := c.StartedAt.UTC()
+		caps.AgentStartedAt = &t
+	}
 	return wrennapi.Host{
 		ID: h.ID, TeamID: h.TeamID, Address: h.Address, Status: wrennapi.HostStatus(h.Status), VCPUs: h.VCPUs, MemoryMB: h.MemoryMB,
 		DiskMB: h.DiskMB, UsedVCPUs: h.UsedVCPUs, UsedMemoryMB: h.UsedMemoryMB, UsedDiskMB: h.UsedDiskMB, LastHeartbeatAt: h.LastHeartbeatAt,
+		Capabilities: caps,
 	}
 }
 
@@ -37,13 +70,15 @@ func (a *API) createHostToken(w http.ResponseWriter, r *http.Request, teamID str
 	} else {
 		a.audit(r, teamID, "host_token", "", "create", nil, nil)
 	}
-	writeJSON(w, http.StatusCreated, wrennapi.HostToken{Token: tok, TeamID: teamID, ExpiresAt: exp})
+	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "team_id": teamID, "expires_at": exp})
 }
 
 // createAdminHostToken makes a token for a shared host, or for a team's
 // BYOC host when team_id is given.
 func (a *API) createAdminHostToken(w http.ResponseWriter, r *http.Request) {
-	var req wrennapi.CreateHostToken
+	var req struct {
+		TeamID string `json:"team_id"`
+	}
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -81,14 +116,22 @@ func (a *API) createTeamHostToken(w http.ResponseWriter, r *http.Request) {
 	a.createHostToken(w, r, t.ID, false)
 }
 
-func toHostUsage(u wrennapi.HostUsage) store.HostUsage {
-	return store.HostUsage{
+// hostUsage is what a host reports (registration and heartbeats) as the
+// store keeps it.
+func hostUsage(u wrennapi.HostUsage) store.HostUsage {
+	out := store.HostUsage{
 		Address: u.Address, VCPUs: u.VCPUs, MemoryMB: u.MemoryMB, DiskMB: u.DiskMB,
 		UsedVCPUs: u.UsedVCPUs, UsedMemoryMB: u.UsedMemoryMB, UsedDiskMB: u.UsedDiskMB,
+		CPUOvercommit: u.CPUOvercommit, MemoryOvercommit: u.MemoryOvercommit, DiskOvercommit: u.DiskOvercommit,
 	}
+	if u.Capabilities != nil {
+		b, _ := json.Marshal(u.Capabilities)
+		out.Capabilities = string(b)
+	}
+	return out
 }
 
-func validHostUsage(u store.HostUsage) error {
+func validHostUsage(u wrennapi.HostUsage) error {
 	if u.Address != "" {
 		addr := u.Address
 		if i := strings.Index(addr, "://"); i >= 0 {
@@ -105,6 +148,19 @@ func validHostUsage(u store.HostUsage) error {
 	for _, v := range []int64{u.VCPUs, u.MemoryMB, u.DiskMB, u.UsedVCPUs, u.UsedMemoryMB, u.UsedDiskMB} {
 		if v < 0 || v > 1<<40 {
 			return errorf(CodeInvalidArgument, "capacity figures must be between 0 and 2^40")
+		}
+	}
+	if err := (scheduler.Overcommit{CPU: u.CPUOvercommit, Memory: u.MemoryOvercommit, Disk: u.DiskOvercommit}).Validate(); err != nil {
+		return errorf(CodeInvalidArgument, "%s", err.Error())
+	}
+	if c := u.Capabilities; c != nil {
+		if len(c.Runtimes) > 16 || len(c.Isolations) > 16 || len(c.MemorySnapshotsReason) > 1024 {
+			return errorf(CodeInvalidArgument, "capabilities: at most 16 runtimes and isolations and a reason of at most 1024 bytes")
+		}
+		for _, v := range append(slices.Clone(c.Runtimes), c.Isolations...) {
+			if v == "" || len(v) > 64 {
+				return errorf(CodeInvalidArgument, "capabilities: runtime and isolation names are 1 to 64 bytes")
+			}
 		}
 	}
 	return nil
@@ -126,10 +182,13 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "address is required"))
 		return
 	}
-	if err := validHostUsage(toHostUsage(wrennapi.HostUsage{
+	usage := wrennapi.HostUsage{
 		Address: req.Address, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskMB: req.DiskMB,
 		UsedVCPUs: req.UsedVCPUs, UsedMemoryMB: req.UsedMemoryMB, UsedDiskMB: req.UsedDiskMB,
-	})); err != nil {
+		CPUOvercommit: req.CPUOvercommit, MemoryOvercommit: req.MemoryOvercommit, DiskOvercommit: req.DiskOvercommit,
+		Capabilities: req.Capabilities,
+	}
+	if err := validHostUsage(usage); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -147,7 +206,14 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if _, err := a.cfg.Store.HostHeartbeat(r.Context(), h.ID, hostUsage(usage)); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	a.log.InfoContext(r.Context(), "host registered", "host_id", h.ID, "address", h.Address, "team_id", h.TeamID)
+	if a.cfg.OnHostReturned != nil {
+		a.cfg.OnHostReturned(h.ID)
+	}
 	writeJSON(w, http.StatusCreated, wrennapi.HostRegistered{
 		HostID: h.ID, Credential: cred, HeartbeatIntervalSec: int(a.cfg.HeartbeatInterval.Seconds()),
 	})
@@ -187,21 +253,52 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	usage := toHostUsage(req)
-	if err := validHostUsage(usage); err != nil {
+	if err := validHostUsage(req); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	h, _ := r.Context().Value(hostKey{}).(store.Host)
-	if usage.Address == "" {
-		usage.Address = h.Address
+	prev, _ := r.Context().Value(hostKey{}).(store.Host)
+	if req.Address == "" {
+		req.Address = prev.Address
 	}
-	h, err := a.cfg.Store.HostHeartbeat(r.Context(), h.ID, usage)
+	h, err := a.cfg.Store.HostHeartbeat(r.Context(), prev.ID, hostUsage(req))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
+	if a.cfg.OnHostReturned != nil && a.hostReturned(prev, req) {
+		a.log.InfoContext(r.Context(), "host answers again after silence or a restart; reconciling it now", "host_id", h.ID)
+		a.cfg.OnHostReturned(h.ID)
+	}
 	writeJSON(w, http.StatusOK, wrennapi.HeartbeatAnswer{Status: wrennapi.HeartbeatAnswerStatus(h.Status), HeartbeatIntervalSec: int(a.cfg.HeartbeatInterval.Seconds())})
+}
+
+// hostReturned reports whether a heartbeat (req) from a host whose row
+// was prev comes after silence (unavailable, no heartbeat yet, or none for
+// two intervals) or from a restarted agent (a new start time): what the
+// store holds for it may be stale, so it is reconciled at once.
+func (a *API) hostReturned(prev store.Host, req wrennapi.HostUsage) bool {
+	if prev.Status == store.HostUnavailable || prev.LastHeartbeatAt == nil || time.Since(*prev.LastHeartbeatAt) > 2*a.cfg.HeartbeatInterval {
+		return true
+	}
+	if req.Capabilities == nil || req.Capabilities.StartedAt.IsZero() {
+		return false
+	}
+	return !hostCapabilities(prev).StartedAt.Equal(req.Capabilities.StartedAt)
+}
+
+func (a *API) getHost(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "hostID")
+	if err := validID(store.PrefixHost, id); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	h, err := a.cfg.Store.GetHost(r.Context(), id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toHostJSON(h))
 }
 
 func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {
@@ -210,11 +307,11 @@ func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]wrennapi.Host, 0, len(hs))
+	out := wrennapi.HostList{Hosts: make([]wrennapi.Host, 0, len(hs))}
 	for _, h := range hs {
-		out = append(out, toHostJSON(h))
+		out.Hosts = append(out.Hosts, toHostJSON(h))
 	}
-	writeJSON(w, http.StatusOK, wrennapi.HostList{Hosts: out})
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) deleteHost(w http.ResponseWriter, r *http.Request) {

@@ -266,6 +266,22 @@ func (s *Service) DestroyInternal(ctx context.Context, h store.Host, id string) 
 	s.cfg.Scheduler.Release(h.ID, id)
 }
 
+// OnHost asks host h whether it has capsule id (the reconciler, for a
+// create that may have been lost): false only when the agent answers that
+// it does not know it; a failed call is an error.
+func (s *Service) OnHost(ctx context.Context, h store.Host, id string) (bool, error) {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := s.cfg.Agents.Client(h).PingCapsule(pctx, connect.NewRequest(&pb.PingCapsuleRequest{CapsuleId: id}))
+	switch {
+	case err == nil:
+		return true, nil
+	case connect.CodeOf(err) == connect.CodeNotFound:
+		return false, nil
+	}
+	return false, err
+}
+
 // DestroyOrphan destroys, on host h, a capsule the store does not know
 // (an agent-only leftover), with a context that outlives ctx (one minute).
 func (s *Service) DestroyOrphan(ctx context.Context, h store.Host, id string) error {

@@ -14,12 +14,16 @@ type Kind string
 
 // Error kinds.
 const (
-	KindInvalid          Kind = "invalid_argument"
-	KindNotFound         Kind = "not_found"
-	KindConflict         Kind = "conflict"
-	KindUnavailable      Kind = "unavailable"
-	KindNotImplemented   Kind = "not_implemented"
-	KindTooLarge         Kind = "too_large"
+	KindInvalid        Kind = "invalid_argument"
+	KindNotFound       Kind = "not_found"
+	KindConflict       Kind = "conflict"
+	KindUnavailable    Kind = "unavailable"
+	KindNotImplemented Kind = "not_implemented"
+	KindTooLarge       Kind = "too_large"
+	// KindExhausted: the capsule is out of a resource it may free (its
+	// process limit); 409, not 413, since nothing in the request was too
+	// large.
+	KindExhausted        Kind = "resource_exhausted"
 	KindPermissionDenied Kind = "permission_denied"
 )
 
@@ -79,7 +83,7 @@ func AgentError(err error) error {
 	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
 		return &Error{Kind: KindConflict, Message: msg, Err: err}
 	case connect.CodeResourceExhausted:
-		return &Error{Kind: KindTooLarge, Message: msg, Err: err}
+		return &Error{Kind: KindExhausted, Message: msg, Err: err}
 	case connect.CodePermissionDenied:
 		return &Error{Kind: KindPermissionDenied, Message: msg, Err: err}
 	case connect.CodeUnimplemented:

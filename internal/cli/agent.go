@@ -40,6 +40,7 @@ type agentFlags struct {
 	warmPools       map[string]int
 	snapshotGC      time.Duration
 	criu            criuFlags
+	overcommit      overcommitFlags
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -86,6 +87,7 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	fl.StringVar(&f.clientCA, "client-ca", "", "CA (PEM) that client certificates must chain to (mutual TLS)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.criu.register(fl)
+	f.overcommit.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
 	return cmd
@@ -124,6 +126,9 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	}
 	if secret == "" {
 		log.Warn("no host secret set: every caller that reaches --listen controls this host's capsules")
+	}
+	if err := f.overcommit.o.Validate(); err != nil {
+		return fmt.Errorf("overcommit flags: %w", err)
 	}
 	srvCfg := hostagent.ServerConfig{Addr: f.listen, TLSCert: f.tlsCert, TLSKey: f.tlsKey, ClientCA: f.clientCA, Logger: log}
 	if _, err := srvCfg.TLSConfig(); err != nil {
@@ -164,6 +169,9 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		WarmPools:          f.warmPools,
 		SnapshotGCInterval: f.snapshotGC,
 		Version:            buildinfo.Version,
+		CPUOvercommit:      f.overcommit.o.CPU,
+		MemoryOvercommit:   f.overcommit.o.Memory,
+		DiskOvercommit:     f.overcommit.o.Disk,
 		Logger:             log,
 	})
 	if err != nil {

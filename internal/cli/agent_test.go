@@ -12,6 +12,9 @@ func TestAgentFlags(t *testing.T) {
 		{"listen", ":50051"},
 		{"default-template", "base"},
 		{"default-timeout", "5m0s"},
+		{"cpu-overcommit", "128"},
+		{"memory-overcommit", "8"},
+		{"disk-overcommit", "16"},
 	}
 	for _, tt := range tests {
 		f := cmd.Flags().Lookup(tt.flag)
@@ -40,6 +43,8 @@ func TestAgentRejectsBadFlags(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
 		{"client CA without a certificate", []string{"--client-ca", "/nonexistent/ca.pem"}, "client CA needs a server certificate"},
 		{"missing secret file", []string{"--secret-file", "/nonexistent/secret"}, "--secret-file"},
+		{"overcommit below 1", []string{"--cpu-overcommit", "0.5"}, "cpu overcommit 0.5 must be between 1 and 1000"},
+		{"overcommit too high", []string{"--memory-overcommit", "5000"}, "memory overcommit 5000 must be between 1 and 1000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

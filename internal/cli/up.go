@@ -22,6 +22,7 @@ type upFlags struct {
 	noBase                                                                                                bool
 	warmPools                                                                                             map[string]int
 	criu                                                                                                  criuFlags
+	overcommit                                                                                            overcommitFlags
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -63,6 +64,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "private IPv4 range capsule addresses come from")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template for fast creates, e.g. minimal=2")
 	f.criu.register(fl)
+	f.overcommit.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
 	return cmd
 }
@@ -89,6 +91,9 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 	if err != nil {
 		return fmt.Errorf("--default-rootfs-size %q: %w", f.rootfsSize, err)
 	}
+	if err := f.overcommit.o.Validate(); err != nil {
+		return fmt.Errorf("overcommit flags: %w", err)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("`wrenn up` must run as root (capsules need namespaces, cgroups and mounts): try sudo wrenn up")
 	}
@@ -111,7 +116,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
-		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS,
+		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
 	})
 	if err != nil {
 		return err

@@ -166,6 +166,11 @@ type Server struct {
 	capsules  *capsules.Service
 	usage     *usage.Service
 	closeOnce sync.Once
+
+	returnMu  sync.Mutex
+	bg        context.Context // the background loops' context, set by Serve
+	returning map[string]bool // hosts being reconciled after a return → rerun wanted
+	returnWG  sync.WaitGroup
 }
 
 // IsPostgresDSN reports whether db names PostgreSQL rather than a file.
@@ -232,7 +237,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.api = api.New(api.Config{
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
 		Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, GitHub: gh,
-		OnCapsuleGone: s.proxy.Evict, Registry: s.registry, Logger: cfg.Logger,
+		OnCapsuleGone: s.proxy.Evict, OnHostReturned: s.hostReturned, Registry: s.registry, Logger: cfg.Logger,
 		Audit: rec,
 		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
@@ -289,10 +294,12 @@ func (s *Server) Agent(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	return s.agents.Client(h)
 }
 
-// NewHTTPServer returns the http.Server for h with the server timeouts.
+// NewHTTPServer returns the http.Server for h with the server timeouts:
+// headers within 10 s, and request bodies bounded per route class
+// (api.BodyDeadlines: JSON bodies 10 s, uploads a minimum rate).
 func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           api.BodyDeadlines(h, api.BodyLimits{}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    1 << 20,
@@ -327,6 +334,9 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 		s.log.Info("port proxy listening", "addr", proxyLn.Addr().String())
 	}
 	bg, cancel := context.WithCancel(ctx)
+	s.returnMu.Lock()
+	s.bg = bg
+	s.returnMu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
 	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval) })
@@ -374,6 +384,7 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	}
 	cancel()
 	wg.Wait()
+	s.returnWG.Wait()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

@@ -55,7 +55,7 @@ func (s *Server) ReconcileOnce(ctx context.Context) error {
 		if h.Status == store.HostUnavailable {
 			continue
 		}
-		if err := s.reconcileHost(ctx, h); err != nil {
+		if err := s.reconcileHost(ctx, s.refreshHostInfo(ctx, h)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -105,12 +105,16 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 	known := map[string]bool{}
 	for _, c := range caps {
 		known[c.ID] = true
-		if c.Status == store.CapsulePending || c.Status == store.CapsuleStarting {
-			if now.Sub(c.UpdatedAt) < settle {
+		ac, present := onAgent[c.ID]
+		if !present && (c.Status == store.CapsulePending || c.Status == store.CapsuleStarting) {
+			lost, err := s.createLost(ctx, h, c, now)
+			if err != nil {
+				return fmt.Errorf("reconcile: host %s: %w", h.ID, err)
+			}
+			if !lost {
 				continue
 			}
 		}
-		ac, present := onAgent[c.ID]
 		var (
 			want store.CapsuleStatus
 			ok   bool
@@ -142,6 +146,9 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 		}
 		if ok {
 			s.log.Info("reconciled capsule state", "capsule_id", c.ID, "host_id", h.ID, "from", c.Status, "to", want)
+			if want == store.CapsuleError || want == store.CapsuleStopped {
+				s.scheduler.Release(h.ID, c.ID)
+			}
 		}
 	}
 	for id, ac := range onAgent {

@@ -96,6 +96,10 @@ type Config struct {
 	Secret string
 	// Version is reported by GetHostInfo.
 	Version string
+	// CPUOvercommit, MemoryOvercommit and DiskOvercommit are the ratios
+	// the control plane may place capsules by on this host, reported by
+	// GetHostInfo (0: the control plane's defaults).
+	CPUOvercommit, MemoryOvercommit, DiskOvercommit float64
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -153,6 +157,7 @@ type Agent struct {
 	bgCancel context.CancelFunc
 	bgWG     sync.WaitGroup
 	closed   sync.Once
+	started  time.Time
 }
 
 // capsule is the agent's live view of one capsule.
@@ -219,11 +224,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("hostagent: state dir: %w", err)
 	}
 	a := &Agent{
-		cfg:    cfg,
-		log:    cfg.Logger.With("component", "hostagent"),
-		driver: cfg.Driver,
-		state:  stateDir{dir: dir},
-		caps:   map[string]*capsule{},
+		started: time.Now(),
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "hostagent"),
+		driver:  cfg.Driver,
+		state:   stateDir{dir: dir},
+		caps:    map[string]*capsule{},
 	}
 	a.proxy = portproxy.New(portproxy.Config{Resolve: a.resolveIP, Logger: a.log})
 	if err := a.recover(ctx); err != nil {

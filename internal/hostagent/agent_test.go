@@ -194,8 +194,13 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("files", func(t *testing.T) {
-		if _, err := c.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{CapsuleId: id, Path: "/home/data/note.txt", Content: []byte("note body")})); err != nil {
+		wr, err := c.WriteFile(ctx, connect.NewRequest(&pb.WriteFileRequest{CapsuleId: id, Path: "/home/data/note.txt", Content: []byte("note body")}))
+		if err != nil {
 			t.Fatal(err)
+		}
+		// The answer carries the written file's real metadata.
+		if e := wr.Msg.GetEntry(); e.GetSize() != int64(len("note body")) || e.GetMode() == 0 || e.GetOwner() == "" || e.GetType() != "file" {
+			t.Errorf("WriteFile entry: %+v, want size 9, a mode and an owner", e)
 		}
 		res, err := c.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{CapsuleId: id, Path: "/home/data/note.txt"}))
 		if err != nil {
@@ -223,8 +228,12 @@ func TestLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := ws.CloseAndReceive(); err != nil {
+		wsr, err := ws.CloseAndReceive()
+		if err != nil {
 			t.Fatalf("WriteFileStream: %v", err)
+		}
+		if e := wsr.Msg.GetEntry(); e.GetSize() != int64(size) || e.GetMode() == 0 || e.GetOwner() == "" {
+			t.Errorf("WriteFileStream entry: %+v, want size %d, a mode and an owner", e, size)
 		}
 		rs, err := c.ReadFileStream(ctx, connect.NewRequest(&pb.ReadFileRequest{CapsuleId: id, Path: "/home/data/big.bin"}))
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -149,6 +150,17 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 	if sn, ok := s.a.driver.(runtime.Snapshotter); ok {
 		out.CanSnapshot = true
 		out.MemorySnapshots = sn.MemorySnapshots()
+	}
+	if r, ok := s.a.driver.(interface{ CRIUUnavailableReason() string }); ok && !out.MemorySnapshots {
+		out.MemorySnapshotsReason = r.CRIUUnavailableReason()
+	} else if !out.MemorySnapshots {
+		out.MemorySnapshotsReason = "the " + s.a.driver.Name() + " driver keeps no process memory"
+	}
+	out.CpuOvercommit, out.MemoryOvercommit, out.DiskOvercommit = s.a.cfg.CPUOvercommit, s.a.cfg.MemoryOvercommit, s.a.cfg.DiskOvercommit
+	out.StartedAt = s.a.started.Unix()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.a.cfg.StateDir, &st); err == nil {
+		out.DiskFreeBytes = st.Bavail * uint64(st.Bsize) //nolint:gosec // block size is positive
 	}
 	out.MemoryTotalBytes, out.MemoryAvailableBytes = meminfo()
 	for _, c := range s.a.capsules() {
@@ -525,6 +537,18 @@ func entryFromUpload(es []envdclient.EntryInfo, path string) *pb.FileEntry {
 	return &pb.FileEntry{Name: es[0].Name, Path: es[0].Path, Type: es[0].Type}
 }
 
+// writtenEntry is the metadata of a file an upload wrote: envd's upload
+// answer names it only, so it is stat'ed (as the writing user) for its
+// size, mode and owner; the name-only entry stands if the stat fails.
+func writtenEntry(ctx context.Context, cl *envdclient.Client, user string, es []envdclient.EntryInfo, path string) *pb.FileEntry {
+	e := entryFromUpload(es, path)
+	st, err := cl.Filesystem.Stat(envdclient.WithUser(ctx, user), connect.NewRequest(&fspb.StatRequest{Path: e.GetPath()}))
+	if err != nil || st.Msg.GetEntry() == nil {
+		return e
+	}
+	return fileEntry(st.Msg.GetEntry())
+}
+
 func (s service) WriteFile(ctx context.Context, req *connect.Request[pb.WriteFileRequest]) (*connect.Response[pb.WriteFileResponse], error) {
 	if req.Msg.GetPath() == "" {
 		return nil, invalid("path is required")
@@ -537,7 +561,7 @@ func (s service) WriteFile(ctx context.Context, req *connect.Request[pb.WriteFil
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&pb.WriteFileResponse{Entry: entryFromUpload(es, req.Msg.GetPath())}), nil
+	return connect.NewResponse(&pb.WriteFileResponse{Entry: writtenEntry(ctx, cl, req.Msg.GetUser(), es, req.Msg.GetPath())}), nil
 }
 
 func (s service) WriteFileStream(ctx context.Context, stream *connect.ClientStream[pb.WriteFileStreamRequest]) (*connect.Response[pb.WriteFileResponse], error) {
@@ -573,7 +597,7 @@ func (s service) WriteFileStream(ctx context.Context, stream *connect.ClientStre
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&pb.WriteFileResponse{Entry: entryFromUpload(es, h.GetPath())}), nil
+	return connect.NewResponse(&pb.WriteFileResponse{Entry: writtenEntry(ctx, cl, h.GetUser(), es, h.GetPath())}), nil
 }
 
 func fileEntry(e *fspb.EntryInfo) *pb.FileEntry {

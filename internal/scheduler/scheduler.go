@@ -5,8 +5,15 @@
 // Invariants:
 //   - A request pinned to a host (Request.HostID: its template was built
 //     there) has that host as its only candidate.
-//   - A host is a candidate only when its free memory covers the request;
-//     vCPUs may be overcommitted (up to OvercommitCPU times the host's).
+//   - A host is a candidate only when the request fits under each of its
+//     three overcommit ratios (CPU, memory, disk: the tightest decides).
+//     Capacity is the host's figure times its ratio: vCPUs × CPU ratio,
+//     memory × memory ratio, free disk × disk ratio, against the sum of
+//     what its capsules were given. The ratios are the ones the host's
+//     agent reports; a host that reports none gets Defaults. A single
+//     capsule's disk must also fit in the host's free disk as it is (a
+//     capsule may fill its disk; only the sum is a bet). A host reporting
+//     no disk figure is not checked for disk.
 //   - Among candidates the highest score wins, where score is the mean of
 //     the free memory fraction and the free CPU fraction after placement;
 //     ties break on host ID so placement is deterministic.
@@ -58,11 +65,77 @@ type HostLister interface {
 	ListSchedulableHosts(ctx context.Context, teamID string, byoc bool) ([]store.Host, error)
 }
 
+// Overcommit is how much of a resource may be promised to capsules per
+// unit the host has: 16 CPU means 16 one-vCPU capsules per host CPU.
+type Overcommit struct {
+	CPU    float64 `json:"cpu"`
+	Memory float64 `json:"memory"`
+	Disk   float64 `json:"disk"`
+}
+
+// DefaultOvercommit is what agents use when started without
+// --cpu-overcommit, --memory-overcommit or --disk-overcommit, and what the
+// scheduler assumes for a host that reports no ratios. Chosen from
+// measurement (docs/OPERATIONS.md): an idle minimal capsule uses about
+// 0.2 % of a core and a few MB of memory, so a 2-CPU, 24 GiB host holds
+// 256 idle 1-vCPU, 512 MB capsules by CPU and 384 by memory; sparse disks
+// use a few MB until written to.
+var DefaultOvercommit = Overcommit{CPU: 128, Memory: 8, Disk: 16}
+
+// Validate checks ratios a host or operator gives: each between 1 and
+// 1000, or 0 (the default).
+func (o Overcommit) Validate() error {
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{{"cpu", o.CPU}, {"memory", o.Memory}, {"disk", o.Disk}} {
+		if r.v != 0 && (r.v < 1 || r.v > 1000) || r.v != r.v {
+			return fmt.Errorf("%s overcommit %v must be between 1 and 1000", r.name, r.v)
+		}
+	}
+	return nil
+}
+
+// Ratios are the overcommit ratios the scheduler applies to h: the ones it
+// reported, with DefaultOvercommit for any it did not.
+func Ratios(h store.Host) Overcommit {
+	o := Overcommit{CPU: h.CPUOvercommit, Memory: h.MemoryOvercommit, Disk: h.DiskOvercommit}
+	if o.CPU <= 0 {
+		o.CPU = DefaultOvercommit.CPU
+	}
+	if o.Memory <= 0 {
+		o.Memory = DefaultOvercommit.Memory
+	}
+	if o.Disk <= 0 {
+		o.Disk = DefaultOvercommit.Disk
+	}
+	return o
+}
+
+// Free is what may still be placed on h: capacity times ratio minus what
+// its capsules were given (never below zero). DiskMB is additionally
+// bounded by the free disk itself (see the package invariants).
+type Free struct {
+	VCPUs    int64 `json:"vcpus"`
+	MemoryMB int64 `json:"memory_mb"`
+	DiskMB   int64 `json:"disk_mb"`
+}
+
+// FreeOn returns what may still be placed on h.
+func FreeOn(h store.Host) Free {
+	o := Ratios(h)
+	f := Free{
+		VCPUs:    int64(float64(h.VCPUs)*o.CPU) - h.UsedVCPUs,
+		MemoryMB: int64(float64(h.MemoryMB)*o.Memory) - h.UsedMemoryMB,
+		DiskMB:   min(int64(float64(h.DiskMB)*o.Disk)-h.UsedDiskMB, h.DiskMB),
+	}
+	f.VCPUs, f.MemoryMB, f.DiskMB = max(f.VCPUs, 0), max(f.MemoryMB, 0), max(f.DiskMB, 0)
+	return f
+}
+
 // Scheduler picks hosts.
 type Scheduler struct {
 	hosts HostLister
-	// OvercommitCPU is how many vCPUs may be placed per host CPU (default 4).
-	OvercommitCPU int64
 	// ReservationTTL bounds how long a placement counts against its host
 	// when no newer heartbeat arrives (default 2 min).
 	ReservationTTL time.Duration
@@ -80,7 +153,7 @@ type reservation struct {
 
 // New returns a scheduler reading hosts from l.
 func New(l HostLister) *Scheduler {
-	return &Scheduler{hosts: l, OvercommitCPU: 4, ReservationTTL: 2 * time.Minute, Now: time.Now}
+	return &Scheduler{hosts: l, ReservationTTL: 2 * time.Minute, Now: time.Now}
 }
 
 // Pick returns the host for a capsule of team and counts the request
@@ -97,7 +170,7 @@ func (s *Scheduler) Pick(ctx context.Context, team store.Team, req Request) (sto
 	for i, h := range hosts {
 		adjusted[i] = s.withReservations(h, now)
 	}
-	h, err := Choose(adjusted, req, s.OvercommitCPU)
+	h, err := Choose(adjusted, req)
 	if err != nil {
 		return store.Host{}, fmt.Errorf("scheduler: team %s: %w", team.ID, err)
 	}
@@ -177,10 +250,7 @@ func (s *Scheduler) withReservations(h store.Host, now time.Time) store.Host {
 }
 
 // Choose applies the placement rule to hosts.
-func Choose(hosts []store.Host, req Request, overcommit int64) (store.Host, error) {
-	if overcommit <= 0 {
-		overcommit = 1
-	}
+func Choose(hosts []store.Host, req Request) (store.Host, error) {
 	type cand struct {
 		h     store.Host
 		score float64
@@ -199,16 +269,14 @@ func Choose(hosts []store.Host, req Request, overcommit int64) (store.Host, erro
 		if h.Status != store.HostOnline || h.MemoryMB <= 0 || h.VCPUs <= 0 {
 			continue
 		}
-		freeMem := h.MemoryMB - h.UsedMemoryMB - req.MemoryMB
-		cpuCap := h.VCPUs * overcommit
-		freeCPU := cpuCap - h.UsedVCPUs - req.VCPUs
-		if freeMem < 0 || freeCPU < 0 {
+		o := Ratios(h)
+		free := FreeOn(h)
+		if req.VCPUs > free.VCPUs || req.MemoryMB > free.MemoryMB || req.DiskMB > 0 && h.DiskMB > 0 && req.DiskMB > free.DiskMB {
 			continue
 		}
-		if h.DiskMB > 0 && h.DiskMB-h.UsedDiskMB < req.DiskMB {
-			continue
-		}
-		score := (float64(freeMem)/float64(h.MemoryMB) + float64(freeCPU)/float64(cpuCap)) / 2
+		cpuCap := float64(h.VCPUs) * o.CPU
+		memCap := float64(h.MemoryMB) * o.Memory
+		score := (float64(free.MemoryMB-req.MemoryMB)/memCap + float64(free.VCPUs-req.VCPUs)/cpuCap) / 2
 		cands = append(cands, cand{h, score})
 	}
 	if len(cands) == 0 {

@@ -7,13 +7,57 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/internal/testutil/teststore"
 )
 
 func host(id string, cpus, mem, usedCPU, usedMem int64) store.Host {
-	return store.Host{ID: id, Status: store.HostOnline, VCPUs: cpus, MemoryMB: mem, UsedVCPUs: usedCPU, UsedMemoryMB: usedMem, DiskMB: 100000}
+	// The ratios the scheduler had before they became configurable.
+	return store.Host{
+		ID: id, Status: store.HostOnline, VCPUs: cpus, MemoryMB: mem, UsedVCPUs: usedCPU, UsedMemoryMB: usedMem, DiskMB: 100000,
+		CPUOvercommit: 4, MemoryOvercommit: 1, DiskOvercommit: 1,
+	}
+}
+
+func ratios(h store.Host, cpu, mem, disk float64) store.Host {
+	h.CPUOvercommit, h.MemoryOvercommit, h.DiskOvercommit = cpu, mem, disk
+	return h
+}
+
+func disk(h store.Host, free, used int64) store.Host {
+	h.DiskMB, h.UsedDiskMB = free, used
+	return h
+}
+
+// TestSparseDiskBiggerThanFreeDisk: a host reporting 76 GB free refuses a
+// capsule asking for a 200 GB disk, however high its disk overcommit (a
+// capsule may fill its disk), and admits many 5 GB ones.
+func TestSparseDiskBiggerThanFreeDisk(t *testing.T) {
+	h := disk(ratios(host("a", 2, 24576, 0, 0), 0, 0, 0), 76*1024, 0)
+	if _, err := Choose([]store.Host{ratios(h, 0, 0, 100)}, Request{VCPUs: 1, MemoryMB: 512, DiskMB: 200 * 1024}); !errors.Is(err, ErrNoCapacity) {
+		t.Fatalf("200 GB disk on 76 GB free: err = %v, want ErrNoCapacity", err)
+	}
+	h.UsedDiskMB = 200 * 5120 // 200 capsules of 5 GB already placed: 1 TB of 1.2 TB (default ratio 16)
+	if _, err := Choose([]store.Host{h}, Request{VCPUs: 1, MemoryMB: 512, DiskMB: 5120}); err != nil {
+		t.Fatalf("5 GB disk under the default disk overcommit: %v", err)
+	}
+	if f := FreeOn(h); f.DiskMB != 76*1024 || f.VCPUs != 256 || f.MemoryMB != 24576*8 {
+		t.Fatalf("FreeOn = %+v", f)
+	}
+}
+
+func TestOvercommitValidate(t *testing.T) {
+	for _, o := range []Overcommit{{}, {CPU: 1, Memory: 1000, Disk: 2.5}} {
+		if err := o.Validate(); err != nil {
+			t.Errorf("%+v: %v", o, err)
+		}
+	}
+	for _, o := range []Overcommit{{CPU: 0.5}, {Memory: 1001}, {Disk: -1}} {
+		if err := o.Validate(); err == nil {
+			t.Errorf("%+v: no error", o)
+		}
+	}
 }
 
 func TestChoose(t *testing.T) {
@@ -32,7 +76,14 @@ func TestChoose(t *testing.T) {
 		{"cpu breaks equal memory", []store.Host{host("a", 4, 8192, 10, 0), host("b", 4, 8192, 2, 0)}, "b", nil},
 		{"skips full host", []store.Host{host("a", 4, 8192, 0, 8000), host("b", 1, 1024, 0, 0)}, "b", nil},
 		{"no capacity", []store.Host{host("a", 4, 1024, 0, 1000)}, "", ErrNoCapacity},
-		{"cpu overcommit bound", []store.Host{host("a", 1, 8192, 4, 0)}, "", ErrNoCapacity},
+		{"cpu overcommit bound", []store.Host{ratios(host("a", 1, 8192, 4, 0), 4, 1, 1)}, "", ErrNoCapacity},
+		{"default cpu overcommit admits idle capsules", []store.Host{ratios(host("a", 2, 1<<20, 255, 0), 0, 0, 0)}, "a", nil},
+		{"default cpu overcommit bound", []store.Host{ratios(host("a", 2, 1<<20, 256, 0), 0, 0, 0)}, "", ErrNoCapacity},
+		{"memory overcommit admits", []store.Host{ratios(host("a", 4, 1024, 0, 3000), 4, 4, 1)}, "a", nil},
+		{"memory overcommit bound", []store.Host{ratios(host("a", 4, 1024, 0, 3800), 4, 4, 1)}, "", ErrNoCapacity},
+		{"tightest ratio decides", []store.Host{ratios(host("a", 1, 1<<20, 1, 0), 1, 100, 100)}, "", ErrNoCapacity},
+		{"disk overcommit bound", []store.Host{disk(ratios(host("a", 4, 8192, 0, 0), 4, 1, 2), 8000, 11000)}, "", ErrNoCapacity},
+		{"disk overcommit admits", []store.Host{disk(ratios(host("a", 4, 8192, 0, 0), 4, 1, 2), 8000, 10000)}, "a", nil},
 		{"unavailable never chosen", []store.Host{unavailable, host("a", 2, 2048, 0, 0)}, "a", nil},
 		{"deterministic tie", []store.Host{host("b", 4, 4096, 0, 0), host("a", 4, 4096, 0, 0)}, "a", nil},
 	}
@@ -52,7 +103,7 @@ func TestChoose(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := req
 			r.HostID = tt.pin
-			got, err := Choose(tt.hosts, r, 4)
+			got, err := Choose(tt.hosts, r)
 			if !errors.Is(err, tt.wantErr) || got.ID != tt.want {
 				t.Errorf("Choose = %q, %v; want %q, %v", got.ID, err, tt.want, tt.wantErr)
 			}
@@ -60,7 +111,7 @@ func TestChoose(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Choose(tt.hosts, req, 4)
+			got, err := Choose(tt.hosts, req)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -74,9 +125,9 @@ func TestChoose(t *testing.T) {
 // TestPickRespectsBYOC places through a real store: a BYOC team gets
 // only its own hosts, other teams only the shared ones.
 func TestPickRespectsBYOC(t *testing.T) {
-	for _, o := range apitest.Stores() {
-		t.Run(o.Name, func(t *testing.T) {
-			st := o.Open(t)
+	for _, engine := range teststore.Engines {
+		t.Run(engine, func(t *testing.T) {
+			st := teststore.Open(t, engine)
 			ctx := context.Background()
 			byoc, err := st.CreateTeam(ctx, store.Team{Name: "byoc", IsBYOC: true})
 			if err != nil {

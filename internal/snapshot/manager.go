@@ -165,6 +165,69 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	return m.Store.DeleteHeader(ctx, name)
 }
 
+// DeleteAndFree deletes header name and, at once, the data of the builds
+// it referenced that no other header references — whatever their age. It
+// is for a caller that knows the snapshot is superseded or its capsule
+// gone: unlike GC's sweep of unreferenced data, these builds were
+// committed, so no publish in flight can be about to reference them except
+// one diffing against this very header, which the caller must have ruled
+// out (the container driver holds the capsule's lock). A header that does
+// not exist is no error. If another header cannot be read nothing is
+// freed (GC frees it later).
+func (m *Manager) DeleteAndFree(ctx context.Context, name string) (GCStats, error) {
+	m.gcMu.Lock()
+	defer m.gcMu.Unlock()
+	var stats GCStats
+	h, err := ReadHeader(ctx, m.Store, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return stats, nil
+	}
+	if err := m.Store.DeleteHeader(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return stats, fmt.Errorf("snapshot: delete %s: %w", name, err)
+	}
+	if err != nil {
+		// Unreadable: the header is gone now; its data waits for GC.
+		return stats, nil //nolint:nilerr // a damaged header frees nothing by itself
+	}
+	names, err := m.Store.ListHeaders(ctx)
+	if err != nil {
+		return stats, fmt.Errorf("snapshot: free %s: %w", name, err)
+	}
+	live := map[string]bool{}
+	for _, n := range names {
+		oh, err := ReadHeader(ctx, m.Store, n)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return stats, fmt.Errorf("snapshot: free %s: refusing: %w", name, err)
+		}
+		stats.Headers++
+		for _, b := range oh.Builds {
+			live[b.ID.String()] = true
+		}
+	}
+	stats.LiveBuilds = len(live)
+	sizes := map[string]int64{}
+	if objs, err := m.Store.ListData(ctx); err == nil {
+		for _, o := range objs {
+			sizes[o.Name] = o.Size
+		}
+	}
+	for _, b := range h.Builds {
+		id := b.ID.String()
+		if live[id] {
+			continue
+		}
+		if err := m.Store.DeleteData(ctx, id); err != nil {
+			return stats, fmt.Errorf("snapshot: free %s: %w", name, err)
+		}
+		stats.Deleted = append(stats.Deleted, id)
+		stats.DeletedBytes += sizes[id]
+	}
+	return stats, nil
+}
+
 // GC runs GC over the manager's store, excluding concurrent Pause calls of
 // this manager.
 func (m *Manager) GC(ctx context.Context, minAge time.Duration) (GCStats, error) {

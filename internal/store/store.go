@@ -236,17 +236,26 @@ type OAuthLink struct {
 
 // Host runs capsules. TeamID is set for a BYOC team's own host.
 type Host struct {
-	ID              string
-	TeamID          string
-	Address         string
-	Status          HostStatus
-	CredentialHash  string
-	VCPUs           int64
-	MemoryMB        int64
-	DiskMB          int64
-	UsedVCPUs       int64
-	UsedMemoryMB    int64
-	UsedDiskMB      int64
+	ID             string
+	TeamID         string
+	Address        string
+	Status         HostStatus
+	CredentialHash string
+	VCPUs          int64
+	MemoryMB       int64
+	DiskMB         int64
+	UsedVCPUs      int64
+	UsedMemoryMB   int64
+	UsedDiskMB     int64
+	// CPUOvercommit, MemoryOvercommit and DiskOvercommit are the ratios the
+	// host's agent admits capsules by (0: not reported, the scheduler's
+	// defaults apply).
+	CPUOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	// Capabilities is the JSON object the host last reported (runtimes,
+	// memory snapshots, agent start time); "{}" when it reported none.
+	Capabilities    string
 	LastHeartbeatAt *time.Time
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
@@ -263,15 +272,21 @@ type HostToken struct {
 	HostID    string
 }
 
-// HostUsage is what a host reports in a heartbeat.
+// HostUsage is what a host reports in a heartbeat. DiskMB is the free
+// space of the filesystem holding capsule disks.
 type HostUsage struct {
-	Address      string
-	VCPUs        int64
-	MemoryMB     int64
-	DiskMB       int64
-	UsedVCPUs    int64
-	UsedMemoryMB int64
-	UsedDiskMB   int64
+	Address          string
+	VCPUs            int64
+	MemoryMB         int64
+	DiskMB           int64
+	UsedVCPUs        int64
+	UsedMemoryMB     int64
+	UsedDiskMB       int64
+	CPUOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	// Capabilities is a JSON object ("" keeps "{}").
+	Capabilities string
 }
 
 // Template is a capsule image. Public templates (owned by the platform
@@ -502,6 +517,10 @@ type Store interface {
 	// MarkStaleHostsUnavailable marks hosts whose last heartbeat is older
 	// than staleBefore unavailable and returns their IDs.
 	MarkStaleHostsUnavailable(ctx context.Context, staleBefore time.Time) ([]string, error)
+	// SetHostCapabilities records the overcommit ratios and capabilities
+	// (only those fields of u) a host's agent reports outside a heartbeat
+	// (GetHostInfo); it does not count as a heartbeat.
+	SetHostCapabilities(ctx context.Context, id string, u HostUsage) error
 	SetHostStatus(ctx context.Context, id string, s HostStatus) error
 	DeleteHost(ctx context.Context, id string) error
 

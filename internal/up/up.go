@@ -55,6 +55,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/internal/template"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -129,6 +130,9 @@ type Config struct {
 	DisableUserNS bool
 	// HeartbeatInterval of the in-process host (default 10 s).
 	HeartbeatInterval time.Duration
+	// Overcommit are the ratios this host admits capsules by, reported
+	// with every heartbeat (zero fields: scheduler.DefaultOvercommit).
+	Overcommit scheduler.Overcommit
 	// Out receives the human-facing output: banner and template progress.
 	Out io.Writer
 	// Progress draws progress bars on Out (set it when Out is a terminal).
@@ -174,6 +178,18 @@ func (c *Config) fill() error {
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 10 * time.Second
+	}
+	if err := c.Overcommit.Validate(); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	if c.Overcommit.CPU == 0 {
+		c.Overcommit.CPU = scheduler.DefaultOvercommit.CPU
+	}
+	if c.Overcommit.Memory == 0 {
+		c.Overcommit.Memory = scheduler.DefaultOvercommit.Memory
+	}
+	if c.Overcommit.Disk == 0 {
+		c.Overcommit.Disk = scheduler.DefaultOvercommit.Disk
 	}
 	if c.Out == nil {
 		c.Out = io.Discard
@@ -460,27 +476,61 @@ func (a *App) registerHost(ctx context.Context) error {
 }
 
 func storeUsage(u hostlink.Usage) store.HostUsage {
-	return store.HostUsage{
+	out := store.HostUsage{
 		Address: u.Address, VCPUs: u.VCPUs, MemoryMB: u.MemoryMB, DiskMB: u.DiskMB,
 		UsedVCPUs: u.UsedVCPUs, UsedMemoryMB: u.UsedMemoryMB, UsedDiskMB: u.UsedDiskMB,
+		CPUOvercommit: u.CPUOvercommit, MemoryOvercommit: u.MemoryOvercommit, DiskOvercommit: u.DiskOvercommit,
 	}
+	if u.Capabilities != nil {
+		b, _ := json.Marshal(u.Capabilities)
+		out.Capabilities = string(b)
+	}
+	return out
 }
 
-// usage is this host's capacity and what its capsules reserve.
+// capabilities is what this host can do (the driver's memory snapshots
+// once it runs) and when it started.
+func (a *App) capabilities() *hostlink.Capabilities {
+	c := &hostlink.Capabilities{
+		Runtimes: []string{"container"}, Isolations: []string{"runc"}, StartedAt: a.started,
+		MemorySnapshotsReason: "the runtime is not started yet",
+	}
+	if a.drv != nil {
+		c.MemorySnapshots, c.MemorySnapshotsReason = a.drv.CRIUAvailable(), a.drv.CRIUUnavailableReason()
+	}
+	return c
+}
+
+// capsuleDiskDir is where capsule disks live (the driver's state), or the
+// home before the driver made it.
+func (a *App) capsuleDiskDir() string {
+	dir := filepath.Join(a.cfg.Home, "agent", "container")
+	if _, err := os.Stat(dir); err != nil {
+		return a.cfg.Home
+	}
+	return dir
+}
+
+// usage is this host's capacity and what its capsules reserve. Disk is the
+// free space of the filesystem holding capsule disks, not its size.
 func (a *App) usage(ctx context.Context) (hostlink.Usage, error) {
 	var si syscall.Sysinfo_t
 	if err := syscall.Sysinfo(&si); err != nil {
 		return hostlink.Usage{}, fmt.Errorf("up: sysinfo: %w", err)
 	}
 	var st syscall.Statfs_t
-	if err := syscall.Statfs(a.cfg.Home, &st); err != nil {
+	if err := syscall.Statfs(a.capsuleDiskDir(), &st); err != nil {
 		return hostlink.Usage{}, fmt.Errorf("up: statfs: %w", err)
 	}
 	u := hostlink.Usage{
-		Address:  a.agentLn.Addr().String(),
-		VCPUs:    int64(runtime.NumCPU()),
-		MemoryMB: int64(si.Totalram*uint64(si.Unit)) >> 20, //nolint:gosec // RAM sizes fit in int64
-		DiskMB:   int64(st.Blocks*uint64(st.Bsize)) >> 20,  //nolint:gosec // disk sizes fit in int64
+		Address:          a.agentLn.Addr().String(),
+		VCPUs:            int64(runtime.NumCPU()),
+		MemoryMB:         int64(si.Totalram*uint64(si.Unit)) >> 20, //nolint:gosec // RAM sizes fit in int64
+		DiskMB:           int64(st.Bavail*uint64(st.Bsize)) >> 20,  //nolint:gosec // disk sizes fit in int64
+		CPUOvercommit:    a.cfg.Overcommit.CPU,
+		MemoryOvercommit: a.cfg.Overcommit.Memory,
+		DiskOvercommit:   a.cfg.Overcommit.Disk,
+		Capabilities:     a.capabilities(),
 	}
 	caps, err := a.store.ListCapsulesByHost(ctx, a.hostID)
 	if err != nil {
@@ -566,6 +616,12 @@ func (a *App) Run(ctx context.Context) error {
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	bg.Go(func() {
+		// Capsules a previous run left pending or starting (it was killed
+		// mid-create) are resolved before the first heartbeat, so creates
+		// are not refused for capacity those ghosts hold.
+		if err := a.cp.ReconcileHost(bgCtx, a.hostID); err != nil && bgCtx.Err() == nil {
+			a.log.Warn("reconcile at start", "err", err)
+		}
 		hl := &hostlink.Client{BaseURL: a.url, HTTP: &http.Client{Transport: a.transport, Timeout: 30 * time.Second}}
 		hl.Run(bgCtx, a.hostID, a.credential, a.cfg.HeartbeatInterval, a.usage, a.log)
 	})

@@ -49,6 +49,9 @@ func envd(t testing.TB) string {
 
 // TestMain also checks that stopped Apps leave no goroutine behind.
 func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(runCrashChild())
+	}
 	opts := []goleak.Option{goleak.IgnoreCurrent()}
 	code := m.Run()
 	if envdDir != "" {

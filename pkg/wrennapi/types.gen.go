@@ -893,12 +893,15 @@ type HeartbeatAnswerStatus string
 
 // Host A host as platform admins see it. More properties may be added (clients must ignore unknown ones).
 type Host struct {
-	Address         string     `json:"address"`
-	DiskMB          int64      `json:"disk_mb"`
-	ID              string     `json:"id"`
-	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
-	MemoryMB        int64      `json:"memory_mb"`
-	Status          HostStatus `json:"status"`
+	Address string `json:"address"`
+
+	// Capabilities What the host can run, the overcommit ratios the scheduler applies to it, and what may still be placed on it (docs/OPERATIONS.md).
+	Capabilities    HostCapabilities `json:"capabilities"`
+	DiskMB          int64            `json:"disk_mb"`
+	ID              string           `json:"id"`
+	LastHeartbeatAt *time.Time       `json:"last_heartbeat_at"`
+	MemoryMB        int64            `json:"memory_mb"`
+	Status          HostStatus       `json:"status"`
 
 	// TeamID Set for a team's own (BYOC) host.
 	TeamID       string `json:"team_id,omitempty"`
@@ -910,6 +913,38 @@ type Host struct {
 
 // HostStatus defines model for Host.Status.
 type HostStatus string
+
+// HostCapabilities What the host can run, the overcommit ratios the scheduler applies to it, and what may still be placed on it (docs/OPERATIONS.md).
+type HostCapabilities struct {
+	AgentStartedAt *time.Time `json:"agent_started_at"`
+	Free           HostFree   `json:"free"`
+
+	// Isolations How capsules are isolated, e.g. runc.
+	Isolations      []string        `json:"isolations"`
+	MemorySnapshots MemorySnapshots `json:"memory_snapshots"`
+	Overcommit      Overcommit      `json:"overcommit"`
+
+	// Runtimes Runtime drivers the agent runs, e.g. container.
+	Runtimes []string `json:"runtimes"`
+}
+
+// HostCapabilitiesReport What an agent reports of itself with registration and heartbeats.
+type HostCapabilitiesReport struct {
+	Isolations            []string `json:"isolations,omitempty"`
+	MemorySnapshots       bool     `json:"memory_snapshots,omitempty"`
+	MemorySnapshotsReason string   `json:"memory_snapshots_reason,omitempty"`
+	Runtimes              []string `json:"runtimes,omitempty"`
+
+	// StartedAt When the agent process started; a change means it restarted.
+	StartedAt time.Time `json:"started_at,omitempty"`
+}
+
+// HostFree defines model for HostFree.
+type HostFree struct {
+	DiskMB   int64 `json:"disk_mb"`
+	MemoryMB int64 `json:"memory_mb"`
+	VCPUs    int64 `json:"vcpus"`
+}
 
 // HostList defines model for HostList.
 type HostList struct {
@@ -935,13 +970,23 @@ type HostToken struct {
 // HostUsage defines model for HostUsage.
 type HostUsage struct {
 	// Address host:port, optionally with http:// or https://
-	Address      string `json:"address,omitempty"`
-	DiskMB       int64  `json:"disk_mb,omitempty"`
-	MemoryMB     int64  `json:"memory_mb,omitempty"`
-	UsedDiskMB   int64  `json:"used_disk_mb,omitempty"`
-	UsedMemoryMB int64  `json:"used_memory_mb,omitempty"`
-	UsedVCPUs    int64  `json:"used_vcpus,omitempty"`
-	VCPUs        int64  `json:"vcpus,omitempty"`
+	Address      string                  `json:"address,omitempty"`
+	Capabilities *HostCapabilitiesReport `json:"capabilities,omitempty"`
+
+	// CPUOvercommit vCPUs admitted per host CPU (0: the default).
+	CPUOvercommit float64 `json:"cpu_overcommit,omitempty"`
+	DiskMB        int64   `json:"disk_mb,omitempty"`
+
+	// DiskOvercommit Disk admitted per byte of free disk (0: the default).
+	DiskOvercommit float64 `json:"disk_overcommit,omitempty"`
+	MemoryMB       int64   `json:"memory_mb,omitempty"`
+
+	// MemoryOvercommit Memory admitted per byte of host memory (0: the default).
+	MemoryOvercommit float64 `json:"memory_overcommit,omitempty"`
+	UsedDiskMB       int64   `json:"used_disk_mb,omitempty"`
+	UsedMemoryMB     int64   `json:"used_memory_mb,omitempty"`
+	UsedVCPUs        int64   `json:"used_vcpus,omitempty"`
+	VCPUs            int64   `json:"vcpus,omitempty"`
 }
 
 // Invite defines model for Invite.
@@ -1024,6 +1069,15 @@ type MemberRoleChanged struct {
 // MemberRoleChangedRole defines model for MemberRoleChanged.Role.
 type MemberRoleChangedRole string
 
+// MemorySnapshots defines model for MemorySnapshots.
+type MemorySnapshots struct {
+	// Available Pause to disk keeps process memory (CRIU).
+	Available bool `json:"available"`
+
+	// Reason Why not, when not available.
+	Reason string `json:"reason,omitempty"`
+}
+
 // Message defines model for Message.
 type Message struct {
 	Message string `json:"message"`
@@ -1050,6 +1104,13 @@ type Mkdir struct {
 type MkdirResult struct {
 	Created bool      `json:"created"`
 	Entry   FileEntry `json:"entry"`
+}
+
+// Overcommit defines model for Overcommit.
+type Overcommit struct {
+	CPU    float64 `json:"cpu"`
+	Disk   float64 `json:"disk"`
+	Memory float64 `json:"memory"`
 }
 
 // PasswordReset defines model for PasswordReset.
@@ -1097,14 +1158,24 @@ type PtyResizeType string
 // RegisterHost defines model for RegisterHost.
 type RegisterHost struct {
 	// Address host:port, optionally with http:// or https://
-	Address      string `json:"address"`
-	DiskMB       int64  `json:"disk_mb,omitempty"`
-	MemoryMB     int64  `json:"memory_mb,omitempty"`
-	Token        string `json:"token"`
-	UsedDiskMB   int64  `json:"used_disk_mb,omitempty"`
-	UsedMemoryMB int64  `json:"used_memory_mb,omitempty"`
-	UsedVCPUs    int64  `json:"used_vcpus,omitempty"`
-	VCPUs        int64  `json:"vcpus,omitempty"`
+	Address      string                  `json:"address"`
+	Capabilities *HostCapabilitiesReport `json:"capabilities,omitempty"`
+
+	// CPUOvercommit vCPUs admitted per host CPU (0: the default).
+	CPUOvercommit float64 `json:"cpu_overcommit,omitempty"`
+	DiskMB        int64   `json:"disk_mb,omitempty"`
+
+	// DiskOvercommit Disk admitted per byte of free disk (0: the default).
+	DiskOvercommit float64 `json:"disk_overcommit,omitempty"`
+	MemoryMB       int64   `json:"memory_mb,omitempty"`
+
+	// MemoryOvercommit Memory admitted per byte of host memory (0: the default).
+	MemoryOvercommit float64 `json:"memory_overcommit,omitempty"`
+	Token            string  `json:"token"`
+	UsedDiskMB       int64   `json:"used_disk_mb,omitempty"`
+	UsedMemoryMB     int64   `json:"used_memory_mb,omitempty"`
+	UsedVCPUs        int64   `json:"used_vcpus,omitempty"`
+	VCPUs            int64   `json:"vcpus,omitempty"`
 }
 
 // Resume defines model for Resume.

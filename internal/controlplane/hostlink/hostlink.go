@@ -17,15 +17,38 @@ import (
 	"time"
 )
 
-// Usage is what a host reports.
+// Usage is what a host reports. DiskMB is the free space of the
+// filesystem holding capsule disks (not its size). The overcommit ratios
+// are the agent's configuration (0: the control plane's defaults).
 type Usage struct {
-	Address      string `json:"address,omitempty"`
-	VCPUs        int64  `json:"vcpus"`
-	MemoryMB     int64  `json:"memory_mb"`
-	DiskMB       int64  `json:"disk_mb"`
-	UsedVCPUs    int64  `json:"used_vcpus"`
-	UsedMemoryMB int64  `json:"used_memory_mb"`
-	UsedDiskMB   int64  `json:"used_disk_mb"`
+	Address          string        `json:"address,omitempty"`
+	VCPUs            int64         `json:"vcpus"`
+	MemoryMB         int64         `json:"memory_mb"`
+	DiskMB           int64         `json:"disk_mb"`
+	UsedVCPUs        int64         `json:"used_vcpus"`
+	UsedMemoryMB     int64         `json:"used_memory_mb"`
+	UsedDiskMB       int64         `json:"used_disk_mb"`
+	CPUOvercommit    float64       `json:"cpu_overcommit,omitempty"`
+	MemoryOvercommit float64       `json:"memory_overcommit,omitempty"`
+	DiskOvercommit   float64       `json:"disk_overcommit,omitempty"`
+	Capabilities     *Capabilities `json:"capabilities,omitempty"`
+}
+
+// Capabilities is what a host can do, reported with every heartbeat.
+type Capabilities struct {
+	// Runtimes are the runtime drivers the agent runs (e.g. "container").
+	Runtimes []string `json:"runtimes"`
+	// Isolations are how capsules are isolated (e.g. "runc": namespaces
+	// and cgroups; "kvm" for microVMs).
+	Isolations []string `json:"isolations"`
+	// MemorySnapshots: pause to disk keeps process memory (CRIU). When
+	// false, MemorySnapshotsReason says why.
+	MemorySnapshots       bool   `json:"memory_snapshots"`
+	MemorySnapshotsReason string `json:"memory_snapshots_reason,omitempty"`
+	// StartedAt is when the agent process started: a change tells the
+	// control plane the agent restarted, so creates it had in flight are
+	// gone.
+	StartedAt time.Time `json:"started_at,omitzero"`
 }
 
 // Registration is what the control plane returns on register.

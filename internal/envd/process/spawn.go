@@ -211,10 +211,27 @@ func startError(path string, err error) error {
 		code = connect.CodePermissionDenied
 	case errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.E2BIG):
 		code = connect.CodeInvalidArgument
-	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ENOMEM), errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+	case errors.Is(err, syscall.EAGAIN):
+		// fork fails with EAGAIN when the capsule's cgroup is at pids.max.
+		return connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("start %s: the capsule is at its process limit (%s processes): wait for some to exit or kill some: %w", path, pidsLimit(), err))
+	case errors.Is(err, syscall.ENOMEM), errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
 		code = connect.CodeResourceExhausted
 	}
 	return connect.NewError(code, fmt.Errorf("start %s: %w", path, err))
+}
+
+// pidsLimit is the capsule's process limit as its cgroup says (v2, then
+// v1), or "its maximum" when unreadable.
+func pidsLimit() string {
+	for _, p := range []string{"/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"} {
+		if b, err := os.ReadFile(p); err == nil {
+			if v := strings.TrimSpace(string(b)); v != "" && v != "max" {
+				return v
+			}
+		}
+	}
+	return "its maximum number of"
 }
 
 // fds are the parent's ends of a process's stdio.

@@ -159,6 +159,7 @@ type Driver struct {
 	capsDir  string
 	criu     bool
 	criuPath string
+	criuOff  string // why memory snapshots are off
 	client   *http.Client
 	snaps    *snapshot.Manager
 
@@ -313,7 +314,13 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		path, err := criuCheck(ctx, cfg.CRIUPath, cfg.CRIUEnv)
 		d.criu, d.criuPath = err == nil, path
 		if err != nil {
-			d.log.Info("memory snapshots off", "err", err)
+			d.criuOff = "criu check failed: " + err.Error()
+			if cfg.CRIUPath != "" {
+				// The operator asked for this binary: say loudly that it does not work.
+				d.log.Warn("memory snapshots are OFF: the criu binary given does not work; pause to disk keeps files only", "criu", cfg.CRIUPath, "err", err)
+			} else {
+				d.log.Info("memory snapshots off", "err", err)
+			}
 		}
 		if d.criu && !cfg.DisableUserNS {
 			// Issue 11 (open): CRIU refuses to dump a task whose network
@@ -322,8 +329,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			// netns moves into the capsule's user namespace, memory
 			// snapshots need DisableUserNS.
 			d.criu = false
+			d.criuOff = "CRIU cannot checkpoint capsules in user namespaces yet (run without user namespaces to keep memory)"
 			d.log.Warn("memory snapshots off: CRIU cannot checkpoint capsules in user namespaces yet; pause to disk keeps files only (Config.DisableUserNS restores memory snapshots at the cost of capsule root being host root)")
 		}
+	} else {
+		d.criuOff = "disabled (--no-criu)"
 	}
 	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc)
 	return d, nil
@@ -338,6 +348,9 @@ func (d *Driver) Network() *network.Manager { return d.net }
 // CRIUAvailable reports whether `criu check` passed at start (memory
 // snapshots are on).
 func (d *Driver) CRIUAvailable() bool { return d.criu }
+
+// CRIUUnavailableReason says why memory snapshots are off ("" when on).
+func (d *Driver) CRIUUnavailableReason() string { return d.criuOff }
 
 var idRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 

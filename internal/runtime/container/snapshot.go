@@ -203,21 +203,29 @@ func (d *Driver) remount(rec *record, lower string) {
 	}
 }
 
-// dropSnapshot deletes a snapshot header the driver no longer needs and
-// collects the builds nothing references any more (best effort: a failure
-// leaves garbage for a later GC, never a broken snapshot).
+// dropSnapshot deletes a snapshot header the driver no longer needs (a
+// superseded one, or a destroyed capsule's) and frees at once the data of
+// its builds nothing else references — memory images are hundreds of MB
+// and must not wait for the age-bounded GC — then collects older garbage
+// (best effort: a failure leaves garbage for a later GC, never a broken
+// snapshot). The caller holds the capsule's lock, so no publish diffs
+// against the dropped header meanwhile.
 func (d *Driver) dropSnapshot(ctx context.Context, name string) {
 	ctx = context.WithoutCancel(ctx)
 	// A disk image's memory companion (if any) goes first, so a memory
 	// image never outlives the disk header that names it unnoticed.
 	if !strings.HasSuffix(name, memSuffix) {
-		if err := d.snaps.Delete(ctx, name+memSuffix); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if st, err := d.snaps.DeleteAndFree(ctx, name+memSuffix); err != nil {
 			d.log.Warn("delete superseded memory image", "snapshot", name+memSuffix, "err", err)
+		} else if len(st.Deleted) > 0 {
+			d.log.Info("memory image freed", "snapshot", name+memSuffix, "deleted_bytes", st.DeletedBytes)
 		}
 	}
-	if err := d.snaps.Delete(ctx, name); err != nil {
+	if st, err := d.snaps.DeleteAndFree(ctx, name); err != nil {
 		d.log.Warn("delete superseded snapshot", "snapshot", name, "err", err)
 		return
+	} else if len(st.Deleted) > 0 {
+		d.log.Info("snapshot freed", "snapshot", name, "deleted_bytes", st.DeletedBytes)
 	}
 	if d.cfg.SnapshotGCMinAge < 0 {
 		return

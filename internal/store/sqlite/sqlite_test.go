@@ -145,6 +145,9 @@ func TestMigrateTo(t *testing.T) {
 	if n := platformTeams(); n != 1 {
 		t.Fatalf("platform team at version 6: %d rows, want 1", n)
 	}
+	if err := sqlite.MigrateUp(o); err != nil {
+		t.Fatal(err)
+	}
 	s, err := sqlite.Open(ctx, sqlite.Options{Path: o.Path, SkipMigrate: true})
 	if err != nil {
 		t.Fatalf("open on the latest schema: %v", err)

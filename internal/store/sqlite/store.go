@@ -631,6 +631,8 @@ func toHost(h db.Host) store.Host {
 		ID: h.ID, TeamID: str(h.TeamID), Address: h.Address, Status: store.HostStatus(h.Status),
 		CredentialHash: h.CredentialHash, VCPUs: h.Vcpus, MemoryMB: h.MemoryMb, DiskMB: h.DiskMb,
 		UsedVCPUs: h.UsedVcpus, UsedMemoryMB: h.UsedMemoryMb, UsedDiskMB: h.UsedDiskMb,
+		CPUOvercommit: h.CpuOvercommit, MemoryOvercommit: h.MemoryOvercommit, DiskOvercommit: h.DiskOvercommit,
+		Capabilities:    h.Capabilities,
 		LastHeartbeatAt: tmp(h.LastHeartbeatAt), CreatedAt: tm(h.CreatedAt), UpdatedAt: tm(h.UpdatedAt),
 	}
 }
@@ -729,6 +731,8 @@ func (s *Store) HostHeartbeat(ctx context.Context, id string, u store.HostUsage)
 	row, err := s.qw.HostHeartbeat(ctx, db.HostHeartbeatParams{
 		ID: id, Address: u.Address, Vcpus: u.VCPUs, MemoryMb: u.MemoryMB, DiskMb: u.DiskMB,
 		UsedVcpus: u.UsedVCPUs, UsedMemoryMb: u.UsedMemoryMB, UsedDiskMb: u.UsedDiskMB, Now: tsp(&now),
+		CpuOvercommit: u.CPUOvercommit, MemoryOvercommit: u.MemoryOvercommit, DiskOvercommit: u.DiskOvercommit,
+		Capabilities: capabilitiesJSON(u.Capabilities),
 	})
 	if err != nil {
 		return store.Host{}, mapErr(err, "host heartbeat")
@@ -736,11 +740,27 @@ func (s *Store) HostHeartbeat(ctx context.Context, id string, u store.HostUsage)
 	return toHost(row), nil
 }
 
+func capabilitiesJSON(c string) string {
+	if c == "" {
+		return "{}"
+	}
+	return c
+}
+
 // MarkStaleHostsUnavailable implements store.Store.
 func (s *Store) MarkStaleHostsUnavailable(ctx context.Context, staleBefore time.Time) ([]string, error) {
 	sb := store.Truncate(staleBefore)
 	ids, err := s.qw.MarkStaleHostsUnavailable(ctx, db.MarkStaleHostsUnavailableParams{Now: ts(store.Now()), StaleBefore: tsp(&sb)})
 	return ids, mapErr(err, "mark stale hosts")
+}
+
+// SetHostCapabilities implements store.Store.
+func (s *Store) SetHostCapabilities(ctx context.Context, id string, u store.HostUsage) error {
+	n, err := s.qw.SetHostCapabilities(ctx, db.SetHostCapabilitiesParams{
+		ID: id, CpuOvercommit: u.CPUOvercommit, MemoryOvercommit: u.MemoryOvercommit, DiskOvercommit: u.DiskOvercommit,
+		Capabilities: capabilitiesJSON(u.Capabilities), Now: ts(store.Now()),
+	})
+	return one(n, err, "set host capabilities")
 }
 
 // SetHostStatus implements store.Store.

@@ -582,6 +582,24 @@ func testHosts(t *testing.T, s store.Store) {
 	if hb.UsedVCPUs != 3 || hb.UsedMemoryMB != 2048 || hb.Address != "10.0.0.1:50052" {
 		t.Fatalf("after heartbeat: %+v", hb)
 	}
+	eq(t, "capabilities before any report", hb.Capabilities, "{}")
+	// Overcommit ratios and capabilities are stored as reported.
+	hb = must(s.HostHeartbeat(ctx, h1.ID, store.HostUsage{
+		Address: "10.0.0.1:50052", VCPUs: 8, MemoryMB: 16384, DiskMB: 100000, UsedVCPUs: 3,
+		CPUOvercommit: 32, MemoryOvercommit: 4, DiskOvercommit: 2.5, Capabilities: `{"runtimes":["container"]}`,
+	}))(t)
+	got := must(s.GetHost(ctx, h1.ID))(t)
+	if got.CPUOvercommit != 32 || got.MemoryOvercommit != 4 || got.DiskOvercommit != 2.5 || got.Capabilities != `{"runtimes":["container"]}` || hb.CPUOvercommit != 32 {
+		t.Fatalf("overcommit/capabilities after heartbeat: %+v", got)
+	}
+	// Capabilities alone (from the agent's GetHostInfo): no heartbeat.
+	noErr(t, s.SetHostCapabilities(ctx, h1.ID, store.HostUsage{CPUOvercommit: 64, MemoryOvercommit: 2, DiskOvercommit: 3, Capabilities: `{"runtimes":["x"]}`}))
+	got2 := must(s.GetHost(ctx, h1.ID))(t)
+	if got2.CPUOvercommit != 64 || got2.MemoryOvercommit != 2 || got2.DiskOvercommit != 3 || got2.Capabilities != `{"runtimes":["x"]}` ||
+		!got2.LastHeartbeatAt.Equal(*got.LastHeartbeatAt) || got2.VCPUs != got.VCPUs {
+		t.Fatalf("after SetHostCapabilities: %+v (before %+v)", got2, got)
+	}
+	wantErr(t, s.SetHostCapabilities(ctx, "host-missing", store.HostUsage{}), store.ErrNotFound)
 	_, err = s.HostHeartbeat(ctx, "host-missing", store.HostUsage{})
 	wantErr(t, err, store.ErrNotFound)
 

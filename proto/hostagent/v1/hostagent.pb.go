@@ -423,8 +423,20 @@ type GetHostInfoResponse struct {
 	// Sum of the memory limits of capsules that hold memory (running or paused).
 	MemoryCommittedBytes uint64 `protobuf:"varint,10,opt,name=memory_committed_bytes,json=memoryCommittedBytes,proto3" json:"memory_committed_bytes,omitempty"`
 	VcpusCommitted       int32  `protobuf:"varint,11,opt,name=vcpus_committed,json=vcpusCommitted,proto3" json:"vcpus_committed,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Overcommit ratios the agent was started with (--cpu-overcommit,
+	// --memory-overcommit, --disk-overcommit): what the scheduler may place
+	// per unit of the host's CPUs, memory and free disk.
+	CpuOvercommit    float64 `protobuf:"fixed64,12,opt,name=cpu_overcommit,json=cpuOvercommit,proto3" json:"cpu_overcommit,omitempty"`
+	MemoryOvercommit float64 `protobuf:"fixed64,13,opt,name=memory_overcommit,json=memoryOvercommit,proto3" json:"memory_overcommit,omitempty"`
+	DiskOvercommit   float64 `protobuf:"fixed64,14,opt,name=disk_overcommit,json=diskOvercommit,proto3" json:"disk_overcommit,omitempty"`
+	// Free space of the filesystem holding capsule disks.
+	DiskFreeBytes uint64 `protobuf:"varint,15,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
+	// Why memory snapshots are off ("" when memory_snapshots is true).
+	MemorySnapshotsReason string `protobuf:"bytes,16,opt,name=memory_snapshots_reason,json=memorySnapshotsReason,proto3" json:"memory_snapshots_reason,omitempty"`
+	// When the agent process started (Unix seconds).
+	StartedAt     int64 `protobuf:"varint,17,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHostInfoResponse) Reset() {
@@ -530,6 +542,48 @@ func (x *GetHostInfoResponse) GetMemoryCommittedBytes() uint64 {
 func (x *GetHostInfoResponse) GetVcpusCommitted() int32 {
 	if x != nil {
 		return x.VcpusCommitted
+	}
+	return 0
+}
+
+func (x *GetHostInfoResponse) GetCpuOvercommit() float64 {
+	if x != nil {
+		return x.CpuOvercommit
+	}
+	return 0
+}
+
+func (x *GetHostInfoResponse) GetMemoryOvercommit() float64 {
+	if x != nil {
+		return x.MemoryOvercommit
+	}
+	return 0
+}
+
+func (x *GetHostInfoResponse) GetDiskOvercommit() float64 {
+	if x != nil {
+		return x.DiskOvercommit
+	}
+	return 0
+}
+
+func (x *GetHostInfoResponse) GetDiskFreeBytes() uint64 {
+	if x != nil {
+		return x.DiskFreeBytes
+	}
+	return 0
+}
+
+func (x *GetHostInfoResponse) GetMemorySnapshotsReason() string {
+	if x != nil {
+		return x.MemorySnapshotsReason
+	}
+	return ""
+}
+
+func (x *GetHostInfoResponse) GetStartedAt() int64 {
+	if x != nil {
+		return x.StartedAt
 	}
 	return 0
 }
@@ -4350,7 +4404,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xa5\x03\n" +
+	"\x12GetHostInfoRequest\"\xa1\x05\n" +
 	"\x13GetHostInfoResponse\x12\x16\n" +
 	"\x06driver\x18\x01 \x01(\tR\x06driver\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1b\n" +
@@ -4363,7 +4417,14 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\bcapsules\x18\t \x01(\x05R\bcapsules\x124\n" +
 	"\x16memory_committed_bytes\x18\n" +
 	" \x01(\x04R\x14memoryCommittedBytes\x12'\n" +
-	"\x0fvcpus_committed\x18\v \x01(\x05R\x0evcpusCommitted\"\xb4\x04\n" +
+	"\x0fvcpus_committed\x18\v \x01(\x05R\x0evcpusCommitted\x12%\n" +
+	"\x0ecpu_overcommit\x18\f \x01(\x01R\rcpuOvercommit\x12+\n" +
+	"\x11memory_overcommit\x18\r \x01(\x01R\x10memoryOvercommit\x12'\n" +
+	"\x0fdisk_overcommit\x18\x0e \x01(\x01R\x0ediskOvercommit\x12&\n" +
+	"\x0fdisk_free_bytes\x18\x0f \x01(\x04R\rdiskFreeBytes\x126\n" +
+	"\x17memory_snapshots_reason\x18\x10 \x01(\tR\x15memorySnapshotsReason\x12\x1d\n" +
+	"\n" +
+	"started_at\x18\x11 \x01(\x03R\tstartedAt\"\xb4\x04\n" +
 	"\x14CreateCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +

@@ -389,7 +389,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 }
 
 const getHost = `-- name: GetHost :one
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE id = $1
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -410,12 +410,16 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
 
 const getHostByCredentialHash = `-- name: GetHostByCredentialHash :one
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE credential_hash = $1
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE credential_hash = $1
 `
 
 func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash string) (Host, error) {
@@ -436,6 +440,10 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
@@ -498,22 +506,28 @@ UPDATE hosts
 SET used_vcpus = $1, used_memory_mb = $2, used_disk_mb = $3,
     vcpus = $4, memory_mb = $5, disk_mb = $6,
     address = $7,
-    last_heartbeat_at = $8, updated_at = $8,
+    cpu_overcommit = $8, memory_overcommit = $9,
+    disk_overcommit = $10, capabilities = $11,
+    last_heartbeat_at = $12, updated_at = $12,
     status = CASE WHEN status = 'unavailable' THEN 'online' ELSE status END
-WHERE id = $9
-RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at
+WHERE id = $13
+RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities
 `
 
 type HostHeartbeatParams struct {
-	UsedVcpus    int64
-	UsedMemoryMb int64
-	UsedDiskMb   int64
-	Vcpus        int64
-	MemoryMb     int64
-	DiskMb       int64
-	Address      string
-	Now          *time.Time
-	ID           string
+	UsedVcpus        int64
+	UsedMemoryMb     int64
+	UsedDiskMb       int64
+	Vcpus            int64
+	MemoryMb         int64
+	DiskMb           int64
+	Address          string
+	CpuOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	Capabilities     string
+	Now              *time.Time
+	ID               string
 }
 
 func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (Host, error) {
@@ -525,6 +539,10 @@ func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (H
 		arg.MemoryMb,
 		arg.DiskMb,
 		arg.Address,
+		arg.CpuOvercommit,
+		arg.MemoryOvercommit,
+		arg.DiskOvercommit,
+		arg.Capabilities,
 		arg.Now,
 		arg.ID,
 	)
@@ -544,6 +562,10 @@ func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (H
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
@@ -553,7 +575,7 @@ INSERT INTO hosts (id, team_id, address, status, credential_hash, vcpus, memory_
                    last_heartbeat_at, created_at, updated_at)
 VALUES ($1, $2, $3, 'online', $4,
         $5, $6, $7, $8, $8, $8)
-RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at
+RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities
 `
 
 type InsertHostParams struct {
@@ -594,6 +616,10 @@ func (q *Queries) InsertHost(ctx context.Context, arg InsertHostParams) (Host, e
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CpuOvercommit,
+		&i.MemoryOvercommit,
+		&i.DiskOvercommit,
+		&i.Capabilities,
 	)
 	return i, err
 }
@@ -923,7 +949,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 }
 
 const listHosts = `-- name: ListHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts ORDER BY created_at, id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts ORDER BY created_at, id
 `
 
 func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
@@ -950,6 +976,10 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CpuOvercommit,
+			&i.MemoryOvercommit,
+			&i.DiskOvercommit,
+			&i.Capabilities,
 		); err != nil {
 			return nil, err
 		}
@@ -962,7 +992,7 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listOnlineSharedHosts = `-- name: ListOnlineSharedHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id
 `
 
 func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
@@ -989,6 +1019,10 @@ func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CpuOvercommit,
+			&i.MemoryOvercommit,
+			&i.DiskOvercommit,
+			&i.Capabilities,
 		); err != nil {
 			return nil, err
 		}
@@ -1001,7 +1035,7 @@ func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listOnlineTeamHosts = `-- name: ListOnlineTeamHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at FROM hosts WHERE status = 'online' AND team_id = $1 ORDER BY id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE status = 'online' AND team_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Host, error) {
@@ -1028,6 +1062,10 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CpuOvercommit,
+			&i.MemoryOvercommit,
+			&i.DiskOvercommit,
+			&i.Capabilities,
 		); err != nil {
 			return nil, err
 		}
@@ -1172,6 +1210,37 @@ func (q *Queries) SetCapsulePublic(ctx context.Context, arg SetCapsulePublicPara
 		arg.Public,
 		arg.Now,
 		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const setHostCapabilities = `-- name: SetHostCapabilities :execrows
+UPDATE hosts
+SET cpu_overcommit = $1, memory_overcommit = $2,
+    disk_overcommit = $3, capabilities = $4, updated_at = $5
+WHERE id = $6
+`
+
+type SetHostCapabilitiesParams struct {
+	CpuOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	Capabilities     string
+	Now              time.Time
+	ID               string
+}
+
+func (q *Queries) SetHostCapabilities(ctx context.Context, arg SetHostCapabilitiesParams) (int64, error) {
+	result, err := q.db.Exec(ctx, setHostCapabilities,
+		arg.CpuOvercommit,
+		arg.MemoryOvercommit,
+		arg.DiskOvercommit,
+		arg.Capabilities,
+		arg.Now,
 		arg.ID,
 	)
 	if err != nil {

@@ -89,20 +89,24 @@ type DailyUsage struct {
 }
 
 type Host struct {
-	ID              string
-	TeamID          *string
-	Address         string
-	Status          string
-	CredentialHash  string
-	Vcpus           int64
-	MemoryMb        int64
-	DiskMb          int64
-	UsedVcpus       int64
-	UsedMemoryMb    int64
-	UsedDiskMb      int64
-	LastHeartbeatAt *time.Time
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	ID               string
+	TeamID           *string
+	Address          string
+	Status           string
+	CredentialHash   string
+	Vcpus            int64
+	MemoryMb         int64
+	DiskMb           int64
+	UsedVcpus        int64
+	UsedMemoryMb     int64
+	UsedDiskMb       int64
+	LastHeartbeatAt  *time.Time
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	CpuOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	Capabilities     string
 }
 
 type HostToken struct {

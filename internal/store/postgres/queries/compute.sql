@@ -34,6 +34,8 @@ UPDATE hosts
 SET used_vcpus = sqlc.arg(used_vcpus), used_memory_mb = sqlc.arg(used_memory_mb), used_disk_mb = sqlc.arg(used_disk_mb),
     vcpus = sqlc.arg(vcpus), memory_mb = sqlc.arg(memory_mb), disk_mb = sqlc.arg(disk_mb),
     address = sqlc.arg(address),
+    cpu_overcommit = sqlc.arg(cpu_overcommit), memory_overcommit = sqlc.arg(memory_overcommit),
+    disk_overcommit = sqlc.arg(disk_overcommit), capabilities = sqlc.arg(capabilities),
     last_heartbeat_at = sqlc.arg(now), updated_at = sqlc.arg(now),
     status = CASE WHEN status = 'unavailable' THEN 'online' ELSE status END
 WHERE id = sqlc.arg(id)
@@ -43,6 +45,12 @@ RETURNING *;
 UPDATE hosts SET status = 'unavailable', updated_at = sqlc.arg(now)
 WHERE status <> 'unavailable' AND last_heartbeat_at < sqlc.arg(stale_before)
 RETURNING id;
+
+-- name: SetHostCapabilities :execrows
+UPDATE hosts
+SET cpu_overcommit = sqlc.arg(cpu_overcommit), memory_overcommit = sqlc.arg(memory_overcommit),
+    disk_overcommit = sqlc.arg(disk_overcommit), capabilities = sqlc.arg(capabilities), updated_at = sqlc.arg(now)
+WHERE id = sqlc.arg(id);
 
 -- name: SetHostStatus :execrows
 UPDATE hosts SET status = sqlc.arg(status), updated_at = sqlc.arg(now) WHERE id = sqlc.arg(id);

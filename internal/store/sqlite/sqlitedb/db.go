@@ -273,6 +273,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setCapsulePublicStmt, err = db.PrepareContext(ctx, setCapsulePublic); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsulePublic: %w", err)
 	}
+	if q.setHostCapabilitiesStmt, err = db.PrepareContext(ctx, setHostCapabilities); err != nil {
+		return nil, fmt.Errorf("error preparing query SetHostCapabilities: %w", err)
+	}
 	if q.setHostStatusStmt, err = db.PrepareContext(ctx, setHostStatus); err != nil {
 		return nil, fmt.Errorf("error preparing query SetHostStatus: %w", err)
 	}
@@ -735,6 +738,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setCapsulePublicStmt: %w", cerr)
 		}
 	}
+	if q.setHostCapabilitiesStmt != nil {
+		if cerr := q.setHostCapabilitiesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setHostCapabilitiesStmt: %w", cerr)
+		}
+	}
 	if q.setHostStatusStmt != nil {
 		if cerr := q.setHostStatusStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setHostStatusStmt: %w", cerr)
@@ -927,6 +935,7 @@ type Queries struct {
 	setCapsuleExpiryStmt             *sql.Stmt
 	setCapsuleHostStmt               *sql.Stmt
 	setCapsulePublicStmt             *sql.Stmt
+	setHostCapabilitiesStmt          *sql.Stmt
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
 	setUserEmailVerifiedStmt         *sql.Stmt
@@ -1030,6 +1039,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		setCapsuleExpiryStmt:             q.setCapsuleExpiryStmt,
 		setCapsuleHostStmt:               q.setCapsuleHostStmt,
 		setCapsulePublicStmt:             q.setCapsulePublicStmt,
+		setHostCapabilitiesStmt:          q.setHostCapabilitiesStmt,
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,

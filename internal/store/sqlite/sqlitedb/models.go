@@ -85,20 +85,24 @@ type DailyUsage struct {
 }
 
 type Host struct {
-	ID              string
-	TeamID          *string
-	Address         string
-	Status          string
-	CredentialHash  string
-	Vcpus           int64
-	MemoryMb        int64
-	DiskMb          int64
-	UsedVcpus       int64
-	UsedMemoryMb    int64
-	UsedDiskMb      int64
-	LastHeartbeatAt *int64
-	CreatedAt       int64
-	UpdatedAt       int64
+	ID               string
+	TeamID           *string
+	Address          string
+	Status           string
+	CredentialHash   string
+	Vcpus            int64
+	MemoryMb         int64
+	DiskMb           int64
+	UsedVcpus        int64
+	UsedMemoryMb     int64
+	UsedDiskMb       int64
+	LastHeartbeatAt  *int64
+	CreatedAt        int64
+	UpdatedAt        int64
+	CpuOvercommit    float64
+	MemoryOvercommit float64
+	DiskOvercommit   float64
+	Capabilities     string
 }
 
 type HostToken struct {
