@@ -68,3 +68,21 @@ func TestDomainPackagesImportNoTransportOrSQL(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentGoesThroughTheRuntimeContract: the host agent reaches a driver's
+// snapshots, templates and processes only through internal/runtime's
+// interfaces (Snapshotter, SnapshotCollector, TemplateExporter, …), never
+// by importing the snapshot engine or a driver package itself.
+func TestAgentGoesThroughTheRuntimeContract(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{join .Imports \"\\n\"}}", "../../internal/hostagent").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		for _, banned := range []string{module + "/internal/snapshot", module + "/internal/runtime/container"} {
+			if p == banned || strings.HasPrefix(p, banned+"/") {
+				t.Errorf("internal/hostagent imports %s: use the runtime contract (internal/runtime) instead", p)
+			}
+		}
+	}
+}

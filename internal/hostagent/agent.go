@@ -80,7 +80,7 @@ type Config struct {
 	ReapInterval time.Duration
 	// SnapshotGCInterval is how often the agent sweeps build data no
 	// snapshot header references from the driver's snapshot store (drivers
-	// that expose one; see snapshotCollector). Default 10 min; negative
+	// that expose one: runtime.SnapshotCollector). Default 10 min; negative
 	// disables the periodic sweep. A sweep also runs once at start.
 	SnapshotGCInterval time.Duration
 	// SnapshotGCMinAge keeps unreferenced data younger than this: a publish
@@ -248,8 +248,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	a.bgCancel = cancel
 	a.bgWG.Go(func() { a.reaper(bg) })
-	if sc, ok := cfg.Driver.(snapshotCollector); ok && cfg.SnapshotGCInterval > 0 && sc.SnapshotManager() != nil {
-		a.bgWG.Go(func() { a.snapshotGC(bg, sc.SnapshotManager()) })
+	if sc, ok := cfg.Driver.(runtime.SnapshotCollector); ok && cfg.SnapshotGCInterval > 0 {
+		a.bgWG.Go(func() { a.snapshotGC(bg, sc) })
 	}
 	return a, nil
 }

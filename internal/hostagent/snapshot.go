@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/runtime"
-	"github.com/wrenn-dev/wrenn/internal/snapshot"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
 
@@ -86,19 +85,6 @@ func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (templa
 	return t, nil
 }
 
-// snapshotCollector is implemented by drivers that publish capsule
-// snapshots to a snapshot engine (the container driver).
-type snapshotCollector interface {
-	SnapshotManager() *snapshot.Manager
-}
-
-// tempCleaner is implemented by stores that keep temp files of writes in
-// progress (store.Local): files older than the age are from interrupted
-// writes.
-type tempCleaner interface {
-	CleanTemp(age time.Duration) (int, error)
-}
-
 // snapshotGC sweeps the driver's snapshot store at start and then every
 // SnapshotGCInterval: build data that no header references and that is
 // older than SnapshotGCMinAge is deleted (snapshot.Manager.GC, a mark and
@@ -108,26 +94,19 @@ type tempCleaner interface {
 // eventually frees it, and what cleans up after a crash between a data
 // upload and its header. Temp files of interrupted writes to a local
 // store older than the same age are removed too.
-func (a *Agent) snapshotGC(ctx context.Context, m *snapshot.Manager) {
+func (a *Agent) snapshotGC(ctx context.Context, c runtime.SnapshotCollector) {
 	t := time.NewTicker(a.cfg.SnapshotGCInterval)
 	defer t.Stop()
 	for {
-		st, err := m.GC(ctx, a.cfg.SnapshotGCMinAge)
-		if tc, ok := m.Store.(tempCleaner); ok && err == nil {
-			if n, cerr := tc.CleanTemp(a.cfg.SnapshotGCMinAge); cerr != nil {
-				a.log.Warn("snapshot store temp cleanup", "err", cerr)
-			} else if n > 0 {
-				a.log.Info("snapshot store temp cleanup", "removed", n)
-			}
-		}
+		st, err := c.CollectSnapshots(ctx, a.cfg.SnapshotGCMinAge)
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
 			a.log.Warn("snapshot gc", "err", err)
-		case len(st.Deleted) > 0:
-			a.log.Info("snapshot gc", "deleted_builds", len(st.Deleted), "deleted_bytes", st.DeletedBytes,
-				"headers", st.Headers, "live_builds", st.LiveBuilds)
+		case st.Deleted > 0 || st.TempRemoved > 0:
+			a.log.Info("snapshot gc", "deleted_builds", st.Deleted, "deleted_bytes", st.DeletedBytes,
+				"headers", st.Headers, "live_builds", st.LiveBuilds, "temp_removed", st.TempRemoved)
 		}
 		select {
 		case <-ctx.Done():

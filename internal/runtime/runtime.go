@@ -212,6 +212,28 @@ type WarmPooler interface {
 	Take(ctx context.Context, spec Spec) (Info, error)
 }
 
+// SnapshotCollector is implemented by drivers that keep published snapshot
+// data (block images) that can become garbage: data no header references
+// any more (a superseded generation, an interrupted publish, a crash between
+// a data upload and its header), and temp files of interrupted writes.
+// The host agent calls it at start and then periodically.
+type SnapshotCollector interface {
+	// CollectSnapshots deletes unreferenced snapshot data and temp files
+	// older than minAge (younger data may belong to a publish in progress,
+	// possibly on another host). It deletes nothing if any header cannot
+	// be read.
+	CollectSnapshots(ctx context.Context, minAge time.Duration) (SnapshotGCStats, error)
+}
+
+// SnapshotGCStats reports one collection.
+type SnapshotGCStats struct {
+	Headers      int   // headers read (each marks its builds live)
+	LiveBuilds   int   // builds some header references
+	Deleted      int   // builds deleted
+	DeletedBytes int64 // bytes freed
+	TempRemoved  int   // temp files of interrupted writes removed
+}
+
 // TemplateExporter is implemented by drivers that can archive a capsule's
 // filesystem so that it becomes a new template (snapshot to template).
 type TemplateExporter interface {

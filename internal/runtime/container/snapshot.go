@@ -41,8 +41,38 @@ const (
 func (d *Driver) MemorySnapshots() bool { return d.criu }
 
 // SnapshotManager returns the snapshot engine the driver publishes capsule
-// disks to (for GC and inspection by the agent or operator tools).
+// disks to (for inspection by tests and operator tools; the agent goes
+// through CollectSnapshots).
 func (d *Driver) SnapshotManager() *snapshot.Manager { return d.snaps }
+
+// tempCleaner is implemented by stores that keep temp files of writes in
+// progress (store.Local): files older than the age are from interrupted
+// writes.
+type tempCleaner interface {
+	CleanTemp(age time.Duration) (int, error)
+}
+
+// CollectSnapshots implements runtime.SnapshotCollector: a mark and sweep
+// of the snapshot engine (snapshot.Manager.GC) and, after a clean sweep,
+// the local store's temp files of interrupted writes.
+func (d *Driver) CollectSnapshots(ctx context.Context, minAge time.Duration) (runtime.SnapshotGCStats, error) {
+	if d.snaps == nil {
+		return runtime.SnapshotGCStats{}, nil
+	}
+	st, err := d.snaps.GC(ctx, minAge)
+	out := runtime.SnapshotGCStats{Headers: st.Headers, LiveBuilds: st.LiveBuilds, Deleted: len(st.Deleted), DeletedBytes: st.DeletedBytes}
+	if err != nil {
+		return out, err
+	}
+	if tc, ok := d.snaps.Store.(tempCleaner); ok {
+		n, err := tc.CleanTemp(minAge)
+		out.TempRemoved = n
+		if err != nil {
+			return out, fmt.Errorf("container: snapshot temp cleanup: %w", err)
+		}
+	}
+	return out, nil
+}
 
 // Snapshot implements runtime.Snapshotter (pause to disk). It stops the
 // capsule, unmounts its overlay and the ext4 image (releasing the loop
