@@ -52,6 +52,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/network"
@@ -114,6 +115,16 @@ type Config struct {
 	// per 50 MB), so a damaged image that leaves criu spinning delays a
 	// resume by about a minute, not the whole CRIUTimeout.
 	CRIUTimeout time.Duration
+	// DisableSeccomp runs capsules without the seccomp allow-list
+	// (seccomp.go). For benchmarks only: the zero value is secure.
+	DisableSeccomp bool
+	// DisableLXCFS turns off LXCFS (lxcfs.go): capsules then see the
+	// host's memory, CPUs and uptime in /proc and nproc. On by default;
+	// if lxcfs is missing or fails, the driver warns and runs without it
+	// (LXCFS reports false).
+	DisableLXCFS bool
+	// LXCFSPath is the lxcfs binary (default "lxcfs" from PATH).
+	LXCFSPath string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -135,6 +146,10 @@ type Driver struct {
 	caps map[string]*capsule // by public ID
 
 	pools poolSet
+
+	lxcfs  *lxcfs // nil: off
+	pin    *cpuPinner
+	closed atomic.Bool
 }
 
 var (
@@ -268,7 +283,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			d.log.Info("memory snapshots off", "err", err)
 		}
 	}
-	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc)
+	d.startLXCFS(ctx)
+	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc, "seccomp", !cfg.DisableSeccomp, "lxcfs", d.lxcfs != nil)
 	return d, nil
 }
 
@@ -442,6 +458,9 @@ func (d *Driver) writeBundle(rec *record) error {
 		MemoryMB:    rec.Spec.MemoryMB,
 		PidsLimit:   d.cfg.PidsLimit,
 		Env:         rec.Spec.Env,
+		NoSeccomp:   d.cfg.DisableSeccomp,
+		LXCFS:       d.lxcfsMount(),
+		Cpus:        d.capsuleCPUs(rec.Spec.VCPUs),
 	})
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -680,6 +699,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	defer c.mu.Unlock()
 	d.destroyLocked(ctx, c)
 	d.dropParent(ctx, &c.rec)
+	d.stopLXCFSIfIdle()
 	return nil
 }
 
@@ -835,6 +855,8 @@ func (d *Driver) WaitReady(ctx context.Context, info runtime.Info) error {
 // keep running for a later Recover.
 func (d *Driver) Close() error {
 	d.pools.close(d)
+	d.closed.Store(true)
+	d.stopLXCFSIfIdle()
 	return nil
 }
 

@@ -23,6 +23,7 @@ import (
 // Shared across the package's tests: built once in TestMain.
 var (
 	envdBin   string
+	probeBin  string // testdata/sysprobe, static
 	templates template.Store
 	setupErr  error
 	seq       atomic.Int32
@@ -45,6 +46,9 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	envdBin, setupErr = buildEnvd(dir)
+	if setupErr == nil {
+		probeBin, setupErr = buildSysprobe(dir)
+	}
 	if setupErr == nil {
 		templates = template.Store{Dir: filepath.Join(dir, "templates")}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -70,6 +74,18 @@ func buildEnvd(dir string) (string, error) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build envd: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+// buildSysprobe builds testdata/sysprobe (the seccomp suite's helper)
+// statically into dir.
+func buildSysprobe(dir string) (string, error) {
+	bin := filepath.Join(dir, "sysprobe")
+	cmd := exec.Command("go", "build", "-o", bin, "./testdata/sysprobe")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build sysprobe: %w: %s", err, out)
 	}
 	return bin, nil
 }
@@ -119,6 +135,10 @@ func openDriver(t testing.TB, cfg container.Config) *container.Driver {
 	}
 	if _, err := d.Recover(ctx); err != nil {
 		t.Fatalf("Recover: %v", err)
+	}
+	if !cfg.DisableLXCFS && !d.LXCFS() {
+		_ = d.Close()
+		t.Fatalf("LXCFS is not running (see the driver's warning above): install it with scripts/deps.sh (apt-get install lxcfs)")
 	}
 	t.Cleanup(func() {
 		_ = d.Close()

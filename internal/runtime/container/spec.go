@@ -42,6 +42,13 @@ type bundleParams struct {
 	MemoryMB    int
 	PidsLimit   int64
 	Env         map[string]string
+	// NoSeccomp leaves the capsule without a seccomp filter (benchmarks).
+	NoSeccomp bool
+	// LXCFS is the mount point of the agent's lxcfs ("" = none): its
+	// files are bind-mounted over /proc and /sys files (lxcfs.go).
+	LXCFS string
+	// Cpus pins the capsule to these CPUs (cpuset list, "" = all).
+	Cpus string
 }
 
 // ociSpec builds the runtime-spec document runc runs.
@@ -61,7 +68,7 @@ func ociSpec(p bundleParams) *specs.Spec {
 	swappiness := uint64(0)
 	oomAdj := 500
 	ro := []string{"nosuid", "noexec", "nodev", "ro"}
-	return &specs.Spec{
+	s := &specs.Spec{
 		Version:  specs.Version,
 		Hostname: p.Hostname,
 		Root:     &specs.Root{Path: p.Rootfs},
@@ -107,15 +114,25 @@ func ociSpec(p bundleParams) *specs.Spec {
 					Swap:       &mem,
 					Swappiness: &swappiness,
 				},
-				CPU:  &specs.LinuxCPU{Quota: &quota, Period: &period},
+				CPU:  &specs.LinuxCPU{Quota: &quota, Period: &period, Cpus: p.Cpus},
 				Pids: &specs.LinuxPids{Limit: pids},
 			},
-			Seccomp:           defaultSeccomp(),
+			Seccomp:           capsuleSeccomp(p),
 			MaskedPaths:       maskedPaths,
 			ReadonlyPaths:     readonlyPaths,
 			RootfsPropagation: "private",
 		},
 	}
+	s.Mounts = append(s.Mounts, lxcfsMounts(p.LXCFS)...)
+	return s
+}
+
+// capsuleSeccomp is the capsule's seccomp filter (seccomp.go), or none.
+func capsuleSeccomp(p bundleParams) *specs.LinuxSeccomp {
+	if p.NoSeccomp {
+		return nil
+	}
+	return defaultSeccomp()
 }
 
 // validEnvKey rejects keys that cannot be environment variable names.
