@@ -136,6 +136,13 @@ func (l *lxcfs) healthy() bool {
 	return true
 }
 
+// answers is the cheap check before each bundle: one getattr the daemon
+// must serve (a dead daemon's mount fails it with ENOTCONN).
+func (l *lxcfs) answers() bool {
+	_, err := os.Stat(filepath.Join(l.mnt, "proc", "uptime"))
+	return err == nil
+}
+
 // pid returns the daemon's pid from its pid file when that process is
 // alive and is an lxcfs serving this mount point (not a reused pid).
 func (l *lxcfs) pid() int {
@@ -312,7 +319,7 @@ func (d *Driver) lxcfsMount() string {
 	if d.lxcfs == nil {
 		return ""
 	}
-	if !d.lxcfs.healthy() {
+	if !d.lxcfs.answers() {
 		d.log.Warn("LXCFS mount not answering: capsule created without it", "mount", d.lxcfs.mnt)
 		return ""
 	}

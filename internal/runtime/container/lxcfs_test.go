@@ -262,3 +262,45 @@ func mountinfo(t *testing.T) string {
 	}
 	return string(b)
 }
+
+// TestLXCFSAcrossCRIURestore: a capsule checkpointed with CRIU (the LXCFS
+// files are bind mounts runc declares external) comes back with its
+// processes and its own view. Needs WRENN_TEST_CRIU like the CRIU tests.
+func TestLXCFSAcrossCRIURestore(t *testing.T) {
+	d := criuDriver(t)
+	ctx := testutil.Context(t, testutil.Long)
+	info := startCapsule(t, d, runtime.Spec{ID: "cl-lxcfs-criu", MemoryMB: 112, VCPUs: 1})
+	startCounter(ctx, t, d, info)
+	snap, err := d.Snapshot(ctx, "cl-lxcfs-criu")
+	if err != nil || !snap.MemoryKept {
+		t.Fatalf("Snapshot: %+v %v", snap, err)
+	}
+	info, err = d.Restore(ctx, snap)
+	if err != nil || !info.MemoryKept {
+		t.Fatalf("Restore: %+v %v (memory must be kept with LXCFS mounts)", info, err)
+	}
+	if err := d.WaitReady(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	if v := readView(t, d, "cl-lxcfs-criu"); v.memTotalKB != 112*1024 || v.nproc != 1 || v.procs != 1 {
+		t.Errorf("after restore: %+v", v)
+	}
+}
+
+// TestLXCFSWarmPool: a capsule taken from the warm pool has the view too.
+func TestLXCFSWarmPool(t *testing.T) {
+	d := newDriver(t)
+	ctx := testutil.Context(t, testutil.Long)
+	d.SetWarmPool(tmplName, 1)
+	testutil.Eventually(t, testutil.Long, func() bool { return d.WarmPoolSize(tmplName) == 1 }, "pool filled")
+	info, err := d.Take(ctx, runtime.Spec{ID: "cl-pooled", Template: tmplName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitReady(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	if v := readView(t, d, "cl-pooled"); v.memTotalKB != info.MemoryMB*1024 || v.nproc != 1 {
+		t.Errorf("pooled capsule (%d MB): %+v", info.MemoryMB, v)
+	}
+}

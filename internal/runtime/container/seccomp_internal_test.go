@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -37,57 +38,58 @@ func loadTable(t *testing.T, name syscallTable) map[string]bool {
 }
 
 func TestSeccompProfileWellFormed(t *testing.T) {
-	p := defaultSeccomp()
-	if p.DefaultAction != specs.ActErrno || p.DefaultErrnoRet == nil || *p.DefaultErrnoRet != uint(unix.EPERM) {
-		t.Errorf("default action %s/%v, want SCMP_ACT_ERRNO with EPERM", p.DefaultAction, p.DefaultErrnoRet)
-	}
-	for _, a := range []specs.Arch{specs.ArchX86_64, specs.ArchAARCH64} {
-		if !slices.Contains(p.Architectures, a) {
-			t.Errorf("architecture %s missing", a)
+	for _, compat32 := range []bool{false, true} {
+		p := defaultSeccomp(compat32)
+		if p.DefaultAction != specs.ActErrno || p.DefaultErrnoRet == nil || *p.DefaultErrnoRet != uint(unix.EPERM) {
+			t.Errorf("default action %s/%v, want SCMP_ACT_ERRNO with EPERM", p.DefaultAction, p.DefaultErrnoRet)
 		}
-	}
-	seen := map[string]bool{}
-	for i, s := range p.Syscalls {
-		if len(s.Names) == 0 {
-			t.Errorf("rule %d has no names", i)
+		native := map[string]specs.Arch{"amd64": specs.ArchX86_64, "arm64": specs.ArchAARCH64}[goruntime.GOARCH]
+		if native != "" && !slices.Contains(p.Architectures, native) {
+			t.Errorf("native architecture %s missing from %v", native, p.Architectures)
 		}
-		switch s.Action {
-		case specs.ActAllow:
-		case specs.ActErrno:
-			if s.ErrnoRet == nil {
-				t.Errorf("rule %d (%v): errno action without errno", i, s.Names)
+		seen := map[string]bool{}
+		for i, s := range p.Syscalls {
+			if len(s.Names) == 0 {
+				t.Errorf("rule %d has no names", i)
 			}
-		default:
-			t.Errorf("rule %d (%v): unexpected action %s", i, s.Names, s.Action)
-		}
-		for _, n := range s.Names {
-			if n == "" || strings.TrimSpace(n) != n {
-				t.Errorf("rule %d: bad name %q", i, n)
-			}
-			if len(s.Args) == 0 {
-				if seen[n] {
-					t.Errorf("%s listed twice without conditions", n)
+			switch s.Action {
+			case specs.ActAllow:
+			case specs.ActErrno:
+				if s.ErrnoRet == nil {
+					t.Errorf("rule %d (%v): errno action without errno", i, s.Names)
 				}
-				seen[n] = true
+			default:
+				t.Errorf("rule %d (%v): unexpected action %s", i, s.Names, s.Action)
+			}
+			for _, n := range s.Names {
+				if n == "" || strings.TrimSpace(n) != n {
+					t.Errorf("rule %d: bad name %q", i, n)
+				}
+				if len(s.Args) == 0 {
+					if seen[n] {
+						t.Errorf("%s listed twice without conditions", n)
+					}
+					seen[n] = true
+				}
+			}
+			for _, a := range s.Args {
+				if a.Index > 5 {
+					t.Errorf("rule %d: argument index %d", i, a.Index)
+				}
 			}
 		}
-		for _, a := range s.Args {
-			if a.Index > 5 {
-				t.Errorf("rule %d: argument index %d", i, a.Index)
-			}
+		// The profile survives the JSON runc reads.
+		b, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	// The profile survives the JSON runc reads.
-	b, err := json.Marshal(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back specs.LinuxSeccomp
-	if err := json.Unmarshal(b, &back); err != nil || len(back.Syscalls) != len(p.Syscalls) {
-		t.Fatalf("round trip: %v", err)
-	}
-	if n := len(allowedNames()); n < 250 || n > 420 {
-		t.Errorf("%d allowed names: the list looks wrong", n)
+		var back specs.LinuxSeccomp
+		if err := json.Unmarshal(b, &back); err != nil || len(back.Syscalls) != len(p.Syscalls) {
+			t.Fatalf("round trip: %v", err)
+		}
+		if n := len(allowedNames(compat32)); n < 250 || n > 420 {
+			t.Errorf("%d allowed names: the list looks wrong", n)
+		}
 	}
 }
 
@@ -114,7 +116,7 @@ func TestSeccompNamesExistInKernelTables(t *testing.T) {
 	// Each common call of the two 64-bit tables is either allowed or
 	// named as refused here, so a new table entry is a conscious choice.
 	allowed := map[string]bool{}
-	for _, n := range allowedNames() {
+	for _, n := range allowedNames(true) {
 		allowed[n] = true
 	}
 	for name := range tables[tableARM64] {
@@ -165,53 +167,55 @@ var dangerous = []string{
 }
 
 func TestSeccompDangerousCallsAbsent(t *testing.T) {
-	p := defaultSeccomp()
-	for _, s := range p.Syscalls {
-		if s.Action != specs.ActAllow {
-			continue
-		}
-		for _, n := range s.Names {
-			if slices.Contains(dangerous, n) {
-				t.Errorf("dangerous call %s is allowed (conditions %v)", n, s.Args)
+	for _, compat32 := range []bool{false, true} {
+		p := defaultSeccomp(compat32)
+		for _, s := range p.Syscalls {
+			if s.Action != specs.ActAllow {
+				continue
+			}
+			for _, n := range s.Names {
+				if slices.Contains(dangerous, n) {
+					t.Errorf("dangerous call %s is allowed (conditions %v)", n, s.Args)
+				}
 			}
 		}
-	}
-	for _, s := range p.Syscalls {
-		for _, n := range s.Names {
-			switch n {
-			case "clone", "unshare":
-				// Allowed only when no namespace flag is set.
-				if s.Action != specs.ActAllow || len(s.Args) != 1 {
-					t.Fatalf("%s rule %+v", n, s)
-				}
-				a := s.Args[0]
-				if a.Index != 0 || a.Op != specs.OpMaskedEqual || a.ValueTwo != 0 {
-					t.Errorf("%s condition %+v, want arg0 & mask == 0", n, a)
-				}
-				for _, f := range []uint64{
-					unix.CLONE_NEWNS, unix.CLONE_NEWUTS, unix.CLONE_NEWIPC, unix.CLONE_NEWUSER,
-					unix.CLONE_NEWPID, unix.CLONE_NEWNET, unix.CLONE_NEWCGROUP, unix.CLONE_NEWTIME,
-				} {
-					if a.Value&f != f {
-						t.Errorf("%s mask %#x lets namespace flag %#x through", n, a.Value, f)
+		for _, s := range p.Syscalls {
+			for _, n := range s.Names {
+				switch n {
+				case "clone", "unshare":
+					// Allowed only when no namespace flag is set.
+					if s.Action != specs.ActAllow || len(s.Args) != 1 {
+						t.Fatalf("%s rule %+v", n, s)
 					}
-				}
-			case "clone3":
-				if s.Action != specs.ActErrno || s.ErrnoRet == nil || *s.ErrnoRet != uint(unix.ENOSYS) {
-					t.Errorf("clone3 rule %+v, want ENOSYS", s)
-				}
-			case "personality":
-				if len(s.Args) != 1 || s.Args[0].Op != specs.OpEqualTo {
-					t.Errorf("personality allowed without a value check: %+v", s)
-				} else if s.Args[0].Value&0x0400000 != 0 && s.Args[0].Value != 0xffffffff {
-					t.Errorf("personality READ_IMPLIES_EXEC allowed: %#x", s.Args[0].Value)
+					a := s.Args[0]
+					if a.Index != 0 || a.Op != specs.OpMaskedEqual || a.ValueTwo != 0 {
+						t.Errorf("%s condition %+v, want arg0 & mask == 0", n, a)
+					}
+					for _, f := range []uint64{
+						unix.CLONE_NEWNS, unix.CLONE_NEWUTS, unix.CLONE_NEWIPC, unix.CLONE_NEWUSER,
+						unix.CLONE_NEWPID, unix.CLONE_NEWNET, unix.CLONE_NEWCGROUP, unix.CLONE_NEWTIME,
+					} {
+						if a.Value&f != f {
+							t.Errorf("%s mask %#x lets namespace flag %#x through", n, a.Value, f)
+						}
+					}
+				case "clone3":
+					if s.Action != specs.ActErrno || s.ErrnoRet == nil || *s.ErrnoRet != uint(unix.ENOSYS) {
+						t.Errorf("clone3 rule %+v, want ENOSYS", s)
+					}
+				case "personality":
+					if len(s.Args) != 1 || s.Args[0].Op != specs.OpEqualTo {
+						t.Errorf("personality allowed without a value check: %+v", s)
+					} else if s.Args[0].Value&0x0400000 != 0 && s.Args[0].Value != 0xffffffff {
+						t.Errorf("personality READ_IMPLIES_EXEC allowed: %#x", s.Args[0].Value)
+					}
 				}
 			}
 		}
 	}
 }
 
-func TestSeccompDisabled(t *testing.T) {
+func TestSeccompProfileOff(t *testing.T) {
 	s := ociSpec(bundleParams{Hostname: "cl-x", NoSeccomp: true})
 	if s.Linux.Seccomp != nil {
 		t.Error("NoSeccomp still sets a profile")

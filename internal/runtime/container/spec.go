@@ -44,6 +44,8 @@ type bundleParams struct {
 	Env         map[string]string
 	// NoSeccomp leaves the capsule without a seccomp filter (benchmarks).
 	NoSeccomp bool
+	// SeccompCompat32 extends the filter to 32-bit x86 programs.
+	SeccompCompat32 bool
 	// LXCFS is the mount point of the agent's lxcfs ("" = none): its
 	// files are bind-mounted over /proc and /sys files (lxcfs.go).
 	LXCFS string
@@ -132,7 +134,7 @@ func capsuleSeccomp(p bundleParams) *specs.LinuxSeccomp {
 	if p.NoSeccomp {
 		return nil
 	}
-	return defaultSeccomp()
+	return defaultSeccomp(p.SeccompCompat32)
 }
 
 // validEnvKey rejects keys that cannot be environment variable names.
