@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
+	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 )
 
 // capsuleView is what a capsule's /proc and /sys say about its resources.
@@ -302,5 +304,39 @@ func TestLXCFSWarmPool(t *testing.T) {
 	}
 	if v := readView(t, d, "cl-pooled"); v.memTotalKB != info.MemoryMB*1024 || v.nproc != 1 {
 		t.Errorf("pooled capsule (%d MB): %+v", info.MemoryMB, v)
+	}
+}
+
+// TestLXCFSFileOpenAtCheckpoint: a process holding an LXCFS file open
+// when the capsule is paused to disk; the capsule must come back either
+// way (with its memory, or booted with its files if CRIU refuses the
+// FUSE file).
+func TestLXCFSFileOpenAtCheckpoint(t *testing.T) {
+	d := criuDriver(t)
+	ctx := testutil.Context(t, testutil.Long)
+	info := startCapsule(t, d, runtime.Spec{ID: "cl-lxcfs-open", MemoryMB: 104})
+	cl, err := envdclient.New(envdclient.Config{Addr: info.EnvdAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.CloseIdleConnections()
+	bg := "setsid sh -c 'exec sleep 1000 < /proc/meminfo' </dev/null >/dev/null 2>&1 &"
+	if res, err := cl.Exec(ctx, &pb.ProcessConfig{Cmd: "/bin/sh", Args: []string{"-c", bg}}, envdclient.ExecOptions{Timeout: testutil.Short}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("start holder: %v %+v", err, res)
+	}
+	snap, err := d.Snapshot(ctx, "cl-lxcfs-open")
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	info, err = d.Restore(ctx, snap)
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if err := d.WaitReady(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("memory kept at snapshot: %v, after restore: %v", snap.MemoryKept, info.MemoryKept)
+	if v := readView(t, d, "cl-lxcfs-open"); v.memTotalKB != 104*1024 {
+		t.Errorf("after restore: %+v", v)
 	}
 }
