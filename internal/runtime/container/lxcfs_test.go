@@ -308,9 +308,8 @@ func TestLXCFSWarmPool(t *testing.T) {
 }
 
 // TestLXCFSFileOpenAtCheckpoint: a process holding an LXCFS file open
-// when the capsule is paused to disk; the capsule must come back either
-// way (with its memory, or booted with its files if CRIU refuses the
-// FUSE file).
+// when the capsule is paused to disk comes back with its memory (CRIU
+// reopens the file through the restored bind mount).
 func TestLXCFSFileOpenAtCheckpoint(t *testing.T) {
 	d := criuDriver(t)
 	ctx := testutil.Context(t, testutil.Long)
@@ -335,7 +334,12 @@ func TestLXCFSFileOpenAtCheckpoint(t *testing.T) {
 	if err := d.WaitReady(ctx, info); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("memory kept at snapshot: %v, after restore: %v", snap.MemoryKept, info.MemoryKept)
+	if !snap.MemoryKept || !info.MemoryKept {
+		t.Errorf("memory kept at snapshot: %v, after restore: %v", snap.MemoryKept, info.MemoryKept)
+	}
+	if out := mustExec(ctx, t, d, "cl-lxcfs-open", "sh", "-c", "ps -o comm | grep -c '^sleep'"); strings.TrimSpace(out) != "1" {
+		t.Errorf("the holder process is gone after restore: %q", out)
+	}
 	if v := readView(t, d, "cl-lxcfs-open"); v.memTotalKB != 104*1024 {
 		t.Errorf("after restore: %+v", v)
 	}
