@@ -16,7 +16,7 @@ BIN     := bin
 # detector in -short mode (heavy data tests scale down there).
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: templates build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
+.PHONY: templates build run test test-go test-heavy deps tools gen gen-check lint vet fmt bench clean envd wrenn
 
 build: envd wrenn
 
@@ -91,6 +91,12 @@ test-go: tools
 	$(GO) test $(TESTFLAGS) -race -short ./...
 
 test: deps gen-check vet lint build test-go
+
+# Heavier suites outside `make test`: the container workload suite with a
+# compiler, Node.js, a JDK, sqlite3 and strace from Debian's packages (a
+# template on top of base, built once and cached in /var/cache/wrenn).
+test-heavy: deps build
+	WRENN_TEST_HEAVY=1 $(GO) test -count=1 -timeout 40m -run 'TestWorkloads|TestSeccomp|TestLXCFS' ./internal/runtime/container/
 
 bench: deps build
 	@scripts/bench.sh

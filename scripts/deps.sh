@@ -9,6 +9,7 @@ want=(
   util-linux kmod procps psmisc     # losetup, mount, ps, fuser
   tar file passwd                   # template import, tests (useradd)
   busybox-static debootstrap        # templates
+  lxcfs                             # capsules see their own memory, CPUs, uptime
   postgresql                        # store tests on PostgreSQL
 )
 

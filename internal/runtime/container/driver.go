@@ -51,6 +51,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
@@ -120,6 +121,20 @@ type Config struct {
 	// per 50 MB), so a damaged image that leaves criu spinning delays a
 	// resume by about a minute, not the whole CRIUTimeout.
 	CRIUTimeout time.Duration
+	// DisableSeccomp runs capsules without the seccomp allow-list
+	// (seccomp.go). For benchmarks only: the zero value is secure.
+	DisableSeccomp bool
+	// SeccompCompat32 lets 32-bit x86 programs (i386, x32 ABIs) run on an
+	// x86-64 host: the filter then covers those ABIs too, which costs
+	// about 9 ms of CPU per capsule start. Off: their calls are refused.
+	SeccompCompat32 bool
+	// DisableLXCFS turns off LXCFS (lxcfs.go): capsules then see the
+	// host's memory, CPUs and uptime in /proc and nproc. On by default;
+	// if lxcfs is missing or fails, the driver warns and runs without it
+	// (LXCFS reports false).
+	DisableLXCFS bool
+	// LXCFSPath is the lxcfs binary (default "lxcfs" from PATH).
+	LXCFSPath string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// CreateSteps, if set, sees every step list the driver is about to run
@@ -169,6 +184,9 @@ type Driver struct {
 	pools poolSet
 
 	idsUsed map[uint32]bool // user namespace id ranges in use (guarded by mu)
+	lxcfs   *lxcfs          // nil: off
+	pin     *cpuPinner
+	closed  atomic.Bool
 }
 
 var (
@@ -335,7 +353,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	} else {
 		d.criuOff = "disabled (--no-criu)"
 	}
-	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc)
+	d.startLXCFS(ctx)
+	d.log.Info("container driver ready", "cgroup_v2", d.cg.v2, "criu", d.criu, "criu_path", d.criuPath, "runc", runc, "seccomp", !cfg.DisableSeccomp, "lxcfs", d.lxcfs != nil)
 	return d, nil
 }
 
@@ -586,16 +605,20 @@ func (d *Driver) writeEtc(rec *record, id string) error {
 func (d *Driver) writeBundle(rec *record) error {
 	p := d.paths(rec.Key)
 	s := ociSpec(bundleParams{
-		Hostname:    rec.ID,
-		Rootfs:      p.Root(),
-		Envd:        d.cfg.EnvdPath,
-		Netns:       rec.Net.Netns,
-		CgroupsPath: d.cgroupPath(rec.Key),
-		VCPUs:       rec.Spec.VCPUs,
-		MemoryMB:    rec.Spec.MemoryMB,
-		PidsLimit:   d.cfg.PidsLimit,
-		Env:         rec.Spec.Env,
-		IDBase:      rec.IDBase,
+		Hostname:        rec.ID,
+		Rootfs:          p.Root(),
+		Envd:            d.cfg.EnvdPath,
+		Netns:           rec.Net.Netns,
+		CgroupsPath:     d.cgroupPath(rec.Key),
+		VCPUs:           rec.Spec.VCPUs,
+		MemoryMB:        rec.Spec.MemoryMB,
+		PidsLimit:       d.cfg.PidsLimit,
+		Env:             rec.Spec.Env,
+		IDBase:          rec.IDBase,
+		NoSeccomp:       d.cfg.DisableSeccomp,
+		SeccompCompat32: d.cfg.SeccompCompat32,
+		LXCFS:           d.lxcfsMount(),
+		Cpus:            d.capsuleCPUs(rec.Spec.VCPUs),
 	})
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -836,6 +859,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	defer c.mu.Unlock()
 	d.destroyLocked(ctx, c)
 	d.dropParent(ctx, &c.rec)
+	d.stopLXCFSIfIdle()
 	return nil
 }
 
@@ -991,6 +1015,8 @@ func (d *Driver) WaitReady(ctx context.Context, info runtime.Info) error {
 // keep running for a later Recover.
 func (d *Driver) Close() error {
 	d.pools.close(d)
+	d.closed.Store(true)
+	d.stopLXCFSIfIdle()
 	return nil
 }
 

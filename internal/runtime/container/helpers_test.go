@@ -25,6 +25,7 @@ import (
 var (
 	envdBin   string
 	helperBin string // runtimetest/hostilehelper, for the hostile-tenant suite
+	probeBin  string // testdata/sysprobe, static
 	templates template.Store
 	setupErr  error
 	seq       atomic.Int32
@@ -49,6 +50,9 @@ func runMain(m *testing.M) int {
 	envdBin, setupErr = buildEnvd(dir)
 	if setupErr == nil {
 		helperBin, setupErr = buildStatic(dir, "./internal/runtime/runtimetest/hostilehelper")
+	}
+	if setupErr == nil {
+		probeBin, setupErr = buildStatic(dir, "./internal/runtime/container/testdata/sysprobe")
 	}
 	if setupErr == nil {
 		templates = template.Store{Dir: filepath.Join(dir, "templates")}
@@ -142,6 +146,10 @@ func openDriver(t testing.TB, cfg container.Config) *container.Driver {
 	}
 	if _, err := d.Recover(ctx); err != nil {
 		t.Fatalf("Recover: %v", err)
+	}
+	if !cfg.DisableLXCFS && !d.LXCFS() {
+		_ = d.Close()
+		t.Fatalf("LXCFS is not running (see the driver's warning above): install it with scripts/deps.sh (apt-get install lxcfs)")
 	}
 	t.Cleanup(func() {
 		_ = d.Close()

@@ -45,6 +45,15 @@ type bundleParams struct {
 	// IDBase, if not 0, runs the capsule in a user namespace mapping ids
 	// 0..65535 to IDBase.. on the host (userns.go).
 	IDBase uint32
+	// NoSeccomp leaves the capsule without a seccomp filter (benchmarks).
+	NoSeccomp bool
+	// SeccompCompat32 extends the filter to 32-bit x86 programs.
+	SeccompCompat32 bool
+	// LXCFS is the mount point of the agent's lxcfs ("" = none): its
+	// files are bind-mounted over /proc and /sys files (lxcfs.go).
+	LXCFS string
+	// Cpus pins the capsule to these CPUs (cpuset list, "" = all).
+	Cpus string
 }
 
 // ociSpec builds the runtime-spec document runc runs.
@@ -110,19 +119,28 @@ func ociSpec(p bundleParams) *specs.Spec {
 					Swap:       &mem,
 					Swappiness: &swappiness,
 				},
-				CPU:  &specs.LinuxCPU{Quota: &quota, Period: &period},
+				CPU:  &specs.LinuxCPU{Quota: &quota, Period: &period, Cpus: p.Cpus},
 				Pids: &specs.LinuxPids{Limit: pids},
 			},
-			Seccomp:           defaultSeccomp(),
+			Seccomp:           capsuleSeccomp(p),
 			MaskedPaths:       maskedPaths,
 			ReadonlyPaths:     readonlyPaths,
 			RootfsPropagation: "private",
 		},
 	}
+	s.Mounts = append(s.Mounts, lxcfsMounts(p.LXCFS)...)
 	if p.IDBase != 0 {
 		userNS(s, p.IDBase)
 	}
 	return s
+}
+
+// capsuleSeccomp is the capsule's seccomp filter (seccomp.go), or none.
+func capsuleSeccomp(p bundleParams) *specs.LinuxSeccomp {
+	if p.NoSeccomp {
+		return nil
+	}
+	return defaultSeccomp(p.SeccompCompat32)
 }
 
 // userNS puts the capsule in its own user namespace (issue 11). Its
