@@ -1,7 +1,7 @@
 // Package runtime defines the contract between the host agent and the things
 // that actually run capsules (runtime drivers): the Driver interface, the
 // optional capability interfaces a driver may also implement (Pauser,
-// Snapshotter, WarmPooler), the capsule value types and the typed errors.
+// Snapshotter, WarmPooler, NetworkUpdater), the capsule value types and the typed errors.
 //
 // The shape follows Nomad's task drivers: a small mandatory core (Create,
 // Start, Stop, Destroy, Inspect, List, Stats, Recover) plus capabilities that
@@ -66,6 +66,10 @@ type Spec struct {
 	// AllowInternet lets the capsule reach public addresses. Private ranges,
 	// the host and other capsules stay unreachable either way.
 	AllowInternet bool
+	// Network is the egress policy and rate limits (nil = defaults). With
+	// AllowInternet false the capsule has no egress at all and only the
+	// rate limits of Network apply.
+	Network *NetworkPolicy
 	// Labels are opaque key/values kept with the capsule (e.g. team ID).
 	Labels map[string]string
 }
@@ -81,6 +85,7 @@ type Info struct {
 	// IP is the capsule's address; envd answers at IP:EnvdPort from the host.
 	IP            netip.Addr
 	AllowInternet bool
+	Network       *NetworkPolicy
 	Labels        map[string]string
 	CreatedAt     time.Time
 	// StartedAt is the last time the capsule's processes were (re)started.
@@ -208,6 +213,15 @@ type WarmPooler interface {
 	// capsules match (template, limits, network policy) are honoured;
 	// Take returns ErrPoolMismatch if spec asks for other limits.
 	Take(ctx context.Context, spec Spec) (Info, error)
+}
+
+// NetworkUpdater is implemented by drivers that change a running capsule's
+// network policy in place. Established connections the new policy still
+// allows keep flowing; new connections follow the new policy at once.
+// An invalid policy returns an ErrInvalidSpec error and leaves the old
+// policy in force.
+type NetworkUpdater interface {
+	UpdateNetwork(ctx context.Context, id string, allowInternet bool, policy *NetworkPolicy) error
 }
 
 // Typed errors. Drivers wrap them; callers test with errors.Is.
