@@ -134,7 +134,7 @@ func (p *NetworkPolicy) Compile() (*CompiledPolicy, error) {
 	for i, s := range p.AllowOut {
 		pf, name, err := parseRule(s)
 		if err != nil {
-			return nil, fmt.Errorf("%w: network.allow_out[%d] %q: %v", ErrInvalidSpec, i, s, err)
+			return nil, fmt.Errorf("%w: network.allow_out[%d] %q: %w", ErrInvalidSpec, i, s, err)
 		}
 		if name != nil {
 			c.AllowNames = append(c.AllowNames, *name)
@@ -145,7 +145,7 @@ func (p *NetworkPolicy) Compile() (*CompiledPolicy, error) {
 	for i, s := range p.DenyOut {
 		pf, name, err := parseRule(s)
 		if err != nil {
-			return nil, fmt.Errorf("%w: network.deny_out[%d] %q: %v", ErrInvalidSpec, i, s, err)
+			return nil, fmt.Errorf("%w: network.deny_out[%d] %q: %w", ErrInvalidSpec, i, s, err)
 		}
 		switch {
 		case name != nil:
@@ -159,7 +159,7 @@ func (p *NetworkPolicy) Compile() (*CompiledPolicy, error) {
 	for i, s := range p.AllowPrivate {
 		pf, err := parsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("%w: network.allow_private[%d] %q: %v", ErrInvalidSpec, i, s, err)
+			return nil, fmt.Errorf("%w: network.allow_private[%d] %q: %w", ErrInvalidSpec, i, s, err)
 		}
 		c.AllowPrivate = append(c.AllowPrivate, pf)
 	}

@@ -44,7 +44,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +52,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
@@ -391,7 +392,7 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		rec.Net, netErr = d.net.Setup(key, spec.AllowInternet && !pool)
+		rec.Net, netErr = d.net.Setup(key, spec.AllowInternet && !pool, spec.Network)
 	}()
 	var fsErr error
 	if image != nil {
@@ -404,7 +405,7 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 	if err := errors.Join(netErr, fsErr); err != nil {
 		return rec, err
 	}
-	if err := d.writeEtc(p.Root(), spec.ID, rec.Net.Guest); err != nil {
+	if err := d.writeEtc(p.Root(), spec.ID, rec.Net); err != nil {
 		return rec, err
 	}
 	if err := d.writeBundle(&rec); err != nil {
@@ -418,10 +419,26 @@ func (d *Driver) build(ctx context.Context, spec runtime.Spec, tmpl template.Tem
 
 // writeEtc gives the capsule its /etc/hosts and /etc/hostname (in the
 // writable layer).
-func (d *Driver) writeEtc(root, id string, ip netip.Addr) error {
+func (d *Driver) writeEtc(root, id string, na network.Allocation) error {
+	ip := na.Guest
 	etc := filepath.Join(root, "etc")
 	if err := os.MkdirAll(etc, 0o755); err != nil {
 		return fmt.Errorf("container: %w", err)
+	}
+	if dnsAddr, ok := d.net.DNSServer(na); ok {
+		// Replace (never follow: an image may ship a symlink) resolv.conf.
+		rc := filepath.Join(etc, "resolv.conf")
+		if err := os.Remove(rc); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("container: %w", err)
+		}
+		f, err := os.OpenFile(rc, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o644)
+		if err != nil {
+			return fmt.Errorf("container: %w", err)
+		}
+		_, werr := fmt.Fprintf(f, "nameserver %s\noptions edns0\n", dnsAddr)
+		if err := errors.Join(werr, f.Close()); err != nil {
+			return fmt.Errorf("container: resolv.conf: %w", err)
+		}
 	}
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", ip, id)
 	if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte(hosts), 0o644); err != nil {

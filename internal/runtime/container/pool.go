@@ -224,13 +224,11 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 	if err := setHostname(c.rec.PID, spec.ID); err != nil {
 		return fail(err)
 	}
-	if spec.AllowInternet {
-		if err := d.net.SetInternet(c.rec.Net, true); err != nil {
-			return fail(err)
-		}
+	if err := d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network); err != nil {
+		return fail(err)
 	}
 	p := d.paths(c.rec.Key)
-	if err := d.writeEtc(p.Root(), spec.ID, c.rec.Net.Guest); err != nil {
+	if err := d.writeEtc(p.Root(), spec.ID, c.rec.Net); err != nil {
 		return fail(err)
 	}
 	c.rec.ID = spec.ID
