@@ -18,6 +18,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
@@ -40,6 +41,7 @@ type agentFlags struct {
 	warmPools       map[string]int
 	snapshotGC      time.Duration
 	criu            criuFlags
+	dnsUpstream     []string
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -88,6 +90,7 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	f.criu.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
+	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	return cmd
 }
 
@@ -147,6 +150,7 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		CRIUPath:          f.criu.path,
 		CRIUEnv:           f.criu.env,
 		DisableCRIU:       f.criu.off,
+		Network:           network.Config{DNSUpstream: f.dnsUpstream},
 		Logger:            log,
 	})
 	if err != nil {

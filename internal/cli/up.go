@@ -21,6 +21,7 @@ type upFlags struct {
 	noBase                                                                                   bool
 	warmPools                                                                                map[string]int
 	criu                                                                                     criuFlags
+	dnsUpstream                                                                              []string
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -61,6 +62,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "private IPv4 range capsule addresses come from")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template for fast creates, e.g. minimal=2")
 	f.criu.register(fl)
+	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
 	return cmd
 }
@@ -108,7 +110,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		Home: resolveHome(f.home), Listen: f.listen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
-		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
+		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
 		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off,
 	})
 	if err != nil {

@@ -128,6 +128,19 @@ func (f *forwarder) detach(key string) {
 	}
 }
 
+// close stops every capsule's listeners.
+func (f *forwarder) close() {
+	f.mu.Lock()
+	keys := make([]string, 0, len(f.servers))
+	for k := range f.servers {
+		keys = append(keys, k)
+	}
+	f.mu.Unlock()
+	for _, k := range keys {
+		f.detach(k)
+	}
+}
+
 func (f *forwarder) serve(key string, w dns.ResponseWriter, req *dns.Msg) {
 	reply := func(rcode int) {
 		m := new(dns.Msg)

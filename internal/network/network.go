@@ -119,8 +119,9 @@ type Manager struct {
 	nft   sync.Mutex // serializes nftables transactions
 	table *nftables.Table
 
-	policies map[string]*policyState // key -> enforced policy (under mu)
-	dns      *forwarder              // nil when Config.NoDNS is set
+	policies map[string]*policyState      // key -> enforced policy (under mu)
+	dropBase map[string]map[string]uint64 // key -> drops counted before the last chain rewrite (under mu)
+	dns      *forwarder                   // nil when Config.NoDNS is set
 }
 
 // New prepares the host (IP forwarding, the nftables table) and returns a Manager.
@@ -140,11 +141,16 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	if cfg.NetnsPrefix == "" {
 		cfg.NetnsPrefix = NetnsPrefix
 	}
-	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}}
+	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}, dropBase: map[string]map[string]uint64{}}
 	if !cfg.NoDNS {
 		up, err := upstreams(cfg.DNSUpstream)
 		if err != nil {
-			return nil, err
+			if len(cfg.DNSUpstream) > 0 {
+				return nil, err
+			}
+			// No host resolvers: capsules get SERVFAIL until an upstream
+			// is configured.
+			log.Warn("network: the capsules' DNS forwarder has no upstream", "err", err)
 		}
 		m.dns = newForwarder(m, up, log)
 	}
@@ -381,6 +387,7 @@ func (m *Manager) Teardown(a Allocation) error {
 	}
 	m.mu.Lock()
 	delete(m.policies, a.Key)
+	delete(m.dropBase, a.Key)
 	m.mu.Unlock()
 	if l, err := netlink.LinkByName(a.Veth); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
@@ -439,6 +446,14 @@ func (m *Manager) Sweep(keep func(key string) bool, orphans []string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// Close stops the DNS forwarder's listeners (the agent is going away;
+// capsules, rules and namespaces stay for the next Manager to adopt).
+func (m *Manager) Close() {
+	if m.dns != nil {
+		m.dns.close()
+	}
 }
 
 // RemoveTable deletes the manager's nftables table (when the host stops

@@ -71,6 +71,12 @@ func (m *Manager) SetPolicy(a Allocation, allowInternet bool, p *runtime.Network
 	if err != nil {
 		return err
 	}
+	// Rewriting the chain resets its counters: carry the drops over.
+	if old, err := m.Counters(a); err == nil {
+		m.mu.Lock()
+		m.dropBase[a.Key] = old.DroppedPackets
+		m.mu.Unlock()
+	}
 	if err := m.writeChain(a, allowInternet, c); err != nil {
 		return err
 	}
@@ -363,6 +369,11 @@ func (c Counters) Dropped() uint64 {
 // Counters reads the capsule's counters.
 func (m *Manager) Counters(a Allocation) (Counters, error) {
 	out := Counters{DroppedPackets: map[string]uint64{}}
+	m.mu.Lock()
+	for k, v := range m.dropBase[a.Key] {
+		out.DroppedPackets[k] = v
+	}
+	m.mu.Unlock()
 	if l, err := netlink.LinkByName(a.Veth); err == nil && l.Attrs().Statistics != nil {
 		// The host end receives what the capsule sends.
 		out.BytesOut = l.Attrs().Statistics.RxBytes

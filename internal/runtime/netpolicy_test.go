@@ -34,8 +34,13 @@ func TestNetworkPolicyCompile(t *testing.T) {
 		name string
 		want bool
 	}{
-		{"github.com.", true}, {"GITHUB.COM", true}, {"api.github.com", false},
-		{"files.pypi.org.", true}, {"pypi.org", false}, {"evil.example", false}, {"other.org", false},
+		{"github.com.", true},
+		{"GITHUB.COM", true},
+		{"api.github.com", false},
+		{"files.pypi.org.", true},
+		{"pypi.org", false},
+		{"evil.example", false},
+		{"other.org", false},
 	} {
 		if got, _ := c.NameAllowed(tc.name); got != tc.want {
 			t.Errorf("NameAllowed(%q) = %v, want %v", tc.name, got, tc.want)

@@ -117,6 +117,10 @@ type Stats struct {
 	// DiskUsedBytes / DiskTotalBytes describe the writable layer.
 	DiskUsedBytes  uint64
 	DiskTotalBytes uint64
+	// NetBytesIn / NetBytesOut count what the capsule received and sent;
+	// NetDroppedPackets the packets of new outbound connections its
+	// network policy dropped.
+	NetBytesIn, NetBytesOut, NetDroppedPackets uint64
 }
 
 // Driver runs capsules. Implementations are safe for concurrent use; calls

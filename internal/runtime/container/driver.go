@@ -580,6 +580,7 @@ func (d *Driver) info(rec *record) runtime.Info {
 		DiskSizeMB:    rec.Spec.DiskSizeMB,
 		IP:            rec.Net.Guest,
 		AllowInternet: rec.Spec.AllowInternet,
+		Network:       rec.Spec.Network,
 		Labels:        rec.Spec.Labels,
 		CreatedAt:     rec.CreatedAt,
 		StartedAt:     rec.StartedAt,
@@ -775,7 +776,10 @@ func (d *Driver) Stats(_ context.Context, id string) (runtime.Stats, error) {
 		return s, err
 	}
 	s.DiskUsedBytes, s.DiskTotalBytes, err = rootfs.Usage(d.paths(c.rec.Key))
-	return s, err
+	if err != nil {
+		return s, err
+	}
+	return s, d.netStats(&c.rec, &s)
 }
 
 // Pause implements runtime.Pauser (cgroup freezer; memory stays).
@@ -852,6 +856,7 @@ func (d *Driver) WaitReady(ctx context.Context, info runtime.Info) error {
 // keep running for a later Recover.
 func (d *Driver) Close() error {
 	d.pools.close(d)
+	d.net.Close()
 	return nil
 }
 
