@@ -18,7 +18,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
-func newManager(t *testing.T) *network.Manager {
+func newManager(t testing.TB) *network.Manager {
 	t.Helper()
 	testutil.RequireRoot(t)
 	tag := fmt.Sprintf("wnt%d", os.Getpid()%100000)

@@ -65,6 +65,30 @@ func DefaultNames() map[string][]netip.Addr {
 	}
 }
 
+// DiscardPort is a TCP port on Web1 that reads and discards (RFC 863), for
+// throughput benchmarks.
+const DiscardPort = 9
+
+// ServeDiscard accepts on ln and discards what each connection sends,
+// until ln is closed.
+func ServeDiscard(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 1<<20)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
 // TTL of every answer (seconds).
 const TTL = 30
 
@@ -123,7 +147,7 @@ func (in *Internet) build(name string, peer netip.Addr) error {
 			return fmt.Errorf("a route for %s exists already (another fake internet?)", r)
 		}
 	}
-	ns, err := newNamedNetns(name)
+	ns, err := NewNetns(name)
 	if err != nil {
 		return err
 	}
@@ -210,6 +234,7 @@ func (in *Internet) serve(t testing.TB) error {
 	defer ns.Close()
 	var lns []net.Listener
 	var pcs []net.PacketConn
+	var discard net.Listener
 	err = InNetns(ns, func() error {
 		for _, a := range []netip.Addr{Web1, Web2, Web3, Web4} {
 			ln, err := net.Listen("tcp4", netip.AddrPortFrom(a, 80).String())
@@ -218,6 +243,11 @@ func (in *Internet) serve(t testing.TB) error {
 			}
 			lns = append(lns, ln)
 		}
+		dis, err := net.Listen("tcp4", netip.AddrPortFrom(Web1, DiscardPort).String())
+		if err != nil {
+			return err
+		}
+		discard = dis
 		dl, err := net.Listen("tcp4", netip.AddrPortFrom(DNS, 53).String())
 		if err != nil {
 			return err
@@ -231,6 +261,9 @@ func (in *Internet) serve(t testing.TB) error {
 		return nil
 	})
 	t.Cleanup(func() {
+		if discard != nil {
+			discard.Close()
+		}
 		for _, l := range lns {
 			l.Close()
 		}
@@ -241,6 +274,7 @@ func (in *Internet) serve(t testing.TB) error {
 	if err != nil {
 		return fmt.Errorf("listen in netns: %w", err)
 	}
+	go ServeDiscard(discard)
 	srv := &http.Server{Handler: in.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	t.Cleanup(func() { _ = srv.Close() })
 	for _, ln := range lns[:4] {
@@ -447,7 +481,9 @@ func HTTPClientIn(path string, timeout time.Duration) *http.Client {
 	}
 }
 
-func newNamedNetns(name string) (netns.NsHandle, error) {
+// NewNetns creates the named network namespace (bind-mounted in
+// /run/netns) without moving the calling thread into it.
+func NewNetns(name string) (netns.NsHandle, error) {
 	goruntime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
