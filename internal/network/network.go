@@ -53,6 +53,7 @@ import (
 	goruntime "runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -119,9 +120,10 @@ type Manager struct {
 	nft   sync.Mutex // serializes nftables transactions
 	table *nftables.Table
 
-	policies map[string]*policyState      // key -> enforced policy (under mu)
-	dropBase map[string]map[string]uint64 // key -> drops counted before the last chain rewrite (under mu)
-	dns      *forwarder                   // nil when Config.NoDNS is set
+	policies map[string]*policyState             // key -> enforced policy (under mu)
+	dropBase map[string]map[string]uint64        // key -> drops counted before the last chain rewrite (under mu)
+	resolved map[string]map[netip.Addr]time.Time // key -> address -> expiry of its element in r-<key> (under mu)
+	dns      *forwarder                          // nil when Config.NoDNS is set
 }
 
 // New prepares the host (IP forwarding, the nftables table) and returns a Manager.
@@ -141,7 +143,7 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	if cfg.NetnsPrefix == "" {
 		cfg.NetnsPrefix = NetnsPrefix
 	}
-	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}, dropBase: map[string]map[string]uint64{}}
+	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}, dropBase: map[string]map[string]uint64{}, resolved: map[string]map[netip.Addr]time.Time{}}
 	if !cfg.NoDNS {
 		up, err := upstreams(cfg.DNSUpstream)
 		if err != nil {
@@ -388,6 +390,7 @@ func (m *Manager) Teardown(a Allocation) error {
 	m.mu.Lock()
 	delete(m.policies, a.Key)
 	delete(m.dropBase, a.Key)
+	delete(m.resolved, a.Key)
 	m.mu.Unlock()
 	if l, err := netlink.LinkByName(a.Veth); err == nil {
 		if err := netlink.LinkDel(l); err != nil {

@@ -85,6 +85,7 @@ func (m *Manager) SetPolicy(a Allocation, allowInternet bool, p *runtime.Network
 	}
 	m.mu.Lock()
 	m.policies[a.Key] = &policyState{internet: allowInternet, source: p, pol: c}
+	delete(m.resolved, a.Key) // the rewrite emptied the resolved set
 	m.mu.Unlock()
 	if m.dns != nil {
 		if err := m.dns.attach(a); err != nil {
@@ -267,8 +268,39 @@ func (m *Manager) deleteCapsuleObjects(del func(key string) bool) error {
 // addResolved lets the capsule reach addrs for ttl (the DNS forwarder
 // calls it with the answered A records). An address already in the set
 // gets the longer of its remaining and the new timeout.
+//
+// An nftables commit costs 10-20 ms (it waits for an RCU grace period), so
+// addresses whose element the manager knows to live for at least half the
+// new timeout are not written again.
 func (m *Manager) addResolved(key string, addrs []netip.Addr, ttl time.Duration) error {
 	ttl = max(ttl+5*time.Second, 10*time.Second)
+	now := time.Now()
+	m.mu.Lock()
+	known := m.resolved[key]
+	if known == nil {
+		known = map[netip.Addr]time.Time{}
+		m.resolved[key] = known
+	}
+	var todo []netip.Addr
+	for _, a := range addrs {
+		if known[a].Sub(now) < ttl/2 {
+			todo = append(todo, a)
+		}
+	}
+	m.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	addrs = todo
+	defer func() {
+		m.mu.Lock()
+		if k := m.resolved[key]; k != nil {
+			for _, a := range todo {
+				k[a] = now.Add(ttl)
+			}
+		}
+		m.mu.Unlock()
+	}()
 	m.nft.Lock()
 	defer m.nft.Unlock()
 	c, err := nftables.New()
