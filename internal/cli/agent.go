@@ -18,6 +18,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
@@ -41,6 +42,7 @@ type agentFlags struct {
 	snapshotGC      time.Duration
 	criu            criuFlags
 	overcommit      overcommitFlags
+	dnsUpstream     []string
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -90,6 +92,7 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	f.overcommit.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
+	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	return cmd
 }
 
@@ -153,6 +156,7 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		CRIUEnv:           f.criu.env,
 		DisableCRIU:       f.criu.off,
 		DisableUserNS:     f.criu.noUserNS,
+		Network:           network.Config{DNSUpstream: f.dnsUpstream},
 		Logger:            log,
 	})
 	if err != nil {

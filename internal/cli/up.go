@@ -23,6 +23,7 @@ type upFlags struct {
 	warmPools                                                                                             map[string]int
 	criu                                                                                                  criuFlags
 	overcommit                                                                                            overcommitFlags
+	dnsUpstream                                                                                           []string
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -65,6 +66,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template for fast creates, e.g. minimal=2")
 	f.criu.register(fl)
 	f.overcommit.register(fl)
+	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
 	return cmd
 }
@@ -115,7 +117,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		Home: resolveHome(f.home), Listen: f.listen, ProxyListen: f.proxyListen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
-		Instance:          f.instance, Subnet: subnet, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
+		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
 		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
 	})
 	if err != nil {

@@ -117,6 +117,7 @@ func capsuleProto(rec record, info runtime.Info) *pb.Capsule {
 		MemoryMb:        int32(info.MemoryMB),   //nolint:gosec // small
 		DiskSizeMb:      int32(info.DiskSizeMB), //nolint:gosec // small
 		AllowInternet:   rec.Spec.AllowInternet,
+		Network:         policyProto(rec.Spec.Network),
 		Labels:          rec.Spec.Labels,
 		CreatedAt:       unix(rec.CreatedAt),
 		StartedAt:       unix(info.StartedAt),
@@ -217,10 +218,14 @@ func (s service) CreateCapsule(ctx context.Context, req *connect.Request[pb.Crea
 	if m.GetVcpus() < 0 || m.GetMemoryMb() < 0 || m.GetDiskSizeMb() < 0 {
 		return nil, invalid("vcpus, memory_mb and disk_size_mb must not be negative")
 	}
+	netPolicy, err := policyFromProto(m.GetAllowInternet(), m.GetNetwork())
+	if err != nil {
+		return nil, toConnect(err)
+	}
 	spec := runtime.Spec{
 		ID: m.GetCapsuleId(), Template: m.GetTemplate(),
 		VCPUs: int(m.GetVcpus()), MemoryMB: int(m.GetMemoryMb()), DiskSizeMB: int(m.GetDiskSizeMb()),
-		Env: m.GetEnv(), AllowInternet: m.GetAllowInternet(), Labels: m.GetLabels(),
+		Env: m.GetEnv(), AllowInternet: m.GetAllowInternet(), Network: netPolicy, Labels: m.GetLabels(),
 	}
 	rec, info, err := s.a.createCapsule(ctx, spec, createOptions{
 		TimeoutSec: int(m.GetTimeoutSec()), DefaultUser: m.GetDefaultUser(), DefaultWorkdir: m.GetDefaultWorkdir(),
@@ -935,7 +940,7 @@ func (s service) SendProcessInput(ctx context.Context, req *connect.Request[pb.S
 	return connect.NewResponse(&pb.SendProcessInputResponse{}), nil
 }
 
-func (s service) GetCapsuleMetrics(_ context.Context, req *connect.Request[pb.GetCapsuleMetricsRequest]) (*connect.Response[pb.GetCapsuleMetricsResponse], error) {
+func (s service) GetCapsuleMetrics(ctx context.Context, req *connect.Request[pb.GetCapsuleMetricsRequest]) (*connect.Response[pb.GetCapsuleMetricsResponse], error) {
 	c, err := s.a.lookup(req.Msg.GetCapsuleId())
 	if err != nil {
 		return nil, toConnect(err)
@@ -950,7 +955,7 @@ func (s service) GetCapsuleMetrics(_ context.Context, req *connect.Request[pb.Ge
 	c.mu.Lock()
 	series := c.series
 	c.mu.Unlock()
-	out := &pb.GetCapsuleMetricsResponse{}
+	out := &pb.GetCapsuleMetricsResponse{Network: s.a.networkCounters(ctx, req.Msg.GetCapsuleId())}
 	if series == nil {
 		return connect.NewResponse(out), nil
 	}

@@ -9,19 +9,37 @@
 //
 // Firewall (table "ip wrenn", owned entirely by this package):
 //   - input: packets from the capsule subnet reach host sockets only as
-//     replies (ct state established,related); everything else from a
-//     capsule to the host is dropped.
-//   - forward: from the capsule subnet, replies pass; new flows to private,
-//     loopback, link-local, CGNAT and multicast ranges (which includes every
-//     other capsule) are dropped; the per-capsule chain "capsules" accepts
-//     the capsule's own interface only when it is allowed the internet; the
-//     rest is dropped.
+//     replies (ct state established,related) and as DNS queries (UDP/TCP
+//     53) to a gateway address on a capsule veth, where the DNS forwarder
+//     listens; everything else from a capsule to the host is dropped.
+//   - forward: replies pass in both directions; a new flow from a capsule
+//     jumps (by its veth and source address) to the capsule's own chain
+//     "c-<key>": always-blocked destinations (this network, loopback,
+//     link-local with 169.254.169.254, multicast, the capsule subnet) are
+//     dropped, then private ranges unless the policy's allow_private set
+//     "p-<key>" opens them, then with allow_internet=false everything;
+//     otherwise the policy: resolver ports (53, 853) dropped when domain
+//     rules exist, the allow interval set "a-<key>" and the DNS-resolved
+//     timeout set "r-<key>" accepted, the deny interval set "d-<key>"
+//     dropped, then the default (drop when deny_out has 0.0.0.0/0). Every
+//     rule counts; drop rules carry their rule name as user data.
+//     Anything else from the capsule subnet, and any new flow into it, is
+//     dropped.
 //   - postrouting: masquerade capsule traffic leaving through a non-capsule
 //     interface.
 //
-// Per-capsule rules carry the capsule key as rule user data and are removed
-// with the capsule; Sweep removes rules, links and namespaces whose key is
-// not kept, so nothing survives an agent crash.
+// DNS: each capsule resolves through the forwarder on its gateway (dns.go),
+// which answers per the capsule's policy and feeds "r-<key>".
+//
+// Rate limits (tc): tbf on the host veth shapes what the capsule receives;
+// the veth's ingress is redirected to an IFB device "wb<key>" whose tbf
+// shapes what it sends (policy.go).
+//
+// IPv4 only: IPv6 is disabled on both veth ends and inside the namespace.
+//
+// Per-capsule rules, chains, sets and IFB devices carry the capsule key and
+// are removed with the capsule; Sweep removes those whose key is not kept,
+// so nothing survives an agent crash.
 package network
 
 import (
@@ -35,12 +53,16 @@ import (
 	goruntime "runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
 // Names used on the host.
@@ -55,12 +77,6 @@ const (
 	baseTag      = "wrenn-base"
 )
 
-// blockedRanges are destinations no capsule may open new flows to.
-var blockedRanges = []string{
-	"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-	"172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/3",
-}
-
 // Config configures a Manager.
 type Config struct {
 	// Subnet is the IPv4 range capsules get their /30 blocks from; it must
@@ -74,6 +90,13 @@ type Config struct {
 	// NetnsPrefix prefixes the names of the namespaces in /run/netns
 	// (default "wrenn-"); it tells this manager's namespaces apart.
 	NetnsPrefix string
+	// DNSUpstream are the resolvers ("host:port" or "host") the capsules'
+	// DNS forwarder asks; empty means the host's resolvers from
+	// /etc/resolv.conf.
+	DNSUpstream []string
+	// NoDNS disables the per-capsule DNS forwarder (capsules then resolve
+	// with whatever their image's resolv.conf says, through the policy).
+	NoDNS bool
 }
 
 // Allocation is one capsule's network.
@@ -96,6 +119,11 @@ type Manager struct {
 	next  int
 	nft   sync.Mutex // serializes nftables transactions
 	table *nftables.Table
+
+	policies map[string]*policyState             // key -> enforced policy (under mu)
+	dropBase map[string]map[string]uint64        // key -> drops counted before the last chain rewrite (under mu)
+	resolved map[string]map[netip.Addr]time.Time // key -> address -> expiry of its element in r-<key> (under mu)
+	dns      *forwarder                          // nil when Config.NoDNS is set
 }
 
 // New prepares the host (IP forwarding, the nftables table) and returns a Manager.
@@ -115,7 +143,19 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	if cfg.NetnsPrefix == "" {
 		cfg.NetnsPrefix = NetnsPrefix
 	}
-	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}}
+	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}, dropBase: map[string]map[string]uint64{}, resolved: map[string]map[netip.Addr]time.Time{}}
+	if !cfg.NoDNS {
+		up, err := upstreams(cfg.DNSUpstream)
+		if err != nil {
+			if len(cfg.DNSUpstream) > 0 {
+				return nil, err
+			}
+			// No host resolvers: capsules get SERVFAIL until an upstream
+			// is configured.
+			log.Warn("network: the capsules' DNS forwarder has no upstream", "err", err)
+		}
+		m.dns = newForwarder(m, up, log)
+	}
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return nil, fmt.Errorf("network: enable ip_forward: %w", err)
 	}
@@ -178,9 +218,13 @@ func (m *Manager) Adopt(a Allocation) error {
 	return nil
 }
 
-// Setup creates the namespace, the veth pair and the firewall rules for key.
-// On error everything it made is removed.
-func (m *Manager) Setup(key string, allowInternet bool) (a Allocation, err error) {
+// Setup creates the namespace, the veth pair, the firewall chain, the rate
+// limits and the DNS forwarder of key, with the given policy (nil = the
+// defaults). On error everything it made is removed.
+func (m *Manager) Setup(key string, allowInternet bool, policy *runtime.NetworkPolicy) (a Allocation, err error) {
+	if err := policy.Validate(); err != nil {
+		return a, err
+	}
 	idx, err := m.allocate(key)
 	if err != nil {
 		return a, err
@@ -204,10 +248,8 @@ func (m *Manager) Setup(key string, allowInternet bool) (a Allocation, err error
 	if err := m.link(a); err != nil {
 		return a, err
 	}
-	if allowInternet {
-		if err := m.SetInternet(a, true); err != nil {
-			return a, err
-		}
+	if err := m.SetPolicy(a, allowInternet, policy); err != nil {
+		return a, err
 	}
 	return a, nil
 }
@@ -347,13 +389,27 @@ func ipnet(a netip.Addr, bits int) *net.IPNet {
 // are not errors, so Teardown is idempotent.
 func (m *Manager) Teardown(a Allocation) error {
 	var errs []error
+	if m.dns != nil {
+		m.dns.detach(a.Key)
+	}
 	if err := m.deleteRules(func(tag string) bool { return tag == a.Key }); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.deleteCapsuleObjects(func(key string) bool { return key == a.Key }); err != nil {
+		errs = append(errs, err)
+	}
+	m.mu.Lock()
+	delete(m.policies, a.Key)
+	delete(m.dropBase, a.Key)
+	delete(m.resolved, a.Key)
+	m.mu.Unlock()
 	if l, err := netlink.LinkByName(a.Veth); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("network: delete %s: %w", a.Veth, err))
 		}
+	}
+	if err := deleteIFB(a.Key); err != nil {
+		errs = append(errs, err)
 	}
 	if err := deleteNetns(a.Netns); err != nil {
 		errs = append(errs, err)
@@ -372,28 +428,13 @@ func deleteNetns(path string) error {
 	return nil
 }
 
-// SetInternet allows or forbids the capsule's traffic to public addresses.
+// SetInternet allows or forbids the capsule's egress, keeping its policy.
 func (m *Manager) SetInternet(a Allocation, allow bool) error {
-	if err := m.deleteRules(func(tag string) bool { return tag == a.Key }); err != nil {
-		return err
+	var pol *runtime.NetworkPolicy
+	if st := m.policy(a.Key); st != nil {
+		pol = st.source
 	}
-	if !allow {
-		return nil
-	}
-	m.nft.Lock()
-	defer m.nft.Unlock()
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("network: nftables: %w", err)
-	}
-	ch := &nftables.Chain{Name: capsuleChain, Table: m.table}
-	exprs := append(matchIfname(expr.MetaKeyIIFNAME, a.Veth, false, expr.CmpOpEq), matchAddr(12, netip.PrefixFrom(a.Guest, 32))...)
-	exprs = append(exprs, &expr.Verdict{Kind: expr.VerdictAccept})
-	c.AddRule(&nftables.Rule{Table: m.table, Chain: ch, Exprs: exprs, UserData: []byte(a.Key)})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("network: add rule: %w", err)
-	}
-	return nil
+	return m.SetPolicy(a, allow, pol)
 }
 
 // Sweep removes the per-capsule rules of every key keep rejects, and the
@@ -404,6 +445,9 @@ func (m *Manager) Sweep(keep func(key string) bool, orphans []string) error {
 	if err := m.deleteRules(func(tag string) bool { return tag != baseTag && !keep(tag) }); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.deleteCapsuleObjects(func(key string) bool { return !keep(key) }); err != nil {
+		errs = append(errs, err)
+	}
 	for _, key := range orphans {
 		if keep(key) {
 			continue
@@ -412,7 +456,18 @@ func (m *Manager) Sweep(keep func(key string) bool, orphans []string) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := sweepIFBs(keep); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// Close stops the DNS forwarder's listeners (the agent is going away;
+// capsules, rules and namespaces stay for the next Manager to adopt).
+func (m *Manager) Close() {
+	if m.dns != nil {
+		m.dns.close()
+	}
 }
 
 // RemoveTable deletes the manager's nftables table (when the host stops
@@ -552,15 +607,20 @@ func (m *Manager) ensureTable() error {
 		c.AddRule(&nftables.Rule{Table: m.table, Chain: ch, Exprs: e, UserData: []byte(baseTag)})
 	}
 	fromCapsules := matchAddr(12, subnet)
-	// input: only replies from capsules reach host sockets.
+	// input: only replies from capsules reach host sockets, and DNS
+	// queries to the forwarder on the capsule's gateway address.
 	add(input, cat(fromCapsules, established(), verdict(expr.VerdictAccept))...)
+	if !m.cfg.NoDNS {
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			add(input, cat(fromCapsules, matchIfname(expr.MetaKeyIIFNAME, VethPrefix, true, expr.CmpOpEq), matchAddr(16, subnet), matchPort(proto, 53), verdict(expr.VerdictAccept))...)
+		}
+	}
 	add(input, cat(fromCapsules, verdict(expr.VerdictDrop))...)
-	// forward: replies in both directions pass.
+	// forward: replies in both directions pass; new flows from a capsule
+	// go through its own chain (always-blocked ranges first, then the
+	// policy), dispatched by the capsules chain.
 	add(forward, cat(matchAddr(16, subnet), established(), verdict(expr.VerdictAccept))...)
 	add(forward, cat(fromCapsules, established(), verdict(expr.VerdictAccept))...)
-	for _, r := range blockedRanges {
-		add(forward, cat(fromCapsules, matchAddr(16, netip.MustParsePrefix(r)), verdict(expr.VerdictDrop))...)
-	}
 	add(forward, cat(fromCapsules, []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: capsuleChain}})...)
 	add(forward, cat(fromCapsules, verdict(expr.VerdictDrop))...)
 	// Nothing from outside may open flows into capsules.

@@ -1,9 +1,9 @@
 // Package runtime defines the contract between the host agent and the things
 // that actually run capsules (runtime drivers): the Driver interface, the
 // optional capability interfaces a driver may also implement (Pauser,
-// Snapshotter, WarmPooler, TemplateExporter), the capsule value types, the
-// typed errors, and Steps, the named-step lists drivers run their create
-// paths as.
+// Snapshotter, WarmPooler, TemplateExporter, SnapshotCollector,
+// NetworkUpdater), the capsule value types, the typed errors, and Steps,
+// the named-step lists drivers run their create paths as.
 //
 // The shape follows Nomad's task drivers: a small mandatory core (Create,
 // Start, Stop, Destroy, Inspect, List, Stats, Recover) plus capabilities that
@@ -68,6 +68,10 @@ type Spec struct {
 	// AllowInternet lets the capsule reach public addresses. Private ranges,
 	// the host and other capsules stay unreachable either way.
 	AllowInternet bool
+	// Network is the egress policy and rate limits (nil = defaults). With
+	// AllowInternet false the capsule has no egress at all and only the
+	// rate limits of Network apply.
+	Network *NetworkPolicy
 	// Labels are opaque key/values kept with the capsule (e.g. team ID).
 	Labels map[string]string
 }
@@ -83,6 +87,7 @@ type Info struct {
 	// IP is the capsule's address; envd answers at IP:EnvdPort from the host.
 	IP            netip.Addr
 	AllowInternet bool
+	Network       *NetworkPolicy
 	Labels        map[string]string
 	CreatedAt     time.Time
 	// StartedAt is the last time the capsule's processes were (re)started.
@@ -114,6 +119,10 @@ type Stats struct {
 	// DiskUsedBytes / DiskTotalBytes describe the writable layer.
 	DiskUsedBytes  uint64
 	DiskTotalBytes uint64
+	// NetBytesIn / NetBytesOut count what the capsule received and sent;
+	// NetDroppedPackets the packets of new outbound connections its
+	// network policy dropped.
+	NetBytesIn, NetBytesOut, NetDroppedPackets uint64
 }
 
 // Driver runs capsules. Implementations are safe for concurrent use; calls
@@ -247,6 +256,15 @@ type TemplateExporter interface {
 	// consistent copy the caller pauses it first (Pauser). A capsule in
 	// another state gives ErrInvalidState.
 	ExportTemplate(ctx context.Context, id, dst string) error
+}
+
+// NetworkUpdater is implemented by drivers that change a running capsule's
+// network policy in place. Established connections the new policy still
+// allows keep flowing; new connections follow the new policy at once.
+// An invalid policy returns an ErrInvalidSpec error and leaves the old
+// policy in force.
+type NetworkUpdater interface {
+	UpdateNetwork(ctx context.Context, id string, allowInternet bool, policy *NetworkPolicy) error
 }
 
 // Typed errors. Drivers wrap them; callers test with errors.Is.

@@ -116,6 +116,9 @@ type Config struct {
 	Instance string
 	// Subnet capsule addresses come from (default 10.200.0.0/16).
 	Subnet netip.Prefix
+	// DNSUpstream are the resolvers of the capsules' DNS forwarder
+	// (default: the host's, from /etc/resolv.conf).
+	DNSUpstream []string
 	// WarmPools keeps this many started-and-frozen capsules per template
 	// (e.g. {"minimal": 2}) so creates take one instead of booting. A
 	// pool starts filling once its template is available.
@@ -550,7 +553,7 @@ func (a *App) usage(ctx context.Context) (hostlink.Usage, error) {
 }
 
 func (a *App) startAgent(ctx context.Context) error {
-	netCfg := network.Config{Subnet: a.cfg.Subnet, Table: a.cfg.Instance, NetnsPrefix: a.cfg.Instance + "-"}
+	netCfg := network.Config{Subnet: a.cfg.Subnet, Table: a.cfg.Instance, NetnsPrefix: a.cfg.Instance + "-", DNSUpstream: a.cfg.DNSUpstream}
 	stateDir := filepath.Join(a.cfg.Home, "agent")
 	drv, err := container.New(ctx, container.Config{
 		StateDir:          filepath.Join(stateDir, "container"),

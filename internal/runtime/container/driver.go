@@ -54,6 +54,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
@@ -61,7 +63,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/snapshot"
 	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
 	"github.com/wrenn-dev/wrenn/internal/template"
-	"golang.org/x/sys/unix"
 )
 
 // Config configures the container driver.
@@ -502,7 +503,7 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 			Name:  "network",
 			Async: true,
 			Do: func(context.Context) (err error) {
-				rec.Net, err = d.net.Setup(rec.Key, rec.Spec.AllowInternet && !rec.Pool)
+				rec.Net, err = d.net.Setup(rec.Key, rec.Spec.AllowInternet && !rec.Pool, rec.Spec.Network)
 				return err
 			},
 			Undo: func(context.Context) error { return d.teardownNet(rec) },
@@ -579,7 +580,8 @@ func (d *Driver) mountRootfs(ctx context.Context, rec *record, lower, blankDir s
 }
 
 // writeEtc gives the capsule its /etc/hosts and /etc/hostname (in the
-// writable layer), owned by capsule root.
+// writable layer), owned by capsule root, and, when the agent runs a DNS
+// forwarder, a resolv.conf pointing at it.
 func (d *Driver) writeEtc(rec *record, id string) error {
 	root, err := os.OpenRoot(d.paths(rec.Key).Root())
 	if err != nil {
@@ -587,9 +589,24 @@ func (d *Driver) writeEtc(rec *record, id string) error {
 	}
 	defer root.Close()
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", rec.Net.Guest, id)
+	dnsAddr, dns := d.net.DNSServer(rec.Net)
 	err = asCapsuleRoot(rec.IDBase, func() error {
 		if err := root.MkdirAll("etc", 0o755); err != nil {
 			return err
+		}
+		if dns {
+			// Replace (never follow: an image may ship a symlink) resolv.conf.
+			if err := root.Remove("etc/resolv.conf"); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			f, err := root.OpenFile("etc/resolv.conf", os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if err != nil {
+				return err
+			}
+			_, werr := fmt.Fprintf(f, "nameserver %s\noptions edns0\n", dnsAddr)
+			if err := errors.Join(werr, f.Close()); err != nil {
+				return fmt.Errorf("resolv.conf: %w", err)
+			}
 		}
 		if err := root.WriteFile("etc/hosts", []byte(hosts), 0o644); err != nil {
 			return err
@@ -738,6 +755,7 @@ func (d *Driver) info(rec *record) runtime.Info {
 		DiskSizeMB:    rec.Spec.DiskSizeMB,
 		IP:            rec.Net.Guest,
 		AllowInternet: rec.Spec.AllowInternet,
+		Network:       rec.Spec.Network,
 		Labels:        rec.Spec.Labels,
 		CreatedAt:     rec.CreatedAt,
 		StartedAt:     rec.StartedAt,
@@ -938,7 +956,10 @@ func (d *Driver) Stats(_ context.Context, id string) (runtime.Stats, error) {
 		return s, err
 	}
 	s.DiskUsedBytes, s.DiskTotalBytes, err = rootfs.Usage(d.paths(c.rec.Key))
-	return s, err
+	if err != nil {
+		return s, err
+	}
+	return s, d.netStats(&c.rec, &s)
 }
 
 // Pause implements runtime.Pauser (cgroup freezer; memory stays).
@@ -1017,6 +1038,7 @@ func (d *Driver) Close() error {
 	d.pools.close(d)
 	d.closed.Store(true)
 	d.stopLXCFSIfIdle()
+	d.net.Close()
 	return nil
 }
 

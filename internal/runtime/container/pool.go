@@ -221,10 +221,8 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 	if err := setHostname(c.rec.PID, spec.ID); err != nil {
 		return fail(err)
 	}
-	if spec.AllowInternet {
-		if err := d.net.SetInternet(c.rec.Net, true); err != nil {
-			return fail(err)
-		}
+	if err := d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network); err != nil {
+		return fail(err)
 	}
 	if err := d.writeEtc(&c.rec, spec.ID); err != nil {
 		return fail(err)

@@ -60,6 +60,11 @@ func (d *Driver) Recover(ctx context.Context) ([]runtime.Info, error) {
 				_ = os.RemoveAll(filepath.Join(d.capsDir, key))
 				continue
 			}
+			// Rebuild the policy chain, rate limits and DNS forwarder
+			// (the forwarder and the policy live in the agent's memory).
+			if err := d.net.SetPolicy(rec.Net, rec.Spec.AllowInternet && !rec.Pool, rec.Spec.Network); err != nil {
+				d.log.Warn("recover: network policy", "id", rec.ID, "err", err)
+			}
 		}
 		_ = d.save(&c.rec)
 		kept[key] = true

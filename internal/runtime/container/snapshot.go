@@ -2,6 +2,7 @@ package container
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -30,6 +31,7 @@ const (
 	metaMemoryMB   = "wrenn.memory_mb"
 	metaDiskSizeMB = "wrenn.disk_size_mb"
 	metaInternet   = "wrenn.allow_internet"
+	metaNetwork    = "wrenn.network_policy"
 	metaCreatedAt  = "wrenn.created_at"
 
 	kindDisk = "capsule-disk-ext4"
@@ -202,7 +204,7 @@ func (d *Driver) publish(ctx context.Context, rec *record, name, image string, n
 }
 
 func snapshotMetadata(rec *record, now time.Time) map[string]string {
-	return map[string]string{
+	md := map[string]string{
 		metaKind:       kindDisk,
 		metaDriver:     "container",
 		metaCapsuleID:  rec.ID,
@@ -213,6 +215,12 @@ func snapshotMetadata(rec *record, now time.Time) map[string]string {
 		metaInternet:   strconv.FormatBool(rec.Spec.AllowInternet),
 		metaCreatedAt:  now.Format(time.RFC3339Nano),
 	}
+	if rec.Spec.Network != nil {
+		if b, err := json.Marshal(rec.Spec.Network); err == nil {
+			md[metaNetwork] = string(b)
+		}
+	}
+	return md
 }
 
 // storedBytes is what one header's own build added to the store.
@@ -417,6 +425,13 @@ func restoreSpec(snap runtime.SnapshotInfo, r *snapshot.Reader) (runtime.Spec, e
 	if snap.Spec.Template == "" && snap.Spec.VCPUs == 0 {
 		// A bare info: the network policy comes from the image too.
 		spec.AllowInternet, _ = strconv.ParseBool(md[metaInternet])
+		if s := md[metaNetwork]; s != "" {
+			var p runtime.NetworkPolicy
+			if err := json.Unmarshal([]byte(s), &p); err != nil {
+				return runtime.Spec{}, fmt.Errorf("%w: snapshot %s: network policy: %w", runtime.ErrInvalidSpec, snap.ID, err)
+			}
+			spec.Network = &p
+		}
 	}
 	spec.Labels = maps.Clone(spec.Labels)
 	return spec, nil

@@ -226,7 +226,9 @@ type Capsule struct {
 	EnvdAccessToken string `protobuf:"bytes,15,opt,name=envd_access_token,json=envdAccessToken,proto3" json:"envd_access_token,omitempty"`
 	// Why the capsule is in state ERROR (e.g. "envd unresponsive: …"), for
 	// the control plane's capsule error_reason; empty otherwise.
-	ErrorReason   string `protobuf:"bytes,16,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	ErrorReason string `protobuf:"bytes,16,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	// The egress policy in force (unset = defaults).
+	Network       *NetworkPolicy `protobuf:"bytes,20,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +375,272 @@ func (x *Capsule) GetErrorReason() string {
 	return ""
 }
 
+func (x *Capsule) GetNetwork() *NetworkPolicy {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+// NetworkPolicy is a capsule's egress policy (runtime.NetworkPolicy; the
+// rules and bounds are documented there and in docs/NETWORK.md).
+type NetworkPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CIDRs, IPv4 addresses, domain names ("*.example.com" wildcards).
+	AllowOut []string `protobuf:"bytes,1,rep,name=allow_out,json=allowOut,proto3" json:"allow_out,omitempty"`
+	DenyOut  []string `protobuf:"bytes,2,rep,name=deny_out,json=denyOut,proto3" json:"deny_out,omitempty"`
+	// Private ranges the capsule may reach (operator-approved; set only by
+	// the control plane, never from user input).
+	AllowPrivate []string `protobuf:"bytes,3,rep,name=allow_private,json=allowPrivate,proto3" json:"allow_private,omitempty"`
+	// Rate limits in megabytes per second and the burst in megabytes;
+	// 0 = the agent default (200 MB/s, 100 MB).
+	EgressMbps    int32 `protobuf:"varint,4,opt,name=egress_mbps,json=egressMbps,proto3" json:"egress_mbps,omitempty"`
+	IngressMbps   int32 `protobuf:"varint,5,opt,name=ingress_mbps,json=ingressMbps,proto3" json:"ingress_mbps,omitempty"`
+	BurstMb       int32 `protobuf:"varint,6,opt,name=burst_mb,json=burstMb,proto3" json:"burst_mb,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkPolicy) Reset() {
+	*x = NetworkPolicy{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkPolicy) ProtoMessage() {}
+
+func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
+func (*NetworkPolicy) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *NetworkPolicy) GetAllowOut() []string {
+	if x != nil {
+		return x.AllowOut
+	}
+	return nil
+}
+
+func (x *NetworkPolicy) GetDenyOut() []string {
+	if x != nil {
+		return x.DenyOut
+	}
+	return nil
+}
+
+func (x *NetworkPolicy) GetAllowPrivate() []string {
+	if x != nil {
+		return x.AllowPrivate
+	}
+	return nil
+}
+
+func (x *NetworkPolicy) GetEgressMbps() int32 {
+	if x != nil {
+		return x.EgressMbps
+	}
+	return 0
+}
+
+func (x *NetworkPolicy) GetIngressMbps() int32 {
+	if x != nil {
+		return x.IngressMbps
+	}
+	return 0
+}
+
+func (x *NetworkPolicy) GetBurstMb() int32 {
+	if x != nil {
+		return x.BurstMb
+	}
+	return 0
+}
+
+// NetworkCounters are a capsule's traffic counters since it started on
+// this host.
+type NetworkCounters struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	BytesIn  uint64                 `protobuf:"varint,1,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
+	BytesOut uint64                 `protobuf:"varint,2,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
+	// Packets of new outbound connections the policy dropped.
+	DroppedPackets uint64 `protobuf:"varint,3,opt,name=dropped_packets,json=droppedPackets,proto3" json:"dropped_packets,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NetworkCounters) Reset() {
+	*x = NetworkCounters{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkCounters) ProtoMessage() {}
+
+func (x *NetworkCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkCounters.ProtoReflect.Descriptor instead.
+func (*NetworkCounters) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NetworkCounters) GetBytesIn() uint64 {
+	if x != nil {
+		return x.BytesIn
+	}
+	return 0
+}
+
+func (x *NetworkCounters) GetBytesOut() uint64 {
+	if x != nil {
+		return x.BytesOut
+	}
+	return 0
+}
+
+func (x *NetworkCounters) GetDroppedPackets() uint64 {
+	if x != nil {
+		return x.DroppedPackets
+	}
+	return 0
+}
+
+type UpdateCapsuleNetworkRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CapsuleId string                 `protobuf:"bytes,1,opt,name=capsule_id,json=capsuleId,proto3" json:"capsule_id,omitempty"`
+	// false = no egress at all (network rules then are INVALID_ARGUMENT).
+	AllowInternet bool           `protobuf:"varint,2,opt,name=allow_internet,json=allowInternet,proto3" json:"allow_internet,omitempty"`
+	Network       *NetworkPolicy `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateCapsuleNetworkRequest) Reset() {
+	*x = UpdateCapsuleNetworkRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateCapsuleNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateCapsuleNetworkRequest) ProtoMessage() {}
+
+func (x *UpdateCapsuleNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateCapsuleNetworkRequest.ProtoReflect.Descriptor instead.
+func (*UpdateCapsuleNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UpdateCapsuleNetworkRequest) GetCapsuleId() string {
+	if x != nil {
+		return x.CapsuleId
+	}
+	return ""
+}
+
+func (x *UpdateCapsuleNetworkRequest) GetAllowInternet() bool {
+	if x != nil {
+		return x.AllowInternet
+	}
+	return false
+}
+
+func (x *UpdateCapsuleNetworkRequest) GetNetwork() *NetworkPolicy {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+type UpdateCapsuleNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Capsule       *Capsule               `protobuf:"bytes,1,opt,name=capsule,proto3" json:"capsule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateCapsuleNetworkResponse) Reset() {
+	*x = UpdateCapsuleNetworkResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateCapsuleNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateCapsuleNetworkResponse) ProtoMessage() {}
+
+func (x *UpdateCapsuleNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateCapsuleNetworkResponse.ProtoReflect.Descriptor instead.
+func (*UpdateCapsuleNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UpdateCapsuleNetworkResponse) GetCapsule() *Capsule {
+	if x != nil {
+		return x.Capsule
+	}
+	return nil
+}
+
 type GetHostInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -381,7 +649,7 @@ type GetHostInfoRequest struct {
 
 func (x *GetHostInfoRequest) Reset() {
 	*x = GetHostInfoRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +661,7 @@ func (x *GetHostInfoRequest) String() string {
 func (*GetHostInfoRequest) ProtoMessage() {}
 
 func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +674,7 @@ func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetHostInfoRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
 }
 
 type GetHostInfoResponse struct {
@@ -441,7 +709,7 @@ type GetHostInfoResponse struct {
 
 func (x *GetHostInfoResponse) Reset() {
 	*x = GetHostInfoResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +721,7 @@ func (x *GetHostInfoResponse) String() string {
 func (*GetHostInfoResponse) ProtoMessage() {}
 
 func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +734,7 @@ func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetHostInfoResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetHostInfoResponse) GetDriver() string {
@@ -605,13 +873,16 @@ type CreateCapsuleRequest struct {
 	// Default user and working directory for processes (empty = template's).
 	DefaultUser    string `protobuf:"bytes,10,opt,name=default_user,json=defaultUser,proto3" json:"default_user,omitempty"`
 	DefaultWorkdir string `protobuf:"bytes,11,opt,name=default_workdir,json=defaultWorkdir,proto3" json:"default_workdir,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Egress policy and rate limits (unset = defaults). With allow_internet
+	// false, allow_out/deny_out must be empty.
+	Network       *NetworkPolicy `protobuf:"bytes,20,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateCapsuleRequest) Reset() {
 	*x = CreateCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +894,7 @@ func (x *CreateCapsuleRequest) String() string {
 func (*CreateCapsuleRequest) ProtoMessage() {}
 
 func (x *CreateCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +907,7 @@ func (x *CreateCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*CreateCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateCapsuleRequest) GetCapsuleId() string {
@@ -716,6 +987,13 @@ func (x *CreateCapsuleRequest) GetDefaultWorkdir() string {
 	return ""
 }
 
+func (x *CreateCapsuleRequest) GetNetwork() *NetworkPolicy {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type CreateCapsuleResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Capsule *Capsule               `protobuf:"bytes,1,opt,name=capsule,proto3" json:"capsule,omitempty"`
@@ -727,7 +1005,7 @@ type CreateCapsuleResponse struct {
 
 func (x *CreateCapsuleResponse) Reset() {
 	*x = CreateCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1017,7 @@ func (x *CreateCapsuleResponse) String() string {
 func (*CreateCapsuleResponse) ProtoMessage() {}
 
 func (x *CreateCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1030,7 @@ func (x *CreateCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*CreateCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateCapsuleResponse) GetCapsule() *Capsule {
@@ -778,7 +1056,7 @@ type DestroyCapsuleRequest struct {
 
 func (x *DestroyCapsuleRequest) Reset() {
 	*x = DestroyCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +1068,7 @@ func (x *DestroyCapsuleRequest) String() string {
 func (*DestroyCapsuleRequest) ProtoMessage() {}
 
 func (x *DestroyCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +1081,7 @@ func (x *DestroyCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*DestroyCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DestroyCapsuleRequest) GetCapsuleId() string {
@@ -821,7 +1099,7 @@ type DestroyCapsuleResponse struct {
 
 func (x *DestroyCapsuleResponse) Reset() {
 	*x = DestroyCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +1111,7 @@ func (x *DestroyCapsuleResponse) String() string {
 func (*DestroyCapsuleResponse) ProtoMessage() {}
 
 func (x *DestroyCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +1124,7 @@ func (x *DestroyCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*DestroyCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{6}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
 }
 
 type PauseCapsuleRequest struct {
@@ -860,7 +1138,7 @@ type PauseCapsuleRequest struct {
 
 func (x *PauseCapsuleRequest) Reset() {
 	*x = PauseCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1150,7 @@ func (x *PauseCapsuleRequest) String() string {
 func (*PauseCapsuleRequest) ProtoMessage() {}
 
 func (x *PauseCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1163,7 @@ func (x *PauseCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*PauseCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PauseCapsuleRequest) GetCapsuleId() string {
@@ -915,7 +1193,7 @@ type PauseCapsuleResponse struct {
 
 func (x *PauseCapsuleResponse) Reset() {
 	*x = PauseCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1205,7 @@ func (x *PauseCapsuleResponse) String() string {
 func (*PauseCapsuleResponse) ProtoMessage() {}
 
 func (x *PauseCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1218,7 @@ func (x *PauseCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*PauseCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PauseCapsuleResponse) GetCapsule() *Capsule {
@@ -975,7 +1253,7 @@ type ResumeCapsuleRequest struct {
 
 func (x *ResumeCapsuleRequest) Reset() {
 	*x = ResumeCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1265,7 @@ func (x *ResumeCapsuleRequest) String() string {
 func (*ResumeCapsuleRequest) ProtoMessage() {}
 
 func (x *ResumeCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1278,7 @@ func (x *ResumeCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*ResumeCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResumeCapsuleRequest) GetCapsuleId() string {
@@ -1026,7 +1304,7 @@ type ResumeCapsuleResponse struct {
 
 func (x *ResumeCapsuleResponse) Reset() {
 	*x = ResumeCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1316,7 @@ func (x *ResumeCapsuleResponse) String() string {
 func (*ResumeCapsuleResponse) ProtoMessage() {}
 
 func (x *ResumeCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1329,7 @@ func (x *ResumeCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*ResumeCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResumeCapsuleResponse) GetCapsule() *Capsule {
@@ -1069,7 +1347,7 @@ type ListCapsulesRequest struct {
 
 func (x *ListCapsulesRequest) Reset() {
 	*x = ListCapsulesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1359,7 @@ func (x *ListCapsulesRequest) String() string {
 func (*ListCapsulesRequest) ProtoMessage() {}
 
 func (x *ListCapsulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1372,7 @@ func (x *ListCapsulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCapsulesRequest.ProtoReflect.Descriptor instead.
 func (*ListCapsulesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 type ListCapsulesResponse struct {
@@ -1106,7 +1384,7 @@ type ListCapsulesResponse struct {
 
 func (x *ListCapsulesResponse) Reset() {
 	*x = ListCapsulesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1396,7 @@ func (x *ListCapsulesResponse) String() string {
 func (*ListCapsulesResponse) ProtoMessage() {}
 
 func (x *ListCapsulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1409,7 @@ func (x *ListCapsulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCapsulesResponse.ProtoReflect.Descriptor instead.
 func (*ListCapsulesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListCapsulesResponse) GetCapsules() []*Capsule {
@@ -1150,7 +1428,7 @@ type GetCapsuleRequest struct {
 
 func (x *GetCapsuleRequest) Reset() {
 	*x = GetCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1440,7 @@ func (x *GetCapsuleRequest) String() string {
 func (*GetCapsuleRequest) ProtoMessage() {}
 
 func (x *GetCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1453,7 @@ func (x *GetCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*GetCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetCapsuleRequest) GetCapsuleId() string {
@@ -1194,7 +1472,7 @@ type GetCapsuleResponse struct {
 
 func (x *GetCapsuleResponse) Reset() {
 	*x = GetCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1484,7 @@ func (x *GetCapsuleResponse) String() string {
 func (*GetCapsuleResponse) ProtoMessage() {}
 
 func (x *GetCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1497,7 @@ func (x *GetCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*GetCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetCapsuleResponse) GetCapsule() *Capsule {
@@ -1238,7 +1516,7 @@ type PingCapsuleRequest struct {
 
 func (x *PingCapsuleRequest) Reset() {
 	*x = PingCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1528,7 @@ func (x *PingCapsuleRequest) String() string {
 func (*PingCapsuleRequest) ProtoMessage() {}
 
 func (x *PingCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1541,7 @@ func (x *PingCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*PingCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PingCapsuleRequest) GetCapsuleId() string {
@@ -1285,7 +1563,7 @@ type PingCapsuleResponse struct {
 
 func (x *PingCapsuleResponse) Reset() {
 	*x = PingCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1575,7 @@ func (x *PingCapsuleResponse) String() string {
 func (*PingCapsuleResponse) ProtoMessage() {}
 
 func (x *PingCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1588,7 @@ func (x *PingCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*PingCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PingCapsuleResponse) GetState() CapsuleState {
@@ -1345,7 +1623,7 @@ type SetCapsuleTimeoutRequest struct {
 
 func (x *SetCapsuleTimeoutRequest) Reset() {
 	*x = SetCapsuleTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1635,7 @@ func (x *SetCapsuleTimeoutRequest) String() string {
 func (*SetCapsuleTimeoutRequest) ProtoMessage() {}
 
 func (x *SetCapsuleTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1648,7 @@ func (x *SetCapsuleTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCapsuleTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetCapsuleTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetCapsuleTimeoutRequest) GetCapsuleId() string {
@@ -1396,7 +1674,7 @@ type SetCapsuleTimeoutResponse struct {
 
 func (x *SetCapsuleTimeoutResponse) Reset() {
 	*x = SetCapsuleTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1686,7 @@ func (x *SetCapsuleTimeoutResponse) String() string {
 func (*SetCapsuleTimeoutResponse) ProtoMessage() {}
 
 func (x *SetCapsuleTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1699,7 @@ func (x *SetCapsuleTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCapsuleTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetCapsuleTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetCapsuleTimeoutResponse) GetExpiresAt() int64 {
@@ -1450,7 +1728,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1740,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1753,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExecRequest) GetCapsuleId() string {
@@ -1550,7 +1828,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1840,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1853,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExecResponse) GetExitCode() int32 {
@@ -1632,7 +1910,7 @@ type ProcessEnd struct {
 
 func (x *ProcessEnd) Reset() {
 	*x = ProcessEnd{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1922,7 @@ func (x *ProcessEnd) String() string {
 func (*ProcessEnd) ProtoMessage() {}
 
 func (x *ProcessEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1935,7 @@ func (x *ProcessEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessEnd.ProtoReflect.Descriptor instead.
 func (*ProcessEnd) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ProcessEnd) GetExitCode() int32 {
@@ -1703,7 +1981,7 @@ type ExecStreamResponse struct {
 
 func (x *ExecStreamResponse) Reset() {
 	*x = ExecStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1993,7 @@ func (x *ExecStreamResponse) String() string {
 func (*ExecStreamResponse) ProtoMessage() {}
 
 func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +2006,7 @@ func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExecStreamResponse) GetEvent() isExecStreamResponse_Event {
@@ -1822,7 +2100,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2112,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2125,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FileEntry) GetName() string {
@@ -1931,7 +2209,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2221,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2234,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadFileRequest) GetCapsuleId() string {
@@ -1989,7 +2267,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2279,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2292,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadFileResponse) GetContent() []byte {
@@ -2033,7 +2311,7 @@ type ReadFileStreamResponse struct {
 
 func (x *ReadFileStreamResponse) Reset() {
 	*x = ReadFileStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2323,7 @@ func (x *ReadFileStreamResponse) String() string {
 func (*ReadFileStreamResponse) ProtoMessage() {}
 
 func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2336,7 @@ func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadFileStreamResponse) GetData() []byte {
@@ -2080,7 +2358,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2370,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2383,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WriteFileRequest) GetCapsuleId() string {
@@ -2145,7 +2423,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2435,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2448,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WriteFileResponse) GetEntry() *FileEntry {
@@ -2191,7 +2469,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2481,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2494,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteFileHeader) GetCapsuleId() string {
@@ -2253,7 +2531,7 @@ type WriteFileStreamRequest struct {
 
 func (x *WriteFileStreamRequest) Reset() {
 	*x = WriteFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2543,7 @@ func (x *WriteFileStreamRequest) String() string {
 func (*WriteFileStreamRequest) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2556,7 @@ func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteFileStreamRequest) GetMsg() isWriteFileStreamRequest_Msg {
@@ -2337,7 +2615,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2627,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2640,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListDirRequest) GetCapsuleId() string {
@@ -2402,7 +2680,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +2692,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +2705,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -2448,7 +2726,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2738,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2751,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MakeDirRequest) GetCapsuleId() string {
@@ -2508,7 +2786,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2520,7 +2798,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2533,7 +2811,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -2561,7 +2839,7 @@ type RemovePathRequest struct {
 
 func (x *RemovePathRequest) Reset() {
 	*x = RemovePathRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2573,7 +2851,7 @@ func (x *RemovePathRequest) String() string {
 func (*RemovePathRequest) ProtoMessage() {}
 
 func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2586,7 +2864,7 @@ func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
 func (*RemovePathRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemovePathRequest) GetCapsuleId() string {
@@ -2618,7 +2896,7 @@ type RemovePathResponse struct {
 
 func (x *RemovePathResponse) Reset() {
 	*x = RemovePathResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2630,7 +2908,7 @@ func (x *RemovePathResponse) String() string {
 func (*RemovePathResponse) ProtoMessage() {}
 
 func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2643,7 +2921,7 @@ func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
 func (*RemovePathResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 type PtyStartRequest struct {
@@ -2664,7 +2942,7 @@ type PtyStartRequest struct {
 
 func (x *PtyStartRequest) Reset() {
 	*x = PtyStartRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2954,7 @@ func (x *PtyStartRequest) String() string {
 func (*PtyStartRequest) ProtoMessage() {}
 
 func (x *PtyStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2967,7 @@ func (x *PtyStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyStartRequest.ProtoReflect.Descriptor instead.
 func (*PtyStartRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PtyStartRequest) GetCapsuleId() string {
@@ -2769,7 +3047,7 @@ type PtyOutput struct {
 
 func (x *PtyOutput) Reset() {
 	*x = PtyOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2781,7 +3059,7 @@ func (x *PtyOutput) String() string {
 func (*PtyOutput) ProtoMessage() {}
 
 func (x *PtyOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2794,7 +3072,7 @@ func (x *PtyOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyOutput.ProtoReflect.Descriptor instead.
 func (*PtyOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PtyOutput) GetEvent() isPtyOutput_Event {
@@ -2863,7 +3141,7 @@ type PtyAttachRequest struct {
 
 func (x *PtyAttachRequest) Reset() {
 	*x = PtyAttachRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3153,7 @@ func (x *PtyAttachRequest) String() string {
 func (*PtyAttachRequest) ProtoMessage() {}
 
 func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3166,7 @@ func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachRequest.ProtoReflect.Descriptor instead.
 func (*PtyAttachRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PtyAttachRequest) GetCapsuleId() string {
@@ -2916,7 +3194,7 @@ type PtyInputRequest struct {
 
 func (x *PtyInputRequest) Reset() {
 	*x = PtyInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2928,7 +3206,7 @@ func (x *PtyInputRequest) String() string {
 func (*PtyInputRequest) ProtoMessage() {}
 
 func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2941,7 +3219,7 @@ func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputRequest.ProtoReflect.Descriptor instead.
 func (*PtyInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PtyInputRequest) GetCapsuleId() string {
@@ -2973,7 +3251,7 @@ type PtyInputResponse struct {
 
 func (x *PtyInputResponse) Reset() {
 	*x = PtyInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3263,7 @@ func (x *PtyInputResponse) String() string {
 func (*PtyInputResponse) ProtoMessage() {}
 
 func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3276,7 @@ func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputResponse.ProtoReflect.Descriptor instead.
 func (*PtyInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 type PtyResizeRequest struct {
@@ -3013,7 +3291,7 @@ type PtyResizeRequest struct {
 
 func (x *PtyResizeRequest) Reset() {
 	*x = PtyResizeRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3025,7 +3303,7 @@ func (x *PtyResizeRequest) String() string {
 func (*PtyResizeRequest) ProtoMessage() {}
 
 func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3038,7 +3316,7 @@ func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeRequest.ProtoReflect.Descriptor instead.
 func (*PtyResizeRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PtyResizeRequest) GetCapsuleId() string {
@@ -3077,7 +3355,7 @@ type PtyResizeResponse struct {
 
 func (x *PtyResizeResponse) Reset() {
 	*x = PtyResizeResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3089,7 +3367,7 @@ func (x *PtyResizeResponse) String() string {
 func (*PtyResizeResponse) ProtoMessage() {}
 
 func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3102,7 +3380,7 @@ func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeResponse.ProtoReflect.Descriptor instead.
 func (*PtyResizeResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 type PtyKillRequest struct {
@@ -3115,7 +3393,7 @@ type PtyKillRequest struct {
 
 func (x *PtyKillRequest) Reset() {
 	*x = PtyKillRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3405,7 @@ func (x *PtyKillRequest) String() string {
 func (*PtyKillRequest) ProtoMessage() {}
 
 func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3418,7 @@ func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillRequest.ProtoReflect.Descriptor instead.
 func (*PtyKillRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PtyKillRequest) GetCapsuleId() string {
@@ -3165,7 +3443,7 @@ type PtyKillResponse struct {
 
 func (x *PtyKillResponse) Reset() {
 	*x = PtyKillResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3177,7 +3455,7 @@ func (x *PtyKillResponse) String() string {
 func (*PtyKillResponse) ProtoMessage() {}
 
 func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3190,7 +3468,7 @@ func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillResponse.ProtoReflect.Descriptor instead.
 func (*PtyKillResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 type ProcessSelector struct {
@@ -3206,7 +3484,7 @@ type ProcessSelector struct {
 
 func (x *ProcessSelector) Reset() {
 	*x = ProcessSelector{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3218,7 +3496,7 @@ func (x *ProcessSelector) String() string {
 func (*ProcessSelector) ProtoMessage() {}
 
 func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3231,7 +3509,7 @@ func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSelector.ProtoReflect.Descriptor instead.
 func (*ProcessSelector) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ProcessSelector) GetSelector() isProcessSelector_Selector {
@@ -3293,7 +3571,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3305,7 +3583,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3318,7 +3596,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *StartProcessRequest) GetCapsuleId() string {
@@ -3386,7 +3664,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3398,7 +3676,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3411,7 +3689,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *StartProcessResponse) GetPid() uint32 {
@@ -3435,7 +3713,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3447,7 +3725,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3460,7 +3738,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -3514,7 +3792,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3526,7 +3804,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3539,7 +3817,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListProcessesRequest) GetCapsuleId() string {
@@ -3558,7 +3836,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3570,7 +3848,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3583,7 +3861,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -3605,7 +3883,7 @@ type KillProcessRequest struct {
 
 func (x *KillProcessRequest) Reset() {
 	*x = KillProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3617,7 +3895,7 @@ func (x *KillProcessRequest) String() string {
 func (*KillProcessRequest) ProtoMessage() {}
 
 func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3630,7 +3908,7 @@ func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessRequest.ProtoReflect.Descriptor instead.
 func (*KillProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *KillProcessRequest) GetCapsuleId() string {
@@ -3662,7 +3940,7 @@ type KillProcessResponse struct {
 
 func (x *KillProcessResponse) Reset() {
 	*x = KillProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3674,7 +3952,7 @@ func (x *KillProcessResponse) String() string {
 func (*KillProcessResponse) ProtoMessage() {}
 
 func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3687,7 +3965,7 @@ func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessResponse.ProtoReflect.Descriptor instead.
 func (*KillProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 type ConnectProcessRequest struct {
@@ -3700,7 +3978,7 @@ type ConnectProcessRequest struct {
 
 func (x *ConnectProcessRequest) Reset() {
 	*x = ConnectProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3712,7 +3990,7 @@ func (x *ConnectProcessRequest) String() string {
 func (*ConnectProcessRequest) ProtoMessage() {}
 
 func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3725,7 +4003,7 @@ func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectProcessRequest.ProtoReflect.Descriptor instead.
 func (*ConnectProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ConnectProcessRequest) GetCapsuleId() string {
@@ -3755,7 +4033,7 @@ type SendProcessInputRequest struct {
 
 func (x *SendProcessInputRequest) Reset() {
 	*x = SendProcessInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3767,7 +4045,7 @@ func (x *SendProcessInputRequest) String() string {
 func (*SendProcessInputRequest) ProtoMessage() {}
 
 func (x *SendProcessInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3780,7 +4058,7 @@ func (x *SendProcessInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendProcessInputRequest.ProtoReflect.Descriptor instead.
 func (*SendProcessInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SendProcessInputRequest) GetCapsuleId() string {
@@ -3819,7 +4097,7 @@ type SendProcessInputResponse struct {
 
 func (x *SendProcessInputResponse) Reset() {
 	*x = SendProcessInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +4109,7 @@ func (x *SendProcessInputResponse) String() string {
 func (*SendProcessInputResponse) ProtoMessage() {}
 
 func (x *SendProcessInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +4122,7 @@ func (x *SendProcessInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendProcessInputResponse.ProtoReflect.Descriptor instead.
 func (*SendProcessInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 type MetricPoint struct {
@@ -3863,7 +4141,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3875,7 +4153,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3888,7 +4166,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *MetricPoint) GetTsMs() int64 {
@@ -3951,7 +4229,7 @@ type GetCapsuleMetricsRequest struct {
 
 func (x *GetCapsuleMetricsRequest) Reset() {
 	*x = GetCapsuleMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3963,7 +4241,7 @@ func (x *GetCapsuleMetricsRequest) String() string {
 func (*GetCapsuleMetricsRequest) ProtoMessage() {}
 
 func (x *GetCapsuleMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3976,7 +4254,7 @@ func (x *GetCapsuleMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetCapsuleMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetCapsuleMetricsRequest) GetCapsuleId() string {
@@ -3997,13 +4275,15 @@ type GetCapsuleMetricsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Points        []*MetricPoint         `protobuf:"bytes,1,rep,name=points,proto3" json:"points,omitempty"`
 	ResolutionSec int32                  `protobuf:"varint,2,opt,name=resolution_sec,json=resolutionSec,proto3" json:"resolution_sec,omitempty"`
+	// Current network counters (unset when the capsule has no network now).
+	Network       *NetworkCounters `protobuf:"bytes,20,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetCapsuleMetricsResponse) Reset() {
 	*x = GetCapsuleMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4015,7 +4295,7 @@ func (x *GetCapsuleMetricsResponse) String() string {
 func (*GetCapsuleMetricsResponse) ProtoMessage() {}
 
 func (x *GetCapsuleMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4028,7 +4308,7 @@ func (x *GetCapsuleMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetCapsuleMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetCapsuleMetricsResponse) GetPoints() []*MetricPoint {
@@ -4045,6 +4325,13 @@ func (x *GetCapsuleMetricsResponse) GetResolutionSec() int32 {
 	return 0
 }
 
+func (x *GetCapsuleMetricsResponse) GetNetwork() *NetworkCounters {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type CreateSnapshotRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	CapsuleId string                 `protobuf:"bytes,1,opt,name=capsule_id,json=capsuleId,proto3" json:"capsule_id,omitempty"`
@@ -4056,7 +4343,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4068,7 +4355,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4368,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CreateSnapshotRequest) GetCapsuleId() string {
@@ -4108,7 +4395,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4120,7 +4407,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4133,7 +4420,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() string {
@@ -4158,7 +4445,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4170,7 +4457,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4183,7 +4470,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
 }
 
 type HostTemplate struct {
@@ -4198,7 +4485,7 @@ type HostTemplate struct {
 
 func (x *HostTemplate) Reset() {
 	*x = HostTemplate{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4210,7 +4497,7 @@ func (x *HostTemplate) String() string {
 func (*HostTemplate) ProtoMessage() {}
 
 func (x *HostTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4223,7 +4510,7 @@ func (x *HostTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostTemplate.ProtoReflect.Descriptor instead.
 func (*HostTemplate) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *HostTemplate) GetName() string {
@@ -4256,7 +4543,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4268,7 +4555,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4281,7 +4568,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*HostTemplate {
@@ -4300,7 +4587,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4312,7 +4599,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4325,7 +4612,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *DeleteTemplateRequest) GetTemplate() string {
@@ -4343,7 +4630,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4355,7 +4642,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4368,14 +4655,14 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
-	"\x1chostagent/v1/hostagent.proto\x12\fhostagent.v1\"\xe6\x04\n" +
+	"\x1chostagent/v1/hostagent.proto\x12\fhostagent.v1\"\x9d\x05\n" +
 	"\aCapsule\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -4400,10 +4687,30 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vmemory_kept\x18\x0e \x01(\bR\n" +
 	"memoryKept\x12*\n" +
 	"\x11envd_access_token\x18\x0f \x01(\tR\x0fenvdAccessToken\x12!\n" +
-	"\ferror_reason\x18\x10 \x01(\tR\verrorReason\x1a9\n" +
+	"\ferror_reason\x18\x10 \x01(\tR\verrorReason\x125\n" +
+	"\anetwork\x18\x14 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x01\n" +
+	"\rNetworkPolicy\x12\x1b\n" +
+	"\tallow_out\x18\x01 \x03(\tR\ballowOut\x12\x19\n" +
+	"\bdeny_out\x18\x02 \x03(\tR\adenyOut\x12#\n" +
+	"\rallow_private\x18\x03 \x03(\tR\fallowPrivate\x12\x1f\n" +
+	"\vegress_mbps\x18\x04 \x01(\x05R\n" +
+	"egressMbps\x12!\n" +
+	"\fingress_mbps\x18\x05 \x01(\x05R\vingressMbps\x12\x19\n" +
+	"\bburst_mb\x18\x06 \x01(\x05R\aburstMb\"r\n" +
+	"\x0fNetworkCounters\x12\x19\n" +
+	"\bbytes_in\x18\x01 \x01(\x04R\abytesIn\x12\x1b\n" +
+	"\tbytes_out\x18\x02 \x01(\x04R\bbytesOut\x12'\n" +
+	"\x0fdropped_packets\x18\x03 \x01(\x04R\x0edroppedPackets\"\x9a\x01\n" +
+	"\x1bUpdateCapsuleNetworkRequest\x12\x1d\n" +
+	"\n" +
+	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12%\n" +
+	"\x0eallow_internet\x18\x02 \x01(\bR\rallowInternet\x125\n" +
+	"\anetwork\x18\x03 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\"O\n" +
+	"\x1cUpdateCapsuleNetworkResponse\x12/\n" +
+	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"\x14\n" +
 	"\x12GetHostInfoRequest\"\xa1\x05\n" +
 	"\x13GetHostInfoResponse\x12\x16\n" +
 	"\x06driver\x18\x01 \x01(\tR\x06driver\x12\x18\n" +
@@ -4424,7 +4731,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0fdisk_free_bytes\x18\x0f \x01(\x04R\rdiskFreeBytes\x126\n" +
 	"\x17memory_snapshots_reason\x18\x10 \x01(\tR\x15memorySnapshotsReason\x12\x1d\n" +
 	"\n" +
-	"started_at\x18\x11 \x01(\x03R\tstartedAt\"\xb4\x04\n" +
+	"started_at\x18\x11 \x01(\x03R\tstartedAt\"\xeb\x04\n" +
 	"\x14CreateCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -4440,7 +4747,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x06labels\x18\t \x03(\v2..hostagent.v1.CreateCapsuleRequest.LabelsEntryR\x06labels\x12!\n" +
 	"\fdefault_user\x18\n" +
 	" \x01(\tR\vdefaultUser\x12'\n" +
-	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x1a6\n" +
+	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x125\n" +
+	"\anetwork\x18\x14 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -4696,10 +5004,11 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x18GetCapsuleMetricsRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x123\n" +
-	"\x06window\x18\x02 \x01(\x0e2\x1b.hostagent.v1.MetricsWindowR\x06window\"u\n" +
+	"\x06window\x18\x02 \x01(\x0e2\x1b.hostagent.v1.MetricsWindowR\x06window\"\xae\x01\n" +
 	"\x19GetCapsuleMetricsResponse\x121\n" +
 	"\x06points\x18\x01 \x03(\v2\x19.hostagent.v1.MetricPointR\x06points\x12%\n" +
-	"\x0eresolution_sec\x18\x02 \x01(\x05R\rresolutionSec\"R\n" +
+	"\x0eresolution_sec\x18\x02 \x01(\x05R\rresolutionSec\x127\n" +
+	"\anetwork\x18\x14 \x01(\v2\x1d.hostagent.v1.NetworkCountersR\anetwork\"R\n" +
 	"\x15CreateSnapshotRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -4736,7 +5045,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1aMETRICS_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12METRICS_WINDOW_10M\x10\x01\x12\x15\n" +
 	"\x11METRICS_WINDOW_2H\x10\x02\x12\x16\n" +
-	"\x12METRICS_WINDOW_24H\x10\x032\x97\x15\n" +
+	"\x12METRICS_WINDOW_24H\x10\x032\x86\x16\n" +
 	"\x10HostAgentService\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateCapsule\x12\".hostagent.v1.CreateCapsuleRequest\x1a#.hostagent.v1.CreateCapsuleResponse\x12[\n" +
@@ -4769,7 +5078,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vKillProcess\x12 .hostagent.v1.KillProcessRequest\x1a!.hostagent.v1.KillProcessResponse\x12Y\n" +
 	"\x0eConnectProcess\x12#.hostagent.v1.ConnectProcessRequest\x1a .hostagent.v1.ExecStreamResponse0\x01\x12a\n" +
 	"\x10SendProcessInput\x12%.hostagent.v1.SendProcessInputRequest\x1a&.hostagent.v1.SendProcessInputResponse\x12d\n" +
-	"\x11GetCapsuleMetrics\x12&.hostagent.v1.GetCapsuleMetricsRequest\x1a'.hostagent.v1.GetCapsuleMetricsResponse\x12[\n" +
+	"\x11GetCapsuleMetrics\x12&.hostagent.v1.GetCapsuleMetricsRequest\x1a'.hostagent.v1.GetCapsuleMetricsResponse\x12m\n" +
+	"\x14UpdateCapsuleNetwork\x12).hostagent.v1.UpdateCapsuleNetworkRequest\x1a*.hostagent.v1.UpdateCapsuleNetworkResponse\x12[\n" +
 	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
 	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12[\n" +
 	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponseB\xae\x01\n" +
@@ -4788,184 +5098,195 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
-	(CapsuleState)(0),                 // 0: hostagent.v1.CapsuleState
-	(Signal)(0),                       // 1: hostagent.v1.Signal
-	(MetricsWindow)(0),                // 2: hostagent.v1.MetricsWindow
-	(*Capsule)(nil),                   // 3: hostagent.v1.Capsule
-	(*GetHostInfoRequest)(nil),        // 4: hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),       // 5: hostagent.v1.GetHostInfoResponse
-	(*CreateCapsuleRequest)(nil),      // 6: hostagent.v1.CreateCapsuleRequest
-	(*CreateCapsuleResponse)(nil),     // 7: hostagent.v1.CreateCapsuleResponse
-	(*DestroyCapsuleRequest)(nil),     // 8: hostagent.v1.DestroyCapsuleRequest
-	(*DestroyCapsuleResponse)(nil),    // 9: hostagent.v1.DestroyCapsuleResponse
-	(*PauseCapsuleRequest)(nil),       // 10: hostagent.v1.PauseCapsuleRequest
-	(*PauseCapsuleResponse)(nil),      // 11: hostagent.v1.PauseCapsuleResponse
-	(*ResumeCapsuleRequest)(nil),      // 12: hostagent.v1.ResumeCapsuleRequest
-	(*ResumeCapsuleResponse)(nil),     // 13: hostagent.v1.ResumeCapsuleResponse
-	(*ListCapsulesRequest)(nil),       // 14: hostagent.v1.ListCapsulesRequest
-	(*ListCapsulesResponse)(nil),      // 15: hostagent.v1.ListCapsulesResponse
-	(*GetCapsuleRequest)(nil),         // 16: hostagent.v1.GetCapsuleRequest
-	(*GetCapsuleResponse)(nil),        // 17: hostagent.v1.GetCapsuleResponse
-	(*PingCapsuleRequest)(nil),        // 18: hostagent.v1.PingCapsuleRequest
-	(*PingCapsuleResponse)(nil),       // 19: hostagent.v1.PingCapsuleResponse
-	(*SetCapsuleTimeoutRequest)(nil),  // 20: hostagent.v1.SetCapsuleTimeoutRequest
-	(*SetCapsuleTimeoutResponse)(nil), // 21: hostagent.v1.SetCapsuleTimeoutResponse
-	(*ExecRequest)(nil),               // 22: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 23: hostagent.v1.ExecResponse
-	(*ProcessEnd)(nil),                // 24: hostagent.v1.ProcessEnd
-	(*ExecStreamResponse)(nil),        // 25: hostagent.v1.ExecStreamResponse
-	(*FileEntry)(nil),                 // 26: hostagent.v1.FileEntry
-	(*ReadFileRequest)(nil),           // 27: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 28: hostagent.v1.ReadFileResponse
-	(*ReadFileStreamResponse)(nil),    // 29: hostagent.v1.ReadFileStreamResponse
-	(*WriteFileRequest)(nil),          // 30: hostagent.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),         // 31: hostagent.v1.WriteFileResponse
-	(*WriteFileHeader)(nil),           // 32: hostagent.v1.WriteFileHeader
-	(*WriteFileStreamRequest)(nil),    // 33: hostagent.v1.WriteFileStreamRequest
-	(*ListDirRequest)(nil),            // 34: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),           // 35: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),            // 36: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),           // 37: hostagent.v1.MakeDirResponse
-	(*RemovePathRequest)(nil),         // 38: hostagent.v1.RemovePathRequest
-	(*RemovePathResponse)(nil),        // 39: hostagent.v1.RemovePathResponse
-	(*PtyStartRequest)(nil),           // 40: hostagent.v1.PtyStartRequest
-	(*PtyOutput)(nil),                 // 41: hostagent.v1.PtyOutput
-	(*PtyAttachRequest)(nil),          // 42: hostagent.v1.PtyAttachRequest
-	(*PtyInputRequest)(nil),           // 43: hostagent.v1.PtyInputRequest
-	(*PtyInputResponse)(nil),          // 44: hostagent.v1.PtyInputResponse
-	(*PtyResizeRequest)(nil),          // 45: hostagent.v1.PtyResizeRequest
-	(*PtyResizeResponse)(nil),         // 46: hostagent.v1.PtyResizeResponse
-	(*PtyKillRequest)(nil),            // 47: hostagent.v1.PtyKillRequest
-	(*PtyKillResponse)(nil),           // 48: hostagent.v1.PtyKillResponse
-	(*ProcessSelector)(nil),           // 49: hostagent.v1.ProcessSelector
-	(*StartProcessRequest)(nil),       // 50: hostagent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),      // 51: hostagent.v1.StartProcessResponse
-	(*ProcessInfo)(nil),               // 52: hostagent.v1.ProcessInfo
-	(*ListProcessesRequest)(nil),      // 53: hostagent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),     // 54: hostagent.v1.ListProcessesResponse
-	(*KillProcessRequest)(nil),        // 55: hostagent.v1.KillProcessRequest
-	(*KillProcessResponse)(nil),       // 56: hostagent.v1.KillProcessResponse
-	(*ConnectProcessRequest)(nil),     // 57: hostagent.v1.ConnectProcessRequest
-	(*SendProcessInputRequest)(nil),   // 58: hostagent.v1.SendProcessInputRequest
-	(*SendProcessInputResponse)(nil),  // 59: hostagent.v1.SendProcessInputResponse
-	(*MetricPoint)(nil),               // 60: hostagent.v1.MetricPoint
-	(*GetCapsuleMetricsRequest)(nil),  // 61: hostagent.v1.GetCapsuleMetricsRequest
-	(*GetCapsuleMetricsResponse)(nil), // 62: hostagent.v1.GetCapsuleMetricsResponse
-	(*CreateSnapshotRequest)(nil),     // 63: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 64: hostagent.v1.CreateSnapshotResponse
-	(*ListTemplatesRequest)(nil),      // 65: hostagent.v1.ListTemplatesRequest
-	(*HostTemplate)(nil),              // 66: hostagent.v1.HostTemplate
-	(*ListTemplatesResponse)(nil),     // 67: hostagent.v1.ListTemplatesResponse
-	(*DeleteTemplateRequest)(nil),     // 68: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 69: hostagent.v1.DeleteTemplateResponse
-	nil,                               // 70: hostagent.v1.Capsule.LabelsEntry
-	nil,                               // 71: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                               // 72: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                               // 73: hostagent.v1.ExecRequest.EnvEntry
-	nil,                               // 74: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                               // 75: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                               // 76: hostagent.v1.ProcessInfo.EnvEntry
+	(CapsuleState)(0),                    // 0: hostagent.v1.CapsuleState
+	(Signal)(0),                          // 1: hostagent.v1.Signal
+	(MetricsWindow)(0),                   // 2: hostagent.v1.MetricsWindow
+	(*Capsule)(nil),                      // 3: hostagent.v1.Capsule
+	(*NetworkPolicy)(nil),                // 4: hostagent.v1.NetworkPolicy
+	(*NetworkCounters)(nil),              // 5: hostagent.v1.NetworkCounters
+	(*UpdateCapsuleNetworkRequest)(nil),  // 6: hostagent.v1.UpdateCapsuleNetworkRequest
+	(*UpdateCapsuleNetworkResponse)(nil), // 7: hostagent.v1.UpdateCapsuleNetworkResponse
+	(*GetHostInfoRequest)(nil),           // 8: hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),          // 9: hostagent.v1.GetHostInfoResponse
+	(*CreateCapsuleRequest)(nil),         // 10: hostagent.v1.CreateCapsuleRequest
+	(*CreateCapsuleResponse)(nil),        // 11: hostagent.v1.CreateCapsuleResponse
+	(*DestroyCapsuleRequest)(nil),        // 12: hostagent.v1.DestroyCapsuleRequest
+	(*DestroyCapsuleResponse)(nil),       // 13: hostagent.v1.DestroyCapsuleResponse
+	(*PauseCapsuleRequest)(nil),          // 14: hostagent.v1.PauseCapsuleRequest
+	(*PauseCapsuleResponse)(nil),         // 15: hostagent.v1.PauseCapsuleResponse
+	(*ResumeCapsuleRequest)(nil),         // 16: hostagent.v1.ResumeCapsuleRequest
+	(*ResumeCapsuleResponse)(nil),        // 17: hostagent.v1.ResumeCapsuleResponse
+	(*ListCapsulesRequest)(nil),          // 18: hostagent.v1.ListCapsulesRequest
+	(*ListCapsulesResponse)(nil),         // 19: hostagent.v1.ListCapsulesResponse
+	(*GetCapsuleRequest)(nil),            // 20: hostagent.v1.GetCapsuleRequest
+	(*GetCapsuleResponse)(nil),           // 21: hostagent.v1.GetCapsuleResponse
+	(*PingCapsuleRequest)(nil),           // 22: hostagent.v1.PingCapsuleRequest
+	(*PingCapsuleResponse)(nil),          // 23: hostagent.v1.PingCapsuleResponse
+	(*SetCapsuleTimeoutRequest)(nil),     // 24: hostagent.v1.SetCapsuleTimeoutRequest
+	(*SetCapsuleTimeoutResponse)(nil),    // 25: hostagent.v1.SetCapsuleTimeoutResponse
+	(*ExecRequest)(nil),                  // 26: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),                 // 27: hostagent.v1.ExecResponse
+	(*ProcessEnd)(nil),                   // 28: hostagent.v1.ProcessEnd
+	(*ExecStreamResponse)(nil),           // 29: hostagent.v1.ExecStreamResponse
+	(*FileEntry)(nil),                    // 30: hostagent.v1.FileEntry
+	(*ReadFileRequest)(nil),              // 31: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),             // 32: hostagent.v1.ReadFileResponse
+	(*ReadFileStreamResponse)(nil),       // 33: hostagent.v1.ReadFileStreamResponse
+	(*WriteFileRequest)(nil),             // 34: hostagent.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),            // 35: hostagent.v1.WriteFileResponse
+	(*WriteFileHeader)(nil),              // 36: hostagent.v1.WriteFileHeader
+	(*WriteFileStreamRequest)(nil),       // 37: hostagent.v1.WriteFileStreamRequest
+	(*ListDirRequest)(nil),               // 38: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),              // 39: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),               // 40: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),              // 41: hostagent.v1.MakeDirResponse
+	(*RemovePathRequest)(nil),            // 42: hostagent.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),           // 43: hostagent.v1.RemovePathResponse
+	(*PtyStartRequest)(nil),              // 44: hostagent.v1.PtyStartRequest
+	(*PtyOutput)(nil),                    // 45: hostagent.v1.PtyOutput
+	(*PtyAttachRequest)(nil),             // 46: hostagent.v1.PtyAttachRequest
+	(*PtyInputRequest)(nil),              // 47: hostagent.v1.PtyInputRequest
+	(*PtyInputResponse)(nil),             // 48: hostagent.v1.PtyInputResponse
+	(*PtyResizeRequest)(nil),             // 49: hostagent.v1.PtyResizeRequest
+	(*PtyResizeResponse)(nil),            // 50: hostagent.v1.PtyResizeResponse
+	(*PtyKillRequest)(nil),               // 51: hostagent.v1.PtyKillRequest
+	(*PtyKillResponse)(nil),              // 52: hostagent.v1.PtyKillResponse
+	(*ProcessSelector)(nil),              // 53: hostagent.v1.ProcessSelector
+	(*StartProcessRequest)(nil),          // 54: hostagent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),         // 55: hostagent.v1.StartProcessResponse
+	(*ProcessInfo)(nil),                  // 56: hostagent.v1.ProcessInfo
+	(*ListProcessesRequest)(nil),         // 57: hostagent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),        // 58: hostagent.v1.ListProcessesResponse
+	(*KillProcessRequest)(nil),           // 59: hostagent.v1.KillProcessRequest
+	(*KillProcessResponse)(nil),          // 60: hostagent.v1.KillProcessResponse
+	(*ConnectProcessRequest)(nil),        // 61: hostagent.v1.ConnectProcessRequest
+	(*SendProcessInputRequest)(nil),      // 62: hostagent.v1.SendProcessInputRequest
+	(*SendProcessInputResponse)(nil),     // 63: hostagent.v1.SendProcessInputResponse
+	(*MetricPoint)(nil),                  // 64: hostagent.v1.MetricPoint
+	(*GetCapsuleMetricsRequest)(nil),     // 65: hostagent.v1.GetCapsuleMetricsRequest
+	(*GetCapsuleMetricsResponse)(nil),    // 66: hostagent.v1.GetCapsuleMetricsResponse
+	(*CreateSnapshotRequest)(nil),        // 67: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),       // 68: hostagent.v1.CreateSnapshotResponse
+	(*ListTemplatesRequest)(nil),         // 69: hostagent.v1.ListTemplatesRequest
+	(*HostTemplate)(nil),                 // 70: hostagent.v1.HostTemplate
+	(*ListTemplatesResponse)(nil),        // 71: hostagent.v1.ListTemplatesResponse
+	(*DeleteTemplateRequest)(nil),        // 72: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),       // 73: hostagent.v1.DeleteTemplateResponse
+	nil,                                  // 74: hostagent.v1.Capsule.LabelsEntry
+	nil,                                  // 75: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                                  // 76: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                                  // 77: hostagent.v1.ExecRequest.EnvEntry
+	nil,                                  // 78: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                                  // 79: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                  // 80: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	70, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
-	71, // 2: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	72, // 3: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	3,  // 4: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 5: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 6: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 7: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
-	3,  // 8: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	0,  // 9: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	73, // 10: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
-	24, // 11: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
-	26, // 12: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
-	32, // 13: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	26, // 14: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	26, // 15: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	74, // 16: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
-	24, // 17: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	75, // 18: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	76, // 19: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
-	52, // 20: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
-	49, // 21: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	1,  // 22: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
-	49, // 23: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	49, // 24: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
-	2,  // 25: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
-	60, // 26: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
-	66, // 27: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
-	4,  // 28: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	6,  // 29: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	8,  // 30: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	10, // 31: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	12, // 32: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	14, // 33: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	16, // 34: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	18, // 35: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	20, // 36: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	22, // 37: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	22, // 38: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	27, // 39: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	30, // 40: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	27, // 41: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	33, // 42: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	34, // 43: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	36, // 44: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	38, // 45: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	40, // 46: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	42, // 47: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	43, // 48: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	45, // 49: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	47, // 50: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	50, // 51: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	53, // 52: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	55, // 53: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	57, // 54: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	58, // 55: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	61, // 56: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	63, // 57: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	65, // 58: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	68, // 59: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	5,  // 60: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	7,  // 61: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	9,  // 62: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	11, // 63: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	13, // 64: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	15, // 65: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	17, // 66: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	19, // 67: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	21, // 68: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	23, // 69: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	25, // 70: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	28, // 71: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	31, // 72: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	29, // 73: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	31, // 74: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	35, // 75: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	37, // 76: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	39, // 77: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	41, // 78: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	41, // 79: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	44, // 80: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	46, // 81: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	48, // 82: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	51, // 83: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	54, // 84: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	56, // 85: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	25, // 86: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	59, // 87: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	62, // 88: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	64, // 89: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	67, // 90: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	69, // 91: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	60, // [60:92] is the sub-list for method output_type
-	28, // [28:60] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	74, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	4,  // 2: hostagent.v1.Capsule.network:type_name -> hostagent.v1.NetworkPolicy
+	4,  // 3: hostagent.v1.UpdateCapsuleNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	3,  // 4: hostagent.v1.UpdateCapsuleNetworkResponse.capsule:type_name -> hostagent.v1.Capsule
+	75, // 5: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	76, // 6: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	4,  // 7: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	3,  // 8: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 9: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 10: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 11: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
+	3,  // 12: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	0,  // 13: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
+	77, // 14: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	28, // 15: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
+	30, // 16: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
+	36, // 17: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	30, // 18: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	30, // 19: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	78, // 20: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	28, // 21: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
+	79, // 22: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	80, // 23: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	56, // 24: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
+	53, // 25: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	1,  // 26: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
+	53, // 27: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	53, // 28: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
+	2,  // 29: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
+	64, // 30: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
+	5,  // 31: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
+	70, // 32: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
+	8,  // 33: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	10, // 34: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	12, // 35: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	14, // 36: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	16, // 37: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	18, // 38: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	20, // 39: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	22, // 40: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	24, // 41: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	26, // 42: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	26, // 43: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	31, // 44: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	34, // 45: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	31, // 46: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	37, // 47: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	38, // 48: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	40, // 49: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	42, // 50: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	44, // 51: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	46, // 52: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	47, // 53: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	49, // 54: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	51, // 55: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	54, // 56: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	57, // 57: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	59, // 58: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	61, // 59: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	62, // 60: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	65, // 61: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	6,  // 62: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
+	67, // 63: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	69, // 64: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	72, // 65: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	9,  // 66: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	11, // 67: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	13, // 68: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	15, // 69: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	17, // 70: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	19, // 71: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	21, // 72: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	23, // 73: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	25, // 74: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	27, // 75: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	29, // 76: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	32, // 77: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	35, // 78: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	33, // 79: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	35, // 80: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	39, // 81: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	41, // 82: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	43, // 83: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	45, // 84: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	45, // 85: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	48, // 86: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	50, // 87: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	52, // 88: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	55, // 89: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	58, // 90: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	60, // 91: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	29, // 92: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	63, // 93: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	66, // 94: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	7,  // 95: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
+	68, // 96: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	71, // 97: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	73, // 98: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	66, // [66:99] is the sub-list for method output_type
+	33, // [33:66] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -4973,22 +5294,22 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[22].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[26].OneofWrappers = []any{
 		(*ExecStreamResponse_StartedPid)(nil),
 		(*ExecStreamResponse_Stdout)(nil),
 		(*ExecStreamResponse_Stderr)(nil),
 		(*ExecStreamResponse_End)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[30].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[34].OneofWrappers = []any{
 		(*WriteFileStreamRequest_Header)(nil),
 		(*WriteFileStreamRequest_Data)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[38].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[42].OneofWrappers = []any{
 		(*PtyOutput_StartedPid)(nil),
 		(*PtyOutput_Data)(nil),
 		(*PtyOutput_End)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[46].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[50].OneofWrappers = []any{
 		(*ProcessSelector_Pid)(nil),
 		(*ProcessSelector_Tag)(nil),
 	}
@@ -4998,7 +5319,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   74,
+			NumMessages:   78,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

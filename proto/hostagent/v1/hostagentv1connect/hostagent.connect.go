@@ -131,6 +131,9 @@ const (
 	// HostAgentServiceGetCapsuleMetricsProcedure is the fully-qualified name of the HostAgentService's
 	// GetCapsuleMetrics RPC.
 	HostAgentServiceGetCapsuleMetricsProcedure = "/hostagent.v1.HostAgentService/GetCapsuleMetrics"
+	// HostAgentServiceUpdateCapsuleNetworkProcedure is the fully-qualified name of the
+	// HostAgentService's UpdateCapsuleNetwork RPC.
+	HostAgentServiceUpdateCapsuleNetworkProcedure = "/hostagent.v1.HostAgentService/UpdateCapsuleNetwork"
 	// HostAgentServiceCreateSnapshotProcedure is the fully-qualified name of the HostAgentService's
 	// CreateSnapshot RPC.
 	HostAgentServiceCreateSnapshotProcedure = "/hostagent.v1.HostAgentService/CreateSnapshot"
@@ -206,6 +209,10 @@ type HostAgentServiceClient interface {
 	SendProcessInput(context.Context, *connect.Request[v1.SendProcessInputRequest]) (*connect.Response[v1.SendProcessInputResponse], error)
 	// GetCapsuleMetrics returns the sampled guest metrics of one window.
 	GetCapsuleMetrics(context.Context, *connect.Request[v1.GetCapsuleMetricsRequest]) (*connect.Response[v1.GetCapsuleMetricsResponse], error)
+	// UpdateCapsuleNetwork replaces a capsule's egress policy and rate limits
+	// in place (established connections keep flowing). An invalid policy is
+	// INVALID_ARGUMENT and leaves the old one in force.
+	UpdateCapsuleNetwork(context.Context, *connect.Request[v1.UpdateCapsuleNetworkRequest]) (*connect.Response[v1.UpdateCapsuleNetworkResponse], error)
 	// CreateSnapshot turns a capsule's filesystem into a new template.
 	CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error)
 	// ListTemplates lists the templates stored on the host.
@@ -401,6 +408,12 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("GetCapsuleMetrics")),
 			connect.WithClientOptions(opts...),
 		),
+		updateCapsuleNetwork: connect.NewClient[v1.UpdateCapsuleNetworkRequest, v1.UpdateCapsuleNetworkResponse](
+			httpClient,
+			baseURL+HostAgentServiceUpdateCapsuleNetworkProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("UpdateCapsuleNetwork")),
+			connect.WithClientOptions(opts...),
+		),
 		createSnapshot: connect.NewClient[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse](
 			httpClient,
 			baseURL+HostAgentServiceCreateSnapshotProcedure,
@@ -424,38 +437,39 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 
 // hostAgentServiceClient implements HostAgentServiceClient.
 type hostAgentServiceClient struct {
-	getHostInfo       *connect.Client[v1.GetHostInfoRequest, v1.GetHostInfoResponse]
-	createCapsule     *connect.Client[v1.CreateCapsuleRequest, v1.CreateCapsuleResponse]
-	destroyCapsule    *connect.Client[v1.DestroyCapsuleRequest, v1.DestroyCapsuleResponse]
-	pauseCapsule      *connect.Client[v1.PauseCapsuleRequest, v1.PauseCapsuleResponse]
-	resumeCapsule     *connect.Client[v1.ResumeCapsuleRequest, v1.ResumeCapsuleResponse]
-	listCapsules      *connect.Client[v1.ListCapsulesRequest, v1.ListCapsulesResponse]
-	getCapsule        *connect.Client[v1.GetCapsuleRequest, v1.GetCapsuleResponse]
-	pingCapsule       *connect.Client[v1.PingCapsuleRequest, v1.PingCapsuleResponse]
-	setCapsuleTimeout *connect.Client[v1.SetCapsuleTimeoutRequest, v1.SetCapsuleTimeoutResponse]
-	exec              *connect.Client[v1.ExecRequest, v1.ExecResponse]
-	execStream        *connect.Client[v1.ExecRequest, v1.ExecStreamResponse]
-	readFile          *connect.Client[v1.ReadFileRequest, v1.ReadFileResponse]
-	writeFile         *connect.Client[v1.WriteFileRequest, v1.WriteFileResponse]
-	readFileStream    *connect.Client[v1.ReadFileRequest, v1.ReadFileStreamResponse]
-	writeFileStream   *connect.Client[v1.WriteFileStreamRequest, v1.WriteFileResponse]
-	listDir           *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
-	makeDir           *connect.Client[v1.MakeDirRequest, v1.MakeDirResponse]
-	removePath        *connect.Client[v1.RemovePathRequest, v1.RemovePathResponse]
-	ptyStart          *connect.Client[v1.PtyStartRequest, v1.PtyOutput]
-	ptyAttach         *connect.Client[v1.PtyAttachRequest, v1.PtyOutput]
-	ptyInput          *connect.Client[v1.PtyInputRequest, v1.PtyInputResponse]
-	ptyResize         *connect.Client[v1.PtyResizeRequest, v1.PtyResizeResponse]
-	ptyKill           *connect.Client[v1.PtyKillRequest, v1.PtyKillResponse]
-	startProcess      *connect.Client[v1.StartProcessRequest, v1.StartProcessResponse]
-	listProcesses     *connect.Client[v1.ListProcessesRequest, v1.ListProcessesResponse]
-	killProcess       *connect.Client[v1.KillProcessRequest, v1.KillProcessResponse]
-	connectProcess    *connect.Client[v1.ConnectProcessRequest, v1.ExecStreamResponse]
-	sendProcessInput  *connect.Client[v1.SendProcessInputRequest, v1.SendProcessInputResponse]
-	getCapsuleMetrics *connect.Client[v1.GetCapsuleMetricsRequest, v1.GetCapsuleMetricsResponse]
-	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
-	listTemplates     *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
-	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
+	getHostInfo          *connect.Client[v1.GetHostInfoRequest, v1.GetHostInfoResponse]
+	createCapsule        *connect.Client[v1.CreateCapsuleRequest, v1.CreateCapsuleResponse]
+	destroyCapsule       *connect.Client[v1.DestroyCapsuleRequest, v1.DestroyCapsuleResponse]
+	pauseCapsule         *connect.Client[v1.PauseCapsuleRequest, v1.PauseCapsuleResponse]
+	resumeCapsule        *connect.Client[v1.ResumeCapsuleRequest, v1.ResumeCapsuleResponse]
+	listCapsules         *connect.Client[v1.ListCapsulesRequest, v1.ListCapsulesResponse]
+	getCapsule           *connect.Client[v1.GetCapsuleRequest, v1.GetCapsuleResponse]
+	pingCapsule          *connect.Client[v1.PingCapsuleRequest, v1.PingCapsuleResponse]
+	setCapsuleTimeout    *connect.Client[v1.SetCapsuleTimeoutRequest, v1.SetCapsuleTimeoutResponse]
+	exec                 *connect.Client[v1.ExecRequest, v1.ExecResponse]
+	execStream           *connect.Client[v1.ExecRequest, v1.ExecStreamResponse]
+	readFile             *connect.Client[v1.ReadFileRequest, v1.ReadFileResponse]
+	writeFile            *connect.Client[v1.WriteFileRequest, v1.WriteFileResponse]
+	readFileStream       *connect.Client[v1.ReadFileRequest, v1.ReadFileStreamResponse]
+	writeFileStream      *connect.Client[v1.WriteFileStreamRequest, v1.WriteFileResponse]
+	listDir              *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
+	makeDir              *connect.Client[v1.MakeDirRequest, v1.MakeDirResponse]
+	removePath           *connect.Client[v1.RemovePathRequest, v1.RemovePathResponse]
+	ptyStart             *connect.Client[v1.PtyStartRequest, v1.PtyOutput]
+	ptyAttach            *connect.Client[v1.PtyAttachRequest, v1.PtyOutput]
+	ptyInput             *connect.Client[v1.PtyInputRequest, v1.PtyInputResponse]
+	ptyResize            *connect.Client[v1.PtyResizeRequest, v1.PtyResizeResponse]
+	ptyKill              *connect.Client[v1.PtyKillRequest, v1.PtyKillResponse]
+	startProcess         *connect.Client[v1.StartProcessRequest, v1.StartProcessResponse]
+	listProcesses        *connect.Client[v1.ListProcessesRequest, v1.ListProcessesResponse]
+	killProcess          *connect.Client[v1.KillProcessRequest, v1.KillProcessResponse]
+	connectProcess       *connect.Client[v1.ConnectProcessRequest, v1.ExecStreamResponse]
+	sendProcessInput     *connect.Client[v1.SendProcessInputRequest, v1.SendProcessInputResponse]
+	getCapsuleMetrics    *connect.Client[v1.GetCapsuleMetricsRequest, v1.GetCapsuleMetricsResponse]
+	updateCapsuleNetwork *connect.Client[v1.UpdateCapsuleNetworkRequest, v1.UpdateCapsuleNetworkResponse]
+	createSnapshot       *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
+	listTemplates        *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
+	deleteTemplate       *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgentService.GetHostInfo.
@@ -603,6 +617,11 @@ func (c *hostAgentServiceClient) GetCapsuleMetrics(ctx context.Context, req *con
 	return c.getCapsuleMetrics.CallUnary(ctx, req)
 }
 
+// UpdateCapsuleNetwork calls hostagent.v1.HostAgentService.UpdateCapsuleNetwork.
+func (c *hostAgentServiceClient) UpdateCapsuleNetwork(ctx context.Context, req *connect.Request[v1.UpdateCapsuleNetworkRequest]) (*connect.Response[v1.UpdateCapsuleNetworkResponse], error) {
+	return c.updateCapsuleNetwork.CallUnary(ctx, req)
+}
+
 // CreateSnapshot calls hostagent.v1.HostAgentService.CreateSnapshot.
 func (c *hostAgentServiceClient) CreateSnapshot(ctx context.Context, req *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {
 	return c.createSnapshot.CallUnary(ctx, req)
@@ -682,6 +701,10 @@ type HostAgentServiceHandler interface {
 	SendProcessInput(context.Context, *connect.Request[v1.SendProcessInputRequest]) (*connect.Response[v1.SendProcessInputResponse], error)
 	// GetCapsuleMetrics returns the sampled guest metrics of one window.
 	GetCapsuleMetrics(context.Context, *connect.Request[v1.GetCapsuleMetricsRequest]) (*connect.Response[v1.GetCapsuleMetricsResponse], error)
+	// UpdateCapsuleNetwork replaces a capsule's egress policy and rate limits
+	// in place (established connections keep flowing). An invalid policy is
+	// INVALID_ARGUMENT and leaves the old one in force.
+	UpdateCapsuleNetwork(context.Context, *connect.Request[v1.UpdateCapsuleNetworkRequest]) (*connect.Response[v1.UpdateCapsuleNetworkResponse], error)
 	// CreateSnapshot turns a capsule's filesystem into a new template.
 	CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error)
 	// ListTemplates lists the templates stored on the host.
@@ -873,6 +896,12 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("GetCapsuleMetrics")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceUpdateCapsuleNetworkHandler := connect.NewUnaryHandler(
+		HostAgentServiceUpdateCapsuleNetworkProcedure,
+		svc.UpdateCapsuleNetwork,
+		connect.WithSchema(hostAgentServiceMethods.ByName("UpdateCapsuleNetwork")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentServiceCreateSnapshotHandler := connect.NewUnaryHandler(
 		HostAgentServiceCreateSnapshotProcedure,
 		svc.CreateSnapshot,
@@ -951,6 +980,8 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceSendProcessInputHandler.ServeHTTP(w, r)
 		case HostAgentServiceGetCapsuleMetricsProcedure:
 			hostAgentServiceGetCapsuleMetricsHandler.ServeHTTP(w, r)
+		case HostAgentServiceUpdateCapsuleNetworkProcedure:
+			hostAgentServiceUpdateCapsuleNetworkHandler.ServeHTTP(w, r)
 		case HostAgentServiceCreateSnapshotProcedure:
 			hostAgentServiceCreateSnapshotHandler.ServeHTTP(w, r)
 		case HostAgentServiceListTemplatesProcedure:
@@ -1080,6 +1111,10 @@ func (UnimplementedHostAgentServiceHandler) SendProcessInput(context.Context, *c
 
 func (UnimplementedHostAgentServiceHandler) GetCapsuleMetrics(context.Context, *connect.Request[v1.GetCapsuleMetricsRequest]) (*connect.Response[v1.GetCapsuleMetricsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.GetCapsuleMetrics is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) UpdateCapsuleNetwork(context.Context, *connect.Request[v1.UpdateCapsuleNetworkRequest]) (*connect.Response[v1.UpdateCapsuleNetworkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.UpdateCapsuleNetwork is not implemented"))
 }
 
 func (UnimplementedHostAgentServiceHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {

@@ -1,0 +1,4 @@
+package network
+
+// AddResolved exposes addResolved to tests.
+var AddResolved = (*Manager).addResolved

@@ -1,0 +1,561 @@
+package network
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn-dev/wrenn/internal/runtime"
+)
+
+// alwaysBlocked are destinations no policy opens: "this" network, loopback,
+// link-local (with the cloud metadata address 169.254.169.254), multicast
+// and reserved. The capsule subnet (every other capsule) is added per
+// manager. The host's own addresses never reach the forward hook: the
+// input chain drops them.
+var alwaysBlocked = []string{"0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"}
+
+// privateRanges are blocked unless the policy's AllowPrivate opens a part.
+var privateRanges = []string{
+	"10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+}
+
+// Names of a capsule's own nftables objects.
+func chainName(key string) string    { return "c-" + key }
+func allowSetName(key string) string { return "a-" + key }
+func denySetName(key string) string  { return "d-" + key }
+func privSetName(key string) string  { return "p-" + key }
+func dnsSetName(key string) string   { return "r-" + key }
+
+// Rule names carried as user data of a capsule's drop rules; the counters
+// of these rules are the capsule's dropped-packet counters.
+const (
+	ruleBlocked  = "always-blocked"
+	rulePrivate  = "private-range"
+	ruleNoNet    = "allow_internet=false"
+	ruleResolver = "outside-resolver"
+	ruleDeny     = "deny_out"
+	ruleDefault  = "deny_out 0.0.0.0/0"
+	ruleAccept   = "accept"
+)
+
+// policyState is what the manager keeps per capsule.
+type policyState struct {
+	internet bool
+	source   *runtime.NetworkPolicy
+	pol      *runtime.CompiledPolicy
+}
+
+// SetPolicy applies (or replaces, live) the capsule's egress policy and
+// rate limits. The capsule's chain and sets are rewritten in one nftables
+// transaction, so there is no moment without rules; established
+// connections are accepted before the chain and keep flowing (also ones the
+// new policy would deny, until they close). Addresses the DNS forwarder
+// added for the old policy are dropped: the capsule resolves again. An
+// invalid policy returns an error wrapping runtime.ErrInvalidSpec and
+// changes nothing.
+func (m *Manager) SetPolicy(a Allocation, allowInternet bool, p *runtime.NetworkPolicy) error {
+	c, err := p.Compile()
+	if err != nil {
+		return err
+	}
+	// Rewriting the chain resets its counters: carry the drops over.
+	if old, err := m.Counters(a); err == nil {
+		m.mu.Lock()
+		m.dropBase[a.Key] = old.DroppedPackets
+		m.mu.Unlock()
+	}
+	if err := m.writeChain(a, allowInternet, c); err != nil {
+		return err
+	}
+	if err := m.setRates(a, c); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.policies[a.Key] = &policyState{internet: allowInternet, source: p, pol: c}
+	delete(m.resolved, a.Key) // the rewrite emptied the resolved set
+	m.mu.Unlock()
+	if m.dns != nil {
+		if err := m.dns.attach(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DNSServer returns the address the capsule resolves through (its
+// gateway), false when the forwarder is off.
+func (m *Manager) DNSServer(a Allocation) (netip.Addr, bool) {
+	return a.Host, m.dns != nil
+}
+
+// policy returns the capsule's enforced policy (nil when unknown).
+func (m *Manager) policy(key string) *policyState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.policies[key]
+}
+
+func (m *Manager) writeChain(a Allocation, internet bool, pol *runtime.CompiledPolicy) error {
+	m.nft.Lock()
+	defer m.nft.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("network: nftables: %w", err)
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return fmt.Errorf("network: list chains: %w", err)
+	}
+	var chain *nftables.Chain
+	for _, ch := range chains {
+		if ch.Table.Name == m.cfg.Table && ch.Name == chainName(a.Key) {
+			chain = ch
+		}
+	}
+	if chain == nil {
+		chain = c.AddChain(&nftables.Chain{Name: chainName(a.Key), Table: m.table})
+	} else {
+		c.FlushChain(chain)
+	}
+	existing := map[string]*nftables.Set{}
+	sets, err := c.GetSets(m.table)
+	if err != nil {
+		return fmt.Errorf("network: list sets: %w", err)
+	}
+	for _, s := range sets {
+		existing[s.Name] = s
+	}
+	set := func(name string, prefixes []netip.Prefix, timeout bool) (*nftables.Set, error) {
+		s := existing[name]
+		if s == nil {
+			s = &nftables.Set{Table: m.table, Name: name, KeyType: nftables.TypeIPAddr, Interval: !timeout, HasTimeout: timeout}
+			if err := c.AddSet(s, nil); err != nil {
+				return nil, fmt.Errorf("network: add set %s: %w", name, err)
+			}
+		} else {
+			c.FlushSet(s)
+		}
+		if len(prefixes) > 0 {
+			if err := c.SetAddElements(s, intervalElements(prefixes)); err != nil {
+				return nil, fmt.Errorf("network: set %s: %w", name, err)
+			}
+		}
+		return s, nil
+	}
+	allow, err := set(allowSetName(a.Key), pol.AllowNets, false)
+	if err != nil {
+		return err
+	}
+	deny, err := set(denySetName(a.Key), pol.DenyNets, false)
+	if err != nil {
+		return err
+	}
+	priv, err := set(privSetName(a.Key), pol.AllowPrivate, false)
+	if err != nil {
+		return err
+	}
+	resolved, err := set(dnsSetName(a.Key), nil, true)
+	if err != nil {
+		return err
+	}
+	add := func(tag string, e ...expr.Any) {
+		c.AddRule(&nftables.Rule{Table: m.table, Chain: chain, Exprs: e, UserData: []byte(tag)})
+	}
+	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
+	accept := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept}}
+	for _, r := range append(slices.Clone(alwaysBlocked), m.cfg.Subnet.String()) {
+		add(ruleBlocked, cat(matchAddr(16, netip.MustParsePrefix(r)), drop)...)
+	}
+	if len(pol.AllowPrivate) > 0 {
+		add("allow_private", cat(lookup(16, priv), accept)...)
+	}
+	for _, r := range privateRanges {
+		add(rulePrivate, cat(matchAddr(16, netip.MustParsePrefix(r)), drop)...)
+	}
+	if !internet {
+		add(ruleNoNet, drop...)
+	} else {
+		if pol.HasNames() {
+			add(ruleResolver, cat(matchPort(unix.IPPROTO_UDP, 53), drop)...)
+			add(ruleResolver, cat(matchPort(unix.IPPROTO_TCP, 53), drop)...)
+			add(ruleResolver, cat(matchPort(unix.IPPROTO_TCP, 853), drop)...)
+		}
+		if len(pol.AllowNets) > 0 {
+			add("allow_out", cat(lookup(16, allow), accept)...)
+		}
+		if pol.DomainAllowList() {
+			add("allow_out (resolved name)", cat(lookup(16, resolved), accept)...)
+		}
+		if len(pol.DenyNets) > 0 {
+			add(ruleDeny, cat(lookup(16, deny), drop)...)
+		}
+		if pol.DefaultDeny {
+			add(ruleDefault, drop...)
+		} else {
+			add(ruleAccept, accept...)
+		}
+	}
+	// The dispatch rule in the capsules chain: created once, kept across
+	// policy changes.
+	rules, err := c.GetRules(m.table, &nftables.Chain{Name: capsuleChain, Table: m.table})
+	if err != nil {
+		return fmt.Errorf("network: list rules: %w", err)
+	}
+	if !slices.ContainsFunc(rules, func(r *nftables.Rule) bool { return string(r.UserData) == a.Key }) {
+		exprs := cat(matchIfname(expr.MetaKeyIIFNAME, a.Veth, false, expr.CmpOpEq), matchAddr(12, netip.PrefixFrom(a.Guest, 32)))
+		exprs = append(exprs, &expr.Verdict{Kind: expr.VerdictJump, Chain: chain.Name})
+		c.AddRule(&nftables.Rule{Table: m.table, Chain: &nftables.Chain{Name: capsuleChain, Table: m.table}, Exprs: exprs, UserData: []byte(a.Key)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("network: write policy of %s: %w", a.Key, err)
+	}
+	return nil
+}
+
+// deleteCapsuleObjects removes the chains and sets of every key del
+// selects (their dispatch rules must be gone already).
+func (m *Manager) deleteCapsuleObjects(del func(key string) bool) error {
+	m.nft.Lock()
+	defer m.nft.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("network: nftables: %w", err)
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return fmt.Errorf("network: list chains: %w", err)
+	}
+	n := 0
+	for _, ch := range chains {
+		if ch.Table.Name == m.cfg.Table && strings.HasPrefix(ch.Name, "c-") && del(ch.Name[2:]) {
+			c.FlushChain(ch)
+			c.DelChain(ch)
+			n++
+		}
+	}
+	sets, err := c.GetSets(m.table)
+	if err != nil {
+		return fmt.Errorf("network: list sets: %w", err)
+	}
+	for _, s := range sets {
+		if len(s.Name) > 2 && s.Name[1] == '-' && strings.ContainsRune("adpr", rune(s.Name[0])) && del(s.Name[2:]) {
+			c.DelSet(s)
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("network: delete capsule chains: %w", err)
+	}
+	return nil
+}
+
+// addResolved lets the capsule reach addrs for ttl (the DNS forwarder
+// calls it with the answered A records). An address already in the set
+// gets the longer of its remaining and the new timeout.
+//
+// An nftables commit costs 10-20 ms (it waits for an RCU grace period), so
+// addresses whose element the manager knows to live for at least half the
+// new timeout are not written again.
+func (m *Manager) addResolved(key string, addrs []netip.Addr, ttl time.Duration) error {
+	ttl = max(ttl+5*time.Second, 10*time.Second)
+	now := time.Now()
+	m.mu.Lock()
+	known := m.resolved[key]
+	if known == nil {
+		known = map[netip.Addr]time.Time{}
+		m.resolved[key] = known
+	}
+	var todo []netip.Addr
+	for _, a := range addrs {
+		if known[a].Sub(now) < ttl/2 {
+			todo = append(todo, a)
+		}
+	}
+	m.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	addrs = todo
+	defer func() {
+		m.mu.Lock()
+		if k := m.resolved[key]; k != nil {
+			for _, a := range todo {
+				k[a] = now.Add(ttl)
+			}
+		}
+		m.mu.Unlock()
+	}()
+	m.nft.Lock()
+	defer m.nft.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	s := &nftables.Set{Table: m.table, Name: dnsSetName(key), KeyType: nftables.TypeIPAddr, HasTimeout: true}
+	elems := make([]nftables.SetElement, 0, len(addrs))
+	for _, a := range addrs {
+		elems = append(elems, nftables.SetElement{Key: a.AsSlice(), Timeout: ttl})
+	}
+	// Delete-then-add refreshes a present element's timeout; when one is
+	// absent the transaction fails as a whole and a plain add follows.
+	if err := c.SetDeleteElements(s, elems); err != nil {
+		return err
+	}
+	if err := c.SetAddElements(s, elems); err != nil {
+		return err
+	}
+	if err := c.Flush(); err == nil {
+		return nil
+	}
+	if err := c.SetAddElements(s, elems); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("network: add resolved addresses: %w", err)
+	}
+	return nil
+}
+
+// intervalElements turns prefixes into the elements of an interval set:
+// overlapping and adjacent ranges merged, each as a start and an
+// exclusive end (none for a range that reaches 255.255.255.255).
+func intervalElements(ps []netip.Prefix) []nftables.SetElement {
+	type span struct{ lo, hi uint64 } // hi exclusive
+	spans := make([]span, 0, len(ps))
+	for _, p := range ps {
+		lo := uint64(binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()))
+		spans = append(spans, span{lo, lo + 1<<(32-p.Bits())})
+	}
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+	var merged []span
+	for _, s := range spans {
+		if n := len(merged); n > 0 && s.lo <= merged[n-1].hi {
+			merged[n-1].hi = max(merged[n-1].hi, s.hi)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	var out []nftables.SetElement
+	for _, s := range merged {
+		out = append(out, nftables.SetElement{Key: binary.BigEndian.AppendUint32(nil, uint32(s.lo))})
+		if s.hi <= math.MaxUint32 {
+			out = append(out, nftables.SetElement{Key: binary.BigEndian.AppendUint32(nil, uint32(s.hi)), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// lookup matches the source (12) or destination (16) address against a set.
+func lookup(offset uint32, s *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+	}
+}
+
+// matchPort matches the layer-4 protocol and destination port.
+func matchPort(proto byte, port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+	}
+}
+
+// Counters are a capsule's traffic counters.
+type Counters struct {
+	// BytesOut and BytesIn count what the capsule sent and received
+	// (its host-side veth's counters).
+	BytesOut, BytesIn uint64
+	// DroppedPackets counts packets of new outbound connections the
+	// policy dropped, by rule name.
+	DroppedPackets map[string]uint64
+}
+
+// Dropped is the sum of DroppedPackets.
+func (c Counters) Dropped() uint64 {
+	var n uint64
+	for _, v := range c.DroppedPackets {
+		n += v
+	}
+	return n
+}
+
+// Counters reads the capsule's counters.
+func (m *Manager) Counters(a Allocation) (Counters, error) {
+	out := Counters{DroppedPackets: map[string]uint64{}}
+	m.mu.Lock()
+	for k, v := range m.dropBase[a.Key] {
+		out.DroppedPackets[k] = v
+	}
+	m.mu.Unlock()
+	if l, err := netlink.LinkByName(a.Veth); err == nil && l.Attrs().Statistics != nil {
+		// The host end receives what the capsule sends.
+		out.BytesOut = l.Attrs().Statistics.RxBytes
+		out.BytesIn = l.Attrs().Statistics.TxBytes
+	}
+	m.nft.Lock()
+	defer m.nft.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return out, err
+	}
+	rules, err := c.GetRules(m.table, &nftables.Chain{Name: chainName(a.Key), Table: m.table})
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
+			return out, nil
+		}
+		return out, err
+	}
+	for _, r := range rules {
+		if !isDropRule(r) {
+			continue
+		}
+		for _, e := range r.Exprs {
+			if ct, ok := e.(*expr.Counter); ok && ct.Packets > 0 {
+				out.DroppedPackets[string(r.UserData)] += ct.Packets
+			}
+		}
+	}
+	return out, nil
+}
+
+func isDropRule(r *nftables.Rule) bool {
+	for _, e := range r.Exprs {
+		if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictDrop {
+			return true
+		}
+	}
+	return false
+}
+
+// IFBPrefix names a capsule's IFB device ("wb<key>"), which shapes what
+// the capsule sends.
+const IFBPrefix = "wb"
+
+// setRates puts the capsule's rate limits on its host-side veth, one
+// mechanism for every isolation (a VM's tap gets the same):
+//   - what the capsule receives leaves the host through the veth: a token
+//     bucket (tbf) root qdisc on the veth shapes it;
+//   - what the capsule sends enters the host through the veth: a u32
+//     match-all filter on the veth's ingress qdisc redirects it (mirred) to
+//     the capsule's IFB device "wb<key>", whose tbf root qdisc shapes it.
+//     (An ingress policer would need act_police, which not every kernel
+//     has; shaping also treats TCP more gently than policing.)
+//
+// Both buckets hold the policy's burst; each queues at most about 50 ms.
+func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
+	l, err := netlink.LinkByName(a.Veth)
+	if err != nil {
+		return fmt.Errorf("network: %s: %w", a.Veth, err)
+	}
+	ifbName := IFBPrefix + a.Key
+	ifb, err := netlink.LinkByName(ifbName)
+	if err != nil {
+		if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: ifbName, TxQLen: 1000}}); err != nil {
+			return fmt.Errorf("network: add %s: %w", ifbName, err)
+		}
+		if ifb, err = netlink.LinkByName(ifbName); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+	}
+	if err := netlink.LinkSetUp(ifb); err != nil {
+		return fmt.Errorf("network: %s up: %w", ifbName, err)
+	}
+	burst := uint32(min(pol.BurstBytes, math.MaxUint32>>1))
+	if err := setTBF(l.Attrs().Index, pol.IngressBytes, burst); err != nil {
+		return fmt.Errorf("network: tbf on %s: %w", a.Veth, err)
+	}
+	if err := setTBF(ifb.Attrs().Index, pol.EgressBytes, burst); err != nil {
+		return fmt.Errorf("network: tbf on %s: %w", ifbName, err)
+	}
+	idx := l.Attrs().Index
+	qdiscs, err := netlink.QdiscList(l)
+	if err != nil {
+		return fmt.Errorf("network: list qdiscs on %s: %w", a.Veth, err)
+	}
+	if !slices.ContainsFunc(qdiscs, func(q netlink.Qdisc) bool { return q.Type() == "ingress" }) {
+		ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
+		if err := netlink.QdiscAdd(ingress); err != nil {
+			return fmt.Errorf("network: ingress qdisc on %s: %w", a.Veth, err)
+		}
+	}
+	filter := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_ALL},
+		Sel:         &netlink.TcU32Sel{Flags: nl32Terminal, Nkeys: 1, Keys: []netlink.TcU32Key{{Mask: 0, Val: 0, Off: 0}}},
+		Actions:     []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)},
+	}
+	filters, err := netlink.FilterList(l, netlink.MakeHandle(0xffff, 0))
+	if err != nil {
+		return fmt.Errorf("network: list filters on %s: %w", a.Veth, err)
+	}
+	if len(filters) == 0 {
+		if err := netlink.FilterAdd(filter); err != nil {
+			return fmt.Errorf("network: redirect filter on %s: %w", a.Veth, err)
+		}
+	}
+	return nil
+}
+
+func setTBF(link int, rate uint64, burst uint32) error {
+	return netlink.QdiscReplace(&netlink.Tbf{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
+		Rate:       rate,
+		Buffer:     netlink.Xmittime(rate, burst),
+		Limit:      uint32(min(max(rate/20, 256<<10), math.MaxUint32>>1)),
+	})
+}
+
+// deleteIFB removes the capsule's IFB device (missing is fine).
+func deleteIFB(key string) error {
+	l, err := netlink.LinkByName(IFBPrefix + key)
+	if err != nil {
+		return nil
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("network: delete %s: %w", IFBPrefix+key, err)
+	}
+	return nil
+}
+
+// sweepIFBs removes IFB devices of keys keep rejects whose veth is gone
+// (a veth that still exists may belong to another manager's capsule).
+func sweepIFBs(keep func(key string) bool) error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("network: list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		name := l.Attrs().Name
+		if l.Type() != "ifb" || !strings.HasPrefix(name, IFBPrefix) || keep(name[len(IFBPrefix):]) {
+			continue
+		}
+		if _, err := netlink.LinkByName(VethPrefix + name[len(IFBPrefix):]); err != nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nl32Terminal is TC_U32_TERMINAL.
+const nl32Terminal = 1
