@@ -65,12 +65,12 @@ def test_exec_stream(capsule):
 
 
 def test_processes(capsule):
-    p = capsule.processes.start("sh", "-c", "read x; echo got $x", tag="reader", open_stdin=True)
+    p = capsule.processes.start("sh", "-c", "cat; echo end", tag="reader", open_stdin=True)
     assert p.pid > 0 and p.tag == "reader"
     assert p.pid in [q.pid for q in capsule.processes.list()]
     out = []
     st = capsule.processes.attach(p.pid, on_stdout=out.append, stdin="abc\n", close_stdin=True)
-    assert st.exit_code == 0 and b"".join(out) == b"got abc\n"
+    assert st.exit_code == 0 and b"".join(out) == b"abc\nend\n"
     p2 = capsule.processes.start("sleep", "300")
     capsule.processes.kill(p2.pid, "SIGTERM")
     with pytest.raises(wrenn.NotFoundError):
@@ -79,7 +79,7 @@ def test_processes(capsule):
 
 def test_files(capsule, tmp_path):
     e = capsule.files.write("/tmp/d/a.txt", "hello")
-    assert e.size == 5 and e.name == "a.txt"
+    assert e.name == "a.txt" and e.path == "/tmp/d/a.txt"
     assert capsule.files.read_text("/tmp/d/a.txt") == "hello"
     data = os.urandom(5 << 20)
     capsule.files.write("/tmp/d/big.bin", io.BytesIO(data))
@@ -93,8 +93,9 @@ def test_files(capsule, tmp_path):
     assert b"".join(capsule.files.stream("/tmp/d/a.txt")) == b"hello"
     assert capsule.files.mkdir("/tmp/d/sub/x").created
     assert not capsule.files.mkdir("/tmp/d/sub/x").created
-    names = sorted(f.name for f in capsule.files.list("/tmp/d"))
-    assert names == ["a.txt", "big.bin", "sub", "up.bin"]
+    entries = {f.name: f for f in capsule.files.list("/tmp/d")}
+    assert sorted(entries) == ["a.txt", "big.bin", "sub", "up.bin"]
+    assert entries["a.txt"].size == 5 and entries["big.bin"].size == len(data) and entries["sub"].type == "dir"
     assert capsule.files.exists("/tmp/d/a.txt")
     capsule.files.remove("/tmp/d")
     assert not capsule.files.exists("/tmp/d/a.txt")
@@ -127,9 +128,9 @@ def test_pause_resume(capsule):
 
 
 def test_templates_and_me(client):
-    names = [t.name for t in client.templates.list()]
-    assert TEMPLATE in names
-    t = client.templates.get(TEMPLATE)
+    by_name = {t.name: t for t in client.templates.list()}
+    assert TEMPLATE in by_name
+    t = client.templates.get(by_name[TEMPLATE].id)
     assert t.name == TEMPLATE
     me = client.me()
     assert me.auth == "api_key" and me.is_admin

@@ -695,7 +695,7 @@ class AsyncTemplates:
         return [Template.from_dict(t) for t in d.get("templates", [])]
 
     async def get(self, template_id: str) -> Template:
-        """One template by id or name."""
+        """One template by id (`tpl-…`; names are in list())."""
         return Template.from_dict(await self._c._json("GET", "/v1/templates/" + quote(template_id, safe="")))
 
 
