@@ -662,9 +662,6 @@ export class Files {
   /** Node only: streams the local file `localPath` to `path`. */
   async upload(localPath: string, path: string): Promise<FileEntry> {
     const fs = await import('node:fs');
-    // A file-backed Blob (read lazily, length known) is fetch's fastest body; a stream otherwise.
-    const openAsBlob = (fs as { openAsBlob?: (p: string) => Promise<Blob> }).openAsBlob;
-    if (openAsBlob) return this.write(path, await openAsBlob(localPath));
     const { Readable } = await import('node:stream');
     const body = Readable.toWeb(fs.createReadStream(localPath, { highWaterMark: 1 << 20 })) as ReadableStream<Uint8Array>;
     return this.write(path, body);
