@@ -96,9 +96,11 @@ func sdkTimes(b *testing.B, u *up, lang string, args ...string) []float64 {
 
 func benchCreateExec(b *testing.B, u *up) {
 	r := raw{u: u, hc: &http.Client{}}
-	const n = 5
+	// Five rounds of two creates per client, interleaved, so the machine's
+	// load drifts over all three alike.
+	const n = 2
 	var rawT, pyT, tsT []float64
-	for round := 0; round < 2; round++ {
+	for round := 0; round < 5; round++ {
 		for i := 0; i < n; i++ {
 			t0 := time.Now()
 			var c struct{ ID string }
