@@ -96,11 +96,13 @@ func sdkTimes(b *testing.B, u *up, lang string, args ...string) []float64 {
 
 func benchCreateExec(b *testing.B, u *up) {
 	r := raw{u: u, hc: &http.Client{}}
-	// Five rounds of two creates per client, interleaved, so the machine's
-	// load drifts over all three alike.
-	const n = 2
+	// Two rounds of five creates per client, interleaved, so the machine's
+	// load drifts over all three alike. Each SDK process first makes one
+	// untimed create→exec (connection, interpreter warm-up), as the raw
+	// client's kept-alive connection is warm after its first call.
+	const n = 5
 	var rawT, pyT, tsT []float64
-	for round := 0; round < 5; round++ {
+	for round := 0; round < 2; round++ {
 		for i := 0; i < n; i++ {
 			t0 := time.Now()
 			var c struct{ ID string }

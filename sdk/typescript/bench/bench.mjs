@@ -7,6 +7,9 @@ const c = new Client();
 const [mode, ...a] = process.argv.slice(2);
 let res;
 if (mode === 'create-exec') {
+  const warm = await c.capsules.create({ template: a[1] }); // untimed: connection and JIT warm
+  await warm.exec('true');
+  await warm.delete();
   const out = [];
   for (let i = 0; i < Number(a[0]); i++) {
     const t0 = performance.now();
