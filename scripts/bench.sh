@@ -10,3 +10,5 @@ pkgs=$(go list ./... | while read -r p; do
 done)
 # -benchtime=1x for the GiB-sized transfers; the latency benchmarks loop internally.
 go test -run '^$' -bench . -benchtime "${BENCHTIME:-1x}" -timeout 60m $pkgs
+# test/sdks (BenchmarkSDKs, issue 15) moves a 256 MiB file through each SDK and curl;
+# WRENN_SDK_BENCH_MIB=1024 scripts/bench.sh (or go test ./test/sdks/ -run '^$' -bench SDKs) uses 1 GiB.

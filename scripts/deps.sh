@@ -12,6 +12,9 @@ want=(
   lxcfs                             # capsules see their own memory, CPUs, uptime
   postgresql                        # store tests on PostgreSQL
 )
+# Python SDK (sdk/python): its tests and wheel build run on Debian's packages
+# under /usr/bin/python3.
+want+=(python3-httpx python3-websockets python3-pytest python3-yaml python3-build python3-hatchling)
 
 missing=()
 for p in "${want[@]}"; do

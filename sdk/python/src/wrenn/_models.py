@@ -1,0 +1,326 @@
+"""Data types of the Wrenn API, as dataclasses.
+
+Each class names the ``components.schemas`` entry of the API's
+``openapi.yaml`` it models in ``__schema__``; ``tests/test_models.py``
+checks that the fields and the schema's properties are the same set.
+Times are kept as the RFC 3339 strings the API sends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+__all__ = [
+    "CapsuleInfo",
+    "CapsulePage",
+    "Template",
+    "ExecResult",
+    "ExecEvent",
+    "ExitStatus",
+    "Process",
+    "ProcessStarted",
+    "FileEntry",
+    "MkdirResult",
+    "Me",
+    "Team",
+    "BuildSpec",
+    "Build",
+    "CapsuleMetrics",
+    "MetricPoint",
+]
+
+T = TypeVar("T")
+
+# Models nested in others, by field name.
+_NESTED: Dict[str, Any] = {}
+
+
+def _from_dict(cls: Type[T], d: Optional[Dict[str, Any]]) -> Optional[T]:
+    """Build ``cls`` from a JSON object, ignoring properties it does not model
+    (servers may add properties; clients ignore unknown ones)."""
+    if d is None:
+        return None
+    kw = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        sub = _NESTED.get(f"{cls.__name__}.{f.name}")
+        if sub is not None and v is not None:
+            v = [sub.from_dict(x) for x in v] if isinstance(v, list) else sub.from_dict(v)
+        kw[f.name] = v
+    return cls(**kw)  # type: ignore[call-arg]
+
+
+class _Model:
+    """Mixin: ``from_dict`` and ``to_dict``."""
+
+    __schema__ = ""
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build the model from the API's JSON object."""
+        return _from_dict(cls, d)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The model as the API's JSON object (None fields left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
+
+
+@dataclass
+class CapsuleInfo(_Model):
+    """A capsule as the API describes it (schema ``Capsule``).
+
+    ``status`` is one of pending, starting, running, paused, hibernated,
+    stopped, error, missing. ``access_token`` is only set in the create
+    answer; ``memory_kept`` only in pause and resume answers.
+    """
+
+    __schema__ = "Capsule"
+    id: str
+    status: str
+    template_id: str = ""
+    vcpus: int = 0
+    memory_mb: int = 0
+    disk_size_mb: int = 0
+    timeout_sec: int = 0
+    expires_at: Optional[str] = None
+    public: bool = False
+    created_at: str = ""
+    updated_at: str = ""
+    host_id: Optional[str] = None
+    allow_internet: Optional[bool] = None
+    error_reason: Optional[str] = None
+    paused_at: Optional[str] = None
+    access_token: Optional[str] = None
+    memory_kept: Optional[bool] = None
+
+
+@dataclass
+class CapsulePage(_Model):
+    """One page of ``GET /v1/capsules`` (schema ``CapsuleList``); ``next_cursor`` is empty on the last page."""
+
+    __schema__ = "CapsuleList"
+    capsules: List[CapsuleInfo] = field(default_factory=list)
+    next_cursor: str = ""
+
+
+@dataclass
+class Template(_Model):
+    """A template capsules start from (schema ``Template``)."""
+
+    __schema__ = "Template"
+    id: str
+    name: str
+    public: bool = False
+    size_bytes: int = 0
+    created_at: str = ""
+
+
+@dataclass
+class ExecResult(_Model):
+    """The outcome of a command run to completion (schema ``ExecResult``).
+
+    ``truncated`` says the output exceeded the server's buffer; ``error``
+    describes a failure to start or a signal.
+    """
+
+    __schema__ = "ExecResult"
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+    truncated: bool = False
+    pid: int = 0
+
+
+@dataclass
+class ExecEvent(_Model):
+    """One event of an exec or process stream (schema ``ExecEvent``): type is start, stdout, stderr, end or error."""
+
+    __schema__ = "ExecEvent"
+    type: str
+    pid: Optional[int] = None
+    data: Optional[str] = None
+    data_b64: Optional[str] = None
+    exit_code: Optional[int] = None
+    exited: Optional[bool] = None
+    status: Optional[str] = None
+    code: Optional[str] = None
+    message: Optional[str] = None
+
+
+@dataclass
+class ExitStatus:
+    """How a streamed command ended: ``exit_code``, whether it ``exited`` normally, and its ``status`` text."""
+
+    exit_code: int
+    exited: bool = True
+    status: str = ""
+    pid: int = 0
+
+
+@dataclass
+class Process(_Model):
+    """A background process in a capsule (schema ``Process``)."""
+
+    __schema__ = "Process"
+    pid: int
+    cmd: str
+    args: List[str] = field(default_factory=list)
+    tag: Optional[str] = None
+    cwd: Optional[str] = None
+    env: Optional[Dict[str, str]] = None
+
+
+@dataclass
+class ProcessStarted(_Model):
+    """The answer to starting a background process (schema ``ProcessStarted``)."""
+
+    __schema__ = "ProcessStarted"
+    pid: int
+    tag: str = ""
+
+
+@dataclass
+class FileEntry(_Model):
+    """A file or directory in a capsule (schema ``FileEntry``); ``modified_at`` is Unix seconds."""
+
+    __schema__ = "FileEntry"
+    name: str
+    path: str
+    type: str
+    size: int = 0
+    mode: int = 0
+    permissions: str = ""
+    owner: str = ""
+    group: str = ""
+    modified_at: int = 0
+    symlink_target: Optional[str] = None
+
+
+@dataclass
+class MkdirResult(_Model):
+    """The answer to mkdir (schema ``MkdirResult``): ``created`` is False when the directory existed."""
+
+    __schema__ = "MkdirResult"
+    created: bool
+    entry: FileEntry
+
+
+@dataclass
+class Team(_Model):
+    """A team (schema ``Team``)."""
+
+    __schema__ = "Team"
+    id: str
+    name: str
+    is_byoc: bool = False
+    created_at: str = ""
+    role: Optional[str] = None
+
+
+@dataclass
+class Me(_Model):
+    """Who the credential acts as (schema ``Me``)."""
+
+    __schema__ = "Me"
+    user_id: str
+    email: str
+    name: str
+    team_id: str
+    role: str
+    is_admin: bool
+    auth: str
+    team: Optional[Team] = None
+    api_key_id: Optional[str] = None
+
+
+@dataclass
+class BuildSpec(_Model):
+    """What a template build runs (schema ``BuildSpec``): shell commands ``run`` in order, starting from template ``from_``.
+
+    ``from`` is a Python keyword, so the field is ``from_`` (sent as ``from``).
+    """
+
+    __schema__ = "BuildSpec"
+    run: List[str]
+    from_: Optional[str] = None
+    env: Optional[Dict[str, str]] = None
+    workdir: Optional[str] = None
+    vcpus: Optional[int] = None
+    memory_mb: Optional[int] = None
+    disk_size_mb: Optional[int] = None
+    timeout_sec: Optional[int] = None
+    allow_internet: Optional[bool] = None
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build the spec from the API's JSON object (``from`` becomes ``from_``)."""
+        if d is None:
+            return None
+        d = dict(d)
+        if "from" in d:
+            d["from_"] = d.pop("from")
+        return _from_dict(cls, d)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The spec as the API's JSON object."""
+        d = super().to_dict()
+        if "from_" in d:
+            d["from"] = d.pop("from_")
+        return d
+
+
+@dataclass
+class Build(_Model):
+    """A template build (schema ``Build``): status pending, running, succeeded, failed or cancelled."""
+
+    __schema__ = "Build"
+    id: str
+    team_id: str
+    template_name: str
+    status: str
+    created_at: str = ""
+    updated_at: str = ""
+    template_id: Optional[str] = None
+    spec: Optional[BuildSpec] = None
+    error: Optional[str] = None
+    created_by: Optional[str] = None
+    finished_at: Optional[str] = None
+
+
+@dataclass
+class MetricPoint(_Model):
+    """One sample of a capsule's resource use (schema ``MetricPoint``)."""
+
+    __schema__ = "MetricPoint"
+    ts_ms: int
+    cpu_used_pct: float = 0.0
+    cpu_count: int = 0
+    mem_used_bytes: int = 0
+    mem_total_bytes: int = 0
+    disk_used_bytes: int = 0
+    disk_total_bytes: int = 0
+
+
+@dataclass
+class CapsuleMetrics(_Model):
+    """A capsule's metrics over a window (schema ``CapsuleMetrics``)."""
+
+    __schema__ = "CapsuleMetrics"
+    resolution_sec: int
+    points: List[MetricPoint] = field(default_factory=list)
+
+
+_NESTED.update(
+    {
+        "CapsulePage.capsules": CapsuleInfo,
+        "MkdirResult.entry": FileEntry,
+        "Me.team": Team,
+        "Build.spec": BuildSpec,
+        "CapsuleMetrics.points": MetricPoint,
+    }
+)

@@ -1,0 +1,140 @@
+// The SDK against a real Wrenn named by WRENN_URL and WRENN_API_KEY
+// (test/sdks starts one). Without them these tests fail, never skip.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, APIError, CommandExitError, TimeoutError } from '../dist/index.js';
+
+const TEMPLATE = process.env.WRENN_TEMPLATE || 'minimal';
+let c;
+
+before(() => {
+  assert.ok(process.env.WRENN_URL && process.env.WRENN_API_KEY, 'WRENN_URL and WRENN_API_KEY must name a running Wrenn (test/sdks starts one)');
+  c = new Client();
+});
+
+async function withCapsule(fn, params = {}) {
+  const cap = await c.capsules.create({ template: TEMPLATE, timeout_sec: 600, ...params });
+  try {
+    await fn(cap);
+  } finally {
+    await cap.delete();
+  }
+}
+
+const text = (chunks) => Buffer.concat(chunks).toString();
+
+test('quick start', async () => {
+  const cap = await c.capsules.create({ template: TEMPLATE });
+  try {
+    assert.match(cap.id, /^cl-/);
+    assert.equal(cap.status, 'running');
+    const r = await cap.exec('echo', ['hi']);
+    assert.deepEqual([r.stdout, r.stderr, r.exitCode], ['hi\n', '', 0]);
+  } finally {
+    await cap.delete();
+  }
+  await assert.rejects(c.capsules.get(cap.id), (e) => e instanceof APIError && e.code === 'not_found' && e.status === 404 && !!e.requestId);
+});
+
+test('create fields, list, get, timeout, public', () => withCapsule(async (cap) => {
+  assert.deepEqual([cap.info.vcpus, cap.info.memory_mb, cap.info.timeout_sec], [1, 256, 120]);
+  assert.equal((await cap.exec('sh', ['-c', 'echo $GREETING'])).stdout, 'hello\n');
+  assert.ok((await c.capsules.list({ status: 'running' })).some((x) => x.id === cap.id));
+  assert.equal((await c.capsules.listPage({ limit: 1 })).capsules.length, 1);
+  assert.equal((await cap.setTimeout(300)).timeout_sec, 300);
+  assert.equal((await cap.setPublic(true)).public, true);
+}, { vcpus: 1, memory_mb: 256, timeout_sec: 120, env: { GREETING: 'hello' } }));
+
+test('exec options, exit codes, errors, timeout', () => withCapsule(async (cap) => {
+  const r = await cap.exec('sh', ['-c', 'pwd; echo $A; cat'], { cwd: '/tmp', env: { A: 'b' }, stdin: 'in\n' });
+  assert.deepEqual(r.stdout.split('\n'), ['/tmp', 'b', 'in', '']);
+  assert.equal((await cap.exec('sh', ['-c', 'exit 3'])).exitCode, 3);
+  await assert.rejects(cap.exec('sh', ['-c', 'exit 4'], { check: true }), (e) => e instanceof CommandExitError && e.exitCode === 4);
+  await assert.rejects(cap.exec(''), (e) => e instanceof APIError && e.code === 'invalid_argument' && !!e.message && !!e.requestId);
+  const slow = await new Client({ timeoutMs: 1000 }).capsules.get(cap.id);
+  await assert.rejects(slow.exec('sleep', ['5']), TimeoutError);
+}));
+
+test('exec stream', () => withCapsule(async (cap) => {
+  const out = [], err = [];
+  const st = await cap.execStream('sh', ['-c', "echo 1; echo 2; echo e >&2; printf '\\377'; exit 5"], {
+    onStdout: (d) => out.push(d), onStderr: (d) => err.push(d),
+  });
+  assert.equal(st.exitCode, 5);
+  assert.ok(st.pid > 0);
+  assert.deepEqual(Buffer.concat(out), Buffer.from([...Buffer.from('1\n2\n'), 0xff]));
+  assert.equal(text(err), 'e\n');
+}));
+
+test('processes', () => withCapsule(async (cap) => {
+  const p = await cap.processes.start('sh', ['-c', 'cat; echo end'], { tag: 'reader', openStdin: true });
+  assert.ok(p.pid > 0);
+  assert.ok((await cap.processes.list()).some((q) => q.pid === p.pid));
+  const out = [];
+  const st = await cap.processes.attach(p.pid, { onStdout: (d) => out.push(d), stdin: 'abc\n', closeStdin: true });
+  assert.equal(st.exitCode, 0);
+  assert.equal(text(out), 'abc\nend\n');
+  const p2 = await cap.processes.start('sleep', ['300']);
+  await cap.processes.kill(p2.pid, 'SIGTERM');
+}));
+
+test('files', () => withCapsule(async (cap) => {
+  assert.equal((await cap.files.write('/tmp/d/a.txt', 'hello')).path, '/tmp/d/a.txt');
+  assert.equal(await cap.files.readText('/tmp/d/a.txt'), 'hello');
+  const data = randomBytes(5 << 20);
+  async function* chunks() { for (let i = 0; i < data.length; i += 1 << 20) yield data.subarray(i, i + (1 << 20)); }
+  await cap.files.write('/tmp/d/big.bin', chunks());
+  assert.ok(Buffer.from(await cap.files.read('/tmp/d/big.bin')).equals(data));
+  const dir = mkdtempSync(join(tmpdir(), 'wrenn-ts-'));
+  writeFileSync(join(dir, 'up.bin'), data);
+  await cap.files.upload(join(dir, 'up.bin'), '/tmp/d/up.bin');
+  const sum = (await cap.exec('sha256sum', ['/tmp/d/up.bin'])).stdout.split(' ')[0];
+  assert.equal(sum, createHash('sha256').update(data).digest('hex'));
+  assert.equal(await cap.files.download('/tmp/d/up.bin', join(dir, 'down.bin')), data.length);
+  assert.ok(readFileSync(join(dir, 'down.bin')).equals(data));
+  assert.equal((await cap.files.mkdir('/tmp/d/sub')).created, true);
+  assert.deepEqual((await cap.files.list('/tmp/d')).map((e) => e.name).sort(), ['a.txt', 'big.bin', 'sub', 'up.bin']);
+  await cap.files.remove('/tmp/d');
+  await assert.rejects(cap.files.read('/tmp/d/a.txt'), (e) => e instanceof APIError && e.code === 'not_found');
+}));
+
+test('pty', () => withCapsule(async (cap) => {
+  const t = await cap.pty({ cols: 100, rows: 30, cmd: '/bin/sh' });
+  t.send('echo $((6*7)); exit\n');
+  const seen = [];
+  for (let d = await t.recv(); d !== null; d = await t.recv()) seen.push(d);
+  assert.match(text(seen), /42/);
+  assert.equal(t.exitCode, 0);
+}));
+
+test('pause and resume', () => withCapsule(async (cap) => {
+  await cap.exec('sh', ['-c', 'echo kept > /root/m']);
+  const p = await cap.pause();
+  assert.equal(p.status, 'paused');
+  await assert.rejects(cap.exec('true'), (e) => e instanceof APIError && e.status === 409);
+  assert.equal((await cap.resume({ timeoutSec: 300 })).status, 'running');
+  assert.equal((await cap.exec('cat', ['/root/m'])).stdout, 'kept\n');
+}));
+
+test('templates, me, builds, bad key', async () => {
+  assert.ok((await c.templates.list()).some((t) => t.name === TEMPLATE));
+  const id = (await c.templates.list()).find((t) => t.name === TEMPLATE).id;
+  assert.equal((await c.templates.get(id)).name, TEMPLATE);
+  const me = await c.me();
+  assert.equal(me.auth, 'api_key');
+  assert.ok(Array.isArray(await c.builds.list()));
+  await assert.rejects(c.builds.create('Bad Name!', { run: ['true'] }), (e) => e instanceof APIError && e.code === 'invalid_argument');
+  const bad = new Client({ apiKey: 'wrn_nope' });
+  await assert.rejects(bad.capsules.list(), (e) => e instanceof APIError && e.code === 'unauthenticated');
+  const cap = await c.capsules.create({ template: TEMPLATE });
+  try {
+    await assert.rejects((await bad.capsules.get(cap.id).catch(() => new (cap.constructor)(bad, cap.info))).execStream('true'),
+      (e) => e instanceof APIError && e.status === 401);
+  } finally {
+    await cap.delete();
+  }
+});
