@@ -199,7 +199,13 @@ func (a *API) wsProcess(w http.ResponseWriter, r *http.Request) {
 			if in.Type != "stdin" && in.Type != "close_stdin" {
 				continue
 			}
-			if _, err := cl.SendProcessInput(ctx, connect.NewRequest(req)); err != nil {
+			_, err = cl.SendProcessInput(ctx, connect.NewRequest(req))
+			switch {
+			case err == nil:
+			case connect.CodeOf(err) == connect.CodeNotFound:
+				// The process exited meanwhile: its end event (with the
+				// exit status) follows on the stream; input has nowhere to go.
+			default:
 				_ = writeEvent(ctx, conn, wsEvent{Type: "error", Code: agentError(err).Code, Message: agentError(err).Message})
 			}
 		}
