@@ -87,8 +87,16 @@ test-go: tools
 	if [ ! -x "$$WRENN_TEST_CRIU" ]; then \
 	  echo "make test: WRENN_TEST_CRIU='$$WRENN_TEST_CRIU' is not an executable criu" >&2; exit 1; fi; \
 	export WRENN_TEST_CRIU; \
-	$(GO) test $(TESTFLAGS) ./... && \
-	$(GO) test $(TESTFLAGS) -race -short ./...
+	start=$$(date +%s); \
+	$(GO) test $(TESTFLAGS) ./...; \
+	echo "make test: all packages took $$(( $$(date +%s) - start )) s"; \
+	start=$$(date +%s); \
+	$(GO) test $(TESTFLAGS) -race -short $$($(GO) list ./... | grep -v -E '$(PRIVILEGED_PKGS)'); \
+	echo "make test: race pass (unit packages) took $$(( $$(date +%s) - start )) s"
+
+# Packages that run capsules, agents or wrenn up: the race pass (unit
+# packages only, as the brief asks) leaves them out.
+PRIVILEGED_PKGS := /internal/(runtime/container|hostagent|up|controlplane|network|cli)$$|/test/|/sdk$$
 
 test: deps gen-check vet lint build test-go
 
@@ -96,7 +104,7 @@ test: deps gen-check vet lint build test-go
 # compiler, Node.js, a JDK, sqlite3 and strace from Debian's packages (a
 # template on top of base, built once and cached in /var/cache/wrenn).
 test-heavy: deps build
-	WRENN_TEST_HEAVY=1 $(GO) test -count=1 -timeout 40m -run 'TestWorkloads|TestSeccomp|TestLXCFS' ./internal/runtime/container/
+	$(GO) test -tags heavy -count=1 -timeout 40m -run 'TestWorkloads|TestSeccomp|TestLXCFS' ./internal/runtime/container/
 
 bench: deps build
 	@scripts/bench.sh
