@@ -1,56 +1,48 @@
 package container_test
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/runtime/runtimetest"
 	"github.com/wrenn-dev/wrenn/internal/template"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
-
-// capsuleRootfs is the host path of a capsule's root filesystem (from its
-// OCI bundle).
-func capsuleRootfs(t testing.TB, d *container.Driver, id string) string {
-	t.Helper()
-	key, err := d.Key(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(filepath.Join(d.RuncRoot(), "..", "capsules", key, "config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s specs.Spec
-	if err := json.Unmarshal(raw, &s); err != nil {
-		t.Fatal(err)
-	}
-	return s.Root.Path
-}
 
 // installProbe copies the static sysprobe helper into a capsule as
 // /usr/local/bin/sysprobe.
 func installProbe(t testing.TB, d *container.Driver, id string) {
 	t.Helper()
+	// Through envd, as capsule root: host root cannot create files on a
+	// user-namespaced capsule's idmapped rootfs (EOVERFLOW: it has no id
+	// there).
+	ctx := testutil.Context(t, testutil.Long)
 	b, err := os.ReadFile(probeBin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(capsuleRootfs(t, d, id), "usr/local/bin/sysprobe")
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+	info, err := d.Inspect(ctx, id)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(dst, b, 0o755); err != nil { //nolint:gosec // an executable
+	c, err := envdclient.New(envdclient.Config{Addr: info.EnvdAddr()})
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	if _, err := c.Upload(ctx, "/usr/local/bin/sysprobe", "root", bytes.NewReader(b)); err != nil {
+		t.Fatalf("upload sysprobe: %v", err)
+	}
+	if out, err := runtimetest.EnvdExec(ctx, info, "root", "chmod", "755", "/usr/local/bin/sysprobe"); err != nil {
+		t.Fatalf("chmod sysprobe: %v: %s", err, out)
 	}
 }
 
