@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // mountAdmin adds the admin-panel routes to r (the /v1/admin group).
@@ -62,14 +62,11 @@ func (a *API) recordAdmin(r *http.Request, resourceType, resourceID, action stri
 	})
 }
 
-type adminUserJSON struct {
-	userJSON
-	Status    string     `json:"status"`
-	DeletedAt *time.Time `json:"deleted_at,omitempty"`
-}
-
-func toAdminUserJSON(u store.User) adminUserJSON {
-	return adminUserJSON{userJSON: toUserJSON(u), Status: string(u.Status), DeletedAt: u.DeletedAt}
+func toAdminUserJSON(u store.User) wrennapi.AdminUser {
+	return wrennapi.AdminUser{
+		ID: u.ID, Email: u.Email, Name: u.Name, IsAdmin: u.IsAdmin, EmailVerified: u.EmailVerified, CreatedAt: u.CreatedAt,
+		Status: wrennapi.AdminUserStatus(u.Status), DeletedAt: u.DeletedAt,
+	}
 }
 
 // queryInt parses an optional integer query parameter within [lo, hi].
@@ -106,11 +103,11 @@ func (a *API) adminListUsers(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]adminUserJSON, 0, len(us))
+	out := make([]wrennapi.AdminUser, 0, len(us))
 	for _, u := range us {
 		out = append(out, toAdminUserJSON(u))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"users": out})
+	writeJSON(w, http.StatusOK, wrennapi.AdminUserList{Users: out})
 }
 
 // pathUser reads the {userID} user.
@@ -144,9 +141,7 @@ func lastAdminError(err error) error {
 }
 
 func (a *API) adminSetUserActive(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Active *bool `json:"active"`
-	}
+	var req wrennapi.SetActive
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -186,9 +181,7 @@ func (a *API) adminSetUserActive(w http.ResponseWriter, r *http.Request) {
 // (200 with "changed": false); a revoke that would leave no active admin
 // is refused by the store's single conditional statement (409).
 func (a *API) adminSetUserAdmin(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Admin *bool `json:"admin"`
-	}
+	var req wrennapi.SetAdmin
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -226,7 +219,7 @@ func (a *API) adminSetUserAdmin(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"user": toAdminUserJSON(u), "changed": changed})
+	writeJSON(w, http.StatusOK, wrennapi.AdminUserChange{User: toAdminUserJSON(u), Changed: changed})
 }
 
 // adminDeleteUser soft-deletes a user: the row stays (scrubbed), their
@@ -258,15 +251,11 @@ func (a *API) adminListTeams(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	type adminTeamJSON struct {
-		teamJSON
-		IsPlatform bool `json:"is_platform"`
-	}
-	out := make([]adminTeamJSON, 0, len(ts))
+	out := make([]wrennapi.AdminTeam, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, adminTeamJSON{teamJSON: toTeamJSON(t), IsPlatform: t.IsPlatform})
+		out = append(out, wrennapi.AdminTeam{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, IsPlatform: t.IsPlatform, CreatedAt: t.CreatedAt})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"teams": out})
+	writeJSON(w, http.StatusOK, wrennapi.AdminTeamList{Teams: out})
 }
 
 func (a *API) pathTeam(r *http.Request) (store.Team, error) {
@@ -282,9 +271,7 @@ func (a *API) pathTeam(r *http.Request) (store.Team, error) {
 }
 
 func (a *API) adminSetTeamBYOC(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		BYOC *bool `json:"byoc"`
-	}
+	var req wrennapi.SetBYOC
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -332,22 +319,19 @@ func (a *API) adminDeleteTeam(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type adminTemplateJSON struct {
-	templateJSON
-	TeamID string `json:"team_id"`
-}
-
 func (a *API) adminListTemplates(w http.ResponseWriter, r *http.Request) {
 	ts, err := a.cfg.Store.AdminListTemplates(r.Context())
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]adminTemplateJSON, 0, len(ts))
+	out := make([]wrennapi.AdminTemplate, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, adminTemplateJSON{templateJSON: toTemplateJSON(t), TeamID: t.TeamID})
+		out = append(out, wrennapi.AdminTemplate{
+			ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, TeamID: t.TeamID,
+		})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
+	writeJSON(w, http.StatusOK, wrennapi.AdminTemplateList{Templates: out})
 }
 
 func (a *API) adminDeleteTemplate(w http.ResponseWriter, r *http.Request) {
@@ -381,29 +365,29 @@ func (a *API) adminDeleteTemplate(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type buildJSON struct {
-	ID           string          `json:"id"`
-	TeamID       string          `json:"team_id"`
-	TemplateName string          `json:"template_name"`
-	TemplateID   string          `json:"template_id,omitempty"`
-	Status       string          `json:"status"`
-	Spec         json.RawMessage `json:"spec,omitempty"`
-	Error        string          `json:"error,omitempty"`
-	CreatedBy    string          `json:"created_by,omitempty"`
-	CreatedAt    time.Time       `json:"created_at"`
-	UpdatedAt    time.Time       `json:"updated_at"`
-	FinishedAt   *time.Time      `json:"finished_at,omitempty"`
-}
-
-func toBuildJSON(b store.Build) buildJSON {
-	j := buildJSON{
-		ID: b.ID, TeamID: b.TeamID, TemplateName: b.TemplateName, TemplateID: b.TemplateID, Status: string(b.Status),
+// toBuildJSON is a build as the API shows it; the stored spec (JSON of a
+// builds.Spec) is decoded into the document's BuildSpec, and left out
+// when it does not decode.
+func toBuildJSON(b store.Build) wrennapi.Build {
+	j := wrennapi.Build{
+		ID: b.ID, TeamID: b.TeamID, TemplateName: b.TemplateName, TemplateID: b.TemplateID, Status: wrennapi.BuildStatus(b.Status),
 		Error: b.Error, CreatedBy: b.CreatedBy, CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, FinishedAt: b.FinishedAt,
 	}
-	if len(b.Spec) > 0 && json.Valid(b.Spec) {
-		j.Spec = b.Spec
+	if len(b.Spec) > 0 {
+		var spec wrennapi.BuildSpec
+		if json.Unmarshal(b.Spec, &spec) == nil {
+			j.Spec = &spec
+		}
 	}
 	return j
+}
+
+// buildSpec is the builds package's form of a requested spec.
+func buildSpec(s *wrennapi.BuildSpec) *builds.Spec {
+	return &builds.Spec{
+		From: s.From, Run: s.Run, Env: s.Env, Workdir: s.Workdir, VCPUs: s.VCPUs, MemoryMB: s.MemoryMB,
+		DiskSizeMB: s.DiskSizeMB, TimeoutSec: s.TimeoutSec, AllowInternet: s.AllowInternet,
+	}
 }
 
 func (a *API) adminListBuilds(w http.ResponseWriter, r *http.Request) {
@@ -412,11 +396,11 @@ func (a *API) adminListBuilds(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]buildJSON, 0, len(bs))
+	out := make([]wrennapi.Build, 0, len(bs))
 	for _, b := range bs {
 		out = append(out, toBuildJSON(b))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"builds": out})
+	writeJSON(w, http.StatusOK, wrennapi.BuildList{Builds: out})
 }
 
 var templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
@@ -425,11 +409,7 @@ var templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 // (default: the platform team, whose templates are public). The spec is
 // validated here (builds.Spec); internal/builds runs the build.
 func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		TemplateName string       `json:"template_name"`
-		TeamID       string       `json:"team_id"`
-		Spec         *builds.Spec `json:"spec"`
-	}
+	var req wrennapi.CreateBuild
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -442,7 +422,8 @@ func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "spec is required: {\"from\": template, \"run\": [shell commands], …}"))
 		return
 	}
-	if err := req.Spec.Normalize(); err != nil {
+	spec := buildSpec(req.Spec)
+	if err := spec.Normalize(); err != nil {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "%s", err.Error()))
 		return
 	}
@@ -456,9 +437,9 @@ func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if _, err := builds.ResolveFrom(ctx, a.cfg.Store, req.TeamID, req.Spec.From); err != nil {
+	if _, err := builds.ResolveFrom(ctx, a.cfg.Store, req.TeamID, spec.From); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			err = errorf(CodeInvalidArgument, "spec.from: template %q not found for team %s", req.Spec.From, req.TeamID)
+			err = errorf(CodeInvalidArgument, "spec.from: template %q not found for team %s", spec.From, req.TeamID)
 		}
 		a.writeError(w, r, err)
 		return
@@ -481,14 +462,14 @@ func (a *API) adminCreateBuild(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	spec, err := json.Marshal(req.Spec)
+	specJSON, err := json.Marshal(spec)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	b, err := a.cfg.Store.CreateBuild(context.WithoutCancel(ctx), store.Build{
 		ID: store.NewID(store.PrefixBuild), TeamID: req.TeamID, TemplateName: req.TemplateName,
-		Status: store.BuildPending, Spec: spec, CreatedBy: caller(ctx).UserID,
+		Status: store.BuildPending, Spec: specJSON, CreatedBy: caller(ctx).UserID,
 	})
 	a.recordAdmin(r, "build", b.ID, "create", err, map[string]any{"template_name": req.TemplateName, "team_id": req.TeamID})
 	if err != nil {
@@ -544,9 +525,13 @@ func (a *API) adminCancelBuild(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toBuildJSON(cur))
 }
 
-type adminCapsuleJSON struct {
-	capsuleJSON
-	TeamID string `json:"team_id"`
+func toAdminCapsule(c store.Capsule) wrennapi.AdminCapsule {
+	return wrennapi.AdminCapsule{
+		ID: c.ID, Status: wrennapi.AdminCapsuleStatus(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID,
+		HostID: c.HostID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec,
+		AllowInternet: c.AllowInternet, ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt,
+		UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt, TeamID: c.TeamID,
+	}
 }
 
 func (a *API) adminListCapsules(w http.ResponseWriter, r *http.Request) {
@@ -560,11 +545,11 @@ func (a *API) adminListCapsules(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]adminCapsuleJSON, 0, len(caps))
+	out := make([]wrennapi.AdminCapsule, 0, len(caps))
 	for _, c := range caps {
-		out = append(out, adminCapsuleJSON{capsuleJSON: toCapsuleJSON(c), TeamID: c.TeamID})
+		out = append(out, toAdminCapsule(c))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"capsules": out, "next_cursor": next})
+	writeJSON(w, http.StatusOK, wrennapi.AdminCapsuleList{Capsules: out, NextCursor: next})
 }
 
 func (a *API) adminGetCapsule(w http.ResponseWriter, r *http.Request) {
@@ -573,7 +558,7 @@ func (a *API) adminGetCapsule(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, adminCapsuleJSON{capsuleJSON: toCapsuleJSON(c), TeamID: c.TeamID})
+	writeJSON(w, http.StatusOK, toAdminCapsule(c))
 }
 
 // adminDeleteCapsule destroys any team's capsule. With ?force=true the
@@ -588,7 +573,7 @@ func (a *API) adminDeleteCapsule(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) adminPauseCapsule(w http.ResponseWriter, r *http.Request) {
-	var req pauseReq
+	var req wrennapi.Pause
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -602,7 +587,7 @@ func (a *API) adminPauseCapsule(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) adminResumeCapsule(w http.ResponseWriter, r *http.Request) {
-	var req resumeReq
+	var req wrennapi.Resume
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return

@@ -196,6 +196,10 @@ func TestAdminTeamsTemplatesBuildsCapsules(t *testing.T) {
 		}
 		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "Bad Name"}), 400)
 		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "spec": []int{1}}), 400)
+		// spec is a pointer in the generated CreateBuild, so its absence is still named.
+		if m := e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok"}), 400).str(t, "message"); !strings.HasPrefix(m, "spec is required") {
+			t.Fatalf("missing spec: message %q", m)
+		}
 		e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{"template_name": "ok", "team_id": "team-nope", "spec": map[string]any{"run": []string{"true"}}}), 404)
 		b := e.want(e.do("POST", "/v1/admin/builds", root.token, map[string]any{
 			"template_name": "python", "spec": map[string]any{"from": "base", "run": []string{"apt-get install -y python3-pip"}},

@@ -7,6 +7,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // actor describes the caller for the audit log.
@@ -39,20 +40,6 @@ func (a *API) auditAdmin(r *http.Request, resourceType, resourceID, action strin
 	a.cfg.Audit.Admin(r.Context(), audit.Entry{
 		Actor: actor(caller(r.Context())), ResourceType: resourceType, ResourceID: resourceID, Action: action, Metadata: meta,
 	})
-}
-
-type auditJSON struct {
-	ID           int64          `json:"id"`
-	ActorType    string         `json:"actor_type"`
-	ActorID      string         `json:"actor_id"`
-	ActorName    string         `json:"actor_name"`
-	ResourceType string         `json:"resource_type"`
-	ResourceID   string         `json:"resource_id"`
-	Action       string         `json:"action"`
-	Status       string         `json:"status"`
-	Scope        string         `json:"scope"`
-	Metadata     map[string]any `json:"metadata,omitempty"`
-	CreatedAt    time.Time      `json:"created_at"`
 }
 
 // auditFilterFromQuery parses actor_id, resource_type, action, scope,
@@ -92,19 +79,19 @@ func (a *API) writeAuditPage(w http.ResponseWriter, r *http.Request, f store.Aud
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]auditJSON, 0, len(entries))
+	out := make([]wrennapi.AuditEntry, 0, len(entries))
 	for _, e := range entries {
-		j := auditJSON{
+		j := wrennapi.AuditEntry{
 			ID: e.ID, ActorType: string(e.ActorType), ActorID: e.ActorID, ActorName: e.ActorName,
 			ResourceType: e.ResourceType, ResourceID: e.ResourceID, Action: e.Action, Status: string(e.Status),
-			Scope: string(e.Scope), CreatedAt: e.CreatedAt,
+			Scope: wrennapi.AuditEntryScope(e.Scope), CreatedAt: e.CreatedAt,
 		}
 		if len(e.Metadata) > 0 {
 			_ = jsonUnmarshal(e.Metadata, &j.Metadata)
 		}
 		out = append(out, j)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"entries": out, "next_cursor": next})
+	writeJSON(w, http.StatusOK, wrennapi.AuditPage{Entries: out, NextCursor: next})
 }
 
 // teamAuditLogs answers GET /v1/audit-logs for the current team (team

@@ -5,6 +5,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -30,18 +31,13 @@ func (a *API) capsuleMetrics(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	type point struct {
-		TS        int64   `json:"ts_ms"`
-		CPUPct    float64 `json:"cpu_used_pct"`
-		CPUCount  int32   `json:"cpu_count"`
-		MemUsed   uint64  `json:"mem_used_bytes"`
-		MemTotal  uint64  `json:"mem_total_bytes"`
-		DiskUsed  uint64  `json:"disk_used_bytes"`
-		DiskTotal uint64  `json:"disk_total_bytes"`
-	}
-	pts := make([]point, 0, len(resp.Msg.GetPoints()))
+	pts := make([]wrennapi.MetricPoint, 0, len(resp.Msg.GetPoints()))
 	for _, p := range resp.Msg.GetPoints() {
-		pts = append(pts, point{p.GetTsMs(), p.GetCpuUsedPct(), p.GetCpuCount(), p.GetMemUsedBytes(), p.GetMemTotalBytes(), p.GetDiskUsedBytes(), p.GetDiskTotalBytes()})
+		pts = append(pts, wrennapi.MetricPoint{
+			TimestampMs: p.GetTsMs(), CPUUsedPct: p.GetCpuUsedPct(), CPUCount: p.GetCpuCount(),
+			MemUsedBytes: p.GetMemUsedBytes(), MemTotalBytes: p.GetMemTotalBytes(),
+			DiskUsedBytes: p.GetDiskUsedBytes(), DiskTotalBytes: p.GetDiskTotalBytes(),
+		})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"resolution_sec": resp.Msg.GetResolutionSec(), "points": pts})
+	writeJSON(w, http.StatusOK, wrennapi.CapsuleMetrics{ResolutionSec: resp.Msg.GetResolutionSec(), Points: pts})
 }

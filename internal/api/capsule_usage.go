@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 // capsuleUsage answers GET /v1/capsules/usage?from=YYYY-MM-DD&to=YYYY-MM-DD.
@@ -28,5 +29,12 @@ func (a *API) capsuleUsage(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, rep)
+	out := wrennapi.Usage{
+		From: rep.From, To: rep.To, Days: make([]wrennapi.UsageDay, 0, len(rep.Days)),
+		Totals: wrennapi.UsageTotals{CPUMinutes: rep.Totals.CPUMinutes, RAMMBMinutes: rep.Totals.RAMMBMinutes},
+	}
+	for _, d := range rep.Days {
+		out.Days = append(out.Days, wrennapi.UsageDay{Date: d.Date, CPUMinutes: d.CPUMinutes, RAMMBMinutes: d.RAMMBMinutes, Live: d.Live})
+	}
+	writeJSON(w, http.StatusOK, out)
 }

@@ -7,46 +7,21 @@ package api
 import (
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
-	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
 // AccessTokenHeader carries a capsule's access token to the port proxy.
 const AccessTokenHeader = "X-Wrenn-Access-Token"
 
-type capsuleJSON struct {
-	ID            string     `json:"id"`
-	Status        string     `json:"status"`
-	ErrorReason   string     `json:"error_reason,omitempty"`
-	TemplateID    string     `json:"template_id"`
-	HostID        string     `json:"host_id,omitempty"`
-	VCPUs         int64      `json:"vcpus"`
-	MemoryMB      int64      `json:"memory_mb"`
-	DiskSizeMB    int64      `json:"disk_size_mb"`
-	TimeoutSec    int64      `json:"timeout_sec"`
-	AllowInternet bool       `json:"allow_internet"`
-	ExpiresAt     *time.Time `json:"expires_at"`
-	Public        bool       `json:"public"`
-	CreatedAt     time.Time  `json:"created_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-	PausedAt      *time.Time `json:"paused_at,omitempty"`
-	AccessToken   string     `json:"access_token,omitempty"`
-	// MemoryKept is set in pause and resume answers only: whether the
-	// capsule's processes and memory were (or are going to be) kept. A
-	// pause to disk without a working CRIU keeps files only; the capsule
-	// then boots again on resume.
-	MemoryKept *bool `json:"memory_kept,omitempty"`
-}
-
-func toCapsuleJSON(c store.Capsule) capsuleJSON {
-	return capsuleJSON{
-		ID: c.ID, Status: string(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID, HostID: c.HostID, VCPUs: c.VCPUs,
+func toCapsuleJSON(c store.Capsule) wrennapi.Capsule {
+	return wrennapi.Capsule{
+		ID: c.ID, Status: wrennapi.CapsuleStatus(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID, HostID: c.HostID, VCPUs: c.VCPUs,
 		MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec, AllowInternet: c.AllowInternet,
 		ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt,
 	}
@@ -66,19 +41,8 @@ func adminScope(r *http.Request) capsules.Scope {
 
 func capsuleID(r *http.Request) string { return chi.URLParam(r, "capsuleID") }
 
-type createCapsuleReq struct {
-	Template      *string           `json:"template"`
-	VCPUs         *int64            `json:"vcpus"`
-	MemoryMB      *int64            `json:"memory_mb"`
-	DiskSizeMB    *int64            `json:"disk_size_mb"`
-	TimeoutSec    *int64            `json:"timeout_sec"`
-	Env           map[string]string `json:"env"`
-	Public        bool              `json:"public"`
-	AllowInternet *bool             `json:"allow_internet"`
-}
-
 func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
-	var req createCapsuleReq
+	var req wrennapi.CreateCapsule
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -121,11 +85,11 @@ func (a *API) listCapsules(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]capsuleJSON, 0, len(caps))
+	out := make([]wrennapi.Capsule, 0, len(caps))
 	for _, c := range caps {
 		out = append(out, toCapsuleJSON(c))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"capsules": out, "next_cursor": next})
+	writeJSON(w, http.StatusOK, wrennapi.CapsuleList{Capsules: out, NextCursor: next})
 }
 
 // runningCapsule returns the path capsule, which must be running, and the
@@ -152,23 +116,15 @@ func (a *API) deleteCapsule(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type pauseReq struct {
-	ToDisk bool `json:"to_disk"`
-}
-
-type resumeReq struct {
-	TimeoutSec *int64 `json:"timeout_sec"`
-}
-
 // withMemoryKept is the answer to a pause or resume.
-func withMemoryKept(res capsules.Result) capsuleJSON {
+func withMemoryKept(res capsules.Result) wrennapi.Capsule {
 	j := toCapsuleJSON(res.Capsule)
 	j.MemoryKept = &res.MemoryKept
 	return j
 }
 
 func (a *API) pauseCapsule(w http.ResponseWriter, r *http.Request) {
-	var req pauseReq
+	var req wrennapi.Pause
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -182,7 +138,7 @@ func (a *API) pauseCapsule(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) resumeCapsule(w http.ResponseWriter, r *http.Request) {
-	var req resumeReq
+	var req wrennapi.Resume
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -196,7 +152,7 @@ func (a *API) resumeCapsule(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) timeoutCapsule(w http.ResponseWriter, r *http.Request) {
-	var req resumeReq
+	var req wrennapi.SetTimeout
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -210,9 +166,7 @@ func (a *API) timeoutCapsule(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) publicCapsule(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Public *bool `json:"public"`
-	}
+	var req wrennapi.SetPublic
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -225,39 +179,26 @@ func (a *API) publicCapsule(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toCapsuleJSON(c))
 }
 
-type execReq struct {
-	Cmd        string            `json:"cmd"`
-	Args       []string          `json:"args"`
-	Env        map[string]string `json:"env"`
-	Cwd        string            `json:"cwd"`
-	User       string            `json:"user"`
-	TimeoutSec int64             `json:"timeout_sec"`
-	Stdin      string            `json:"stdin"`
-}
-
-func (e execReq) exec() capsules.ExecRequest {
+// execRequest is the capsule service's form of an exec body.
+func execRequest(e wrennapi.Exec) capsules.ExecRequest {
 	return capsules.ExecRequest{
 		Cmd: e.Cmd, Args: e.Args, Env: e.Env, Cwd: e.Cwd, User: e.User, TimeoutSec: e.TimeoutSec, Stdin: []byte(e.Stdin),
 	}
 }
 
-func (e execReq) validate() error { return e.exec().Validate() }
-
-func (e execReq) pb(id string) *pb.ExecRequest { return e.exec().Proto(id) }
-
 func (a *API) execCapsule(w http.ResponseWriter, r *http.Request) {
-	var req execReq
+	var req wrennapi.Exec
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	m, err := a.capsules.Exec(r.Context(), scope(r), capsuleID(r), req.exec())
+	m, err := a.capsules.Exec(r.Context(), scope(r), capsuleID(r), execRequest(req))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"exit_code": m.GetExitCode(), "stdout": string(m.GetStdout()), "stderr": string(m.GetStderr()),
-		"error": m.GetError(), "truncated": m.GetTruncated(), "pid": m.GetPid(),
+	writeJSON(w, http.StatusOK, wrennapi.ExecResult{
+		ExitCode: int(m.GetExitCode()), Stdout: string(m.GetStdout()), Stderr: string(m.GetStderr()),
+		Error: m.GetError(), Truncated: m.GetTruncated(), PID: m.GetPid(),
 	})
 }

@@ -225,16 +225,14 @@ func (a *API) listProcesses(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) startProcess(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		execReq
-		Tag       string `json:"tag"`
-		OpenStdin bool   `json:"open_stdin"`
-	}
+	var req wrennapi.StartProcess
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if err := req.validate(); err != nil {
+	if err := execRequest(wrennapi.Exec{
+		Cmd: req.Cmd, Args: req.Args, Env: req.Env, Cwd: req.Cwd, User: req.User, TimeoutSec: req.TimeoutSec, Stdin: req.Stdin,
+	}).Validate(); err != nil {
 		a.writeError(w, r, err)
 		return
 	}

@@ -70,15 +70,13 @@ func (a *API) createHostToken(w http.ResponseWriter, r *http.Request, teamID str
 	} else {
 		a.audit(r, teamID, "host_token", "", "create", nil, nil)
 	}
-	writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "team_id": teamID, "expires_at": exp})
+	writeJSON(w, http.StatusCreated, wrennapi.HostToken{Token: tok, TeamID: teamID, ExpiresAt: exp})
 }
 
 // createAdminHostToken makes a token for a shared host, or for a team's
 // BYOC host when team_id is given.
 func (a *API) createAdminHostToken(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		TeamID string `json:"team_id"`
-	}
+	var req wrennapi.CreateHostToken
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
 		a.writeError(w, r, err)
 		return

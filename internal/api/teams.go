@@ -13,15 +13,8 @@ import (
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
-// The JSON types are generated from openapi.yaml (pkg/wrennapi); the
-// aliases keep the names admin.go embeds.
-type (
-	teamJSON     = wrennapi.Team
-	templateJSON = wrennapi.Template
-)
-
-func toTeamJSON(t store.Team) teamJSON {
-	return teamJSON{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt}
+func toTeamJSON(t store.Team) wrennapi.Team {
+	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt}
 }
 
 // validID checks the shape of a path ID so garbage never reaches the store.
@@ -539,8 +532,8 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 
 // ---- templates ----
 
-func toTemplateJSON(t store.Template) templateJSON {
-	return templateJSON{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt}
+func toTemplateJSON(t store.Template) wrennapi.Template {
+	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt}
 }
 
 func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {
@@ -549,7 +542,7 @@ func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]templateJSON, 0, len(ts))
+	out := make([]wrennapi.Template, 0, len(ts))
 	for _, t := range ts {
 		out = append(out, toTemplateJSON(t))
 	}

@@ -15,11 +15,8 @@ import (
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
-// userJSON keeps the name admin.go embeds.
-type userJSON = wrennapi.User
-
-func toUserJSON(u store.User) userJSON {
-	return userJSON{ID: u.ID, Email: u.Email, Name: u.Name, IsAdmin: u.IsAdmin, EmailVerified: u.EmailVerified, CreatedAt: u.CreatedAt}
+func toUserJSON(u store.User) wrennapi.User {
+	return wrennapi.User{ID: u.ID, Email: u.Email, Name: u.Name, IsAdmin: u.IsAdmin, EmailVerified: u.EmailVerified, CreatedAt: u.CreatedAt}
 }
 
 func validEmail(s string) (string, error) {

@@ -97,14 +97,14 @@ func (a *API) wsExec(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	var req execReq
+	var req wrennapi.Exec
 	dec := json.NewDecoder(bytesReader(msg))
 	dec.DisallowUnknownFields()
 	if typ != websocket.MessageText || dec.Decode(&req) != nil {
 		a.wsFail(ctx, conn, errorf(CodeInvalidArgument, "the first message must be a JSON exec request {cmd, args, env, cwd, timeout_sec}"))
 		return
 	}
-	if err := req.validate(); err != nil {
+	if err := execRequest(req).Validate(); err != nil {
 		a.wsFail(ctx, conn, err)
 		return
 	}
@@ -117,7 +117,7 @@ func (a *API) wsExec(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	stream, err := cl.ExecStream(ctx, connect.NewRequest(req.pb(c.ID)))
+	stream, err := cl.ExecStream(ctx, connect.NewRequest(execRequest(req).Proto(c.ID)))
 	if err != nil {
 		a.wsFail(ctx, conn, agentError(err))
 		return

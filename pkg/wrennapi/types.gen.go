@@ -751,7 +751,8 @@ type CreateAPIKey struct {
 
 // CreateBuild defines model for CreateBuild.
 type CreateBuild struct {
-	Spec BuildSpec `json:"spec"`
+	// Spec The build's steps and resources.
+	Spec *BuildSpec `json:"spec"`
 
 	// TeamID Team that gets the template (default the platform team: a public template).
 	TeamID string `json:"team_id,omitempty"`
