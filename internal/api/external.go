@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules"
@@ -32,10 +31,4 @@ func Status(err error) (status int, code, message string) {
 		return status, e.Code, "internal error"
 	}
 	return status, e.Code, e.Message
-}
-
-// IsInternal reports whether err would be shown as an internal error.
-func IsInternal(err error) bool {
-	var e *Error
-	return toAPIError(err).Code == CodeInternal || (errors.As(err, &e) && e.Code == CodeInternal)
 }

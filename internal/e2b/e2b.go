@@ -186,6 +186,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // fail maps a service or API error to E2B's error shape.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var he *httpError
+	if errors.As(err, &he) {
+		writeError(w, he.status, he.msg)
+		return
+	}
 	status, _, msg := api.Status(err)
 	if status >= 500 {
 		h.log.WarnContext(r.Context(), "e2b request failed", "method", r.Method, "path", r.URL.Path, "err", err)
@@ -215,15 +220,6 @@ type httpError struct {
 }
 
 func (e *httpError) Error() string { return e.msg }
-
-func (h *Handler) failAny(w http.ResponseWriter, r *http.Request, err error) {
-	var he *httpError
-	if errors.As(err, &he) {
-		writeError(w, he.status, he.msg)
-		return
-	}
-	h.fail(w, r, err)
-}
 
 func clip(s string) string {
 	if len(s) > 200 {

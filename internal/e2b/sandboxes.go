@@ -75,7 +75,7 @@ func toListed(c store.Capsule) listedSandbox {
 func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	var req newSandbox
 	if err := h.decode(w, r, &req); err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return
 	}
 	switch {
@@ -158,7 +158,7 @@ func listFilter(q url.Values) (capsules.ListFilter, map[string]bool, error) {
 func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, onlyRunning bool) ([]listedSandbox, bool) {
 	f, states, err := listFilter(r.URL.Query())
 	if err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return nil, false
 	}
 	if onlyRunning {
@@ -214,7 +214,7 @@ func (h *Handler) kill(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) setTimeout(w http.ResponseWriter, r *http.Request) {
 	var body timeoutBody
 	if err := h.decode(w, r, &body); err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return
 	}
 	if body.Timeout == nil {
@@ -233,7 +233,7 @@ func (h *Handler) setTimeout(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) refresh(w http.ResponseWriter, r *http.Request) {
 	var body refreshBody
 	if err := h.decode(w, r, &body); err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return
 	}
 	d := int64(60)
@@ -250,7 +250,7 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) pause(w http.ResponseWriter, r *http.Request) {
 	var body timeoutBody
 	if err := h.decode(w, r, &body); err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return
 	}
 	// memory false is a pause that keeps files only: Wrenn's hibernation.
@@ -266,7 +266,7 @@ func (h *Handler) pause(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) resume(w http.ResponseWriter, r *http.Request) {
 	var body timeoutBody
 	if err := h.decode(w, r, &body); err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return
 	}
 	res, err := h.cfg.Capsules.Resume(r.Context(), scope(r), chi.URLParam(r, "id"), body.Timeout)
@@ -282,7 +282,7 @@ func (h *Handler) resume(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
 	var body timeoutBody
 	if err := h.decode(w, r, &body); err != nil {
-		h.failAny(w, r, err)
+		h.fail(w, r, err)
 		return
 	}
 	id := chi.URLParam(r, "id")

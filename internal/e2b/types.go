@@ -15,18 +15,18 @@ type apiError struct {
 // Wrenn cannot honour yet are decoded so that a request using them gets a
 // clear 501 instead of being silently ignored.
 type newSandbox struct {
-	TemplateID          string            `json:"templateID"`
-	Timeout             *int64            `json:"timeout"`
-	AutoPause           *bool             `json:"autoPause"`
-	AutoPauseMemory     *bool             `json:"autoPauseMemory"`
+	TemplateID          string                  `json:"templateID"`
+	Timeout             *int64                  `json:"timeout"`
+	AutoPause           *bool                   `json:"autoPause"`
+	AutoPauseMemory     *bool                   `json:"autoPauseMemory"`
 	AutoResume          *struct{ Enabled bool } `json:"autoResume"`
-	Secure              *bool             `json:"secure"`
-	AllowInternetAccess *bool             `json:"allow_internet_access"`
-	Metadata            map[string]string `json:"metadata"`
-	EnvVars             map[string]string `json:"envVars"`
-	MCP                 map[string]any    `json:"mcp"`
-	Network             map[string]any    `json:"network"`
-	VolumeMounts        []any             `json:"volumeMounts"`
+	Secure              *bool                   `json:"secure"`
+	AllowInternetAccess *bool                   `json:"allow_internet_access"`
+	Metadata            map[string]string       `json:"metadata"`
+	EnvVars             map[string]string       `json:"envVars"`
+	MCP                 map[string]any          `json:"mcp"`
+	Network             map[string]any          `json:"network"`
+	VolumeMounts        []any                   `json:"volumeMounts"`
 }
 
 // sandbox is the create and connect answer.
@@ -92,19 +92,19 @@ type refreshBody struct {
 
 // template is one item of GET /templates.
 type template struct {
-	TemplateID    string    `json:"templateID"`
-	BuildID       string    `json:"buildID"`
-	CPUCount      int64     `json:"cpuCount"`
-	MemoryMB      int64     `json:"memoryMB"`
-	DiskSizeMB    int64     `json:"diskSizeMB"`
-	Public        bool      `json:"public"`
-	Aliases       []string  `json:"aliases"`
-	Names         []string  `json:"names"`
-	CreatedAt     time.Time `json:"createdAt"`
-	UpdatedAt     time.Time `json:"updatedAt"`
-	SpawnCount    int64     `json:"spawnCount"`
-	BuildCount    int64     `json:"buildCount"`
-	EnvdVersion   string    `json:"envdVersion"`
-	BuildStatus   string    `json:"buildStatus"`
+	TemplateID    string     `json:"templateID"`
+	BuildID       string     `json:"buildID"`
+	CPUCount      int64      `json:"cpuCount"`
+	MemoryMB      int64      `json:"memoryMB"`
+	DiskSizeMB    int64      `json:"diskSizeMB"`
+	Public        bool       `json:"public"`
+	Aliases       []string   `json:"aliases"`
+	Names         []string   `json:"names"`
+	CreatedAt     time.Time  `json:"createdAt"`
+	UpdatedAt     time.Time  `json:"updatedAt"`
+	SpawnCount    int64      `json:"spawnCount"`
+	BuildCount    int64      `json:"buildCount"`
+	EnvdVersion   string     `json:"envdVersion"`
+	BuildStatus   string     `json:"buildStatus"`
 	LastSpawnedAt *time.Time `json:"lastSpawnedAt"`
 }

@@ -397,8 +397,8 @@ type CapsuleFilter struct {
 	// given value. Pages are cut before this filter: a page may hold
 	// fewer than Limit capsules and still have a next cursor.
 	Metadata map[string]string
-	Cursor string
-	Limit  int // 1..1000, default 100
+	Cursor   string
+	Limit    int // 1..1000, default 100
 }
 
 // UserFilter searches users by email or name substring.

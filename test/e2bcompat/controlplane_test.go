@@ -2,7 +2,6 @@ package e2bcompat
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -172,7 +171,12 @@ func TestE2BSDKThroughControlPlane(t *testing.T) {
 			Status int
 			Body   struct{ Code int }
 		}
-		Malformed           int
+		Malformed int
+		OtherTeam struct {
+			Get, Connect string
+			Kill         bool
+			Listed       int
+		}
 		Killed, KilledAgain bool
 	}
 	if err := json.Unmarshal(out, &got); err != nil {
@@ -211,6 +215,7 @@ func TestE2BSDKThroughControlPlane(t *testing.T) {
 	check("no sandbox id", got.NoID == 400)
 	check("fork is 501", got.Fork.Status == 501 && got.Fork.Body.Code == 501)
 	check("malformed body", got.Malformed == 400)
+	check("another team's sandbox", strings.Contains(got.OtherTeam.Get, "NotFound") && strings.Contains(got.OtherTeam.Connect, "NotFound") &&
+		!got.OtherTeam.Kill && got.OtherTeam.Listed == 0)
 	check("kill", got.Killed && !got.KilledAgain)
-	_ = context.Background
 }

@@ -125,6 +125,26 @@ r.fork = { status: fork.status, body: await fork.json() }
 const bad = await fetch(`${process.env.E2B_API_URL}/v2/sandboxes`, { method: 'POST', headers: { 'X-API-Key': process.env.E2B_API_KEY }, body: '{nope' })
 r.malformed = bad.status
 
+// Another team (a new user's own team) sees none of it.
+const signup = await fetch(`${WRENN_URL}/v1/auth/signup`, {
+  method: 'POST', headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify({ email: `${tag}@example.com`, password: 'a long enough password' }),
+})
+if (!signup.ok) throw new Error(`signup: ${signup.status} ${await signup.text()}`)
+const session = await signup.json()
+const keyRes = await fetch(`${WRENN_URL}/v1/api-keys`, {
+  method: 'POST', headers: { Authorization: `Bearer ${session.token}`, 'Content-Type': 'application/json' },
+  body: JSON.stringify({ name: 'e2b' }),
+})
+if (!keyRes.ok) throw new Error(`api key: ${keyRes.status} ${await keyRes.text()}`)
+const otherKey = (await keyRes.json()).key
+r.otherTeam = {
+  get: await errorOf(Sandbox.getInfo(sbx.sandboxId, { apiKey: otherKey })),
+  connect: await errorOf(Sandbox.connect(sbx.sandboxId, { apiKey: otherKey })),
+  kill: await Sandbox.kill(sbx.sandboxId, { apiKey: otherKey }),
+  listed: (await Sandbox.list({ apiKey: otherKey }).nextItems()).length,
+}
+
 // Kill.
 r.killed = await Sandbox.kill(sbx.sandboxId)
 r.killedAgain = await Sandbox.kill(sbx.sandboxId)
