@@ -1,6 +1,7 @@
 package e2bcompat
 
 import (
+	"context"
 	"bufio"
 	"encoding/json"
 	"fmt"
@@ -22,7 +23,7 @@ import (
 
 var keyRE = regexp.MustCompile(`Admin API key: (wrn_[a-z0-9]+)`)
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -32,41 +33,44 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// TestE2BSDKThroughControlPlane drives the unmodified E2B SDK against a
-// real `wrenn up` (control plane + agent + capsules) through <url>/e2b
-// and <url>/e2b/envd.
-func TestE2BSDKThroughControlPlane(t *testing.T) {
-	testutil.RequireRoot(t)
+// wrennUp builds wrenn and envd, starts `wrenn up` (own home, instance
+// and subnet; --no-base unless base) and returns its URL, the admin key
+// and its home; cleanup stops it with --on-exit destroy.
+func wrennUp(ctx context.Context, tb testing.TB, base bool, subnet string) (url, key, home string) {
+	tb.Helper()
+	testutil.RequireRoot(tb)
 	for _, tool := range []string{"node", "npm"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is required for the E2B compatibility test (Debian: apt-get install nodejs npm): %v", tool, err)
+			tb.Fatalf("%s is required for the E2B compatibility test (Debian: apt-get install nodejs npm): %v", tool, err)
 		}
 	}
-	ctx := testutil.Context(t, 10*time.Minute)
-	bin := t.TempDir()
+	bin := tb.TempDir()
 	for _, b := range []struct{ out, pkg string }{{"wrenn", "../../cmd/wrenn"}, {"envd", "../../cmd/envd"}} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, b.out), b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
+			tb.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
 		}
 	}
 	if _, err := os.Stat(filepath.Join("node_modules", "e2b")); err != nil {
 		install := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
 		if out, err := install.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci: %v\n%s", err, out)
+			tb.Fatalf("npm ci: %v\n%s", err, out)
 		}
 	}
 
-	home := t.TempDir()
-	addr, proxyAddr := freeAddr(t), freeAddr(t)
+	home = tb.TempDir()
+	addr, proxyAddr := freeAddr(tb), freeAddr(tb)
 	instance := fmt.Sprintf("we2b%d", os.Getpid()%10000)
-	args := []string{"up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--no-base", "--instance", instance, "--subnet", "10.252.0.0/16", "--on-exit", "destroy"}
+	args := []string{"up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--instance", instance, "--subnet", subnet, "--on-exit", "destroy"}
+	if !base {
+		args = append(args, "--no-base")
+	}
 	up := exec.Command(filepath.Join(bin, "wrenn"), args...)
 	pr, pw := io.Pipe()
 	up.Stdout, up.Stderr = pw, pw
 	if err := up.Start(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- up.Wait(); _ = pw.Close() }()
@@ -95,38 +99,45 @@ func TestE2BSDKThroughControlPlane(t *testing.T) {
 		}
 	}()
 	output := func() string { mu.Lock(); defer mu.Unlock(); return log.String() }
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		_ = up.Process.Signal(syscall.SIGINT)
 		select {
 		case err := <-exited:
 			if err != nil {
-				t.Errorf("wrenn up exited with %v:\n%s", err, output())
+				tb.Errorf("wrenn up exited with %v:\n%s", err, output())
 			}
 		case <-time.After(3 * time.Minute):
 			_ = up.Process.Kill()
-			t.Errorf("wrenn up did not stop:\n%s", output())
+			tb.Errorf("wrenn up did not stop:\n%s", output())
 		}
 	})
-	var key string
 	select {
 	case key = <-ready:
 	case err := <-exited:
 		exited <- err
-		t.Fatalf("wrenn up exited: %v\n%s", err, output())
+		tb.Fatalf("wrenn up exited: %v\n%s", err, output())
 	case <-time.After(testutil.Long):
-		t.Fatalf("wrenn up not ready:\n%s", output())
+		tb.Fatalf("wrenn up not ready:\n%s", output())
 	}
 	if key == "" {
-		t.Fatalf("no admin key in wrenn up's output:\n%s", output())
+		tb.Fatalf("no admin key in wrenn up's output:\n%s", output())
 	}
-	url := "http://" + addr
+	return "http://" + addr, key, home
+}
+
+// TestE2BSDKThroughControlPlane drives the unmodified E2B SDK against a
+// real `wrenn up` (control plane + agent + capsules) through <url>/e2b
+// and <url>/e2b/envd.
+func TestE2BSDKThroughControlPlane(t *testing.T) {
+	ctx := testutil.Context(t, 10*time.Minute)
+	url, key, _ := wrennUp(ctx, t, false, "10.252.0.0/16")
 	run := exec.CommandContext(ctx, "node", "sdk.mjs")
 	run.Env = append(os.Environ(), "E2B_API_URL="+url+"/e2b", "E2B_SANDBOX_URL="+url+"/e2b/envd", "E2B_API_KEY="+key,
 		"WRENN_URL="+url, "WRENN_KEY="+key)
 	run.Stderr = os.Stderr
 	out, err := run.Output()
 	if err != nil {
-		t.Fatalf("E2B SDK script failed: %v\n%s\nwrenn up:\n%s", err, out, output())
+		t.Fatalf("E2B SDK script failed: %v\n%s", err, out)
 	}
 	var got struct {
 		ID   string
