@@ -137,6 +137,12 @@ func (h *Handler) envd(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "missing or invalid access token for sandbox "+strconv.Quote(clip(id)))
 		return
 	}
+	tooLarge := "the request body is larger than " + strconv.FormatInt(h.cfg.MaxFileBytes, 10) + " bytes"
+	if r.ContentLength > h.cfg.MaxFileBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, tooLarge)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxFileBytes)
 	conn, err := h.cfg.Capsules.Connect(r.Context(), capsules.SystemScope(), id)
 	if err != nil {
 		h.fail(w, r, err)
@@ -170,6 +176,11 @@ func (h *Handler) envd(w http.ResponseWriter, r *http.Request) {
 		Transport:     h.cfg.Agents.Transport(),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeError(w, http.StatusRequestEntityTooLarge, tooLarge)
+				return
+			}
 			h.log.DebugContext(r.Context(), "e2b envd route: agent unreachable", "capsule_id", id, "err", err)
 			writeError(w, http.StatusBadGateway, "the sandbox's host cannot be reached right now")
 		},

@@ -62,6 +62,9 @@ type Config struct {
 	Key []byte
 	// MaxBodyBytes bounds JSON bodies (default 1 MiB).
 	MaxBodyBytes int64
+	// MaxFileBytes bounds a request body on the envd route (file
+	// uploads; default 1 GiB plus 1 MiB of multipart framing).
+	MaxFileBytes int64
 	Logger       *slog.Logger
 }
 
@@ -79,6 +82,9 @@ func New(cfg Config) *Handler {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.MaxFileBytes <= 0 {
+		cfg.MaxFileBytes = 1<<30 + 1<<20
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger.With("component", "e2b")}
 	h.router = h.routes()

@@ -110,6 +110,21 @@ func TestErrorsAreE2BShaped(t *testing.T) {
 	}
 }
 
+// TestOversizedUploadIs413: a body over MaxFileBytes on the envd route is
+// refused before anything reaches the capsule.
+func TestOversizedUploadIs413(t *testing.T) {
+	h := New(Config{Key: []byte("k"), MaxFileBytes: 10})
+	r := httptest.NewRequest("POST", "/e2b/envd/files?path=/x", strings.NewReader(strings.Repeat("x", 100)))
+	r.Header.Set(sandboxIDHeader, "cl-a")
+	r.Header.Set(accessTokenHeader, h.envdToken("cl-a"))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var body apiError
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || w.Code != 413 || body.Code != 413 {
+		t.Fatalf("oversized upload: %d %s", w.Code, w.Body)
+	}
+}
+
 var errUnauth = &httpError{http.StatusUnauthorized, "missing credentials"}
 
 func TestListFilter(t *testing.T) {
