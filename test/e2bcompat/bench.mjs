@@ -25,12 +25,15 @@ async function wrenn(method, p, body) {
 }
 const wrennExec = (id, cmd, args, user) => wrenn('POST', `/v1/capsules/${id}/exec`, { cmd, args, user })
 
-// wrenn up builds the base template after it is up: wait for it.
+// wrenn up builds the base template after it is up (the store lists it
+// from the start): wait until a capsule of it can be created.
 for (let i = 0; ; i++) {
-  const ts = await wrenn('GET', '/v1/templates')
-  if (JSON.stringify(ts).includes('"name":"base"')) break
-  if (i > 900) throw new Error('no base template after 15 minutes')
-  await new Promise((res) => setTimeout(res, 1000))
+  const res = await fetch(`${WRENN_URL}/v1/capsules`, { method: 'POST', headers: wh, body: JSON.stringify({ template: TEMPLATE }) })
+  const body = await res.json()
+  if (body.id) await wrenn('DELETE', `/v1/capsules/${body.id}`).catch(() => {})
+  if (res.status === 201) break
+  if (i > 180) throw new Error(`no ${TEMPLATE} template after 15 minutes: ${JSON.stringify(body)}`)
+  await new Promise((r) => setTimeout(r, 5000))
 }
 
 const out = {}
