@@ -1,8 +1,8 @@
 package e2bcompat
 
 import (
-	"context"
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
