@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -173,8 +174,10 @@ func (h *Handler) envd(w http.ResponseWriter, r *http.Request) {
 			pr.Out.Header.Del(sandboxPortHeader)
 			pr.Out.Header.Set(hostagent.SecretHeader, secret)
 		},
-		Transport:     h.cfg.Agents.Transport(),
-		FlushInterval: -1,
+		Transport: h.transport,
+		// Streaming responses (no Content-Length) are flushed on every
+		// write; sized ones (file downloads) are not.
+		BufferPool: copyBuffers{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
@@ -218,3 +221,11 @@ func (h *Handler) envdAuthorized(r *http.Request, id, rest string) bool {
 	expect := "v1_" + strings.TrimRight(base64.StdEncoding.EncodeToString(sum[:]), "=")
 	return subtle.ConstantTimeCompare([]byte(sig), []byte(expect)) == 1
 }
+
+// copyBuffers lends the envd route's copy buffers (1 MiB).
+type copyBuffers struct{}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufPool.Put(&b) }

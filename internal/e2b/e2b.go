@@ -70,9 +70,10 @@ type Config struct {
 
 // Handler is the E2B-compatible API.
 type Handler struct {
-	cfg    Config
-	log    *slog.Logger
-	router chi.Router
+	cfg       Config
+	transport http.RoundTripper
+	log       *slog.Logger
+	router    chi.Router
 }
 
 // New returns the handler; mount it at Prefix.
@@ -87,6 +88,17 @@ func New(cfg Config) *Handler {
 		cfg.MaxFileBytes = 1<<30 + 1<<20
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger.With("component", "e2b")}
+	if cfg.Agents != nil {
+		// The pool's transport (TLS, timeouts) with larger buffers for
+		// file transfers.
+		if tr, ok := cfg.Agents.Transport().(*http.Transport); ok {
+			tr = tr.Clone()
+			tr.WriteBufferSize, tr.ReadBufferSize = 256<<10, 256<<10
+			h.transport = tr
+		} else {
+			h.transport = cfg.Agents.Transport()
+		}
+	}
 	h.router = h.routes()
 	return h
 }

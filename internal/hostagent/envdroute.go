@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/credstrip"
@@ -39,6 +40,9 @@ func (a *Agent) newEnvdRoute() http.Handler {
 	tr := &http.Transport{
 		Proxy: nil, DialContext: d.DialContext, Protocols: &protos,
 		MaxIdleConns: 256, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second,
+		// Large transfers (file uploads and downloads) cost fewer
+		// syscalls with larger buffers.
+		WriteBufferSize: 256 << 10, ReadBufferSize: 256 << 10,
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -50,8 +54,10 @@ func (a *Agent) newEnvdRoute() http.Handler {
 				pr.Out.Header.Set(envdclient.AccessTokenHeader, t.token)
 			}
 		},
-		Transport:     tr,
-		FlushInterval: -1,
+		Transport: tr,
+		// Streaming responses (no Content-Length: Connect streams, watch)
+		// are flushed on every write anyway; sized ones are not.
+		BufferPool: envdBuffers{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if !errors.Is(err, context.Canceled) {
 				a.log.Debug("envd route upstream error", "err", err)
@@ -89,3 +95,11 @@ func writeAgentError(w http.ResponseWriter, status int, code, msg string) {
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(`{"code":"` + code + `","message":"` + msg + `"}` + "\n"))
 }
+
+// envdBuffers lends the envd route's copy buffers (1 MiB).
+type envdBuffers struct{}
+
+var envdBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+func (envdBuffers) Get() []byte  { return *envdBufPool.Get().(*[]byte) }
+func (envdBuffers) Put(b []byte) { envdBufPool.Put(&b) }
