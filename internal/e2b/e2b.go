@@ -93,7 +93,7 @@ func New(cfg Config) *Handler {
 		// file transfers.
 		if tr, ok := cfg.Agents.Transport().(*http.Transport); ok {
 			tr = tr.Clone()
-			tr.WriteBufferSize, tr.ReadBufferSize = 256<<10, 256<<10
+			tr.WriteBufferSize, tr.ReadBufferSize = 1<<20, 1<<20
 			h.transport = tr
 		} else {
 			h.transport = cfg.Agents.Transport()

@@ -42,7 +42,7 @@ func (a *Agent) newEnvdRoute() http.Handler {
 		MaxIdleConns: 256, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second,
 		// Large transfers (file uploads and downloads) cost fewer
 		// syscalls with larger buffers.
-		WriteBufferSize: 256 << 10, ReadBufferSize: 256 << 10,
+		WriteBufferSize: 1 << 20, ReadBufferSize: 1 << 20,
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
