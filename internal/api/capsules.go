@@ -7,6 +7,7 @@ package api
 import (
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
@@ -24,6 +25,7 @@ func toCapsuleJSON(c store.Capsule) wrennapi.Capsule {
 		ID: c.ID, Status: wrennapi.CapsuleStatus(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID, HostID: c.HostID, VCPUs: c.VCPUs,
 		MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec, AllowInternet: c.AllowInternet,
 		ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt,
+		Metadata: c.Metadata,
 	}
 }
 
@@ -50,6 +52,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 	out, err := a.capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskSizeMB: req.DiskSizeMB,
 		TimeoutSec: req.TimeoutSec, Env: req.Env, Public: req.Public, AllowInternet: req.AllowInternet,
+		Metadata: req.Metadata,
 	})
 	if err != nil {
 		a.writeError(w, r, err)
@@ -60,10 +63,22 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, j)
 }
 
-// listFilter reads status, cursor and limit.
+// listFilter reads status, cursor, limit and metadata.<key>=<value>
+// (repeatable; every pair must match).
 func listFilter(r *http.Request) (capsules.ListFilter, error) {
 	q := r.URL.Query()
 	f := capsules.ListFilter{Cursor: q.Get("cursor"), Status: q.Get("status")}
+	for k, v := range q {
+		if mk, ok := strings.CutPrefix(k, "metadata."); ok {
+			if mk == "" || len(v) != 1 {
+				return f, errorf(CodeInvalidArgument, "metadata filters are metadata.<key>=<value>, one value per key")
+			}
+			if f.Metadata == nil {
+				f.Metadata = map[string]string{}
+			}
+			f.Metadata[mk] = v[0]
+		}
+	}
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 1000 {

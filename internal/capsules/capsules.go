@@ -180,6 +180,8 @@ type ListFilter struct {
 	Status string
 	Cursor string
 	Limit  int
+	// Metadata keeps capsules with every key=value (see store.CapsuleFilter).
+	Metadata map[string]string
 }
 
 // List returns a page of the scope's capsules (every team's for admins)
@@ -192,7 +194,7 @@ func (s *Service) List(ctx context.Context, sc Scope, f ListFilter) ([]store.Cap
 	if f.Limit < 0 || f.Limit > 1000 {
 		return nil, "", errorf(KindInvalid, "limit must be an integer from 1 to 1000")
 	}
-	sf := store.CapsuleFilter{Cursor: f.Cursor, Status: st, Limit: f.Limit}
+	sf := store.CapsuleFilter{Cursor: f.Cursor, Status: st, Limit: f.Limit, Metadata: f.Metadata}
 	if sc.anyTeam() {
 		return s.cfg.Store.AdminListCapsules(ctx, sf)
 	}

@@ -34,6 +34,8 @@ type CreateRequest struct {
 	Env           map[string]string
 	Public        bool
 	AllowInternet *bool
+	// Metadata is the caller's string key/values (returned, filterable).
+	Metadata map[string]string
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -108,7 +110,34 @@ func (req CreateRequest) validate(c *store.Capsule) error {
 	if req.AllowInternet != nil {
 		c.AllowInternet = *req.AllowInternet
 	}
+	if err := ValidMetadata(req.Metadata); err != nil {
+		return err
+	}
+	c.Metadata = req.Metadata
 	return ValidEnv(req.Env)
+}
+
+// Metadata bounds.
+const (
+	MaxMetadataKeys     = 64
+	MaxMetadataKeyLen   = 256
+	MaxMetadataValueLen = 4096
+)
+
+// ValidMetadata checks capsule metadata (count and sizes).
+func ValidMetadata(md map[string]string) error {
+	if len(md) > MaxMetadataKeys {
+		return errorf(KindInvalid, "metadata has more than %d keys", MaxMetadataKeys)
+	}
+	for k, v := range md {
+		if k == "" || len(k) > MaxMetadataKeyLen {
+			return errorf(KindInvalid, "metadata keys must be 1 to %d bytes", MaxMetadataKeyLen)
+		}
+		if len(v) > MaxMetadataValueLen {
+			return errorf(KindInvalid, "metadata value of %q is longer than %d bytes", clip(k), MaxMetadataValueLen)
+		}
+	}
+	return nil
 }
 
 // resolveTemplate finds the template a team's create names.

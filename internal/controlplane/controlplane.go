@@ -38,6 +38,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/capsules"
+	"github.com/wrenn-dev/wrenn/internal/e2b"
 	"github.com/wrenn-dev/wrenn/internal/email"
 	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
@@ -243,7 +244,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
 		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
 	})
-	s.handler = s.api
+	// E2B-compatible API under /e2b (internal/e2b), beside the API.
+	e2bAPI := e2b.New(e2b.Config{
+		Capsules: s.capsules, Store: s.store, Agents: s.agents, Auth: s.api.TeamScope,
+		Key: auth.DeriveKey(cfg.Secret, "wrenn e2b envd token v1"), Logger: cfg.Logger,
+	})
+	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, e2b.Prefix+"/") {
+			e2bAPI.ServeHTTP(w, r)
+			return
+		}
+		s.api.ServeHTTP(w, r)
+	})
 	return s, nil
 }
 

@@ -790,3 +790,49 @@ func TestFailedResumeDestroys(t *testing.T) {
 		return connect.CodeOf(err) == connect.CodeNotFound && errors.Is(derr, runtime.ErrNotFound)
 	}, "a capsule whose resume failed is still there (zombie)")
 }
+
+// TestEnvdRouteThroughAgent: /envd/{capsule}/… reaches the capsule's envd
+// with the capsule's own token (whatever X-Access-Token the caller sent),
+// only with the host secret; the public port proxy still refuses envd's
+// port; a destroyed capsule is 404.
+func TestEnvdRouteThroughAgent(t *testing.T) {
+	h := startHost(t, newDirs(t), nil)
+	c := h.client
+	ctx := testutil.Context(t, testutil.Long)
+	id := create(t, c, &pb.CreateCapsuleRequest{}).GetCapsuleId()
+	get := func(path, hostSecret, accessToken string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.url+path, nil)
+		if hostSecret != "" {
+			req.Header.Set(hostagent.SecretHeader, hostSecret)
+		}
+		if accessToken != "" {
+			req.Header.Set("X-Access-Token", accessToken)
+		}
+		resp, err := httpClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/envd/"+id+"/envs", "", ""); code != http.StatusUnauthorized {
+		t.Errorf("envd route without the host secret: got %d, want 401", code)
+	}
+	// /envs needs envd's access token: the agent supplies it.
+	if code, body := get("/envd/"+id+"/envs", secret, "not-the-token"); code != http.StatusOK {
+		t.Errorf("envd route with the host secret: got %d %s, want 200", code, body)
+	}
+	if code, _ := get("/proxy/"+id+"/49983/envs", secret, ""); code != http.StatusNotFound {
+		t.Errorf("port proxy to envd's port: got %d, want 404", code)
+	}
+	if code, _ := get("/envd/cl-nope/envs", secret, ""); code != http.StatusNotFound {
+		t.Errorf("envd route to an unknown capsule: got %d, want 404", code)
+	}
+	if _, err := c.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id})); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get("/envd/"+id+"/envs", secret, ""); code != http.StatusNotFound {
+		t.Errorf("envd route to a destroyed capsule: got %d, want 404", code)
+	}
+}

@@ -26,7 +26,8 @@ import (
 const SecretHeader = "X-Wrenn-Host-Secret"
 
 // Handler returns the agent's HTTP handler: the Connect service, the port
-// proxy at /proxy/ and an unauthenticated GET /healthz.
+// proxy at /proxy/, the control plane's envd route at /envd/ (both behind
+// the host secret) and an unauthenticated GET /healthz.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	path, h := hostagentv1connect.NewHostAgentServiceHandler(service{a: a},
@@ -34,6 +35,7 @@ func (a *Agent) Handler() http.Handler {
 	)
 	mux.Handle(path, a.auth(h))
 	mux.Handle("/proxy/", a.auth(a.proxy))
+	mux.Handle(EnvdRoutePrefix, a.auth(a.newEnvdRoute()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"ok"}`))

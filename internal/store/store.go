@@ -345,6 +345,8 @@ type Capsule struct {
 	AllowInternet bool
 	// ErrorReason says why the capsule is in status error; empty otherwise.
 	ErrorReason string
+	// Metadata is the caller's string key/values, given at create.
+	Metadata map[string]string
 }
 
 // AuditLog is one audited action. Metadata is a JSON object.
@@ -406,8 +408,12 @@ type DailyUsage struct {
 // CapsuleFilter pages through capsules, newest first.
 type CapsuleFilter struct {
 	Status CapsuleStatus // empty: all
-	Cursor string
-	Limit  int // 1..1000, default 100
+	// Metadata keeps capsules whose metadata has every key with the
+	// given value. Pages are cut before this filter: a page may hold
+	// fewer than Limit capsules and still have a next cursor.
+	Metadata map[string]string
+	Cursor   string
+	Limit    int // 1..1000, default 100
 }
 
 // UserFilter searches users by email or name substring.
@@ -696,4 +702,26 @@ func ClampLimit(n, def, maxN int) int {
 		return maxN
 	}
 	return n
+}
+
+// FilterMetadata keeps the capsules whose metadata holds every key of md
+// with its value (all of them when md is empty), in place.
+func FilterMetadata(caps []Capsule, md map[string]string) []Capsule {
+	if len(md) == 0 {
+		return caps
+	}
+	out := caps[:0]
+	for _, c := range caps {
+		ok := true
+		for k, v := range md {
+			if got, has := c.Metadata[k]; !has || got != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, c)
+		}
+	}
+	return out
 }

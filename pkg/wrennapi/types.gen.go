@@ -542,8 +542,11 @@ type AdminCapsule struct {
 	ID string `json:"id"`
 
 	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
-	MemoryKept *bool              `json:"memory_kept,omitempty"`
-	MemoryMB   int64              `json:"memory_mb"`
+	MemoryKept *bool `json:"memory_kept,omitempty"`
+	MemoryMB   int64 `json:"memory_mb"`
+
+	// Metadata The key/values given at create (omitted when empty).
+	Metadata   map[string]string  `json:"metadata,omitempty"`
 	PausedAt   *time.Time         `json:"paused_at,omitempty"`
 	Public     bool               `json:"public"`
 	Status     AdminCapsuleStatus `json:"status"`
@@ -716,15 +719,18 @@ type Capsule struct {
 	ID string `json:"id"`
 
 	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
-	MemoryKept *bool         `json:"memory_kept,omitempty"`
-	MemoryMB   int64         `json:"memory_mb"`
-	PausedAt   *time.Time    `json:"paused_at,omitempty"`
-	Public     bool          `json:"public"`
-	Status     CapsuleStatus `json:"status"`
-	TemplateID string        `json:"template_id"`
-	TimeoutSec int64         `json:"timeout_sec"`
-	UpdatedAt  time.Time     `json:"updated_at"`
-	VCPUs      int64         `json:"vcpus"`
+	MemoryKept *bool `json:"memory_kept,omitempty"`
+	MemoryMB   int64 `json:"memory_mb"`
+
+	// Metadata The key/values given at create (omitted when empty).
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	PausedAt   *time.Time        `json:"paused_at,omitempty"`
+	Public     bool              `json:"public"`
+	Status     CapsuleStatus     `json:"status"`
+	TemplateID string            `json:"template_id"`
+	TimeoutSec int64             `json:"timeout_sec"`
+	UpdatedAt  time.Time         `json:"updated_at"`
+	VCPUs      int64             `json:"vcpus"`
 }
 
 // CapsuleStatus defines model for Capsule.Status.
@@ -768,6 +774,9 @@ type CreateCapsule struct {
 	DiskSizeMB    *int64            `json:"disk_size_mb,omitempty"`
 	Env           map[string]string `json:"env,omitempty"`
 	MemoryMB      *int64            `json:"memory_mb,omitempty"`
+
+	// Metadata Your string key/values, returned in get and list and filterable with metadata.<key>=<value>.
+	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Public Ports reachable through the proxy without the access token.
 	Public bool `json:"public,omitempty"`
@@ -1407,6 +1416,9 @@ type GetV1CapsulesParams struct {
 	Status string `form:"status,omitempty" json:"status,omitempty"`
 	Limit  int    `form:"limit,omitempty" json:"limit,omitempty"`
 	Cursor string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// MetadataKey Only capsules whose metadata has <key> with this value (repeat for several keys; all must match). A page may then hold fewer than limit capsules while next_cursor is still set.
+	MetadataKey string `form:"metadata.<key>,omitempty" json:"metadata.<key>,omitempty"`
 }
 
 // GetV1CapsulesUsageParams defines parameters for GetV1CapsulesUsage.

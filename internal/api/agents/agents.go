@@ -127,6 +127,10 @@ func (p *Pool) Forget(hostID string) {
 	p.mu.Unlock()
 }
 
+// Transport is the pool's HTTP transport (for plain HTTP calls to agents,
+// e.g. the E2B envd route; add the host credential yourself).
+func (p *Pool) Transport() http.RoundTripper { return p.transport }
+
 // Close closes idle connections.
 func (p *Pool) Close() { p.transport.CloseIdleConnections() }
 

@@ -139,11 +139,11 @@ func TestMigrateTo(t *testing.T) {
 	if _, err := sqlite.Open(ctx, sqlite.Options{Path: o.Path, SkipMigrate: true}); err == nil {
 		t.Fatal("Open with SkipMigrate on an older schema: want a prepare error")
 	}
-	if err := sqlite.MigrateTo(o, 6); err != nil { // the latest version
+	if err := sqlite.MigrateTo(o, 8); err != nil { // the latest version
 		t.Fatal(err)
 	}
 	if n := platformTeams(); n != 1 {
-		t.Fatalf("platform team at version 6: %d rows, want 1", n)
+		t.Fatalf("platform team at version 8: %d rows, want 1", n)
 	}
 	if err := sqlite.MigrateUp(o); err != nil {
 		t.Fatal(err)

@@ -952,8 +952,18 @@ func toCapsule(c db.Capsule) (store.Capsule, error) {
 			return store.Capsule{}, fmt.Errorf("capsule %s: decode env: %w", c.ID, err)
 		}
 	}
+	var md map[string]string
+	if len(c.Metadata) > 0 {
+		if err := json.Unmarshal(c.Metadata, &md); err != nil {
+			return store.Capsule{}, fmt.Errorf("capsule %s: decode metadata: %w", c.ID, err)
+		}
+	}
+	if len(md) == 0 {
+		md = nil
+	}
 	return store.Capsule{
-		ID: c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: str(c.HostID),
+		Metadata: md,
+		ID:       c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: str(c.HostID),
 		Status: store.CapsuleStatus(c.Status), VCPUs: c.Vcpus, MemoryMB: c.MemoryMb,
 		DiskSizeMB: c.DiskSizeMb, TimeoutSec: c.TimeoutSec, ExpiresAt: tmp(c.ExpiresAt), Env: env,
 		Public: c.Public, AccessTokenHash: c.AccessTokenHash, CreatedBy: str(c.CreatedBy),
@@ -990,6 +1000,13 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 	if err != nil {
 		return store.Capsule{}, fmt.Errorf("create capsule: encode env: %w", err)
 	}
+	if c.Metadata == nil {
+		c.Metadata = map[string]string{}
+	}
+	md, err := json.Marshal(c.Metadata)
+	if err != nil {
+		return store.Capsule{}, fmt.Errorf("create capsule: encode metadata: %w", err)
+	}
 	created := store.Now()
 	if !c.CreatedAt.IsZero() {
 		created = store.Truncate(c.CreatedAt)
@@ -1003,7 +1020,7 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 		ID: c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: strp(c.HostID), Status: string(c.Status),
 		Vcpus: c.VCPUs, MemoryMb: c.MemoryMB, DiskSizeMb: c.DiskSizeMB, TimeoutSec: c.TimeoutSec,
 		ExpiresAt: tsp(exp), Env: env, Public: c.Public, AccessTokenHash: c.AccessTokenHash,
-		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet,
+		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet, Metadata: md,
 	})
 	if err != nil {
 		return store.Capsule{}, mapErr(err, "create capsule")
@@ -1029,7 +1046,7 @@ func (s *Store) GetCapsuleUnscoped(ctx context.Context, id string) (store.Capsul
 	return toCapsule(row)
 }
 
-func capsulePage(rows []db.Capsule, limit int) ([]store.Capsule, string, error) {
+func capsulePage(rows []db.Capsule, limit int, md map[string]string) ([]store.Capsule, string, error) {
 	out, err := toCapsules(rows)
 	if err != nil {
 		return nil, "", err
@@ -1039,7 +1056,7 @@ func capsulePage(rows []db.Capsule, limit int) ([]store.Capsule, string, error) 
 		last := out[len(out)-1]
 		next = store.EncodeCursor(store.Cursor{Time: last.CreatedAt, StrID: last.ID})
 	}
-	return out, next, nil
+	return store.FilterMetadata(out, md), next, nil
 }
 
 // ListCapsules implements store.Store.
@@ -1055,7 +1072,7 @@ func (s *Store) ListCapsules(ctx context.Context, teamID string, f store.Capsule
 	if err != nil {
 		return nil, "", mapErr(err, "list capsules")
 	}
-	return capsulePage(rows, limit)
+	return capsulePage(rows, limit, f.Metadata)
 }
 
 // AdminListCapsules implements store.Store.
@@ -1071,7 +1088,7 @@ func (s *Store) AdminListCapsules(ctx context.Context, f store.CapsuleFilter) ([
 	if err != nil {
 		return nil, "", mapErr(err, "list all capsules")
 	}
-	return capsulePage(rows, limit)
+	return capsulePage(rows, limit, f.Metadata)
 }
 
 // ListCapsulesByHost implements store.Store.

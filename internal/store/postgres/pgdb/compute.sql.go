@@ -112,12 +112,12 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata)
 VALUES ($1, $2, $3, $4, $5,
         $6, $7, $8, $9,
         $10, $11, $12, $13,
-        $14, $15, $15, $16)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason
+        $14, $15, $15, $16, $17)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata
 `
 
 type CreateCapsuleParams struct {
@@ -137,6 +137,7 @@ type CreateCapsuleParams struct {
 	CreatedBy       *string
 	CreatedAt       time.Time
 	AllowInternet   bool
+	Metadata        []byte
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -157,6 +158,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.CreatedBy,
 		arg.CreatedAt,
 		arg.AllowInternet,
+		arg.Metadata,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -179,6 +181,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.PausedAt,
 		&i.AllowInternet,
 		&i.ErrorReason,
+		&i.Metadata,
 	)
 	return i, err
 }
@@ -322,7 +325,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE team_id = $1 AND id = $2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE team_id = $1 AND id = $2
 `
 
 type GetCapsuleParams struct {
@@ -353,12 +356,13 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.PausedAt,
 		&i.AllowInternet,
 		&i.ErrorReason,
+		&i.Metadata,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE id = $1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE id = $1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -384,6 +388,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.PausedAt,
 		&i.AllowInternet,
 		&i.ErrorReason,
+		&i.Metadata,
 	)
 	return i, err
 }
@@ -661,7 +666,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
 WHERE (status = $1 OR $1 = '')
   AND (created_at, id) < ($2, CAST($3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -709,6 +714,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}
@@ -790,7 +796,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
 WHERE team_id = $1
   AND (status = $2 OR $2 = '')
   AND (created_at, id) < ($3, CAST($4 AS TEXT))
@@ -841,6 +847,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}
@@ -853,7 +860,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE host_id = $1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE host_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -885,6 +892,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}
@@ -897,7 +905,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
 WHERE expires_at <= $1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT $2
@@ -937,6 +945,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}

@@ -68,6 +68,7 @@ type Capsule struct {
 	PausedAt        *time.Time
 	AllowInternet   bool
 	ErrorReason     string
+	Metadata        []byte
 }
 
 type CapsuleMetricSnapshot struct {

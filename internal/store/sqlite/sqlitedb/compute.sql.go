@@ -114,12 +114,12 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata)
 VALUES (?1, ?2, ?3, ?4, ?5,
         ?6, ?7, ?8, ?9,
         ?10, ?11, ?12, ?13,
-        ?14, ?15, ?15, ?16)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason
+        ?14, ?15, ?15, ?16, ?17)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata
 `
 
 type CreateCapsuleParams struct {
@@ -139,6 +139,7 @@ type CreateCapsuleParams struct {
 	CreatedBy       *string
 	CreatedAt       int64
 	AllowInternet   bool
+	Metadata        []byte
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -159,6 +160,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.CreatedBy,
 		arg.CreatedAt,
 		arg.AllowInternet,
+		arg.Metadata,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -181,6 +183,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.PausedAt,
 		&i.AllowInternet,
 		&i.ErrorReason,
+		&i.Metadata,
 	)
 	return i, err
 }
@@ -324,7 +327,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE team_id = ?1 AND id = ?2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE team_id = ?1 AND id = ?2
 `
 
 type GetCapsuleParams struct {
@@ -355,12 +358,13 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.PausedAt,
 		&i.AllowInternet,
 		&i.ErrorReason,
+		&i.Metadata,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE id = ?1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE id = ?1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -386,6 +390,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.PausedAt,
 		&i.AllowInternet,
 		&i.ErrorReason,
+		&i.Metadata,
 	)
 	return i, err
 }
@@ -666,7 +671,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
 WHERE (status = ?1 OR ?1 = '')
   AND (created_at, id) < (?2, CAST(?3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -714,6 +719,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}
@@ -804,7 +810,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
 WHERE team_id = ?1
   AND (status = ?2 OR ?2 = '')
   AND (created_at, id) < (?3, CAST(?4 AS TEXT))
@@ -855,6 +861,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}
@@ -870,7 +877,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules WHERE host_id = ?1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE host_id = ?1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -902,6 +909,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}
@@ -917,7 +925,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
 WHERE expires_at <= ?1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT ?2
@@ -957,6 +965,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.PausedAt,
 			&i.AllowInternet,
 			&i.ErrorReason,
+			&i.Metadata,
 		); err != nil {
 			return nil, err
 		}

@@ -64,6 +64,7 @@ type Capsule struct {
 	PausedAt        *int64
 	AllowInternet   bool
 	ErrorReason     string
+	Metadata        []byte
 }
 
 type CapsuleMetricSnapshot struct {

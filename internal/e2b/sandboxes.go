@@ -1,0 +1,314 @@
+package e2b
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/wrenn-dev/wrenn/internal/capsules"
+	"github.com/wrenn-dev/wrenn/internal/store"
+)
+
+const clientID = "wrenn"
+
+func contextWithScope(ctx context.Context, sc capsules.Scope) context.Context {
+	return context.WithValue(ctx, scopeKey{}, sc)
+}
+
+func scope(r *http.Request) capsules.Scope {
+	sc, _ := r.Context().Value(scopeKey{}).(capsules.Scope)
+	return sc
+}
+
+// state maps a Wrenn status to E2B's sandbox state ("" for states E2B has
+// no word for: they are not listed).
+func state(s store.CapsuleStatus) string {
+	switch {
+	case s == store.CapsuleRunning:
+		return "running"
+	case s.IsPaused():
+		return "paused"
+	}
+	return ""
+}
+
+func endAt(c store.Capsule) time.Time {
+	if c.ExpiresAt != nil {
+		return *c.ExpiresAt
+	}
+	return c.CreatedAt.Add(time.Duration(c.TimeoutSec) * time.Second)
+}
+
+func (h *Handler) toSandbox(c store.Capsule) sandbox {
+	return sandbox{
+		TemplateID: c.TemplateID, SandboxID: c.ID, ClientID: clientID,
+		EnvdVersion: EnvdVersion, EnvdAccessToken: h.envdToken(c.ID),
+	}
+}
+
+func (h *Handler) toDetail(c store.Capsule) sandboxDetail {
+	ai := c.AllowInternet
+	st := state(c.Status)
+	if st == "" {
+		st = string(c.Status)
+	}
+	return sandboxDetail{
+		TemplateID: c.TemplateID, SandboxID: c.ID, ClientID: clientID, StartedAt: c.CreatedAt, EndAt: endAt(c),
+		EnvdVersion: EnvdVersion, EnvdAccessToken: h.envdToken(c.ID), CPUCount: c.VCPUs, MemoryMB: c.MemoryMB,
+		DiskSizeMB: c.DiskSizeMB, Metadata: c.Metadata, State: st, AllowInternetAccess: &ai, VolumeMounts: []any{},
+	}
+}
+
+func toListed(c store.Capsule) listedSandbox {
+	return listedSandbox{
+		TemplateID: c.TemplateID, SandboxID: c.ID, ClientID: clientID, StartedAt: c.CreatedAt, EndAt: endAt(c),
+		CPUCount: c.VCPUs, MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, Metadata: c.Metadata,
+		State: state(c.Status), EnvdVersion: EnvdVersion, VolumeMounts: []any{},
+	}
+}
+
+func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
+	var req newSandbox
+	if err := h.decode(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	switch {
+	case req.TemplateID == "":
+		writeError(w, http.StatusBadRequest, "templateID is required")
+		return
+	case req.AutoPause != nil && *req.AutoPause:
+		writeError(w, http.StatusNotImplemented, "auto-pause on timeout is not supported yet by Wrenn's E2B-compatible API")
+		return
+	case req.AutoResume != nil && req.AutoResume.Enabled:
+		writeError(w, http.StatusNotImplemented, "auto-resume is not supported yet by Wrenn's E2B-compatible API")
+		return
+	case len(req.VolumeMounts) > 0:
+		writeError(w, http.StatusNotImplemented, "volumes are not supported yet by Wrenn's E2B-compatible API")
+		return
+	case len(req.Network) > 0:
+		writeError(w, http.StatusNotImplemented, "network rules are not supported yet by Wrenn's E2B-compatible API")
+		return
+	case len(req.MCP) > 0:
+		writeError(w, http.StatusNotImplemented, "MCP gateways are not supported yet by Wrenn's E2B-compatible API")
+		return
+	}
+	timeout := req.Timeout
+	if timeout == nil {
+		d := int64(15) // E2B's default
+		timeout = &d
+	}
+	tmpl := req.TemplateID
+	out, err := h.cfg.Capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
+		Template: &tmpl, TimeoutSec: timeout, Env: req.EnvVars, AllowInternet: req.AllowInternetAccess,
+		Metadata: req.Metadata,
+	})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, h.toSandbox(out.Capsule))
+}
+
+// listFilter reads E2B's list query: metadata (a URL-encoded k=v&k2=v2
+// string), state (running, paused; comma-separated or repeated), limit
+// and nextToken.
+func listFilter(q url.Values) (capsules.ListFilter, map[string]bool, error) {
+	f := capsules.ListFilter{Cursor: q.Get("nextToken")}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return f, nil, &httpError{http.StatusBadRequest, "limit must be an integer from 1 to 1000"}
+		}
+		f.Limit = n
+	}
+	if m := q.Get("metadata"); m != "" {
+		kv, err := url.ParseQuery(m)
+		if err != nil {
+			return f, nil, &httpError{http.StatusBadRequest, "metadata must be URL-encoded key=value pairs"}
+		}
+		f.Metadata = map[string]string{}
+		for k, v := range kv {
+			f.Metadata[k] = v[len(v)-1]
+		}
+	}
+	states := map[string]bool{}
+	for _, v := range q["state"] {
+		for _, s := range strings.Split(v, ",") {
+			switch s = strings.TrimSpace(s); s {
+			case "running", "paused":
+				states[s] = true
+			case "":
+			default:
+				return f, nil, &httpError{http.StatusBadRequest, "state must be running or paused"}
+			}
+		}
+	}
+	if len(states) == 0 {
+		states = map[string]bool{"running": true, "paused": true}
+	}
+	return f, states, nil
+}
+
+func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, onlyRunning bool) ([]listedSandbox, bool) {
+	f, states, err := listFilter(r.URL.Query())
+	if err != nil {
+		h.fail(w, r, err)
+		return nil, false
+	}
+	if onlyRunning {
+		states = map[string]bool{"running": true}
+	}
+	caps, next, err := h.cfg.Capsules.List(r.Context(), scope(r), f)
+	if err != nil {
+		h.fail(w, r, err)
+		return nil, false
+	}
+	out := []listedSandbox{}
+	for _, c := range caps {
+		if st := state(c.Status); st != "" && states[st] {
+			out = append(out, toListed(c))
+		}
+	}
+	if next != "" {
+		w.Header().Set("X-Next-Token", next)
+	}
+	return out, true
+}
+
+func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
+	if out, ok := h.listPage(w, r, false); ok {
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+// listV1 is the older GET /sandboxes: running sandboxes only.
+func (h *Handler) listV1(w http.ResponseWriter, r *http.Request) {
+	if out, ok := h.listPage(w, r, true); ok {
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
+	c, err := h.cfg.Capsules.Get(r.Context(), scope(r), chi.URLParam(r, "id"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.toDetail(c))
+}
+
+func (h *Handler) kill(w http.ResponseWriter, r *http.Request) {
+	if err := h.cfg.Capsules.Destroy(r.Context(), scope(r), chi.URLParam(r, "id"), capsules.DestroyOptions{}); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Handler) setTimeout(w http.ResponseWriter, r *http.Request) {
+	var body timeoutBody
+	if err := h.decode(w, r, &body); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if body.Timeout == nil {
+		writeError(w, http.StatusBadRequest, "timeout is required")
+		return
+	}
+	if _, err := h.cfg.Capsules.SetTimeout(r.Context(), scope(r), chi.URLParam(r, "id"), body.Timeout); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// refresh extends the sandbox's life by duration seconds from now
+// (E2B's default 60 s).
+func (h *Handler) refresh(w http.ResponseWriter, r *http.Request) {
+	var body refreshBody
+	if err := h.decode(w, r, &body); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	d := int64(60)
+	if body.Duration != nil {
+		d = *body.Duration
+	}
+	if _, err := h.cfg.Capsules.SetTimeout(r.Context(), scope(r), chi.URLParam(r, "id"), &d); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Handler) pause(w http.ResponseWriter, r *http.Request) {
+	var body timeoutBody
+	if err := h.decode(w, r, &body); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	// memory false is a pause that keeps files only: Wrenn's hibernation.
+	toDisk := body.Memory != nil && !*body.Memory
+	if _, err := h.cfg.Capsules.Pause(r.Context(), scope(r), chi.URLParam(r, "id"), toDisk); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// resume is the older POST /sandboxes/{id}/resume.
+func (h *Handler) resume(w http.ResponseWriter, r *http.Request) {
+	var body timeoutBody
+	if err := h.decode(w, r, &body); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	res, err := h.cfg.Capsules.Resume(r.Context(), scope(r), chi.URLParam(r, "id"), body.Timeout)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, h.toSandbox(res.Capsule))
+}
+
+// connect resumes a paused sandbox (201) or, for a running one, extends
+// its timeout when the new one ends later (200).
+func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
+	var body timeoutBody
+	if err := h.decode(w, r, &body); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	id := chi.URLParam(r, "id")
+	c, err := h.cfg.Capsules.Get(r.Context(), scope(r), id)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if c.Status.IsPaused() {
+		res, err := h.cfg.Capsules.Resume(r.Context(), scope(r), id, body.Timeout)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, h.toSandbox(res.Capsule))
+		return
+	}
+	if c.Status != store.CapsuleRunning {
+		writeError(w, http.StatusConflict, "sandbox "+c.ID+" is "+string(c.Status)+", not running or paused")
+		return
+	}
+	if body.Timeout != nil && (c.ExpiresAt == nil || time.Now().Add(time.Duration(*body.Timeout)*time.Second).After(*c.ExpiresAt)) {
+		if c, err = h.cfg.Capsules.SetTimeout(r.Context(), scope(r), id, body.Timeout); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, h.toSandbox(c))
+}

@@ -1,0 +1,105 @@
+package hostagent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/credstrip"
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
+)
+
+// EnvdRoutePrefix is the agent route the control plane forwards a
+// capsule's envd calls through (the E2B-compatible envd route): a request
+// to /envd/{capsule}/{rest} reaches http://{capsule ip}:49983/{rest} with
+// the capsule's own envd access token. It is mounted behind the host
+// secret, next to (never under) the public port proxy's /proxy/, which
+// keeps refusing envd's port.
+const EnvdRoutePrefix = "/envd/"
+
+type envdTarget struct {
+	addr, token string
+}
+
+type envdTargetKey struct{}
+
+// newEnvdRoute returns the handler of EnvdRoutePrefix. The caller (the
+// control plane) has authorized the request; the client's own
+// X-Access-Token is replaced by the capsule's token, and Wrenn
+// credentials are stripped.
+func (a *Agent) newEnvdRoute() http.Handler {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	tr := &http.Transport{
+		Proxy: nil, DialContext: d.DialContext, Protocols: &protos,
+		MaxIdleConns: 256, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second,
+		// Large transfers (file uploads and downloads) cost fewer
+		// syscalls with larger buffers.
+		WriteBufferSize: 1 << 20, ReadBufferSize: 1 << 20,
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			t, _ := pr.In.Context().Value(envdTargetKey{}).(envdTarget)
+			pr.SetURL(&url.URL{Scheme: "http", Host: t.addr})
+			pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, pr.In.URL.RawPath
+			pr.Out.Header.Del(envdclient.AccessTokenHeader)
+			if t.token != "" {
+				pr.Out.Header.Set(envdclient.AccessTokenHeader, t.token)
+			}
+		},
+		Transport: tr,
+		// Streaming responses (no Content-Length: Connect streams, watch)
+		// are flushed on every write anyway; sized ones are not.
+		BufferPool: envdBuffers{},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if !errors.Is(err, context.Canceled) {
+				a.log.Debug("envd route upstream error", "err", err)
+			}
+			writeAgentError(w, http.StatusBadGateway, "unavailable", "the capsule's envd cannot be reached right now")
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest, _ := strings.CutPrefix(r.URL.EscapedPath(), EnvdRoutePrefix)
+		id, tail, _ := strings.Cut(rest, "/")
+		c, err := a.lookup(id)
+		if err != nil {
+			writeAgentError(w, http.StatusNotFound, "not_found", "no such running capsule")
+			return
+		}
+		rec, info, _ := c.snapshot()
+		if rec.Phase != phaseRunning || !info.IP.IsValid() {
+			writeAgentError(w, http.StatusNotFound, "not_found", "no such running capsule")
+			return
+		}
+		u, err := url.Parse("/" + tail)
+		if err != nil {
+			writeAgentError(w, http.StatusBadRequest, "invalid_argument", "bad path")
+			return
+		}
+		out := r.Clone(context.WithValue(r.Context(), envdTargetKey{}, envdTarget{addr: info.EnvdAddr(), token: rec.AccessToken}))
+		out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
+		credstrip.Request(out)
+		rp.ServeHTTP(w, out)
+	})
+}
+
+func writeAgentError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(`{"code":"` + code + `","message":"` + msg + `"}` + "\n"))
+}
+
+// envdBuffers lends the envd route's copy buffers (1 MiB).
+type envdBuffers struct{}
+
+var envdBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+func (envdBuffers) Get() []byte  { return *envdBufPool.Get().(*[]byte) }
+func (envdBuffers) Put(b []byte) { envdBufPool.Put(&b) }
