@@ -16,9 +16,18 @@ BIN     := bin
 # detector in -short mode (heavy data tests scale down there).
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: templates build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
 
-build: envd wrenn
+.PHONY: web templates build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
+
+build: web envd wrenn
+
+# The dashboard (web/): built with npm into internal/web/dist, which wrenn
+# embeds. node_modules is reused while package-lock.json is unchanged.
+web: web/node_modules/.package-lock.json
+	cd web && npm run build
+
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
 
 envd:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/envd ./cmd/envd

@@ -10,6 +10,7 @@ want=(
   tar file passwd                   # template import, tests (useradd)
   busybox-static debootstrap        # templates
   postgresql                        # store tests on PostgreSQL
+  chromium                          # dashboard browser tests (playwright-core)
 )
 
 missing=()

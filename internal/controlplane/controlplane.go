@@ -46,6 +46,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/store/postgres"
 	"github.com/wrenn-dev/wrenn/internal/store/sqlite"
 	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/internal/web"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
@@ -235,7 +236,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
 		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
 	})
-	s.handler = s.api
+	s.handler = web.Handler(s.api) // the dashboard at /, the API under /v1, /e2b, …
 	return s, nil
 }
 

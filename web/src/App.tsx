@@ -1,0 +1,43 @@
+import { NavLink, Navigate, Route, Routes, useLocation } from 'react-router';
+import { useSession } from './session';
+import { SignIn, GitHubCallback } from './pages/SignIn';
+import { Capsules } from './pages/Capsules';
+import { CapsulePage } from './pages/Capsule';
+import { Templates } from './pages/Templates';
+import { Keys } from './pages/Keys';
+import { Audit } from './pages/Audit';
+
+export function App() {
+  const { me, signOut } = useSession();
+  const loc = useLocation();
+  if (loc.pathname === '/auth/callback') return <GitHubCallback />;
+  if (!me) return <SignIn />;
+  return (
+    <div className="layout">
+      <header className="top">
+        <span className="brand">Wrenn</span>
+        <nav aria-label="Main">
+          <NavLink to="/capsules">Capsules</NavLink>
+          <NavLink to="/templates">Templates</NavLink>
+          <NavLink to="/keys">API keys</NavLink>
+          <NavLink to="/audit">Audit log</NavLink>
+        </nav>
+        <span className="who">
+          {me.name || me.email} {me.team ? `· ${me.team.name}` : ''} {me.is_admin ? '· admin' : ''}
+        </span>
+        <button onClick={() => signOut()}>Sign out</button>
+      </header>
+      <main>
+        <Routes>
+          <Route path="/" element={<Navigate to="/capsules" replace />} />
+          <Route path="/capsules" element={<Capsules />} />
+          <Route path="/capsules/:id" element={<CapsulePage />} />
+          <Route path="/templates" element={<Templates />} />
+          <Route path="/keys" element={<Keys />} />
+          <Route path="/audit" element={<Audit />} />
+          <Route path="*" element={<p className="empty">No such page. <NavLink to="/capsules">Capsules</NavLink></p>} />
+        </Routes>
+      </main>
+    </div>
+  );
+}
