@@ -1,4 +1,4 @@
-import { useEffect, useRef, type ReactNode } from 'react';
+import { useEffect, useId, useRef, type ReactNode } from 'react';
 import { ApiError } from '../api/client';
 
 export function Loading({ what }: { what: string }) {
@@ -18,6 +18,7 @@ export function ErrorBox({ error, retry }: { error: unknown; retry?: () => void 
 /** A modal dialog on the native <dialog> element (focus trap, Esc). */
 export function Dialog({ title, open, onClose, children }: { title: string; open: boolean; onClose: () => void; children: ReactNode }) {
   const ref = useRef<HTMLDialogElement>(null);
+  const titleID = useId();
   useEffect(() => {
     const d = ref.current;
     if (!d) return;
@@ -25,8 +26,8 @@ export function Dialog({ title, open, onClose, children }: { title: string; open
     if (!open && d.open) d.close();
   }, [open]);
   return (
-    <dialog ref={ref} onClose={onClose} aria-labelledby="dlg-title">
-      <h2 id="dlg-title">{title}</h2>
+    <dialog ref={ref} onClose={onClose} aria-labelledby={titleID}>
+      <h2 id={titleID}>{title}</h2>
       {open && children}
     </dialog>
   );

@@ -69,7 +69,7 @@ export function CapsulePage() {
         <dt>Size</dt><dd>{c.vcpus} vCPU · {c.memory_mb} MiB · {bytes(c.disk_size_mb * 1024 * 1024)} disk</dd>
         <dt>Created</dt><dd>{ago(c.created_at)}</dd>
         <dt>Expires</dt><dd>{until(c.expires_at)}</dd>
-        <dt>Internet</dt><dd>{c.allow_internet ? 'yes' : 'no'}</dd>
+        <dt>Internet</dt><dd>{c.allow_internet === undefined ? '—' : c.allow_internet ? 'yes' : 'no'}</dd>
         <dt>Public</dt><dd>{c.public ? 'yes' : 'no'}</dd>
         {c.error_reason && (<><dt>Error</dt><dd>{c.error_reason}</dd></>)}
       </dl>

@@ -182,7 +182,10 @@ function CreateDialog({ open, onClose }: { open: boolean; onClose: () => void })
     setBusy(true);
     setError(null);
     try {
-      const c = await api<Capsule>('POST', '/v1/capsules', { ...f, public: false });
+      // allow_internet is sent only when it differs from its default (true):
+      // servers that predate the field refuse it as unknown.
+      const { allow_internet, ...rest } = f;
+      const c = await api<Capsule>('POST', '/v1/capsules', { ...rest, public: false, ...(allow_internet ? {} : { allow_internet }) });
       onClose();
       nav(`/capsules/${c.id}`);
     } catch (err) {
