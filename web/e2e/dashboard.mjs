@@ -168,6 +168,46 @@ await step('templates, API keys, audit log pages', async () => {
   await check('audit');
 });
 
+await step('team and usage pages', async () => {
+  await page.getByRole('link', { name: 'Team' }).click();
+  await page.getByRole('heading', { name: /^Team/ }).waitFor();
+  await page.getByRole('cell', { name: 'owner' }).first().waitFor();
+  await check('team');
+  await page.getByRole('link', { name: 'Usage' }).click();
+  await page.locator('[data-testid=chart] canvas, .empty').first().waitFor();
+  await check('usage');
+});
+
+await step('admin: grant and revoke admin on a second user; self-demotion warning; last-admin refusal', async () => {
+  const email = `second-${Date.now()}@example.com`;
+  const r = await fetch(url + '/v1/auth/signup', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ email, password: 'a-long-enough-password-1', name: 'Second User' }) });
+  if (!r.ok) throw new Error(`signup of a second user: ${r.status} ${await r.text()}`);
+  await page.getByRole('link', { name: 'Admin' }).click();
+  const row = page.locator(`tr[data-email="${email}"]`);
+  await row.waitFor();
+  await row.getByRole('button', { name: 'Grant admin' }).click();
+  await page.getByRole('dialog', { name: 'Grant platform admin' }).getByRole('button', { name: 'Confirm' }).click();
+  await row.getByRole('cell', { name: 'yes', exact: true }).waitFor();
+  await row.getByRole('button', { name: 'Revoke admin' }).click();
+  await page.getByRole('dialog', { name: 'Revoke platform admin' }).getByRole('button', { name: 'Confirm' }).click();
+  await row.getByRole('button', { name: 'Grant admin' }).waitFor();
+  const self = page.locator('tr', { hasText: '(you)' });
+  await self.getByRole('button', { name: 'Revoke admin' }).click();
+  const dlg = page.getByRole('dialog', { name: 'Revoke platform admin' });
+  await dlg.getByText(/Warning: you are removing your own platform admin rights/).waitFor();
+  await page.screenshot({ path: join(shots, 'admin-self-demotion.png') });
+  await dlg.getByRole('button', { name: 'Confirm' }).click();
+  await page.getByRole('alert').filter({ hasText: /Refused: .*at least one active platform admin/ }).waitFor();
+  await self.getByRole('cell', { name: 'yes', exact: true }).waitFor();
+  await check('admin-users');
+  await page.getByRole('link', { name: 'Hosts' }).click();
+  await page.getByRole('cell', { name: 'online' }).first().waitFor();
+  await check('admin-hosts');
+  await page.getByRole('link', { name: 'Teams' }).click();
+  await page.getByRole('columnheader', { name: 'BYOC' }).waitFor();
+  await check('admin-teams');
+});
+
 await step('delete the capsule (confirmed)', async () => {
   await page.getByRole('link', { name: 'Capsules', exact: true }).click();
   await page.getByRole('checkbox', { name: `Select ${capsuleID}` }).check();

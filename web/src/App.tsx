@@ -6,6 +6,9 @@ import { CapsulePage } from './pages/Capsule';
 import { Templates } from './pages/Templates';
 import { Keys } from './pages/Keys';
 import { Audit } from './pages/Audit';
+import { Usage } from './pages/Usage';
+import { Team } from './pages/Team';
+import { Admin } from './pages/Admin';
 
 export function App() {
   const { me, signOut } = useSession();
@@ -20,7 +23,10 @@ export function App() {
           <NavLink to="/capsules">Capsules</NavLink>
           <NavLink to="/templates">Templates</NavLink>
           <NavLink to="/keys">API keys</NavLink>
+          <NavLink to="/team">Team</NavLink>
+          <NavLink to="/usage">Usage</NavLink>
           <NavLink to="/audit">Audit log</NavLink>
+          {me.is_admin && <NavLink to="/admin">Admin</NavLink>}
         </nav>
         <span className="who">
           {me.name || me.email} {me.team ? `· ${me.team.name}` : ''} {me.is_admin ? '· admin' : ''}
@@ -35,6 +41,9 @@ export function App() {
           <Route path="/templates" element={<Templates />} />
           <Route path="/keys" element={<Keys />} />
           <Route path="/audit" element={<Audit />} />
+          <Route path="/team" element={<Team />} />
+          <Route path="/usage" element={<Usage />} />
+          <Route path="/admin/*" element={<Admin />} />
           <Route path="*" element={<p className="empty">No such page. <NavLink to="/capsules">Capsules</NavLink></p>} />
         </Routes>
       </main>

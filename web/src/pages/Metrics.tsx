@@ -1,6 +1,5 @@
-import { useEffect, useRef, useState } from 'react';
-import uPlot from 'uplot';
-import 'uplot/dist/uPlot.min.css';
+import { useState } from 'react';
+import Chart from '../components/Chart';
 import { api, capsulePath, type Schemas } from '../api/client';
 import { usePoll } from '../lib/poll';
 import { ErrorBox, Loading } from '../components/ui';
@@ -35,28 +34,13 @@ export default function Metrics({ id }: { id: string }) {
       {data && data.points.length === 0 && <p className="empty">No samples yet: the capsule reports every few seconds while it runs.</p>}
       {data && data.points.length > 0 && (
         <div className="charts">
-          <Chart title="CPU %" pts={data.points} y={(p) => p.cpu_used_pct} />
-          <Chart title="Memory MiB" pts={data.points} y={(p) => p.mem_used_bytes / 2 ** 20} />
-          <Chart title="Disk MiB" pts={data.points} y={(p) => p.disk_used_bytes / 2 ** 20} />
+          <Chart title="CPU %" x={xs(data.points)} y={data.points.map((p) => p.cpu_used_pct)} />
+          <Chart title="Memory MiB" x={xs(data.points)} y={data.points.map((p) => p.mem_used_bytes / 2 ** 20)} />
+          <Chart title="Disk MiB" x={xs(data.points)} y={data.points.map((p) => p.disk_used_bytes / 2 ** 20)} />
         </div>
       )}
     </div>
   );
 }
 
-function Chart({ title, pts, y }: { title: string; pts: Schemas['MetricPoint'][]; y: (p: Schemas['MetricPoint']) => number }) {
-  const el = useRef<HTMLDivElement>(null);
-  const plot = useRef<uPlot | null>(null);
-  const d: uPlot.AlignedData = [pts.map((p) => p.ts_ms / 1000), pts.map(y)];
-  useEffect(() => {
-    plot.current = new uPlot(
-      { title, width: 420, height: 200, series: [{}, { label: title, stroke: '#2563eb', fill: 'rgba(37,99,235,0.1)' }], axes: [{}, { size: 60 }] },
-      d,
-      el.current!,
-    );
-    return () => plot.current?.destroy();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [title]);
-  useEffect(() => plot.current?.setData(d));
-  return <div ref={el} className="chart" data-testid="chart" role="img" aria-label={`${title} chart`} />;
-}
+const xs = (pts: Schemas['MetricPoint'][]) => pts.map((p) => p.ts_ms / 1000);
