@@ -168,6 +168,34 @@ await step('templates, API keys, audit log pages', async () => {
   await check('audit');
 });
 
+await step('audit log: infinite scroll past two pages', async () => {
+  // 60 keys created and revoked through the API: 120 more entries (pages are 50).
+  const h = { 'X-API-Key': key, 'Content-Type': 'application/json' };
+  for (let i = 0; i < 60; i++) {
+    const r = await fetch(url + '/v1/api-keys', { method: 'POST', headers: h, body: JSON.stringify({ name: `scroll-${i}` }) });
+    if (!r.ok) throw new Error(`create key: ${r.status} ${await r.text()}`);
+    const k = await r.json();
+    const d = await fetch(url + `/v1/api-keys/${k.id}`, { method: 'DELETE', headers: h });
+    if (!d.ok) throw new Error(`delete key: ${d.status}`);
+  }
+  await page.getByRole('link', { name: 'Capsules', exact: true }).click();
+  await page.getByRole('link', { name: 'Audit log' }).click();
+  const rows = page.locator('table.list tbody tr');
+  await rows.first().waitFor();
+  const first = await rows.count();
+  if (first > 50) throw new Error(`the first page has ${first} rows (limit 50)`);
+  for (let i = 0; i < 20 && (await rows.count()) <= 100; i++) {
+    await page.locator('.sentinel').scrollIntoViewIfNeeded();
+    await page.mouse.wheel(0, 5000);
+    await page.waitForTimeout(300);
+  }
+  const n = await rows.count();
+  if (n <= 100) throw new Error(`only ${n} audit rows after scrolling (want > 100: three pages)`);
+  const ids = await rows.evaluateAll((trs) => trs.map((tr) => tr.textContent));
+  if (new Set(ids).size < n * 0.5) throw new Error('pages repeat the same entries');
+  console.log(`     audit rows after scrolling: ${n} (first page ${first})`);
+});
+
 await step('team and usage pages', async () => {
   await page.getByRole('link', { name: 'Team' }).click();
   await page.getByRole('heading', { name: /^Team/ }).waitFor();
