@@ -5,12 +5,13 @@ import { usePoll } from '../lib/poll';
 import { ago, bytes, until } from '../lib/format';
 import { Confirm, ErrorBox, Loading } from '../components/ui';
 import { Files } from './Files';
+import { Processes } from './Processes';
 
 // The terminal (xterm.js) and the charts (uPlot) load on demand.
 const Terminal = lazy(() => import('./Terminal'));
 const Metrics = lazy(() => import('./Metrics'));
 
-type Tab = 'terminal' | 'files' | 'metrics';
+type Tab = 'terminal' | 'files' | 'processes' | 'metrics';
 
 export function CapsulePage() {
   const { id = '' } = useParams();
@@ -87,7 +88,7 @@ export function CapsulePage() {
       </div>
       <ErrorBox error={actionError} />
       <div role="tablist" className="tabs">
-        {(['terminal', 'files', 'metrics'] as Tab[]).map((t) => (
+        {(['terminal', 'files', 'processes', 'metrics'] as Tab[]).map((t) => (
           <button key={t} role="tab" aria-selected={tab === t} onClick={() => setTab(t)}>
             {t[0].toUpperCase() + t.slice(1)}
           </button>
@@ -97,6 +98,7 @@ export function CapsulePage() {
         <Suspense fallback={<Loading what={tab} />}>
           {tab === 'terminal' && (running ? <Terminal id={id} /> : <p className="empty">The terminal needs a running capsule ({c.status}).</p>)}
           {tab === 'files' && (running ? <Files id={id} /> : <p className="empty">Files need a running capsule ({c.status}).</p>)}
+          {tab === 'processes' && (running ? <Processes id={id} /> : <p className="empty">Processes need a running capsule ({c.status}).</p>)}
           {tab === 'metrics' && <Metrics id={id} />}
         </Suspense>
       </div>
