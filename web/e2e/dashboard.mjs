@@ -139,6 +139,20 @@ await step('metrics: the chart draws', async () => {
   await check('capsule-metrics');
 });
 
+await step('processes: start, follow output, kill', async () => {
+  await page.getByRole('tab', { name: 'Processes' }).click();
+  await page.getByLabel('Command').fill('i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done');
+  await page.getByRole('button', { name: 'Start in background' }).click();
+  await page.getByTestId('proc-output').filter({ hasText: 'tick 3' }).waitFor();
+  const pid = (await page.getByText(/^Output of \d+$/).textContent()).split(' ').pop();
+  await page.locator(`tr[data-pid="${pid}"]`).waitFor();
+  await check('capsule-processes');
+  await page.getByRole('button', { name: `Kill ${pid}` }).click();
+  await page.getByRole('dialog', { name: 'Kill process' }).getByRole('button', { name: 'Kill' }).click();
+  await page.locator(`tr[data-pid="${pid}"]`).waitFor({ state: 'detached' });
+  await page.getByTestId('proc-state').filter({ hasText: /exited|disconnected/ }).waitFor();
+});
+
 await step('pause and resume', async () => {
   await page.getByRole('button', { name: 'Pause', exact: true }).click();
   await status().filter({ hasText: 'paused' }).waitFor({ timeout: 90000 });
