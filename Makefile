@@ -17,7 +17,7 @@ BIN     := bin
 TESTFLAGS ?= -count=1 -timeout 25m
 
 
-.PHONY: web templates build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
+.PHONY: web test-web templates build run test test-go deps tools gen gen-check lint vet fmt bench clean envd wrenn
 
 build: web envd wrenn
 
@@ -93,7 +93,11 @@ test-go: tools
 	$(GO) test $(TESTFLAGS) ./... && \
 	$(GO) test $(TESTFLAGS) -race -short ./...
 
-test: deps gen-check vet lint build test-go
+# The dashboard's unit tests (vitest); its browser test is test/dashboard (go test).
+test-web: web/node_modules/.package-lock.json
+	cd web && npm test
+
+test: deps gen-check vet lint build test-web test-go
 
 bench: deps build
 	@scripts/bench.sh
