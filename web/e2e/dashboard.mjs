@@ -265,6 +265,19 @@ await step('sign out clears the session; a reload asks to sign in again', async 
   await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor();
 });
 
+await step('a revoked key signs the session out with a notice', async () => {
+  const h = { 'X-API-Key': key, 'Content-Type': 'application/json' };
+  const k = await (await fetch(url + '/v1/api-keys', { method: 'POST', headers: h, body: JSON.stringify({ name: 'short-lived' }) })).json();
+  await page.getByLabel('API key').fill(k.key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Capsules' }).waitFor();
+  const d = await fetch(url + `/v1/api-keys/${k.id}`, { method: 'DELETE', headers: h });
+  if (!d.ok) throw new Error(`revoke: ${d.status}`);
+  await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor({ timeout: 15000 });
+  await page.getByRole('status').filter({ hasText: /Signed out/ }).waitFor();
+  await check('signin-expired');
+});
+
 await step('no CSP violations or page errors', async () => {
   if (problems.length) throw new Error(problems.join('\n'));
 });
