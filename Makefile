@@ -16,9 +16,18 @@ BIN     := bin
 # detector in -short mode (heavy data tests scale down there).
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: templates build run test test-go test-heavy deps tools gen gen-check lint vet fmt bench clean envd wrenn
 
-build: envd wrenn
+.PHONY: web test-web templates build run test test-go test-heavy deps tools gen gen-check lint vet fmt bench clean envd wrenn
+
+build: web envd wrenn
+
+# The dashboard (web/): built with npm into internal/web/dist, which wrenn
+# embeds. node_modules is reused while package-lock.json is unchanged.
+web: web/node_modules/.package-lock.json
+	cd web && npm run build
+
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
 
 envd:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/envd ./cmd/envd
@@ -98,7 +107,11 @@ test-go: tools
 # packages only, as the brief asks) leaves them out.
 PRIVILEGED_PKGS := /internal/(runtime/container|hostagent|up|controlplane|network|cli)$$|/test/|/sdk$$
 
-test: deps gen-check vet lint build test-go
+# The dashboard's unit tests (vitest); its browser test is test/dashboard (go test).
+test-web: web/node_modules/.package-lock.json
+	cd web && npm test
+
+test: deps gen-check vet lint build test-web test-go
 
 # Heavier suites outside `make test`: the container workload suite with a
 # compiler, Node.js, a JDK, sqlite3 and strace from Debian's packages (a

@@ -11,6 +11,7 @@ want=(
   busybox-static debootstrap        # templates
   lxcfs                             # capsules see their own memory, CPUs, uptime
   postgresql                        # store tests on PostgreSQL
+  chromium                          # dashboard browser tests (playwright-core)
 )
 # Python SDK (sdk/python): its tests and wheel build run on Debian's packages
 # under /usr/bin/python3.

@@ -47,6 +47,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/store/postgres"
 	"github.com/wrenn-dev/wrenn/internal/store/sqlite"
 	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/internal/web"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
@@ -249,13 +250,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Capsules: s.capsules, Store: s.store, Agents: s.agents, Auth: s.api.TeamScope,
 		Key: auth.DeriveKey(cfg.Secret, "wrenn e2b envd token v1"), Logger: cfg.Logger,
 	})
-	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	apiAndE2B := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, e2b.Prefix+"/") {
 			e2bAPI.ServeHTTP(w, r)
 			return
 		}
 		s.api.ServeHTTP(w, r)
 	})
+	s.handler = web.Handler(apiAndE2B) // the dashboard at /, the API under /v1, /e2b, …
 	return s, nil
 }
 

@@ -141,6 +141,7 @@ func (a *App) banner() {
 	}
 	a.printf(`
 Wrenn is up at %s (ready in %s)
+  Dashboard: %s/
   %s
   Capsule ports: %s/proxy/<capsule-id>/<port>/ (the port proxy, its own origin)
 
@@ -150,7 +151,7 @@ Try it:
   wrenn capsule exec <capsule-id> -- echo hello
 
 Stop with Ctrl-C: running capsules are %s (--on-exit).
-`, a.url, time.Since(a.started).Round(10*time.Millisecond), keyLine, a.proxyURL, login, MinimalTemplate,
+`, a.url, time.Since(a.started).Round(10*time.Millisecond), a.url, keyLine, a.proxyURL, login, MinimalTemplate,
 		map[OnExit]string{OnExitPause: "paused and re-adopted on the next start", OnExitDestroy: "destroyed"}[a.cfg.OnExit])
 	if a.cfg.BuildBase {
 		a.printf("The default template %q is prepared in the background; until it is ready use --template %s.\n\n", BaseTemplate, MinimalTemplate)

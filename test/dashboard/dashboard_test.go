@@ -1,0 +1,160 @@
+// Package dashboard tests the web dashboard in a real browser: it builds
+// wrenn (with the dashboard embedded), starts `wrenn up` in a fresh home and
+// runs web/e2e/dashboard.mjs, which drives Debian's chromium with
+// playwright-core against it. Screenshots land in $WRENN_DASHBOARD_SHOTS
+// (default: the test's temp dir).
+package dashboard
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/testutil"
+	"github.com/wrenn-dev/wrenn/internal/web"
+)
+
+var keyRE = regexp.MustCompile(`Admin API key: (wrn_[a-z0-9]+)`)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// requirements fail loudly: the browser test never skips.
+func requirements(t *testing.T) (node, chromium, webDir string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node is missing: install Node.js (scripts/deps.sh)")
+	}
+	chromium = "/usr/bin/chromium"
+	if _, err := os.Stat(chromium); err != nil {
+		t.Fatalf("%s is missing: run scripts/deps.sh (Debian's chromium package)", chromium)
+	}
+	webDir, err = filepath.Abs("../../web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core")); err != nil {
+		t.Fatalf("web/node_modules is missing: run `make web` (npm ci in web/)")
+	}
+	if !web.Built() {
+		t.Fatal("the dashboard is not built into internal/web/dist: run `make web` first")
+	}
+	return node, chromium, webDir
+}
+
+func TestDashboardInBrowser(t *testing.T) {
+	testutil.RequireRoot(t)
+	node, chromium, webDir := requirements(t)
+
+	bin := t.TempDir()
+	for _, b := range []struct{ out, pkg string }{{"wrenn", "./cmd/wrenn"}, {"envd", "./cmd/envd"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.out), b.pkg)
+		cmd.Dir = "../.."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v: %s", b.pkg, err, out)
+		}
+	}
+
+	home := t.TempDir()
+	addr, proxyAddr := freeAddr(t), freeAddr(t)
+	instance := fmt.Sprintf("wdb%d", os.Getpid()%100000)
+	cmd := exec.Command(filepath.Join(bin, "wrenn"), "up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr,
+		"--no-base", "--instance", instance, "--subnet", "10.247.0.0/16", "--on-exit", "destroy")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); _ = pw.Close() }()
+	var out strings.Builder
+	lines := make(chan string, 4096)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		close(lines)
+	}()
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("wrenn up exited with %v", err)
+			}
+		case <-time.After(3 * time.Minute):
+			_ = cmd.Process.Kill()
+			t.Error("wrenn up did not stop within 3 minutes")
+		}
+	}
+	defer stop()
+
+	var key, dashboard string
+	deadline := time.After(testutil.Long)
+wait:
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("wrenn up ended before it was ready:\n%s", out.String())
+			}
+			out.WriteString(l + "\n")
+			if m := keyRE.FindStringSubmatch(l); m != nil {
+				key = m[1]
+			}
+			if s, ok := strings.CutPrefix(strings.TrimSpace(l), "Dashboard: "); ok {
+				dashboard = strings.TrimSuffix(s, "/")
+			}
+			if strings.HasPrefix(l, "Stop with Ctrl-C") {
+				break wait
+			}
+		case <-deadline:
+			t.Fatalf("wrenn up not ready within %v:\n%s", testutil.Long, out.String())
+		}
+	}
+	go func() {
+		for range lines { //nolint:revive // drain
+		}
+	}()
+	if key == "" || dashboard != "http://"+addr {
+		t.Fatalf("banner lacks the key or the dashboard URL (want http://%s):\n%s", addr, out.String())
+	}
+
+	shots := os.Getenv("WRENN_DASHBOARD_SHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	run := exec.CommandContext(ctx, node, "e2e/dashboard.mjs")
+	run.Dir = webDir
+	run.Env = append(os.Environ(), "WRENN_URL="+dashboard, "WRENN_KEY="+key, "SHOTS="+shots, "CHROMIUM="+chromium)
+	res, err := run.CombinedOutput()
+	t.Logf("browser test output:\n%s", res)
+	if err != nil {
+		t.Fatalf("browser test failed: %v (screenshots in %s)", err, shots)
+	}
+}
