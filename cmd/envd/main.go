@@ -48,6 +48,7 @@ func run(log *slog.Logger, port int) error {
 	}
 	if os.Getpid() == 1 {
 		envd.SetupPID1(log)
+		envd.ReserveThreads(envd.ReservedThreads) // survive a capsule at its process limit
 	}
 	srv, err := envd.New(envd.Config{Logger: log})
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	goruntime "runtime"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,4 +82,35 @@ func mountPoints(path string) map[string]bool {
 // own processes keep working.
 func Protect() error {
 	return unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+}
+
+// ReservedThreads is how many idle OS threads envd keeps from its start
+// (ReserveThreads).
+const ReservedThreads = 32
+
+// ReserveThreads makes the Go runtime start n OS threads now and keep them
+// idle for later. A capsule at its process limit (the pids cgroup counts
+// threads, and a fork bomb takes every free slot) must not take envd down
+// with it: when a goroutine blocks in a system call (a read of LXCFS's
+// FUSE files in /proc, a slow disk), the runtime hands its processor to
+// another thread, and if it has to create one then, the kernel's EAGAIN is
+// fatal to a Go program. Idle threads are reused instead, and the runtime
+// never frees them (a goroutine unlocks its thread before it ends).
+func ReserveThreads(n int) {
+	var ready, done sync.WaitGroup
+	release := make(chan struct{})
+	ready.Add(n)
+	done.Add(n)
+	for range n {
+		go func() {
+			defer done.Done()
+			goruntime.LockOSThread() // parked while locked: its thread is its own
+			ready.Done()
+			<-release
+			goruntime.UnlockOSThread() // ends unlocked: the thread stays, idle
+		}()
+	}
+	ready.Wait()
+	close(release)
+	done.Wait()
 }
