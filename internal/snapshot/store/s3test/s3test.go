@@ -13,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,7 +97,8 @@ func Start(t testing.TB) store.S3Config {
 		}
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
+		release, err := startOnPinnedThread(cmd)
+		if err != nil {
 			_ = logf.Close()
 			t.Fatalf("s3test: start versitygw: %v", err)
 		}
@@ -104,6 +107,7 @@ func Start(t testing.TB) store.S3Config {
 		t.Cleanup(func() {
 			_ = cmd.Process.Kill()
 			<-exited
+			release()
 			_ = logf.Close()
 		})
 		if lastErr = waitReady(cfg.Endpoint, exited); lastErr == nil {
@@ -144,4 +148,27 @@ func waitReady(endpoint string, exited <-chan struct{}) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("no answer on %s within 20s", endpoint)
+}
+
+// startOnPinnedThread starts cmd from an OS thread kept until release is
+// called (after the child has exited). Pdeathsig fires when the *thread*
+// that forked the child ends, not the process: other code in a test binary
+// (the container driver's user-namespace helpers) ends threads it has
+// tainted with setfsuid or setns, and when the Go runtime had forked
+// versitygw from one of them, versitygw was killed mid-test ("connection
+// refused").
+func startOnPinnedThread(cmd *exec.Cmd) (release func(), err error) {
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		goruntime.LockOSThread()
+		defer goruntime.UnlockOSThread() // the thread itself is clean: it goes back to the runtime
+		errc <- cmd.Start()
+		<-done
+	}()
+	if err := <-errc; err != nil {
+		close(done)
+		return nil, err
+	}
+	return sync.OnceFunc(func() { close(done) }), nil
 }
