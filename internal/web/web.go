@@ -19,8 +19,10 @@ import (
 //go:embed all:dist
 var dist embed.FS
 
-// apiPrefixes are the paths the API serves; the dashboard never shadows them.
-var apiPrefixes = []string{"/v1", "/e2b", "/openapi.yaml", "/docs", "/health", "/metrics"}
+// apiPrefixes are the paths the API serves; the dashboard never shadows
+// them. /proxy is the port proxy's path on its own listener: on the API's
+// the API answers it with a 404 error body, never the app.
+var apiPrefixes = []string{"/v1", "/e2b", "/openapi.yaml", "/docs", "/health", "/metrics", "/proxy"}
 
 // CSP is the Content-Security-Policy of every dashboard response: scripts,
 // connections (fetch and WebSocket) and everything else only from the API's

@@ -22,6 +22,7 @@ func TestHandlerRoutes(t *testing.T) {
 		{"GET", "/v1/capsules", true, http.StatusTeapot},
 		{"GET", "/v1", true, http.StatusTeapot},
 		{"GET", "/e2b/sandboxes", true, http.StatusTeapot},
+		{"GET", "/proxy/cl-abc/8080/", true, http.StatusTeapot},
 		{"GET", "/openapi.yaml", true, http.StatusTeapot},
 		{"GET", "/docs", true, http.StatusTeapot},
 		{"GET", "/health", true, http.StatusTeapot},
