@@ -5,6 +5,7 @@ package testutil
 import (
 	"context"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -57,4 +58,26 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("condition not met within %v: %s", d, msg)
+}
+
+// fakeInternetLock serialises, across test processes, the test helpers
+// that put documentation-range addresses (198.51.100.0/24, 203.0.113.0/24)
+// on the host: go test runs packages in parallel, and two "internets"
+// would claim the same routes.
+const fakeInternetLock = "/run/wrenn-fake-internet.lock"
+
+// LockFakeInternet blocks until no other process holds a fake internet,
+// then holds the lock until t ends. Call it before making one, so that its
+// removal (registered later) runs before the lock is released.
+func LockFakeInternet(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(fakeInternetLock, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatalf("fake internet lock: %v", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		_ = f.Close()
+		t.Fatalf("fake internet lock %s: %v", fakeInternetLock, err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
 // Ranges are the destination ranges the host routes into the namespace.
@@ -110,11 +111,13 @@ type Internet struct {
 }
 
 // Start builds the fake internet and registers its removal with t.Cleanup.
+// It waits while another process's fake internet exists.
 func Start(t testing.TB) *Internet {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("nettest: needs root (call testutil.RequireRoot first)")
 	}
+	testutil.LockFakeInternet(t) // the documentation ranges are machine-wide
 	n := int(seq.Add(1))
 	pid := os.Getpid() % 100000
 	name := fmt.Sprintf("wtinet%d-%d", pid, n)

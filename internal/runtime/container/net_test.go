@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
 func execCmd(ctx context.Context, name string, args ...string) (string, error) {
@@ -28,6 +29,7 @@ type fakeInternet struct {
 }
 
 func newFakeInternet(t *testing.T) *fakeInternet {
+	testutil.LockFakeInternet(t) // 203.0.113.0/24 is machine-wide
 	t.Helper()
 	name := fmt.Sprintf("wtinet%d", os.Getpid()%100000)
 	goruntime.LockOSThread()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
 // Net is the fake internet host.
@@ -26,6 +27,7 @@ type Net struct {
 // New creates the namespace and its link; both go when t ends. tag keeps
 // names unique among packages running at once (at most 4 characters).
 func New(t *testing.T, tag string) *Net {
+	testutil.LockFakeInternet(t) // 203.0.113.0/24 is machine-wide
 	t.Helper()
 	suffix := fmt.Sprintf("%s%d", tag, os.Getpid()%100000)
 	name := "wtinet" + suffix
