@@ -75,7 +75,7 @@ func startCrashChild(t *testing.T, home, onExit string) *crashChild {
 	t.Helper()
 	_ = os.Remove(filepath.Join(home, "child.url"))
 	cfg, _ := json.Marshal(map[string]string{
-		"Home": home, "Envd": envd(t), "Instance": fmt.Sprintf("wcr%d", os.Getpid()%10000), "Subnet": "10.247.0.0/16", "OnExit": onExit,
+		"Home": home, "Envd": envd(t), "Instance": fmt.Sprintf("wcr%d", os.Getpid()%10000), "Subnet": "10.167.0.0/16", "OnExit": onExit,
 	})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+string(cfg))

@@ -78,7 +78,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	addr, proxyAddr := freeAddr(t), freeAddr(t)
 	instance := fmt.Sprintf("wdb%d", os.Getpid()%100000)
 	cmd := exec.Command(filepath.Join(bin, "wrenn"), "up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr,
-		"--no-base", "--instance", instance, "--subnet", "10.247.0.0/16", "--on-exit", "destroy")
+		"--no-base", "--instance", instance, "--subnet", "10.164.0.0/16", "--on-exit", "destroy")
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {

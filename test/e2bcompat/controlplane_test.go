@@ -130,7 +130,7 @@ func wrennUp(ctx context.Context, tb testing.TB, base bool, subnet string) (url,
 // and <url>/e2b/envd.
 func TestE2BSDKThroughControlPlane(t *testing.T) {
 	ctx := testutil.Context(t, 10*time.Minute)
-	url, key, _ := wrennUp(ctx, t, false, "10.252.0.0/16")
+	url, key, _ := wrennUp(ctx, t, false, "10.166.0.0/16")
 	run := exec.CommandContext(ctx, "node", "sdk.mjs")
 	run.Env = append(os.Environ(), "E2B_API_URL="+url+"/e2b", "E2B_SANDBOX_URL="+url+"/e2b/envd", "E2B_API_KEY="+key,
 		"WRENN_URL="+url, "WRENN_KEY="+key)

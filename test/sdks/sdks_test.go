@@ -133,7 +133,7 @@ func startUp() (*up, error) {
 		bin: filepath.Join(binDir, "wrenn"), url: "http://" + addr, home: home, exited: make(chan error, 1),
 		args: []string{
 			"--home", home, "--listen", addr, "--no-base", "--on-exit", "destroy",
-			"--instance", fmt.Sprintf("wsdk%d", os.Getpid()%100000), "--subnet", "10.252.0.0/16",
+			"--instance", fmt.Sprintf("wsdk%d", os.Getpid()%100000), "--subnet", "10.165.0.0/16",
 		},
 	}
 	u.cmd = exec.Command(u.bin, append([]string{"up"}, u.args...)...)
