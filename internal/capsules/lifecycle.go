@@ -161,7 +161,20 @@ func (s *Service) settle(ctx context.Context, c store.Capsule, to store.CapsuleS
 		return c, err
 	}
 	if !ok {
-		return c, errorf(KindConflict, "capsule %s changed state during the operation", c.ID)
+		// The row moved while the agent worked (the reconciler aligning a
+		// host that just came back, say). The agent has just done the
+		// action, so what it did wins over what was read before it: move
+		// from the state now stored, once, if the state machine allows it.
+		cur, gerr := s.cfg.Store.GetCapsule(ctx, c.TeamID, c.ID)
+		switch {
+		case gerr != nil:
+			return c, gerr
+		case cur.Status == to:
+			return cur, nil
+		}
+		if ok, err = s.transition(ctx, cur, to, ""); err != nil || !ok {
+			return c, errorf(KindConflict, "capsule %s changed state during the operation", c.ID)
+		}
 	}
 	return s.cfg.Store.GetCapsule(ctx, c.TeamID, c.ID)
 }

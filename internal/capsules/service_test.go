@@ -30,6 +30,14 @@ type agent struct {
 	pauseErr  error
 	gone      bool // PingCapsule answers not found
 	created   []*pb.CreateCapsuleRequest
+	onResume  func() // runs inside ResumeCapsule (e.g. a reconciler moving the row)
+}
+
+func (a *agent) ResumeCapsule(_ context.Context, r *connect.Request[pb.ResumeCapsuleRequest]) (*connect.Response[pb.ResumeCapsuleResponse], error) {
+	if a.onResume != nil {
+		a.onResume()
+	}
+	return connect.NewResponse(&pb.ResumeCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId(), State: pb.CapsuleState_CAPSULE_STATE_RUNNING}}), nil
 }
 
 func (a *agent) CreateCapsule(_ context.Context, r *connect.Request[pb.CreateCapsuleRequest]) (*connect.Response[pb.CreateCapsuleResponse], error) {
@@ -240,5 +248,37 @@ func TestAlignKeepsTheAgentsReason(t *testing.T) {
 	c, err = f.svc.Get(ctx, f.scope, out.Capsule.ID)
 	if err != nil || c.Status != store.CapsuleRunning || c.ErrorReason != "" {
 		t.Fatalf("after envd answers again: %s %q %v", c.Status, c.ErrorReason, err)
+	}
+}
+
+// TestResumeWinsOverAConcurrentReconcile: the reconciler may move a paused
+// capsule's row (paused → hibernated, as after an agent restart) while
+// the agent resumes it; the resume's answer is what the agent just did,
+// so the capsule ends running, not in a "changed state" conflict.
+func TestResumeWinsOverAConcurrentReconcile(t *testing.T) {
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.Short)
+	tmpl := "minimal"
+	out, err := f.svc.Create(ctx, f.scope, capsules.CreateRequest{Template: &tmpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := out.Capsule
+	if ok, err := f.svc.Align(ctx, c, store.CapsulePaused, ""); err != nil || !ok {
+		t.Fatalf("pause row: %v %v", ok, err)
+	}
+	f.ag.onResume = func() {
+		cur, err := f.st.GetCapsule(ctx, c.TeamID, c.ID)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if ok, err := f.svc.Align(ctx, cur, store.CapsuleHibernated, ""); err != nil || !ok {
+			t.Errorf("reconciler move: %v %v", ok, err)
+		}
+	}
+	res, err := f.svc.Resume(ctx, f.scope, c.ID, nil)
+	if err != nil || res.Capsule.Status != store.CapsuleRunning {
+		t.Fatalf("resume during a reconcile: %v, status %s", err, res.Capsule.Status)
 	}
 }

@@ -612,7 +612,8 @@ func (m *Manager) ensureTable() error {
 	add(input, cat(fromCapsules, established(), verdict(expr.VerdictAccept))...)
 	if !m.cfg.NoDNS {
 		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-			add(input, cat(fromCapsules, matchIfname(expr.MetaKeyIIFNAME, VethPrefix, true, expr.CmpOpEq), matchAddr(16, subnet), matchPort(proto, 53), verdict(expr.VerdictAccept))...)
+			add(input, cat(fromCapsules, matchIfname(expr.MetaKeyIIFNAME, VethPrefix, true, expr.CmpOpEq), matchAddr(16, subnet),
+				ownGateway(), matchPort(proto, 53), verdict(expr.VerdictAccept))...)
 		}
 	}
 	add(input, cat(fromCapsules, verdict(expr.VerdictDrop))...)
@@ -676,5 +677,16 @@ func established() []expr.Any {
 			Xor:  binaryutil.NativeEndian.PutUint32(0),
 		},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+// ownGateway matches packets addressed to an address of the interface they
+// came in on (nft: fib daddr . iif type local): a capsule's DNS query to
+// its own gateway, never to a neighbour's gateway (whose forwarder would
+// answer with the neighbour's policy).
+func ownGateway() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 	}
 }

@@ -997,6 +997,8 @@ export interface paths {
                     status?: string;
                     limit?: number;
                     cursor?: string;
+                    /** @description Only capsules whose metadata has <key> with this value (repeat for several keys; all must match). A page may then hold fewer than limit capsules while next_cursor is still set. */
+                    "metadata.<key>"?: string;
                 };
                 header?: never;
                 path?: never;
@@ -2113,7 +2115,30 @@ export interface paths {
             };
             cookie?: never;
         };
-        get?: never;
+        /** One host with its capabilities (platform admins). */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    hostID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Host"];
+                    };
+                };
+                404: components["responses"]["Error"];
+            };
+        };
         put?: never;
         post?: never;
         /** Forget a host (platform admins). */
@@ -2149,7 +2174,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Port proxy to a port inside the capsule (any method; WebSockets pass through). Also served at {port}-{capsuleID}.<proxy-domain>. Private capsules need X-Wrenn-Access-Token or ?wrenn_access_token=. */
+        /** Port proxy to a port inside the capsule (any method; WebSockets pass through), served on its own origin (--proxy-listen, not the API's). Also served at {port}-{capsuleID}.<proxy-domain>. Private capsules need X-Wrenn-Access-Token or ?wrenn_access_token=; Wrenn credentials (API keys, session tokens, wrenn_ cookies) are stripped before forwarding. Unknown capsules, missing tokens and envd's port 49983 all answer the same 404. */
         get: {
             parameters: {
                 query?: never;
@@ -3320,6 +3345,10 @@ export interface components {
              * @default true
              */
             allow_internet?: boolean;
+            /** @description Your string key/values, returned in get and list and filterable with metadata.<key>=<value>. */
+            metadata?: {
+                [key: string]: string;
+            };
         };
         Capsule: {
             /** @example cl-3k9xq2m7a1b4c5d6 */
@@ -3339,8 +3368,8 @@ export interface components {
             /** Format: date-time */
             expires_at: string | null;
             public: boolean;
-            /** @description Whether the capsule has outbound internet access (sent by servers since allow_internet exists). */
-            allow_internet?: boolean;
+            /** @description Whether the capsule has outbound internet access. The host, other capsules and private ranges are unreachable either way. */
+            allow_internet: boolean;
             /** @description Why the capsule is in error (omitted when empty). */
             error_reason?: string;
             /** Format: date-time */
@@ -3351,6 +3380,10 @@ export interface components {
             paused_at?: string;
             /** @description Port-proxy access token; only in the create response. */
             access_token?: string;
+            /** @description The key/values given at create (omitted when empty). */
+            metadata?: {
+                [key: string]: string;
+            };
             /** @description Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume. */
             memory_kept?: boolean;
         };
@@ -3555,6 +3588,7 @@ export interface components {
             template_name: string;
             /** @description Team that gets the template (default the platform team: a public template). */
             team_id?: string;
+            /** @description The build's steps and resources. */
             spec: components["schemas"]["BuildSpec"];
         };
         BuildSpec: {
@@ -3642,6 +3676,53 @@ export interface components {
             used_disk_mb: number;
             /** Format: date-time */
             last_heartbeat_at: string | null;
+            capabilities: components["schemas"]["HostCapabilities"];
+        };
+        /** @description What the host can run, the overcommit ratios the scheduler applies to it, and what may still be placed on it (docs/OPERATIONS.md). */
+        HostCapabilities: {
+            /** @description Runtime drivers the agent runs, e.g. container. */
+            runtimes: string[];
+            /** @description How capsules are isolated, e.g. runc. */
+            isolations: string[];
+            memory_snapshots: components["schemas"]["MemorySnapshots"];
+            overcommit: components["schemas"]["Overcommit"];
+            free: components["schemas"]["HostFree"];
+            /** Format: date-time */
+            agent_started_at: string | null;
+        };
+        MemorySnapshots: {
+            /** @description Pause to disk keeps process memory (CRIU). */
+            available: boolean;
+            /** @description Why not, when not available. */
+            reason?: string;
+        };
+        HostFree: {
+            /** Format: int64 */
+            vcpus: number;
+            /** Format: int64 */
+            memory_mb: number;
+            /** Format: int64 */
+            disk_mb: number;
+        };
+        Overcommit: {
+            /** Format: double */
+            cpu: number;
+            /** Format: double */
+            memory: number;
+            /** Format: double */
+            disk: number;
+        };
+        /** @description What an agent reports of itself with registration and heartbeats. */
+        HostCapabilitiesReport: {
+            runtimes?: string[];
+            isolations?: string[];
+            memory_snapshots?: boolean;
+            memory_snapshots_reason?: string;
+            /**
+             * Format: date-time
+             * @description When the agent process started; a change means it restarted.
+             */
+            started_at?: string;
         };
         HostList: {
             hosts: components["schemas"]["Host"][];
@@ -3661,6 +3742,22 @@ export interface components {
             used_memory_mb?: number;
             /** Format: int64 */
             used_disk_mb?: number;
+            /**
+             * Format: double
+             * @description vCPUs admitted per host CPU (0: the default).
+             */
+            cpu_overcommit?: number;
+            /**
+             * Format: double
+             * @description Memory admitted per byte of host memory (0: the default).
+             */
+            memory_overcommit?: number;
+            /**
+             * Format: double
+             * @description Disk admitted per byte of free disk (0: the default).
+             */
+            disk_overcommit?: number;
+            capabilities?: components["schemas"]["HostCapabilitiesReport"];
         };
         RegisterHost: {
             token: string;
@@ -3678,6 +3775,22 @@ export interface components {
             used_memory_mb?: number;
             /** Format: int64 */
             used_disk_mb?: number;
+            /**
+             * Format: double
+             * @description vCPUs admitted per host CPU (0: the default).
+             */
+            cpu_overcommit?: number;
+            /**
+             * Format: double
+             * @description Memory admitted per byte of host memory (0: the default).
+             */
+            memory_overcommit?: number;
+            /**
+             * Format: double
+             * @description Disk admitted per byte of free disk (0: the default).
+             */
+            disk_overcommit?: number;
+            capabilities?: components["schemas"]["HostCapabilitiesReport"];
         };
         HostRegistered: {
             host_id: string;

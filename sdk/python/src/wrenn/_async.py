@@ -300,15 +300,19 @@ class AsyncCapsules:
         env: Optional[Dict[str, str]] = None,
         public: Optional[bool] = None,
         allow_internet: Optional[bool] = None,
+        metadata: Optional[Dict[str, str]] = None,
     ) -> "AsyncCapsule":
         """Create a capsule (``POST /v1/capsules``); omitted fields take the server's defaults.
+
+        ``metadata`` is string key/values returned with the capsule and
+        filterable in list (``metadata={"k": "v"}``).
 
         ``timeout`` is the time to live in seconds. Not retried: a failure may
         still have created a capsule (it is then listed in ``error``).
         """
         body = {k: v for k, v in dict(template=template, vcpus=vcpus, memory_mb=memory_mb,
                                       disk_size_mb=disk_size_mb, timeout_sec=timeout, env=env, public=public,
-                                      allow_internet=allow_internet).items() if v is not None}
+                                      allow_internet=allow_internet, metadata=metadata).items() if v is not None}
         d = await self._c._json("POST", "/v1/capsules", json_body=body)
         return AsyncCapsule(self._c, CapsuleInfo.from_dict(d))
 
@@ -320,9 +324,15 @@ class AsyncCapsules:
         return CapsuleInfo.from_dict(await self._c._json("GET", _cpath(capsule_id)))
 
     async def list_page(self, status: Optional[str] = None, limit: Optional[int] = None,
-                        cursor: Optional[str] = None) -> CapsulePage:
-        """One page of the team's capsules, newest first; pass ``next_cursor`` back as ``cursor``."""
-        d = await self._c._json("GET", "/v1/capsules", query={"status": status, "limit": limit, "cursor": cursor})
+                        cursor: Optional[str] = None, metadata: Optional[Dict[str, str]] = None) -> CapsulePage:
+        """One page of the team's capsules, newest first; pass ``next_cursor`` back as ``cursor``.
+
+        ``metadata`` keeps only capsules whose metadata holds every given key with that value.
+        """
+        query: Dict[str, Any] = {"status": status, "limit": limit, "cursor": cursor}
+        for k, v in (metadata or {}).items():
+            query["metadata." + k] = v
+        d = await self._c._json("GET", "/v1/capsules", query=query)
         return CapsulePage.from_dict(d)
 
     async def list(self, status: Optional[str] = None, limit: Optional[int] = None) -> List[CapsuleInfo]:

@@ -91,8 +91,9 @@ class CapsuleInfo(_Model):
     created_at: str = ""
     updated_at: str = ""
     host_id: Optional[str] = None
-    allow_internet: Optional[bool] = None
+    allow_internet: bool = True
     error_reason: Optional[str] = None
+    metadata: Optional[Dict[str, str]] = None
     paused_at: Optional[str] = None
     access_token: Optional[str] = None
     memory_kept: Optional[bool] = None
