@@ -257,7 +257,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.api.ServeHTTP(w, r)
 	})
-	s.handler = web.Handler(apiAndE2B) // the dashboard at /, the API under /v1, /e2b, …
+	app := web.Handler(apiAndE2B) // the dashboard at /, the API under /v1, /e2b, …
+	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A capsule host name ({port}-{capsule}.{ProxyDomain}) on the API's
+		// listener gets the API's 404, not the app: that origin is the
+		// port proxy's alone.
+		if d := cfg.ProxyDomain; d != "" && strings.HasSuffix(strings.ToLower(hostOnly(r.Host)), "."+strings.ToLower(d)) {
+			s.api.ServeHTTP(w, r)
+			return
+		}
+		app.ServeHTTP(w, r)
+	})
 	return s, nil
 }
 
@@ -463,4 +473,12 @@ func (s *Server) resolveProxy(ctx context.Context, id string) (proxy.Target, err
 		return t, nil
 	}
 	return t, nil
+}
+
+// hostOnly is the host part of a Host header (port dropped).
+func hostOnly(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return h
 }
