@@ -3,7 +3,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, APIError, CommandExitError, TimeoutError } from '../dist/index.js';
@@ -82,7 +82,7 @@ test('processes', () => withCapsule(async (cap) => {
   await cap.processes.kill(p2.pid, 'SIGTERM');
 }));
 
-test('files', () => withCapsule(async (cap) => {
+test('files', (t) => withCapsule(async (cap) => {
   assert.equal((await cap.files.write('/tmp/d/a.txt', 'hello')).path, '/tmp/d/a.txt');
   assert.equal(await cap.files.readText('/tmp/d/a.txt'), 'hello');
   const data = randomBytes(5 << 20);
@@ -90,6 +90,7 @@ test('files', () => withCapsule(async (cap) => {
   await cap.files.write('/tmp/d/big.bin', chunks());
   assert.ok(Buffer.from(await cap.files.read('/tmp/d/big.bin')).equals(data));
   const dir = mkdtempSync(join(tmpdir(), 'wrenn-ts-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'up.bin'), data);
   await cap.files.upload(join(dir, 'up.bin'), '/tmp/d/up.bin');
   const sum = (await cap.exec('sha256sum', ['/tmp/d/up.bin'])).stdout.split(' ')[0];
