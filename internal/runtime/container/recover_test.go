@@ -106,6 +106,9 @@ func TestAgentKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
+	// The helper is SIGKILLed, so its TestMain cannot remove the temp
+	// directory it makes: make it inside this test's, which is removed.
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
