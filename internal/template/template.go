@@ -102,6 +102,13 @@ func (s Store) Delete(name string) error {
 	return os.RemoveAll(filepath.Join(s.Dir, name))
 }
 
+// Build runs fill on a fresh rootfs directory and publishes the result as
+// name, replacing an older template of that name (a failed fill leaves
+// nothing behind). Template builds (internal/templates/oci) use it.
+func (s Store) Build(name, recipe string, fill func(rootfs string) error) (Template, error) {
+	return s.build(name, recipe, fill)
+}
+
 // build runs fill on a fresh rootfs directory and publishes the result as
 // name, replacing an older template of that name.
 func (s Store) build(name, recipe string, fill func(rootfs string) error) (Template, error) {
