@@ -320,6 +320,16 @@ type Build struct {
 	FinishedAt   *time.Time
 }
 
+// BuildLog is one record of a build's log: a chunk of a step's output
+// (Stream "stdout"/"stderr") or a step boundary (Stream "system").
+type BuildLog struct {
+	Seq    int64
+	Time   time.Time
+	Step   int
+	Stream string
+	Data   []byte
+}
+
 // Capsule is a sandbox.
 type Capsule struct {
 	ID              string
@@ -550,6 +560,13 @@ type Store interface {
 	// errMsg, templateID when not empty, finished time for terminal states)
 	// and reports whether it applied.
 	UpdateBuildStatus(ctx context.Context, teamID, id string, from []BuildStatus, to BuildStatus, errMsg, templateID string) (bool, error)
+	// AppendBuildLogs stores a build's log records (their Seq set by the
+	// caller, increasing); ListBuildLogs returns up to limit records with
+	// Seq > afterSeq in order; TrimBuildLogs deletes those with Seq <
+	// beforeSeq. Callers check the build's team first.
+	AppendBuildLogs(ctx context.Context, buildID string, recs []BuildLog) error
+	ListBuildLogs(ctx context.Context, buildID string, afterSeq int64, limit int) ([]BuildLog, error)
+	TrimBuildLogs(ctx context.Context, buildID string, beforeSeq int64) error
 
 	// Capsules.
 	CreateCapsule(ctx context.Context, c Capsule) (Capsule, error)

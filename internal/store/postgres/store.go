@@ -945,6 +945,41 @@ func (s *Store) UpdateBuildStatus(ctx context.Context, teamID, id string, from [
 	return false, nil
 }
 
+// AppendBuildLogs implements store.Store.
+func (s *Store) AppendBuildLogs(ctx context.Context, buildID string, recs []store.BuildLog) error {
+	return s.tx(ctx, func(q *db.Queries) error {
+		for _, r := range recs {
+			if err := q.AppendBuildLog(ctx, db.AppendBuildLogParams{
+				BuildID: buildID, Seq: r.Seq, CreatedAt: ts(r.Time), Step: int64(r.Step), Stream: r.Stream, Data: r.Data,
+			}); err != nil {
+				return mapErr(err, "append build log")
+			}
+		}
+		return nil
+	})
+}
+
+// ListBuildLogs implements store.Store.
+func (s *Store) ListBuildLogs(ctx context.Context, buildID string, afterSeq int64, limit int) ([]store.BuildLog, error) {
+	rows, err := s.qr.ListBuildLogs(ctx, db.ListBuildLogsParams{BuildID: buildID, AfterSeq: afterSeq, MaxRows: lim(limit)})
+	if err != nil {
+		return nil, mapErr(err, "list build logs")
+	}
+	out := make([]store.BuildLog, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, store.BuildLog{Seq: r.Seq, Time: tm(r.CreatedAt), Step: int(r.Step), Stream: r.Stream, Data: r.Data})
+	}
+	return out, nil
+}
+
+// TrimBuildLogs implements store.Store.
+func (s *Store) TrimBuildLogs(ctx context.Context, buildID string, beforeSeq int64) error {
+	if err := s.qw.TrimBuildLogs(ctx, db.TrimBuildLogsParams{BuildID: buildID, BeforeSeq: beforeSeq}); err != nil {
+		return mapErr(err, "trim build logs")
+	}
+	return nil
+}
+
 // ---- capsules ----
 
 func toCapsule(c db.Capsule) (store.Capsule, error) {

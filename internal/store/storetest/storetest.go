@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Hosts", testHosts},
 		{"Templates", testTemplates},
 		{"Builds", testBuilds},
+		{"BuildLogs", testBuildLogs},
 		{"Capsules", testCapsules},
 		{"CapsulePagination", testCapsulePagination},
 		{"TeamIsolation", testTeamIsolation},
@@ -688,6 +689,44 @@ func testBuilds(t *testing.T, s store.Store) {
 
 	eq(t, "builds", len(must(s.ListBuilds(ctx, a.ID))(t)), 2)
 	eq(t, "all builds", len(must(s.AdminListBuilds(ctx))(t)), 2)
+}
+
+// testBuildLogs: records come back in order after a seq, bounded by the
+// limit; trimming drops the oldest; they go with their build's team.
+func testBuildLogs(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	a := newTeam(t, s, "logs")
+	b := must(s.CreateBuild(ctx, store.Build{TeamID: a.ID, TemplateName: "py"}))(t)
+	now := store.Now()
+	var recs []store.BuildLog
+	for i := 1; i <= 5; i++ {
+		recs = append(recs, store.BuildLog{Seq: int64(i), Time: now, Step: i / 2, Stream: "stdout", Data: []byte{byte('a' + i), 0, 0xff}})
+	}
+	if err := s.AppendBuildLogs(ctx, b.ID, recs[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendBuildLogs(ctx, b.ID, recs[2:]); err != nil {
+		t.Fatal(err)
+	}
+	got := must(s.ListBuildLogs(ctx, b.ID, 1, 3))(t)
+	eq(t, "page", len(got), 3)
+	eq(t, "first seq", got[0].Seq, int64(2))
+	eq(t, "data", string(got[0].Data), string(recs[1].Data))
+	eq(t, "step", got[2].Step, 2)
+	eq(t, "time", got[0].Time.Equal(now), true)
+	if err := s.TrimBuildLogs(ctx, b.ID, 4); err != nil {
+		t.Fatal(err)
+	}
+	got = must(s.ListBuildLogs(ctx, b.ID, 0, 100))(t)
+	eq(t, "after trim", len(got), 2)
+	eq(t, "oldest kept", got[0].Seq, int64(4))
+	if err := s.AppendBuildLogs(ctx, b.ID, recs[4:]); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Errorf("duplicate seq: %v, want ErrAlreadyExists", err)
+	}
+	if err := s.DeleteTeam(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "gone with the team", len(must(s.ListBuildLogs(ctx, b.ID, 0, 100))(t)), 0)
 }
 
 // ---- capsules ----

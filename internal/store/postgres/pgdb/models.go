@@ -48,6 +48,15 @@ type Build struct {
 	FinishedAt   *time.Time
 }
 
+type BuildLog struct {
+	BuildID   string
+	Seq       int64
+	CreatedAt time.Time
+	Step      int64
+	Stream    string
+	Data      []byte
+}
+
 type Capsule struct {
 	ID              string
 	TeamID          string

@@ -33,6 +33,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.anonymizeUserAuditLogsStmt, err = db.PrepareContext(ctx, anonymizeUserAuditLogs); err != nil {
 		return nil, fmt.Errorf("error preparing query AnonymizeUserAuditLogs: %w", err)
 	}
+	if q.appendBuildLogStmt, err = db.PrepareContext(ctx, appendBuildLog); err != nil {
+		return nil, fmt.Errorf("error preparing query AppendBuildLog: %w", err)
+	}
 	if q.consumeHostTokenStmt, err = db.PrepareContext(ctx, consumeHostToken); err != nil {
 		return nil, fmt.Errorf("error preparing query ConsumeHostToken: %w", err)
 	}
@@ -186,6 +189,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listAuditLogsStmt, err = db.PrepareContext(ctx, listAuditLogs); err != nil {
 		return nil, fmt.Errorf("error preparing query ListAuditLogs: %w", err)
 	}
+	if q.listBuildLogsStmt, err = db.PrepareContext(ctx, listBuildLogs); err != nil {
+		return nil, fmt.Errorf("error preparing query ListBuildLogs: %w", err)
+	}
 	if q.listBuildsStmt, err = db.PrepareContext(ctx, listBuilds); err != nil {
 		return nil, fmt.Errorf("error preparing query ListBuilds: %w", err)
 	}
@@ -300,6 +306,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.touchAPIKeyStmt, err = db.PrepareContext(ctx, touchAPIKey); err != nil {
 		return nil, fmt.Errorf("error preparing query TouchAPIKey: %w", err)
 	}
+	if q.trimBuildLogsStmt, err = db.PrepareContext(ctx, trimBuildLogs); err != nil {
+		return nil, fmt.Errorf("error preparing query TrimBuildLogs: %w", err)
+	}
 	if q.unlinkOAuthStmt, err = db.PrepareContext(ctx, unlinkOAuth); err != nil {
 		return nil, fmt.Errorf("error preparing query UnlinkOAuth: %w", err)
 	}
@@ -336,6 +345,11 @@ func (q *Queries) Close() error {
 	if q.anonymizeUserAuditLogsStmt != nil {
 		if cerr := q.anonymizeUserAuditLogsStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing anonymizeUserAuditLogsStmt: %w", cerr)
+		}
+	}
+	if q.appendBuildLogStmt != nil {
+		if cerr := q.appendBuildLogStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing appendBuildLogStmt: %w", cerr)
 		}
 	}
 	if q.consumeHostTokenStmt != nil {
@@ -593,6 +607,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listAuditLogsStmt: %w", cerr)
 		}
 	}
+	if q.listBuildLogsStmt != nil {
+		if cerr := q.listBuildLogsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listBuildLogsStmt: %w", cerr)
+		}
+	}
 	if q.listBuildsStmt != nil {
 		if cerr := q.listBuildsStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listBuildsStmt: %w", cerr)
@@ -783,6 +802,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing touchAPIKeyStmt: %w", cerr)
 		}
 	}
+	if q.trimBuildLogsStmt != nil {
+		if cerr := q.trimBuildLogsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing trimBuildLogsStmt: %w", cerr)
+		}
+	}
 	if q.unlinkOAuthStmt != nil {
 		if cerr := q.unlinkOAuthStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing unlinkOAuthStmt: %w", cerr)
@@ -855,6 +879,7 @@ type Queries struct {
 	activateUserStmt                 *sql.Stmt
 	addTeamMemberStmt                *sql.Stmt
 	anonymizeUserAuditLogsStmt       *sql.Stmt
+	appendBuildLogStmt               *sql.Stmt
 	consumeHostTokenStmt             *sql.Stmt
 	consumeUserTokenStmt             *sql.Stmt
 	countActiveAdminsStmt            *sql.Stmt
@@ -906,6 +931,7 @@ type Queries struct {
 	listAllCapsulesStmt              *sql.Stmt
 	listAllTemplatesStmt             *sql.Stmt
 	listAuditLogsStmt                *sql.Stmt
+	listBuildLogsStmt                *sql.Stmt
 	listBuildsStmt                   *sql.Stmt
 	listCapsuleMetricSnapshotsStmt   *sql.Stmt
 	listCapsulesStmt                 *sql.Stmt
@@ -944,6 +970,7 @@ type Queries struct {
 	softDeleteUserStmt               *sql.Stmt
 	sumUsageStmt                     *sql.Stmt
 	touchAPIKeyStmt                  *sql.Stmt
+	trimBuildLogsStmt                *sql.Stmt
 	unlinkOAuthStmt                  *sql.Stmt
 	updateBuildStatusStmt            *sql.Stmt
 	updateCapsuleStatusStmt          *sql.Stmt
@@ -959,6 +986,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		activateUserStmt:                 q.activateUserStmt,
 		addTeamMemberStmt:                q.addTeamMemberStmt,
 		anonymizeUserAuditLogsStmt:       q.anonymizeUserAuditLogsStmt,
+		appendBuildLogStmt:               q.appendBuildLogStmt,
 		consumeHostTokenStmt:             q.consumeHostTokenStmt,
 		consumeUserTokenStmt:             q.consumeUserTokenStmt,
 		countActiveAdminsStmt:            q.countActiveAdminsStmt,
@@ -1010,6 +1038,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listAllCapsulesStmt:              q.listAllCapsulesStmt,
 		listAllTemplatesStmt:             q.listAllTemplatesStmt,
 		listAuditLogsStmt:                q.listAuditLogsStmt,
+		listBuildLogsStmt:                q.listBuildLogsStmt,
 		listBuildsStmt:                   q.listBuildsStmt,
 		listCapsuleMetricSnapshotsStmt:   q.listCapsuleMetricSnapshotsStmt,
 		listCapsulesStmt:                 q.listCapsulesStmt,
@@ -1048,6 +1077,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		softDeleteUserStmt:               q.softDeleteUserStmt,
 		sumUsageStmt:                     q.sumUsageStmt,
 		touchAPIKeyStmt:                  q.touchAPIKeyStmt,
+		trimBuildLogsStmt:                q.trimBuildLogsStmt,
 		unlinkOAuthStmt:                  q.unlinkOAuthStmt,
 		updateBuildStatusStmt:            q.updateBuildStatusStmt,
 		updateCapsuleStatusStmt:          q.updateCapsuleStatusStmt,

@@ -44,6 +44,15 @@ type Build struct {
 	FinishedAt   *int64
 }
 
+type BuildLog struct {
+	BuildID   string
+	Seq       int64
+	CreatedAt int64
+	Step      int64
+	Stream    string
+	Data      []byte
+}
+
 type Capsule struct {
 	ID              string
 	TeamID          string
