@@ -405,6 +405,13 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 	if timeout == 0 {
 		timeout = int(a.cfg.DefaultTimeout / time.Second)
 	}
+	// What the template's build recorded (run.json): defaults under the
+	// request's, and a START process to run once the capsule is up.
+	rc, err := a.templateRunConfig(spec.Template)
+	if err != nil {
+		return record{}, runtime.Info{}, err
+	}
+	spec.Env, opt.DefaultUser, opt.DefaultWorkdir = rc.Apply(spec.Env, opt.DefaultUser, opt.DefaultWorkdir)
 	c := &capsule{rec: record{
 		ID: spec.ID, Template: spec.Template, Spec: spec, Phase: phaseStarting,
 		AccessToken: newToken(), TimeoutSec: timeout,
@@ -421,6 +428,9 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 	a.mu.Unlock()
 
 	inDriver, err := a.create(ctx, c, spec)
+	if err == nil && len(rc.Start) > 0 {
+		err = a.startTemplateProcess(ctx, c, rc)
+	}
 	if err != nil {
 		a.discard(c, inDriver)
 		return record{}, runtime.Info{}, err

@@ -3,6 +3,7 @@ package hostagent
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/template"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -831,6 +833,16 @@ func (s service) StartProcess(ctx context.Context, req *connect.Request[pb.Start
 	if m.GetCmd() == "" {
 		return nil, invalid("cmd is required")
 	}
+	if m.GetReadyPort() != 0 || len(m.GetReadyCmd()) > 0 { // a template build's START + READY
+		pid, err := s.startReady(ctx, m)
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return nil, connect.NewError(connect.CodeDeadlineExceeded, err)
+		}
+		if err != nil {
+			return nil, toConnect(err)
+		}
+		return connect.NewResponse(&pb.StartProcessResponse{Pid: pid}), nil
+	}
 	_, cl, err := s.a.running(m.GetCapsuleId())
 	if err != nil {
 		return nil, toConnect(err)
@@ -974,8 +986,18 @@ func (s service) GetCapsuleMetrics(ctx context.Context, req *connect.Request[pb.
 }
 
 func (s service) CreateSnapshot(ctx context.Context, req *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
+	var rc template.RunConfig
+	if raw := req.Msg.GetRunConfig(); raw != "" {
+		if err := json.Unmarshal([]byte(raw), &rc); err != nil {
+			return nil, toConnect(fmt.Errorf("%w: run_config: %w", runtime.ErrInvalidSpec, err))
+		}
+	}
 	t, err := s.a.snapshotToTemplate(ctx, req.Msg.GetCapsuleId(), req.Msg.GetTemplate())
 	if err != nil {
+		return nil, toConnect(err)
+	}
+	// The build's START/READY and defaults (template.RunConfig).
+	if err := s.a.setRunConfig(s.a.cfg.Templates, t.Name, rc); err != nil {
 		return nil, toConnect(err)
 	}
 	return connect.NewResponse(&pb.CreateSnapshotResponse{Template: t.Name, SizeBytes: t.SizeBytes}), nil

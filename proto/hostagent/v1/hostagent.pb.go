@@ -3564,9 +3564,15 @@ type StartProcessRequest struct {
 	// Optional unique name to find the process by.
 	Tag string `protobuf:"bytes,7,opt,name=tag,proto3" json:"tag,omitempty"`
 	// Give the process a stdin pipe (SendProcessInput).
-	Stdin         bool `protobuf:"varint,8,opt,name=stdin,proto3" json:"stdin,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stdin bool `protobuf:"varint,8,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// Answer only once the process is ready (a template's READY): a TCP
+	// connect to ready_port on the capsule works, or ready_cmd exits 0;
+	// retried until ready_timeout_sec (default 60), else DEADLINE_EXCEEDED.
+	ReadyPort       int32    `protobuf:"varint,9,opt,name=ready_port,json=readyPort,proto3" json:"ready_port,omitempty"`
+	ReadyCmd        []string `protobuf:"bytes,10,rep,name=ready_cmd,json=readyCmd,proto3" json:"ready_cmd,omitempty"`
+	ReadyTimeoutSec int32    `protobuf:"varint,11,opt,name=ready_timeout_sec,json=readyTimeoutSec,proto3" json:"ready_timeout_sec,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StartProcessRequest) Reset() {
@@ -3653,6 +3659,27 @@ func (x *StartProcessRequest) GetStdin() bool {
 		return x.Stdin
 	}
 	return false
+}
+
+func (x *StartProcessRequest) GetReadyPort() int32 {
+	if x != nil {
+		return x.ReadyPort
+	}
+	return 0
+}
+
+func (x *StartProcessRequest) GetReadyCmd() []string {
+	if x != nil {
+		return x.ReadyCmd
+	}
+	return nil
+}
+
+func (x *StartProcessRequest) GetReadyTimeoutSec() int32 {
+	if x != nil {
+		return x.ReadyTimeoutSec
+	}
+	return 0
 }
 
 type StartProcessResponse struct {
@@ -4336,7 +4363,11 @@ type CreateSnapshotRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	CapsuleId string                 `protobuf:"bytes,1,opt,name=capsule_id,json=capsuleId,proto3" json:"capsule_id,omitempty"`
 	// Name of the new template; must not exist.
-	Template      string `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	Template string `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	// What capsules of the template start with (JSON of
+	// template.RunConfig: env, workdir, user, START and READY), kept with
+	// the template; empty = nothing.
+	RunConfig     string `protobuf:"bytes,3,opt,name=run_config,json=runConfig,proto3" json:"run_config,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4381,6 +4412,13 @@ func (x *CreateSnapshotRequest) GetCapsuleId() string {
 func (x *CreateSnapshotRequest) GetTemplate() string {
 	if x != nil {
 		return x.Template
+	}
+	return ""
+}
+
+func (x *CreateSnapshotRequest) GetRunConfig() string {
+	if x != nil {
+		return x.RunConfig
 	}
 	return ""
 }
@@ -4656,6 +4694,291 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
+}
+
+type ImportImageHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Image reference to pull; empty = a tarball follows in data messages.
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Registry credentials for this call only (never stored or logged).
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// When set, the image is also published as this template.
+	Template string `protobuf:"bytes,4,opt,name=template,proto3" json:"template,omitempty"`
+	// Kept with header.template (JSON of template.RunConfig).
+	RunConfig     string `protobuf:"bytes,5,opt,name=run_config,json=runConfig,proto3" json:"run_config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportImageHeader) Reset() {
+	*x = ImportImageHeader{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportImageHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportImageHeader) ProtoMessage() {}
+
+func (x *ImportImageHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportImageHeader.ProtoReflect.Descriptor instead.
+func (*ImportImageHeader) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *ImportImageHeader) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *ImportImageHeader) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *ImportImageHeader) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *ImportImageHeader) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *ImportImageHeader) GetRunConfig() string {
+	if x != nil {
+		return x.RunConfig
+	}
+	return ""
+}
+
+type ImportImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ImportImageRequest_Header
+	//	*ImportImageRequest_Data
+	Msg           isImportImageRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportImageRequest) Reset() {
+	*x = ImportImageRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportImageRequest) ProtoMessage() {}
+
+func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
+func (*ImportImageRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *ImportImageRequest) GetMsg() isImportImageRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ImportImageRequest) GetHeader() *ImportImageHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*ImportImageRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *ImportImageRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ImportImageRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isImportImageRequest_Msg interface {
+	isImportImageRequest_Msg()
+}
+
+type ImportImageRequest_Header struct {
+	// First message.
+	Header *ImportImageHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type ImportImageRequest_Data struct {
+	// Every following message (tarball imports).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*ImportImageRequest_Header) isImportImageRequest_Msg() {}
+
+func (*ImportImageRequest_Data) isImportImageRequest_Msg() {}
+
+type ImportImageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template to start from: header.template, else the cached image
+	// (img-…).
+	Template string `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	// The image id (config digest); empty for a plain rootfs tarball.
+	ImageId string `protobuf:"bytes,2,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	// This call unpacked the layers (false: served from the cache).
+	Unpacked   bool     `protobuf:"varint,3,opt,name=unpacked,proto3" json:"unpacked,omitempty"`
+	Env        []string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	WorkingDir string   `protobuf:"bytes,5,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
+	User       string   `protobuf:"bytes,6,opt,name=user,proto3" json:"user,omitempty"`
+	Entrypoint []string `protobuf:"bytes,7,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	Cmd        []string `protobuf:"bytes,8,rep,name=cmd,proto3" json:"cmd,omitempty"`
+	SizeBytes  int64    `protobuf:"varint,9,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// The tarball was a plain root filesystem, not an image.
+	PlainRootfs   bool `protobuf:"varint,10,opt,name=plain_rootfs,json=plainRootfs,proto3" json:"plain_rootfs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportImageResponse) Reset() {
+	*x = ImportImageResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportImageResponse) ProtoMessage() {}
+
+func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportImageResponse.ProtoReflect.Descriptor instead.
+func (*ImportImageResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *ImportImageResponse) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *ImportImageResponse) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+func (x *ImportImageResponse) GetUnpacked() bool {
+	if x != nil {
+		return x.Unpacked
+	}
+	return false
+}
+
+func (x *ImportImageResponse) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ImportImageResponse) GetWorkingDir() string {
+	if x != nil {
+		return x.WorkingDir
+	}
+	return ""
+}
+
+func (x *ImportImageResponse) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ImportImageResponse) GetEntrypoint() []string {
+	if x != nil {
+		return x.Entrypoint
+	}
+	return nil
+}
+
+func (x *ImportImageResponse) GetCmd() []string {
+	if x != nil {
+		return x.Cmd
+	}
+	return nil
+}
+
+func (x *ImportImageResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ImportImageResponse) GetPlainRootfs() bool {
+	if x != nil {
+		return x.PlainRootfs
+	}
+	return false
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -4943,7 +5266,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x03pid\x18\x01 \x01(\rH\x00R\x03pid\x12\x12\n" +
 	"\x03tag\x18\x02 \x01(\tH\x00R\x03tagB\n" +
 	"\n" +
-	"\bselector\"\x9e\x02\n" +
+	"\bselector\"\x86\x03\n" +
 	"\x13StartProcessRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x10\n" +
@@ -4953,7 +5276,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x12\n" +
 	"\x04user\x18\x06 \x01(\tR\x04user\x12\x10\n" +
 	"\x03tag\x18\a \x01(\tR\x03tag\x12\x14\n" +
-	"\x05stdin\x18\b \x01(\bR\x05stdin\x1a6\n" +
+	"\x05stdin\x18\b \x01(\bR\x05stdin\x12\x1d\n" +
+	"\n" +
+	"ready_port\x18\t \x01(\x05R\treadyPort\x12\x1b\n" +
+	"\tready_cmd\x18\n" +
+	" \x03(\tR\breadyCmd\x12*\n" +
+	"\x11ready_timeout_sec\x18\v \x01(\x05R\x0freadyTimeoutSec\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"(\n" +
@@ -5008,11 +5336,13 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x19GetCapsuleMetricsResponse\x121\n" +
 	"\x06points\x18\x01 \x03(\v2\x19.hostagent.v1.MetricPointR\x06points\x12%\n" +
 	"\x0eresolution_sec\x18\x02 \x01(\x05R\rresolutionSec\x127\n" +
-	"\anetwork\x18\x14 \x01(\v2\x1d.hostagent.v1.NetworkCountersR\anetwork\"R\n" +
+	"\anetwork\x18\x14 \x01(\v2\x1d.hostagent.v1.NetworkCountersR\anetwork\"q\n" +
 	"\x15CreateSnapshotRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
-	"\btemplate\x18\x02 \x01(\tR\btemplate\"S\n" +
+	"\btemplate\x18\x02 \x01(\tR\btemplate\x12\x1d\n" +
+	"\n" +
+	"run_config\x18\x03 \x01(\tR\trunConfig\"S\n" +
 	"\x16CreateSnapshotResponse\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x1d\n" +
 	"\n" +
@@ -5028,7 +5358,34 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\ttemplates\x18\x01 \x03(\v2\x1a.hostagent.v1.HostTemplateR\ttemplates\"3\n" +
 	"\x15DeleteTemplateRequest\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\"\x18\n" +
-	"\x16DeleteTemplateResponse*\xd0\x01\n" +
+	"\x16DeleteTemplateResponse\"\x98\x01\n" +
+	"\x11ImportImageHeader\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x1a\n" +
+	"\btemplate\x18\x04 \x01(\tR\btemplate\x12\x1d\n" +
+	"\n" +
+	"run_config\x18\x05 \x01(\tR\trunConfig\"l\n" +
+	"\x12ImportImageRequest\x129\n" +
+	"\x06header\x18\x01 \x01(\v2\x1f.hostagent.v1.ImportImageHeaderH\x00R\x06header\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x05\n" +
+	"\x03msg\"\xa3\x02\n" +
+	"\x13ImportImageResponse\x12\x1a\n" +
+	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x19\n" +
+	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12\x1a\n" +
+	"\bunpacked\x18\x03 \x01(\bR\bunpacked\x12\x10\n" +
+	"\x03env\x18\x04 \x03(\tR\x03env\x12\x1f\n" +
+	"\vworking_dir\x18\x05 \x01(\tR\n" +
+	"workingDir\x12\x12\n" +
+	"\x04user\x18\x06 \x01(\tR\x04user\x12\x1e\n" +
+	"\n" +
+	"entrypoint\x18\a \x03(\tR\n" +
+	"entrypoint\x12\x10\n" +
+	"\x03cmd\x18\b \x03(\tR\x03cmd\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\t \x01(\x03R\tsizeBytes\x12!\n" +
+	"\fplain_rootfs\x18\n" +
+	" \x01(\bR\vplainRootfs*\xd0\x01\n" +
 	"\fCapsuleState\x12\x1d\n" +
 	"\x19CAPSULE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16CAPSULE_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -5045,7 +5402,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1aMETRICS_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12METRICS_WINDOW_10M\x10\x01\x12\x15\n" +
 	"\x11METRICS_WINDOW_2H\x10\x02\x12\x16\n" +
-	"\x12METRICS_WINDOW_24H\x10\x032\x86\x16\n" +
+	"\x12METRICS_WINDOW_24H\x10\x032\xdc\x16\n" +
 	"\x10HostAgentService\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateCapsule\x12\".hostagent.v1.CreateCapsuleRequest\x1a#.hostagent.v1.CreateCapsuleResponse\x12[\n" +
@@ -5082,7 +5439,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x14UpdateCapsuleNetwork\x12).hostagent.v1.UpdateCapsuleNetworkRequest\x1a*.hostagent.v1.UpdateCapsuleNetworkResponse\x12[\n" +
 	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
 	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12[\n" +
-	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponseB\xae\x01\n" +
+	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12T\n" +
+	"\vImportImage\x12 .hostagent.v1.ImportImageRequest\x1a!.hostagent.v1.ImportImageResponse(\x01B\xae\x01\n" +
 	"\x10com.hostagent.v1B\x0eHostagentProtoP\x01Z9github.com/wrenn-dev/wrenn/proto/hostagent/v1;hostagentv1\xa2\x02\x03HXX\xaa\x02\fHostagent.V1\xca\x02\fHostagent\\V1\xe2\x02\x18Hostagent\\V1\\GPBMetadata\xea\x02\rHostagent::V1b\x06proto3"
 
 var (
@@ -5098,7 +5456,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(CapsuleState)(0),                    // 0: hostagent.v1.CapsuleState
 	(Signal)(0),                          // 1: hostagent.v1.Signal
@@ -5174,22 +5532,25 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*ListTemplatesResponse)(nil),        // 71: hostagent.v1.ListTemplatesResponse
 	(*DeleteTemplateRequest)(nil),        // 72: hostagent.v1.DeleteTemplateRequest
 	(*DeleteTemplateResponse)(nil),       // 73: hostagent.v1.DeleteTemplateResponse
-	nil,                                  // 74: hostagent.v1.Capsule.LabelsEntry
-	nil,                                  // 75: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                                  // 76: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                                  // 77: hostagent.v1.ExecRequest.EnvEntry
-	nil,                                  // 78: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                                  // 79: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                  // 80: hostagent.v1.ProcessInfo.EnvEntry
+	(*ImportImageHeader)(nil),            // 74: hostagent.v1.ImportImageHeader
+	(*ImportImageRequest)(nil),           // 75: hostagent.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),          // 76: hostagent.v1.ImportImageResponse
+	nil,                                  // 77: hostagent.v1.Capsule.LabelsEntry
+	nil,                                  // 78: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                                  // 79: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                                  // 80: hostagent.v1.ExecRequest.EnvEntry
+	nil,                                  // 81: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                                  // 82: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                  // 83: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	74, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	77, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
 	4,  // 2: hostagent.v1.Capsule.network:type_name -> hostagent.v1.NetworkPolicy
 	4,  // 3: hostagent.v1.UpdateCapsuleNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	3,  // 4: hostagent.v1.UpdateCapsuleNetworkResponse.capsule:type_name -> hostagent.v1.Capsule
-	75, // 5: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	76, // 6: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	78, // 5: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	79, // 6: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
 	4,  // 7: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	3,  // 8: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	3,  // 9: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
@@ -5197,16 +5558,16 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	3,  // 11: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
 	3,  // 12: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	0,  // 13: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	77, // 14: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	80, // 14: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
 	28, // 15: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
 	30, // 16: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
 	36, // 17: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
 	30, // 18: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
 	30, // 19: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	78, // 20: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	81, // 20: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
 	28, // 21: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	79, // 22: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	80, // 23: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	82, // 22: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	83, // 23: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
 	56, // 24: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
 	53, // 25: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
 	1,  // 26: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
@@ -5216,77 +5577,80 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	64, // 30: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
 	5,  // 31: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
 	70, // 32: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
-	8,  // 33: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	10, // 34: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	12, // 35: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	14, // 36: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	16, // 37: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	18, // 38: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	20, // 39: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	22, // 40: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	24, // 41: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	26, // 42: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	26, // 43: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	31, // 44: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	34, // 45: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	31, // 46: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	37, // 47: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	38, // 48: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	40, // 49: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	42, // 50: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	44, // 51: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	46, // 52: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	47, // 53: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	49, // 54: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	51, // 55: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	54, // 56: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	57, // 57: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	59, // 58: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	61, // 59: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	62, // 60: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	65, // 61: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	6,  // 62: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
-	67, // 63: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	69, // 64: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	72, // 65: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	9,  // 66: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	11, // 67: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	13, // 68: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	15, // 69: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	17, // 70: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	19, // 71: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	21, // 72: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	23, // 73: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	25, // 74: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	27, // 75: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	29, // 76: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	32, // 77: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	35, // 78: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	33, // 79: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	35, // 80: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	39, // 81: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	41, // 82: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	43, // 83: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	45, // 84: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	45, // 85: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	48, // 86: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	50, // 87: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	52, // 88: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	55, // 89: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	58, // 90: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	60, // 91: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	29, // 92: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	63, // 93: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	66, // 94: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	7,  // 95: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
-	68, // 96: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	71, // 97: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	73, // 98: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	66, // [66:99] is the sub-list for method output_type
-	33, // [33:66] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	74, // 33: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
+	8,  // 34: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	10, // 35: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	12, // 36: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	14, // 37: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	16, // 38: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	18, // 39: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	20, // 40: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	22, // 41: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	24, // 42: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	26, // 43: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	26, // 44: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	31, // 45: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	34, // 46: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	31, // 47: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	37, // 48: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	38, // 49: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	40, // 50: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	42, // 51: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	44, // 52: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	46, // 53: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	47, // 54: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	49, // 55: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	51, // 56: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	54, // 57: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	57, // 58: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	59, // 59: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	61, // 60: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	62, // 61: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	65, // 62: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	6,  // 63: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
+	67, // 64: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	69, // 65: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	72, // 66: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	75, // 67: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
+	9,  // 68: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	11, // 69: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	13, // 70: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	15, // 71: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	17, // 72: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	19, // 73: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	21, // 74: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	23, // 75: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	25, // 76: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	27, // 77: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	29, // 78: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	32, // 79: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	35, // 80: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	33, // 81: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	35, // 82: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	39, // 83: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	41, // 84: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	43, // 85: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	45, // 86: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	45, // 87: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	48, // 88: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	50, // 89: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	52, // 90: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	55, // 91: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	58, // 92: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	60, // 93: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	29, // 94: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	63, // 95: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	66, // 96: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	7,  // 97: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
+	68, // 98: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	71, // 99: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	73, // 100: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	76, // 101: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
+	68, // [68:102] is the sub-list for method output_type
+	34, // [34:68] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5313,13 +5677,17 @@ func file_hostagent_v1_hostagent_proto_init() {
 		(*ProcessSelector_Pid)(nil),
 		(*ProcessSelector_Tag)(nil),
 	}
+	file_hostagent_v1_hostagent_proto_msgTypes[72].OneofWrappers = []any{
+		(*ImportImageRequest_Header)(nil),
+		(*ImportImageRequest_Data)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   78,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -143,6 +143,9 @@ const (
 	// HostAgentServiceDeleteTemplateProcedure is the fully-qualified name of the HostAgentService's
 	// DeleteTemplate RPC.
 	HostAgentServiceDeleteTemplateProcedure = "/hostagent.v1.HostAgentService/DeleteTemplate"
+	// HostAgentServiceImportImageProcedure is the fully-qualified name of the HostAgentService's
+	// ImportImage RPC.
+	HostAgentServiceImportImageProcedure = "/hostagent.v1.HostAgentService/ImportImage"
 )
 
 // HostAgentServiceClient is a client for the hostagent.v1.HostAgentService service.
@@ -221,6 +224,12 @@ type HostAgentServiceClient interface {
 	// while a capsule the agent knows (running, paused or on disk) or a
 	// mount uses it, or for the agent's default template.
 	DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error)
+	// ImportImage makes an OCI image a template root on this host: pulled
+	// from a registry (header.ref, with optional per-call credentials) or
+	// read from the docker-save / OCI-layout / plain rootfs tarball streamed
+	// after the header. Images are cached by image id (a second import
+	// fetches no layer); header.template also publishes it under that name.
+	ImportImage(context.Context) *connect.ClientStreamForClient[v1.ImportImageRequest, v1.ImportImageResponse]
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -432,6 +441,12 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("DeleteTemplate")),
 			connect.WithClientOptions(opts...),
 		),
+		importImage: connect.NewClient[v1.ImportImageRequest, v1.ImportImageResponse](
+			httpClient,
+			baseURL+HostAgentServiceImportImageProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ImportImage")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -470,6 +485,7 @@ type hostAgentServiceClient struct {
 	createSnapshot       *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	listTemplates        *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
 	deleteTemplate       *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
+	importImage          *connect.Client[v1.ImportImageRequest, v1.ImportImageResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgentService.GetHostInfo.
@@ -637,6 +653,11 @@ func (c *hostAgentServiceClient) DeleteTemplate(ctx context.Context, req *connec
 	return c.deleteTemplate.CallUnary(ctx, req)
 }
 
+// ImportImage calls hostagent.v1.HostAgentService.ImportImage.
+func (c *hostAgentServiceClient) ImportImage(ctx context.Context) *connect.ClientStreamForClient[v1.ImportImageRequest, v1.ImportImageResponse] {
+	return c.importImage.CallClientStream(ctx)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// GetHostInfo describes the host: driver, capabilities, capacity, load.
@@ -713,6 +734,12 @@ type HostAgentServiceHandler interface {
 	// while a capsule the agent knows (running, paused or on disk) or a
 	// mount uses it, or for the agent's default template.
 	DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error)
+	// ImportImage makes an OCI image a template root on this host: pulled
+	// from a registry (header.ref, with optional per-call credentials) or
+	// read from the docker-save / OCI-layout / plain rootfs tarball streamed
+	// after the header. Images are cached by image id (a second import
+	// fetches no layer); header.template also publishes it under that name.
+	ImportImage(context.Context, *connect.ClientStream[v1.ImportImageRequest]) (*connect.Response[v1.ImportImageResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -920,6 +947,12 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("DeleteTemplate")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceImportImageHandler := connect.NewClientStreamHandler(
+		HostAgentServiceImportImageProcedure,
+		svc.ImportImage,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ImportImage")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceGetHostInfoProcedure:
@@ -988,6 +1021,8 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceListTemplatesHandler.ServeHTTP(w, r)
 		case HostAgentServiceDeleteTemplateProcedure:
 			hostAgentServiceDeleteTemplateHandler.ServeHTTP(w, r)
+		case HostAgentServiceImportImageProcedure:
+			hostAgentServiceImportImageHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1127,4 +1162,8 @@ func (UnimplementedHostAgentServiceHandler) ListTemplates(context.Context, *conn
 
 func (UnimplementedHostAgentServiceHandler) DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.DeleteTemplate is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ImportImage(context.Context, *connect.ClientStream[v1.ImportImageRequest]) (*connect.Response[v1.ImportImageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ImportImage is not implemented"))
 }
