@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sort"
 	"strings"
@@ -12,12 +11,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"connectrpc.com/connect"
-
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
-	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
@@ -78,6 +74,10 @@ type Runner struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	mine map[string]bool // builds this runner is executing
+	// bg is Run's context (Submit runs builds under it); inputs the local
+	// inputs of submitted builds.
+	bg     context.Context
+	inputs map[string]Inputs
 }
 
 // New returns a runner.
@@ -99,7 +99,7 @@ func New(cfg Config) *Runner {
 	}
 	return &Runner{
 		cfg: cfg, log: cfg.Logger.With("component", "builds"),
-		sem: make(chan struct{}, cfg.MaxConcurrent), mine: map[string]bool{},
+		sem: make(chan struct{}, cfg.MaxConcurrent), mine: map[string]bool{}, inputs: map[string]Inputs{},
 	}
 }
 
@@ -107,6 +107,9 @@ func New(cfg Config) *Runner {
 // for the builds it started: they are cancelled by ctx, recorded as
 // interrupted and their capsules destroyed.
 func (r *Runner) Run(ctx context.Context, interval time.Duration) {
+	r.mu.Lock()
+	r.bg = ctx
+	r.mu.Unlock()
 	defer r.wg.Wait()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -144,6 +147,16 @@ func (r *Runner) Pass(ctx context.Context) error {
 	}
 	for _, b := range all {
 		if b.Status != store.BuildPending {
+			continue
+		}
+		if s, err := ParseSpec(b.Spec); err == nil && s.LocalInputs {
+			// Only the control plane holding its inputs runs it (Submit);
+			// one that never did has stopped.
+			if time.Since(b.CreatedAt) > localInputsGrace {
+				if _, err := r.cfg.Store.UpdateBuildStatus(ctx, b.TeamID, b.ID, []store.BuildStatus{store.BuildPending}, store.BuildFailed, MsgInterrupted, ""); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			continue
 		}
 		select {
@@ -218,6 +231,9 @@ type outcome struct {
 	status     store.BuildStatus
 	msg        string
 	templateID string
+	// steps is the number of steps of a successful build; failedStep the
+	// step a failed one stopped in (for the log).
+	steps, failedStep int
 }
 
 func failed(format string, args ...any) outcome {
@@ -290,210 +306,6 @@ func (r *Runner) running(ctx context.Context, b store.Build) error {
 		return errStopped
 	}
 	return nil
-}
-
-// build does the work; an empty outcome status means the build was
-// stopped from outside and nothing is to be recorded.
-func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) outcome {
-	spec, err := ParseSpec(b.Spec)
-	if err != nil {
-		return failed("invalid spec: %v", err)
-	}
-	timeout := time.Duration(*spec.TimeoutSec) * time.Second
-	ctx, cancel := context.WithTimeoutCause(parent, timeout, errTimedOut)
-	defer cancel()
-	// stopped maps an error seen while ctx may be done to an outcome.
-	stopped := func(what string, err error) outcome {
-		// The agent enforces the deadline the call carries, so it may
-		// answer deadline_exceeded a moment before this side's timer
-		// fires: give the timer that moment before judging.
-		if connect.CodeOf(err) == connect.CodeDeadlineExceeded || errors.Is(err, context.DeadlineExceeded) {
-			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < time.Second {
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Until(dl) + 50*time.Millisecond):
-				}
-			}
-		}
-		switch {
-		case errors.Is(err, errStopped):
-			return outcome{}
-		case errors.Is(context.Cause(ctx), errTimedOut):
-			return failed("timed out after %s (timeout_sec %d) during %s", timeout, *spec.TimeoutSec, what)
-		case parent.Err() != nil:
-			return failed("%s", MsgInterrupted)
-		}
-		return failed("%s: %v", what, err)
-	}
-
-	from, err := ResolveFrom(ctx, r.cfg.Store, b.TeamID, spec.From)
-	if errors.Is(err, store.ErrNotFound) {
-		return failed("template %q (spec.from) not found", spec.From)
-	}
-	if err != nil {
-		return stopped("resolve spec.from", err)
-	}
-	if t, err := r.cfg.Store.GetTemplateByName(ctx, b.TeamID, b.TemplateName); err == nil && t.TeamID == b.TeamID {
-		return failed("the team already has a template named %q; delete it first", b.TemplateName)
-	}
-	if err := r.progress(ctx, b, "starting a capsule from "+from.Name); err != nil {
-		return stopped("start", err)
-	}
-	// The agent's own TTL reaps the capsule even if this control plane
-	// dies mid-build.
-	ttl := *spec.TimeoutSec + int64(r.cfg.StaleMargin/time.Second)
-	created, err := r.cfg.Capsules.Create(ctx, capsules.SystemScope(), capsules.CreateRequest{
-		VCPUs: spec.VCPUs, MemoryMB: spec.MemoryMB, DiskSizeMB: spec.DiskSizeMB, TimeoutSec: &ttl,
-		Env: spec.Env, AllowInternet: spec.AllowInternet,
-		Internal: &capsules.Internal{
-			ID: b.ID, TeamID: b.TeamID, From: from, DefaultWorkdir: spec.Workdir,
-			Labels: map[string]string{LabelBuild: b.ID, LabelTeam: b.TeamID},
-		},
-	})
-	if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
-		return failed("no host can run the build: %v", err)
-	}
-	if err != nil {
-		return stopped("create the build capsule", err)
-	}
-	host := created.Host
-	defer r.cfg.Capsules.DestroyInternal(ctx, host, b.ID)
-	agent := r.cfg.Agents.Client(host)
-	log = log.With("host_id", host.ID)
-	log.Info("build started", "from", from.Name, "steps", len(spec.Run))
-
-	n := len(spec.Run)
-	for i, step := range spec.Run {
-		if err := r.progress(ctx, b, fmt.Sprintf("running step %d/%d: %s", i+1, n, firstLine(step, 200))); err != nil {
-			return stopped(fmt.Sprintf("step %d/%d", i+1, n), err)
-		}
-		stepStart := time.Now()
-		log.Info("build step started", "step", i+1, "of", n, "cmd", firstLine(step, 200))
-		res, err := r.runStep(ctx, agent, b, spec, step)
-		if err != nil {
-			return stopped(fmt.Sprintf("step %d/%d", i+1, n), err)
-		}
-		log.Info("build step ended", "step", i+1, "of", n, "exit_code", res.exitCode,
-			"elapsed", time.Since(stepStart).Round(time.Millisecond))
-		if !res.exited || res.exitCode != 0 {
-			how := fmt.Sprintf("exit code %d", res.exitCode)
-			if !res.exited {
-				how = "did not exit normally: " + res.status
-			}
-			return failed("step %d/%d failed (%s): %s\nstderr (at most the last %d bytes):\n%s",
-				i+1, n, how, firstLine(step, 200), stderrTail, res.stderr)
-		}
-	}
-
-	if err := r.progress(ctx, b, "snapshotting the capsule into a template"); err != nil {
-		return stopped("snapshot", err)
-	}
-	public := b.TeamID == store.PlatformTeamID
-	// The template exists only in this host's template store: capsules
-	// of it are placed here (store.Template.HostID).
-	tmpl := store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: b.TeamID, Name: b.TemplateName, Public: public, HostID: host.ID}
-	snap, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: b.ID, Template: capsules.HostTemplateName(tmpl)}))
-	if err != nil {
-		return stopped("snapshot the capsule", err)
-	}
-	tmpl.SizeBytes = snap.Msg.GetSizeBytes()
-	// Until the store records it, the host's new template is this build's
-	// to remove.
-	discard := func() {
-		if err := capsules.DeleteTemplateFiles(context.WithoutCancel(ctx), r.cfg.Store, r.cfg.Agents, tmpl); err != nil {
-			log.Warn("remove the snapshot of an unrecorded build", "host_template", capsules.HostTemplateName(tmpl), "err", err)
-		}
-	}
-	if err := r.running(ctx, b); err != nil {
-		discard()
-		return stopped("snapshot", err)
-	}
-	recorded, err := r.cfg.Store.CreateTemplate(context.WithoutCancel(ctx), tmpl)
-	if err != nil {
-		discard()
-	}
-	if errors.Is(err, store.ErrAlreadyExists) {
-		return failed("the team already has a template named %q", b.TemplateName)
-	}
-	if err != nil {
-		return stopped("record the template", err)
-	}
-	tmpl = recorded
-	log.Info("template built", "template_id", tmpl.ID, "host_template", capsules.HostTemplateName(tmpl), "size_bytes", tmpl.SizeBytes)
-	return outcome{status: store.BuildSucceeded, templateID: tmpl.ID}
-}
-
-var errTimedOut = errors.New("build timed out")
-
-// stderrTail is how much of a failed step's stderr the build error keeps.
-const stderrTail = 4096
-
-type stepResult struct {
-	exitCode int32
-	exited   bool
-	status   string
-	stderr   string
-}
-
-// runStep runs one step through the agent's exec stream, re-reading the
-// build every PollInterval; a cancel ends the stream, which kills the
-// process.
-func (r *Runner) runStep(ctx context.Context, agent hostagentv1connect.HostAgentServiceClient, b store.Build, spec Spec, step string) (stepResult, error) {
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	type done struct {
-		res stepResult
-		err error
-	}
-	ch := make(chan done, 1)
-	go func() {
-		res, err := execStream(sctx, agent, &pb.ExecRequest{
-			CapsuleId: b.ID, Cmd: "/bin/sh", Args: []string{"-c", step}, Env: spec.Env, Cwd: spec.Workdir,
-		})
-		ch <- done{res, err}
-	}()
-	t := time.NewTicker(r.cfg.PollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case d := <-ch:
-			if d.err != nil && context.Cause(sctx) != nil && errors.Is(context.Cause(sctx), errStopped) {
-				return stepResult{}, errStopped
-			}
-			return d.res, d.err
-		case <-t.C:
-			if err := r.running(ctx, b); errors.Is(err, errStopped) {
-				cancel(errStopped)
-				<-ch
-				return stepResult{}, errStopped
-			}
-		}
-	}
-}
-
-func execStream(ctx context.Context, agent hostagentv1connect.HostAgentServiceClient, req *pb.ExecRequest) (stepResult, error) {
-	st, err := agent.ExecStream(ctx, connect.NewRequest(req))
-	if err != nil {
-		return stepResult{}, err
-	}
-	defer func() { _ = st.Close() }()
-	var tail tailBuffer
-	for st.Receive() {
-		m := st.Msg()
-		if e := m.GetStderr(); len(e) > 0 {
-			tail.Write(e)
-		}
-		if end := m.GetEnd(); end != nil {
-			return stepResult{exitCode: end.GetExitCode(), exited: end.GetExited(), status: end.GetStatus() + end.GetError(), stderr: tail.String()}, nil
-		}
-	}
-	if err := st.Err(); err != nil {
-		return stepResult{}, err
-	}
-	if err := ctx.Err(); err != nil {
-		return stepResult{}, err
-	}
-	return stepResult{}, io.ErrUnexpectedEOF
 }
 
 // tailBuffer keeps the last stderrTail bytes written to it.

@@ -31,10 +31,12 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
 	"github.com/wrenn-dev/wrenn/internal/store"
+	"github.com/wrenn-dev/wrenn/internal/templates/recipe"
 )
 
 // Spec defaults and bounds. The resources default to and are bounded by
@@ -76,6 +78,16 @@ type Spec struct {
 	DiskSizeMB    *int64 `json:"disk_size_mb,omitempty"`
 	TimeoutSec    *int64 `json:"timeout_sec,omitempty"`
 	AllowInternet *bool  `json:"allow_internet,omitempty"`
+	// Recipe is a Wrennfile (internal/templates/recipe); when set, From,
+	// Run, Env and Workdir must be empty (the recipe says them).
+	Recipe string `json:"recipe,omitempty"`
+	// Import: the template is the image (or root filesystem) tarball
+	// uploaded with the build, as it is.
+	Import bool `json:"import,omitempty"`
+	// LocalInputs: the build has inputs only the control plane that
+	// accepted it holds (a context, an upload, registry credentials);
+	// only that control plane's runner runs it.
+	LocalInputs bool `json:"local_inputs,omitempty"`
 }
 
 var (
@@ -109,8 +121,23 @@ func ParseSpec(raw []byte) (Spec, error) {
 	return s, nil
 }
 
-// Normalize validates s and fills its defaults. Errors are *SpecError.
+// Normalize validates s and fills its defaults. Errors are *SpecError
+// (a recipe's parse error names its line and column).
 func (s *Spec) Normalize() error {
+	if s.Recipe != "" || s.Import {
+		if s.From != "" || len(s.Run) > 0 || len(s.Env) > 0 || s.Workdir != "" {
+			return specErr("a recipe build takes no from, run, env or workdir: the recipe says them")
+		}
+		if s.Import && s.Recipe != "" {
+			return specErr("an import takes no recipe")
+		}
+		if s.Recipe != "" {
+			if _, err := recipe.Parse(s.Recipe); err != nil {
+				return &SpecError{Msg: err.Error()} // "Wrennfile:LINE:COL: …"
+			}
+		}
+		return s.normalizeResources()
+	}
 	if s.From == "" {
 		s.From = DefaultFrom
 	}
@@ -148,6 +175,12 @@ func (s *Spec) Normalize() error {
 	if !path.IsAbs(s.Workdir) || len(s.Workdir) > maxWorkdir || strings.ContainsRune(s.Workdir, 0) {
 		return specErr("spec.workdir must be an absolute path of at most %d bytes", maxWorkdir)
 	}
+	return s.normalizeResources()
+}
+
+// normalizeResources checks and defaults the build capsule's resources.
+func (s *Spec) normalizeResources() error {
+	d := limits.Defaults
 	for _, f := range []struct {
 		name       string
 		p          **int64
@@ -172,6 +205,35 @@ func (s *Spec) Normalize() error {
 		s.AllowInternet = &on
 	}
 	return nil
+}
+
+// ToRecipe returns what the build does as a recipe: the Wrennfile, or the
+// admin spec mapped onto one (FROM from, ENV env, WORKDIR workdir, then a
+// RUN per step). Call it on a normalized spec.
+func (s Spec) ToRecipe() (recipe.Recipe, error) {
+	if s.Recipe != "" {
+		return recipe.Parse(s.Recipe)
+	}
+	r := recipe.Recipe{FromKind: recipe.FromTemplate, From: s.From}
+	if len(s.Env) > 0 {
+		keys := make([]string, 0, len(s.Env))
+		for k := range s.Env {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		env := make([][2]string, 0, len(keys))
+		for _, k := range keys {
+			env = append(env, [2]string{k, s.Env[k]})
+		}
+		r.Steps = append(r.Steps, recipe.Step{Kind: recipe.Env, Text: "ENV (spec.env)", Env: env})
+	}
+	if s.Workdir != "" && s.Workdir != "/" {
+		r.Steps = append(r.Steps, recipe.Step{Kind: recipe.Workdir, Text: "WORKDIR " + s.Workdir, Dir: s.Workdir})
+	}
+	for _, cmd := range s.Run {
+		r.Steps = append(r.Steps, recipe.Step{Kind: recipe.Run, Text: "RUN " + firstLine(cmd, 200), Shell: cmd})
+	}
+	return r, nil
 }
 
 // IsTemplateID reports whether ref names a template by id rather than name.
