@@ -41,6 +41,7 @@ func (a *API) mountAdmin(r chi.Router) {
 	r.Get("/builds", a.adminListBuilds)
 	r.Post("/builds", a.adminCreateBuild)
 	r.Post("/builds/{buildID}/cancel", a.adminCancelBuild)
+	r.Get("/builds/{buildID}/logs", a.adminBuildLogs)
 
 	r.Get("/capsules", a.adminListCapsules)
 	r.Get("/capsules/{capsuleID}", a.adminGetCapsule)
@@ -372,6 +373,13 @@ func toBuildJSON(b store.Build) wrennapi.Build {
 	j := wrennapi.Build{
 		ID: b.ID, TeamID: b.TeamID, TemplateName: b.TemplateName, TemplateID: b.TemplateID, Status: wrennapi.BuildStatus(b.Status),
 		Error: b.Error, CreatedBy: b.CreatedBy, CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, FinishedAt: b.FinishedAt,
+	}
+	var bs builds.Spec
+	_ = json.Unmarshal(b.Spec, &bs)
+	j.Kind = buildKind(&bs)
+	if j.Kind != wrennapi.BuildKindSpec {
+		j.Recipe = bs.Recipe // a recipe build's spec is its Wrennfile
+		return j
 	}
 	if len(b.Spec) > 0 {
 		var spec wrennapi.BuildSpec

@@ -105,6 +105,12 @@ type Config struct {
 	// MaxUnauthInFlightPerIP bounds the requests one client address may
 	// have in flight on the unauthenticated routes (default 16).
 	MaxUnauthInFlightPerIP int
+	// Builds runs team builds (internal/builds.Runner); nil refuses them
+	// (503). BuildDir holds their uploads until they end (default the
+	// system temp dir); MaxContextBytes bounds one upload (default 8 GiB).
+	Builds          BuildRunner
+	BuildDir        string
+	MaxContextBytes int64
 }
 
 // API is the HTTP API.
@@ -239,6 +245,11 @@ func (a *API) routes() chi.Router {
 				r.Delete("/api-keys/{keyID}", a.deleteKey)
 				r.Get("/templates", a.listTemplates)
 				r.Get("/templates/{templateID}", a.getTemplate)
+				r.Get("/templates/builds", a.listTeamBuilds)
+				r.Post("/templates/builds", a.createTeamBuild)
+				r.Get("/templates/builds/{buildID}", a.getTeamBuild)
+				r.Post("/templates/builds/{buildID}/cancel", a.cancelTeamBuild)
+				r.Get("/templates/builds/{buildID}/logs", a.teamBuildLogs)
 				r.Post("/hosts/tokens", a.createTeamHostToken)
 
 				r.Get("/audit-logs", a.teamAuditLogs)

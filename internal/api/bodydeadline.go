@@ -76,6 +76,9 @@ func isUpload(r *http.Request) bool {
 	if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/capsules/") && strings.HasSuffix(r.URL.Path, "/files") {
 		return true
 	}
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/templates/builds" { // a build context or image
+		return true
+	}
 	return !strings.HasPrefix(r.URL.Path, "/v1/") || strings.HasPrefix(r.URL.Path, "/proxy/")
 }
 

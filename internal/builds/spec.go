@@ -51,6 +51,9 @@ const (
 	MaxTimeoutSec = 7200
 
 	maxWorkdir = 4096
+
+	// MaxRecipeBytes bounds a Wrennfile.
+	MaxRecipeBytes = recipe.MaxBytes
 )
 
 // Resource defaults of a build capsule: the capsule's.

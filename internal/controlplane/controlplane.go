@@ -115,6 +115,9 @@ type Config struct {
 	BuildPollInterval time.Duration
 	// DisableBuildRunner turns the template build runner off.
 	DisableBuildRunner bool
+	// BuildDir holds team builds' uploads (contexts, images) until the
+	// build ends; default the system temp directory.
+	BuildDir string
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -167,6 +170,7 @@ type Server struct {
 	scheduler *scheduler.Scheduler
 	capsules  *capsules.Service
 	usage     *usage.Service
+	builds    *builds.Runner // nil with DisableBuildRunner
 	closeOnce sync.Once
 
 	returnMu  sync.Mutex
@@ -236,7 +240,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.capsules = capsules.New(capsules.Config{
 		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
 	})
+	var buildRunner api.BuildRunner
+	if !cfg.DisableBuildRunner {
+		s.builds = builds.New(builds.Config{
+			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, Logger: s.log,
+			PollInterval: cfg.BuildPollInterval,
+		})
+		buildRunner = s.builds
+	}
 	s.api = api.New(api.Config{
+		Builds: buildRunner, BuildDir: cfg.BuildDir,
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
 		Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, GitHub: gh,
 		OnCapsuleGone: s.proxy.Evict, OnHostReturned: s.hostReturned, Registry: s.registry, Logger: cfg.Logger,
@@ -368,12 +381,8 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 		flusher := &metricsflush.Flusher{Store: s.store, Agents: s.agents, Log: s.log}
 		wg.Go(func() { flusher.Run(bg, s.cfg.MetricsFlushInterval) })
 	}
-	if !s.cfg.DisableBuildRunner {
-		runner := builds.New(builds.Config{
-			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, Logger: s.log,
-			PollInterval: s.cfg.BuildPollInterval,
-		})
-		wg.Go(func() { runner.Run(bg, s.cfg.BuildInterval) })
+	if s.builds != nil {
+		wg.Go(func() { s.builds.Run(bg, s.cfg.BuildInterval) })
 	}
 	servers := []*http.Server{srv}
 	errc := make(chan error, 2)

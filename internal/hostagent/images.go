@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 
 	"connectrpc.com/connect"
@@ -119,6 +120,9 @@ func (a *Agent) importImage(ctx context.Context, st *connect.ClientStream[pb.Imp
 		Entrypoint: res.Config.Entrypoint, Cmd: res.Config.Cmd,
 	}
 	if name := h.GetTemplate(); name != "" {
+		if h.GetRunConfig() == "" {
+			rc = imageRunConfig(res.Config) // the image as it is
+		}
 		t, err := cache.Clone(ctx, res.Template, name)
 		if err != nil {
 			return nil, err
@@ -198,4 +202,19 @@ func imageErr(err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	return toConnect(err)
+}
+
+// imageRunConfig is what capsules of an image start with: its Env,
+// WorkingDir and User, and its Entrypoint+Cmd as the START process.
+func imageRunConfig(c oci.Config) template.RunConfig {
+	rc := template.RunConfig{Workdir: c.WorkingDir, User: c.User, Start: c.Command()}
+	for _, kv := range c.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			if rc.Env == nil {
+				rc.Env = map[string]string{}
+			}
+			rc.Env[k] = v
+		}
+	}
+	return rc
 }

@@ -79,6 +79,27 @@ func (e AuditEntryScope) Valid() bool {
 	}
 }
 
+// Defines values for BuildKind.
+const (
+	BuildKindImport BuildKind = "import"
+	BuildKindRecipe BuildKind = "recipe"
+	BuildKindSpec   BuildKind = "spec"
+)
+
+// Valid indicates whether the value is a known member of the BuildKind enum.
+func (e BuildKind) Valid() bool {
+	switch e {
+	case BuildKindImport:
+		return true
+	case BuildKindRecipe:
+		return true
+	case BuildKindSpec:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for BuildStatus.
 const (
 	BuildStatusCancelled BuildStatus = "cancelled"
@@ -100,6 +121,27 @@ func (e BuildStatus) Valid() bool {
 	case BuildStatusRunning:
 		return true
 	case BuildStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for BuildLogRecordStream.
+const (
+	BuildLogRecordStreamStderr BuildLogRecordStream = "stderr"
+	BuildLogRecordStreamStdout BuildLogRecordStream = "stdout"
+	BuildLogRecordStreamSystem BuildLogRecordStream = "system"
+)
+
+// Valid indicates whether the value is a known member of the BuildLogRecordStream enum.
+func (e BuildLogRecordStream) Valid() bool {
+	switch e {
+	case BuildLogRecordStreamStderr:
+		return true
+	case BuildLogRecordStreamStdout:
+		return true
+	case BuildLogRecordStreamSystem:
 		return true
 	default:
 		return false
@@ -660,7 +702,13 @@ type Build struct {
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 
 	// ID Example: bld-3k9xq2m7a1b4c5d6
-	ID     string      `json:"id"`
+	ID string `json:"id"`
+
+	// Kind What the build runs: an admin spec, a Wrennfile, or an uploaded image/rootfs tarball.
+	Kind BuildKind `json:"kind,omitempty"`
+
+	// Recipe The Wrennfile of a recipe build (team builds, docs/TEMPLATES.md); spec is then absent.
+	Recipe string      `json:"recipe,omitempty"`
 	Spec   *BuildSpec  `json:"spec,omitempty"`
 	Status BuildStatus `json:"status"`
 	TeamID string      `json:"team_id"`
@@ -671,6 +719,9 @@ type Build struct {
 	UpdatedAt    time.Time `json:"updated_at"`
 }
 
+// BuildKind What the build runs: an admin spec, a Wrennfile, or an uploaded image/rootfs tarball.
+type BuildKind string
+
 // BuildStatus defines model for Build.Status.
 type BuildStatus string
 
@@ -678,6 +729,23 @@ type BuildStatus string
 type BuildList struct {
 	Builds []Build `json:"builds"`
 }
+
+// BuildLogRecord One line of GET …/builds/{id}/logs (newline-delimited JSON): a chunk of a step's output, or (stream system) a step boundary with its duration, a pull, the outcome.
+type BuildLogRecord struct {
+	// Data UTF-8 text (invalid bytes replaced).
+	Data string `json:"data"`
+
+	// Seq Increasing record number (pass it as after= to resume).
+	Seq int64 `json:"seq"`
+
+	// Step 0 is the base (FROM / import); 1..n the recipe's instructions, START, and the snapshot.
+	Step   int                  `json:"step"`
+	Stream BuildLogRecordStream `json:"stream"`
+	Time   time.Time            `json:"time"`
+}
+
+// BuildLogRecordStream defines model for BuildLogRecord.Stream.
+type BuildLogRecordStream string
 
 // BuildSpec defines model for BuildSpec.
 type BuildSpec struct {
@@ -800,6 +868,25 @@ type CreateInvite struct {
 
 // CreateInviteRole defines model for CreateInvite.Role.
 type CreateInviteRole string
+
+// CreateTeamBuild multipart/form-data. Send the text fields first, then the file part (context or image): the server reads the parts in order and streams the file to disk.
+type CreateTeamBuild struct {
+	// Context The build context for COPY: a tar stream (at most 8 GiB). Symlinks pointing outside it are refused.
+	Context string `json:"context,omitempty"`
+
+	// Image Import instead of a recipe: a docker-save or OCI-layout tarball, or a plain root filesystem tarball, made the template as it is.
+	Image string `json:"image,omitempty"`
+
+	// Name Name of the template the build produces; the team must not own one of that name yet.
+	Name string `json:"name"`
+
+	// Recipe The Wrennfile (docs/TEMPLATES.md). Required unless image is sent.
+	Recipe string `json:"recipe,omitempty"`
+
+	// RegistryAuth JSON {"username","password"} for pulling a private FROM image; used for this build only, never stored or logged.
+	RegistryAuth string `json:"registry_auth,omitempty"`
+	TimeoutSec   int    `json:"timeout_sec,omitempty"`
+}
 
 // Email defines model for Email.
 type Email struct {
@@ -1369,6 +1456,12 @@ type GetV1AdminAuditLogsParams struct {
 // GetV1AdminAuditLogsParamsScope defines parameters for GetV1AdminAuditLogs.
 type GetV1AdminAuditLogsParamsScope string
 
+// GetV1AdminBuildsBuildIDLogsParams defines parameters for GetV1AdminBuildsBuildIDLogs.
+type GetV1AdminBuildsBuildIDLogsParams struct {
+	Follow string `form:"follow,omitempty" json:"follow,omitempty"`
+	After  int    `form:"after,omitempty" json:"after,omitempty"`
+}
+
 // GetV1AdminCapsulesParams defines parameters for GetV1AdminCapsules.
 type GetV1AdminCapsulesParams struct {
 	Status string `form:"status,omitempty" json:"status,omitempty"`
@@ -1456,6 +1549,15 @@ type GetV1CapsulesCapsuleIDMetricsParams struct {
 // GetV1CapsulesCapsuleIDMetricsParamsWindow defines parameters for GetV1CapsulesCapsuleIDMetrics.
 type GetV1CapsulesCapsuleIDMetricsParamsWindow string
 
+// GetV1TemplatesBuildsBuildIDLogsParams defines parameters for GetV1TemplatesBuildsBuildIDLogs.
+type GetV1TemplatesBuildsBuildIDLogsParams struct {
+	// Follow 1: keep the (chunked) response open and send records as they come until the build ends.
+	Follow string `form:"follow,omitempty" json:"follow,omitempty"`
+
+	// After Only records with a larger seq (resume after the last record read).
+	After int `form:"after,omitempty" json:"after,omitempty"`
+}
+
 // PostV1AdminBuildsJSONRequestBody defines body for PostV1AdminBuilds for application/json ContentType.
 type PostV1AdminBuildsJSONRequestBody = CreateBuild
 
@@ -1539,3 +1641,6 @@ type PostV1TeamsTeamIDInvitesJSONRequestBody = CreateInvite
 
 // PatchV1TeamsTeamIDMembersUserIDJSONRequestBody defines body for PatchV1TeamsTeamIDMembersUserID for application/json ContentType.
 type PatchV1TeamsTeamIDMembersUserIDJSONRequestBody = SetMemberRole
+
+// PostV1TemplatesBuildsMultipartRequestBody defines body for PostV1TemplatesBuilds for multipart/form-data ContentType.
+type PostV1TemplatesBuildsMultipartRequestBody = CreateTeamBuild
