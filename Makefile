@@ -51,8 +51,8 @@ bin/tools/versitygw:
 # via debootstrap, cached in /var/cache/wrenn). `wrenn up` builds them too.
 WRENN_HOME ?= /var/lib/wrenn
 templates: deps wrenn
-	$(BIN)/wrenn template build minimal --home $(WRENN_HOME)
-	$(BIN)/wrenn template build base --home $(WRENN_HOME)
+	$(BIN)/wrenn template prepare minimal --home $(WRENN_HOME)
+	$(BIN)/wrenn template prepare base --home $(WRENN_HOME)
 
 run: deps build
 	@scripts/run.sh $(ARGS)

@@ -75,7 +75,7 @@ func TestHelpGolden(t *testing.T) {
 		"login", "up",
 		"capsule", "capsule create", "capsule ls", "capsule get", "capsule exec", "capsule shell",
 		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs",
-		"template", "template ls", "template import",
+		"template", "template ls", "template import", "template build", "template prepare",
 	} {
 		t.Run(path, func(t *testing.T) {
 			got, errOut, code := runCLI(t, nil, append(strings.Fields(path), "--help")...)

@@ -22,10 +22,10 @@ func newTemplateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "template",
 		Aliases: []string{"templates"},
-		Short:   "List and import capsule templates",
+		Short:   "List, build and import capsule templates",
 	}
 	addClientFlags(cmd, &f)
-	cmd.AddCommand(templateLsCmd(&f), templateImportCmd(), templateBuildCmd())
+	cmd.AddCommand(templateLsCmd(&f), templateImportCmd(&f), templateBuildCmd(&f), templatePrepareCmd())
 	return cmd
 }
 
@@ -68,20 +68,28 @@ func templateLsCmd(f *clientFlags) *cobra.Command {
 	return cmd
 }
 
-func templateImportCmd() *cobra.Command {
+func templateImportCmd(f *clientFlags) *cobra.Command {
 	var home string
+	var local bool
 	cmd := &cobra.Command{
-		Use:   "import NAME ROOTFS",
-		Short: "Import a root filesystem (directory or tarball) as a public template",
-		Long: `Import a root filesystem, given as a directory or a (compressed) tarball, as
-a template every team can use. Run it as root on the machine where
-` + "`wrenn up`" + ` runs: it writes into $WRENN_HOME (--home) directly, and the
-template is usable at once.`,
-		Example: `  docker export $(docker create python:3.12-slim) > py.tar
-  sudo wrenn template import python py.tar`,
+		Use:   "import NAME FILE",
+		Short: "Import an image (docker save, OCI layout) or a root filesystem as a template",
+		Long: `Upload FILE and make it the team's template NAME: a ` + "`docker save`" + ` or
+OCI-layout tarball (its layers applied, its Env/WorkingDir/User and
+Entrypoint/Cmd kept), or a plain root filesystem tarball or directory. The
+import runs as a build: its log is streamed here.
+
+With --local (as root, on the machine where ` + "`wrenn up`" + ` runs) FILE is a root
+filesystem written into $WRENN_HOME (--home) directly as a public template.`,
+		Example: `  docker save python:3.12-slim > py.tar
+  wrenn template import python py.tar
+  sudo wrenn template import --local python rootfs.tar`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, src := args[0], args[1]
+			if !local {
+				return importViaAPI(cmd, f, name, src)
+			}
 			if !template.ValidName(name) {
 				return fmt.Errorf("%q is not a valid template name (letters, digits, . _ -; at most 64)", name)
 			}
@@ -121,30 +129,31 @@ template is usable at once.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&home, "home", "", "Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
+	cmd.Flags().BoolVar(&local, "local", false, "import a root filesystem into --home directly (as root) as a public template")
+	cmd.Flags().StringVar(&home, "home", "", "with --local: Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
 	return cmd
 }
 
-func templateBuildCmd() *cobra.Command {
+func templatePrepareCmd() *cobra.Command {
 	var home, cacheDir, mirror, busybox string
 	cmd := &cobra.Command{
-		Use:   "build minimal|base",
-		Short: "Build a shipped template (minimal: busybox; base: Debian bookworm via debootstrap)",
+		Use:   "prepare minimal|base",
+		Short: "Prepare a shipped template locally (minimal: busybox; base: Debian bookworm via debootstrap)",
 		Long: `Build one of the templates Wrenn ships into $WRENN_HOME (--home), as root:
 "minimal" is a static busybox (seconds), "base" is Debian bookworm minbase
 with bash, coreutils, curl, git, python3 and more, built with debootstrap and
 cached machine-wide in --cache-dir keyed by the recipe's hash (minutes the
 first time, seconds after). If a Wrenn already uses that home, the template
 is registered at once; otherwise ` + "`wrenn up`" + ` registers it when it starts.`,
-		Example: "  sudo wrenn template build minimal\n  sudo wrenn template build base",
+		Example: "  sudo wrenn template prepare minimal\n  sudo wrenn template prepare base",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if name != up.MinimalTemplate && name != up.BaseTemplate {
-				return fmt.Errorf("unknown template %q: wrenn builds %q and %q (use `wrenn template import` for your own)", name, up.MinimalTemplate, up.BaseTemplate)
+				return fmt.Errorf("unknown template %q: wrenn builds %q and %q (use `wrenn template build` or `wrenn template import` for your own)", name, up.MinimalTemplate, up.BaseTemplate)
 			}
 			if os.Geteuid() != 0 {
-				return errors.New("`wrenn template build` must run as root (it keeps file owners)")
+				return errors.New("`wrenn template prepare` must run as root (it keeps file owners)")
 			}
 			home = resolveHome(home)
 			ctx := cmd.Context()

@@ -15,7 +15,7 @@ func TestTemplateBuildMinimal(t *testing.T) {
 	testutil.RequireRoot(t)
 	home := t.TempDir()
 	var out, errOut bytes.Buffer
-	code := Main(context.Background(), []string{"template", "build", "minimal", "--home", home}, &out, &errOut)
+	code := Main(context.Background(), []string{"template", "prepare", "minimal", "--home", home}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d: %s%s", code, out.String(), errOut.String())
 	}
@@ -27,7 +27,7 @@ func TestTemplateBuildMinimal(t *testing.T) {
 	}
 	// Unknown names are refused with a pointer to import.
 	errOut.Reset()
-	if code := Main(context.Background(), []string{"template", "build", "ubuntu", "--home", home}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "wrenn template import") {
+	if code := Main(context.Background(), []string{"template", "prepare", "ubuntu", "--home", home}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "wrenn template build") {
 		t.Fatalf("unknown template: exit %d, stderr %q", code, errOut.String())
 	}
 }

@@ -35,6 +35,13 @@ var agentSeq atomic.Int32
 // loopback, registered with the control plane through hostlink.
 func startAgent(t testing.TB, c *cp, adminTok string) (hostID string, agent *hostagent.Agent) {
 	t.Helper()
+	// 10.170-179: a range no other package's tests use.
+	return startAgentOn(t, c, adminTok, netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 170+int(agentSeq.Add(1))%10)))
+}
+
+// startAgentOn is startAgent with the capsules' subnet given.
+func startAgentOn(t testing.TB, c *cp, adminTok string, subnet netip.Prefix) (hostID string, agent *hostagent.Agent) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	ctx := testutil.Context(t, testutil.Long)
 	dir := t.TempDir()
@@ -61,8 +68,7 @@ func startAgent(t testing.TB, c *cp, adminTok string) (hostID string, agent *hos
 		StateDir: filepath.Join(dir, "driver"), Templates: *tmpls, EnvdPath: envd,
 		DefaultMemoryMB: 128, DefaultDiskSizeMB: 64, PidsLimit: 128, CgroupParent: "/" + tag,
 		Network: network.Config{
-			// 10.170-179: a range no other package's tests use.
-			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 170+int(agentSeq.Add(1))%10)),
+			Subnet: subnet,
 			Table:  tag, NetnsPrefix: tag + "-",
 		},
 		Logger: logger(),
