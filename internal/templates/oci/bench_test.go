@@ -5,6 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
+	"net/http/httptest"
+	"strings"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -13,9 +16,11 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/wrenn-dev/wrenn/internal/template"
@@ -152,4 +157,60 @@ func im0(file string) ([]string, error) {
 		return nil, err
 	}
 	return m[0].Layers, nil
+}
+
+// BenchmarkRebuildFromCache builds a template from a 200 MB image (4
+// layers) served by an in-process registry twice: the first build pulls
+// and unpacks every layer, the second finds the image id in the cache
+// (fetching the manifest and config only) and publishes the template by
+// hard links; it reports both and their ratio (the target is ≤ 10 %).
+func BenchmarkRebuildFromCache(b *testing.B) {
+	testutil.RequireRoot(b)
+	dir := b.TempDir()
+	var layers []v1.Layer
+	for i := range 4 {
+		l, err := tarball.LayerFromFile(writeLayerFile(b, dir, i, 50<<20))
+		if err != nil {
+			b.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/bench/img:1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	var first, again time.Duration
+	for i := 0; i < b.N; i++ {
+		c := &Cache{Store: template.Store{Dir: filepath.Join(dir, fmt.Sprintf("store%d", i))}}
+		build := func(tmpl string) time.Duration {
+			start := time.Now()
+			im, err := Remote(ctx, ref, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res, err := c.Ensure(ctx, im)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Clone(ctx, res.Template, tmpl); err != nil {
+				b.Fatal(err)
+			}
+			return time.Since(start)
+		}
+		first += build("tpl-first")
+		again += build("tpl-again")
+		_ = os.RemoveAll(c.Store.Dir)
+	}
+	b.ReportMetric(first.Seconds()/float64(b.N), "first-s/op")
+	b.ReportMetric(again.Seconds()/float64(b.N), "cached-s/op")
+	b.ReportMetric(again.Seconds()/first.Seconds(), "ratio")
 }
