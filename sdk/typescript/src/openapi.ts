@@ -983,6 +983,204 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/templates/builds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The team's template builds, newest first. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["BuildList"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        /** Start a template build from a Wrennfile (FROM a template or an OCI image), or import an image/rootfs tarball. Team members; the build runs on the control plane that accepted it. Audited. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "multipart/form-data": components["schemas"]["CreateTeamBuild"];
+                };
+            };
+            responses: {
+                /** @description Build (pending) */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Build"];
+                    };
+                };
+                400: components["responses"]["Error"];
+                409: components["responses"]["Error"];
+                413: components["responses"]["Error"];
+                503: components["responses"]["Error"];
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/templates/builds/{buildID}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                buildID: string;
+            };
+            cookie?: never;
+        };
+        /** One of the team's builds. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    buildID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Build */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Build"];
+                    };
+                };
+                404: components["responses"]["Error"];
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/templates/builds/{buildID}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                buildID: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Cancel a pending or running build (409 when finished). Audited. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    buildID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Build */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Build"];
+                    };
+                };
+                404: components["responses"]["Error"];
+                409: components["responses"]["Error"];
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/templates/builds/{buildID}/logs": {
+        parameters: {
+            query?: {
+                /** @description 1: keep the (chunked) response open and send records as they come until the build ends. */
+                follow?: "0" | "1" | "true" | "false";
+                /** @description Only records with a larger seq (resume after the last record read). */
+                after?: number;
+            };
+            header?: never;
+            path: {
+                buildID: string;
+            };
+            cookie?: never;
+        };
+        /** The build's log as newline-delimited JSON BuildLogRecord lines (the last 10 MiB are kept). */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description 1: keep the (chunked) response open and send records as they come until the build ends. */
+                    follow?: "0" | "1" | "true" | "false";
+                    /** @description Only records with a larger seq (resume after the last record read). */
+                    after?: number;
+                };
+                header?: never;
+                path: {
+                    buildID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description NDJSON */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/x-ndjson": components["schemas"]["BuildLogRecord"];
+                    };
+                };
+                404: components["responses"]["Error"];
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/capsules": {
         parameters: {
             query?: never;
@@ -2828,6 +3026,53 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/builds/{buildID}/logs": {
+        parameters: {
+            query?: {
+                follow?: "0" | "1" | "true" | "false";
+                after?: number;
+            };
+            header?: never;
+            path: {
+                buildID: string;
+            };
+            cookie?: never;
+        };
+        /** Any team's build log (platform admins); as GET /v1/templates/builds/{buildID}/logs. */
+        get: {
+            parameters: {
+                query?: {
+                    follow?: "0" | "1" | "true" | "false";
+                    after?: number;
+                };
+                header?: never;
+                path: {
+                    buildID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description NDJSON */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/x-ndjson": components["schemas"]["BuildLogRecord"];
+                    };
+                };
+                404: components["responses"]["Error"];
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/builds/{buildID}/cancel": {
         parameters: {
             query?: never;
@@ -3641,6 +3886,13 @@ export interface components {
             /** @enum {string} */
             status: "pending" | "running" | "succeeded" | "failed" | "cancelled";
             spec?: components["schemas"]["BuildSpec"];
+            /** @description The Wrennfile of a recipe build (team builds, docs/TEMPLATES.md); spec is then absent. */
+            recipe?: string;
+            /**
+             * @description What the build runs: an admin spec, a Wrennfile, or an uploaded image/rootfs tarball.
+             * @enum {string}
+             */
+            kind?: "spec" | "recipe" | "import";
             /** @description Why the build failed; while running, its progress (e.g. running step 2/3: …). */
             error?: string;
             created_by?: string;
@@ -3653,6 +3905,37 @@ export interface components {
         };
         BuildList: {
             builds: components["schemas"]["Build"][];
+        };
+        /** @description One line of GET …/builds/{id}/logs (newline-delimited JSON): a chunk of a step's output, or (stream system) a step boundary with its duration, a pull, the outcome. */
+        BuildLogRecord: {
+            /**
+             * Format: int64
+             * @description Increasing record number (pass it as after= to resume).
+             */
+            seq: number;
+            /** Format: date-time */
+            time: string;
+            /** @description 0 is the base (FROM / import); 1..n the recipe's instructions, START, and the snapshot. */
+            step: number;
+            /** @enum {string} */
+            stream: "stdout" | "stderr" | "system";
+            /** @description UTF-8 text (invalid bytes replaced). */
+            data: string;
+        };
+        /** @description multipart/form-data. Send the text fields first, then the file part (context or image): the server reads the parts in order and streams the file to disk. */
+        CreateTeamBuild: {
+            /** @description Name of the template the build produces; the team must not own one of that name yet. */
+            name: string;
+            /** @description The Wrennfile (docs/TEMPLATES.md). Required unless image is sent. */
+            recipe?: string;
+            /** @description JSON {"username","password"} for pulling a private FROM image; used for this build only, never stored or logged. */
+            registry_auth?: string;
+            /** @default 1800 */
+            timeout_sec?: number;
+            /** @description The build context for COPY: a tar stream (at most 8 GiB). Symlinks pointing outside it are refused. */
+            context?: string;
+            /** @description Import instead of a recipe: a docker-save or OCI-layout tarball, or a plain root filesystem tarball, made the template as it is. */
+            image?: string;
         };
         /** @description A host as platform admins see it. More properties may be added (clients must ignore unknown ones). */
         Host: {
