@@ -710,6 +710,82 @@ export class Templates {
   async get(id: string): Promise<Template> {
     return (await this.c.json('GET', '/v1/templates/' + encodeURIComponent(id))) as Template;
   }
+
+  /**
+   * Starts a team build of template `name` (`POST /v1/templates/builds`): a Wrennfile `recipe` with an
+   * optional build `context` (a tar), or an `image` tarball to import. The body is sent as multipart
+   * form data (fetch buffers Blob parts; the Go SDK and CLI stream large contexts). Follow it with buildLogs().
+   */
+  async build(name: string, o: TemplateBuildOptions): Promise<Build> {
+    const form = new FormData();
+    form.append('name', name);
+    if (o.recipe !== undefined) form.append('recipe', o.recipe);
+    if (o.registryAuth) form.append('registry_auth', JSON.stringify(o.registryAuth));
+    if (o.timeoutSec) form.append('timeout_sec', String(o.timeoutSec));
+    if (o.context !== undefined) form.append('context', toBlob(o.context), 'context.tar');
+    if (o.image !== undefined) form.append('image', toBlob(o.image), 'image.tar');
+    const resp = await this.c.send('POST', '/v1/templates/builds', { body: form, stream: true });
+    return (await resp.json()) as Build;
+  }
+
+  /** The team's builds, newest first. */
+  async builds(): Promise<Build[]> {
+    return ((await this.c.json('GET', '/v1/templates/builds')) as S['BuildList']).builds;
+  }
+
+  /** One of the team's builds. */
+  async getBuild(id: string): Promise<Build> {
+    return (await this.c.json('GET', '/v1/templates/builds/' + encodeURIComponent(id))) as Build;
+  }
+
+  /** Cancels a pending or running build (`conflict` once it finished). */
+  async cancelBuild(id: string): Promise<Build> {
+    return (await this.c.json('POST', `/v1/templates/builds/${encodeURIComponent(id)}/cancel`)) as Build;
+  }
+
+  /** The build's log records; with `follow` they arrive as the build runs, until it ends. */
+  async *buildLogs(id: string, o: { follow?: boolean } = {}): AsyncGenerator<BuildLogRecord> {
+    const resp = await this.c.send('GET', `/v1/templates/builds/${encodeURIComponent(id)}/logs`, {
+      query: { follow: o.follow ? '1' : undefined },
+      stream: true,
+    });
+    if (!resp.body) return;
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (value) buf += value;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.trim()) yield JSON.parse(line) as BuildLogRecord;
+      }
+      if (done) break;
+    }
+    if (buf.trim()) yield JSON.parse(buf) as BuildLogRecord;
+  }
+}
+
+/** A template build's log record (schema `BuildLogRecord`). */
+export type BuildLogRecord = S['BuildLogRecord'];
+
+/** What Templates.build() sends. */
+export interface TemplateBuildOptions {
+  /** The Wrennfile (docs/TEMPLATES.md). */
+  recipe?: string;
+  /** The build context for COPY, as a tar. */
+  context?: Blob | Uint8Array;
+  /** An image (docker save, OCI layout) or rootfs tarball to import instead of a recipe. */
+  image?: Blob | Uint8Array;
+  /** Credentials for a private FROM image, for this build only. */
+  registryAuth?: { username: string; password: string };
+  /** Bound for the whole build (default 1800). */
+  timeoutSec?: number;
+}
+
+function toBlob(d: Blob | Uint8Array): Blob {
+  return d instanceof Blob ? d : new Blob([d as BlobPart]);
 }
 
 /** Template builds (`client.builds`; platform admins only). */

@@ -40,3 +40,32 @@ test('a refused connection is a ConnectionError', async () => {
   await assert.rejects(c.me(), sdk.ConnectionError);
   await assert.rejects(c.capsules.get('cl-x').then((cap) => cap.execStream('true')), sdk.ConnectionError);
 });
+
+test('templates.build sends multipart fields then the file; buildLogs yields NDJSON records across chunks', async () => {
+  const seen = [];
+  const fetchImpl = async (url, init) => {
+    seen.push({ url, init });
+    if (init.method === 'POST') {
+      const form = init.body;
+      assert.ok(form instanceof FormData);
+      assert.deepEqual([...form.keys()], ['name', 'recipe', 'registry_auth', 'context']);
+      return new Response(JSON.stringify({ id: 'bld-1', status: 'pending' }), { status: 201 });
+    }
+    const enc = new TextEncoder();
+    const body = new ReadableStream({
+      start(ctl) {
+        ctl.enqueue(enc.encode('{"seq":1,"step":0,"stream":"system","data":"step 0/1"}\n{"seq":2,"st'));
+        ctl.enqueue(enc.encode('ep":1,"stream":"stdout","data":"hi\\n"}\n'));
+        ctl.close();
+      },
+    });
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'application/x-ndjson' } });
+  };
+  const c = new sdk.Client({ url: 'http://wrenn.test', apiKey: 'k', fetch: fetchImpl });
+  const b = await c.templates.build('app', { recipe: 'FROM base\n', context: new Uint8Array([1, 2]), registryAuth: { username: 'u', password: 'p' } });
+  assert.equal(b.id, 'bld-1');
+  const recs = [];
+  for await (const r of c.templates.buildLogs('bld-1', { follow: true })) recs.push(r);
+  assert.deepEqual(recs.map((r) => [r.seq, r.stream, r.data]), [[1, 'system', 'step 0/1'], [2, 'stdout', 'hi\n']]);
+  assert.ok(seen[1].url.endsWith('/v1/templates/builds/bld-1/logs?follow=1'), seen[1].url);
+});
