@@ -1,6 +1,7 @@
 """Checks that need no server: the models match openapi.yaml, every public
 name has a docstring, and the package builds a wheel."""
 
+import io
 import dataclasses
 import inspect
 import os
@@ -91,3 +92,37 @@ def test_wheel_builds(tmp_path):
         meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "wrenn/__init__.py" in names and "wrenn/_sync.py" in names
     assert "Requires-Dist: httpx" in meta and "Requires-Dist: websockets" in meta
+
+
+def test_template_build_streams_multipart_and_reads_ndjson_logs():
+    import asyncio
+    import httpx
+    seen = {}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            body = b"".join([c async for c in request.stream])
+            seen["ctype"] = request.headers["Content-Type"]
+            seen["body"] = body
+            return httpx.Response(201, json={"id": "bld-1", "team_id": "t", "template_name": "app", "status": "pending", "kind": "recipe"})
+        seen["url"] = str(request.url)
+        lines = b'{"seq":1,"time":"2026-01-01T00:00:00Z","step":0,"stream":"system","data":"step 0/1\\n"}\n' \
+                b'{"seq":2,"time":"2026-01-01T00:00:00Z","step":1,"stream":"stdout","data":"hi\\n"}\n'
+        return httpx.Response(200, content=lines, headers={"Content-Type": "application/x-ndjson"})
+
+    async def run():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as hc:
+            c = wrenn.AsyncClient(url="http://wrenn.test", api_key="k", http_client=hc)
+            b = await c.templates.build("app", recipe="FROM base\n", context=io.BytesIO(b"TARDATA"),
+                                        registry_auth={"username": "u", "password": "p"})
+            recs = [r async for r in c.templates.build_logs(b.id, follow=True)]
+            return b, recs
+
+    b, recs = asyncio.run(run())
+    assert b.id == "bld-1" and b.kind == "recipe"
+    body = seen["body"]
+    assert seen["ctype"].startswith("multipart/form-data; boundary=")
+    assert body.index(b'name="name"') < body.index(b'name="recipe"') < body.index(b'name="registry_auth"') < body.index(b'name="context"')
+    assert b"TARDATA" in body
+    assert [(r.seq, r.stream, r.data) for r in recs] == [(1, "system", "step 0/1\n"), (2, "stdout", "hi\n")]
+    assert seen["url"].endswith("/v1/templates/builds/bld-1/logs?follow=1")

@@ -42,6 +42,7 @@ from ._errors import (
 )
 from ._models import (
     Build,
+    BuildLogRecord,
     BuildSpec,
     CapsuleInfo,
     CapsuleMetrics,
@@ -70,6 +71,6 @@ __all__ = [
     "WrennError", "APIError", "InvalidArgumentError", "UnauthenticatedError", "PermissionDeniedError",
     "NotFoundError", "ConflictError", "PayloadTooLargeError", "RateLimitedError", "UnavailableError",
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
-    "Build", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
+    "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
     "FileEntry", "Me", "MetricPoint", "MkdirResult", "Process", "ProcessStarted", "Team", "Template",
 ]

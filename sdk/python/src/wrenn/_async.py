@@ -6,6 +6,7 @@ import base64
 import inspect
 import json
 import os
+import secrets
 from typing import Any, AsyncIterator, Callable, Dict, IO, Iterable, List, Optional, Union
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -21,6 +22,7 @@ from ._errors import (
 )
 from ._models import (
     Build,
+    BuildLogRecord,
     BuildSpec,
     CapsuleInfo,
     CapsuleMetrics,
@@ -707,6 +709,67 @@ class AsyncTemplates:
     async def get(self, template_id: str) -> Template:
         """One template by id (`tpl-…`; names are in list())."""
         return Template.from_dict(await self._c._json("GET", "/v1/templates/" + quote(template_id, safe="")))
+
+    async def build(self, name: str, recipe: Optional[str] = None, context: Any = None, image: Any = None,
+                    registry_auth: Optional[Dict[str, str]] = None, timeout_sec: Optional[int] = None) -> Build:
+        """Start a team build of template ``name``: a Wrennfile ``recipe`` with an optional build ``context``
+        (a tar: bytes or a binary file object), or an ``image`` tarball to import. The multipart body is
+        streamed (files are read in chunks). Follow it with build_logs()."""
+        boundary = "wrenn-" + secrets.token_hex(16)
+        fields = [("name", name)]
+        if recipe is not None:
+            fields.append(("recipe", recipe))
+        if registry_auth is not None:
+            fields.append(("registry_auth", json.dumps(registry_auth)))
+        if timeout_sec:
+            fields.append(("timeout_sec", str(timeout_sec)))
+
+        async def body() -> AsyncIterator[bytes]:
+            for k, v in fields:
+                yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n").encode() + v.encode() + b"\r\n"
+            for k, src in (("context", context), ("image", image)):
+                if src is None:
+                    continue
+                yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{k}.tar\"\r\n"
+                       "Content-Type: application/octet-stream\r\n\r\n").encode()
+                if isinstance(src, (bytes, bytearray, memoryview)):
+                    yield bytes(src)
+                else:
+                    while True:
+                        chunk = src.read(_CHUNK)
+                        if not chunk:
+                            break
+                        yield chunk
+                yield b"\r\n"
+            yield f"--{boundary}--\r\n".encode()
+
+        d = await self._c._json("POST", "/v1/templates/builds", content=body(),
+                                content_type=f"multipart/form-data; boundary={boundary}")
+        return Build.from_dict(d)
+
+    async def builds(self) -> List[Build]:
+        """The team's builds, newest first."""
+        d = await self._c._json("GET", "/v1/templates/builds")
+        return [Build.from_dict(b) for b in d.get("builds", [])]
+
+    async def get_build(self, build_id: str) -> Build:
+        """One of the team's builds."""
+        return Build.from_dict(await self._c._json("GET", "/v1/templates/builds/" + quote(build_id, safe="")))
+
+    async def cancel_build(self, build_id: str) -> Build:
+        """Cancel a pending or running build (``conflict`` once it finished)."""
+        return Build.from_dict(await self._c._json("POST", f"/v1/templates/builds/{quote(build_id, safe='')}/cancel"))
+
+    async def build_logs(self, build_id: str, follow: bool = False) -> AsyncIterator[BuildLogRecord]:
+        """Yield the build's log records; with ``follow`` as the build runs, until it ends."""
+        resp = await self._c._send("GET", f"/v1/templates/builds/{quote(build_id, safe='')}/logs",
+                                   query={"follow": "1" if follow else None}, stream=True, timeout=None)
+        try:
+            async for line in resp.aiter_lines():
+                if line.strip():
+                    yield BuildLogRecord.from_dict(json.loads(line))
+        finally:
+            await resp.aclose()
 
 
 class AsyncBuilds:

@@ -288,9 +288,23 @@ class Build(_Model):
     updated_at: str = ""
     template_id: Optional[str] = None
     spec: Optional[BuildSpec] = None
+    recipe: Optional[str] = None
+    kind: Optional[str] = None
     error: Optional[str] = None
     created_by: Optional[str] = None
     finished_at: Optional[str] = None
+
+
+@dataclass
+class BuildLogRecord(_Model):
+    """One record of a build's log (schema ``BuildLogRecord``): a chunk of a step's stdout/stderr, or a ``system`` line."""
+
+    __schema__ = "BuildLogRecord"
+    seq: int
+    time: str
+    step: int
+    stream: str
+    data: str
 
 
 @dataclass

@@ -13,7 +13,7 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from . import _async
-from ._models import CapsuleInfo
+from ._models import BuildLogRecord, CapsuleInfo
 
 __all__ = ["Client", "Capsules", "Capsule", "Files", "Processes", "Pty", "Templates", "Builds"]
 
@@ -238,6 +238,22 @@ class Templates(_Wrapped):
 
     list = _mirror("list")
     get = _mirror("get")
+    build = _mirror("build")
+    builds = _mirror("builds")
+    get_build = _mirror("get_build")
+    cancel_build = _mirror("cancel_build")
+
+    def build_logs(self, build_id: str, follow: bool = False) -> Iterator["BuildLogRecord"]:
+        """Yield the build's log records; with ``follow`` as the build runs, until it ends."""
+        agen = self._a.build_logs(build_id, follow)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(agen.aclose())
 
 
 class Builds(_Wrapped):
