@@ -171,7 +171,10 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 		if wd := img.GetWorkingDir(); wd != "" && path.IsAbs(wd) {
 			st.workdir = wd
 		}
-		st.user = img.GetUser()
+		st.user = template.ProcessUser(img.GetUser())
+		if u := img.GetUser(); u != "" && st.user == "" {
+			blog.Systemf(0, "image user %q has no name: steps and capsules run as the default user (root)", u)
+		}
 		// The image's Entrypoint+Cmd is what the template starts, unless
 		// the recipe says START.
 		runCfg.Start = append(append([]string(nil), img.GetEntrypoint()...), img.GetCmd()...)
@@ -480,7 +483,10 @@ func (r *Runner) runInstruction(ctx context.Context, agent hostagentv1connect.Ho
 		}
 		return okResult, nil
 	case recipe.User:
-		st.user = step.User
+		st.user = template.ProcessUser(step.User)
+		if st.user == "" {
+			return stepResult{exited: true, exitCode: 1, tail: fmt.Sprintf("USER %s: give a user name from the image's /etc/passwd (processes run as a named user)", step.User)}, nil
+		}
 		return okResult, nil
 	case recipe.Workdir:
 		st.workdir = step.Dir

@@ -207,7 +207,7 @@ func imageErr(err error) error {
 // imageRunConfig is what capsules of an image start with: its Env,
 // WorkingDir and User, and its Entrypoint+Cmd as the START process.
 func imageRunConfig(c oci.Config) template.RunConfig {
-	rc := template.RunConfig{Workdir: c.WorkingDir, User: c.User, Start: c.Command()}
+	rc := template.RunConfig{Workdir: c.WorkingDir, User: template.ProcessUser(c.User), Start: c.Command()}
 	for _, kv := range c.Env {
 		if k, v, ok := strings.Cut(kv, "="); ok {
 			if rc.Env == nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 // RunConfig is what capsules of a template start with, kept beside the
@@ -101,4 +103,24 @@ func (rc RunConfig) Apply(env map[string]string, user, workdir string) (map[stri
 		workdir = rc.Workdir
 	}
 	return env, user, workdir
+}
+
+// ProcessUser turns an image's or recipe's user ("name", "uid",
+// "name:group", "uid:gid") into what envd runs processes as: a user name
+// from the capsule's /etc/passwd. The group part is dropped (processes
+// get the user's groups); uid 0 is root; other numeric uids cannot be
+// named, so they give "" (the capsule's default user) — images that want
+// one should name the user.
+func ProcessUser(u string) string {
+	name, _, _ := strings.Cut(u, ":")
+	if name == "" {
+		return ""
+	}
+	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
+		if name == "0" {
+			return "root"
+		}
+		return ""
+	}
+	return name
 }
