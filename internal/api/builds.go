@@ -94,6 +94,9 @@ func (a *API) createTeamBuild(w http.ResponseWriter, r *http.Request) {
 		if !buildNameRE.MatchString(name) {
 			return errorf(CodeInvalidArgument, "name must be a template name: lower-case letters, digits, . _ - (at most 64), sent before the file part")
 		}
+		if recipeText == "" && in.ImagePath == "" {
+			return errorf(CodeInvalidArgument, "send a recipe (a Wrennfile, before the file part) or an image file part")
+		}
 		spec = builds.Spec{Recipe: recipeText, Import: in.ImagePath != "", TimeoutSec: timeout, LocalInputs: true}
 		if err := spec.Normalize(); err != nil {
 			var se *builds.SpecError
@@ -194,10 +197,6 @@ func (a *API) createTeamBuild(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := validate(); err != nil {
 		a.writeError(w, r, err)
-		return
-	}
-	if recipeText == "" && in.ImagePath == "" {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "send a recipe (a Wrennfile) or an image file part"))
 		return
 	}
 	in.Auth = auth

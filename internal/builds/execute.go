@@ -428,7 +428,11 @@ func (r *Runner) importImage(ctx context.Context, b store.Build, spec Spec, in I
 	if res.GetPlainRootfs() {
 		how = "a plain root filesystem"
 	}
-	blog.Systemf(0, "image %s %s: %s", short(res.GetImageId()), how, res.GetTemplate())
+	if res.GetPlainRootfs() {
+		blog.Systemf(0, "imported %s: %s", how, res.GetTemplate())
+	} else {
+		blog.Systemf(0, "image %s %s: %s", short(res.GetImageId()), how, res.GetTemplate())
+	}
 	return host, res, nil
 }
 

@@ -101,6 +101,13 @@ func (r *Runner) Submit(b store.Build, in Inputs) error {
 	return nil
 }
 
+// Running reports whether Run has started and not ended (Submit works).
+func (r *Runner) Running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bg != nil && r.bg.Err() == nil
+}
+
 // takeInputs removes and returns a build's local inputs.
 func (r *Runner) takeInputs(id string) Inputs {
 	r.mu.Lock()

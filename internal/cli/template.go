@@ -87,7 +87,7 @@ filesystem written into $WRENN_HOME (--home) directly as a public template.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, src := args[0], args[1]
-			if !local {
+			if !local && !cmd.Flags().Changed("home") { // --home alone keeps meaning the local import
 				return importViaAPI(cmd, f, name, src)
 			}
 			if !template.ValidName(name) {
@@ -129,8 +129,8 @@ filesystem written into $WRENN_HOME (--home) directly as a public template.`,
 			return err
 		},
 	}
-	cmd.Flags().BoolVar(&local, "local", false, "import a root filesystem into --home directly (as root) as a public template")
-	cmd.Flags().StringVar(&home, "home", "", "with --local: Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn)")
+	cmd.Flags().BoolVar(&local, "local", false, "import a root filesystem into the Wrenn home directly (as root) as a public template")
+	cmd.Flags().StringVar(&home, "home", "", "local import: Wrenn home directory (default $WRENN_HOME, else /var/lib/wrenn); implies --local")
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -80,9 +81,14 @@ A private FROM image takes --registry-user with the password on stdin
 	return cmd
 }
 
+var teamTemplateName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
 // importViaAPI uploads an image or rootfs tarball (or a directory, as a
 // tar) as a build of kind import.
 func importViaAPI(cmd *cobra.Command, f *clientFlags, name, src string) error {
+	if !teamTemplateName.MatchString(name) {
+		return fmt.Errorf("%q is not a valid template name (lower-case letters, digits, . _ -; at most 64)", name)
+	}
 	st, err := os.Stat(src)
 	if err != nil {
 		return err
