@@ -253,7 +253,7 @@ READY --timeout=30s port 8000
 			"stat -c %u:%g /srv/app/index.html":       "1000:1000\n",
 			"cat /srv/app/sub/x.txt":                  "x",
 			"readlink /srv/app/link.html":             "index.html\n",
-			"test -x /usr/local/bin/run.sh && run.sh": "run\n",
+			"test -x /usr/local/bin/run.sh && /usr/local/bin/run.sh": "run\n",
 		} {
 			if got := c.execIn(tok, cid, cmd); got != want {
 				t.Errorf("%s = %q, want %q", cmd, got, want)
