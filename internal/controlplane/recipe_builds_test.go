@@ -247,12 +247,12 @@ READY --timeout=30s port 8000
 			t.Errorf("port 8000: %s", r.body)
 		}
 		for cmd, want := range map[string]string{
-			"cat greeting.txt":                        "hello there\nexec-form\n",
-			"pwd":                                     "/srv/app\n",
-			"echo $GREETING-$MODE":                    "hello there-test\n",
-			"stat -c %u:%g /srv/app/index.html":       "1000:1000\n",
-			"cat /srv/app/sub/x.txt":                  "x",
-			"readlink /srv/app/link.html":             "index.html\n",
+			"cat greeting.txt":                  "hello there\nexec-form\n",
+			"pwd":                               "/srv/app\n",
+			"echo $GREETING-$MODE":              "hello there-test\n",
+			"stat -c %u:%g /srv/app/index.html": "1000:1000\n",
+			"cat /srv/app/sub/x.txt":            "x",
+			"readlink /srv/app/link.html":       "index.html\n",
 			"test -x /usr/local/bin/run.sh && /usr/local/bin/run.sh": "run\n",
 		} {
 			if got := c.execIn(tok, cid, cmd); got != want {
