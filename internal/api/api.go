@@ -120,6 +120,7 @@ type API struct {
 	router   chi.Router
 	limits   rateLimiters
 	unauth   *perIPLimiter
+	reaper   ptyReaper // delayed kills of dropped shells (?grace=)
 }
 
 // New builds the API.

@@ -135,7 +135,8 @@ await step('terminal: echo hello', async () => {
 
 const termRow = (text) => page.waitForFunction((t) => [...document.querySelectorAll('.xterm-rows > div')].some((r) => r.textContent.trim() === t), text);
 await step('terminal: a dropped WebSocket re-attaches to the same shell', async () => {
-  await page.keyboard.type('export WRENN_MARK=same-$((6*7))-shell\n');
+  await page.keyboard.type('export WRENN_MARK=same-$((6*7))-shell; echo marked-$((1+1))\n');
+  await termRow('marked-2');
   if (!dropPTY) throw new Error('the PTY WebSocket was not routed');
   dropPTY();
   await page.getByTestId('term-reattached').waitFor();

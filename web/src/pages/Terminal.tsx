@@ -9,14 +9,19 @@ import { afterClose } from '../lib/reconnect';
 // keystrokes in and output out; text frames carry control messages
 // ({"type":"resize"} in; {"type":"start"}/{"type":"end"}/{"type":"error"} out).
 //
-// Reconnect: the shell outlives its socket (envd keeps a process whose
-// caller went away), so when the socket drops without the shell's end the
-// terminal re-attaches to the same pid (?pid=) with backoff, keeping the
-// screen. The pid is also remembered per capsule for this tab, so leaving
-// the tab or the page and coming back re-attaches to the running shell.
+// Reconnect: the shell is opened with ?grace=300, so it outlives its socket
+// by five minutes; when the socket drops without the shell's end the
+// terminal re-attaches to the same pid (?pid=) with backoff, and the API
+// replays the output so far. The pid is also remembered per capsule for
+// this tab, so leaving the tab or the page and coming back within the grace
+// re-attaches to the running shell.
 
 /** capsule id → pid of its dashboard shell (memory only, like the credential) */
 const shells = new Map<string, number>();
+
+/** How long the API keeps a shell whose socket went away (?grace=): a
+ * re-attach within it finds the shell; after it the shell is killed. */
+const GRACE_SEC = 300;
 
 type State = 'connecting' | 'open' | 'reconnecting' | 'closed';
 
@@ -42,15 +47,16 @@ export default function Terminal({ id }: { id: string }) {
       let gotEnd = false;
       let errorCode: string | undefined;
       let startedPid = pid;
-      const params: Record<string, number> = { cols: term.cols, rows: term.rows };
+      const params: Record<string, number> = { cols: term.cols, rows: term.rows, grace: GRACE_SEC };
       if (pid) params.pid = pid;
       const sock = new WebSocket(wsURL(capsulePath(id, '/pty'), params));
       ws = sock;
       sock.binaryType = 'arraybuffer';
       sock.onopen = () => {
         if (pid) {
-          // An attach does not know this terminal's size: tell it, and
-          // have the shell redraw its prompt line.
+          // An attach replays the shell's output so far: start from a clean
+          // screen, and tell the shell this terminal's size.
+          term.reset();
           sock.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
           setReattached((n) => n + 1);
         }
