@@ -51,7 +51,7 @@ await page.routeWebSocket(/\/pty\b/, (ws) => {
 async function mailedLink(email, pagePath) {
   for (let i = 0; i < 50; i++) {
     const lines = readFileSync(upLog, 'utf8').split('\n').filter((l) => l.includes(email) && l.includes(pagePath));
-    const m = lines.length && /link="?([^"\s]+)/.exec(lines[lines.length - 1]);
+    const m = lines.length && /"?link"?[=:]"?([^"\s]+)/.exec(lines[lines.length - 1]);
     if (m) return m[1];
     await new Promise((r) => setTimeout(r, 200));
   }
