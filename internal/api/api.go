@@ -85,6 +85,10 @@ type Config struct {
 	SecureCookies bool
 	// DisableSignup refuses new email sign-ups.
 	DisableSignup bool
+	// ProxyPort and ProxyDomain tell the dashboard where capsule ports
+	// are (GET /v1/auth/options); 0 and "" when unknown.
+	ProxyPort   int
+	ProxyDomain string
 	// MaxBodyBytes bounds JSON bodies (default 1 MiB).
 	MaxBodyBytes int64
 	// MaxFileBytes bounds streamed file uploads (default 1 GiB).
@@ -122,6 +126,7 @@ type API struct {
 	router   chi.Router
 	limits   rateLimiters
 	unauth   *perIPLimiter
+	reaper   ptyReaper // delayed kills of dropped shells (?grace=)
 }
 
 // New builds the API.
@@ -199,6 +204,7 @@ func (a *API) routes() chi.Router {
 			a.mountEmailFlows(r) // verify, verify/resend (authenticated), password/forgot, password/reset
 			r.Get("/auth/github", a.githubStart)
 			r.Get("/auth/github/callback", a.githubCallback)
+			r.Get("/auth/options", a.authOptions)
 			r.Post("/hosts/register", a.registerHost)
 		})
 		r.With(a.requireHost).Post("/hosts/{hostID}/heartbeat", a.heartbeat)
@@ -222,6 +228,7 @@ func (a *API) routes() chi.Router {
 		r.Group(func(r chi.Router) {
 			r.Use(a.requireAuth)
 			r.Get("/me", a.me)
+			r.Patch("/me", a.updateMe)
 			r.Post("/auth/github/connect", a.githubConnect)
 			r.Get("/teams", a.listTeams)
 			r.Post("/teams", a.createTeam)

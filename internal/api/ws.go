@@ -241,7 +241,9 @@ type ptyItem struct {
 // client are keystrokes; text messages are JSON controls
 // {"type":"resize","cols":…,"rows":…}. Output goes out as binary
 // messages; the process end as a text {"type":"end",…} followed by a
-// normal close. Query: cols, rows, cmd, pid (attach instead of start).
+// normal close. Query: cols, rows, cmd, pid (attach instead of start),
+// grace (seconds the shell outlives a client that went away; default 0:
+// a started shell is killed at once, an attached one left running).
 func (a *API) servePTY(w http.ResponseWriter, r *http.Request, c store.Capsule, cl hostagentv1connect.HostAgentServiceClient) {
 	q := r.URL.Query()
 	dim := func(name string, def uint32) (uint32, error) {
@@ -267,8 +269,12 @@ func (a *API) servePTY(w http.ResponseWriter, r *http.Request, c store.Capsule, 
 					err = errorf(CodeInvalidArgument, "pid must be a positive integer")
 				}
 			}
+			var grace time.Duration
 			if err == nil {
-				a.runPTY(w, r, c, cl, cols, rows, uint32(attach))
+				grace, err = ptyGrace(q.Get("grace"))
+			}
+			if err == nil {
+				a.runPTY(w, r, c, cl, cols, rows, uint32(attach), grace)
 				return
 			}
 		}
@@ -276,7 +282,23 @@ func (a *API) servePTY(w http.ResponseWriter, r *http.Request, c store.Capsule, 
 	a.writeError(w, r, err)
 }
 
-func (a *API) runPTY(w http.ResponseWriter, r *http.Request, c store.Capsule, cl hostagentv1connect.HostAgentServiceClient, cols, rows, attach uint32) {
+// ptyGrace parses ?grace= (whole seconds, 0 to MaxPTYGrace).
+func ptyGrace(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || time.Duration(n)*time.Second > MaxPTYGrace {
+		return 0, errorf(CodeInvalidArgument, "grace must be a number of seconds from 0 to %d", int(MaxPTYGrace/time.Second))
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+func (a *API) runPTY(w http.ResponseWriter, r *http.Request, c store.Capsule, cl hostagentv1connect.HostAgentServiceClient, cols, rows, attach uint32, grace time.Duration) {
+	if attach != 0 {
+		// Someone is back: the shell's delayed kill (if any) is off.
+		a.reaper.cancel(ptyKey(c.ID, attach))
+	}
 	conn, err := a.accept(w, r)
 	if err != nil {
 		return
@@ -419,15 +441,23 @@ func (a *API) runPTY(w http.ResponseWriter, r *http.Request, c store.Capsule, cl
 	}
 	cancel()
 	<-dispatchDone
-	// The client went away: do not leave an orphan shell behind.
+	// The client went away: do not leave an orphan shell behind, at once
+	// or, with ?grace=, once no one re-attached within it.
 	if pid == 0 {
 		pid = attach
 	}
-	if pid != 0 && attach == 0 {
+	kill := func() {
 		kctx, kcancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 		defer kcancel()
 		if _, err := cl.PtyKill(kctx, connect.NewRequest(&pb.PtyKillRequest{CapsuleId: c.ID, Pid: pid})); err != nil && !errors.Is(err, context.Canceled) && connect.CodeOf(err) != connect.CodeNotFound {
 			a.log.DebugContext(kctx, "pty kill failed", "capsule_id", c.ID, "pid", pid, "err", err)
 		}
+	}
+	switch {
+	case pid == 0:
+	case grace > 0:
+		a.reaper.schedule(ptyKey(c.ID, pid), grace, kill)
+	case attach == 0:
+		kill()
 	}
 }

@@ -24,6 +24,7 @@ type upFlags struct {
 	criu                                                                                                  criuFlags
 	overcommit                                                                                            overcommitFlags
 	dnsUpstream                                                                                           []string
+	github                                                                                                githubFlags
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -68,6 +69,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	f.overcommit.register(fl)
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
+	f.github.register(fl)
 	return cmd
 }
 
@@ -96,6 +98,10 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 	if err := f.overcommit.o.Validate(); err != nil {
 		return fmt.Errorf("overcommit flags: %w", err)
 	}
+	gh, err := f.github.config()
+	if err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("`wrenn up` must run as root (capsules need namespaces, cgroups and mounts): try sudo wrenn up")
 	}
@@ -119,6 +125,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
 		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
+		GitHub: gh,
 	})
 	if err != nil {
 		return err

@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -256,6 +257,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Audit: rec,
 		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
+		ProxyPort: listenPort(cfg.ProxyListen), ProxyDomain: cfg.ProxyDomain,
 		HeartbeatInterval: cfg.HeartbeatInterval, WSOriginPatterns: cfg.WSOriginPatterns,
 	})
 	// E2B-compatible API under /e2b (internal/e2b), beside the API.
@@ -490,4 +492,18 @@ func hostOnly(h string) string {
 		return host
 	}
 	return h
+}
+
+// listenPort is the port of a listen address such as 127.0.0.1:9726 (0
+// when it has none or it is chosen by the kernel).
+func listenPort(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return 0
+	}
+	return n
 }

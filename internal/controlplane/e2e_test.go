@@ -274,6 +274,69 @@ func TestEndToEnd(t *testing.T) {
 		_ = b
 	}
 
+	// PTY re-attach (issue 17, the dashboard's terminal): with ?grace= the
+	// shell outlives a dropped socket and ?pid= finds it again, output
+	// replayed; without grace a dropped shell is killed at once.
+	if _, res, err := websocket.Dial(ctx, wsURL+"/pty?grace=abc&token="+userTok, nil); err == nil || res == nil || res.StatusCode != 400 {
+		t.Fatalf("pty with grace=abc: %v %v, want 400", err, res)
+	}
+	readUntil := func(conn *websocket.Conn, want string) (pid float64) {
+		t.Helper()
+		var screen strings.Builder
+		for !strings.Contains(screen.String(), want) {
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			typ, b, err := conn.Read(rctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("pty read: %v (screen %q, want %q)", err, screen.String(), want)
+			}
+			if typ == websocket.MessageBinary {
+				screen.Write(b)
+			} else if ev := map[string]any{}; json.Unmarshal(b, &ev) == nil && ev["type"] == "start" {
+				pid, _ = ev["pid"].(float64)
+			}
+		}
+		return pid
+	}
+	g1, _, err := websocket.Dial(ctx, wsURL+"/pty?grace=60&token="+userTok, nil)
+	if err != nil {
+		t.Fatalf("dial pty with grace: %v", err)
+	}
+	_ = g1.Write(ctx, websocket.MessageBinary, []byte("MARK=kept-$((40+2)); echo set-$MARK\n"))
+	shell := readUntil(g1, "set-kept-42")
+	if shell == 0 {
+		t.Fatal("no start event with the shell's pid")
+	}
+	g1.CloseNow() // the socket drops
+	g2, _, err := websocket.Dial(ctx, wsURL+"/pty?grace=60&pid="+itoa(int(shell))+"&token="+userTok, nil)
+	if err != nil {
+		t.Fatalf("re-attach: %v", err)
+	}
+	readUntil(g2, "set-kept-42") // the replay
+	_ = g2.Write(ctx, websocket.MessageBinary, []byte("echo again-$MARK\n"))
+	readUntil(g2, "again-kept-42")
+	_ = g2.Write(ctx, websocket.MessageBinary, []byte("exit\n"))
+	for {
+		if _, _, err := g2.Read(ctx); err != nil {
+			break
+		}
+	}
+	n1, _, err := websocket.Dial(ctx, wsURL+"/pty?token="+userTok, nil)
+	if err != nil {
+		t.Fatalf("dial pty: %v", err)
+	}
+	_ = n1.Write(ctx, websocket.MessageBinary, []byte("echo no-grace\n"))
+	noGrace := readUntil(n1, "no-grace\r\n")
+	n1.CloseNow()
+	gone := false
+	for deadline := time.Now().Add(20 * time.Second); !gone && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		r := c.call("POST", base+"/exec", userTok, map[string]any{"cmd": "sh", "args": []string{"-c", "kill -0 " + itoa(int(noGrace))}}, 200).obj(t)
+		gone = r["exit_code"] != float64(0)
+	}
+	if !gone {
+		t.Fatalf("a shell without grace outlived its dropped socket (pid %v)", noGrace)
+	}
+
 	// Background process, listed then killed.
 	p := c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sleep", "args": []string{"300"}, "tag": "sleeper"}, 201).obj(t)
 	pid := int(p["pid"].(float64))

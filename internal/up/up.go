@@ -96,6 +96,9 @@ type Config struct {
 	AgentListen string
 	// OnExit default pause.
 	OnExit OnExit
+	// GitHub enables GitHub sign-in (zero: off); its callback is on the
+	// API's URL.
+	GitHub auth.GitHubConfig
 	// EnvdPath is the static envd binary put into every capsule. Required.
 	EnvdPath string
 	// CacheDir caches base rootfs builds machine-wide (default /var/cache/wrenn).
@@ -277,7 +280,7 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 	if a.cp, err = controlplane.New(ctx, controlplane.Config{
 		Listen: a.ln.Addr().String(), ProxyListen: a.proxyLn.Addr().String(), Store: a.store, Secret: secret, PublicURL: a.url,
-		HeartbeatInterval: cfg.HeartbeatInterval, Logger: cfg.Logger,
+		HeartbeatInterval: cfg.HeartbeatInterval, Logger: cfg.Logger, GitHub: cfg.GitHub,
 	}); err != nil {
 		return nil, err
 	}

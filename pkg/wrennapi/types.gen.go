@@ -692,6 +692,21 @@ type AuditPage struct {
 	NextCursor string       `json:"next_cursor"`
 }
 
+// AuthOptions What the sign-in page may offer, and where the port proxy listens (public: no credential needed).
+type AuthOptions struct {
+	// GitHub GitHub sign-in is configured.
+	GitHub bool `json:"github"`
+
+	// ProxyDomain When set, capsule ports are also at {port}-{capsule}.<proxy_domain>.
+	ProxyDomain string `json:"proxy_domain"`
+
+	// ProxyPort Port of the port proxy's listener on the control plane's host name (0: unknown); capsule ports are at http(s)://<host>:<proxy_port>/proxy/{capsule}/{port}/.
+	ProxyPort int `json:"proxy_port"`
+
+	// Signup Email sign-up (and GitHub sign-up) is enabled.
+	Signup bool `json:"signup"`
+}
+
 // Build defines model for Build.
 type Build struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -1395,6 +1410,12 @@ type URL struct {
 	URL string `json:"url"`
 }
 
+// UpdateMe defines model for UpdateMe.
+type UpdateMe struct {
+	// Name Display name.
+	Name string `json:"name"`
+}
+
 // Usage defines model for Usage.
 type Usage struct {
 	Days   []UsageDay  `json:"days"`
@@ -1629,6 +1650,9 @@ type PostV1HostsHostIDHeartbeatJSONRequestBody = HostUsage
 
 // PostV1InvitesAcceptJSONRequestBody defines body for PostV1InvitesAccept for application/json ContentType.
 type PostV1InvitesAcceptJSONRequestBody = Token
+
+// PatchV1MeJSONRequestBody defines body for PatchV1Me for application/json ContentType.
+type PatchV1MeJSONRequestBody = UpdateMe
 
 // PostV1TeamsJSONRequestBody defines body for PostV1Teams for application/json ContentType.
 type PostV1TeamsJSONRequestBody = TeamName

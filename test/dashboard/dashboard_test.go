@@ -26,7 +26,7 @@ import (
 
 var keyRE = regexp.MustCompile(`Admin API key: (wrn_[a-z0-9]+)`)
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -37,7 +37,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // requirements fail loudly: the browser test never skips.
-func requirements(t *testing.T) (node, chromium, webDir string) {
+func requirements(t testing.TB) (node, chromium, webDir string) {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
@@ -60,9 +60,37 @@ func requirements(t *testing.T) (node, chromium, webDir string) {
 	return node, chromium, webDir
 }
 
+// wrennUp is a running `wrenn up` for a browser run.
+type wrennUp struct {
+	url, key, proxy, log string
+}
+
 func TestDashboardInBrowser(t *testing.T) {
 	testutil.RequireRoot(t)
 	node, chromium, webDir := requirements(t)
+	w := startUp(t, "10.164.0.0/16")
+
+	shots := os.Getenv("WRENN_DASHBOARD_SHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	run := exec.CommandContext(ctx, node, "e2e/dashboard.mjs")
+	run.Dir = webDir
+	run.Env = append(os.Environ(), "WRENN_URL="+w.url, "WRENN_KEY="+w.key, "SHOTS="+shots, "CHROMIUM="+chromium,
+		"WRENN_UP_LOG="+w.log, "WRENN_PROXY="+w.proxy, "GITHUB_NAME="+ghName)
+	res, err := run.CombinedOutput()
+	t.Logf("browser test output:\n%s", res)
+	if err != nil {
+		t.Fatalf("browser test failed: %v (screenshots in %s)", err, shots)
+	}
+}
+
+// startUp builds wrenn and envd, starts `wrenn up` on subnet (with a fake
+// GitHub and the log at info level) and stops it when the test ends.
+func startUp(t testing.TB, subnet string) wrennUp {
+	t.Helper()
 
 	bin := t.TempDir()
 	for _, b := range []struct{ out, pkg string }{{"wrenn", "./cmd/wrenn"}, {"envd", "./cmd/envd"}} {
@@ -76,9 +104,23 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	home := t.TempDir()
 	addr, proxyAddr := freeAddr(t), freeAddr(t)
-	instance := fmt.Sprintf("wdb%d", os.Getpid()%100000)
+	instance := fmt.Sprintf("wd%d%s", os.Getpid()%10000, strings.Split(subnet, ".")[1]) // one per subnet
+	gh := fakeGitHub(t)
+	secret := filepath.Join(t.TempDir(), "github-secret")
+	if err := os.WriteFile(secret, []byte(ghSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// --log-level info: the log mailer's verification and reset links are
+	// read from the log by the browser test (WRENN_UP_LOG).
 	cmd := exec.Command(filepath.Join(bin, "wrenn"), "up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr,
-		"--no-base", "--instance", instance, "--subnet", "10.164.0.0/16", "--on-exit", "destroy")
+		"--no-base", "--instance", instance, "--subnet", subnet, "--on-exit", "destroy", "--log-level", "info",
+		"--github-client-id", ghClientID, "--github-client-secret-file", secret,
+		"--github-authorize-url", gh.URL+"/authorize", "--github-token-url", gh.URL+"/token", "--github-api-url", gh.URL+"/api")
+	upLog, err := os.Create(filepath.Join(t.TempDir(), "up.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = upLog.Close() })
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -90,7 +132,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	lines := make(chan string, 4096)
 	go func() {
 		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
+			_, _ = upLog.WriteString(sc.Text() + "\n")
 			select {
 			case lines <- sc.Text():
 			default:
@@ -110,7 +154,7 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Error("wrenn up did not stop within 3 minutes")
 		}
 	}
-	defer stop()
+	t.Cleanup(stop)
 
 	var key, dashboard string
 	deadline := time.After(testutil.Long)
@@ -142,19 +186,5 @@ wait:
 	if key == "" || dashboard != "http://"+addr {
 		t.Fatalf("banner lacks the key or the dashboard URL (want http://%s):\n%s", addr, out.String())
 	}
-
-	shots := os.Getenv("WRENN_DASHBOARD_SHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	run := exec.CommandContext(ctx, node, "e2e/dashboard.mjs")
-	run.Dir = webDir
-	run.Env = append(os.Environ(), "WRENN_URL="+dashboard, "WRENN_KEY="+key, "SHOTS="+shots, "CHROMIUM="+chromium)
-	res, err := run.CombinedOutput()
-	t.Logf("browser test output:\n%s", res)
-	if err != nil {
-		t.Fatalf("browser test failed: %v (screenshots in %s)", err, shots)
-	}
+	return wrennUp{url: dashboard, key: key, proxy: "http://" + proxyAddr, log: upLog.Name()}
 }

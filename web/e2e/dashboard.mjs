@@ -14,6 +14,8 @@ const url = process.env.WRENN_URL;
 const key = process.env.WRENN_KEY;
 const shots = process.env.SHOTS || join(tmpdir(), 'wrenn-dashboard-shots');
 const browserPath = process.env.CHROMIUM || '/usr/bin/chromium';
+const upLog = process.env.WRENN_UP_LOG || ''; // wrenn up's log: the log mailer's links
+const githubName = process.env.GITHUB_NAME || '';
 if (!url || !key) {
   console.error('WRENN_URL and WRENN_KEY are required');
   process.exit(2);
@@ -33,6 +35,33 @@ page.on('console', (m) => {
 });
 page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 page.setDefaultTimeout(30000);
+
+// Every PTY WebSocket goes through playwright, so a step can drop it (the
+// terminal must then re-attach to the same shell).
+let dropPTY = null;
+await page.routeWebSocket(/\/pty\b/, (ws) => {
+  const server = ws.connectToServer();
+  dropPTY = () => {
+    server.close({ code: 4001, reason: 'dropped by the test' });
+    ws.close({ code: 4001, reason: 'dropped by the test' });
+  };
+});
+
+/** The last link of the log mailer for an address and page, from wrenn up's log. */
+async function mailedLink(email, pagePath) {
+  for (let i = 0; i < 50; i++) {
+    const lines = readFileSync(upLog, 'utf8').split('\n').filter((l) => l.includes(email) && l.includes(pagePath));
+    const m = lines.length && /"?link"?[=:]"?([^"\s]+)/.exec(lines[lines.length - 1]);
+    if (m) return m[1];
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`no ${pagePath} link mailed to ${email} in ${upLog}`);
+}
+const json = async (r) => {
+  if (!r.ok) throw new Error(`${r.url}: ${r.status} ${await r.text()}`);
+  return r.status === 204 ? null : r.json();
+};
+const adminH = { 'X-API-Key': key, 'Content-Type': 'application/json' };
 
 const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const axeReport = {};
@@ -58,12 +87,15 @@ async function step(name, fn) {
   console.log(`ok   ${name} (${Date.now() - t0} ms)`);
 }
 const status = () => page.getByTestId('status');
+const mainNav = (name) => page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name, exact: true });
 
 await step('sign-in page', async () => {
   const res = await page.goto(url + '/');
   const csp = res.headers()['content-security-policy'] || '';
   if (!csp.includes("script-src 'self'")) throw new Error(`no strict CSP on the app: ${csp}`);
   await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor();
+  await page.getByRole('link', { name: 'Sign up with GitHub' }).waitFor();
+  await page.getByRole('tab', { name: 'Sign up' }).waitFor();
   await check('signin');
 });
 
@@ -99,6 +131,40 @@ await step('terminal: echo hello', async () => {
   await page.keyboard.type('echo hello\n');
   await page.waitForFunction(() => [...document.querySelectorAll('.xterm-rows > div')].some((r) => r.textContent.trim() === 'hello'));
   await check('capsule-terminal');
+});
+
+const termRow = (text) => page.waitForFunction((t) => [...document.querySelectorAll('.xterm-rows > div')].some((r) => r.textContent.trim() === t), text);
+await step('terminal: a dropped WebSocket re-attaches to the same shell', async () => {
+  await page.keyboard.type('export WRENN_MARK=same-$((6*7))-shell; echo marked-$((1+1))\n');
+  await termRow('marked-2');
+  if (!dropPTY) throw new Error('the PTY WebSocket was not routed');
+  dropPTY();
+  await page.getByTestId('term-reattached').waitFor();
+  await page.getByTestId('term-state').filter({ hasText: 'open' }).waitFor();
+  await page.getByTestId('terminal').click();
+  await page.keyboard.type('echo $WRENN_MARK\n');
+  await termRow('same-42-shell');
+  // Leaving the tab and coming back re-attaches too.
+  await page.getByRole('tab', { name: 'Files' }).click();
+  await page.getByRole('tab', { name: 'Terminal' }).click();
+  await page.getByTestId('term-reattached').waitFor();
+  await page.getByTestId('terminal').click();
+  await page.keyboard.type('echo again-$WRENN_MARK\n');
+  await termRow('again-same-42-shell');
+});
+
+await step('ports: a listening port with a working proxy link', async () => {
+  await page.keyboard.type('echo proxied-ok > /tmp/hi.txt; busybox httpd -p 8080 -h /tmp\n');
+  await page.getByRole('tab', { name: 'Ports' }).click();
+  const row = page.locator('tr[data-port="8080"]');
+  await row.waitFor({ timeout: 20000 });
+  const href = await row.getByRole('link').getAttribute('href');
+  const u = new URL(href);
+  u.pathname += 'hi.txt';
+  const r = await fetch(u);
+  const body = (await r.text()).trim();
+  if (r.status !== 200 || body !== 'proxied-ok') throw new Error(`proxy link ${u.origin}${u.pathname}: ${r.status} ${body.slice(0, 200)}`);
+  await check('capsule-ports');
 });
 
 const payload = randomBytes(300 * 1024);
@@ -162,22 +228,22 @@ await step('pause and resume', async () => {
 });
 
 await step('capsule list shows the capsule', async () => {
-  await page.getByRole('link', { name: 'Capsules', exact: true }).click();
+  await mainNav('Capsules').click();
   await page.locator(`tr[data-id="${capsuleID}"]`).waitFor();
   await check('capsules');
 });
 
 await step('templates, API keys, audit log pages', async () => {
-  await page.getByRole('link', { name: 'Templates' }).click();
+  await mainNav('Templates').click();
   await page.getByRole('cell', { name: 'minimal', exact: true }).waitFor();
   await check('templates');
-  await page.getByRole('link', { name: 'API keys' }).click();
+  await mainNav('API keys').click();
   await page.getByLabel('Name').fill('from-the-dashboard');
   await page.getByRole('button', { name: 'Create key' }).click();
   const k = await page.getByTestId('new-key').textContent();
   if (!/^wrn_/.test(k)) throw new Error(`created key not shown: ${k}`);
   await check('keys');
-  await page.getByRole('link', { name: 'Audit log' }).click();
+  await mainNav('Audit log').click();
   await page.getByRole('cell', { name: /capsule/ }).first().waitFor();
   await check('audit');
 });
@@ -192,8 +258,8 @@ await step('audit log: infinite scroll past two pages', async () => {
     const d = await fetch(url + `/v1/api-keys/${k.id}`, { method: 'DELETE', headers: h });
     if (!d.ok) throw new Error(`delete key: ${d.status}`);
   }
-  await page.getByRole('link', { name: 'Capsules', exact: true }).click();
-  await page.getByRole('link', { name: 'Audit log' }).click();
+  await mainNav('Capsules').click();
+  await mainNav('Audit log').click();
   const rows = page.locator('table.list tbody tr');
   await rows.first().waitFor();
   const first = await rows.count();
@@ -211,11 +277,11 @@ await step('audit log: infinite scroll past two pages', async () => {
 });
 
 await step('team and usage pages', async () => {
-  await page.getByRole('link', { name: 'Team' }).click();
+  await mainNav('Team').click();
   await page.getByRole('heading', { name: /^Team/ }).waitFor();
   await page.getByRole('cell', { name: 'owner' }).first().waitFor();
   await check('team');
-  await page.getByRole('link', { name: 'Usage' }).click();
+  await mainNav('Usage').click();
   await page.locator('[data-testid=chart] canvas, .empty').first().waitFor();
   await check('usage');
 });
@@ -224,7 +290,7 @@ await step('admin: grant and revoke admin on a second user; self-demotion warnin
   const email = `second-${Date.now()}@example.com`;
   const r = await fetch(url + '/v1/auth/signup', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ email, password: 'a-long-enough-password-1', name: 'Second User' }) });
   if (!r.ok) throw new Error(`signup of a second user: ${r.status} ${await r.text()}`);
-  await page.getByRole('link', { name: 'Admin' }).click();
+  await mainNav('Admin').click();
   const row = page.locator(`tr[data-email="${email}"]`);
   await row.waitFor();
   await row.getByRole('button', { name: 'Grant admin' }).click();
@@ -250,8 +316,93 @@ await step('admin: grant and revoke admin on a second user; self-demotion warnin
   await check('admin-teams');
 });
 
+await step('audit log: filters', async () => {
+  await mainNav('Audit log').click();
+  await page.locator('select[name=resource_type]').selectOption('api_key');
+  await page.locator('input[name=action]').fill('delete');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  const rows = page.locator('table.list tbody tr');
+  await rows.first().waitFor();
+  const texts = await rows.evaluateAll((trs) => trs.map((tr) => tr.children[2].textContent + ' ' + tr.children[3].textContent));
+  if (texts.some((t) => !t.startsWith('delete api_key'))) throw new Error(`filtered rows that do not match: ${texts.slice(0, 3)}`);
+  await check('audit-filtered');
+});
+
+await step('template build from a recipe with its log; delete the template', async () => {
+  await mainNav('Builds').click();
+  await page.getByLabel('Template name').fill('dash-built');
+  await page.getByLabel('Recipe (Wrennfile)').fill('FROM minimal\nENV WHO=dashboard\nRUN echo built-by-the-$WHO > /built\n');
+  await page.getByRole('button', { name: 'Build', exact: true }).click();
+  await page.waitForURL(/\/templates\/builds\/bld-/);
+  await page.getByTestId('build-status').filter({ hasText: /succeeded|failed|cancelled/ }).waitFor({ timeout: 180000 });
+  const st = await page.getByTestId('build-status').textContent();
+  if (st !== 'succeeded') throw new Error(`build ${st}: ${await page.locator('dl.summary').textContent()}`);
+  if (!(await page.getByTestId('build-log').textContent()).trim()) throw new Error('the build log is empty');
+  await check('build');
+  await mainNav('Templates').click();
+  await page.getByRole('button', { name: 'Delete template dash-built' }).click();
+  await page.getByRole('dialog', { name: 'Delete template' }).getByRole('button', { name: 'Delete' }).click();
+  await page.getByRole('cell', { name: 'dash-built', exact: true }).waitFor({ state: 'detached' });
+  await mainNav('Builds').click();
+  await page.locator('tr[data-build]').first().waitFor();
+  await check('builds');
+});
+
+let second = null;
+await step('team: invite, accept (API), change the role, remove', async () => {
+  const email = `member-${Date.now()}@example.com`;
+  const password = 'a-long-enough-password-2';
+  second = await json(await fetch(url + '/v1/auth/signup', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ email, password, name: 'Team Mate' }) }));
+  await mainNav('Team').click();
+  await page.getByLabel('Email').fill(email);
+  await page.getByRole('button', { name: 'Invite', exact: true }).click();
+  const link = await page.getByTestId('invite-link').textContent();
+  const tok = new URLSearchParams(new URL(link).hash.slice(1)).get('token');
+  await page.locator(`tr[data-invite="${email}"]`).waitFor();
+  await check('team-invite');
+  await json(await fetch(url + '/v1/invites/accept', { method: 'POST', headers: { Authorization: `Bearer ${second.token}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ token: tok }) }));
+  await mainNav('Capsules').click();
+  await mainNav('Team').click();
+  const row = page.locator(`tr[data-member="${email}"]`);
+  await row.waitFor();
+  await row.getByLabel(`Role of ${email}`).selectOption('admin');
+  await page.waitForFunction((e) => document.querySelector(`tr[data-member="${e}"] select`)?.value === 'admin', email);
+  const m = await json(await fetch(url + `/v1/teams/${second.team.id}/members`, { headers: { Authorization: `Bearer ${second.token}` } }));
+  if (!m.members.length) throw new Error('members of the second user\'s own team are empty');
+  await check('team');
+  await row.getByRole('button', { name: 'Remove' }).click();
+  await page.getByRole('dialog', { name: 'Remove member' }).getByRole('button', { name: 'Remove' }).click();
+  await row.waitFor({ state: 'detached' });
+});
+
+await step('admin: BYOC toggle, host token, templates, builds, capsules, admin audit log', async () => {
+  await mainNav('Admin').click();
+  await page.getByRole('link', { name: 'Teams' }).click();
+  const t = page.locator('tr', { has: page.getByText(second.team.id, { exact: true }) });
+  await t.getByRole('button', { name: 'Enable BYOC' }).click();
+  await page.getByRole('dialog', { name: 'Turn BYOC on' }).getByRole('button', { name: 'Confirm' }).click();
+  await t.getByRole('button', { name: 'Disable BYOC' }).waitFor();
+  await check('admin-teams');
+  await page.getByRole('link', { name: 'Hosts' }).click();
+  await page.getByRole('button', { name: 'New registration token' }).click();
+  await page.getByTestId('host-token').waitFor();
+  await check('admin-hosts');
+  await page.getByRole('navigation', { name: 'Admin' }).getByRole('link', { name: 'Templates' }).click();
+  await page.locator('tr[data-template="minimal"]').waitFor();
+  await check('admin-templates');
+  await page.getByRole('navigation', { name: 'Admin' }).getByRole('link', { name: 'Builds' }).click();
+  await page.getByRole('cell', { name: 'dash-built' }).first().waitFor();
+  await check('admin-builds');
+  await page.getByRole('navigation', { name: 'Admin' }).getByRole('link', { name: 'Capsules' }).click();
+  await page.locator(`tr[data-admin-capsule="${capsuleID}"]`).waitFor();
+  await check('admin-capsules');
+  await page.getByRole('navigation', { name: 'Admin' }).getByRole('link', { name: 'Audit log' }).click();
+  await page.getByRole('cell', { name: 'set_byoc' }).first().waitFor();
+  await check('admin-audit');
+});
+
 await step('delete the capsule (confirmed)', async () => {
-  await page.getByRole('link', { name: 'Capsules', exact: true }).click();
+  await mainNav('Capsules').click();
   await page.getByRole('checkbox', { name: `Select ${capsuleID}` }).check();
   await page.getByRole('button', { name: /Delete selected/ }).click();
   await page.getByRole('dialog', { name: 'Delete capsules' }).getByRole('button', { name: 'Delete' }).click();
@@ -276,6 +427,61 @@ await step('a revoked key signs the session out with a notice', async () => {
   await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor({ timeout: 15000 });
   await page.getByRole('status').filter({ hasText: /Signed out/ }).waitFor();
   await check('signin-expired');
+});
+
+await step('sign up with email; the verification link; password reset', async () => {
+  await page.getByRole('tab', { name: 'Sign up' }).click();
+  const email = `signup-${Date.now()}@example.com`;
+  await page.getByLabel('Name').fill('Sign Up');
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel(/^Password/).fill('first-password-123');
+  await check('signup');
+  await page.getByRole('button', { name: 'Create account' }).click();
+  await page.getByRole('heading', { name: 'Capsules' }).waitFor();
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.goto(await mailedLink(email, '/verify-email'));
+  await page.getByRole('status').filter({ hasText: 'Your email address is verified.' }).waitFor();
+  if (page.url().includes('token=')) throw new Error('the token stayed in the address bar');
+  await check('verify-email');
+  await page.goto(url + '/');
+  await page.getByRole('tab', { name: 'Email and password' }).click();
+  await page.getByRole('button', { name: 'Forgot your password?' }).click();
+  await page.getByLabel('Email').fill(email);
+  await page.getByRole('button', { name: 'Send reset link' }).click();
+  await page.getByRole('status').filter({ hasText: /reset link is on its way/ }).waitFor();
+  await check('forgot-password');
+  await page.goto(await mailedLink(email, '/reset-password'));
+  await page.getByLabel(/^New password/).fill('second-password-456');
+  await page.getByLabel('Repeat it').fill('second-password-456');
+  await check('reset-password');
+  await page.getByRole('button', { name: 'Set password' }).click();
+  await page.getByRole('status').filter({ hasText: 'Your password is changed.' }).waitFor();
+  await page.getByRole('link', { name: 'Sign in', exact: true }).click();
+  await page.getByRole('tab', { name: 'Email and password' }).click();
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel('Password').fill('second-password-456');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Capsules' }).waitFor();
+  await page.getByRole('button', { name: 'Sign out' }).click();
+});
+
+await step('GitHub sign-up (fake GitHub) with the name dialog; then GitHub sign-in without it', async () => {
+  await page.getByRole('link', { name: 'Sign up with GitHub' }).click();
+  const dlg = page.getByRole('dialog', { name: 'Welcome to Wrenn' });
+  await dlg.waitFor();
+  const name = dlg.getByLabel('Display name');
+  if ((await name.inputValue()) !== githubName) throw new Error(`the dialog shows ${await name.inputValue()}, not GitHub's name ${githubName}`);
+  await check('github-name-dialog');
+  await name.fill('Octo D.');
+  await dlg.getByRole('button', { name: 'Save name' }).click();
+  await dlg.waitFor({ state: 'hidden' });
+  await page.locator('.who').filter({ hasText: 'Octo D.' }).waitFor();
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
+  await page.getByRole('heading', { name: 'Capsules' }).waitFor();
+  await page.locator('.who').filter({ hasText: 'Octo D.' }).waitFor();
+  if (await page.getByRole('dialog', { name: 'Welcome to Wrenn' }).isVisible()) throw new Error('the name dialog showed on a sign-in');
+  await page.getByRole('button', { name: 'Sign out' }).click();
 });
 
 await step('no CSP violations or page errors', async () => {

@@ -1,11 +1,15 @@
 import { createContext, useCallback, useContext, useEffect, useRef, useState, type ReactNode } from 'react';
-import { api, onSessionExpired, setCredential, type Credential, type Me } from './api/client';
+import { accessTokens, api, onSessionExpired, setCredential, type Credential, type Me } from './api/client';
 
 type Session = {
   me: Me | null;
   notice: string;
   signIn: (c: Credential) => Promise<void>;
   signOut: (notice?: string) => void;
+  setMe: (m: Me) => void;
+  /** a GitHub sign-up just happened: the name dialog is due */
+  welcome: boolean;
+  setWelcome: (w: boolean) => void;
 };
 
 const Ctx = createContext<Session | null>(null);
@@ -19,12 +23,15 @@ export function useSession(): Session {
 export function SessionProvider({ children }: { children: ReactNode }) {
   const [me, setMe] = useState<Me | null>(null);
   const [notice, setNotice] = useState('');
+  const [welcome, setWelcome] = useState(false);
   const timer = useRef<number | undefined>(undefined);
 
   const signOut = useCallback((why = '') => {
     setCredential(null);
+    accessTokens.clear();
     window.clearTimeout(timer.current);
     setMe(null);
+    setWelcome(false);
     setNotice(why);
   }, []);
 
@@ -52,5 +59,5 @@ export function SessionProvider({ children }: { children: ReactNode }) {
     onSessionExpired((why) => signOut(`Signed out: ${why}`));
   }, [signOut]);
 
-  return <Ctx.Provider value={{ me, notice, signIn, signOut }}>{children}</Ctx.Provider>;
+  return <Ctx.Provider value={{ me, notice, signIn, signOut, setMe, welcome, setWelcome }}>{children}</Ctx.Provider>;
 }

@@ -92,3 +92,18 @@ export function wsURL(path: string, params: Record<string, string | number>): st
 export function capsulePath(id: string, rest = ''): string {
   return `/v1/capsules/${encodeURIComponent(id)}${rest}`;
 }
+
+export type AuthOptions = Schemas['AuthOptions'];
+let optionsP: Promise<AuthOptions> | null = null;
+/** GET /v1/auth/options, once per page load (servers without it: all off). */
+export function authOptions(): Promise<AuthOptions> {
+  optionsP ??= api<AuthOptions>('GET', '/v1/auth/options').catch(() => {
+    optionsP = null;
+    return { signup: true, github: false, proxy_port: 0, proxy_domain: '' };
+  });
+  return optionsP;
+}
+
+/** Access tokens of capsules created in this tab (the API shows one only in
+ * the create answer); kept in memory like the credential, cleared on sign-out. */
+export const accessTokens = new Map<string, string>();

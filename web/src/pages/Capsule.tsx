@@ -6,12 +6,13 @@ import { ago, bytes, until } from '../lib/format';
 import { Confirm, ErrorBox, Loading } from '../components/ui';
 import { Files } from './Files';
 import { Processes } from './Processes';
+import { Ports } from './Ports';
 
 // The terminal (xterm.js) and the charts (uPlot) load on demand.
 const Terminal = lazy(() => import('./Terminal'));
 const Metrics = lazy(() => import('./Metrics'));
 
-type Tab = 'terminal' | 'files' | 'processes' | 'metrics';
+type Tab = 'terminal' | 'files' | 'processes' | 'metrics' | 'ports';
 
 export function CapsulePage() {
   const { id = '' } = useParams();
@@ -88,7 +89,7 @@ export function CapsulePage() {
       </div>
       <ErrorBox error={actionError} />
       <div role="tablist" className="tabs">
-        {(['terminal', 'files', 'processes', 'metrics'] as Tab[]).map((t) => (
+        {(['terminal', 'files', 'processes', 'metrics', 'ports'] as Tab[]).map((t) => (
           <button key={t} role="tab" aria-selected={tab === t} onClick={() => setTab(t)}>
             {t[0].toUpperCase() + t.slice(1)}
           </button>
@@ -100,6 +101,7 @@ export function CapsulePage() {
           {tab === 'files' && (running ? <Files id={id} /> : <p className="empty">Files need a running capsule ({c.status}).</p>)}
           {tab === 'processes' && (running ? <Processes id={id} /> : <p className="empty">Processes need a running capsule ({c.status}).</p>)}
           {tab === 'metrics' && <Metrics id={id} />}
+          {tab === 'ports' && (running ? <Ports c={c} /> : <p className="empty">Ports need a running capsule ({c.status}).</p>)}
         </Suspense>
       </div>
       <Confirm

@@ -1,6 +1,6 @@
 import { memo, useCallback, useMemo, useRef, useState, type FormEvent } from 'react';
 import { Link, useNavigate } from 'react-router';
-import { api, request, type Capsule, type Schemas } from '../api/client';
+import { accessTokens, api, request, type Capsule, type Schemas } from '../api/client';
 import { mergeList } from '../lib/merge';
 import { usePoll } from '../lib/poll';
 import { ago, bytes, until } from '../lib/format';
@@ -13,6 +13,7 @@ export function Capsules() {
   const [error, setError] = useState<unknown>(null);
   const [state, setState] = useState('');
   const [template, setTemplate] = useState('');
+  const [meta, setMeta] = useState('');
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const [creating, setCreating] = useState(false);
   const [confirmDelete, setConfirmDelete] = useState(false);
@@ -23,6 +24,7 @@ export function Capsules() {
       try {
         const q = new URLSearchParams({ limit: '1000' });
         if (state) q.set('status', state);
+        for (const [k, v] of parseMeta(meta)) q.append(`metadata.${k}`, v);
         const res = await request('GET', `/v1/capsules?${q}`, { signal, headers: etag.current ? { 'If-None-Match': etag.current } : {} });
         if (res.status === 304) return;
         etag.current = res.headers.get('ETag') ?? '';
@@ -33,7 +35,7 @@ export function Capsules() {
         if ((e as Error).name !== 'AbortError') setError(e);
       }
     },
-    [state],
+    [state, meta],
   );
   usePoll(
     (s) => {
@@ -96,10 +98,11 @@ export function Capsules() {
             ))}
           </select>
         </label>
+        <MetaFilter value={meta} onChange={(v) => { etag.current = ''; setMeta(v); }} />
       </div>
       <ErrorBox error={error} retry={() => load()} />
       {list === null && !error && <Loading what="capsules" />}
-      {list !== null && shown.length === 0 && <p className="empty">No capsules{state || template ? ' match these filters' : ' yet: create one with “New capsule”'}.</p>}
+      {list !== null && shown.length === 0 && <p className="empty">No capsules{state || template || meta ? ' match these filters' : ' yet: create one with “New capsule”'}.</p>}
       {shown.length > 0 && (
         <table className="list">
           <thead>
@@ -160,7 +163,7 @@ function CreateDialog({ open, onClose }: { open: boolean; onClose: () => void })
   const [templates, setTemplates] = useState<Schemas['Template'][] | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
-  const [f, setF] = useState({ template: '', vcpus: 1, memory_mb: 512, disk_size_mb: 2048, timeout_sec: 300, allow_internet: true });
+  const [f, setF] = useState({ template: '', vcpus: 1, memory_mb: 512, disk_size_mb: 2048, timeout_sec: 300, allow_internet: true, public: false, metadata: '' });
 
   usePoll(
     async () => {
@@ -184,8 +187,10 @@ function CreateDialog({ open, onClose }: { open: boolean; onClose: () => void })
     try {
       // allow_internet is sent only when it differs from its default (true):
       // servers that predate the field refuse it as unknown.
-      const { allow_internet, ...rest } = f;
-      const c = await api<Capsule>('POST', '/v1/capsules', { ...rest, public: false, ...(allow_internet ? {} : { allow_internet }) });
+      const { allow_internet, metadata, ...rest } = f;
+      const md = Object.fromEntries(parseMeta(metadata));
+      const c = await api<Capsule>('POST', '/v1/capsules', { ...rest, ...(allow_internet ? {} : { allow_internet }), ...(Object.keys(md).length ? { metadata: md } : {}) });
+      if (c.access_token) accessTokens.set(c.id, c.access_token);
       onClose();
       nav(`/capsules/${c.id}`);
     } catch (err) {
@@ -228,6 +233,13 @@ function CreateDialog({ open, onClose }: { open: boolean; onClose: () => void })
         <label className="check">
           <input name="allow_internet" type="checkbox" checked={f.allow_internet} onChange={(e) => setF({ ...f, allow_internet: e.target.checked })} /> Internet access
         </label>
+        <label className="check">
+          <input name="public" type="checkbox" checked={f.public} onChange={(e) => setF({ ...f, public: e.target.checked })} /> Public ports (no access token through the proxy)
+        </label>
+        <label>
+          Metadata (key=value, one per line)
+          <textarea name="metadata" rows={2} value={f.metadata} onChange={(e) => setF({ ...f, metadata: e.target.value })} />
+        </label>
         <ErrorBox error={error} />
         <div className="actions">
           <button type="button" onClick={onClose}>
@@ -239,5 +251,29 @@ function CreateDialog({ open, onClose }: { open: boolean; onClose: () => void })
         </div>
       </form>
     </Dialog>
+  );
+}
+
+/** key=value pairs, one per line or comma-separated; blank parts ignored. */
+export function parseMeta(s: string): [string, string][] {
+  return s
+    .split(/[\n,]/)
+    .map((p) => p.trim())
+    .filter((p) => p.includes('='))
+    .map((p) => {
+      const i = p.indexOf('=');
+      return [p.slice(0, i).trim(), p.slice(i + 1).trim()] as [string, string];
+    })
+    .filter(([k]) => k !== '');
+}
+
+/** The metadata filter: applied when the field is left or Enter pressed. */
+function MetaFilter({ value, onChange }: { value: string; onChange: (v: string) => void }) {
+  const [v, setV] = useState(value);
+  return (
+    <label>
+      Metadata{' '}
+      <input name="metadata-filter" placeholder="key=value, …" value={v} onChange={(e) => setV(e.target.value)} onBlur={() => onChange(v)} onKeyDown={(e) => e.key === 'Enter' && onChange(v)} />
+    </label>
   );
 }
