@@ -225,7 +225,7 @@ READY --timeout=30s port 8000
 			sawStdout = sawStdout || (r.Stream == "stdout" && strings.Contains(r.Data, "index.html") && r.Step == 6)
 			sawStderr = sawStderr || (r.Stream == "stderr" && strings.Contains(r.Data, "to-stderr") && r.Step == 7)
 		}
-		for _, want := range []string{"step 0/9: FROM minimal", "step 3/9: COPY --chown=1000:1000 app/ ./", "copied 2 files", "step 6/9: RUN echo", "step 6/9 done in", "step 8/9: START", "waiting for READY (port 8000", "step 9/9: snapshot", "build succeeded"} {
+		for _, want := range []string{"step 0/8: FROM minimal", "step 3/8: COPY --chown=1000:1000 app/ ./", "copied 2 files", "step 6/8: RUN echo", "step 6/8 done in", "step 8/8: START", "waiting for READY (port 8000", "snapshot into template web", "snapshot done in", "build succeeded"} {
 			if !strings.Contains(all.String(), want) {
 				t.Errorf("log lacks %q:\n%s", want, all.String())
 			}
@@ -265,7 +265,7 @@ READY --timeout=30s port 8000
 		b := c.postBuild(tok, buildForm{name: "fails", recipe: "FROM minimal\nRUN echo fine\nRUN echo out; echo boom >&2; exit 3\nRUN echo never\n"}, 201).obj(t)
 		got := c.waitTeamBuild(tok, b["id"].(string))
 		msg, _ := got["error"].(string)
-		if got["status"] != "failed" || !strings.Contains(msg, "step 2/4 failed (exit code 3)") || !strings.Contains(msg, "(line 3)") || !strings.Contains(msg, "boom") {
+		if got["status"] != "failed" || !strings.Contains(msg, "step 2/3 failed (exit code 3)") || !strings.Contains(msg, "(line 3)") || !strings.Contains(msg, "boom") {
 			t.Fatalf("build = %v", got)
 		}
 		recs, err := c.followLogs(tok, b["id"].(string))
