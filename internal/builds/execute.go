@@ -115,11 +115,13 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 	if t, err := r.cfg.Store.GetTemplateByName(ctx, b.TeamID, b.TemplateName); err == nil && t.TeamID == b.TeamID {
 		return failed("the team already has a template named %q; delete it first", b.TemplateName)
 	}
-	nSteps := len(rec.Steps)
+	// Step 0 is the base; 1..total the instructions and START (the
+	// numbering admin specs always had); the snapshot is logged as step
+	// total+1.
+	total := len(rec.Steps)
 	if rec.Start != nil {
-		nSteps++
+		total++
 	}
-	total := nSteps + 1 // step 0 is the base, the last the snapshot
 
 	// Step 0: the base (a template, a pulled image or an upload).
 	t0 := time.Now()
@@ -277,14 +279,14 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 		blog.Systemf(n, "step %d/%d done in %s (the process keeps running)", n, total, time.Since(stepStart).Round(time.Millisecond))
 	}
 
-	// Last step: the snapshot. Memory snapshots of a running START are
-	// the snapshot store's (item 5 of issue 16); the template records
-	// START, so capsules of it start the process at create.
-	n := total
+	// Last: the snapshot. Memory snapshots of a running START are the
+	// snapshot store's (item 5 of issue 16); the template records START,
+	// so capsules of it start the process at create.
+	n := total + 1
 	if err := r.progress(ctx, b, "snapshotting the capsule into a template"); err != nil {
 		return stopped("snapshot", err)
 	}
-	blog.Systemf(n, "step %d/%d: snapshot into template %s", n, total, b.TemplateName)
+	blog.Systemf(n, "snapshot into template %s", b.TemplateName)
 	t1 := time.Now()
 	tmpl.HostID = host.ID
 	rcJSON := ""
@@ -297,8 +299,8 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 		return stopped("snapshot the capsule", err)
 	}
 	tmpl.SizeBytes = snap.Msg.GetSizeBytes()
-	blog.Systemf(n, "step %d/%d done in %s", n, total, time.Since(t1).Round(time.Millisecond))
-	return r.record(ctx, b, tmpl, host, blog, stopped, log, total)
+	blog.Systemf(n, "snapshot done in %s", time.Since(t1).Round(time.Millisecond))
+	return r.record(ctx, b, tmpl, host, blog, stopped, log, n)
 }
 
 // record stores the template the host now holds; until then it is this

@@ -180,6 +180,37 @@ func TestCapsuleCommandsAgainstRealWrenn(t *testing.T) {
 		}
 	})
 
+	t.Run("template build", func(t *testing.T) {
+		dir := t.TempDir()
+		ctxDir := filepath.Join(dir, "ctx")
+		if err := os.MkdirAll(filepath.Join(ctxDir, "www"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ctxDir, "www", "hello.txt"), []byte("from the context\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		good := filepath.Join(dir, "Wrennfile")
+		if err := os.WriteFile(good, []byte("FROM minimal\nCOPY www /www/\nRUN cat /www/hello.txt\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code := runCLI(t, nil, "template", "build", "-f", good, "--context", ctxDir, "cli-built")
+		if code != 0 || !strings.Contains(out, "from the context") || !strings.Contains(out, "==> step 2/2: RUN cat /www/hello.txt") || !strings.Contains(out, "Built template cli-built") {
+			t.Fatalf("build: exit %d\n%s\n%s", code, out, errOut)
+		}
+		bad := filepath.Join(dir, "Bad")
+		if err := os.WriteFile(bad, []byte("FROM minimal\nRUN echo oops >&2; exit 7\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code = runCLI(t, nil, "template", "build", "-f", bad, "cli-bad")
+		if code != 1 || !strings.Contains(errOut, "oops") || !strings.Contains(errOut, "exit code 7") {
+			t.Fatalf("failing build: exit %d, %q", code, errOut)
+		}
+		_, errOut, code = runCLI(t, nil, "template", "build", "-f", bad, "Bad Name")
+		if code != 1 || !strings.Contains(errOut, "name must be a template name") {
+			t.Fatalf("bad name: exit %d, %q", code, errOut)
+		}
+	})
+
 	t.Run("pause resume rm", func(t *testing.T) {
 		out, _, code := runCLI(t, nil, "capsule", "pause", id, "--json")
 		if code != 0 || !strings.Contains(out, `"status": "paused"`) {

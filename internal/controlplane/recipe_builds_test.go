@@ -222,16 +222,16 @@ READY --timeout=30s port 8000
 		var sawStdout, sawStderr bool
 		for _, r := range recs {
 			all.WriteString(r.Data)
-			sawStdout = sawStdout || (r.Stream == "stdout" && strings.Contains(r.Data, "index.html") && r.Step == 5)
-			sawStderr = sawStderr || (r.Stream == "stderr" && strings.Contains(r.Data, "to-stderr") && r.Step == 6)
+			sawStdout = sawStdout || (r.Stream == "stdout" && strings.Contains(r.Data, "index.html") && r.Step == 6)
+			sawStderr = sawStderr || (r.Stream == "stderr" && strings.Contains(r.Data, "to-stderr") && r.Step == 7)
 		}
-		for _, want := range []string{"step 0/8: FROM minimal", "step 5/8: RUN echo", "step 5/8 done in", "step 7/8: START", "waiting for READY (port 8000", "step 8/8: snapshot", "build succeeded"} {
+		for _, want := range []string{"step 0/8: FROM minimal", "step 3/8: COPY --chown=1000:1000 app/ ./", "copied 2 files", "step 6/8: RUN echo", "step 6/8 done in", "step 8/8: START", "waiting for READY (port 8000", "snapshot into template web", "snapshot done in", "build succeeded"} {
 			if !strings.Contains(all.String(), want) {
 				t.Errorf("log lacks %q:\n%s", want, all.String())
 			}
 		}
 		if !sawStdout || !sawStderr {
-			t.Errorf("log: stdout of step 5 %v, stderr of step 6 %v:\n%s", sawStdout, sawStderr, all.String())
+			t.Errorf("log: stdout of step 6 %v, stderr of step 7 %v:\n%s", sawStdout, sawStderr, all.String())
 		}
 		if !noBuildCapsules() {
 			t.Fatal("build capsule left on the agent")
@@ -265,7 +265,7 @@ READY --timeout=30s port 8000
 		b := c.postBuild(tok, buildForm{name: "fails", recipe: "FROM minimal\nRUN echo fine\nRUN echo out; echo boom >&2; exit 3\nRUN echo never\n"}, 201).obj(t)
 		got := c.waitTeamBuild(tok, b["id"].(string))
 		msg, _ := got["error"].(string)
-		if got["status"] != "failed" || !strings.Contains(msg, "step 2/4 failed (exit code 3)") || !strings.Contains(msg, "(line 3)") || !strings.Contains(msg, "boom") {
+		if got["status"] != "failed" || !strings.Contains(msg, "step 2/3 failed (exit code 3)") || !strings.Contains(msg, "(line 3)") || !strings.Contains(msg, "boom") {
 			t.Fatalf("build = %v", got)
 		}
 		recs, err := c.followLogs(tok, b["id"].(string))
@@ -440,11 +440,11 @@ func busyboxImage(t *testing.T) v1.Image {
 		t.Fatal(err)
 	}
 	root := bb.Rootfs
-	var b1 bytes.Buffer
+	var b1, errb bytes.Buffer
 	cmd := exec.Command("tar", "-C", root, "--numeric-owner", "-cf", "-", ".")
-	cmd.Stdout = &b1
-	if out, err := cmd.CombinedOutput(); err != nil && b1.Len() == 0 {
-		t.Fatalf("tar minimal: %v %s", err, out)
+	cmd.Stdout, cmd.Stderr = &b1, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tar minimal: %v %s", err, errb.String())
 	}
 	l1data := b1.Bytes()
 	l2data := tarBytes(t, []tar.Header{{Name: "etc/removed", Typeflag: tar.TypeReg, Mode: 0o644}, {Name: "work/", Typeflag: tar.TypeDir, Mode: 0o755}})

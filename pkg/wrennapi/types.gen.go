@@ -753,7 +753,7 @@ type BuildLogRecord struct {
 	// Seq Increasing record number (pass it as after= to resume).
 	Seq int64 `json:"seq"`
 
-	// Step 0 is the base (FROM / import); 1..n the recipe's instructions, START, and the snapshot.
+	// Step 0 is the base (FROM / import); 1..n the recipe's instructions and START; n+1 the snapshot.
 	Step   int                  `json:"step"`
 	Stream BuildLogRecordStream `json:"stream"`
 	Time   time.Time            `json:"time"`

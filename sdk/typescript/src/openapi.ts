@@ -3915,7 +3915,7 @@ export interface components {
             seq: number;
             /** Format: date-time */
             time: string;
-            /** @description 0 is the base (FROM / import); 1..n the recipe's instructions, START, and the snapshot. */
+            /** @description 0 is the base (FROM / import); 1..n the recipe's instructions and START; n+1 the snapshot. */
             step: number;
             /** @enum {string} */
             stream: "stdout" | "stderr" | "system";
