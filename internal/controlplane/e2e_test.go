@@ -275,8 +275,9 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// PTY re-attach (issue 17, the dashboard's terminal): with ?grace= the
-	// shell outlives a dropped socket and ?pid= finds it again, output
-	// replayed; without grace a dropped shell is killed at once.
+	// shell outlives a dropped socket and ?pid= finds it again, with the
+	// output it made meanwhile; without grace a dropped shell is killed at
+	// once.
 	if _, res, err := websocket.Dial(ctx, wsURL+"/pty?grace=abc&token="+userTok, nil); err == nil || res == nil || res.StatusCode != 400 {
 		t.Fatalf("pty with grace=abc: %v %v, want 400", err, res)
 	}
@@ -307,12 +308,16 @@ func TestEndToEnd(t *testing.T) {
 	if shell == 0 {
 		t.Fatal("no start event with the shell's pid")
 	}
+	// Output made while no one is attached waits for the next attach.
+	_ = g1.Write(ctx, websocket.MessageBinary, []byte("sleep 1; echo late-$MARK\n"))
+	time.Sleep(200 * time.Millisecond)
 	g1.CloseNow() // the socket drops
+	time.Sleep(1500 * time.Millisecond)
 	g2, _, err := websocket.Dial(ctx, wsURL+"/pty?grace=60&pid="+itoa(int(shell))+"&token="+userTok, nil)
 	if err != nil {
 		t.Fatalf("re-attach: %v", err)
 	}
-	readUntil(g2, "set-kept-42") // the replay
+	readUntil(g2, "late-kept-42") // made while detached
 	_ = g2.Write(ctx, websocket.MessageBinary, []byte("echo again-$MARK\n"))
 	readUntil(g2, "again-kept-42")
 	_ = g2.Write(ctx, websocket.MessageBinary, []byte("exit\n"))

@@ -23,6 +23,29 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+// Timestamps of the PTY socket's last keystroke sent and first output
+// received, to split the keystroke → echo time into its parts.
+await page.addInitScript(() => {
+  window.__ws = {};
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (d) {
+    if (this.url.includes('/pty') && typeof d !== 'string') window.__ws.sent = performance.now();
+    return send.call(this, d);
+  };
+  const om = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'onmessage');
+  Object.defineProperty(WebSocket.prototype, 'onmessage', {
+    get() {
+      return om.get.call(this);
+    },
+    set(fn) {
+      const ws = this;
+      om.set.call(this, fn && ((ev) => {
+        if (ws.url.includes('/pty') && typeof ev.data !== 'string' && !window.__ws.recv) window.__ws.recv = performance.now();
+        fn(ev);
+      }));
+    },
+  });
+});
 page.setDefaultTimeout(60000);
 const h = { 'X-API-Key': key, 'Content-Type': 'application/json' };
 const report = (name, value, unit) => console.log(`BENCH ${name} ${typeof value === 'number' ? value.toFixed(1) : value} ${unit}`);
@@ -143,29 +166,42 @@ await page.getByTestId('terminal').click();
 await page.keyboard.type('clear\n');
 await page.waitForTimeout(500);
 const termTimes = [];
+const parts = [];
 for (let i = 0; i < 60; i++) {
   await page.evaluate(() => {
     const rows = document.querySelector('.xterm-rows');
     const before = rows.textContent;
+    window.__ws = {};
     window.__echo = new Promise((resolve) => {
       let t0 = 0;
       document.addEventListener('keydown', () => (t0 = performance.now()), { capture: true, once: true });
       const mo = new MutationObserver(() => {
         if (t0 && rows.textContent !== before) {
           mo.disconnect();
-          requestAnimationFrame(() => resolve(performance.now() - t0));
+          const shown = performance.now();
+          const w = window.__ws;
+          // xterm.js's DOM renderer updates the rows in a requestAnimationFrame
+          // callback, so the frame painted right after it shows the echo
+          // (total); nextFrame waits for the following frame too (an upper bound).
+          requestAnimationFrame(() => resolve({ total: shown - t0, nextFrame: performance.now() - t0, toSend: (w.sent ?? NaN) - t0, net: (w.recv ?? NaN) - (w.sent ?? NaN), toDOM: shown - (w.recv ?? NaN) }));
         }
       });
       mo.observe(rows, { subtree: true, childList: true, characterData: true });
     });
   });
   await page.keyboard.press(String.fromCharCode(97 + (i % 26)));
-  termTimes.push(await page.evaluate(() => window.__echo));
+  const r = await page.evaluate(() => window.__echo);
+  termTimes.push(r.total);
+  parts.push(r);
   if (i % 20 === 19) await page.keyboard.press('Control+U');
   await page.waitForTimeout(30);
 }
 report('terminal_echo_p50', pct(termTimes, 50), 'ms');
 report('terminal_echo_p95', pct(termTimes, 95), 'ms');
+report('terminal_echo_next_frame_p50', pct(parts.map((p) => p.nextFrame), 50), 'ms');
+report('terminal_echo_keydown_to_send_p50', pct(parts.map((p) => p.toSend), 50), 'ms');
+report('terminal_echo_send_to_output_p50', pct(parts.map((p) => p.net), 50), 'ms');
+report('terminal_echo_output_to_dom_p50', pct(parts.map((p) => p.toDOM), 50), 'ms');
 
 // Baseline: the same keystroke over a bare PTY WebSocket from the page (no xterm.js).
 const bare = await page.evaluate(

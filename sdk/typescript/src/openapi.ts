@@ -388,7 +388,32 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        patch?: never;
+        /** Change the caller's display name (a user's session or API key; e.g. the dashboard's name dialog after a GitHub sign-up). */
+        patch: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["UpdateMe"];
+                };
+            };
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Me"];
+                    };
+                };
+                400: components["responses"]["Error"];
+            };
+        };
         trace?: never;
     };
     "/v1/teams": {
@@ -1660,7 +1685,7 @@ export interface paths {
             };
             cookie?: never;
         };
-        /** WebSocket terminal. Binary messages in are keystrokes; text {type: resize, cols, rows} resizes. Binary messages out are terminal output; text {type: start, pid} and {type: end, exit_code} frame the session. Query: cols, rows, cmd, pid (attach). */
+        /** WebSocket terminal. Binary messages in are keystrokes; text {type: resize, cols, rows} resizes. Binary messages out are terminal output; text {type: start, pid} and {type: end, exit_code} frame the session. Query: cols, rows, cmd, pid (attach: output made while no one was attached comes first), grace (0-3600 s the shell outlives a client that went away, so it can re-attach with pid; an attach cancels the pending kill; default 0: a started shell is killed at once). */
         get: {
             parameters: {
                 query?: never;
@@ -3351,6 +3376,42 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/options": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What sign-in offers on this server (email sign-up, GitHub) and the port proxy's port and domain, for the dashboard. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AuthOptions"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -4094,6 +4155,21 @@ export interface components {
             team_id: string;
             /** Format: date-time */
             expires_at: string;
+        };
+        /** @description What the sign-in page may offer, and where the port proxy listens (public: no credential needed). */
+        AuthOptions: {
+            /** @description Email sign-up (and GitHub sign-up) is enabled. */
+            signup: boolean;
+            /** @description GitHub sign-in is configured. */
+            github: boolean;
+            /** @description Port of the port proxy's listener on the control plane's host name (0: unknown); capsule ports are at http(s)://<host>:<proxy_port>/proxy/{capsule}/{port}/. */
+            proxy_port: number;
+            /** @description When set, capsule ports are also at {port}-{capsule}.<proxy_domain>. */
+            proxy_domain: string;
+        };
+        UpdateMe: {
+            /** @description Display name. */
+            name: string;
         };
     };
     responses: {

@@ -12,7 +12,7 @@ import { afterClose } from '../lib/reconnect';
 // Reconnect: the shell is opened with ?grace=300, so it outlives its socket
 // by five minutes; when the socket drops without the shell's end the
 // terminal re-attaches to the same pid (?pid=) with backoff, and the API
-// replays the output so far. The pid is also remembered per capsule for
+// delivers what the shell printed meanwhile. The pid is also remembered per capsule for
 // this tab, so leaving the tab or the page and coming back within the grace
 // re-attaches to the running shell.
 
@@ -54,9 +54,8 @@ export default function Terminal({ id }: { id: string }) {
       sock.binaryType = 'arraybuffer';
       sock.onopen = () => {
         if (pid) {
-          // An attach replays the shell's output so far: start from a clean
-          // screen, and tell the shell this terminal's size.
-          term.reset();
+          // An attach first delivers what the shell printed while no one was
+          // attached (the screen keeps the rest); tell it this terminal's size.
           sock.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
           setReattached((n) => n + 1);
         }
