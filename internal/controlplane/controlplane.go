@@ -115,6 +115,9 @@ type Config struct {
 	BuildPollInterval time.Duration
 	// DisableBuildRunner turns the template build runner off.
 	DisableBuildRunner bool
+	// CapsuleInternetOff is the platform's ceiling (--capsule-internet=off):
+	// no team capsule gets outbound internet; a request for it is 403.
+	CapsuleInternetOff bool
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -235,6 +238,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	rec := &audit.Recorder{Store: s.store, Logger: s.log}
 	s.capsules = capsules.New(capsules.Config{
 		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
+		InternetOff: cfg.CapsuleInternetOff,
 	})
 	s.api = api.New(api.Config{
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),

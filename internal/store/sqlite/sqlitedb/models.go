@@ -65,6 +65,7 @@ type Capsule struct {
 	AllowInternet   bool
 	ErrorReason     string
 	Metadata        []byte
+	Network         []byte
 }
 
 type CapsuleMetricSnapshot struct {
@@ -125,12 +126,13 @@ type OauthProvider struct {
 }
 
 type Team struct {
-	ID         string
-	Name       string
-	IsByoc     bool
-	IsPlatform bool
-	CreatedAt  int64
-	UpdatedAt  int64
+	ID              string
+	Name            string
+	IsByoc          bool
+	IsPlatform      bool
+	CreatedAt       int64
+	UpdatedAt       int64
+	CapsuleInternet *bool
 }
 
 type TeamInvite struct {

@@ -53,6 +53,7 @@ from ._models import (
     Me,
     MetricPoint,
     MkdirResult,
+    Network,
     Process,
     ProcessStarted,
     Team,
@@ -71,5 +72,5 @@ __all__ = [
     "NotFoundError", "ConflictError", "PayloadTooLargeError", "RateLimitedError", "UnavailableError",
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
-    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Process", "ProcessStarted", "Team", "Template",
+    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template",
 ]
