@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
@@ -87,7 +88,15 @@ func TestNetworkIsolation(t *testing.T) {
 	allowed := startCapsule(t, d, runtime.Spec{ID: "cl-neti", AllowInternet: true})
 
 	gw := a.IP.Prev() // the host end of a's veth
-	hostIPs := []string{gw.String()}
+	// The gateway as the capsule sees it (issue 13: one address inside
+	// every capsule) is the host too.
+	hostIPs := []string{gw.String(), network.InsideGateway.String()}
+	for _, id := range []string{"cl-neta", "cl-netb"} {
+		out, err := runcExec(ctx, d, id, "ip", "-4", "addr", "show", "eth0")
+		if err != nil || !strings.Contains(out, network.InsideAddr.String()+"/30") {
+			t.Errorf("%s eth0: %q %v; want %s/30 in every capsule", id, out, err, network.InsideAddr)
+		}
+	}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, ad := range addrs {
 			if ipn, ok := ad.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.2") && !ipn.IP.Equal(inet.HostIP) {
