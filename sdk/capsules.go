@@ -43,8 +43,23 @@ type CreateParams struct {
 	Env        map[string]string
 	Public     bool
 	// NoInternet creates the capsule without outbound internet access.
+	// Unset, the capsule gets its team's default (on unless a team admin
+	// turned it off).
 	NoInternet bool
+	// Network is the egress policy and rate limits (nil: every public
+	// destination, the default rates). See Network.
+	Network *Network
 }
+
+// Network is a capsule's egress policy and rate limits (the API's
+// CapsuleNetwork schema; docs/NETWORK.md). AllowOut and DenyOut hold IPv4
+// CIDRs, single addresses and domain names ("*.example.com" for every name
+// below example.com); an allow rule wins over a deny rule, and
+// DenyOut: []string{"0.0.0.0/0"} with AllowOut is an allow-list. Rates are
+// megabytes per second, the burst megabytes (0: the defaults, 200 MB/s and
+// 100 MB). At most 1,000 rules; the host, other capsules, link-local and
+// private ranges stay unreachable whatever the policy.
+type Network = wrennapi.CapsuleNetwork
 
 func optInt(v int64) *int64 {
 	if v == 0 {
@@ -65,7 +80,7 @@ func timeoutSec(d time.Duration) int64 {
 func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
 	body := wrennapi.CreateCapsule{
 		VCPUs: optInt(p.VCPUs), MemoryMB: optInt(p.MemoryMB), DiskSizeMB: optInt(p.DiskSizeMB),
-		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public,
+		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public, Network: p.Network,
 	}
 	if p.NoInternet {
 		off := false
@@ -182,6 +197,32 @@ func (c *Client) SetTimeout(ctx context.Context, id string, timeout time.Duratio
 	sec := timeoutSec(timeout)
 	body := wrennapi.SetTimeout{TimeoutSec: &sec}
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/timeout", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// NetworkUpdate is a capsule's new egress policy for SetNetwork.
+type NetworkUpdate struct {
+	// AllowInternet, when set, switches outbound internet on or off; nil
+	// keeps it.
+	AllowInternet *bool
+	// Network replaces the policy; nil (or a zero value) clears it to the
+	// defaults.
+	Network *Network
+}
+
+// SetNetwork replaces a running or paused capsule's egress policy and
+// rate limits, live: established connections keep flowing. An invalid
+// policy is an error naming the rule, and the old policy stays in force.
+func (c *Client) SetNetwork(ctx context.Context, id string, u NetworkUpdate) (*Capsule, error) {
+	body := wrennapi.SetCapsuleNetwork{AllowInternet: u.AllowInternet}
+	if n := u.Network; n != nil {
+		body.AllowOut, body.DenyOut = n.AllowOut, n.DenyOut
+		body.EgressMbps, body.IngressMbps, body.BurstMB = n.EgressMbps, n.IngressMbps, n.BurstMB
+	}
+	var out Capsule
+	if err := c.call(ctx, http.MethodPut, "/v1/capsules/"+url.PathEscape(id)+"/network", nil, body, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

@@ -254,7 +254,7 @@ func (a *API) adminListTeams(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]wrennapi.AdminTeam, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, wrennapi.AdminTeam{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, IsPlatform: t.IsPlatform, CreatedAt: t.CreatedAt})
+		out = append(out, wrennapi.AdminTeam{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, IsPlatform: t.IsPlatform, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet})
 	}
 	writeJSON(w, http.StatusOK, wrennapi.AdminTeamList{Teams: out})
 }
@@ -538,7 +538,7 @@ func toAdminCapsule(c store.Capsule) wrennapi.AdminCapsule {
 		ID: c.ID, Status: wrennapi.AdminCapsuleStatus(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID,
 		HostID: c.HostID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec,
 		AllowInternet: c.AllowInternet, ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt,
-		UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt, TeamID: c.TeamID,
+		UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt, TeamID: c.TeamID, Network: toNetworkJSON(c.Network),
 	}
 }
 

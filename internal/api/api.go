@@ -234,7 +234,7 @@ func (a *API) routes() chi.Router {
 			r.Post("/teams", a.createTeam)
 			r.Post("/invites/accept", a.acceptInvite)
 			r.Route("/teams/{teamID}", func(r chi.Router) {
-				r.Patch("/", a.renameTeam)
+				r.Patch("/", a.updateTeam)
 				r.Delete("/", a.deleteTeam)
 				r.Post("/switch", a.switchTeam)
 				r.Get("/members", a.listMembers)
@@ -271,6 +271,7 @@ func (a *API) routes() chi.Router {
 					r.Post("/resume", a.resumeCapsule)
 					r.Post("/timeout", a.timeoutCapsule)
 					r.Put("/public", a.publicCapsule)
+					r.Put("/network", a.networkCapsule)
 					r.Post("/exec", a.execCapsule)
 					r.Get("/metrics", a.capsuleMetrics)
 					r.Get("/processes", a.listProcesses)

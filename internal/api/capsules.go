@@ -25,7 +25,25 @@ func toCapsuleJSON(c store.Capsule) wrennapi.Capsule {
 		ID: c.ID, Status: wrennapi.CapsuleStatus(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID, HostID: c.HostID, VCPUs: c.VCPUs,
 		MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec, AllowInternet: c.AllowInternet,
 		ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt,
-		Metadata: c.Metadata,
+		Metadata: c.Metadata, Network: toNetworkJSON(c.Network),
+	}
+}
+
+func toNetworkJSON(n *store.CapsuleNetwork) *wrennapi.CapsuleNetwork {
+	if n.IsZero() {
+		return nil
+	}
+	return &wrennapi.CapsuleNetwork{
+		AllowOut: n.AllowOut, DenyOut: n.DenyOut, EgressMbps: n.EgressMBps, IngressMbps: n.IngressMBps, BurstMB: n.BurstMB,
+	}
+}
+
+func fromNetworkJSON(n *wrennapi.CapsuleNetwork) *store.CapsuleNetwork {
+	if n == nil {
+		return nil
+	}
+	return &store.CapsuleNetwork{
+		AllowOut: n.AllowOut, DenyOut: n.DenyOut, EgressMBps: n.EgressMbps, IngressMBps: n.IngressMbps, BurstMB: n.BurstMB,
 	}
 }
 
@@ -52,7 +70,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 	out, err := a.capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskSizeMB: req.DiskSizeMB,
 		TimeoutSec: req.TimeoutSec, Env: req.Env, Public: req.Public, AllowInternet: req.AllowInternet,
-		Metadata: req.Metadata,
+		Metadata: req.Metadata, Network: fromNetworkJSON(req.Network),
 	})
 	if err != nil {
 		a.writeError(w, r, err)
@@ -187,6 +205,26 @@ func (a *API) publicCapsule(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := a.capsules.SetPublic(r.Context(), scope(r), capsuleID(r), req.Public)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toCapsuleJSON(c))
+}
+
+// networkCapsule replaces the capsule's egress policy, live.
+func (a *API) networkCapsule(w http.ResponseWriter, r *http.Request) {
+	var req wrennapi.SetCapsuleNetwork
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	c, err := a.capsules.SetNetwork(r.Context(), scope(r), capsuleID(r), capsules.NetworkUpdate{
+		AllowInternet: req.AllowInternet,
+		Network: &store.CapsuleNetwork{
+			AllowOut: req.AllowOut, DenyOut: req.DenyOut, EgressMBps: req.EgressMbps, IngressMBps: req.IngressMbps, BurstMB: req.BurstMB,
+		},
+	})
 	if err != nil {
 		a.writeError(w, r, err)
 		return

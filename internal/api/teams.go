@@ -14,7 +14,7 @@ import (
 )
 
 func toTeamJSON(t store.Team) wrennapi.Team {
-	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt}
+	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet}
 }
 
 // validID checks the shape of a path ID so garbage never reaches the store.
@@ -147,8 +147,10 @@ func (a *API) teamRole(r *http.Request, minRole store.Role) (string, store.Role,
 	return teamID, role, nil
 }
 
-func (a *API) renameTeam(w http.ResponseWriter, r *http.Request) {
-	var req wrennapi.TeamName
+// updateTeam renames the team and/or sets its capsules' default
+// allow_internet (team owner or admin).
+func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
+	var req wrennapi.TeamUpdate
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -158,16 +160,29 @@ func (a *API) renameTeam(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	name, err := validName("name", req.Name, 100)
-	if err != nil {
-		a.writeError(w, r, err)
+	if req.Name == nil && req.CapsuleInternet == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give name or capsule_internet"))
 		return
 	}
-	if err := a.cfg.Store.RenameTeam(r.Context(), teamID, name); err != nil {
-		a.writeError(w, r, err)
-		return
+	if req.Name != nil {
+		name, err := validName("name", *req.Name, 100)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		if err := a.cfg.Store.RenameTeam(r.Context(), teamID, name); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		a.audit(r, teamID, "team", teamID, "rename", nil, map[string]any{"name": name})
 	}
-	a.audit(r, teamID, "team", teamID, "rename", nil, map[string]any{"name": name})
+	if req.CapsuleInternet != nil {
+		if err := a.cfg.Store.SetTeamCapsuleInternet(r.Context(), teamID, req.CapsuleInternet); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		a.audit(r, teamID, "team", teamID, "set_capsule_internet", nil, map[string]any{"capsule_internet": *req.CapsuleInternet})
+	}
 	t, err := a.cfg.Store.GetTeam(r.Context(), teamID)
 	if err != nil {
 		a.writeError(w, r, err)

@@ -59,6 +59,11 @@ type Config struct {
 	OnGone func(capsuleID string)
 	// ExecTimeout bounds a unary exec that gives no timeout (default 60 s).
 	ExecTimeout time.Duration
+	// InternetOff is the platform's ceiling (wrenn server
+	// --capsule-internet=off): no capsule of a team gets outbound
+	// internet, and asking for it is permission_denied. Build capsules keep
+	// their own flag.
+	InternetOff bool
 	Logger      *slog.Logger
 }
 

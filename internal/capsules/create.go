@@ -33,9 +33,11 @@ type CreateRequest struct {
 	TimeoutSec    *int64
 	Env           map[string]string
 	Public        bool
-	AllowInternet *bool
+	AllowInternet *bool // nil: the team's default, else on (capped by Config.InternetOff)
 	// Metadata is the caller's string key/values (returned, filterable).
 	Metadata map[string]string
+	// Network is the egress policy and rate limits (nil: the defaults).
+	Network *store.CapsuleNetwork
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -192,6 +194,16 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if err := req.validate(&c); err != nil {
 		return Created{}, err
 	}
+	team, err := s.cfg.Store.GetTeam(ctx, sc.TeamID)
+	if err != nil {
+		return Created{}, err
+	}
+	if c.AllowInternet, err = s.resolveInternet(team, req.AllowInternet); err != nil {
+		return Created{}, err
+	}
+	if c.Network, err = checkNetwork(c.AllowInternet, req.Network); err != nil {
+		return Created{}, err
+	}
 	tmpl, err := s.resolveTemplate(ctx, sc.TeamID, req.Template)
 	if err != nil {
 		return Created{}, err
@@ -222,7 +234,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	resp, err := s.cfg.Agents.Client(host).CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
-		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet,
+		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network),
 	}))
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)

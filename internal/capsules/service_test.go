@@ -31,6 +31,9 @@ type agent struct {
 	gone      bool // PingCapsule answers not found
 	created   []*pb.CreateCapsuleRequest
 	onResume  func() // runs inside ResumeCapsule (e.g. a reconciler moving the row)
+	// UpdateCapsuleNetwork (network_test.go)
+	netUpdates []*pb.UpdateCapsuleNetworkRequest
+	netErr     error
 }
 
 func (a *agent) ResumeCapsule(_ context.Context, r *connect.Request[pb.ResumeCapsuleRequest]) (*connect.Response[pb.ResumeCapsuleResponse], error) {
@@ -99,6 +102,7 @@ type fixture struct {
 	ag    *agent
 	pl    *placer
 	scope capsules.Scope
+	cfg   capsules.Config
 }
 
 func newFixture(t *testing.T) fixture {
@@ -126,13 +130,14 @@ func newFixture(t *testing.T) fixture {
 		t.Fatal(err)
 	}
 	pl := &placer{Scheduler: scheduler.New(st), held: map[string]bool{}}
-	svc := capsules.New(capsules.Config{
+	cfg := capsules.Config{
 		Store: st, Scheduler: pl, Audit: &audit.Recorder{Store: st},
 		Agents: agentsFunc(func(h store.Host) hostagentv1connect.HostAgentServiceClient {
 			return hostagentv1connect.NewHostAgentServiceClient(http.DefaultClient, "http://"+h.Address)
 		}),
-	})
-	return fixture{st: st, svc: svc, ag: ag, pl: pl, scope: capsules.TeamScope(team.ID, "", audit.Actor{Type: store.ActorSystem})}
+	}
+	svc := capsules.New(cfg)
+	return fixture{st: st, svc: svc, ag: ag, pl: pl, scope: capsules.TeamScope(team.ID, "", audit.Actor{Type: store.ActorSystem}), cfg: cfg}
 }
 
 func TestCreateAppliesDefaultsAndSendsAllowInternet(t *testing.T) {

@@ -56,7 +56,7 @@ $WRENN_URL/$WRENN_API_KEY).`,
 	}
 	addClientFlags(cmd, &cc.flags)
 	cmd.AddCommand(cc.createCmd(), cc.lsCmd(), cc.getCmd(), cc.execCmd(), cc.shellCmd(), cc.cpCmd(),
-		cc.pauseCmd(), cc.resumeCmd(), cc.rmCmd(), cc.logsCmd())
+		cc.pauseCmd(), cc.resumeCmd(), cc.rmCmd(), cc.logsCmd(), cc.networkCmd())
 	return cmd
 }
 
@@ -67,12 +67,14 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 		quiet   bool
 		asJSON  bool
 		timeout time.Duration
+		nf      networkFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a capsule and wait until it runs",
 		Example: `  wrenn capsule create --template minimal
-  id=$(wrenn capsule create -q --memory 1024 --timeout 1h)`,
+  id=$(wrenn capsule create -q --memory 1024 --timeout 1h)
+  wrenn capsule create --allow-only --allow-out pypi.org,'*.pythonhosted.org' --egress-mbps 10`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -80,6 +82,7 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 				return err
 			}
 			p.Timeout = timeout
+			p.Network = nf.policy()
 			start := time.Now()
 			c, err := cc.c.Create(cmd.Context(), p)
 			if err != nil {
@@ -109,6 +112,7 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 	fl.BoolVar(&p.Public, "public", false, "let anyone reach the capsule's ports through the proxy")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the capsule id")
 	fl.BoolVar(&asJSON, "json", false, "print the capsule as JSON")
+	nf.add(fl)
 	return cmd
 }
 
@@ -211,6 +215,7 @@ func (cc *capsuleCmd) getCmd() *cobra.Command {
 			fmt.Fprintf(tw, "Disk\t%d MB\n", c.DiskSizeMB)
 			fmt.Fprintf(tw, "Timeout\t%s\n", time.Duration(c.TimeoutSec)*time.Second)
 			fmt.Fprintf(tw, "Internet\t%s\n", map[bool]string{true: "on", false: "off"}[c.AllowInternet])
+			fmt.Fprint(tw, networkLines(c.Network))
 			if c.ExpiresAt != nil {
 				fmt.Fprintf(tw, "Expires\t%s (%s)\n", c.ExpiresAt.Local().Format(time.RFC3339), ago(*c.ExpiresAt, now))
 			}

@@ -53,6 +53,7 @@ type serverFlags struct {
 	smtpTLS            string
 	noMetricsFlush     bool
 	noBuildRunner      bool
+	capsuleInternet    string
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -111,6 +112,7 @@ missing.`,
 	fl.BoolVar(&f.secureCookies, "secure-cookies", false, "mark cookies Secure (serve over HTTPS)")
 	fl.StringSliceVar(&f.wsOrigins, "ws-origin", nil, "extra origin allowed to open WebSockets (repeatable)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.capsuleInternet, "capsule-internet", "on", "on, or off: no capsule gets outbound internet (a request for it is refused; overrides team defaults)")
 	return cmd
 }
 
@@ -170,6 +172,13 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush,
 		DisableBuildRunner:  f.noBuildRunner,
+	}
+	switch f.capsuleInternet {
+	case "on":
+	case "off":
+		cfg.CapsuleInternetOff = true
+	default:
+		return controlplane.Config{}, fmt.Errorf("--capsule-internet %q: want on or off", f.capsuleInternet)
 	}
 	if f.smtpHost != "" {
 		var password string

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,25 @@ func TestServerCommandServesAndStops(t *testing.T) {
 	}
 	if _, err := serverConfig(serverFlags{db: filepath.Join(home, "x.db"), secretFile: secret, logLevel: "info", githubClientID: "id"}, &stderr); err == nil {
 		t.Fatal("GitHub client id without a secret file accepted")
+	}
+}
+
+// TestServerCapsuleInternetFlag: --capsule-internet is on or off (the
+// platform's ceiling on capsules' outbound internet); anything else is
+// refused.
+func TestServerCapsuleInternetFlag(t *testing.T) {
+	home := t.TempDir()
+	var stderr bytes.Buffer
+	f := serverFlags{db: filepath.Join(home, "x.db"), secretFile: filepath.Join(home, "secret"), logLevel: "info"}
+	for v, want := range map[string]bool{"on": false, "off": true} {
+		f.capsuleInternet = v
+		cfg, err := serverConfig(f, &stderr)
+		if err != nil || cfg.CapsuleInternetOff != want {
+			t.Errorf("--capsule-internet=%s: off=%v, %v; want off=%v", v, cfg.CapsuleInternetOff, err, want)
+		}
+	}
+	f.capsuleInternet = "maybe"
+	if _, err := serverConfig(f, &stderr); err == nil || !strings.Contains(err.Error(), "--capsule-internet") {
+		t.Errorf("--capsule-internet=maybe: %v", err)
 	}
 }

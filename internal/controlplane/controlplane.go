@@ -119,6 +119,9 @@ type Config struct {
 	// BuildDir holds team builds' uploads (contexts, images) until the
 	// build ends; default the system temp directory.
 	BuildDir string
+	// CapsuleInternetOff is the platform's ceiling (--capsule-internet=off):
+	// no team capsule gets outbound internet; a request for it is 403.
+	CapsuleInternetOff bool
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -240,6 +243,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	rec := &audit.Recorder{Store: s.store, Logger: s.log}
 	s.capsules = capsules.New(capsules.Config{
 		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
+		InternetOff: cfg.CapsuleInternetOff,
 	})
 	var buildRunner api.BuildRunner
 	if !cfg.DisableBuildRunner {

@@ -2,6 +2,7 @@ package e2b
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -91,9 +92,6 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	case len(req.VolumeMounts) > 0:
 		writeError(w, http.StatusNotImplemented, "volumes are not supported yet by Wrenn's E2B-compatible API")
 		return
-	case len(req.Network) > 0:
-		writeError(w, http.StatusNotImplemented, "network rules are not supported yet by Wrenn's E2B-compatible API")
-		return
 	case len(req.MCP) > 0:
 		writeError(w, http.StatusNotImplemented, "MCP gateways are not supported yet by Wrenn's E2B-compatible API")
 		return
@@ -103,10 +101,15 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		d := int64(15) // E2B's default
 		timeout = &d
 	}
+	nw, public, msg, status := e2bNetwork(req.Network)
+	if status != 0 {
+		writeError(w, status, msg)
+		return
+	}
 	tmpl := req.TemplateID
 	out, err := h.cfg.Capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
 		Template: &tmpl, TimeoutSec: timeout, Env: req.EnvVars, AllowInternet: req.AllowInternetAccess,
-		Metadata: req.Metadata,
+		Metadata: req.Metadata, Network: nw, Public: public,
 	})
 	if err != nil {
 		h.fail(w, r, err)
@@ -311,4 +314,53 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, h.toSandbox(c))
+}
+
+// e2bNetwork maps E2B's create "network" object onto Wrenn's: allowOut and
+// denyOut are the egress policy (the same rule forms; E2B's ALL_TRAFFIC is
+// 0.0.0.0/0), allowPublicTraffic is the port proxy's public flag.
+// maskRequestHost has no Wrenn equivalent yet (501); other keys are a 400.
+func e2bNetwork(m map[string]any) (nw *store.CapsuleNetwork, public bool, msg string, status int) {
+	if len(m) == 0 {
+		return nil, false, "", 0
+	}
+	strs := func(key string) ([]string, bool) {
+		v, ok := m[key]
+		if !ok || v == nil {
+			return nil, true
+		}
+		l, ok := v.([]any)
+		if !ok {
+			return nil, false
+		}
+		out := make([]string, 0, len(l))
+		for _, e := range l {
+			s, ok := e.(string)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, s)
+		}
+		return out, true
+	}
+	nw = &store.CapsuleNetwork{}
+	for k, v := range m {
+		var ok bool
+		switch k {
+		case "allowOut":
+			nw.AllowOut, ok = strs(k)
+		case "denyOut":
+			nw.DenyOut, ok = strs(k)
+		case "allowPublicTraffic":
+			public, ok = v.(bool)
+		case "maskRequestHost":
+			return nil, false, "network.maskRequestHost is not supported yet by Wrenn's E2B-compatible API", http.StatusNotImplemented
+		default:
+			return nil, false, fmt.Sprintf("network.%s is not a network setting", k), http.StatusBadRequest
+		}
+		if !ok {
+			return nil, false, fmt.Sprintf("network.%s has the wrong type", k), http.StatusBadRequest
+		}
+	}
+	return nw, public, "", 0
 }

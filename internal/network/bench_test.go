@@ -85,6 +85,58 @@ func plainPair(b *testing.B) (string, string) {
 	return paths[0], "192.0.0.202:9"
 }
 
+// routedFloor makes the floor of any routed capsule design: a namespace
+// joined to the host by a veth pair, routed by the host to the fake
+// internet like a capsule, but with no per-capsule firewall chain, no NAT,
+// no shaping and no address translation (10.110.0.0/30, outside every
+// manager's subnet). It returns the namespace's path.
+func routedFloor(b *testing.B) string {
+	b.Helper()
+	name := fmt.Sprintf("wtr%d", os.Getpid()%100000)
+	ns, err := nettest.NewNetns(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	b.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500, TxQLen: 1000}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
+	if err := netlink.LinkAdd(veth); err != nil {
+		b.Fatal(err)
+	}
+	host, err := netlink.LinkByName(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = netlink.LinkDel(host) })
+	ha, _ := netlink.ParseAddr("10.110.0.1/30")
+	if err := netlink.AddrAdd(host, ha); err != nil {
+		b.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		b.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ga, _ := netlink.ParseAddr("10.110.0.2/30")
+	if err := h.AddrAdd(eth, ga); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.LinkSetUp(eth); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IPv4(10, 110, 0, 1)}); err != nil {
+		b.Fatal(err)
+	}
+	return "/run/netns/" + name
+}
+
 // send pushes n bytes over one TCP connection made in the namespace at
 // path and returns the rate in MB/s.
 func send(b *testing.B, path, addr string, n int) float64 {
@@ -116,16 +168,21 @@ func BenchmarkCapsuleThroughput(b *testing.B) {
 	}
 	b.Cleanup(func() { _ = m.Teardown(a) })
 	base, baseAddr := plainPair(b)
+	floor := routedFloor(b)
 	target := netip.AddrPortFrom(nettest.Web1, nettest.DiscardPort).String()
-	var sb, sc float64
+	var sb, sf, sc float64
 	b.ResetTimer()
 	for range b.N {
 		sb += send(b, base, baseAddr, benchBytes)
+		sf += send(b, floor, target, benchBytes)
 		sc += send(b, a.Netns, target, benchBytes)
 	}
 	b.ReportMetric(sb/float64(b.N), "baseline_MB/s")
+	b.ReportMetric(sf/float64(b.N), "routed_floor_MB/s")
 	b.ReportMetric(sc/float64(b.N), "capsule_MB/s")
 	b.ReportMetric(sc/sb, "ratio")
+	b.ReportMetric(sf/sb, "floor_ratio")
+	b.ReportMetric(sc/sf, "capsule_vs_floor")
 }
 
 func p50(d []time.Duration) time.Duration {
@@ -184,7 +241,7 @@ func BenchmarkConnectionSetup(b *testing.B) {
 func resolveB(a network.Allocation, name string) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	c, err := nettest.DialIn(ctx, a.Netns, "udp4", netip.AddrPortFrom(a.Host, 53).String())
+	c, err := nettest.DialIn(ctx, a.Netns, "udp4", netip.AddrPortFrom(network.InsideGateway, 53).String())
 	if err != nil {
 		return nil, err
 	}

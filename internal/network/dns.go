@@ -29,14 +29,6 @@ type forwarder struct {
 
 	mu      sync.Mutex
 	servers map[string][]*dns.Server
-	denials map[string]*denialLog
-}
-
-// denialLog rate-limits denial logging per capsule: at most one line a
-// second, with the number of denials left out.
-type denialLog struct {
-	last       time.Time
-	suppressed int
 }
 
 func newForwarder(m *Manager, upstream []string, log *slog.Logger) *forwarder {
@@ -45,7 +37,6 @@ func newForwarder(m *Manager, upstream []string, log *slog.Logger) *forwarder {
 		udp:     &dns.Client{Net: "udp", Timeout: 3 * time.Second, UDPSize: dns.DefaultMsgSize},
 		tcp:     &dns.Client{Net: "tcp", Timeout: 3 * time.Second},
 		servers: map[string][]*dns.Server{},
-		denials: map[string]*denialLog{},
 	}
 }
 
@@ -121,7 +112,6 @@ func (f *forwarder) detach(key string) {
 	f.mu.Lock()
 	srvs := f.servers[key]
 	delete(f.servers, key)
-	delete(f.denials, key)
 	f.mu.Unlock()
 	for _, s := range srvs {
 		_ = s.Shutdown()
@@ -220,20 +210,5 @@ func (f *forwarder) exchange(req *dns.Msg, udp bool) (*dns.Msg, error) {
 }
 
 func (f *forwarder) denied(key, name, rule string) {
-	f.mu.Lock()
-	d := f.denials[key]
-	if d == nil {
-		d = &denialLog{}
-		f.denials[key] = d
-	}
-	now := time.Now()
-	if now.Sub(d.last) < time.Second {
-		d.suppressed++
-		f.mu.Unlock()
-		return
-	}
-	suppressed := d.suppressed
-	d.last, d.suppressed = now, 0
-	f.mu.Unlock()
-	f.log.Info("network: policy denied", "capsule_key", key, "destination", strings.TrimSuffix(name, "."), "rule", rule, "kind", "dns", "suppressed", suppressed)
+	f.m.denied(key, strings.TrimSuffix(name, "."), rule, "dns")
 }

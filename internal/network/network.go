@@ -4,8 +4,11 @@
 //
 // Addressing: the capsule subnet (default 10.200.0.0/16) is cut into /30
 // blocks; block i gives the host end of the veth (host-side name "wr<key>")
-// the address .1 and the capsule's eth0 the address .2, with a default route
-// through the host end. The netns is bind-mounted at /run/netns/wrenn-<key>.
+// the address .1 and the capsule, as the host sees it, the address .2.
+// Inside, every capsule sees the same eth0 address (InsideAddr,
+// 169.254.0.21/30) and gateway (InsideGateway, 169.254.0.22); a stateless
+// netdev table in the capsule's namespace translates (inside.go). The
+// netns is bind-mounted at /run/netns/wrenn-<key>.
 //
 // Firewall (table "ip wrenn", owned entirely by this package):
 //   - input: packets from the capsule subnet reach host sockets only as
@@ -97,9 +100,28 @@ type Config struct {
 	// NoDNS disables the per-capsule DNS forwarder (capsules then resolve
 	// with whatever their image's resolv.conf says, through the policy).
 	NoDNS bool
+	// NoDenialLog turns off per-destination logging of dropped
+	// connections (nflog.go); the drop counters stay.
+	NoDenialLog bool
 }
 
-// Allocation is one capsule's network.
+// The address every capsule sees on its eth0, and its gateway: the same
+// in every capsule on every host (a /30 of link-local space, as the seed's
+// microVMs had), so a capsule moved or restored elsewhere keeps its address
+// and its listening sockets. The host knows each capsule by its
+// per-capsule pair (Allocation.Host, Allocation.Guest); the capsule's own
+// namespace translates between the two on eth0 (insideTable).
+var (
+	InsideAddr    = netip.MustParseAddr("169.254.0.21")
+	InsideGateway = netip.MustParseAddr("169.254.0.22")
+)
+
+const insideBits = 30
+
+// Allocation is one capsule's network. Host and Guest are the host-side
+// pair (the veth's address and the capsule's address as the host, the
+// agent and the port proxy reach it); inside, the capsule sees InsideAddr
+// and InsideGateway.
 type Allocation struct {
 	Key   string     `json:"key"`
 	Index int        `json:"index"`
@@ -124,6 +146,9 @@ type Manager struct {
 	dropBase map[string]map[string]uint64        // key -> drops counted before the last chain rewrite (under mu)
 	resolved map[string]map[netip.Addr]time.Time // key -> address -> expiry of its element in r-<key> (under mu)
 	dns      *forwarder                          // nil when Config.NoDNS is set
+	nflog    *nflogReader                        // nil: no per-destination denial logging
+	den      denials
+	labels   map[string]string // key -> capsule id, for logs (under mu)
 }
 
 // New prepares the host (IP forwarding, the nftables table) and returns a Manager.
@@ -143,7 +168,10 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	if cfg.NetnsPrefix == "" {
 		cfg.NetnsPrefix = NetnsPrefix
 	}
-	m := &Manager{cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}, dropBase: map[string]map[string]uint64{}, resolved: map[string]map[netip.Addr]time.Time{}}
+	m := &Manager{
+		cfg: cfg.normalized(), log: log, used: map[int]string{}, policies: map[string]*policyState{}, dropBase: map[string]map[string]uint64{},
+		resolved: map[string]map[netip.Addr]time.Time{}, labels: map[string]string{}, den: denials{logs: map[string]*denialLog{}},
+	}
 	if !cfg.NoDNS {
 		up, err := upstreams(cfg.DNSUpstream)
 		if err != nil {
@@ -164,6 +192,14 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	}
 	if err := m.ensureTable(); err != nil {
 		return nil, err
+	}
+	if !cfg.NoDenialLog {
+		r, err := m.startNFLOG(logGroup(cfg.Table))
+		if err != nil {
+			// Another process holds the group: drops are still counted.
+			log.Warn("network: per-destination denial logging off", "err", err)
+		}
+		m.nflog = r
 	}
 	return m, nil
 }
@@ -301,6 +337,12 @@ func (m *Manager) link(a Allocation) error {
 	if err := inNetns(ns, func() error { return errors.Join(disableIPv6(), allowLowPorts()) }); err != nil {
 		return err
 	}
+	// Strict reverse-path filtering: the host veth accepts only the
+	// capsule's translated source address, so a capsule that undoes its
+	// own translation (or forges any other source) reaches nothing.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+a.Veth+"/rp_filter", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("network: rp_filter on %s: %w", a.Veth, err)
+	}
 	if err := netlink.AddrAdd(hostLink, &netlink.Addr{IPNet: ipnet(a.Host, 30)}); err != nil {
 		return fmt.Errorf("network: host addr: %w", err)
 	}
@@ -323,14 +365,30 @@ func (m *Manager) link(a Allocation) error {
 	if err != nil {
 		return fmt.Errorf("network: eth0: %w", err)
 	}
-	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(a.Guest, 30)}); err != nil {
+	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(InsideAddr, insideBits)}); err != nil {
 		return fmt.Errorf("network: guest addr: %w", err)
 	}
 	if err := h.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("network: eth0 up: %w", err)
 	}
-	gw := net.IP(a.Host.AsSlice())
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw}); err != nil {
+	// Nothing answers ARP for the translated addresses: each side knows
+	// the other's MAC for good.
+	if err := h.NeighAdd(&netlink.Neigh{
+		LinkIndex: eth.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.IP(InsideGateway.AsSlice()), HardwareAddr: hostLink.Attrs().HardwareAddr,
+	}); err != nil {
+		return fmt.Errorf("network: gateway neighbour: %w", err)
+	}
+	if err := netlink.NeighAdd(&netlink.Neigh{
+		LinkIndex: hostLink.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.IP(a.Guest.AsSlice()), HardwareAddr: eth.Attrs().HardwareAddr,
+	}); err != nil {
+		return fmt.Errorf("network: capsule neighbour: %w", err)
+	}
+	if err := m.insideTable(ns, a); err != nil {
+		return err
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(InsideGateway.AsSlice())}); err != nil {
 		return fmt.Errorf("network: default route: %w", err)
 	}
 	return nil
@@ -402,7 +460,11 @@ func (m *Manager) Teardown(a Allocation) error {
 	delete(m.policies, a.Key)
 	delete(m.dropBase, a.Key)
 	delete(m.resolved, a.Key)
+	delete(m.labels, a.Key)
 	m.mu.Unlock()
+	m.den.mu.Lock()
+	delete(m.den.logs, a.Key)
+	m.den.mu.Unlock()
 	if l, err := netlink.LinkByName(a.Veth); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("network: delete %s: %w", a.Veth, err))
@@ -467,6 +529,9 @@ func (m *Manager) Sweep(keep func(key string) bool, orphans []string) error {
 func (m *Manager) Close() {
 	if m.dns != nil {
 		m.dns.close()
+	}
+	if m.nflog != nil {
+		m.nflog.close()
 	}
 }
 

@@ -7,9 +7,12 @@ import (
 	"net/netip"
 	"os"
 	goruntime "runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -20,16 +23,22 @@ import (
 
 func newManager(t testing.TB) *network.Manager {
 	t.Helper()
+	return newManagerLog(t, slog.Default())
+}
+
+func newManagerLog(t testing.TB, log *slog.Logger) *network.Manager {
+	t.Helper()
 	testutil.RequireRoot(t)
+	removeStaleTables(t)
 	tag := fmt.Sprintf("wnt%d", os.Getpid()%100000)
 	m, err := network.New(network.Config{
 		Subnet: netip.MustParsePrefix("10.250.0.0/24"), Table: tag, NetnsPrefix: tag + "-",
 		DNSUpstream: []string{netip.AddrPortFrom(nettest.DNS, 53).String()},
-	}, slog.Default())
+	}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = m.RemoveTable() })
+	t.Cleanup(func() { m.Close(); _ = m.RemoveTable() })
 	return m
 }
 
@@ -83,14 +92,15 @@ func TestSetupTeardown(t *testing.T) {
 	if n, _ := m.RuleCount(); n <= base {
 		t.Errorf("rules = %d, want more than the base %d", n, base)
 	}
-	// The host reaches a service in the namespace.
-	ln := listenIn(t, a.Netns, net.JoinHostPort(a.Guest.String(), "8080"))
+	// The host reaches a service in the namespace (listening on the inside
+	// address) at the capsule's host-side address.
+	ln := listenIn(t, a.Netns, net.JoinHostPort(network.InsideAddr.String(), "8080"))
 	go func() {
 		if c, err := ln.Accept(); err == nil {
 			c.Close()
 		}
 	}()
-	c, err := net.DialTimeout("tcp4", ln.Addr().String(), 2*time.Second)
+	c, err := net.DialTimeout("tcp4", net.JoinHostPort(a.Guest.String(), "8080"), 2*time.Second)
 	if err != nil {
 		t.Errorf("host cannot reach the namespace: %v", err)
 	} else {
@@ -158,5 +168,36 @@ func TestSweepRemovesOrphans(t *testing.T) {
 	ns, _ := m.Namespaces()
 	if len(ns) != 1 {
 		t.Errorf("namespaces = %v, want just the kept one", ns)
+	}
+}
+
+// removeStaleTables deletes the nftables tables of this package's test
+// processes that died without cleaning up (a killed go test): they claim
+// the same subnet, and their forward chain would drop every capsule's
+// traffic of later runs ("ip saddr 10.250.0.0/24 drop").
+func removeStaleTables(t testing.TB) {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		rest, ok := strings.CutPrefix(tb.Name, "wnt")
+		pid, err := strconv.Atoi(rest)
+		if !ok || err != nil || pid == os.Getpid()%100000 {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // a live process (another run)
+		}
+		t.Logf("removing table %s of a dead test process", tb.Name)
+		c.DelTable(tb)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
 	}
 }

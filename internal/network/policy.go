@@ -96,9 +96,10 @@ func (m *Manager) SetPolicy(a Allocation, allowInternet bool, p *runtime.Network
 }
 
 // DNSServer returns the address the capsule resolves through (its
-// gateway), false when the forwarder is off.
+// gateway as the capsule sees it, InsideGateway; the forwarder listens on
+// the host-side a.Host), false when the forwarder is off.
 func (m *Manager) DNSServer(a Allocation) (netip.Addr, bool) {
-	return a.Host, m.dns != nil
+	return InsideGateway, m.dns != nil
 }
 
 // policy returns the capsule's enforced policy (nil when unknown).
@@ -176,22 +177,29 @@ func (m *Manager) writeChain(a Allocation, internet bool, pol *runtime.CompiledP
 	}
 	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
 	accept := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept}}
+	// dropRule adds a drop rule, after its (rate-limited) denial log rule.
+	dropRule := func(tag string, match ...expr.Any) {
+		if m.nflog != nil {
+			add("log", m.logRule(a.Key, tag, match)...)
+		}
+		add(tag, cat(match, drop)...)
+	}
 	for _, r := range append(slices.Clone(alwaysBlocked), m.cfg.Subnet.String()) {
-		add(ruleBlocked, cat(matchAddr(16, netip.MustParsePrefix(r)), drop)...)
+		dropRule(ruleBlocked, matchAddr(16, netip.MustParsePrefix(r))...)
 	}
 	if len(pol.AllowPrivate) > 0 {
 		add("allow_private", cat(lookup(16, priv), accept)...)
 	}
 	for _, r := range privateRanges {
-		add(rulePrivate, cat(matchAddr(16, netip.MustParsePrefix(r)), drop)...)
+		dropRule(rulePrivate, matchAddr(16, netip.MustParsePrefix(r))...)
 	}
 	if !internet {
-		add(ruleNoNet, drop...)
+		dropRule(ruleNoNet)
 	} else {
 		if pol.HasNames() {
-			add(ruleResolver, cat(matchPort(unix.IPPROTO_UDP, 53), drop)...)
-			add(ruleResolver, cat(matchPort(unix.IPPROTO_TCP, 53), drop)...)
-			add(ruleResolver, cat(matchPort(unix.IPPROTO_TCP, 853), drop)...)
+			dropRule(ruleResolver, matchPort(unix.IPPROTO_UDP, 53)...)
+			dropRule(ruleResolver, matchPort(unix.IPPROTO_TCP, 53)...)
+			dropRule(ruleResolver, matchPort(unix.IPPROTO_TCP, 853)...)
 		}
 		if len(pol.AllowNets) > 0 {
 			add("allow_out", cat(lookup(16, allow), accept)...)
@@ -200,10 +208,10 @@ func (m *Manager) writeChain(a Allocation, internet bool, pol *runtime.CompiledP
 			add("allow_out (resolved name)", cat(lookup(16, resolved), accept)...)
 		}
 		if len(pol.DenyNets) > 0 {
-			add(ruleDeny, cat(lookup(16, deny), drop)...)
+			dropRule(ruleDeny, lookup(16, deny)...)
 		}
 		if pol.DefaultDeny {
-			add(ruleDefault, drop...)
+			dropRule(ruleDefault)
 		} else {
 			add(ruleAccept, accept...)
 		}

@@ -90,7 +90,7 @@ func TestPolicyModes(t *testing.T) {
 			t.Fatalf("fetch: %q %v", body, err)
 		}
 		for _, proto := range []string{"udp", "tcp"} {
-			r, err := resolve(t, a, a.Host, proto, "x.wild."+nettest.Zone)
+			r, err := resolve(t, a, network.InsideGateway, proto, "x.wild."+nettest.Zone)
 			if err != nil || len(r.Answer) != 1 {
 				t.Fatalf("%s resolve via forwarder: %v %v", proto, r, err)
 			}
@@ -105,7 +105,7 @@ func TestPolicyModes(t *testing.T) {
 		if reach(t, a, web(nettest.Web1)) {
 			t.Error("reached the internet without allow_internet")
 		}
-		r, err := resolve(t, a, a.Host, "udp", allowed)
+		r, err := resolve(t, a, network.InsideGateway, "udp", allowed)
 		if err != nil || r.Rcode != dns.RcodeRefused {
 			t.Errorf("forwarder answered without internet: %v %v", r, err)
 		}
@@ -136,7 +136,7 @@ func TestPolicyModes(t *testing.T) {
 		if reach(t, a, web(nettest.Web1)) {
 			t.Error("allowed name's address reachable before it was resolved")
 		}
-		r, err := resolve(t, a, a.Host, "udp", allowed)
+		r, err := resolve(t, a, network.InsideGateway, "udp", allowed)
 		if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != nettest.Web1.String() {
 			t.Fatalf("resolve allowed: %v %v", r, err)
 		}
@@ -147,10 +147,10 @@ func TestPolicyModes(t *testing.T) {
 		if reach(t, a, web(nettest.Web2)) {
 			t.Error("unresolved neighbour reachable")
 		}
-		if r, err := resolve(t, a, a.Host, "tcp", neighbour); err != nil || r.Rcode != dns.RcodeRefused {
+		if r, err := resolve(t, a, network.InsideGateway, "tcp", neighbour); err != nil || r.Rcode != dns.RcodeRefused {
 			t.Errorf("forwarder answered a name off the allow-list: %v %v", r, err)
 		}
-		if r, err := resolve(t, a, a.Host, "tcp", "deep.x.wild."+nettest.Zone); err != nil || len(r.Answer) != 1 {
+		if r, err := resolve(t, a, network.InsideGateway, "tcp", "deep.x.wild."+nettest.Zone); err != nil || len(r.Answer) != 1 {
 			t.Errorf("wildcard over tcp: %v %v", r, err)
 		}
 		if !reach(t, a, web(nettest.Web4)) {
@@ -178,7 +178,7 @@ func TestAlwaysBlocked(t *testing.T) {
 	m := newManager(t)
 	nettest.Start(t)
 	other := setup(t, m, "bother", true, nil)
-	ln := listenIn(t, other.Netns, net.JoinHostPort(other.Guest.String(), "8080"))
+	ln := listenIn(t, other.Netns, net.JoinHostPort(network.InsideAddr.String(), "8080")) // reached at other.Guest from the host
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -236,6 +236,8 @@ func TestAlwaysBlocked(t *testing.T) {
 				net.JoinHostPort(other.Host.String(), fmt.Sprint(hostPort)),
 				net.JoinHostPort(a.Host.String(), fmt.Sprint(hostPort)), // own gateway, not port 53
 				net.JoinHostPort(a.Host.String(), "22"),
+				net.JoinHostPort(network.InsideGateway.String(), fmt.Sprint(hostPort)), // the gateway as the capsule sees it
+				net.JoinHostPort(network.InsideGateway.String(), "22"),
 				"169.254.169.254:80", "127.0.0.1:" + fmt.Sprint(hostPort),
 				"10.0.0.1:80", "172.16.0.1:80", "100.64.0.1:80",
 			}, hostAddrs...)

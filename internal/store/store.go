@@ -156,8 +156,11 @@ type Team struct {
 	Name       string
 	IsBYOC     bool
 	IsPlatform bool
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	// CapsuleInternet is the team's default for a capsule's allow_internet
+	// when the create does not say (nil = on).
+	CapsuleInternet *bool
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // TeamMembership is a team as seen by one of its members.
@@ -357,6 +360,25 @@ type Capsule struct {
 	ErrorReason string
 	// Metadata is the caller's string key/values, given at create.
 	Metadata map[string]string
+	// Network is the capsule's egress policy and rate limits (nil = the
+	// defaults: everything public allowed, default rates).
+	Network *CapsuleNetwork
+}
+
+// CapsuleNetwork is a capsule's egress policy as its team gave it (the
+// rules are checked by internal/runtime's NetworkPolicy before they are
+// stored; docs/NETWORK.md).
+type CapsuleNetwork struct {
+	AllowOut    []string `json:"allow_out,omitempty"`
+	DenyOut     []string `json:"deny_out,omitempty"`
+	EgressMBps  int      `json:"egress_mbps,omitempty"`
+	IngressMBps int      `json:"ingress_mbps,omitempty"`
+	BurstMB     int      `json:"burst_mb,omitempty"`
+}
+
+// IsZero reports whether n sets nothing (the defaults).
+func (n *CapsuleNetwork) IsZero() bool {
+	return n == nil || len(n.AllowOut)+len(n.DenyOut) == 0 && n.EgressMBps == 0 && n.IngressMBps == 0 && n.BurstMB == 0
 }
 
 // AuditLog is one audited action. Metadata is a JSON object.
@@ -448,6 +470,9 @@ type Store interface {
 	ListTeamsForUser(ctx context.Context, userID string) ([]TeamMembership, error)
 	RenameTeam(ctx context.Context, id, name string) error
 	SetTeamBYOC(ctx context.Context, id string, byoc bool) error
+	// SetTeamCapsuleInternet sets (nil: clears) the team's default for
+	// allow_internet.
+	SetTeamCapsuleInternet(ctx context.Context, id string, v *bool) error
 	// DeleteTeam removes the team and, by cascade, its members, invites,
 	// keys, templates, builds, capsules and BYOC hosts. The platform team
 	// cannot be deleted (ErrConflict).
@@ -595,6 +620,9 @@ type Store interface {
 	// SetCapsuleTimeout sets the TTL and the expiry (nil: never expires).
 	SetCapsuleTimeout(ctx context.Context, teamID, id string, timeoutSec int64, expiresAt *time.Time) error
 	SetCapsulePublic(ctx context.Context, teamID, id string, public bool) error
+	// SetCapsuleNetwork records the capsule's internet switch and egress
+	// policy (nil: the defaults).
+	SetCapsuleNetwork(ctx context.Context, teamID, id string, allowInternet bool, n *CapsuleNetwork) error
 	DeleteCapsule(ctx context.Context, teamID, id string) error
 
 	// Audit log.

@@ -588,7 +588,10 @@ type AdminCapsule struct {
 	MemoryMB   int64 `json:"memory_mb"`
 
 	// Metadata The key/values given at create (omitted when empty).
-	Metadata   map[string]string  `json:"metadata,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// Network The egress policy in force (omitted: the defaults).
+	Network    *CapsuleNetwork    `json:"network,omitempty"`
 	PausedAt   *time.Time         `json:"paused_at,omitempty"`
 	Public     bool               `json:"public"`
 	Status     AdminCapsuleStatus `json:"status"`
@@ -610,11 +613,13 @@ type AdminCapsuleList struct {
 
 // AdminTeam defines model for AdminTeam.
 type AdminTeam struct {
-	CreatedAt  time.Time `json:"created_at"`
-	ID         string    `json:"id"`
-	IsBYOC     bool      `json:"is_byoc"`
-	IsPlatform bool      `json:"is_platform"`
-	Name       string    `json:"name"`
+	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
+	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
+	CreatedAt       time.Time `json:"created_at"`
+	ID              string    `json:"id"`
+	IsBYOC          bool      `json:"is_byoc"`
+	IsPlatform      bool      `json:"is_platform"`
+	Name            string    `json:"name"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -806,14 +811,17 @@ type Capsule struct {
 	MemoryMB   int64 `json:"memory_mb"`
 
 	// Metadata The key/values given at create (omitted when empty).
-	Metadata   map[string]string `json:"metadata,omitempty"`
-	PausedAt   *time.Time        `json:"paused_at,omitempty"`
-	Public     bool              `json:"public"`
-	Status     CapsuleStatus     `json:"status"`
-	TemplateID string            `json:"template_id"`
-	TimeoutSec int64             `json:"timeout_sec"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	VCPUs      int64             `json:"vcpus"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// Network The egress policy in force (omitted: the defaults).
+	Network    *CapsuleNetwork `json:"network,omitempty"`
+	PausedAt   *time.Time      `json:"paused_at,omitempty"`
+	Public     bool            `json:"public"`
+	Status     CapsuleStatus   `json:"status"`
+	TemplateID string          `json:"template_id"`
+	TimeoutSec int64           `json:"timeout_sec"`
+	UpdatedAt  time.Time       `json:"updated_at"`
+	VCPUs      int64           `json:"vcpus"`
 }
 
 // CapsuleStatus defines model for Capsule.Status.
@@ -831,6 +839,24 @@ type CapsuleList struct {
 type CapsuleMetrics struct {
 	Points        []MetricPoint `json:"points"`
 	ResolutionSec int32         `json:"resolution_sec"`
+}
+
+// CapsuleNetwork A capsule's egress policy and rate limits. Rules are IPv4 CIDRs, single IPv4 addresses or domain names (example.com: that name; *.example.com: every name below it). An allow rule wins over a deny rule; deny_out ["0.0.0.0/0"] with allow_out makes an allow-list (domain names in allow_out need it). The host, other capsules, link-local with 169.254.169.254, and private ranges stay unreachable whatever the policy. At most 1,000 rules in all.
+type CapsuleNetwork struct {
+	// AllowOut Destinations allowed (wins over deny_out).
+	AllowOut []string `json:"allow_out,omitempty"`
+
+	// BurstMB Burst of both limits, megabytes (0 or omitted: 100).
+	BurstMB int `json:"burst_mb,omitempty"`
+
+	// DenyOut Destinations denied; 0.0.0.0/0 denies everything allow_out does not allow.
+	DenyOut []string `json:"deny_out,omitempty"`
+
+	// EgressMbps What the capsule sends, megabytes per second (0 or omitted: 200).
+	EgressMbps int `json:"egress_mbps,omitempty"`
+
+	// IngressMbps What the capsule receives, megabytes per second (0 or omitted: 200).
+	IngressMbps int `json:"ingress_mbps,omitempty"`
 }
 
 // CreateAPIKey defines model for CreateAPIKey.
@@ -860,6 +886,9 @@ type CreateCapsule struct {
 
 	// Metadata Your string key/values, returned in get and list and filterable with metadata.<key>=<value>.
 	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// Network Egress policy and rate limits (default: every public destination, 200 MB/s each way). With allow_internet false only the rate limits may be given.
+	Network *CapsuleNetwork `json:"network,omitempty"`
 
 	// Public Ports reachable through the proxy without the access token.
 	Public bool `json:"public,omitempty"`
@@ -1318,6 +1347,17 @@ type SetBYOC struct {
 	BYOC *bool `json:"byoc"`
 }
 
+// SetCapsuleNetwork The capsule's new policy (the fields of CapsuleNetwork; omitted fields take the defaults, so {} clears the policy), applied live: established connections keep flowing. allow_internet, when given, switches egress on or off.
+type SetCapsuleNetwork struct {
+	// AllowInternet Omitted: unchanged.
+	AllowInternet *bool    `json:"allow_internet,omitempty"`
+	AllowOut      []string `json:"allow_out,omitempty"`
+	BurstMB       int      `json:"burst_mb,omitempty"`
+	DenyOut       []string `json:"deny_out,omitempty"`
+	EgressMbps    int      `json:"egress_mbps,omitempty"`
+	IngressMbps   int      `json:"ingress_mbps,omitempty"`
+}
+
 // SetMemberRole defines model for SetMemberRole.
 type SetMemberRole struct {
 	Role SetMemberRoleRole `json:"role"`
@@ -1367,10 +1407,12 @@ type StdinMessageType string
 
 // Team defines model for Team.
 type Team struct {
-	CreatedAt time.Time `json:"created_at"`
-	ID        string    `json:"id"`
-	IsBYOC    bool      `json:"is_byoc"`
-	Name      string    `json:"name"`
+	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
+	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
+	CreatedAt       time.Time `json:"created_at"`
+	ID              string    `json:"id"`
+	IsBYOC          bool      `json:"is_byoc"`
+	Name            string    `json:"name"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -1384,6 +1426,13 @@ type TeamList struct {
 // TeamName defines model for TeamName.
 type TeamName struct {
 	Name string `json:"name,omitempty"`
+}
+
+// TeamUpdate Fields to change (at least one).
+type TeamUpdate struct {
+	// CapsuleInternet Default allow_internet of the team's new capsules (true is the platform default).
+	CapsuleInternet *bool   `json:"capsule_internet,omitempty"`
+	Name            *string `json:"name,omitempty"`
 }
 
 // Template defines model for Template.
@@ -1627,6 +1676,9 @@ type PostV1CapsulesCapsuleIDExecJSONRequestBody = Exec
 // PostV1CapsulesCapsuleIDFilesMkdirJSONRequestBody defines body for PostV1CapsulesCapsuleIDFilesMkdir for application/json ContentType.
 type PostV1CapsulesCapsuleIDFilesMkdirJSONRequestBody = Mkdir
 
+// PutV1CapsulesCapsuleIDNetworkJSONRequestBody defines body for PutV1CapsulesCapsuleIDNetwork for application/json ContentType.
+type PutV1CapsulesCapsuleIDNetworkJSONRequestBody = SetCapsuleNetwork
+
 // PostV1CapsulesCapsuleIDPauseJSONRequestBody defines body for PostV1CapsulesCapsuleIDPause for application/json ContentType.
 type PostV1CapsulesCapsuleIDPauseJSONRequestBody = Pause
 
@@ -1658,7 +1710,7 @@ type PatchV1MeJSONRequestBody = UpdateMe
 type PostV1TeamsJSONRequestBody = TeamName
 
 // PatchV1TeamsTeamIDJSONRequestBody defines body for PatchV1TeamsTeamID for application/json ContentType.
-type PatchV1TeamsTeamIDJSONRequestBody = TeamName
+type PatchV1TeamsTeamIDJSONRequestBody = TeamUpdate
 
 // PostV1TeamsTeamIDInvitesJSONRequestBody defines body for PostV1TeamsTeamIDInvites for application/json ContentType.
 type PostV1TeamsTeamIDInvitesJSONRequestBody = CreateInvite

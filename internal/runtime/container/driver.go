@@ -503,6 +503,7 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 			Name:  "network",
 			Async: true,
 			Do: func(context.Context) (err error) {
+				d.net.Label(rec.Key, rec.ID)
 				rec.Net, err = d.net.Setup(rec.Key, rec.Spec.AllowInternet && !rec.Pool, rec.Spec.Network)
 				return err
 			},
@@ -588,7 +589,7 @@ func (d *Driver) writeEtc(rec *record, id string) error {
 		return fmt.Errorf("container: %w", err)
 	}
 	defer root.Close()
-	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", rec.Net.Guest, id)
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", network.InsideAddr, id)
 	dnsAddr, dns := d.net.DNSServer(rec.Net)
 	err = asCapsuleRoot(rec.IDBase, func() error {
 		if err := root.MkdirAll("etc", 0o755); err != nil {

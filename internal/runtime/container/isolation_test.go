@@ -14,9 +14,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
+	"github.com/wrenn-dev/wrenn/internal/testutil/fakeinet"
 )
 
 func TestCannotSeeHostProcesses(t *testing.T) {
@@ -80,16 +82,24 @@ func TestNetworkIsolation(t *testing.T) {
 
 	// An "internet" host: a separate netns with a public-range address
 	// (TEST-NET-3), routed through the host like any outside address.
-	inet := newFakeInternet(t)
-	httpServer(t, inet.listen(t))
+	inet := fakeinet.New(t, "ctr")
+	inetAddr := inet.Serve(t)
 
 	allowed := startCapsule(t, d, runtime.Spec{ID: "cl-neti", AllowInternet: true})
 
 	gw := a.IP.Prev() // the host end of a's veth
-	hostIPs := []string{gw.String()}
+	// The gateway as the capsule sees it (issue 13: one address inside
+	// every capsule) is the host too.
+	hostIPs := []string{gw.String(), network.InsideGateway.String()}
+	for _, id := range []string{"cl-neta", "cl-netb"} {
+		out, err := runcExec(ctx, d, id, "ip", "-4", "addr", "show", "eth0")
+		if err != nil || !strings.Contains(out, network.InsideAddr.String()+"/30") {
+			t.Errorf("%s eth0: %q %v; want %s/30 in every capsule", id, out, err, network.InsideAddr)
+		}
+	}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, ad := range addrs {
-			if ipn, ok := ad.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.2") && !ipn.IP.Equal(inet.hostIP) {
+			if ipn, ok := ad.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.2") && !ipn.IP.Equal(inet.HostIP) {
 				hostIPs = append(hostIPs, ipn.IP.String())
 			}
 		}
@@ -102,8 +112,8 @@ func TestNetworkIsolation(t *testing.T) {
 	}{
 		{"host sees the service (control)", "", fmt.Sprintf("127.0.0.1:%d", port), true},
 		{"capsule reaches its own envd (control)", "cl-neta", "127.0.0.1:49983", true},
-		{"capsule reaches internet when allowed (control)", "cl-neti", inet.addr, true},
-		{"capsule without internet", "cl-neta", inet.addr, false},
+		{"capsule reaches internet when allowed (control)", "cl-neti", inetAddr, true},
+		{"capsule without internet", "cl-neta", inetAddr, false},
 		{"capsule to other capsule's envd", "cl-neta", b.EnvdAddr(), false},
 		{"internet capsule to other capsule", "cl-neti", b.EnvdAddr(), false},
 		{"host to capsule envd (control)", "", b.EnvdAddr(), true},

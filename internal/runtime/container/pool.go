@@ -221,6 +221,7 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 	if err := setHostname(c.rec.PID, spec.ID); err != nil {
 		return fail(err)
 	}
+	d.net.Label(c.rec.Key, spec.ID)
 	if err := d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network); err != nil {
 		return fail(err)
 	}

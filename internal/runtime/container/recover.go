@@ -60,6 +60,7 @@ func (d *Driver) Recover(ctx context.Context) ([]runtime.Info, error) {
 				_ = os.RemoveAll(filepath.Join(d.capsDir, key))
 				continue
 			}
+			d.net.Label(rec.Key, rec.ID)
 			// Rebuild the policy chain, rate limits and DNS forwarder
 			// (the forwarder and the policy live in the agent's memory).
 			if err := d.net.SetPolicy(rec.Net, rec.Spec.AllowInternet && !rec.Pool, rec.Spec.Network); err != nil {

@@ -50,7 +50,7 @@ func str(p *string) string {
 
 func toTeam(t db.Team) store.Team {
 	return store.Team{
-		ID: t.ID, Name: t.Name, IsBYOC: t.IsByoc, IsPlatform: t.IsPlatform,
+		ID: t.ID, Name: t.Name, IsBYOC: t.IsByoc, IsPlatform: t.IsPlatform, CapsuleInternet: t.CapsuleInternet,
 		CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
 	}
 }
@@ -109,7 +109,7 @@ func (s *Store) ListTeamsForUser(ctx context.Context, userID string) ([]store.Te
 		out = append(out, store.TeamMembership{
 			Team: toTeam(db.Team{
 				ID: r.ID, Name: r.Name, IsByoc: r.IsByoc, IsPlatform: r.IsPlatform,
-				CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+				CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, CapsuleInternet: r.CapsuleInternet,
 			}),
 			Role: store.Role(r.Role),
 		})
@@ -121,6 +121,12 @@ func (s *Store) ListTeamsForUser(ctx context.Context, userID string) ([]store.Te
 func (s *Store) RenameTeam(ctx context.Context, id, name string) error {
 	n, err := s.qw.RenameTeam(ctx, db.RenameTeamParams{ID: id, Name: name, UpdatedAt: ts(store.Now())})
 	return one(n, err, "rename team")
+}
+
+// SetTeamCapsuleInternet implements store.Store.
+func (s *Store) SetTeamCapsuleInternet(ctx context.Context, id string, v *bool) error {
+	n, err := s.qw.SetTeamCapsuleInternet(ctx, db.SetTeamCapsuleInternetParams{ID: id, CapsuleInternet: v, UpdatedAt: ts(store.Now())})
+	return one(n, err, "set team capsule internet")
 }
 
 // SetTeamBYOC implements store.Store.
@@ -998,8 +1004,15 @@ func toCapsule(c db.Capsule) (store.Capsule, error) {
 	if len(md) == 0 {
 		md = nil
 	}
+	var nw *store.CapsuleNetwork
+	if len(c.Network) > 0 {
+		if err := json.Unmarshal(c.Network, &nw); err != nil {
+			return store.Capsule{}, fmt.Errorf("capsule %s: decode network: %w", c.ID, err)
+		}
+	}
 	return store.Capsule{
 		Metadata: md,
+		Network:  nw,
 		ID:       c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: str(c.HostID),
 		Status: store.CapsuleStatus(c.Status), VCPUs: c.Vcpus, MemoryMB: c.MemoryMb,
 		DiskSizeMB: c.DiskSizeMb, TimeoutSec: c.TimeoutSec, ExpiresAt: tmp(c.ExpiresAt), Env: env,
@@ -1044,6 +1057,10 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 	if err != nil {
 		return store.Capsule{}, fmt.Errorf("create capsule: encode metadata: %w", err)
 	}
+	nw, err := encodeNetwork(c.Network)
+	if err != nil {
+		return store.Capsule{}, fmt.Errorf("create capsule: %w", err)
+	}
 	created := store.Now()
 	if !c.CreatedAt.IsZero() {
 		created = store.Truncate(c.CreatedAt)
@@ -1057,7 +1074,7 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 		ID: c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: strp(c.HostID), Status: string(c.Status),
 		Vcpus: c.VCPUs, MemoryMb: c.MemoryMB, DiskSizeMb: c.DiskSizeMB, TimeoutSec: c.TimeoutSec,
 		ExpiresAt: tsp(exp), Env: env, Public: c.Public, AccessTokenHash: c.AccessTokenHash,
-		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet, Metadata: md,
+		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet, Metadata: md, Network: nw,
 	})
 	if err != nil {
 		return store.Capsule{}, mapErr(err, "create capsule")
@@ -1209,6 +1226,28 @@ func (s *Store) SetCapsuleTimeout(ctx context.Context, teamID, id string, timeou
 func (s *Store) SetCapsulePublic(ctx context.Context, teamID, id string, public bool) error {
 	n, err := s.qw.SetCapsulePublic(ctx, db.SetCapsulePublicParams{TeamID: teamID, ID: id, Public: public, Now: ts(store.Now())})
 	return one(n, err, "set capsule public")
+}
+
+// encodeNetwork is a capsule's network column (NULL for the defaults).
+func encodeNetwork(n *store.CapsuleNetwork) ([]byte, error) {
+	if n.IsZero() {
+		return nil, nil
+	}
+	b, err := json.Marshal(n)
+	if err != nil {
+		return nil, fmt.Errorf("encode network: %w", err)
+	}
+	return b, nil
+}
+
+// SetCapsuleNetwork implements store.Store.
+func (s *Store) SetCapsuleNetwork(ctx context.Context, teamID, id string, allowInternet bool, n *store.CapsuleNetwork) error {
+	nw, err := encodeNetwork(n)
+	if err != nil {
+		return err
+	}
+	c, err := s.qw.SetCapsuleNetwork(ctx, db.SetCapsuleNetworkParams{TeamID: teamID, ID: id, AllowInternet: allowInternet, Network: nw, Now: ts(store.Now())})
+	return one(c, err, "set capsule network")
 }
 
 // DeleteCapsule implements store.Store.

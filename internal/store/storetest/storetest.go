@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"BuildLogs", testBuildLogs},
 		{"Capsules", testCapsules},
 		{"CapsulePagination", testCapsulePagination},
+		{"CapsuleNetwork", testCapsuleNetwork},
 		{"TeamIsolation", testTeamIsolation},
 		{"DeleteTeamCascades", testDeleteTeamCascades},
 		{"Audit", testAudit},
@@ -745,6 +746,50 @@ func testCapsuleErrorReason(t *testing.T, s store.Store, teamID string) {
 	eq(t, "leave error", must(s.UpdateCapsuleStatus(ctx, teamID, c.ID, store.CapsuleError, store.CapsuleRunning))(t), true)
 	eq(t, "reason cleared", must(s.GetCapsule(ctx, teamID, c.ID))(t).ErrorReason, "")
 	noErr(t, s.DeleteCapsule(ctx, teamID, c.ID))
+}
+
+// testCapsuleNetwork: a capsule's egress policy is stored at create and
+// replaced (or cleared) with SetCapsuleNetwork, scoped to its team; a
+// team's capsule_internet default is unset, set and cleared.
+func testCapsuleNetwork(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	team := newTeam(t, s, "net")
+	other := newTeam(t, s, "other")
+	eq(t, "team default unset", team.CapsuleInternet == nil, true)
+	off := false
+	noErr(t, s.SetTeamCapsuleInternet(ctx, team.ID, &off))
+	got := must(s.GetTeam(ctx, team.ID))(t)
+	if got.CapsuleInternet == nil || *got.CapsuleInternet {
+		t.Fatalf("capsule_internet = %v, want false", got.CapsuleInternet)
+	}
+	u := newUser(t, s, "net@example.com", false)
+	must(s.AddTeamMember(ctx, team.ID, u.ID, store.RoleOwner))(t)
+	ms := must(s.ListTeamsForUser(ctx, u.ID))(t)
+	if len(ms) != 1 || ms[0].Team.CapsuleInternet == nil || *ms[0].Team.CapsuleInternet {
+		t.Fatalf("team list: capsule_internet not false: %+v", ms)
+	}
+	noErr(t, s.SetTeamCapsuleInternet(ctx, team.ID, nil))
+	eq(t, "team default cleared", must(s.GetTeam(ctx, team.ID))(t).CapsuleInternet == nil, true)
+	wantErr(t, s.SetTeamCapsuleInternet(ctx, "team-nope", &off), store.ErrNotFound)
+
+	nw := &store.CapsuleNetwork{AllowOut: []string{"203.0.113.0/24", "*.example.com"}, DenyOut: []string{"0.0.0.0/0"}, EgressMBps: 10, BurstMB: 5}
+	c := must(s.CreateCapsule(ctx, store.Capsule{TeamID: team.ID, TemplateID: "tpl-base", AllowInternet: true, Network: nw}))(t)
+	g := must(s.GetCapsule(ctx, team.ID, c.ID))(t)
+	if g.Network == nil || len(g.Network.AllowOut) != 2 || g.Network.AllowOut[1] != "*.example.com" || g.Network.DenyOut[0] != "0.0.0.0/0" || g.Network.EgressMBps != 10 || g.Network.BurstMB != 5 {
+		t.Fatalf("network = %+v", g.Network)
+	}
+	plain := must(s.CreateCapsule(ctx, store.Capsule{TeamID: team.ID, TemplateID: "tpl-base", AllowInternet: true}))(t)
+	eq(t, "no policy", must(s.GetCapsule(ctx, team.ID, plain.ID))(t).Network == nil, true)
+	noErr(t, s.SetCapsuleNetwork(ctx, team.ID, c.ID, true, &store.CapsuleNetwork{DenyOut: []string{"198.51.100.7"}}))
+	g = must(s.GetCapsule(ctx, team.ID, c.ID))(t)
+	if g.Network == nil || len(g.Network.AllowOut) != 0 || len(g.Network.DenyOut) != 1 || g.Network.EgressMBps != 0 || !g.AllowInternet {
+		t.Fatalf("network after set = %+v", g.Network)
+	}
+	noErr(t, s.SetCapsuleNetwork(ctx, team.ID, c.ID, false, nil))
+	g = must(s.GetCapsule(ctx, team.ID, c.ID))(t)
+	eq(t, "cleared", g.Network == nil, true)
+	eq(t, "internet off", g.AllowInternet, false)
+	wantErr(t, s.SetCapsuleNetwork(ctx, other.ID, c.ID, true, nil), store.ErrNotFound)
 }
 
 func testCapsules(t *testing.T, s store.Store) {

@@ -39,6 +39,21 @@ def test_create_fields_list_get(client):
         assert cap.set_public(True).public is True
 
 
+def test_network_policy(client):
+    pol = wrenn.Network(allow_out=["203.0.113.0/24", "*.example.com"], deny_out=["0.0.0.0/0"], egress_mbps=50)
+    with client.capsules.create(template=TEMPLATE, network=pol) as cap:
+        assert cap.network == pol and cap.allow_internet is True
+        assert client.capsules.get(cap.id).network == pol
+        with pytest.raises(wrenn.InvalidArgumentError) as ei:
+            cap.set_network({"deny_out": ["203.0.113.0/99"]})
+        assert 'network.deny_out[0] "203.0.113.0/99"' in ei.value.message
+        assert client.capsules.get(cap.id).network == pol  # untouched
+        info = cap.set_network(wrenn.Network(deny_out=["198.51.100.7"]), allow_internet=True)
+        assert info.network == wrenn.Network(deny_out=["198.51.100.7"])
+        info = cap.set_network(allow_internet=False)
+        assert info.allow_internet is False and info.network is None
+
+
 def test_exec_options_and_errors(capsule):
     r = capsule.exec("sh", "-c", "pwd; id -un; echo $A; cat", cwd="/tmp", env={"A": "b"}, stdin="in\n")
     assert r.stdout.splitlines() == ["/tmp", "root", "b", "in"], r

@@ -33,6 +33,15 @@ export type CapsuleInfo = S['Capsule'];
 export type CapsulePage = S['CapsuleList'];
 /** The body of a create (schema `CreateCapsule`). */
 export type CreateCapsuleParams = S['CreateCapsule'];
+/**
+ * A capsule's egress policy and rate limits (schema `CapsuleNetwork`): `allow_out` and `deny_out` hold
+ * IPv4 CIDRs, addresses and domain names (`*.example.com` for every name below it); an allow rule wins over a
+ * deny rule, and `deny_out: ['0.0.0.0/0']` with `allow_out` is an allow-list. Rates in MB/s, burst in MB
+ * (omitted: 200 MB/s, 100 MB). The host, other capsules, link-local and private ranges stay unreachable.
+ */
+export type Network = S['CapsuleNetwork'];
+/** The body of a live network change (schema `SetCapsuleNetwork`: a `Network` plus `allow_internet`). */
+export type SetNetworkParams = S['SetCapsuleNetwork'];
 /** A template (schema `Template`). */
 export type Template = S['Template'];
 /** A file or directory in a capsule (schema `FileEntry`). */
@@ -502,6 +511,16 @@ export class Capsule {
   /** Sets the time to live to `seconds` from now. */
   setTimeout(seconds: number): Promise<CapsuleInfo> {
     return this.update('POST', '/timeout', { timeout_sec: seconds });
+  }
+
+  /**
+   * Replaces the capsule's egress policy and rate limits, live (`PUT …/network`): the fields given are the
+   * whole new policy (`{}` restores the defaults); `allow_internet`, when given, switches outbound internet.
+   * Established connections keep flowing. An invalid policy throws an `APIError` (`invalid_argument`) naming
+   * the rule, and the old policy stays.
+   */
+  setNetwork(p: SetNetworkParams = {}): Promise<CapsuleInfo> {
+    return this.update('PUT', '/network', p);
   }
 
   /** Makes ports reachable through the proxy without the access token (or not). */

@@ -512,7 +512,7 @@ export interface paths {
         };
         options?: never;
         head?: never;
-        /** Rename (owner or admin). */
+        /** Rename, or set the default allow_internet of new capsules (owner or admin). */
         patch: {
             parameters: {
                 query?: never;
@@ -524,7 +524,7 @@ export interface paths {
             };
             requestBody?: {
                 content: {
-                    "application/json": components["schemas"]["TeamName"];
+                    "application/json": components["schemas"]["TeamUpdate"];
                 };
             };
             responses: {
@@ -1585,6 +1585,56 @@ export interface paths {
                         "application/json": components["schemas"]["Capsule"];
                     };
                 };
+            };
+        };
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/capsules/{capsuleID}/network": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                capsuleID: components["parameters"]["capsuleID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Replace the capsule's egress policy and rate limits, live (running or paused capsules).
+         * @description An invalid policy is a 400 naming the rule, and the policy in force stays. allow_internet true when the platform runs with --capsule-internet=off is a 403. A hibernated or stopped capsule is a 409.
+         */
+        put: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    capsuleID: components["parameters"]["capsuleID"];
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["SetCapsuleNetwork"];
+                };
+            };
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Capsule"];
+                    };
+                };
+                400: components["responses"]["Error"];
+                403: components["responses"]["Error"];
+                409: components["responses"]["Error"];
             };
         };
         post?: never;
@@ -3493,6 +3543,8 @@ export interface components {
             role?: string;
             /** Format: date-time */
             created_at: string;
+            /** @description The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it. */
+            capsule_internet?: boolean;
         };
         AdminTeam: components["schemas"]["Team"] & {
             is_platform: boolean;
@@ -3505,6 +3557,12 @@ export interface components {
         };
         TeamName: {
             name?: string;
+        };
+        /** @description Fields to change (at least one). */
+        TeamUpdate: {
+            name?: string;
+            /** @description Default allow_internet of the team's new capsules (true is the platform default). */
+            capsule_internet?: boolean;
         };
         SetBYOC: {
             byoc: boolean;
@@ -3655,6 +3713,8 @@ export interface components {
             metadata?: {
                 [key: string]: string;
             };
+            /** @description Egress policy and rate limits (default: every public destination, 200 MB/s each way). With allow_internet false only the rate limits may be given. */
+            network?: components["schemas"]["CapsuleNetwork"];
         };
         Capsule: {
             /** @example cl-3k9xq2m7a1b4c5d6 */
@@ -3692,6 +3752,31 @@ export interface components {
             };
             /** @description Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume. */
             memory_kept?: boolean;
+            /** @description The egress policy in force (omitted: the defaults). */
+            network?: components["schemas"]["CapsuleNetwork"];
+        };
+        /** @description A capsule's egress policy and rate limits. Rules are IPv4 CIDRs, single IPv4 addresses or domain names (example.com: that name; *.example.com: every name below it). An allow rule wins over a deny rule; deny_out ["0.0.0.0/0"] with allow_out makes an allow-list (domain names in allow_out need it). The host, other capsules, link-local with 169.254.169.254, and private ranges stay unreachable whatever the policy. At most 1,000 rules in all. */
+        CapsuleNetwork: {
+            /** @description Destinations allowed (wins over deny_out). */
+            allow_out?: string[];
+            /** @description Destinations denied; 0.0.0.0/0 denies everything allow_out does not allow. */
+            deny_out?: string[];
+            /** @description What the capsule sends, megabytes per second (0 or omitted: 200). */
+            egress_mbps?: number;
+            /** @description What the capsule receives, megabytes per second (0 or omitted: 200). */
+            ingress_mbps?: number;
+            /** @description Burst of both limits, megabytes (0 or omitted: 100). */
+            burst_mb?: number;
+        };
+        /** @description The capsule's new policy (the fields of CapsuleNetwork; omitted fields take the defaults, so {} clears the policy), applied live: established connections keep flowing. allow_internet, when given, switches egress on or off. */
+        SetCapsuleNetwork: {
+            /** @description Omitted: unchanged. */
+            allow_internet?: boolean;
+            allow_out?: string[];
+            deny_out?: string[];
+            egress_mbps?: number;
+            ingress_mbps?: number;
+            burst_mb?: number;
         };
         CapsuleList: {
             capsules: components["schemas"]["Capsule"][];

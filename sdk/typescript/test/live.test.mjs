@@ -49,6 +49,19 @@ test('create fields, list, get, timeout, public', () => withCapsule(async (cap) 
   assert.equal((await cap.setPublic(true)).public, true);
 }, { vcpus: 1, memory_mb: 256, timeout_sec: 120, env: { GREETING: 'hello' } }));
 
+test('network policy on create and live', () => withCapsule(async (cap) => {
+  const pol = { allow_out: ['203.0.113.0/24', '*.example.com'], deny_out: ['0.0.0.0/0'], egress_mbps: 50 };
+  assert.deepEqual(cap.info.network, pol);
+  assert.deepEqual((await c.capsules.get(cap.id)).info.network, pol);
+  await assert.rejects(cap.setNetwork({ deny_out: ['203.0.113.0/99'] }),
+    (e) => e instanceof APIError && e.code === 'invalid_argument' && e.message.includes('network.deny_out[0]'));
+  assert.deepEqual((await c.capsules.get(cap.id)).info.network, pol);
+  assert.deepEqual((await cap.setNetwork({ deny_out: ['198.51.100.7'] })).network, { deny_out: ['198.51.100.7'] });
+  const off = await cap.setNetwork({ allow_internet: false });
+  assert.equal(off.allow_internet, false);
+  assert.equal(off.network, undefined);
+}, { network: { allow_out: ['203.0.113.0/24', '*.example.com'], deny_out: ['0.0.0.0/0'], egress_mbps: 50 } }));
+
 test('exec options, exit codes, errors, timeout', () => withCapsule(async (cap) => {
   const r = await cap.exec('sh', ['-c', 'pwd; echo $A; cat'], { cwd: '/tmp', env: { A: 'b' }, stdin: 'in\n' });
   assert.deepEqual(r.stdout.split('\n'), ['/tmp', 'b', 'in', '']);

@@ -112,12 +112,12 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network)
 VALUES ($1, $2, $3, $4, $5,
         $6, $7, $8, $9,
         $10, $11, $12, $13,
-        $14, $15, $15, $16, $17)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata
+        $14, $15, $15, $16, $17, $18)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network
 `
 
 type CreateCapsuleParams struct {
@@ -138,6 +138,7 @@ type CreateCapsuleParams struct {
 	CreatedAt       time.Time
 	AllowInternet   bool
 	Metadata        []byte
+	Network         []byte
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -159,6 +160,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.CreatedAt,
 		arg.AllowInternet,
 		arg.Metadata,
+		arg.Network,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -182,6 +184,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.AllowInternet,
 		&i.ErrorReason,
 		&i.Metadata,
+		&i.Network,
 	)
 	return i, err
 }
@@ -325,7 +328,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE team_id = $1 AND id = $2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE team_id = $1 AND id = $2
 `
 
 type GetCapsuleParams struct {
@@ -357,12 +360,13 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.AllowInternet,
 		&i.ErrorReason,
 		&i.Metadata,
+		&i.Network,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE id = $1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE id = $1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -389,6 +393,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.AllowInternet,
 		&i.ErrorReason,
 		&i.Metadata,
+		&i.Network,
 	)
 	return i, err
 }
@@ -666,7 +671,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
 WHERE (status = $1 OR $1 = '')
   AND (created_at, id) < ($2, CAST($3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -715,6 +720,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -796,7 +802,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
 WHERE team_id = $1
   AND (status = $2 OR $2 = '')
   AND (created_at, id) < ($3, CAST($4 AS TEXT))
@@ -848,6 +854,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -860,7 +867,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE host_id = $1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE host_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -893,6 +900,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -905,7 +913,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
 WHERE expires_at <= $1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT $2
@@ -946,6 +954,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -1192,6 +1201,33 @@ type SetCapsuleHostParams struct {
 func (q *Queries) SetCapsuleHost(ctx context.Context, arg SetCapsuleHostParams) (int64, error) {
 	result, err := q.db.Exec(ctx, setCapsuleHost,
 		arg.HostID,
+		arg.Now,
+		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const setCapsuleNetwork = `-- name: SetCapsuleNetwork :execrows
+UPDATE capsules SET allow_internet = $1, network = $2, updated_at = $3
+WHERE team_id = $4 AND id = $5
+`
+
+type SetCapsuleNetworkParams struct {
+	AllowInternet bool
+	Network       []byte
+	Now           time.Time
+	TeamID        string
+	ID            string
+}
+
+func (q *Queries) SetCapsuleNetwork(ctx context.Context, arg SetCapsuleNetworkParams) (int64, error) {
+	result, err := q.db.Exec(ctx, setCapsuleNetwork,
+		arg.AllowInternet,
+		arg.Network,
 		arg.Now,
 		arg.TeamID,
 		arg.ID,

@@ -78,6 +78,7 @@ type Capsule struct {
 	AllowInternet   bool
 	ErrorReason     string
 	Metadata        []byte
+	Network         []byte
 }
 
 type CapsuleMetricSnapshot struct {
@@ -138,12 +139,13 @@ type OauthProvider struct {
 }
 
 type Team struct {
-	ID         string
-	Name       string
-	IsByoc     bool
-	IsPlatform bool
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	ID              string
+	Name            string
+	IsByoc          bool
+	IsPlatform      bool
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	CapsuleInternet *bool
 }
 
 type TeamInvite struct {

@@ -43,7 +43,7 @@ func (q *Queries) AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (T
 const createTeam = `-- name: CreateTeam :one
 INSERT INTO teams (id, name, is_byoc, is_platform, created_at, updated_at)
 VALUES ($1, $2, $3, FALSE, $4, $4)
-RETURNING id, name, is_byoc, is_platform, created_at, updated_at
+RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet
 `
 
 type CreateTeamParams struct {
@@ -68,6 +68,7 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.IsPlatform,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CapsuleInternet,
 	)
 	return i, err
 }
@@ -146,7 +147,7 @@ func (q *Queries) DeleteTeamInvite(ctx context.Context, arg DeleteTeamInvitePara
 }
 
 const getPlatformTeam = `-- name: GetPlatformTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at FROM teams WHERE is_platform = TRUE
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet FROM teams WHERE is_platform = TRUE
 `
 
 func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
@@ -159,12 +160,13 @@ func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
 		&i.IsPlatform,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CapsuleInternet,
 	)
 	return i, err
 }
 
 const getTeam = `-- name: GetTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at FROM teams WHERE id = $1
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet FROM teams WHERE id = $1
 `
 
 func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
@@ -177,6 +179,7 @@ func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
 		&i.IsPlatform,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.CapsuleInternet,
 	)
 	return i, err
 }
@@ -365,7 +368,7 @@ func (q *Queries) ListTeamMembers(ctx context.Context, teamID string) ([]ListTea
 }
 
 const listTeams = `-- name: ListTeams :many
-SELECT id, name, is_byoc, is_platform, created_at, updated_at FROM teams ORDER BY created_at, id
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet FROM teams ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
@@ -384,6 +387,7 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 			&i.IsPlatform,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CapsuleInternet,
 		); err != nil {
 			return nil, err
 		}
@@ -396,20 +400,21 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 }
 
 const listTeamsForUser = `-- name: ListTeamsForUser :many
-SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, m.role
+SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, m.role
 FROM teams t JOIN team_members m ON m.team_id = t.id
 WHERE m.user_id = $1
 ORDER BY t.created_at, t.id
 `
 
 type ListTeamsForUserRow struct {
-	ID         string
-	Name       string
-	IsByoc     bool
-	IsPlatform bool
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
-	Role       string
+	ID              string
+	Name            string
+	IsByoc          bool
+	IsPlatform      bool
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	CapsuleInternet *bool
+	Role            string
 }
 
 func (q *Queries) ListTeamsForUser(ctx context.Context, userID string) ([]ListTeamsForUserRow, error) {
@@ -428,6 +433,7 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID string) ([]ListTe
 			&i.IsPlatform,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.CapsuleInternet,
 			&i.Role,
 		); err != nil {
 			return nil, err
@@ -505,6 +511,24 @@ type SetTeamBYOCParams struct {
 
 func (q *Queries) SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (int64, error) {
 	result, err := q.db.Exec(ctx, setTeamBYOC, arg.IsByoc, arg.UpdatedAt, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const setTeamCapsuleInternet = `-- name: SetTeamCapsuleInternet :execrows
+UPDATE teams SET capsule_internet = $1, updated_at = $2 WHERE id = $3
+`
+
+type SetTeamCapsuleInternetParams struct {
+	CapsuleInternet *bool
+	UpdatedAt       time.Time
+	ID              string
+}
+
+func (q *Queries) SetTeamCapsuleInternet(ctx context.Context, arg SetTeamCapsuleInternetParams) (int64, error) {
+	result, err := q.db.Exec(ctx, setTeamCapsuleInternet, arg.CapsuleInternet, arg.UpdatedAt, arg.ID)
 	if err != nil {
 		return 0, err
 	}

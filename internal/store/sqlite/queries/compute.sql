@@ -108,11 +108,11 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(fr
 
 -- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(template_id), sqlc.narg(host_id), sqlc.arg(status),
         sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_size_mb), sqlc.arg(timeout_sec),
         sqlc.narg(expires_at), sqlc.arg(env), sqlc.arg(public), sqlc.arg(access_token_hash),
-        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(allow_internet), sqlc.arg(metadata))
+        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(allow_internet), sqlc.arg(metadata), sqlc.narg(network))
 RETURNING *;
 
 -- name: GetCapsule :one
@@ -164,6 +164,10 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
 -- name: SetCapsulePublic :execrows
 UPDATE capsules SET public = sqlc.arg(public), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: SetCapsuleNetwork :execrows
+UPDATE capsules SET allow_internet = sqlc.arg(allow_internet), network = sqlc.narg(network), updated_at = sqlc.arg(now)
 WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
 -- name: DeleteCapsule :execrows

@@ -114,12 +114,12 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network)
 VALUES (?1, ?2, ?3, ?4, ?5,
         ?6, ?7, ?8, ?9,
         ?10, ?11, ?12, ?13,
-        ?14, ?15, ?15, ?16, ?17)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata
+        ?14, ?15, ?15, ?16, ?17, ?18)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network
 `
 
 type CreateCapsuleParams struct {
@@ -140,6 +140,7 @@ type CreateCapsuleParams struct {
 	CreatedAt       int64
 	AllowInternet   bool
 	Metadata        []byte
+	Network         []byte
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -161,6 +162,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.CreatedAt,
 		arg.AllowInternet,
 		arg.Metadata,
+		arg.Network,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -184,6 +186,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.AllowInternet,
 		&i.ErrorReason,
 		&i.Metadata,
+		&i.Network,
 	)
 	return i, err
 }
@@ -327,7 +330,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE team_id = ?1 AND id = ?2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE team_id = ?1 AND id = ?2
 `
 
 type GetCapsuleParams struct {
@@ -359,12 +362,13 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.AllowInternet,
 		&i.ErrorReason,
 		&i.Metadata,
+		&i.Network,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE id = ?1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE id = ?1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -391,6 +395,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.AllowInternet,
 		&i.ErrorReason,
 		&i.Metadata,
+		&i.Network,
 	)
 	return i, err
 }
@@ -671,7 +676,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
 WHERE (status = ?1 OR ?1 = '')
   AND (created_at, id) < (?2, CAST(?3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -720,6 +725,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -810,7 +816,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
 WHERE team_id = ?1
   AND (status = ?2 OR ?2 = '')
   AND (created_at, id) < (?3, CAST(?4 AS TEXT))
@@ -862,6 +868,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -877,7 +884,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules WHERE host_id = ?1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE host_id = ?1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -910,6 +917,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -925,7 +933,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
 WHERE expires_at <= ?1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT ?2
@@ -966,6 +974,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.AllowInternet,
 			&i.ErrorReason,
 			&i.Metadata,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -1230,6 +1239,33 @@ type SetCapsuleHostParams struct {
 func (q *Queries) SetCapsuleHost(ctx context.Context, arg SetCapsuleHostParams) (int64, error) {
 	result, err := q.exec(ctx, q.setCapsuleHostStmt, setCapsuleHost,
 		arg.HostID,
+		arg.Now,
+		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setCapsuleNetwork = `-- name: SetCapsuleNetwork :execrows
+UPDATE capsules SET allow_internet = ?1, network = ?2, updated_at = ?3
+WHERE team_id = ?4 AND id = ?5
+`
+
+type SetCapsuleNetworkParams struct {
+	AllowInternet bool
+	Network       []byte
+	Now           int64
+	TeamID        string
+	ID            string
+}
+
+func (q *Queries) SetCapsuleNetwork(ctx context.Context, arg SetCapsuleNetworkParams) (int64, error) {
+	result, err := q.exec(ctx, q.setCapsuleNetworkStmt, setCapsuleNetwork,
+		arg.AllowInternet,
+		arg.Network,
 		arg.Now,
 		arg.TeamID,
 		arg.ID,

@@ -276,6 +276,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setCapsuleHostStmt, err = db.PrepareContext(ctx, setCapsuleHost); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleHost: %w", err)
 	}
+	if q.setCapsuleNetworkStmt, err = db.PrepareContext(ctx, setCapsuleNetwork); err != nil {
+		return nil, fmt.Errorf("error preparing query SetCapsuleNetwork: %w", err)
+	}
 	if q.setCapsulePublicStmt, err = db.PrepareContext(ctx, setCapsulePublic); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsulePublic: %w", err)
 	}
@@ -287,6 +290,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.setTeamBYOCStmt, err = db.PrepareContext(ctx, setTeamBYOC); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamBYOC: %w", err)
+	}
+	if q.setTeamCapsuleInternetStmt, err = db.PrepareContext(ctx, setTeamCapsuleInternet); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTeamCapsuleInternet: %w", err)
 	}
 	if q.setUserEmailVerifiedStmt, err = db.PrepareContext(ctx, setUserEmailVerified); err != nil {
 		return nil, fmt.Errorf("error preparing query SetUserEmailVerified: %w", err)
@@ -752,6 +758,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setCapsuleHostStmt: %w", cerr)
 		}
 	}
+	if q.setCapsuleNetworkStmt != nil {
+		if cerr := q.setCapsuleNetworkStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setCapsuleNetworkStmt: %w", cerr)
+		}
+	}
 	if q.setCapsulePublicStmt != nil {
 		if cerr := q.setCapsulePublicStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setCapsulePublicStmt: %w", cerr)
@@ -770,6 +781,11 @@ func (q *Queries) Close() error {
 	if q.setTeamBYOCStmt != nil {
 		if cerr := q.setTeamBYOCStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTeamBYOCStmt: %w", cerr)
+		}
+	}
+	if q.setTeamCapsuleInternetStmt != nil {
+		if cerr := q.setTeamCapsuleInternetStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTeamCapsuleInternetStmt: %w", cerr)
 		}
 	}
 	if q.setUserEmailVerifiedStmt != nil {
@@ -960,10 +976,12 @@ type Queries struct {
 	revokeUserAdminStmt              *sql.Stmt
 	setCapsuleExpiryStmt             *sql.Stmt
 	setCapsuleHostStmt               *sql.Stmt
+	setCapsuleNetworkStmt            *sql.Stmt
 	setCapsulePublicStmt             *sql.Stmt
 	setHostCapabilitiesStmt          *sql.Stmt
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
+	setTeamCapsuleInternetStmt       *sql.Stmt
 	setUserEmailVerifiedStmt         *sql.Stmt
 	setUserNameStmt                  *sql.Stmt
 	setUserPasswordStmt              *sql.Stmt
@@ -1067,10 +1085,12 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		revokeUserAdminStmt:              q.revokeUserAdminStmt,
 		setCapsuleExpiryStmt:             q.setCapsuleExpiryStmt,
 		setCapsuleHostStmt:               q.setCapsuleHostStmt,
+		setCapsuleNetworkStmt:            q.setCapsuleNetworkStmt,
 		setCapsulePublicStmt:             q.setCapsulePublicStmt,
 		setHostCapabilitiesStmt:          q.setHostCapabilitiesStmt,
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
+		setTeamCapsuleInternetStmt:       q.setTeamCapsuleInternetStmt,
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,
 		setUserNameStmt:                  q.setUserNameStmt,
 		setUserPasswordStmt:              q.setUserPasswordStmt,

@@ -74,6 +74,7 @@ type Capsule struct {
 	AllowInternet   bool
 	ErrorReason     string
 	Metadata        []byte
+	Network         []byte
 }
 
 type CapsuleMetricSnapshot struct {
@@ -134,12 +135,13 @@ type OauthProvider struct {
 }
 
 type Team struct {
-	ID         string
-	Name       string
-	IsByoc     bool
-	IsPlatform bool
-	CreatedAt  int64
-	UpdatedAt  int64
+	ID              string
+	Name            string
+	IsByoc          bool
+	IsPlatform      bool
+	CreatedAt       int64
+	UpdatedAt       int64
+	CapsuleInternet *bool
 }
 
 type TeamInvite struct {

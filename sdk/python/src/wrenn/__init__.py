@@ -54,6 +54,7 @@ from ._models import (
     Me,
     MetricPoint,
     MkdirResult,
+    Network,
     Process,
     ProcessStarted,
     Team,
@@ -72,5 +73,5 @@ __all__ = [
     "NotFoundError", "ConflictError", "PayloadTooLargeError", "RateLimitedError", "UnavailableError",
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
-    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Process", "ProcessStarted", "Team", "Template",
+    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template",
 ]

@@ -33,6 +33,7 @@ from ._models import (
     FileEntry,
     Me,
     MkdirResult,
+    Network,
     Process,
     ProcessStarted,
     Template,
@@ -303,18 +304,25 @@ class AsyncCapsules:
         public: Optional[bool] = None,
         allow_internet: Optional[bool] = None,
         metadata: Optional[Dict[str, str]] = None,
+        network: Optional[Union[Network, Dict[str, Any]]] = None,
     ) -> "AsyncCapsule":
         """Create a capsule (``POST /v1/capsules``); omitted fields take the server's defaults.
 
         ``metadata`` is string key/values returned with the capsule and
         filterable in list (``metadata={"k": "v"}``).
 
+        ``network`` is the egress policy and rate limits (a :class:`Network`
+        or its dict), e.g. ``Network(deny_out=["0.0.0.0/0"], allow_out=["pypi.org"])``.
+        ``allow_internet`` omitted takes the team's default (on unless a team
+        admin turned it off).
+
         ``timeout`` is the time to live in seconds. Not retried: a failure may
         still have created a capsule (it is then listed in ``error``).
         """
         body = {k: v for k, v in dict(template=template, vcpus=vcpus, memory_mb=memory_mb,
                                       disk_size_mb=disk_size_mb, timeout_sec=timeout, env=env, public=public,
-                                      allow_internet=allow_internet, metadata=metadata).items() if v is not None}
+                                      allow_internet=allow_internet, metadata=metadata,
+                                      network=_network_dict(network)).items() if v is not None}
         d = await self._c._json("POST", "/v1/capsules", json_body=body)
         return AsyncCapsule(self._c, CapsuleInfo.from_dict(d))
 
@@ -351,6 +359,12 @@ class AsyncCapsules:
     async def delete(self, capsule_id: str) -> None:
         """Destroy a capsule by id (``DELETE /v1/capsules/{id}``)."""
         await self._c._send("DELETE", _cpath(capsule_id))
+
+
+def _network_dict(n: Optional[Union[Network, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    if n is None:
+        return None
+    return n.to_dict() if isinstance(n, Network) else {k: v for k, v in dict(n).items() if v is not None}
 
 
 def _cpath(capsule_id: str) -> str:
@@ -428,6 +442,21 @@ class AsyncCapsule:
         """Make the capsule's ports reachable through the proxy without the access token (or not)."""
         self.info = CapsuleInfo.from_dict(await self._c._json("PUT", self._path + "/public",
                                                               json_body={"public": bool(public)}))
+        return self.info
+
+    async def set_network(self, network: Optional[Union[Network, Dict[str, Any]]] = None, *,
+                          allow_internet: Optional[bool] = None) -> CapsuleInfo:
+        """Replace the capsule's egress policy and rate limits, live (``PUT /v1/capsules/{id}/network``).
+
+        ``network`` is the whole new policy (None: the defaults); established
+        connections keep flowing. ``allow_internet`` switches outbound internet
+        on or off (None: unchanged). An invalid policy raises
+        :class:`InvalidArgumentError` naming the rule, and the old policy stays.
+        """
+        body = _network_dict(network) or {}
+        if allow_internet is not None:
+            body["allow_internet"] = bool(allow_internet)
+        self.info = CapsuleInfo.from_dict(await self._c._json("PUT", self._path + "/network", json_body=body))
         return self.info
 
     async def metrics(self, window: str = "10m") -> CapsuleMetrics:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar
 __all__ = [
     "CapsuleInfo",
     "CapsulePage",
+    "Network",
     "Template",
     "ExecResult",
     "ExecEvent",
@@ -70,6 +71,27 @@ class _Model:
 
 
 @dataclass
+class Network(_Model):
+    """A capsule's egress policy and rate limits (schema ``CapsuleNetwork``).
+
+    ``allow_out`` and ``deny_out`` hold IPv4 CIDRs, single addresses and
+    domain names (``*.example.com`` for every name below example.com); an
+    allow rule wins over a deny rule, and ``deny_out=["0.0.0.0/0"]`` with
+    ``allow_out`` is an allow-list (domain names need it). Rates are megabytes
+    per second, the burst megabytes (None or 0: 200 MB/s and 100 MB). At most
+    1,000 rules; the host, other capsules, link-local and private ranges stay
+    unreachable whatever the policy.
+    """
+
+    __schema__ = "CapsuleNetwork"
+    allow_out: Optional[List[str]] = None
+    deny_out: Optional[List[str]] = None
+    egress_mbps: Optional[int] = None
+    ingress_mbps: Optional[int] = None
+    burst_mb: Optional[int] = None
+
+
+@dataclass
 class CapsuleInfo(_Model):
     """A capsule as the API describes it (schema ``Capsule``).
 
@@ -97,6 +119,7 @@ class CapsuleInfo(_Model):
     paused_at: Optional[str] = None
     access_token: Optional[str] = None
     memory_kept: Optional[bool] = None
+    network: Optional[Network] = None
 
 
 @dataclass
@@ -221,6 +244,7 @@ class Team(_Model):
     is_byoc: bool = False
     created_at: str = ""
     role: Optional[str] = None
+    capsule_internet: Optional[bool] = None
 
 
 @dataclass
@@ -333,6 +357,7 @@ class CapsuleMetrics(_Model):
 _NESTED.update(
     {
         "CapsulePage.capsules": CapsuleInfo,
+        "CapsuleInfo.network": Network,
         "MkdirResult.entry": FileEntry,
         "Me.team": Team,
         "Build.spec": BuildSpec,

@@ -167,6 +167,7 @@ class Capsule(_Wrapped):
     resume = _mirror("resume")
     set_timeout = _mirror("set_timeout")
     set_public = _mirror("set_public")
+    set_network = _mirror("set_network")
     metrics = _mirror("metrics")
     exec = _mirror("exec")
     exec_stream = _mirror("exec_stream")

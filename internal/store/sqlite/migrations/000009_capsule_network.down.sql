@@ -1,0 +1,2 @@
+ALTER TABLE teams DROP COLUMN capsule_internet;
+ALTER TABLE capsules DROP COLUMN network;
