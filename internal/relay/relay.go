@@ -1,6 +1,8 @@
-// Package relay holds what the two hops of the E2B envd route (the control
-// plane's /e2b/envd and the host agent's /envd/{capsule}/) share when they
-// forward a request to the next hop with httputil.ReverseProxy.
+// Package relay holds what Wrenn's reverse proxies share when they forward
+// a request to the next hop with httputil.ReverseProxy: the two hops of the
+// E2B envd route (the control plane's /e2b/envd, the host agent's
+// /envd/{capsule}/) and of the port proxy (internal/proxy,
+// internal/hostagent/portproxy).
 //
 // Invariant: a forwarded request is served in full-duplex mode. Without
 // it, Go's HTTP/1 server touches the request body when the proxied
