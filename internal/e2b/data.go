@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/credstrip"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/relay"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -188,7 +189,9 @@ func (h *Handler) envd(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadGateway, "the sandbox's host cannot be reached right now")
 		},
 	}
-	rp.ServeHTTP(w, r)
+	// Full duplex: see internal/relay (a stream cut when the response
+	// starts while the Transport still reads the request body).
+	relay.FullDuplex(rp, h.log).ServeHTTP(w, r)
 }
 
 // envdAuthorized checks X-Access-Token for sandbox id, or, for a signed

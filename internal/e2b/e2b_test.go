@@ -141,3 +141,21 @@ func TestListFilter(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeWithoutMemoryIs501: a resume asking for a cold boot (memory
+// false, the SDK's onResume: 'reboot') is refused with 501, never turned
+// into a memory restore. (Connect does the same for a paused sandbox:
+// test/e2bcompat.)
+func TestResumeWithoutMemoryIs501(t *testing.T) {
+	h := New(Config{Key: []byte("k"), Auth: func(*http.Request) (capsules.Scope, error) {
+		return capsules.TeamScope("team-x", "", capsules.SystemScope().Actor), nil
+	}})
+	r := httptest.NewRequest("POST", "/e2b/sandboxes/cl-a/resume", strings.NewReader(`{"memory":false,"timeout":60}`))
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var body apiError
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || w.Code != 501 || body.Code != 501 {
+		t.Errorf("resume with memory false: %d %s, want 501", w.Code, w.Body)
+	}
+}

@@ -272,12 +272,27 @@ func (h *Handler) resume(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	if rebootAsked(w, body) {
+		return
+	}
 	res, err := h.cfg.Capsules.Resume(r.Context(), scope(r), chi.URLParam(r, "id"), body.Timeout)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, h.toSandbox(res.Capsule))
+}
+
+// rebootAsked answers 501 for a resume with memory false (the SDK's
+// onResume: 'reboot': a cold boot from the files, the memory snapshot
+// ignored), which Wrenn cannot do yet. E2B's contract is an error, never a
+// silent memory restore. It reports whether it answered.
+func rebootAsked(w http.ResponseWriter, body timeoutBody) bool {
+	if body.Memory == nil || *body.Memory {
+		return false
+	}
+	writeError(w, http.StatusNotImplemented, "resuming from the files only (memory: false, onResume 'reboot') is not supported yet by Wrenn's E2B-compatible API; resume with memory")
+	return true
 }
 
 // connect resumes a paused sandbox (201) or, for a running one, extends
@@ -295,6 +310,9 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.Status.IsPaused() {
+		if rebootAsked(w, body) {
+			return
+		}
 		res, err := h.cfg.Capsules.Resume(r.Context(), scope(r), id, body.Timeout)
 		if err != nil {
 			h.fail(w, r, err)

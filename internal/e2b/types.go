@@ -81,7 +81,8 @@ type listedSandbox struct {
 // timeoutBody is POST /sandboxes/{id}/timeout and /v2/…/connect.
 type timeoutBody struct {
 	Timeout *int64 `json:"timeout"`
-	// Memory (connect) false asks for a reboot instead of a restore.
+	// Memory false: on pause, keep files only (hibernate); on connect or
+	// resume of a paused sandbox, a cold boot instead of a restore (501).
 	Memory *bool `json:"memory"`
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/credstrip"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	"github.com/wrenn-dev/wrenn/internal/relay"
 )
 
 // EnvdRoutePrefix is the agent route the control plane forwards a
@@ -65,6 +66,9 @@ func (a *Agent) newEnvdRoute() http.Handler {
 			writeAgentError(w, http.StatusBadGateway, "unavailable", "the capsule's envd cannot be reached right now")
 		},
 	}
+	// Full duplex: see internal/relay (a stream cut when the response
+	// starts while the Transport still reads the request body).
+	fwd := relay.FullDuplex(rp, a.log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rest, _ := strings.CutPrefix(r.URL.EscapedPath(), EnvdRoutePrefix)
 		id, tail, _ := strings.Cut(rest, "/")
@@ -86,7 +90,7 @@ func (a *Agent) newEnvdRoute() http.Handler {
 		out := r.Clone(context.WithValue(r.Context(), envdTargetKey{}, envdTarget{addr: info.EnvdAddr(), token: rec.AccessToken}))
 		out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
 		credstrip.Request(out)
-		rp.ServeHTTP(w, out)
+		fwd.ServeHTTP(w, out)
 	})
 }
 

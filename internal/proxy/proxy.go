@@ -47,6 +47,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/credstrip"
+	"github.com/wrenn-dev/wrenn/internal/relay"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
@@ -331,7 +332,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, capsule string, po
 	credstrip.Request(out)
 	out.Header.Set(hostSecretHeader, t.HostSecret)
 	out.Header.Set(prefixHeader, "")
-	v.(*httputil.ReverseProxy).ServeHTTP(w, out)
+	// Full duplex: see internal/relay (a streamed answer cut when it
+	// starts while the Transport still reads the request body).
+	relay.FullDuplex(v.(*httputil.ReverseProxy), p.log).ServeHTTP(w, out)
 }
 
 func (p *Proxy) newReverseProxy(agentURL string) (*httputil.ReverseProxy, error) {

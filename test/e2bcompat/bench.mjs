@@ -77,9 +77,24 @@ out.execWrennMs = median(rawExec)
 // state under WRENN_HOME), the same raw requests on both.
 const trie = await wrennExec(sbx.sandboxId, '/bin/cat', ['/proc/net/fib_trie'])
 const ips = [...trie.stdout.matchAll(/\|-- (\d+\.\d+\.\d+\.\d+)\n\s+\/32 host LOCAL/g)].map((m) => m[1]).filter((ip) => !ip.startsWith('127.'))
-const rec = fs.readdirSync(WRENN_HOME, { recursive: true }).find((f) => path.basename(f) === `${sbx.sandboxId}.json`)
+// The agent's capsule record, <state dir>/capsules/<id>.json, found by a
+// walk that skips what it cannot read (LXCFS's mount changes under it).
+function findRecord(dir, name) {
+  let entries = []
+  try { entries = fs.readdirSync(dir, { withFileTypes: true }) } catch { return undefined }
+  for (const e of entries) {
+    const p = path.join(dir, e.name)
+    if (e.isFile() && e.name === name && path.basename(dir) === 'capsules') return p
+    if (e.isDirectory() && e.name !== 'lxcfs' && e.name !== 'rootfs') {
+      const found = findRecord(p, name)
+      if (found) return found
+    }
+  }
+  return undefined
+}
+const rec = findRecord(WRENN_HOME, `${sbx.sandboxId}.json`)
 if (!ips.length || !rec) throw new Error(`capsule address ${ips} or state ${rec} not found`)
-const envdToken = JSON.parse(fs.readFileSync(path.join(WRENN_HOME, rec))).access_token
+const envdToken = JSON.parse(fs.readFileSync(rec)).access_token
 const routes = {
   e2b: { base: `${WRENN_URL}/e2b/envd`, headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'X-Access-Token': sbx.envdAccessToken } },
   direct: { base: `http://${ips[0]}:49983`, headers: { 'X-Access-Token': envdToken } },

@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/credstrip"
+	"github.com/wrenn-dev/wrenn/internal/relay"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
@@ -246,7 +247,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
 	credstrip.Request(out) // drops PrefixHeader with every X-Wrenn- header
 	out = out.WithContext(context.WithValue(out.Context(), prefixKey{}, prefix))
-	rp.(*httputil.ReverseProxy).ServeHTTP(w, out)
+	// Full duplex: see internal/relay.
+	relay.FullDuplex(rp.(*httputil.ReverseProxy), nil).ServeHTTP(w, out)
 }
 
 type prefixKey struct{}
