@@ -70,8 +70,6 @@ func startAgent(t testing.TB, c *cp, adminTok string) (hostID string, agent *hos
 		// memory; the end-to-end test checks what the API reports.
 		CRIUPath:    os.Getenv("WRENN_TEST_CRIU"),
 		DisableCRIU: os.Getenv("WRENN_TEST_CRIU") == "",
-		// CRIU cannot checkpoint capsules in user namespaces yet (issue 11).
-		DisableUserNS: os.Getenv("WRENN_TEST_CRIU") != "",
 	}
 	drv, err := container.New(ctx, dc)
 	if err != nil {

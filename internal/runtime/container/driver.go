@@ -341,15 +341,14 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 				d.log.Info("memory snapshots off", "err", err)
 			}
 		}
-		if d.criu && !cfg.DisableUserNS {
-			// Issue 11 (open): the capsule's network namespace is owned by
-			// its user namespace, so CRIU dumps it, but CRIU 4.2.1 cannot
-			// restore into the user namespace the driver makes on the
-			// restoring host (docs/CRIU.md, "User namespaces"): memory
-			// snapshots need DisableUserNS.
+		if d.criu && !cfg.DisableUserNS && !criuJoinsUserns(ctx, path, cfg.CRIUEnv) {
+			// A stock CRIU (4.2.1) restores a capsule into a new user
+			// namespace with the dumped mapping and then cannot enter the
+			// network namespace the driver made: it needs the patch
+			// scripts/criu.sh applies (docs/CRIU.md, "User namespaces").
 			d.criu = false
-			d.criuOff = "CRIU cannot restore capsules into their user namespaces yet (run without user namespaces to keep memory)"
-			d.log.Warn("memory snapshots off: CRIU cannot restore capsules into their user namespaces yet; pause to disk keeps files only (Config.DisableUserNS restores memory snapshots at the cost of capsule root being host root)")
+			d.criuOff = "this criu cannot restore into a capsule's user namespace (build it with scripts/criu.sh, which patches it)"
+			d.log.Warn("memory snapshots are OFF: this criu cannot restore capsules into their user namespaces (not built by scripts/criu.sh with its patch); pause to disk keeps files only", "criu", path)
 		}
 	} else {
 		d.criuOff = "disabled (--no-criu)"

@@ -32,6 +32,7 @@ package container
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,6 +40,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
+	"strings"
 	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -286,4 +289,119 @@ func removeDir(p rootfs.Paths) error {
 		return err
 	}
 	return rootfs.Remove(p)
+}
+
+// makeRestoreMountpoints creates, as capsule root, the mount points
+// `runc restore` would create in the capsule's rootfs (runc 1.1.5,
+// prepareCriuRestoreMounts): every mount's destination outside a tmpfs,
+// a file for a bind mount of a file, a directory otherwise. runc makes
+// them as host root, which the idmapped layers refuse (EOVERFLOW, e.g.
+// /proc/cpuinfo for LXCFS: on a boot procfs is mounted there first). The
+// ones that exist are left alone.
+func makeRestoreMountpoints(base uint32, rootPath string, mounts []specs.Mount) error {
+	if base == 0 {
+		return nil
+	}
+	var tmpfs []string
+	for _, m := range mounts {
+		if m.Type == "tmpfs" {
+			tmpfs = append(tmpfs, filepath.Clean(m.Destination))
+		}
+	}
+	under := func(dest string) bool {
+		for _, t := range tmpfs {
+			if dest == t || strings.HasPrefix(dest, t+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	root, err := os.OpenRoot(rootPath)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer root.Close()
+	err = asCapsuleRoot(base, func() error {
+		for _, m := range mounts {
+			dest := filepath.Clean(m.Destination)
+			if under(dest) {
+				continue
+			}
+			rel := strings.TrimPrefix(dest, "/")
+			if rel == "" {
+				continue
+			}
+			file := false
+			if m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind") {
+				st, err := os.Stat(m.Source)
+				if err != nil {
+					return err
+				}
+				file = !st.IsDir()
+			}
+			if _, err := root.Lstat(rel); err == nil {
+				continue
+			}
+			if !file {
+				if err := root.MkdirAll(rel, 0o755); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
+				return err
+			}
+			f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("container: restore mount points: %w", err)
+	}
+	return nil
+}
+
+// makeRestoreMountpoints prepares rec's rootfs for `runc restore` (see the
+// function above) from its bundle.
+func (d *Driver) makeRestoreMountpoints(rec *record) error {
+	if rec.IDBase == 0 {
+		return nil
+	}
+	p := d.paths(rec.Key)
+	b, err := os.ReadFile(filepath.Join(p.Dir, "config.json"))
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("container: bundle: %w", err)
+	}
+	return makeRestoreMountpoints(rec.IDBase, p.Root(), s.Mounts)
+}
+
+// chownTree gives dir and everything in it to the capsule root's host ids
+// (base; nothing for 0). The restored tasks, cloned inside the capsule's
+// user namespace, open CRIU's images themselves (tty-info.img, files...),
+// as capsule root; the directory is the capsule's private copy of the
+// image, deleted after the restore, outside its rootfs.
+func chownTree(dir string, base uint32) error {
+	if base == 0 {
+		return nil
+	}
+	err := filepath.WalkDir(dir, func(path string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, int(base), int(base))
+	})
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	return nil
 }
