@@ -19,9 +19,10 @@ package container
 //   - The capsule's network namespace is made inside its user namespace
 //     (newOwnedNetns; both pinned, the user namespace at <dir>/userns) and
 //     runc joins both: the capsule owns its network (its own sysfs; CRIU
-//     dumps only namespaces the task's user namespace owns). CRIU still
-//     cannot restore into it (docs/CRIU.md), so memory snapshots stay off
-//     with user namespaces.
+//     dumps only namespaces the task's user namespace owns). A memory
+//     restore joins the pinned namespace of the restoring capsule (a new
+//     range) with `join-ns user:`, which needs the patched CRIU
+//     scripts/criu.sh builds (criu.go, docs/CRIU.md).
 //   - Files the driver writes into a capsule's overlay from the host
 //     (/etc/hosts) are written with the capsule root's fsuid (asCapsuleRoot),
 //     since host uid 0 has no mapping in the idmapped layers.
