@@ -11,6 +11,12 @@
 #   CRIU_SUITE    Debian suite whose source index carries it (default sid)
 #   CRIU_CACHE    cache root (default /var/cache/wrenn/criu)
 #
+# Wrenn's patches in scripts/criu-patches/*.patch are applied in name order
+# (patch -p1 on the upstream tree). The cache directory is
+# <version>+wrenn.<first 12 hex digits of the patches' SHA-256>, so a
+# patched build never collides with an unpatched or differently patched
+# one; the binary's --version still says the upstream version.
+#
 # What it changes on the host (root, Debian 12):
 #   - /etc/apt/sources.list.d/wrenn-criu-src.sources: a deb-src entry for
 #     CRIU_SUITE only, so binary packages keep coming from the host's release;
@@ -21,7 +27,16 @@ set -euo pipefail
 version=${CRIU_VERSION:-4.2.1}
 suite=${CRIU_SUITE:-sid}
 cache=${CRIU_CACHE:-/var/cache/wrenn/criu}
-bin=$cache/$version/criu
+patch_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches
+patches=()
+if [[ -d $patch_dir ]]; then
+  while IFS= read -r f; do patches+=("$f"); done < <(find "$patch_dir" -maxdepth 1 -name '*.patch' | sort)
+fi
+suffix=
+if ((${#patches[@]})); then
+  suffix=+wrenn.$(cat "${patches[@]}" | sha256sum | cut -c1-12)
+fi
+bin=$cache/$version$suffix/criu
 
 log() { echo "criu.sh: $*" >&2; }
 
@@ -74,7 +89,7 @@ if ! has_version; then
   if [[ -n $newer ]] && [[ "$(printf '%s\n%s\n' "$version" "$newer" | sort -V | head -n 1)" == "$version" ]]; then
     log "criu $version is no longer in Debian $suite's sources; building $newer"
     version=$newer
-    bin=$cache/$version/criu
+    bin=$cache/$version$suffix/criu
     if cached; then
       echo "$bin"
       exit 0
@@ -90,7 +105,7 @@ fi
 # Build-Depends minus docs and Python: asciidoc, xmlto, dh-python...).
 deps=(gcc make libc6-dev pkgconf protobuf-c-compiler protobuf-compiler libprotobuf-c-dev
   libprotobuf-dev libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev
-  libnl-3-dev uuid-dev dpkg-dev xz-utils)
+  libnl-3-dev uuid-dev dpkg-dev xz-utils patch)
 missing=()
 for p in "${deps[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -137,6 +152,13 @@ else
   mkdir src
   tar -xf "$orig" -C src --strip-components=1
 fi
+for p in "${patches[@]}"; do
+  log "applying $(basename "$p")"
+  if ! patch -d src -p1 --forward --quiet <"$p" >&2; then
+    log "$(basename "$p") does not apply to criu $version"
+    exit 1
+  fi
+done
 
 jobs=$(nproc)
 log "building (make -j$jobs criu; no docs, no Python) ..."
@@ -148,14 +170,14 @@ if ! make -C src -j"$jobs" criu >"$work/build.log" 2>&1; then
 fi
 log "built in $(($(date +%s) - start)) s"
 
-mkdir -p "$cache/$version"
-install -m 0755 src/criu/criu "$cache/$version/criu.tmp"
-if ! "$cache/$version/criu.tmp" --version | grep -qx "Version: $version"; then
+mkdir -p "$(dirname "$bin")"
+install -m 0755 src/criu/criu "$bin.tmp"
+if ! "$bin.tmp" --version | grep -qx "Version: $version"; then
   log "the built binary does not report version $version"
-  rm -f "$cache/$version/criu.tmp"
+  rm -f "$bin.tmp"
   exit 1
 fi
-mv -f "$cache/$version/criu.tmp" "$bin"
+mv -f "$bin.tmp" "$bin"
 if "$bin" check >/dev/null 2>&1; then
   log "criu check passes on this host"
 else

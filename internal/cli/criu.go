@@ -22,5 +22,5 @@ func (c *criuFlags) register(fl *pflag.FlagSet) {
 	fl.StringSliceVar(&c.env, "criu-env", nil, "extra environment for criu, e.g. CRIU_FAULT=130")
 	fl.BoolVar(&c.off, "no-criu", false, "pause to disk keeps files only, never process memory")
 	fl.BoolVar(&c.noUserNS, "insecure-no-userns", false,
-		"run capsules without a user namespace (capsule root is host root); memory snapshots need it until CRIU can checkpoint user namespaces here (docs/SECURITY.md)")
+		"run capsules without a user namespace (capsule root is host root; docs/SECURITY.md). Memory snapshots with user namespaces need the CRIU scripts/criu.sh builds (docs/CRIU.md)")
 }

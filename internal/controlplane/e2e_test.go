@@ -76,8 +76,6 @@ func startAgentOn(t testing.TB, c *cp, adminTok string, subnet netip.Prefix) (ho
 		// memory; the end-to-end test checks what the API reports.
 		CRIUPath:    os.Getenv("WRENN_TEST_CRIU"),
 		DisableCRIU: os.Getenv("WRENN_TEST_CRIU") == "",
-		// CRIU cannot checkpoint capsules in user namespaces yet (issue 11).
-		DisableUserNS: os.Getenv("WRENN_TEST_CRIU") != "",
 	}
 	drv, err := container.New(ctx, dc)
 	if err != nil {

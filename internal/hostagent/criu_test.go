@@ -28,7 +28,6 @@ func TestPauseToDiskKeepsMemory(t *testing.T) {
 	d.tweakDriver = func(dc *container.Config) {
 		dc.CRIUPath = criu
 		dc.CRIUEnv = strings.Fields(os.Getenv("WRENN_TEST_CRIU_ENV"))
-		dc.DisableUserNS = true // CRIU cannot checkpoint user namespaces yet (issue 11)
 	}
 	h := startHost(t, d, nil)
 	c := h.client

@@ -258,6 +258,15 @@ func (m *Manager) Adopt(a Allocation) error {
 // limits and the DNS forwarder of key, with the given policy (nil = the
 // defaults). On error everything it made is removed.
 func (m *Manager) Setup(key string, allowInternet bool, policy *runtime.NetworkPolicy) (a Allocation, err error) {
+	return m.SetupWith(key, allowInternet, policy, nil)
+}
+
+// SetupWith is Setup with the namespace made by newNetns, which must
+// bind-mount a new network namespace at path (the container driver makes
+// it inside the capsule's user namespace, so that the capsule owns it);
+// nil makes it as Setup does. The rest (veth, addresses, rules) is done
+// from the host as for any namespace.
+func (m *Manager) SetupWith(key string, allowInternet bool, policy *runtime.NetworkPolicy, newNetns func(path string) error) (a Allocation, err error) {
 	if err := policy.Validate(); err != nil {
 		return a, err
 	}
@@ -278,7 +287,11 @@ func (m *Manager) Setup(key string, allowInternet bool, policy *runtime.NetworkP
 			}
 		}
 	}()
-	if err := m.createNetns(filepath.Base(a.Netns)); err != nil {
+	if newNetns != nil {
+		if err := newNetns(a.Netns); err != nil {
+			return a, fmt.Errorf("network: create netns %s: %w", a.Netns, err)
+		}
+	} else if err := m.createNetns(filepath.Base(a.Netns)); err != nil {
 		return a, err
 	}
 	if err := m.link(a); err != nil {

@@ -69,6 +69,21 @@ func criuCheck(ctx context.Context, path string, env []string) (string, error) {
 	return bin, nil
 }
 
+// criuJoinsUserns reports whether the criu at bin restores into a user
+// namespace given with `join-ns user:<path>` by cloning the root task
+// inside it: stock CRIU (4.2.1) makes a new user namespace with the
+// dumped mapping instead, which then cannot enter the capsule's network
+// namespace. scripts/criu.sh builds CRIU with that patch
+// (scripts/criu-patches), which also adds the "join_userns_root" feature
+// this asks `criu check` about; stock CRIU answers "unknown feature".
+func criuJoinsUserns(ctx context.Context, bin string, env []string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "check", "--feature", "join_userns_root")
+	cmd.Env = append(os.Environ(), env...)
+	return cmd.Run() == nil
+}
+
 func lastLine(b []byte) string {
 	s := strings.TrimSpace(string(b))
 	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
@@ -570,10 +585,30 @@ func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, 
 		return fmt.Errorf("container: %w", err)
 	}
 	defer logf.Close()
+	if rec.IDBase != 0 {
+		// criu reopens the inherited fd through /proc/self/fd from the
+		// restored task, which runs as capsule root (see chownTree).
+		if err := logf.Chown(int(rec.IDBase), int(rec.IDBase)); err != nil {
+			return fmt.Errorf("container: %w", err)
+		}
+	}
 	conf := append([]string(nil), baseCRIUConf...)
 	for _, k := range keys {
 		// criu inherits runc's stdio: fd 2 is the new envd.log.
 		conf = append(conf, "inherit-fd fd[2]:"+k)
+	}
+	if err := d.makeRestoreMountpoints(rec); err != nil {
+		return err
+	}
+	if err := chownTree(images, rec.IDBase); err != nil {
+		return err
+	}
+	if u := usernsPathOf(p.Dir); u != "" {
+		// The restored tasks join the user namespace this driver made for
+		// the capsule (new id range, owner of its network namespace):
+		// scripts/criu-patches makes criu clone the root task inside it
+		// instead of making one with the dumped mapping.
+		conf = append(conf, "join-ns user:"+u)
 	}
 	pidFile := filepath.Join(p.Dir, "pid")
 	_ = os.Remove(pidFile)

@@ -39,27 +39,44 @@ func criuConfig(t testing.TB) container.Config {
 	cfg.CRIUPath = path
 	cfg.CRIUEnv = strings.Fields(os.Getenv("WRENN_TEST_CRIU_ENV"))
 	cfg.CRIUTimeout = 10 * time.Second
-	// CRIU cannot checkpoint capsules in user namespaces yet (driver.go,
-	// New; TestCRIUOffWithUserNS): memory snapshots run without them.
-	cfg.DisableUserNS = true
 	return cfg
 }
 
-// With user namespaces on, a working CRIU is not used: memory snapshots
-// are reported off and pause to disk keeps files (instead of failing or
-// hanging on a checkpoint CRIU refuses).
-func TestCRIUOffWithUserNS(t *testing.T) {
+// A CRIU without the join-ns user patch (stock CRIU: `criu check --feature
+// join_userns_root` fails) is not used while user namespaces are on: it
+// would dump capsules but restore none (docs/CRIU.md). Memory snapshots
+// are reported off with the reason, and pause to disk keeps files instead
+// of paying for a dump that cannot be restored. Without user namespaces
+// the same binary is used.
+func TestCRIUOffWithUserNSWithoutPatch(t *testing.T) {
 	cfg := criuConfig(t)
-	cfg.DisableUserNS = false
+	// Stock CRIU as far as the driver can tell: the patched binary, minus
+	// the feature the patch adds.
+	stock := filepath.Join(t.TempDir(), "criu")
+	script := "#!/bin/sh\nif [ \"$*\" = \"check --feature join_userns_root\" ]; then echo \"Error: Unknown feature join_userns_root\" >&2; exit 1; fi\nexec " + cfg.CRIUPath + " \"$@\"\n"
+	if err := os.WriteFile(stock, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.CRIUPath = stock
 	d := openDriver(t, cfg)
 	if d.CRIUAvailable() || d.MemorySnapshots() {
-		t.Fatal("memory snapshots on with user namespaces")
+		t.Fatal("memory snapshots on with user namespaces and a CRIU that cannot restore into them")
+	}
+	if r := d.CRIUUnavailableReason(); !strings.Contains(r, "user namespace") {
+		t.Errorf("reason = %q, want it to name user namespaces", r)
 	}
 	ctx := testutil.Context(t, testutil.Long)
 	startCapsule(t, d, runtime.Spec{ID: "cl-criu-userns"})
 	snap, err := d.Snapshot(ctx, "cl-criu-userns")
 	if err != nil || snap.MemoryKept {
 		t.Fatalf("Snapshot: %+v, %v; want files only", snap, err)
+	}
+
+	plain := criuConfig(t)
+	plain.CRIUPath = stock
+	plain.DisableUserNS = true
+	if d := openDriver(t, plain); !d.MemorySnapshots() {
+		t.Errorf("memory snapshots off without user namespaces: %s", d.CRIUUnavailableReason())
 	}
 }
 
@@ -112,7 +129,6 @@ func readCounter(ctx context.Context, t *testing.T, d *container.Driver, id stri
 	t.Helper()
 	// `runc exec`, not envd: a read must not leave a connection to envd
 	// (or a process in its tree) for the next checkpoint to deal with.
-	// These tests run without user namespaces, where runc exec works.
 	key, err := d.Key(id)
 	if err != nil {
 		return 0

@@ -341,15 +341,14 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 				d.log.Info("memory snapshots off", "err", err)
 			}
 		}
-		if d.criu && !cfg.DisableUserNS {
-			// Issue 11 (open): CRIU refuses to dump a task whose network
-			// namespace (made by the agent, owned by the host's user
-			// namespace) is outside the task's user namespace. Until the
-			// netns moves into the capsule's user namespace, memory
-			// snapshots need DisableUserNS.
+		if d.criu && !cfg.DisableUserNS && !criuJoinsUserns(ctx, path, cfg.CRIUEnv) {
+			// A stock CRIU (4.2.1) restores a capsule into a new user
+			// namespace with the dumped mapping and then cannot enter the
+			// network namespace the driver made: it needs the patch
+			// scripts/criu.sh applies (docs/CRIU.md, "User namespaces").
 			d.criu = false
-			d.criuOff = "CRIU cannot checkpoint capsules in user namespaces yet (run without user namespaces to keep memory)"
-			d.log.Warn("memory snapshots off: CRIU cannot checkpoint capsules in user namespaces yet; pause to disk keeps files only (Config.DisableUserNS restores memory snapshots at the cost of capsule root being host root)")
+			d.criuOff = "this criu cannot restore into a capsule's user namespace (build it with scripts/criu.sh, which patches it)"
+			d.log.Warn("memory snapshots are OFF: this criu cannot restore capsules into their user namespaces (not built by scripts/criu.sh with its patch); pause to disk keeps files only", "criu", path)
 		}
 	} else {
 		d.criuOff = "disabled (--no-criu)"
@@ -492,19 +491,41 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 					if err := os.Chmod(p.Dir, 0o711); err != nil {
 						return fmt.Errorf("container: %w", err)
 					}
+					if rec.IDBase == 0 {
+						var err error
+						if rec.IDBase, err = d.allocIDBase(); err != nil { // issue 11: user namespaces
+							return err
+						}
+					}
 				}
 				return nil
 			},
 			// The directory goes last: while it exists, Recover can find
-			// the key. rootfs.Remove unmounts before it deletes.
-			Undo: func(context.Context) error { return rootfs.Remove(p) },
+			// the key. removeDir unmounts before it deletes.
+			Undo: func(context.Context) error {
+				if err := removeDir(p); err != nil {
+					return err
+				}
+				d.freeIDBase(rec.IDBase) // nothing is mounted with it any more
+				rec.IDBase = 0
+				return nil
+			},
 		},
 		runtime.Step{
 			Name:  "network",
 			Async: true,
 			Do: func(context.Context) (err error) {
 				d.net.Label(rec.Key, rec.ID)
-				rec.Net, err = d.net.Setup(rec.Key, rec.Spec.AllowInternet && !rec.Pool, rec.Spec.Network)
+				allow := rec.Spec.AllowInternet && !rec.Pool
+				if rec.IDBase == 0 {
+					rec.Net, err = d.net.Setup(rec.Key, allow, rec.Spec.Network)
+					return err
+				}
+				// The capsule's netns is made inside its user namespace
+				// (owned by it), so CRIU can checkpoint the capsule.
+				rec.Net, err = d.net.SetupWith(rec.Key, allow, rec.Spec.Network, func(path string) error {
+					return newOwnedNetns(rec.IDBase, filepath.Join(p.Dir, usernsFile), path)
+				})
 				return err
 			},
 			Undo: func(context.Context) error { return d.teardownNet(rec) },
@@ -517,21 +538,9 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 		runtime.Step{
 			Name: "rootfs",
 			Do: func(ctx context.Context) (err error) {
-				if !d.cfg.DisableUserNS && rec.IDBase == 0 {
-					if rec.IDBase, err = d.allocIDBase(); err != nil { // issue 11: user namespaces
-						return err
-					}
-				}
 				return d.mountRootfs(ctx, rec, tmpl.Rootfs, filepath.Join(d.cfg.StateDir, "blank"))
 			},
-			Undo: func(context.Context) error {
-				if err := rootfs.Unmount(p); err != nil {
-					return err
-				}
-				d.freeIDBase(rec.IDBase) // nothing is mounted with it any more
-				rec.IDBase = 0
-				return nil
-			},
+			Undo: func(context.Context) error { return rootfs.Unmount(p) },
 		},
 		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(rec, rec.ID) }},
 		runtime.Step{Name: "bundle", Do: func(context.Context) error { return d.writeBundle(rec) }},
@@ -633,6 +642,7 @@ func (d *Driver) writeBundle(rec *record) error {
 		PidsLimit:       d.cfg.PidsLimit,
 		Env:             rec.Spec.Env,
 		IDBase:          rec.IDBase,
+		Userns:          usernsPathOf(p.Dir),
 		NoSeccomp:       d.cfg.DisableSeccomp,
 		SeccompCompat32: d.cfg.SeccompCompat32,
 		LXCFS:           d.lxcfsMount(),
@@ -678,7 +688,7 @@ func (d *Driver) release(ctx context.Context, rec *record) {
 		errs = append(errs, err)
 	}
 	// The directory goes last: while it exists, Recover can find the key.
-	if err := rootfs.Remove(d.paths(rec.Key)); err != nil {
+	if err := removeDir(d.paths(rec.Key)); err != nil {
 		errs = append(errs, err)
 	} else {
 		d.freeIDBase(rec.IDBase)

@@ -158,7 +158,7 @@ func (d *Driver) sweep(ctx context.Context, keep func(string) bool) error {
 		rel, _ := filepath.Rel(d.capsDir, m)
 		key, _, _ := strings.Cut(rel, string(filepath.Separator))
 		if !keep(key) {
-			if err := rootfs.Remove(d.paths(key)); err != nil {
+			if err := removeDir(d.paths(key)); err != nil {
 				errs = append(errs, err)
 			}
 		}

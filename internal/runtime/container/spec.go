@@ -54,6 +54,10 @@ type bundleParams struct {
 	LXCFS string
 	// Cpus pins the capsule to these CPUs (cpuset list, "" = all).
 	Cpus string
+	// Userns, if set, is the pinned user namespace (made by the driver,
+	// owning the capsule's network namespace) runc joins instead of
+	// making one.
+	Userns string
 }
 
 // ociSpec builds the runtime-spec document runc runs.
@@ -130,7 +134,7 @@ func ociSpec(p bundleParams) *specs.Spec {
 	}
 	s.Mounts = append(s.Mounts, lxcfsMounts(p.LXCFS)...)
 	if p.IDBase != 0 {
-		userNS(s, p.IDBase)
+		userNS(s, p.IDBase, p.Userns)
 	}
 	return s
 }
@@ -143,15 +147,23 @@ func capsuleSeccomp(p bundleParams) *specs.LinuxSeccomp {
 	return defaultSeccomp(p.SeccompCompat32)
 }
 
-// userNS puts the capsule in its own user namespace (issue 11). Its
-// network namespace belongs to the host's user namespace (the agent makes
-// it), so the capsule cannot mount a sysfs of it: /sys is the host's,
-// bound read-only recursively (capsule root is an unprivileged host uid
-// there; what the kernel exposes is the same read-only view).
-func userNS(s *specs.Spec, base uint32) {
-	s.Linux.Namespaces = append([]specs.LinuxNamespace{{Type: specs.UserNamespace}}, s.Linux.Namespaces...)
+// userNS puts the capsule in its own user namespace (issue 11): the one
+// pinned at path, made by the driver with the capsule's network namespace
+// inside it (userns.go, newOwnedNetns), or a new one if path is "". The
+// mappings are the same either way (runc wants them also when it joins).
+// In a joined namespace capsule root owns its network namespace and
+// mounts its own sysfs, as without user namespaces. A new one (a capsule
+// from before owned namespaces) cannot mount a sysfs of a network it does
+// not own: /sys is the host's, bound read-only recursively (capsule root
+// is an unprivileged host uid there; what the kernel exposes is the same
+// read-only view).
+func userNS(s *specs.Spec, base uint32, path string) {
+	s.Linux.Namespaces = append([]specs.LinuxNamespace{{Type: specs.UserNamespace, Path: path}}, s.Linux.Namespaces...)
 	s.Linux.UIDMappings = idMappings(base)
 	s.Linux.GIDMappings = idMappings(base)
+	if path != "" {
+		return
+	}
 	for i, m := range s.Mounts {
 		if m.Destination == "/sys" {
 			s.Mounts[i] = specs.Mount{

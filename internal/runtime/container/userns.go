@@ -16,6 +16,13 @@ package container
 //     and the overlay is made over those two views. The shared template
 //     stays owned by host root, and the image stores the capsule's own
 //     ids (root = 0), exactly as without a user namespace.
+//   - The capsule's network namespace is made inside its user namespace
+//     (newOwnedNetns; both pinned, the user namespace at <dir>/userns) and
+//     runc joins both: the capsule owns its network (its own sysfs; CRIU
+//     dumps only namespaces the task's user namespace owns). A memory
+//     restore joins the pinned namespace of the restoring capsule (a new
+//     range) with `join-ns user:`, which needs the patched CRIU
+//     scripts/criu.sh builds (criu.go, docs/CRIU.md).
 //   - Files the driver writes into a capsule's overlay from the host
 //     (/etc/hosts) are written with the capsule root's fsuid (asCapsuleRoot),
 //     since host uid 0 has no mapping in the idmapped layers.
@@ -26,6 +33,7 @@ package container
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,9 +41,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
+	"strings"
 	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -185,4 +196,213 @@ func makeTraversable(dir string, log *slog.Logger) error {
 		}
 		dir = parent
 	}
+}
+
+// usernsFile is where a capsule's user namespace is pinned (an nsfs bind
+// mount in the capsule directory), for runc to join on start and restore.
+const usernsFile = "userns"
+
+// newOwnedNetns makes the capsule's user namespace (mapping 0..65535 to
+// base..) and, inside it, its network namespace, and pins them with bind
+// mounts at usernsPath and netnsPath. The network namespace is then owned
+// by the capsule's user namespace: CRIU can checkpoint the capsule (it
+// refuses a namespace owned by another user namespace than the task's),
+// and capsule root may mount a sysfs of its own network. The host still
+// configures it (host root is privileged over every child namespace).
+func newOwnedNetns(base uint32, usernsPath, netnsPath string) (err error) {
+	cat, err := exec.LookPath("cat")
+	if err != nil {
+		return fmt.Errorf("container: user namespace helper: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer r.Close()
+	defer w.Close()
+	cmd := exec.Command(cat)
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: idRangeSize}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: idRangeSize}},
+		// Capsule processes call setgroups (envd, su, sshd): Go would
+		// otherwise write "deny" to the namespace's setgroups file.
+		GidMappingsEnableSetgroups: true,
+		Pdeathsig:                  syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("container: new user and network namespace: %w", err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	var pinned []string
+	defer func() {
+		if err != nil {
+			for _, p := range pinned {
+				_ = unix.Unmount(p, unix.MNT_DETACH)
+				_ = os.Remove(p)
+			}
+		}
+	}()
+	for _, m := range []struct{ ns, path string }{{"user", usernsPath}, {"net", netnsPath}} {
+		f, err := os.OpenFile(m.path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+		if err != nil {
+			return fmt.Errorf("container: pin %s namespace: %w", m.ns, err)
+		}
+		_ = f.Close()
+		pinned = append(pinned, m.path)
+		src := fmt.Sprintf("/proc/%d/ns/%s", cmd.Process.Pid, m.ns)
+		if err := unix.Mount(src, m.path, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("container: pin %s namespace at %s: %w", m.ns, m.path, err)
+		}
+	}
+	return nil
+}
+
+// unpinUserns removes the user namespace pin of a capsule directory (if
+// any), so the directory can be deleted.
+func unpinUserns(dir string) error {
+	p := filepath.Join(dir, usernsFile)
+	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("container: unpin user namespace: %w", err)
+	}
+	return nil
+}
+
+// usernsPathOf returns the user namespace pin of a capsule directory, ""
+// if there is none (a capsule whose network namespace is not its own:
+// without user namespaces, or made before they owned it).
+func usernsPathOf(dir string) string {
+	p := filepath.Join(dir, usernsFile)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
+// removeDir unpins the capsule's user namespace, then unmounts and deletes
+// the capsule directory (rootfs.Remove).
+func removeDir(p rootfs.Paths) error {
+	if err := unpinUserns(p.Dir); err != nil {
+		return err
+	}
+	return rootfs.Remove(p)
+}
+
+// makeRestoreMountpoints creates, as capsule root, the mount points
+// `runc restore` would create in the capsule's rootfs (runc 1.1.5,
+// prepareCriuRestoreMounts): every mount's destination outside a tmpfs,
+// a file for a bind mount of a file, a directory otherwise. runc makes
+// them as host root, which the idmapped layers refuse (EOVERFLOW, e.g.
+// /proc/cpuinfo for LXCFS: on a boot procfs is mounted there first). The
+// ones that exist are left alone.
+func makeRestoreMountpoints(base uint32, rootPath string, mounts []specs.Mount) error {
+	if base == 0 {
+		return nil
+	}
+	var tmpfs []string
+	for _, m := range mounts {
+		if m.Type == "tmpfs" {
+			tmpfs = append(tmpfs, filepath.Clean(m.Destination))
+		}
+	}
+	under := func(dest string) bool {
+		for _, t := range tmpfs {
+			if dest == t || strings.HasPrefix(dest, t+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	root, err := os.OpenRoot(rootPath)
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	defer root.Close()
+	err = asCapsuleRoot(base, func() error {
+		for _, m := range mounts {
+			dest := filepath.Clean(m.Destination)
+			if under(dest) {
+				continue
+			}
+			rel := strings.TrimPrefix(dest, "/")
+			if rel == "" {
+				continue
+			}
+			file := false
+			if m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind") {
+				st, err := os.Stat(m.Source)
+				if err != nil {
+					return err
+				}
+				file = !st.IsDir()
+			}
+			if _, err := root.Lstat(rel); err == nil {
+				continue
+			}
+			if !file {
+				if err := root.MkdirAll(rel, 0o755); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
+				return err
+			}
+			f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("container: restore mount points: %w", err)
+	}
+	return nil
+}
+
+// makeRestoreMountpoints prepares rec's rootfs for `runc restore` (see the
+// function above) from its bundle.
+func (d *Driver) makeRestoreMountpoints(rec *record) error {
+	if rec.IDBase == 0 {
+		return nil
+	}
+	p := d.paths(rec.Key)
+	b, err := os.ReadFile(filepath.Join(p.Dir, "config.json"))
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("container: bundle: %w", err)
+	}
+	return makeRestoreMountpoints(rec.IDBase, p.Root(), s.Mounts)
+}
+
+// chownTree gives dir and everything in it to the capsule root's host ids
+// (base; nothing for 0). The restored tasks, cloned inside the capsule's
+// user namespace, open CRIU's images themselves (tty-info.img, files...),
+// as capsule root; the directory is the capsule's private copy of the
+// image, deleted after the restore, outside its rootfs.
+func chownTree(dir string, base uint32) error {
+	if base == 0 {
+		return nil
+	}
+	err := filepath.WalkDir(dir, func(path string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, int(base), int(base))
+	})
+	if err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // hostUID returns the real uid (on the host) of a process.
@@ -119,4 +120,45 @@ func TestUserNamespace(t *testing.T) {
 	if out, err := runcExec(ctx, d, "cl-userns-a", "sh", "-c", "nc -l -p 80 & p=$!; sleep 0.2; kill $p"); err != nil {
 		t.Errorf("listen on port 80: %v: %s", err, out)
 	}
+}
+
+// The capsule's network namespace is owned by its user namespace (made by
+// the driver with it, issue 11): CRIU only dumps a task whose namespaces
+// belong to its user namespace, and capsule root mounts a sysfs of its
+// own network instead of seeing the host's /sys.
+func TestUserNSOwnsNetns(t *testing.T) {
+	d := newDriver(t)
+	ctx := testutil.Context(t, testutil.Long)
+	info := startCapsule(t, d, runtime.Spec{ID: "cl-userns-net"})
+	netns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", info.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Close()
+	owner, err := unix.IoctlRetInt(int(netns.Fd()), unix.NS_GET_USERNS)
+	if err != nil {
+		t.Fatalf("NS_GET_USERNS: %v", err)
+	}
+	defer unix.Close(owner)
+	var ownerSt, userSt unix.Stat_t
+	if err := unix.Fstat(owner, &ownerSt); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", info.PID), &userSt); err != nil {
+		t.Fatal(err)
+	}
+	if ownerSt.Ino != userSt.Ino {
+		t.Errorf("netns owned by user namespace %d, capsule's is %d", ownerSt.Ino, userSt.Ino)
+	}
+	out, err := runcExec(ctx, d, "cl-userns-net", "sh", "-c", "awk '$2 == \"/sys\" {print $3}' /proc/mounts; ls /sys/class/net")
+	if err != nil {
+		t.Fatalf("exec: %v: %s", err, out)
+	}
+	if f := strings.Fields(out); len(f) == 0 || f[0] != "sysfs" || !strings.Contains(out, "eth0") || strings.Contains(out, "wrenn") {
+		t.Errorf("/sys inside: %q, want the capsule's own sysfs (eth0, lo; no host veths)", out)
+	}
+	if err := d.Destroy(ctx, "cl-userns-net"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, d)
 }
