@@ -284,7 +284,7 @@ READY --timeout=30s port 8000
 		testutil.Eventually(t, time.Minute, func() bool {
 			m := c.call("GET", "/v1/templates/builds/"+id, tok, nil, 200).obj(t)
 			e, _ := m["error"].(string)
-			return strings.Contains(e, "step 1/2")
+			return strings.Contains(e, "step 1/1")
 		}, "the long step did not start")
 		c.call("POST", "/v1/templates/builds/"+id+"/cancel", tok, nil, 200)
 		testutil.Eventually(t, 30*time.Second, noBuildCapsules, "the cancelled build's capsule was not destroyed")
