@@ -250,6 +250,7 @@ func (a *API) routes() chi.Router {
 					r.Get("/", a.getCapsule)
 					r.Delete("/", a.deleteCapsule)
 					r.Post("/pause", a.pauseCapsule)
+					r.Post("/snapshot", a.snapshotCapsule)
 					r.Post("/resume", a.resumeCapsule)
 					r.Post("/timeout", a.timeoutCapsule)
 					r.Put("/public", a.publicCapsule)

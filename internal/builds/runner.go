@@ -389,34 +389,25 @@ func (r *Runner) build(parent context.Context, b store.Build, log *slog.Logger) 
 		return stopped("snapshot", err)
 	}
 	public := b.TeamID == store.PlatformTeamID
-	// The template exists only in this host's template store: capsules
-	// of it are placed here (store.Template.HostID).
-	tmpl := store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: b.TeamID, Name: b.TemplateName, Public: public, HostID: host.ID}
-	snap, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: b.ID, Template: capsules.HostTemplateName(tmpl)}))
+	// capsules.SnapshotToTemplate stores it in the shared template store
+	// when the host has one (any host then runs it), else on this host
+	// only (capsules of it are placed here); it records the row, or leaves
+	// nothing.
+	tmpl := store.Template{ID: store.NewID(store.PrefixTemplate), TeamID: b.TeamID, Name: b.TemplateName, Public: public}
+	recorded, _, err := r.cfg.Capsules.SnapshotToTemplate(ctx, host, b.ID, tmpl, false)
 	if err != nil {
+		var se *capsules.Error
+		if errors.As(err, &se) && se.Kind == capsules.KindConflict && errors.Is(err, store.ErrAlreadyExists) {
+			return failed("the team already has a template named %q", b.TemplateName)
+		}
 		return stopped("snapshot the capsule", err)
 	}
-	tmpl.SizeBytes = snap.Msg.GetSizeBytes()
-	// Until the store records it, the host's new template is this build's
-	// to remove.
-	discard := func() {
-		if err := capsules.DeleteTemplateFiles(context.WithoutCancel(ctx), r.cfg.Store, r.cfg.Agents, tmpl); err != nil {
-			log.Warn("remove the snapshot of an unrecorded build", "host_template", capsules.HostTemplateName(tmpl), "err", err)
-		}
-	}
 	if err := r.running(ctx, b); err != nil {
-		discard()
+		// Cancelled meanwhile: the template must not outlive the build.
+		if derr := r.cfg.Capsules.DeleteTemplate(context.WithoutCancel(ctx), recorded); derr != nil {
+			log.Warn("remove the template of a cancelled build", "template_id", recorded.ID, "err", derr)
+		}
 		return stopped("snapshot", err)
-	}
-	recorded, err := r.cfg.Store.CreateTemplate(context.WithoutCancel(ctx), tmpl)
-	if err != nil {
-		discard()
-	}
-	if errors.Is(err, store.ErrAlreadyExists) {
-		return failed("the team already has a template named %q", b.TemplateName)
-	}
-	if err != nil {
-		return stopped("record the template", err)
 	}
 	tmpl = recorded
 	log.Info("template built", "template_id", tmpl.ID, "host_template", capsules.HostTemplateName(tmpl), "size_bytes", tmpl.SizeBytes)

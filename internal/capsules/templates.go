@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -16,11 +17,32 @@ import (
 // public templates (seeded or built for the platform team) by name, every
 // other template by its id, so that teams' templates never collide.
 func HostTemplateName(t store.Template) string {
-	if t.Public {
+	if t.Public && t.Checksum == "" && !strings.Contains(t.Name, ":") {
 		return t.Name
 	}
 	return t.ID
 }
+
+// PinnedHost is the only host a capsule of template t may be placed on:
+// the host that made it when it lives there only (no shared-store
+// checksum), else none — any host fetches it from the shared template
+// store.
+func PinnedHost(t store.Template) string {
+	if t.Checksum != "" {
+		return ""
+	}
+	return t.HostID
+}
+
+// NormalizeTemplateName turns a template reference "name" or "name:tag"
+// into the name a template row has: the default tag ":latest" is dropped,
+// so "py" and "py:latest" are one template and "py:v2" another.
+func NormalizeTemplateName(name string) string {
+	return strings.TrimSuffix(name, ":"+LatestTag)
+}
+
+// LatestTag is the tag a template name without one has.
+const LatestTag = "latest"
 
 // DeleteTemplateFiles removes template t's files from the host that holds
 // it (t.HostID; templates without one live on every host from `wrenn
@@ -44,7 +66,7 @@ func DeleteTemplateFiles(ctx context.Context, st store.Store, ag Agents, t store
 	}
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	_, err = ag.Client(h).DeleteTemplate(dctx, connect.NewRequest(&pb.DeleteTemplateRequest{Template: HostTemplateName(t)}))
+	_, err = ag.Client(h).DeleteTemplate(dctx, connect.NewRequest(&pb.DeleteTemplateRequest{Template: HostTemplateName(t), Shared: t.Checksum != ""}))
 	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
 		return fmt.Errorf("delete template %s on host %s: %w", HostTemplateName(t), h.ID, err)
 	}

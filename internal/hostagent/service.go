@@ -19,6 +19,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/template"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	procpb "github.com/wrenn-dev/wrenn/proto/envd/process"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -67,6 +68,8 @@ func toConnect(err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrNotFound), errors.Is(err, runtime.ErrNoTemplate):
 		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, template.ErrCorrupt):
+		return connect.NewError(connect.CodeDataLoss, err)
 	case errors.Is(err, runtime.ErrExists):
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.Is(err, runtime.ErrInvalidState):
@@ -148,6 +151,7 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 		Cpus:    int32(goruntime.NumCPU()), //nolint:gosec // small
 	}
 	_, out.CanPause = s.a.driver.(runtime.Pauser)
+	out.SharedTemplates = s.a.cfg.SharedTemplates != nil
 	if sn, ok := s.a.driver.(runtime.Snapshotter); ok {
 		out.CanSnapshot = true
 		out.MemorySnapshots = sn.MemorySnapshots()
@@ -229,6 +233,7 @@ func (s service) CreateCapsule(ctx context.Context, req *connect.Request[pb.Crea
 	}
 	rec, info, err := s.a.createCapsule(ctx, spec, createOptions{
 		TimeoutSec: int(m.GetTimeoutSec()), DefaultUser: m.GetDefaultUser(), DefaultWorkdir: m.GetDefaultWorkdir(),
+		TemplateChecksum: m.GetTemplateChecksum(),
 	})
 	if err != nil {
 		return nil, toConnect(err)
@@ -974,9 +979,12 @@ func (s service) GetCapsuleMetrics(ctx context.Context, req *connect.Request[pb.
 }
 
 func (s service) CreateSnapshot(ctx context.Context, req *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
-	t, err := s.a.snapshotToTemplate(ctx, req.Msg.GetCapsuleId(), req.Msg.GetTemplate())
+	res, err := s.a.snapshotToTemplate(ctx, req.Msg.GetCapsuleId(), req.Msg.GetTemplate(), req.Msg.GetMemory())
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&pb.CreateSnapshotResponse{Template: t.Name, SizeBytes: t.SizeBytes}), nil
+	return connect.NewResponse(&pb.CreateSnapshotResponse{
+		Template: res.Template.Name, SizeBytes: res.Template.SizeBytes,
+		Checksum: res.Checksum, Memory: res.Memory, MemoryReason: res.MemoryReason,
+	}), nil
 }
