@@ -239,6 +239,7 @@ func (a *API) routes() chi.Router {
 				r.Delete("/api-keys/{keyID}", a.deleteKey)
 				r.Get("/templates", a.listTemplates)
 				r.Get("/templates/{templateID}", a.getTemplate)
+				r.Delete("/templates/{templateID}", a.deleteTemplate)
 				r.Post("/hosts/tokens", a.createTeamHostToken)
 
 				r.Get("/audit-logs", a.teamAuditLogs)

@@ -39,12 +39,15 @@ func (s service) ListTemplates(_ context.Context, _ *connect.Request[pb.ListTemp
 func (s service) DeleteTemplate(ctx context.Context, req *connect.Request[pb.DeleteTemplateRequest]) (*connect.Response[pb.DeleteTemplateResponse], error) {
 	name := req.Msg.GetTemplate()
 	err := s.a.deleteTemplate(name)
-	if req.Msg.GetShared() && s.a.cfg.SharedTemplates != nil && template.ValidName(name) &&
-		(err == nil || errors.Is(err, runtime.ErrNoTemplate)) {
+	// The shared archive goes even if this host's copy is still in use
+	// (its capsules keep the copy; no new capsule can name the template).
+	if req.Msg.GetShared() && s.a.cfg.SharedTemplates != nil && template.ValidName(name) {
 		if serr := s.a.cfg.SharedTemplates.Delete(ctx, name); serr != nil {
 			return nil, toConnect(fmt.Errorf("delete template %q from the shared store: %w", name, serr))
 		}
-		err = nil
+		if errors.Is(err, runtime.ErrNoTemplate) {
+			err = nil
+		}
 	}
 	if err != nil {
 		return nil, toConnect(err)
