@@ -1256,12 +1256,12 @@ type Signup struct {
 	Password string `json:"password"`
 }
 
-// SnapshotTemplate defines model for SnapshotTemplate.
+// SnapshotTemplate A Template made from a capsule, with why memory was not kept.
 type SnapshotTemplate struct {
 	CreatedAt time.Time `json:"created_at"`
 	ID        string    `json:"id"`
 
-	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
+	// Memory The template keeps its processes' memory: capsules from it start with them running.
 	Memory bool `json:"memory,omitempty"`
 
 	// MemoryReason Why memory was not kept when it was asked for.
@@ -1269,7 +1269,7 @@ type SnapshotTemplate struct {
 	Name         string `json:"name"`
 	Public       bool   `json:"public"`
 
-	// Shared The template is in the shared template store: any host runs it (fetched once per host).
+	// Shared The template is in the shared template store: any host runs it.
 	Shared    bool  `json:"shared,omitempty"`
 	SizeBytes int64 `json:"size_bytes"`
 }

@@ -56,6 +56,7 @@ from ._models import (
     Process,
     ProcessStarted,
     Team,
+    SnapshotTemplate,
     Template,
 )
 from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates
@@ -71,5 +72,5 @@ __all__ = [
     "NotFoundError", "ConflictError", "PayloadTooLargeError", "RateLimitedError", "UnavailableError",
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
-    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Process", "ProcessStarted", "Team", "Template",
+    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
 ]

@@ -164,6 +164,7 @@ class Capsule(_Wrapped):
     refresh = _mirror("refresh")
     delete = _mirror("delete")
     pause = _mirror("pause")
+    snapshot = _mirror("snapshot")
     resume = _mirror("resume")
     set_timeout = _mirror("set_timeout")
     set_public = _mirror("set_public")
@@ -238,6 +239,7 @@ class Templates(_Wrapped):
 
     list = _mirror("list")
     get = _mirror("get")
+    delete = _mirror("delete")
 
 
 class Builds(_Wrapped):
