@@ -35,6 +35,7 @@ type sharedAgent struct {
 	hostID    string
 	shared    *template.Shared
 	templates *template.Store
+	drv       *container.Driver
 }
 
 // startSharedAgent runs a real agent (container driver) registered with
@@ -68,7 +69,7 @@ func startSharedAgent(t testing.TB, c *cp, adminTok string, octet, memMB int, st
 	criu := os.Getenv("WRENN_TEST_CRIU")
 	dc := container.Config{
 		StateDir: filepath.Join(dir, "driver"), Templates: *tmpls, EnvdPath: envd,
-		DefaultMemoryMB: 128, DefaultDiskSizeMB: 64, PidsLimit: 128, CgroupParent: "/" + tag,
+		DefaultMemoryMB: 128, DefaultDiskSizeMB: 512, PidsLimit: 128, CgroupParent: "/" + tag,
 		Network: network.Config{
 			// 10.135-139: this package's template-store tests only.
 			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", octet)),
@@ -117,7 +118,7 @@ func startSharedAgent(t testing.TB, c *cp, adminTok string, octet, memMB int, st
 			_ = os.Remove(filepath.Join("/sys/fs/cgroup", sub, dc.CgroupParent))
 		}
 	})
-	return sharedAgent{hostID: reg.HostID, shared: shared, templates: tmpls}
+	return sharedAgent{hostID: reg.HostID, shared: shared, templates: tmpls, drv: drv}
 }
 
 // TestTemplatesAcrossHosts: a capsule on host A with a web server running

@@ -452,22 +452,32 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 	var info runtime.Info
 	pooled := false
 	t0 := time.Now()
-	// A template that keeps its processes' memory: restore them under the
-	// new capsule (envd still holds the template capsule's token until the
-	// /init below replaces it); if that fails, boot as usual.
-	fromMemory, bootToken := a.createFromMemory(ctx, spec)
-	if fromMemory != nil {
-		info, pooled = *fromMemory, false
-	} else if wp, ok := a.driver.(runtime.WarmPooler); ok {
+	var (
+		fromMemory *runtime.Info
+		bootToken  string
+	)
+	if wp, ok := a.driver.(runtime.WarmPooler); ok {
 		info, err = wp.Take(ctx, spec)
 		switch {
 		case err == nil:
 			pooled = true
+			// A warm pool of a memory template holds capsules restored
+			// from it: their envd expects the template capsule's token.
+			bootToken = a.memoryToken(spec.Template)
 		case errors.Is(err, runtime.ErrPoolEmpty), errors.Is(err, runtime.ErrPoolMismatch):
 		case errors.Is(err, runtime.ErrNoTemplate), errors.Is(err, runtime.ErrInvalidSpec):
 			return false, fmt.Errorf("create capsule %s: %w", spec.ID, err)
 		default:
 			log.Warn("warm pool take failed; creating cold", "err", err)
+		}
+	}
+	if !pooled {
+		// A template that keeps its processes' memory: restore them under
+		// the new capsule (envd still holds the template capsule's token
+		// until the /init below replaces it); if that fails, boot as usual.
+		fromMemory, bootToken = a.createFromMemory(ctx, spec)
+		if fromMemory != nil {
+			info = *fromMemory
 		}
 	}
 	if !pooled && fromMemory == nil {
@@ -504,6 +514,19 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 	log.Info("capsule created", "template", spec.Template, "ip", info.IP, "warm_pool", pooled, "from_memory", fromMemory != nil,
 		"driver_ms", started.Milliseconds(), "envd_ready_init_ms", ready.Milliseconds())
 	return true, err
+}
+
+// memoryToken is the envd token capsules restored from template name's
+// memory image start with ("" for a template without one).
+func (a *Agent) memoryToken(name string) string {
+	if a.cfg.Templates == nil {
+		return ""
+	}
+	mem, err := a.cfg.Templates.Memory(name)
+	if err != nil {
+		return ""
+	}
+	return mem.Metadata[memoryTokenKey]
 }
 
 // createFromMemory creates capsule spec from its template's memory image

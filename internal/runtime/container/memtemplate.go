@@ -99,10 +99,6 @@ func (d *Driver) CreateFromMemory(ctx context.Context, spec runtime.Spec, archiv
 	if err != nil {
 		return runtime.Info{}, err
 	}
-	var keys []string
-	if s := md[memTemplateKeys]; s != "" {
-		keys = strings.Split(s, ",")
-	}
 	c := &capsule{}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -110,30 +106,42 @@ func (d *Driver) CreateFromMemory(ctx context.Context, spec runtime.Spec, archiv
 		return runtime.Info{}, err
 	}
 	c.rec = newRecord(spec, false)
-	images := filepath.Join(d.paths(c.rec.Key).Dir, criuImagesDir)
 	s := d.createSteps(OpCreate, &c.rec, tmpl, nil)
-	s.Append(
-		runtime.Step{
-			Name: "memory-images",
-			Do:   func(context.Context) error { return untarDir(archive, images) },
-			Undo: func(context.Context) error { return os.RemoveAll(images) },
-		},
-		runtime.Step{
-			Name: "memory",
-			Do: func(ctx context.Context) error {
-				if err := d.restoreMemory(ctx, &c.rec, images, keys); err != nil {
-					return fmt.Errorf("restore template memory: %w", err)
-				}
-				c.rec.Memory = true
-				return nil
-			},
-			Undo: func(ctx context.Context) error { return d.removeContainer(ctx, &c.rec) },
-		},
-		runtime.Step{Name: "save", Do: func(context.Context) error { return d.save(&c.rec) }},
-	)
+	s.Append(d.memorySteps(&c.rec, archive, md)...)
+	s.Append(runtime.Step{Name: "save", Do: func(context.Context) error { return d.save(&c.rec) }})
 	if err := d.runSteps(ctx, s); err != nil {
 		d.unreserve(spec.ID, c)
 		return runtime.Info{}, fmt.Errorf("create capsule %s from memory: %w", spec.ID, err)
 	}
 	return d.info(&c.rec), nil
+}
+
+// memorySteps restore a built capsule's processes from a memory template's
+// archive (instead of starting envd): the CRIU images are unpacked into the
+// capsule's directory and `runc restore`d under its key, cgroup and netns.
+// Used by CreateFromMemory and by warm pools of memory templates.
+func (d *Driver) memorySteps(rec *record, archive string, md map[string]string) []runtime.Step {
+	var keys []string
+	if s := md[memTemplateKeys]; s != "" {
+		keys = strings.Split(s, ",")
+	}
+	images := filepath.Join(d.paths(rec.Key).Dir, criuImagesDir)
+	return []runtime.Step{
+		{
+			Name: "memory-images",
+			Do:   func(context.Context) error { return untarDir(archive, images) },
+			Undo: func(context.Context) error { return os.RemoveAll(images) },
+		},
+		{
+			Name: "memory",
+			Do: func(ctx context.Context) error {
+				if err := d.restoreMemory(ctx, rec, images, keys); err != nil {
+					return fmt.Errorf("restore template memory: %w", err)
+				}
+				rec.Memory = true
+				return nil
+			},
+			Undo: func(ctx context.Context) error { return d.removeContainer(ctx, rec) },
+		},
+	}
 }
