@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -196,6 +197,29 @@ func TestTemplatesAcrossHosts(t *testing.T) {
 		t.Fatalf("snapshot kept no memory with CRIU on: %v", snap)
 	}
 	c.call("POST", "/v1/capsules/"+srcID+"/snapshot", userTok, map[string]any{"name": "web:v1"}, 409)
+	// The E2B-compatible routes are the same snapshot.
+	e2b := func(method, path string, body string, want int) string {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, method, c.url+"/e2b"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+userTok)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != want {
+			t.Fatalf("%s /e2b%s: %d %s, want %d", method, path, res.StatusCode, b, want)
+		}
+		return string(b)
+	}
+	if got := e2b("POST", "/sandboxes/"+srcID+"/snapshots", `{"name":"e2b-snap"}`, 201); !strings.Contains(got, `"snapshotID":"e2b-snap"`) {
+		t.Fatalf("E2B createSnapshot = %s", got)
+	}
+	if got := e2b("GET", "/snapshots?sandboxID="+srcID, "", 200); !strings.Contains(got, `"web:v1"`) || !strings.Contains(got, `"e2b-snap"`) {
+		t.Fatalf("E2B listSnapshots = %s", got)
+	}
 	// The source capsule kept running, its server too.
 	if got := fetch(srcID); got != "served from memory" {
 		t.Fatalf("source capsule after the snapshot serves %q", got)
