@@ -239,3 +239,34 @@ func (c *Client) Templates(ctx context.Context) ([]Template, error) {
 	}
 	return out.Templates, nil
 }
+
+// SnapshotOptions tune Snapshot.
+type SnapshotOptions struct {
+	// FilesOnly keeps the files only; by default the capsule's processes'
+	// memory is kept too where its host can (capsules created from the
+	// template then start with those processes running).
+	FilesOnly bool
+}
+
+// SnapshotTemplate is a template made from a capsule; MemoryReason says why
+// memory was not kept when it was asked for.
+type SnapshotTemplate = wrennapi.SnapshotTemplate
+
+// Snapshot turns a running capsule into a team template called name
+// ("name" or "name:tag"). The capsule keeps running (it is frozen briefly
+// for the copy). Create capsules from the template by its name or id.
+func (c *Client) Snapshot(ctx context.Context, id, name string, o SnapshotOptions) (*SnapshotTemplate, error) {
+	var out SnapshotTemplate
+	memory := !o.FilesOnly
+	body := wrennapi.CapsuleSnapshot{Name: name, Memory: &memory}
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/snapshot", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeleteTemplate deletes one of the team's own templates by id. Capsules
+// that use it keep running; no new capsule can be created from it.
+func (c *Client) DeleteTemplate(ctx context.Context, id string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/templates/"+url.PathEscape(id), nil, nil, nil)
+}

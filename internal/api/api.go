@@ -257,6 +257,7 @@ func (a *API) routes() chi.Router {
 				r.Get("/templates/builds/{buildID}", a.getTeamBuild)
 				r.Post("/templates/builds/{buildID}/cancel", a.cancelTeamBuild)
 				r.Get("/templates/builds/{buildID}/logs", a.teamBuildLogs)
+				r.Delete("/templates/{templateID}", a.deleteTemplate)
 				r.Post("/hosts/tokens", a.createTeamHostToken)
 
 				r.Get("/audit-logs", a.teamAuditLogs)
@@ -268,6 +269,7 @@ func (a *API) routes() chi.Router {
 					r.Get("/", a.getCapsule)
 					r.Delete("/", a.deleteCapsule)
 					r.Post("/pause", a.pauseCapsule)
+					r.Post("/snapshot", a.snapshotCapsule)
 					r.Post("/resume", a.resumeCapsule)
 					r.Post("/timeout", a.timeoutCapsule)
 					r.Put("/public", a.publicCapsule)

@@ -170,6 +170,24 @@ func (a *API) pauseCapsule(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, withMemoryKept(res))
 }
 
+func (a *API) snapshotCapsule(w http.ResponseWriter, r *http.Request) {
+	var req wrennapi.CapsuleSnapshot
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	t, res, err := a.capsules.Snapshot(r.Context(), scope(r), capsuleID(r), capsules.SnapshotRequest{Name: req.Name, Memory: req.Memory})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	j := toTemplateJSON(t)
+	writeJSON(w, http.StatusCreated, wrennapi.SnapshotTemplate{
+		ID: j.ID, Name: j.Name, Public: j.Public, SizeBytes: j.SizeBytes, CreatedAt: j.CreatedAt, Memory: j.Memory, Shared: j.Shared,
+		MemoryReason: res.MemoryReason,
+	})
+}
+
 func (a *API) resumeCapsule(w http.ResponseWriter, r *http.Request) {
 	var req wrennapi.Resume
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {

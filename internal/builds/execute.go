@@ -288,19 +288,44 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 	}
 	blog.Systemf(n, "snapshot into template %s", b.TemplateName)
 	t1 := time.Now()
-	tmpl.HostID = host.ID
 	rcJSON := ""
 	if !runCfg.IsZero() {
 		raw, _ := json.Marshal(runCfg)
 		rcJSON = string(raw)
 	}
-	snap, err := agent.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{CapsuleId: b.ID, Template: capsules.HostTemplateName(tmpl), RunConfig: rcJSON}))
+	// A START process is kept running in the template where the host can
+	// keep memory (capsules of it then start with it already running);
+	// elsewhere capsules start it at create. capsules.SnapshotToTemplate
+	// stores the template in the shared template store when the host has
+	// one (any host then runs it), else on this host only; it records the
+	// row, or leaves nothing.
+	withMemory := len(runCfg.Start) > 0
+	recorded, res, err := r.cfg.Capsules.SnapshotToTemplate(ctx, host, b.ID, tmpl, withMemory, rcJSON)
 	if err != nil {
+		var se *capsules.Error
+		if errors.As(err, &se) && se.Kind == capsules.KindConflict && errors.Is(err, store.ErrAlreadyExists) {
+			return failed("the team already has a template named %q", b.TemplateName)
+		}
 		return stopped("snapshot the capsule", err)
 	}
-	tmpl.SizeBytes = snap.Msg.GetSizeBytes()
-	blog.Systemf(n, "snapshot done in %s", time.Since(t1).Round(time.Millisecond))
-	return r.record(ctx, b, tmpl, host, blog, stopped, log, n)
+	switch {
+	case recorded.Memory:
+		blog.Systemf(n, "snapshot done in %s (the START process is kept running, with its memory)", time.Since(t1).Round(time.Millisecond))
+	case withMemory:
+		blog.Systemf(n, "snapshot done in %s (files only: %s; capsules start the START process at create)", time.Since(t1).Round(time.Millisecond), res.MemoryReason)
+	default:
+		blog.Systemf(n, "snapshot done in %s", time.Since(t1).Round(time.Millisecond))
+	}
+	if err := r.running(ctx, b); err != nil {
+		// Cancelled meanwhile: the template must not outlive the build.
+		if derr := r.cfg.Capsules.DeleteTemplate(context.WithoutCancel(ctx), recorded); derr != nil {
+			log.Warn("remove the template of a cancelled build", "template_id", recorded.ID, "err", derr)
+		}
+		return stopped("snapshot", err)
+	}
+	log.Info("template built", "template_id", recorded.ID, "host_id", host.ID, "host_template", capsules.HostTemplateName(recorded),
+		"size_bytes", recorded.SizeBytes, "memory", recorded.Memory, "shared", recorded.Checksum != "")
+	return outcome{status: store.BuildSucceeded, templateID: recorded.ID, steps: n}
 }
 
 // record stores the template the host now holds; until then it is this

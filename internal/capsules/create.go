@@ -18,7 +18,7 @@ import (
 )
 
 var (
-	templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}(:[a-z0-9][a-z0-9._-]{0,63})?$`)
 	envKeyRE       = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,255}$`)
 )
 
@@ -156,9 +156,9 @@ func (s *Service) resolveTemplate(ctx context.Context, teamID string, ref *strin
 	case idShape(store.PrefixTemplate, name):
 		t, err = s.cfg.Store.GetTemplate(ctx, teamID, name)
 	case templateNameRE.MatchString(name):
-		t, err = s.cfg.Store.GetTemplateByName(ctx, teamID, name)
+		t, err = s.cfg.Store.GetTemplateByName(ctx, teamID, NormalizeTemplateName(name))
 	default:
-		return t, errorf(KindInvalid, "template must be a template name (lower-case letters, digits, . _ -) or id")
+		return t, errorf(KindInvalid, "template must be a template name (lower-case letters, digits, . _ -, with an optional :tag) or id")
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return t, &Error{Kind: KindNotFound, Message: fmt.Sprintf("template %q not found", name), Err: err}
@@ -208,7 +208,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if err != nil {
 		return Created{}, err
 	}
-	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{CapsuleID: c.ID, HostID: tmpl.HostID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
 	if err != nil {
 		return Created{}, err
 	}
@@ -235,6 +235,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network),
+		TemplateChecksum: tmpl.Checksum,
 	}))
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)
@@ -279,7 +280,7 @@ func (s *Service) createInternal(ctx context.Context, req CreateRequest) (Create
 	if err := req.validate(&c); err != nil {
 		return Created{}, err
 	}
-	host, err := s.pick(ctx, in.TeamID, scheduler.Request{CapsuleID: in.ID, HostID: in.From.HostID, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	host, err := s.pick(ctx, in.TeamID, scheduler.Request{CapsuleID: in.ID, HostID: PinnedHost(in.From), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
 	if err != nil {
 		return Created{}, err
 	}
@@ -287,7 +288,7 @@ func (s *Service) createInternal(ctx context.Context, req CreateRequest) (Create
 		CapsuleId: in.ID, Template: HostTemplateName(in.From),
 		Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), DiskSizeMb: int32(c.DiskSizeMB), //nolint:gosec // bounded by limits
 		TimeoutSec: int32(c.TimeoutSec), Env: c.Env, AllowInternet: c.AllowInternet, //nolint:gosec // bounded by limits
-		Labels: in.Labels, DefaultWorkdir: in.DefaultWorkdir,
+		Labels: in.Labels, DefaultWorkdir: in.DefaultWorkdir, TemplateChecksum: in.From.Checksum,
 	}))
 	if err != nil {
 		s.DestroyInternal(ctx, host, in.ID)

@@ -92,6 +92,9 @@ func AgentError(err error) error {
 		return &Error{Kind: KindUnavailable, Message: "the request was cancelled", Err: err}
 	case connect.CodeDeadlineExceeded:
 		return &Error{Kind: KindUnavailable, Message: "the operation timed out; please try again", Err: err}
+	case connect.CodeDataLoss:
+		// A template whose archive in the shared store is damaged: say so.
+		return &Error{Kind: KindUnavailable, Message: msg, Err: err}
 	}
 	return &Error{Kind: KindUnavailable, Message: MsgAgentUnavailable, Err: err}
 }

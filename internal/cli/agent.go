@@ -43,6 +43,7 @@ type agentFlags struct {
 	criu            criuFlags
 	overcommit      overcommitFlags
 	dnsUpstream     []string
+	templateStore   templateStoreFlags
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -90,6 +91,7 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.criu.register(fl)
 	f.overcommit.register(fl)
+	f.templateStore.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
@@ -163,10 +165,19 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		return err
 	}
 	defer func() { _ = drv.Close() }()
+	var shared *template.Shared
+	sm, err := f.templateStore.open(filepath.Join(f.stateDir, "template-store-tmp"), os.Getenv("WRENN_S3_ACCESS_KEY"), os.Getenv("WRENN_S3_SECRET_KEY"))
+	if err != nil {
+		return err
+	}
+	if sm != nil {
+		shared = &template.Shared{Snaps: sm, Local: templates, Log: log}
+	}
 	agent, err := hostagent.New(ctx, hostagent.Config{
 		Driver:             drv,
 		StateDir:           f.stateDir,
 		Templates:          templates,
+		SharedTemplates:    shared,
 		DefaultTemplate:    f.defaultTemplate,
 		DefaultTimeout:     f.defaultTimeout,
 		Secret:             secret,

@@ -56,7 +56,7 @@ $WRENN_URL/$WRENN_API_KEY).`,
 	}
 	addClientFlags(cmd, &cc.flags)
 	cmd.AddCommand(cc.createCmd(), cc.lsCmd(), cc.getCmd(), cc.execCmd(), cc.shellCmd(), cc.cpCmd(),
-		cc.pauseCmd(), cc.resumeCmd(), cc.rmCmd(), cc.logsCmd(), cc.networkCmd())
+		cc.pauseCmd(), cc.resumeCmd(), cc.rmCmd(), cc.logsCmd(), cc.networkCmd(), cc.snapshotCmd())
 	return cmd
 }
 

@@ -74,7 +74,7 @@ func TestHelpGolden(t *testing.T) {
 	for _, path := range []string{
 		"login", "up",
 		"capsule", "capsule create", "capsule ls", "capsule get", "capsule exec", "capsule shell",
-		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set",
+		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set", "capsule snapshot",
 		"template", "template ls", "template import", "template build", "template prepare",
 	} {
 		t.Run(path, func(t *testing.T) {

@@ -136,14 +136,14 @@ func (h *Handler) routes() chi.Router {
 			r.Get("/sandboxes/{id}/metrics", h.metrics)
 			r.Get("/templates", h.listTemplates)
 			r.Get("/templates/{id}", h.getTemplate)
+			r.Post("/sandboxes/{id}/snapshots", h.createSnapshot)
+			r.Get("/snapshots", h.listSnapshots)
 
 			// Features other issues add; 501 until they are wired.
 			for _, nf := range []struct{ method, path, what string }{
 				{"GET", "/sandboxes/{id}/logs", "sandbox logs"},
 				{"GET", "/v2/sandboxes/{id}/logs", "sandbox logs"},
 				{"GET", "/sandboxes/metrics", "metrics of several sandboxes"},
-				{"POST", "/sandboxes/{id}/snapshots", "snapshots"},
-				{"GET", "/snapshots", "snapshots"},
 				{"POST", "/sandboxes/{id}/fork", "fork"},
 				{"PUT", "/sandboxes/{id}/network", "network rules"},
 				{"GET", "/volumes", "volumes"},

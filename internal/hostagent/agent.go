@@ -52,6 +52,11 @@ type Config struct {
 	StateDir string
 	// Templates, when set, is where CreateSnapshot stores new templates.
 	Templates *template.Store
+	// SharedTemplates, when set, is the template store every host shares
+	// (its Local must be Templates): CreateSnapshot publishes new templates
+	// there, and a create naming a template this host lacks fetches it
+	// from there once (docs/TEMPLATES.md).
+	SharedTemplates *template.Shared
 	// DefaultTemplate is used when a create names none (default "base").
 	DefaultTemplate string
 	// DefaultTimeout is a capsule's TTL when a create gives 0 (default 300 s).
@@ -164,14 +169,17 @@ type Agent struct {
 type capsule struct {
 	op sync.Mutex // serializes life-cycle operations
 
-	mu      sync.Mutex // guards the fields below
-	rec     record
-	info    runtime.Info
-	envd    *envdclient.Client
-	gone    bool
-	pooled  bool // came from the warm pool
-	series  *metrics.Series
-	sampler *metrics.Sampler
+	mu     sync.Mutex // guards the fields below
+	rec    record
+	info   runtime.Info
+	envd   *envdclient.Client
+	gone   bool
+	pooled bool // came from the warm pool
+	// fromMemory: restored from a memory template (its START process, if
+	// any, is already running).
+	fromMemory bool
+	series     *metrics.Series
+	sampler    *metrics.Sampler
 
 	// envdFailures counts metrics samples in a row that envd did not
 	// answer; errReason is set once there are EnvdUnresponsiveAfter of
@@ -390,6 +398,10 @@ type createOptions struct {
 	TimeoutSec     int
 	DefaultUser    string
 	DefaultWorkdir string
+	// TemplateChecksum is the SHA-256 the template's archive in the shared
+	// store must have when this host fetches it ("" trusts the archive's
+	// own record).
+	TemplateChecksum string
 }
 
 // createCapsule creates and starts a capsule, waits until envd answers and
@@ -427,8 +439,15 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 	a.caps[spec.ID] = c
 	a.mu.Unlock()
 
+	if err := a.ensureTemplate(ctx, spec.Template, opt.TemplateChecksum); err != nil {
+		a.forget(c)
+		return record{}, runtime.Info{}, err
+	}
 	inDriver, err := a.create(ctx, c, spec)
-	if err == nil && len(rc.Start) > 0 {
+	c.mu.Lock()
+	memStarted := c.fromMemory
+	c.mu.Unlock()
+	if err == nil && len(rc.Start) > 0 && !memStarted {
 		err = a.startTemplateProcess(ctx, c, rc)
 	}
 	if err != nil {
@@ -449,11 +468,18 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 	var info runtime.Info
 	pooled := false
 	t0 := time.Now()
+	var (
+		fromMemory *runtime.Info
+		bootToken  string
+	)
 	if wp, ok := a.driver.(runtime.WarmPooler); ok {
 		info, err = wp.Take(ctx, spec)
 		switch {
 		case err == nil:
 			pooled = true
+			// A warm pool of a memory template holds capsules restored
+			// from it: their envd expects the template capsule's token.
+			bootToken = a.memoryToken(spec.Template)
 		case errors.Is(err, runtime.ErrPoolEmpty), errors.Is(err, runtime.ErrPoolMismatch):
 		case errors.Is(err, runtime.ErrNoTemplate), errors.Is(err, runtime.ErrInvalidSpec):
 			return false, fmt.Errorf("create capsule %s: %w", spec.ID, err)
@@ -462,6 +488,15 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 		}
 	}
 	if !pooled {
+		// A template that keeps its processes' memory: restore them under
+		// the new capsule (envd still holds the template capsule's token
+		// until the /init below replaces it); if that fails, boot as usual.
+		fromMemory, bootToken = a.createFromMemory(ctx, spec)
+		if fromMemory != nil {
+			info = *fromMemory
+		}
+	}
+	if !pooled && fromMemory == nil {
 		if _, err = a.driver.Create(ctx, spec); err != nil {
 			return false, fmt.Errorf("create capsule %s: %w", spec.ID, err)
 		}
@@ -470,12 +505,13 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 		}
 	}
 	started := time.Since(t0)
-	cl, err := a.newEnvd(info, "")
+	cl, err := a.newEnvd(info, bootToken)
 	if err != nil {
 		return true, err
 	}
 	c.mu.Lock()
 	c.info, c.envd, c.pooled = info, cl, pooled
+	c.fromMemory = fromMemory != nil || (pooled && bootToken != "")
 	c.mu.Unlock()
 	// A pooled capsule answered /health before it was frozen and is
 	// thawed now: go straight to /init, and wait only if that fails.
@@ -492,9 +528,50 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 		r.Phase = phaseRunning
 		r.ExpiresAt = a.expiry(r.TimeoutSec)
 	})
-	log.Info("capsule created", "template", spec.Template, "ip", info.IP, "warm_pool", pooled,
+	log.Info("capsule created", "template", spec.Template, "ip", info.IP, "warm_pool", pooled, "from_memory", fromMemory != nil,
 		"driver_ms", started.Milliseconds(), "envd_ready_init_ms", ready.Milliseconds())
 	return true, err
+}
+
+// memoryToken is the envd token capsules restored from template name's
+// memory image start with ("" for a template without one).
+func (a *Agent) memoryToken(name string) string {
+	if a.cfg.Templates == nil {
+		return ""
+	}
+	mem, err := a.cfg.Templates.Memory(name)
+	if err != nil {
+		return ""
+	}
+	return mem.Metadata[memoryTokenKey]
+}
+
+// createFromMemory creates capsule spec from its template's memory image
+// when the template has one and the driver can restore it here. It returns
+// nil (and logs why) when the capsule is to be booted instead, and the
+// envd access token the restored envd expects.
+func (a *Agent) createFromMemory(ctx context.Context, spec runtime.Spec) (*runtime.Info, string) {
+	mt, ok := a.driver.(runtime.MemoryTemplater)
+	if !ok || a.cfg.Templates == nil {
+		return nil, ""
+	}
+	mem, err := a.cfg.Templates.Memory(spec.Template)
+	if err != nil {
+		return nil, ""
+	}
+	log := a.log.With("capsule_id", spec.ID, "template", spec.Template)
+	if ok, why := mt.MemoryTemplates(); !ok {
+		log.Warn("template keeps memory but this host cannot restore it; booting", "reason", why)
+		return nil, ""
+	}
+	info, err := mt.CreateFromMemory(ctx, spec, mem.Archive, mem.Metadata)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("restore from the template's memory failed; booting", "err", err)
+		}
+		return nil, ""
+	}
+	return &info, mem.Metadata[memoryTokenKey]
 }
 
 // readyAndInit waits for envd's /health (wait) under its own timeout,

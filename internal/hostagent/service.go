@@ -69,6 +69,8 @@ func toConnect(err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrNotFound), errors.Is(err, runtime.ErrNoTemplate):
 		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, template.ErrCorrupt):
+		return connect.NewError(connect.CodeDataLoss, err)
 	case errors.Is(err, runtime.ErrExists):
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.Is(err, runtime.ErrInvalidState):
@@ -150,6 +152,7 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 		Cpus:    int32(goruntime.NumCPU()), //nolint:gosec // small
 	}
 	_, out.CanPause = s.a.driver.(runtime.Pauser)
+	out.SharedTemplates = s.a.cfg.SharedTemplates != nil
 	if sn, ok := s.a.driver.(runtime.Snapshotter); ok {
 		out.CanSnapshot = true
 		out.MemorySnapshots = sn.MemorySnapshots()
@@ -231,6 +234,7 @@ func (s service) CreateCapsule(ctx context.Context, req *connect.Request[pb.Crea
 	}
 	rec, info, err := s.a.createCapsule(ctx, spec, createOptions{
 		TimeoutSec: int(m.GetTimeoutSec()), DefaultUser: m.GetDefaultUser(), DefaultWorkdir: m.GetDefaultWorkdir(),
+		TemplateChecksum: m.GetTemplateChecksum(),
 	})
 	if err != nil {
 		return nil, toConnect(err)
@@ -992,13 +996,14 @@ func (s service) CreateSnapshot(ctx context.Context, req *connect.Request[pb.Cre
 			return nil, toConnect(fmt.Errorf("%w: run_config: %w", runtime.ErrInvalidSpec, err))
 		}
 	}
-	t, err := s.a.snapshotToTemplate(ctx, req.Msg.GetCapsuleId(), req.Msg.GetTemplate())
+	// rc: the build's START/READY and defaults (template.RunConfig), kept
+	// with the template here and in the shared store.
+	res, err := s.a.snapshotToTemplate(ctx, req.Msg.GetCapsuleId(), req.Msg.GetTemplate(), req.Msg.GetMemory(), rc)
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	// The build's START/READY and defaults (template.RunConfig).
-	if err := s.a.setRunConfig(s.a.cfg.Templates, t.Name, rc); err != nil {
-		return nil, toConnect(err)
-	}
-	return connect.NewResponse(&pb.CreateSnapshotResponse{Template: t.Name, SizeBytes: t.SizeBytes}), nil
+	return connect.NewResponse(&pb.CreateSnapshotResponse{
+		Template: res.Template.Name, SizeBytes: res.Template.SizeBytes,
+		Checksum: res.Checksum, Memory: res.Memory, MemoryReason: res.MemoryReason,
+	}), nil
 }

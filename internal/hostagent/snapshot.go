@@ -4,53 +4,110 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
 
-// snapshotToTemplate turns a running capsule's filesystem into a new
-// template. The capsule is quiesced and frozen (when the driver can pause)
-// so the copy is consistent, the driver archives its root
-// (runtime.TemplateExporter), the archive is imported with the template
-// store, and the capsule is thawed and re-inited. Drivers without that
-// capability are not supported.
-func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (template.Template, error) {
+// snapshotResult is what snapshotToTemplate made.
+type snapshotResult struct {
+	Template template.Template
+	// Checksum of the archive in the shared template store ("" without one).
+	Checksum string
+	// Memory: the template keeps the processes' memory; MemoryReason says
+	// why not when it was asked for.
+	Memory       bool
+	MemoryReason string
+}
+
+// memoryTokenKey is the memory-template metadata key holding the source
+// capsule's envd access token: the restored envd still expects it, and the
+// first /init of a capsule made from the template replaces it.
+const memoryTokenKey = "wrenn.envd_token"
+
+// snapshotToTemplate turns a running capsule's filesystem (and, with
+// memory, its processes) into a new template. The capsule is quiesced;
+// with memory, the driver checkpoints the processes and leaves them running
+// (runtime.MemoryTemplater); it is then frozen (when the driver can pause)
+// so the file copy is consistent, the driver archives its root
+// (runtime.TemplateExporter), the archive is imported into the host's
+// template store and published to the shared template store (when there is
+// one), and the capsule is thawed and re-inited. Drivers without the export
+// capability are not supported; a memory checkpoint that fails or cannot be
+// done here keeps files only, with the reason.
+func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string, memory bool, rc template.RunConfig) (snapshotResult, error) {
+	var res snapshotResult
 	if a.cfg.Templates == nil {
-		return template.Template{}, fmt.Errorf("create snapshot: no template store configured: %w", runtime.ErrNotSupported)
+		return res, fmt.Errorf("create snapshot: no template store configured: %w", runtime.ErrNotSupported)
 	}
 	if !template.ValidName(name) {
-		return template.Template{}, fmt.Errorf("%w: template name %q: want letters, digits, '_', '.', '-'", runtime.ErrInvalidSpec, name)
+		return res, fmt.Errorf("%w: template name %q: want letters, digits, '_', '.', '-'", runtime.ErrInvalidSpec, name)
 	}
 	if _, err := a.cfg.Templates.Get(name); err == nil {
-		return template.Template{}, fmt.Errorf("template %q: %w", name, runtime.ErrExists)
+		return res, fmt.Errorf("template %q: %w", name, runtime.ErrExists)
 	}
 	c, err := a.lookup(id)
 	if err != nil {
-		return template.Template{}, err
+		return res, err
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
 	rec, _, cl := c.snapshot()
 	if c.gone {
-		return template.Template{}, fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
+		return res, fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
 	}
 	if rec.Phase != phaseRunning {
-		return template.Template{}, fmt.Errorf("capsule %s is %s: %w", id, rec.Phase, runtime.ErrInvalidState)
+		return res, fmt.Errorf("capsule %s is %s: %w", id, rec.Phase, runtime.ErrInvalidState)
 	}
 	exporter, ok := a.driver.(runtime.TemplateExporter)
 	if !ok {
-		return template.Template{}, fmt.Errorf("create snapshot: the %s driver cannot export a capsule's filesystem: %w", a.driver.Name(), runtime.ErrNotSupported)
+		return res, fmt.Errorf("create snapshot: the %s driver cannot export a capsule's filesystem: %w", a.driver.Name(), runtime.ErrNotSupported)
+	}
+	mt, canMem := a.driver.(runtime.MemoryTemplater)
+	if memory && !canMem {
+		res.MemoryReason = "the " + a.driver.Name() + " driver cannot keep memory in a template"
+	} else if memory {
+		if ok, why := mt.MemoryTemplates(); !ok {
+			res.MemoryReason = why
+			canMem = false
+		}
 	}
 	pauser, canPause := a.driver.(runtime.Pauser)
-	if canPause {
+	quiesced := false
+	if canPause || (memory && canMem) {
 		if err := a.quiesce(ctx, c, cl); err != nil {
-			return template.Template{}, err
+			return res, err
 		}
+		quiesced = true
+	}
+	work, err := os.MkdirTemp(a.cfg.Templates.Dir, ".snapshot-"+id+"-")
+	if err != nil {
+		if quiesced {
+			a.unquiesce(c)
+		}
+		return res, fmt.Errorf("create snapshot: %w", err)
+	}
+	defer func() { _ = os.RemoveAll(work) }()
+	var mem *template.Memory
+	if memory && canMem {
+		start := time.Now()
+		arch := filepath.Join(work, "memory.tar")
+		md, merr := mt.ExportMemory(ctx, id, arch)
+		if merr != nil {
+			res.MemoryReason = merr.Error()
+			a.log.Warn("memory checkpoint for a template failed; keeping files only", "capsule_id", id, "template", name, "err", merr)
+		} else {
+			md[memoryTokenKey] = rec.AccessToken
+			mem = &template.Memory{Archive: arch, Metadata: md}
+			a.log.Info("capsule memory checkpointed for a template", "capsule_id", id, "template", name, "took", time.Since(start))
+		}
+	}
+	if canPause {
 		if err := pauser.Pause(ctx, id); err != nil {
 			a.unquiesce(c)
-			return template.Template{}, fmt.Errorf("freeze capsule %s: %w", id, err)
+			return res, fmt.Errorf("freeze capsule %s: %w", id, err)
 		}
 		defer func() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ResumeTimeout)
@@ -66,23 +123,41 @@ func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string) (templa
 			}
 			a.startSampler(c)
 		}()
+	} else if quiesced {
+		defer a.unquiesce(c)
 	}
-	tmp, err := os.CreateTemp(a.cfg.Templates.Dir, ".snapshot-"+id+"-*.tar")
-	if err != nil {
-		return template.Template{}, fmt.Errorf("create snapshot: %w", err)
-	}
-	_ = tmp.Close()
-	defer func() { _ = os.Remove(tmp.Name()) }()
+	tarball := filepath.Join(work, "rootfs.tar")
 	start := time.Now()
-	if err := exporter.ExportTemplate(ctx, id, tmp.Name()); err != nil {
-		return template.Template{}, fmt.Errorf("create snapshot: %w", err)
+	if err := exporter.ExportTemplate(ctx, id, tarball); err != nil {
+		return res, fmt.Errorf("create snapshot: %w", err)
 	}
-	t, err := a.cfg.Templates.ImportTarball(ctx, name, tmp.Name())
+	t, err := a.cfg.Templates.ImportWithMemory(ctx, name, tarball, mem)
 	if err != nil {
-		return template.Template{}, fmt.Errorf("create snapshot: import: %w", err)
+		return res, fmt.Errorf("create snapshot: import: %w", err)
 	}
-	a.log.Info("capsule snapshotted to template", "capsule_id", id, "template", name, "size_bytes", t.SizeBytes, "took", time.Since(start))
-	return t, nil
+	// The build's START/READY and defaults travel with the template: here
+	// in run.json, in the shared store in the archive's metadata.
+	if err := a.setRunConfig(a.cfg.Templates, name, rc); err != nil {
+		return res, fmt.Errorf("create snapshot: %w", err)
+	}
+	if sh := a.cfg.SharedTemplates; sh != nil {
+		extra, err := template.RunConfigMetadata(rc)
+		if err != nil {
+			_ = a.cfg.Templates.Delete(name)
+			return res, fmt.Errorf("create snapshot: %w", err)
+		}
+		sum, err := sh.PublishWithMemory(ctx, name, tarball, mem, extra)
+		if err != nil {
+			// Unpublished, the template must not be recorded: remove it here too.
+			_ = a.cfg.Templates.Delete(name)
+			return res, fmt.Errorf("create snapshot: %w", err)
+		}
+		res.Checksum = sum
+	}
+	res.Template, res.Memory = t, mem != nil
+	a.log.Info("capsule snapshotted to template", "capsule_id", id, "template", name, "size_bytes", t.SizeBytes,
+		"memory", res.Memory, "shared", res.Checksum != "", "took", time.Since(start))
+	return res, nil
 }
 
 // snapshotGC sweeps the driver's snapshot store at start and then every

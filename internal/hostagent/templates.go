@@ -3,6 +3,7 @@ package hostagent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,11 +36,44 @@ func (s service) ListTemplates(_ context.Context, _ *connect.Request[pb.ListTemp
 	return connect.NewResponse(out), nil
 }
 
-func (s service) DeleteTemplate(_ context.Context, req *connect.Request[pb.DeleteTemplateRequest]) (*connect.Response[pb.DeleteTemplateResponse], error) {
-	if err := s.a.deleteTemplate(req.Msg.GetTemplate()); err != nil {
+func (s service) DeleteTemplate(ctx context.Context, req *connect.Request[pb.DeleteTemplateRequest]) (*connect.Response[pb.DeleteTemplateResponse], error) {
+	name := req.Msg.GetTemplate()
+	err := s.a.deleteTemplate(name)
+	// The shared archive goes even if this host's copy is still in use
+	// (its capsules keep the copy; no new capsule can name the template).
+	if req.Msg.GetShared() && s.a.cfg.SharedTemplates != nil && template.ValidName(name) {
+		if serr := s.a.cfg.SharedTemplates.Delete(ctx, name); serr != nil {
+			return nil, toConnect(fmt.Errorf("delete template %q from the shared store: %w", name, serr))
+		}
+		if errors.Is(err, runtime.ErrNoTemplate) {
+			err = nil
+		}
+	}
+	if err != nil {
 		return nil, toConnect(err)
 	}
 	return connect.NewResponse(&pb.DeleteTemplateResponse{}), nil
+}
+
+// ensureTemplate makes sure this host has template name before a create,
+// fetching it from the shared template store if it lacks it (once, however
+// many creates ask at the same time; checked against checksum). Without a
+// shared store a missing template is left for the driver to report.
+func (a *Agent) ensureTemplate(ctx context.Context, name, checksum string) error {
+	sh := a.cfg.SharedTemplates
+	if sh == nil || a.cfg.Templates == nil {
+		return nil
+	}
+	if _, err := a.cfg.Templates.Get(name); err == nil {
+		return nil
+	}
+	if _, err := sh.Ensure(ctx, name, checksum); err != nil {
+		if errors.Is(err, template.ErrNotFound) {
+			return fmt.Errorf("%w: %w", runtime.ErrNoTemplate, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // deleteTemplate removes template name from the host unless something

@@ -258,6 +258,25 @@ type TemplateExporter interface {
 	ExportTemplate(ctx context.Context, id, dst string) error
 }
 
+// MemoryTemplater is implemented by drivers that can keep a running
+// capsule's processes in a template (snapshot to template with memory) and
+// create capsules from such a template with the processes already running.
+// MemoryTemplates reports whether it works on this host now (the container
+// driver: a working CRIU, and no user namespaces until CRIU can checkpoint
+// them), with the reason when it does not.
+type MemoryTemplater interface {
+	MemoryTemplates() (ok bool, reason string)
+	// ExportMemory checkpoints the processes of running capsule id into
+	// the archive dst (created or truncated) and leaves them running. The
+	// metadata returned is what CreateFromMemory needs besides the archive.
+	ExportMemory(ctx context.Context, id, dst string) (map[string]string, error)
+	// CreateFromMemory creates and starts capsule spec, whose template
+	// files are on this host, with its processes restored from archive
+	// (as ExportMemory wrote it) instead of booting envd. A failure leaves
+	// nothing behind: the caller may then Create the capsule normally.
+	CreateFromMemory(ctx context.Context, spec Spec, archive string, md map[string]string) (Info, error)
+}
+
 // NetworkUpdater is implemented by drivers that change a running capsule's
 // network policy in place. Established connections the new policy still
 // allows keep flowing; new connections follow the new policy at once.

@@ -303,9 +303,20 @@ type Template struct {
 	// HostID, when set, is the only host that has the template (it was
 	// built there); capsules of it are placed on that host. Empty for
 	// templates every host has.
-	HostID    string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	HostID string
+	// Checksum, when set, is the SHA-256 of the template's archive in the
+	// shared template store: every host can fetch it, so capsules of it
+	// are not pinned to HostID (which then only names the host that made
+	// it). Empty for seeded templates and host-only ones.
+	Checksum string
+	// Memory: the template keeps its processes' memory (capsules from it
+	// start with them running where the host can restore them).
+	Memory bool
+	// SourceCapsuleID is the capsule the template was snapshotted from
+	// ("" for built and seeded templates).
+	SourceCapsuleID string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // Build produces a template.

@@ -634,10 +634,16 @@ type AdminTeamList struct {
 type AdminTemplate struct {
 	CreatedAt time.Time `json:"created_at"`
 	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Public    bool      `json:"public"`
-	SizeBytes int64     `json:"size_bytes"`
-	TeamID    string    `json:"team_id"`
+
+	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
+	Memory bool   `json:"memory,omitempty"`
+	Name   string `json:"name"`
+	Public bool   `json:"public"`
+
+	// Shared The template is in the shared template store: any host runs it (fetched once per host).
+	Shared    bool   `json:"shared,omitempty"`
+	SizeBytes int64  `json:"size_bytes"`
+	TeamID    string `json:"team_id"`
 }
 
 // AdminTemplateList defines model for AdminTemplateList.
@@ -857,6 +863,15 @@ type CapsuleNetwork struct {
 
 	// IngressMbps What the capsule receives, megabytes per second (0 or omitted: 200).
 	IngressMbps int `json:"ingress_mbps,omitempty"`
+}
+
+// CapsuleSnapshot defines model for CapsuleSnapshot.
+type CapsuleSnapshot struct {
+	// Memory Keep the processes' memory where the host can (default true).
+	Memory *bool `json:"memory,omitempty"`
+
+	// Name Name of the new team template: lower-case letters, digits, . _ - (at most 64), with an optional :tag (name:latest is name).
+	Name string `json:"name"`
 }
 
 // CreateAPIKey defines model for CreateAPIKey.
@@ -1383,6 +1398,24 @@ type Signup struct {
 	Password string `json:"password"`
 }
 
+// SnapshotTemplate A Template made from a capsule, with why memory was not kept.
+type SnapshotTemplate struct {
+	CreatedAt time.Time `json:"created_at"`
+	ID        string    `json:"id"`
+
+	// Memory The template keeps its processes' memory: capsules from it start with them running.
+	Memory bool `json:"memory,omitempty"`
+
+	// MemoryReason Why memory was not kept when it was asked for.
+	MemoryReason string `json:"memory_reason,omitempty"`
+	Name         string `json:"name"`
+	Public       bool   `json:"public"`
+
+	// Shared The template is in the shared template store: any host runs it.
+	Shared    bool  `json:"shared,omitempty"`
+	SizeBytes int64 `json:"size_bytes"`
+}
+
 // StartProcess Exec fields plus tag and open_stdin.
 type StartProcess struct {
 	Args       []string          `json:"args,omitempty"`
@@ -1439,9 +1472,15 @@ type TeamUpdate struct {
 type Template struct {
 	CreatedAt time.Time `json:"created_at"`
 	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Public    bool      `json:"public"`
-	SizeBytes int64     `json:"size_bytes"`
+
+	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
+	Memory bool   `json:"memory,omitempty"`
+	Name   string `json:"name"`
+	Public bool   `json:"public"`
+
+	// Shared The template is in the shared template store: any host runs it (fetched once per host).
+	Shared    bool  `json:"shared,omitempty"`
+	SizeBytes int64 `json:"size_bytes"`
 }
 
 // TemplateList defines model for TemplateList.
@@ -1690,6 +1729,9 @@ type PutV1CapsulesCapsuleIDPublicJSONRequestBody = SetPublic
 
 // PostV1CapsulesCapsuleIDResumeJSONRequestBody defines body for PostV1CapsulesCapsuleIDResume for application/json ContentType.
 type PostV1CapsulesCapsuleIDResumeJSONRequestBody = Resume
+
+// PostV1CapsulesCapsuleIDSnapshotJSONRequestBody defines body for PostV1CapsulesCapsuleIDSnapshot for application/json ContentType.
+type PostV1CapsulesCapsuleIDSnapshotJSONRequestBody = CapsuleSnapshot
 
 // PostV1CapsulesCapsuleIDTimeoutJSONRequestBody defines body for PostV1CapsulesCapsuleIDTimeout for application/json ContentType.
 type PostV1CapsulesCapsuleIDTimeoutJSONRequestBody = SetTimeout

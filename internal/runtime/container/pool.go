@@ -134,13 +134,21 @@ func (d *Driver) warmOne(ctx context.Context, template string) (*capsule, error)
 	}
 	c := &capsule{rec: newRecord(spec, true)}
 	s := d.createSteps(OpWarm, &c.rec, tmpl, nil)
+	if mem, err := d.cfg.Templates.Memory(template); err == nil && d.criu {
+		// A template that keeps its processes: pool capsules are restored
+		// from its memory image (memtemplate.go), not booted.
+		s.Append(d.memorySteps(&c.rec, mem.Archive, mem.Metadata)...)
+	} else {
+		s.Append(
+			d.startStep(&c.rec),
+			runtime.Step{Name: "wait-ready", Do: func(ctx context.Context) error {
+				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				return d.WaitReady(wctx, d.info(&c.rec))
+			}},
+		)
+	}
 	s.Append(
-		d.startStep(&c.rec),
-		runtime.Step{Name: "wait-ready", Do: func(ctx context.Context) error {
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			return d.WaitReady(wctx, d.info(&c.rec))
-		}},
 		runtime.Step{Name: "freeze", Do: func(context.Context) error {
 			if err := d.cg.freeze(d.cgroupPath(c.rec.Key), true); err != nil {
 				return err

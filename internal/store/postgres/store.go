@@ -788,6 +788,7 @@ func (s *Store) DeleteHost(ctx context.Context, id string) error {
 func toTemplate(t db.Template) store.Template {
 	return store.Template{
 		ID: t.ID, TeamID: t.TeamID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, HostID: str(t.HostID),
+		Checksum: str(t.Checksum), Memory: t.Memory, SourceCapsuleID: str(t.SourceCapsuleID),
 		CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
 	}
 }
@@ -806,7 +807,8 @@ func (s *Store) CreateTemplate(ctx context.Context, t store.Template) (store.Tem
 		t.ID = store.NewID(store.PrefixTemplate)
 	}
 	row, err := s.qw.CreateTemplate(ctx, db.CreateTemplateParams{
-		ID: t.ID, TeamID: t.TeamID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, HostID: strp(t.HostID), CreatedAt: ts(store.Now()),
+		ID: t.ID, TeamID: t.TeamID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, HostID: strp(t.HostID),
+		Checksum: strp(t.Checksum), Memory: t.Memory, SourceCapsuleID: strp(t.SourceCapsuleID), CreatedAt: ts(store.Now()),
 	})
 	if err != nil {
 		return store.Template{}, mapErr(err, "create template")

@@ -579,6 +579,16 @@ func testHosts(t *testing.T, s store.Store) {
 	eq(t, "built template host", built.HostID, h2.ID)
 	eq(t, "built template host (get)", must(s.GetTemplate(ctx, byoc.ID, built.ID))(t).HostID, h2.ID)
 	eq(t, "template without a host", must(s.CreateTemplate(ctx, store.Template{TeamID: byoc.ID, Name: "everywhere"}))(t).HostID, "")
+	// A template in the shared template store keeps its checksum, memory
+	// flag and tagged name.
+	sh := must(s.CreateTemplate(ctx, store.Template{TeamID: byoc.ID, Name: "snap:v2", HostID: h2.ID, Checksum: "abc+def", Memory: true, SourceCapsuleID: "cl-src"}))(t)
+	gotT := must(s.GetTemplateByName(ctx, byoc.ID, "snap:v2"))(t)
+	eq(t, "shared template checksum", gotT.Checksum, "abc+def")
+	eq(t, "shared template memory", gotT.Memory, true)
+	eq(t, "shared template id", gotT.ID, sh.ID)
+	eq(t, "snapshot source", gotT.SourceCapsuleID, "cl-src")
+	eq(t, "plain template checksum", built.Checksum, "")
+	eq(t, "plain template memory", built.Memory, false)
 
 	hb := must(s.HostHeartbeat(ctx, h1.ID, store.HostUsage{Address: "10.0.0.1:50052", VCPUs: 8, MemoryMB: 16384, DiskMB: 100000, UsedVCPUs: 3, UsedMemoryMB: 2048, UsedDiskMB: 500}))(t)
 	if hb.UsedVCPUs != 3 || hb.UsedMemoryMB != 2048 || hb.Address != "10.0.0.1:50052" {

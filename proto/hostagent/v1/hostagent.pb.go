@@ -702,9 +702,12 @@ type GetHostInfoResponse struct {
 	// Why memory snapshots are off ("" when memory_snapshots is true).
 	MemorySnapshotsReason string `protobuf:"bytes,16,opt,name=memory_snapshots_reason,json=memorySnapshotsReason,proto3" json:"memory_snapshots_reason,omitempty"`
 	// When the agent process started (Unix seconds).
-	StartedAt     int64 `protobuf:"varint,17,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StartedAt int64 `protobuf:"varint,17,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// The agent publishes templates it makes to a shared template store and
+	// fetches the ones it lacks from it (docs/TEMPLATES.md).
+	SharedTemplates bool `protobuf:"varint,40,opt,name=shared_templates,json=sharedTemplates,proto3" json:"shared_templates,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetHostInfoResponse) Reset() {
@@ -856,6 +859,13 @@ func (x *GetHostInfoResponse) GetStartedAt() int64 {
 	return 0
 }
 
+func (x *GetHostInfoResponse) GetSharedTemplates() bool {
+	if x != nil {
+		return x.SharedTemplates
+	}
+	return false
+}
+
 type CreateCapsuleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required, e.g. "cl-…".
@@ -875,9 +885,14 @@ type CreateCapsuleRequest struct {
 	DefaultWorkdir string `protobuf:"bytes,11,opt,name=default_workdir,json=defaultWorkdir,proto3" json:"default_workdir,omitempty"`
 	// Egress policy and rate limits (unset = defaults). With allow_internet
 	// false, allow_out/deny_out must be empty.
-	Network       *NetworkPolicy `protobuf:"bytes,20,opt,name=network,proto3" json:"network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Network *NetworkPolicy `protobuf:"bytes,20,opt,name=network,proto3" json:"network,omitempty"`
+	// Template distribution (docs/TEMPLATES.md): when the host lacks the
+	// template, it fetches it from the shared template store once and checks
+	// that its SHA-256 is this one (hex). Empty: the host must already have
+	// the template (seeded ones, or templates pinned to their build host).
+	TemplateChecksum string `protobuf:"bytes,41,opt,name=template_checksum,json=templateChecksum,proto3" json:"template_checksum,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateCapsuleRequest) Reset() {
@@ -992,6 +1007,13 @@ func (x *CreateCapsuleRequest) GetNetwork() *NetworkPolicy {
 		return x.Network
 	}
 	return nil
+}
+
+func (x *CreateCapsuleRequest) GetTemplateChecksum() string {
+	if x != nil {
+		return x.TemplateChecksum
+	}
+	return ""
 }
 
 type CreateCapsuleResponse struct {
@@ -4367,7 +4389,10 @@ type CreateSnapshotRequest struct {
 	// What capsules of the template start with (JSON of
 	// template.RunConfig: env, workdir, user, START and READY), kept with
 	// the template; empty = nothing.
-	RunConfig     string `protobuf:"bytes,3,opt,name=run_config,json=runConfig,proto3" json:"run_config,omitempty"`
+	RunConfig string `protobuf:"bytes,3,opt,name=run_config,json=runConfig,proto3" json:"run_config,omitempty"`
+	// Keep the processes' memory too (CRIU), where the host can: capsules
+	// created from the template then start with them running.
+	Memory        bool `protobuf:"varint,10,opt,name=memory,proto3" json:"memory,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4423,10 +4448,25 @@ func (x *CreateSnapshotRequest) GetRunConfig() string {
 	return ""
 }
 
+func (x *CreateSnapshotRequest) GetMemory() bool {
+	if x != nil {
+		return x.Memory
+	}
+	return false
+}
+
 type CreateSnapshotResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Template      string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
-	SizeBytes     int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Template  string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	SizeBytes int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// SHA-256 (hex) of the template's archive in the shared template store;
+	// empty when the host has no shared store (the template then lives on
+	// this host only).
+	Checksum string `protobuf:"bytes,10,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	// The template holds the processes' memory (a CRIU image).
+	Memory bool `protobuf:"varint,11,opt,name=memory,proto3" json:"memory,omitempty"`
+	// Why memory was not kept when it was asked for.
+	MemoryReason  string `protobuf:"bytes,12,opt,name=memory_reason,json=memoryReason,proto3" json:"memory_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4473,6 +4513,27 @@ func (x *CreateSnapshotResponse) GetSizeBytes() int64 {
 		return x.SizeBytes
 	}
 	return 0
+}
+
+func (x *CreateSnapshotResponse) GetChecksum() string {
+	if x != nil {
+		return x.Checksum
+	}
+	return ""
+}
+
+func (x *CreateSnapshotResponse) GetMemory() bool {
+	if x != nil {
+		return x.Memory
+	}
+	return false
+}
+
+func (x *CreateSnapshotResponse) GetMemoryReason() string {
+	if x != nil {
+		return x.MemoryReason
+	}
+	return ""
 }
 
 type ListTemplatesRequest struct {
@@ -4617,8 +4678,11 @@ func (x *ListTemplatesResponse) GetTemplates() []*HostTemplate {
 }
 
 type DeleteTemplateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Template      string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Template string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	// Also delete the template's archive from the shared template store
+	// (docs/TEMPLATES.md); this host's copy may then be absent.
+	Shared        bool `protobuf:"varint,10,opt,name=shared,proto3" json:"shared,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4658,6 +4722,13 @@ func (x *DeleteTemplateRequest) GetTemplate() string {
 		return x.Template
 	}
 	return ""
+}
+
+func (x *DeleteTemplateRequest) GetShared() bool {
+	if x != nil {
+		return x.Shared
+	}
+	return false
 }
 
 type DeleteTemplateResponse struct {
@@ -5034,7 +5105,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\anetwork\x18\x03 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\"O\n" +
 	"\x1cUpdateCapsuleNetworkResponse\x12/\n" +
 	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xa1\x05\n" +
+	"\x12GetHostInfoRequest\"\xcc\x05\n" +
 	"\x13GetHostInfoResponse\x12\x16\n" +
 	"\x06driver\x18\x01 \x01(\tR\x06driver\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1b\n" +
@@ -5054,7 +5125,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0fdisk_free_bytes\x18\x0f \x01(\x04R\rdiskFreeBytes\x126\n" +
 	"\x17memory_snapshots_reason\x18\x10 \x01(\tR\x15memorySnapshotsReason\x12\x1d\n" +
 	"\n" +
-	"started_at\x18\x11 \x01(\x03R\tstartedAt\"\xeb\x04\n" +
+	"started_at\x18\x11 \x01(\x03R\tstartedAt\x12)\n" +
+	"\x10shared_templates\x18( \x01(\bR\x0fsharedTemplates\"\x98\x05\n" +
 	"\x14CreateCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -5071,7 +5143,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fdefault_user\x18\n" +
 	" \x01(\tR\vdefaultUser\x12'\n" +
 	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x125\n" +
-	"\anetwork\x18\x14 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\x1a6\n" +
+	"\anetwork\x18\x14 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\x12+\n" +
+	"\x11template_checksum\x18) \x01(\tR\x10templateChecksum\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -5336,17 +5409,23 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x19GetCapsuleMetricsResponse\x121\n" +
 	"\x06points\x18\x01 \x03(\v2\x19.hostagent.v1.MetricPointR\x06points\x12%\n" +
 	"\x0eresolution_sec\x18\x02 \x01(\x05R\rresolutionSec\x127\n" +
-	"\anetwork\x18\x14 \x01(\v2\x1d.hostagent.v1.NetworkCountersR\anetwork\"q\n" +
+	"\anetwork\x18\x14 \x01(\v2\x1d.hostagent.v1.NetworkCountersR\anetwork\"\x89\x01\n" +
 	"\x15CreateSnapshotRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12\x1d\n" +
 	"\n" +
-	"run_config\x18\x03 \x01(\tR\trunConfig\"S\n" +
+	"run_config\x18\x03 \x01(\tR\trunConfig\x12\x16\n" +
+	"\x06memory\x18\n" +
+	" \x01(\bR\x06memory\"\xac\x01\n" +
 	"\x16CreateSnapshotResponse\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\x16\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x1a\n" +
+	"\bchecksum\x18\n" +
+	" \x01(\tR\bchecksum\x12\x16\n" +
+	"\x06memory\x18\v \x01(\bR\x06memory\x12#\n" +
+	"\rmemory_reason\x18\f \x01(\tR\fmemoryReason\"\x16\n" +
 	"\x14ListTemplatesRequest\"`\n" +
 	"\fHostTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
@@ -5355,9 +5434,11 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x03 \x01(\x03R\tcreatedAt\"Q\n" +
 	"\x15ListTemplatesResponse\x128\n" +
-	"\ttemplates\x18\x01 \x03(\v2\x1a.hostagent.v1.HostTemplateR\ttemplates\"3\n" +
+	"\ttemplates\x18\x01 \x03(\v2\x1a.hostagent.v1.HostTemplateR\ttemplates\"K\n" +
 	"\x15DeleteTemplateRequest\x12\x1a\n" +
-	"\btemplate\x18\x01 \x01(\tR\btemplate\"\x18\n" +
+	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x16\n" +
+	"\x06shared\x18\n" +
+	" \x01(\bR\x06shared\"\x18\n" +
 	"\x16DeleteTemplateResponse\"\x98\x01\n" +
 	"\x11ImportImageHeader\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +

@@ -44,6 +44,8 @@ export type Network = S['CapsuleNetwork'];
 export type SetNetworkParams = S['SetCapsuleNetwork'];
 /** A template (schema `Template`). */
 export type Template = S['Template'];
+/** A template made from a capsule by `Capsule.snapshot` (schema `SnapshotTemplate`). */
+export type SnapshotTemplate = S['SnapshotTemplate'];
 /** A file or directory in a capsule (schema `FileEntry`). */
 export type FileEntry = S['FileEntry'];
 /** The answer to mkdir (schema `MkdirResult`). */
@@ -503,6 +505,16 @@ export class Capsule {
     return this.update('POST', '/pause', o.toDisk ? { to_disk: true } : {});
   }
 
+  /**
+   * Turns the running capsule into a team template called `name` (`name` or `name:tag`).
+   * By default the processes' memory is kept too where the host can, so capsules created
+   * from the template start with them running; `memoryReason` says why not. The capsule
+   * keeps running.
+   */
+  async snapshot(name: string, o: { memory?: boolean } = {}): Promise<SnapshotTemplate> {
+    return (await this.c.json('POST', this.path + '/snapshot', { json: { name, memory: o.memory ?? true } })) as SnapshotTemplate;
+  }
+
   /** Resumes a paused or hibernated capsule, optionally with a new time to live. */
   resume(o: { timeoutSec?: number } = {}): Promise<CapsuleInfo> {
     return this.update('POST', '/resume', o.timeoutSec !== undefined ? { timeout_sec: o.timeoutSec } : {});
@@ -730,6 +742,10 @@ export class Templates {
     return (await this.c.json('GET', '/v1/templates/' + encodeURIComponent(id))) as Template;
   }
 
+  /** Deletes one of the team's own templates by id; capsules using it keep running. */
+  async delete(id: string): Promise<void> {
+    await this.c.json('DELETE', '/v1/templates/' + encodeURIComponent(id));
+  }
   /**
    * Starts a team build of template `name` (`POST /v1/templates/builds`): a Wrennfile `recipe` with an
    * optional build `context` (a tar), or an `image` tarball to import. The body is sent as multipart

@@ -1002,7 +1002,30 @@ export interface paths {
         };
         put?: never;
         post?: never;
-        delete?: never;
+        /** Delete one of the team's own templates (refused while capsules use it); its files go from every host and from the shared template store. Audited. */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    templateID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Deleted */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                403: components["responses"]["Error"];
+                404: components["responses"]["Error"];
+                409: components["responses"]["Error"];
+            };
+        };
         options?: never;
         head?: never;
         patch?: never;
@@ -1454,6 +1477,54 @@ export interface paths {
                         "application/json": components["schemas"]["Capsule"];
                     };
                 };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/capsules/{capsuleID}/snapshot": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                capsuleID: components["parameters"]["capsuleID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Turn the running capsule into a team template (files, and memory where the host can keep it); the capsule keeps running (briefly frozen). Audited. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    capsuleID: components["parameters"]["capsuleID"];
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["CapsuleSnapshot"];
+                };
+            };
+            responses: {
+                /** @description Created */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["SnapshotTemplate"];
+                    };
+                };
+                400: components["responses"]["Error"];
+                404: components["responses"]["Error"];
+                409: components["responses"]["Error"];
+                503: components["responses"]["Error"];
             };
         };
         delete?: never;
@@ -3660,6 +3731,10 @@ export interface components {
             size_bytes: number;
             /** Format: date-time */
             created_at: string;
+            /** @description The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md). */
+            memory?: boolean;
+            /** @description The template is in the shared template store: any host runs it (fetched once per host). */
+            shared?: boolean;
         };
         TemplateList: {
             templates: components["schemas"]["Template"][];
@@ -3789,6 +3864,31 @@ export interface components {
         AdminCapsuleList: {
             capsules: components["schemas"]["AdminCapsule"][];
             next_cursor: string;
+        };
+        CapsuleSnapshot: {
+            /** @description Name of the new team template: lower-case letters, digits, . _ - (at most 64), with an optional :tag (name:latest is name). */
+            name: string;
+            /**
+             * @description Keep the processes' memory where the host can (default true).
+             * @default true
+             */
+            memory?: boolean;
+        };
+        /** @description A Template made from a capsule, with why memory was not kept. */
+        SnapshotTemplate: {
+            id: string;
+            name: string;
+            public: boolean;
+            /** Format: int64 */
+            size_bytes: number;
+            /** Format: date-time */
+            created_at: string;
+            /** @description The template keeps its processes' memory: capsules from it start with them running. */
+            memory?: boolean;
+            /** @description The template is in the shared template store: any host runs it. */
+            shared?: boolean;
+            /** @description Why memory was not kept when it was asked for. */
+            memory_reason?: string;
         };
         Pause: {
             to_disk?: boolean;

@@ -214,19 +214,22 @@ func (q *Queries) CreateHostToken(ctx context.Context, arg CreateHostTokenParams
 }
 
 const createTemplate = `-- name: CreateTemplate :one
-INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id
+INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, checksum, memory, source_capsule_id, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory
 `
 
 type CreateTemplateParams struct {
-	ID        string
-	TeamID    string
-	Name      string
-	Public    bool
-	SizeBytes int64
-	HostID    *string
-	CreatedAt time.Time
+	ID              string
+	TeamID          string
+	Name            string
+	Public          bool
+	SizeBytes       int64
+	HostID          *string
+	Checksum        *string
+	Memory          bool
+	SourceCapsuleID *string
+	CreatedAt       time.Time
 }
 
 func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) (Template, error) {
@@ -237,6 +240,9 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		arg.Public,
 		arg.SizeBytes,
 		arg.HostID,
+		arg.Checksum,
+		arg.Memory,
+		arg.SourceCapsuleID,
 		arg.CreatedAt,
 	)
 	var i Template
@@ -249,6 +255,9 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.HostID,
+		&i.Checksum,
+		&i.SourceCapsuleID,
+		&i.Memory,
 	)
 	return i, err
 }
@@ -459,7 +468,7 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates WHERE id = $1 AND (team_id = $2 OR public = TRUE)
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates WHERE id = $1 AND (team_id = $2 OR public = TRUE)
 `
 
 type GetTemplateParams struct {
@@ -479,12 +488,15 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.HostID,
+		&i.Checksum,
+		&i.SourceCapsuleID,
+		&i.Memory,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates
 WHERE name = $1 AND (team_id = $2 OR public = TRUE)
 ORDER BY public, id -- the team's own (private) template first
 LIMIT 1
@@ -507,6 +519,9 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.HostID,
+		&i.Checksum,
+		&i.SourceCapsuleID,
+		&i.Memory,
 	)
 	return i, err
 }
@@ -733,7 +748,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 }
 
 const listAllTemplates = `-- name: ListAllTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates ORDER BY team_id, name
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates ORDER BY team_id, name
 `
 
 func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
@@ -754,6 +769,9 @@ func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.HostID,
+			&i.Checksum,
+			&i.SourceCapsuleID,
+			&i.Memory,
 		); err != nil {
 			return nil, err
 		}
@@ -1096,7 +1114,7 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
 `
 
 func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template, error) {
@@ -1117,6 +1135,9 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.HostID,
+			&i.Checksum,
+			&i.SourceCapsuleID,
+			&i.Memory,
 		); err != nil {
 			return nil, err
 		}

@@ -168,14 +168,17 @@ type TeamMember struct {
 }
 
 type Template struct {
-	ID        string
-	TeamID    string
-	Name      string
-	Public    bool
-	SizeBytes int64
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	HostID    *string
+	ID              string
+	TeamID          string
+	Name            string
+	Public          bool
+	SizeBytes       int64
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	HostID          *string
+	Checksum        *string
+	SourceCapsuleID *string
+	Memory          bool
 }
 
 type User struct {

@@ -59,8 +59,8 @@ UPDATE hosts SET status = sqlc.arg(status), updated_at = sqlc.arg(now) WHERE id 
 DELETE FROM hosts WHERE id = sqlc.arg(id);
 
 -- name: CreateTemplate :one
-INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, created_at, updated_at)
-VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(name), sqlc.arg(public), sqlc.arg(size_bytes), sqlc.narg(host_id), sqlc.arg(created_at), sqlc.arg(created_at))
+INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, checksum, memory, source_capsule_id, created_at, updated_at)
+VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(name), sqlc.arg(public), sqlc.arg(size_bytes), sqlc.narg(host_id), sqlc.narg(checksum), sqlc.arg(memory), sqlc.narg(source_capsule_id), sqlc.arg(created_at), sqlc.arg(created_at))
 RETURNING *;
 
 -- name: GetTemplate :one

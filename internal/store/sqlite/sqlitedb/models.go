@@ -164,14 +164,17 @@ type TeamMember struct {
 }
 
 type Template struct {
-	ID        string
-	TeamID    string
-	Name      string
-	Public    bool
-	SizeBytes int64
-	CreatedAt int64
-	UpdatedAt int64
-	HostID    *string
+	ID              string
+	TeamID          string
+	Name            string
+	Public          bool
+	SizeBytes       int64
+	CreatedAt       int64
+	UpdatedAt       int64
+	HostID          *string
+	Checksum        *string
+	SourceCapsuleID *string
+	Memory          bool
 }
 
 type User struct {

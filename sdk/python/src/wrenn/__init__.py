@@ -58,6 +58,7 @@ from ._models import (
     Process,
     ProcessStarted,
     Team,
+    SnapshotTemplate,
     Template,
 )
 from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates
@@ -73,5 +74,5 @@ __all__ = [
     "NotFoundError", "ConflictError", "PayloadTooLargeError", "RateLimitedError", "UnavailableError",
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
-    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template",
+    "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
 ]

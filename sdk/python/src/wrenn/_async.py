@@ -36,6 +36,7 @@ from ._models import (
     Network,
     Process,
     ProcessStarted,
+    SnapshotTemplate,
     Template,
 )
 
@@ -426,6 +427,15 @@ class AsyncCapsule:
                                                               json_body={"to_disk": True} if to_disk else {}))
         return self.info
 
+    async def snapshot(self, name: str, memory: bool = True) -> SnapshotTemplate:
+        """Turn the running capsule into a team template ``name`` (``name`` or ``name:tag``).
+
+        With ``memory`` (default) the processes are kept too where the host can, so capsules
+        created from the template start with them running. The capsule keeps running.
+        """
+        return SnapshotTemplate.from_dict(await self._c._json("POST", self._path + "/snapshot",
+                                                              json_body={"name": name, "memory": bool(memory)}))
+
     async def resume(self, timeout: Optional[int] = None) -> CapsuleInfo:
         """Resume a paused or hibernated capsule, optionally with a new time to live (seconds)."""
         body = {"timeout_sec": int(timeout)} if timeout is not None else {}
@@ -799,6 +809,9 @@ class AsyncTemplates:
                     yield BuildLogRecord.from_dict(json.loads(line))
         finally:
             await resp.aclose()
+    async def delete(self, template_id: str) -> None:
+        """Delete one of the team's own templates by id; capsules using it keep running."""
+        await self._c._send("DELETE", "/v1/templates/" + quote(template_id, safe=""))
 
 
 class AsyncBuilds:

@@ -141,6 +141,27 @@ class Template(_Model):
     public: bool = False
     size_bytes: int = 0
     created_at: str = ""
+    memory: bool = False
+    shared: bool = False
+
+
+@dataclass
+class SnapshotTemplate(_Model):
+    """A template made from a capsule by ``Capsule.snapshot`` (schema ``SnapshotTemplate``).
+
+    ``memory`` says the processes were kept (capsules from it start with them running);
+    ``memory_reason`` says why not when memory was asked for.
+    """
+
+    __schema__ = "SnapshotTemplate"
+    id: str = ""
+    name: str = ""
+    public: bool = False
+    size_bytes: int = 0
+    created_at: str = ""
+    memory: bool = False
+    shared: bool = False
+    memory_reason: Optional[str] = None
 
 
 @dataclass

@@ -164,6 +164,7 @@ class Capsule(_Wrapped):
     refresh = _mirror("refresh")
     delete = _mirror("delete")
     pause = _mirror("pause")
+    snapshot = _mirror("snapshot")
     resume = _mirror("resume")
     set_timeout = _mirror("set_timeout")
     set_public = _mirror("set_public")
@@ -255,6 +256,7 @@ class Templates(_Wrapped):
                     return
         finally:
             self._loop.run(agen.aclose())
+    delete = _mirror("delete")
 
 
 class Builds(_Wrapped):
