@@ -229,14 +229,52 @@ func (m *qemuMachine) logTail() string {
 	return s
 }
 
-func (m *qemuMachine) exec(ctx context.Context, cmd string, args, out any) error {
+// client returns the QMP connection, dialling again if an earlier
+// command's end (a cancelled context, a broken pipe) closed it.
+func (m *qemuMachine) client(ctx context.Context) (*qmpClient, error) {
 	m.mu.Lock()
-	c := m.qmp
-	m.mu.Unlock()
-	if c == nil {
-		return errors.New("vm: no qmp connection")
+	defer m.mu.Unlock()
+	if m.qmp != nil {
+		return m.qmp, nil
 	}
-	return c.Execute(ctx, cmd, args, out)
+	select {
+	case <-m.exited:
+		return nil, fmt.Errorf("vm: qemu has exited: %s", m.logTail())
+	default:
+	}
+	c, err := dialQMP(ctx, m.sock)
+	if err != nil {
+		return nil, fmt.Errorf("vm: qmp: %w", err)
+	}
+	m.qmp = c
+	return c, nil
+}
+
+func (m *qemuMachine) exec(ctx context.Context, cmd string, args, out any) error {
+	return m.execFile(ctx, cmd, args, out, nil)
+}
+
+func (m *qemuMachine) execFile(ctx context.Context, cmd string, args, out any, f *os.File) error {
+	c, err := m.client(ctx)
+	if err != nil {
+		return err
+	}
+	if f != nil {
+		err = c.ExecuteWithFile(ctx, cmd, args, f)
+	} else {
+		err = c.Execute(ctx, cmd, args, out)
+	}
+	var qe *QMPError
+	if err != nil && !errors.As(err, &qe) {
+		// The connection is unusable (closed on a cancelled context).
+		m.mu.Lock()
+		if m.qmp == c {
+			_ = c.Close()
+			m.qmp = nil
+		}
+		m.mu.Unlock()
+	}
+	return err
 }
 
 func (m *qemuMachine) PID() int { return m.pid }
@@ -302,10 +340,7 @@ func (m *qemuMachine) SaveState(ctx context.Context, f *os.File) error {
 	if err := m.setIgnoreShared(ctx); err != nil {
 		return err
 	}
-	m.mu.Lock()
-	c := m.qmp
-	m.mu.Unlock()
-	if err := c.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "state"}, f); err != nil {
+	if err := m.execFile(ctx, "getfd", map[string]any{"fdname": "state"}, nil, f); err != nil {
 		return err
 	}
 	if err := m.exec(ctx, "migrate", map[string]any{"uri": "fd:state"}, nil); err != nil {
