@@ -122,17 +122,18 @@ const (
 
 // Driver is the microVM runtime driver.
 type Driver struct {
-	cfg     Config
-	log     *slog.Logger
-	net     *network.Manager
-	vmm     VMM
-	kvm     bool
-	initrd  string
-	kernel  string
-	capsDir string
-	client  *http.Client
-	snaps   *snapshot.Manager
-	tscKHz  int
+	cfg      Config
+	log      *slog.Logger
+	net      *network.Manager
+	vmm      VMM
+	kvm      bool
+	initrd   string
+	envdDisk string
+	kernel   string
+	capsDir  string
+	client   *http.Client
+	snaps    *snapshot.Manager
+	tscKHz   int
 
 	mu       sync.Mutex
 	caps     map[string]*capsule // by public ID
@@ -260,7 +261,14 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 	}
 	d.initrd = filepath.Join(cfg.StateDir, "initramfs.cpio")
-	if err := buildInitramfs(d.initrd, cfg.KernelDir, cfg.BusyboxPath, cfg.EnvdPath, nil); err != nil {
+	if err := buildInitramfs(d.initrd, cfg.KernelDir, cfg.BusyboxPath, "", nil); err != nil {
+		return nil, err
+	}
+	// envd reaches the guest on a small read-only disk, not in the
+	// initramfs: unpacking it there would cost the guest twice its size
+	// in RAM during boot (a 96 MiB guest ran out).
+	d.envdDisk = filepath.Join(cfg.StateDir, "envd.ext4")
+	if err := buildEnvdDisk(ctx, d.envdDisk, cfg.EnvdPath); err != nil {
 		return nil, err
 	}
 	if cfg.Snapshots == nil {
@@ -282,7 +290,6 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if d.net, err = network.New(cfg.Network, log); err != nil {
 		return nil, err
 	}
-	_ = ctx
 	log.Info("microvm driver ready", "vmm", d.vmm.Name(), "kvm", kvm, "kernel", cfg.KernelDir)
 	return d, nil
 }
@@ -629,14 +636,14 @@ func (d *Driver) bootSteps(c *capsule, incoming func() *os.File) []runtime.Step 
 }
 
 func (d *Driver) machineSpec(rec *record) MachineSpec {
-	cmdline := "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd nokaslr random.trust_cpu=on"
+	cmdline := "console=ttyS0 quiet loglevel=4 panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd nokaslr random.trust_cpu=on"
 	if !d.kvm && d.tscKHz > 0 {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(d.tscKHz) + " tsc=reliable"
 	}
 	return MachineSpec{
 		Dir: d.dir(rec.Key), Kernel: d.kernel, Initrd: d.initrd, Cmdline: cmdline,
 		VCPUs: rec.Spec.VCPUs, MemoryMB: rec.Spec.MemoryMB, MemPath: d.memPath(rec.Key),
-		Disks: []Disk{{Path: rec.Image, ReadOnly: true}, {Path: d.diskPath(rec.Key)}},
+		Disks: []Disk{{Path: rec.Image, ReadOnly: true}, {Path: d.diskPath(rec.Key)}, {Path: d.envdDisk, ReadOnly: true}},
 		Netns: rec.Net.Netns, Tap: TapName, MAC: guestMAC,
 		KVM:                 d.kvm,
 		BalloonStatsSeconds: 5,
@@ -685,12 +692,19 @@ func removeMissingOK(p string) error {
 }
 
 // waitReady polls envd's /health until it answers, the VM exits or the
-// boot timeout passes.
+// boot timeout passes. It keeps the guest console's output meanwhile (the
+// ring buffer dies with QEMU) to say why a guest did not come up.
 func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
 	defer cancel()
 	url := "http://" + d.info(&c.rec).EnvdAddr() + "/health"
-	for {
+	var console strings.Builder
+	drain := func() {
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		console.WriteString(c.m.Console(cctx))
+		ccancel()
+	}
+	for i := 0; ; i++ {
 		rctx, rcancel := context.WithTimeout(ctx, time.Second)
 		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
 		resp, err := d.client.Do(req)
@@ -701,29 +715,32 @@ func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 				return nil
 			}
 		}
+		if i%4 == 0 {
+			drain()
+			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			stopped := c.m.GuestStopped(sctx)
+			scancel()
+			if stopped {
+				drain()
+				return fmt.Errorf("vm: the guest stopped before envd answered; console: %s", consoleTail(console.String()))
+			}
+		}
 		select {
 		case <-c.m.Exited():
-			return fmt.Errorf("vm: the guest stopped before envd answered: %s", consoleTail(d.dir(c.rec.Key), ""))
+			return fmt.Errorf("vm: the VMM exited before envd answered; console: %s", consoleTail(console.String()))
 		case <-ctx.Done():
-			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			con := c.m.Console(cctx)
-			ccancel()
-			return fmt.Errorf("vm: envd did not answer within %v: %w; console: %s", d.cfg.BootTimeout, ctx.Err(), consoleTail("", con))
+			drain()
+			return fmt.Errorf("vm: envd did not answer within %v: %w; console: %s", d.cfg.BootTimeout, ctx.Err(), consoleTail(console.String()))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
-// consoleTail returns the last lines of the guest console (con) or, when
-// the VM is gone, of the VMM log in dir.
-func consoleTail(dir, con string) string {
-	if con == "" && dir != "" {
-		b, _ := os.ReadFile(filepath.Join(dir, "vmm.log"))
-		con = string(b)
-	}
-	lines := strings.Split(strings.TrimSpace(con), "\n")
-	if len(lines) > 8 {
-		lines = lines[len(lines)-8:]
+// consoleTail returns the last lines of the guest console.
+func consoleTail(con string) string {
+	lines := strings.Split(strings.TrimSpace(strings.ReplaceAll(con, "\r", "")), "\n")
+	if len(lines) > 12 {
+		lines = lines[len(lines)-12:]
 	}
 	s := strings.TrimSpace(strings.Join(lines, " | "))
 	if s == "" {
@@ -789,6 +806,22 @@ func (d *Driver) Inspect(_ context.Context, id string) (runtime.Info, error) {
 // noticeExit marks a capsule whose VM has exited (guest poweroff, crash)
 // as stopped.
 func (d *Driver) noticeExit(c *capsule) {
+	if c.m == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if c.m.GuestStopped(ctx) {
+		_ = c.m.Stop(ctx)
+		c.m, c.rec.PID = nil, 0
+		_ = removeMissingOK(d.memPath(c.rec.Key))
+		c.rec.State = runtime.StateStopped
+		_ = d.save(&c.rec)
+	}
+	select {
+	case <-ctx.Done():
+	default:
+	}
 	if c.m == nil {
 		return
 	}

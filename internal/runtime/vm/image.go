@@ -142,3 +142,31 @@ func diskAllocated(st os.FileInfo) uint64 {
 	}
 	return 0
 }
+
+// buildEnvdDisk makes the read-only ext4 image holding envd that every
+// guest mounts (/dev/vdc).
+func buildEnvdDisk(ctx context.Context, dst, envd string) error {
+	st, err := os.Stat(envd)
+	if err != nil {
+		return err
+	}
+	stage, err := os.MkdirTemp(filepath.Dir(dst), "envd-stage-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage)
+	b, err := os.ReadFile(envd)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(stage, "envd"), b, 0o755); err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	defer os.Remove(tmp)
+	size := (st.Size() + st.Size()/8 + 4<<20 + 1<<20 - 1) &^ (1<<20 - 1)
+	if err := mkfs(ctx, tmp, size, stage, "-O", "^has_journal", "-L", "wrenn-envd"); err != nil {
+		return fmt.Errorf("vm: envd disk: %w", err)
+	}
+	return os.Rename(tmp, dst)
+}

@@ -73,7 +73,10 @@ func (q *QEMU) args(spec MachineSpec) []string {
 		"-smp", strconv.Itoa(spec.VCPUs),
 		"-m", strconv.Itoa(spec.MemoryMB) + "M",
 		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", spec.MemoryMB, spec.MemPath),
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		// A guest that powers off or panics stops (its console stays
+		// readable over QMP) instead of taking QEMU with it; the driver
+		// notices (Machine.GuestStopped) and ends QEMU.
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-no-shutdown",
 		"-chardev", "ringbuf,id=con,size=65536",
 		"-serial", "chardev:con",
 		"-kernel", spec.Kernel,
@@ -290,6 +293,16 @@ func (m *qemuMachine) status(ctx context.Context) (string, error) {
 	}
 	err := m.exec(ctx, "query-status", nil, &st)
 	return st.Status, err
+}
+
+func (m *qemuMachine) GuestStopped(ctx context.Context) bool {
+	select {
+	case <-m.exited:
+		return true
+	default:
+	}
+	st, err := m.status(ctx)
+	return err == nil && (st == "shutdown" || st == "guest-panicked" || st == "internal-error")
 }
 
 func (m *qemuMachine) Running(ctx context.Context) (bool, error) {

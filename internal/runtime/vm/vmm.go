@@ -68,6 +68,9 @@ type Machine interface {
 	// Pause stops the vCPUs (memory stays); Resume restarts them.
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
+	// GuestStopped reports whether the guest has powered off, panicked or
+	// failed (or the VMM is gone): the VM will not run again.
+	GuestStopped(ctx context.Context) bool
 	// Running reports whether the vCPUs run.
 	Running(ctx context.Context) (bool, error)
 	// SetBalloon asks the guest to leave target bytes of memory outside
