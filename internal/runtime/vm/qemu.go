@@ -397,10 +397,12 @@ func (m *qemuMachine) incoming(ctx context.Context) error {
 	for {
 		st, err := m.status(ctx)
 		if err != nil {
+			// QEMU exits on a stream it cannot load: say so with its
+			// own message rather than the broken control connection's.
 			select {
 			case <-m.exited:
-				return fmt.Errorf("vm: load state: qemu exited: %s", m.logTail())
-			default:
+				return fmt.Errorf("vm: loading the saved device state failed, qemu exited: %s", m.logTail())
+			case <-time.After(2 * time.Second):
 			}
 			return err
 		}

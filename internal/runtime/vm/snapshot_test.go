@@ -223,6 +223,9 @@ func TestCorruptMemoryImage(t *testing.T) {
 			t.Fatalf("Restore of %s succeeded", what)
 		}
 		t.Logf("Restore of %s: %v", what, err)
+		if !strings.Contains(err.Error(), "checksum") && !strings.Contains(err.Error(), "device state") {
+			t.Errorf("Restore error does not say what is wrong: %v", err)
+		}
 		got, ierr := d.Inspect(ctx, "cl-bad")
 		if ierr != nil || got.State != runtime.StateSnapshotted {
 			t.Errorf("after a failed restore: %+v %v, want the capsule still snapshotted", got, ierr)
