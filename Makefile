@@ -96,6 +96,11 @@ test-go: tools
 	if [ ! -x "$$WRENN_TEST_CRIU" ]; then \
 	  echo "make test: WRENN_TEST_CRIU='$$WRENN_TEST_CRIU' is not an executable criu" >&2; exit 1; fi; \
 	export WRENN_TEST_CRIU; \
+	if [ -z "$${WRENN_TEST_GUEST_KERNEL:-}" ]; then \
+	  WRENN_TEST_GUEST_KERNEL="$$(scripts/guest-kernel.sh)" || { \
+	    echo "make test: preparing the microVM guest kernel failed (scripts/guest-kernel.sh): the microVM driver tests cannot run" >&2; exit 1; }; \
+	fi; \
+	export WRENN_TEST_GUEST_KERNEL; \
 	start=$$(date +%s); \
 	$(GO) test $(TESTFLAGS) ./...; \
 	echo "make test: all packages took $$(( $$(date +%s) - start )) s"; \
@@ -105,7 +110,7 @@ test-go: tools
 
 # Packages that run capsules, agents or wrenn up: the race pass (unit
 # packages only, as the brief asks) leaves them out.
-PRIVILEGED_PKGS := /internal/(runtime/container|hostagent|up|controlplane|network|cli)$$|/test/|/sdk$$
+PRIVILEGED_PKGS := /internal/(runtime/container|runtime/vm|hostagent|up|controlplane|network|cli)$$|/test/|/sdk$$
 
 # The dashboard's unit tests (vitest); its browser test is test/dashboard (go test).
 test-web: web/node_modules/.package-lock.json

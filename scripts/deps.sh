@@ -6,6 +6,7 @@ set -euo pipefail
 want=(
   ca-certificates git make gcc      # build
   runc iproute2 nftables e2fsprogs  # container runtime driver
+  qemu-system-x86 lz4 cpio          # microVM driver (QEMU; guest kernel vmlinux; initramfs test)
   util-linux kmod procps psmisc     # losetup, mount, ps, fuser
   tar file passwd                   # template import, tests (useradd)
   busybox-static debootstrap        # templates

@@ -20,4 +20,9 @@ if [[ -z ${WRENN_CRIU:-} ]]; then
     echo "make run: building CRIU failed; pause to disk will keep files but not process memory" >&2
   fi
 fi
+# The microVM guest kernel (Debian's cloud kernel, cached in
+# /var/cache/wrenn/guest-kernel) is prepared in the background, as `wrenn up`
+# builds the base template: microVM capsules need it, containers do not.
+(scripts/guest-kernel.sh >/dev/null 2>/tmp/wrenn-guest-kernel.log ||
+  echo "make run: preparing the microVM guest kernel failed (see /tmp/wrenn-guest-kernel.log)" >&2) &
 exec ./bin/wrenn up "$@"

@@ -19,7 +19,9 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
 	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/runtime/vm"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
 
@@ -44,6 +46,8 @@ type agentFlags struct {
 	overcommit      overcommitFlags
 	dnsUpstream     []string
 	templateStore   templateStoreFlags
+	microvm         bool
+	guestKernel     string
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -95,6 +99,8 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
+	fl.BoolVar(&f.microvm, "microvm", false, "run capsules as microVMs (QEMU; KVM where it works, else TCG) instead of containers")
+	fl.StringVar(&f.guestKernel, "guest-kernel", "", "microVM guest kernel directory made by scripts/guest-kernel.sh (default: the newest in "+vm.KernelCache+")")
 	return cmd
 }
 
@@ -149,18 +155,23 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if err := os.MkdirAll(templates.Dir, 0o755); err != nil {
 		return err
 	}
-	drv, err := container.New(ctx, container.Config{
-		StateDir:          filepath.Join(f.stateDir, "container"),
-		Templates:         *templates,
-		EnvdPath:          f.envdPath,
-		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
-		CRIUPath:          f.criu.path,
-		CRIUEnv:           f.criu.env,
-		DisableCRIU:       f.criu.off,
-		DisableUserNS:     f.criu.noUserNS,
-		Network:           network.Config{DNSUpstream: f.dnsUpstream},
-		Logger:            log,
-	})
+	var drv runtime.Driver
+	if f.microvm {
+		drv, err = newVMDriver(ctx, f, templates, sizeBytes, log)
+	} else {
+		drv, err = container.New(ctx, container.Config{
+			StateDir:          filepath.Join(f.stateDir, "container"),
+			Templates:         *templates,
+			EnvdPath:          f.envdPath,
+			DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+			CRIUPath:          f.criu.path,
+			CRIUEnv:           f.criu.env,
+			DisableCRIU:       f.criu.off,
+			DisableUserNS:     f.criu.noUserNS,
+			Network:           network.Config{DNSUpstream: f.dnsUpstream},
+			Logger:            log,
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -199,4 +210,24 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	}
 	log.Info("host agent serving", "addr", ln.Addr().String(), "tls", f.tlsCert != "", "mtls", f.clientCA != "")
 	return agent.Serve(ctx, ln, srvCfg)
+}
+
+// newVMDriver is the microVM driver of `wrenn agent --microvm`.
+func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, sizeBytes uint64, log *slog.Logger) (*vm.Driver, error) {
+	kernel := f.guestKernel
+	if kernel == "" {
+		var err error
+		if kernel, err = vm.FindKernel(vm.KernelCache); err != nil {
+			return nil, err
+		}
+	}
+	return vm.New(ctx, vm.Config{
+		StateDir:          filepath.Join(f.stateDir, "microvm"),
+		Templates:         *templates,
+		EnvdPath:          f.envdPath,
+		KernelDir:         kernel,
+		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+		Network:           network.Config{DNSUpstream: f.dnsUpstream},
+		Logger:            log,
+	})
 }

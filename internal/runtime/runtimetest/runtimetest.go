@@ -32,6 +32,7 @@ type options struct {
 	exec      ExecFunc
 	helper    string
 	hostState func() (string, error)
+	ownKernel bool
 }
 
 // Option adjusts the suite.
