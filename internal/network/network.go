@@ -103,6 +103,12 @@ type Config struct {
 	// NoDenialLog turns off per-destination logging of dropped
 	// connections (nflog.go); the drop counters stay.
 	NoDenialLog bool
+	// HostSideAddress gives each namespace's eth0 the capsule's host-side
+	// address (Allocation.Guest, default route via Allocation.Host) instead
+	// of InsideAddr and the stateless translation: for drivers whose
+	// capsule sits behind the namespace (the microVM driver's tap), which
+	// give it InsideAddr themselves.
+	HostSideAddress bool
 }
 
 // The address every capsule sees on its eth0, and its gateway: the same
@@ -377,6 +383,21 @@ func (m *Manager) link(a Allocation) error {
 	eth, err := h.LinkByName("eth0")
 	if err != nil {
 		return fmt.Errorf("network: eth0: %w", err)
+	}
+	if m.cfg.HostSideAddress {
+		// The namespace is a router for something inside it (a microVM
+		// behind a tap, which itself sees InsideAddr): eth0 holds the
+		// capsule's host-side address, routed through the host end.
+		if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(a.Guest, 30)}); err != nil {
+			return fmt.Errorf("network: guest addr: %w", err)
+		}
+		if err := h.LinkSetUp(eth); err != nil {
+			return fmt.Errorf("network: eth0 up: %w", err)
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(a.Host.AsSlice())}); err != nil {
+			return fmt.Errorf("network: default route: %w", err)
+		}
+		return nil
 	}
 	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(InsideAddr, insideBits)}); err != nil {
 		return fmt.Errorf("network: guest addr: %w", err)

@@ -287,6 +287,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		d.cfg.Snapshots = cfg.Snapshots
 	}
 	d.snaps = cfg.Snapshots
+	// The guest sees InsideAddr behind the tap (net.go); the namespace's
+	// eth0 keeps the capsule's host-side address and NATs to it.
+	cfg.Network.HostSideAddress = true
 	if d.net, err = network.New(cfg.Network, log); err != nil {
 		return nil, err
 	}
