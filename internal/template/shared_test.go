@@ -193,3 +193,40 @@ func assertNoTemplate(t *testing.T, s *template.Shared, name string) {
 		t.Errorf("left in the template directory: %s", e.Name())
 	}
 }
+
+// TestSharedRunConfigTravels: a template's run config (a build's ENV,
+// WORKDIR, USER, START and READY) is published with it, and a host that
+// fetches the template gets it too.
+func TestSharedRunConfigTravels(t *testing.T) {
+	ctx := testutil.Context(t, testutil.Long)
+	st, err := store.OpenLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := newShared(t, st), newShared(t, st)
+	rc := template.RunConfig{
+		Env: map[string]string{"APP": "1"}, Workdir: "/srv", User: "app",
+		Start: []string{"python3", "-m", "http.server", "8000"}, ReadyPort: 8000, ReadyTimeoutSec: 30,
+	}
+	extra, err := template.RunConfigMetadata(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if none, err := template.RunConfigMetadata(template.RunConfig{}); err != nil || none != nil {
+		t.Fatalf("zero run config: %v, %v; want nothing", none, err)
+	}
+	sum, err := a.Publish(ctx, "tpl-run", writeRootfsTar(t, 1<<10), extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Ensure(ctx, "tpl-run", sum); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Local.RunConfigOf("tpl-run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Workdir != rc.Workdir || got.User != rc.User || got.ReadyPort != 8000 || len(got.Start) != 4 || got.Env["APP"] != "1" {
+		t.Fatalf("fetched run config %+v, want %+v", got, rc)
+	}
+}
