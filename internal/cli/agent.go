@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/buildinfo"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
 	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/template"
 )
@@ -43,6 +45,8 @@ type agentFlags struct {
 	criu            criuFlags
 	overcommit      overcommitFlags
 	dnsUpstream     []string
+	runsc           string
+	gvisorSubnet    string
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -92,6 +96,8 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	f.overcommit.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
+	fl.StringVar(&f.runsc, "runsc", os.Getenv("WRENN_RUNSC"), "static runsc binary for gVisor capsules (isolation \"gvisor\"; scripts/runsc.sh builds one; $WRENN_RUNSC); empty: gVisor off")
+	fl.StringVar(&f.gvisorSubnet, "gvisor-subnet", "10.201.0.0/16", "IPv4 range of gVisor capsules (their own nftables table; must differ from the container capsules' 10.200.0.0/16)")
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	return cmd
 }
@@ -162,9 +168,38 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = drv.Close() }()
+	// One driver per isolation (runtime.Isolations routes each capsule to
+	// its own); a microVM driver registers here the same way.
+	isos := runtime.NewIsolations(runtime.IsolationContainer)
+	isos.Register(runtime.IsolationContainer, drv)
+	defer func() { _ = isos.Close() }()
+	if f.runsc == "" {
+		isos.Unavailable(runtime.IsolationGVisor, "runsc is not configured (--runsc or WRENN_RUNSC; scripts/runsc.sh builds it)")
+	} else if subnet, err := netip.ParsePrefix(f.gvisorSubnet); err != nil {
+		return fmt.Errorf("--gvisor-subnet %q: %w", f.gvisorSubnet, err)
+	} else {
+		gdrv, err := container.New(ctx, container.Config{
+			StateDir:          filepath.Join(f.stateDir, "gvisor"),
+			Templates:         *templates,
+			EnvdPath:          f.envdPath,
+			DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+			Runtime:           container.RuntimeRunsc,
+			RunscPath:         f.runsc,
+			CgroupParent:      "/wrenn-gvisor",
+			Network:           network.Config{Subnet: subnet, Table: "wrenn-gvisor", NetnsPrefix: "wrenn-gv-", DNSUpstream: f.dnsUpstream},
+			Logger:            log,
+		})
+		if err != nil {
+			log.Warn("gVisor isolation unavailable", "err", err)
+			isos.Unavailable(runtime.IsolationGVisor, err.Error())
+		} else {
+			isos.Register(runtime.IsolationGVisor, gdrv)
+		}
+	}
+	isos.Unavailable(runtime.IsolationMicroVM, "no microVM driver on this host")
+	log.Info("isolations", "supported", isos.Supported(), "missing", isos.Missing(), "default", isos.Default())
 	agent, err := hostagent.New(ctx, hostagent.Config{
-		Driver:             drv,
+		Driver:             isos,
 		StateDir:           f.stateDir,
 		Templates:          templates,
 		DefaultTemplate:    f.defaultTemplate,
