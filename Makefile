@@ -81,7 +81,9 @@ fmt:
 # Tests need: root (namespaces, cgroups, mounts), a local PostgreSQL (started
 # by scripts/postgres.sh), versitygw (S3 tests), node/npm (E2B SDK check) and
 # a CRIU that works on this kernel (built from Debian's source package by
-# scripts/criu.sh, cached in /var/cache/wrenn/criu; memory-snapshot tests).
+# scripts/criu.sh, cached in /var/cache/wrenn/criu; memory-snapshot tests)
+# and gVisor's runsc (built statically from the Go module proxy by
+# scripts/runsc.sh, cached in /var/cache/wrenn/runsc; the gVisor tests).
 # A CRIU that cannot be built fails the run: tests never skip silently (the
 # one allowed skip is a missing /dev/kvm).
 test-go: tools
@@ -101,6 +103,13 @@ test-go: tools
 	    echo "make test: preparing the microVM guest kernel failed (scripts/guest-kernel.sh): the microVM driver tests cannot run" >&2; exit 1; }; \
 	fi; \
 	export WRENN_TEST_GUEST_KERNEL; \
+	if [ -z "$${WRENN_TEST_RUNSC:-}" ]; then \
+	  WRENN_TEST_RUNSC="$$(scripts/runsc.sh)" || { \
+	    echo "make test: building runsc failed (scripts/runsc.sh): the gVisor tests cannot run; fix the build or set WRENN_TEST_RUNSC to a static runsc" >&2; exit 1; }; \
+	fi; \
+	if [ ! -x "$$WRENN_TEST_RUNSC" ]; then \
+	  echo "make test: WRENN_TEST_RUNSC='$$WRENN_TEST_RUNSC' is not an executable runsc" >&2; exit 1; fi; \
+	export WRENN_TEST_RUNSC; \
 	start=$$(date +%s); \
 	$(GO) test $(TESTFLAGS) ./...; \
 	echo "make test: all packages took $$(( $$(date +%s) - start )) s"; \

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -47,7 +48,10 @@ type agentFlags struct {
 	dnsUpstream     []string
 	templateStore   templateStoreFlags
 	microvm         bool
+	microvmSubnet   string
 	guestKernel     string
+	runsc           string
+	gvisorSubnet    string
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -98,8 +102,11 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	f.templateStore.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
 	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
+	fl.StringVar(&f.runsc, "runsc", os.Getenv("WRENN_RUNSC"), "static runsc binary for gVisor capsules (isolation \"gvisor\"; scripts/runsc.sh builds one; $WRENN_RUNSC); empty: gVisor off")
+	fl.StringVar(&f.gvisorSubnet, "gvisor-subnet", "10.201.0.0/16", "IPv4 range of gVisor capsules (their own nftables table; must differ from the container capsules' 10.200.0.0/16)")
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
-	fl.BoolVar(&f.microvm, "microvm", false, "run capsules as microVMs (QEMU; KVM where it works, else TCG) instead of containers")
+	fl.BoolVar(&f.microvm, "microvm", false, "also offer microVM isolation (QEMU; KVM where it works, else TCG; guest kernel from scripts/guest-kernel.sh)")
+	fl.StringVar(&f.microvmSubnet, "microvm-subnet", "10.202.0.0/16", "IPv4 range of microVM capsules (their own nftables table; must differ from the container and gVisor ranges)")
 	fl.StringVar(&f.guestKernel, "guest-kernel", "", "microVM guest kernel directory made by scripts/guest-kernel.sh (default: the newest in "+vm.KernelCache+")")
 	return cmd
 }
@@ -155,23 +162,18 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if err := os.MkdirAll(templates.Dir, 0o755); err != nil {
 		return err
 	}
-	var drv runtime.Driver
-	if f.microvm {
-		drv, err = newVMDriver(ctx, f, templates, sizeBytes, log)
-	} else {
-		drv, err = container.New(ctx, container.Config{
-			StateDir:          filepath.Join(f.stateDir, "container"),
-			Templates:         *templates,
-			EnvdPath:          f.envdPath,
-			DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
-			CRIUPath:          f.criu.path,
-			CRIUEnv:           f.criu.env,
-			DisableCRIU:       f.criu.off,
-			DisableUserNS:     f.criu.noUserNS,
-			Network:           network.Config{DNSUpstream: f.dnsUpstream},
-			Logger:            log,
-		})
-	}
+	drv, err := container.New(ctx, container.Config{
+		StateDir:          filepath.Join(f.stateDir, "container"),
+		Templates:         *templates,
+		EnvdPath:          f.envdPath,
+		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+		CRIUPath:          f.criu.path,
+		CRIUEnv:           f.criu.env,
+		DisableCRIU:       f.criu.off,
+		DisableUserNS:     f.criu.noUserNS,
+		Network:           network.Config{DNSUpstream: f.dnsUpstream},
+		Logger:            log,
+	})
 	if err != nil {
 		return err
 	}
@@ -184,8 +186,47 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if sm != nil {
 		shared = &template.Shared{Snaps: sm, Local: templates, Log: log}
 	}
+	// One driver per isolation (runtime.Isolations routes each capsule to
+	// its own); a microVM driver registers here the same way.
+	isos := runtime.NewIsolations(runtime.IsolationContainer)
+	isos.Register(runtime.IsolationContainer, drv)
+	defer func() { _ = isos.Close() }()
+	if f.runsc == "" {
+		isos.Unavailable(runtime.IsolationGVisor, "runsc is not configured (--runsc or WRENN_RUNSC; scripts/runsc.sh builds it)")
+	} else if subnet, err := netip.ParsePrefix(f.gvisorSubnet); err != nil {
+		return fmt.Errorf("--gvisor-subnet %q: %w", f.gvisorSubnet, err)
+	} else {
+		gdrv, err := container.New(ctx, container.Config{
+			StateDir:          filepath.Join(f.stateDir, "gvisor"),
+			Templates:         *templates,
+			EnvdPath:          f.envdPath,
+			DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
+			Runtime:           container.RuntimeRunsc,
+			RunscPath:         f.runsc,
+			CgroupParent:      "/wrenn-gvisor",
+			Network:           network.Config{Subnet: subnet, Table: "wrenn-gvisor", NetnsPrefix: "wrenn-gv-", DNSUpstream: f.dnsUpstream},
+			Logger:            log,
+		})
+		if err != nil {
+			log.Warn("gVisor isolation unavailable", "err", err)
+			isos.Unavailable(runtime.IsolationGVisor, err.Error())
+		} else {
+			isos.Register(runtime.IsolationGVisor, gdrv)
+		}
+	}
+	if !f.microvm {
+		isos.Unavailable(runtime.IsolationMicroVM, "the microVM driver is not enabled (--microvm)")
+	} else if subnet, err := netip.ParsePrefix(f.microvmSubnet); err != nil {
+		return fmt.Errorf("--microvm-subnet %q: %w", f.microvmSubnet, err)
+	} else if vdrv, err := newVMDriver(ctx, f, templates, sizeBytes, subnet, log); err != nil {
+		log.Warn("microVM isolation unavailable", "err", err)
+		isos.Unavailable(runtime.IsolationMicroVM, err.Error())
+	} else {
+		isos.Register(runtime.IsolationMicroVM, vdrv)
+	}
+	log.Info("isolations", "supported", isos.Supported(), "missing", isos.Missing(), "default", isos.Default())
 	agent, err := hostagent.New(ctx, hostagent.Config{
-		Driver:             drv,
+		Driver:             isos,
 		StateDir:           f.stateDir,
 		Templates:          templates,
 		SharedTemplates:    shared,
@@ -213,7 +254,7 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 }
 
 // newVMDriver is the microVM driver of `wrenn agent --microvm`.
-func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, sizeBytes uint64, log *slog.Logger) (*vm.Driver, error) {
+func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, sizeBytes uint64, subnet netip.Prefix, log *slog.Logger) (*vm.Driver, error) {
 	kernel := f.guestKernel
 	if kernel == "" {
 		var err error
@@ -227,7 +268,7 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 		EnvdPath:          f.envdPath,
 		KernelDir:         kernel,
 		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
-		Network:           network.Config{DNSUpstream: f.dnsUpstream},
+		Network:           network.Config{Subnet: subnet, Table: "wrenn-vm", NetnsPrefix: "wrenn-vm-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,
 	})
 }

@@ -74,6 +74,10 @@ type Spec struct {
 	Network *NetworkPolicy
 	// Labels are opaque key/values kept with the capsule (e.g. team ID).
 	Labels map[string]string
+	// Isolation is how the capsule is isolated (IsolationContainer,
+	// IsolationGVisor, IsolationMicroVM; "" = the host's default). Only
+	// Isolations (isolation.go) reads it: it picks the driver.
+	Isolation string `json:",omitempty"`
 }
 
 // Info describes one capsule.
@@ -97,6 +101,8 @@ type Info struct {
 	MemoryKept bool
 	// PID is the host PID of the capsule's init (envd), 0 when not running.
 	PID int
+	// Isolation is the capsule's isolation (set by Isolations).
+	Isolation string
 }
 
 // EnvdAddr returns "ip:49983" for the capsule's envd.

@@ -381,6 +381,10 @@ func hostFileKeys(pid int) ([]string, error) {
 // image directory is removed. It returns the image directory and the
 // external-file keys restore must hand back.
 func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string, error) {
+	if d.rt.runsc {
+		images, err := d.runscCheckpoint(ctx, rec)
+		return images, nil, err
+	}
 	if rec.State == runtime.StatePaused {
 		if err := d.cg.freeze(d.cgroupPath(rec.Key), false); err != nil {
 			return "", nil, err
@@ -533,6 +537,9 @@ func (d *Driver) publishMemory(ctx context.Context, rec *record, name, images st
 	md := snapshotMetadata(rec, now)
 	md[metaKind] = kindCRIU
 	md[metaCRIUKeys] = strings.Join(keys, ",")
+	if d.rt.runsc {
+		md[metaKind], md[metaRunscBinary] = kindRunsc, d.rt.sha
+	}
 	memName := name + memSuffix
 	hdr, err := d.snaps.Pause(ctx, memName, archive, snapshot.PauseOptions{Metadata: md})
 	if err != nil {
@@ -550,7 +557,11 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 	}
 	defer r.Close()
 	md := r.Metadata()
-	if md[metaKind] != kindCRIU || md[metaCapsuleID] != capsuleID {
+	if d.rt.runsc && md[metaCapsuleID] == capsuleID {
+		if err := d.checkRunscImage(md); err != nil {
+			return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
+		}
+	} else if md[metaKind] != kindCRIU || md[metaCapsuleID] != capsuleID {
 		return "", nil, fmt.Errorf("memory image %s: kind %q of capsule %q, want %q of %q", memName, md[metaKind], md[metaCapsuleID], kindCRIU, capsuleID)
 	}
 	var keys []string
@@ -576,6 +587,9 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 // attempt is left running: the runc container is deleted and the capsule's
 // cgroup emptied, so the caller can boot it instead.
 func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, keys []string) error {
+	if d.rt.runsc {
+		return d.runscRestore(ctx, rec, images)
+	}
 	p := d.paths(rec.Key)
 	work := filepath.Join(p.Dir, criuWorkDir)
 	defer os.RemoveAll(work)

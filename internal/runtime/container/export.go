@@ -37,6 +37,11 @@ func (d *Driver) ExportTemplate(ctx context.Context, id, dst string) error {
 		return fmt.Errorf("export capsule %s: its init is not running: %w", id, runtime.ErrInvalidState)
 	}
 	root := "/proc/" + strconv.Itoa(rec.PID) + "/root"
+	if d.rt.runsc {
+		// The sentry's root is an empty chroot: the capsule's files are
+		// the overlay the gofer serves.
+		root = d.paths(rec.Key).Root()
+	}
 	args := []string{"--one-file-system", "--numeric-owner", "--xattrs", "--acls", "--sparse"}
 	if rec.IDBase != 0 {
 		// The host sees a user-namespaced capsule's files under its host id

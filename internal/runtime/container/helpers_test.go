@@ -29,6 +29,7 @@ var (
 	templates template.Store
 	setupErr  error
 	seq       atomic.Int32
+	gvisorSeq atomic.Int32
 )
 
 const tmplName = "minimal"

@@ -226,7 +226,7 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 	if err := d.cg.freeze(d.cgroupPath(c.rec.Key), false); err != nil {
 		return fail(err)
 	}
-	if err := setHostname(c.rec.PID, spec.ID); err != nil {
+	if err := d.setHostnameVia(ctx, &c.rec, spec.ID); err != nil {
 		return fail(err)
 	}
 	d.net.Label(c.rec.Key, spec.ID)

@@ -126,12 +126,11 @@ func (d *Driver) adoptable(ctx context.Context, key string) (record, bool) {
 func (d *Driver) sweep(ctx context.Context, keep func(string) bool) error {
 	var errs []error
 	// runc containers.
-	if entries, err := os.ReadDir(d.runcRoot); err == nil {
-		for _, e := range entries {
-			if e.IsDir() && !keep(e.Name()) {
-				if err := d.runcDelete(ctx, e.Name()); err != nil {
-					errs = append(errs, err)
-				}
+	runtimeKeys := d.containerKeys(ctx)
+	for _, key := range runtimeKeys {
+		if !keep(key) {
+			if err := d.runcDelete(ctx, key); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
@@ -167,12 +166,11 @@ func (d *Driver) sweep(ctx context.Context, keep func(string) bool) error {
 	// cgroup here (release removes the directory last, so a namespace
 	// never outlives all three).
 	var keys []string
-	for _, dir := range []string{d.capsDir, d.runcRoot} {
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			keys = append(keys, e.Name())
-		}
+	entries, _ := os.ReadDir(d.capsDir)
+	for _, e := range entries {
+		keys = append(keys, e.Name())
 	}
+	keys = append(keys, runtimeKeys...)
 	if err := d.net.Sweep(keep, keys); err != nil {
 		errs = append(errs, err)
 	}
@@ -221,12 +219,7 @@ func (d *Driver) CountHostObjects() (Leaks, error) {
 	if l.Rules, err = d.net.RuleCount(); err != nil {
 		return l, err
 	}
-	entries, _ := os.ReadDir(d.runcRoot)
-	for _, e := range entries {
-		if e.IsDir() {
-			l.Containers++
-		}
-	}
+	l.Containers = len(d.containerKeys(context.Background()))
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), d.runcRoot) {

@@ -109,10 +109,12 @@ func newLines(before, after string) []string {
 
 type hostile struct {
 	o    options
+	d    runtime.Driver
 	a, b runtime.Info
 }
 
 func (h *hostile) run(t *testing.T, d runtime.Driver) {
+	h.d = d
 	ctx := testutil.Context(t, testutil.Long)
 	start := func(spec runtime.Spec) runtime.Info {
 		spec.Template = h.o.template
@@ -142,6 +144,13 @@ func (h *hostile) run(t *testing.T, d runtime.Driver) {
 	t.Run("PtraceOwnChild", h.ptraceOwnChild)
 	t.Run("Network", h.network)
 	t.Run("FillDisk", h.fillDisk)
+	if h.o.oomKillsCapsule {
+		// Filling the memory ends capsule a: last.
+		t.Run("ForkBomb", h.forkBomb)
+		t.Run("StillWorks", h.stillWorks)
+		t.Run("FillMemory", h.fillMemory)
+		return
+	}
 	t.Run("FillMemory", h.fillMemory)
 	t.Run("ForkBomb", h.forkBomb)
 	t.Run("StillWorks", h.stillWorks)
@@ -192,7 +201,8 @@ func (h *hostile) syscalls(t *testing.T) {
 		{"read-init-environ", perm},
 		{"vm-read-init", perm},
 		{"mount", eperm},
-		{"write-proc-sys", []string{"EROFS", "EACCES", "EPERM"}},
+		// gVisor's /proc/sys answers a write it refuses with EIO.
+		{"write-proc-sys", []string{"EROFS", "EACCES", "EPERM", "EIO"}},
 		{"raw-socket", perm},
 		{"packet-socket", perm},
 		{"unshare-user", eperm},
@@ -345,6 +355,18 @@ func (h *hostile) fillMemory(t *testing.T) {
 	out, err := EnvdExec(ctx, h.a, "root", "awk", `BEGIN { s = "xxxxxxxxxxxxxxxx"; while (1) s = s s }`)
 	if err == nil {
 		t.Errorf("memory hog finished without being killed: %s", out)
+	}
+	if h.o.oomKillsCapsule && !healthy(ctx, h.a, 2*time.Second) {
+		// The runtime's documented behaviour (gVisor: the host's OOM
+		// killer ends the sandbox): the capsule is reported stopped, and
+		// the neighbour and the host are unaffected.
+		testutil.Eventually(t, testutil.Long, func() bool {
+			info, err := h.d.Inspect(ctx, h.a.ID)
+			return err == nil && info.State == runtime.StateStopped
+		}, "the capsule killed for its memory is reported stopped")
+		testutil.Eventually(t, time.Minute, func() bool { return healthy(ctx, h.b, 5*time.Second) },
+			"the neighbour answers after the capsule was killed for its memory")
+		return
 	}
 	WaitHealthy(t, h.a)
 	if out, err := EnvdExec(ctx, h.a, "root", "echo", "alive"); err != nil || strings.TrimSpace(out) != "alive" {

@@ -33,6 +33,9 @@ type options struct {
 	helper    string
 	hostState func() (string, error)
 	ownKernel bool
+	// oomKillsCapsule: a capsule over its memory limit is killed whole
+	// (WithOOMKillsCapsule).
+	oomKillsCapsule bool
 }
 
 // Option adjusts the suite.
@@ -44,6 +47,13 @@ func WithTemplate(name string) Option { return func(o *options) { o.template = n
 
 // WithExec enables the checks that look inside a capsule.
 func WithExec(f ExecFunc) Option { return func(o *options) { o.exec = f } }
+
+// WithOOMKillsCapsule tells RunHostile that the runtime kills a capsule
+// whole when it exceeds its memory limit instead of one of its processes
+// (gVisor: the host's OOM killer ends the sandbox; there is no OOM killer
+// inside). The suite then fills the memory last and checks that the
+// capsule is reported stopped and the neighbour is unaffected.
+func WithOOMKillsCapsule() Option { return func(o *options) { o.oomKillsCapsule = true } }
 
 // Run runs the suite. newDriver returns a ready (recovered) driver whose
 // capsules are cleaned up when the test ends.
