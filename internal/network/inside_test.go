@@ -137,8 +137,8 @@ func TestInsideAddress(t *testing.T) {
 		t.Errorf("UDP to a closed port: %v, want connection refused (ICMP error translated)", err)
 	}
 
-	// Without the translation the capsule's packets carry the inside
-	// address: the host's reverse-path filter drops them.
+	// The translation lives on the host end of the veth pair, out of the
+	// capsule's reach: its own namespace holds no nftables table at all.
 	ns, err := netns.GetFromPath(b.Netns)
 	if err != nil {
 		t.Fatal(err)
@@ -148,14 +148,7 @@ func TestInsideAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc.DelTable(&nftables.Table{Name: "wrenn-addr", Family: nftables.TableFamilyNetdev})
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if reach(t, b, web(nettest.Web1)) {
-		t.Error("a capsule without its translation reached the internet")
-	}
-	if r, err := resolve(t, b, b.Host, "udp", "x.wild."+nettest.Zone); err == nil {
-		t.Errorf("a capsule without its translation reached the DNS forwarder: %v", r)
+	if ts, err := nc.ListTables(); err != nil || len(ts) != 0 {
+		t.Errorf("the capsule's namespace holds nftables tables %v (%v), want none", ts, err)
 	}
 }

@@ -419,7 +419,7 @@ func (m *Manager) link(a Allocation) error {
 	}); err != nil {
 		return fmt.Errorf("network: capsule neighbour: %w", err)
 	}
-	if err := m.insideTable(ns, a); err != nil {
+	if err := m.insideTable(a); err != nil {
 		return err
 	}
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(InsideGateway.AsSlice())}); err != nil {
@@ -490,6 +490,9 @@ func (m *Manager) Teardown(a Allocation) error {
 	if err := m.deleteCapsuleObjects(func(key string) bool { return key == a.Key }); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.deleteAddrTables(func(key string) bool { return key == a.Key }); err != nil {
+		errs = append(errs, err)
+	}
 	m.mu.Lock()
 	delete(m.policies, a.Key)
 	delete(m.dropBase, a.Key)
@@ -544,6 +547,9 @@ func (m *Manager) Sweep(keep func(key string) bool, orphans []string) error {
 	if err := m.deleteCapsuleObjects(func(key string) bool { return !keep(key) }); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.deleteAddrTables(func(key string) bool { return !keep(key) }); err != nil {
+		errs = append(errs, err)
+	}
 	for _, key := range orphans {
 		if keep(key) {
 			continue
@@ -582,7 +588,10 @@ func (m *Manager) RemoveTable() error {
 	if err := c.Flush(); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("network: delete table: %w", err)
 	}
-	return nil
+	m.nft.Unlock()
+	err = m.deleteAddrTables(func(string) bool { return true })
+	m.nft.Lock()
+	return err
 }
 
 // RuleCount returns the number of rules in the wrenn table (for leak tests
