@@ -163,8 +163,8 @@ type Team struct {
 	// team's capsules may reach, set by a platform admin for BYOC teams
 	// (docs/NETWORK.md); empty: none.
 	AllowedPrivateRanges []string
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	CreatedAt            time.Time
+	UpdatedAt            time.Time
 }
 
 // TeamMembership is a team as seen by one of its members.
