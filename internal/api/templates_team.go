@@ -45,20 +45,26 @@ func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 // allow_internet of their own (docs/NETWORK.md). Public templates of
 // another team are 403, unknown ones 404. Audited.
 func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
-	// A raw field tells null (clear) from absent (nothing to change).
-	var req struct {
-		CapsuleInternet json.RawMessage `json:"capsule_internet"`
-	}
+	// The fields of wrennapi.TemplateUpdate, raw: a raw value tells null
+	// (clear) from absent (nothing to change).
+	var req map[string]json.RawMessage
 	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if req.CapsuleInternet == nil {
+	raw, ok := req["capsule_internet"]
+	for k := range req {
+		if k != "capsule_internet" {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "unknown field %q", k))
+			return
+		}
+	}
+	if !ok {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null)"))
 		return
 	}
 	var v *bool
-	if err := json.Unmarshal(req.CapsuleInternet, &v); err != nil {
+	if err := json.Unmarshal(raw, &v); err != nil {
 		a.writeError(w, r, errorf(CodeInvalidArgument, "capsule_internet must be true, false or null"))
 		return
 	}
