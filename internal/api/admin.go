@@ -34,6 +34,7 @@ func (a *API) mountAdmin(r chi.Router) {
 	r.Get("/teams", a.adminListTeams)
 	r.Put("/teams/{teamID}/byoc", a.adminSetTeamBYOC)
 	r.Delete("/teams/{teamID}", a.adminDeleteTeam)
+	r.Patch("/teams/{teamID}", a.adminUpdateTeam)
 
 	r.Get("/templates", a.adminListTemplates)
 	r.Delete("/templates/{templateID}", a.adminDeleteTemplate)
@@ -254,7 +255,7 @@ func (a *API) adminListTeams(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]wrennapi.AdminTeam, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, wrennapi.AdminTeam{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, IsPlatform: t.IsPlatform, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet})
+		out = append(out, toAdminTeamJSON(t))
 	}
 	writeJSON(w, http.StatusOK, wrennapi.AdminTeamList{Teams: out})
 }
@@ -330,6 +331,7 @@ func (a *API) adminListTemplates(w http.ResponseWriter, r *http.Request) {
 	for _, t := range ts {
 		out = append(out, wrennapi.AdminTemplate{
 			ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, TeamID: t.TeamID,
+			CapsuleInternet: t.CapsuleInternet,
 		})
 	}
 	writeJSON(w, http.StatusOK, wrennapi.AdminTemplateList{Templates: out})
@@ -625,4 +627,48 @@ func (a *API) adminAuditLogs(w http.ResponseWriter, r *http.Request) {
 		f.TeamID = t
 	}
 	a.writeAuditPage(w, r, f)
+}
+
+func toAdminTeamJSON(t store.Team) wrennapi.AdminTeam {
+	return wrennapi.AdminTeam{
+		ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, IsPlatform: t.IsPlatform, CreatedAt: t.CreatedAt,
+		CapsuleInternet: t.CapsuleInternet, AllowedPrivateRanges: t.AllowedPrivateRanges,
+	}
+}
+
+// adminUpdateTeam is PATCH /v1/admin/teams/{teamID}: a platform admin
+// sets a team's operator settings, today allowed_private_ranges (private
+// ranges its capsules may reach: BYOC teams reaching their own networks;
+// docs/NETWORK.md). The ranges are validated by
+// capsules.CheckPrivateRanges (400 naming the bad entry, nothing
+// changed) and go to the agent with the team's next creates and network
+// updates. Audited.
+func (a *API) adminUpdateTeam(w http.ResponseWriter, r *http.Request) {
+	var req wrennapi.AdminTeamUpdate
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if req.AllowedPrivateRanges == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give allowed_private_ranges"))
+		return
+	}
+	ranges, err := capsules.CheckPrivateRanges(*req.AllowedPrivateRanges)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	t, err := a.pathTeam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	err = a.cfg.Store.SetTeamPrivateRanges(context.WithoutCancel(r.Context()), t.ID, ranges)
+	a.recordAdmin(r, "team", t.ID, "set_private_ranges", err, map[string]any{"allowed_private_ranges": ranges, "from": t.AllowedPrivateRanges})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	t.AllowedPrivateRanges = ranges
+	writeJSON(w, http.StatusOK, toAdminTeamJSON(t))
 }

@@ -258,6 +258,7 @@ func (a *API) routes() chi.Router {
 				r.Post("/templates/builds/{buildID}/cancel", a.cancelTeamBuild)
 				r.Get("/templates/builds/{buildID}/logs", a.teamBuildLogs)
 				r.Delete("/templates/{templateID}", a.deleteTemplate)
+				r.Patch("/templates/{templateID}", a.updateTemplate)
 				r.Post("/hosts/tokens", a.createTeamHostToken)
 
 				r.Get("/audit-logs", a.teamAuditLogs)

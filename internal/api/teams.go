@@ -548,7 +548,7 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 // ---- templates ----
 
 func toTemplateJSON(t store.Template) wrennapi.Template {
-	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != ""}
+	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "", CapsuleInternet: t.CapsuleInternet}
 }
 
 func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"encoding/json"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -35,4 +37,62 @@ func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// updateTemplate is PATCH /v1/templates/{templateID}: an admin of the
+// template's team sets (or, with null, clears) its capsule_internet
+// default, which applies to capsules created from it without an
+// allow_internet of their own (docs/NETWORK.md). Public templates of
+// another team are 403, unknown ones 404. Audited.
+func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
+	// The fields of wrennapi.TemplateUpdate, raw: a raw value tells null
+	// (clear) from absent (nothing to change).
+	var req map[string]json.RawMessage
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, false); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	raw, ok := req["capsule_internet"]
+	for k := range req {
+		if k != "capsule_internet" {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "unknown field %q", k))
+			return
+		}
+	}
+	if !ok {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null)"))
+		return
+	}
+	var v *bool
+	if err := json.Unmarshal(raw, &v); err != nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "capsule_internet must be true, false or null"))
+		return
+	}
+	id := chi.URLParam(r, "templateID")
+	if err := validID(store.PrefixTemplate, id); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	p := caller(r.Context())
+	t, err := a.cfg.Store.GetTemplate(r.Context(), p.TeamID, id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if t.TeamID != p.TeamID {
+		a.writeError(w, r, errorf(CodePermissionDenied, "template %q is public: only its own team changes it", id))
+		return
+	}
+	if !roleAtLeast(p.Role, store.RoleAdmin) {
+		a.writeError(w, r, errorf(CodePermissionDenied, "changing a template needs the admin role in the team"))
+		return
+	}
+	err = a.cfg.Store.SetTemplateCapsuleInternet(context.WithoutCancel(r.Context()), p.TeamID, id, v)
+	a.audit(r, p.TeamID, "template", id, "set_capsule_internet", err, map[string]any{"capsule_internet": v})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	t.CapsuleInternet = v
+	writeJSON(w, http.StatusOK, toTemplateJSON(t))
 }

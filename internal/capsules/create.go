@@ -33,7 +33,7 @@ type CreateRequest struct {
 	TimeoutSec    *int64
 	Env           map[string]string
 	Public        bool
-	AllowInternet *bool // nil: the team's default, else on (capped by Config.InternetOff)
+	AllowInternet *bool // nil: the template's default, else the team's, else on (capped by Config.InternetOff)
 	// Metadata is the caller's string key/values (returned, filterable).
 	Metadata map[string]string
 	// Network is the egress policy and rate limits (nil: the defaults).
@@ -198,14 +198,14 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if err != nil {
 		return Created{}, err
 	}
-	if c.AllowInternet, err = s.resolveInternet(team, req.AllowInternet); err != nil {
+	tmpl, err := s.resolveTemplate(ctx, sc.TeamID, req.Template)
+	if err != nil {
+		return Created{}, err
+	}
+	if c.AllowInternet, err = s.resolveInternet(team, tmpl, req.AllowInternet); err != nil {
 		return Created{}, err
 	}
 	if c.Network, err = checkNetwork(c.AllowInternet, req.Network); err != nil {
-		return Created{}, err
-	}
-	tmpl, err := s.resolveTemplate(ctx, sc.TeamID, req.Template)
-	if err != nil {
 		return Created{}, err
 	}
 	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
@@ -234,7 +234,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	resp, err := s.cfg.Agents.Client(host).CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
-		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network),
+		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
 		TemplateChecksum: tmpl.Checksum,
 	}))
 	if err != nil {

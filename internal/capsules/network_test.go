@@ -33,28 +33,34 @@ func kindOf(err error) capsules.Kind {
 }
 
 // TestCreateInternetPrecedence: the request's allow_internet, else the
-// team's default, else on; the platform switch caps it and refuses an
-// explicit request with permission_denied.
+// template's default, else the team's default, else on; the platform
+// switch caps it and refuses an explicit request with permission_denied.
 func TestCreateInternetPrecedence(t *testing.T) {
 	on, off := true, false
-	tmpl := "minimal"
 	for _, tc := range []struct {
 		name     string
 		team     *bool
+		tmpl     *bool
 		platform bool // InternetOff
 		req      *bool
 		want     bool
 		kind     capsules.Kind
 	}{
-		{"default on", nil, false, nil, true, ""},
-		{"team off", &off, false, nil, false, ""},
-		{"team on", &on, false, nil, true, ""},
-		{"request wins over team off", &off, false, &on, true, ""},
-		{"request off wins over team on", &on, false, &off, false, ""},
-		{"platform off caps the default", nil, true, nil, false, ""},
-		{"platform off caps the team", &on, true, nil, false, ""},
-		{"platform off refuses a request", nil, true, &on, false, capsules.KindPermissionDenied},
-		{"platform off, request off", nil, true, &off, false, ""},
+		{"default on", nil, nil, false, nil, true, ""},
+		{"team off", &off, nil, false, nil, false, ""},
+		{"team on", &on, nil, false, nil, true, ""},
+		{"template off", nil, &off, false, nil, false, ""},
+		{"template on wins over team off", &off, &on, false, nil, true, ""},
+		{"template off wins over team on", &on, &off, false, nil, false, ""},
+		{"request wins over team off", &off, nil, false, &on, true, ""},
+		{"request wins over template off", nil, &off, false, &on, true, ""},
+		{"request off wins over team on", &on, nil, false, &off, false, ""},
+		{"request off wins over template on", nil, &on, false, &off, false, ""},
+		{"platform off caps the default", nil, nil, true, nil, false, ""},
+		{"platform off caps the team", &on, nil, true, nil, false, ""},
+		{"platform off caps the template", nil, &on, true, nil, false, ""},
+		{"platform off refuses a request", nil, nil, true, &on, false, capsules.KindPermissionDenied},
+		{"platform off, request off", nil, nil, true, &off, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -62,10 +68,17 @@ func TestCreateInternetPrecedence(t *testing.T) {
 			if err := f.st.SetTeamCapsuleInternet(ctx, f.scope.TeamID, tc.team); err != nil {
 				t.Fatal(err)
 			}
+			tpl, err := f.st.CreateTemplate(ctx, store.Template{TeamID: f.scope.TeamID, Name: "netdefault"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.st.SetTemplateCapsuleInternet(ctx, f.scope.TeamID, tpl.ID, tc.tmpl); err != nil {
+				t.Fatal(err)
+			}
 			cfg := f.cfg
 			cfg.InternetOff = tc.platform
 			svc := capsules.New(cfg)
-			out, err := svc.Create(ctx, f.scope, capsules.CreateRequest{Template: &tmpl, AllowInternet: tc.req})
+			out, err := svc.Create(ctx, f.scope, capsules.CreateRequest{Template: &tpl.ID, AllowInternet: tc.req})
 			if tc.kind != "" {
 				if kindOf(err) != tc.kind || !strings.Contains(err.Error(), "--capsule-internet=off") {
 					t.Fatalf("err = %v; want %s naming the switch", err, tc.kind)
@@ -82,6 +95,89 @@ func TestCreateInternetPrecedence(t *testing.T) {
 				t.Fatalf("allow_internet stored %v, sent %v; want %v", out.Capsule.AllowInternet, f.ag.created[0].GetAllowInternet(), tc.want)
 			}
 		})
+	}
+}
+
+// TestPrivateRangesSent: a team's allowed private ranges go to the agent
+// with every create and live network update of its capsules (with
+// internet on only: allow_internet false is no egress at all), and never
+// with another team's.
+func TestPrivateRangesSent(t *testing.T) {
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.Short)
+	tmpl := "minimal"
+	off := false
+	if err := f.st.SetTeamPrivateRanges(ctx, f.scope.TeamID, []string{"10.111.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := f.svc.Create(ctx, f.scope, capsules.CreateRequest{Template: &tmpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := f.ag.created[0].GetNetwork().GetAllowPrivate(); len(p) != 1 || p[0] != "10.111.0.0/16" {
+		t.Fatalf("create sent allow_private %v", p)
+	}
+	if _, err := f.svc.Create(ctx, f.scope, capsules.CreateRequest{Template: &tmpl, AllowInternet: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if p := f.ag.created[1].GetNetwork().GetAllowPrivate(); len(p) != 0 {
+		t.Fatalf("create without internet sent allow_private %v", p)
+	}
+	nw := &store.CapsuleNetwork{DenyOut: []string{"0.0.0.0/0"}, AllowOut: []string{"203.0.113.0/24"}}
+	if _, err := f.svc.SetNetwork(ctx, f.scope, out.Capsule.ID, capsules.NetworkUpdate{Network: nw}); err != nil {
+		t.Fatal(err)
+	}
+	u := f.ag.netUpdates[0].GetNetwork()
+	if p := u.GetAllowPrivate(); len(p) != 1 || p[0] != "10.111.0.0/16" || len(u.GetAllowOut()) != 1 {
+		t.Fatalf("update sent %v", u)
+	}
+	other, err := f.st.CreateTeam(ctx, store.Team{Name: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	osc := capsules.TeamScope(other.ID, "", f.scope.Actor)
+	if _, err := f.svc.Create(ctx, osc, capsules.CreateRequest{Template: &tmpl}); err != nil {
+		t.Fatal(err)
+	}
+	if p := f.ag.created[2].GetNetwork(); p != nil {
+		t.Fatalf("another team's capsule got %v", p)
+	}
+}
+
+// TestCheckPrivateRanges: only parts of the private ranges can be allowed;
+// public, loopback, link-local (metadata), multicast, IPv6 and malformed
+// entries are invalid_argument naming the entry.
+func TestCheckPrivateRanges(t *testing.T) {
+	got, err := capsules.CheckPrivateRanges([]string{"10.111.0.0/16", "192.168.7.1", "10.111.5.0/16", "100.64.0.0/10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "10.111.0.0/16,192.168.7.1/32,100.64.0.0/10" {
+		t.Fatalf("got %v", got)
+	}
+	many := make([]string, capsules.MaxPrivateRanges+1)
+	for i := range many {
+		many[i] = "10.111.0.1"
+	}
+	for _, tc := range []struct {
+		in  []string
+		msg string
+	}{
+		{[]string{"8.8.8.0/24"}, `allowed_private_ranges[0] "8.8.8.0/24": not inside a private range`},
+		{[]string{"10.111.0.0/16", "169.254.169.254"}, `allowed_private_ranges[1] "169.254.169.254"`},
+		{[]string{"127.0.0.1"}, "not inside a private range"},
+		{[]string{"0.0.0.0/0"}, "not inside a private range"},
+		{[]string{"10.0.0.0/7"}, "not inside a private range"},
+		{[]string{"224.0.0.1"}, "not inside a private range"},
+		{[]string{"fd00::/8"}, "IPv4-only"},
+		{[]string{"10.111.0.0/33"}, `allowed_private_ranges[0] "10.111.0.0/33"`},
+		{[]string{"not-a-cidr"}, "allowed_private_ranges[0]"},
+		{many, "at most"},
+	} {
+		_, err := capsules.CheckPrivateRanges(tc.in)
+		if kindOf(err) != capsules.KindInvalid || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%v: err = %v; want invalid_argument containing %q", tc.in, err, tc.msg)
+		}
 	}
 }
 

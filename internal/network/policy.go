@@ -187,7 +187,7 @@ func (m *Manager) writeChain(a Allocation, internet bool, pol *runtime.CompiledP
 	for _, r := range append(slices.Clone(alwaysBlocked), m.cfg.Subnet.String()) {
 		dropRule(ruleBlocked, matchAddr(16, netip.MustParsePrefix(r))...)
 	}
-	if len(pol.AllowPrivate) > 0 {
+	if internet && len(pol.AllowPrivate) > 0 { // allow_internet false: no egress at all
 		add("allow_private", cat(lookup(16, priv), accept)...)
 	}
 	for _, r := range privateRanges {

@@ -159,8 +159,12 @@ type Team struct {
 	// CapsuleInternet is the team's default for a capsule's allow_internet
 	// when the create does not say (nil = on).
 	CapsuleInternet *bool
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	// AllowedPrivateRanges are private CIDRs (RFC 1918, CGNAT, ULA) the
+	// team's capsules may reach, set by a platform admin for BYOC teams
+	// (docs/NETWORK.md); empty: none.
+	AllowedPrivateRanges []string
+	CreatedAt            time.Time
+	UpdatedAt            time.Time
 }
 
 // TeamMembership is a team as seen by one of its members.
@@ -315,6 +319,9 @@ type Template struct {
 	// SourceCapsuleID is the capsule the template was snapshotted from
 	// ("" for built and seeded templates).
 	SourceCapsuleID string
+	// CapsuleInternet is the template's default for a capsule's
+	// allow_internet when the create does not say (nil: the team's).
+	CapsuleInternet *bool
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
 }
@@ -484,6 +491,12 @@ type Store interface {
 	// SetTeamCapsuleInternet sets (nil: clears) the team's default for
 	// allow_internet.
 	SetTeamCapsuleInternet(ctx context.Context, id string, v *bool) error
+	// SetTeamPrivateRanges replaces the private CIDRs the team's capsules
+	// may reach (nil or empty: none).
+	SetTeamPrivateRanges(ctx context.Context, id string, ranges []string) error
+	// SetTemplateCapsuleInternet sets (nil: clears) the default
+	// allow_internet of the team's template id.
+	SetTemplateCapsuleInternet(ctx context.Context, teamID, id string, v *bool) error
 	// DeleteTeam removes the team and, by cascade, its members, invites,
 	// keys, templates, builds, capsules and BYOC hosts. The platform team
 	// cannot be deleted (ErrConflict).

@@ -613,6 +613,9 @@ type AdminCapsuleList struct {
 
 // AdminTeam defines model for AdminTeam.
 type AdminTeam struct {
+	// AllowedPrivateRanges Private IPv4 ranges (RFC 1918, CGNAT) the team's capsules may reach (BYOC teams reaching their own networks); set with PATCH /v1/admin/teams/{teamID}.
+	AllowedPrivateRanges []string `json:"allowed_private_ranges,omitempty"`
+
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -630,10 +633,18 @@ type AdminTeamList struct {
 	Teams []AdminTeam `json:"teams"`
 }
 
+// AdminTeamUpdate Fields to change (at least one).
+type AdminTeamUpdate struct {
+	// AllowedPrivateRanges Replaces the team's allowed private ranges (empty list: none): IPv4 CIDRs or addresses inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 192.0.0.0/24 or 198.18.0.0/15, at most 100.
+	AllowedPrivateRanges *[]string `json:"allowed_private_ranges,omitempty"`
+}
+
 // AdminTemplate defines model for AdminTemplate.
 type AdminTemplate struct {
-	CreatedAt time.Time `json:"created_at"`
-	ID        string    `json:"id"`
+	// CapsuleInternet The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH.
+	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
+	CreatedAt       time.Time `json:"created_at"`
+	ID              string    `json:"id"`
 
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
@@ -1470,8 +1481,10 @@ type TeamUpdate struct {
 
 // Template defines model for Template.
 type Template struct {
-	CreatedAt time.Time `json:"created_at"`
-	ID        string    `json:"id"`
+	// CapsuleInternet The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH.
+	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
+	CreatedAt       time.Time `json:"created_at"`
+	ID              string    `json:"id"`
 
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
@@ -1486,6 +1499,12 @@ type Template struct {
 // TemplateList defines model for TemplateList.
 type TemplateList struct {
 	Templates []Template `json:"templates"`
+}
+
+// TemplateUpdate Fields to change (at least one).
+type TemplateUpdate struct {
+	// CapsuleInternet Default allow_internet of capsules created from the template; null clears it (the team's default applies).
+	CapsuleInternet *bool `json:"capsule_internet,omitempty"`
 }
 
 // Token defines model for Token.
@@ -1679,6 +1698,9 @@ type PostV1AdminCapsulesCapsuleIDResumeJSONRequestBody = Resume
 // PostV1AdminHostsTokensJSONRequestBody defines body for PostV1AdminHostsTokens for application/json ContentType.
 type PostV1AdminHostsTokensJSONRequestBody = CreateHostToken
 
+// PatchV1AdminTeamsTeamIDJSONRequestBody defines body for PatchV1AdminTeamsTeamID for application/json ContentType.
+type PatchV1AdminTeamsTeamIDJSONRequestBody = AdminTeamUpdate
+
 // PutV1AdminTeamsTeamIDByocJSONRequestBody defines body for PutV1AdminTeamsTeamIDByoc for application/json ContentType.
 type PutV1AdminTeamsTeamIDByocJSONRequestBody = SetBYOC
 
@@ -1762,3 +1784,6 @@ type PatchV1TeamsTeamIDMembersUserIDJSONRequestBody = SetMemberRole
 
 // PostV1TemplatesBuildsMultipartRequestBody defines body for PostV1TemplatesBuilds for multipart/form-data ContentType.
 type PostV1TemplatesBuildsMultipartRequestBody = CreateTeamBuild
+
+// PatchV1TemplatesTemplateIDJSONRequestBody defines body for PatchV1TemplatesTemplateID for application/json ContentType.
+type PatchV1TemplatesTemplateIDJSONRequestBody = TemplateUpdate

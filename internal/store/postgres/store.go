@@ -49,10 +49,16 @@ func str(p *string) string {
 // ---- teams ----
 
 func toTeam(t db.Team) store.Team {
-	return store.Team{
+	out := store.Team{
 		ID: t.ID, Name: t.Name, IsBYOC: t.IsByoc, IsPlatform: t.IsPlatform, CapsuleInternet: t.CapsuleInternet,
 		CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
 	}
+	if t.AllowedPrivateRanges != nil {
+		// Written only by SetTeamPrivateRanges; a row that does not parse
+		// allows nothing.
+		_ = json.Unmarshal([]byte(*t.AllowedPrivateRanges), &out.AllowedPrivateRanges)
+	}
+	return out
 }
 
 // CreateTeam implements store.Store.
@@ -127,6 +133,20 @@ func (s *Store) RenameTeam(ctx context.Context, id, name string) error {
 func (s *Store) SetTeamCapsuleInternet(ctx context.Context, id string, v *bool) error {
 	n, err := s.qw.SetTeamCapsuleInternet(ctx, db.SetTeamCapsuleInternetParams{ID: id, CapsuleInternet: v, UpdatedAt: ts(store.Now())})
 	return one(n, err, "set team capsule internet")
+}
+
+// SetTeamPrivateRanges implements store.Store.
+func (s *Store) SetTeamPrivateRanges(ctx context.Context, id string, ranges []string) error {
+	var v *string
+	if len(ranges) > 0 {
+		b, err := json.Marshal(ranges)
+		if err != nil {
+			return fmt.Errorf("set team private ranges: %w", err)
+		}
+		v = strp(string(b))
+	}
+	n, err := s.qw.SetTeamPrivateRanges(ctx, db.SetTeamPrivateRangesParams{ID: id, AllowedPrivateRanges: v, UpdatedAt: ts(store.Now())})
+	return one(n, err, "set team private ranges")
 }
 
 // SetTeamBYOC implements store.Store.
@@ -789,7 +809,7 @@ func toTemplate(t db.Template) store.Template {
 	return store.Template{
 		ID: t.ID, TeamID: t.TeamID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, HostID: str(t.HostID),
 		Checksum: str(t.Checksum), Memory: t.Memory, SourceCapsuleID: str(t.SourceCapsuleID),
-		CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
+		CapsuleInternet: t.CapsuleInternet, CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
 	}
 }
 
@@ -856,6 +876,14 @@ func (s *Store) AdminListTemplates(ctx context.Context) ([]store.Template, error
 func (s *Store) SetTemplateSize(ctx context.Context, teamID, id string, sizeBytes int64) error {
 	n, err := s.qw.UpdateTemplateSize(ctx, db.UpdateTemplateSizeParams{TeamID: teamID, ID: id, SizeBytes: sizeBytes, UpdatedAt: ts(store.Now())})
 	return one(n, err, "set template size")
+}
+
+// SetTemplateCapsuleInternet implements store.Store.
+func (s *Store) SetTemplateCapsuleInternet(ctx context.Context, teamID, id string, v *bool) error {
+	n, err := s.qw.SetTemplateCapsuleInternet(ctx, db.SetTemplateCapsuleInternetParams{
+		TeamID: teamID, ID: id, CapsuleInternet: v, UpdatedAt: ts(store.Now()),
+	})
+	return one(n, err, "set template capsule internet")
 }
 
 // DeleteTemplate implements store.Store.

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -180,7 +181,7 @@ func testTeams(t *testing.T, s store.Store) {
 		t.Fatalf("created team: %+v", a)
 	}
 	got := must(s.GetTeam(ctx, a.ID))(t)
-	if got != a {
+	if !reflect.DeepEqual(got, a) {
 		t.Fatalf("GetTeam: got %+v, want %+v", got, a)
 	}
 	_, err := s.CreateTeam(ctx, store.Team{ID: a.ID, Name: "dup"})
@@ -781,6 +782,29 @@ func testCapsuleNetwork(t *testing.T, s store.Store) {
 	noErr(t, s.SetTeamCapsuleInternet(ctx, team.ID, nil))
 	eq(t, "team default cleared", must(s.GetTeam(ctx, team.ID))(t).CapsuleInternet == nil, true)
 	wantErr(t, s.SetTeamCapsuleInternet(ctx, "team-nope", &off), store.ErrNotFound)
+
+	// Private ranges a platform admin allowed the team (BYOC), set,
+	// replaced and cleared.
+	eq(t, "no private ranges", len(team.AllowedPrivateRanges), 0)
+	noErr(t, s.SetTeamPrivateRanges(ctx, team.ID, []string{"10.111.0.0/16", "fd00:111::/64"}))
+	if r := must(s.GetTeam(ctx, team.ID))(t).AllowedPrivateRanges; !reflect.DeepEqual(r, []string{"10.111.0.0/16", "fd00:111::/64"}) {
+		t.Fatalf("allowed_private_ranges = %v", r)
+	}
+	eq(t, "other team untouched", len(must(s.GetTeam(ctx, other.ID))(t).AllowedPrivateRanges), 0)
+	noErr(t, s.SetTeamPrivateRanges(ctx, team.ID, nil))
+	eq(t, "private ranges cleared", len(must(s.GetTeam(ctx, team.ID))(t).AllowedPrivateRanges), 0)
+	wantErr(t, s.SetTeamPrivateRanges(ctx, "team-nope", []string{"10.111.0.0/16"}), store.ErrNotFound)
+
+	// A template's capsule_internet default, scoped to its team.
+	tpl := must(s.CreateTemplate(ctx, store.Template{TeamID: team.ID, Name: "net-tpl"}))(t)
+	eq(t, "template default unset", tpl.CapsuleInternet == nil, true)
+	noErr(t, s.SetTemplateCapsuleInternet(ctx, team.ID, tpl.ID, &off))
+	if v := must(s.GetTemplate(ctx, team.ID, tpl.ID))(t).CapsuleInternet; v == nil || *v {
+		t.Fatalf("template capsule_internet = %v, want false", v)
+	}
+	wantErr(t, s.SetTemplateCapsuleInternet(ctx, other.ID, tpl.ID, nil), store.ErrNotFound)
+	noErr(t, s.SetTemplateCapsuleInternet(ctx, team.ID, tpl.ID, nil))
+	eq(t, "template default cleared", must(s.GetTemplate(ctx, team.ID, tpl.ID))(t).CapsuleInternet == nil, true)
 
 	nw := &store.CapsuleNetwork{AllowOut: []string{"203.0.113.0/24", "*.example.com"}, DenyOut: []string{"0.0.0.0/0"}, EgressMBps: 10, BurstMB: 5}
 	c := must(s.CreateCapsule(ctx, store.Capsule{TeamID: team.ID, TemplateID: "tpl-base", AllowInternet: true, Network: nw}))(t)

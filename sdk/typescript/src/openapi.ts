@@ -1028,7 +1028,36 @@ export interface paths {
         };
         options?: never;
         head?: never;
-        patch?: never;
+        /** Change one of the team's own templates (team admin): its capsule_internet default. Audited. */
+        patch: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    templateID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["TemplateUpdate"];
+                };
+            };
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Template"];
+                    };
+                };
+                400: components["responses"]["Error"];
+                403: components["responses"]["Error"];
+                404: components["responses"]["Error"];
+            };
+        };
         trace?: never;
     };
     "/v1/templates/builds": {
@@ -2987,7 +3016,35 @@ export interface paths {
         };
         options?: never;
         head?: never;
-        patch?: never;
+        /** Change a team's operator settings (platform admins); allowed_private_ranges opens private ranges to the team's capsules (applied to new capsules and network updates). Audited. */
+        patch: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    teamID: components["parameters"]["teamID"];
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["AdminTeamUpdate"];
+                };
+            };
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AdminTeam"];
+                    };
+                };
+                400: components["responses"]["Error"];
+                404: components["responses"]["Error"];
+            };
+        };
         trace?: never;
     };
     "/v1/admin/teams/{teamID}/byoc": {
@@ -3619,6 +3676,8 @@ export interface components {
         };
         AdminTeam: components["schemas"]["Team"] & {
             is_platform: boolean;
+            /** @description Private IPv4 ranges (RFC 1918, CGNAT) the team's capsules may reach (BYOC teams reaching their own networks); set with PATCH /v1/admin/teams/{teamID}. */
+            allowed_private_ranges?: string[];
         };
         TeamList: {
             teams: components["schemas"]["Team"][];
@@ -3735,6 +3794,8 @@ export interface components {
             memory?: boolean;
             /** @description The template is in the shared template store: any host runs it (fetched once per host). */
             shared?: boolean;
+            /** @description The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH. */
+            capsule_internet?: boolean;
         };
         TemplateList: {
             templates: components["schemas"]["Template"][];
@@ -3744,6 +3805,16 @@ export interface components {
         };
         AdminTemplateList: {
             templates: components["schemas"]["AdminTemplate"][];
+        };
+        /** @description Fields to change (at least one). */
+        TemplateUpdate: {
+            /** @description Default allow_internet of capsules created from the template; null clears it (the team's default applies). */
+            capsule_internet?: boolean | null;
+        };
+        /** @description Fields to change (at least one). */
+        AdminTeamUpdate: {
+            /** @description Replaces the team's allowed private ranges (empty list: none): IPv4 CIDRs or addresses inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 192.0.0.0/24 or 198.18.0.0/15, at most 100. */
+            allowed_private_ranges?: string[];
         };
         CreateCapsule: {
             /**

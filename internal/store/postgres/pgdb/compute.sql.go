@@ -216,7 +216,7 @@ func (q *Queries) CreateHostToken(ctx context.Context, arg CreateHostTokenParams
 const createTemplate = `-- name: CreateTemplate :one
 INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, checksum, memory, source_capsule_id, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
-RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory
+RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet
 `
 
 type CreateTemplateParams struct {
@@ -258,6 +258,7 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		&i.Checksum,
 		&i.SourceCapsuleID,
 		&i.Memory,
+		&i.CapsuleInternet,
 	)
 	return i, err
 }
@@ -468,7 +469,7 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates WHERE id = $1 AND (team_id = $2 OR public = TRUE)
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates WHERE id = $1 AND (team_id = $2 OR public = TRUE)
 `
 
 type GetTemplateParams struct {
@@ -491,12 +492,13 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.Checksum,
 		&i.SourceCapsuleID,
 		&i.Memory,
+		&i.CapsuleInternet,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates
 WHERE name = $1 AND (team_id = $2 OR public = TRUE)
 ORDER BY public, id -- the team's own (private) template first
 LIMIT 1
@@ -522,6 +524,7 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.Checksum,
 		&i.SourceCapsuleID,
 		&i.Memory,
+		&i.CapsuleInternet,
 	)
 	return i, err
 }
@@ -748,7 +751,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 }
 
 const listAllTemplates = `-- name: ListAllTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates ORDER BY team_id, name
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates ORDER BY team_id, name
 `
 
 func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
@@ -772,6 +775,7 @@ func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
 			&i.Checksum,
 			&i.SourceCapsuleID,
 			&i.Memory,
+			&i.CapsuleInternet,
 		); err != nil {
 			return nil, err
 		}
@@ -1114,7 +1118,7 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
 `
 
 func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template, error) {
@@ -1138,6 +1142,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 			&i.Checksum,
 			&i.SourceCapsuleID,
 			&i.Memory,
+			&i.CapsuleInternet,
 		); err != nil {
 			return nil, err
 		}
@@ -1327,6 +1332,31 @@ type SetHostStatusParams struct {
 
 func (q *Queries) SetHostStatus(ctx context.Context, arg SetHostStatusParams) (int64, error) {
 	result, err := q.db.Exec(ctx, setHostStatus, arg.Status, arg.Now, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const setTemplateCapsuleInternet = `-- name: SetTemplateCapsuleInternet :execrows
+UPDATE templates SET capsule_internet = $1, updated_at = $2
+WHERE team_id = $3 AND id = $4
+`
+
+type SetTemplateCapsuleInternetParams struct {
+	CapsuleInternet *bool
+	UpdatedAt       time.Time
+	TeamID          string
+	ID              string
+}
+
+func (q *Queries) SetTemplateCapsuleInternet(ctx context.Context, arg SetTemplateCapsuleInternetParams) (int64, error) {
+	result, err := q.db.Exec(ctx, setTemplateCapsuleInternet,
+		arg.CapsuleInternet,
+		arg.UpdatedAt,
+		arg.TeamID,
+		arg.ID,
+	)
 	if err != nil {
 		return 0, err
 	}

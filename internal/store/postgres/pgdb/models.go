@@ -139,13 +139,14 @@ type OauthProvider struct {
 }
 
 type Team struct {
-	ID              string
-	Name            string
-	IsByoc          bool
-	IsPlatform      bool
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
-	CapsuleInternet *bool
+	ID                   string
+	Name                 string
+	IsByoc               bool
+	IsPlatform           bool
+	CreatedAt            time.Time
+	UpdatedAt            time.Time
+	CapsuleInternet      *bool
+	AllowedPrivateRanges *string
 }
 
 type TeamInvite struct {
@@ -179,6 +180,7 @@ type Template struct {
 	Checksum        *string
 	SourceCapsuleID *string
 	Memory          bool
+	CapsuleInternet *bool
 }
 
 type User struct {

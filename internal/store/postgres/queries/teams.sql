@@ -27,6 +27,9 @@ UPDATE teams SET is_byoc = sqlc.arg(is_byoc), updated_at = sqlc.arg(updated_at) 
 -- name: SetTeamCapsuleInternet :execrows
 UPDATE teams SET capsule_internet = sqlc.narg(capsule_internet), updated_at = sqlc.arg(updated_at) WHERE id = sqlc.arg(id);
 
+-- name: SetTeamPrivateRanges :execrows
+UPDATE teams SET allowed_private_ranges = sqlc.narg(allowed_private_ranges), updated_at = sqlc.arg(updated_at) WHERE id = sqlc.arg(id);
+
 -- name: DeleteTeam :execrows
 DELETE FROM teams WHERE id = sqlc.arg(id) AND is_platform = FALSE;
 

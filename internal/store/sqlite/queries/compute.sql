@@ -82,6 +82,10 @@ SELECT * FROM templates ORDER BY team_id, name;
 UPDATE templates SET size_bytes = sqlc.arg(size_bytes), updated_at = sqlc.arg(updated_at)
 WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
+-- name: SetTemplateCapsuleInternet :execrows
+UPDATE templates SET capsule_internet = sqlc.narg(capsule_internet), updated_at = sqlc.arg(updated_at)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
 -- name: DeleteTemplate :execrows
 DELETE FROM templates WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 

@@ -294,6 +294,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setTeamCapsuleInternetStmt, err = db.PrepareContext(ctx, setTeamCapsuleInternet); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamCapsuleInternet: %w", err)
 	}
+	if q.setTeamPrivateRangesStmt, err = db.PrepareContext(ctx, setTeamPrivateRanges); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTeamPrivateRanges: %w", err)
+	}
+	if q.setTemplateCapsuleInternetStmt, err = db.PrepareContext(ctx, setTemplateCapsuleInternet); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTemplateCapsuleInternet: %w", err)
+	}
 	if q.setUserEmailVerifiedStmt, err = db.PrepareContext(ctx, setUserEmailVerified); err != nil {
 		return nil, fmt.Errorf("error preparing query SetUserEmailVerified: %w", err)
 	}
@@ -788,6 +794,16 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setTeamCapsuleInternetStmt: %w", cerr)
 		}
 	}
+	if q.setTeamPrivateRangesStmt != nil {
+		if cerr := q.setTeamPrivateRangesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTeamPrivateRangesStmt: %w", cerr)
+		}
+	}
+	if q.setTemplateCapsuleInternetStmt != nil {
+		if cerr := q.setTemplateCapsuleInternetStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTemplateCapsuleInternetStmt: %w", cerr)
+		}
+	}
 	if q.setUserEmailVerifiedStmt != nil {
 		if cerr := q.setUserEmailVerifiedStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setUserEmailVerifiedStmt: %w", cerr)
@@ -982,6 +998,8 @@ type Queries struct {
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
 	setTeamCapsuleInternetStmt       *sql.Stmt
+	setTeamPrivateRangesStmt         *sql.Stmt
+	setTemplateCapsuleInternetStmt   *sql.Stmt
 	setUserEmailVerifiedStmt         *sql.Stmt
 	setUserNameStmt                  *sql.Stmt
 	setUserPasswordStmt              *sql.Stmt
@@ -1091,6 +1109,8 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
 		setTeamCapsuleInternetStmt:       q.setTeamCapsuleInternetStmt,
+		setTeamPrivateRangesStmt:         q.setTeamPrivateRangesStmt,
+		setTemplateCapsuleInternetStmt:   q.setTemplateCapsuleInternetStmt,
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,
 		setUserNameStmt:                  q.setUserNameStmt,
 		setUserPasswordStmt:              q.setUserPasswordStmt,

@@ -135,13 +135,14 @@ type OauthProvider struct {
 }
 
 type Team struct {
-	ID              string
-	Name            string
-	IsByoc          bool
-	IsPlatform      bool
-	CreatedAt       int64
-	UpdatedAt       int64
-	CapsuleInternet *bool
+	ID                   string
+	Name                 string
+	IsByoc               bool
+	IsPlatform           bool
+	CreatedAt            int64
+	UpdatedAt            int64
+	CapsuleInternet      *bool
+	AllowedPrivateRanges *string
 }
 
 type TeamInvite struct {
@@ -175,6 +176,7 @@ type Template struct {
 	Checksum        *string
 	SourceCapsuleID *string
 	Memory          bool
+	CapsuleInternet *bool
 }
 
 type User struct {

@@ -42,7 +42,7 @@ func (q *Queries) AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (T
 const createTeam = `-- name: CreateTeam :one
 INSERT INTO teams (id, name, is_byoc, is_platform, created_at, updated_at)
 VALUES (?1, ?2, ?3, FALSE, ?4, ?4)
-RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet
+RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges
 `
 
 type CreateTeamParams struct {
@@ -68,6 +68,7 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
+		&i.AllowedPrivateRanges,
 	)
 	return i, err
 }
@@ -146,7 +147,7 @@ func (q *Queries) DeleteTeamInvite(ctx context.Context, arg DeleteTeamInvitePara
 }
 
 const getPlatformTeam = `-- name: GetPlatformTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet FROM teams WHERE is_platform = TRUE
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams WHERE is_platform = TRUE
 `
 
 func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
@@ -160,12 +161,13 @@ func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
+		&i.AllowedPrivateRanges,
 	)
 	return i, err
 }
 
 const getTeam = `-- name: GetTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet FROM teams WHERE id = ?1
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams WHERE id = ?1
 `
 
 func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
@@ -179,6 +181,7 @@ func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
+		&i.AllowedPrivateRanges,
 	)
 	return i, err
 }
@@ -376,7 +379,7 @@ func (q *Queries) ListTeamMembers(ctx context.Context, teamID string) ([]ListTea
 }
 
 const listTeams = `-- name: ListTeams :many
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet FROM teams ORDER BY created_at, id
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
@@ -396,6 +399,7 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.CapsuleInternet,
+			&i.AllowedPrivateRanges,
 		); err != nil {
 			return nil, err
 		}
@@ -543,6 +547,24 @@ type SetTeamCapsuleInternetParams struct {
 
 func (q *Queries) SetTeamCapsuleInternet(ctx context.Context, arg SetTeamCapsuleInternetParams) (int64, error) {
 	result, err := q.exec(ctx, q.setTeamCapsuleInternetStmt, setTeamCapsuleInternet, arg.CapsuleInternet, arg.UpdatedAt, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setTeamPrivateRanges = `-- name: SetTeamPrivateRanges :execrows
+UPDATE teams SET allowed_private_ranges = ?1, updated_at = ?2 WHERE id = ?3
+`
+
+type SetTeamPrivateRangesParams struct {
+	AllowedPrivateRanges *string
+	UpdatedAt            int64
+	ID                   string
+}
+
+func (q *Queries) SetTeamPrivateRanges(ctx context.Context, arg SetTeamPrivateRangesParams) (int64, error) {
+	result, err := q.exec(ctx, q.setTeamPrivateRangesStmt, setTeamPrivateRanges, arg.AllowedPrivateRanges, arg.UpdatedAt, arg.ID)
 	if err != nil {
 		return 0, err
 	}
