@@ -149,12 +149,25 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 			}
 			ref = rec.From
 		}
-		host, res, err := r.importImage(ctx, b, spec, in, ref, capsules.HostTemplateName(tmpl), blog)
+		// The agent publishes it to the shared template store when the
+		// host has one (the checksum then unpins it: any host runs it),
+		// else it lives on this host only.
+		host, res, err := r.importImage(ctx, b, spec, in, ref, &tmpl, blog)
 		if err != nil {
 			return r.imageFailure(stopped, err)
 		}
 		blog.Systemf(0, "step 0/%d done in %s", total, time.Since(t0).Round(time.Millisecond))
-		tmpl.HostID, tmpl.SizeBytes = host.ID, res.GetSizeBytes()
+		hostName := res.GetTemplate()
+		tmpl.HostID, tmpl.SizeBytes, tmpl.Checksum = host.ID, res.GetSizeBytes(), res.GetChecksum()
+		if capsules.HostTemplateName(tmpl) != hostName {
+			// The host's shared store changed between the two calls.
+			discard := tmpl
+			discard.Public, discard.ID = false, hostName
+			if derr := capsules.DeleteTemplateFiles(context.WithoutCancel(ctx), r.cfg.Store, r.cfg.Agents, discard); derr != nil {
+				log.Warn("remove the files of an unrecorded build", "host_template", hostName, "err", derr)
+			}
+			return failed("the host's template store changed during the build; please try again")
+		}
 		return r.record(ctx, b, tmpl, host, blog, stopped, log, total)
 	}
 
@@ -350,7 +363,7 @@ func (r *Runner) record(ctx context.Context, b store.Build, tmpl store.Template,
 	if err != nil {
 		return stopped("record the template", err)
 	}
-	log.Info("template built", "template_id", recorded.ID, "host_id", host.ID, "host_template", capsules.HostTemplateName(recorded), "size_bytes", recorded.SizeBytes)
+	log.Info("template built", "template_id", recorded.ID, "host_id", host.ID, "host_template", capsules.HostTemplateName(recorded), "size_bytes", recorded.SizeBytes, "shared", recorded.Checksum != "")
 	return outcome{status: store.BuildSucceeded, templateID: recorded.ID, steps: total}
 }
 
@@ -385,7 +398,7 @@ func (r *Runner) resolveBase(ctx context.Context, b store.Build, spec Spec, rec 
 		blog.Systemf(0, "template %s (%s)", t.Name, t.ID)
 		return base{from: t}, nil
 	}
-	host, res, err := r.importImage(ctx, b, spec, in, rec.From, "", blog)
+	host, res, err := r.importImage(ctx, b, spec, in, rec.From, nil, blog)
 	if err != nil {
 		o := r.imageFailure(stopped, err)
 		return base{}, &o
@@ -412,9 +425,12 @@ func (r *Runner) imageFailure(stopped func(string, error) outcome, err error) ou
 
 // importImage places the build on a host and has its agent pull ref (or
 // take the uploaded tarball when ref is empty), publishing it as
-// template when that is set (the agent keeps the image's config as the
-// template's run config).
-func (r *Runner) importImage(ctx context.Context, b store.Build, spec Spec, in Inputs, ref, tmplName string, blog *buildLog) (store.Host, *pb.ImportImageResponse, error) {
+// template tmpl when that is set (the agent keeps the image's config as
+// the template's run config, and publishes the template to the shared
+// template store when the host has one). The name the host gives tmpl is
+// the one it has once recorded (capsules.HostTemplateName): its id, or
+// the name of a public template that stays on the host.
+func (r *Runner) importImage(ctx context.Context, b store.Build, spec Spec, in Inputs, ref string, tmpl *store.Template, blog *buildLog) (store.Host, *pb.ImportImageResponse, error) {
 	team, err := r.cfg.Store.GetTeam(ctx, b.TeamID)
 	if err != nil {
 		return store.Host{}, nil, err
@@ -424,6 +440,19 @@ func (r *Runner) importImage(ctx context.Context, b store.Build, spec Spec, in I
 		return store.Host{}, nil, err
 	}
 	r.cfg.Scheduler.Release(host.ID, b.ID)
+	tmplName := ""
+	if tmpl != nil {
+		tmplName = tmpl.ID
+		if tmpl.Public {
+			info, err := r.cfg.Agents.Client(host).GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{}))
+			if err != nil {
+				return host, nil, err
+			}
+			if !info.Msg.GetSharedTemplates() {
+				tmplName = capsules.HostTemplateName(*tmpl) // no checksum yet
+			}
+		}
+	}
 	hdr := &pb.ImportImageHeader{Ref: ref, Template: tmplName}
 	if in.Auth != nil {
 		hdr.Username, hdr.Password = in.Auth.Username, in.Auth.Password

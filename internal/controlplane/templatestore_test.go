@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -231,6 +232,18 @@ func TestTemplatesAcrossHosts(t *testing.T) {
 		t.Fatal("host B has the template before any create asked for it")
 	}
 
+	// A pure import (a plain rootfs tarball) made on host A goes to the
+	// shared store too: recorded with a checksum, so not pinned to A.
+	impTar := plainRootfsTar(t, a.templates, "minimal", "imported on A")
+	ib := c.postBuild(userTok, buildForm{name: "imp", fileField: "image", file: impTar}, 201).obj(t)
+	if got := c.waitTeamBuild(userTok, ib["id"].(string)); got["status"] != "succeeded" {
+		t.Fatalf("import build = %v", got)
+	}
+	impRow, err := st.GetTemplateByName(ctx, userTeam, "imp")
+	if err != nil || impRow.Checksum == "" {
+		t.Fatalf("imported template = %+v, %v: want a shared-store checksum", impRow, err)
+	}
+
 	// Host A goes away; capsules of the template go to B, which fetches
 	// it once for three concurrent creates.
 	if err := st.SetHostStatus(ctx, a.hostID, wstore.HostUnavailable); err != nil {
@@ -269,6 +282,13 @@ func TestTemplatesAcrossHosts(t *testing.T) {
 			}
 		}
 	}
+	// The import, made on whichever host took the build, runs on B.
+	imp := create("imp", 201)["id"].(string)
+	if out := exec(imp, "cat", "/srv/index.html"); out["stdout"] != "imported on A" {
+		t.Fatalf("capsule of the imported template on B: %v", out)
+	}
+	c.call("DELETE", "/v1/capsules/"+imp, userTok, nil, 204)
+
 	// The name resolves with or without :latest only for the untagged name.
 	c.call("POST", "/v1/capsules", userTok, map[string]any{"template": "web"}, 404)
 
@@ -319,6 +339,31 @@ func TestTemplatesAcrossHosts(t *testing.T) {
 			t.Errorf("left in host B's template directory: %s", e.Name())
 		}
 	}
+}
+
+// plainRootfsTar is template base's root from ts with /srv/index.html
+// holding index, as a plain root filesystem tarball.
+func plainRootfsTar(t *testing.T, ts *template.Store, base, index string) []byte {
+	t.Helper()
+	tp, err := ts.Get(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(t.TempDir(), "root")
+	if out, err := osexec.Command("cp", "-a", tp.Rootfs, root).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "srv"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "srv", "index.html"), []byte(index), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := osexec.Command("tar", "-C", root, "--numeric-owner", "-cf", "-", ".").Output()
+	if err != nil {
+		t.Fatalf("tar: %v", err)
+	}
+	return out
 }
 
 // corruptSharedTemplate flips a byte in the middle of the data of template

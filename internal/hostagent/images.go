@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -103,7 +105,11 @@ func (a *Agent) importImage(ctx context.Context, st *connect.ClientStream[pb.Imp
 			if err := a.setRunConfig(ts, t.Name, rc); err != nil {
 				return nil, err
 			}
-			return &pb.ImportImageResponse{Template: t.Name, SizeBytes: t.SizeBytes, PlainRootfs: true}, nil
+			sum, err := a.publishImported(ctx, ts, t.Name, file, rc)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.ImportImageResponse{Template: t.Name, SizeBytes: t.SizeBytes, PlainRootfs: true, Checksum: sum}, nil
 		}
 		if err != nil {
 			return nil, err
@@ -130,9 +136,48 @@ func (a *Agent) importImage(ctx context.Context, st *connect.ClientStream[pb.Imp
 		if err := a.setRunConfig(ts, t.Name, rc); err != nil {
 			return nil, err
 		}
+		if a.cfg.SharedTemplates != nil {
+			work, err := os.MkdirTemp(ts.Dir, ".import-publish-")
+			if err != nil {
+				_ = ts.Delete(t.Name)
+				return nil, fmt.Errorf("import image: %w", err)
+			}
+			defer func() { _ = os.RemoveAll(work) }()
+			tarball := filepath.Join(work, "rootfs.tar")
+			if err := ts.ExportTarball(ctx, t.Name, tarball); err != nil {
+				_ = ts.Delete(t.Name)
+				return nil, fmt.Errorf("import image: %w", err)
+			}
+			if out.Checksum, err = a.publishImported(ctx, ts, t.Name, tarball, rc); err != nil {
+				return nil, err
+			}
+		}
 		out.Template, out.SizeBytes = t.Name, t.SizeBytes
 	}
 	return out, nil
+}
+
+// publishImported stores template name (just imported into ts from
+// tarball, with run config rc) in the shared template store when the host
+// has one, so that any host can run it, and returns the archive's checksum
+// ("" without a shared store). If that fails the local template is removed
+// too: an unpublished template must not be recorded.
+func (a *Agent) publishImported(ctx context.Context, ts *template.Store, name, tarball string, rc template.RunConfig) (string, error) {
+	sh := a.cfg.SharedTemplates
+	if sh == nil {
+		return "", nil
+	}
+	start := time.Now()
+	extra, err := template.RunConfigMetadata(rc)
+	if err == nil {
+		var sum string
+		if sum, err = sh.Publish(ctx, name, tarball, extra); err == nil {
+			a.log.Info("imported template published to the shared store", "template", name, "took", time.Since(start))
+			return sum, nil
+		}
+	}
+	_ = ts.Delete(name)
+	return "", fmt.Errorf("import image: publish template %s: %w", name, err)
 }
 
 // setRunConfig records rc with a new template, removing the template if

@@ -194,6 +194,18 @@ func (s Store) ImportTarball(ctx context.Context, name, tarball string) (Templat
 	})
 }
 
+// ExportTarball writes template name's root filesystem to dst as a tar
+// archive that ImportTarball accepts (numeric owners, modes, xattrs,
+// sparse files kept): how a template made on this host is published to the
+// shared template store.
+func (s Store) ExportTarball(ctx context.Context, name, dst string) error {
+	t, err := s.Get(name)
+	if err != nil {
+		return err
+	}
+	return run(ctx, "tar", "--numeric-owner", "--xattrs", "--sparse", "-C", t.Rootfs, "-cf", dst, ".")
+}
+
 // BusyboxPath is where Debian's busybox-static puts its binary.
 const BusyboxPath = "/bin/busybox"
 

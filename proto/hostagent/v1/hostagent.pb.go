@@ -4947,7 +4947,11 @@ type ImportImageResponse struct {
 	Cmd        []string `protobuf:"bytes,8,rep,name=cmd,proto3" json:"cmd,omitempty"`
 	SizeBytes  int64    `protobuf:"varint,9,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// The tarball was a plain root filesystem, not an image.
-	PlainRootfs   bool `protobuf:"varint,10,opt,name=plain_rootfs,json=plainRootfs,proto3" json:"plain_rootfs,omitempty"`
+	PlainRootfs bool `protobuf:"varint,10,opt,name=plain_rootfs,json=plainRootfs,proto3" json:"plain_rootfs,omitempty"`
+	// With header.template: SHA-256 (hex) of the template's archive in the
+	// shared template store (published with its run config); empty when the
+	// host has no shared store (the template then lives on this host only).
+	Checksum      string `protobuf:"bytes,11,opt,name=checksum,proto3" json:"checksum,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5050,6 +5054,13 @@ func (x *ImportImageResponse) GetPlainRootfs() bool {
 		return x.PlainRootfs
 	}
 	return false
+}
+
+func (x *ImportImageResponse) GetChecksum() string {
+	if x != nil {
+		return x.Checksum
+	}
+	return ""
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -5450,7 +5461,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x12ImportImageRequest\x129\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.hostagent.v1.ImportImageHeaderH\x00R\x06header\x12\x14\n" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x05\n" +
-	"\x03msg\"\xa3\x02\n" +
+	"\x03msg\"\xbf\x02\n" +
 	"\x13ImportImageResponse\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12\x1a\n" +
@@ -5466,7 +5477,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\t \x01(\x03R\tsizeBytes\x12!\n" +
 	"\fplain_rootfs\x18\n" +
-	" \x01(\bR\vplainRootfs*\xd0\x01\n" +
+	" \x01(\bR\vplainRootfs\x12\x1a\n" +
+	"\bchecksum\x18\v \x01(\tR\bchecksum*\xd0\x01\n" +
 	"\fCapsuleState\x12\x1d\n" +
 	"\x19CAPSULE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16CAPSULE_STATE_STARTING\x10\x01\x12\x19\n" +
