@@ -17,7 +17,7 @@ BIN     := bin
 TESTFLAGS ?= -count=1 -timeout 25m
 
 
-.PHONY: web test-web templates build run test test-go test-heavy deps tools gen gen-check lint vet fmt bench clean envd wrenn
+.PHONY: web test-web templates build run test test-go test-heavy test-gvisor deps tools gen gen-check lint vet fmt bench clean envd wrenn
 
 build: web envd wrenn
 
@@ -132,6 +132,12 @@ test: deps gen-check vet lint build test-web test-go
 # template on top of base, built once and cached in /var/cache/wrenn).
 test-heavy: deps build
 	$(GO) test -tags heavy -count=1 -timeout 40m -run 'TestWorkloads|TestSeccomp|TestLXCFS' ./internal/runtime/container/
+
+# gVisor's conformance and isolation-router tests (issue 18, open): out of
+# `make test` since a capsule's teardown hung in CI (RTM_DELLINK of its
+# IFB device blocked in the kernel after a gVisor capsule; docs/GVISOR.md).
+test-gvisor: deps build
+	WRENN_TEST_RUNSC="$${WRENN_TEST_RUNSC:-$$(scripts/runsc.sh)}" $(GO) test -tags gvisor -count=1 -timeout 25m -run 'TestGVisor|TestIsolationsRouter' ./internal/runtime/container/
 
 bench: deps build
 	@scripts/bench.sh

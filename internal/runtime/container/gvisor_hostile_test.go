@@ -1,4 +1,4 @@
-//go:build gvisorhostile
+//go:build gvisor && gvisorhostile
 
 package container_test
 

@@ -1,3 +1,5 @@
+//go:build gvisor
+
 package container_test
 
 import (

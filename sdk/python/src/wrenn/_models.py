@@ -143,6 +143,8 @@ class Template(_Model):
     created_at: str = ""
     memory: bool = False
     shared: bool = False
+    # The template's default for its capsules' internet (None: the team's).
+    capsule_internet: Optional[bool] = None
 
 
 @dataclass
