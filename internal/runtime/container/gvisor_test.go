@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +20,9 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/runtime/runtimetest"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
+
+// gvisorSeq picks each gVisor test driver's subnet.
+var gvisorSeq atomic.Int32
 
 // gvisorConfig returns a driver config of the gVisor runtime class. The
 // runsc binary comes from WRENN_TEST_RUNSC (the path scripts/runsc.sh

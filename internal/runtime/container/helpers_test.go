@@ -29,7 +29,6 @@ var (
 	templates template.Store
 	setupErr  error
 	seq       atomic.Int32
-	gvisorSeq atomic.Int32
 )
 
 const tmplName = "minimal"
