@@ -424,7 +424,9 @@ func TestEndToEnd(t *testing.T) {
 	// records the raw request carrying the caller's Wrenn credentials.
 	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{
 		"-c",
-		`printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok' | nc -l -p 8001 > /tmp/req.txt`,
+		// The sleep keeps nc's input open, so it reads the whole request
+		// before it exits (under load it could leave after its answer).
+		`(printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok'; sleep 3) | nc -l -p 8001 > /tmp/req.txt`,
 	}}, 201)
 	apiKey := c.call("POST", "/v1/api-keys", userTok, map[string]any{"name": "proxy probe"}, 201).obj(t)["key"].(string)
 	testutil.Eventually(t, 20*time.Second, func() bool {
