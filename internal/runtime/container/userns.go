@@ -125,6 +125,10 @@ func openUserns(base uint32) (int, error) {
 	}
 	defer r.Close()
 	defer w.Close()
+	// Pdeathsig fires when the forking *thread* ends; asCapsuleRoot ends
+	// the threads it taints, so the child is kept on this locked thread.
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
 	cmd := exec.Command(cat)
 	cmd.Stdin = r
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -220,6 +224,12 @@ func newOwnedNetns(base uint32, usernsPath, netnsPath string) (err error) {
 	}
 	defer r.Close()
 	defer w.Close()
+	// Pdeathsig fires when the forking *thread* ends, and asCapsuleRoot
+	// ends the threads it taints: without this lock the child was killed
+	// between the two pins when its thread was reused and discarded (a CI
+	// run: "pin net namespace: no such file or directory").
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
 	cmd := exec.Command(cat)
 	cmd.Stdin = r
 	cmd.SysProcAttr = &syscall.SysProcAttr{
