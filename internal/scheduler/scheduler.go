@@ -34,7 +34,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -249,23 +248,20 @@ func (s *Scheduler) withReservations(h store.Host, now time.Time) store.Host {
 	return h
 }
 
-// Choose applies the placement rule to hosts.
+// Choose applies the placement rule to hosts. One pass, no allocation
+// beyond the pinned filter: with a thousand hosts it runs on every create.
 func Choose(hosts []store.Host, req Request) (store.Host, error) {
-	type cand struct {
-		h     store.Host
-		score float64
-	}
-	if req.HostID != "" {
-		var pinned []store.Host
-		for _, h := range hosts {
-			if h.ID == req.HostID {
-				pinned = append(pinned, h)
-			}
-		}
-		hosts = pinned
-	}
-	var cands []cand
+	var (
+		best      store.Host
+		bestScore float64
+		found     bool
+		online    bool
+	)
 	for _, h := range hosts {
+		if req.HostID != "" && h.ID != req.HostID {
+			continue
+		}
+		online = online || h.Status == store.HostOnline
 		if h.Status != store.HostOnline || h.MemoryMB <= 0 || h.VCPUs <= 0 {
 			continue
 		}
@@ -277,23 +273,15 @@ func Choose(hosts []store.Host, req Request) (store.Host, error) {
 		cpuCap := float64(h.VCPUs) * o.CPU
 		memCap := float64(h.MemoryMB) * o.Memory
 		score := (float64(free.MemoryMB-req.MemoryMB)/memCap + float64(free.VCPUs-req.VCPUs)/cpuCap) / 2
-		cands = append(cands, cand{h, score})
-	}
-	if len(cands) == 0 {
-		online := false
-		for _, h := range hosts {
-			online = online || h.Status == store.HostOnline
+		if !found || score > bestScore || score == bestScore && h.ID < best.ID {
+			best, bestScore, found = h, score, true
 		}
+	}
+	if !found {
 		if !online {
 			return store.Host{}, ErrNoHosts
 		}
 		return store.Host{}, ErrNoCapacity
 	}
-	sort.Slice(cands, func(i, j int) bool {
-		if cands[i].score != cands[j].score {
-			return cands[i].score > cands[j].score
-		}
-		return cands[i].h.ID < cands[j].h.ID
-	})
-	return cands[0].h, nil
+	return best, nil
 }
