@@ -38,6 +38,10 @@ type CreateRequest struct {
 	Metadata map[string]string
 	// Network is the egress policy and rate limits (nil: the defaults).
 	Network *store.CapsuleNetwork
+	// Isolation is how to isolate the capsule (container, gvisor,
+	// microvm); "": the template's default, else the team's, else the
+	// platform's (ResolveIsolation).
+	Isolation string
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -176,6 +180,9 @@ func (s *Service) pick(ctx context.Context, teamID string, req scheduler.Request
 	if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
 		return h, &Error{Kind: KindUnavailable, Message: MsgNoCapacity, Err: err}
 	}
+	if errors.Is(err, scheduler.ErrIsolationUnavailable) {
+		return h, isolationError(err)
+	}
 	return h, err
 }
 
@@ -208,7 +215,12 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c.Network, err = checkNetwork(c.AllowInternet, req.Network); err != nil {
 		return Created{}, err
 	}
-	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	if c.Isolation, err = ResolveIsolation(req.Isolation, tmpl, team, s.cfg.DefaultIsolation); err != nil {
+		return Created{}, err
+	}
+	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{
+		CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB, Isolation: c.Isolation,
+	})
 	if err != nil {
 		return Created{}, err
 	}
@@ -235,7 +247,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
-		TemplateChecksum: tmpl.Checksum,
+		TemplateChecksum: tmpl.Checksum, Isolation: c.Isolation,
 	}))
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)
@@ -266,7 +278,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	}
 	s.audit(ctx, sc, c, "create", nil, map[string]any{
 		"template": tmpl.Name, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB, "disk_size_mb": c.DiskSizeMB,
-		"host_id": host.ID, "allow_internet": c.AllowInternet,
+		"host_id": host.ID, "allow_internet": c.AllowInternet, "isolation": c.Isolation,
 	})
 	return Created{Capsule: c, AccessToken: token, Host: host}, nil
 }

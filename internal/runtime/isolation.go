@@ -128,6 +128,42 @@ func (m *Isolations) Missing() map[string]string {
 	return out
 }
 
+// IsolationStatus is whether this host runs one isolation: the reason
+// when it does not, and for a VM driver whether it uses KVM and its VMM.
+type IsolationStatus struct {
+	Name      string
+	Available bool
+	Reason    string
+	KVM       bool
+	Backend   string
+}
+
+// Status lists the isolations this host runs (as Supported), then every
+// known one it does not with the reason (as Missing). A driver tells its
+// KVM use and VMM with UsesKVM() bool and Backend() string.
+func (m *Isolations) Status() []IsolationStatus {
+	var out []IsolationStatus
+	for _, name := range m.Supported() {
+		st := IsolationStatus{Name: name, Available: true}
+		if d, ok := m.Driver(name); ok {
+			if k, ok := d.(interface{ UsesKVM() bool }); ok {
+				st.KVM = k.UsesKVM()
+			}
+			if b, ok := d.(interface{ Backend() string }); ok {
+				st.Backend = b.Backend()
+			}
+		}
+		out = append(out, st)
+	}
+	missing := m.Missing()
+	for _, name := range KnownIsolations {
+		if reason, ok := missing[name]; ok {
+			out = append(out, IsolationStatus{Name: name, Reason: reason})
+		}
+	}
+	return out
+}
+
 // Driver returns the driver of isolation ("" = the default).
 func (m *Isolations) Driver(isolation string) (Driver, bool) {
 	if isolation == "" {

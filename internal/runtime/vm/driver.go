@@ -328,6 +328,10 @@ var (
 // UsesKVM reports whether this driver's VMs use KVM.
 func (d *Driver) UsesKVM() bool { return d.kvm }
 
+// Backend is the VMM's short name (qemu, firecracker), for the host's
+// capabilities.
+func (d *Driver) Backend() string { return d.vmm.Name() }
+
 // hostTSCkHz reads the host CPU's frequency from /proc/cpuinfo (the TSC
 // of a TCG guest ticks at the host's rate); 0 if unknown.
 func hostTSCkHz() int {
