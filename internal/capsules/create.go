@@ -12,6 +12,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -292,7 +293,11 @@ func (s *Service) createInternal(ctx context.Context, req CreateRequest) (Create
 	if err := req.validate(&c); err != nil {
 		return Created{}, err
 	}
-	host, err := s.pick(ctx, in.TeamID, scheduler.Request{CapsuleID: in.ID, HostID: PinnedHost(in.From), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	// Builds run as containers (their file systems become templates).
+	host, err := s.pick(ctx, in.TeamID, scheduler.Request{
+		CapsuleID: in.ID, HostID: PinnedHost(in.From), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB,
+		Isolation: runtime.IsolationContainer,
+	})
 	if err != nil {
 		return Created{}, err
 	}
@@ -301,6 +306,7 @@ func (s *Service) createInternal(ctx context.Context, req CreateRequest) (Create
 		Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), DiskSizeMb: int32(c.DiskSizeMB), //nolint:gosec // bounded by limits
 		TimeoutSec: int32(c.TimeoutSec), Env: c.Env, AllowInternet: c.AllowInternet, //nolint:gosec // bounded by limits
 		Labels: in.Labels, DefaultWorkdir: in.DefaultWorkdir, TemplateChecksum: in.From.Checksum,
+		Isolation: runtime.IsolationContainer,
 	}))
 	if err != nil {
 		s.DestroyInternal(ctx, host, in.ID)
