@@ -49,6 +49,11 @@ type CreateParams struct {
 	// Network is the egress policy and rate limits (nil: every public
 	// destination, the default rates). See Network.
 	Network *Network
+	// Isolation is how to isolate the capsule: IsolationContainer,
+	// IsolationGVisor or IsolationMicroVM ("": the template's default,
+	// else the team's, else the platform's). One no host of the team runs
+	// is an *Error with Code "isolation_unavailable" (HTTP 422).
+	Isolation string
 }
 
 // Network is a capsule's egress policy and rate limits (the API's
@@ -81,6 +86,7 @@ func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
 	body := wrennapi.CreateCapsule{
 		VCPUs: optInt(p.VCPUs), MemoryMB: optInt(p.MemoryMB), DiskSizeMB: optInt(p.DiskSizeMB),
 		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public, Network: p.Network,
+		Isolation: p.Isolation,
 	}
 	if p.NoInternet {
 		off := false

@@ -632,7 +632,7 @@ func (a *API) adminAuditLogs(w http.ResponseWriter, r *http.Request) {
 func toAdminTeamJSON(t store.Team) wrennapi.AdminTeam {
 	return wrennapi.AdminTeam{
 		ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, IsPlatform: t.IsPlatform, CreatedAt: t.CreatedAt,
-		CapsuleInternet: t.CapsuleInternet, AllowedPrivateRanges: t.AllowedPrivateRanges,
+		CapsuleInternet: t.CapsuleInternet, AllowedPrivateRanges: t.AllowedPrivateRanges, DefaultIsolation: t.DefaultIsolation,
 	}
 }
 
@@ -649,26 +649,46 @@ func (a *API) adminUpdateTeam(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if req.AllowedPrivateRanges == nil {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give allowed_private_ranges"))
+	if req.AllowedPrivateRanges == nil && req.DefaultIsolation == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give allowed_private_ranges or default_isolation"))
 		return
 	}
-	ranges, err := capsules.CheckPrivateRanges(*req.AllowedPrivateRanges)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
+	var ranges []string
+	if req.AllowedPrivateRanges != nil {
+		var err error
+		if ranges, err = capsules.CheckPrivateRanges(*req.AllowedPrivateRanges); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+	}
+	if req.DefaultIsolation != nil {
+		if err := capsules.CheckIsolation(*req.DefaultIsolation); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 	}
 	t, err := a.pathTeam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	err = a.cfg.Store.SetTeamPrivateRanges(context.WithoutCancel(r.Context()), t.ID, ranges)
-	a.recordAdmin(r, "team", t.ID, "set_private_ranges", err, map[string]any{"allowed_private_ranges": ranges, "from": t.AllowedPrivateRanges})
-	if err != nil {
-		a.writeError(w, r, err)
-		return
+	if req.AllowedPrivateRanges != nil {
+		err = a.cfg.Store.SetTeamPrivateRanges(context.WithoutCancel(r.Context()), t.ID, ranges)
+		a.recordAdmin(r, "team", t.ID, "set_private_ranges", err, map[string]any{"allowed_private_ranges": ranges, "from": t.AllowedPrivateRanges})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.AllowedPrivateRanges = ranges
 	}
-	t.AllowedPrivateRanges = ranges
+	if req.DefaultIsolation != nil {
+		err = a.cfg.Store.SetTeamDefaultIsolation(context.WithoutCancel(r.Context()), t.ID, *req.DefaultIsolation)
+		a.recordAdmin(r, "team", t.ID, "set_default_isolation", err, map[string]any{"default_isolation": *req.DefaultIsolation, "from": t.DefaultIsolation})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.DefaultIsolation = *req.DefaultIsolation
+	}
 	writeJSON(w, http.StatusOK, toAdminTeamJSON(t))
 }

@@ -25,7 +25,7 @@ func toCapsuleJSON(c store.Capsule) wrennapi.Capsule {
 		ID: c.ID, Status: wrennapi.CapsuleStatus(c.Status), ErrorReason: c.ErrorReason, TemplateID: c.TemplateID, HostID: c.HostID, VCPUs: c.VCPUs,
 		MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec, AllowInternet: c.AllowInternet,
 		ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt,
-		Metadata: c.Metadata, Network: toNetworkJSON(c.Network),
+		Metadata: c.Metadata, Network: toNetworkJSON(c.Network), Isolation: c.Isolation,
 	}
 }
 
@@ -70,7 +70,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 	out, err := a.capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskSizeMB: req.DiskSizeMB,
 		TimeoutSec: req.TimeoutSec, Env: req.Env, Public: req.Public, AllowInternet: req.AllowInternet,
-		Metadata: req.Metadata, Network: fromNetworkJSON(req.Network),
+		Metadata: req.Metadata, Network: fromNetworkJSON(req.Network), Isolation: req.Isolation,
 	})
 	if err != nil {
 		a.writeError(w, r, err)

@@ -38,6 +38,10 @@ const (
 	CodeResourceExhausted = "resource_exhausted"
 	// CodeRequestTimeout: the request body did not arrive in time (408).
 	CodeRequestTimeout = "request_timeout"
+	// CodeIsolationUnavailable: the request is valid but no host the team
+	// may use runs the isolation it asks for (422; the message names what
+	// the fleet lacks and what it runs).
+	CodeIsolationUnavailable = "isolation_unavailable"
 )
 
 // Error is the one error type handlers return to clients: a code from the
@@ -90,6 +94,8 @@ func httpStatus(code string) int {
 		return http.StatusServiceUnavailable
 	case CodeRateLimited:
 		return http.StatusTooManyRequests
+	case CodeIsolationUnavailable:
+		return http.StatusUnprocessableEntity
 	default:
 		return http.StatusInternalServerError
 	}
@@ -154,6 +160,8 @@ func serviceCode(k capsules.Kind) string {
 		return CodePayloadTooLarge
 	case capsules.KindPermissionDenied:
 		return CodePermissionDenied
+	case capsules.KindIsolationUnavailable:
+		return CodeIsolationUnavailable
 	}
 	return CodeInternal
 }

@@ -30,7 +30,7 @@ func toHostJSON(h store.Host) wrennapi.Host {
 	c := hostCapabilities(h)
 	o, free := scheduler.Ratios(h), scheduler.FreeOn(h)
 	caps := wrennapi.HostCapabilities{
-		Runtimes: c.Runtimes, Isolations: c.Isolations,
+		Runtimes: c.Runtimes, Isolations: c.Available(), DefaultIsolation: c.DefaultIsolation,
 		MemorySnapshots: wrennapi.MemorySnapshots{Available: c.MemorySnapshots, Reason: c.MemorySnapshotsReason},
 		Overcommit:      wrennapi.Overcommit{CPU: o.CPU, Memory: o.Memory, Disk: o.Disk},
 		Free:            wrennapi.HostFree{VCPUs: free.VCPUs, MemoryMB: free.MemoryMB, DiskMB: free.DiskMB},
@@ -40,6 +40,11 @@ func toHostJSON(h store.Host) wrennapi.Host {
 	}
 	if caps.Isolations == nil {
 		caps.Isolations = []string{}
+	}
+	for _, is := range c.IsolationSupport {
+		caps.IsolationSupport = append(caps.IsolationSupport, wrennapi.IsolationSupport{
+			Name: is.Name, Available: is.Available, Reason: is.Reason, KVM: is.KVM, Backend: is.Backend,
+		})
 	}
 	if !c.MemorySnapshots && c.MemorySnapshotsReason == "" {
 		caps.MemorySnapshots.Reason = "not reported by the host"
@@ -158,6 +163,14 @@ func validHostUsage(u wrennapi.HostUsage) error {
 		for _, v := range append(slices.Clone(c.Runtimes), c.Isolations...) {
 			if v == "" || len(v) > 64 {
 				return errorf(CodeInvalidArgument, "capabilities: runtime and isolation names are 1 to 64 bytes")
+			}
+		}
+		if len(c.IsolationSupport) > 16 || len(c.DefaultIsolation) > 64 {
+			return errorf(CodeInvalidArgument, "capabilities: at most 16 isolations in isolation_support, a default_isolation of at most 64 bytes")
+		}
+		for _, is := range c.IsolationSupport {
+			if is.Name == "" || len(is.Name) > 64 || len(is.Backend) > 64 || len(is.Reason) > 1024 {
+				return errorf(CodeInvalidArgument, "capabilities: isolation names and backends are 1 to 64 bytes, reasons at most 1024")
 			}
 		}
 	}

@@ -9,12 +9,13 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 func toTeamJSON(t store.Team) wrennapi.Team {
-	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet}
+	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet, DefaultIsolation: t.DefaultIsolation}
 }
 
 // validID checks the shape of a path ID so garbage never reaches the store.
@@ -160,9 +161,15 @@ func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if req.Name == nil && req.CapsuleInternet == nil {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give name or capsule_internet"))
+	if req.Name == nil && req.CapsuleInternet == nil && req.DefaultIsolation == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give name, capsule_internet or default_isolation"))
 		return
+	}
+	if req.DefaultIsolation != nil {
+		if err := capsules.CheckIsolation(*req.DefaultIsolation); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 	}
 	if req.Name != nil {
 		name, err := validName("name", *req.Name, 100)
@@ -182,6 +189,13 @@ func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		a.audit(r, teamID, "team", teamID, "set_capsule_internet", nil, map[string]any{"capsule_internet": *req.CapsuleInternet})
+	}
+	if req.DefaultIsolation != nil {
+		if err := a.cfg.Store.SetTeamDefaultIsolation(r.Context(), teamID, *req.DefaultIsolation); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		a.audit(r, teamID, "team", teamID, "set_default_isolation", nil, map[string]any{"default_isolation": *req.DefaultIsolation})
 	}
 	t, err := a.cfg.Store.GetTeam(r.Context(), teamID)
 	if err != nil {
@@ -548,7 +562,7 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 // ---- templates ----
 
 func toTemplateJSON(t store.Template) wrennapi.Template {
-	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "", CapsuleInternet: t.CapsuleInternet}
+	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "", CapsuleInternet: t.CapsuleInternet, Isolation: t.Isolation}
 }
 
 func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {

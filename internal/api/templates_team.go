@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
@@ -53,20 +54,34 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	raw, ok := req["capsule_internet"]
+	rawIso, okIso := req["isolation"]
 	for k := range req {
-		if k != "capsule_internet" {
+		if k != "capsule_internet" && k != "isolation" {
 			a.writeError(w, r, errorf(CodeInvalidArgument, "unknown field %q", k))
 			return
 		}
 	}
-	if !ok {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null)"))
+	if !ok && !okIso {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null) or isolation"))
 		return
 	}
 	var v *bool
-	if err := json.Unmarshal(raw, &v); err != nil {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "capsule_internet must be true, false or null"))
-		return
+	if ok {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "capsule_internet must be true, false or null"))
+			return
+		}
+	}
+	var iso string
+	if okIso {
+		if err := json.Unmarshal(rawIso, &iso); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "isolation must be a string (\"\" clears it)"))
+			return
+		}
+		if err := capsules.CheckIsolation(iso); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 	}
 	id := chi.URLParam(r, "templateID")
 	if err := validID(store.PrefixTemplate, id); err != nil {
@@ -87,12 +102,23 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodePermissionDenied, "changing a template needs the admin role in the team"))
 		return
 	}
-	err = a.cfg.Store.SetTemplateCapsuleInternet(context.WithoutCancel(r.Context()), p.TeamID, id, v)
-	a.audit(r, p.TeamID, "template", id, "set_capsule_internet", err, map[string]any{"capsule_internet": v})
-	if err != nil {
-		a.writeError(w, r, err)
-		return
+	if ok {
+		err = a.cfg.Store.SetTemplateCapsuleInternet(context.WithoutCancel(r.Context()), p.TeamID, id, v)
+		a.audit(r, p.TeamID, "template", id, "set_capsule_internet", err, map[string]any{"capsule_internet": v})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.CapsuleInternet = v
 	}
-	t.CapsuleInternet = v
+	if okIso {
+		err = a.cfg.Store.SetTemplateIsolation(context.WithoutCancel(r.Context()), p.TeamID, id, iso)
+		a.audit(r, p.TeamID, "template", id, "set_isolation", err, map[string]any{"isolation": iso})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.Isolation = iso
+	}
 	writeJSON(w, http.StatusOK, toTemplateJSON(t))
 }

@@ -64,7 +64,11 @@ type Config struct {
 	// internet, and asking for it is permission_denied. Build capsules keep
 	// their own flag.
 	InternetOff bool
-	Logger      *slog.Logger
+	// DefaultIsolation is the platform's isolation of a capsule when
+	// neither the create, nor its template, nor its team names one (wrenn
+	// server --default-isolation; "" = container).
+	DefaultIsolation string
+	Logger           *slog.Logger
 }
 
 // Service is the capsule service.

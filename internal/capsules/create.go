@@ -12,6 +12,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -38,6 +39,10 @@ type CreateRequest struct {
 	Metadata map[string]string
 	// Network is the egress policy and rate limits (nil: the defaults).
 	Network *store.CapsuleNetwork
+	// Isolation is how to isolate the capsule (container, gvisor,
+	// microvm); "": the template's default, else the team's, else the
+	// platform's (ResolveIsolation).
+	Isolation string
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -176,6 +181,9 @@ func (s *Service) pick(ctx context.Context, teamID string, req scheduler.Request
 	if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
 		return h, &Error{Kind: KindUnavailable, Message: MsgNoCapacity, Err: err}
 	}
+	if errors.Is(err, scheduler.ErrIsolationUnavailable) {
+		return h, isolationError(err)
+	}
 	return h, err
 }
 
@@ -208,7 +216,12 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c.Network, err = checkNetwork(c.AllowInternet, req.Network); err != nil {
 		return Created{}, err
 	}
-	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	if c.Isolation, err = ResolveIsolation(req.Isolation, tmpl, team, s.cfg.DefaultIsolation); err != nil {
+		return Created{}, err
+	}
+	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{
+		CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB, Isolation: c.Isolation,
+	})
 	if err != nil {
 		return Created{}, err
 	}
@@ -235,7 +248,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
-		TemplateChecksum: tmpl.Checksum,
+		TemplateChecksum: tmpl.Checksum, Isolation: c.Isolation,
 	}))
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)
@@ -266,7 +279,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	}
 	s.audit(ctx, sc, c, "create", nil, map[string]any{
 		"template": tmpl.Name, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB, "disk_size_mb": c.DiskSizeMB,
-		"host_id": host.ID, "allow_internet": c.AllowInternet,
+		"host_id": host.ID, "allow_internet": c.AllowInternet, "isolation": c.Isolation,
 	})
 	return Created{Capsule: c, AccessToken: token, Host: host}, nil
 }
@@ -280,7 +293,11 @@ func (s *Service) createInternal(ctx context.Context, req CreateRequest) (Create
 	if err := req.validate(&c); err != nil {
 		return Created{}, err
 	}
-	host, err := s.pick(ctx, in.TeamID, scheduler.Request{CapsuleID: in.ID, HostID: PinnedHost(in.From), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
+	// Builds run as containers (their file systems become templates).
+	host, err := s.pick(ctx, in.TeamID, scheduler.Request{
+		CapsuleID: in.ID, HostID: PinnedHost(in.From), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB,
+		Isolation: runtime.IsolationContainer,
+	})
 	if err != nil {
 		return Created{}, err
 	}
@@ -289,6 +306,7 @@ func (s *Service) createInternal(ctx context.Context, req CreateRequest) (Create
 		Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), DiskSizeMb: int32(c.DiskSizeMB), //nolint:gosec // bounded by limits
 		TimeoutSec: int32(c.TimeoutSec), Env: c.Env, AllowInternet: c.AllowInternet, //nolint:gosec // bounded by limits
 		Labels: in.Labels, DefaultWorkdir: in.DefaultWorkdir, TemplateChecksum: in.From.Checksum,
+		Isolation: runtime.IsolationContainer,
 	}))
 	if err != nil {
 		s.DestroyInternal(ctx, host, in.ID)

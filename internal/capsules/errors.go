@@ -25,6 +25,10 @@ const (
 	// large.
 	KindExhausted        Kind = "resource_exhausted"
 	KindPermissionDenied Kind = "permission_denied"
+	// KindIsolationUnavailable: no host the team may use runs the
+	// isolation the capsule asks for (the fleet lacks it: waiting does not
+	// help, choosing another isolation or adding a host does).
+	KindIsolationUnavailable Kind = "isolation_unavailable"
 )
 
 // Error is what the service returns for anything a caller can act on: a

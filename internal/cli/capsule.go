@@ -74,7 +74,8 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 		Short: "Create a capsule and wait until it runs",
 		Example: `  wrenn capsule create --template minimal
   id=$(wrenn capsule create -q --memory 1024 --timeout 1h)
-  wrenn capsule create --allow-only --allow-out pypi.org,'*.pythonhosted.org' --egress-mbps 10`,
+  wrenn capsule create --allow-only --allow-out pypi.org,'*.pythonhosted.org' --egress-mbps 10
+  wrenn capsule create --isolation gvisor`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -110,6 +111,7 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 	fl.BoolVar(&p.NoInternet, "no-internet", false, "no outbound internet access (default: public addresses are reachable; the host, other capsules and private ranges never are)")
 	fl.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	fl.BoolVar(&p.Public, "public", false, "let anyone reach the capsule's ports through the proxy")
+	fl.StringVar(&p.Isolation, "isolation", "", isolationHelp+" (default: the template's, else the team's, else the platform's)")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the capsule id")
 	fl.BoolVar(&asJSON, "json", false, "print the capsule as JSON")
 	nf.add(fl)
@@ -210,6 +212,9 @@ func (cc *capsuleCmd) getCmd() *cobra.Command {
 				fmt.Fprintf(tw, "Error\t%s\n", c.ErrorReason)
 			}
 			fmt.Fprintf(tw, "Template\t%s\n", orID(names, c.TemplateID))
+			if c.Isolation != "" {
+				fmt.Fprintf(tw, "Isolation\t%s\n", c.Isolation)
+			}
 			fmt.Fprintf(tw, "vCPUs\t%d\n", c.VCPUs)
 			fmt.Fprintf(tw, "Memory\t%d MB\n", c.MemoryMB)
 			fmt.Fprintf(tw, "Disk\t%d MB\n", c.DiskSizeMB)

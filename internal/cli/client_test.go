@@ -28,7 +28,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // clientRoot is a root with the client commands, as NewRoot wires them.
 func clientRoot() *cobra.Command {
 	root := &cobra.Command{Use: "wrenn", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd())
+	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd(), newTeamCmd())
 	return root
 }
 
@@ -75,7 +75,8 @@ func TestHelpGolden(t *testing.T) {
 		"login", "up",
 		"capsule", "capsule create", "capsule ls", "capsule get", "capsule exec", "capsule shell",
 		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set", "capsule snapshot",
-		"template", "template ls", "template import", "template build", "template prepare",
+		"template", "template ls", "template import", "template build", "template prepare", "template set-isolation",
+		"team", "team set-isolation",
 	} {
 		t.Run(path, func(t *testing.T) {
 			got, errOut, code := runCLI(t, nil, append(strings.Fields(path), "--help")...)

@@ -20,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/email"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
 // serverFlags are the flags of `wrenn server`.
@@ -54,6 +55,7 @@ type serverFlags struct {
 	noMetricsFlush     bool
 	noBuildRunner      bool
 	capsuleInternet    string
+	defaultIsolation   string
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -113,6 +115,7 @@ missing.`,
 	fl.StringSliceVar(&f.wsOrigins, "ws-origin", nil, "extra origin allowed to open WebSockets (repeatable)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.capsuleInternet, "capsule-internet", "on", "on, or off: no capsule gets outbound internet (a request for it is refused; overrides team defaults)")
+	fl.StringVar(&f.defaultIsolation, "default-isolation", runtime.IsolationContainer, defaultIsolationUsage)
 	return cmd
 }
 
@@ -172,6 +175,10 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush,
 		DisableBuildRunner:  f.noBuildRunner,
+		DefaultIsolation:    f.defaultIsolation,
+	}
+	if !runtime.ValidIsolation(f.defaultIsolation) {
+		return controlplane.Config{}, fmt.Errorf("--default-isolation %q: want one of %s", f.defaultIsolation, strings.Join(runtime.KnownIsolations, ", "))
 	}
 	switch f.capsuleInternet {
 	case "on":
@@ -230,3 +237,7 @@ func runServer(ctx context.Context, f serverFlags, stderr io.Writer) error {
 	defer srv.Close()
 	return srv.Run(ctx)
 }
+
+// defaultIsolationUsage is the help of --default-isolation (wrenn server
+// and wrenn up).
+const defaultIsolationUsage = "isolation of a capsule whose create, template and team name none: container, gvisor or microvm (hosts must run it: see their capabilities)"

@@ -25,7 +25,7 @@ func newTemplateCmd() *cobra.Command {
 		Short:   "List, build and import capsule templates",
 	}
 	addClientFlags(cmd, &f)
-	cmd.AddCommand(templateLsCmd(&f), templateImportCmd(&f), templateBuildCmd(&f), templatePrepareCmd())
+	cmd.AddCommand(templateLsCmd(&f), templateImportCmd(&f), templateBuildCmd(&f), templatePrepareCmd(), templateSetIsolationCmd(&f))
 	return cmd
 }
 

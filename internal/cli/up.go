@@ -8,12 +8,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/runtime/vm"
 	"github.com/wrenn-dev/wrenn/internal/up"
 )
 
@@ -25,6 +29,44 @@ type upFlags struct {
 	overcommit                                                                                            overcommitFlags
 	dnsUpstream                                                                                           []string
 	github                                                                                                githubFlags
+	isolation                                                                                             upIsolationFlags
+}
+
+// upIsolationFlags choose the isolations `wrenn up` offers besides
+// container, and the default one.
+type upIsolationFlags struct {
+	def, runsc, gvisorSubnet, microvmSubnet, guestKernel string
+	microvm                                              bool
+}
+
+func (f *upIsolationFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&f.def, "default-isolation", runtime.IsolationContainer, defaultIsolationUsage)
+	fl.StringVar(&f.runsc, "runsc", "", "static runsc binary: also offer gVisor isolation (scripts/runsc.sh builds one; default $WRENN_RUNSC; neither: gVisor off)")
+	fl.StringVar(&f.gvisorSubnet, "gvisor-subnet", "10.201.0.0/16", "IPv4 range of gVisor capsules (must differ from --subnet)")
+	fl.BoolVar(&f.microvm, "microvm", false, "also offer microVM isolation (QEMU; KVM where it works, else TCG; guest kernel from scripts/guest-kernel.sh)")
+	fl.StringVar(&f.microvmSubnet, "microvm-subnet", "10.202.0.0/16", "IPv4 range of microVM capsules (must differ from the other ranges)")
+	fl.StringVar(&f.guestKernel, "guest-kernel", "", "microVM guest kernel directory made by scripts/guest-kernel.sh (default: the newest in "+vm.KernelCache+")")
+}
+
+// apply puts the flags into cfg.
+func (f upIsolationFlags) apply(cfg *up.Config) error {
+	if !runtime.ValidIsolation(f.def) {
+		return fmt.Errorf("--default-isolation %q: want one of %s", f.def, strings.Join(runtime.KnownIsolations, ", "))
+	}
+	gv, err := netip.ParsePrefix(f.gvisorSubnet)
+	if err != nil {
+		return fmt.Errorf("--gvisor-subnet: %w", err)
+	}
+	mv, err := netip.ParsePrefix(f.microvmSubnet)
+	if err != nil {
+		return fmt.Errorf("--microvm-subnet: %w", err)
+	}
+	if f.runsc == "" {
+		f.runsc = os.Getenv("WRENN_RUNSC")
+	}
+	cfg.DefaultIsolation, cfg.RunscPath, cfg.GVisorSubnet = f.def, f.runsc, gv
+	cfg.MicroVM, cfg.MicroVMSubnet, cfg.GuestKernel = f.microvm, mv, f.guestKernel
+	return nil
 }
 
 // newUpCmd returns `wrenn up`: a whole single-node Wrenn in one process.
@@ -46,7 +88,11 @@ machine-wide in --cache-dir.
 Stop it with Ctrl-C or SIGTERM: running capsules are paused (and
 re-adopted on the next start) or destroyed, as --on-exit says.
 
-Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU.`,
+It offers container isolation, plus gVisor with --runsc and microVMs with
+--microvm where their prerequisites exist; the start message says which
+isolations work here and why not the others.
+
+Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU, WRENN_RUNSC.`,
 		Example: `  sudo wrenn up
   sudo wrenn up --listen 0.0.0.0:9725 --proxy-listen 0.0.0.0:9726 --on-exit destroy`,
 		Args: cobra.NoArgs,
@@ -70,6 +116,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
 	f.github.register(fl)
+	f.isolation.register(fl)
 	return cmd
 }
 
@@ -119,14 +166,18 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	app, err := up.New(ctx, up.Config{
+	cfg := up.Config{
 		Home: resolveHome(f.home), Listen: f.listen, ProxyListen: f.proxyListen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
 		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
 		GitHub: gh,
-	})
+	}
+	if err := f.isolation.apply(&cfg); err != nil {
+		return err
+	}
+	app, err := up.New(ctx, cfg)
 	if err != nil {
 		return err
 	}

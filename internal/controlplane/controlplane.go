@@ -43,6 +43,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/email"
 	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/internal/store/postgres"
@@ -122,6 +123,10 @@ type Config struct {
 	// CapsuleInternetOff is the platform's ceiling (--capsule-internet=off):
 	// no team capsule gets outbound internet; a request for it is 403.
 	CapsuleInternetOff bool
+	// DefaultIsolation is the platform's isolation of a capsule when
+	// neither the create, nor its template, nor its team names one
+	// (--default-isolation; default container).
+	DefaultIsolation string
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -137,6 +142,12 @@ func (c *Config) fill() error {
 	}
 	if len(c.Secret) < 32 {
 		return errors.New("controlplane: Secret must be at least 32 bytes")
+	}
+	if c.DefaultIsolation == "" {
+		c.DefaultIsolation = runtime.IsolationContainer
+	}
+	if !runtime.ValidIsolation(c.DefaultIsolation) {
+		return fmt.Errorf("controlplane: default isolation %q is not one of %v", c.DefaultIsolation, runtime.KnownIsolations)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -243,7 +254,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	rec := &audit.Recorder{Store: s.store, Logger: s.log}
 	s.capsules = capsules.New(capsules.Config{
 		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
-		InternetOff: cfg.CapsuleInternetOff,
+		InternetOff: cfg.CapsuleInternetOff, DefaultIsolation: cfg.DefaultIsolation,
 	})
 	var buildRunner api.BuildRunner
 	if !cfg.DisableBuildRunner {

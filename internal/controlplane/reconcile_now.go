@@ -56,8 +56,10 @@ func (s *Server) refreshHostInfo(ctx context.Context, h store.Host) store.Host {
 	caps := hostlink.Capabilities{
 		Runtimes: []string{in.GetDriver()}, MemorySnapshots: in.GetMemorySnapshots(), MemorySnapshotsReason: in.GetMemorySnapshotsReason(),
 	}
-	if in.GetDriver() == "container" {
-		caps.Isolations = []string{"runc"}
+	caps.IsolationSupport, caps.DefaultIsolation = isolationCaps(in)
+	caps.Isolations = caps.Available()
+	if len(caps.IsolationSupport) == 0 && in.GetDriver() == "container" {
+		caps.Isolations = []string{"container"} // an agent from before isolation selection
 	}
 	if in.GetStartedAt() > 0 {
 		caps.StartedAt = time.Unix(in.GetStartedAt(), 0).UTC()
@@ -76,6 +78,17 @@ func (s *Server) refreshHostInfo(ctx context.Context, h store.Host) store.Host {
 	}
 	h.CPUOvercommit, h.MemoryOvercommit, h.DiskOvercommit, h.Capabilities = u.CPUOvercommit, u.MemoryOvercommit, u.DiskOvercommit, u.Capabilities
 	return h
+}
+
+// isolationCaps converts what an agent reports of its isolations.
+func isolationCaps(in *pb.GetHostInfoResponse) ([]hostlink.IsolationSupport, string) {
+	var out []hostlink.IsolationSupport
+	for _, is := range in.GetIsolations() {
+		out = append(out, hostlink.IsolationSupport{
+			Name: is.GetName(), Available: is.GetAvailable(), Reason: is.GetReason(), KVM: is.GetKvm(), Backend: is.GetBackend(),
+		})
+	}
+	return out, in.GetDefaultIsolation()
 }
 
 // hostReturned reconciles hostID in the background, once at a time per

@@ -152,6 +152,12 @@ func (a *ratioAgent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInf
 	return connect.NewResponse(&pb.GetHostInfoResponse{
 		Driver: "container", CpuOvercommit: 32, MemoryOvercommit: 2, DiskOvercommit: 4,
 		MemorySnapshotsReason: "criu check failed: no criu", StartedAt: time.Now().Unix(),
+		Isolations: []*pb.IsolationSupport{
+			{Name: "container", Available: true},
+			{Name: "microvm", Available: true, Backend: "qemu"},
+			{Name: "gvisor", Reason: "runsc is not configured"},
+		},
+		DefaultIsolation: "container",
 	}), nil
 }
 
@@ -184,5 +190,18 @@ func TestAgentRatiosRecordedFromHostInfo(t *testing.T) {
 	ms := caps["memory_snapshots"].(map[string]any)
 	if oc["cpu"] != 32.0 || oc["memory"] != 2.0 || oc["disk"] != 4.0 || free["vcpus"] != 64.0 || ms["available"] != false || ms["reason"] != "criu check failed: no criu" {
 		t.Fatalf("capabilities after reconcile: %v", caps)
+	}
+	// The isolations it runs, and why not gVisor (what the scheduler
+	// places by).
+	isos, _ := caps["isolations"].([]any)
+	sup, _ := caps["isolation_support"].([]any)
+	if len(isos) != 2 || isos[0] != "container" || isos[1] != "microvm" || len(sup) != 3 || caps["default_isolation"] != "container" {
+		t.Fatalf("isolations after reconcile: %v / %v", caps["isolations"], caps["isolation_support"])
+	}
+	if vm := sup[1].(map[string]any); vm["backend"] != "qemu" || vm["kvm"] != nil {
+		t.Fatalf("microvm support: %v", vm)
+	}
+	if gv := sup[2].(map[string]any); gv["available"] != false || gv["reason"] != "runsc is not configured" {
+		t.Fatalf("gvisor support: %v", gv)
 	}
 }

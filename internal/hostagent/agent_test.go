@@ -339,6 +339,12 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || info.Msg.GetDriver() != "container" || !info.Msg.GetCanPause() || info.Msg.GetCapsules() != 1 || info.Msg.GetMemoryCommittedBytes() != 128<<20 {
 		t.Errorf("GetHostInfo: %+v %v", info, err)
 	}
+	// A lone container driver runs containers only: the other isolations
+	// are reported missing, with a reason.
+	if isos := info.Msg.GetIsolations(); len(isos) != 3 || isos[0].GetName() != "container" || !isos[0].GetAvailable() ||
+		isos[1].GetAvailable() || isos[1].GetReason() == "" || info.Msg.GetDefaultIsolation() != "container" {
+		t.Errorf("GetHostInfo isolations: %v (default %q)", isos, info.Msg.GetDefaultIsolation())
+	}
 
 	if _, err := c.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id})); err != nil {
 		t.Fatalf("DestroyCapsule: %v", err)

@@ -129,6 +129,10 @@ func capsuleProto(rec record, info runtime.Info) *pb.Capsule {
 		TimeoutSec:      int32(rec.TimeoutSec), //nolint:gosec // small
 		MemoryKept:      rec.MemoryKept,
 		EnvdAccessToken: rec.AccessToken,
+		Isolation:       info.Isolation,
+	}
+	if c.Isolation == "" {
+		c.Isolation = rec.Spec.Isolation
 	}
 	if c.Vcpus == 0 {
 		c.Vcpus = int32(rec.Spec.VCPUs) //nolint:gosec // small
@@ -163,6 +167,7 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 		out.MemorySnapshotsReason = "the " + s.a.driver.Name() + " driver keeps no process memory"
 	}
 	out.CpuOvercommit, out.MemoryOvercommit, out.DiskOvercommit = s.a.cfg.CPUOvercommit, s.a.cfg.MemoryOvercommit, s.a.cfg.DiskOvercommit
+	out.Isolations, out.DefaultIsolation = isolationSupport(s.a.driver)
 	out.StartedAt = s.a.started.Unix()
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(s.a.cfg.StateDir, &st); err == nil {
@@ -186,6 +191,26 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 		}
 	}
 	return connect.NewResponse(out), nil
+}
+
+// isolationSupport is what d runs per isolation (runtime.Isolations'
+// Status). A driver that is not a runtime.Isolations runs its own
+// isolation only (container, for the container driver).
+func isolationSupport(d runtime.Driver) ([]*pb.IsolationSupport, string) {
+	isos, ok := d.(*runtime.Isolations)
+	if !ok {
+		isos = runtime.NewIsolations(runtime.IsolationContainer)
+		name := d.Name()
+		if !runtime.ValidIsolation(name) {
+			name = runtime.IsolationContainer
+		}
+		isos.Register(name, d)
+	}
+	var out []*pb.IsolationSupport
+	for _, st := range isos.Status() {
+		out = append(out, &pb.IsolationSupport{Name: st.Name, Available: st.Available, Reason: st.Reason, Kvm: st.KVM, Backend: st.Backend})
+	}
+	return out, isos.Default()
 }
 
 // meminfo reads MemTotal and MemAvailable (bytes) from /proc/meminfo.
@@ -231,6 +256,7 @@ func (s service) CreateCapsule(ctx context.Context, req *connect.Request[pb.Crea
 		ID: m.GetCapsuleId(), Template: m.GetTemplate(),
 		VCPUs: int(m.GetVcpus()), MemoryMB: int(m.GetMemoryMb()), DiskSizeMB: int(m.GetDiskSizeMb()),
 		Env: m.GetEnv(), AllowInternet: m.GetAllowInternet(), Network: netPolicy, Labels: m.GetLabels(),
+		Isolation: m.GetIsolation(),
 	}
 	rec, info, err := s.a.createCapsule(ctx, spec, createOptions{
 		TimeoutSec: int(m.GetTimeoutSec()), DefaultUser: m.GetDefaultUser(), DefaultWorkdir: m.GetDefaultWorkdir(),

@@ -63,6 +63,7 @@ var (
 	_ TemplateExporter  = (*Isolations)(nil)
 	_ SnapshotCollector = (*Isolations)(nil)
 	_ NetworkUpdater    = (*Isolations)(nil)
+	_ MemoryTemplater   = (*Isolations)(nil)
 )
 
 // NewIsolations returns a router whose default isolation is def (the one
@@ -124,6 +125,42 @@ func (m *Isolations) Missing() map[string]string {
 			reason = "no driver for it is configured on this host"
 		}
 		out[iso] = reason
+	}
+	return out
+}
+
+// IsolationStatus is whether this host runs one isolation: the reason
+// when it does not, and for a VM driver whether it uses KVM and its VMM.
+type IsolationStatus struct {
+	Name      string
+	Available bool
+	Reason    string
+	KVM       bool
+	Backend   string
+}
+
+// Status lists the isolations this host runs (as Supported), then every
+// known one it does not with the reason (as Missing). A driver tells its
+// KVM use and VMM with UsesKVM() bool and Backend() string.
+func (m *Isolations) Status() []IsolationStatus {
+	var out []IsolationStatus
+	for _, name := range m.Supported() {
+		st := IsolationStatus{Name: name, Available: true}
+		if d, ok := m.Driver(name); ok {
+			if k, ok := d.(interface{ UsesKVM() bool }); ok {
+				st.KVM = k.UsesKVM()
+			}
+			if b, ok := d.(interface{ Backend() string }); ok {
+				st.Backend = b.Backend()
+			}
+		}
+		out = append(out, st)
+	}
+	missing := m.Missing()
+	for _, name := range KnownIsolations {
+		if reason, ok := missing[name]; ok {
+			out = append(out, IsolationStatus{Name: name, Reason: reason})
+		}
 	}
 	return out
 }
@@ -507,6 +544,57 @@ func (m *Isolations) UpdateNetwork(ctx context.Context, id string, allowInternet
 		return notSupported(d, "update a capsule's network")
 	}
 	return nu.UpdateNetwork(ctx, id, allowInternet, policy)
+}
+
+// MemoryTemplates implements MemoryTemplater for the default driver.
+func (m *Isolations) MemoryTemplates() (bool, string) {
+	d, ok := m.Driver("")
+	if !ok {
+		return false, "no driver for the default isolation"
+	}
+	mt, ok := d.(MemoryTemplater)
+	if !ok {
+		return false, "the " + d.Name() + " driver cannot restore a template's memory"
+	}
+	return mt.MemoryTemplates()
+}
+
+// ExportMemory implements MemoryTemplater: the capsule's driver exports.
+func (m *Isolations) ExportMemory(ctx context.Context, id, dst string) (map[string]string, error) {
+	d, err := m.byID(id)
+	if err != nil {
+		return nil, err
+	}
+	mt, ok := d.(MemoryTemplater)
+	if !ok {
+		return nil, notSupported(d, "export a capsule's memory")
+	}
+	return mt.ExportMemory(ctx, id, dst)
+}
+
+// CreateFromMemory implements MemoryTemplater: the driver of
+// spec.Isolation restores it (ErrNotSupported when that driver cannot:
+// the caller then boots the capsule).
+func (m *Isolations) CreateFromMemory(ctx context.Context, spec Spec, archive string, md map[string]string) (Info, error) {
+	iso, d, err := m.forSpec(spec.Isolation)
+	if err != nil {
+		return Info{}, err
+	}
+	mt, ok := d.(MemoryTemplater)
+	if !ok {
+		return Info{}, notSupported(d, "restore a template's memory")
+	}
+	if err := m.claim(spec.ID, iso); err != nil {
+		return Info{}, err
+	}
+	info, err := mt.CreateFromMemory(ctx, spec, archive, md)
+	if err != nil {
+		if !errors.Is(err, ErrExists) {
+			m.release(spec.ID, iso)
+		}
+		return Info{}, err
+	}
+	return m.tag(info, nil, spec.ID)
 }
 
 // CRIUUnavailableReason passes on the default driver's reason why memory

@@ -17,8 +17,15 @@
 //   - Among candidates the highest score wins, where score is the mean of
 //     the free memory fraction and the free CPU fraction after placement;
 //     ties break on host ID so placement is deterministic.
-//   - Errors are ErrNoHosts (nothing online for the team) or ErrNoCapacity
-//     (hosts exist but none fits); both mean "try later" to a caller.
+//   - A request naming an isolation (Request.Isolation) has as candidates
+//     only the hosts whose capabilities say they run it (hostlink's
+//     Capabilities.Supports: agents from before isolation selection run
+//     containers only).
+//   - Errors are ErrNoHosts (nothing online for the team), an
+//     *IsolationError (hosts are online but none runs the isolation: the
+//     fleet lacks it, which waiting will not fix) or ErrNoCapacity (hosts
+//     exist but none fits); ErrNoHosts and ErrNoCapacity mean "try later"
+//     to a caller.
 //   - Host load comes from heartbeats, which lag. A Scheduler therefore
 //     remembers what it placed on each host since that host's last
 //     heartbeat and counts it as used, so a burst of creates between two
@@ -32,11 +39,15 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
@@ -44,7 +55,41 @@ import (
 var (
 	ErrNoHosts    = errors.New("no host is available")
 	ErrNoCapacity = errors.New("no host has enough free capacity")
+	// ErrIsolationUnavailable: no online host runs the isolation asked
+	// for (errors.Is matches an *IsolationError).
+	ErrIsolationUnavailable = errors.New("no host runs the isolation")
 )
+
+// IsolationError says which isolation the team's online hosts lack, why
+// (each distinct reason the hosts gave) and what they do run.
+type IsolationError struct {
+	Isolation string
+	// Reasons are the hosts' distinct reasons, sorted.
+	Reasons []string
+	// Available are the isolations some online host runs, sorted.
+	Available []string
+}
+
+func (e *IsolationError) Error() string {
+	msg := fmt.Sprintf("isolation %q is not available on any host", e.Isolation)
+	if len(e.Reasons) > 0 {
+		msg += " (" + strings.Join(e.Reasons, "; ") + ")"
+	}
+	if len(e.Available) > 0 {
+		msg += "; available: " + strings.Join(e.Available, ", ")
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrIsolationUnavailable) true.
+func (e *IsolationError) Is(target error) bool { return target == ErrIsolationUnavailable }
+
+// Capabilities decodes what h last reported (zero when nothing).
+func Capabilities(h store.Host) hostlink.Capabilities {
+	var c hostlink.Capabilities
+	_ = json.Unmarshal([]byte(h.Capabilities), &c)
+	return c
+}
 
 // Request is what a capsule needs. CapsuleID, when set, names the
 // placement so Release can forget it (a failed create, a destroy before
@@ -57,6 +102,9 @@ type Request struct {
 	VCPUs    int64
 	MemoryMB int64
 	DiskMB   int64
+	// Isolation, when set, is the isolation the capsule needs (container,
+	// gvisor, microvm): only hosts that run it are candidates.
+	Isolation string
 }
 
 // HostLister is the part of the store the scheduler reads.
@@ -248,9 +296,64 @@ func (s *Scheduler) withReservations(h store.Host, now time.Time) store.Host {
 	return h
 }
 
-// Choose applies the placement rule to hosts. One pass, no allocation
-// beyond the pinned filter: with a thousand hosts it runs on every create.
+// withIsolation keeps the hosts that run isolation; when hosts are online
+// but none runs it, the error says what they lack.
+func withIsolation(hosts []store.Host, isolation string) ([]store.Host, error) {
+	var (
+		kept       []store.Host
+		reasons    []string
+		available  []string
+		online     bool // an online host lacks it
+		keptOnline bool // an online host runs it
+	)
+	for _, h := range hosts {
+		c := Capabilities(h)
+		ok, reason := c.Supports(isolation)
+		if ok {
+			kept = append(kept, h)
+			keptOnline = keptOnline || h.Status == store.HostOnline
+			continue
+		}
+		if h.Status != store.HostOnline {
+			continue
+		}
+		online = true
+		if reason != "" && !slices.Contains(reasons, reason) {
+			reasons = append(reasons, reason)
+		}
+		for _, a := range c.Available() {
+			if !slices.Contains(available, a) {
+				available = append(available, a)
+			}
+		}
+	}
+	if !keptOnline && online {
+		slices.Sort(reasons)
+		slices.Sort(available)
+		return nil, &IsolationError{Isolation: isolation, Reasons: reasons, Available: available}
+	}
+	return kept, nil
+}
+
+// Choose applies the placement rule to hosts. One pass over the
+// candidates, no allocation beyond the pinned filter: with a thousand hosts
+// it runs on every create.
 func Choose(hosts []store.Host, req Request) (store.Host, error) {
+	if req.HostID != "" {
+		var pinned []store.Host
+		for _, h := range hosts {
+			if h.ID == req.HostID {
+				pinned = append(pinned, h)
+			}
+		}
+		hosts = pinned
+	}
+	if req.Isolation != "" {
+		var err error
+		if hosts, err = withIsolation(hosts, req.Isolation); err != nil {
+			return store.Host{}, err
+		}
+	}
 	var (
 		best      store.Host
 		bestScore float64
@@ -258,9 +361,6 @@ func Choose(hosts []store.Host, req Request) (store.Host, error) {
 		online    bool
 	)
 	for _, h := range hosts {
-		if req.HostID != "" && h.ID != req.HostID {
-			continue
-		}
 		online = online || h.Status == store.HostOnline
 		if h.Status != store.HostOnline || h.MemoryMB <= 0 || h.VCPUs <= 0 {
 			continue

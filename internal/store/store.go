@@ -163,8 +163,12 @@ type Team struct {
 	// team's capsules may reach, set by a platform admin for BYOC teams
 	// (docs/NETWORK.md); empty: none.
 	AllowedPrivateRanges []string
-	CreatedAt            time.Time
-	UpdatedAt            time.Time
+	// DefaultIsolation is the team's default isolation of new capsules
+	// when neither the create nor the template names one ("": the
+	// platform's --default-isolation).
+	DefaultIsolation string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
 }
 
 // TeamMembership is a team as seen by one of its members.
@@ -322,8 +326,11 @@ type Template struct {
 	// CapsuleInternet is the template's default for a capsule's
 	// allow_internet when the create does not say (nil: the team's).
 	CapsuleInternet *bool
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	// Isolation is the template's default isolation of capsules created
+	// from it when the create names none ("": the team's default).
+	Isolation string
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Build produces a template.
@@ -381,7 +388,15 @@ type Capsule struct {
 	// Network is the capsule's egress policy and rate limits (nil = the
 	// defaults: everything public allowed, default rates).
 	Network *CapsuleNetwork
+	// Isolation is how the capsule is isolated (container, gvisor,
+	// microvm), chosen at create and kept for its life; CreateCapsule
+	// stores DefaultIsolation when it is empty.
+	Isolation string
 }
+
+// DefaultIsolation is the isolation of a capsule row that names none
+// (rows from before migration 13 ran as containers).
+const DefaultIsolation = "container"
 
 // CapsuleNetwork is a capsule's egress policy as its team gave it (the
 // rules are checked by internal/runtime's NetworkPolicy before they are
@@ -494,6 +509,12 @@ type Store interface {
 	// SetTeamPrivateRanges replaces the private CIDRs the team's capsules
 	// may reach (nil or empty: none).
 	SetTeamPrivateRanges(ctx context.Context, id string, ranges []string) error
+	// SetTeamDefaultIsolation sets ("" clears) the team's default
+	// isolation of new capsules; the caller validates the name.
+	SetTeamDefaultIsolation(ctx context.Context, id, isolation string) error
+	// SetTemplateIsolation sets ("" clears) the default isolation of
+	// capsules created from the team's template id.
+	SetTemplateIsolation(ctx context.Context, teamID, id, isolation string) error
 	// SetTemplateCapsuleInternet sets (nil: clears) the default
 	// allow_internet of the team's template id.
 	SetTemplateCapsuleInternet(ctx context.Context, teamID, id string, v *bool) error

@@ -150,8 +150,9 @@ Try it:
   wrenn capsule create --template %s
   wrenn capsule exec <capsule-id> -- echo hello
 
+%s
 Stop with Ctrl-C: running capsules are %s (--on-exit).
-`, a.url, time.Since(a.started).Round(10*time.Millisecond), a.url, keyLine, a.proxyURL, login, MinimalTemplate,
+`, a.url, time.Since(a.started).Round(10*time.Millisecond), a.url, keyLine, a.proxyURL, login, MinimalTemplate, a.isolationLines(),
 		map[OnExit]string{OnExitPause: "paused and re-adopted on the next start", OnExitDestroy: "destroyed"}[a.cfg.OnExit])
 	if a.cfg.BuildBase {
 		a.printf("The default template %q is prepared in the background; until it is ready use --template %s.\n\n", BaseTemplate, MinimalTemplate)

@@ -38,7 +38,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +54,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
 	"github.com/wrenn-dev/wrenn/internal/network"
+	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -139,6 +140,24 @@ type Config struct {
 	// Overcommit are the ratios this host admits capsules by, reported
 	// with every heartbeat (zero fields: scheduler.DefaultOvercommit).
 	Overcommit scheduler.Overcommit
+	// DefaultIsolation is the platform's isolation of a capsule whose
+	// create, template and team name none (default container; this host
+	// must run it).
+	DefaultIsolation string
+	// RunscPath, when set, offers gVisor isolation: a static runsc
+	// (scripts/runsc.sh). gVisor capsules take their addresses from
+	// GVisorSubnet (default 10.201.0.0/16), in their own nftables table
+	// <Instance>-gv and cgroup parent /<Instance>-gvisor.
+	RunscPath    string
+	GVisorSubnet netip.Prefix
+	// MicroVM offers microVM isolation (QEMU; KVM where /dev/kvm works,
+	// else TCG), with the guest kernel in GuestKernel (default: the newest
+	// in vm.KernelCache, made by scripts/guest-kernel.sh) and addresses
+	// from MicroVMSubnet (default 10.202.0.0/16, nftables table
+	// <Instance>-vm).
+	MicroVM       bool
+	GuestKernel   string
+	MicroVMSubnet netip.Prefix
 	// Out receives the human-facing output: banner and template progress.
 	Out io.Writer
 	// Progress draws progress bars on Out (set it when Out is a terminal).
@@ -185,6 +204,18 @@ func (c *Config) fill() error {
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 10 * time.Second
 	}
+	if c.DefaultIsolation == "" {
+		c.DefaultIsolation = runtime.IsolationContainer
+	}
+	if !runtime.ValidIsolation(c.DefaultIsolation) {
+		return fmt.Errorf("up: default isolation %q is not one of %v", c.DefaultIsolation, runtime.KnownIsolations)
+	}
+	if !c.GVisorSubnet.IsValid() {
+		c.GVisorSubnet = netip.MustParsePrefix("10.201.0.0/16")
+	}
+	if !c.MicroVMSubnet.IsValid() {
+		c.MicroVMSubnet = netip.MustParsePrefix("10.202.0.0/16")
+	}
 	if err := c.Overcommit.Validate(); err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
@@ -213,6 +244,10 @@ type App struct {
 	store store.Store
 	cp    *controlplane.Server
 	drv   *container.Driver
+	isos  *runtime.Isolations
+	// more are the drivers of the other isolations (gVisor, microVM), with
+	// the cgroup parent each made ("" for none).
+	more  []extraDriver
 	agent *hostagent.Agent
 	tmpls *template.Store
 
@@ -281,6 +316,7 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	if a.cp, err = controlplane.New(ctx, controlplane.Config{
 		Listen: a.ln.Addr().String(), ProxyListen: a.proxyLn.Addr().String(), Store: a.store, Secret: secret, PublicURL: a.url,
 		HeartbeatInterval: cfg.HeartbeatInterval, Logger: cfg.Logger, GitHub: cfg.GitHub,
+		DefaultIsolation: cfg.DefaultIsolation,
 	}); err != nil {
 		return nil, err
 	}
@@ -289,6 +325,15 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 	if err := a.startAgent(ctx); err != nil {
 		return nil, err
+	}
+	// Report the isolations the agent runs now, so a create right after
+	// start is placed by them (not by the next heartbeat).
+	u, err := a.usage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.store.HostHeartbeat(ctx, a.hostID, storeUsage(u)); err != nil {
+		return nil, fmt.Errorf("up: heartbeat: %w", err)
 	}
 	return a, nil
 }
@@ -498,11 +543,20 @@ func storeUsage(u hostlink.Usage) store.HostUsage {
 // once it runs) and when it started.
 func (a *App) capabilities() *hostlink.Capabilities {
 	c := &hostlink.Capabilities{
-		Runtimes: []string{"container"}, Isolations: []string{"runc"}, StartedAt: a.started,
+		Runtimes: []string{"container"}, Isolations: []string{runtime.IsolationContainer}, StartedAt: a.started,
 		MemorySnapshotsReason: "the runtime is not started yet",
 	}
 	if a.drv != nil {
 		c.MemorySnapshots, c.MemorySnapshotsReason = a.drv.CRIUAvailable(), a.drv.CRIUUnavailableReason()
+	}
+	if a.isos != nil {
+		c.DefaultIsolation = a.isos.Default()
+		for _, st := range a.isos.Status() {
+			c.IsolationSupport = append(c.IsolationSupport, hostlink.IsolationSupport{
+				Name: st.Name, Available: st.Available, Reason: st.Reason, KVM: st.KVM, Backend: st.Backend,
+			})
+		}
+		c.Isolations = c.Available()
 	}
 	return c
 }
@@ -530,7 +584,7 @@ func (a *App) usage(ctx context.Context) (hostlink.Usage, error) {
 	}
 	u := hostlink.Usage{
 		Address:          a.agentLn.Addr().String(),
-		VCPUs:            int64(runtime.NumCPU()),
+		VCPUs:            int64(goruntime.NumCPU()),
 		MemoryMB:         int64(si.Totalram*uint64(si.Unit)) >> 20, //nolint:gosec // RAM sizes fit in int64
 		DiskMB:           int64(st.Bavail*uint64(st.Bsize)) >> 20,  //nolint:gosec // disk sizes fit in int64
 		CPUOvercommit:    a.cfg.Overcommit.CPU,
@@ -575,8 +629,11 @@ func (a *App) startAgent(ctx context.Context) error {
 		return fmt.Errorf("up: runtime: %w", err)
 	}
 	a.drv = drv
+	a.isos = runtime.NewIsolations(runtime.IsolationContainer)
+	a.isos.Register(runtime.IsolationContainer, drv)
+	a.startMoreIsolations(ctx, stateDir)
 	agent, err := hostagent.New(ctx, hostagent.Config{
-		Driver: drv, StateDir: stateDir, Templates: a.tmpls, DefaultTemplate: BaseTemplate,
+		Driver: a.isos, StateDir: stateDir, Templates: a.tmpls, DefaultTemplate: BaseTemplate,
 		Secret: a.credential, Version: buildinfo.Version, Logger: a.cfg.Logger,
 	})
 	if err != nil {
@@ -722,6 +779,17 @@ func (a *App) closeAll(cleanHost bool) {
 	}
 	if a.agent != nil {
 		_ = a.agent.Close()
+	}
+	for _, m := range a.more {
+		_ = m.close()
+		if cleanHost {
+			if err := m.net.RemoveTable(); err != nil {
+				a.log.Warn("remove nftables table", "isolation", m.isolation, "err", err)
+			}
+			if m.cgroupParent != "" {
+				removeCgroupParents(m.cgroupParent)
+			}
+		}
 	}
 	if a.drv != nil {
 		_ = a.drv.Close()

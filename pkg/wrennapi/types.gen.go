@@ -583,6 +583,9 @@ type AdminCapsule struct {
 	// ID Example: cl-3k9xq2m7a1b4c5d6
 	ID string `json:"id"`
 
+	// Isolation How the capsule is isolated (container, gvisor, microvm), chosen at create and kept for its life (resume uses it too).
+	Isolation string `json:"isolation,omitempty"`
+
 	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
 	MemoryKept *bool `json:"memory_kept,omitempty"`
 	MemoryMB   int64 `json:"memory_mb"`
@@ -619,10 +622,13 @@ type AdminTeam struct {
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
-	ID              string    `json:"id"`
-	IsBYOC          bool      `json:"is_byoc"`
-	IsPlatform      bool      `json:"is_platform"`
-	Name            string    `json:"name"`
+
+	// DefaultIsolation The team's default isolation of new capsules when neither the create nor the template names one (omitted: the platform's --default-isolation). Set by a team admin (PATCH /v1/teams/{teamID}) or a platform admin (PATCH /v1/admin/teams/{teamID}).
+	DefaultIsolation string `json:"default_isolation,omitempty"`
+	ID               string `json:"id"`
+	IsBYOC           bool   `json:"is_byoc"`
+	IsPlatform       bool   `json:"is_platform"`
+	Name             string `json:"name"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -637,6 +643,9 @@ type AdminTeamList struct {
 type AdminTeamUpdate struct {
 	// AllowedPrivateRanges Replaces the team's allowed private ranges (empty list: none): IPv4 CIDRs or addresses inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 192.0.0.0/24 or 198.18.0.0/15, at most 100.
 	AllowedPrivateRanges *[]string `json:"allowed_private_ranges,omitempty"`
+
+	// DefaultIsolation The team's default isolation of new capsules (as a team admin sets it with PATCH /v1/teams/{teamID}); "" clears it.
+	DefaultIsolation *string `json:"default_isolation,omitempty"`
 }
 
 // AdminTemplate defines model for AdminTemplate.
@@ -645,6 +654,9 @@ type AdminTemplate struct {
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
 	ID              string    `json:"id"`
+
+	// Isolation The template's default isolation of capsules created from it when the create names none (omitted: the team's default). Set by an admin of the template's team with PATCH.
+	Isolation string `json:"isolation,omitempty"`
 
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
@@ -823,6 +835,9 @@ type Capsule struct {
 	// ID Example: cl-3k9xq2m7a1b4c5d6
 	ID string `json:"id"`
 
+	// Isolation How the capsule is isolated (container, gvisor, microvm), chosen at create and kept for its life (resume uses it too).
+	Isolation string `json:"isolation,omitempty"`
+
 	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
 	MemoryKept *bool `json:"memory_kept,omitempty"`
 	MemoryMB   int64 `json:"memory_mb"`
@@ -908,7 +923,10 @@ type CreateCapsule struct {
 	AllowInternet *bool             `json:"allow_internet,omitempty"`
 	DiskSizeMB    *int64            `json:"disk_size_mb,omitempty"`
 	Env           map[string]string `json:"env,omitempty"`
-	MemoryMB      *int64            `json:"memory_mb,omitempty"`
+
+	// Isolation How to isolate the capsule: container (runc: namespaces, cgroups, seccomp, a user namespace), gvisor (gVisor's user-space kernel) or microvm (its own kernel in a VM). Omitted: the template's default, else the team's, else the platform's (--default-isolation, normally container). An unknown name is 400 invalid_argument; one no host of the team runs is 422 isolation_unavailable, naming what the hosts lack.
+	Isolation string `json:"isolation,omitempty"`
+	MemoryMB  *int64 `json:"memory_mb,omitempty"`
 
 	// Metadata Your string key/values, returned in get and list and filterable with metadata.<key>=<value>.
 	Metadata map[string]string `json:"metadata,omitempty"`
@@ -1084,9 +1102,15 @@ type HostStatus string
 // HostCapabilities What the host can run, the overcommit ratios the scheduler applies to it, and what may still be placed on it (docs/OPERATIONS.md).
 type HostCapabilities struct {
 	AgentStartedAt *time.Time `json:"agent_started_at"`
-	Free           HostFree   `json:"free"`
 
-	// Isolations How capsules are isolated, e.g. runc.
+	// DefaultIsolation The host agent's isolation of a create that names none.
+	DefaultIsolation string   `json:"default_isolation,omitempty"`
+	Free             HostFree `json:"free"`
+
+	// IsolationSupport Every isolation and whether the host runs it, with the reason when not (omitted by agents that predate isolation selection: they run containers only).
+	IsolationSupport []IsolationSupport `json:"isolation_support,omitempty"`
+
+	// Isolations The isolations the host runs (container, gvisor, microvm); hosts whose agent predates isolation selection report container.
 	Isolations      []string        `json:"isolations"`
 	MemorySnapshots MemorySnapshots `json:"memory_snapshots"`
 	Overcommit      Overcommit      `json:"overcommit"`
@@ -1097,10 +1121,12 @@ type HostCapabilities struct {
 
 // HostCapabilitiesReport What an agent reports of itself with registration and heartbeats.
 type HostCapabilitiesReport struct {
-	Isolations            []string `json:"isolations,omitempty"`
-	MemorySnapshots       bool     `json:"memory_snapshots,omitempty"`
-	MemorySnapshotsReason string   `json:"memory_snapshots_reason,omitempty"`
-	Runtimes              []string `json:"runtimes,omitempty"`
+	DefaultIsolation      string             `json:"default_isolation,omitempty"`
+	IsolationSupport      []IsolationSupport `json:"isolation_support,omitempty"`
+	Isolations            []string           `json:"isolations,omitempty"`
+	MemorySnapshots       bool               `json:"memory_snapshots,omitempty"`
+	MemorySnapshotsReason string             `json:"memory_snapshots_reason,omitempty"`
+	Runtimes              []string           `json:"runtimes,omitempty"`
 
 	// StartedAt When the agent process started; a change means it restarted.
 	StartedAt time.Time `json:"started_at,omitempty"`
@@ -1183,6 +1209,23 @@ type InviteAcceptedRole string
 // InviteList defines model for InviteList.
 type InviteList struct {
 	Invites []Invite `json:"invites"`
+}
+
+// IsolationSupport defines model for IsolationSupport.
+type IsolationSupport struct {
+	Available bool `json:"available"`
+
+	// Backend microvm: the VMM, qemu or firecracker.
+	Backend string `json:"backend,omitempty"`
+
+	// KVM microvm: the VMs use KVM (false: emulated by QEMU's TCG, much slower).
+	KVM bool `json:"kvm,omitempty"`
+
+	// Name container, gvisor or microvm.
+	Name string `json:"name"`
+
+	// Reason Why not, when not available (e.g. runsc is not configured).
+	Reason string `json:"reason,omitempty"`
 }
 
 // Login defines model for Login.
@@ -1454,9 +1497,12 @@ type Team struct {
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
-	ID              string    `json:"id"`
-	IsBYOC          bool      `json:"is_byoc"`
-	Name            string    `json:"name"`
+
+	// DefaultIsolation The team's default isolation of new capsules when neither the create nor the template names one (omitted: the platform's --default-isolation). Set by a team admin (PATCH /v1/teams/{teamID}) or a platform admin (PATCH /v1/admin/teams/{teamID}).
+	DefaultIsolation string `json:"default_isolation,omitempty"`
+	ID               string `json:"id"`
+	IsBYOC           bool   `json:"is_byoc"`
+	Name             string `json:"name"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -1475,8 +1521,11 @@ type TeamName struct {
 // TeamUpdate Fields to change (at least one).
 type TeamUpdate struct {
 	// CapsuleInternet Default allow_internet of the team's new capsules (true is the platform default).
-	CapsuleInternet *bool   `json:"capsule_internet,omitempty"`
-	Name            *string `json:"name,omitempty"`
+	CapsuleInternet *bool `json:"capsule_internet,omitempty"`
+
+	// DefaultIsolation Default isolation of the team's new capsules: container, gvisor or microvm; "" clears it (the platform's --default-isolation applies).
+	DefaultIsolation *string `json:"default_isolation,omitempty"`
+	Name             *string `json:"name,omitempty"`
 }
 
 // Template defines model for Template.
@@ -1485,6 +1534,9 @@ type Template struct {
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
 	ID              string    `json:"id"`
+
+	// Isolation The template's default isolation of capsules created from it when the create names none (omitted: the team's default). Set by an admin of the template's team with PATCH.
+	Isolation string `json:"isolation,omitempty"`
 
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
@@ -1505,6 +1557,9 @@ type TemplateList struct {
 type TemplateUpdate struct {
 	// CapsuleInternet Default allow_internet of capsules created from the template; null clears it (the team's default applies).
 	CapsuleInternet *bool `json:"capsule_internet,omitempty"`
+
+	// Isolation Default isolation of capsules created from the template: container, gvisor or microvm; "" clears it (the team's default applies).
+	Isolation *string `json:"isolation,omitempty"`
 }
 
 // Token defines model for Token.

@@ -38,9 +38,15 @@ type Usage struct {
 type Capabilities struct {
 	// Runtimes are the runtime drivers the agent runs (e.g. "container").
 	Runtimes []string `json:"runtimes"`
-	// Isolations are how capsules are isolated (e.g. "runc": namespaces
-	// and cgroups; "kvm" for microVMs).
+	// Isolations are the isolations the host runs (container, gvisor,
+	// microvm). Agents older than isolation selection report "runc" for
+	// container; Supports reads both.
 	Isolations []string `json:"isolations"`
+	// IsolationSupport is every isolation the agent knows, available or
+	// not with the reason (empty from older agents).
+	IsolationSupport []IsolationSupport `json:"isolation_support,omitempty"`
+	// DefaultIsolation is the agent's isolation of a create naming none.
+	DefaultIsolation string `json:"default_isolation,omitempty"`
 	// MemorySnapshots: pause to disk keeps process memory (CRIU). When
 	// false, MemorySnapshotsReason says why.
 	MemorySnapshots       bool   `json:"memory_snapshots"`
@@ -49,6 +55,69 @@ type Capabilities struct {
 	// control plane the agent restarted, so creates it had in flight are
 	// gone.
 	StartedAt time.Time `json:"started_at,omitzero"`
+}
+
+// IsolationSupport is whether a host runs one isolation and why not.
+type IsolationSupport struct {
+	Name      string `json:"name"`
+	Available bool   `json:"available"`
+	Reason    string `json:"reason,omitempty"`
+	// KVM and Backend describe the microvm isolation: whether its VMs use
+	// KVM, and the VMM (qemu, firecracker).
+	KVM     bool   `json:"kvm,omitempty"`
+	Backend string `json:"backend,omitempty"`
+}
+
+// legacyIsolation maps what agents older than isolation selection put in
+// Isolations to an isolation name.
+func legacyIsolation(s string) string {
+	if s == "runc" {
+		return "container"
+	}
+	return s
+}
+
+// Supports reports whether the host runs isolation and, when it does not,
+// why. A host that reports no isolations at all (an agent from before
+// capabilities) runs containers only.
+func (c Capabilities) Supports(isolation string) (bool, string) {
+	for _, is := range c.IsolationSupport {
+		if is.Name == isolation {
+			return is.Available, is.Reason
+		}
+	}
+	if len(c.IsolationSupport) > 0 {
+		return false, "the host's agent does not know this isolation"
+	}
+	if len(c.Isolations) == 0 {
+		return isolation == "container", "the host runs containers only"
+	}
+	for _, s := range c.Isolations {
+		if legacyIsolation(s) == isolation {
+			return true, ""
+		}
+	}
+	return false, "the host does not offer it"
+}
+
+// Available lists the isolations the host runs (see Supports).
+func (c Capabilities) Available() []string {
+	var out []string
+	if len(c.IsolationSupport) > 0 {
+		for _, is := range c.IsolationSupport {
+			if is.Available {
+				out = append(out, is.Name)
+			}
+		}
+		return out
+	}
+	if len(c.Isolations) == 0 {
+		return []string{"container"}
+	}
+	for _, s := range c.Isolations {
+		out = append(out, legacyIsolation(s))
+	}
+	return out
 }
 
 // Registration is what the control plane returns on register.

@@ -47,7 +47,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -403,8 +402,6 @@ func (d *Driver) CRIUAvailable() bool { return d.criu }
 // CRIUUnavailableReason says why memory snapshots are off ("" when on).
 func (d *Driver) CRIUUnavailableReason() string { return d.criuOff }
 
-var idRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-
 func newKey() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
@@ -419,21 +416,11 @@ func (d *Driver) cgroupPath(key string) string { return d.cfg.CgroupParent + "/"
 
 // normalize applies defaults and validates a spec.
 func (d *Driver) normalize(spec runtime.Spec) (runtime.Spec, template.Template, error) {
-	if !idRE.MatchString(spec.ID) {
-		return spec, template.Template{}, fmt.Errorf("%w: id %q", runtime.ErrInvalidSpec, spec.ID)
-	}
-	tmpl, err := d.cfg.Templates.Get(spec.Template)
+	spec, tmpl, err := runtime.Normalize(spec, runtime.Defaults{
+		VCPUs: d.cfg.DefaultVCPUs, MemoryMB: d.cfg.DefaultMemoryMB, DiskSizeMB: d.cfg.DefaultDiskSizeMB,
+	}, d.cfg.Templates.Get)
 	if err != nil {
-		return spec, tmpl, fmt.Errorf("%w: %q: %w", runtime.ErrNoTemplate, spec.Template, err)
-	}
-	if spec.VCPUs == 0 {
-		spec.VCPUs = d.cfg.DefaultVCPUs
-	}
-	if spec.MemoryMB == 0 {
-		spec.MemoryMB = d.cfg.DefaultMemoryMB
-	}
-	if spec.DiskSizeMB == 0 {
-		spec.DiskSizeMB = d.cfg.DefaultDiskSizeMB
+		return spec, tmpl, err
 	}
 	if spec.VCPUs < 0 || spec.MemoryMB < d.cfg.MinMemoryMB || spec.DiskSizeMB < 0 {
 		return spec, tmpl, fmt.Errorf("%w: vcpus %d, memory %d MB, disk %d MB", runtime.ErrInvalidSpec, spec.VCPUs, spec.MemoryMB, spec.DiskSizeMB)

@@ -47,7 +47,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -328,6 +327,10 @@ var (
 // UsesKVM reports whether this driver's VMs use KVM.
 func (d *Driver) UsesKVM() bool { return d.kvm }
 
+// Backend is the VMM's short name (qemu, firecracker), for the host's
+// capabilities.
+func (d *Driver) Backend() string { return d.vmm.Name() }
+
 // hostTSCkHz reads the host CPU's frequency from /proc/cpuinfo (the TSC
 // of a TCG guest ticks at the host's rate); 0 if unknown.
 func hostTSCkHz() int {
@@ -352,8 +355,6 @@ func (d *Driver) Name() string { return "microvm" }
 // Network exposes the network manager.
 func (d *Driver) Network() *network.Manager { return d.net }
 
-var idRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-
 func newKey() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
@@ -365,21 +366,11 @@ func (d *Driver) diskPath(key string) string { return filepath.Join(d.dir(key), 
 func (d *Driver) memPath(key string) string  { return filepath.Join(d.cfg.MemDir, key+".mem") }
 
 func (d *Driver) normalize(spec runtime.Spec) (runtime.Spec, template.Template, error) {
-	if !idRE.MatchString(spec.ID) {
-		return spec, template.Template{}, fmt.Errorf("%w: id %q", runtime.ErrInvalidSpec, spec.ID)
-	}
-	tmpl, err := d.cfg.Templates.Get(spec.Template)
+	spec, tmpl, err := runtime.Normalize(spec, runtime.Defaults{
+		VCPUs: d.cfg.DefaultVCPUs, MemoryMB: d.cfg.DefaultMemoryMB, DiskSizeMB: d.cfg.DefaultDiskSizeMB,
+	}, d.cfg.Templates.Get)
 	if err != nil {
-		return spec, tmpl, fmt.Errorf("%w: %q: %w", runtime.ErrNoTemplate, spec.Template, err)
-	}
-	if spec.VCPUs == 0 {
-		spec.VCPUs = d.cfg.DefaultVCPUs
-	}
-	if spec.MemoryMB == 0 {
-		spec.MemoryMB = d.cfg.DefaultMemoryMB
-	}
-	if spec.DiskSizeMB == 0 {
-		spec.DiskSizeMB = d.cfg.DefaultDiskSizeMB
+		return spec, tmpl, err
 	}
 	if spec.VCPUs < 1 || spec.VCPUs > 64 {
 		return spec, tmpl, fmt.Errorf("%w: vcpus %d (1-64)", runtime.ErrInvalidSpec, spec.VCPUs)

@@ -95,7 +95,7 @@ func (d *Driver) readRecord(key string) (*record, error) {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return nil, err
 	}
-	if rec.Key != key || !idRE.MatchString(rec.ID) {
+	if rec.Key != key || !runtime.ValidID(rec.ID) {
 		return nil, fmt.Errorf("state.json of %s names %q/%q", key, rec.Key, rec.ID)
 	}
 	return &rec, nil

@@ -51,7 +51,7 @@ func str(p *string) string {
 func toTeam(t db.Team) store.Team {
 	out := store.Team{
 		ID: t.ID, Name: t.Name, IsBYOC: t.IsByoc, IsPlatform: t.IsPlatform, CapsuleInternet: t.CapsuleInternet,
-		CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
+		DefaultIsolation: str(t.DefaultIsolation), CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
 	}
 	if t.AllowedPrivateRanges != nil {
 		// Written only by SetTeamPrivateRanges; a row that does not parse
@@ -115,7 +115,7 @@ func (s *Store) ListTeamsForUser(ctx context.Context, userID string) ([]store.Te
 		out = append(out, store.TeamMembership{
 			Team: toTeam(db.Team{
 				ID: r.ID, Name: r.Name, IsByoc: r.IsByoc, IsPlatform: r.IsPlatform,
-				CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, CapsuleInternet: r.CapsuleInternet,
+				CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, CapsuleInternet: r.CapsuleInternet, DefaultIsolation: r.DefaultIsolation,
 			}),
 			Role: store.Role(r.Role),
 		})
@@ -133,6 +133,12 @@ func (s *Store) RenameTeam(ctx context.Context, id, name string) error {
 func (s *Store) SetTeamCapsuleInternet(ctx context.Context, id string, v *bool) error {
 	n, err := s.qw.SetTeamCapsuleInternet(ctx, db.SetTeamCapsuleInternetParams{ID: id, CapsuleInternet: v, UpdatedAt: ts(store.Now())})
 	return one(n, err, "set team capsule internet")
+}
+
+// SetTeamDefaultIsolation implements store.Store.
+func (s *Store) SetTeamDefaultIsolation(ctx context.Context, id, isolation string) error {
+	n, err := s.qw.SetTeamDefaultIsolation(ctx, db.SetTeamDefaultIsolationParams{ID: id, DefaultIsolation: strp(isolation), UpdatedAt: ts(store.Now())})
+	return one(n, err, "set team default isolation")
 }
 
 // SetTeamPrivateRanges implements store.Store.
@@ -809,7 +815,7 @@ func toTemplate(t db.Template) store.Template {
 	return store.Template{
 		ID: t.ID, TeamID: t.TeamID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, HostID: str(t.HostID),
 		Checksum: str(t.Checksum), Memory: t.Memory, SourceCapsuleID: str(t.SourceCapsuleID),
-		CapsuleInternet: t.CapsuleInternet, CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
+		CapsuleInternet: t.CapsuleInternet, Isolation: str(t.Isolation), CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
 	}
 }
 
@@ -884,6 +890,14 @@ func (s *Store) SetTemplateCapsuleInternet(ctx context.Context, teamID, id strin
 		TeamID: teamID, ID: id, CapsuleInternet: v, UpdatedAt: ts(store.Now()),
 	})
 	return one(n, err, "set template capsule internet")
+}
+
+// SetTemplateIsolation implements store.Store.
+func (s *Store) SetTemplateIsolation(ctx context.Context, teamID, id, isolation string) error {
+	n, err := s.qw.SetTemplateIsolation(ctx, db.SetTemplateIsolationParams{
+		TeamID: teamID, ID: id, Isolation: strp(isolation), UpdatedAt: ts(store.Now()),
+	})
+	return one(n, err, "set template isolation")
 }
 
 // DeleteTemplate implements store.Store.
@@ -1048,7 +1062,7 @@ func toCapsule(c db.Capsule) (store.Capsule, error) {
 		DiskSizeMB: c.DiskSizeMb, TimeoutSec: c.TimeoutSec, ExpiresAt: tmp(c.ExpiresAt), Env: env,
 		Public: c.Public, AccessTokenHash: c.AccessTokenHash, CreatedBy: str(c.CreatedBy),
 		CreatedAt: tm(c.CreatedAt), UpdatedAt: tm(c.UpdatedAt), PausedAt: tmp(c.PausedAt),
-		AllowInternet: c.AllowInternet, ErrorReason: c.ErrorReason,
+		AllowInternet: c.AllowInternet, ErrorReason: c.ErrorReason, Isolation: c.Isolation,
 	}, nil
 }
 
@@ -1100,11 +1114,15 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 		e := store.Truncate(*c.ExpiresAt)
 		exp = &e
 	}
+	if c.Isolation == "" {
+		c.Isolation = store.DefaultIsolation
+	}
 	row, err := s.qw.CreateCapsule(ctx, db.CreateCapsuleParams{
 		ID: c.ID, TeamID: c.TeamID, TemplateID: c.TemplateID, HostID: strp(c.HostID), Status: string(c.Status),
 		Vcpus: c.VCPUs, MemoryMb: c.MemoryMB, DiskSizeMb: c.DiskSizeMB, TimeoutSec: c.TimeoutSec,
 		ExpiresAt: tsp(exp), Env: env, Public: c.Public, AccessTokenHash: c.AccessTokenHash,
 		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet, Metadata: md, Network: nw,
+		Isolation: c.Isolation,
 	})
 	if err != nil {
 		return store.Capsule{}, mapErr(err, "create capsule")

@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Capsules", testCapsules},
 		{"CapsulePagination", testCapsulePagination},
 		{"CapsuleNetwork", testCapsuleNetwork},
+		{"IsolationChoice", testIsolationChoice},
 		{"TeamIsolation", testTeamIsolation},
 		{"DeleteTeamCascades", testDeleteTeamCascades},
 		{"Audit", testAudit},
@@ -757,6 +758,43 @@ func testCapsuleErrorReason(t *testing.T, s store.Store, teamID string) {
 	eq(t, "leave error", must(s.UpdateCapsuleStatus(ctx, teamID, c.ID, store.CapsuleError, store.CapsuleRunning))(t), true)
 	eq(t, "reason cleared", must(s.GetCapsule(ctx, teamID, c.ID))(t).ErrorReason, "")
 	noErr(t, s.DeleteCapsule(ctx, teamID, c.ID))
+}
+
+// testIsolationChoice (migration 13): a capsule's isolation is stored at
+// create ("container" when none is given); a team's default isolation and
+// a template's are unset, set and cleared, each scoped to its team.
+func testIsolationChoice(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	team := newTeam(t, s, "iso")
+	other := newTeam(t, s, "iso-other")
+	eq(t, "team default unset", team.DefaultIsolation, "")
+	noErr(t, s.SetTeamDefaultIsolation(ctx, team.ID, "gvisor"))
+	eq(t, "team default set", must(s.GetTeam(ctx, team.ID))(t).DefaultIsolation, "gvisor")
+	eq(t, "other team untouched", must(s.GetTeam(ctx, other.ID))(t).DefaultIsolation, "")
+	u := newUser(t, s, "iso@example.com", false)
+	must(s.AddTeamMember(ctx, team.ID, u.ID, store.RoleOwner))(t)
+	ms := must(s.ListTeamsForUser(ctx, u.ID))(t)
+	if len(ms) != 1 || ms[0].Team.DefaultIsolation != "gvisor" {
+		t.Fatalf("team list: default isolation not gvisor: %+v", ms)
+	}
+	noErr(t, s.SetTeamDefaultIsolation(ctx, team.ID, ""))
+	eq(t, "team default cleared", must(s.GetTeam(ctx, team.ID))(t).DefaultIsolation, "")
+	wantErr(t, s.SetTeamDefaultIsolation(ctx, "team-nope", "gvisor"), store.ErrNotFound)
+
+	tpl := must(s.CreateTemplate(ctx, store.Template{TeamID: team.ID, Name: "iso-tpl"}))(t)
+	eq(t, "template default unset", tpl.Isolation, "")
+	noErr(t, s.SetTemplateIsolation(ctx, team.ID, tpl.ID, "microvm"))
+	eq(t, "template default set", must(s.GetTemplate(ctx, team.ID, tpl.ID))(t).Isolation, "microvm")
+	eq(t, "template by name", must(s.GetTemplateByName(ctx, team.ID, "iso-tpl"))(t).Isolation, "microvm")
+	wantErr(t, s.SetTemplateIsolation(ctx, other.ID, tpl.ID, ""), store.ErrNotFound)
+	noErr(t, s.SetTemplateIsolation(ctx, team.ID, tpl.ID, ""))
+	eq(t, "template default cleared", must(s.GetTemplate(ctx, team.ID, tpl.ID))(t).Isolation, "")
+
+	plain := must(s.CreateCapsule(ctx, store.Capsule{TeamID: team.ID, TemplateID: tpl.ID}))(t)
+	eq(t, "capsule isolation defaulted", plain.Isolation, store.DefaultIsolation)
+	gv := must(s.CreateCapsule(ctx, store.Capsule{TeamID: team.ID, TemplateID: tpl.ID, Isolation: "gvisor"}))(t)
+	eq(t, "capsule isolation at create", gv.Isolation, "gvisor")
+	eq(t, "capsule isolation read back", must(s.GetCapsule(ctx, team.ID, gv.ID))(t).Isolation, "gvisor")
 }
 
 // testCapsuleNetwork: a capsule's egress policy is stored at create and

@@ -56,6 +56,12 @@ export type Process = S['Process'];
 export type ProcessStarted = S['ProcessStarted'];
 /** Who the credential acts as (schema `Me`). */
 export type Me = S['Me'];
+/**
+ * How a capsule is isolated: `container` (runc), `gvisor` (gVisor's user-space kernel) or `microvm`
+ * (its own kernel in a VM). A create naming one no host of the team runs fails with an APIError whose
+ * code is `isolation_unavailable` (HTTP 422).
+ */
+export type Isolation = 'container' | 'gvisor' | 'microvm';
 /** A template build (schema `Build`). */
 export type Build = S['Build'];
 /** What a build runs (schema `BuildSpec`). */
@@ -182,6 +188,17 @@ export class Client {
   /** The server's health (`GET /health`). */
   async health(): Promise<S['Health']> {
     return (await this.json('GET', '/health')) as S['Health'];
+  }
+
+  /**
+   * Sets the default isolation of the team's new capsules (`container`, `gvisor`, `microvm`; `''` clears
+   * it: the platform's default applies). `teamId` defaults to the credential's team; needs the team's
+   * admin role.
+   */
+  async setTeamIsolation(isolation: Isolation | '', teamId?: string): Promise<S['Team']> {
+    const id = teamId ?? (await this.me()).team_id;
+    const body: S['TeamUpdate'] = { default_isolation: isolation };
+    return (await this.json('PATCH', '/v1/teams/' + encodeURIComponent(id), { json: body })) as S['Team'];
   }
 
   /** @internal */
@@ -740,6 +757,15 @@ export class Templates {
   /** One template by id (`tpl-…`; names are in list()). */
   async get(id: string): Promise<Template> {
     return (await this.c.json('GET', '/v1/templates/' + encodeURIComponent(id))) as Template;
+  }
+
+  /**
+   * Sets the default isolation of capsules created from one of the team's templates (`container`,
+   * `gvisor`, `microvm`; `''` clears it: the team's default applies). Needs the team's admin role.
+   */
+  async setIsolation(id: string, isolation: Isolation | ''): Promise<Template> {
+    const body: S['TemplateUpdate'] = { isolation };
+    return (await this.c.json('PATCH', '/v1/templates/' + encodeURIComponent(id), { json: body })) as Template;
   }
 
   /** Deletes one of the team's own templates by id; capsules using it keep running. */

@@ -512,7 +512,7 @@ export interface paths {
         };
         options?: never;
         head?: never;
-        /** Rename, or set the default allow_internet of new capsules (owner or admin). */
+        /** Rename, or set the default allow_internet or isolation of new capsules (owner or admin). */
         patch: {
             parameters: {
                 query?: never;
@@ -1028,7 +1028,7 @@ export interface paths {
         };
         options?: never;
         head?: never;
-        /** Change one of the team's own templates (team admin): its capsule_internet default. Audited. */
+        /** Change one of the team's own templates (team admin): its capsule_internet and isolation defaults. Audited. */
         patch: {
             parameters: {
                 query?: never;
@@ -1316,6 +1316,8 @@ export interface paths {
                         "application/json": components["schemas"]["Capsule"];
                     };
                 };
+                400: components["responses"]["Error"];
+                422: components["responses"]["Error"];
                 503: components["responses"]["Error"];
             };
         };
@@ -3673,6 +3675,8 @@ export interface components {
             created_at: string;
             /** @description The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it. */
             capsule_internet?: boolean;
+            /** @description The team's default isolation of new capsules when neither the create nor the template names one (omitted: the platform's --default-isolation). Set by a team admin (PATCH /v1/teams/{teamID}) or a platform admin (PATCH /v1/admin/teams/{teamID}). */
+            default_isolation?: string;
         };
         AdminTeam: components["schemas"]["Team"] & {
             is_platform: boolean;
@@ -3693,6 +3697,8 @@ export interface components {
             name?: string;
             /** @description Default allow_internet of the team's new capsules (true is the platform default). */
             capsule_internet?: boolean;
+            /** @description Default isolation of the team's new capsules: container, gvisor or microvm; "" clears it (the platform's --default-isolation applies). */
+            default_isolation?: string;
         };
         SetBYOC: {
             byoc: boolean;
@@ -3796,6 +3802,8 @@ export interface components {
             shared?: boolean;
             /** @description The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH. */
             capsule_internet?: boolean;
+            /** @description The template's default isolation of capsules created from it when the create names none (omitted: the team's default). Set by an admin of the template's team with PATCH. */
+            isolation?: string;
         };
         TemplateList: {
             templates: components["schemas"]["Template"][];
@@ -3810,11 +3818,15 @@ export interface components {
         TemplateUpdate: {
             /** @description Default allow_internet of capsules created from the template; null clears it (the team's default applies). */
             capsule_internet?: boolean | null;
+            /** @description Default isolation of capsules created from the template: container, gvisor or microvm; "" clears it (the team's default applies). */
+            isolation?: string;
         };
         /** @description Fields to change (at least one). */
         AdminTeamUpdate: {
             /** @description Replaces the team's allowed private ranges (empty list: none): IPv4 CIDRs or addresses inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 192.0.0.0/24 or 198.18.0.0/15, at most 100. */
             allowed_private_ranges?: string[];
+            /** @description The team's default isolation of new capsules (as a team admin sets it with PATCH /v1/teams/{teamID}); "" clears it. */
+            default_isolation?: string;
         };
         CreateCapsule: {
             /**
@@ -3861,6 +3873,8 @@ export interface components {
             };
             /** @description Egress policy and rate limits (default: every public destination, 200 MB/s each way). With allow_internet false only the rate limits may be given. */
             network?: components["schemas"]["CapsuleNetwork"];
+            /** @description How to isolate the capsule: container (runc: namespaces, cgroups, seccomp, a user namespace), gvisor (gVisor's user-space kernel) or microvm (its own kernel in a VM). Omitted: the template's default, else the team's, else the platform's (--default-isolation, normally container). An unknown name is 400 invalid_argument; one no host of the team runs is 422 isolation_unavailable, naming what the hosts lack. */
+            isolation?: string;
         };
         Capsule: {
             /** @example cl-3k9xq2m7a1b4c5d6 */
@@ -3900,6 +3914,8 @@ export interface components {
             memory_kept?: boolean;
             /** @description The egress policy in force (omitted: the defaults). */
             network?: components["schemas"]["CapsuleNetwork"];
+            /** @description How the capsule is isolated (container, gvisor, microvm), chosen at create and kept for its life (resume uses it too). */
+            isolation?: string;
         };
         /** @description A capsule's egress policy and rate limits. Rules are IPv4 CIDRs, single IPv4 addresses or domain names (example.com: that name; *.example.com: every name below it). An allow rule wins over a deny rule; deny_out ["0.0.0.0/0"] with allow_out makes an allow-list (domain names in allow_out need it). The host, other capsules, link-local with 169.254.169.254, and private ranges stay unreachable whatever the policy. At most 1,000 rules in all. */
         CapsuleNetwork: {
@@ -4282,13 +4298,28 @@ export interface components {
         HostCapabilities: {
             /** @description Runtime drivers the agent runs, e.g. container. */
             runtimes: string[];
-            /** @description How capsules are isolated, e.g. runc. */
+            /** @description The isolations the host runs (container, gvisor, microvm); hosts whose agent predates isolation selection report container. */
             isolations: string[];
+            /** @description Every isolation and whether the host runs it, with the reason when not (omitted by agents that predate isolation selection: they run containers only). */
+            isolation_support?: components["schemas"]["IsolationSupport"][];
+            /** @description The host agent's isolation of a create that names none. */
+            default_isolation?: string;
             memory_snapshots: components["schemas"]["MemorySnapshots"];
             overcommit: components["schemas"]["Overcommit"];
             free: components["schemas"]["HostFree"];
             /** Format: date-time */
             agent_started_at: string | null;
+        };
+        IsolationSupport: {
+            /** @description container, gvisor or microvm. */
+            name: string;
+            available: boolean;
+            /** @description Why not, when not available (e.g. runsc is not configured). */
+            reason?: string;
+            /** @description microvm: the VMs use KVM (false: emulated by QEMU's TCG, much slower). */
+            kvm?: boolean;
+            /** @description microvm: the VMM, qemu or firecracker. */
+            backend?: string;
         };
         MemorySnapshots: {
             /** @description Pause to disk keeps process memory (CRIU). */
@@ -4316,6 +4347,8 @@ export interface components {
         HostCapabilitiesReport: {
             runtimes?: string[];
             isolations?: string[];
+            isolation_support?: components["schemas"]["IsolationSupport"][];
+            default_isolation?: string;
             memory_snapshots?: boolean;
             memory_snapshots_reason?: string;
             /**

@@ -79,6 +79,7 @@ type Capsule struct {
 	ErrorReason     string
 	Metadata        []byte
 	Network         []byte
+	Isolation       string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -147,6 +148,7 @@ type Team struct {
 	UpdatedAt            time.Time
 	CapsuleInternet      *bool
 	AllowedPrivateRanges *string
+	DefaultIsolation     *string
 }
 
 type TeamInvite struct {
@@ -181,6 +183,7 @@ type Template struct {
 	SourceCapsuleID *string
 	Memory          bool
 	CapsuleInternet *bool
+	Isolation       *string
 }
 
 type User struct {

@@ -86,6 +86,10 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 UPDATE templates SET capsule_internet = sqlc.narg(capsule_internet), updated_at = sqlc.arg(updated_at)
 WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
+-- name: SetTemplateIsolation :execrows
+UPDATE templates SET isolation = sqlc.narg(isolation), updated_at = sqlc.arg(updated_at)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
 -- name: DeleteTemplate :execrows
 DELETE FROM templates WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
@@ -112,11 +116,12 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(fr
 
 -- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(template_id), sqlc.narg(host_id), sqlc.arg(status),
         sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_size_mb), sqlc.arg(timeout_sec),
         sqlc.narg(expires_at), sqlc.arg(env), sqlc.arg(public), sqlc.arg(access_token_hash),
-        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(allow_internet), sqlc.arg(metadata), sqlc.narg(network))
+        sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(allow_internet), sqlc.arg(metadata), sqlc.narg(network),
+        sqlc.arg(isolation))
 RETURNING *;
 
 -- name: GetCapsule :one

@@ -13,7 +13,7 @@ SELECT * FROM teams WHERE is_platform = TRUE;
 SELECT * FROM teams ORDER BY created_at, id;
 
 -- name: ListTeamsForUser :many
-SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, m.role
+SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.default_isolation, m.role
 FROM teams t JOIN team_members m ON m.team_id = t.id
 WHERE m.user_id = sqlc.arg(user_id)
 ORDER BY t.created_at, t.id;
@@ -29,6 +29,9 @@ UPDATE teams SET capsule_internet = sqlc.narg(capsule_internet), updated_at = sq
 
 -- name: SetTeamPrivateRanges :execrows
 UPDATE teams SET allowed_private_ranges = sqlc.narg(allowed_private_ranges), updated_at = sqlc.arg(updated_at) WHERE id = sqlc.arg(id);
+
+-- name: SetTeamDefaultIsolation :execrows
+UPDATE teams SET default_isolation = sqlc.narg(default_isolation), updated_at = sqlc.arg(updated_at) WHERE id = sqlc.arg(id);
 
 -- name: DeleteTeam :execrows
 DELETE FROM teams WHERE id = sqlc.arg(id) AND is_platform = FALSE;

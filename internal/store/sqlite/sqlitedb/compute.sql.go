@@ -114,12 +114,13 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation)
 VALUES (?1, ?2, ?3, ?4, ?5,
         ?6, ?7, ?8, ?9,
         ?10, ?11, ?12, ?13,
-        ?14, ?15, ?15, ?16, ?17, ?18)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network
+        ?14, ?15, ?15, ?16, ?17, ?18,
+        ?19)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation
 `
 
 type CreateCapsuleParams struct {
@@ -141,6 +142,7 @@ type CreateCapsuleParams struct {
 	AllowInternet   bool
 	Metadata        []byte
 	Network         []byte
+	Isolation       string
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -163,6 +165,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.AllowInternet,
 		arg.Metadata,
 		arg.Network,
+		arg.Isolation,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -187,6 +190,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.ErrorReason,
 		&i.Metadata,
 		&i.Network,
+		&i.Isolation,
 	)
 	return i, err
 }
@@ -218,7 +222,7 @@ func (q *Queries) CreateHostToken(ctx context.Context, arg CreateHostTokenParams
 const createTemplate = `-- name: CreateTemplate :one
 INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, checksum, memory, source_capsule_id, created_at, updated_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
-RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet
+RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation
 `
 
 type CreateTemplateParams struct {
@@ -261,6 +265,7 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		&i.SourceCapsuleID,
 		&i.Memory,
 		&i.CapsuleInternet,
+		&i.Isolation,
 	)
 	return i, err
 }
@@ -340,7 +345,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE team_id = ?1 AND id = ?2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules WHERE team_id = ?1 AND id = ?2
 `
 
 type GetCapsuleParams struct {
@@ -373,12 +378,13 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.ErrorReason,
 		&i.Metadata,
 		&i.Network,
+		&i.Isolation,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE id = ?1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules WHERE id = ?1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -406,6 +412,7 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.ErrorReason,
 		&i.Metadata,
 		&i.Network,
+		&i.Isolation,
 	)
 	return i, err
 }
@@ -471,7 +478,7 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates WHERE id = ?1 AND (team_id = ?2 OR public = TRUE)
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates WHERE id = ?1 AND (team_id = ?2 OR public = TRUE)
 `
 
 type GetTemplateParams struct {
@@ -495,12 +502,13 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.SourceCapsuleID,
 		&i.Memory,
 		&i.CapsuleInternet,
+		&i.Isolation,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates
 WHERE name = ?1 AND (team_id = ?2 OR public = TRUE)
 ORDER BY public, id -- the team's own (private) template first
 LIMIT 1
@@ -527,6 +535,7 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.SourceCapsuleID,
 		&i.Memory,
 		&i.CapsuleInternet,
+		&i.Isolation,
 	)
 	return i, err
 }
@@ -694,7 +703,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules
 WHERE (status = ?1 OR ?1 = '')
   AND (created_at, id) < (?2, CAST(?3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -744,6 +753,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.ErrorReason,
 			&i.Metadata,
 			&i.Network,
+			&i.Isolation,
 		); err != nil {
 			return nil, err
 		}
@@ -759,7 +769,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 }
 
 const listAllTemplates = `-- name: ListAllTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates ORDER BY team_id, name
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates ORDER BY team_id, name
 `
 
 func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
@@ -784,6 +794,7 @@ func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
 			&i.SourceCapsuleID,
 			&i.Memory,
 			&i.CapsuleInternet,
+			&i.Isolation,
 		); err != nil {
 			return nil, err
 		}
@@ -838,7 +849,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules
 WHERE team_id = ?1
   AND (status = ?2 OR ?2 = '')
   AND (created_at, id) < (?3, CAST(?4 AS TEXT))
@@ -891,6 +902,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.ErrorReason,
 			&i.Metadata,
 			&i.Network,
+			&i.Isolation,
 		); err != nil {
 			return nil, err
 		}
@@ -906,7 +918,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules WHERE host_id = ?1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules WHERE host_id = ?1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -940,6 +952,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.ErrorReason,
 			&i.Metadata,
 			&i.Network,
+			&i.Isolation,
 		); err != nil {
 			return nil, err
 		}
@@ -955,7 +968,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules
 WHERE expires_at <= ?1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT ?2
@@ -997,6 +1010,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.ErrorReason,
 			&i.Metadata,
 			&i.Network,
+			&i.Isolation,
 		); err != nil {
 			return nil, err
 		}
@@ -1150,7 +1164,7 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet FROM templates WHERE team_id = ?1 OR public = TRUE ORDER BY name, id
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates WHERE team_id = ?1 OR public = TRUE ORDER BY name, id
 `
 
 func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template, error) {
@@ -1175,6 +1189,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 			&i.SourceCapsuleID,
 			&i.Memory,
 			&i.CapsuleInternet,
+			&i.Isolation,
 		); err != nil {
 			return nil, err
 		}
@@ -1391,6 +1406,31 @@ type SetTemplateCapsuleInternetParams struct {
 func (q *Queries) SetTemplateCapsuleInternet(ctx context.Context, arg SetTemplateCapsuleInternetParams) (int64, error) {
 	result, err := q.exec(ctx, q.setTemplateCapsuleInternetStmt, setTemplateCapsuleInternet,
 		arg.CapsuleInternet,
+		arg.UpdatedAt,
+		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setTemplateIsolation = `-- name: SetTemplateIsolation :execrows
+UPDATE templates SET isolation = ?1, updated_at = ?2
+WHERE team_id = ?3 AND id = ?4
+`
+
+type SetTemplateIsolationParams struct {
+	Isolation *string
+	UpdatedAt int64
+	TeamID    string
+	ID        string
+}
+
+func (q *Queries) SetTemplateIsolation(ctx context.Context, arg SetTemplateIsolationParams) (int64, error) {
+	result, err := q.exec(ctx, q.setTemplateIsolationStmt, setTemplateIsolation,
+		arg.Isolation,
 		arg.UpdatedAt,
 		arg.TeamID,
 		arg.ID,

@@ -294,11 +294,17 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setTeamCapsuleInternetStmt, err = db.PrepareContext(ctx, setTeamCapsuleInternet); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamCapsuleInternet: %w", err)
 	}
+	if q.setTeamDefaultIsolationStmt, err = db.PrepareContext(ctx, setTeamDefaultIsolation); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTeamDefaultIsolation: %w", err)
+	}
 	if q.setTeamPrivateRangesStmt, err = db.PrepareContext(ctx, setTeamPrivateRanges); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamPrivateRanges: %w", err)
 	}
 	if q.setTemplateCapsuleInternetStmt, err = db.PrepareContext(ctx, setTemplateCapsuleInternet); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTemplateCapsuleInternet: %w", err)
+	}
+	if q.setTemplateIsolationStmt, err = db.PrepareContext(ctx, setTemplateIsolation); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTemplateIsolation: %w", err)
 	}
 	if q.setUserEmailVerifiedStmt, err = db.PrepareContext(ctx, setUserEmailVerified); err != nil {
 		return nil, fmt.Errorf("error preparing query SetUserEmailVerified: %w", err)
@@ -794,6 +800,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setTeamCapsuleInternetStmt: %w", cerr)
 		}
 	}
+	if q.setTeamDefaultIsolationStmt != nil {
+		if cerr := q.setTeamDefaultIsolationStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTeamDefaultIsolationStmt: %w", cerr)
+		}
+	}
 	if q.setTeamPrivateRangesStmt != nil {
 		if cerr := q.setTeamPrivateRangesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTeamPrivateRangesStmt: %w", cerr)
@@ -802,6 +813,11 @@ func (q *Queries) Close() error {
 	if q.setTemplateCapsuleInternetStmt != nil {
 		if cerr := q.setTemplateCapsuleInternetStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTemplateCapsuleInternetStmt: %w", cerr)
+		}
+	}
+	if q.setTemplateIsolationStmt != nil {
+		if cerr := q.setTemplateIsolationStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTemplateIsolationStmt: %w", cerr)
 		}
 	}
 	if q.setUserEmailVerifiedStmt != nil {
@@ -998,8 +1014,10 @@ type Queries struct {
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
 	setTeamCapsuleInternetStmt       *sql.Stmt
+	setTeamDefaultIsolationStmt      *sql.Stmt
 	setTeamPrivateRangesStmt         *sql.Stmt
 	setTemplateCapsuleInternetStmt   *sql.Stmt
+	setTemplateIsolationStmt         *sql.Stmt
 	setUserEmailVerifiedStmt         *sql.Stmt
 	setUserNameStmt                  *sql.Stmt
 	setUserPasswordStmt              *sql.Stmt
@@ -1109,8 +1127,10 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
 		setTeamCapsuleInternetStmt:       q.setTeamCapsuleInternetStmt,
+		setTeamDefaultIsolationStmt:      q.setTeamDefaultIsolationStmt,
 		setTeamPrivateRangesStmt:         q.setTeamPrivateRangesStmt,
 		setTemplateCapsuleInternetStmt:   q.setTemplateCapsuleInternetStmt,
+		setTemplateIsolationStmt:         q.setTemplateIsolationStmt,
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,
 		setUserNameStmt:                  q.setUserNameStmt,
 		setUserPasswordStmt:              q.setUserPasswordStmt,

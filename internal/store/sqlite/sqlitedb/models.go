@@ -75,6 +75,7 @@ type Capsule struct {
 	ErrorReason     string
 	Metadata        []byte
 	Network         []byte
+	Isolation       string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -143,6 +144,7 @@ type Team struct {
 	UpdatedAt            int64
 	CapsuleInternet      *bool
 	AllowedPrivateRanges *string
+	DefaultIsolation     *string
 }
 
 type TeamInvite struct {
@@ -177,6 +179,7 @@ type Template struct {
 	SourceCapsuleID *string
 	Memory          bool
 	CapsuleInternet *bool
+	Isolation       *string
 }
 
 type User struct {

@@ -42,7 +42,7 @@ func (q *Queries) AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (T
 const createTeam = `-- name: CreateTeam :one
 INSERT INTO teams (id, name, is_byoc, is_platform, created_at, updated_at)
 VALUES (?1, ?2, ?3, FALSE, ?4, ?4)
-RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges
+RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation
 `
 
 type CreateTeamParams struct {
@@ -69,6 +69,7 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
+		&i.DefaultIsolation,
 	)
 	return i, err
 }
@@ -147,7 +148,7 @@ func (q *Queries) DeleteTeamInvite(ctx context.Context, arg DeleteTeamInvitePara
 }
 
 const getPlatformTeam = `-- name: GetPlatformTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams WHERE is_platform = TRUE
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation FROM teams WHERE is_platform = TRUE
 `
 
 func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
@@ -162,12 +163,13 @@ func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
+		&i.DefaultIsolation,
 	)
 	return i, err
 }
 
 const getTeam = `-- name: GetTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams WHERE id = ?1
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation FROM teams WHERE id = ?1
 `
 
 func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
@@ -182,6 +184,7 @@ func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
+		&i.DefaultIsolation,
 	)
 	return i, err
 }
@@ -379,7 +382,7 @@ func (q *Queries) ListTeamMembers(ctx context.Context, teamID string) ([]ListTea
 }
 
 const listTeams = `-- name: ListTeams :many
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams ORDER BY created_at, id
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation FROM teams ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
@@ -400,6 +403,7 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 			&i.UpdatedAt,
 			&i.CapsuleInternet,
 			&i.AllowedPrivateRanges,
+			&i.DefaultIsolation,
 		); err != nil {
 			return nil, err
 		}
@@ -415,21 +419,22 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 }
 
 const listTeamsForUser = `-- name: ListTeamsForUser :many
-SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, m.role
+SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.default_isolation, m.role
 FROM teams t JOIN team_members m ON m.team_id = t.id
 WHERE m.user_id = ?1
 ORDER BY t.created_at, t.id
 `
 
 type ListTeamsForUserRow struct {
-	ID              string
-	Name            string
-	IsByoc          bool
-	IsPlatform      bool
-	CreatedAt       int64
-	UpdatedAt       int64
-	CapsuleInternet *bool
-	Role            string
+	ID               string
+	Name             string
+	IsByoc           bool
+	IsPlatform       bool
+	CreatedAt        int64
+	UpdatedAt        int64
+	CapsuleInternet  *bool
+	DefaultIsolation *string
+	Role             string
 }
 
 func (q *Queries) ListTeamsForUser(ctx context.Context, userID string) ([]ListTeamsForUserRow, error) {
@@ -449,6 +454,7 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID string) ([]ListTe
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.CapsuleInternet,
+			&i.DefaultIsolation,
 			&i.Role,
 		); err != nil {
 			return nil, err
@@ -547,6 +553,24 @@ type SetTeamCapsuleInternetParams struct {
 
 func (q *Queries) SetTeamCapsuleInternet(ctx context.Context, arg SetTeamCapsuleInternetParams) (int64, error) {
 	result, err := q.exec(ctx, q.setTeamCapsuleInternetStmt, setTeamCapsuleInternet, arg.CapsuleInternet, arg.UpdatedAt, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setTeamDefaultIsolation = `-- name: SetTeamDefaultIsolation :execrows
+UPDATE teams SET default_isolation = ?1, updated_at = ?2 WHERE id = ?3
+`
+
+type SetTeamDefaultIsolationParams struct {
+	DefaultIsolation *string
+	UpdatedAt        int64
+	ID               string
+}
+
+func (q *Queries) SetTeamDefaultIsolation(ctx context.Context, arg SetTeamDefaultIsolationParams) (int64, error) {
+	result, err := q.exec(ctx, q.setTeamDefaultIsolationStmt, setTeamDefaultIsolation, arg.DefaultIsolation, arg.UpdatedAt, arg.ID)
 	if err != nil {
 		return 0, err
 	}

@@ -37,6 +37,7 @@ from ._models import (
     Process,
     ProcessStarted,
     SnapshotTemplate,
+    Team,
     Template,
 )
 
@@ -222,6 +223,15 @@ class AsyncClient:
         """The server's health (``GET /health``)."""
         return await self._json("GET", "/health")
 
+    async def set_team_isolation(self, isolation: str, team_id: Optional[str] = None) -> Team:
+        """Set the default isolation of the team's new capsules (``"container"``, ``"gvisor"``,
+        ``"microvm"``; ``""`` clears it). ``team_id`` defaults to the credential's team. Needs the
+        team's admin role."""
+        if team_id is None:
+            team_id = (await self.me()).team_id
+        return Team.from_dict(await self._json("PATCH", "/v1/teams/" + quote(team_id, safe=""),
+                                               json_body={"default_isolation": isolation}))
+
 
 def _decode_error(status: int, body: bytes, request_id: Optional[str]) -> APIError:
     code, message = "", ""
@@ -306,6 +316,7 @@ class AsyncCapsules:
         allow_internet: Optional[bool] = None,
         metadata: Optional[Dict[str, str]] = None,
         network: Optional[Union[Network, Dict[str, Any]]] = None,
+        isolation: Optional[str] = None,
     ) -> "AsyncCapsule":
         """Create a capsule (``POST /v1/capsules``); omitted fields take the server's defaults.
 
@@ -317,13 +328,19 @@ class AsyncCapsules:
         ``allow_internet`` omitted takes the team's default (on unless a team
         admin turned it off).
 
+        ``isolation`` is ``"container"``, ``"gvisor"`` or ``"microvm"``
+        (omitted: the template's default, else the team's, else the
+        platform's). One no host of the team runs raises an :class:`APIError`
+        with ``code == "isolation_unavailable"`` (HTTP 422) naming what the
+        hosts lack.
+
         ``timeout`` is the time to live in seconds. Not retried: a failure may
         still have created a capsule (it is then listed in ``error``).
         """
         body = {k: v for k, v in dict(template=template, vcpus=vcpus, memory_mb=memory_mb,
                                       disk_size_mb=disk_size_mb, timeout_sec=timeout, env=env, public=public,
                                       allow_internet=allow_internet, metadata=metadata,
-                                      network=_network_dict(network)).items() if v is not None}
+                                      network=_network_dict(network), isolation=isolation).items() if v is not None}
         d = await self._c._json("POST", "/v1/capsules", json_body=body)
         return AsyncCapsule(self._c, CapsuleInfo.from_dict(d))
 
@@ -748,6 +765,12 @@ class AsyncTemplates:
     async def get(self, template_id: str) -> Template:
         """One template by id (`tpl-…`; names are in list())."""
         return Template.from_dict(await self._c._json("GET", "/v1/templates/" + quote(template_id, safe="")))
+
+    async def set_isolation(self, template_id: str, isolation: str) -> Template:
+        """Set the default isolation of capsules created from one of the team's templates
+        (``"container"``, ``"gvisor"``, ``"microvm"``; ``""`` clears it). Needs the team's admin role."""
+        return Template.from_dict(await self._c._json("PATCH", "/v1/templates/" + quote(template_id, safe=""),
+                                                      json_body={"isolation": isolation}))
 
     async def build(self, name: str, recipe: Optional[str] = None, context: Any = None, image: Any = None,
                     registry_auth: Optional[Dict[str, str]] = None, timeout_sec: Optional[int] = None) -> Build:

@@ -120,6 +120,8 @@ class CapsuleInfo(_Model):
     access_token: Optional[str] = None
     memory_kept: Optional[bool] = None
     network: Optional[Network] = None
+    # container, gvisor or microvm: chosen at create, kept for life.
+    isolation: Optional[str] = None
 
 
 @dataclass
@@ -145,6 +147,8 @@ class Template(_Model):
     shared: bool = False
     # The template's default for its capsules' internet (None: the team's).
     capsule_internet: Optional[bool] = None
+    # The template's default isolation of its capsules (None: the team's).
+    isolation: Optional[str] = None
 
 
 @dataclass
@@ -268,6 +272,8 @@ class Team(_Model):
     created_at: str = ""
     role: Optional[str] = None
     capsule_internet: Optional[bool] = None
+    # The team's default isolation of new capsules (None: the platform's).
+    default_isolation: Optional[str] = None
 
 
 @dataclass

@@ -104,6 +104,7 @@ class Client:
 
     me = _mirror("me")
     health = _mirror("health")
+    set_team_isolation = _mirror("set_team_isolation")
 
 
 class _Wrapped:
@@ -240,6 +241,7 @@ class Templates(_Wrapped):
 
     list = _mirror("list")
     get = _mirror("get")
+    set_isolation = _mirror("set_isolation")
     build = _mirror("build")
     builds = _mirror("builds")
     get_build = _mirror("get_build")
