@@ -36,7 +36,7 @@ func TestGVisorWorkloads(t *testing.T) {
 	const id = "cl-gcompat"
 	startCapsule(t, d, runtime.Spec{ID: id, Template: "gvcompat", MemoryMB: 1024, VCPUs: 1})
 	cases := []struct{ name, script, want string }{
-		{"pip wheel and local index", `set -e
+		{"pip wheel and install from the file", `set -e
 cd /tmp && mkdir -p proj/wrenncompat && cd proj
 printf 'def hello():\n    return "compat ok"\n' > wrenncompat/__init__.py
 printf '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n[project]\nname = "wrenncompat"\nversion = "1.0"\n' > pyproject.toml
