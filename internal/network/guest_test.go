@@ -77,7 +77,8 @@ func TestConfigureGuestAfterRunsc(t *testing.T) {
 	routes, _ := h.RouteList(eth, netlink.FAMILY_V4)
 	var gw bool
 	for _, r := range routes {
-		gw = gw || (r.Dst == nil && r.Gw.Equal(net.IP(network.InsideGateway.AsSlice())))
+		def := r.Dst == nil || r.Dst.String() == "0.0.0.0/0"
+		gw = gw || (def && r.Gw.Equal(net.IP(network.InsideGateway.AsSlice())))
 	}
 	if !gw {
 		t.Errorf("no default route through %s after ConfigureGuest: %v", network.InsideGateway, routes)
