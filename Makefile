@@ -133,11 +133,9 @@ test: deps gen-check vet lint build test-web test-go
 test-heavy: deps build
 	$(GO) test -tags heavy -count=1 -timeout 40m -run 'TestWorkloads|TestSeccomp|TestLXCFS' ./internal/runtime/container/
 
-# gVisor's conformance and isolation-router tests (issue 18, open): out of
-# `make test` since a capsule's teardown hung in CI (RTM_DELLINK of its
-# IFB device blocked in the kernel after a gVisor capsule; docs/GVISOR.md).
+# The gVisor suites alone (they also run in `make test`; docs/GVISOR.md).
 test-gvisor: deps build
-	WRENN_TEST_RUNSC="$${WRENN_TEST_RUNSC:-$$(scripts/runsc.sh)}" $(GO) test -tags gvisor -count=1 -timeout 25m -run 'TestGVisor|TestIsolationsRouter' ./internal/runtime/container/
+	WRENN_TEST_RUNSC="$${WRENN_TEST_RUNSC:-$$(scripts/runsc.sh)}" $(GO) test -count=1 -timeout 25m -v -run 'TestGVisor|TestIsolationsRouter' ./internal/runtime/container/
 
 bench: deps build
 	@scripts/bench.sh

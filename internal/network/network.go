@@ -502,13 +502,23 @@ func (m *Manager) Teardown(a Allocation) error {
 	m.den.mu.Lock()
 	delete(m.den.logs, a.Key)
 	m.den.mu.Unlock()
-	if l, err := netlink.LinkByName(a.Veth); err == nil {
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("network: delete %s: %w", a.Veth, err))
-		}
+	// Rate limiting goes first, in the reverse order of setRates: the
+	// veth's redirect filter and qdiscs, then the IFB they fed, then the
+	// veth. Deleting the veth first (as before) left the IFB to be deleted
+	// while the mirred action that held it was still being destroyed
+	// with the veth's ingress qdisc; once (after a gVisor capsule, whose
+	// netstack keeps the veth busy to the end) that RTM_DELLINK never
+	// returned and held up every later link change of the host.
+	if err := clearRates(a.Veth); err != nil {
+		errs = append(errs, err)
 	}
 	if err := deleteIFB(a.Key); err != nil {
 		errs = append(errs, err)
+	}
+	if l, err := netlink.LinkByName(a.Veth); err == nil {
+		if err := linkDel(l); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := deleteNetns(a.Netns); err != nil {
 		errs = append(errs, err)

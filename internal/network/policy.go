@@ -531,16 +531,62 @@ func setTBF(link int, rate uint64, burst uint32) error {
 	})
 }
 
+// clearRates removes what setRates put on the capsule's host-side veth:
+// the ingress qdisc (with the filter redirecting to the IFB) and the root
+// tbf. A missing veth or qdisc is fine.
+func clearRates(veth string) error {
+	l, err := netlink.LinkByName(veth)
+	if err != nil {
+		return nil
+	}
+	qdiscs, err := netlink.QdiscList(l)
+	if err != nil {
+		return fmt.Errorf("network: list qdiscs on %s: %w", veth, err)
+	}
+	var errs []error
+	for _, q := range qdiscs {
+		a := q.Attrs()
+		if a.LinkIndex != l.Attrs().Index || (a.Parent != netlink.HANDLE_INGRESS && a.Parent != netlink.HANDLE_ROOT) {
+			continue
+		}
+		if err := netlink.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("network: delete %s qdisc on %s: %w", q.Type(), veth, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // deleteIFB removes the capsule's IFB device (missing is fine).
 func deleteIFB(key string) error {
 	l, err := netlink.LinkByName(IFBPrefix + key)
 	if err != nil {
 		return nil
 	}
-	if err := netlink.LinkDel(l); err != nil {
-		return fmt.Errorf("network: delete %s: %w", IFBPrefix+key, err)
+	return linkDel(l)
+}
+
+// linkDelTimeout bounds one link deletion (a variable for tests).
+var linkDelTimeout = 30 * time.Second
+
+// linkDel deletes a link, waiting at most linkDelTimeout for the kernel:
+// a deletion the kernel does not finish must not block a capsule's
+// Destroy (and the agent) forever. The error says so; the device is left
+// for Sweep, and the goroutine waiting on the kernel stays behind.
+func linkDel(l netlink.Link) error {
+	name := l.Attrs().Name
+	done := make(chan error, 1)
+	go func() { done <- netlink.LinkDel(l) }()
+	t := time.NewTimer(linkDelTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("network: delete %s: %w", name, err)
+		}
+		return nil
+	case <-t.C:
+		return fmt.Errorf("network: delete %s: the kernel did not finish it within %v (left for Sweep)", name, linkDelTimeout)
 	}
-	return nil
 }
 
 // sweepIFBs removes IFB devices of keys keep rejects whose veth is gone
@@ -557,7 +603,7 @@ func sweepIFBs(keep func(key string) bool) error {
 			continue
 		}
 		if _, err := netlink.LinkByName(VethPrefix + name[len(IFBPrefix):]); err != nil {
-			if err := netlink.LinkDel(l); err != nil {
+			if err := linkDel(l); err != nil {
 				errs = append(errs, err)
 			}
 		}

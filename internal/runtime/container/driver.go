@@ -704,6 +704,9 @@ func (d *Driver) release(ctx context.Context, rec *record) {
 	if err := d.cg.remove(d.cgroupPath(rec.Key)); err != nil {
 		errs = append(errs, err)
 	}
+	if err := d.reapRunsc(ctx, rec); err != nil {
+		errs = append(errs, err)
+	}
 	if err := d.teardownNet(rec); err != nil {
 		errs = append(errs, err)
 	}

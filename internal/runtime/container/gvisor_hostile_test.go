@@ -1,5 +1,3 @@
-//go:build gvisor && gvisorhostile
-
 package container_test
 
 import (
@@ -10,16 +8,12 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
-// TestGVisorHostile runs the hostile-tenant suite on the gVisor class.
-// OPEN (docs/GVISOR.md): it fails today at ForkBomb — the host cgroup's
-// pids limit does not bound the sentry's tasks, so a fork bomb inside a
-// gVisor capsule leaves it unusable (the host stays healthy: p99 of its
-// /health 0.66 ms during the bomb). Until that is fixed it runs only with
-// -tags gvisorhostile, so `make test` stays green:
-//
-//	WRENN_TEST_RUNSC=$(scripts/runsc.sh) go test -tags gvisorhostile -run TestGVisorHostile ./internal/runtime/container/
+// TestGVisorHostile runs the hostile-tenant suite on the gVisor class. The
+// capsule's pids limit is RLIMIT_NPROC inside the sandbox (adjustSpec):
+// the host cgroup's pids.max counts only the sentry's host threads.
 func TestGVisorHostile(t *testing.T) {
 	testutil.RequireRoot(t)
+	suiteTime(t)
 	if setupErr != nil {
 		t.Fatalf("test setup: %v", setupErr)
 	}

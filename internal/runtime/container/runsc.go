@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -282,9 +283,43 @@ func (d *Driver) setHostnameVia(ctx context.Context, rec *record, name string) e
 // sethostname and setdomainname, which change only the sandbox's own UTS
 // namespace and still need CAP_SYS_ADMIN, which capsule processes lack:
 // the driver's one-off process that renames a warm-pool capsule has it.
+//
+// The capsule's pids limit: the host cgroup's pids.max counts the
+// sentry's and the gofer's host threads, not the capsule's tasks (the
+// sentry multiplexes them), so a fork bomb inside would grow until the
+// sentry itself could not make a host thread. RLIMIT_NPROC, which
+// gVisor's kernel enforces per user on every task (thread) it starts,
+// for root too unless it holds CAP_SYS_ADMIN or CAP_SYS_RESOURCE (capsule
+// processes hold neither), bounds them inside the sandbox instead. The
+// host cgroup keeps a limit with room for what the sandbox needs on the
+// host for that many tasks (runscHostPids): at the capsule's limit the
+// capsule's fork fails with EAGAIN, not the sentry's.
 func (d *Driver) adjustSpec(s *specs.Spec) {
-	if !d.rt.runsc || s.Linux == nil || s.Linux.Seccomp == nil {
+	if !d.rt.runsc {
 		return
+	}
+	n := max(d.cfg.PidsLimit, 1)
+	if s.Process != nil {
+		s.Process.Rlimits = append(slices.DeleteFunc(s.Process.Rlimits, func(r specs.POSIXRlimit) bool {
+			return r.Type == "RLIMIT_NPROC"
+		}), specs.POSIXRlimit{Type: "RLIMIT_NPROC", Hard: uint64(n), Soft: uint64(n)}) //nolint:gosec // positive
+	}
+	if s.Linux != nil && s.Linux.Resources != nil {
+		s.Linux.Resources.Pids = &specs.LinuxPids{Limit: runscHostPids(n)}
+	}
+	if s.Linux == nil || s.Linux.Seccomp == nil {
+		return
+	}
+	// runsc turns every ActErrno into EPERM, whatever its errno: clone3
+	// would answer EPERM instead of ENOSYS, and glibc (posix_spawn: make,
+	// Python's subprocess) only falls back to clone, whose flags the
+	// filter checks, on ENOSYS ("make: gcc: Operation not permitted").
+	// ActTrace is answered ENOSYS by gVisor's kernel when no tracer asked
+	// for seccomp events, as Linux does.
+	for i, r := range s.Linux.Seccomp.Syscalls {
+		if r.Action == specs.ActErrno && r.ErrnoRet != nil && *r.ErrnoRet == uint(unix.ENOSYS) {
+			s.Linux.Seccomp.Syscalls[i].Action, s.Linux.Seccomp.Syscalls[i].ErrnoRet = specs.ActTrace, nil
+		}
 	}
 	s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{
 		Names: []string{"sethostname", "setdomainname"}, Action: specs.ActAllow,
@@ -335,9 +370,12 @@ func (d *Driver) runscRestore(ctx context.Context, rec *record, images string) e
 	if err := d.beforeStart(rec); err != nil {
 		return err
 	}
+	if beforeRunscRestore != nil {
+		beforeRunscRestore(images)
+	}
 	pidFile := filepath.Join(p.Dir, "pid")
 	_ = os.Remove(pidFile)
-	rctx, cancel := context.WithTimeout(ctx, min(d.cfg.CRIUTimeout, restoreBudget(imagesSize(images))))
+	rctx, cancel := context.WithTimeout(ctx, min(d.cfg.CRIUTimeout, runscRestoreBudget(imagesSize(images))))
 	defer cancel()
 	cmd := d.rtCommand(rctx, "restore", "--detach", "--image-path", images, "--bundle", p.Dir, "--pid-file", pidFile, rec.Key)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -355,9 +393,21 @@ func (d *Driver) runscRestore(ctx context.Context, rec *record, images string) e
 		err = fmt.Errorf("runsc restore: %w: %s", err, tail(filepath.Join(p.Dir, "envd.log")))
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		_ = d.runcDelete(cctx, rec.Key)
+		if derr := d.runcDelete(cctx, rec.Key); derr != nil {
+			d.log.Warn("runsc delete after a failed memory restore", "id", rec.ID, "err", derr)
+		}
 		if kerr := d.cg.remove(d.cgroupPath(rec.Key)); kerr != nil {
 			d.log.Warn("empty cgroup after a failed memory restore", "id", rec.ID, "err", kerr)
+		}
+		// A restore killed at its time limit can leave its sandbox
+		// outside the cgroup (not yet moved in, or runsc delete could not
+		// reach it). Its netstack would still answer on the capsule's
+		// veth next to the sandbox the fallback boots: both take the
+		// capsule's address, so some connections reach the dead-end one
+		// (seen once: /health answered, exec got 502). Nothing of the
+		// attempt may stay in the capsule's network namespace.
+		if n, kerr := d.killRunscLeftovers(cctx, rec.Key, rec.Net.Netns); kerr != nil || n > 0 {
+			d.log.Warn("processes of a failed memory restore left in the capsule's network namespace", "id", rec.ID, "killed", n, "err", kerr)
 		}
 		rec.PID = 0
 		return err
@@ -399,19 +449,48 @@ func (d *Driver) releaseRunscRoot() {
 		return
 	}
 	p := filepath.Join(d.runcRoot, "null-netns")
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+	if err := unmountAll(p); err != nil {
 		d.log.Warn("unmount runsc null-netns", "err", err)
 		return
 	}
 	_ = os.Remove(p)
 }
 
+// unmountAll unmounts every mount stacked on path (runsc binds its
+// null-netns again when concurrent starts each find it missing), lazily;
+// nothing mounted is fine.
+func unmountAll(path string) error {
+	for range 64 {
+		err := unix.Unmount(path, unix.MNT_DETACH)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("container: %s: still mounted after 64 unmounts", path)
+}
+
 // beforeStart prepares a capsule's host side for its runtime: under gVisor
 // eth0 gets its address and route back (a sandbox that ran before took
 // them into its netstack).
+//
+// Nothing of an earlier sandbox of the capsule may still run then: a
+// sandbox that `runsc delete` did not reach (a failed restore's, outside
+// the cgroup; one still exiting) keeps its netstack on the veth, and two
+// netstacks with the capsule's address break its connections (the new
+// envd never answered). They are killed and waited for first.
 func (d *Driver) beforeStart(rec *record) error {
 	if !d.rt.runsc {
 		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if n, err := d.killRunscLeftovers(ctx, rec.Key, rec.Net.Netns); err != nil {
+		return err
+	} else if n > 0 {
+		d.log.Warn("gVisor: processes of an earlier sandbox of the capsule killed before its start", "id", rec.ID, "count", n)
 	}
 	return d.net.ConfigureGuest(rec.Net)
 }
@@ -434,3 +513,91 @@ func (d *Driver) RuntimePath() string { return d.rt.path }
 
 // RuntimeArgs: see RuntimePath.
 func (d *Driver) RuntimeArgs(args ...string) []string { return d.rtArgs(args...) }
+
+// runscHostPids is the host cgroup's pids limit of a gVisor sandbox whose
+// capsule may run n tasks per user: the sentry's and the gofer's own
+// threads, and under systrap one stub process per address space plus a
+// stub thread per task, for the two users capsule commands run as.
+func runscHostPids(n int64) int64 { return 4*n + 256 }
+
+// runscRestoreBudget bounds one `runsc restore` of an image of size bytes
+// (restoreBudget; a variable for tests).
+var runscRestoreBudget = restoreBudget
+
+// beforeRunscRestore, when set (tests), sees the image directory just
+// before `runsc restore` reads it.
+var beforeRunscRestore func(images string)
+
+// killRunscLeftovers SIGKILLs what is left of one capsule's sandbox —
+// the runsc processes (sandbox, gofer, a restore) of this driver's runsc
+// root whose container is key, and any process of the runsc binary in the
+// capsule's network namespace at netnsPath — waits until they are gone
+// and reports how many there were. A sandbox whose restore failed is not
+// in the capsule's cgroup, so emptying the cgroup does not reach it.
+func (d *Driver) killRunscLeftovers(ctx context.Context, key, netnsPath string) (int, error) {
+	if d.rt.path == "" {
+		return 0, nil
+	}
+	wantNS := ""
+	var st unix.Stat_t
+	if netnsPath != "" && unix.Stat(netnsPath, &st) == nil {
+		wantNS = fmt.Sprintf("net:[%d]", st.Ino)
+	}
+	root := "--root=" + d.runcRoot
+	find := func() []int {
+		var pids []int
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == os.Getpid() {
+				continue
+			}
+			dir := filepath.Join("/proc", e.Name())
+			b, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+			if err != nil || len(b) == 0 {
+				continue // gone, or a zombie
+			}
+			args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+			i := slices.Index(args, "--root")
+			mine := args[len(args)-1] == key && (slices.Contains(args, root) || (i >= 0 && i+1 < len(args) && args[i+1] == d.runcRoot))
+			if !mine && wantNS != "" {
+				ns, _ := os.Readlink(filepath.Join(dir, "ns", "net"))
+				exe, _ := os.Readlink(filepath.Join(dir, "exe"))
+				mine = ns == wantNS && strings.TrimSuffix(exe, " (deleted)") == d.rt.path
+			}
+			if mine {
+				pids = append(pids, pid)
+			}
+		}
+		return pids
+	}
+	first := find()
+	for pids := first; len(pids) > 0; pids = find() {
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return len(first), fmt.Errorf("container: processes %v of capsule %s still there: %w", pids, key, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return len(first), nil
+}
+
+// reapRunsc makes sure nothing of a gVisor capsule's sandbox outlives its
+// release: a sandbox outside the capsule's cgroup (a failed restore's)
+// would otherwise keep running, with its netstack on the capsule's veth,
+// while the veth and the IFB are deleted.
+func (d *Driver) reapRunsc(ctx context.Context, rec *record) error {
+	if !d.rt.runsc {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	n, err := d.killRunscLeftovers(ctx, rec.Key, rec.Net.Netns)
+	if n > 0 {
+		d.log.Warn("gVisor sandbox processes outside the capsule's cgroup killed", "id", rec.ID, "count", n)
+	}
+	return err
+}

@@ -6,11 +6,13 @@
 package main
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	goruntime "runtime"
 	"strconv"
 	"sync"
@@ -68,6 +70,9 @@ func main() {
 		report(err)
 	case "connect":
 		connectAll(args)
+	case "hold":
+		mib, _ := strconv.Atoi(args[0])
+		hold(mib)
 	case "forkbomb":
 		secs, _ := strconv.Atoi(args[0])
 		forkbomb(time.Now().Add(time.Duration(secs) * time.Second))
@@ -259,5 +264,25 @@ func forkbomb(deadline time.Time) {
 	}
 	if os.Args[1] == "forkbomb" {
 		fmt.Println("DONE")
+	}
+}
+
+// hold keeps mib MiB of random (incompressible, non-zero) memory resident
+// for the pause-to-disk benchmarks, prints READY and then, on each
+// SIGUSR1, rewrites 1 % of its pages and prints TOUCHED.
+func hold(mib int) {
+	buf := make([]byte, mib<<20)
+	_, _ = rand.Read(buf)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	fmt.Println("READY")
+	const page = 4096
+	pages := len(buf) / page
+	for range sig {
+		for i := 0; i < pages/100; i++ {
+			p := (i * 100) % pages
+			_, _ = rand.Read(buf[p*page : (p+1)*page])
+		}
+		fmt.Println("TOUCHED")
 	}
 }
