@@ -52,6 +52,7 @@ type serverFlags struct {
 	smtpFrom           string
 	smtpTLS            string
 	replicaID          string
+	adminKeyFile       string
 	noMetricsFlush     bool
 	noBuildRunner      bool
 	capsuleInternet    string
@@ -95,6 +96,7 @@ missing.`,
 	fl.StringVar(&f.smtpTLS, "smtp-tls", "starttls", "starttls, require-starttls, tls (implicit, port 465) or none")
 	fl.BoolVar(&f.noBuildRunner, "no-build-runner", false, "do not run queued template builds on this replica")
 	fl.BoolVar(&f.noMetricsFlush, "no-metrics-flush", false, "do not copy agents' samples into usage metrics on this replica (replicas already take turns through a lease)")
+	fl.StringVar(&f.adminKeyFile, "admin-key-file", "", "first start: create a platform admin ("+controlplane.AdminEmail+") and write its API key here (0600); later starts check the key; empty: no bootstrap")
 	fl.StringVar(&f.replicaID, "replica-id", "", "this replica's name in the leases that run background jobs on one replica at a time (default: host name and a random suffix)")
 	fl.StringVar(&f.publicURL, "public-url", "", "URL browsers use to reach Wrenn (OAuth redirects), e.g. https://wrenn.example")
 	fl.StringVar(&f.proxyListen, "proxy-listen", controlplane.DefaultProxyListen, "address to serve the port proxy on (capsule ports, never on the API's address)")
@@ -230,5 +232,14 @@ func runServer(ctx context.Context, f serverFlags, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Close()
+	if f.adminKeyFile != "" {
+		_, created, err := controlplane.BootstrapAdmin(ctx, srv.Store(), f.adminKeyFile)
+		if err != nil {
+			return fmt.Errorf("--admin-key-file: %w", err)
+		}
+		if created {
+			_, _ = fmt.Fprintf(stderr, "Created platform admin %s; its API key is in %s\n", controlplane.AdminEmail, f.adminKeyFile)
+		}
+	}
 	return srv.Run(ctx)
 }
