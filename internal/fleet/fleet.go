@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -598,6 +599,27 @@ func (f *Fleet) deleteAllCapsules(ctx context.Context) error {
 // namespaces, cgroup parents; then the agent's namespace and link.
 func cleanupAgent(name string, a *Agent) []error {
 	var errs []error
+	// What a stopped agent keeps for its next start (its LXCFS daemon and
+	// mount, serving capsules it would re-adopt) goes with the fleet.
+	if es, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range es {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == os.Getpid() {
+				continue
+			}
+			if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && strings.Contains(string(b), a.Home+"/") {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		lines := strings.Split(string(b), "\n")
+		for i := len(lines) - 1; i >= 0; i-- { // deepest (latest) first
+			if f := strings.Fields(lines[i]); len(f) > 4 && strings.HasPrefix(f[4], a.Home+"/") {
+				_ = syscall.Unmount(f[4], syscall.MNT_DETACH)
+			}
+		}
+	}
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), a.Instance+"-") {

@@ -44,6 +44,10 @@ var (
 	ErrInvalidCursor = errors.New("invalid cursor")
 	// ErrInvalid: a value breaks a constraint (unknown status, role, ...).
 	ErrInvalid = errors.New("invalid value")
+	// ErrUnavailable: the database cannot be reached (down, restarting,
+	// connection lost mid-query). Retrying later may succeed; the API
+	// answers 503.
+	ErrUnavailable = errors.New("the database is unavailable")
 )
 
 // PlatformTeamID is the seeded team that owns public templates and under
