@@ -203,3 +203,46 @@ func TestChaos(t *testing.T) {
 		t.Errorf("host state before %s, after %s", before, after)
 	}
 }
+
+// TestLoad (issue 24, item 6): clients cycling create → exec → pause →
+// resume → delete against a fleet; reports throughput, per-step p50/p99
+// and PostgreSQL connections; no error but capacity refusals. Reduced here
+// (2 hosts, 8 clients, 20 s); `make load` runs 3 hosts, 2 replicas and 50
+// clients for 2 minutes (-fleet.full).
+func TestLoad(t *testing.T) {
+	testutil.RequireRoot(t)
+	ctx := testutil.Context(t, 15*time.Minute)
+	wrenn, envd := buildBins(t)
+	const name = "fld"
+	dir := t.TempDir()
+	before := fleet.Leaks(name, dir)
+	agents, clients, dur := 2, 8, 20*time.Second
+	if *full {
+		agents, clients, dur = 3, 50, 2*time.Minute
+	}
+	f, err := fleet.Start(ctx, fleet.Options{
+		Dir: dir, Name: name, Agents: agents, Replicas: 2, Net: 20 - 1 - agents,
+		Wrenn: wrenn, Envd: envd, PostgresDSN: teststore.PostgresDSN(t),
+		AgentArgs: []string{"--no-criu", "--memory-overcommit", "16"}, Log: testWriter{t},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := fleet.RunLoad(ctx, f, fleet.LoadOptions{Clients: clients, Duration: dur})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("load:\n%s", rep)
+	if n := rep.ErrorCount(); n > 0 {
+		t.Errorf("%d steps failed for reasons other than capacity", n)
+	}
+	if rep.Cycles == 0 {
+		t.Error("no cycle completed")
+	}
+	if err := f.Stop(); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if after := fleet.Leaks(name, dir); after != before {
+		t.Errorf("host state before %s, after %s", before, after)
+	}
+}
