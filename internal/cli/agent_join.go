@@ -53,6 +53,9 @@ type joinState struct {
 	HostID       string `json:"host_id"`
 	Credential   string `json:"credential"`
 	Address      string `json:"address"`
+	// HeartbeatSec is the interval the control plane asked for (each
+	// heartbeat's answer may change it).
+	HeartbeatSec int `json:"heartbeat_interval_sec,omitempty"`
 
 	client *hostlink.Client
 }
@@ -107,7 +110,7 @@ func (j *joinFlags) join(ctx context.Context, stateDir, listen string, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("join %s: %w", client.BaseURL, err)
 	}
-	st := &joinState{ControlPlane: client.BaseURL, HostID: reg.HostID, Credential: reg.Credential, Address: addr, client: client}
+	st := &joinState{ControlPlane: client.BaseURL, HostID: reg.HostID, Credential: reg.Credential, Address: addr, HeartbeatSec: reg.HeartbeatIntervalSec, client: client}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, err
@@ -145,7 +148,7 @@ func (st *joinState) heartbeat(ctx context.Context, a *hostagent.Agent, f agentF
 			},
 		}, nil
 	}
-	st.client.Run(ctx, st.HostID, st.Credential, 0, usage, log)
+	st.client.Run(ctx, st.HostID, st.Credential, time.Duration(st.HeartbeatSec)*time.Second, usage, log)
 }
 
 // bootUsage is the capacity reported at registration (nothing placed yet).

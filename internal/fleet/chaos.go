@@ -296,8 +296,18 @@ func (c *chaos) settle(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), fmt.Errorf("rows still disagree with hosts after %v: %w", limit, last)
 }
 
-// consistent compares the store's capsules with what each agent holds.
+// consistent checks that every host is online again and compares the
+// store's capsules with what each agent holds.
 func (c *chaos) consistent(ctx context.Context) error {
+	hs, err := c.f.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if h.Status != "online" {
+			return fmt.Errorf("host %s is %s", h.ID, h.Status)
+		}
+	}
 	var page struct {
 		Capsules []capsuleJSON `json:"capsules"`
 	}
@@ -343,33 +353,58 @@ func (c *chaos) consistent(ctx context.Context) error {
 	return nil
 }
 
-// AgentCapsules asks agent i directly (mutual TLS, its credential) which
-// capsules it holds and in what state.
-func (f *Fleet) AgentCapsules(ctx context.Context, i int) (map[string]pb.CapsuleState, error) {
+// destroyOnAgent destroys every capsule agent i holds, directly.
+func (f *Fleet) destroyOnAgent(ctx context.Context, i int) {
+	cl, secret, err := f.agentClient(i)
+	if err != nil {
+		return
+	}
+	held, err := f.AgentCapsules(ctx, i)
+	if err != nil {
+		return
+	}
+	for id := range held {
+		req := connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id})
+		req.Header().Set(hostagent.SecretHeader, secret)
+		_, _ = cl.DestroyCapsule(ctx, req)
+	}
+}
+
+// agentClient is a client of agent i (mutual TLS) and the secret it wants.
+func (f *Fleet) agentClient(i int) (hostagentv1connect.HostAgentServiceClient, string, error) {
 	a := f.Agents[i]
 	b, err := os.ReadFile(filepath.Join(a.Home, "agent", "control-plane.json"))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var st struct {
 		Credential string `json:"credential"`
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	cert, err := tls.LoadX509KeyPair(f.certs.clientCert, f.certs.clientKey)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(f.certs.ca)
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		Proxy:           nil,
 		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 	}}
-	cl := hostagentv1connect.NewHostAgentServiceClient(hc, fmt.Sprintf("https://%s:50051", a.IP))
+	return hostagentv1connect.NewHostAgentServiceClient(hc, fmt.Sprintf("https://%s:50051", a.IP)), st.Credential, nil
+}
+
+// AgentCapsules asks agent i directly (mutual TLS, its credential) which
+// capsules it holds and in what state.
+func (f *Fleet) AgentCapsules(ctx context.Context, i int) (map[string]pb.CapsuleState, error) {
+	cl, secret, err := f.agentClient(i)
+	if err != nil {
+		return nil, err
+	}
 	req := connect.NewRequest(&pb.ListCapsulesRequest{})
-	req.Header().Set(hostagent.SecretHeader, st.Credential)
+	req.Header().Set(hostagent.SecretHeader, secret)
 	resp, err := cl.ListCapsules(ctx, req)
 	if err != nil {
 		return nil, err

@@ -543,6 +543,14 @@ func (f *Fleet) Stop() error {
 			errs = append(errs, err)
 		}
 	}
+	// Capsules the store no longer knows (deleted while their host was
+	// away, not yet destroyed by the reconciler) are destroyed on their
+	// agents directly.
+	for _, a := range f.Agents {
+		if a.proc != nil {
+			f.destroyOnAgent(ctx, a.Index)
+		}
+	}
 	for _, a := range f.Agents {
 		if a.proc != nil {
 			a.proc.stop(30 * time.Second)
