@@ -109,6 +109,10 @@ func fromAgentState(st pb.CapsuleState) (store.CapsuleStatus, bool) {
 }
 
 func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
+	// Rows changed after this moment may reflect operations the agent's
+	// list below does not show yet (a pause or create finishing while the
+	// list travels): they are left for the next pass.
+	listedAt := time.Now().Add(-time.Second)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	resp, err := s.agents.Client(h).ListCapsules(cctx, connect.NewRequest(&pb.ListCapsulesRequest{}))
 	cancel()
@@ -130,6 +134,9 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 	known := map[string]bool{}
 	for _, c := range caps {
 		known[c.ID] = true
+		if c.UpdatedAt.After(listedAt) {
+			continue
+		}
 		ac, present := onAgent[c.ID]
 		if !present && (c.Status == store.CapsulePending || c.Status == store.CapsuleStarting) {
 			lost, err := s.createLost(ctx, h, c, now)
