@@ -137,6 +137,8 @@ func toAPIError(err error) *Error {
 		return &Error{Code: CodeUnavailable, Message: msgNoCapacity, Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Code: CodeUnavailable, Message: "the operation timed out; please try again", Err: err}
+	case errors.Is(err, store.ErrUnavailable):
+		return &Error{Code: CodeUnavailable, Message: "the database is unavailable; please try again", Err: err}
 	}
 	return &Error{Code: CodeInternal, Message: "internal error", Err: err}
 }

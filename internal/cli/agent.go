@@ -52,6 +52,9 @@ type agentFlags struct {
 	guestKernel     string
 	runsc           string
 	gvisorSubnet    string
+	instance        string
+	subnet          string
+	join            joinFlags
 }
 
 // newAgentCmd returns `wrenn agent`: the host agent serving the control
@@ -107,6 +110,9 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
 	fl.BoolVar(&f.microvm, "microvm", false, "also offer microVM isolation (QEMU; KVM where it works, else TCG; guest kernel from scripts/guest-kernel.sh)")
 	fl.StringVar(&f.microvmSubnet, "microvm-subnet", "10.202.0.0/16", "IPv4 range of microVM capsules (their own nftables table; must differ from the container and gVisor ranges)")
+	fl.StringVar(&f.instance, "instance", "wrenn", "name of this agent's host objects: cgroup parent /NAME, nftables table NAME, network namespaces NAME-… (several agents on one machine need different names)")
+	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "IPv4 range of container capsules (each agent on a machine needs its own)")
+	f.join.register(fl)
 	fl.StringVar(&f.guestKernel, "guest-kernel", "", "microVM guest kernel directory made by scripts/guest-kernel.sh (default: the newest in "+vm.KernelCache+")")
 	return cmd
 }
@@ -155,6 +161,25 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if os.Geteuid() != 0 {
 		return errors.New("the host agent must run as root (namespaces, cgroups, mounts)")
 	}
+	if !instanceRe.MatchString(f.instance) {
+		return fmt.Errorf("--instance %q: use 1–20 lower-case letters, digits and dashes, starting with a letter", f.instance)
+	}
+	subnet, err := netip.ParsePrefix(f.subnet)
+	if err != nil {
+		return fmt.Errorf("--subnet %q: %w", f.subnet, err)
+	}
+	// Joining a control plane (--control-plane): register once (the
+	// credential becomes this agent's secret), heartbeat after serving.
+	var joined *joinState
+	if f.join.controlPlane != "" {
+		if f.secretFile != "" || secret != "" {
+			return errors.New("--control-plane: the host secret is the credential the control plane issues at registration; drop --secret-file / WRENN_AGENT_SECRET")
+		}
+		if joined, err = f.join.join(ctx, f.stateDir, f.listen, log); err != nil {
+			return err
+		}
+		secret = joined.Credential
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -162,7 +187,12 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if err := os.MkdirAll(templates.Dir, 0o755); err != nil {
 		return err
 	}
+	snaps, err := f.templateStore.openSnapshots(filepath.Join(f.stateDir, "snapshot-store-tmp"), os.Getenv("WRENN_S3_ACCESS_KEY"), os.Getenv("WRENN_S3_SECRET_KEY"))
+	if err != nil {
+		return err
+	}
 	drv, err := container.New(ctx, container.Config{
+		Snapshots:         snaps,
 		StateDir:          filepath.Join(f.stateDir, "container"),
 		Templates:         *templates,
 		EnvdPath:          f.envdPath,
@@ -171,7 +201,8 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		CRIUEnv:           f.criu.env,
 		DisableCRIU:       f.criu.off,
 		DisableUserNS:     f.criu.noUserNS,
-		Network:           network.Config{DNSUpstream: f.dnsUpstream},
+		CgroupParent:      "/" + f.instance,
+		Network:           network.Config{Subnet: subnet, Table: f.instance, NetnsPrefix: f.instance + "-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,
 	})
 	if err != nil {
@@ -203,8 +234,8 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 			DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
 			Runtime:           container.RuntimeRunsc,
 			RunscPath:         f.runsc,
-			CgroupParent:      "/wrenn-gvisor",
-			Network:           network.Config{Subnet: subnet, Table: "wrenn-gvisor", NetnsPrefix: "wrenn-gv-", DNSUpstream: f.dnsUpstream},
+			CgroupParent:      "/" + f.instance + "-gvisor",
+			Network:           network.Config{Subnet: subnet, Table: f.instance + "-gvisor", NetnsPrefix: f.instance + "-gv-", DNSUpstream: f.dnsUpstream},
 			Logger:            log,
 		})
 		if err != nil {
@@ -250,6 +281,11 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		return err
 	}
 	log.Info("host agent serving", "addr", ln.Addr().String(), "tls", f.tlsCert != "", "mtls", f.clientCA != "")
+	if joined != nil {
+		hbCtx, stopHB := context.WithCancel(ctx)
+		defer stopHB()
+		go joined.heartbeat(hbCtx, agent, f, log)
+	}
 	return agent.Serve(ctx, ln, srvCfg)
 }
 
@@ -268,7 +304,7 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 		EnvdPath:          f.envdPath,
 		KernelDir:         kernel,
 		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
-		Network:           network.Config{Subnet: subnet, Table: "wrenn-vm", NetnsPrefix: "wrenn-vm-", DNSUpstream: f.dnsUpstream},
+		Network:           network.Config{Subnet: subnet, Table: f.instance + "-vm", NetnsPrefix: f.instance + "-vm-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,
 	})
 }

@@ -45,7 +45,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newSnapshotCmd())
 	root.AddCommand(newAgentCmd())
 	root.AddCommand(newServerCmd())
-	root.AddCommand(newUpCmd(), newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newTeamCmd())
+	root.AddCommand(newUpCmd(), newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newTeamCmd(), newDevCmd())
 	return root
 }
 

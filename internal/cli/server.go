@@ -52,6 +52,8 @@ type serverFlags struct {
 	smtpPasswordFile   string
 	smtpFrom           string
 	smtpTLS            string
+	replicaID          string
+	adminKeyFile       string
 	noMetricsFlush     bool
 	noBuildRunner      bool
 	capsuleInternet    string
@@ -95,7 +97,9 @@ missing.`,
 	fl.StringVar(&f.smtpFrom, "smtp-from", "", "sender address, e.g. \"Wrenn <noreply@example.com>\"")
 	fl.StringVar(&f.smtpTLS, "smtp-tls", "starttls", "starttls, require-starttls, tls (implicit, port 465) or none")
 	fl.BoolVar(&f.noBuildRunner, "no-build-runner", false, "do not run queued template builds on this replica")
-	fl.BoolVar(&f.noMetricsFlush, "no-metrics-flush", false, "do not copy agents' samples into usage metrics (set on all but one replica)")
+	fl.BoolVar(&f.noMetricsFlush, "no-metrics-flush", false, "do not copy agents' samples into usage metrics on this replica (replicas already take turns through a lease)")
+	fl.StringVar(&f.adminKeyFile, "admin-key-file", "", "first start: create a platform admin ("+controlplane.AdminEmail+") and write its API key here (0600); later starts check the key; empty: no bootstrap")
+	fl.StringVar(&f.replicaID, "replica-id", "", "this replica's name in the leases that run background jobs on one replica at a time (default: host name and a random suffix)")
 	fl.StringVar(&f.publicURL, "public-url", "", "URL browsers use to reach Wrenn (OAuth redirects), e.g. https://wrenn.example")
 	fl.StringVar(&f.proxyListen, "proxy-listen", controlplane.DefaultProxyListen, "address to serve the port proxy on (capsule ports, never on the API's address)")
 	fl.StringVar(&f.proxyDomain, "proxy-domain", "", "also serve capsule ports at {port}-{capsule}.<domain> on --proxy-listen")
@@ -173,9 +177,9 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		ProxyListen: f.proxyListen, ProxyDomain: f.proxyDomain, AgentCA: f.agentCA, AgentClientCert: f.agentClientCert, AgentClientKey: f.agentClientKey,
 		HeartbeatInterval: f.heartbeatInterval, ReconcileInterval: f.reconcileInterval,
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
-		DisableMetricsFlush: f.noMetricsFlush,
-		DisableBuildRunner:  f.noBuildRunner,
-		DefaultIsolation:    f.defaultIsolation,
+		DisableMetricsFlush: f.noMetricsFlush, ReplicaID: f.replicaID,
+		DisableBuildRunner: f.noBuildRunner,
+		DefaultIsolation:   f.defaultIsolation,
 	}
 	if !runtime.ValidIsolation(f.defaultIsolation) {
 		return controlplane.Config{}, fmt.Errorf("--default-isolation %q: want one of %s", f.defaultIsolation, strings.Join(runtime.KnownIsolations, ", "))
@@ -235,6 +239,15 @@ func runServer(ctx context.Context, f serverFlags, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Close()
+	if f.adminKeyFile != "" {
+		_, created, err := controlplane.BootstrapAdmin(ctx, srv.Store(), f.adminKeyFile)
+		if err != nil {
+			return fmt.Errorf("--admin-key-file: %w", err)
+		}
+		if created {
+			_, _ = fmt.Fprintf(stderr, "Created platform admin %s; its API key is in %s\n", controlplane.AdminEmail, f.adminKeyFile)
+		}
+	}
 	return srv.Run(ctx)
 }
 

@@ -41,6 +41,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/e2b"
 	"github.com/wrenn-dev/wrenn/internal/email"
+	"github.com/wrenn-dev/wrenn/internal/lease"
 	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
@@ -104,8 +105,12 @@ type Config struct {
 	UsageRollupInterval time.Duration
 	// MetricsFlushInterval is how often the agents' 1 s guest samples are
 	// copied into capsule metric snapshots (default 60 s; the agents keep
-	// 10 minutes at 1 s). Run the flusher on one replica only.
+	// 10 minutes at 1 s). One replica at a time flushes (a lease).
 	MetricsFlushInterval time.Duration
+	// ReplicaID names this control-plane replica in the leases that keep
+	// background jobs (reconciler, usage rollups, metrics flush) on one
+	// replica at a time ("" = host name and a random suffix).
+	ReplicaID string
 	// DisableMetricsFlush turns the flusher off (for extra replicas).
 	DisableMetricsFlush bool
 	// BuildInterval is how often the template build runner looks for
@@ -185,6 +190,7 @@ type Server struct {
 	scheduler *scheduler.Scheduler
 	capsules  *capsules.Service
 	usage     *usage.Service
+	leases    *lease.Keeper
 	builds    *builds.Runner // nil with DisableBuildRunner
 	closeOnce sync.Once
 
@@ -241,7 +247,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.proxy = proxy.New(proxy.Config{Resolve: s.resolveProxy, Domain: cfg.ProxyDomain, TLS: tc, Logger: s.log})
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.usage = &usage.Service{Store: s.store, Log: s.log}
+	s.leases = lease.New(s.store, cfg.ReplicaID, s.log)
+	s.usage = &usage.Service{Store: s.store, Log: s.log, Gate: s.leases.Gate(leaseUsage, cfg.UsageRollupInterval)}
 	s.scheduler = scheduler.New(s.store)
 	var gh *auth.GitHubClient
 	if cfg.GitHub.Enabled() {
@@ -392,11 +399,14 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	s.bg = bg
 	s.returnMu.Unlock()
 	var wg sync.WaitGroup
-	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
-	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval) })
+	wg.Go(func() { s.leases.Loop(bg, leaseReconcile, s.cfg.ReconcileInterval, s.ReconcileOnce) })
+	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval); s.leases.Release(leaseUsage) })
 	if !s.cfg.DisableMetricsFlush {
-		flusher := &metricsflush.Flusher{Store: s.store, Agents: s.agents, Log: s.log}
-		wg.Go(func() { flusher.Run(bg, s.cfg.MetricsFlushInterval) })
+		flusher := &metricsflush.Flusher{
+			Store: s.store, Agents: s.agents, Log: s.log,
+			Gate: s.leases.Gate(leaseMetricsFlush, s.cfg.MetricsFlushInterval),
+		}
+		wg.Go(func() { flusher.Run(bg, s.cfg.MetricsFlushInterval); s.leases.Release(leaseMetricsFlush) })
 	}
 	if s.builds != nil {
 		wg.Go(func() { s.builds.Run(bg, s.cfg.BuildInterval) })
@@ -441,20 +451,14 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	return err
 }
 
-func (s *Server) loop(ctx context.Context, every time.Duration, f func(context.Context) error) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("background pass failed", "err", err)
-			}
-		}
-	}
-}
+// Lease names of the background jobs one replica runs at a time. The
+// build runner needs none: it claims each build with a conditional update
+// and runs it where its inputs were uploaded.
+const (
+	leaseReconcile    = "reconcile"
+	leaseUsage        = "usage-rollup"
+	leaseMetricsFlush = "metrics-flush"
+)
 
 // Close releases the server's resources (and the store when it opened it).
 func (s *Server) Close() {

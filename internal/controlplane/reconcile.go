@@ -29,6 +29,30 @@ func settleTime() time.Duration {
 	return defaultSettle
 }
 
+// orphanSettle is how long a capsule its agent holds but the store does
+// not know is left alone: two reconcile intervals (at least 10 s, at most
+// settle). Every create writes its row before it calls the agent, and a
+// build's capsule is kept while its build runs (by its labels), so such a
+// capsule is one deleted while its host was away; the margin covers clock
+// skew between the agent and the control plane.
+func (s *Server) orphanSettle(settle time.Duration) time.Duration {
+	if settleOverride.Load() > 0 {
+		return settle
+	}
+	return min(max(2*s.cfg.ReconcileInterval, 10*time.Second), settle)
+}
+
+// createGrace is how long a pending or starting capsule may be absent from
+// its host before the reconciler asks the agent once more and, if it still
+// does not have it, marks it lost: two reconcile intervals, at least 5 s
+// and at most maxCreateGrace. The agent lists a capsule from the moment a
+// create reaches it (before its template is fetched), so only the hop from
+// the control plane to the agent needs the grace — or a replica that died
+// mid-create, whose capsule never reaches the agent.
+func (s *Server) createGrace() time.Duration {
+	return min(max(2*s.cfg.ReconcileInterval, 5*time.Second), maxCreateGrace)
+}
+
 // ReconcileOnce runs one pass: hosts silent for too long become
 // unavailable and their live capsules missing; for every online host the
 // store is aligned with what its agent reports, and capsules the store no
@@ -85,6 +109,10 @@ func fromAgentState(st pb.CapsuleState) (store.CapsuleStatus, bool) {
 }
 
 func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
+	// Rows changed after this moment may reflect operations the agent's
+	// list below does not show yet (a pause or create finishing while the
+	// list travels): they are left for the next pass.
+	listedAt := time.Now().Add(-time.Second)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	resp, err := s.agents.Client(h).ListCapsules(cctx, connect.NewRequest(&pb.ListCapsulesRequest{}))
 	cancel()
@@ -102,9 +130,13 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 	}
 	now := time.Now()
 	settle := settleTime()
+	orphanSettle := s.orphanSettle(settle)
 	known := map[string]bool{}
 	for _, c := range caps {
 		known[c.ID] = true
+		if c.UpdatedAt.After(listedAt) {
+			continue
+		}
 		ac, present := onAgent[c.ID]
 		if !present && (c.Status == store.CapsulePending || c.Status == store.CapsuleStarting) {
 			lost, err := s.createLost(ctx, h, c, now)
@@ -152,7 +184,7 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 		}
 	}
 	for id, ac := range onAgent {
-		if known[id] || now.Sub(time.Unix(ac.GetCreatedAt(), 0)) < settle {
+		if known[id] || now.Sub(time.Unix(ac.GetCreatedAt(), 0)) < orphanSettle {
 			continue
 		}
 		// A template build's capsule has no capsule row: keep it while its

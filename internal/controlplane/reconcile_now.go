@@ -13,12 +13,8 @@ import (
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
-// createGrace is how long a pending or starting capsule may be absent from
-// its agent before the reconciler asks the agent about it and, when the
-// agent does not know it, resolves it as failed. The agent lists a capsule
-// from the moment its CreateCapsule arrives, so this only covers the time
-// between the store update and the RPC reaching the agent.
-const createGrace = 30 * time.Second
+// maxCreateGrace bounds Server.createGrace.
+const maxCreateGrace = 30 * time.Second
 
 // ReconcileHost reconciles one host now (a host that registered, answered
 // again after silence, or whose agent restarted): the store is aligned
@@ -148,12 +144,12 @@ func agentStartedAt(h store.Host) time.Time {
 // createLost reports whether capsule c, pending or starting and absent
 // from the list its agent gave, will never be created: it was last updated
 // before the agent started (the agent lost the create when it stopped), or
-// longer than createGrace ago and the agent, asked once more, does not
+// longer than createGrace() ago and the agent, asked once more, does not
 // know it.
 func (s *Server) createLost(ctx context.Context, h store.Host, c store.Capsule, now time.Time) (bool, error) {
 	started := agentStartedAt(h)
 	if started.IsZero() || !c.UpdatedAt.Before(started) {
-		if now.Sub(c.UpdatedAt) < createGrace {
+		if now.Sub(c.UpdatedAt) < s.createGrace() {
 			return false, nil
 		}
 	}

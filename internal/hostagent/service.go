@@ -150,53 +150,106 @@ func capsuleProto(rec record, info runtime.Info) *pb.Capsule {
 }
 
 func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {
+	l := s.a.Load()
 	out := &pb.GetHostInfoResponse{
-		Driver:  s.a.driver.Name(),
-		Version: s.a.cfg.Version,
-		Cpus:    int32(goruntime.NumCPU()), //nolint:gosec // small
+		Driver:                s.a.driver.Name(),
+		Version:               s.a.cfg.Version,
+		Cpus:                  int32(l.CPUs), //nolint:gosec // small
+		MemorySnapshots:       l.MemorySnapshots,
+		MemorySnapshotsReason: l.MemorySnapshotsReason,
+		StartedAt:             l.StartedAt.Unix(),
+		DiskFreeBytes:         l.DiskFreeBytes,
+		MemoryTotalBytes:      l.MemoryTotalBytes,
+		MemoryAvailableBytes:  l.MemoryAvailableBytes,
+		MemoryCommittedBytes:  uint64(max(l.UsedMemoryMB, 0)) << 20,
+		VcpusCommitted:        int32(l.UsedVCPUs), //nolint:gosec // small
+		Capsules:              int32(l.Capsules),  //nolint:gosec // small
 	}
 	_, out.CanPause = s.a.driver.(runtime.Pauser)
+	_, out.CanSnapshot = s.a.driver.(runtime.Snapshotter)
 	out.SharedTemplates = s.a.cfg.SharedTemplates != nil
-	if sn, ok := s.a.driver.(runtime.Snapshotter); ok {
-		out.CanSnapshot = true
-		out.MemorySnapshots = sn.MemorySnapshots()
-	}
-	if r, ok := s.a.driver.(interface{ CRIUUnavailableReason() string }); ok && !out.MemorySnapshots {
-		out.MemorySnapshotsReason = r.CRIUUnavailableReason()
-	} else if !out.MemorySnapshots {
-		out.MemorySnapshotsReason = "the " + s.a.driver.Name() + " driver keeps no process memory"
-	}
 	out.CpuOvercommit, out.MemoryOvercommit, out.DiskOvercommit = s.a.cfg.CPUOvercommit, s.a.cfg.MemoryOvercommit, s.a.cfg.DiskOvercommit
 	out.Isolations, out.DefaultIsolation = isolationSupport(s.a.driver)
-	out.StartedAt = s.a.started.Unix()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.a.cfg.StateDir, &st); err == nil {
-		out.DiskFreeBytes = st.Bavail * uint64(st.Bsize) //nolint:gosec // block size is positive
+	return connect.NewResponse(out), nil
+}
+
+// Load is what this host has and what its capsules were given: GetHostInfo
+// and the heartbeats of an agent that joined a control plane
+// (`wrenn agent --control-plane`) report it.
+type Load struct {
+	CPUs                                   int
+	MemoryTotalBytes, MemoryAvailableBytes uint64
+	// DiskFreeBytes is the free space of the filesystem holding the
+	// agent's state (capsule disks).
+	DiskFreeBytes uint64
+	// UsedVCPUs and UsedMemoryMB sum the starting, running and paused
+	// capsules; UsedDiskMB also counts hibernated ones (their disks stay).
+	UsedVCPUs, UsedMemoryMB, UsedDiskMB int64
+	Capsules                            int
+	MemorySnapshots                     bool
+	MemorySnapshotsReason               string
+	StartedAt                           time.Time
+	// Isolations is every isolation the agent knows (available or not,
+	// with the reason); DefaultIsolation that of a create naming none.
+	Isolations       []runtime.IsolationStatus
+	DefaultIsolation string
+}
+
+// Load reports the host's capacity and its capsules' reservations.
+func (a *Agent) Load() Load {
+	l := Load{CPUs: goruntime.NumCPU(), StartedAt: a.started}
+	l.Isolations, l.DefaultIsolation = isolationStatus(a.driver)
+	if sn, ok := a.driver.(runtime.Snapshotter); ok {
+		l.MemorySnapshots = sn.MemorySnapshots()
 	}
-	out.MemoryTotalBytes, out.MemoryAvailableBytes = meminfo()
-	for _, c := range s.a.capsules() {
+	if r, ok := a.driver.(interface{ CRIUUnavailableReason() string }); ok && !l.MemorySnapshots {
+		l.MemorySnapshotsReason = r.CRIUUnavailableReason()
+	} else if !l.MemorySnapshots {
+		l.MemorySnapshotsReason = "the " + a.driver.Name() + " driver keeps no process memory"
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(a.cfg.StateDir, &st); err == nil {
+		l.DiskFreeBytes = st.Bavail * uint64(st.Bsize) //nolint:gosec // block size is positive
+	}
+	l.MemoryTotalBytes, l.MemoryAvailableBytes = meminfo()
+	for _, c := range a.capsules() {
 		rec, info, _ := c.snapshot()
-		out.Capsules++
-		if rec.Phase == phaseRunning || rec.Phase == phasePaused || rec.Phase == phaseStarting {
+		l.Capsules++
+		switch rec.Phase {
+		case phaseRunning, phasePaused, phaseStarting:
 			mem := info.MemoryMB
 			if mem == 0 {
 				mem = rec.Spec.MemoryMB
 			}
-			out.MemoryCommittedBytes += uint64(max(mem, 0)) << 20
 			v := info.VCPUs
 			if v == 0 {
 				v = rec.Spec.VCPUs
 			}
-			out.VcpusCommitted += int32(v) //nolint:gosec // small
+			l.UsedMemoryMB += int64(max(mem, 0))
+			l.UsedVCPUs += int64(v)
+			l.UsedDiskMB += int64(rec.Spec.DiskSizeMB)
+		case phaseHibernated:
+			l.UsedDiskMB += int64(rec.Spec.DiskSizeMB)
 		}
 	}
-	return connect.NewResponse(out), nil
+	return l
 }
 
 // isolationSupport is what d runs per isolation (runtime.Isolations'
 // Status). A driver that is not a runtime.Isolations runs its own
 // isolation only (container, for the container driver).
 func isolationSupport(d runtime.Driver) ([]*pb.IsolationSupport, string) {
+	sts, def := isolationStatus(d)
+	var out []*pb.IsolationSupport
+	for _, st := range sts {
+		out = append(out, &pb.IsolationSupport{Name: st.Name, Available: st.Available, Reason: st.Reason, Kvm: st.KVM, Backend: st.Backend})
+	}
+	return out, def
+}
+
+// isolationStatus is isolationSupport's source: runtime.Isolations'
+// Status and default, or the single isolation of a plain driver.
+func isolationStatus(d runtime.Driver) ([]runtime.IsolationStatus, string) {
 	isos, ok := d.(*runtime.Isolations)
 	if !ok {
 		isos = runtime.NewIsolations(runtime.IsolationContainer)
@@ -206,11 +259,7 @@ func isolationSupport(d runtime.Driver) ([]*pb.IsolationSupport, string) {
 		}
 		isos.Register(name, d)
 	}
-	var out []*pb.IsolationSupport
-	for _, st := range isos.Status() {
-		out = append(out, &pb.IsolationSupport{Name: st.Name, Available: st.Available, Reason: st.Reason, Kvm: st.KVM, Backend: st.Backend})
-	}
-	return out, isos.Default()
+	return isos.Status(), isos.Default()
 }
 
 // meminfo reads MemTotal and MemAvailable (bytes) from /proc/meminfo.

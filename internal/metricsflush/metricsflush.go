@@ -64,6 +64,9 @@ type Flusher struct {
 	Grace time.Duration
 	// CallTimeout bounds one GetCapsuleMetrics call (default 10 s).
 	CallTimeout time.Duration
+	// Gate, when set, is asked before each flush in Run; a flush runs
+	// only when it answers true (lease.Keeper.Gate: one replica flushes).
+	Gate func(context.Context) bool
 
 	mu    sync.Mutex
 	marks map[string]time.Time // capsule ID → end of the last stored bucket
@@ -96,6 +99,9 @@ func (f *Flusher) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if f.Gate != nil && !f.Gate(ctx) {
+				continue
+			}
 			n, err := f.FlushOnce(ctx)
 			switch {
 			case err != nil && ctx.Err() == nil:

@@ -34,7 +34,10 @@
 //     it arrives (the host then reports it itself), when its capsule is
 //     released (Release: the create failed or the capsule was destroyed),
 //     or after ReservationTTL. Placements made by other control-plane
-//     replicas are only seen through heartbeats.
+//     replicas are seen through the store: ListSchedulableHosts returns,
+//     per host, the capsules placed after its last heartbeat (Host.Placed)
+//     and they count as used too; a placement of this replica that is
+//     already among them is counted once.
 package scheduler
 
 import (
@@ -267,6 +270,16 @@ func (s *Scheduler) now() time.Time {
 // reflects (or that expired) and adds the rest to its used figures. The
 // caller holds s.mu.
 func (s *Scheduler) withReservations(h store.Host, now time.Time) store.Host {
+	var inStore map[string]bool
+	for _, p := range h.Placed {
+		h.UsedVCPUs += p.VCPUs
+		h.UsedMemoryMB += p.MemoryMB
+		h.UsedDiskMB += p.DiskMB
+		if inStore == nil {
+			inStore = map[string]bool{}
+		}
+		inStore[p.CapsuleID] = true
+	}
 	rs := s.reserved[h.ID]
 	if len(rs) == 0 {
 		return h
@@ -284,6 +297,9 @@ func (s *Scheduler) withReservations(h store.Host, now time.Time) store.Host {
 			continue
 		}
 		kept = append(kept, r)
+		if r.req.CapsuleID != "" && inStore[r.req.CapsuleID] {
+			continue // counted above, from the store
+		}
 		h.UsedVCPUs += r.req.VCPUs
 		h.UsedMemoryMB += r.req.MemoryMB
 		h.UsedDiskMB += r.req.DiskMB

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -273,5 +274,79 @@ func TestPickSpreadsABurstBetweenHeartbeats(t *testing.T) {
 	s3.Release("a", "cl-unknown")
 	if _, err := s3.Pick(context.Background(), team, Request{CapsuleID: "next", VCPUs: 1, MemoryMB: 2048}); !errors.Is(err, ErrNoCapacity) {
 		t.Errorf("a held placement was released by an unknown id: %v", err)
+	}
+}
+
+// TestReplicasShareRecentPlacements: two control-plane replicas (two
+// Schedulers) on one store fill two hosts between heartbeats. Each sees
+// the other's placements through the store (capsule rows newer than the
+// host's heartbeat), so together they never place more than the hosts
+// hold: the ninth 1 GiB capsule on two 4 GiB hosts is refused.
+func TestReplicasShareRecentPlacements(t *testing.T) {
+	for _, engine := range teststore.Engines {
+		t.Run(engine, func(t *testing.T) {
+			st := teststore.Open(t, engine)
+			ctx := context.Background()
+			team, err := st.CreateTeam(ctx, store.Team{Name: "burst"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"h1", "h2"} {
+				tok := auth.RandomToken("wrt_")
+				if err := st.CreateHostToken(ctx, store.HostToken{TokenHash: auth.HashToken(tok), ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+					t.Fatal(err)
+				}
+				h, err := st.RegisterHost(ctx, auth.HashToken(tok), store.Host{Address: name + ":50051", CredentialHash: auth.HashToken(name), VCPUs: 8, MemoryMB: 4096, DiskMB: 100000})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := st.HostHeartbeat(ctx, h.ID, store.HostUsage{
+					Address: h.Address, VCPUs: 8, MemoryMB: 4096, DiskMB: 100000,
+					CPUOvercommit: 1, MemoryOvercommit: 1, DiskOvercommit: 1,
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(2 * time.Millisecond) // capsules below are newer than the heartbeats
+			replicas := []*Scheduler{New(st), New(st)}
+			perHost := map[string]int{}
+			place := func(i int) error {
+				r := replicas[i%2]
+				req := Request{CapsuleID: fmt.Sprintf("cl-burst-%d", i), VCPUs: 1, MemoryMB: 1024, DiskMB: 1024}
+				h, err := r.Pick(ctx, team, req)
+				if err != nil {
+					return err
+				}
+				// What the capsules service does next: the capsule row.
+				if _, err := st.CreateCapsule(ctx, store.Capsule{
+					ID: req.CapsuleID, TeamID: team.ID, TemplateID: "tpl-base", HostID: h.ID, Status: store.CapsulePending,
+					VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskSizeMB: req.DiskMB, TimeoutSec: 300, AccessTokenHash: "x",
+				}); err != nil {
+					t.Fatal(err)
+				}
+				perHost[h.ID]++
+				return nil
+			}
+			// Replica 0 places four, then replica 1 four more: replica 1's own
+			// memory says both hosts are empty; the store says they are half full.
+			for i := 0; i < 8; i += 2 {
+				if err := place(i); err != nil {
+					t.Fatalf("capsule %d (replica 0): %v", i, err)
+				}
+			}
+			for i := 1; i < 8; i += 2 {
+				if err := place(i); err != nil {
+					t.Fatalf("capsule %d (replica 1): %v", i, err)
+				}
+			}
+			for id, n := range perHost {
+				if n != 4 {
+					t.Errorf("host %s holds %d capsules of 1 GiB, want 4 (placements %v)", id, n, perHost)
+				}
+			}
+			if err := place(9); !errors.Is(err, ErrNoCapacity) {
+				t.Fatalf("ninth capsule on two full hosts: err = %v, want ErrNoCapacity", err)
+			}
+		})
 	}
 }

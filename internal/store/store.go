@@ -44,6 +44,10 @@ var (
 	ErrInvalidCursor = errors.New("invalid cursor")
 	// ErrInvalid: a value breaks a constraint (unknown status, role, ...).
 	ErrInvalid = errors.New("invalid value")
+	// ErrUnavailable: the database cannot be reached (down, restarting,
+	// connection lost mid-query). Retrying later may succeed; the API
+	// answers 503.
+	ErrUnavailable = errors.New("the database is unavailable")
 )
 
 // PlatformTeamID is the seeded team that owns public templates and under
@@ -270,6 +274,16 @@ type Host struct {
 	LastHeartbeatAt *time.Time
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
+	// Placed lists the capsules placed on the host after its last
+	// heartbeat, by any control-plane replica (so not yet in its Used
+	// figures). Only ListSchedulableHosts fills it.
+	Placed []Placement
+}
+
+// Placement is a capsule placed on a host and what it was given.
+type Placement struct {
+	CapsuleID               string
+	VCPUs, MemoryMB, DiskMB int64
 }
 
 // HostToken is a hashed one-time registration token.
@@ -637,6 +651,14 @@ type Store interface {
 	AppendBuildLogs(ctx context.Context, buildID string, recs []BuildLog) error
 	ListBuildLogs(ctx context.Context, buildID string, afterSeq int64, limit int) ([]BuildLog, error)
 	TrimBuildLogs(ctx context.Context, buildID string, beforeSeq int64) error
+
+	// Leases (background jobs run by one control-plane replica at a
+	// time). TryLease takes the named lease for holder until expiresAt
+	// when it is free, expired (before now) or already holder's, and
+	// reports whether holder has it; ReleaseLease gives it up if holder
+	// holds it.
+	TryLease(ctx context.Context, name, holder string, now, expiresAt time.Time) (bool, error)
+	ReleaseLease(ctx context.Context, name, holder string) error
 
 	// Capsules.
 	CreateCapsule(ctx context.Context, c Capsule) (Capsule, error)

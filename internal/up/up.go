@@ -81,7 +81,7 @@ const (
 )
 
 // AdminEmail is the e-mail address of the admin user `wrenn up` creates.
-const AdminEmail = "admin@localhost"
+const AdminEmail = controlplane.AdminEmail
 
 // Config configures an App. Zero values take the documented defaults.
 type Config struct {
@@ -392,77 +392,18 @@ func loadOrCreateSecret(path string) ([]byte, error) {
 	return []byte(s), nil
 }
 
-// writeFileAtomic writes b to path through a temporary file and a rename,
-// so a crash never leaves a half-written key behind.
 func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return controlplane.WriteFileAtomic(path, b, mode)
 }
 
 // bootstrapAdmin makes sure an admin user exists in the platform team with
 // a working API key in admin.key.
 func (a *App) bootstrapAdmin(ctx context.Context) error {
-	keyPath := AdminKeyPath(a.cfg.Home)
-	b, err := os.ReadFile(keyPath)
-	switch {
-	case err == nil:
-		key := strings.TrimSpace(string(b))
-		if _, err := a.store.LookupAPIKey(ctx, auth.HashToken(key)); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("up: %s holds a key this database does not know; move it away to create a new admin key", keyPath)
-			}
-			return fmt.Errorf("up: check admin key: %w", err)
-		}
-		a.adminKey = key
-		return nil
-	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("up: read admin key: %w", err)
-	}
-	team, err := a.store.GetPlatformTeam(ctx)
+	key, created, err := controlplane.BootstrapAdmin(ctx, a.store, AdminKeyPath(a.cfg.Home))
 	if err != nil {
-		return fmt.Errorf("up: platform team: %w", err)
+		return fmt.Errorf("up: %w", err)
 	}
-	u, err := a.store.GetUserByEmail(ctx, AdminEmail)
-	if errors.Is(err, store.ErrNotFound) {
-		u, err = a.store.CreateUser(ctx, store.User{Email: AdminEmail, Name: "admin", EmailVerified: true, IsAdmin: true})
-	}
-	if err != nil {
-		return fmt.Errorf("up: admin user: %w", err)
-	}
-	if _, err := a.store.GetTeamMember(ctx, team.ID, u.ID); errors.Is(err, store.ErrNotFound) {
-		if _, err := a.store.AddTeamMember(ctx, team.ID, u.ID, store.RoleOwner); err != nil {
-			return fmt.Errorf("up: admin membership: %w", err)
-		}
-	} else if err != nil {
-		return fmt.Errorf("up: admin membership: %w", err)
-	}
-	nk := auth.GenerateAPIKey()
-	if _, err := a.store.CreateAPIKey(ctx, store.APIKey{TeamID: team.ID, Name: "wrenn up admin", Prefix: nk.Prefix, Hash: nk.Hash, CreatedBy: u.ID}); err != nil {
-		return fmt.Errorf("up: admin key: %w", err)
-	}
-	if err := writeFileAtomic(keyPath, []byte(nk.Plain+"\n"), 0o600); err != nil {
-		return fmt.Errorf("up: write admin key: %w", err)
-	}
-	a.adminKey, a.firstStart = nk.Plain, true
+	a.adminKey, a.firstStart = key, created
 	return nil
 }
 

@@ -61,6 +61,9 @@ type Service struct {
 	// Lookback is how many completed days each rollup pass rewrites
 	// (default 3), so late snapshots are still counted.
 	Lookback int
+	// Gate, when set, is asked before each pass in Run; a pass runs only
+	// when it answers true (lease.Keeper.Gate: one replica rolls up).
+	Gate func(context.Context) bool
 }
 
 func (s *Service) now() time.Time {
@@ -155,8 +158,10 @@ func (s *Service) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if err := s.RollupCompleted(ctx); err != nil && ctx.Err() == nil && s.Log != nil {
-			s.Log.Warn("usage rollup failed", "err", err)
+		if s.Gate == nil || s.Gate(ctx) {
+			if err := s.RollupCompleted(ctx); err != nil && ctx.Err() == nil && s.Log != nil {
+				s.Log.Warn("usage rollup failed", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -187,7 +187,8 @@ func (c *Client) Heartbeat(ctx context.Context, hostID, credential string, u Usa
 }
 
 // Run heartbeats until ctx ends, reading usage from usage before each
-// beat. Failures are logged and retried at the next tick.
+// beat. Failures are logged and retried sooner than the next tick (after
+// at most 5 s), so a host is back as soon as its control plane is.
 func (c *Client) Run(ctx context.Context, hostID, credential string, interval time.Duration, usage func(context.Context) (Usage, error), log *slog.Logger) {
 	if interval <= 0 {
 		interval = 30 * time.Second
@@ -201,10 +202,12 @@ func (c *Client) Run(ctx context.Context, hostID, credential string, interval ti
 				interval = next
 			}
 		}
+		wait := interval
 		if err != nil && ctx.Err() == nil {
 			log.Warn("heartbeat failed", "host_id", hostID, "err", err)
+			wait = min(interval, 5*time.Second)
 		}
-		t := time.NewTimer(interval)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

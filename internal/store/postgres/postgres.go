@@ -19,6 +19,10 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/golang-migrate/migrate/v4"
@@ -143,7 +147,12 @@ func MigrateTo(dsn string, version uint) error {
 
 // tx runs f in a transaction.
 func (s *Store) tx(ctx context.Context, f func(q *db.Queries) error) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return f(s.qw.WithTx(tx)) })
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return f(s.qw.WithTx(tx)) })
+	if err != nil && !errors.Is(err, store.ErrUnavailable) && unavailable(err) {
+		// Begin or commit lost the server (f's own errors are mapped).
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
 }
 
 // retryable reports serialization failures and deadlocks, which PostgreSQL
@@ -178,6 +187,9 @@ func mapErr(err error, what string) error {
 	if errors.Is(err, pgx.ErrNoRows) || errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("%s: %w", what, store.ErrNotFound)
 	}
+	if unavailable(err) {
+		return fmt.Errorf("%s: %w: %w", what, store.ErrUnavailable, err)
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch pe.Code {
@@ -195,6 +207,26 @@ func mapErr(err error, what string) error {
 		}
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// unavailable reports whether err means the server could not be reached
+// or went away (down, restarting, crashed, connection lost mid-query), as
+// opposed to a problem with the query.
+func unavailable(err error) bool {
+	var ce *pgconn.ConnectError
+	var pe *pgconn.PgError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ce), errors.As(err, &ne), pgconn.Timeout(err) && !errors.Is(err, context.Canceled),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET):
+		return true
+	case errors.As(err, &pe):
+		// Class 08: connection exception; 57P01–03: shutting down,
+		// crashed, not yet accepting connections.
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	// pgx reports a connection it closed after an error this way.
+	return strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
 }
 
 // Dialect helpers shared with store.go.

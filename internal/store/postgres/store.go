@@ -756,7 +756,21 @@ func (s *Store) ListSchedulableHosts(ctx context.Context, teamID string, byoc bo
 	if err != nil {
 		return nil, mapErr(err, "list schedulable hosts")
 	}
-	return toHosts(rows), nil
+	hosts := toHosts(rows)
+	placed, err := s.qr.ListPlacementsSinceHeartbeat(ctx)
+	if err != nil {
+		return nil, mapErr(err, "list placements since heartbeat")
+	}
+	byHost := map[string][]store.Placement{}
+	for _, p := range placed {
+		if p.HostID != nil {
+			byHost[*p.HostID] = append(byHost[*p.HostID], store.Placement{CapsuleID: p.ID, VCPUs: p.Vcpus, MemoryMB: p.MemoryMb, DiskMB: p.DiskSizeMb})
+		}
+	}
+	for i := range hosts {
+		hosts[i].Placed = byHost[hosts[i].ID]
+	}
+	return hosts, nil
 }
 
 // HostHeartbeat implements store.Store.
@@ -1510,4 +1524,24 @@ func (s *Store) ListDailyUsage(ctx context.Context, teamID string, from, to time
 		})
 	}
 	return out, nil
+}
+
+// ---- leases ----
+
+// TryLease implements store.Store: one conditional upsert, atomic under
+// concurrent replicas.
+func (s *Store) TryLease(ctx context.Context, name, holder string, now, expiresAt time.Time) (bool, error) {
+	rows, err := s.qw.TryLease(ctx, db.TryLeaseParams{Name: name, Holder: holder, Now: ts(now), ExpiresAt: ts(expiresAt)})
+	if err != nil {
+		return false, mapErr(err, "try lease")
+	}
+	return len(rows) == 1, nil
+}
+
+// ReleaseLease implements store.Store.
+func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
+	if err := s.qw.ReleaseLease(ctx, db.ReleaseLeaseParams{Name: name, Holder: holder}); err != nil {
+		return mapErr(err, "release lease")
+	}
+	return nil
 }

@@ -62,6 +62,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"AuditPaginationConcurrent", testAuditPaginationConcurrent},
 		{"Metrics", testMetrics},
 		{"DailyUsage", testDailyUsage},
+		{"Leases", testLeases},
+		{"LeasesConcurrent", testLeasesConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1381,4 +1383,51 @@ func testDailyUsage(t *testing.T, s store.Store) {
 	eq(t, "inclusive single day", len(got), 1)
 	eq(t, "replaced", got[0].CPUMinutes, 11.0)
 	eq(t, "range excludes", len(must(s.ListDailyUsage(ctx, a.ID, d1.AddDate(0, 0, 1), d1.AddDate(0, 0, 1)))(t)), 0)
+}
+
+// ---- leases ----
+
+func testLeases(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	t0 := time.Now().Truncate(time.Millisecond)
+	try := func(holder string, now time.Time) bool {
+		t.Helper()
+		return must(s.TryLease(ctx, "reconcile", holder, now, now.Add(30*time.Second)))(t)
+	}
+	eq(t, "a takes a free lease", try("a", t0), true)
+	eq(t, "b while a holds it", try("b", t0.Add(time.Second)), false)
+	eq(t, "a renews", try("a", t0.Add(20*time.Second)), true)
+	eq(t, "b before the renewal expires", try("b", t0.Add(45*time.Second)), false)
+	eq(t, "b after it expired", try("b", t0.Add(51*time.Second)), true)
+	eq(t, "a lost it", try("a", t0.Add(52*time.Second)), false)
+	eq(t, "another name is independent", must(s.TryLease(ctx, "usage", "a", t0, t0.Add(time.Minute)))(t), true)
+	noErr(t, s.ReleaseLease(ctx, "reconcile", "a")) // not a's: no effect
+	eq(t, "a after releasing what it did not hold", try("a", t0.Add(53*time.Second)), false)
+	noErr(t, s.ReleaseLease(ctx, "reconcile", "b"))
+	eq(t, "a after b released", try("a", t0.Add(54*time.Second)), true)
+}
+
+// testLeasesConcurrent: of many holders racing for one free lease at the
+// same instant, exactly one gets it.
+func testLeasesConcurrent(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	now := time.Now()
+	const n = 16
+	var wg sync.WaitGroup
+	got := make([]bool, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			got[i], errs[i] = s.TryLease(ctx, "race", fmt.Sprintf("replica-%d", i), now, now.Add(time.Minute))
+		})
+	}
+	wg.Wait()
+	winners := 0
+	for i := range n {
+		noErr(t, errs[i])
+		if got[i] {
+			winners++
+		}
+	}
+	eq(t, "holders that got the lease", winners, 1)
 }

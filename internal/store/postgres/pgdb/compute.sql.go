@@ -1131,6 +1131,52 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 	return items, nil
 }
 
+const listPlacementsSinceHeartbeat = `-- name: ListPlacementsSinceHeartbeat :many
+SELECT c.host_id, c.id, c.vcpus, c.memory_mb, c.disk_size_mb
+FROM capsules c JOIN hosts h ON h.id = c.host_id
+WHERE h.status = 'online'
+  AND c.created_at > COALESCE(h.last_heartbeat_at, '-infinity'::timestamptz)
+  AND c.status IN ('pending', 'starting', 'running', 'paused')
+ORDER BY c.host_id, c.id
+`
+
+type ListPlacementsSinceHeartbeatRow struct {
+	HostID     *string
+	ID         string
+	Vcpus      int64
+	MemoryMb   int64
+	DiskSizeMb int64
+}
+
+// Capsules placed on online hosts after the host's last heartbeat (which
+// therefore does not count them yet), by any control-plane replica: the
+// scheduler adds them to the host's used figures.
+func (q *Queries) ListPlacementsSinceHeartbeat(ctx context.Context) ([]ListPlacementsSinceHeartbeatRow, error) {
+	rows, err := q.db.Query(ctx, listPlacementsSinceHeartbeat)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []ListPlacementsSinceHeartbeatRow
+	for rows.Next() {
+		var i ListPlacementsSinceHeartbeatRow
+		if err := rows.Scan(
+			&i.HostID,
+			&i.ID,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskSizeMb,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listTemplates = `-- name: ListTemplates :many
 SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates WHERE team_id = $1 OR public = TRUE ORDER BY name, id
 `

@@ -131,6 +131,13 @@ type HostToken struct {
 	HostID    *string
 }
 
+type Lease struct {
+	Name      string
+	Holder    string
+	RenewedAt time.Time
+	ExpiresAt time.Time
+}
+
 type OauthProvider struct {
 	Provider       string
 	ProviderUserID string

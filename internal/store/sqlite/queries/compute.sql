@@ -181,3 +181,14 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
 -- name: DeleteCapsule :execrows
 DELETE FROM capsules WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: ListPlacementsSinceHeartbeat :many
+-- Capsules placed on online hosts after the host's last heartbeat (which
+-- therefore does not count them yet), by any control-plane replica: the
+-- scheduler adds them to the host's used figures.
+SELECT c.host_id, c.id, c.vcpus, c.memory_mb, c.disk_size_mb
+FROM capsules c JOIN hosts h ON h.id = c.host_id
+WHERE h.status = 'online'
+  AND c.created_at > COALESCE(h.last_heartbeat_at, 0)
+  AND c.status IN ('pending', 'starting', 'running', 'paused')
+ORDER BY c.host_id, c.id;

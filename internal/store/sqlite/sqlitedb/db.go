@@ -225,6 +225,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listOnlineTeamHostsStmt, err = db.PrepareContext(ctx, listOnlineTeamHosts); err != nil {
 		return nil, fmt.Errorf("error preparing query ListOnlineTeamHosts: %w", err)
 	}
+	if q.listPlacementsSinceHeartbeatStmt, err = db.PrepareContext(ctx, listPlacementsSinceHeartbeat); err != nil {
+		return nil, fmt.Errorf("error preparing query ListPlacementsSinceHeartbeat: %w", err)
+	}
 	if q.listTeamInvitesStmt, err = db.PrepareContext(ctx, listTeamInvites); err != nil {
 		return nil, fmt.Errorf("error preparing query ListTeamInvites: %w", err)
 	}
@@ -254,6 +257,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.markTeamInviteAcceptedStmt, err = db.PrepareContext(ctx, markTeamInviteAccepted); err != nil {
 		return nil, fmt.Errorf("error preparing query MarkTeamInviteAccepted: %w", err)
+	}
+	if q.releaseLeaseStmt, err = db.PrepareContext(ctx, releaseLease); err != nil {
+		return nil, fmt.Errorf("error preparing query ReleaseLease: %w", err)
 	}
 	if q.removeTeamMemberStmt, err = db.PrepareContext(ctx, removeTeamMember); err != nil {
 		return nil, fmt.Errorf("error preparing query RemoveTeamMember: %w", err)
@@ -326,6 +332,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.trimBuildLogsStmt, err = db.PrepareContext(ctx, trimBuildLogs); err != nil {
 		return nil, fmt.Errorf("error preparing query TrimBuildLogs: %w", err)
+	}
+	if q.tryLeaseStmt, err = db.PrepareContext(ctx, tryLease); err != nil {
+		return nil, fmt.Errorf("error preparing query TryLease: %w", err)
 	}
 	if q.unlinkOAuthStmt, err = db.PrepareContext(ctx, unlinkOAuth); err != nil {
 		return nil, fmt.Errorf("error preparing query UnlinkOAuth: %w", err)
@@ -685,6 +694,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listOnlineTeamHostsStmt: %w", cerr)
 		}
 	}
+	if q.listPlacementsSinceHeartbeatStmt != nil {
+		if cerr := q.listPlacementsSinceHeartbeatStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listPlacementsSinceHeartbeatStmt: %w", cerr)
+		}
+	}
 	if q.listTeamInvitesStmt != nil {
 		if cerr := q.listTeamInvitesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listTeamInvitesStmt: %w", cerr)
@@ -733,6 +747,11 @@ func (q *Queries) Close() error {
 	if q.markTeamInviteAcceptedStmt != nil {
 		if cerr := q.markTeamInviteAcceptedStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing markTeamInviteAcceptedStmt: %w", cerr)
+		}
+	}
+	if q.releaseLeaseStmt != nil {
+		if cerr := q.releaseLeaseStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing releaseLeaseStmt: %w", cerr)
 		}
 	}
 	if q.removeTeamMemberStmt != nil {
@@ -853,6 +872,11 @@ func (q *Queries) Close() error {
 	if q.trimBuildLogsStmt != nil {
 		if cerr := q.trimBuildLogsStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing trimBuildLogsStmt: %w", cerr)
+		}
+	}
+	if q.tryLeaseStmt != nil {
+		if cerr := q.tryLeaseStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing tryLeaseStmt: %w", cerr)
 		}
 	}
 	if q.unlinkOAuthStmt != nil {
@@ -991,6 +1015,7 @@ type Queries struct {
 	listOAuthLinksStmt               *sql.Stmt
 	listOnlineSharedHostsStmt        *sql.Stmt
 	listOnlineTeamHostsStmt          *sql.Stmt
+	listPlacementsSinceHeartbeatStmt *sql.Stmt
 	listTeamInvitesStmt              *sql.Stmt
 	listTeamMembersStmt              *sql.Stmt
 	listTeamMetricSnapshotsStmt      *sql.Stmt
@@ -1001,6 +1026,7 @@ type Queries struct {
 	listUsersStmt                    *sql.Stmt
 	markStaleHostsUnavailableStmt    *sql.Stmt
 	markTeamInviteAcceptedStmt       *sql.Stmt
+	releaseLeaseStmt                 *sql.Stmt
 	removeTeamMemberStmt             *sql.Stmt
 	removeUserMembershipsStmt        *sql.Stmt
 	removeUserOAuthLinksStmt         *sql.Stmt
@@ -1025,6 +1051,7 @@ type Queries struct {
 	sumUsageStmt                     *sql.Stmt
 	touchAPIKeyStmt                  *sql.Stmt
 	trimBuildLogsStmt                *sql.Stmt
+	tryLeaseStmt                     *sql.Stmt
 	unlinkOAuthStmt                  *sql.Stmt
 	updateBuildStatusStmt            *sql.Stmt
 	updateCapsuleStatusStmt          *sql.Stmt
@@ -1104,6 +1131,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listOAuthLinksStmt:               q.listOAuthLinksStmt,
 		listOnlineSharedHostsStmt:        q.listOnlineSharedHostsStmt,
 		listOnlineTeamHostsStmt:          q.listOnlineTeamHostsStmt,
+		listPlacementsSinceHeartbeatStmt: q.listPlacementsSinceHeartbeatStmt,
 		listTeamInvitesStmt:              q.listTeamInvitesStmt,
 		listTeamMembersStmt:              q.listTeamMembersStmt,
 		listTeamMetricSnapshotsStmt:      q.listTeamMetricSnapshotsStmt,
@@ -1114,6 +1142,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listUsersStmt:                    q.listUsersStmt,
 		markStaleHostsUnavailableStmt:    q.markStaleHostsUnavailableStmt,
 		markTeamInviteAcceptedStmt:       q.markTeamInviteAcceptedStmt,
+		releaseLeaseStmt:                 q.releaseLeaseStmt,
 		removeTeamMemberStmt:             q.removeTeamMemberStmt,
 		removeUserMembershipsStmt:        q.removeUserMembershipsStmt,
 		removeUserOAuthLinksStmt:         q.removeUserOAuthLinksStmt,
@@ -1138,6 +1167,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		sumUsageStmt:                     q.sumUsageStmt,
 		touchAPIKeyStmt:                  q.touchAPIKeyStmt,
 		trimBuildLogsStmt:                q.trimBuildLogsStmt,
+		tryLeaseStmt:                     q.tryLeaseStmt,
 		unlinkOAuthStmt:                  q.unlinkOAuthStmt,
 		updateBuildStatusStmt:            q.updateBuildStatusStmt,
 		updateCapsuleStatusStmt:          q.updateCapsuleStatusStmt,

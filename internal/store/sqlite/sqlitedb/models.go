@@ -127,6 +127,13 @@ type HostToken struct {
 	HostID    *string
 }
 
+type Lease struct {
+	Name      string
+	Holder    string
+	RenewedAt int64
+	ExpiresAt int64
+}
+
 type OauthProvider struct {
 	Provider       string
 	ProviderUserID string
