@@ -79,6 +79,9 @@ type Capsule struct {
 	ErrorReason     string
 	Metadata        []byte
 	Network         []byte
+	OnTimeout       string
+	AutoResume      bool
+	PauseReason     string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -147,6 +150,8 @@ type Team struct {
 	UpdatedAt            time.Time
 	CapsuleInternet      *bool
 	AllowedPrivateRanges *string
+	OnTimeout            *string
+	AutoResume           *bool
 }
 
 type TeamInvite struct {
@@ -181,6 +186,8 @@ type Template struct {
 	SourceCapsuleID *string
 	Memory          bool
 	CapsuleInternet *bool
+	OnTimeout       *string
+	AutoResume      *bool
 }
 
 type User struct {

@@ -43,7 +43,7 @@ func (q *Queries) AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (T
 const createTeam = `-- name: CreateTeam :one
 INSERT INTO teams (id, name, is_byoc, is_platform, created_at, updated_at)
 VALUES ($1, $2, $3, FALSE, $4, $4)
-RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges
+RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, on_timeout, auto_resume
 `
 
 type CreateTeamParams struct {
@@ -70,6 +70,8 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
@@ -148,7 +150,7 @@ func (q *Queries) DeleteTeamInvite(ctx context.Context, arg DeleteTeamInvitePara
 }
 
 const getPlatformTeam = `-- name: GetPlatformTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams WHERE is_platform = TRUE
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, on_timeout, auto_resume FROM teams WHERE is_platform = TRUE
 `
 
 func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
@@ -163,12 +165,14 @@ func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
 
 const getTeam = `-- name: GetTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams WHERE id = $1
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, on_timeout, auto_resume FROM teams WHERE id = $1
 `
 
 func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
@@ -183,6 +187,8 @@ func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
 		&i.UpdatedAt,
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
@@ -371,7 +377,7 @@ func (q *Queries) ListTeamMembers(ctx context.Context, teamID string) ([]ListTea
 }
 
 const listTeams = `-- name: ListTeams :many
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges FROM teams ORDER BY created_at, id
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, on_timeout, auto_resume FROM teams ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
@@ -392,6 +398,8 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 			&i.UpdatedAt,
 			&i.CapsuleInternet,
 			&i.AllowedPrivateRanges,
+			&i.OnTimeout,
+			&i.AutoResume,
 		); err != nil {
 			return nil, err
 		}
@@ -404,7 +412,7 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 }
 
 const listTeamsForUser = `-- name: ListTeamsForUser :many
-SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, m.role
+SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.on_timeout, t.auto_resume, m.role
 FROM teams t JOIN team_members m ON m.team_id = t.id
 WHERE m.user_id = $1
 ORDER BY t.created_at, t.id
@@ -418,6 +426,8 @@ type ListTeamsForUserRow struct {
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
 	CapsuleInternet *bool
+	OnTimeout       *string
+	AutoResume      *bool
 	Role            string
 }
 
@@ -438,6 +448,8 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID string) ([]ListTe
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.CapsuleInternet,
+			&i.OnTimeout,
+			&i.AutoResume,
 			&i.Role,
 		); err != nil {
 			return nil, err

@@ -225,6 +225,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listOnlineTeamHostsStmt, err = db.PrepareContext(ctx, listOnlineTeamHosts); err != nil {
 		return nil, fmt.Errorf("error preparing query ListOnlineTeamHosts: %w", err)
 	}
+	if q.listRetentionExpiredStmt, err = db.PrepareContext(ctx, listRetentionExpired); err != nil {
+		return nil, fmt.Errorf("error preparing query ListRetentionExpired: %w", err)
+	}
 	if q.listTeamInvitesStmt, err = db.PrepareContext(ctx, listTeamInvites); err != nil {
 		return nil, fmt.Errorf("error preparing query ListTeamInvites: %w", err)
 	}
@@ -245,6 +248,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.listTemplatesStmt, err = db.PrepareContext(ctx, listTemplates); err != nil {
 		return nil, fmt.Errorf("error preparing query ListTemplates: %w", err)
+	}
+	if q.listTimedOutPausableStmt, err = db.PrepareContext(ctx, listTimedOutPausable); err != nil {
+		return nil, fmt.Errorf("error preparing query ListTimedOutPausable: %w", err)
 	}
 	if q.listUsersStmt, err = db.PrepareContext(ctx, listUsers); err != nil {
 		return nil, fmt.Errorf("error preparing query ListUsers: %w", err)
@@ -276,8 +282,14 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setCapsuleHostStmt, err = db.PrepareContext(ctx, setCapsuleHost); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleHost: %w", err)
 	}
+	if q.setCapsuleLifecycleStmt, err = db.PrepareContext(ctx, setCapsuleLifecycle); err != nil {
+		return nil, fmt.Errorf("error preparing query SetCapsuleLifecycle: %w", err)
+	}
 	if q.setCapsuleNetworkStmt, err = db.PrepareContext(ctx, setCapsuleNetwork); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleNetwork: %w", err)
+	}
+	if q.setCapsulePauseReasonStmt, err = db.PrepareContext(ctx, setCapsulePauseReason); err != nil {
+		return nil, fmt.Errorf("error preparing query SetCapsulePauseReason: %w", err)
 	}
 	if q.setCapsulePublicStmt, err = db.PrepareContext(ctx, setCapsulePublic); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsulePublic: %w", err)
@@ -294,11 +306,17 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setTeamCapsuleInternetStmt, err = db.PrepareContext(ctx, setTeamCapsuleInternet); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamCapsuleInternet: %w", err)
 	}
+	if q.setTeamLifecycleStmt, err = db.PrepareContext(ctx, setTeamLifecycle); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTeamLifecycle: %w", err)
+	}
 	if q.setTeamPrivateRangesStmt, err = db.PrepareContext(ctx, setTeamPrivateRanges); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamPrivateRanges: %w", err)
 	}
 	if q.setTemplateCapsuleInternetStmt, err = db.PrepareContext(ctx, setTemplateCapsuleInternet); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTemplateCapsuleInternet: %w", err)
+	}
+	if q.setTemplateLifecycleStmt, err = db.PrepareContext(ctx, setTemplateLifecycle); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTemplateLifecycle: %w", err)
 	}
 	if q.setUserEmailVerifiedStmt, err = db.PrepareContext(ctx, setUserEmailVerified); err != nil {
 		return nil, fmt.Errorf("error preparing query SetUserEmailVerified: %w", err)
@@ -679,6 +697,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listOnlineTeamHostsStmt: %w", cerr)
 		}
 	}
+	if q.listRetentionExpiredStmt != nil {
+		if cerr := q.listRetentionExpiredStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listRetentionExpiredStmt: %w", cerr)
+		}
+	}
 	if q.listTeamInvitesStmt != nil {
 		if cerr := q.listTeamInvitesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listTeamInvitesStmt: %w", cerr)
@@ -712,6 +735,11 @@ func (q *Queries) Close() error {
 	if q.listTemplatesStmt != nil {
 		if cerr := q.listTemplatesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listTemplatesStmt: %w", cerr)
+		}
+	}
+	if q.listTimedOutPausableStmt != nil {
+		if cerr := q.listTimedOutPausableStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listTimedOutPausableStmt: %w", cerr)
 		}
 	}
 	if q.listUsersStmt != nil {
@@ -764,9 +792,19 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setCapsuleHostStmt: %w", cerr)
 		}
 	}
+	if q.setCapsuleLifecycleStmt != nil {
+		if cerr := q.setCapsuleLifecycleStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setCapsuleLifecycleStmt: %w", cerr)
+		}
+	}
 	if q.setCapsuleNetworkStmt != nil {
 		if cerr := q.setCapsuleNetworkStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setCapsuleNetworkStmt: %w", cerr)
+		}
+	}
+	if q.setCapsulePauseReasonStmt != nil {
+		if cerr := q.setCapsulePauseReasonStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setCapsulePauseReasonStmt: %w", cerr)
 		}
 	}
 	if q.setCapsulePublicStmt != nil {
@@ -794,6 +832,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setTeamCapsuleInternetStmt: %w", cerr)
 		}
 	}
+	if q.setTeamLifecycleStmt != nil {
+		if cerr := q.setTeamLifecycleStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTeamLifecycleStmt: %w", cerr)
+		}
+	}
 	if q.setTeamPrivateRangesStmt != nil {
 		if cerr := q.setTeamPrivateRangesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTeamPrivateRangesStmt: %w", cerr)
@@ -802,6 +845,11 @@ func (q *Queries) Close() error {
 	if q.setTemplateCapsuleInternetStmt != nil {
 		if cerr := q.setTemplateCapsuleInternetStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTemplateCapsuleInternetStmt: %w", cerr)
+		}
+	}
+	if q.setTemplateLifecycleStmt != nil {
+		if cerr := q.setTemplateLifecycleStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTemplateLifecycleStmt: %w", cerr)
 		}
 	}
 	if q.setUserEmailVerifiedStmt != nil {
@@ -975,6 +1023,7 @@ type Queries struct {
 	listOAuthLinksStmt               *sql.Stmt
 	listOnlineSharedHostsStmt        *sql.Stmt
 	listOnlineTeamHostsStmt          *sql.Stmt
+	listRetentionExpiredStmt         *sql.Stmt
 	listTeamInvitesStmt              *sql.Stmt
 	listTeamMembersStmt              *sql.Stmt
 	listTeamMetricSnapshotsStmt      *sql.Stmt
@@ -982,6 +1031,7 @@ type Queries struct {
 	listTeamsForUserStmt             *sql.Stmt
 	listTeamsWithMetricSnapshotsStmt *sql.Stmt
 	listTemplatesStmt                *sql.Stmt
+	listTimedOutPausableStmt         *sql.Stmt
 	listUsersStmt                    *sql.Stmt
 	markStaleHostsUnavailableStmt    *sql.Stmt
 	markTeamInviteAcceptedStmt       *sql.Stmt
@@ -992,14 +1042,18 @@ type Queries struct {
 	revokeUserAdminStmt              *sql.Stmt
 	setCapsuleExpiryStmt             *sql.Stmt
 	setCapsuleHostStmt               *sql.Stmt
+	setCapsuleLifecycleStmt          *sql.Stmt
 	setCapsuleNetworkStmt            *sql.Stmt
+	setCapsulePauseReasonStmt        *sql.Stmt
 	setCapsulePublicStmt             *sql.Stmt
 	setHostCapabilitiesStmt          *sql.Stmt
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
 	setTeamCapsuleInternetStmt       *sql.Stmt
+	setTeamLifecycleStmt             *sql.Stmt
 	setTeamPrivateRangesStmt         *sql.Stmt
 	setTemplateCapsuleInternetStmt   *sql.Stmt
+	setTemplateLifecycleStmt         *sql.Stmt
 	setUserEmailVerifiedStmt         *sql.Stmt
 	setUserNameStmt                  *sql.Stmt
 	setUserPasswordStmt              *sql.Stmt
@@ -1086,6 +1140,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listOAuthLinksStmt:               q.listOAuthLinksStmt,
 		listOnlineSharedHostsStmt:        q.listOnlineSharedHostsStmt,
 		listOnlineTeamHostsStmt:          q.listOnlineTeamHostsStmt,
+		listRetentionExpiredStmt:         q.listRetentionExpiredStmt,
 		listTeamInvitesStmt:              q.listTeamInvitesStmt,
 		listTeamMembersStmt:              q.listTeamMembersStmt,
 		listTeamMetricSnapshotsStmt:      q.listTeamMetricSnapshotsStmt,
@@ -1093,6 +1148,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listTeamsForUserStmt:             q.listTeamsForUserStmt,
 		listTeamsWithMetricSnapshotsStmt: q.listTeamsWithMetricSnapshotsStmt,
 		listTemplatesStmt:                q.listTemplatesStmt,
+		listTimedOutPausableStmt:         q.listTimedOutPausableStmt,
 		listUsersStmt:                    q.listUsersStmt,
 		markStaleHostsUnavailableStmt:    q.markStaleHostsUnavailableStmt,
 		markTeamInviteAcceptedStmt:       q.markTeamInviteAcceptedStmt,
@@ -1103,14 +1159,18 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		revokeUserAdminStmt:              q.revokeUserAdminStmt,
 		setCapsuleExpiryStmt:             q.setCapsuleExpiryStmt,
 		setCapsuleHostStmt:               q.setCapsuleHostStmt,
+		setCapsuleLifecycleStmt:          q.setCapsuleLifecycleStmt,
 		setCapsuleNetworkStmt:            q.setCapsuleNetworkStmt,
+		setCapsulePauseReasonStmt:        q.setCapsulePauseReasonStmt,
 		setCapsulePublicStmt:             q.setCapsulePublicStmt,
 		setHostCapabilitiesStmt:          q.setHostCapabilitiesStmt,
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
 		setTeamCapsuleInternetStmt:       q.setTeamCapsuleInternetStmt,
+		setTeamLifecycleStmt:             q.setTeamLifecycleStmt,
 		setTeamPrivateRangesStmt:         q.setTeamPrivateRangesStmt,
 		setTemplateCapsuleInternetStmt:   q.setTemplateCapsuleInternetStmt,
+		setTemplateLifecycleStmt:         q.setTemplateLifecycleStmt,
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,
 		setUserNameStmt:                  q.setUserNameStmt,
 		setUserPasswordStmt:              q.setUserPasswordStmt,

@@ -75,6 +75,9 @@ type Capsule struct {
 	ErrorReason     string
 	Metadata        []byte
 	Network         []byte
+	OnTimeout       string
+	AutoResume      bool
+	PauseReason     string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -143,6 +146,8 @@ type Team struct {
 	UpdatedAt            int64
 	CapsuleInternet      *bool
 	AllowedPrivateRanges *string
+	OnTimeout            *string
+	AutoResume           *bool
 }
 
 type TeamInvite struct {
@@ -177,6 +182,8 @@ type Template struct {
 	SourceCapsuleID *string
 	Memory          bool
 	CapsuleInternet *bool
+	OnTimeout       *string
+	AutoResume      *bool
 }
 
 type User struct {
