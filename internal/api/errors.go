@@ -38,6 +38,9 @@ const (
 	CodeResourceExhausted = "resource_exhausted"
 	// CodeRequestTimeout: the request body did not arrive in time (408).
 	CodeRequestTimeout = "request_timeout"
+	// CodeCapsuleResumeFailed: a paused capsule with auto_resume could not
+	// be resumed for the request that used it (503).
+	CodeCapsuleResumeFailed = "capsule_resume_failed"
 )
 
 // Error is the one error type handlers return to clients: a code from the
@@ -86,7 +89,7 @@ func httpStatus(code string) int {
 		return http.StatusUnsupportedMediaType
 	case CodeNotImplemented:
 		return http.StatusNotImplemented
-	case CodeUnavailable:
+	case CodeUnavailable, CodeCapsuleResumeFailed:
 		return http.StatusServiceUnavailable
 	case CodeRateLimited:
 		return http.StatusTooManyRequests
@@ -154,6 +157,8 @@ func serviceCode(k capsules.Kind) string {
 		return CodePayloadTooLarge
 	case capsules.KindPermissionDenied:
 		return CodePermissionDenied
+	case capsules.KindResumeFailed:
+		return CodeCapsuleResumeFailed
 	}
 	return CodeInternal
 }

@@ -38,6 +38,10 @@ type CreateRequest struct {
 	Metadata map[string]string
 	// Network is the egress policy and rate limits (nil: the defaults).
 	Network *store.CapsuleNetwork
+	// OnTimeout ("kill" or "pause") and AutoResume: nil takes the
+	// template's default, else the team's, else kill / false.
+	OnTimeout  *string
+	AutoResume *bool
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -62,6 +66,10 @@ type Created struct {
 	AccessToken string
 	// Host is where the capsule runs.
 	Host store.Host
+	// MemoryKept, for a capsule that pauses at its timeout or resumes on
+	// use, says whether its host keeps process memory across a pause to
+	// disk (false: the capsule boots again with its files); nil otherwise.
+	MemoryKept *bool
 }
 
 // intField checks an optional value against [lo, hi], or returns def.
@@ -208,6 +216,9 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c.Network, err = checkNetwork(c.AllowInternet, req.Network); err != nil {
 		return Created{}, err
 	}
+	if c.OnTimeout, c.AutoResume, err = resolveLifecycle(req, tmpl, team); err != nil {
+		return Created{}, err
+	}
 	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB})
 	if err != nil {
 		return Created{}, err
@@ -233,7 +244,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	c.Status = store.CapsuleStarting
 	resp, err := s.cfg.Agents.Client(host).CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
-		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
+		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: agentTimeout(c, c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
 		TemplateChecksum: tmpl.Checksum,
 	}))
@@ -266,9 +277,14 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	}
 	s.audit(ctx, sc, c, "create", nil, map[string]any{
 		"template": tmpl.Name, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB, "disk_size_mb": c.DiskSizeMB,
-		"host_id": host.ID, "allow_internet": c.AllowInternet,
+		"host_id": host.ID, "allow_internet": c.AllowInternet, "on_timeout": c.OnTimeout, "auto_resume": c.AutoResume,
 	})
-	return Created{Capsule: c, AccessToken: token, Host: host}, nil
+	out := Created{Capsule: c, AccessToken: token, Host: host}
+	if c.OnTimeout == store.OnTimeoutPause || c.AutoResume {
+		kept := s.hostKeepsMemory(ctx, host)
+		out.MemoryKept = &kept
+	}
+	return out, nil
 }
 
 // createInternal starts a platform-internal capsule: placed and created

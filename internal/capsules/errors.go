@@ -25,6 +25,9 @@ const (
 	// large.
 	KindExhausted        Kind = "resource_exhausted"
 	KindPermissionDenied Kind = "permission_denied"
+	// KindResumeFailed: a paused capsule with auto_resume could not be
+	// resumed for the request that used it (503 capsule_resume_failed).
+	KindResumeFailed Kind = "capsule_resume_failed"
 )
 
 // Error is what the service returns for anything a caller can act on: a

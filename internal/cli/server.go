@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/email"
 )
@@ -54,6 +55,7 @@ type serverFlags struct {
 	noMetricsFlush     bool
 	noBuildRunner      bool
 	capsuleInternet    string
+	pausedRetention    time.Duration
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -113,6 +115,7 @@ missing.`,
 	fl.StringSliceVar(&f.wsOrigins, "ws-origin", nil, "extra origin allowed to open WebSockets (repeatable)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.capsuleInternet, "capsule-internet", "on", "on, or off: no capsule gets outbound internet (a request for it is refused; overrides team defaults)")
+	fl.DurationVar(&f.pausedRetention, "paused-retention", capsules.DefaultPausedRetention, "how long a capsule paused by its on_timeout is kept before it is deleted with its snapshots (explicit pauses are kept)")
 	return cmd
 }
 
@@ -172,6 +175,7 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush,
 		DisableBuildRunner:  f.noBuildRunner,
+		PausedRetention:     f.pausedRetention,
 	}
 	switch f.capsuleInternet {
 	case "on":

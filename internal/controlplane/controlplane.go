@@ -122,6 +122,16 @@ type Config struct {
 	// CapsuleInternetOff is the platform's ceiling (--capsule-internet=off):
 	// no team capsule gets outbound internet; a request for it is 403.
 	CapsuleInternetOff bool
+	// PausedRetention is how long a capsule paused by its on_timeout is
+	// kept before it is deleted with its snapshots (--paused-retention,
+	// default 720 h). Explicit and shutdown pauses are never deleted.
+	PausedRetention time.Duration
+	// LifecycleInterval is how often capsules past their timeout with
+	// on_timeout pause are paused and retention runs (default 2 s).
+	LifecycleInterval time.Duration
+	// ResumeWait bounds a request's wait for an automatic resume (default
+	// 2 min).
+	ResumeWait time.Duration
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -151,6 +161,9 @@ func (c *Config) fill() error {
 	def(&c.UsageRollupInterval, time.Hour)
 	def(&c.MetricsFlushInterval, time.Minute)
 	def(&c.BuildInterval, 2*time.Second)
+	def(&c.PausedRetention, capsules.DefaultPausedRetention)
+	def(&c.LifecycleInterval, 2*time.Second)
+	def(&c.ResumeWait, capsules.DefaultResumeWait)
 	if c.HeartbeatMisses <= 0 {
 		c.HeartbeatMisses = 3
 	}
@@ -243,7 +256,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	rec := &audit.Recorder{Store: s.store, Logger: s.log}
 	s.capsules = capsules.New(capsules.Config{
 		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
-		InternetOff: cfg.CapsuleInternetOff,
+		InternetOff: cfg.CapsuleInternetOff, PausedRetention: cfg.PausedRetention, ResumeWait: cfg.ResumeWait,
 	})
 	var buildRunner api.BuildRunner
 	if !cfg.DisableBuildRunner {
@@ -382,6 +395,7 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	s.returnMu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.loop(bg, s.cfg.ReconcileInterval, s.ReconcileOnce) })
+	wg.Go(func() { s.loop(bg, s.cfg.LifecycleInterval, s.capsules.Sweep) })
 	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval) })
 	if !s.cfg.DisableMetricsFlush {
 		flusher := &metricsflush.Flusher{Store: s.store, Agents: s.agents, Log: s.log}
@@ -482,6 +496,15 @@ func (s *Server) resolveProxy(ctx context.Context, id string) (proxy.Target, err
 		h, err := s.store.GetHost(ctx, c.HostID)
 		if err != nil {
 			return proxy.Target{}, err
+		}
+		if c.Status.IsPaused() && c.AutoResume && h.Status != store.HostUnavailable {
+			// auto_resume: the request wakes the capsule (one resume
+			// however many requests wait), then is served.
+			conn, err := s.capsules.Connect(ctx, capsules.SystemScope(), c.ID)
+			if err != nil {
+				return proxy.Target{}, fmt.Errorf("%w: %w", proxy.ErrResumeFailed, err)
+			}
+			c = conn.Capsule
 		}
 		t.AgentURL, t.HostSecret = s.agents.BaseURL(h.Address), s.agents.Credential(h.ID)
 		t.Running = c.Status == store.CapsuleRunning && h.Status != store.HostUnavailable

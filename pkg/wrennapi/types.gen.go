@@ -7,6 +7,45 @@ import (
 	"time"
 )
 
+// Defines values for AdminCapsuleOnTimeout.
+const (
+	AdminCapsuleOnTimeoutKill  AdminCapsuleOnTimeout = "kill"
+	AdminCapsuleOnTimeoutPause AdminCapsuleOnTimeout = "pause"
+)
+
+// Valid indicates whether the value is a known member of the AdminCapsuleOnTimeout enum.
+func (e AdminCapsuleOnTimeout) Valid() bool {
+	switch e {
+	case AdminCapsuleOnTimeoutKill:
+		return true
+	case AdminCapsuleOnTimeoutPause:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AdminCapsulePauseReason.
+const (
+	AdminCapsulePauseReasonShutdown AdminCapsulePauseReason = "shutdown"
+	AdminCapsulePauseReasonTimeout  AdminCapsulePauseReason = "timeout"
+	AdminCapsulePauseReasonUser     AdminCapsulePauseReason = "user"
+)
+
+// Valid indicates whether the value is a known member of the AdminCapsulePauseReason enum.
+func (e AdminCapsulePauseReason) Valid() bool {
+	switch e {
+	case AdminCapsulePauseReasonShutdown:
+		return true
+	case AdminCapsulePauseReasonTimeout:
+		return true
+	case AdminCapsulePauseReasonUser:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for AdminCapsuleStatus.
 const (
 	AdminCapsuleStatusError      AdminCapsuleStatus = "error"
@@ -142,6 +181,45 @@ func (e BuildLogRecordStream) Valid() bool {
 	case BuildLogRecordStreamStdout:
 		return true
 	case BuildLogRecordStreamSystem:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapsuleOnTimeout.
+const (
+	CapsuleOnTimeoutKill  CapsuleOnTimeout = "kill"
+	CapsuleOnTimeoutPause CapsuleOnTimeout = "pause"
+)
+
+// Valid indicates whether the value is a known member of the CapsuleOnTimeout enum.
+func (e CapsuleOnTimeout) Valid() bool {
+	switch e {
+	case CapsuleOnTimeoutKill:
+		return true
+	case CapsuleOnTimeoutPause:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapsulePauseReason.
+const (
+	CapsulePauseReasonShutdown CapsulePauseReason = "shutdown"
+	CapsulePauseReasonTimeout  CapsulePauseReason = "timeout"
+	CapsulePauseReasonUser     CapsulePauseReason = "user"
+)
+
+// Valid indicates whether the value is a known member of the CapsulePauseReason enum.
+func (e CapsulePauseReason) Valid() bool {
+	switch e {
+	case CapsulePauseReasonShutdown:
+		return true
+	case CapsulePauseReasonTimeout:
+		return true
+	case CapsulePauseReasonUser:
 		return true
 	default:
 		return false
@@ -571,9 +649,12 @@ type AdminCapsule struct {
 	AccessToken string `json:"access_token,omitempty"`
 
 	// AllowInternet Whether the capsule has outbound internet access. The host, other capsules and private ranges are unreachable either way.
-	AllowInternet bool      `json:"allow_internet"`
-	CreatedAt     time.Time `json:"created_at"`
-	DiskSizeMB    int64     `json:"disk_size_mb"`
+	AllowInternet bool `json:"allow_internet"`
+
+	// AutoResume Whether any use of the paused capsule resumes it.
+	AutoResume bool      `json:"auto_resume,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	DiskSizeMB int64     `json:"disk_size_mb"`
 
 	// ErrorReason Why the capsule is in error (omitted when empty).
 	ErrorReason string     `json:"error_reason,omitempty"`
@@ -583,7 +664,7 @@ type AdminCapsule struct {
 	// ID Example: cl-3k9xq2m7a1b4c5d6
 	ID string `json:"id"`
 
-	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
+	// MemoryKept Only in pause and resume answers (whether processes and memory were kept), and in create and fork answers of a capsule with on_timeout pause or auto_resume (whether its host keeps them across a pause to disk). A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
 	MemoryKept *bool `json:"memory_kept,omitempty"`
 	MemoryMB   int64 `json:"memory_mb"`
 
@@ -591,16 +672,28 @@ type AdminCapsule struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Network The egress policy in force (omitted: the defaults).
-	Network    *CapsuleNetwork    `json:"network,omitempty"`
-	PausedAt   *time.Time         `json:"paused_at,omitempty"`
-	Public     bool               `json:"public"`
-	Status     AdminCapsuleStatus `json:"status"`
-	TeamID     string             `json:"team_id"`
-	TemplateID string             `json:"template_id"`
-	TimeoutSec int64              `json:"timeout_sec"`
-	UpdatedAt  time.Time          `json:"updated_at"`
-	VCPUs      int64              `json:"vcpus"`
+	Network *CapsuleNetwork `json:"network,omitempty"`
+
+	// OnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+	OnTimeout AdminCapsuleOnTimeout `json:"on_timeout,omitempty"`
+
+	// PauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+	PauseReason AdminCapsulePauseReason `json:"pause_reason,omitempty"`
+	PausedAt    *time.Time              `json:"paused_at,omitempty"`
+	Public      bool                    `json:"public"`
+	Status      AdminCapsuleStatus      `json:"status"`
+	TeamID      string                  `json:"team_id"`
+	TemplateID  string                  `json:"template_id"`
+	TimeoutSec  int64                   `json:"timeout_sec"`
+	UpdatedAt   time.Time               `json:"updated_at"`
+	VCPUs       int64                   `json:"vcpus"`
 }
+
+// AdminCapsuleOnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+type AdminCapsuleOnTimeout string
+
+// AdminCapsulePauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+type AdminCapsulePauseReason string
 
 // AdminCapsuleStatus defines model for AdminCapsule.Status.
 type AdminCapsuleStatus string
@@ -811,9 +904,12 @@ type Capsule struct {
 	AccessToken string `json:"access_token,omitempty"`
 
 	// AllowInternet Whether the capsule has outbound internet access. The host, other capsules and private ranges are unreachable either way.
-	AllowInternet bool      `json:"allow_internet"`
-	CreatedAt     time.Time `json:"created_at"`
-	DiskSizeMB    int64     `json:"disk_size_mb"`
+	AllowInternet bool `json:"allow_internet"`
+
+	// AutoResume Whether any use of the paused capsule resumes it.
+	AutoResume bool      `json:"auto_resume,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	DiskSizeMB int64     `json:"disk_size_mb"`
 
 	// ErrorReason Why the capsule is in error (omitted when empty).
 	ErrorReason string     `json:"error_reason,omitempty"`
@@ -823,7 +919,7 @@ type Capsule struct {
 	// ID Example: cl-3k9xq2m7a1b4c5d6
 	ID string `json:"id"`
 
-	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
+	// MemoryKept Only in pause and resume answers (whether processes and memory were kept), and in create and fork answers of a capsule with on_timeout pause or auto_resume (whether its host keeps them across a pause to disk). A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
 	MemoryKept *bool `json:"memory_kept,omitempty"`
 	MemoryMB   int64 `json:"memory_mb"`
 
@@ -831,15 +927,27 @@ type Capsule struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Network The egress policy in force (omitted: the defaults).
-	Network    *CapsuleNetwork `json:"network,omitempty"`
-	PausedAt   *time.Time      `json:"paused_at,omitempty"`
-	Public     bool            `json:"public"`
-	Status     CapsuleStatus   `json:"status"`
-	TemplateID string          `json:"template_id"`
-	TimeoutSec int64           `json:"timeout_sec"`
-	UpdatedAt  time.Time       `json:"updated_at"`
-	VCPUs      int64           `json:"vcpus"`
+	Network *CapsuleNetwork `json:"network,omitempty"`
+
+	// OnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+	OnTimeout CapsuleOnTimeout `json:"on_timeout,omitempty"`
+
+	// PauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+	PauseReason CapsulePauseReason `json:"pause_reason,omitempty"`
+	PausedAt    *time.Time         `json:"paused_at,omitempty"`
+	Public      bool               `json:"public"`
+	Status      CapsuleStatus      `json:"status"`
+	TemplateID  string             `json:"template_id"`
+	TimeoutSec  int64              `json:"timeout_sec"`
+	UpdatedAt   time.Time          `json:"updated_at"`
+	VCPUs       int64              `json:"vcpus"`
 }
+
+// CapsuleOnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+type CapsuleOnTimeout string
+
+// CapsulePauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+type CapsulePauseReason string
 
 // CapsuleStatus defines model for Capsule.Status.
 type CapsuleStatus string
@@ -905,16 +1013,22 @@ type CreateBuild struct {
 // CreateCapsule defines model for CreateCapsule.
 type CreateCapsule struct {
 	// AllowInternet Outbound internet access. The host, other capsules and private ranges are unreachable either way.
-	AllowInternet *bool             `json:"allow_internet,omitempty"`
-	DiskSizeMB    *int64            `json:"disk_size_mb,omitempty"`
-	Env           map[string]string `json:"env,omitempty"`
-	MemoryMB      *int64            `json:"memory_mb,omitempty"`
+	AllowInternet *bool `json:"allow_internet,omitempty"`
+
+	// AutoResume Any use of the paused capsule (API data routes, the port proxy, the E2B routes) resumes it first. Default: the template's, else the team's, else false.
+	AutoResume *bool             `json:"auto_resume,omitempty"`
+	DiskSizeMB *int64            `json:"disk_size_mb,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	MemoryMB   *int64            `json:"memory_mb,omitempty"`
 
 	// Metadata Your string key/values, returned in get and list and filterable with metadata.<key>=<value>.
 	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Network Egress policy and rate limits (default: every public destination, 200 MB/s each way). With allow_internet false only the rate limits may be given.
 	Network *CapsuleNetwork `json:"network,omitempty"`
+
+	// OnTimeout What the end of the timeout does: kill (destroy) or pause (to disk, with memory where the host keeps it; deleted after the platform's paused retention, default 30 days). Default: the template's, else the team's, else kill. docs/LIFECYCLE.md.
+	OnTimeout *string `json:"on_timeout,omitempty"`
 
 	// Public Ports reachable through the proxy without the access token.
 	Public bool `json:"public,omitempty"`
@@ -1039,6 +1153,24 @@ type FileEntry struct {
 // FileList defines model for FileList.
 type FileList struct {
 	Entries []FileEntry `json:"entries"`
+}
+
+// Fork defines model for Fork.
+type Fork struct {
+	// Count How many copies.
+	Count *int64 `json:"count,omitempty"`
+}
+
+// ForkResult defines model for ForkResult.
+type ForkResult struct {
+	// BaseTemplateID The template the copies share (the original's files and memory, stored once); delete it once no capsule uses it.
+	BaseTemplateID string `json:"base_template_id"`
+
+	// Capsules The copies, each with its access_token.
+	Capsules []Capsule `json:"capsules"`
+
+	// MemoryKept Whether the copies run the original's processes (false: they booted again from its files).
+	MemoryKept bool `json:"memory_kept"`
 }
 
 // Health defines model for Health.
@@ -1736,6 +1868,9 @@ type PostV1CapsulesCapsuleIDExecJSONRequestBody = Exec
 
 // PostV1CapsulesCapsuleIDFilesMkdirJSONRequestBody defines body for PostV1CapsulesCapsuleIDFilesMkdir for application/json ContentType.
 type PostV1CapsulesCapsuleIDFilesMkdirJSONRequestBody = Mkdir
+
+// PostV1CapsulesCapsuleIDForkJSONRequestBody defines body for PostV1CapsulesCapsuleIDFork for application/json ContentType.
+type PostV1CapsulesCapsuleIDForkJSONRequestBody = Fork
 
 // PutV1CapsulesCapsuleIDNetworkJSONRequestBody defines body for PutV1CapsulesCapsuleIDNetwork for application/json ContentType.
 type PutV1CapsulesCapsuleIDNetworkJSONRequestBody = SetCapsuleNetwork
