@@ -120,6 +120,9 @@ class CapsuleInfo(_Model):
     access_token: Optional[str] = None
     memory_kept: Optional[bool] = None
     network: Optional[Network] = None
+    on_timeout: str = "kill"
+    auto_resume: bool = False
+    pause_reason: Optional[str] = None
 
 
 @dataclass
@@ -145,6 +148,21 @@ class Template(_Model):
     shared: bool = False
     # The template's default for its capsules' internet (None: the team's).
     capsule_internet: Optional[bool] = None
+
+
+@dataclass
+class ForkResult(_Model):
+    """The copies made by ``Capsule.fork`` (schema ``ForkResult``).
+
+    ``capsules`` are the copies (each with its ``access_token``); ``base_template_id`` is the
+    template they share (stored once); ``memory_kept`` says whether they run the original's
+    processes (false: they booted again from its files).
+    """
+
+    __schema__ = "ForkResult"
+    capsules: List[CapsuleInfo] = field(default_factory=list)
+    base_template_id: str = ""
+    memory_kept: bool = False
 
 
 @dataclass
