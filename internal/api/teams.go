@@ -9,12 +9,16 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
 func toTeamJSON(t store.Team) wrennapi.Team {
-	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet}
+	return wrennapi.Team{
+		ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet,
+		OnTimeout: t.Lifecycle.OnTimeout, AutoResume: t.Lifecycle.AutoResume,
+	}
 }
 
 // validID checks the shape of a path ID so garbage never reaches the store.
@@ -160,9 +164,15 @@ func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if req.Name == nil && req.CapsuleInternet == nil {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give name or capsule_internet"))
+	if req.Name == nil && req.CapsuleInternet == nil && req.OnTimeout == nil && req.AutoResume == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give name, capsule_internet, on_timeout or auto_resume"))
 		return
+	}
+	if req.OnTimeout != nil {
+		if err := capsules.ValidOnTimeout(*req.OnTimeout); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 	}
 	if req.Name != nil {
 		name, err := validName("name", *req.Name, 100)
@@ -182,6 +192,25 @@ func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		a.audit(r, teamID, "team", teamID, "set_capsule_internet", nil, map[string]any{"capsule_internet": *req.CapsuleInternet})
+	}
+	if req.OnTimeout != nil || req.AutoResume != nil {
+		cur, err := a.cfg.Store.GetTeam(r.Context(), teamID)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		lc := cur.Lifecycle
+		if req.OnTimeout != nil {
+			lc.OnTimeout = req.OnTimeout
+		}
+		if req.AutoResume != nil {
+			lc.AutoResume = req.AutoResume
+		}
+		if err := a.cfg.Store.SetTeamLifecycle(r.Context(), teamID, lc); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		a.audit(r, teamID, "team", teamID, "set_lifecycle", nil, map[string]any{"on_timeout": lc.OnTimeout, "auto_resume": lc.AutoResume})
 	}
 	t, err := a.cfg.Store.GetTeam(r.Context(), teamID)
 	if err != nil {
@@ -548,7 +577,10 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 // ---- templates ----
 
 func toTemplateJSON(t store.Template) wrennapi.Template {
-	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "", CapsuleInternet: t.CapsuleInternet}
+	return wrennapi.Template{
+		ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "",
+		CapsuleInternet: t.CapsuleInternet, OnTimeout: t.Lifecycle.OnTimeout, AutoResume: t.Lifecycle.AutoResume,
+	}
 }
 
 func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {

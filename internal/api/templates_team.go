@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
@@ -53,20 +54,43 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	raw, ok := req["capsule_internet"]
+	rawOnTimeout, okOnTimeout := req["on_timeout"]
+	rawAutoResume, okAutoResume := req["auto_resume"]
 	for k := range req {
-		if k != "capsule_internet" {
+		if k != "capsule_internet" && k != "on_timeout" && k != "auto_resume" {
 			a.writeError(w, r, errorf(CodeInvalidArgument, "unknown field %q", k))
 			return
 		}
 	}
-	if !ok {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null)"))
+	if !ok && !okOnTimeout && !okAutoResume {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null), on_timeout or auto_resume"))
 		return
 	}
 	var v *bool
-	if err := json.Unmarshal(raw, &v); err != nil {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "capsule_internet must be true, false or null"))
-		return
+	if ok {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "capsule_internet must be true, false or null"))
+			return
+		}
+	}
+	var lc store.LifecycleDefaults
+	if okOnTimeout {
+		if err := json.Unmarshal(rawOnTimeout, &lc.OnTimeout); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "on_timeout must be \"kill\", \"pause\" or null"))
+			return
+		}
+		if lc.OnTimeout != nil {
+			if err := capsules.ValidOnTimeout(*lc.OnTimeout); err != nil {
+				a.writeError(w, r, err)
+				return
+			}
+		}
+	}
+	if okAutoResume {
+		if err := json.Unmarshal(rawAutoResume, &lc.AutoResume); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "auto_resume must be true, false or null"))
+			return
+		}
 	}
 	id := chi.URLParam(r, "templateID")
 	if err := validID(store.PrefixTemplate, id); err != nil {
@@ -87,12 +111,30 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errorf(CodePermissionDenied, "changing a template needs the admin role in the team"))
 		return
 	}
-	err = a.cfg.Store.SetTemplateCapsuleInternet(context.WithoutCancel(r.Context()), p.TeamID, id, v)
-	a.audit(r, p.TeamID, "template", id, "set_capsule_internet", err, map[string]any{"capsule_internet": v})
-	if err != nil {
-		a.writeError(w, r, err)
-		return
+	if ok {
+		err = a.cfg.Store.SetTemplateCapsuleInternet(context.WithoutCancel(r.Context()), p.TeamID, id, v)
+		a.audit(r, p.TeamID, "template", id, "set_capsule_internet", err, map[string]any{"capsule_internet": v})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.CapsuleInternet = v
 	}
-	t.CapsuleInternet = v
+	if okOnTimeout || okAutoResume {
+		// A field not given keeps its value.
+		if !okOnTimeout {
+			lc.OnTimeout = t.Lifecycle.OnTimeout
+		}
+		if !okAutoResume {
+			lc.AutoResume = t.Lifecycle.AutoResume
+		}
+		err = a.cfg.Store.SetTemplateLifecycle(context.WithoutCancel(r.Context()), p.TeamID, id, lc)
+		a.audit(r, p.TeamID, "template", id, "set_lifecycle", err, map[string]any{"on_timeout": lc.OnTimeout, "auto_resume": lc.AutoResume})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.Lifecycle = lc
+	}
 	writeJSON(w, http.StatusOK, toTemplateJSON(t))
 }

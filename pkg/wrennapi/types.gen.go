@@ -709,6 +709,9 @@ type AdminTeam struct {
 	// AllowedPrivateRanges Private IPv4 ranges (RFC 1918, CGNAT) the team's capsules may reach (BYOC teams reaching their own networks); set with PATCH /v1/admin/teams/{teamID}.
 	AllowedPrivateRanges []string `json:"allowed_private_ranges,omitempty"`
 
+	// AutoResume The team's default auto_resume (omitted: false). Set by a team admin with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -716,6 +719,9 @@ type AdminTeam struct {
 	IsBYOC          bool      `json:"is_byoc"`
 	IsPlatform      bool      `json:"is_platform"`
 	Name            string    `json:"name"`
+
+	// OnTimeout The team's default on_timeout (omitted: kill). Set by a team admin with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -734,6 +740,9 @@ type AdminTeamUpdate struct {
 
 // AdminTemplate defines model for AdminTemplate.
 type AdminTemplate struct {
+	// AutoResume The template's default auto_resume (omitted: the team's). Set with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -742,7 +751,10 @@ type AdminTemplate struct {
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
 	Name   string `json:"name"`
-	Public bool   `json:"public"`
+
+	// OnTimeout The template's default on_timeout (omitted: the team's). Set with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
+	Public    bool    `json:"public"`
 
 	// Shared The template is in the shared template store: any host runs it (fetched once per host).
 	Shared    bool   `json:"shared,omitempty"`
@@ -1583,12 +1595,18 @@ type StdinMessageType string
 
 // Team defines model for Team.
 type Team struct {
+	// AutoResume The team's default auto_resume (omitted: false). Set by a team admin with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
 	ID              string    `json:"id"`
 	IsBYOC          bool      `json:"is_byoc"`
 	Name            string    `json:"name"`
+
+	// OnTimeout The team's default on_timeout (omitted: kill). Set by a team admin with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -1606,13 +1624,22 @@ type TeamName struct {
 
 // TeamUpdate Fields to change (at least one).
 type TeamUpdate struct {
+	// AutoResume Default auto_resume of the team's new capsules.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet Default allow_internet of the team's new capsules (true is the platform default).
 	CapsuleInternet *bool   `json:"capsule_internet,omitempty"`
 	Name            *string `json:"name,omitempty"`
+
+	// OnTimeout Default on_timeout of the team's new capsules (docs/LIFECYCLE.md).
+	OnTimeout *string `json:"on_timeout,omitempty"`
 }
 
 // Template defines model for Template.
 type Template struct {
+	// AutoResume The template's default auto_resume (omitted: the team's). Set with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -1621,7 +1648,10 @@ type Template struct {
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
 	Name   string `json:"name"`
-	Public bool   `json:"public"`
+
+	// OnTimeout The template's default on_timeout (omitted: the team's). Set with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
+	Public    bool    `json:"public"`
 
 	// Shared The template is in the shared template store: any host runs it (fetched once per host).
 	Shared    bool  `json:"shared,omitempty"`
@@ -1635,8 +1665,14 @@ type TemplateList struct {
 
 // TemplateUpdate Fields to change (at least one).
 type TemplateUpdate struct {
+	// AutoResume Default auto_resume of capsules created from the template; null clears it (the team's default applies).
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet Default allow_internet of capsules created from the template; null clears it (the team's default applies).
 	CapsuleInternet *bool `json:"capsule_internet,omitempty"`
+
+	// OnTimeout Default on_timeout of capsules created from the template; null clears it (the team's default applies).
+	OnTimeout *string `json:"on_timeout,omitempty"`
 }
 
 // Token defines model for Token.

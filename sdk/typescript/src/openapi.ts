@@ -3721,6 +3721,13 @@ export interface components {
             created_at: string;
             /** @description The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it. */
             capsule_internet?: boolean;
+            /**
+             * @description The team's default on_timeout (omitted: kill). Set by a team admin with PATCH.
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description The team's default auto_resume (omitted: false). Set by a team admin with PATCH. */
+            auto_resume?: boolean;
         };
         AdminTeam: components["schemas"]["Team"] & {
             is_platform: boolean;
@@ -3741,6 +3748,13 @@ export interface components {
             name?: string;
             /** @description Default allow_internet of the team's new capsules (true is the platform default). */
             capsule_internet?: boolean;
+            /**
+             * @description Default on_timeout of the team's new capsules (docs/LIFECYCLE.md).
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description Default auto_resume of the team's new capsules. */
+            auto_resume?: boolean;
         };
         SetBYOC: {
             byoc: boolean;
@@ -3844,6 +3858,13 @@ export interface components {
             shared?: boolean;
             /** @description The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH. */
             capsule_internet?: boolean;
+            /**
+             * @description The template's default on_timeout (omitted: the team's). Set with PATCH.
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description The template's default auto_resume (omitted: the team's). Set with PATCH. */
+            auto_resume?: boolean;
         };
         TemplateList: {
             templates: components["schemas"]["Template"][];
@@ -3858,6 +3879,13 @@ export interface components {
         TemplateUpdate: {
             /** @description Default allow_internet of capsules created from the template; null clears it (the team's default applies). */
             capsule_internet?: boolean | null;
+            /**
+             * @description Default on_timeout of capsules created from the template; null clears it (the team's default applies).
+             * @enum {string|null}
+             */
+            on_timeout?: "kill" | "pause" | null;
+            /** @description Default auto_resume of capsules created from the template; null clears it (the team's default applies). */
+            auto_resume?: boolean | null;
         };
         /** @description Fields to change (at least one). */
         AdminTeamUpdate: {

@@ -148,6 +148,9 @@ class Template(_Model):
     shared: bool = False
     # The template's default for its capsules' internet (None: the team's).
     capsule_internet: Optional[bool] = None
+    # The template's defaults for its capsules' on_timeout / auto_resume (None: the team's).
+    on_timeout: Optional[str] = None
+    auto_resume: Optional[bool] = None
 
 
 @dataclass
@@ -286,6 +289,8 @@ class Team(_Model):
     created_at: str = ""
     role: Optional[str] = None
     capsule_internet: Optional[bool] = None
+    on_timeout: Optional[str] = None
+    auto_resume: Optional[bool] = None
 
 
 @dataclass
