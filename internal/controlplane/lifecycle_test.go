@@ -83,7 +83,7 @@ func TestOnTimeoutPauseAndAutoResume(t *testing.T) {
 	c.call("POST", "/v1/capsules", tok, map[string]any{"template": "minimal", "on_timeout": "sleep"}, 400)
 
 	m := c.call("POST", "/v1/capsules", tok, map[string]any{
-		"template": "minimal", "memory_mb": 128, "timeout_sec": 4, "on_timeout": "pause", "auto_resume": true,
+		"template": "minimal", "memory_mb": 128, "timeout_sec": 6, "on_timeout": "pause", "auto_resume": true,
 	}, 201).obj(t)
 	id, token := m["id"].(string), m["access_token"].(string)
 	if m["on_timeout"] != "pause" || m["auto_resume"] != true || m["memory_kept"] != withCRIU {
@@ -105,9 +105,13 @@ func TestOnTimeoutPauseAndAutoResume(t *testing.T) {
 	}
 	before := c.auditCount(t, tok, id, "auto_resume")
 
-	// An exec resumes it and is served.
+	// An exec resumes it and is served (the audit entry is written before
+	// the waiting requests go on).
 	if out := c.execOut(t, tok, id, "cat /tmp/keep.txt"); out != "kept across the pause" {
 		t.Fatalf("file after auto-resume = %q", out)
+	}
+	if n := c.auditCount(t, tok, id, "auto_resume") - before; n != 1 {
+		t.Fatalf("one exec made %d resumes, want 1", n)
 	}
 	if m := c.call("GET", "/v1/capsules/"+id, tok, nil, 200).obj(t); m["status"] != "running" || m["pause_reason"] != nil {
 		t.Fatalf("after auto-resume: %v", m)
@@ -118,7 +122,6 @@ func TestOnTimeoutPauseAndAutoResume(t *testing.T) {
 			t.Fatalf("counter process after auto-resume: %q (want pid %s alive)", got, pid)
 		}
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool { return c.auditCount(t, tok, id, "auto_resume") == before+1 }, "one auto_resume audited")
 
 	// Paused again by its timeout; 20 concurrent requests through the port
 	// proxy: every one is served, after exactly one resume.
@@ -141,6 +144,10 @@ func TestOnTimeoutPauseAndAutoResume(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// Counted at once: the next timeout pause may follow in seconds.
+	if n := c.auditCount(t, tok, id, "auto_resume") - before; n != 1 {
+		t.Fatalf("20 concurrent requests made %d resumes, want 1", n)
+	}
 	for i := range statuses {
 		// The web server may take a moment after the resume; a 502 from
 		// the agent's proxy is the only other acceptable answer.
@@ -148,12 +155,15 @@ func TestOnTimeoutPauseAndAutoResume(t *testing.T) {
 			t.Fatalf("request %d through the proxy: %d %s", i, statuses[i], bodies[i])
 		}
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		return c.callProxy("GET", "/proxy/"+id+"/8000/index.html?wrenn_access_token="+token, "", 0).status == 200
-	}, "served after the resume")
-	time.Sleep(500 * time.Millisecond)
-	if n := c.auditCount(t, tok, id, "auto_resume") - before; n != 1 {
-		t.Fatalf("20 concurrent requests made %d resumes, want 1", n)
+	ok := 0
+	for i := range statuses {
+		if statuses[i] == 200 && bodies[i] == "awake" {
+			ok++
+		}
+	}
+	t.Logf("20 concurrent requests through the proxy to a paused capsule: %d answered 200 by the web server", ok)
+	if withCRIU && ok != 20 {
+		t.Fatalf("with memory kept the restored web server answers every request: %d of 20 (%v)", ok, statuses)
 	}
 
 	// A capsule without auto_resume stays paused: exec is a conflict.
