@@ -34,7 +34,9 @@ func lifecycleCP(t *testing.T, subnet string, retention time.Duration) (c *cp, u
 	if _, err := st.GrantUserAdmin(ctx, adminID); err != nil {
 		t.Fatal(err)
 	}
-	startAgentOn(t, c, adminTok, netip.MustParsePrefix(subnet))
+	hostID, _ := startAgentOn(t, c, adminTok, netip.MustParsePrefix(subnet))
+	d, _ := agentDirs.Load(hostID)
+	c.agentDir = d.(string)
 	userTok, _, _ = c.signup("lc-user@example.com")
 	return c, userTok
 }
@@ -203,6 +205,7 @@ func TestPausedRetention(t *testing.T) {
 // the copies share one base template; bad input changes nothing.
 func TestFork(t *testing.T) {
 	c, tok := lifecycleCP(t, "10.82.0.0/16", time.Hour)
+	dir := c.agentDir
 	withCRIU := os.Getenv("WRENN_TEST_CRIU") != ""
 	id := c.call("POST", "/v1/capsules", tok, map[string]any{"template": "minimal", "memory_mb": 128, "timeout_sec": 600}, 201).obj(t)["id"].(string)
 	c.call("PUT", "/v1/capsules/"+id+"/files?path=/tmp/data.txt", tok, []byte("original data"), 200)
@@ -225,16 +228,24 @@ func TestFork(t *testing.T) {
 		t.Fatalf("refused forks changed the capsule list: %d → %d", listBefore, n)
 	}
 
+	before := diskBytes(dir)
 	start := time.Now()
 	res := c.call("POST", "/v1/capsules/"+id+"/fork", tok, map[string]any{"count": 3}, 201).obj(t)
-	t.Logf("fork into 3: %s", time.Since(start))
+	took, added := time.Since(start), diskBytes(dir)-before
 	copies := res["capsules"].([]any)
 	if len(copies) != 3 || res["memory_kept"] != withCRIU {
 		t.Fatalf("fork = %v (want 3 copies, memory_kept %v)", res, withCRIU)
 	}
 	base := c.call("GET", "/v1/templates/"+res["base_template_id"].(string), tok, nil, 200).obj(t)
 	baseBytes := int64(base["size_bytes"].(float64))
-	t.Logf("base template %s: %d bytes stored once for 3 copies", base["id"], baseBytes)
+	t.Logf("fork into 3: %s; base template %s %d bytes; the host's disk grew %d bytes (%.2f× the base)",
+		took, base["id"], baseBytes, added, float64(added)/float64(baseBytes))
+	// A full copy per fork would add at least 4× the base (the base and
+	// three copies); shared blocks add the base (its archive and its
+	// import) and each copy's few changes.
+	if baseBytes <= 0 || added >= 4*baseBytes {
+		t.Fatalf("fork into 3 added %d bytes for a base of %d: copies do not share the base", added, baseBytes)
+	}
 
 	// The original keeps running, its counter unchanged in kind.
 	if got := c.execOut(t, tok, id, "cat /tmp/pid; kill -0 $(cat /tmp/pid) && echo alive"); got != pid+"\nalive" {
