@@ -188,6 +188,10 @@ func (s *Service) settle(ctx context.Context, c store.Capsule, to store.CapsuleS
 // (hibernated). A failed pause checks whether the capsule still exists
 // and marks it error if not.
 func (s *Service) Pause(ctx context.Context, sc Scope, id string, toDisk bool) (Result, error) {
+	// A paused capsule is not woken (auto_resume) only to be paused again.
+	if c, err := s.Get(ctx, sc, id); err == nil && c.Status.IsPaused() {
+		return Result{}, errorf(KindConflict, "capsule %s is already %s", c.ID, c.Status)
+	}
 	conn, err := s.Connect(ctx, sc, id)
 	if err != nil {
 		return Result{}, err
