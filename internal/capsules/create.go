@@ -70,6 +70,9 @@ type Created struct {
 	// use, says whether its host keeps process memory across a pause to
 	// disk (false: the capsule boots again with its files); nil otherwise.
 	MemoryKept *bool
+	// Restored: the capsule was restored with its (memory) template's
+	// processes running, not booted.
+	Restored bool
 }
 
 // intField checks an optional value against [lo, hi], or returns def.
@@ -279,7 +282,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		"template": tmpl.Name, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB, "disk_size_mb": c.DiskSizeMB,
 		"host_id": host.ID, "allow_internet": c.AllowInternet, "on_timeout": c.OnTimeout, "auto_resume": c.AutoResume,
 	})
-	out := Created{Capsule: c, AccessToken: token, Host: host}
+	out := Created{Capsule: c, AccessToken: token, Host: host, Restored: resp.Msg.GetCapsule().GetMemoryKept()}
 	if c.OnTimeout == store.OnTimeoutPause || c.AutoResume {
 		kept := s.hostKeepsMemory(ctx, host)
 		out.MemoryKept = &kept

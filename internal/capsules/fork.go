@@ -24,8 +24,9 @@ type ForkResult struct {
 	// shared by every copy (named fork-<capsule>-<random>; it can be
 	// deleted once no capsule uses it).
 	Base store.Template
-	// MemoryKept says whether the copies run the original's processes
-	// (false: they booted again from its files).
+	// MemoryKept says whether every copy runs the original's processes
+	// (false: the checkpoint has no memory, or a copy's host could not
+	// restore it and it booted again from the files).
 	MemoryKept bool
 }
 
@@ -119,6 +120,9 @@ func (s *Service) Fork(ctx context.Context, sc Scope, id string, count int) (For
 	ids := make([]string, 0, len(out.Copies))
 	for _, cp := range out.Copies {
 		ids = append(ids, cp.Capsule.ID)
+		// A copy its host could not restore from the checkpoint booted
+		// from the files.
+		out.MemoryKept = out.MemoryKept && cp.Restored
 	}
 	s.audit(ctx, sc, c, "fork", nil, map[string]any{"count": count, "copies": ids, "base_template_id": base.ID, "memory_kept": base.Memory})
 	return out, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,7 +66,10 @@ func (a *agent) CreateCapsule(_ context.Context, r *connect.Request[pb.CreateCap
 	if a.createErr != nil {
 		return nil, a.createErr
 	}
-	return connect.NewResponse(&pb.CreateCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId()}}), nil
+	// A capsule of a team template (a fork's base, named by id) is
+	// "restored" with its processes.
+	fromMemory := strings.HasPrefix(r.Msg.GetTemplate(), store.PrefixTemplate+"-")
+	return connect.NewResponse(&pb.CreateCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId(), MemoryKept: fromMemory}}), nil
 }
 
 func (a *agent) PauseCapsule(_ context.Context, r *connect.Request[pb.PauseCapsuleRequest]) (*connect.Response[pb.PauseCapsuleResponse], error) {
