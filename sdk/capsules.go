@@ -54,7 +54,21 @@ type CreateParams struct {
 	// else the team's, else the platform's). One no host of the team runs
 	// is an *Error with Code "isolation_unavailable" (HTTP 422).
 	Isolation string
+	// OnTimeout is what the end of the timeout does: OnTimeoutKill or
+	// OnTimeoutPause (to disk, with memory where the host keeps it); ""
+	// takes the template's default, else the team's, else kill.
+	OnTimeout string
+	// AutoResume, when set, says whether any use of the paused capsule
+	// (exec, files, processes, the port proxy) resumes it first; nil takes
+	// the template's default, else the team's, else false.
+	AutoResume *bool
 }
+
+// What the end of a capsule's timeout does (CreateParams.OnTimeout).
+const (
+	OnTimeoutKill  = "kill"
+	OnTimeoutPause = "pause"
+)
 
 // Network is a capsule's egress policy and rate limits (the API's
 // CapsuleNetwork schema; docs/NETWORK.md). AllowOut and DenyOut hold IPv4
@@ -95,8 +109,29 @@ func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
 	if p.Template != "" {
 		body.Template = &p.Template
 	}
+	if p.OnTimeout != "" {
+		body.OnTimeout = &p.OnTimeout
+	}
+	body.AutoResume = p.AutoResume
 	var out Capsule
 	if err := c.call(ctx, http.MethodPost, "/v1/capsules", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ForkResult is a fork's answer: the copies (each with its AccessToken),
+// the base template they share and whether they run the original's
+// processes.
+type ForkResult = wrennapi.ForkResult
+
+// Fork makes count (1 to 20) copies of a running or paused capsule: its
+// files and, where its host keeps memory, its running processes. Each
+// copy has its own id, network and disk; the original keeps running.
+func (c *Client) Fork(ctx context.Context, id string, count int) (*ForkResult, error) {
+	n := int64(count)
+	var out ForkResult
+	if err := c.call(ctx, http.MethodPost, "/v1/capsules/"+url.PathEscape(id)+"/fork", nil, wrennapi.Fork{Count: &n}, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

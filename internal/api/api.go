@@ -271,6 +271,7 @@ func (a *API) routes() chi.Router {
 					r.Delete("/", a.deleteCapsule)
 					r.Post("/pause", a.pauseCapsule)
 					r.Post("/snapshot", a.snapshotCapsule)
+					r.Post("/fork", a.forkCapsule)
 					r.Post("/resume", a.resumeCapsule)
 					r.Post("/timeout", a.timeoutCapsule)
 					r.Put("/public", a.publicCapsule)

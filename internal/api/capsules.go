@@ -26,7 +26,25 @@ func toCapsuleJSON(c store.Capsule) wrennapi.Capsule {
 		MemoryMB: c.MemoryMB, DiskSizeMB: c.DiskSizeMB, TimeoutSec: c.TimeoutSec, AllowInternet: c.AllowInternet,
 		ExpiresAt: c.ExpiresAt, Public: c.Public, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, PausedAt: c.PausedAt,
 		Metadata: c.Metadata, Network: toNetworkJSON(c.Network), Isolation: c.Isolation,
+		OnTimeout: wrennapi.CapsuleOnTimeout(onTimeoutOf(c)), AutoResume: c.AutoResume,
+		PauseReason: wrennapi.CapsulePauseReason(pauseReasonOf(c)),
 	}
+}
+
+// onTimeoutOf is a capsule's on_timeout as the API shows it.
+func onTimeoutOf(c store.Capsule) string {
+	if c.OnTimeout == "" {
+		return store.OnTimeoutKill
+	}
+	return c.OnTimeout
+}
+
+// pauseReasonOf is why a paused capsule is paused ("" when it is not).
+func pauseReasonOf(c store.Capsule) string {
+	if !c.Status.IsPaused() {
+		return ""
+	}
+	return c.PauseReason
 }
 
 func toNetworkJSON(n *store.CapsuleNetwork) *wrennapi.CapsuleNetwork {
@@ -71,14 +89,48 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskSizeMB: req.DiskSizeMB,
 		TimeoutSec: req.TimeoutSec, Env: req.Env, Public: req.Public, AllowInternet: req.AllowInternet,
 		Metadata: req.Metadata, Network: fromNetworkJSON(req.Network), Isolation: req.Isolation,
+		OnTimeout: req.OnTimeout, AutoResume: req.AutoResume,
 	})
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
+	writeJSON(w, http.StatusCreated, createdJSON(out))
+}
+
+// createdJSON is a created capsule's answer: with its access token and,
+// for a capsule that sleeps, whether its host keeps memory.
+func createdJSON(out capsules.Created) wrennapi.Capsule {
 	j := toCapsuleJSON(out.Capsule)
 	j.AccessToken = out.AccessToken
-	writeJSON(w, http.StatusCreated, j)
+	j.MemoryKept = out.MemoryKept
+	return j
+}
+
+func (a *API) forkCapsule(w http.ResponseWriter, r *http.Request) {
+	var req wrennapi.Fork
+	if err := decodeJSON(w, r, &req, a.cfg.MaxBodyBytes, true); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	n := int64(1)
+	if req.Count != nil {
+		n = *req.Count
+	}
+	if n < capsules.MinForkCount || n > capsules.MaxForkCount {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "count must be between %d and %d", capsules.MinForkCount, capsules.MaxForkCount))
+		return
+	}
+	res, err := a.capsules.Fork(r.Context(), scope(r), capsuleID(r), int(n))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	out := wrennapi.ForkResult{BaseTemplateID: res.Base.ID, MemoryKept: res.MemoryKept, Capsules: make([]wrennapi.Capsule, 0, len(res.Copies))}
+	for _, c := range res.Copies {
+		out.Capsules = append(out.Capsules, createdJSON(c))
+	}
+	writeJSON(w, http.StatusCreated, out)
 }
 
 // listFilter reads status, cursor, limit and metadata.<key>=<value>

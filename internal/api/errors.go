@@ -42,6 +42,9 @@ const (
 	// may use runs the isolation it asks for (422; the message names what
 	// the fleet lacks and what it runs).
 	CodeIsolationUnavailable = "isolation_unavailable"
+	// CodeCapsuleResumeFailed: a paused capsule with auto_resume could not
+	// be resumed for the request that used it (503).
+	CodeCapsuleResumeFailed = "capsule_resume_failed"
 )
 
 // Error is the one error type handlers return to clients: a code from the
@@ -90,7 +93,7 @@ func httpStatus(code string) int {
 		return http.StatusUnsupportedMediaType
 	case CodeNotImplemented:
 		return http.StatusNotImplemented
-	case CodeUnavailable:
+	case CodeUnavailable, CodeCapsuleResumeFailed:
 		return http.StatusServiceUnavailable
 	case CodeRateLimited:
 		return http.StatusTooManyRequests
@@ -164,6 +167,8 @@ func serviceCode(k capsules.Kind) string {
 		return CodePermissionDenied
 	case capsules.KindIsolationUnavailable:
 		return CodeIsolationUnavailable
+	case capsules.KindResumeFailed:
+		return CodeCapsuleResumeFailed
 	}
 	return CodeInternal
 }

@@ -15,7 +15,10 @@ import (
 )
 
 func toTeamJSON(t store.Team) wrennapi.Team {
-	return wrennapi.Team{ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet, DefaultIsolation: t.DefaultIsolation}
+	return wrennapi.Team{
+		ID: t.ID, Name: t.Name, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, CapsuleInternet: t.CapsuleInternet,
+		DefaultIsolation: t.DefaultIsolation, OnTimeout: t.Lifecycle.OnTimeout, AutoResume: t.Lifecycle.AutoResume,
+	}
 }
 
 // validID checks the shape of a path ID so garbage never reaches the store.
@@ -161,12 +164,18 @@ func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if req.Name == nil && req.CapsuleInternet == nil && req.DefaultIsolation == nil {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give name, capsule_internet or default_isolation"))
+	if req.Name == nil && req.CapsuleInternet == nil && req.DefaultIsolation == nil && req.OnTimeout == nil && req.AutoResume == nil {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give name, capsule_internet, default_isolation, on_timeout or auto_resume"))
 		return
 	}
 	if req.DefaultIsolation != nil {
 		if err := capsules.CheckIsolation(*req.DefaultIsolation); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+	}
+	if req.OnTimeout != nil {
+		if err := capsules.ValidOnTimeout(*req.OnTimeout); err != nil {
 			a.writeError(w, r, err)
 			return
 		}
@@ -196,6 +205,25 @@ func (a *API) updateTeam(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		a.audit(r, teamID, "team", teamID, "set_default_isolation", nil, map[string]any{"default_isolation": *req.DefaultIsolation})
+	}
+	if req.OnTimeout != nil || req.AutoResume != nil {
+		cur, err := a.cfg.Store.GetTeam(r.Context(), teamID)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		lc := cur.Lifecycle
+		if req.OnTimeout != nil {
+			lc.OnTimeout = req.OnTimeout
+		}
+		if req.AutoResume != nil {
+			lc.AutoResume = req.AutoResume
+		}
+		if err := a.cfg.Store.SetTeamLifecycle(r.Context(), teamID, lc); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		a.audit(r, teamID, "team", teamID, "set_lifecycle", nil, map[string]any{"on_timeout": lc.OnTimeout, "auto_resume": lc.AutoResume})
 	}
 	t, err := a.cfg.Store.GetTeam(r.Context(), teamID)
 	if err != nil {
@@ -562,7 +590,10 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 // ---- templates ----
 
 func toTemplateJSON(t store.Template) wrennapi.Template {
-	return wrennapi.Template{ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "", CapsuleInternet: t.CapsuleInternet, Isolation: t.Isolation}
+	return wrennapi.Template{
+		ID: t.ID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, CreatedAt: t.CreatedAt, Memory: t.Memory, Shared: t.Checksum != "",
+		CapsuleInternet: t.CapsuleInternet, Isolation: t.Isolation, OnTimeout: t.Lifecycle.OnTimeout, AutoResume: t.Lifecycle.AutoResume,
+	}
 }
 
 func (a *API) listTemplates(w http.ResponseWriter, r *http.Request) {

@@ -55,14 +55,16 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 	}
 	raw, ok := req["capsule_internet"]
 	rawIso, okIso := req["isolation"]
+	rawOnTimeout, okOnTimeout := req["on_timeout"]
+	rawAutoResume, okAutoResume := req["auto_resume"]
 	for k := range req {
-		if k != "capsule_internet" && k != "isolation" {
+		if k != "capsule_internet" && k != "isolation" && k != "on_timeout" && k != "auto_resume" {
 			a.writeError(w, r, errorf(CodeInvalidArgument, "unknown field %q", k))
 			return
 		}
 	}
-	if !ok && !okIso {
-		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null) or isolation"))
+	if !ok && !okIso && !okOnTimeout && !okAutoResume {
+		a.writeError(w, r, errorf(CodeInvalidArgument, "give capsule_internet (true, false or null), isolation, on_timeout or auto_resume"))
 		return
 	}
 	var v *bool
@@ -80,6 +82,25 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 		}
 		if err := capsules.CheckIsolation(iso); err != nil {
 			a.writeError(w, r, err)
+			return
+		}
+	}
+	var lc store.LifecycleDefaults
+	if okOnTimeout {
+		if err := json.Unmarshal(rawOnTimeout, &lc.OnTimeout); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "on_timeout must be \"kill\", \"pause\" or null"))
+			return
+		}
+		if lc.OnTimeout != nil {
+			if err := capsules.ValidOnTimeout(*lc.OnTimeout); err != nil {
+				a.writeError(w, r, err)
+				return
+			}
+		}
+	}
+	if okAutoResume {
+		if err := json.Unmarshal(rawAutoResume, &lc.AutoResume); err != nil {
+			a.writeError(w, r, errorf(CodeInvalidArgument, "auto_resume must be true, false or null"))
 			return
 		}
 	}
@@ -119,6 +140,22 @@ func (a *API) updateTemplate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		t.Isolation = iso
+	}
+	if okOnTimeout || okAutoResume {
+		// A field not given keeps its value.
+		if !okOnTimeout {
+			lc.OnTimeout = t.Lifecycle.OnTimeout
+		}
+		if !okAutoResume {
+			lc.AutoResume = t.Lifecycle.AutoResume
+		}
+		err = a.cfg.Store.SetTemplateLifecycle(context.WithoutCancel(r.Context()), p.TeamID, id, lc)
+		a.audit(r, p.TeamID, "template", id, "set_lifecycle", err, map[string]any{"on_timeout": lc.OnTimeout, "auto_resume": lc.AutoResume})
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		t.Lifecycle = lc
 	}
 	writeJSON(w, http.StatusOK, toTemplateJSON(t))
 }

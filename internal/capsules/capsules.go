@@ -29,6 +29,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -68,13 +70,21 @@ type Config struct {
 	// neither the create, nor its template, nor its team names one (wrenn
 	// server --default-isolation; "" = container).
 	DefaultIsolation string
-	Logger           *slog.Logger
+	// PausedRetention is how long a capsule paused by its timeout is kept
+	// (default DefaultPausedRetention); RetentionSweep deletes it after.
+	PausedRetention time.Duration
+	// ResumeWait bounds a request's wait for an automatic resume (default
+	// DefaultResumeWait).
+	ResumeWait time.Duration
+	Logger     *slog.Logger
 }
 
 // Service is the capsule service.
 type Service struct {
 	cfg Config
 	log *slog.Logger
+	// waking holds one automatic resume per capsule.
+	waking singleflight.Group
 }
 
 // New returns a service.
@@ -84,6 +94,12 @@ func New(cfg Config) *Service {
 	}
 	if cfg.ExecTimeout <= 0 {
 		cfg.ExecTimeout = 60 * time.Second
+	}
+	if cfg.PausedRetention <= 0 {
+		cfg.PausedRetention = DefaultPausedRetention
+	}
+	if cfg.ResumeWait <= 0 {
+		cfg.ResumeWait = DefaultResumeWait
 	}
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = scheduler.New(cfg.Store)
@@ -101,6 +117,9 @@ type Scope struct {
 	Actor  audit.Actor
 	admin  bool
 	system bool
+	// shutdown: the platform stopping (wrenn up); its pauses are never
+	// deleted by retention.
+	shutdown bool
 }
 
 // TeamScope is a member (or API key) of teamID acting.
@@ -116,6 +135,15 @@ func AdminScope(userID string, actor audit.Actor) Scope {
 // SystemScope is the platform itself acting (not audited).
 func SystemScope() Scope {
 	return Scope{Actor: audit.Actor{Type: store.ActorSystem}, system: true}
+}
+
+// ShutdownScope is the platform pausing capsules as it stops (wrenn up's
+// --on-exit pause): like SystemScope, and the pause is recorded as a
+// shutdown pause, which retention never deletes.
+func ShutdownScope() Scope {
+	sc := SystemScope()
+	sc.shutdown = true
+	return sc
 }
 
 // IsAdmin reports whether the scope is a platform admin's.

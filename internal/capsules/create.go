@@ -43,6 +43,10 @@ type CreateRequest struct {
 	// microvm); "": the template's default, else the team's, else the
 	// platform's (ResolveIsolation).
 	Isolation string
+	// OnTimeout ("kill" or "pause") and AutoResume: nil takes the
+	// template's default, else the team's, else kill / false.
+	OnTimeout  *string
+	AutoResume *bool
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -67,6 +71,13 @@ type Created struct {
 	AccessToken string
 	// Host is where the capsule runs.
 	Host store.Host
+	// MemoryKept, for a capsule that pauses at its timeout or resumes on
+	// use, says whether its host keeps process memory across a pause to
+	// disk (false: the capsule boots again with its files); nil otherwise.
+	MemoryKept *bool
+	// Restored: the capsule was restored with its (memory) template's
+	// processes running, not booted.
+	Restored bool
 }
 
 // intField checks an optional value against [lo, hi], or returns def.
@@ -219,6 +230,9 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c.Isolation, err = ResolveIsolation(req.Isolation, tmpl, team, s.cfg.DefaultIsolation); err != nil {
 		return Created{}, err
 	}
+	if c.OnTimeout, c.AutoResume, err = resolveLifecycle(req, tmpl, team); err != nil {
+		return Created{}, err
+	}
 	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{
 		CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB, Isolation: c.Isolation,
 	})
@@ -246,7 +260,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	c.Status = store.CapsuleStarting
 	resp, err := s.cfg.Agents.Client(host).CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
-		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: int32(c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
+		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: agentTimeout(c, c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
 		TemplateChecksum: tmpl.Checksum, Isolation: c.Isolation,
 	}))
@@ -279,9 +293,14 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	}
 	s.audit(ctx, sc, c, "create", nil, map[string]any{
 		"template": tmpl.Name, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB, "disk_size_mb": c.DiskSizeMB,
-		"host_id": host.ID, "allow_internet": c.AllowInternet, "isolation": c.Isolation,
+		"host_id": host.ID, "allow_internet": c.AllowInternet, "isolation": c.Isolation, "on_timeout": c.OnTimeout, "auto_resume": c.AutoResume,
 	})
-	return Created{Capsule: c, AccessToken: token, Host: host}, nil
+	out := Created{Capsule: c, AccessToken: token, Host: host, Restored: resp.Msg.GetCapsule().GetMemoryKept()}
+	if c.OnTimeout == store.OnTimeoutPause || c.AutoResume {
+		kept := s.hostKeepsMemory(ctx, host)
+		out.MemoryKept = &kept
+	}
+	return out, nil
 }
 
 // createInternal starts a platform-internal capsule: placed and created

@@ -29,6 +29,9 @@ const (
 	// isolation the capsule asks for (the fleet lacks it: waiting does not
 	// help, choosing another isolation or adding a host does).
 	KindIsolationUnavailable Kind = "isolation_unavailable"
+	// KindResumeFailed: a paused capsule with auto_resume could not be
+	// resumed for the request that used it (503 capsule_resume_failed).
+	KindResumeFailed Kind = "capsule_resume_failed"
 )
 
 // Error is what the service returns for anything a caller can act on: a

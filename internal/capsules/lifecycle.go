@@ -47,6 +47,11 @@ func (s *Service) Connect(ctx context.Context, sc Scope, id string) (Conn, error
 	if err != nil {
 		return Conn{}, err
 	}
+	if c.Status.IsPaused() && c.AutoResume {
+		if c, err = s.wake(ctx, sc, c); err != nil {
+			return Conn{Capsule: c}, err
+		}
+	}
 	if c.Status != store.CapsuleRunning {
 		if c.Status.IsPaused() {
 			return Conn{Capsule: c}, errorf(KindConflict, "capsule %s is %s; resume it first", c.ID, c.Status)
@@ -183,6 +188,10 @@ func (s *Service) settle(ctx context.Context, c store.Capsule, to store.CapsuleS
 // (hibernated). A failed pause checks whether the capsule still exists
 // and marks it error if not.
 func (s *Service) Pause(ctx context.Context, sc Scope, id string, toDisk bool) (Result, error) {
+	// A paused capsule is not woken (auto_resume) only to be paused again.
+	if c, err := s.Get(ctx, sc, id); err == nil && c.Status.IsPaused() {
+		return Result{}, errorf(KindConflict, "capsule %s is already %s", c.ID, c.Status)
+	}
 	conn, err := s.Connect(ctx, sc, id)
 	if err != nil {
 		return Result{}, err
@@ -199,6 +208,13 @@ func (s *Service) Pause(ctx context.Context, sc Scope, id string, toDisk bool) (
 		to, kept = store.CapsuleHibernated, resp.Msg.GetMemoryKept()
 	}
 	c, err = s.settle(ctx, c, to)
+	if err == nil {
+		c.PauseReason = store.PauseReasonUser
+		if sc.shutdown {
+			c.PauseReason = store.PauseReasonShutdown
+		}
+		err = s.cfg.Store.SetCapsulePauseReason(context.WithoutCancel(ctx), c.TeamID, c.ID, c.PauseReason)
+	}
 	return Result{Capsule: c, MemoryKept: kept}, err
 }
 
@@ -221,16 +237,18 @@ func (s *Service) Resume(ctx context.Context, sc Scope, id string, timeoutSec *i
 	if err != nil {
 		return Result{}, err
 	}
-	resp, err := cl.ResumeCapsule(ctx, connect.NewRequest(&pb.ResumeCapsuleRequest{CapsuleId: c.ID, TimeoutSec: int32(timeout)})) //nolint:gosec // bounded
+	resp, err := cl.ResumeCapsule(ctx, connect.NewRequest(&pb.ResumeCapsuleRequest{CapsuleId: c.ID, TimeoutSec: agentTimeout(c, timeout)}))
 	s.audit(ctx, sc, c, "resume", err, nil)
 	if err != nil {
 		s.markGoneIfMissing(ctx, cl, c, "the capsule vanished from its host during a resume")
 		return Result{}, AgentError(err)
 	}
+	t := store.Now().Add(time.Duration(timeout) * time.Second)
 	if e := resp.Msg.GetCapsule().GetExpiresAt(); e > 0 {
-		t := store.Truncate(time.Unix(e, 0))
-		_ = s.cfg.Store.SetCapsuleTimeout(context.WithoutCancel(ctx), c.TeamID, c.ID, timeout, &t)
+		t = store.Truncate(time.Unix(e, 0))
 	}
+	_ = s.cfg.Store.SetCapsuleTimeout(context.WithoutCancel(ctx), c.TeamID, c.ID, timeout, &t)
+	_ = s.cfg.Store.SetCapsulePauseReason(context.WithoutCancel(ctx), c.TeamID, c.ID, "")
 	kept := true // thawed from the freezer
 	if c.Status == store.CapsuleHibernated {
 		kept = resp.Msg.GetCapsule().GetMemoryKept()
@@ -254,7 +272,7 @@ func (s *Service) SetTimeout(ctx context.Context, sc Scope, id string, timeoutSe
 		return store.Capsule{}, err
 	}
 	c, cl := conn.Capsule, conn.Agent
-	resp, err := cl.SetCapsuleTimeout(ctx, connect.NewRequest(&pb.SetCapsuleTimeoutRequest{CapsuleId: c.ID, TimeoutSec: int32(timeout)})) //nolint:gosec // bounded
+	resp, err := cl.SetCapsuleTimeout(ctx, connect.NewRequest(&pb.SetCapsuleTimeoutRequest{CapsuleId: c.ID, TimeoutSec: agentTimeout(c, timeout)}))
 	if err != nil {
 		s.markGoneIfMissing(ctx, cl, c, "the capsule vanished from its host")
 		return store.Capsule{}, AgentError(err)

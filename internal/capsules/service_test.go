@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,9 +35,24 @@ type agent struct {
 	// UpdateCapsuleNetwork (network_test.go)
 	netUpdates []*pb.UpdateCapsuleNetworkRequest
 	netErr     error
+	// Life cycle (sleep_test.go): pauses and resumes seen, a resume's
+	// delay and error, snapshots made.
+	pauses      []*pb.PauseCapsuleRequest
+	resumes     []*pb.ResumeCapsuleRequest
+	resumeDelay time.Duration
+	resumeErr   error
+	snapshots   []*pb.CreateSnapshotRequest
 }
 
 func (a *agent) ResumeCapsule(_ context.Context, r *connect.Request[pb.ResumeCapsuleRequest]) (*connect.Response[pb.ResumeCapsuleResponse], error) {
+	a.mu.Lock()
+	a.resumes = append(a.resumes, r.Msg)
+	d, rerr := a.resumeDelay, a.resumeErr
+	a.mu.Unlock()
+	time.Sleep(d)
+	if rerr != nil {
+		return nil, rerr
+	}
 	if a.onResume != nil {
 		a.onResume()
 	}
@@ -50,11 +66,35 @@ func (a *agent) CreateCapsule(_ context.Context, r *connect.Request[pb.CreateCap
 	if a.createErr != nil {
 		return nil, a.createErr
 	}
-	return connect.NewResponse(&pb.CreateCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId()}}), nil
+	// A capsule of a team template (a fork's base, named by id) is
+	// "restored" with its processes.
+	fromMemory := strings.HasPrefix(r.Msg.GetTemplate(), store.PrefixTemplate+"-")
+	return connect.NewResponse(&pb.CreateCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId(), MemoryKept: fromMemory}}), nil
 }
 
-func (a *agent) PauseCapsule(context.Context, *connect.Request[pb.PauseCapsuleRequest]) (*connect.Response[pb.PauseCapsuleResponse], error) {
-	return nil, a.pauseErr
+func (a *agent) PauseCapsule(_ context.Context, r *connect.Request[pb.PauseCapsuleRequest]) (*connect.Response[pb.PauseCapsuleResponse], error) {
+	a.mu.Lock()
+	a.pauses = append(a.pauses, r.Msg)
+	a.mu.Unlock()
+	if a.pauseErr != nil {
+		return nil, a.pauseErr
+	}
+	st := pb.CapsuleState_CAPSULE_STATE_PAUSED
+	if r.Msg.GetToDisk() {
+		st = pb.CapsuleState_CAPSULE_STATE_HIBERNATED
+	}
+	return connect.NewResponse(&pb.PauseCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId(), State: st}, MemoryKept: true}), nil
+}
+
+func (a *agent) GetHostInfo(context.Context, *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {
+	return connect.NewResponse(&pb.GetHostInfoResponse{MemorySnapshots: true}), nil
+}
+
+func (a *agent) CreateSnapshot(_ context.Context, r *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
+	a.mu.Lock()
+	a.snapshots = append(a.snapshots, r.Msg)
+	a.mu.Unlock()
+	return connect.NewResponse(&pb.CreateSnapshotResponse{SizeBytes: 1 << 20, Memory: r.Msg.GetMemory()}), nil
 }
 
 func (a *agent) PingCapsule(context.Context, *connect.Request[pb.PingCapsuleRequest]) (*connect.Response[pb.PingCapsuleResponse], error) {

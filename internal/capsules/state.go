@@ -9,6 +9,10 @@ import "github.com/wrenn-dev/wrenn/internal/store"
 //	   any live state ──agent failed / vanished──▶ error
 //	   any live state ──host silent──▶ missing ──host back──▶ what the agent reports
 //	   live states ──TTL reaped──▶ stopped (terminal)
+//	running ──timeout, on_timeout pause──▶ hibernated (pause_reason timeout;
+//	   deleted after the paused retention) ──any use with auto_resume──▶ running
+//	   (docs/LIFECYCLE.md; the edges are the ones above, taken by TimeoutSweep
+//	   and Connect)
 //
 // The reconciler may also align a capsule with what its agent reports
 // (e.g. error → running when the agent says it runs, paused → hibernated

@@ -56,18 +56,19 @@ $WRENN_URL/$WRENN_API_KEY).`,
 	}
 	addClientFlags(cmd, &cc.flags)
 	cmd.AddCommand(cc.createCmd(), cc.lsCmd(), cc.getCmd(), cc.execCmd(), cc.shellCmd(), cc.cpCmd(),
-		cc.pauseCmd(), cc.resumeCmd(), cc.rmCmd(), cc.logsCmd(), cc.networkCmd(), cc.snapshotCmd())
+		cc.pauseCmd(), cc.resumeCmd(), cc.rmCmd(), cc.logsCmd(), cc.networkCmd(), cc.snapshotCmd(), cc.forkCmd())
 	return cmd
 }
 
 func (cc *capsuleCmd) createCmd() *cobra.Command {
 	var (
-		p       wrenn.CreateParams
-		env     []string
-		quiet   bool
-		asJSON  bool
-		timeout time.Duration
-		nf      networkFlags
+		p          wrenn.CreateParams
+		env        []string
+		quiet      bool
+		asJSON     bool
+		timeout    time.Duration
+		nf         networkFlags
+		autoResume bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
@@ -84,6 +85,9 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 			}
 			p.Timeout = timeout
 			p.Network = nf.policy()
+			if cmd.Flags().Changed("auto-resume") {
+				p.AutoResume = &autoResume
+			}
 			start := time.Now()
 			c, err := cc.c.Create(cmd.Context(), p)
 			if err != nil {
@@ -112,6 +116,8 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 	fl.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	fl.BoolVar(&p.Public, "public", false, "let anyone reach the capsule's ports through the proxy")
 	fl.StringVar(&p.Isolation, "isolation", "", isolationHelp+" (default: the template's, else the team's, else the platform's)")
+	fl.StringVar(&p.OnTimeout, "on-timeout", "", "what the end of the timeout does: kill, or pause (to disk, processes kept where the host can) (default: the template's, else the team's, else kill)")
+	fl.BoolVar(&autoResume, "auto-resume", false, "resume the paused capsule on any use: exec, files, terminals, its ports (default: the template's, else the team's, else off)")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the capsule id")
 	fl.BoolVar(&asJSON, "json", false, "print the capsule as JSON")
 	nf.add(fl)

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/email"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
@@ -58,6 +59,7 @@ type serverFlags struct {
 	noBuildRunner      bool
 	capsuleInternet    string
 	defaultIsolation   string
+	pausedRetention    time.Duration
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -120,6 +122,7 @@ missing.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.capsuleInternet, "capsule-internet", "on", "on, or off: no capsule gets outbound internet (a request for it is refused; overrides team defaults)")
 	fl.StringVar(&f.defaultIsolation, "default-isolation", runtime.IsolationContainer, defaultIsolationUsage)
+	fl.DurationVar(&f.pausedRetention, "paused-retention", capsules.DefaultPausedRetention, "how long a capsule paused by its on_timeout is kept before it is deleted with its snapshots (explicit pauses are kept)")
 	return cmd
 }
 
@@ -180,6 +183,7 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		DisableMetricsFlush: f.noMetricsFlush, ReplicaID: f.replicaID,
 		DisableBuildRunner: f.noBuildRunner,
 		DefaultIsolation:   f.defaultIsolation,
+		PausedRetention:    f.pausedRetention,
 	}
 	if !runtime.ValidIsolation(f.defaultIsolation) {
 		return controlplane.Config{}, fmt.Errorf("--default-isolation %q: want one of %s", f.defaultIsolation, strings.Join(runtime.KnownIsolations, ", "))

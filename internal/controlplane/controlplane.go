@@ -132,6 +132,16 @@ type Config struct {
 	// neither the create, nor its template, nor its team names one
 	// (--default-isolation; default container).
 	DefaultIsolation string
+	// PausedRetention is how long a capsule paused by its on_timeout is
+	// kept before it is deleted with its snapshots (--paused-retention,
+	// default 720 h). Explicit and shutdown pauses are never deleted.
+	PausedRetention time.Duration
+	// LifecycleInterval is how often capsules past their timeout with
+	// on_timeout pause are paused and retention runs (default 2 s).
+	LifecycleInterval time.Duration
+	// ResumeWait bounds a request's wait for an automatic resume (default
+	// 2 min).
+	ResumeWait time.Duration
 	// Mailer sends verification and password-reset mail (default: the log
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
@@ -167,6 +177,9 @@ func (c *Config) fill() error {
 	def(&c.UsageRollupInterval, time.Hour)
 	def(&c.MetricsFlushInterval, time.Minute)
 	def(&c.BuildInterval, 2*time.Second)
+	def(&c.PausedRetention, capsules.DefaultPausedRetention)
+	def(&c.LifecycleInterval, 2*time.Second)
+	def(&c.ResumeWait, capsules.DefaultResumeWait)
 	if c.HeartbeatMisses <= 0 {
 		c.HeartbeatMisses = 3
 	}
@@ -261,7 +274,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	rec := &audit.Recorder{Store: s.store, Logger: s.log}
 	s.capsules = capsules.New(capsules.Config{
 		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
-		InternetOff: cfg.CapsuleInternetOff, DefaultIsolation: cfg.DefaultIsolation,
+		InternetOff: cfg.CapsuleInternetOff, DefaultIsolation: cfg.DefaultIsolation, PausedRetention: cfg.PausedRetention, ResumeWait: cfg.ResumeWait,
 	})
 	var buildRunner api.BuildRunner
 	if !cfg.DisableBuildRunner {
@@ -400,6 +413,7 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	s.returnMu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.leases.Loop(bg, leaseReconcile, s.cfg.ReconcileInterval, s.ReconcileOnce) })
+	wg.Go(func() { s.leases.Loop(bg, leaseLifecycle, s.cfg.LifecycleInterval, s.capsules.Sweep) })
 	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval); s.leases.Release(leaseUsage) })
 	if !s.cfg.DisableMetricsFlush {
 		flusher := &metricsflush.Flusher{
@@ -451,11 +465,13 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	return err
 }
 
-// Lease names of the background jobs one replica runs at a time. The
+// Lease names of the background jobs one replica runs at a time
+// (lifecycle: timeout pauses and paused retention). The
 // build runner needs none: it claims each build with a conditional update
 // and runs it where its inputs were uploaded.
 const (
 	leaseReconcile    = "reconcile"
+	leaseLifecycle    = "lifecycle"
 	leaseUsage        = "usage-rollup"
 	leaseMetricsFlush = "metrics-flush"
 )
@@ -497,6 +513,15 @@ func (s *Server) resolveProxy(ctx context.Context, id string) (proxy.Target, err
 		h, err := s.store.GetHost(ctx, c.HostID)
 		if err != nil {
 			return proxy.Target{}, err
+		}
+		if c.Status.IsPaused() && c.AutoResume && h.Status != store.HostUnavailable {
+			// auto_resume: the request wakes the capsule (one resume
+			// however many requests wait), then is served.
+			conn, err := s.capsules.Connect(ctx, capsules.SystemScope(), c.ID)
+			if err != nil {
+				return proxy.Target{}, fmt.Errorf("%w: %w", proxy.ErrResumeFailed, err)
+			}
+			c = conn.Capsule
 		}
 		t.AgentURL, t.HostSecret = s.agents.BaseURL(h.Address), s.agents.Credential(h.ID)
 		t.Running = c.Status == store.CapsuleRunning && h.Status != store.HostUnavailable

@@ -31,6 +31,10 @@ import (
 
 var agentSeq atomic.Int32
 
+// agentDirs maps a test agent's host id to its directory (templates,
+// driver and agent state, snapshots), for tests that measure stored bytes.
+var agentDirs sync.Map
+
 // startAgent runs a real host agent with the container driver on
 // loopback, registered with the control plane through hostlink.
 func startAgent(t testing.TB, c *cp, adminTok string) (hostID string, agent *hostagent.Agent) {
@@ -45,6 +49,7 @@ func startAgentOn(t testing.TB, c *cp, adminTok string, subnet netip.Prefix) (ho
 	testutil.RequireRoot(t)
 	ctx := testutil.Context(t, testutil.Long)
 	dir := t.TempDir()
+	defer func() { agentDirs.Store(hostID, dir) }()
 	envd, err := buildEnvd(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -38,6 +38,9 @@ type cp struct {
 	proxyURL string
 	st       store.Store
 	hc       *http.Client
+	// agentDir is the directory of the test agent started for it (life-
+	// cycle tests measure stored bytes there).
+	agentDir string
 }
 
 func startCP(t testing.TB, st store.Store, tweak func(*controlplane.Config)) *cp {

@@ -83,11 +83,9 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	case req.TemplateID == "":
 		writeError(w, http.StatusBadRequest, "templateID is required")
 		return
-	case req.AutoPause != nil && *req.AutoPause:
-		writeError(w, http.StatusNotImplemented, "auto-pause on timeout is not supported yet by Wrenn's E2B-compatible API")
-		return
-	case req.AutoResume != nil && req.AutoResume.Enabled:
-		writeError(w, http.StatusNotImplemented, "auto-resume is not supported yet by Wrenn's E2B-compatible API")
+	case req.AutoResume != nil && req.AutoResume.Enabled && (req.AutoPause == nil || !*req.AutoPause):
+		// E2B's rule: lifecycle.autoResume needs onTimeout 'pause'.
+		writeError(w, http.StatusBadRequest, "autoResume needs autoPause (lifecycle.onTimeout 'pause')")
 		return
 	case len(req.VolumeMounts) > 0:
 		writeError(w, http.StatusNotImplemented, "volumes are not supported yet by Wrenn's E2B-compatible API")
@@ -107,9 +105,19 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tmpl := req.TemplateID
+	// lifecycle.onTimeout 'pause' (autoPause) and autoResume: Wrenn's
+	// on_timeout pause (to disk, memory kept where the host can) and
+	// auto_resume; unset, E2B's defaults (kill, no auto-resume).
+	onTimeout, autoResume := "kill", false
+	if req.AutoPause != nil && *req.AutoPause {
+		onTimeout = "pause"
+	}
+	if req.AutoResume != nil {
+		autoResume = req.AutoResume.Enabled
+	}
 	out, err := h.cfg.Capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
 		Template: &tmpl, TimeoutSec: timeout, Env: req.EnvVars, AllowInternet: req.AllowInternetAccess,
-		Metadata: req.Metadata, Network: nw, Public: public,
+		Metadata: req.Metadata, Network: nw, Public: public, OnTimeout: &onTimeout, AutoResume: &autoResume,
 	})
 	if err != nil {
 		h.fail(w, r, err)

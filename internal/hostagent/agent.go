@@ -527,6 +527,9 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 	err = a.save(c, func(r *record) {
 		r.Phase = phaseRunning
 		r.ExpiresAt = a.expiry(r.TimeoutSec)
+		// Restored with its template's processes (the create answer's
+		// memory_kept; a fork reports it).
+		r.MemoryKept = fromMemory != nil
 	})
 	log.Info("capsule created", "template", spec.Template, "ip", info.IP, "warm_pool", pooled, "from_memory", fromMemory != nil,
 		"driver_ms", started.Milliseconds(), "envd_ready_init_ms", ready.Milliseconds())

@@ -80,6 +80,10 @@ type Target struct {
 // ErrNotFound is what a Resolver returns for an unknown capsule.
 var ErrNotFound = errors.New("capsule not found")
 
+// ErrResumeFailed is what Locate wraps when a paused capsule with
+// auto_resume could not be resumed (503 capsule_resume_failed).
+var ErrResumeFailed = errors.New("capsule could not be resumed")
+
 // Resolver finds a capsule's target.
 type Resolver func(ctx context.Context, capsuleID string) (Target, error)
 
@@ -302,6 +306,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, capsule string, po
 	if t.Locate != nil {
 		if t, err = t.Locate(r.Context()); err != nil {
 			p.log.WarnContext(r.Context(), "port proxy: locate failed", "capsule_id", capsule, "err", err)
+			if errors.Is(err, ErrResumeFailed) {
+				writeError(w, http.StatusServiceUnavailable, "capsule_resume_failed", "the capsule could not be resumed; please try again")
+				return
+			}
 			unavailable(w, http.StatusServiceUnavailable)
 			return
 		}

@@ -171,8 +171,36 @@ type Team struct {
 	// when neither the create nor the template names one ("": the
 	// platform's --default-isolation).
 	DefaultIsolation string
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// Lifecycle is the team's default for its capsules' on_timeout and
+	// auto_resume (nil fields: not set).
+	Lifecycle LifecycleDefaults
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Capsule life-cycle values (docs/LIFECYCLE.md).
+const (
+	// OnTimeoutKill destroys a capsule at the end of its timeout.
+	OnTimeoutKill = "kill"
+	// OnTimeoutPause pauses it to disk (with memory where its host can
+	// keep it).
+	OnTimeoutPause = "pause"
+
+	// PauseReasonTimeout: paused by its on_timeout (retention deletes it
+	// after the paused-retention period).
+	PauseReasonTimeout = "timeout"
+	// PauseReasonUser: paused explicitly (never deleted by retention).
+	PauseReasonUser = "user"
+	// PauseReasonShutdown: paused by wrenn up stopping (never deleted by
+	// retention).
+	PauseReasonShutdown = "shutdown"
+)
+
+// LifecycleDefaults are a template's or team's defaults for the capsules
+// created from it / in it; nil fields are not set.
+type LifecycleDefaults struct {
+	OnTimeout  *string
+	AutoResume *bool
 }
 
 // TeamMembership is a team as seen by one of its members.
@@ -343,6 +371,9 @@ type Template struct {
 	// Isolation is the template's default isolation of capsules created
 	// from it when the create names none ("": the team's default).
 	Isolation string
+	// Lifecycle is the template's default for its capsules' on_timeout
+	// and auto_resume (nil fields: the team's).
+	Lifecycle LifecycleDefaults
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
@@ -406,6 +437,14 @@ type Capsule struct {
 	// microvm), chosen at create and kept for its life; CreateCapsule
 	// stores DefaultIsolation when it is empty.
 	Isolation string
+	// OnTimeout is what the end of the timeout does: OnTimeoutKill (also
+	// for "") or OnTimeoutPause.
+	OnTimeout string
+	// AutoResume: any use of the paused capsule resumes it.
+	AutoResume bool
+	// PauseReason says why a paused capsule is paused (PauseReason*); ""
+	// when it is not paused or was paused before it was recorded.
+	PauseReason string
 }
 
 // DefaultIsolation is the isolation of a capsule row that names none
@@ -691,6 +730,20 @@ type Store interface {
 	// policy (nil: the defaults).
 	SetCapsuleNetwork(ctx context.Context, teamID, id string, allowInternet bool, n *CapsuleNetwork) error
 	DeleteCapsule(ctx context.Context, teamID, id string) error
+	// SetCapsuleLifecycle records a capsule's on_timeout and auto_resume.
+	SetCapsuleLifecycle(ctx context.Context, teamID, id, onTimeout string, autoResume bool) error
+	// SetCapsulePauseReason records why a capsule is paused ("" clears).
+	SetCapsulePauseReason(ctx context.Context, teamID, id, reason string) error
+	// ListTimedOutPausable returns running capsules with on_timeout pause
+	// whose expiry is at or before now, oldest expiry first.
+	ListTimedOutPausable(ctx context.Context, now time.Time, limit int) ([]Capsule, error)
+	// ListRetentionExpired returns capsules paused by their timeout
+	// (PauseReasonTimeout) at or before `before`, oldest first.
+	ListRetentionExpired(ctx context.Context, before time.Time, limit int) ([]Capsule, error)
+	// SetTemplateLifecycle and SetTeamLifecycle record the defaults of a
+	// template / team for its capsules' on_timeout and auto_resume.
+	SetTemplateLifecycle(ctx context.Context, teamID, id string, d LifecycleDefaults) error
+	SetTeamLifecycle(ctx context.Context, id string, d LifecycleDefaults) error
 
 	// Audit log.
 	InsertAuditLog(ctx context.Context, e AuditLog) (AuditLog, error)

@@ -668,7 +668,7 @@ func (a *App) onExit(ctx context.Context) error {
 			if c.Status != store.CapsuleRunning {
 				continue
 			}
-			if _, err := svc.Pause(ctx, sys, c.ID, false); err != nil {
+			if _, err := svc.Pause(ctx, capsules.ShutdownScope(), c.ID, false); err != nil {
 				errs = append(errs, fmt.Errorf("pause %s: %w", c.ID, err))
 				continue
 			}

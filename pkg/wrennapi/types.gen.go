@@ -7,6 +7,45 @@ import (
 	"time"
 )
 
+// Defines values for AdminCapsuleOnTimeout.
+const (
+	AdminCapsuleOnTimeoutKill  AdminCapsuleOnTimeout = "kill"
+	AdminCapsuleOnTimeoutPause AdminCapsuleOnTimeout = "pause"
+)
+
+// Valid indicates whether the value is a known member of the AdminCapsuleOnTimeout enum.
+func (e AdminCapsuleOnTimeout) Valid() bool {
+	switch e {
+	case AdminCapsuleOnTimeoutKill:
+		return true
+	case AdminCapsuleOnTimeoutPause:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AdminCapsulePauseReason.
+const (
+	AdminCapsulePauseReasonShutdown AdminCapsulePauseReason = "shutdown"
+	AdminCapsulePauseReasonTimeout  AdminCapsulePauseReason = "timeout"
+	AdminCapsulePauseReasonUser     AdminCapsulePauseReason = "user"
+)
+
+// Valid indicates whether the value is a known member of the AdminCapsulePauseReason enum.
+func (e AdminCapsulePauseReason) Valid() bool {
+	switch e {
+	case AdminCapsulePauseReasonShutdown:
+		return true
+	case AdminCapsulePauseReasonTimeout:
+		return true
+	case AdminCapsulePauseReasonUser:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for AdminCapsuleStatus.
 const (
 	AdminCapsuleStatusError      AdminCapsuleStatus = "error"
@@ -142,6 +181,45 @@ func (e BuildLogRecordStream) Valid() bool {
 	case BuildLogRecordStreamStdout:
 		return true
 	case BuildLogRecordStreamSystem:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapsuleOnTimeout.
+const (
+	CapsuleOnTimeoutKill  CapsuleOnTimeout = "kill"
+	CapsuleOnTimeoutPause CapsuleOnTimeout = "pause"
+)
+
+// Valid indicates whether the value is a known member of the CapsuleOnTimeout enum.
+func (e CapsuleOnTimeout) Valid() bool {
+	switch e {
+	case CapsuleOnTimeoutKill:
+		return true
+	case CapsuleOnTimeoutPause:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapsulePauseReason.
+const (
+	CapsulePauseReasonShutdown CapsulePauseReason = "shutdown"
+	CapsulePauseReasonTimeout  CapsulePauseReason = "timeout"
+	CapsulePauseReasonUser     CapsulePauseReason = "user"
+)
+
+// Valid indicates whether the value is a known member of the CapsulePauseReason enum.
+func (e CapsulePauseReason) Valid() bool {
+	switch e {
+	case CapsulePauseReasonShutdown:
+		return true
+	case CapsulePauseReasonTimeout:
+		return true
+	case CapsulePauseReasonUser:
 		return true
 	default:
 		return false
@@ -571,9 +649,12 @@ type AdminCapsule struct {
 	AccessToken string `json:"access_token,omitempty"`
 
 	// AllowInternet Whether the capsule has outbound internet access. The host, other capsules and private ranges are unreachable either way.
-	AllowInternet bool      `json:"allow_internet"`
-	CreatedAt     time.Time `json:"created_at"`
-	DiskSizeMB    int64     `json:"disk_size_mb"`
+	AllowInternet bool `json:"allow_internet"`
+
+	// AutoResume Whether any use of the paused capsule resumes it.
+	AutoResume bool      `json:"auto_resume,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	DiskSizeMB int64     `json:"disk_size_mb"`
 
 	// ErrorReason Why the capsule is in error (omitted when empty).
 	ErrorReason string     `json:"error_reason,omitempty"`
@@ -586,7 +667,7 @@ type AdminCapsule struct {
 	// Isolation How the capsule is isolated (container, gvisor, microvm), chosen at create and kept for its life (resume uses it too).
 	Isolation string `json:"isolation,omitempty"`
 
-	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
+	// MemoryKept Only in pause and resume answers (whether processes and memory were kept), and in create and fork answers of a capsule with on_timeout pause or auto_resume (whether its host keeps them across a pause to disk). A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
 	MemoryKept *bool `json:"memory_kept,omitempty"`
 	MemoryMB   int64 `json:"memory_mb"`
 
@@ -594,16 +675,28 @@ type AdminCapsule struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Network The egress policy in force (omitted: the defaults).
-	Network    *CapsuleNetwork    `json:"network,omitempty"`
-	PausedAt   *time.Time         `json:"paused_at,omitempty"`
-	Public     bool               `json:"public"`
-	Status     AdminCapsuleStatus `json:"status"`
-	TeamID     string             `json:"team_id"`
-	TemplateID string             `json:"template_id"`
-	TimeoutSec int64              `json:"timeout_sec"`
-	UpdatedAt  time.Time          `json:"updated_at"`
-	VCPUs      int64              `json:"vcpus"`
+	Network *CapsuleNetwork `json:"network,omitempty"`
+
+	// OnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+	OnTimeout AdminCapsuleOnTimeout `json:"on_timeout,omitempty"`
+
+	// PauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+	PauseReason AdminCapsulePauseReason `json:"pause_reason,omitempty"`
+	PausedAt    *time.Time              `json:"paused_at,omitempty"`
+	Public      bool                    `json:"public"`
+	Status      AdminCapsuleStatus      `json:"status"`
+	TeamID      string                  `json:"team_id"`
+	TemplateID  string                  `json:"template_id"`
+	TimeoutSec  int64                   `json:"timeout_sec"`
+	UpdatedAt   time.Time               `json:"updated_at"`
+	VCPUs       int64                   `json:"vcpus"`
 }
+
+// AdminCapsuleOnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+type AdminCapsuleOnTimeout string
+
+// AdminCapsulePauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+type AdminCapsulePauseReason string
 
 // AdminCapsuleStatus defines model for AdminCapsule.Status.
 type AdminCapsuleStatus string
@@ -619,6 +712,9 @@ type AdminTeam struct {
 	// AllowedPrivateRanges Private IPv4 ranges (RFC 1918, CGNAT) the team's capsules may reach (BYOC teams reaching their own networks); set with PATCH /v1/admin/teams/{teamID}.
 	AllowedPrivateRanges []string `json:"allowed_private_ranges,omitempty"`
 
+	// AutoResume The team's default auto_resume (omitted: false). Set by a team admin with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -629,6 +725,9 @@ type AdminTeam struct {
 	IsBYOC           bool   `json:"is_byoc"`
 	IsPlatform       bool   `json:"is_platform"`
 	Name             string `json:"name"`
+
+	// OnTimeout The team's default on_timeout (omitted: kill). Set by a team admin with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -650,6 +749,9 @@ type AdminTeamUpdate struct {
 
 // AdminTemplate defines model for AdminTemplate.
 type AdminTemplate struct {
+	// AutoResume The template's default auto_resume (omitted: the team's). Set with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -661,7 +763,10 @@ type AdminTemplate struct {
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
 	Name   string `json:"name"`
-	Public bool   `json:"public"`
+
+	// OnTimeout The template's default on_timeout (omitted: the team's). Set with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
+	Public    bool    `json:"public"`
 
 	// Shared The template is in the shared template store: any host runs it (fetched once per host).
 	Shared    bool   `json:"shared,omitempty"`
@@ -823,9 +928,12 @@ type Capsule struct {
 	AccessToken string `json:"access_token,omitempty"`
 
 	// AllowInternet Whether the capsule has outbound internet access. The host, other capsules and private ranges are unreachable either way.
-	AllowInternet bool      `json:"allow_internet"`
-	CreatedAt     time.Time `json:"created_at"`
-	DiskSizeMB    int64     `json:"disk_size_mb"`
+	AllowInternet bool `json:"allow_internet"`
+
+	// AutoResume Whether any use of the paused capsule resumes it.
+	AutoResume bool      `json:"auto_resume,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	DiskSizeMB int64     `json:"disk_size_mb"`
 
 	// ErrorReason Why the capsule is in error (omitted when empty).
 	ErrorReason string     `json:"error_reason,omitempty"`
@@ -838,7 +946,7 @@ type Capsule struct {
 	// Isolation How the capsule is isolated (container, gvisor, microvm), chosen at create and kept for its life (resume uses it too).
 	Isolation string `json:"isolation,omitempty"`
 
-	// MemoryKept Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
+	// MemoryKept Only in pause and resume answers (whether processes and memory were kept), and in create and fork answers of a capsule with on_timeout pause or auto_resume (whether its host keeps them across a pause to disk). A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume.
 	MemoryKept *bool `json:"memory_kept,omitempty"`
 	MemoryMB   int64 `json:"memory_mb"`
 
@@ -846,15 +954,27 @@ type Capsule struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Network The egress policy in force (omitted: the defaults).
-	Network    *CapsuleNetwork `json:"network,omitempty"`
-	PausedAt   *time.Time      `json:"paused_at,omitempty"`
-	Public     bool            `json:"public"`
-	Status     CapsuleStatus   `json:"status"`
-	TemplateID string          `json:"template_id"`
-	TimeoutSec int64           `json:"timeout_sec"`
-	UpdatedAt  time.Time       `json:"updated_at"`
-	VCPUs      int64           `json:"vcpus"`
+	Network *CapsuleNetwork `json:"network,omitempty"`
+
+	// OnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+	OnTimeout CapsuleOnTimeout `json:"on_timeout,omitempty"`
+
+	// PauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+	PauseReason CapsulePauseReason `json:"pause_reason,omitempty"`
+	PausedAt    *time.Time         `json:"paused_at,omitempty"`
+	Public      bool               `json:"public"`
+	Status      CapsuleStatus      `json:"status"`
+	TemplateID  string             `json:"template_id"`
+	TimeoutSec  int64              `json:"timeout_sec"`
+	UpdatedAt   time.Time          `json:"updated_at"`
+	VCPUs       int64              `json:"vcpus"`
 }
+
+// CapsuleOnTimeout What the end of the timeout does (docs/LIFECYCLE.md).
+type CapsuleOnTimeout string
+
+// CapsulePauseReason Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+type CapsulePauseReason string
 
 // CapsuleStatus defines model for Capsule.Status.
 type CapsuleStatus string
@@ -920,9 +1040,12 @@ type CreateBuild struct {
 // CreateCapsule defines model for CreateCapsule.
 type CreateCapsule struct {
 	// AllowInternet Outbound internet access. The host, other capsules and private ranges are unreachable either way.
-	AllowInternet *bool             `json:"allow_internet,omitempty"`
-	DiskSizeMB    *int64            `json:"disk_size_mb,omitempty"`
-	Env           map[string]string `json:"env,omitempty"`
+	AllowInternet *bool `json:"allow_internet,omitempty"`
+
+	// AutoResume Any use of the paused capsule (API data routes, the port proxy, the E2B routes) resumes it first. Default: the template's, else the team's, else false.
+	AutoResume *bool             `json:"auto_resume,omitempty"`
+	DiskSizeMB *int64            `json:"disk_size_mb,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
 
 	// Isolation How to isolate the capsule: container (runc: namespaces, cgroups, seccomp, a user namespace), gvisor (gVisor's user-space kernel) or microvm (its own kernel in a VM). Omitted: the template's default, else the team's, else the platform's (--default-isolation, normally container). An unknown name is 400 invalid_argument; one no host of the team runs is 422 isolation_unavailable, naming what the hosts lack.
 	Isolation string `json:"isolation,omitempty"`
@@ -933,6 +1056,9 @@ type CreateCapsule struct {
 
 	// Network Egress policy and rate limits (default: every public destination, 200 MB/s each way). With allow_internet false only the rate limits may be given.
 	Network *CapsuleNetwork `json:"network,omitempty"`
+
+	// OnTimeout What the end of the timeout does: kill (destroy) or pause (to disk, with memory where the host keeps it; deleted after the platform's paused retention, default 30 days). Default: the template's, else the team's, else kill. docs/LIFECYCLE.md.
+	OnTimeout *string `json:"on_timeout,omitempty"`
 
 	// Public Ports reachable through the proxy without the access token.
 	Public bool `json:"public,omitempty"`
@@ -1057,6 +1183,24 @@ type FileEntry struct {
 // FileList defines model for FileList.
 type FileList struct {
 	Entries []FileEntry `json:"entries"`
+}
+
+// Fork defines model for Fork.
+type Fork struct {
+	// Count How many copies.
+	Count *int64 `json:"count,omitempty"`
+}
+
+// ForkResult defines model for ForkResult.
+type ForkResult struct {
+	// BaseTemplateID The template the copies share (the original's files and memory, stored once); delete it once no capsule uses it.
+	BaseTemplateID string `json:"base_template_id"`
+
+	// Capsules The copies, each with its access_token.
+	Capsules []Capsule `json:"capsules"`
+
+	// MemoryKept Whether the copies run the original's processes (false: they booted again from its files).
+	MemoryKept bool `json:"memory_kept"`
 }
 
 // Health defines model for Health.
@@ -1494,6 +1638,9 @@ type StdinMessageType string
 
 // Team defines model for Team.
 type Team struct {
+	// AutoResume The team's default auto_resume (omitted: false). Set by a team admin with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The team's default for a capsule's allow_internet when the create does not say (omitted: on). Set by a team admin with PATCH; the platform's --capsule-internet=off overrides it.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -1503,6 +1650,9 @@ type Team struct {
 	ID               string `json:"id"`
 	IsBYOC           bool   `json:"is_byoc"`
 	Name             string `json:"name"`
+
+	// OnTimeout The team's default on_timeout (omitted: kill). Set by a team admin with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
 
 	// Role The caller's role in the team (in lists and on create).
 	Role string `json:"role,omitempty"`
@@ -1520,16 +1670,25 @@ type TeamName struct {
 
 // TeamUpdate Fields to change (at least one).
 type TeamUpdate struct {
+	// AutoResume Default auto_resume of the team's new capsules.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet Default allow_internet of the team's new capsules (true is the platform default).
 	CapsuleInternet *bool `json:"capsule_internet,omitempty"`
 
 	// DefaultIsolation Default isolation of the team's new capsules: container, gvisor or microvm; "" clears it (the platform's --default-isolation applies).
 	DefaultIsolation *string `json:"default_isolation,omitempty"`
 	Name             *string `json:"name,omitempty"`
+
+	// OnTimeout Default on_timeout of the team's new capsules (docs/LIFECYCLE.md).
+	OnTimeout *string `json:"on_timeout,omitempty"`
 }
 
 // Template defines model for Template.
 type Template struct {
+	// AutoResume The template's default auto_resume (omitted: the team's). Set with PATCH.
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet The template's default for a capsule's allow_internet when the create does not say (omitted: the team's default). Set by an admin of the template's team with PATCH.
 	CapsuleInternet *bool     `json:"capsule_internet,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
@@ -1541,7 +1700,10 @@ type Template struct {
 	// Memory The template keeps its processes' memory: capsules from it start with them running (where the host can restore them; docs/TEMPLATES.md).
 	Memory bool   `json:"memory,omitempty"`
 	Name   string `json:"name"`
-	Public bool   `json:"public"`
+
+	// OnTimeout The template's default on_timeout (omitted: the team's). Set with PATCH.
+	OnTimeout *string `json:"on_timeout,omitempty"`
+	Public    bool    `json:"public"`
 
 	// Shared The template is in the shared template store: any host runs it (fetched once per host).
 	Shared    bool  `json:"shared,omitempty"`
@@ -1555,11 +1717,17 @@ type TemplateList struct {
 
 // TemplateUpdate Fields to change (at least one).
 type TemplateUpdate struct {
+	// AutoResume Default auto_resume of capsules created from the template; null clears it (the team's default applies).
+	AutoResume *bool `json:"auto_resume,omitempty"`
+
 	// CapsuleInternet Default allow_internet of capsules created from the template; null clears it (the team's default applies).
 	CapsuleInternet *bool `json:"capsule_internet,omitempty"`
 
 	// Isolation Default isolation of capsules created from the template: container, gvisor or microvm; "" clears it (the team's default applies).
 	Isolation *string `json:"isolation,omitempty"`
+
+	// OnTimeout Default on_timeout of capsules created from the template; null clears it (the team's default applies).
+	OnTimeout *string `json:"on_timeout,omitempty"`
 }
 
 // Token defines model for Token.
@@ -1791,6 +1959,9 @@ type PostV1CapsulesCapsuleIDExecJSONRequestBody = Exec
 
 // PostV1CapsulesCapsuleIDFilesMkdirJSONRequestBody defines body for PostV1CapsulesCapsuleIDFilesMkdir for application/json ContentType.
 type PostV1CapsulesCapsuleIDFilesMkdirJSONRequestBody = Mkdir
+
+// PostV1CapsulesCapsuleIDForkJSONRequestBody defines body for PostV1CapsulesCapsuleIDFork for application/json ContentType.
+type PostV1CapsulesCapsuleIDForkJSONRequestBody = Fork
 
 // PutV1CapsulesCapsuleIDNetworkJSONRequestBody defines body for PutV1CapsulesCapsuleIDNetwork for application/json ContentType.
 type PutV1CapsulesCapsuleIDNetworkJSONRequestBody = SetCapsuleNetwork

@@ -50,6 +50,7 @@ func toTeam(t db.Team) store.Team {
 	out := store.Team{
 		ID: t.ID, Name: t.Name, IsBYOC: t.IsByoc, IsPlatform: t.IsPlatform, CapsuleInternet: t.CapsuleInternet,
 		DefaultIsolation: str(t.DefaultIsolation), CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
+		Lifecycle: store.LifecycleDefaults{OnTimeout: t.OnTimeout, AutoResume: t.AutoResume},
 	}
 	if t.AllowedPrivateRanges != nil {
 		// Written only by SetTeamPrivateRanges; a row that does not parse
@@ -114,6 +115,7 @@ func (s *Store) ListTeamsForUser(ctx context.Context, userID string) ([]store.Te
 			Team: toTeam(db.Team{
 				ID: r.ID, Name: r.Name, IsByoc: r.IsByoc, IsPlatform: r.IsPlatform,
 				CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, CapsuleInternet: r.CapsuleInternet, DefaultIsolation: r.DefaultIsolation,
+				OnTimeout: r.OnTimeout, AutoResume: r.AutoResume,
 			}),
 			Role: store.Role(r.Role),
 		})
@@ -828,6 +830,7 @@ func toTemplate(t db.Template) store.Template {
 		ID: t.ID, TeamID: t.TeamID, Name: t.Name, Public: t.Public, SizeBytes: t.SizeBytes, HostID: str(t.HostID),
 		Checksum: str(t.Checksum), Memory: t.Memory, SourceCapsuleID: str(t.SourceCapsuleID),
 		CapsuleInternet: t.CapsuleInternet, Isolation: str(t.Isolation), CreatedAt: tm(t.CreatedAt), UpdatedAt: tm(t.UpdatedAt),
+		Lifecycle: store.LifecycleDefaults{OnTimeout: t.OnTimeout, AutoResume: t.AutoResume},
 	}
 }
 
@@ -1075,6 +1078,7 @@ func toCapsule(c db.Capsule) (store.Capsule, error) {
 		Public: c.Public, AccessTokenHash: c.AccessTokenHash, CreatedBy: str(c.CreatedBy),
 		CreatedAt: tm(c.CreatedAt), UpdatedAt: tm(c.UpdatedAt), PausedAt: tmp(c.PausedAt),
 		AllowInternet: c.AllowInternet, ErrorReason: c.ErrorReason, Isolation: c.Isolation,
+		OnTimeout: c.OnTimeout, AutoResume: c.AutoResume, PauseReason: c.PauseReason,
 	}, nil
 }
 
@@ -1135,6 +1139,7 @@ func (s *Store) CreateCapsule(ctx context.Context, c store.Capsule) (store.Capsu
 		ExpiresAt: tsp(exp), Env: env, Public: c.Public, AccessTokenHash: c.AccessTokenHash,
 		CreatedBy: strp(c.CreatedBy), CreatedAt: ts(created), AllowInternet: c.AllowInternet, Metadata: md, Network: nw,
 		Isolation: c.Isolation,
+		OnTimeout: onTimeout(c.OnTimeout), AutoResume: c.AutoResume,
 	})
 	if err != nil {
 		return store.Capsule{}, mapErr(err, "create capsule")
@@ -1542,4 +1547,62 @@ func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 		return mapErr(err, "release lease")
 	}
 	return nil
+}
+
+// ---- capsule life cycle (docs/LIFECYCLE.md) ----
+
+// onTimeout is the stored on_timeout ("" is kill).
+func onTimeout(v string) string {
+	if v == "" {
+		return store.OnTimeoutKill
+	}
+	return v
+}
+
+// SetCapsuleLifecycle implements store.Store.
+func (s *Store) SetCapsuleLifecycle(ctx context.Context, teamID, id, onTimeoutV string, autoResume bool) error {
+	n, err := s.qw.SetCapsuleLifecycle(ctx, db.SetCapsuleLifecycleParams{
+		TeamID: teamID, ID: id, OnTimeout: onTimeout(onTimeoutV), AutoResume: autoResume, Now: ts(store.Now()),
+	})
+	return one(n, err, "set capsule lifecycle")
+}
+
+// SetCapsulePauseReason implements store.Store.
+func (s *Store) SetCapsulePauseReason(ctx context.Context, teamID, id, reason string) error {
+	n, err := s.qw.SetCapsulePauseReason(ctx, db.SetCapsulePauseReasonParams{TeamID: teamID, ID: id, PauseReason: reason, Now: ts(store.Now())})
+	return one(n, err, "set capsule pause reason")
+}
+
+// ListTimedOutPausable implements store.Store.
+func (s *Store) ListTimedOutPausable(ctx context.Context, now time.Time, limit int) ([]store.Capsule, error) {
+	n := store.Truncate(now)
+	rows, err := s.qr.ListTimedOutPausable(ctx, db.ListTimedOutPausableParams{Now: tsp(&n), Lim: lim(store.ClampLimit(limit, 100, 10000))})
+	if err != nil {
+		return nil, mapErr(err, "list timed-out pausable capsules")
+	}
+	return toCapsules(rows)
+}
+
+// ListRetentionExpired implements store.Store.
+func (s *Store) ListRetentionExpired(ctx context.Context, before time.Time, limit int) ([]store.Capsule, error) {
+	b := store.Truncate(before)
+	rows, err := s.qr.ListRetentionExpired(ctx, db.ListRetentionExpiredParams{Before: tsp(&b), Lim: lim(store.ClampLimit(limit, 100, 10000))})
+	if err != nil {
+		return nil, mapErr(err, "list retention-expired capsules")
+	}
+	return toCapsules(rows)
+}
+
+// SetTemplateLifecycle implements store.Store.
+func (s *Store) SetTemplateLifecycle(ctx context.Context, teamID, id string, d store.LifecycleDefaults) error {
+	n, err := s.qw.SetTemplateLifecycle(ctx, db.SetTemplateLifecycleParams{
+		TeamID: teamID, ID: id, OnTimeout: d.OnTimeout, AutoResume: d.AutoResume, UpdatedAt: ts(store.Now()),
+	})
+	return one(n, err, "set template lifecycle")
+}
+
+// SetTeamLifecycle implements store.Store.
+func (s *Store) SetTeamLifecycle(ctx context.Context, id string, d store.LifecycleDefaults) error {
+	n, err := s.qw.SetTeamLifecycle(ctx, db.SetTeamLifecycleParams{ID: id, OnTimeout: d.OnTimeout, AutoResume: d.AutoResume, UpdatedAt: ts(store.Now())})
+	return one(n, err, "set team lifecycle")
 }

@@ -56,6 +56,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"CapsulePagination", testCapsulePagination},
 		{"CapsuleNetwork", testCapsuleNetwork},
 		{"IsolationChoice", testIsolationChoice},
+		{"CapsuleLifecycle", testCapsuleLifecycle},
 		{"TeamIsolation", testTeamIsolation},
 		{"DeleteTeamCascades", testDeleteTeamCascades},
 		{"Audit", testAudit},
@@ -1430,4 +1431,68 @@ func testLeasesConcurrent(t *testing.T, s store.Store) {
 		}
 	}
 	eq(t, "holders that got the lease", winners, 1)
+}
+
+// testCapsuleLifecycle: on_timeout/auto_resume at create and after,
+// pause reasons, the timeout and retention queries, template and team
+// defaults (docs/LIFECYCLE.md).
+func testCapsuleLifecycle(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	team := newTeam(t, s, "lc")
+	other := newTeam(t, s, "lc-other")
+	now := time.Now()
+	past, future := now.Add(-time.Minute), now.Add(time.Hour)
+
+	kill := newCapsule(t, s, team.ID, time.Time{})
+	eq(t, "default on_timeout", kill.OnTimeout, store.OnTimeoutKill)
+	eq(t, "default auto_resume", kill.AutoResume, false)
+	eq(t, "default pause reason", kill.PauseReason, "")
+	noErr(t, s.SetCapsuleTimeout(ctx, team.ID, kill.ID, 300, &past))
+
+	pause := must(s.CreateCapsule(ctx, store.Capsule{
+		TeamID: team.ID, TemplateID: "tpl-base", Status: store.CapsuleRunning, VCPUs: 1, MemoryMB: 512,
+		DiskSizeMB: 5120, TimeoutSec: 300, AccessTokenHash: "ath", ExpiresAt: &past,
+		OnTimeout: store.OnTimeoutPause, AutoResume: true,
+	}))(t)
+	eq(t, "on_timeout", pause.OnTimeout, store.OnTimeoutPause)
+	eq(t, "auto_resume", pause.AutoResume, true)
+	later := newCapsule(t, s, team.ID, time.Time{})
+	noErr(t, s.SetCapsuleLifecycle(ctx, team.ID, later.ID, store.OnTimeoutPause, false))
+	noErr(t, s.SetCapsuleTimeout(ctx, team.ID, later.ID, 300, &future))
+	wantErr(t, s.SetCapsuleLifecycle(ctx, other.ID, later.ID, store.OnTimeoutPause, false), store.ErrNotFound)
+
+	due := must(s.ListTimedOutPausable(ctx, now, 10))(t)
+	eq(t, "timed out pausable", len(due), 1)
+	eq(t, "timed out id", due[0].ID, pause.ID)
+
+	// Paused by its timeout: listed by retention once paused long enough;
+	// one paused by a user is never listed.
+	must(s.UpdateCapsuleStatus(ctx, team.ID, pause.ID, store.CapsuleRunning, store.CapsuleHibernated))(t)
+	noErr(t, s.SetCapsulePauseReason(ctx, team.ID, pause.ID, store.PauseReasonTimeout))
+	must(s.UpdateCapsuleStatus(ctx, team.ID, later.ID, store.CapsuleRunning, store.CapsuleHibernated))(t)
+	noErr(t, s.SetCapsulePauseReason(ctx, team.ID, later.ID, store.PauseReasonUser))
+	eq(t, "pause reason", must(s.GetCapsule(ctx, team.ID, pause.ID))(t).PauseReason, store.PauseReasonTimeout)
+	eq(t, "retention before the pause", len(must(s.ListRetentionExpired(ctx, now.Add(-time.Hour), 10))(t)), 0)
+	expired := must(s.ListRetentionExpired(ctx, now.Add(time.Hour), 10))(t)
+	eq(t, "retention expired", len(expired), 1)
+	eq(t, "retention id", expired[0].ID, pause.ID)
+	eq(t, "timed out after the pause", len(must(s.ListTimedOutPausable(ctx, now, 10))(t)), 0)
+
+	// Template and team defaults.
+	p, yes := store.OnTimeoutPause, true
+	tpl := must(s.CreateTemplate(ctx, store.Template{TeamID: team.ID, Name: "lc-tpl"}))(t)
+	if tpl.Lifecycle.OnTimeout != nil || tpl.Lifecycle.AutoResume != nil {
+		t.Fatalf("new template lifecycle = %+v, want unset", tpl.Lifecycle)
+	}
+	noErr(t, s.SetTemplateLifecycle(ctx, team.ID, tpl.ID, store.LifecycleDefaults{OnTimeout: &p, AutoResume: &yes}))
+	got := must(s.GetTemplate(ctx, team.ID, tpl.ID))(t).Lifecycle
+	if got.OnTimeout == nil || *got.OnTimeout != p || got.AutoResume == nil || !*got.AutoResume {
+		t.Fatalf("template lifecycle = %+v", got)
+	}
+	wantErr(t, s.SetTemplateLifecycle(ctx, other.ID, tpl.ID, store.LifecycleDefaults{}), store.ErrNotFound)
+	noErr(t, s.SetTeamLifecycle(ctx, team.ID, store.LifecycleDefaults{OnTimeout: &p}))
+	tl := must(s.GetTeam(ctx, team.ID))(t).Lifecycle
+	if tl.OnTimeout == nil || *tl.OnTimeout != p || tl.AutoResume != nil {
+		t.Fatalf("team lifecycle = %+v", tl)
+	}
 }

@@ -46,6 +46,8 @@ export type SetNetworkParams = S['SetCapsuleNetwork'];
 export type Template = S['Template'];
 /** A template made from a capsule by `Capsule.snapshot` (schema `SnapshotTemplate`). */
 export type SnapshotTemplate = S['SnapshotTemplate'];
+/** The copies made by `Capsule.fork` (schema `ForkResult`): `capsules` (each with its `access_token`), the shared `base_template_id`, and `memory_kept` (whether they run the original's processes). */
+export type ForkResult = S['ForkResult'];
 /** A file or directory in a capsule (schema `FileEntry`). */
 export type FileEntry = S['FileEntry'];
 /** The answer to mkdir (schema `MkdirResult`). */
@@ -530,6 +532,15 @@ export class Capsule {
    */
   async snapshot(name: string, o: { memory?: boolean } = {}): Promise<SnapshotTemplate> {
     return (await this.c.json('POST', this.path + '/snapshot', { json: { name, memory: o.memory ?? true } })) as SnapshotTemplate;
+  }
+
+  /**
+   * Copies the running or paused capsule `count` times (1 to 20): its files and, where the
+   * host keeps memory, its running processes. Each copy has its own id, network and disk;
+   * the original keeps running. The copies share one base template (stored once).
+   */
+  async fork(count = 1): Promise<ForkResult> {
+    return (await this.c.json('POST', this.path + '/fork', { json: { count } })) as ForkResult;
   }
 
   /** Resumes a paused or hibernated capsule, optionally with a new time to live. */

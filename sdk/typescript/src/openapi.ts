@@ -1516,6 +1516,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/capsules/{capsuleID}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                capsuleID: components["parameters"]["capsuleID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Copies of a running or paused capsule (files and, where the host keeps memory, running processes), each with its own id, network and disk; the original keeps running. The copies share one base template. Audited. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    capsuleID: components["parameters"]["capsuleID"];
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["Fork"];
+                };
+            };
+            responses: {
+                /** @description Created */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForkResult"];
+                    };
+                };
+                400: components["responses"]["Error"];
+                404: components["responses"]["Error"];
+                409: components["responses"]["Error"];
+                503: components["responses"]["Error"];
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/capsules/{capsuleID}/snapshot": {
         parameters: {
             query?: never;
@@ -3677,6 +3725,13 @@ export interface components {
             capsule_internet?: boolean;
             /** @description The team's default isolation of new capsules when neither the create nor the template names one (omitted: the platform's --default-isolation). Set by a team admin (PATCH /v1/teams/{teamID}) or a platform admin (PATCH /v1/admin/teams/{teamID}). */
             default_isolation?: string;
+            /**
+             * @description The team's default on_timeout (omitted: kill). Set by a team admin with PATCH.
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description The team's default auto_resume (omitted: false). Set by a team admin with PATCH. */
+            auto_resume?: boolean;
         };
         AdminTeam: components["schemas"]["Team"] & {
             is_platform: boolean;
@@ -3699,6 +3754,13 @@ export interface components {
             capsule_internet?: boolean;
             /** @description Default isolation of the team's new capsules: container, gvisor or microvm; "" clears it (the platform's --default-isolation applies). */
             default_isolation?: string;
+            /**
+             * @description Default on_timeout of the team's new capsules (docs/LIFECYCLE.md).
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description Default auto_resume of the team's new capsules. */
+            auto_resume?: boolean;
         };
         SetBYOC: {
             byoc: boolean;
@@ -3804,6 +3866,13 @@ export interface components {
             capsule_internet?: boolean;
             /** @description The template's default isolation of capsules created from it when the create names none (omitted: the team's default). Set by an admin of the template's team with PATCH. */
             isolation?: string;
+            /**
+             * @description The template's default on_timeout (omitted: the team's). Set with PATCH.
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description The template's default auto_resume (omitted: the team's). Set with PATCH. */
+            auto_resume?: boolean;
         };
         TemplateList: {
             templates: components["schemas"]["Template"][];
@@ -3820,6 +3889,13 @@ export interface components {
             capsule_internet?: boolean | null;
             /** @description Default isolation of capsules created from the template: container, gvisor or microvm; "" clears it (the team's default applies). */
             isolation?: string;
+            /**
+             * @description Default on_timeout of capsules created from the template; null clears it (the team's default applies).
+             * @enum {string|null}
+             */
+            on_timeout?: "kill" | "pause" | null;
+            /** @description Default auto_resume of capsules created from the template; null clears it (the team's default applies). */
+            auto_resume?: boolean | null;
         };
         /** @description Fields to change (at least one). */
         AdminTeamUpdate: {
@@ -3875,6 +3951,13 @@ export interface components {
             network?: components["schemas"]["CapsuleNetwork"];
             /** @description How to isolate the capsule: container (runc: namespaces, cgroups, seccomp, a user namespace), gvisor (gVisor's user-space kernel) or microvm (its own kernel in a VM). Omitted: the template's default, else the team's, else the platform's (--default-isolation, normally container). An unknown name is 400 invalid_argument; one no host of the team runs is 422 isolation_unavailable, naming what the hosts lack. */
             isolation?: string;
+            /**
+             * @description What the end of the timeout does: kill (destroy) or pause (to disk, with memory where the host keeps it; deleted after the platform's paused retention, default 30 days). Default: the template's, else the team's, else kill. docs/LIFECYCLE.md.
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description Any use of the paused capsule (API data routes, the port proxy, the E2B routes) resumes it first. Default: the template's, else the team's, else false. */
+            auto_resume?: boolean;
         };
         Capsule: {
             /** @example cl-3k9xq2m7a1b4c5d6 */
@@ -3910,12 +3993,40 @@ export interface components {
             metadata?: {
                 [key: string]: string;
             };
-            /** @description Only in pause and resume answers: whether processes and memory were kept. A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume. */
+            /** @description Only in pause and resume answers (whether processes and memory were kept), and in create and fork answers of a capsule with on_timeout pause or auto_resume (whether its host keeps them across a pause to disk). A pause to disk on a host without a working CRIU keeps files only; the capsule boots again on resume. */
             memory_kept?: boolean;
             /** @description The egress policy in force (omitted: the defaults). */
             network?: components["schemas"]["CapsuleNetwork"];
             /** @description How the capsule is isolated (container, gvisor, microvm), chosen at create and kept for its life (resume uses it too). */
             isolation?: string;
+            /**
+             * @description What the end of the timeout does (docs/LIFECYCLE.md).
+             * @enum {string}
+             */
+            on_timeout?: "kill" | "pause";
+            /** @description Whether any use of the paused capsule resumes it. */
+            auto_resume?: boolean;
+            /**
+             * @description Why a paused capsule is paused (omitted otherwise): timeout (its on_timeout; deleted after the paused retention), user (an explicit pause), shutdown (wrenn up stopping). Only timeout pauses are deleted by retention.
+             * @enum {string}
+             */
+            pause_reason?: "timeout" | "user" | "shutdown";
+        };
+        Fork: {
+            /**
+             * Format: int64
+             * @description How many copies.
+             * @default 1
+             */
+            count?: number;
+        };
+        ForkResult: {
+            /** @description The copies, each with its access_token. */
+            capsules: components["schemas"]["Capsule"][];
+            /** @description The template the copies share (the original's files and memory, stored once); delete it once no capsule uses it. */
+            base_template_id: string;
+            /** @description Whether the copies run the original's processes (false: they booted again from its files). */
+            memory_kept: boolean;
         };
         /** @description A capsule's egress policy and rate limits. Rules are IPv4 CIDRs, single IPv4 addresses or domain names (example.com: that name; *.example.com: every name below it). An allow rule wins over a deny rule; deny_out ["0.0.0.0/0"] with allow_out makes an allow-list (domain names in allow_out need it). The host, other capsules, link-local with 169.254.169.254, and private ranges stay unreachable whatever the policy. At most 1,000 rules in all. */
         CapsuleNetwork: {

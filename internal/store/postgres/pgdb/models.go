@@ -80,6 +80,9 @@ type Capsule struct {
 	Metadata        []byte
 	Network         []byte
 	Isolation       string
+	OnTimeout       string
+	AutoResume      bool
+	PauseReason     string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -156,6 +159,8 @@ type Team struct {
 	CapsuleInternet      *bool
 	AllowedPrivateRanges *string
 	DefaultIsolation     *string
+	OnTimeout            *string
+	AutoResume           *bool
 }
 
 type TeamInvite struct {
@@ -191,6 +196,8 @@ type Template struct {
 	Memory          bool
 	CapsuleInternet *bool
 	Isolation       *string
+	OnTimeout       *string
+	AutoResume      *bool
 }
 
 type User struct {

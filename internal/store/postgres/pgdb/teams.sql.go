@@ -43,7 +43,7 @@ func (q *Queries) AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (T
 const createTeam = `-- name: CreateTeam :one
 INSERT INTO teams (id, name, is_byoc, is_platform, created_at, updated_at)
 VALUES ($1, $2, $3, FALSE, $4, $4)
-RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation
+RETURNING id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation, on_timeout, auto_resume
 `
 
 type CreateTeamParams struct {
@@ -71,6 +71,8 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
 		&i.DefaultIsolation,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
@@ -149,7 +151,7 @@ func (q *Queries) DeleteTeamInvite(ctx context.Context, arg DeleteTeamInvitePara
 }
 
 const getPlatformTeam = `-- name: GetPlatformTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation FROM teams WHERE is_platform = TRUE
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation, on_timeout, auto_resume FROM teams WHERE is_platform = TRUE
 `
 
 func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
@@ -165,12 +167,14 @@ func (q *Queries) GetPlatformTeam(ctx context.Context) (Team, error) {
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
 		&i.DefaultIsolation,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
 
 const getTeam = `-- name: GetTeam :one
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation FROM teams WHERE id = $1
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation, on_timeout, auto_resume FROM teams WHERE id = $1
 `
 
 func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
@@ -186,6 +190,8 @@ func (q *Queries) GetTeam(ctx context.Context, id string) (Team, error) {
 		&i.CapsuleInternet,
 		&i.AllowedPrivateRanges,
 		&i.DefaultIsolation,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
@@ -374,7 +380,7 @@ func (q *Queries) ListTeamMembers(ctx context.Context, teamID string) ([]ListTea
 }
 
 const listTeams = `-- name: ListTeams :many
-SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation FROM teams ORDER BY created_at, id
+SELECT id, name, is_byoc, is_platform, created_at, updated_at, capsule_internet, allowed_private_ranges, default_isolation, on_timeout, auto_resume FROM teams ORDER BY created_at, id
 `
 
 func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
@@ -396,6 +402,8 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 			&i.CapsuleInternet,
 			&i.AllowedPrivateRanges,
 			&i.DefaultIsolation,
+			&i.OnTimeout,
+			&i.AutoResume,
 		); err != nil {
 			return nil, err
 		}
@@ -408,7 +416,7 @@ func (q *Queries) ListTeams(ctx context.Context) ([]Team, error) {
 }
 
 const listTeamsForUser = `-- name: ListTeamsForUser :many
-SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.default_isolation, m.role
+SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.default_isolation, t.on_timeout, t.auto_resume, m.role
 FROM teams t JOIN team_members m ON m.team_id = t.id
 WHERE m.user_id = $1
 ORDER BY t.created_at, t.id
@@ -423,6 +431,8 @@ type ListTeamsForUserRow struct {
 	UpdatedAt        time.Time
 	CapsuleInternet  *bool
 	DefaultIsolation *string
+	OnTimeout        *string
+	AutoResume       *bool
 	Role             string
 }
 
@@ -444,6 +454,8 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID string) ([]ListTe
 			&i.UpdatedAt,
 			&i.CapsuleInternet,
 			&i.DefaultIsolation,
+			&i.OnTimeout,
+			&i.AutoResume,
 			&i.Role,
 		); err != nil {
 			return nil, err

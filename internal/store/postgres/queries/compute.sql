@@ -116,12 +116,13 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(fr
 
 -- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation,
+                      on_timeout, auto_resume)
 VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(template_id), sqlc.narg(host_id), sqlc.arg(status),
         sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_size_mb), sqlc.arg(timeout_sec),
         sqlc.narg(expires_at), sqlc.arg(env), sqlc.arg(public), sqlc.arg(access_token_hash),
         sqlc.narg(created_by), sqlc.arg(created_at), sqlc.arg(created_at), sqlc.arg(allow_internet), sqlc.arg(metadata), sqlc.narg(network),
-        sqlc.arg(isolation))
+        sqlc.arg(isolation), sqlc.arg(on_timeout), sqlc.arg(auto_resume))
 RETURNING *;
 
 -- name: GetCapsule :one
@@ -192,3 +193,30 @@ WHERE h.status = 'online'
   AND c.created_at > COALESCE(h.last_heartbeat_at, '-infinity'::timestamptz)
   AND c.status IN ('pending', 'starting', 'running', 'paused')
 ORDER BY c.host_id, c.id;
+-- name: SetCapsuleLifecycle :execrows
+UPDATE capsules SET on_timeout = sqlc.arg(on_timeout), auto_resume = sqlc.arg(auto_resume), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: SetCapsulePauseReason :execrows
+UPDATE capsules SET pause_reason = sqlc.arg(pause_reason), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: ListTimedOutPausable :many
+SELECT * FROM capsules
+WHERE on_timeout = 'pause' AND status = 'running' AND expires_at <= sqlc.arg(now)
+ORDER BY expires_at, id
+LIMIT sqlc.arg(lim);
+
+-- name: ListRetentionExpired :many
+SELECT * FROM capsules
+WHERE pause_reason = 'timeout' AND status IN ('paused', 'hibernated') AND paused_at <= sqlc.arg(before)
+ORDER BY paused_at, id
+LIMIT sqlc.arg(lim);
+
+-- name: SetTemplateLifecycle :execrows
+UPDATE templates SET on_timeout = sqlc.narg(on_timeout), auto_resume = sqlc.narg(auto_resume), updated_at = sqlc.arg(updated_at)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: SetTeamLifecycle :execrows
+UPDATE teams SET on_timeout = sqlc.narg(on_timeout), auto_resume = sqlc.narg(auto_resume), updated_at = sqlc.arg(updated_at)
+WHERE id = sqlc.arg(id);

@@ -13,7 +13,7 @@ SELECT * FROM teams WHERE is_platform = TRUE;
 SELECT * FROM teams ORDER BY created_at, id;
 
 -- name: ListTeamsForUser :many
-SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.default_isolation, m.role
+SELECT t.id, t.name, t.is_byoc, t.is_platform, t.created_at, t.updated_at, t.capsule_internet, t.default_isolation, t.on_timeout, t.auto_resume, m.role
 FROM teams t JOIN team_members m ON m.team_id = t.id
 WHERE m.user_id = sqlc.arg(user_id)
 ORDER BY t.created_at, t.id;

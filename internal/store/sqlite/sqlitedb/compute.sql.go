@@ -114,13 +114,14 @@ func (q *Queries) CreateBuild(ctx context.Context, arg CreateBuildParams) (Build
 
 const createCapsule = `-- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
-                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation)
+                      expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation,
+                      on_timeout, auto_resume)
 VALUES (?1, ?2, ?3, ?4, ?5,
         ?6, ?7, ?8, ?9,
         ?10, ?11, ?12, ?13,
         ?14, ?15, ?15, ?16, ?17, ?18,
-        ?19)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation
+        ?19, ?20, ?21)
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason
 `
 
 type CreateCapsuleParams struct {
@@ -143,6 +144,8 @@ type CreateCapsuleParams struct {
 	Metadata        []byte
 	Network         []byte
 	Isolation       string
+	OnTimeout       string
+	AutoResume      bool
 }
 
 func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (Capsule, error) {
@@ -166,6 +169,8 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		arg.Metadata,
 		arg.Network,
 		arg.Isolation,
+		arg.OnTimeout,
+		arg.AutoResume,
 	)
 	var i Capsule
 	err := row.Scan(
@@ -191,6 +196,9 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.Metadata,
 		&i.Network,
 		&i.Isolation,
+		&i.OnTimeout,
+		&i.AutoResume,
+		&i.PauseReason,
 	)
 	return i, err
 }
@@ -222,7 +230,7 @@ func (q *Queries) CreateHostToken(ctx context.Context, arg CreateHostTokenParams
 const createTemplate = `-- name: CreateTemplate :one
 INSERT INTO templates (id, team_id, name, public, size_bytes, host_id, checksum, memory, source_capsule_id, created_at, updated_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
-RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation
+RETURNING id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation, on_timeout, auto_resume
 `
 
 type CreateTemplateParams struct {
@@ -266,6 +274,8 @@ func (q *Queries) CreateTemplate(ctx context.Context, arg CreateTemplateParams) 
 		&i.Memory,
 		&i.CapsuleInternet,
 		&i.Isolation,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
@@ -345,7 +355,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules WHERE team_id = ?1 AND id = ?2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules WHERE team_id = ?1 AND id = ?2
 `
 
 type GetCapsuleParams struct {
@@ -379,12 +389,15 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.Metadata,
 		&i.Network,
 		&i.Isolation,
+		&i.OnTimeout,
+		&i.AutoResume,
+		&i.PauseReason,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules WHERE id = ?1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules WHERE id = ?1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -413,6 +426,9 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.Metadata,
 		&i.Network,
 		&i.Isolation,
+		&i.OnTimeout,
+		&i.AutoResume,
+		&i.PauseReason,
 	)
 	return i, err
 }
@@ -478,7 +494,7 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates WHERE id = ?1 AND (team_id = ?2 OR public = TRUE)
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation, on_timeout, auto_resume FROM templates WHERE id = ?1 AND (team_id = ?2 OR public = TRUE)
 `
 
 type GetTemplateParams struct {
@@ -503,12 +519,14 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.Memory,
 		&i.CapsuleInternet,
 		&i.Isolation,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
 
 const getTemplateByName = `-- name: GetTemplateByName :one
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation, on_timeout, auto_resume FROM templates
 WHERE name = ?1 AND (team_id = ?2 OR public = TRUE)
 ORDER BY public, id -- the team's own (private) template first
 LIMIT 1
@@ -536,6 +554,8 @@ func (q *Queries) GetTemplateByName(ctx context.Context, arg GetTemplateByNamePa
 		&i.Memory,
 		&i.CapsuleInternet,
 		&i.Isolation,
+		&i.OnTimeout,
+		&i.AutoResume,
 	)
 	return i, err
 }
@@ -703,7 +723,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
 WHERE (status = ?1 OR ?1 = '')
   AND (created_at, id) < (?2, CAST(?3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -754,6 +774,9 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.Metadata,
 			&i.Network,
 			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+			&i.PauseReason,
 		); err != nil {
 			return nil, err
 		}
@@ -769,7 +792,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 }
 
 const listAllTemplates = `-- name: ListAllTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates ORDER BY team_id, name
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation, on_timeout, auto_resume FROM templates ORDER BY team_id, name
 `
 
 func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
@@ -795,6 +818,8 @@ func (q *Queries) ListAllTemplates(ctx context.Context) ([]Template, error) {
 			&i.Memory,
 			&i.CapsuleInternet,
 			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
 		); err != nil {
 			return nil, err
 		}
@@ -849,7 +874,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
 WHERE team_id = ?1
   AND (status = ?2 OR ?2 = '')
   AND (created_at, id) < (?3, CAST(?4 AS TEXT))
@@ -903,6 +928,9 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.Metadata,
 			&i.Network,
 			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+			&i.PauseReason,
 		); err != nil {
 			return nil, err
 		}
@@ -918,7 +946,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules WHERE host_id = ?1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules WHERE host_id = ?1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -953,6 +981,9 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.Metadata,
 			&i.Network,
 			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+			&i.PauseReason,
 		); err != nil {
 			return nil, err
 		}
@@ -968,7 +999,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
 WHERE expires_at <= ?1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT ?2
@@ -1011,6 +1042,9 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.Metadata,
 			&i.Network,
 			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+			&i.PauseReason,
 		); err != nil {
 			return nil, err
 		}
@@ -1212,8 +1246,69 @@ func (q *Queries) ListPlacementsSinceHeartbeat(ctx context.Context) ([]ListPlace
 	return items, nil
 }
 
+const listRetentionExpired = `-- name: ListRetentionExpired :many
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+WHERE pause_reason = 'timeout' AND status IN ('paused', 'hibernated') AND paused_at <= ?1
+ORDER BY paused_at, id
+LIMIT ?2
+`
+
+type ListRetentionExpiredParams struct {
+	Before *int64
+	Lim    int64
+}
+
+func (q *Queries) ListRetentionExpired(ctx context.Context, arg ListRetentionExpiredParams) ([]Capsule, error) {
+	rows, err := q.query(ctx, q.listRetentionExpiredStmt, listRetentionExpired, arg.Before, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []Capsule
+	for rows.Next() {
+		var i Capsule
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.TemplateID,
+			&i.HostID,
+			&i.Status,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskSizeMb,
+			&i.TimeoutSec,
+			&i.ExpiresAt,
+			&i.Env,
+			&i.Public,
+			&i.AccessTokenHash,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.PausedAt,
+			&i.AllowInternet,
+			&i.ErrorReason,
+			&i.Metadata,
+			&i.Network,
+			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+			&i.PauseReason,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation FROM templates WHERE team_id = ?1 OR public = TRUE ORDER BY name, id
+SELECT id, team_id, name, public, size_bytes, created_at, updated_at, host_id, checksum, source_capsule_id, memory, capsule_internet, isolation, on_timeout, auto_resume FROM templates WHERE team_id = ?1 OR public = TRUE ORDER BY name, id
 `
 
 func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template, error) {
@@ -1239,6 +1334,69 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 			&i.Memory,
 			&i.CapsuleInternet,
 			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listTimedOutPausable = `-- name: ListTimedOutPausable :many
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+WHERE on_timeout = 'pause' AND status = 'running' AND expires_at <= ?1
+ORDER BY expires_at, id
+LIMIT ?2
+`
+
+type ListTimedOutPausableParams struct {
+	Now *int64
+	Lim int64
+}
+
+func (q *Queries) ListTimedOutPausable(ctx context.Context, arg ListTimedOutPausableParams) ([]Capsule, error) {
+	rows, err := q.query(ctx, q.listTimedOutPausableStmt, listTimedOutPausable, arg.Now, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []Capsule
+	for rows.Next() {
+		var i Capsule
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.TemplateID,
+			&i.HostID,
+			&i.Status,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskSizeMb,
+			&i.TimeoutSec,
+			&i.ExpiresAt,
+			&i.Env,
+			&i.Public,
+			&i.AccessTokenHash,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.PausedAt,
+			&i.AllowInternet,
+			&i.ErrorReason,
+			&i.Metadata,
+			&i.Network,
+			&i.Isolation,
+			&i.OnTimeout,
+			&i.AutoResume,
+			&i.PauseReason,
 		); err != nil {
 			return nil, err
 		}
@@ -1339,6 +1497,33 @@ func (q *Queries) SetCapsuleHost(ctx context.Context, arg SetCapsuleHostParams) 
 	return result.RowsAffected()
 }
 
+const setCapsuleLifecycle = `-- name: SetCapsuleLifecycle :execrows
+UPDATE capsules SET on_timeout = ?1, auto_resume = ?2, updated_at = ?3
+WHERE team_id = ?4 AND id = ?5
+`
+
+type SetCapsuleLifecycleParams struct {
+	OnTimeout  string
+	AutoResume bool
+	Now        int64
+	TeamID     string
+	ID         string
+}
+
+func (q *Queries) SetCapsuleLifecycle(ctx context.Context, arg SetCapsuleLifecycleParams) (int64, error) {
+	result, err := q.exec(ctx, q.setCapsuleLifecycleStmt, setCapsuleLifecycle,
+		arg.OnTimeout,
+		arg.AutoResume,
+		arg.Now,
+		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const setCapsuleNetwork = `-- name: SetCapsuleNetwork :execrows
 UPDATE capsules SET allow_internet = ?1, network = ?2, updated_at = ?3
 WHERE team_id = ?4 AND id = ?5
@@ -1356,6 +1541,31 @@ func (q *Queries) SetCapsuleNetwork(ctx context.Context, arg SetCapsuleNetworkPa
 	result, err := q.exec(ctx, q.setCapsuleNetworkStmt, setCapsuleNetwork,
 		arg.AllowInternet,
 		arg.Network,
+		arg.Now,
+		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setCapsulePauseReason = `-- name: SetCapsulePauseReason :execrows
+UPDATE capsules SET pause_reason = ?1, updated_at = ?2
+WHERE team_id = ?3 AND id = ?4
+`
+
+type SetCapsulePauseReasonParams struct {
+	PauseReason string
+	Now         int64
+	TeamID      string
+	ID          string
+}
+
+func (q *Queries) SetCapsulePauseReason(ctx context.Context, arg SetCapsulePauseReasonParams) (int64, error) {
+	result, err := q.exec(ctx, q.setCapsulePauseReasonStmt, setCapsulePauseReason,
+		arg.PauseReason,
 		arg.Now,
 		arg.TeamID,
 		arg.ID,
@@ -1440,6 +1650,31 @@ func (q *Queries) SetHostStatus(ctx context.Context, arg SetHostStatusParams) (i
 	return result.RowsAffected()
 }
 
+const setTeamLifecycle = `-- name: SetTeamLifecycle :execrows
+UPDATE teams SET on_timeout = ?1, auto_resume = ?2, updated_at = ?3
+WHERE id = ?4
+`
+
+type SetTeamLifecycleParams struct {
+	OnTimeout  *string
+	AutoResume *bool
+	UpdatedAt  int64
+	ID         string
+}
+
+func (q *Queries) SetTeamLifecycle(ctx context.Context, arg SetTeamLifecycleParams) (int64, error) {
+	result, err := q.exec(ctx, q.setTeamLifecycleStmt, setTeamLifecycle,
+		arg.OnTimeout,
+		arg.AutoResume,
+		arg.UpdatedAt,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const setTemplateCapsuleInternet = `-- name: SetTemplateCapsuleInternet :execrows
 UPDATE templates SET capsule_internet = ?1, updated_at = ?2
 WHERE team_id = ?3 AND id = ?4
@@ -1480,6 +1715,33 @@ type SetTemplateIsolationParams struct {
 func (q *Queries) SetTemplateIsolation(ctx context.Context, arg SetTemplateIsolationParams) (int64, error) {
 	result, err := q.exec(ctx, q.setTemplateIsolationStmt, setTemplateIsolation,
 		arg.Isolation,
+		arg.UpdatedAt,
+		arg.TeamID,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setTemplateLifecycle = `-- name: SetTemplateLifecycle :execrows
+UPDATE templates SET on_timeout = ?1, auto_resume = ?2, updated_at = ?3
+WHERE team_id = ?4 AND id = ?5
+`
+
+type SetTemplateLifecycleParams struct {
+	OnTimeout  *string
+	AutoResume *bool
+	UpdatedAt  int64
+	TeamID     string
+	ID         string
+}
+
+func (q *Queries) SetTemplateLifecycle(ctx context.Context, arg SetTemplateLifecycleParams) (int64, error) {
+	result, err := q.exec(ctx, q.setTemplateLifecycleStmt, setTemplateLifecycle,
+		arg.OnTimeout,
+		arg.AutoResume,
 		arg.UpdatedAt,
 		arg.TeamID,
 		arg.ID,

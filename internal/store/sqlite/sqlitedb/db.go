@@ -228,6 +228,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listPlacementsSinceHeartbeatStmt, err = db.PrepareContext(ctx, listPlacementsSinceHeartbeat); err != nil {
 		return nil, fmt.Errorf("error preparing query ListPlacementsSinceHeartbeat: %w", err)
 	}
+	if q.listRetentionExpiredStmt, err = db.PrepareContext(ctx, listRetentionExpired); err != nil {
+		return nil, fmt.Errorf("error preparing query ListRetentionExpired: %w", err)
+	}
 	if q.listTeamInvitesStmt, err = db.PrepareContext(ctx, listTeamInvites); err != nil {
 		return nil, fmt.Errorf("error preparing query ListTeamInvites: %w", err)
 	}
@@ -248,6 +251,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.listTemplatesStmt, err = db.PrepareContext(ctx, listTemplates); err != nil {
 		return nil, fmt.Errorf("error preparing query ListTemplates: %w", err)
+	}
+	if q.listTimedOutPausableStmt, err = db.PrepareContext(ctx, listTimedOutPausable); err != nil {
+		return nil, fmt.Errorf("error preparing query ListTimedOutPausable: %w", err)
 	}
 	if q.listUsersStmt, err = db.PrepareContext(ctx, listUsers); err != nil {
 		return nil, fmt.Errorf("error preparing query ListUsers: %w", err)
@@ -282,8 +288,14 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setCapsuleHostStmt, err = db.PrepareContext(ctx, setCapsuleHost); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleHost: %w", err)
 	}
+	if q.setCapsuleLifecycleStmt, err = db.PrepareContext(ctx, setCapsuleLifecycle); err != nil {
+		return nil, fmt.Errorf("error preparing query SetCapsuleLifecycle: %w", err)
+	}
 	if q.setCapsuleNetworkStmt, err = db.PrepareContext(ctx, setCapsuleNetwork); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleNetwork: %w", err)
+	}
+	if q.setCapsulePauseReasonStmt, err = db.PrepareContext(ctx, setCapsulePauseReason); err != nil {
+		return nil, fmt.Errorf("error preparing query SetCapsulePauseReason: %w", err)
 	}
 	if q.setCapsulePublicStmt, err = db.PrepareContext(ctx, setCapsulePublic); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsulePublic: %w", err)
@@ -303,6 +315,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setTeamDefaultIsolationStmt, err = db.PrepareContext(ctx, setTeamDefaultIsolation); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamDefaultIsolation: %w", err)
 	}
+	if q.setTeamLifecycleStmt, err = db.PrepareContext(ctx, setTeamLifecycle); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTeamLifecycle: %w", err)
+	}
 	if q.setTeamPrivateRangesStmt, err = db.PrepareContext(ctx, setTeamPrivateRanges); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTeamPrivateRanges: %w", err)
 	}
@@ -311,6 +326,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.setTemplateIsolationStmt, err = db.PrepareContext(ctx, setTemplateIsolation); err != nil {
 		return nil, fmt.Errorf("error preparing query SetTemplateIsolation: %w", err)
+	}
+	if q.setTemplateLifecycleStmt, err = db.PrepareContext(ctx, setTemplateLifecycle); err != nil {
+		return nil, fmt.Errorf("error preparing query SetTemplateLifecycle: %w", err)
 	}
 	if q.setUserEmailVerifiedStmt, err = db.PrepareContext(ctx, setUserEmailVerified); err != nil {
 		return nil, fmt.Errorf("error preparing query SetUserEmailVerified: %w", err)
@@ -699,6 +717,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listPlacementsSinceHeartbeatStmt: %w", cerr)
 		}
 	}
+	if q.listRetentionExpiredStmt != nil {
+		if cerr := q.listRetentionExpiredStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listRetentionExpiredStmt: %w", cerr)
+		}
+	}
 	if q.listTeamInvitesStmt != nil {
 		if cerr := q.listTeamInvitesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listTeamInvitesStmt: %w", cerr)
@@ -732,6 +755,11 @@ func (q *Queries) Close() error {
 	if q.listTemplatesStmt != nil {
 		if cerr := q.listTemplatesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listTemplatesStmt: %w", cerr)
+		}
+	}
+	if q.listTimedOutPausableStmt != nil {
+		if cerr := q.listTimedOutPausableStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listTimedOutPausableStmt: %w", cerr)
 		}
 	}
 	if q.listUsersStmt != nil {
@@ -789,9 +817,19 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setCapsuleHostStmt: %w", cerr)
 		}
 	}
+	if q.setCapsuleLifecycleStmt != nil {
+		if cerr := q.setCapsuleLifecycleStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setCapsuleLifecycleStmt: %w", cerr)
+		}
+	}
 	if q.setCapsuleNetworkStmt != nil {
 		if cerr := q.setCapsuleNetworkStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setCapsuleNetworkStmt: %w", cerr)
+		}
+	}
+	if q.setCapsulePauseReasonStmt != nil {
+		if cerr := q.setCapsulePauseReasonStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setCapsulePauseReasonStmt: %w", cerr)
 		}
 	}
 	if q.setCapsulePublicStmt != nil {
@@ -824,6 +862,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setTeamDefaultIsolationStmt: %w", cerr)
 		}
 	}
+	if q.setTeamLifecycleStmt != nil {
+		if cerr := q.setTeamLifecycleStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTeamLifecycleStmt: %w", cerr)
+		}
+	}
 	if q.setTeamPrivateRangesStmt != nil {
 		if cerr := q.setTeamPrivateRangesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTeamPrivateRangesStmt: %w", cerr)
@@ -837,6 +880,11 @@ func (q *Queries) Close() error {
 	if q.setTemplateIsolationStmt != nil {
 		if cerr := q.setTemplateIsolationStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setTemplateIsolationStmt: %w", cerr)
+		}
+	}
+	if q.setTemplateLifecycleStmt != nil {
+		if cerr := q.setTemplateLifecycleStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setTemplateLifecycleStmt: %w", cerr)
 		}
 	}
 	if q.setUserEmailVerifiedStmt != nil {
@@ -1016,6 +1064,7 @@ type Queries struct {
 	listOnlineSharedHostsStmt        *sql.Stmt
 	listOnlineTeamHostsStmt          *sql.Stmt
 	listPlacementsSinceHeartbeatStmt *sql.Stmt
+	listRetentionExpiredStmt         *sql.Stmt
 	listTeamInvitesStmt              *sql.Stmt
 	listTeamMembersStmt              *sql.Stmt
 	listTeamMetricSnapshotsStmt      *sql.Stmt
@@ -1023,6 +1072,7 @@ type Queries struct {
 	listTeamsForUserStmt             *sql.Stmt
 	listTeamsWithMetricSnapshotsStmt *sql.Stmt
 	listTemplatesStmt                *sql.Stmt
+	listTimedOutPausableStmt         *sql.Stmt
 	listUsersStmt                    *sql.Stmt
 	markStaleHostsUnavailableStmt    *sql.Stmt
 	markTeamInviteAcceptedStmt       *sql.Stmt
@@ -1034,16 +1084,20 @@ type Queries struct {
 	revokeUserAdminStmt              *sql.Stmt
 	setCapsuleExpiryStmt             *sql.Stmt
 	setCapsuleHostStmt               *sql.Stmt
+	setCapsuleLifecycleStmt          *sql.Stmt
 	setCapsuleNetworkStmt            *sql.Stmt
+	setCapsulePauseReasonStmt        *sql.Stmt
 	setCapsulePublicStmt             *sql.Stmt
 	setHostCapabilitiesStmt          *sql.Stmt
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
 	setTeamCapsuleInternetStmt       *sql.Stmt
 	setTeamDefaultIsolationStmt      *sql.Stmt
+	setTeamLifecycleStmt             *sql.Stmt
 	setTeamPrivateRangesStmt         *sql.Stmt
 	setTemplateCapsuleInternetStmt   *sql.Stmt
 	setTemplateIsolationStmt         *sql.Stmt
+	setTemplateLifecycleStmt         *sql.Stmt
 	setUserEmailVerifiedStmt         *sql.Stmt
 	setUserNameStmt                  *sql.Stmt
 	setUserPasswordStmt              *sql.Stmt
@@ -1132,6 +1186,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listOnlineSharedHostsStmt:        q.listOnlineSharedHostsStmt,
 		listOnlineTeamHostsStmt:          q.listOnlineTeamHostsStmt,
 		listPlacementsSinceHeartbeatStmt: q.listPlacementsSinceHeartbeatStmt,
+		listRetentionExpiredStmt:         q.listRetentionExpiredStmt,
 		listTeamInvitesStmt:              q.listTeamInvitesStmt,
 		listTeamMembersStmt:              q.listTeamMembersStmt,
 		listTeamMetricSnapshotsStmt:      q.listTeamMetricSnapshotsStmt,
@@ -1139,6 +1194,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listTeamsForUserStmt:             q.listTeamsForUserStmt,
 		listTeamsWithMetricSnapshotsStmt: q.listTeamsWithMetricSnapshotsStmt,
 		listTemplatesStmt:                q.listTemplatesStmt,
+		listTimedOutPausableStmt:         q.listTimedOutPausableStmt,
 		listUsersStmt:                    q.listUsersStmt,
 		markStaleHostsUnavailableStmt:    q.markStaleHostsUnavailableStmt,
 		markTeamInviteAcceptedStmt:       q.markTeamInviteAcceptedStmt,
@@ -1150,16 +1206,20 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		revokeUserAdminStmt:              q.revokeUserAdminStmt,
 		setCapsuleExpiryStmt:             q.setCapsuleExpiryStmt,
 		setCapsuleHostStmt:               q.setCapsuleHostStmt,
+		setCapsuleLifecycleStmt:          q.setCapsuleLifecycleStmt,
 		setCapsuleNetworkStmt:            q.setCapsuleNetworkStmt,
+		setCapsulePauseReasonStmt:        q.setCapsulePauseReasonStmt,
 		setCapsulePublicStmt:             q.setCapsulePublicStmt,
 		setHostCapabilitiesStmt:          q.setHostCapabilitiesStmt,
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
 		setTeamCapsuleInternetStmt:       q.setTeamCapsuleInternetStmt,
 		setTeamDefaultIsolationStmt:      q.setTeamDefaultIsolationStmt,
+		setTeamLifecycleStmt:             q.setTeamLifecycleStmt,
 		setTeamPrivateRangesStmt:         q.setTeamPrivateRangesStmt,
 		setTemplateCapsuleInternetStmt:   q.setTemplateCapsuleInternetStmt,
 		setTemplateIsolationStmt:         q.setTemplateIsolationStmt,
+		setTemplateLifecycleStmt:         q.setTemplateLifecycleStmt,
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,
 		setUserNameStmt:                  q.setUserNameStmt,
 		setUserPasswordStmt:              q.setUserPasswordStmt,

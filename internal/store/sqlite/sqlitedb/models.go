@@ -76,6 +76,9 @@ type Capsule struct {
 	Metadata        []byte
 	Network         []byte
 	Isolation       string
+	OnTimeout       string
+	AutoResume      bool
+	PauseReason     string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -152,6 +155,8 @@ type Team struct {
 	CapsuleInternet      *bool
 	AllowedPrivateRanges *string
 	DefaultIsolation     *string
+	OnTimeout            *string
+	AutoResume           *bool
 }
 
 type TeamInvite struct {
@@ -187,6 +192,8 @@ type Template struct {
 	Memory          bool
 	CapsuleInternet *bool
 	Isolation       *string
+	OnTimeout       *string
+	AutoResume      *bool
 }
 
 type User struct {

@@ -59,6 +59,7 @@ from ._models import (
     ProcessStarted,
     Team,
     SnapshotTemplate,
+    ForkResult,
     Template,
 )
 from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates
@@ -75,4 +76,5 @@ __all__ = [
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
     "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
+    "ForkResult",
 ]

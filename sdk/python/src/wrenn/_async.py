@@ -29,6 +29,7 @@ from ._models import (
     CapsulePage,
     ExecEvent,
     ExecResult,
+    ForkResult,
     ExitStatus,
     FileEntry,
     Me,
@@ -317,6 +318,8 @@ class AsyncCapsules:
         metadata: Optional[Dict[str, str]] = None,
         network: Optional[Union[Network, Dict[str, Any]]] = None,
         isolation: Optional[str] = None,
+        on_timeout: Optional[str] = None,
+        auto_resume: Optional[bool] = None,
     ) -> "AsyncCapsule":
         """Create a capsule (``POST /v1/capsules``); omitted fields take the server's defaults.
 
@@ -333,6 +336,10 @@ class AsyncCapsules:
         platform's). One no host of the team runs raises an :class:`APIError`
         with ``code == "isolation_unavailable"`` (HTTP 422) naming what the
         hosts lack.
+        ``on_timeout`` is what the end of the timeout does: ``"kill"`` or ``"pause"`` (to disk,
+        processes kept where the host can); ``auto_resume`` makes any use of the paused capsule
+        resume it first. Omitted, both take the template's default, else the team's, else
+        kill / off. The answer's ``memory_kept`` says whether the host keeps processes.
 
         ``timeout`` is the time to live in seconds. Not retried: a failure may
         still have created a capsule (it is then listed in ``error``).
@@ -340,7 +347,8 @@ class AsyncCapsules:
         body = {k: v for k, v in dict(template=template, vcpus=vcpus, memory_mb=memory_mb,
                                       disk_size_mb=disk_size_mb, timeout_sec=timeout, env=env, public=public,
                                       allow_internet=allow_internet, metadata=metadata,
-                                      network=_network_dict(network), isolation=isolation).items() if v is not None}
+                                      network=_network_dict(network), isolation=isolation, on_timeout=on_timeout,
+                                      auto_resume=auto_resume).items() if v is not None}
         d = await self._c._json("POST", "/v1/capsules", json_body=body)
         return AsyncCapsule(self._c, CapsuleInfo.from_dict(d))
 
@@ -452,6 +460,13 @@ class AsyncCapsule:
         """
         return SnapshotTemplate.from_dict(await self._c._json("POST", self._path + "/snapshot",
                                                               json_body={"name": name, "memory": bool(memory)}))
+
+    async def fork(self, count: int = 1) -> ForkResult:
+        """Copy the running or paused capsule ``count`` times (1 to 20): files and, where the host
+        keeps memory, running processes. Each copy has its own id, network and disk; the
+        original keeps running. The copies share one base template.
+        """
+        return ForkResult.from_dict(await self._c._json("POST", self._path + "/fork", json_body={"count": int(count)}))
 
     async def resume(self, timeout: Optional[int] = None) -> CapsuleInfo:
         """Resume a paused or hibernated capsule, optionally with a new time to live (seconds)."""

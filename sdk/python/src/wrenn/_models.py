@@ -122,6 +122,9 @@ class CapsuleInfo(_Model):
     network: Optional[Network] = None
     # container, gvisor or microvm: chosen at create, kept for life.
     isolation: Optional[str] = None
+    on_timeout: str = "kill"
+    auto_resume: bool = False
+    pause_reason: Optional[str] = None
 
 
 @dataclass
@@ -149,6 +152,24 @@ class Template(_Model):
     capsule_internet: Optional[bool] = None
     # The template's default isolation of its capsules (None: the team's).
     isolation: Optional[str] = None
+    # The template's defaults for its capsules' on_timeout / auto_resume (None: the team's).
+    on_timeout: Optional[str] = None
+    auto_resume: Optional[bool] = None
+
+
+@dataclass
+class ForkResult(_Model):
+    """The copies made by ``Capsule.fork`` (schema ``ForkResult``).
+
+    ``capsules`` are the copies (each with its ``access_token``); ``base_template_id`` is the
+    template they share (stored once); ``memory_kept`` says whether they run the original's
+    processes (false: they booted again from its files).
+    """
+
+    __schema__ = "ForkResult"
+    capsules: List[CapsuleInfo] = field(default_factory=list)
+    base_template_id: str = ""
+    memory_kept: bool = False
 
 
 @dataclass
@@ -274,6 +295,8 @@ class Team(_Model):
     capsule_internet: Optional[bool] = None
     # The team's default isolation of new capsules (None: the platform's).
     default_isolation: Optional[str] = None
+    on_timeout: Optional[str] = None
+    auto_resume: Optional[bool] = None
 
 
 @dataclass

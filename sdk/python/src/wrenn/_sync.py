@@ -166,6 +166,7 @@ class Capsule(_Wrapped):
     delete = _mirror("delete")
     pause = _mirror("pause")
     snapshot = _mirror("snapshot")
+    fork = _mirror("fork")
     resume = _mirror("resume")
     set_timeout = _mirror("set_timeout")
     set_public = _mirror("set_public")
