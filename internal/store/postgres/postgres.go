@@ -225,8 +225,9 @@ func unavailable(err error) bool {
 		// crashed, not yet accepting connections.
 		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
 	}
-	// pgx reports a connection it closed after an error this way.
-	return strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
+	// pgx reports a connection it closed after an error this way (a
+	// closed pool is the store shut down: not a server problem).
+	return strings.Contains(err.Error(), "conn closed")
 }
 
 // Dialect helpers shared with store.go.
