@@ -108,7 +108,7 @@ func (s *Service) Fork(ctx context.Context, sc Scope, id string, count int) (For
 		cr, err := s.Create(ctx, tsc, CreateRequest{
 			Template: &tid, VCPUs: &vcpus, MemoryMB: &mem, DiskSizeMB: &disk, TimeoutSec: &timeout,
 			Env: c.Env, Public: c.Public, AllowInternet: &internet, Metadata: c.Metadata, Network: c.Network,
-			OnTimeout: &onTimeout, AutoResume: &autoResume,
+			OnTimeout: &onTimeout, AutoResume: &autoResume, Isolation: c.Isolation,
 		})
 		if err != nil {
 			undo()
