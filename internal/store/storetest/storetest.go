@@ -61,6 +61,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"AuditPaginationConcurrent", testAuditPaginationConcurrent},
 		{"Metrics", testMetrics},
 		{"DailyUsage", testDailyUsage},
+		{"Events", testEvents},
+		{"WebhookOutbox", testWebhookOutbox},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
