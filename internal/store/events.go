@@ -100,6 +100,8 @@ type EventStore interface {
 
 	CreateWebhook(ctx context.Context, w Webhook) (Webhook, error)
 	GetWebhook(ctx context.Context, teamID, id string) (Webhook, error)
+	// GetWebhookUnscoped is for the dispatcher, which serves every team.
+	GetWebhookUnscoped(ctx context.Context, id string) (Webhook, error)
 	ListWebhooks(ctx context.Context, teamID string) ([]Webhook, error)
 	// ListEnabledWebhooks is the team's enabled endpoints (event fan-out).
 	ListEnabledWebhooks(ctx context.Context, teamID string) ([]Webhook, error)

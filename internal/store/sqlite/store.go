@@ -1641,6 +1641,15 @@ func (s *Store) GetWebhook(ctx context.Context, teamID, id string) (store.Webhoo
 	return toWebhook(r)
 }
 
+// GetWebhookUnscoped implements store.Store.
+func (s *Store) GetWebhookUnscoped(ctx context.Context, id string) (store.Webhook, error) {
+	r, err := s.qr.GetWebhookUnscoped(ctx, id)
+	if err != nil {
+		return store.Webhook{}, mapErr(err, "get webhook")
+	}
+	return toWebhook(r)
+}
+
 // ListWebhooks implements store.Store.
 func (s *Store) ListWebhooks(ctx context.Context, teamID string) ([]store.Webhook, error) {
 	rows, err := s.qr.ListWebhooks(ctx, teamID)

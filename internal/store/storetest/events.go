@@ -26,7 +26,7 @@ func testEvents(t *testing.T, s store.Store) {
 		ids = append(ids, got.ID)
 	}
 	must(s.AppendEvent(ctx, store.Event{TeamID: b.ID, Type: "capsule.created", Subject: "cl-x"}, nil, nil))(t)
-	if !(ids[0] < ids[1] && ids[1] < ids[2]) {
+	if ids[0] >= ids[1] || ids[1] >= ids[2] {
 		t.Fatalf("ids not increasing: %v", ids)
 	}
 	all := must(s.ListEvents(ctx, a.ID, store.EventFilter{}))(t)
