@@ -20,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/email"
+	"github.com/wrenn-dev/wrenn/internal/events"
 )
 
 // serverFlags are the flags of `wrenn server`.
@@ -54,6 +55,9 @@ type serverFlags struct {
 	noMetricsFlush     bool
 	noBuildRunner      bool
 	capsuleInternet    string
+	// events and webhooks (docs/EVENTS.md)
+	eventRetention      time.Duration
+	webhookAllowPrivate bool
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -113,6 +117,8 @@ missing.`,
 	fl.StringSliceVar(&f.wsOrigins, "ws-origin", nil, "extra origin allowed to open WebSockets (repeatable)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.capsuleInternet, "capsule-internet", "on", "on, or off: no capsule gets outbound internet (a request for it is refused; overrides team defaults)")
+	fl.DurationVar(&f.eventRetention, "event-retention", events.DefaultRetention, "how long the event log keeps events (GET /v1/events)")
+	fl.BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", false, "let webhook URLs point at loopback, link-local, private addresses and this host")
 	return cmd
 }
 
@@ -172,6 +178,7 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush,
 		DisableBuildRunner:  f.noBuildRunner,
+		EventRetention:      f.eventRetention, WebhookAllowPrivate: f.webhookAllowPrivate,
 	}
 	switch f.capsuleInternet {
 	case "on":

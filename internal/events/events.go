@@ -90,6 +90,15 @@ func Matches(types []string, typ string) bool {
 	return len(types) == 0 || slices.Contains(types, typ)
 }
 
+// HostTeam is the team whose log gets a host's events: the owning team of
+// a BYOC host, the platform team for a shared one.
+func HostTeam(h store.Host) string {
+	if h.TeamID != "" {
+		return h.TeamID
+	}
+	return store.PlatformTeamID
+}
+
 // Store is what the Recorder needs.
 type Store interface {
 	AppendEvent(ctx context.Context, e store.Event, hooks []string, bodyFor func(store.Event) ([]byte, error)) (store.Event, error)
