@@ -23,6 +23,13 @@ func Follow(ctx context.Context, hub *Hub, st LogStore, teamID string, f store.E
 	// two; what both deliver is skipped by id.
 	sub := hub.Subscribe()
 	defer hub.Unsubscribe(sub)
+	// Events stored before the hub started are not broadcast: read the
+	// backlog only once it has.
+	select {
+	case <-hub.Ready():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	last := f.AfterID
 	catchUp := func() error {
 		for {

@@ -35,6 +35,7 @@ type Hub struct {
 	subs     map[*Sub]struct{}
 	last     int64
 	wake     chan struct{}
+	ready    chan struct{} // closed once Run knows where the log ends
 	initOnce sync.Once
 }
 
@@ -50,6 +51,7 @@ func (h *Hub) init() {
 	h.initOnce.Do(func() {
 		h.subs = map[*Sub]struct{}{}
 		h.wake = make(chan struct{}, 1)
+		h.ready = make(chan struct{})
 		if h.Interval <= 0 {
 			h.Interval = 500 * time.Millisecond
 		}
@@ -88,6 +90,14 @@ func (h *Hub) Subscribers() int {
 	return len(h.subs)
 }
 
+// Ready is closed once Run has read where the log ends: every event
+// stored after that is broadcast, so a subscriber reads its backlog from the
+// store only after Ready (Follow does).
+func (h *Hub) Ready() <-chan struct{} {
+	h.init()
+	return h.ready
+}
+
 // Notify makes the next poll happen now (an event was just written here).
 func (h *Hub) Notify() {
 	h.init()
@@ -104,6 +114,7 @@ func (h *Hub) Run(ctx context.Context) {
 		last, err := h.Store.LastEventID(ctx)
 		if err == nil {
 			h.last = last
+			close(h.ready)
 			break
 		}
 		h.Logger.Warn("event hub: reading the last event id failed", "err", err)

@@ -148,6 +148,9 @@ func (d *Dispatcher) Run(ctx context.Context) {
 					mu.Lock()
 					delete(active, id)
 					mu.Unlock()
+					// A Notify that came while this endpoint was busy found
+					// it active and skipped it: poll again now.
+					d.Notify()
 				}()
 				d.drain(ctx, id)
 			})
