@@ -68,4 +68,3 @@ func TestLifeCycleEvents(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
-
