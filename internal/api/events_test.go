@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/api"
+	"github.com/wrenn-dev/wrenn/internal/api/apitest"
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -251,4 +252,19 @@ func TestWebhooksAPI(t *testing.T) {
 		e.want(e.do("DELETE", "/v1/webhooks/"+id, u.token, nil), 204)
 		e.want(e.do("GET", "/v1/webhooks/"+id, u.token, nil), 404)
 	})
+}
+
+// TestHostEvents: registering a host and its heartbeat after silence are
+// host.up in the platform team's log (a shared host).
+func TestHostEvents(t *testing.T) {
+	st := apitest.SQLite(t)
+	opt, _ := withEvents(t, st, false)
+	e := newEnv(t, st, opt)
+	admin := e.signup("hostev@example.com")
+	e.makeAdmin(admin)
+	hostID, _ := e.registerHost(admin, "127.0.0.1:50061", "")
+	evs, err := st.ListEvents(t.Context(), store.PlatformTeamID, store.EventFilter{Subject: hostID})
+	if err != nil || len(evs) != 1 || evs[0].Type != events.HostUp {
+		t.Fatalf("after registration: %+v %v", evs, err)
+	}
 }

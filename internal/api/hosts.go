@@ -210,6 +210,7 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.InfoContext(r.Context(), "host registered", "host_id", h.ID, "address", h.Address, "team_id", h.TeamID)
+	a.cfg.Events.Emit(r.Context(), events.HostTeam(h), events.HostUp, h.ID, map[string]any{"address": h.Address, "registered": true})
 	if a.cfg.OnHostReturned != nil {
 		a.cfg.OnHostReturned(h.ID)
 	}
