@@ -268,3 +268,23 @@ func TestHostEvents(t *testing.T) {
 		t.Fatalf("after registration: %+v %v", evs, err)
 	}
 }
+
+// TestEventStreamAcrossReplicas: two API replicas on one store; an event
+// recorded by replica A (which wakes only its own hub) reaches a stream
+// served by replica B.
+func TestEventStreamAcrossReplicas(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		optA, recA := withEvents(t, st, false)
+		optB, _ := withEvents(t, st, false)
+		a := newEnv(t, st, optA)
+		b := newEnv(t, st, optB)
+		u := a.signup("replicas@example.com")
+		sc, stop := openStream(t, b, u.token, "", "0")
+		defer stop()
+		recA.Emit(t.Context(), u.team, events.CapsuleCreated, "cl-from-a", nil)
+		got := readSSE(t, sc, 1)
+		if !strings.Contains(got[0].data, "cl-from-a") {
+			t.Fatalf("replica B streamed %+v", got)
+		}
+	})
+}
