@@ -38,9 +38,11 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/capsules"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/internal/usage"
+	"github.com/wrenn-dev/wrenn/internal/webhooks"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 )
 
@@ -71,6 +73,12 @@ type Config struct {
 	OnHostReturned func(hostID string)
 	// Audit, when set, records team and admin actions.
 	Audit *audit.Recorder
+	// Events records host.up (heartbeats); EventHub serves
+	// GET /v1/events/stream (nil: 503); Webhooks serves /v1/webhooks (nil:
+	// 503). See internal/events and internal/webhooks.
+	Events   *events.Recorder
+	EventHub *events.Hub
+	Webhooks *webhooks.Service
 	// Usage, when set, serves GET /v1/capsules/usage.
 	Usage *usage.Service
 	// Mailer sends verification and password-reset mail; nil logs them.
@@ -262,6 +270,16 @@ func (a *API) routes() chi.Router {
 				r.Post("/hosts/tokens", a.createTeamHostToken)
 
 				r.Get("/audit-logs", a.teamAuditLogs)
+				r.Get("/events", a.listEvents)
+				r.Get("/events/stream", a.streamEvents)
+				r.Get("/webhooks", a.listWebhooks)
+				r.Post("/webhooks", a.createWebhook)
+				r.Get("/webhooks/{webhookID}", a.getWebhook)
+				r.Patch("/webhooks/{webhookID}", a.updateWebhook)
+				r.Delete("/webhooks/{webhookID}", a.deleteWebhook)
+				r.Post("/webhooks/{webhookID}/test", a.testWebhook)
+				r.Post("/webhooks/{webhookID}/rotate-secret", a.rotateWebhookSecret)
+				r.Get("/webhooks/{webhookID}/deliveries", a.webhookDeliveries)
 				r.Get("/capsules/usage", a.capsuleUsage)
 				r.Get("/capsules", a.listCapsules)
 				r.Post("/capsules", a.createCapsule)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
@@ -222,6 +223,7 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.InfoContext(r.Context(), "host registered", "host_id", h.ID, "address", h.Address, "team_id", h.TeamID)
+	a.cfg.Events.Emit(r.Context(), events.HostTeam(h), events.HostUp, h.ID, map[string]any{"address": h.Address, "registered": true})
 	if a.cfg.OnHostReturned != nil {
 		a.cfg.OnHostReturned(h.ID)
 	}
@@ -276,6 +278,9 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.writeError(w, r, err)
 		return
+	}
+	if h.Status != store.HostUnavailable && (prev.Status == store.HostUnavailable || prev.LastHeartbeatAt == nil) {
+		a.cfg.Events.Emit(r.Context(), events.HostTeam(h), events.HostUp, h.ID, map[string]any{"address": h.Address})
 	}
 	if a.cfg.OnHostReturned != nil && a.hostReturned(prev, req) {
 		a.log.InfoContext(r.Context(), "host answers again after silence or a restart; reconciling it now", "host_id", h.ID)

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -55,6 +56,8 @@ type Config struct {
 	// capsules); nil builds one from Store, Agents and Scheduler.
 	Capsules *capsules.Service
 	Logger   *slog.Logger
+	// Events, when set, records template.build.succeeded|failed.
+	Events *events.Recorder
 	// PollInterval is how often a running step re-reads its build to
 	// notice a cancel (default 1 s).
 	PollInterval time.Duration
@@ -213,6 +216,7 @@ func (r *Runner) sweepStale(ctx context.Context, b store.Build) error {
 		return nil
 	}
 	r.log.Warn("build interrupted: its control plane stopped", "build_id", b.ID, "team_id", b.TeamID, "updated_at", b.UpdatedAt)
+	r.buildEvent(ctx, b, store.BuildFailed, MsgInterrupted, "")
 	hosts, err := r.cfg.Store.ListHosts(ctx)
 	if err != nil {
 		return fmt.Errorf("builds: list hosts: %w", err)
@@ -276,7 +280,21 @@ func (r *Runner) execute(ctx context.Context, b store.Build) {
 	default:
 		log.Info("build finished", "status", out.status, "error", out.msg, "template_id", out.templateID,
 			"elapsed", time.Since(start).Round(time.Millisecond))
+		r.buildEvent(bg, b, out.status, out.msg, out.templateID)
 	}
+}
+
+// buildEvent records a build's end (internal/events).
+func (r *Runner) buildEvent(ctx context.Context, b store.Build, status store.BuildStatus, msg, templateID string) {
+	typ := events.TemplateBuildFailed
+	data := map[string]any{"template_name": b.TemplateName, "status": string(status)}
+	if status == store.BuildSucceeded {
+		typ = events.TemplateBuildSucceeded
+		data["template_id"] = templateID
+	} else if msg != "" {
+		data["error"] = msg
+	}
+	r.cfg.Events.Emit(ctx, b.TeamID, typ, b.ID, data)
 }
 
 // progress records a step in the build's error field (and moves its

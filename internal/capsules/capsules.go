@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/wrenn-dev/wrenn/internal/audit"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -56,6 +57,9 @@ type Config struct {
 	Scheduler Placer
 	// Audit, when set, records team and admin actions.
 	Audit *audit.Recorder
+	// Events, when set, records life-cycle events (internal/events) for
+	// every capsule with a row: created, each status change, destroyed.
+	Events *events.Recorder
 	// OnGone is called after a capsule is destroyed (e.g. to evict cached
 	// proxies).
 	OnGone func(capsuleID string)
@@ -246,10 +250,50 @@ func (s *Service) transition(ctx context.Context, c store.Capsule, to store.Caps
 	if !CanTransition(c.Status, to) {
 		return false, errorf(KindConflict, "capsule %s cannot go from %s to %s", c.ID, c.Status, to)
 	}
+	var (
+		ok  bool
+		err error
+	)
 	if to == store.CapsuleError {
-		return s.cfg.Store.FailCapsule(ctx, c.TeamID, c.ID, c.Status, clip(reason))
+		ok, err = s.cfg.Store.FailCapsule(ctx, c.TeamID, c.ID, c.Status, clip(reason))
+	} else {
+		ok, err = s.cfg.Store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, c.Status, to)
 	}
-	return s.cfg.Store.UpdateCapsuleStatus(ctx, c.TeamID, c.ID, c.Status, to)
+	if ok && err == nil {
+		s.statusEvent(ctx, c, to, reason)
+	}
+	return ok, err
+}
+
+// statusEvent records the life-cycle event of a status change c.Status →
+// to that was just stored (internal/events); moves with no event type
+// (to starting or missing) record nothing.
+func (s *Service) statusEvent(ctx context.Context, c store.Capsule, to store.CapsuleStatus, reason string) {
+	typ := ""
+	switch to {
+	case store.CapsuleRunning:
+		typ = events.CapsuleRunning
+		if c.Status.IsPaused() {
+			typ = events.CapsuleResumed
+		}
+	case store.CapsulePaused, store.CapsuleHibernated:
+		typ = events.CapsulePaused
+	case store.CapsuleStopped:
+		typ = events.CapsuleTimedOut // the only way to stopped: its host reaped it at its timeout
+	case store.CapsuleError:
+		typ = events.CapsuleError
+	}
+	if typ == "" {
+		return
+	}
+	data := map[string]any{"status": string(to), "previous_status": string(c.Status)}
+	if reason != "" && to == store.CapsuleError {
+		data["reason"] = clip(reason)
+	}
+	if c.HostID != "" {
+		data["host_id"] = c.HostID
+	}
+	s.cfg.Events.Emit(ctx, c.TeamID, typ, c.ID, data)
 }
 
 // gone is called after a capsule was destroyed and forgotten.

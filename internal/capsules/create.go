@@ -12,6 +12,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
 	"github.com/wrenn-dev/wrenn/internal/store"
@@ -254,6 +255,9 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c, err = s.cfg.Store.CreateCapsule(ctx, c); err != nil {
 		return Created{}, err
 	}
+	s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleCreated, c.ID, map[string]any{
+		"template": tmpl.Name, "template_id": tmpl.ID, "host_id": host.ID, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB,
+	})
 	if _, err := s.transition(ctx, c, store.CapsuleStarting, ""); err != nil {
 		return Created{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"strings"
 
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/store"
 )
 
@@ -125,5 +126,6 @@ func (s *Service) Fork(ctx context.Context, sc Scope, id string, count int) (For
 		out.MemoryKept = out.MemoryKept && cp.Restored
 	}
 	s.audit(ctx, sc, c, "fork", nil, map[string]any{"count": count, "copies": ids, "base_template_id": base.ID, "memory_kept": base.Memory})
+	s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleForked, c.ID, map[string]any{"copies": ids, "base_template_id": base.ID, "memory_kept": out.MemoryKept})
 	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/capsules/limits"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -365,6 +366,7 @@ func (s *Service) Destroy(ctx context.Context, sc Scope, id string, opt DestroyO
 	}
 	s.gone(c.HostID, c.ID)
 	s.audit(ctx, sc, c, "delete", nil, meta)
+	s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleDestroyed, c.ID, map[string]any{"previous_status": string(c.Status)})
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -106,7 +107,7 @@ func TestCapsuleCommandsAgainstRealWrenn(t *testing.T) {
 			t.Errorf("ls = %q", out)
 		}
 		out, _, code = runCLI(t, nil, "capsule", "get", id)
-		if code != 0 || !strings.Contains(out, "Status    running") || !strings.Contains(out, "Timeout   10m0s") {
+		if code != 0 || !regexp.MustCompile(`Status +running`).MatchString(out) || !regexp.MustCompile(`Timeout +10m0s`).MatchString(out) {
 			t.Errorf("get = %q", out)
 		}
 	})

@@ -46,6 +46,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newAgentCmd())
 	root.AddCommand(newServerCmd())
 	root.AddCommand(newUpCmd(), newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newTeamCmd(), newDevCmd())
+	root.AddCommand(newEventsCmd(), newWebhookCmd())
 	return root
 }
 

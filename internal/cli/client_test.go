@@ -29,6 +29,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 func clientRoot() *cobra.Command {
 	root := &cobra.Command{Use: "wrenn", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd(), newTeamCmd())
+	root.AddCommand(newEventsCmd(), newWebhookCmd())
 	return root
 }
 
@@ -77,6 +78,7 @@ func TestHelpGolden(t *testing.T) {
 		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set", "capsule snapshot",
 		"template", "template ls", "template import", "template build", "template prepare", "template set-isolation",
 		"team", "team set-isolation",
+		"events", "webhook", "webhook create",
 	} {
 		t.Run(path, func(t *testing.T) {
 			got, errOut, code := runCLI(t, nil, append(strings.Fields(path), "--help")...)

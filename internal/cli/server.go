@@ -21,6 +21,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/email"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 )
 
@@ -60,6 +61,9 @@ type serverFlags struct {
 	capsuleInternet    string
 	defaultIsolation   string
 	pausedRetention    time.Duration
+	// events and webhooks (docs/EVENTS.md)
+	eventRetention      time.Duration
+	webhookAllowPrivate bool
 }
 
 // newServerCmd returns `wrenn server`: the control plane.
@@ -123,6 +127,8 @@ missing.`,
 	fl.StringVar(&f.capsuleInternet, "capsule-internet", "on", "on, or off: no capsule gets outbound internet (a request for it is refused; overrides team defaults)")
 	fl.StringVar(&f.defaultIsolation, "default-isolation", runtime.IsolationContainer, defaultIsolationUsage)
 	fl.DurationVar(&f.pausedRetention, "paused-retention", capsules.DefaultPausedRetention, "how long a capsule paused by its on_timeout is kept before it is deleted with its snapshots (explicit pauses are kept)")
+	fl.DurationVar(&f.eventRetention, "event-retention", events.DefaultRetention, "how long the event log keeps events (GET /v1/events)")
+	fl.BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", false, "let webhook URLs point at loopback, link-local, private addresses and this host")
 	return cmd
 }
 
@@ -184,6 +190,11 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 		DisableBuildRunner: f.noBuildRunner,
 		DefaultIsolation:   f.defaultIsolation,
 		PausedRetention:    f.pausedRetention,
+		EventRetention:     f.eventRetention, WebhookAllowPrivate: f.webhookAllowPrivate,
+	}
+	if f.defaultIsolation == "" {
+		f.defaultIsolation = runtime.IsolationContainer
+		cfg.DefaultIsolation = f.defaultIsolation
 	}
 	if !runtime.ValidIsolation(f.defaultIsolation) {
 		return controlplane.Config{}, fmt.Errorf("--default-isolation %q: want one of %s", f.defaultIsolation, strings.Join(runtime.KnownIsolations, ", "))

@@ -41,6 +41,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/e2b"
 	"github.com/wrenn-dev/wrenn/internal/email"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/lease"
 	"github.com/wrenn-dev/wrenn/internal/metricsflush"
 	"github.com/wrenn-dev/wrenn/internal/proxy"
@@ -51,6 +52,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/store/sqlite"
 	"github.com/wrenn-dev/wrenn/internal/usage"
 	"github.com/wrenn-dev/wrenn/internal/web"
+	"github.com/wrenn-dev/wrenn/internal/webhooks"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
@@ -146,6 +148,20 @@ type Config struct {
 	// mailer, which writes the links to the log).
 	Mailer email.Mailer
 	Logger *slog.Logger
+	// EventRetention is how long the event log keeps events
+	// (--event-retention, default 30 days).
+	EventRetention time.Duration
+	// EventPollInterval is how often the SSE hub reads new events from the
+	// store (default 500 ms; events written by this replica are streamed
+	// at once).
+	EventPollInterval time.Duration
+	// WebhookAllowPrivate lets webhook URLs point at loopback, link-local,
+	// private addresses and this host (--webhook-allow-private).
+	WebhookAllowPrivate bool
+	// Webhook delivery tuning (zero: the webhooks.Dispatcher defaults —
+	// poll 1 s, first retry 5 s doubling to 1 h, retried for 24 h, lease
+	// 1 min).
+	WebhookPollInterval, WebhookBaseBackoff, WebhookMaxBackoff, WebhookRetryWindow, WebhookLease time.Duration
 }
 
 func (c *Config) fill() error {
@@ -180,6 +196,7 @@ func (c *Config) fill() error {
 	def(&c.PausedRetention, capsules.DefaultPausedRetention)
 	def(&c.LifecycleInterval, 2*time.Second)
 	def(&c.ResumeWait, capsules.DefaultResumeWait)
+	def(&c.EventRetention, events.DefaultRetention)
 	if c.HeartbeatMisses <= 0 {
 		c.HeartbeatMisses = 3
 	}
@@ -205,6 +222,9 @@ type Server struct {
 	usage     *usage.Service
 	leases    *lease.Keeper
 	builds    *builds.Runner // nil with DisableBuildRunner
+	events    *events.Recorder
+	eventHub  *events.Hub
+	webhooks  *webhooks.Dispatcher
 	closeOnce sync.Once
 
 	returnMu  sync.Mutex
@@ -272,15 +292,32 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		gh = auth.NewGitHubClient(ghc, &http.Client{Timeout: 15 * time.Second})
 	}
 	rec := &audit.Recorder{Store: s.store, Logger: s.log}
+	sealer, err := webhooks.NewSealer(auth.DeriveKey(cfg.Secret, "wrenn webhook secret v1"))
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	guard := &webhooks.Guard{AllowPrivate: cfg.WebhookAllowPrivate}
+	s.webhooks = &webhooks.Dispatcher{
+		Store: s.store, Sealer: sealer, Guard: guard, Logger: s.log.With("component", "webhooks"),
+		Interval: cfg.WebhookPollInterval, BaseBackoff: cfg.WebhookBaseBackoff, MaxBackoff: cfg.WebhookMaxBackoff,
+		RetryWindow: cfg.WebhookRetryWindow, Lease: cfg.WebhookLease,
+	}
+	s.eventHub = &events.Hub{Store: s.store, Interval: cfg.EventPollInterval, Logger: s.log}
+	s.events = &events.Recorder{Store: s.store, Logger: s.log, OnAppend: func(store.Event) {
+		s.eventHub.Notify()
+		s.webhooks.Notify()
+	}}
+	hooks := &webhooks.Service{Store: s.store, Sealer: sealer, Guard: guard, OnQueued: s.webhooks.Notify}
 	s.capsules = capsules.New(capsules.Config{
-		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, OnGone: s.proxy.Evict, Logger: cfg.Logger,
+		Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Audit: rec, Events: s.events, OnGone: s.proxy.Evict, Logger: cfg.Logger,
 		InternetOff: cfg.CapsuleInternetOff, DefaultIsolation: cfg.DefaultIsolation, PausedRetention: cfg.PausedRetention, ResumeWait: cfg.ResumeWait,
 	})
 	var buildRunner api.BuildRunner
 	if !cfg.DisableBuildRunner {
 		s.builds = builds.New(builds.Config{
 			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, Logger: s.log,
-			PollInterval: cfg.BuildPollInterval,
+			PollInterval: cfg.BuildPollInterval, Events: s.events,
 		})
 		buildRunner = s.builds
 	}
@@ -289,7 +326,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Store: s.store, Sessions: sessions, States: auth.NewStateSigner(auth.DeriveKey(cfg.Secret, "wrenn oauth state v1")),
 		Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, GitHub: gh,
 		OnCapsuleGone: s.proxy.Evict, OnHostReturned: s.hostReturned, Registry: s.registry, Logger: cfg.Logger,
-		Audit: rec,
+		Audit: rec, Events: s.events, EventHub: s.eventHub, Webhooks: hooks,
 		Usage: s.usage, Mailer: cfg.Mailer,
 		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"), SecureCookies: cfg.SecureCookies, DisableSignup: cfg.DisableSignup,
 		ProxyPort: listenPort(cfg.ProxyListen), ProxyDomain: cfg.ProxyDomain,
@@ -425,6 +462,9 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	if s.builds != nil {
 		wg.Go(func() { s.builds.Run(bg, s.cfg.BuildInterval) })
 	}
+	wg.Go(func() { s.eventHub.Run(bg) })
+	wg.Go(func() { s.webhooks.Run(bg) })
+	wg.Go(func() { events.Prune(bg, s.store, s.cfg.EventRetention, time.Hour, s.log) })
 	servers := []*http.Server{srv}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()

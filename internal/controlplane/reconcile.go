@@ -11,6 +11,7 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/capsules"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -66,6 +67,9 @@ func (s *Server) ReconcileOnce(ctx context.Context) error {
 	}
 	for _, id := range stale {
 		s.log.Warn("host missed its heartbeats; marked unavailable", "host_id", id)
+		if h, err := s.store.GetHost(ctx, id); err == nil {
+			s.events.Emit(ctx, events.HostTeam(h), events.HostDown, id, map[string]any{"reason": "missed its heartbeats"})
+		}
 		if err := s.markHostCapsulesMissing(ctx, id); err != nil {
 			s.log.Warn("reconcile: mark capsules missing", "host_id", id, "err", err)
 		}

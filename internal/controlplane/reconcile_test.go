@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -86,6 +87,18 @@ func TestHostLivenessAndReconcile(t *testing.T) {
 			}
 			if h, _ := st.GetHost(ctx, reg.HostID); h.Status != store.HostOnline {
 				t.Fatalf("host after a new heartbeat: %s", h.Status)
+			}
+			// The platform team's event log (a shared host) says so.
+			evs, err := st.ListEvents(ctx, store.PlatformTeamID, store.EventFilter{Subject: reg.HostID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var types []string
+			for _, e := range evs {
+				types = append(types, e.Type)
+			}
+			if want := "[host.up host.down host.up]"; fmt.Sprint(types) != want {
+				t.Fatalf("host events %v, want %s", types, want)
 			}
 		})
 	}

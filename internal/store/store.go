@@ -547,6 +547,8 @@ type UserFilter struct {
 type Store interface {
 	Ping(ctx context.Context) error
 	Close() error
+	// Events, webhooks and their outbox (events.go).
+	EventStore
 
 	// Teams.
 	CreateTeam(ctx context.Context, t Team) (Team, error)

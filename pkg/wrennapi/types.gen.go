@@ -283,6 +283,57 @@ func (e CreateInviteRole) Valid() bool {
 	}
 }
 
+// Defines values for EventType.
+const (
+	EventTypeCapsuleCreated         EventType = "capsule.created"
+	EventTypeCapsuleDestroyed       EventType = "capsule.destroyed"
+	EventTypeCapsuleError           EventType = "capsule.error"
+	EventTypeCapsuleForked          EventType = "capsule.forked"
+	EventTypeCapsulePaused          EventType = "capsule.paused"
+	EventTypeCapsuleResumed         EventType = "capsule.resumed"
+	EventTypeCapsuleRunning         EventType = "capsule.running"
+	EventTypeCapsuleTimedOut        EventType = "capsule.timed_out"
+	EventTypeHostDown               EventType = "host.down"
+	EventTypeHostUp                 EventType = "host.up"
+	EventTypeTemplateBuildFailed    EventType = "template.build.failed"
+	EventTypeTemplateBuildSucceeded EventType = "template.build.succeeded"
+	EventTypeWebhookTest            EventType = "webhook.test"
+)
+
+// Valid indicates whether the value is a known member of the EventType enum.
+func (e EventType) Valid() bool {
+	switch e {
+	case EventTypeCapsuleCreated:
+		return true
+	case EventTypeCapsuleDestroyed:
+		return true
+	case EventTypeCapsuleError:
+		return true
+	case EventTypeCapsuleForked:
+		return true
+	case EventTypeCapsulePaused:
+		return true
+	case EventTypeCapsuleResumed:
+		return true
+	case EventTypeCapsuleRunning:
+		return true
+	case EventTypeCapsuleTimedOut:
+		return true
+	case EventTypeHostDown:
+		return true
+	case EventTypeHostUp:
+		return true
+	case EventTypeTemplateBuildFailed:
+		return true
+	case EventTypeTemplateBuildSucceeded:
+		return true
+	case EventTypeWebhookTest:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ExecEventType.
 const (
 	ExecEventTypeEnd    ExecEventType = "end"
@@ -544,6 +595,27 @@ func (e StdinMessageType) Valid() bool {
 	case StdinMessageTypeCloseStdin:
 		return true
 	case StdinMessageTypeStdin:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for WebhookDeliveryStatus.
+const (
+	WebhookDeliveryStatusDelivered WebhookDeliveryStatus = "delivered"
+	WebhookDeliveryStatusFailed    WebhookDeliveryStatus = "failed"
+	WebhookDeliveryStatusPending   WebhookDeliveryStatus = "pending"
+)
+
+// Valid indicates whether the value is a known member of the WebhookDeliveryStatus enum.
+func (e WebhookDeliveryStatus) Valid() bool {
+	switch e {
+	case WebhookDeliveryStatusDelivered:
+		return true
+	case WebhookDeliveryStatusFailed:
+		return true
+	case WebhookDeliveryStatusPending:
 		return true
 	default:
 		return false
@@ -1102,6 +1174,17 @@ type CreateTeamBuild struct {
 	TimeoutSec   int    `json:"timeout_sec,omitempty"`
 }
 
+// CreateWebhook defines model for CreateWebhook.
+type CreateWebhook struct {
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// EventTypes Types to deliver; empty or absent: every type.
+	EventTypes []string `json:"event_types,omitempty"`
+
+	// URL http(s) URL; loopback, link-local, private and this host's addresses are refused unless the server runs with --webhook-allow-private.
+	URL string `json:"url"`
+}
+
 // Email defines model for Email.
 type Email struct {
 	Email string `json:"email"`
@@ -1121,6 +1204,31 @@ type Error struct {
 	Code      string `json:"code"`
 	Message   string `json:"message"`
 	RequestID string `json:"request_id,omitempty"`
+}
+
+// Event One life-cycle event of the team's log. The id orders the log and is the SSE id and the cursor.
+type Event struct {
+	Data map[string]interface{} `json:"data"`
+
+	// ID Decimal, increasing within the log.
+	ID string `json:"id"`
+
+	// Subject The capsule, build or host id the event is about.
+	Subject string    `json:"subject"`
+	TeamID  string    `json:"team_id"`
+	Time    time.Time `json:"time"`
+	Type    EventType `json:"type"`
+}
+
+// EventType defines model for Event.Type.
+type EventType string
+
+// EventPage defines model for EventPage.
+type EventPage struct {
+	Events []Event `json:"events"`
+
+	// NextCursor Pass as cursor for the next page; empty when this page was not full.
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 // Exec defines model for Exec.
@@ -1746,6 +1854,13 @@ type UpdateMe struct {
 	Name string `json:"name"`
 }
 
+// UpdateWebhook defines model for UpdateWebhook.
+type UpdateWebhook struct {
+	Enabled    *bool     `json:"enabled,omitempty"`
+	EventTypes *[]string `json:"event_types,omitempty"`
+	URL        *string   `json:"url,omitempty"`
+}
+
 // Usage defines model for Usage.
 type Usage struct {
 	Days   []UsageDay  `json:"days"`
@@ -1780,6 +1895,58 @@ type User struct {
 	ID            string    `json:"id"`
 	IsAdmin       bool      `json:"is_admin"`
 	Name          string    `json:"name"`
+}
+
+// Webhook defines model for Webhook.
+type Webhook struct {
+	CreatedAt time.Time `json:"created_at"`
+	Enabled   bool      `json:"enabled"`
+
+	// EventTypes Empty: every type.
+	EventTypes []string `json:"event_types"`
+	ID         string   `json:"id"`
+
+	// Secret The signing secret: only in the answers of create and rotate-secret, never again.
+	Secret    string    `json:"secret,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+	URL       string    `json:"url"`
+}
+
+// WebhookDelivery defines model for WebhookDelivery.
+type WebhookDelivery struct {
+	Attempts  int       `json:"attempts"`
+	CreatedAt time.Time `json:"created_at"`
+
+	// EventID The event's id; test-<id> for a test delivery.
+	EventID       string     `json:"event_id"`
+	EventType     string     `json:"event_type"`
+	ID            int64      `json:"id"`
+	LastAttemptAt *time.Time `json:"last_attempt_at,omitempty"`
+	LastError     string     `json:"last_error,omitempty"`
+	NextAttemptAt time.Time  `json:"next_attempt_at"`
+
+	// ResponseStatus The receiver's last HTTP status (0: no answer).
+	ResponseStatus int                   `json:"response_status"`
+	Status         WebhookDeliveryStatus `json:"status"`
+}
+
+// WebhookDeliveryStatus defines model for WebhookDelivery.Status.
+type WebhookDeliveryStatus string
+
+// WebhookDeliveryPage defines model for WebhookDeliveryPage.
+type WebhookDeliveryPage struct {
+	Deliveries []WebhookDelivery `json:"deliveries"`
+	NextCursor string            `json:"next_cursor,omitempty"`
+}
+
+// WebhookList defines model for WebhookList.
+type WebhookList struct {
+	Webhooks []Webhook `json:"webhooks"`
+}
+
+// WebhookSecret defines model for WebhookSecret.
+type WebhookSecret struct {
+	Secret string `json:"secret"`
 }
 
 // CapsuleID defines model for capsuleID.
@@ -1900,6 +2067,21 @@ type GetV1CapsulesCapsuleIDMetricsParams struct {
 // GetV1CapsulesCapsuleIDMetricsParamsWindow defines parameters for GetV1CapsulesCapsuleIDMetrics.
 type GetV1CapsulesCapsuleIDMetricsParamsWindow string
 
+// GetV1EventsParams defines parameters for GetV1Events.
+type GetV1EventsParams struct {
+	Type    string `form:"type,omitempty" json:"type,omitempty"`
+	Subject string `form:"subject,omitempty" json:"subject,omitempty"`
+	Cursor  string `form:"cursor,omitempty" json:"cursor,omitempty"`
+	Limit   int    `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
+// GetV1EventsStreamParams defines parameters for GetV1EventsStream.
+type GetV1EventsStreamParams struct {
+	Type        string `form:"type,omitempty" json:"type,omitempty"`
+	Subject     string `form:"subject,omitempty" json:"subject,omitempty"`
+	LastEventID string `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // GetV1TemplatesBuildsBuildIDLogsParams defines parameters for GetV1TemplatesBuildsBuildIDLogs.
 type GetV1TemplatesBuildsBuildIDLogsParams struct {
 	// Follow 1: keep the (chunked) response open and send records as they come until the build ends.
@@ -1907,6 +2089,12 @@ type GetV1TemplatesBuildsBuildIDLogsParams struct {
 
 	// After Only records with a larger seq (resume after the last record read).
 	After int `form:"after,omitempty" json:"after,omitempty"`
+}
+
+// GetV1WebhooksWebhookIDDeliveriesParams defines parameters for GetV1WebhooksWebhookIDDeliveries.
+type GetV1WebhooksWebhookIDDeliveriesParams struct {
+	Cursor string `form:"cursor,omitempty" json:"cursor,omitempty"`
+	Limit  int    `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
 // PostV1AdminBuildsJSONRequestBody defines body for PostV1AdminBuilds for application/json ContentType.
@@ -2013,3 +2201,9 @@ type PostV1TemplatesBuildsMultipartRequestBody = CreateTeamBuild
 
 // PatchV1TemplatesTemplateIDJSONRequestBody defines body for PatchV1TemplatesTemplateID for application/json ContentType.
 type PatchV1TemplatesTemplateIDJSONRequestBody = TemplateUpdate
+
+// PostV1WebhooksJSONRequestBody defines body for PostV1Webhooks for application/json ContentType.
+type PostV1WebhooksJSONRequestBody = CreateWebhook
+
+// PatchV1WebhooksWebhookIDJSONRequestBody defines body for PatchV1WebhooksWebhookID for application/json ContentType.
+type PatchV1WebhooksWebhookIDJSONRequestBody = UpdateWebhook

@@ -1608,3 +1608,306 @@ func (s *Store) SetTeamLifecycle(ctx context.Context, id string, d store.Lifecyc
 	n, err := s.qw.SetTeamLifecycle(ctx, db.SetTeamLifecycleParams{ID: id, OnTimeout: d.OnTimeout, AutoResume: d.AutoResume, UpdatedAt: ts(store.Now())})
 	return one(n, err, "set team lifecycle")
 }
+
+// ---- events, webhooks and the webhook outbox (migration 15) ----
+
+func toEvent(e db.Event) store.Event {
+	return store.Event{ID: e.ID, TeamID: e.TeamID, Type: e.Type, Subject: e.Subject, CreatedAt: tm(e.CreatedAt), Data: e.Data}
+}
+
+func toEvents(rows []db.Event) []store.Event {
+	out := make([]store.Event, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, toEvent(r))
+	}
+	return out
+}
+
+// AppendEvent implements store.Store.
+func (s *Store) AppendEvent(ctx context.Context, e store.Event, hooks []string, bodyFor func(store.Event) ([]byte, error)) (store.Event, error) {
+	if e.CreatedAt.IsZero() {
+		e.CreatedAt = store.Now()
+	}
+	e.CreatedAt = store.Truncate(e.CreatedAt)
+	if len(e.Data) == 0 {
+		e.Data = []byte("{}")
+	}
+	err := s.retry(ctx, func() error {
+		return s.tx(ctx, func(q *db.Queries) error {
+			id, err := q.InsertEvent(ctx, db.InsertEventParams{
+				TeamID: e.TeamID, Type: e.Type, Subject: e.Subject, CreatedAt: ts(e.CreatedAt), Data: e.Data,
+			})
+			if err != nil {
+				return mapErr(err, "insert event")
+			}
+			e.ID = id
+			if len(hooks) == 0 {
+				return nil
+			}
+			body, err := bodyFor(e)
+			if err != nil {
+				return err
+			}
+			for _, h := range hooks {
+				_, err := q.InsertWebhookDelivery(ctx, db.InsertWebhookDeliveryParams{
+					WebhookID: h, TeamID: e.TeamID, EventID: e.ID, EventType: e.Type, Body: body,
+					NextAttemptAt: ts(e.CreatedAt), CreatedAt: ts(e.CreatedAt),
+				})
+				if err != nil {
+					return mapErr(err, "queue webhook delivery")
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return store.Event{}, err
+	}
+	return e, nil
+}
+
+// ListEvents implements store.Store.
+func (s *Store) ListEvents(ctx context.Context, teamID string, f store.EventFilter) ([]store.Event, error) {
+	rows, err := s.qr.ListTeamEvents(ctx, db.ListTeamEventsParams{
+		TeamID: teamID, AfterID: f.AfterID, Type: f.Type, Subject: f.Subject, Lim: lim(store.ClampLimit(f.Limit, 100, 1000)),
+	})
+	if err != nil {
+		return nil, mapErr(err, "list events")
+	}
+	return toEvents(rows), nil
+}
+
+// ListEventsAfter implements store.Store.
+func (s *Store) ListEventsAfter(ctx context.Context, afterID int64, limit int) ([]store.Event, error) {
+	rows, err := s.qr.ListAllEventsAfter(ctx, db.ListAllEventsAfterParams{AfterID: afterID, Lim: lim(store.ClampLimit(limit, 500, 5000))})
+	if err != nil {
+		return nil, mapErr(err, "list events after")
+	}
+	return toEvents(rows), nil
+}
+
+// LastEventID implements store.Store.
+func (s *Store) LastEventID(ctx context.Context) (int64, error) {
+	id, err := s.qr.LastEventID(ctx)
+	return id, mapErr(err, "last event id")
+}
+
+// DeleteEventsBefore implements store.Store.
+func (s *Store) DeleteEventsBefore(ctx context.Context, t time.Time) (int64, error) {
+	n, err := s.qw.DeleteEventsBefore(ctx, ts(store.Truncate(t)))
+	return n, mapErr(err, "delete events")
+}
+
+func toWebhook(w db.Webhook) (store.Webhook, error) {
+	out := store.Webhook{
+		ID: w.ID, TeamID: w.TeamID, URL: w.Url, Enabled: w.Enabled, SecretSealed: w.SecretEnc,
+		CreatedAt: tm(w.CreatedAt), UpdatedAt: tm(w.UpdatedAt),
+	}
+	if err := json.Unmarshal(w.EventTypes, &out.EventTypes); err != nil {
+		return out, fmt.Errorf("webhook %s: event types: %w", w.ID, err)
+	}
+	return out, nil
+}
+
+func toWebhooks(rows []db.Webhook) ([]store.Webhook, error) {
+	out := make([]store.Webhook, 0, len(rows))
+	for _, r := range rows {
+		w, err := toWebhook(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+func eventTypesJSON(types []string) []byte {
+	if types == nil {
+		types = []string{}
+	}
+	b, _ := json.Marshal(types)
+	return b
+}
+
+// CreateWebhook implements store.Store. ID, when empty, is generated.
+func (s *Store) CreateWebhook(ctx context.Context, w store.Webhook) (store.Webhook, error) {
+	if w.ID == "" {
+		w.ID = store.NewID(store.PrefixWebhook)
+	}
+	w.CreatedAt = store.Now()
+	w.UpdatedAt = w.CreatedAt
+	if w.EventTypes == nil {
+		w.EventTypes = []string{}
+	}
+	err := s.qw.InsertWebhook(ctx, db.InsertWebhookParams{
+		ID: w.ID, TeamID: w.TeamID, Url: w.URL, EventTypes: eventTypesJSON(w.EventTypes), Enabled: w.Enabled,
+		SecretEnc: w.SecretSealed, CreatedAt: ts(w.CreatedAt), UpdatedAt: ts(w.UpdatedAt),
+	})
+	if err != nil {
+		return store.Webhook{}, mapErr(err, "create webhook")
+	}
+	return w, nil
+}
+
+// GetWebhook implements store.Store.
+func (s *Store) GetWebhook(ctx context.Context, teamID, id string) (store.Webhook, error) {
+	r, err := s.qr.GetWebhook(ctx, db.GetWebhookParams{TeamID: teamID, ID: id})
+	if err != nil {
+		return store.Webhook{}, mapErr(err, "get webhook")
+	}
+	return toWebhook(r)
+}
+
+// GetWebhookUnscoped implements store.Store.
+func (s *Store) GetWebhookUnscoped(ctx context.Context, id string) (store.Webhook, error) {
+	r, err := s.qr.GetWebhookUnscoped(ctx, id)
+	if err != nil {
+		return store.Webhook{}, mapErr(err, "get webhook")
+	}
+	return toWebhook(r)
+}
+
+// ListWebhooks implements store.Store.
+func (s *Store) ListWebhooks(ctx context.Context, teamID string) ([]store.Webhook, error) {
+	rows, err := s.qr.ListWebhooks(ctx, teamID)
+	if err != nil {
+		return nil, mapErr(err, "list webhooks")
+	}
+	return toWebhooks(rows)
+}
+
+// ListEnabledWebhooks implements store.Store.
+func (s *Store) ListEnabledWebhooks(ctx context.Context, teamID string) ([]store.Webhook, error) {
+	rows, err := s.qr.ListEnabledWebhooks(ctx, teamID)
+	if err != nil {
+		return nil, mapErr(err, "list enabled webhooks")
+	}
+	return toWebhooks(rows)
+}
+
+// UpdateWebhook implements store.Store (URL, event types, enabled).
+func (s *Store) UpdateWebhook(ctx context.Context, w store.Webhook) error {
+	n, err := s.qw.UpdateWebhook(ctx, db.UpdateWebhookParams{
+		Url: w.URL, EventTypes: eventTypesJSON(w.EventTypes), Enabled: w.Enabled, UpdatedAt: ts(store.Now()),
+		TeamID: w.TeamID, ID: w.ID,
+	})
+	if err != nil {
+		return mapErr(err, "update webhook")
+	}
+	if n == 0 {
+		return fmt.Errorf("update webhook: %w", store.ErrNotFound)
+	}
+	return nil
+}
+
+// SetWebhookSecret implements store.Store.
+func (s *Store) SetWebhookSecret(ctx context.Context, teamID, id string, sealed []byte) error {
+	n, err := s.qw.SetWebhookSecret(ctx, db.SetWebhookSecretParams{SecretEnc: sealed, UpdatedAt: ts(store.Now()), TeamID: teamID, ID: id})
+	if err != nil {
+		return mapErr(err, "set webhook secret")
+	}
+	if n == 0 {
+		return fmt.Errorf("set webhook secret: %w", store.ErrNotFound)
+	}
+	return nil
+}
+
+// DeleteWebhook implements store.Store (its deliveries go with it).
+func (s *Store) DeleteWebhook(ctx context.Context, teamID, id string) error {
+	n, err := s.qw.DeleteWebhook(ctx, db.DeleteWebhookParams{TeamID: teamID, ID: id})
+	if err != nil {
+		return mapErr(err, "delete webhook")
+	}
+	if n == 0 {
+		return fmt.Errorf("delete webhook: %w", store.ErrNotFound)
+	}
+	return nil
+}
+
+func toDelivery(d db.WebhookDelivery) store.WebhookDelivery {
+	return store.WebhookDelivery{
+		ID: d.ID, WebhookID: d.WebhookID, TeamID: d.TeamID, EventID: d.EventID, EventType: d.EventType, Body: d.Body,
+		Status: store.DeliveryStatus(d.Status), Attempts: int(d.Attempts), NextAttemptAt: tm(d.NextAttemptAt),
+		LastAttemptAt: tmp(d.LastAttemptAt), ResponseStatus: int(d.ResponseStatus), LastError: d.LastError,
+		CreatedAt: tm(d.CreatedAt),
+	}
+}
+
+func toDeliveries(rows []db.WebhookDelivery) []store.WebhookDelivery {
+	out := make([]store.WebhookDelivery, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, toDelivery(r))
+	}
+	return out
+}
+
+// EnqueueWebhookDelivery implements store.Store.
+func (s *Store) EnqueueWebhookDelivery(ctx context.Context, d store.WebhookDelivery) (store.WebhookDelivery, error) {
+	d.CreatedAt = store.Now()
+	d.NextAttemptAt, d.Status = d.CreatedAt, store.DeliveryPending
+	id, err := s.qw.InsertWebhookDelivery(ctx, db.InsertWebhookDeliveryParams{
+		WebhookID: d.WebhookID, TeamID: d.TeamID, EventID: d.EventID, EventType: d.EventType, Body: d.Body,
+		NextAttemptAt: ts(d.NextAttemptAt), CreatedAt: ts(d.CreatedAt),
+	})
+	if err != nil {
+		return store.WebhookDelivery{}, mapErr(err, "queue webhook delivery")
+	}
+	d.ID = id
+	return d, nil
+}
+
+// ListWebhookDeliveries implements store.Store.
+func (s *Store) ListWebhookDeliveries(ctx context.Context, teamID, webhookID string, beforeID int64, limit int) ([]store.WebhookDelivery, error) {
+	if beforeID <= 0 {
+		beforeID = 1<<63 - 1
+	}
+	rows, err := s.qr.ListWebhookDeliveries(ctx, db.ListWebhookDeliveriesParams{
+		TeamID: teamID, WebhookID: webhookID, BeforeID: beforeID, Lim: lim(store.ClampLimit(limit, 50, 500)),
+	})
+	if err != nil {
+		return nil, mapErr(err, "list webhook deliveries")
+	}
+	return toDeliveries(rows), nil
+}
+
+// DueWebhooks implements store.Store.
+func (s *Store) DueWebhooks(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	ids, err := s.qr.DueWebhooks(ctx, db.DueWebhooksParams{Now: ts(store.Truncate(now)), Lim: lim(store.ClampLimit(limit, 50, 1000))})
+	return ids, mapErr(err, "due webhooks")
+}
+
+// LeaseWebhook implements store.Store.
+func (s *Store) LeaseWebhook(ctx context.Context, id, owner string, now, until time.Time) (bool, error) {
+	n, err := s.qw.LeaseWebhook(ctx, db.LeaseWebhookParams{Owner: owner, Until: ts(store.Truncate(until)), ID: id, Now: ts(store.Truncate(now))})
+	if err != nil {
+		return false, mapErr(err, "lease webhook")
+	}
+	return n == 1, nil
+}
+
+// ReleaseWebhook implements store.Store.
+func (s *Store) ReleaseWebhook(ctx context.Context, id, owner string) error {
+	return mapErr(s.qw.ReleaseWebhook(ctx, db.ReleaseWebhookParams{Zero: ts(time.Unix(0, 0)), ID: id, Owner: owner}), "release webhook")
+}
+
+// PendingWebhookDeliveries implements store.Store.
+func (s *Store) PendingWebhookDeliveries(ctx context.Context, webhookID string, limit int) ([]store.WebhookDelivery, error) {
+	rows, err := s.qr.PendingWebhookDeliveries(ctx, db.PendingWebhookDeliveriesParams{WebhookID: webhookID, Lim: lim(store.ClampLimit(limit, 50, 500))})
+	if err != nil {
+		return nil, mapErr(err, "pending webhook deliveries")
+	}
+	return toDeliveries(rows), nil
+}
+
+// FinishWebhookDelivery implements store.Store.
+func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, owner string, o store.DeliveryOutcome) (bool, error) {
+	at := store.Truncate(o.AttemptedAt)
+	n, err := s.qw.FinishWebhookDelivery(ctx, db.FinishWebhookDeliveryParams{
+		Status: string(o.Status), NextAttemptAt: ts(store.Truncate(o.NextAttemptAt)), AttemptedAt: tsp(&at),
+		ResponseStatus: int64(o.ResponseStatus), LastError: o.LastError, ID: id, Owner: owner,
+	})
+	if err != nil {
+		return false, mapErr(err, "finish webhook delivery")
+	}
+	return n == 1, nil
+}

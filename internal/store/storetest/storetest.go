@@ -65,6 +65,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"DailyUsage", testDailyUsage},
 		{"Leases", testLeases},
 		{"LeasesConcurrent", testLeasesConcurrent},
+		{"Events", testEvents},
+		{"WebhookOutbox", testWebhookOutbox},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

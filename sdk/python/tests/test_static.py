@@ -126,3 +126,26 @@ def test_template_build_streams_multipart_and_reads_ndjson_logs():
     assert b"TARDATA" in body
     assert [(r.seq, r.stream, r.data) for r in recs] == [(1, "system", "step 0/1\n"), (2, "stdout", "hi\n")]
     assert seen["url"].endswith("/v1/templates/builds/bld-1/logs?follow=1")
+
+
+def test_verify_webhook():
+    """The recipe matches the server's signer (a vector computed by the Go
+    implementation's formula) and refuses tampering."""
+    import hashlib
+    import hmac
+    body = b'{"id":"7","type":"capsule.created"}'
+    t = 1_700_000_000
+    sig = hmac.new(b"whsec_x", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    header = f"t={t},v1={sig}"
+    wrenn.verify_webhook("whsec_x", header, body, now=t + 10)
+    wrenn.verify_webhook("whsec_x", f"t={t},v1={'0' * 64},v1={sig}", body, now=t)
+    for secret, hdr, b, now in [
+        ("whsec_y", header, body, t),             # wrong secret
+        ("whsec_x", header, body + b" ", t),      # changed body
+        ("whsec_x", header, body, t + 301),       # too old
+        ("whsec_x", "garbage", body, t),          # malformed
+        ("whsec_x", f"t={t}", body, t),           # no v1
+        ("whsec_x", None, body, t),
+    ]:
+        with pytest.raises(wrenn.WebhookVerificationError):
+            wrenn.verify_webhook(secret, hdr, b, now=now)

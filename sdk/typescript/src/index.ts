@@ -25,6 +25,7 @@ import {
 
 export { APIError, CommandExitError, ConnectionError, StreamClosedError, TimeoutError, WrennError } from './errors.js';
 export type { components, paths } from './openapi.js';
+export { verifyWebhook, WebhookVerificationError } from './webhooks.js';
 
 type S = components['schemas'];
 /** A capsule's state as the API sends it (schema `Capsule`). */
@@ -64,6 +65,10 @@ export type Me = S['Me'];
  * code is `isolation_unavailable` (HTTP 422).
  */
 export type Isolation = 'container' | 'gvisor' | 'microvm';
+/** A life-cycle event (schema `Event`: GET /v1/events, the SSE stream, webhook bodies). */
+export type WrennEvent = S['Event'];
+/** A webhook endpoint (schema `Webhook`). */
+export type Webhook = S['Webhook'];
 /** A template build (schema `Build`). */
 export type Build = S['Build'];
 /** What a build runs (schema `BuildSpec`). */

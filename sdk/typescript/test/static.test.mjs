@@ -69,3 +69,23 @@ test('templates.build sends multipart fields then the file; buildLogs yields NDJ
   assert.deepEqual(recs.map((r) => [r.seq, r.stream, r.data]), [[1, 'system', 'step 0/1'], [2, 'stdout', 'hi\n']]);
   assert.ok(seen[1].url.endsWith('/v1/templates/builds/bld-1/logs?follow=1'), seen[1].url);
 });
+
+test('verifyWebhook accepts the signer\'s format and refuses tampering', async () => {
+  const { createHmac } = await import('node:crypto');
+  const body = '{"id":"7","type":"capsule.created"}';
+  const t = 1700000000;
+  const sig = createHmac('sha256', 'whsec_x').update(`${t}.${body}`).digest('hex');
+  const header = `t=${t},v1=${sig}`;
+  sdk.verifyWebhook('whsec_x', header, body, 300, t + 10);
+  sdk.verifyWebhook('whsec_x', `t=${t},v1=${'0'.repeat(64)},v1=${sig}`, Buffer.from(body), 300, t);
+  for (const [secret, hdr, b, now] of [
+    ['whsec_y', header, body, t],
+    ['whsec_x', header, body + ' ', t],
+    ['whsec_x', header, body, t + 301],
+    ['whsec_x', 'garbage', body, t],
+    ['whsec_x', `t=${t}`, body, t],
+    ['whsec_x', undefined, body, t],
+  ]) {
+    assert.throws(() => sdk.verifyWebhook(secret, hdr, b, 300, now), sdk.WebhookVerificationError);
+  }
+});

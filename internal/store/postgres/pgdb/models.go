@@ -103,6 +103,15 @@ type DailyUsage struct {
 	UpdatedAt    time.Time
 }
 
+type Event struct {
+	ID        int64
+	TeamID    string
+	Type      string
+	Subject   string
+	CreatedAt time.Time
+	Data      []byte
+}
+
 type Host struct {
 	ID               string
 	TeamID           *string
@@ -219,4 +228,33 @@ type UserToken struct {
 	Kind      string
 	CreatedAt time.Time
 	ExpiresAt time.Time
+}
+
+type Webhook struct {
+	ID         string
+	TeamID     string
+	Url        string
+	EventTypes []byte
+	Enabled    bool
+	SecretEnc  []byte
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	LeaseOwner string
+	LeaseUntil time.Time
+}
+
+type WebhookDelivery struct {
+	ID             int64
+	WebhookID      string
+	TeamID         string
+	EventID        int64
+	EventType      string
+	Body           []byte
+	Status         string
+	Attempts       int64
+	NextAttemptAt  time.Time
+	LastAttemptAt  *time.Time
+	ResponseStatus int64
+	LastError      string
+	CreatedAt      time.Time
 }

@@ -87,6 +87,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.deleteCapsuleStmt, err = db.PrepareContext(ctx, deleteCapsule); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteCapsule: %w", err)
 	}
+	if q.deleteEventsBeforeStmt, err = db.PrepareContext(ctx, deleteEventsBefore); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteEventsBefore: %w", err)
+	}
 	if q.deleteHostStmt, err = db.PrepareContext(ctx, deleteHost); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteHost: %w", err)
 	}
@@ -104,6 +107,15 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.deleteUserTokensStmt, err = db.PrepareContext(ctx, deleteUserTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteUserTokens: %w", err)
+	}
+	if q.deleteWebhookStmt, err = db.PrepareContext(ctx, deleteWebhook); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteWebhook: %w", err)
+	}
+	if q.dueWebhooksStmt, err = db.PrepareContext(ctx, dueWebhooks); err != nil {
+		return nil, fmt.Errorf("error preparing query DueWebhooks: %w", err)
+	}
+	if q.finishWebhookDeliveryStmt, err = db.PrepareContext(ctx, finishWebhookDelivery); err != nil {
+		return nil, fmt.Errorf("error preparing query FinishWebhookDelivery: %w", err)
 	}
 	if q.getAPIKeyByHashStmt, err = db.PrepareContext(ctx, getAPIKeyByHash); err != nil {
 		return nil, fmt.Errorf("error preparing query GetAPIKeyByHash: %w", err)
@@ -153,6 +165,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.getUserByEmailStmt, err = db.PrepareContext(ctx, getUserByEmail); err != nil {
 		return nil, fmt.Errorf("error preparing query GetUserByEmail: %w", err)
 	}
+	if q.getWebhookStmt, err = db.PrepareContext(ctx, getWebhook); err != nil {
+		return nil, fmt.Errorf("error preparing query GetWebhook: %w", err)
+	}
+	if q.getWebhookUnscopedStmt, err = db.PrepareContext(ctx, getWebhookUnscoped); err != nil {
+		return nil, fmt.Errorf("error preparing query GetWebhookUnscoped: %w", err)
+	}
 	if q.grantUserAdminStmt, err = db.PrepareContext(ctx, grantUserAdmin); err != nil {
 		return nil, fmt.Errorf("error preparing query GrantUserAdmin: %w", err)
 	}
@@ -162,11 +180,26 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.insertAuditLogStmt, err = db.PrepareContext(ctx, insertAuditLog); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertAuditLog: %w", err)
 	}
+	if q.insertEventStmt, err = db.PrepareContext(ctx, insertEvent); err != nil {
+		return nil, fmt.Errorf("error preparing query InsertEvent: %w", err)
+	}
 	if q.insertHostStmt, err = db.PrepareContext(ctx, insertHost); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertHost: %w", err)
 	}
 	if q.insertMetricSnapshotStmt, err = db.PrepareContext(ctx, insertMetricSnapshot); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertMetricSnapshot: %w", err)
+	}
+	if q.insertWebhookStmt, err = db.PrepareContext(ctx, insertWebhook); err != nil {
+		return nil, fmt.Errorf("error preparing query InsertWebhook: %w", err)
+	}
+	if q.insertWebhookDeliveryStmt, err = db.PrepareContext(ctx, insertWebhookDelivery); err != nil {
+		return nil, fmt.Errorf("error preparing query InsertWebhookDelivery: %w", err)
+	}
+	if q.lastEventIDStmt, err = db.PrepareContext(ctx, lastEventID); err != nil {
+		return nil, fmt.Errorf("error preparing query LastEventID: %w", err)
+	}
+	if q.leaseWebhookStmt, err = db.PrepareContext(ctx, leaseWebhook); err != nil {
+		return nil, fmt.Errorf("error preparing query LeaseWebhook: %w", err)
 	}
 	if q.linkOAuthStmt, err = db.PrepareContext(ctx, linkOAuth); err != nil {
 		return nil, fmt.Errorf("error preparing query LinkOAuth: %w", err)
@@ -182,6 +215,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.listAllCapsulesStmt, err = db.PrepareContext(ctx, listAllCapsules); err != nil {
 		return nil, fmt.Errorf("error preparing query ListAllCapsules: %w", err)
+	}
+	if q.listAllEventsAfterStmt, err = db.PrepareContext(ctx, listAllEventsAfter); err != nil {
+		return nil, fmt.Errorf("error preparing query ListAllEventsAfter: %w", err)
 	}
 	if q.listAllTemplatesStmt, err = db.PrepareContext(ctx, listAllTemplates); err != nil {
 		return nil, fmt.Errorf("error preparing query ListAllTemplates: %w", err)
@@ -207,6 +243,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listDailyUsageStmt, err = db.PrepareContext(ctx, listDailyUsage); err != nil {
 		return nil, fmt.Errorf("error preparing query ListDailyUsage: %w", err)
 	}
+	if q.listEnabledWebhooksStmt, err = db.PrepareContext(ctx, listEnabledWebhooks); err != nil {
+		return nil, fmt.Errorf("error preparing query ListEnabledWebhooks: %w", err)
+	}
 	if q.listExpiredCapsulesStmt, err = db.PrepareContext(ctx, listExpiredCapsules); err != nil {
 		return nil, fmt.Errorf("error preparing query ListExpiredCapsules: %w", err)
 	}
@@ -230,6 +269,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.listRetentionExpiredStmt, err = db.PrepareContext(ctx, listRetentionExpired); err != nil {
 		return nil, fmt.Errorf("error preparing query ListRetentionExpired: %w", err)
+	}
+	if q.listTeamEventsStmt, err = db.PrepareContext(ctx, listTeamEvents); err != nil {
+		return nil, fmt.Errorf("error preparing query ListTeamEvents: %w", err)
 	}
 	if q.listTeamInvitesStmt, err = db.PrepareContext(ctx, listTeamInvites); err != nil {
 		return nil, fmt.Errorf("error preparing query ListTeamInvites: %w", err)
@@ -258,14 +300,26 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listUsersStmt, err = db.PrepareContext(ctx, listUsers); err != nil {
 		return nil, fmt.Errorf("error preparing query ListUsers: %w", err)
 	}
+	if q.listWebhookDeliveriesStmt, err = db.PrepareContext(ctx, listWebhookDeliveries); err != nil {
+		return nil, fmt.Errorf("error preparing query ListWebhookDeliveries: %w", err)
+	}
+	if q.listWebhooksStmt, err = db.PrepareContext(ctx, listWebhooks); err != nil {
+		return nil, fmt.Errorf("error preparing query ListWebhooks: %w", err)
+	}
 	if q.markStaleHostsUnavailableStmt, err = db.PrepareContext(ctx, markStaleHostsUnavailable); err != nil {
 		return nil, fmt.Errorf("error preparing query MarkStaleHostsUnavailable: %w", err)
 	}
 	if q.markTeamInviteAcceptedStmt, err = db.PrepareContext(ctx, markTeamInviteAccepted); err != nil {
 		return nil, fmt.Errorf("error preparing query MarkTeamInviteAccepted: %w", err)
 	}
+	if q.pendingWebhookDeliveriesStmt, err = db.PrepareContext(ctx, pendingWebhookDeliveries); err != nil {
+		return nil, fmt.Errorf("error preparing query PendingWebhookDeliveries: %w", err)
+	}
 	if q.releaseLeaseStmt, err = db.PrepareContext(ctx, releaseLease); err != nil {
 		return nil, fmt.Errorf("error preparing query ReleaseLease: %w", err)
+	}
+	if q.releaseWebhookStmt, err = db.PrepareContext(ctx, releaseWebhook); err != nil {
+		return nil, fmt.Errorf("error preparing query ReleaseWebhook: %w", err)
 	}
 	if q.removeTeamMemberStmt, err = db.PrepareContext(ctx, removeTeamMember); err != nil {
 		return nil, fmt.Errorf("error preparing query RemoveTeamMember: %w", err)
@@ -339,6 +393,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setUserPasswordStmt, err = db.PrepareContext(ctx, setUserPassword); err != nil {
 		return nil, fmt.Errorf("error preparing query SetUserPassword: %w", err)
 	}
+	if q.setWebhookSecretStmt, err = db.PrepareContext(ctx, setWebhookSecret); err != nil {
+		return nil, fmt.Errorf("error preparing query SetWebhookSecret: %w", err)
+	}
 	if q.softDeleteUserStmt, err = db.PrepareContext(ctx, softDeleteUser); err != nil {
 		return nil, fmt.Errorf("error preparing query SoftDeleteUser: %w", err)
 	}
@@ -368,6 +425,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.updateTemplateSizeStmt, err = db.PrepareContext(ctx, updateTemplateSize); err != nil {
 		return nil, fmt.Errorf("error preparing query UpdateTemplateSize: %w", err)
+	}
+	if q.updateWebhookStmt, err = db.PrepareContext(ctx, updateWebhook); err != nil {
+		return nil, fmt.Errorf("error preparing query UpdateWebhook: %w", err)
 	}
 	if q.upsertDailyUsageStmt, err = db.PrepareContext(ctx, upsertDailyUsage); err != nil {
 		return nil, fmt.Errorf("error preparing query UpsertDailyUsage: %w", err)
@@ -482,6 +542,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing deleteCapsuleStmt: %w", cerr)
 		}
 	}
+	if q.deleteEventsBeforeStmt != nil {
+		if cerr := q.deleteEventsBeforeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteEventsBeforeStmt: %w", cerr)
+		}
+	}
 	if q.deleteHostStmt != nil {
 		if cerr := q.deleteHostStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing deleteHostStmt: %w", cerr)
@@ -510,6 +575,21 @@ func (q *Queries) Close() error {
 	if q.deleteUserTokensStmt != nil {
 		if cerr := q.deleteUserTokensStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing deleteUserTokensStmt: %w", cerr)
+		}
+	}
+	if q.deleteWebhookStmt != nil {
+		if cerr := q.deleteWebhookStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteWebhookStmt: %w", cerr)
+		}
+	}
+	if q.dueWebhooksStmt != nil {
+		if cerr := q.dueWebhooksStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing dueWebhooksStmt: %w", cerr)
+		}
+	}
+	if q.finishWebhookDeliveryStmt != nil {
+		if cerr := q.finishWebhookDeliveryStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing finishWebhookDeliveryStmt: %w", cerr)
 		}
 	}
 	if q.getAPIKeyByHashStmt != nil {
@@ -592,6 +672,16 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing getUserByEmailStmt: %w", cerr)
 		}
 	}
+	if q.getWebhookStmt != nil {
+		if cerr := q.getWebhookStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing getWebhookStmt: %w", cerr)
+		}
+	}
+	if q.getWebhookUnscopedStmt != nil {
+		if cerr := q.getWebhookUnscopedStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing getWebhookUnscopedStmt: %w", cerr)
+		}
+	}
 	if q.grantUserAdminStmt != nil {
 		if cerr := q.grantUserAdminStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing grantUserAdminStmt: %w", cerr)
@@ -607,6 +697,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing insertAuditLogStmt: %w", cerr)
 		}
 	}
+	if q.insertEventStmt != nil {
+		if cerr := q.insertEventStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing insertEventStmt: %w", cerr)
+		}
+	}
 	if q.insertHostStmt != nil {
 		if cerr := q.insertHostStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing insertHostStmt: %w", cerr)
@@ -615,6 +710,26 @@ func (q *Queries) Close() error {
 	if q.insertMetricSnapshotStmt != nil {
 		if cerr := q.insertMetricSnapshotStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing insertMetricSnapshotStmt: %w", cerr)
+		}
+	}
+	if q.insertWebhookStmt != nil {
+		if cerr := q.insertWebhookStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing insertWebhookStmt: %w", cerr)
+		}
+	}
+	if q.insertWebhookDeliveryStmt != nil {
+		if cerr := q.insertWebhookDeliveryStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing insertWebhookDeliveryStmt: %w", cerr)
+		}
+	}
+	if q.lastEventIDStmt != nil {
+		if cerr := q.lastEventIDStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing lastEventIDStmt: %w", cerr)
+		}
+	}
+	if q.leaseWebhookStmt != nil {
+		if cerr := q.leaseWebhookStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing leaseWebhookStmt: %w", cerr)
 		}
 	}
 	if q.linkOAuthStmt != nil {
@@ -640,6 +755,11 @@ func (q *Queries) Close() error {
 	if q.listAllCapsulesStmt != nil {
 		if cerr := q.listAllCapsulesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listAllCapsulesStmt: %w", cerr)
+		}
+	}
+	if q.listAllEventsAfterStmt != nil {
+		if cerr := q.listAllEventsAfterStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listAllEventsAfterStmt: %w", cerr)
 		}
 	}
 	if q.listAllTemplatesStmt != nil {
@@ -682,6 +802,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listDailyUsageStmt: %w", cerr)
 		}
 	}
+	if q.listEnabledWebhooksStmt != nil {
+		if cerr := q.listEnabledWebhooksStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listEnabledWebhooksStmt: %w", cerr)
+		}
+	}
 	if q.listExpiredCapsulesStmt != nil {
 		if cerr := q.listExpiredCapsulesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listExpiredCapsulesStmt: %w", cerr)
@@ -720,6 +845,11 @@ func (q *Queries) Close() error {
 	if q.listRetentionExpiredStmt != nil {
 		if cerr := q.listRetentionExpiredStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listRetentionExpiredStmt: %w", cerr)
+		}
+	}
+	if q.listTeamEventsStmt != nil {
+		if cerr := q.listTeamEventsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listTeamEventsStmt: %w", cerr)
 		}
 	}
 	if q.listTeamInvitesStmt != nil {
@@ -767,6 +897,16 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listUsersStmt: %w", cerr)
 		}
 	}
+	if q.listWebhookDeliveriesStmt != nil {
+		if cerr := q.listWebhookDeliveriesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listWebhookDeliveriesStmt: %w", cerr)
+		}
+	}
+	if q.listWebhooksStmt != nil {
+		if cerr := q.listWebhooksStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listWebhooksStmt: %w", cerr)
+		}
+	}
 	if q.markStaleHostsUnavailableStmt != nil {
 		if cerr := q.markStaleHostsUnavailableStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing markStaleHostsUnavailableStmt: %w", cerr)
@@ -777,9 +917,19 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing markTeamInviteAcceptedStmt: %w", cerr)
 		}
 	}
+	if q.pendingWebhookDeliveriesStmt != nil {
+		if cerr := q.pendingWebhookDeliveriesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing pendingWebhookDeliveriesStmt: %w", cerr)
+		}
+	}
 	if q.releaseLeaseStmt != nil {
 		if cerr := q.releaseLeaseStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing releaseLeaseStmt: %w", cerr)
+		}
+	}
+	if q.releaseWebhookStmt != nil {
+		if cerr := q.releaseWebhookStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing releaseWebhookStmt: %w", cerr)
 		}
 	}
 	if q.removeTeamMemberStmt != nil {
@@ -902,6 +1052,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setUserPasswordStmt: %w", cerr)
 		}
 	}
+	if q.setWebhookSecretStmt != nil {
+		if cerr := q.setWebhookSecretStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setWebhookSecretStmt: %w", cerr)
+		}
+	}
 	if q.softDeleteUserStmt != nil {
 		if cerr := q.softDeleteUserStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing softDeleteUserStmt: %w", cerr)
@@ -950,6 +1105,11 @@ func (q *Queries) Close() error {
 	if q.updateTemplateSizeStmt != nil {
 		if cerr := q.updateTemplateSizeStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing updateTemplateSizeStmt: %w", cerr)
+		}
+	}
+	if q.updateWebhookStmt != nil {
+		if cerr := q.updateWebhookStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing updateWebhookStmt: %w", cerr)
 		}
 	}
 	if q.upsertDailyUsageStmt != nil {
@@ -1017,12 +1177,16 @@ type Queries struct {
 	deleteAPIKeyStmt                 *sql.Stmt
 	deleteAllUserTokensStmt          *sql.Stmt
 	deleteCapsuleStmt                *sql.Stmt
+	deleteEventsBeforeStmt           *sql.Stmt
 	deleteHostStmt                   *sql.Stmt
 	deleteMetricSnapshotsBeforeStmt  *sql.Stmt
 	deleteTeamStmt                   *sql.Stmt
 	deleteTeamInviteStmt             *sql.Stmt
 	deleteTemplateStmt               *sql.Stmt
 	deleteUserTokensStmt             *sql.Stmt
+	deleteWebhookStmt                *sql.Stmt
+	dueWebhooksStmt                  *sql.Stmt
+	finishWebhookDeliveryStmt        *sql.Stmt
 	getAPIKeyByHashStmt              *sql.Stmt
 	getBuildStmt                     *sql.Stmt
 	getCapsuleStmt                   *sql.Stmt
@@ -1039,16 +1203,24 @@ type Queries struct {
 	getTemplateByNameStmt            *sql.Stmt
 	getUserStmt                      *sql.Stmt
 	getUserByEmailStmt               *sql.Stmt
+	getWebhookStmt                   *sql.Stmt
+	getWebhookUnscopedStmt           *sql.Stmt
 	grantUserAdminStmt               *sql.Stmt
 	hostHeartbeatStmt                *sql.Stmt
 	insertAuditLogStmt               *sql.Stmt
+	insertEventStmt                  *sql.Stmt
 	insertHostStmt                   *sql.Stmt
 	insertMetricSnapshotStmt         *sql.Stmt
+	insertWebhookStmt                *sql.Stmt
+	insertWebhookDeliveryStmt        *sql.Stmt
+	lastEventIDStmt                  *sql.Stmt
+	leaseWebhookStmt                 *sql.Stmt
 	linkOAuthStmt                    *sql.Stmt
 	listAPIKeysStmt                  *sql.Stmt
 	listAllAuditLogsStmt             *sql.Stmt
 	listAllBuildsStmt                *sql.Stmt
 	listAllCapsulesStmt              *sql.Stmt
+	listAllEventsAfterStmt           *sql.Stmt
 	listAllTemplatesStmt             *sql.Stmt
 	listAuditLogsStmt                *sql.Stmt
 	listBuildLogsStmt                *sql.Stmt
@@ -1057,6 +1229,7 @@ type Queries struct {
 	listCapsulesStmt                 *sql.Stmt
 	listCapsulesByHostStmt           *sql.Stmt
 	listDailyUsageStmt               *sql.Stmt
+	listEnabledWebhooksStmt          *sql.Stmt
 	listExpiredCapsulesStmt          *sql.Stmt
 	listHostsStmt                    *sql.Stmt
 	listInvitesForEmailStmt          *sql.Stmt
@@ -1065,6 +1238,7 @@ type Queries struct {
 	listOnlineTeamHostsStmt          *sql.Stmt
 	listPlacementsSinceHeartbeatStmt *sql.Stmt
 	listRetentionExpiredStmt         *sql.Stmt
+	listTeamEventsStmt               *sql.Stmt
 	listTeamInvitesStmt              *sql.Stmt
 	listTeamMembersStmt              *sql.Stmt
 	listTeamMetricSnapshotsStmt      *sql.Stmt
@@ -1074,9 +1248,13 @@ type Queries struct {
 	listTemplatesStmt                *sql.Stmt
 	listTimedOutPausableStmt         *sql.Stmt
 	listUsersStmt                    *sql.Stmt
+	listWebhookDeliveriesStmt        *sql.Stmt
+	listWebhooksStmt                 *sql.Stmt
 	markStaleHostsUnavailableStmt    *sql.Stmt
 	markTeamInviteAcceptedStmt       *sql.Stmt
+	pendingWebhookDeliveriesStmt     *sql.Stmt
 	releaseLeaseStmt                 *sql.Stmt
+	releaseWebhookStmt               *sql.Stmt
 	removeTeamMemberStmt             *sql.Stmt
 	removeUserMembershipsStmt        *sql.Stmt
 	removeUserOAuthLinksStmt         *sql.Stmt
@@ -1101,6 +1279,7 @@ type Queries struct {
 	setUserEmailVerifiedStmt         *sql.Stmt
 	setUserNameStmt                  *sql.Stmt
 	setUserPasswordStmt              *sql.Stmt
+	setWebhookSecretStmt             *sql.Stmt
 	softDeleteUserStmt               *sql.Stmt
 	sumUsageStmt                     *sql.Stmt
 	touchAPIKeyStmt                  *sql.Stmt
@@ -1111,6 +1290,7 @@ type Queries struct {
 	updateCapsuleStatusStmt          *sql.Stmt
 	updateTeamMemberRoleStmt         *sql.Stmt
 	updateTemplateSizeStmt           *sql.Stmt
+	updateWebhookStmt                *sql.Stmt
 	upsertDailyUsageStmt             *sql.Stmt
 }
 
@@ -1139,12 +1319,16 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		deleteAPIKeyStmt:                 q.deleteAPIKeyStmt,
 		deleteAllUserTokensStmt:          q.deleteAllUserTokensStmt,
 		deleteCapsuleStmt:                q.deleteCapsuleStmt,
+		deleteEventsBeforeStmt:           q.deleteEventsBeforeStmt,
 		deleteHostStmt:                   q.deleteHostStmt,
 		deleteMetricSnapshotsBeforeStmt:  q.deleteMetricSnapshotsBeforeStmt,
 		deleteTeamStmt:                   q.deleteTeamStmt,
 		deleteTeamInviteStmt:             q.deleteTeamInviteStmt,
 		deleteTemplateStmt:               q.deleteTemplateStmt,
 		deleteUserTokensStmt:             q.deleteUserTokensStmt,
+		deleteWebhookStmt:                q.deleteWebhookStmt,
+		dueWebhooksStmt:                  q.dueWebhooksStmt,
+		finishWebhookDeliveryStmt:        q.finishWebhookDeliveryStmt,
 		getAPIKeyByHashStmt:              q.getAPIKeyByHashStmt,
 		getBuildStmt:                     q.getBuildStmt,
 		getCapsuleStmt:                   q.getCapsuleStmt,
@@ -1161,16 +1345,24 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		getTemplateByNameStmt:            q.getTemplateByNameStmt,
 		getUserStmt:                      q.getUserStmt,
 		getUserByEmailStmt:               q.getUserByEmailStmt,
+		getWebhookStmt:                   q.getWebhookStmt,
+		getWebhookUnscopedStmt:           q.getWebhookUnscopedStmt,
 		grantUserAdminStmt:               q.grantUserAdminStmt,
 		hostHeartbeatStmt:                q.hostHeartbeatStmt,
 		insertAuditLogStmt:               q.insertAuditLogStmt,
+		insertEventStmt:                  q.insertEventStmt,
 		insertHostStmt:                   q.insertHostStmt,
 		insertMetricSnapshotStmt:         q.insertMetricSnapshotStmt,
+		insertWebhookStmt:                q.insertWebhookStmt,
+		insertWebhookDeliveryStmt:        q.insertWebhookDeliveryStmt,
+		lastEventIDStmt:                  q.lastEventIDStmt,
+		leaseWebhookStmt:                 q.leaseWebhookStmt,
 		linkOAuthStmt:                    q.linkOAuthStmt,
 		listAPIKeysStmt:                  q.listAPIKeysStmt,
 		listAllAuditLogsStmt:             q.listAllAuditLogsStmt,
 		listAllBuildsStmt:                q.listAllBuildsStmt,
 		listAllCapsulesStmt:              q.listAllCapsulesStmt,
+		listAllEventsAfterStmt:           q.listAllEventsAfterStmt,
 		listAllTemplatesStmt:             q.listAllTemplatesStmt,
 		listAuditLogsStmt:                q.listAuditLogsStmt,
 		listBuildLogsStmt:                q.listBuildLogsStmt,
@@ -1179,6 +1371,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listCapsulesStmt:                 q.listCapsulesStmt,
 		listCapsulesByHostStmt:           q.listCapsulesByHostStmt,
 		listDailyUsageStmt:               q.listDailyUsageStmt,
+		listEnabledWebhooksStmt:          q.listEnabledWebhooksStmt,
 		listExpiredCapsulesStmt:          q.listExpiredCapsulesStmt,
 		listHostsStmt:                    q.listHostsStmt,
 		listInvitesForEmailStmt:          q.listInvitesForEmailStmt,
@@ -1187,6 +1380,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listOnlineTeamHostsStmt:          q.listOnlineTeamHostsStmt,
 		listPlacementsSinceHeartbeatStmt: q.listPlacementsSinceHeartbeatStmt,
 		listRetentionExpiredStmt:         q.listRetentionExpiredStmt,
+		listTeamEventsStmt:               q.listTeamEventsStmt,
 		listTeamInvitesStmt:              q.listTeamInvitesStmt,
 		listTeamMembersStmt:              q.listTeamMembersStmt,
 		listTeamMetricSnapshotsStmt:      q.listTeamMetricSnapshotsStmt,
@@ -1196,9 +1390,13 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listTemplatesStmt:                q.listTemplatesStmt,
 		listTimedOutPausableStmt:         q.listTimedOutPausableStmt,
 		listUsersStmt:                    q.listUsersStmt,
+		listWebhookDeliveriesStmt:        q.listWebhookDeliveriesStmt,
+		listWebhooksStmt:                 q.listWebhooksStmt,
 		markStaleHostsUnavailableStmt:    q.markStaleHostsUnavailableStmt,
 		markTeamInviteAcceptedStmt:       q.markTeamInviteAcceptedStmt,
+		pendingWebhookDeliveriesStmt:     q.pendingWebhookDeliveriesStmt,
 		releaseLeaseStmt:                 q.releaseLeaseStmt,
+		releaseWebhookStmt:               q.releaseWebhookStmt,
 		removeTeamMemberStmt:             q.removeTeamMemberStmt,
 		removeUserMembershipsStmt:        q.removeUserMembershipsStmt,
 		removeUserOAuthLinksStmt:         q.removeUserOAuthLinksStmt,
@@ -1223,6 +1421,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		setUserEmailVerifiedStmt:         q.setUserEmailVerifiedStmt,
 		setUserNameStmt:                  q.setUserNameStmt,
 		setUserPasswordStmt:              q.setUserPasswordStmt,
+		setWebhookSecretStmt:             q.setWebhookSecretStmt,
 		softDeleteUserStmt:               q.softDeleteUserStmt,
 		sumUsageStmt:                     q.sumUsageStmt,
 		touchAPIKeyStmt:                  q.touchAPIKeyStmt,
@@ -1233,6 +1432,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		updateCapsuleStatusStmt:          q.updateCapsuleStatusStmt,
 		updateTeamMemberRoleStmt:         q.updateTeamMemberRoleStmt,
 		updateTemplateSizeStmt:           q.updateTemplateSizeStmt,
+		updateWebhookStmt:                q.updateWebhookStmt,
 		upsertDailyUsageStmt:             q.upsertDailyUsageStmt,
 	}
 }

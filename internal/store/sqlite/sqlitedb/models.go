@@ -99,6 +99,15 @@ type DailyUsage struct {
 	UpdatedAt    int64
 }
 
+type Event struct {
+	ID        int64
+	TeamID    string
+	Type      string
+	Subject   string
+	CreatedAt int64
+	Data      []byte
+}
+
 type Host struct {
 	ID               string
 	TeamID           *string
@@ -215,4 +224,33 @@ type UserToken struct {
 	Kind      string
 	CreatedAt int64
 	ExpiresAt int64
+}
+
+type Webhook struct {
+	ID         string
+	TeamID     string
+	Url        string
+	EventTypes []byte
+	Enabled    bool
+	SecretEnc  []byte
+	CreatedAt  int64
+	UpdatedAt  int64
+	LeaseOwner string
+	LeaseUntil int64
+}
+
+type WebhookDelivery struct {
+	ID             int64
+	WebhookID      string
+	TeamID         string
+	EventID        int64
+	EventType      string
+	Body           []byte
+	Status         string
+	Attempts       int64
+	NextAttemptAt  int64
+	LastAttemptAt  *int64
+	ResponseStatus int64
+	LastError      string
+	CreatedAt      int64
 }

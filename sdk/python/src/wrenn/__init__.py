@@ -63,6 +63,7 @@ from ._models import (
     Template,
 )
 from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates
+from ._webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "0.1.0"
 """The SDK's version."""
@@ -77,4 +78,5 @@ __all__ = [
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
     "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
     "ForkResult",
+    "verify_webhook", "WebhookVerificationError",
 ]
