@@ -107,20 +107,25 @@ func (rc RunConfig) Apply(env map[string]string, user, workdir string) (map[stri
 
 // ProcessUser turns an image's or recipe's user ("name", "uid",
 // "name:group", "uid:gid") into what envd runs processes as: a user name
-// from the capsule's /etc/passwd. The group part is dropped (processes
-// get the user's groups); uid 0 is root; other numeric uids cannot be
-// named, so they give "" (the capsule's default user) — images that want
-// one should name the user.
+// from the capsule's /etc/passwd (the group part of a name is dropped:
+// processes get the user's groups), or a numeric "uid" / "uid:gid", which
+// envd takes as is, as Docker does (the uid's account when it has one);
+// uid 0 alone is root.
 func ProcessUser(u string) string {
-	name, _, _ := strings.Cut(u, ":")
+	name, group, hasGroup := strings.Cut(u, ":")
 	if name == "" {
 		return ""
 	}
 	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
-		if name == "0" {
+		if name == "0" && (!hasGroup || group == "0") {
 			return "root"
 		}
-		return ""
+		if hasGroup {
+			if _, err := strconv.ParseUint(group, 10, 32); err != nil {
+				return name // a group by name: the uid with its own groups
+			}
+		}
+		return u
 	}
 	return name
 }

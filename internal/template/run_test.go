@@ -6,7 +6,7 @@ import (
 )
 
 func TestRunConfig(t *testing.T) {
-	for in, want := range map[string]string{"": "", "app": "app", "app:staff": "app", "0": "root", "0:0": "root", "1000": "", "1000:1000": ""} {
+	for in, want := range map[string]string{"": "", "app": "app", "app:staff": "app", "0": "root", "0:0": "root", "1000": "1000", "1000:1001": "1000:1001", "1000:staff": "1000", "0:5": "0:5"} {
 		if got := ProcessUser(in); got != want {
 			t.Errorf("ProcessUser(%q) = %q, want %q", in, got, want)
 		}
