@@ -34,6 +34,34 @@ func (rc RunConfig) IsZero() bool {
 	return len(rc.Env) == 0 && rc.Workdir == "" && rc.User == "" && len(rc.Start) == 0 && rc.ReadyPort == 0 && len(rc.ReadyCmd) == 0
 }
 
+// Inherit returns rc on top of base, the run config of the template rc's
+// capsule was made from (issue 16: a template built FROM another, or
+// snapshotted from a capsule of it, keeps what that one started with):
+// base's environment under rc's, base's working directory and user where
+// rc sets none, and base's START with its READY unless rc has a START.
+func (rc RunConfig) Inherit(base RunConfig) RunConfig {
+	out := rc
+	if len(base.Env) > 0 {
+		out.Env = make(map[string]string, len(base.Env)+len(rc.Env))
+		for k, v := range base.Env {
+			out.Env[k] = v
+		}
+		for k, v := range rc.Env {
+			out.Env[k] = v
+		}
+	}
+	if out.Workdir == "" {
+		out.Workdir = base.Workdir
+	}
+	if out.User == "" {
+		out.User = base.User
+	}
+	if len(rc.Start) == 0 {
+		out.Start, out.ReadyPort, out.ReadyCmd, out.ReadyTimeoutSec = base.Start, base.ReadyPort, base.ReadyCmd, base.ReadyTimeoutSec
+	}
+	return out
+}
+
 const runFile = "run.json"
 
 // SetRunConfig records rc for template name (replacing an earlier one).

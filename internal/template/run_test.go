@@ -34,3 +34,24 @@ func TestRunConfig(t *testing.T) {
 		t.Error("run config for a missing template accepted")
 	}
 }
+
+// A template made from a capsule of another keeps that one's START (with
+// its READY), environment, working directory and user unless it sets its
+// own (issue 16).
+func TestRunConfigInherit(t *testing.T) {
+	base := RunConfig{Env: map[string]string{"A": "1", "B": "2"}, Workdir: "/srv", User: "app", Start: []string{"web"}, ReadyPort: 80, ReadyTimeoutSec: 5}
+	got := RunConfig{Env: map[string]string{"B": "x"}}.Inherit(base)
+	want := RunConfig{Env: map[string]string{"A": "1", "B": "x"}, Workdir: "/srv", User: "app", Start: []string{"web"}, ReadyPort: 80, ReadyTimeoutSec: 5}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Inherit = %+v, want %+v", got, want)
+	}
+	own := RunConfig{Workdir: "/w", User: "u", Start: []string{"other"}, ReadyCmd: []string{"true"}}
+	got = own.Inherit(base)
+	want = RunConfig{Env: map[string]string{"A": "1", "B": "2"}, Workdir: "/w", User: "u", Start: []string{"other"}, ReadyCmd: []string{"true"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("own START: Inherit = %+v, want %+v", got, want)
+	}
+	if got := (RunConfig{}).Inherit(RunConfig{}); !got.IsZero() {
+		t.Errorf("zero Inherit zero = %+v", got)
+	}
+}
