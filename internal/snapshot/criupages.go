@@ -72,6 +72,7 @@ const (
 	imgServiceMagic = 0x58313116
 	pagemapMagic    = 0x56084025
 
+	peParent  = 1 << 0
 	pePresent = 1 << 2
 )
 
@@ -82,8 +83,10 @@ var ErrCRIULayout = errors.New("snapshot: criu images cannot be stored by virtua
 
 // PagemapEntry is one range of a CRIU pagemap.
 type PagemapEntry struct {
-	Vaddr    uint64
-	NrPages  uint32
+	Vaddr uint64
+	// NrPages is the range's length in pages (CRIU ≥ 3.16 writes field 5,
+	// "pages"; older ones field 2, "nr_pages").
+	NrPages  uint64
 	InParent bool
 	Flags    uint32
 	hasFlags bool
@@ -170,7 +173,13 @@ func ReadPagemap(path string) (*Pagemap, error) {
 			case 1:
 				e.Vaddr = v
 			case 2:
-				e.NrPages = uint32(v)
+				if e.NrPages == 0 {
+					e.NrPages = v
+				}
+			case 5:
+				if v != 0 {
+					e.NrPages = v
+				}
 			case 3:
 				e.InParent = v != 0
 			case 4:
@@ -183,6 +192,10 @@ func ReadPagemap(path string) (*Pagemap, error) {
 		}
 		if e.Vaddr%criuPage != 0 {
 			return nil, bad(fmt.Sprintf("unaligned address %#x", e.Vaddr))
+		}
+		// 2^36 pages is 256 TiB: more than any address space here.
+		if e.NrPages > 1<<36 || e.Vaddr+e.NrPages*criuPage < e.Vaddr {
+			return nil, bad(fmt.Sprintf("range %#x+%d pages out of bounds", e.Vaddr, e.NrPages))
 		}
 		pm.Entries = append(pm.Entries, e)
 	}
@@ -201,11 +214,14 @@ func AppendPagemap(b []byte, pm *Pagemap) []byte {
 	b = append(b, head...)
 	for _, e := range pm.Entries {
 		m := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), e.Vaddr)
-		m = protowire.AppendVarint(protowire.AppendTag(m, 2, protowire.VarintType), uint64(e.NrPages))
+		// As CRIU 4 writes it: the deprecated 32-bit field 2 zero, the
+		// length in field 5.
+		m = protowire.AppendVarint(protowire.AppendTag(m, 2, protowire.VarintType), 0)
 		if e.InParent {
 			m = protowire.AppendVarint(protowire.AppendTag(m, 3, protowire.VarintType), 1)
 		}
 		m = protowire.AppendVarint(protowire.AppendTag(m, 4, protowire.VarintType), uint64(e.Flags))
+		m = protowire.AppendVarint(protowire.AppendTag(m, 5, protowire.VarintType), e.NrPages)
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(m)))
 		b = append(b, m...)
 	}
@@ -239,7 +255,10 @@ func readCRIUDir(dir string) (*criuDir, error) {
 				return nil, err
 			}
 			for _, en := range pm.Entries {
-				if en.InParent || (en.hasFlags && en.Flags&^pePresent != 0) {
+				// Pages in a parent image (pre-dump) or left to a lazy-pages
+				// daemon are not in this directory's pages files. (PE_LAZY
+				// alone only says the range could be restored lazily.)
+				if en.InParent || en.Flags&peParent != 0 || (en.hasFlags && en.Flags&pePresent == 0) {
 					return nil, fmt.Errorf("%w: %s has pages in a parent image or lazy pages", ErrCRIULayout, name)
 				}
 			}

@@ -40,7 +40,7 @@ func writeCRIUDir(t testing.TB, dir string, procs []fakeProc, extra map[string][
 		pm := &snapshot.Pagemap{PagesID: p.pagesID}
 		var pages []byte
 		for _, v := range p.vmas {
-			pm.Entries = append(pm.Entries, snapshot.PagemapEntry{Vaddr: v.vaddr, NrPages: uint32(len(v.data) / page), Flags: 4})
+			pm.Entries = append(pm.Entries, snapshot.PagemapEntry{Vaddr: v.vaddr, NrPages: uint64(len(v.data) / page), Flags: 6})
 			pages = append(pages, v.data...)
 		}
 		write(t, filepath.Join(dir, "pagemap-"+itoa(p.pid)+".img"), snapshot.AppendPagemap(nil, pm))
@@ -201,6 +201,12 @@ func TestPauseCRIURefuses(t *testing.T) {
 	write(t, filepath.Join(dir, "pagemap-1.img"), snapshot.AppendPagemap(nil, pm))
 	if _, _, err := m.PauseCRIU(context.Background(), "x", dir, snapshot.CRIUPauseOptions{}); !errors.Is(err, snapshot.ErrCRIULayout) {
 		t.Fatalf("pre-dump parent pages: %v, want ErrCRIULayout", err)
+	}
+	// Pages left to a lazy-pages daemon (PE_LAZY without PE_PRESENT).
+	pm.Entries = []snapshot.PagemapEntry{{Vaddr: 0x1000, NrPages: 1, Flags: 2}}
+	write(t, filepath.Join(dir, "pagemap-1.img"), snapshot.AppendPagemap(nil, pm))
+	if _, _, err := m.PauseCRIU(context.Background(), "x", dir, snapshot.CRIUPauseOptions{}); !errors.Is(err, snapshot.ErrCRIULayout) {
+		t.Fatalf("lazy pages: %v, want ErrCRIULayout", err)
 	}
 	write(t, filepath.Join(dir, "pagemap-1.img"), []byte{1, 2, 3, 4, 5})
 	if _, _, err := m.PauseCRIU(context.Background(), "x", dir, snapshot.CRIUPauseOptions{}); err == nil {
