@@ -525,22 +525,43 @@ func writeEntry(path string, r io.Reader, size int64) (err error) {
 	return nil
 }
 
-// publishMemory archives the image directory and publishes it as
-// name+memSuffix (a full image: CRIU images do not diff block-wise against
-// the previous dump). It returns the header name and the stored bytes.
+// publishMemory publishes the image directory as name+memSuffix and
+// returns the header name and the stored bytes. CRIU's page images go
+// through the snapshot store by virtual address (snapshot.PauseCRIU),
+// diffed against the memory image the capsule was restored from (the
+// parent disk snapshot's companion), so a re-pause stores only the pages
+// that changed. runsc's checkpoint, and a CRIU directory the VA layout
+// cannot hold (snapshot.ErrCRIULayout), are archived whole with tar.
 func (d *Driver) publishMemory(ctx context.Context, rec *record, name, images string, keys []string, now time.Time) (string, int64, error) {
+	md := snapshotMetadata(rec, now)
+	md[metaKind] = kindCRIU
+	md[metaCRIUKeys] = strings.Join(keys, ",")
+	memName := name + memSuffix
+	if !d.rt.runsc {
+		var parent string
+		if rec.Parent != "" {
+			parent = rec.Parent + memSuffix
+		}
+		hdr, st, err := d.snaps.PauseCRIU(ctx, memName, images, snapshot.CRIUPauseOptions{Parent: parent, Metadata: md})
+		if err == nil {
+			d.log.Info("capsule memory stored by virtual address", "id", rec.ID, "parent", parent,
+				"page_bytes", st.PageBytes, "stored_bytes", st.StoredBytes, "merged", st.Merged,
+				"process", st.Process, "publish", st.Publish, "generation", hdr.Generation)
+			return memName, st.StoredBytes, nil
+		}
+		if !errors.Is(err, snapshot.ErrCRIULayout) {
+			return "", 0, fmt.Errorf("publish memory image: %w", err)
+		}
+		d.log.Info("criu images stored as an archive", "id", rec.ID, "why", err)
+	}
 	archive := images + ".tar"
 	defer os.Remove(archive)
 	if err := tarDir(images, archive); err != nil {
 		return "", 0, err
 	}
-	md := snapshotMetadata(rec, now)
-	md[metaKind] = kindCRIU
-	md[metaCRIUKeys] = strings.Join(keys, ",")
 	if d.rt.runsc {
 		md[metaKind], md[metaRunscBinary] = kindRunsc, d.rt.sha
 	}
-	memName := name + memSuffix
 	hdr, err := d.snaps.Pause(ctx, memName, archive, snapshot.PauseOptions{Metadata: md})
 	if err != nil {
 		return "", 0, fmt.Errorf("publish memory image: %w", err)
@@ -568,12 +589,20 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 	if s := md[metaCRIUKeys]; s != "" {
 		keys = strings.Split(s, ",")
 	}
+	images := filepath.Join(capsuleDir, criuImagesDir)
+	if snapshot.IsCRIUVA(r) {
+		// Only the dumped pages are read, in the order CRIU wants them.
+		if err := snapshot.WriteCRIUImages(ctx, r, images); err != nil {
+			_ = os.RemoveAll(images)
+			return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
+		}
+		return images, keys, nil
+	}
 	archive := filepath.Join(capsuleDir, criuImagesDir+".tar")
 	defer os.Remove(archive)
 	if err := r.WriteFile(ctx, archive); err != nil {
 		return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
 	}
-	images := filepath.Join(capsuleDir, criuImagesDir)
 	if err := untarDir(archive, images); err != nil {
 		_ = os.RemoveAll(images)
 		return "", nil, err
