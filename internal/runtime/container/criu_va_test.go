@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,29 +22,16 @@ import (
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 )
 
-var memhog struct {
-	once sync.Once
-	bin  string
-	err  error
-}
-
-// installMemhog builds testdata/memhog (once) and uploads it into the
-// capsule as /usr/local/bin/memhog.
+// installMemhog builds testdata/memhog and uploads it into the capsule as
+// /usr/local/bin/memhog.
 func installMemhog(t testing.TB, d *container.Driver, id string) {
 	t.Helper()
-	memhog.once.Do(func() {
-		dir, err := os.MkdirTemp("", "wrenn-memhog-")
-		if err != nil {
-			memhog.err = err
-			return
-		}
-		memhog.bin, memhog.err = buildStatic(dir, "./internal/runtime/container/testdata/memhog")
-	})
-	if memhog.err != nil {
-		t.Fatal(memhog.err)
+	bin, err := buildStatic(t.TempDir(), "./internal/runtime/container/testdata/memhog")
+	if err != nil {
+		t.Fatal(err)
 	}
 	ctx := testutil.Context(t, testutil.Long)
-	b, err := os.ReadFile(memhog.bin)
+	b, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +143,14 @@ func TestCRIURePauseStoresChanges(t *testing.T) {
 	if err != nil || !snap2.MemoryKept {
 		t.Fatalf("second Snapshot: %+v, %v", snap2, err)
 	}
+	// The dumps went through the scratch tmpfs (this host has /dev/shm)
+	// and nothing of them is left there.
+	scratch := d.CRIUScratchDir()
+	if !strings.HasPrefix(scratch, "/dev/shm/wrenn-criu-") {
+		t.Errorf("CRIU scratch directory %q, want one on /dev/shm", scratch)
+	} else if ents, err := os.ReadDir(scratch); err != nil || len(ents) != 0 {
+		t.Errorf("scratch directory after two pauses: %v entries, %v", len(ents), err)
+	}
 	h2 := readHeader(ctx, t, d.SnapshotManager(), snap2.Keys[1])
 	stored2 := ownStored(h2)
 	t.Logf("first pause stored %d bytes; after rewriting %d bytes the re-pause stored %d (%.2f× the rewritten memory; generation %d, %d builds)",
@@ -183,6 +177,12 @@ func TestCRIURePauseStoresChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertClean(t, d)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
+		t.Errorf("scratch directory %s still there after Close (%v)", scratch, err)
+	}
 }
 
 // diskWriteRate writes size bytes to a new file in dir in 1 MiB writes and
