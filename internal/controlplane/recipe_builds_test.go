@@ -259,6 +259,22 @@ READY --timeout=30s port 8000
 				t.Errorf("%s = %q, want %q", cmd, got, want)
 			}
 		}
+
+		// A template built FROM web inherits its START, READY, ENV and
+		// WORKDIR (issue 16): its capsules answer on port 8000 too.
+		b2 := c.postBuild(tok, buildForm{name: "web-more", recipe: "FROM web\nRUN echo more > /srv/app/more.txt\n"}, 201).obj(t)
+		if got := c.waitTeamBuild(tok, b2["id"].(string)); got["status"] != "succeeded" {
+			t.Fatalf("build FROM web = %v", got)
+		}
+		more := c.call("POST", "/v1/capsules", tok, map[string]any{"template": "web-more", "memory_mb": 128, "disk_size_mb": 512}, 201).obj(t)
+		mid, mtok := more["id"].(string), more["access_token"].(string)
+		defer c.call("DELETE", "/v1/capsules/"+mid, tok, nil, 0)
+		if r := c.callProxy("GET", "/proxy/"+mid+"/8000/more.txt?wrenn_access_token="+mtok, "", 200); string(r.body) != "more\n" {
+			t.Errorf("port 8000 of a capsule of the template built FROM web: %q", r.body)
+		}
+		if got := c.execIn(tok, mid, "echo $GREETING; pwd"); got != "hello there\n/srv/app\n" {
+			t.Errorf("env and workdir inherited from web: %q", got)
+		}
 	})
 
 	t.Run("failing step", func(t *testing.T) {

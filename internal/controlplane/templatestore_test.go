@@ -43,8 +43,9 @@ type sharedAgent struct {
 // startSharedAgent runs a real agent (container driver) registered with
 // memMB of memory (the scheduler prefers the host with the most free
 // memory), on subnet 10.<octet>.0.0/16, publishing to and fetching from
-// the shared store st. With WRENN_TEST_CRIU set, memory snapshots are on
-// (and user namespaces off: CRIU cannot checkpoint them yet, issue 11).
+// the shared store st. With WRENN_TEST_CRIU set, memory snapshots are on,
+// with user namespaces (the default; issue 16: memory templates restored
+// into another capsule's id range).
 func startSharedAgent(t testing.TB, c *cp, adminTok string, octet, memMB int, st store.Store) sharedAgent {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -77,10 +78,9 @@ func startSharedAgent(t testing.TB, c *cp, adminTok string, octet, memMB int, st
 			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", octet)),
 			Table:  tag, NetnsPrefix: tag + "-",
 		},
-		Logger:        logger(),
-		CRIUPath:      criu,
-		DisableCRIU:   criu == "",
-		DisableUserNS: criu != "",
+		Logger:      logger(),
+		CRIUPath:    criu,
+		DisableCRIU: criu == "",
 	}
 	drv, err := container.New(ctx, dc)
 	if err != nil {

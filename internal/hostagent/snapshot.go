@@ -61,6 +61,13 @@ func (a *Agent) snapshotToTemplate(ctx context.Context, id, name string, memory 
 	if rec.Phase != phaseRunning {
 		return res, fmt.Errorf("capsule %s is %s: %w", id, rec.Phase, runtime.ErrInvalidState)
 	}
+	// What the capsule's own template starts with carries over (a build
+	// FROM a template, a snapshot of a capsule of it) unless rc says else.
+	if base, err := a.cfg.Templates.RunConfigOf(rec.Template); err == nil {
+		rc = rc.Inherit(base)
+	} else {
+		a.log.Warn("run config of the capsule's template unreadable; not inherited", "capsule_id", id, "template", rec.Template, "err", err)
+	}
 	exporter, ok := a.driver.(runtime.TemplateExporter)
 	if !ok {
 		return res, fmt.Errorf("create snapshot: the %s driver cannot export a capsule's filesystem: %w", a.driver.Name(), runtime.ErrNotSupported)

@@ -27,7 +27,13 @@ func Publish(ctx context.Context, st store.Store, name string, img *Image) error
 	if err != nil {
 		return err
 	}
-	if img.DataPath != "" {
+	if l, ok := st.(dataLinker); ok && img.DataPath != "" {
+		// A local store takes the finished (fsynced) data file by hard
+		// link when it is on the same file system: no second write.
+		if err := l.LinkData(ctx, img.Header.BuildID.String(), img.DataPath); err != nil {
+			return fmt.Errorf("snapshot: publish %s: data: %w", name, err)
+		}
+	} else if img.DataPath != "" {
 		f, err := os.Open(img.DataPath)
 		if err != nil {
 			return fmt.Errorf("snapshot: publish %s: %w", name, err)
@@ -42,6 +48,11 @@ func Publish(ctx context.Context, st store.Store, name string, img *Image) error
 		return fmt.Errorf("snapshot: publish %s: header: %w", name, err)
 	}
 	return nil
+}
+
+// dataLinker is a store that can adopt a local data file (store.Local).
+type dataLinker interface {
+	LinkData(ctx context.Context, id, src string) error
 }
 
 // Manager runs the pause-side flow over one store: process, diff against a

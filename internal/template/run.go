@@ -34,6 +34,34 @@ func (rc RunConfig) IsZero() bool {
 	return len(rc.Env) == 0 && rc.Workdir == "" && rc.User == "" && len(rc.Start) == 0 && rc.ReadyPort == 0 && len(rc.ReadyCmd) == 0
 }
 
+// Inherit returns rc on top of base, the run config of the template rc's
+// capsule was made from (issue 16: a template built FROM another, or
+// snapshotted from a capsule of it, keeps what that one started with):
+// base's environment under rc's, base's working directory and user where
+// rc sets none, and base's START with its READY unless rc has a START.
+func (rc RunConfig) Inherit(base RunConfig) RunConfig {
+	out := rc
+	if len(base.Env) > 0 {
+		out.Env = make(map[string]string, len(base.Env)+len(rc.Env))
+		for k, v := range base.Env {
+			out.Env[k] = v
+		}
+		for k, v := range rc.Env {
+			out.Env[k] = v
+		}
+	}
+	if out.Workdir == "" {
+		out.Workdir = base.Workdir
+	}
+	if out.User == "" {
+		out.User = base.User
+	}
+	if len(rc.Start) == 0 {
+		out.Start, out.ReadyPort, out.ReadyCmd, out.ReadyTimeoutSec = base.Start, base.ReadyPort, base.ReadyCmd, base.ReadyTimeoutSec
+	}
+	return out
+}
+
 const runFile = "run.json"
 
 // SetRunConfig records rc for template name (replacing an earlier one).
@@ -107,20 +135,25 @@ func (rc RunConfig) Apply(env map[string]string, user, workdir string) (map[stri
 
 // ProcessUser turns an image's or recipe's user ("name", "uid",
 // "name:group", "uid:gid") into what envd runs processes as: a user name
-// from the capsule's /etc/passwd. The group part is dropped (processes
-// get the user's groups); uid 0 is root; other numeric uids cannot be
-// named, so they give "" (the capsule's default user) — images that want
-// one should name the user.
+// from the capsule's /etc/passwd (the group part of a name is dropped:
+// processes get the user's groups), or a numeric "uid" / "uid:gid", which
+// envd takes as is, as Docker does (the uid's account when it has one);
+// uid 0 alone is root.
 func ProcessUser(u string) string {
-	name, _, _ := strings.Cut(u, ":")
+	name, group, hasGroup := strings.Cut(u, ":")
 	if name == "" {
 		return ""
 	}
 	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
-		if name == "0" {
+		if name == "0" && (!hasGroup || group == "0") {
 			return "root"
 		}
-		return ""
+		if hasGroup {
+			if _, err := strconv.ParseUint(group, 10, 32); err != nil {
+				return name // a group by name: the uid with its own groups
+			}
+		}
+		return u
 	}
 	return name
 }

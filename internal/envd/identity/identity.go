@@ -35,8 +35,15 @@ var ErrUnknownUser = errors.New("unknown user")
 // maxNameLen bounds user names taken from requests.
 const maxNameLen = 64
 
-// Lookup resolves a user by name through the capsule's /etc/passwd and /etc/group.
+// Lookup resolves a user by name through the capsule's /etc/passwd and
+// /etc/group. A numeric "uid" or "uid:gid" (an image's or recipe's USER, as
+// Docker takes it) is taken as is when no user has that name: the account
+// of that uid when /etc/passwd has one (gid overriding its group), else a
+// user without an entry (name the uid, home "/", gid 0 unless given).
 func Lookup(name string) (*User, error) {
+	if uid, gid, hasGID, ok := numericUser(name); ok {
+		return lookupNumeric(name, uid, gid, hasGID)
+	}
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -49,6 +56,47 @@ func Lookup(name string) (*User, error) {
 		return nil, fmt.Errorf("look up user %q: %w", name, err)
 	}
 	return fromOSUser(u)
+}
+
+// numericUser parses "uid" or "uid:gid" (decimal, 32 bits).
+func numericUser(s string) (uid, gid uint32, hasGID, ok bool) {
+	if len(s) == 0 || len(s) > maxNameLen {
+		return 0, 0, false, false
+	}
+	us, gs, hasGID := strings.Cut(s, ":")
+	u, err := strconv.ParseUint(us, 10, 32)
+	if err != nil {
+		return 0, 0, false, false
+	}
+	var g uint64
+	if hasGID {
+		if g, err = strconv.ParseUint(gs, 10, 32); err != nil {
+			return 0, 0, false, false
+		}
+	}
+	return uint32(u), uint32(g), hasGID, true
+}
+
+func lookupNumeric(name string, uid, gid uint32, hasGID bool) (*User, error) {
+	if !hasGID {
+		// A user may be called "1000": the name wins, as in Docker.
+		if u, err := user.Lookup(name); err == nil {
+			return fromOSUser(u)
+		}
+	}
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err == nil {
+		out, err := fromOSUser(u)
+		if err != nil {
+			return nil, err
+		}
+		if hasGID && gid != out.GID {
+			out.GID = gid
+			out.Groups = nil
+		}
+		return out, nil
+	}
+	return &User{Name: strconv.FormatUint(uint64(uid), 10), UID: uid, GID: gid, Home: "/", Shell: "/bin/sh"}, nil
 }
 
 // Current returns the user envd itself runs as.

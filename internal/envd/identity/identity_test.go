@@ -57,6 +57,25 @@ func TestLookup(t *testing.T) {
 			t.Errorf("Lookup(%q) err = %v, want ErrUnknownUser", name, err)
 		}
 	}
+	// Numeric users (an image's USER 1000 or 1000:1000): the uid's
+	// account when there is one, else a user without an entry.
+	if u, err := Lookup("0"); err != nil || u.UID != 0 || u.Name != "root" {
+		t.Errorf("Lookup(0) = %+v, %v; want root", u, err)
+	}
+	if u, err := Lookup("0:5"); err != nil || u.UID != 0 || u.GID != 5 || u.Name != "root" {
+		t.Errorf("Lookup(0:5) = %+v, %v; want root with gid 5", u, err)
+	}
+	if u, err := Lookup("4000000"); err != nil || u.UID != 4000000 || u.GID != 0 || u.Home != "/" {
+		t.Errorf("Lookup(4000000) = %+v, %v; want uid 4000000 gid 0 home /", u, err)
+	}
+	if u, err := Lookup("4000000:4000001"); err != nil || u.UID != 4000000 || u.GID != 4000001 {
+		t.Errorf("Lookup(4000000:4000001) = %+v, %v", u, err)
+	}
+	for _, name := range []string{"1:", ":1", "1:2:3", "99999999999", "-1"} {
+		if _, err := Lookup(name); !errors.Is(err, ErrUnknownUser) {
+			t.Errorf("Lookup(%q) err = %v, want ErrUnknownUser", name, err)
+		}
+	}
 	cur, err := Current()
 	if err != nil || cur.UID != uint32(os.Getuid()) { //nolint:gosec // test
 		t.Fatalf("Current() = %+v, %v", cur, err)

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/snapshot"
+	"golang.org/x/sys/unix"
 )
 
 // Memory snapshots through CRIU (driven by `runc checkpoint` and `runc
@@ -392,7 +395,7 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		rec.State = runtime.StateRunning
 	}
 	p := d.paths(rec.Key)
-	images := filepath.Join(p.Dir, criuImagesDir)
+	images := d.dumpDir(rec)
 	work := filepath.Join(p.Dir, criuWorkDir)
 	for _, dir := range []string{images, work} {
 		if err := os.RemoveAll(dir); err != nil {
@@ -420,6 +423,67 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	rec.State = runtime.StateStopped
 	rec.PID = 0
 	return images, keys, nil
+}
+
+// setupScratch resolves Config.CRIUScratch (see there) and empties the
+// directory: what is in it is from a pause a crash interrupted.
+func (d *Driver) setupScratch() error {
+	dir := d.cfg.CRIUScratch
+	switch dir {
+	case "off":
+		return nil
+	case "":
+		var fs unix.Statfs_t
+		if err := unix.Statfs("/dev/shm", &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
+			return nil
+		}
+		sum := sha256.Sum256([]byte(d.cfg.StateDir))
+		dir = filepath.Join("/dev/shm", "wrenn-criu-"+hex.EncodeToString(sum[:6]))
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("container: criu scratch: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("container: criu scratch: %w", err)
+	}
+	d.scratch = dir
+	return nil
+}
+
+// CRIUScratchDir is the directory pause-to-disk dumps go to before the
+// snapshot store takes them ("" when they go to the capsule's directory).
+func (d *Driver) CRIUScratchDir() string { return d.scratch }
+
+// dumpDir is where CRIU dumps rec's images for a pause to disk: the
+// scratch directory when there is one and the host has the memory to
+// spare (twice the capsule's limit plus 256 MiB available), else the
+// capsule's directory.
+func (d *Driver) dumpDir(rec *record) string {
+	if d.scratch != "" {
+		need := 2*int64(rec.Spec.MemoryMB)<<20 + 256<<20
+		if avail := memAvailable(); avail > need {
+			return filepath.Join(d.scratch, rec.Key)
+		}
+	}
+	return filepath.Join(d.paths(rec.Key).Dir, criuImagesDir)
+}
+
+// memAvailable is MemAvailable from /proc/meminfo in bytes (0 if unknown).
+func memAvailable() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }
 
 // tarDir writes the regular files of dir (CRIU's image directory is flat)
@@ -525,22 +589,43 @@ func writeEntry(path string, r io.Reader, size int64) (err error) {
 	return nil
 }
 
-// publishMemory archives the image directory and publishes it as
-// name+memSuffix (a full image: CRIU images do not diff block-wise against
-// the previous dump). It returns the header name and the stored bytes.
+// publishMemory publishes the image directory as name+memSuffix and
+// returns the header name and the stored bytes. CRIU's page images go
+// through the snapshot store by virtual address (snapshot.PauseCRIU),
+// diffed against the memory image the capsule was restored from (the
+// parent disk snapshot's companion), so a re-pause stores only the pages
+// that changed. runsc's checkpoint, and a CRIU directory the VA layout
+// cannot hold (snapshot.ErrCRIULayout), are archived whole with tar.
 func (d *Driver) publishMemory(ctx context.Context, rec *record, name, images string, keys []string, now time.Time) (string, int64, error) {
+	md := snapshotMetadata(rec, now)
+	md[metaKind] = kindCRIU
+	md[metaCRIUKeys] = strings.Join(keys, ",")
+	memName := name + memSuffix
+	if !d.rt.runsc {
+		var parent string
+		if rec.Parent != "" {
+			parent = rec.Parent + memSuffix
+		}
+		hdr, st, err := d.snaps.PauseCRIU(ctx, memName, images, snapshot.CRIUPauseOptions{Parent: parent, Metadata: md})
+		if err == nil {
+			d.log.Info("capsule memory stored by virtual address", "id", rec.ID, "parent", parent,
+				"page_bytes", st.PageBytes, "stored_bytes", st.StoredBytes, "merged", st.Merged,
+				"process", st.Process, "publish", st.Publish, "generation", hdr.Generation)
+			return memName, st.StoredBytes, nil
+		}
+		if !errors.Is(err, snapshot.ErrCRIULayout) {
+			return "", 0, fmt.Errorf("publish memory image: %w", err)
+		}
+		d.log.Info("criu images stored as an archive", "id", rec.ID, "why", err)
+	}
 	archive := images + ".tar"
 	defer os.Remove(archive)
 	if err := tarDir(images, archive); err != nil {
 		return "", 0, err
 	}
-	md := snapshotMetadata(rec, now)
-	md[metaKind] = kindCRIU
-	md[metaCRIUKeys] = strings.Join(keys, ",")
 	if d.rt.runsc {
 		md[metaKind], md[metaRunscBinary] = kindRunsc, d.rt.sha
 	}
-	memName := name + memSuffix
 	hdr, err := d.snaps.Pause(ctx, memName, archive, snapshot.PauseOptions{Metadata: md})
 	if err != nil {
 		return "", 0, fmt.Errorf("publish memory image: %w", err)
@@ -568,12 +653,20 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 	if s := md[metaCRIUKeys]; s != "" {
 		keys = strings.Split(s, ",")
 	}
+	images := filepath.Join(capsuleDir, criuImagesDir)
+	if snapshot.IsCRIUVA(r) {
+		// Only the dumped pages are read, in the order CRIU wants them.
+		if err := snapshot.WriteCRIUImages(ctx, r, images); err != nil {
+			_ = os.RemoveAll(images)
+			return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
+		}
+		return images, keys, nil
+	}
 	archive := filepath.Join(capsuleDir, criuImagesDir+".tar")
 	defer os.Remove(archive)
 	if err := r.WriteFile(ctx, archive); err != nil {
 		return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
 	}
-	images := filepath.Join(capsuleDir, criuImagesDir)
 	if err := untarDir(archive, images); err != nil {
 		_ = os.RemoveAll(images)
 		return "", nil, err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/runtime/runtimetest"
 	"github.com/wrenn-dev/wrenn/internal/snapshot"
+	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
 )
@@ -236,7 +238,21 @@ func rewriteMemoryImage(ctx context.Context, t *testing.T, m *snapshot.Manager, 
 	md := r.Metadata()
 	dir := t.TempDir()
 	orig := filepath.Join(dir, "orig.tar")
-	if err := r.WriteFile(ctx, orig); err != nil {
+	if snapshot.IsCRIUVA(r) {
+		// Stored by virtual address: rebuilt as the archive layout (which
+		// the driver still reads) from the files CRIU wrote.
+		files := filepath.Join(dir, "files")
+		if err := snapshot.WriteCRIUImages(ctx, r, files); err != nil {
+			t.Fatal(err)
+		}
+		md = maps.Clone(md)
+		for k := range md {
+			if strings.HasPrefix(k, "wrenn.criu_") && k != "wrenn.criu_inherit" {
+				delete(md, k)
+			}
+		}
+		tarFiles(t, files, orig)
+	} else if err := r.WriteFile(ctx, orig); err != nil {
 		t.Fatal(err)
 	}
 	_ = r.Close()
@@ -280,6 +296,35 @@ func rewriteMemoryImage(ctx context.Context, t *testing.T, m *snapshot.Manager, 
 	}
 }
 
+// tarFiles archives the files of dir (flat) into dst.
+func tarFiles(t *testing.T, dir, dst string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(out)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: e.Name(), Mode: 0o600, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := errors.Join(tw.Close(), out.Close()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCRIURestoreFallsBackToBoot(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -297,6 +342,11 @@ func TestCRIURestoreFallsBackToBoot(t *testing.T) {
 				}
 				return b
 			})
+		}},
+		{"damaged page blocks", func(ctx context.Context, t *testing.T, m *snapshot.Manager, name string) {
+			// The image by virtual address with its stored blocks damaged:
+			// the checksum of the first block read fails.
+			corruptBuilds(ctx, t, m, m.Store.(*store.Local), name)
 		}},
 		{"garbage core", func(ctx context.Context, t *testing.T, m *snapshot.Manager, name string) {
 			rewriteMemoryImage(ctx, t, m, name, func(file string, b []byte) []byte {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -18,11 +17,16 @@ import (
 var _ runtime.TemplateExporter = (*Driver)(nil)
 
 // ExportTemplate implements runtime.TemplateExporter: GNU tar archives the
-// capsule's root as its init sees it (/proc/<pid>/root), staying on that
-// one file system, so /proc, /sys, /dev, the tmpfs mounts and the
-// bind-mounted envd are left out. The capsule's lock is not held while tar
-// runs (Inspect and Stats go on); the caller serialises actions on the
-// capsule and freezes it for a consistent copy.
+// capsule's overlay as the host mounted it (the rootfs directory of its
+// bundle). The capsule's own mounts (/proc, /sys, /dev, the tmpfs mounts,
+// the bind-mounted envd and LXCFS files) live in its mount namespace only
+// (rootfs propagation private), so the archive holds the directories under
+// them as the image has them: not /proc/<pid>/root, where each mount point
+// carries the mounted file system's owner and mode (sysfs and procfs:
+// 0555), which capsule root of a capsule made from the template could not
+// make restore mount points in (issue 16). The capsule's lock is not held
+// while tar runs (Inspect and Stats go on); the caller serialises actions
+// on the capsule and freezes it for a consistent copy.
 func (d *Driver) ExportTemplate(ctx context.Context, id, dst string) error {
 	c, err := d.get(id)
 	if err != nil {
@@ -36,12 +40,9 @@ func (d *Driver) ExportTemplate(ctx context.Context, id, dst string) error {
 	if !d.alive(&rec) {
 		return fmt.Errorf("export capsule %s: its init is not running: %w", id, runtime.ErrInvalidState)
 	}
-	root := "/proc/" + strconv.Itoa(rec.PID) + "/root"
-	if d.rt.runsc {
-		// The sentry's root is an empty chroot: the capsule's files are
-		// the overlay the gofer serves.
-		root = d.paths(rec.Key).Root()
-	}
+	// For runsc too: the sentry's root is an empty chroot, the capsule's
+	// files are the overlay the gofer serves.
+	root := d.paths(rec.Key).Root()
 	args := []string{"--one-file-system", "--numeric-owner", "--xattrs", "--acls", "--sparse"}
 	if rec.IDBase != 0 {
 		// The host sees a user-namespaced capsule's files under its host id

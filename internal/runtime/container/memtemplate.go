@@ -18,7 +18,8 @@ var _ runtime.MemoryTemplater = (*Driver)(nil)
 const memTemplateKeys = "criu_inherit"
 
 // MemoryTemplates implements runtime.MemoryTemplater: on when memory
-// snapshots are (a CRIU that passed `criu check`, no user namespaces).
+// snapshots are (a CRIU that passed `criu check`; with user namespaces,
+// the patched one scripts/criu.sh builds).
 func (d *Driver) MemoryTemplates() (bool, string) {
 	if d.criu {
 		return true, ""

@@ -115,7 +115,10 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 		if err != nil {
 			d.log.Warn("memory checkpoint failed, keeping files only", "id", id, "err", err)
 		} else {
-			d.log.Info("capsule memory checkpointed", "id", id, "took", time.Since(start))
+			d.log.Info("capsule memory checkpointed", "id", id, "took", time.Since(start), "images", images)
+			// Whatever happens next, the dump goes (it may be on the
+			// scratch tmpfs, outside the capsule's directory).
+			defer os.RemoveAll(images)
 		}
 	}
 	if err := d.stop(ctx, rec, 2*time.Second); err != nil {

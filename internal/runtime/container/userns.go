@@ -333,6 +333,8 @@ func makeRestoreMountpoints(base uint32, rootPath string, mounts []specs.Mount) 
 	}
 	defer root.Close()
 	err = asCapsuleRoot(base, func() error {
+		w := &unlockedDirs{root: root}
+		defer w.restore()
 		for _, m := range mounts {
 			dest := filepath.Clean(m.Destination)
 			if under(dest) {
@@ -354,19 +356,22 @@ func makeRestoreMountpoints(base uint32, rootPath string, mounts []specs.Mount) 
 				continue
 			}
 			if !file {
-				if err := root.MkdirAll(rel, 0o755); err != nil {
+				if err := w.retry(rel, func() error { return root.MkdirAll(rel, 0o755) }); err != nil {
 					return err
 				}
 				continue
 			}
-			if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
+			if err := w.retry(filepath.Dir(rel), func() error { return root.MkdirAll(filepath.Dir(rel), 0o755) }); err != nil {
 				return err
 			}
-			f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY, 0o644)
+			err := w.retry(rel, func() error {
+				f, err := root.OpenFile(rel, os.O_CREATE|os.O_WRONLY, 0o644)
+				if err != nil {
+					return err
+				}
+				return f.Close()
+			})
 			if err != nil {
-				return err
-			}
-			if err := f.Close(); err != nil {
 				return err
 			}
 		}
@@ -376,6 +381,64 @@ func makeRestoreMountpoints(base uint32, rootPath string, mounts []specs.Mount) 
 		return fmt.Errorf("container: restore mount points: %w", err)
 	}
 	return nil
+}
+
+// unlockedDirs lets capsule root make mount points under directories of
+// its own that lack the owner's write or search permission (it has no
+// CAP_DAC_OVERRIDE over the idmapped layers): templates exported before
+// ExportTemplate archived the overlay itself hold /proc and /sys with the
+// modes of procfs and sysfs (0555). Such a directory gets u+wx for the
+// creation and its mode back afterwards (restore).
+type unlockedDirs struct {
+	root  *os.Root
+	modes []struct {
+		path string
+		mode os.FileMode
+	}
+}
+
+// retry runs create; on a permission error it unlocks the existing
+// directories on the way to rel (those capsule root owns) and runs it once more.
+func (u *unlockedDirs) retry(rel string, create func() error) error {
+	err := create()
+	if err == nil || !errors.Is(err, os.ErrPermission) {
+		return err
+	}
+	changed := false
+	parts := strings.Split(filepath.Dir(rel), "/")
+	for i := range parts {
+		dir := filepath.Join(parts[:i+1]...)
+		if dir == "." {
+			break
+		}
+		fi, serr := u.root.Lstat(dir)
+		if serr != nil {
+			break // not there yet: create makes it
+		}
+		mode := fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+		if !fi.IsDir() || mode&0o300 == 0o300 {
+			continue
+		}
+		if cerr := u.root.Chmod(dir, mode|0o300); cerr != nil {
+			return errors.Join(err, cerr)
+		}
+		u.modes = append(u.modes, struct {
+			path string
+			mode os.FileMode
+		}{dir, mode})
+		changed = true
+	}
+	if !changed {
+		return err
+	}
+	return create()
+}
+
+// restore gives the unlocked directories their modes back, deepest first.
+func (u *unlockedDirs) restore() {
+	for i := len(u.modes) - 1; i >= 0; i-- {
+		_ = u.root.Chmod(u.modes[i].path, u.modes[i].mode)
+	}
 }
 
 // makeRestoreMountpoints prepares rec's rootfs for `runc restore` (see the
