@@ -50,6 +50,7 @@ type agentFlags struct {
 	microvm         bool
 	microvmSubnet   string
 	guestKernel     string
+	firecracker     firecrackerFlags
 	runsc           string
 	gvisorSubnet    string
 }
@@ -108,6 +109,7 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	fl.BoolVar(&f.microvm, "microvm", false, "also offer microVM isolation (QEMU; KVM where it works, else TCG; guest kernel from scripts/guest-kernel.sh)")
 	fl.StringVar(&f.microvmSubnet, "microvm-subnet", "10.202.0.0/16", "IPv4 range of microVM capsules (their own nftables table; must differ from the container and gVisor ranges)")
 	fl.StringVar(&f.guestKernel, "guest-kernel", "", "microVM guest kernel directory made by scripts/guest-kernel.sh (default: the newest in "+vm.KernelCache+")")
+	f.firecracker.register(fl)
 	return cmd
 }
 
@@ -262,7 +264,7 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 			return nil, err
 		}
 	}
-	return vm.New(ctx, vm.Config{
+	cfg := vm.Config{
 		StateDir:          filepath.Join(f.stateDir, "microvm"),
 		Templates:         *templates,
 		EnvdPath:          f.envdPath,
@@ -270,5 +272,12 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
 		Network:           network.Config{Subnet: subnet, Table: "wrenn-vm", NetnsPrefix: "wrenn-vm-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,
-	})
+	}
+	f.firecracker.apply(ctx, &cfg, log)
+	d, err := vm.New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("microVM backend", "microvm_backend", d.VMMName())
+	return d, nil
 }
