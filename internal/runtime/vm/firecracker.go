@@ -342,11 +342,12 @@ type fcMachine struct {
 	log      *slog.Logger
 	api      *fcClient
 
-	mu       sync.Mutex
-	restored bool
-	srv      *uffd.Server
-	src      *uffd.FileSource
-	stopped  bool
+	mu         sync.Mutex
+	restored   bool
+	consoleOff int64
+	srv        *uffd.Server
+	src        *uffd.FileSource
+	stopped    bool
 }
 
 // watch closes exited when a process that is not our child goes away.
@@ -736,10 +737,28 @@ const (
 	seekHole = 4 // SEEK_HOLE
 )
 
-// Console implements Machine: the end of the VMM's log, where the serial
-// console goes.
+// Console implements Machine: what the VMM's log (where the serial
+// console goes) gained since the last call, at most its last 64 KiB, as
+// QEMU's console ring buffer drains when read.
 func (m *fcMachine) Console(context.Context) string {
-	return logTail(filepath.Join(m.spec.Dir, "vmm.log"))
+	f, err := os.Open(filepath.Join(m.spec.Dir, "vmm.log"))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	off := max64(m.consoleOff, st.Size()-64<<10)
+	if off > st.Size() {
+		off = 0 // the log was truncated (a new launch)
+	}
+	b, _ := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
+	m.consoleOff = off + int64(len(b))
+	return string(b)
 }
 
 // Stop implements Machine: SIGTERM, then SIGKILL after 3 s; then the page

@@ -288,6 +288,13 @@ func TestFirecrackerBoot(t *testing.T) {
 	if m.GuestStopped(ctx) {
 		t.Fatal("GuestStopped on a live VM")
 	}
+	// The console is the VMM's output, each read returning what is new.
+	if c := m.Console(ctx); !strings.Contains(c, "API simulator serving") {
+		t.Fatalf("Console %q", c)
+	}
+	if c := m.Console(ctx); c != "" {
+		t.Fatalf("second Console read repeats output: %q", c)
+	}
 	if err := m.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
