@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -39,6 +40,9 @@ var (
 	fcsimErr  error
 )
 
+// buildFCSim builds the simulator once per test binary into a fixed
+// directory (replaced atomically, so concurrent runs share it and nothing
+// accumulates in /tmp).
 func buildFCSim(t *testing.T) {
 	t.Helper()
 	fcsimOnce.Do(func() {
@@ -47,21 +51,26 @@ func buildFCSim(t *testing.T) {
 			fcsimErr = err
 			return
 		}
-		dir, err := os.MkdirTemp("", "wrenn-fcsim-")
-		if err != nil {
+		dir := filepath.Join(os.TempDir(), "wrenn-fcsim")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			fcsimErr = err
 			return
 		}
-		fcsimBin = filepath.Join(dir, "firecracker")
-		cmd := exec.Command("go", "build", "-o", fcsimBin, "./internal/runtime/vm/fcsim/cmd/fcsim")
+		tmp := filepath.Join(dir, fmt.Sprintf(".build-%d", os.Getpid()))
+		cmd := exec.Command("go", "build", "-o", tmp, "./internal/runtime/vm/fcsim/cmd/fcsim")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fcsimErr = fmt.Errorf("build fcsim: %w: %s", err, out)
 			return
 		}
-		jailerBin = filepath.Join(dir, "jailer")
-		fcsimErr = os.Link(fcsimBin, jailerBin)
+		fcsimBin, jailerBin = filepath.Join(dir, "firecracker"), filepath.Join(dir, "jailer")
+		// The same program under both names: two hard links of one file.
+		if err := os.Link(tmp, tmp+"-j"); err != nil {
+			fcsimErr = err
+			return
+		}
+		fcsimErr = errors.Join(os.Rename(tmp+"-j", jailerBin), os.Rename(tmp, fcsimBin))
 	})
 	if fcsimErr != nil {
 		t.Fatal(fcsimErr)
@@ -334,9 +343,14 @@ func TestFirecrackerSnapshot(t *testing.T) {
 	resume := fcsim.Writes{Seed: 11, Stride: 10, Offset: 7}
 	t.Setenv(fcsim.EnvWriteOnStart, fmt.Sprintf("%d,%d,%d", boot.Seed, boot.Stride, boot.Offset))
 	t.Setenv(fcsim.EnvWriteOnResume, fmt.Sprintf("%d,%d,%d", resume.Seed, resume.Stride, resume.Offset))
-	f := newFC(t, nil)
-	s := newFCSetup(t, 32)
-	snapshotRoundTrip(t, f, s, boot, resume, func() string { return filepath.Join(f.RunDir, filepath.Base(s.spec.Dir)) })
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("FullSnapshots=%v", full), func(t *testing.T) {
+			f := newFC(t, nil)
+			f.FullSnapshots = full
+			s := newFCSetup(t, 32)
+			snapshotRoundTrip(t, f, s, boot, resume, func() string { return filepath.Join(f.RunDir, filepath.Base(s.spec.Dir)) })
+		})
+	}
 }
 
 func snapshotRoundTrip(t *testing.T, f *vm.Firecracker, s *fcSetup, boot, resume fcsim.Writes, work func() string) {
@@ -413,8 +427,8 @@ func snapshotRoundTrip(t *testing.T, f *vm.Firecracker, s *fcSetup, boot, resume
 		}
 		return 0
 	})
-	if fileExistsT(s.spec.MemPath + ".diff") {
-		t.Fatal("diff file left")
+	if fileExistsT(s.spec.MemPath+".diff") || fileExistsT(s.spec.MemPath+".next") {
+		t.Fatal("side file left")
 	}
 
 	// Another Firecracker version: refused, nothing left, snapshot kept.
