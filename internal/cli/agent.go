@@ -273,7 +273,9 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 		Network:           network.Config{Subnet: subnet, Table: "wrenn-vm", NetnsPrefix: "wrenn-vm-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,
 	}
-	f.firecracker.apply(ctx, &cfg, log)
+	if err := f.firecracker.apply(ctx, &cfg, log); err != nil {
+		return nil, err
+	}
 	d, err := vm.New(ctx, cfg)
 	if err != nil {
 		return nil, err

@@ -23,20 +23,26 @@ func (f *firecrackerFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.txLimit, "firecracker-tx-limit", false, "also set Firecracker's own NIC transmit limit (200 MB/s sustained, 100 MB burst) besides the host's traffic control")
 }
 
-// apply puts Firecracker into cfg when asked for and usable; otherwise
-// the driver keeps QEMU and the reason is logged.
-func (f *firecrackerFlags) apply(ctx context.Context, cfg *vm.Config, log *slog.Logger) {
+// apply puts Firecracker into cfg when asked for and usable; on a host
+// without working KVM the driver keeps QEMU and the reason is logged. A
+// broken configuration (binary missing or of another version, jailer
+// missing) is an error: microVM isolation is then unavailable, saying why.
+func (f *firecrackerFlags) apply(ctx context.Context, cfg *vm.Config, log *slog.Logger) error {
 	if f.bin == "" {
-		return
+		return nil
 	}
-	fc, why := vm.ChooseFirecracker(ctx, vm.FirecrackerOptions{
+	fc, why, err := vm.ChooseFirecracker(ctx, vm.FirecrackerOptions{
 		Bin: f.bin, JailerBin: f.jailer, ChrootBase: f.chroot, TxRateLimit: f.txLimit, KernelDir: cfg.KernelDir,
 	}, log)
+	if err != nil {
+		return err
+	}
 	if fc == nil {
 		log.Warn("Firecracker configured but not used: microVMs run on QEMU", "reason", why)
-		return
+		return nil
 	}
 	kvm := true
 	cfg.VMM, cfg.KVM = fc, &kvm
 	log.Info("microVMs run on Firecracker", "bin", fc.Bin, "version", fc.Version, "jailer", f.jailer != "")
+	return nil
 }

@@ -23,24 +23,14 @@ type FirecrackerOptions struct {
 
 // ChooseFirecracker returns the Firecracker backend when opts asks for it
 // and this host can run it: KVM works (the same probe as QEMU's: a VM must
-// actually run on /dev/kvm, a device node alone is not enough), the guest
-// kernel directory has the uncompressed vmlinux, the binary reports a
-// supported version and the jailer (if asked for) is there. Otherwise it
-// returns nil and why, and the driver uses QEMU.
-func ChooseFirecracker(ctx context.Context, opts FirecrackerOptions, log *slog.Logger) (*Firecracker, string) {
+// actually run on /dev/kvm, a device node alone is not enough) and the
+// guest kernel directory has the uncompressed vmlinux; otherwise nil and
+// why (the driver then uses QEMU). A configured binary that is missing or
+// of another version, or a jailer that is not there, is an error: the
+// operator asked for something broken.
+func ChooseFirecracker(ctx context.Context, opts FirecrackerOptions, log *slog.Logger) (*Firecracker, string, error) {
 	if opts.Bin == "" {
-		return nil, "no Firecracker binary configured (--firecracker-bin)"
-	}
-	vmlinux := filepath.Join(opts.KernelDir, "vmlinux")
-	if !fileExists(vmlinux) {
-		return nil, fmt.Sprintf("the guest kernel directory %s has no vmlinux (scripts/guest-kernel.sh makes one)", opts.KernelDir)
-	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		return nil, "cannot probe KVM: qemu-system-x86_64 not found (the KVM probe boots the guest kernel once)"
-	}
-	if !kvmUsable(qemu, filepath.Join(opts.KernelDir, "vmlinuz")) {
-		return nil, "KVM does not work on this host (/dev/kvm missing, not accessible, or its vCPUs do not run); Firecracker needs it"
+		return nil, "no Firecracker binary configured (--firecracker-bin)", nil
 	}
 	var jailer *JailerConfig
 	if opts.JailerBin != "" {
@@ -48,13 +38,24 @@ func ChooseFirecracker(ctx context.Context, opts FirecrackerOptions, log *slog.L
 	}
 	f, err := NewFirecracker(ctx, opts.Bin, jailer, log)
 	if err != nil {
-		return nil, err.Error()
+		return nil, "", err
+	}
+	vmlinux := filepath.Join(opts.KernelDir, "vmlinux")
+	if !fileExists(vmlinux) {
+		return nil, fmt.Sprintf("the guest kernel directory %s has no vmlinux (scripts/guest-kernel.sh makes one)", opts.KernelDir), nil
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, "cannot probe KVM: qemu-system-x86_64 not found (the KVM probe boots the guest kernel once)", nil
+	}
+	if !kvmUsable(qemu, filepath.Join(opts.KernelDir, "vmlinuz")) {
+		return nil, "KVM does not work on this host (/dev/kvm missing, not accessible, or its vCPUs do not run); Firecracker needs it", nil
 	}
 	if opts.TxRateLimit {
 		tb := TxRateLimitSeed
 		f.TxRateLimit = &tb
 	}
-	return f, ""
+	return f, "", nil
 }
 
 // VMMName is the backend this driver's microVMs run on ("qemu" or

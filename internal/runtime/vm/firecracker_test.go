@@ -715,9 +715,12 @@ func TestFirecrackerReal(t *testing.T) {
 	if setupErr != nil {
 		t.Fatalf("test setup: %v", setupErr)
 	}
-	fc, why := vm.ChooseFirecracker(testutil.Context(t, testutil.Long), vm.FirecrackerOptions{
+	fc, why, err := vm.ChooseFirecracker(testutil.Context(t, testutil.Long), vm.FirecrackerOptions{
 		Bin: bin, JailerBin: os.Getenv("WRENN_FIRECRACKER_JAILER"), KernelDir: kernelDir,
 	}, fcLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if fc == nil {
 		if strings.Contains(why, "KVM") {
 			t.Skip("not run: " + why)
@@ -736,4 +739,32 @@ func TestFirecrackerReal(t *testing.T) {
 		runtimetest.WithTemplate(tmplName),
 		runtimetest.WithExec(runtimetest.EnvdExecFunc),
 	)
+}
+
+// TestChooseFirecracker: `wrenn agent --firecracker-bin` with a broken
+// binary is an error; without what Firecracker needs on the host (here: a
+// vmlinux) it falls back to QEMU, saying why.
+func TestChooseFirecracker(t *testing.T) {
+	buildFCSim(t)
+	ctx := testutil.Context(t, testutil.Short)
+	t.Run("wrong version", func(t *testing.T) {
+		t.Setenv(fcsim.EnvVersion, "1.4.0")
+		fc, _, err := vm.ChooseFirecracker(ctx, vm.FirecrackerOptions{Bin: fcsimBin, KernelDir: t.TempDir()}, fcLogger())
+		if fc != nil || err == nil || !strings.Contains(err.Error(), "v1.4.0") {
+			t.Fatalf("got %v, %v", fc, err)
+		}
+	})
+	t.Run("missing jailer", func(t *testing.T) {
+		fc, _, err := vm.ChooseFirecracker(ctx, vm.FirecrackerOptions{Bin: fcsimBin, JailerBin: "/nonexistent/jailer", KernelDir: t.TempDir()}, fcLogger())
+		if fc != nil || err == nil || !strings.Contains(err.Error(), "jailer") {
+			t.Fatalf("got %v, %v", fc, err)
+		}
+	})
+	t.Run("no vmlinux", func(t *testing.T) {
+		fc, why, err := vm.ChooseFirecracker(ctx, vm.FirecrackerOptions{Bin: fcsimBin, KernelDir: t.TempDir()}, fcLogger())
+		if fc != nil || err != nil || !strings.Contains(why, "no vmlinux") {
+			t.Fatalf("got %v, %q, %v", fc, why, err)
+		}
+		t.Logf("falls back to QEMU: %s", why)
+	})
 }
