@@ -768,3 +768,46 @@ func TestChooseFirecracker(t *testing.T) {
 		t.Logf("falls back to QEMU: %s", why)
 	})
 }
+
+// TestFirecrackerAttach: a new agent re-attaches to a running VM by its
+// process (the command line must name the VM's id); a VM restored lazily
+// whose page server died before prefetch finished is refused and ended.
+func TestFirecrackerAttach(t *testing.T) {
+	f := newFC(t, nil)
+	s := newFCSetup(t, 16)
+	ctx := testutil.Context(t, testutil.Short)
+	m, err := f.Launch(ctx, s.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopOnCleanup(t, m)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Attach(ctx, s.spec, os.Getpid()); err == nil {
+		t.Fatal("attached to a process that is not the VM")
+	}
+	m2, err := f.Attach(ctx, s.spec, m.PID())
+	if err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	if ok, err := m2.Running(ctx); !ok || err != nil {
+		t.Fatalf("Running after Attach: %v %v", ok, err)
+	}
+	// As if restored lazily and the old agent (its page server) died.
+	work := filepath.Join(f.RunDir, filepath.Base(s.spec.Dir))
+	if err := os.WriteFile(filepath.Join(work, "uffd-pending"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Attach(ctx, s.spec, m.PID()); err == nil || !strings.Contains(err.Error(), "page server") {
+		t.Fatalf("Attach of a VM whose page server died: %v", err)
+	}
+	select {
+	case <-m.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the refused VM still runs")
+	}
+	if _, err := os.Stat(work); !os.IsNotExist(err) {
+		t.Fatalf("VM directory left: %v", err)
+	}
+}
