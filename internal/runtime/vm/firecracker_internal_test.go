@@ -21,8 +21,16 @@ func TestFirecrackerProcesses(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("/bin/sh", "-c", "while :; do sleep 0.1; done", "--api-sock", "api.sock", "--id", id)
-		cmd.Dir = dir
+		// A shell blocked in the builtin read: it never forks (a forked
+		// child would carry the same command line and directory).
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = w.Close() })
+		cmd := exec.Command("/bin/sh", "-c", "read x", "--api-sock", "api.sock", "--id", id)
+		cmd.Dir, cmd.Stdin = dir, r
+		defer r.Close()
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
