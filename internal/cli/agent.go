@@ -50,6 +50,7 @@ type agentFlags struct {
 	microvm         bool
 	microvmSubnet   string
 	guestKernel     string
+	firecracker     firecrackerFlags
 	runsc           string
 	gvisorSubnet    string
 	instance        string
@@ -114,6 +115,7 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "IPv4 range of container capsules (each agent on a machine needs its own)")
 	f.join.register(fl)
 	fl.StringVar(&f.guestKernel, "guest-kernel", "", "microVM guest kernel directory made by scripts/guest-kernel.sh (default: the newest in "+vm.KernelCache+")")
+	f.firecracker.register(fl)
 	return cmd
 }
 
@@ -298,7 +300,7 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 			return nil, err
 		}
 	}
-	return vm.New(ctx, vm.Config{
+	cfg := vm.Config{
 		StateDir:          filepath.Join(f.stateDir, "microvm"),
 		Templates:         *templates,
 		EnvdPath:          f.envdPath,
@@ -306,5 +308,14 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 		DefaultDiskSizeMB: int(sizeBytes >> 20), //nolint:gosec // sizes are far below 2^63 MiB
 		Network:           network.Config{Subnet: subnet, Table: f.instance + "-vm", NetnsPrefix: f.instance + "-vm-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,
-	})
+	}
+	if err := f.firecracker.apply(ctx, &cfg, log); err != nil {
+		return nil, err
+	}
+	d, err := vm.New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("microVM backend", "microvm_backend", d.VMMName())
+	return d, nil
 }

@@ -641,6 +641,7 @@ func (d *Driver) machineSpec(rec *record) MachineSpec {
 		Netns: rec.Net.Netns, Tap: TapName, MAC: guestMAC,
 		KVM:                 d.kvm,
 		BalloonStatsSeconds: 5,
+		Metadata:            map[string]string{"template_id": rec.Spec.Template, "capsule_id": rec.ID},
 	}
 }
 

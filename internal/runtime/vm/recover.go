@@ -159,6 +159,9 @@ func (d *Driver) remove(ctx context.Context, key string, rec *record) error {
 		a = rec.Net
 	}
 	errs = append(errs, d.net.Teardown(a))
+	if fc, ok := d.vmm.(*Firecracker); ok {
+		errs = append(errs, fc.remove(key))
+	}
 	errs = append(errs, removeMissingOK(d.memPath(key)), os.RemoveAll(d.dir(key)))
 	_ = ctx
 	return errors.Join(errs...)
@@ -173,6 +176,9 @@ type vmProc struct {
 // driver's SocketDir.
 func (d *Driver) vmProcesses() []vmProc {
 	var sockDir string
+	if fc, ok := d.vmm.(*Firecracker); ok {
+		return fc.processes()
+	}
 	if q, ok := d.vmm.(*QEMU); ok {
 		sockDir = q.SocketDir
 	} else {

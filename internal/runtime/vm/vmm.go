@@ -44,6 +44,9 @@ type MachineSpec struct {
 	KVM bool
 	// BalloonStatsSeconds is the balloon's statistics interval (0: off).
 	BalloonStatsSeconds int
+	// Metadata is published to the guest by a VMM that has a metadata
+	// service (Firecracker's MMDS: template_id, capsule_id); QEMU ignores it.
+	Metadata map[string]string
 }
 
 // Disk is one virtio block device.
