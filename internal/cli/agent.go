@@ -316,6 +316,6 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 	if err != nil {
 		return nil, err
 	}
-	log.Info("microVM backend", "microvm_backend", d.VMMName())
+	log.Info("microVM backend", "microvm_backend", d.Backend())
 	return d, nil
 }

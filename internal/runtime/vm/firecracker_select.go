@@ -57,7 +57,3 @@ func ChooseFirecracker(ctx context.Context, opts FirecrackerOptions, log *slog.L
 	}
 	return f, "", nil
 }
-
-// VMMName is the backend this driver's microVMs run on ("qemu" or
-// "firecracker"): what a host advertises.
-func (d *Driver) VMMName() string { return d.vmm.Name() }

@@ -668,8 +668,8 @@ func TestFirecrackerDriver(t *testing.T) {
 	cfg.KVM = &kvm
 	cfg.BootTimeout = 2 * time.Second
 	d := openDriver(t, cfg)
-	if d.VMMName() != "firecracker" {
-		t.Fatalf("VMMName %q", d.VMMName())
+	if d.Backend() != "firecracker" {
+		t.Fatalf("VMMName %q", d.Backend())
 	}
 	ctx := testutil.Context(t, testutil.Long)
 	spec := runtime.Spec{ID: "cl-fcdriver", Template: tmplName, MemoryMB: 128}
