@@ -142,7 +142,7 @@ func (st *joinState) heartbeat(ctx context.Context, a *hostagent.Agent, f agentF
 			CPUOvercommit:    f.overcommit.o.CPU,
 			MemoryOvercommit: f.overcommit.o.Memory,
 			DiskOvercommit:   f.overcommit.o.Disk,
-			Capabilities: agentCapabilities(l, reason),
+			Capabilities:     agentCapabilities(l, reason),
 		}, nil
 	}
 	st.client.Run(ctx, st.HostID, st.Credential, time.Duration(st.HeartbeatSec)*time.Second, usage, log)
