@@ -164,6 +164,14 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 	}
 	out.CpuOvercommit, out.MemoryOvercommit, out.DiskOvercommit = s.a.cfg.CPUOvercommit, s.a.cfg.MemoryOvercommit, s.a.cfg.DiskOvercommit
 	out.StartedAt = s.a.started.Unix()
+	if r, ok := s.a.driver.(runtime.WarmPoolReporter); ok {
+		for _, p := range r.WarmPools() {
+			out.WarmPools = append(out.WarmPools, &pb.WarmPool{
+				Template: p.Template, Ready: int32(p.Ready), Target: int32(p.Target), Auto: p.Auto, Max: int32(p.Max), //nolint:gosec // small
+				Hits: p.Hits, Misses: p.Misses, Limit: p.Limit,
+			})
+		}
+	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(s.a.cfg.StateDir, &st); err == nil {
 		out.DiskFreeBytes = st.Bavail * uint64(st.Bsize) //nolint:gosec // block size is positive

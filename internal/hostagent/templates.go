@@ -91,7 +91,7 @@ func (a *Agent) deleteTemplate(name string) error {
 	if name == a.cfg.DefaultTemplate {
 		return fmt.Errorf("template %q is this host's default: %w", name, runtime.ErrInvalidState)
 	}
-	if a.cfg.WarmPools[name] > 0 {
+	if a.cfg.WarmPools[name] != 0 {
 		return fmt.Errorf("template %q has a warm pool on this host: %w", name, runtime.ErrInvalidState)
 	}
 	if _, err := ts.Get(name); err != nil {

@@ -207,6 +207,8 @@ var (
 	_ runtime.Pauser      = (*Driver)(nil)
 	_ runtime.Snapshotter = (*Driver)(nil)
 	_ runtime.WarmPooler  = (*Driver)(nil)
+
+	_ runtime.WarmPoolReporter = (*Driver)(nil)
 )
 
 // record is what state.json holds.
@@ -453,6 +455,7 @@ func (d *Driver) normalize(spec runtime.Spec) (runtime.Spec, template.Template, 
 
 // Create implements runtime.Driver.
 func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	defer d.pools.busy()() // warm-pool refills wait (pool.go)
 	spec, tmpl, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
@@ -810,6 +813,7 @@ func (d *Driver) info(rec *record) runtime.Info {
 
 // Start implements runtime.Driver.
 func (d *Driver) Start(ctx context.Context, id string) (runtime.Info, error) {
+	defer d.pools.busy()()
 	c, err := d.get(id)
 	if err != nil {
 		return runtime.Info{}, err

@@ -706,8 +706,10 @@ type GetHostInfoResponse struct {
 	// The agent publishes templates it makes to a shared template store and
 	// fetches the ones it lacks from it (docs/TEMPLATES.md).
 	SharedTemplates bool `protobuf:"varint,40,opt,name=shared_templates,json=sharedTemplates,proto3" json:"shared_templates,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The agent's warm pools (docs/PERFORMANCE.md).
+	WarmPools     []*WarmPool `protobuf:"bytes,50,rep,name=warm_pools,json=warmPools,proto3" json:"warm_pools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHostInfoResponse) Reset() {
@@ -866,6 +868,118 @@ func (x *GetHostInfoResponse) GetSharedTemplates() bool {
 	return false
 }
 
+func (x *GetHostInfoResponse) GetWarmPools() []*WarmPool {
+	if x != nil {
+		return x.WarmPools
+	}
+	return nil
+}
+
+// WarmPool is one template's warm pool: started, frozen capsules that
+// creates take instead of booting.
+type WarmPool struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Template string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	Ready    int32                  `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	// The size the pool is filled or drained to now.
+	Target int32 `protobuf:"varint,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Sized by demand up to max; else max is the configured size.
+	Auto   bool   `protobuf:"varint,4,opt,name=auto,proto3" json:"auto,omitempty"`
+	Max    int32  `protobuf:"varint,5,opt,name=max,proto3" json:"max,omitempty"`
+	Hits   uint64 `protobuf:"varint,6,opt,name=hits,proto3" json:"hits,omitempty"`
+	Misses uint64 `protobuf:"varint,7,opt,name=misses,proto3" json:"misses,omitempty"`
+	// What holds target below demand: "memory" or "".
+	Limit         string `protobuf:"bytes,8,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmPool) Reset() {
+	*x = WarmPool{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmPool) ProtoMessage() {}
+
+func (x *WarmPool) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmPool.ProtoReflect.Descriptor instead.
+func (*WarmPool) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *WarmPool) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *WarmPool) GetReady() int32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *WarmPool) GetTarget() int32 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *WarmPool) GetAuto() bool {
+	if x != nil {
+		return x.Auto
+	}
+	return false
+}
+
+func (x *WarmPool) GetMax() int32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *WarmPool) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *WarmPool) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *WarmPool) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
 type CreateCapsuleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required, e.g. "cl-…".
@@ -897,7 +1011,7 @@ type CreateCapsuleRequest struct {
 
 func (x *CreateCapsuleRequest) Reset() {
 	*x = CreateCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1023,7 @@ func (x *CreateCapsuleRequest) String() string {
 func (*CreateCapsuleRequest) ProtoMessage() {}
 
 func (x *CreateCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1036,7 @@ func (x *CreateCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*CreateCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateCapsuleRequest) GetCapsuleId() string {
@@ -1027,7 +1141,7 @@ type CreateCapsuleResponse struct {
 
 func (x *CreateCapsuleResponse) Reset() {
 	*x = CreateCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1153,7 @@ func (x *CreateCapsuleResponse) String() string {
 func (*CreateCapsuleResponse) ProtoMessage() {}
 
 func (x *CreateCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1166,7 @@ func (x *CreateCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*CreateCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateCapsuleResponse) GetCapsule() *Capsule {
@@ -1078,7 +1192,7 @@ type DestroyCapsuleRequest struct {
 
 func (x *DestroyCapsuleRequest) Reset() {
 	*x = DestroyCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1204,7 @@ func (x *DestroyCapsuleRequest) String() string {
 func (*DestroyCapsuleRequest) ProtoMessage() {}
 
 func (x *DestroyCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1217,7 @@ func (x *DestroyCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*DestroyCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DestroyCapsuleRequest) GetCapsuleId() string {
@@ -1121,7 +1235,7 @@ type DestroyCapsuleResponse struct {
 
 func (x *DestroyCapsuleResponse) Reset() {
 	*x = DestroyCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1247,7 @@ func (x *DestroyCapsuleResponse) String() string {
 func (*DestroyCapsuleResponse) ProtoMessage() {}
 
 func (x *DestroyCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1260,7 @@ func (x *DestroyCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*DestroyCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 type PauseCapsuleRequest struct {
@@ -1160,7 +1274,7 @@ type PauseCapsuleRequest struct {
 
 func (x *PauseCapsuleRequest) Reset() {
 	*x = PauseCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1286,7 @@ func (x *PauseCapsuleRequest) String() string {
 func (*PauseCapsuleRequest) ProtoMessage() {}
 
 func (x *PauseCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1299,7 @@ func (x *PauseCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*PauseCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PauseCapsuleRequest) GetCapsuleId() string {
@@ -1215,7 +1329,7 @@ type PauseCapsuleResponse struct {
 
 func (x *PauseCapsuleResponse) Reset() {
 	*x = PauseCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1341,7 @@ func (x *PauseCapsuleResponse) String() string {
 func (*PauseCapsuleResponse) ProtoMessage() {}
 
 func (x *PauseCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1354,7 @@ func (x *PauseCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*PauseCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PauseCapsuleResponse) GetCapsule() *Capsule {
@@ -1275,7 +1389,7 @@ type ResumeCapsuleRequest struct {
 
 func (x *ResumeCapsuleRequest) Reset() {
 	*x = ResumeCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1401,7 @@ func (x *ResumeCapsuleRequest) String() string {
 func (*ResumeCapsuleRequest) ProtoMessage() {}
 
 func (x *ResumeCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1414,7 @@ func (x *ResumeCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*ResumeCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResumeCapsuleRequest) GetCapsuleId() string {
@@ -1326,7 +1440,7 @@ type ResumeCapsuleResponse struct {
 
 func (x *ResumeCapsuleResponse) Reset() {
 	*x = ResumeCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1452,7 @@ func (x *ResumeCapsuleResponse) String() string {
 func (*ResumeCapsuleResponse) ProtoMessage() {}
 
 func (x *ResumeCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1465,7 @@ func (x *ResumeCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*ResumeCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResumeCapsuleResponse) GetCapsule() *Capsule {
@@ -1369,7 +1483,7 @@ type ListCapsulesRequest struct {
 
 func (x *ListCapsulesRequest) Reset() {
 	*x = ListCapsulesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1495,7 @@ func (x *ListCapsulesRequest) String() string {
 func (*ListCapsulesRequest) ProtoMessage() {}
 
 func (x *ListCapsulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1508,7 @@ func (x *ListCapsulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCapsulesRequest.ProtoReflect.Descriptor instead.
 func (*ListCapsulesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 type ListCapsulesResponse struct {
@@ -1406,7 +1520,7 @@ type ListCapsulesResponse struct {
 
 func (x *ListCapsulesResponse) Reset() {
 	*x = ListCapsulesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1532,7 @@ func (x *ListCapsulesResponse) String() string {
 func (*ListCapsulesResponse) ProtoMessage() {}
 
 func (x *ListCapsulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1545,7 @@ func (x *ListCapsulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCapsulesResponse.ProtoReflect.Descriptor instead.
 func (*ListCapsulesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListCapsulesResponse) GetCapsules() []*Capsule {
@@ -1450,7 +1564,7 @@ type GetCapsuleRequest struct {
 
 func (x *GetCapsuleRequest) Reset() {
 	*x = GetCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1576,7 @@ func (x *GetCapsuleRequest) String() string {
 func (*GetCapsuleRequest) ProtoMessage() {}
 
 func (x *GetCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1589,7 @@ func (x *GetCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*GetCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetCapsuleRequest) GetCapsuleId() string {
@@ -1494,7 +1608,7 @@ type GetCapsuleResponse struct {
 
 func (x *GetCapsuleResponse) Reset() {
 	*x = GetCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1620,7 @@ func (x *GetCapsuleResponse) String() string {
 func (*GetCapsuleResponse) ProtoMessage() {}
 
 func (x *GetCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1633,7 @@ func (x *GetCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*GetCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetCapsuleResponse) GetCapsule() *Capsule {
@@ -1538,7 +1652,7 @@ type PingCapsuleRequest struct {
 
 func (x *PingCapsuleRequest) Reset() {
 	*x = PingCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1664,7 @@ func (x *PingCapsuleRequest) String() string {
 func (*PingCapsuleRequest) ProtoMessage() {}
 
 func (x *PingCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1677,7 @@ func (x *PingCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*PingCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PingCapsuleRequest) GetCapsuleId() string {
@@ -1585,7 +1699,7 @@ type PingCapsuleResponse struct {
 
 func (x *PingCapsuleResponse) Reset() {
 	*x = PingCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1711,7 @@ func (x *PingCapsuleResponse) String() string {
 func (*PingCapsuleResponse) ProtoMessage() {}
 
 func (x *PingCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1724,7 @@ func (x *PingCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*PingCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PingCapsuleResponse) GetState() CapsuleState {
@@ -1645,7 +1759,7 @@ type SetCapsuleTimeoutRequest struct {
 
 func (x *SetCapsuleTimeoutRequest) Reset() {
 	*x = SetCapsuleTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1771,7 @@ func (x *SetCapsuleTimeoutRequest) String() string {
 func (*SetCapsuleTimeoutRequest) ProtoMessage() {}
 
 func (x *SetCapsuleTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1784,7 @@ func (x *SetCapsuleTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCapsuleTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetCapsuleTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetCapsuleTimeoutRequest) GetCapsuleId() string {
@@ -1696,7 +1810,7 @@ type SetCapsuleTimeoutResponse struct {
 
 func (x *SetCapsuleTimeoutResponse) Reset() {
 	*x = SetCapsuleTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +1822,7 @@ func (x *SetCapsuleTimeoutResponse) String() string {
 func (*SetCapsuleTimeoutResponse) ProtoMessage() {}
 
 func (x *SetCapsuleTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1835,7 @@ func (x *SetCapsuleTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCapsuleTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetCapsuleTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetCapsuleTimeoutResponse) GetExpiresAt() int64 {
@@ -1750,7 +1864,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1876,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1889,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExecRequest) GetCapsuleId() string {
@@ -1850,7 +1964,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1976,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1989,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ExecResponse) GetExitCode() int32 {
@@ -1932,7 +2046,7 @@ type ProcessEnd struct {
 
 func (x *ProcessEnd) Reset() {
 	*x = ProcessEnd{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2058,7 @@ func (x *ProcessEnd) String() string {
 func (*ProcessEnd) ProtoMessage() {}
 
 func (x *ProcessEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2071,7 @@ func (x *ProcessEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessEnd.ProtoReflect.Descriptor instead.
 func (*ProcessEnd) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ProcessEnd) GetExitCode() int32 {
@@ -2003,7 +2117,7 @@ type ExecStreamResponse struct {
 
 func (x *ExecStreamResponse) Reset() {
 	*x = ExecStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2015,7 +2129,7 @@ func (x *ExecStreamResponse) String() string {
 func (*ExecStreamResponse) ProtoMessage() {}
 
 func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2028,7 +2142,7 @@ func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExecStreamResponse) GetEvent() isExecStreamResponse_Event {
@@ -2122,7 +2236,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2248,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2261,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FileEntry) GetName() string {
@@ -2231,7 +2345,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2357,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2370,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadFileRequest) GetCapsuleId() string {
@@ -2289,7 +2403,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2301,7 +2415,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2314,7 +2428,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadFileResponse) GetContent() []byte {
@@ -2333,7 +2447,7 @@ type ReadFileStreamResponse struct {
 
 func (x *ReadFileStreamResponse) Reset() {
 	*x = ReadFileStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2459,7 @@ func (x *ReadFileStreamResponse) String() string {
 func (*ReadFileStreamResponse) ProtoMessage() {}
 
 func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2472,7 @@ func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadFileStreamResponse) GetData() []byte {
@@ -2380,7 +2494,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2506,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2519,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WriteFileRequest) GetCapsuleId() string {
@@ -2445,7 +2559,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2571,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2584,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteFileResponse) GetEntry() *FileEntry {
@@ -2491,7 +2605,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2617,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2630,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteFileHeader) GetCapsuleId() string {
@@ -2553,7 +2667,7 @@ type WriteFileStreamRequest struct {
 
 func (x *WriteFileStreamRequest) Reset() {
 	*x = WriteFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2679,7 @@ func (x *WriteFileStreamRequest) String() string {
 func (*WriteFileStreamRequest) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2692,7 @@ func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WriteFileStreamRequest) GetMsg() isWriteFileStreamRequest_Msg {
@@ -2637,7 +2751,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +2763,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +2776,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListDirRequest) GetCapsuleId() string {
@@ -2702,7 +2816,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2828,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +2841,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -2748,7 +2862,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +2874,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +2887,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MakeDirRequest) GetCapsuleId() string {
@@ -2808,7 +2922,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2820,7 +2934,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2833,7 +2947,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -2861,7 +2975,7 @@ type RemovePathRequest struct {
 
 func (x *RemovePathRequest) Reset() {
 	*x = RemovePathRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +2987,7 @@ func (x *RemovePathRequest) String() string {
 func (*RemovePathRequest) ProtoMessage() {}
 
 func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +3000,7 @@ func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
 func (*RemovePathRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemovePathRequest) GetCapsuleId() string {
@@ -2918,7 +3032,7 @@ type RemovePathResponse struct {
 
 func (x *RemovePathResponse) Reset() {
 	*x = RemovePathResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2930,7 +3044,7 @@ func (x *RemovePathResponse) String() string {
 func (*RemovePathResponse) ProtoMessage() {}
 
 func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2943,7 +3057,7 @@ func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
 func (*RemovePathResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 type PtyStartRequest struct {
@@ -2964,7 +3078,7 @@ type PtyStartRequest struct {
 
 func (x *PtyStartRequest) Reset() {
 	*x = PtyStartRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2976,7 +3090,7 @@ func (x *PtyStartRequest) String() string {
 func (*PtyStartRequest) ProtoMessage() {}
 
 func (x *PtyStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2989,7 +3103,7 @@ func (x *PtyStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyStartRequest.ProtoReflect.Descriptor instead.
 func (*PtyStartRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PtyStartRequest) GetCapsuleId() string {
@@ -3069,7 +3183,7 @@ type PtyOutput struct {
 
 func (x *PtyOutput) Reset() {
 	*x = PtyOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3195,7 @@ func (x *PtyOutput) String() string {
 func (*PtyOutput) ProtoMessage() {}
 
 func (x *PtyOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3208,7 @@ func (x *PtyOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyOutput.ProtoReflect.Descriptor instead.
 func (*PtyOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PtyOutput) GetEvent() isPtyOutput_Event {
@@ -3163,7 +3277,7 @@ type PtyAttachRequest struct {
 
 func (x *PtyAttachRequest) Reset() {
 	*x = PtyAttachRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3289,7 @@ func (x *PtyAttachRequest) String() string {
 func (*PtyAttachRequest) ProtoMessage() {}
 
 func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3302,7 @@ func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachRequest.ProtoReflect.Descriptor instead.
 func (*PtyAttachRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PtyAttachRequest) GetCapsuleId() string {
@@ -3216,7 +3330,7 @@ type PtyInputRequest struct {
 
 func (x *PtyInputRequest) Reset() {
 	*x = PtyInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3342,7 @@ func (x *PtyInputRequest) String() string {
 func (*PtyInputRequest) ProtoMessage() {}
 
 func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3355,7 @@ func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputRequest.ProtoReflect.Descriptor instead.
 func (*PtyInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PtyInputRequest) GetCapsuleId() string {
@@ -3273,7 +3387,7 @@ type PtyInputResponse struct {
 
 func (x *PtyInputResponse) Reset() {
 	*x = PtyInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3399,7 @@ func (x *PtyInputResponse) String() string {
 func (*PtyInputResponse) ProtoMessage() {}
 
 func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3412,7 @@ func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputResponse.ProtoReflect.Descriptor instead.
 func (*PtyInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 type PtyResizeRequest struct {
@@ -3313,7 +3427,7 @@ type PtyResizeRequest struct {
 
 func (x *PtyResizeRequest) Reset() {
 	*x = PtyResizeRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3439,7 @@ func (x *PtyResizeRequest) String() string {
 func (*PtyResizeRequest) ProtoMessage() {}
 
 func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3452,7 @@ func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeRequest.ProtoReflect.Descriptor instead.
 func (*PtyResizeRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PtyResizeRequest) GetCapsuleId() string {
@@ -3377,7 +3491,7 @@ type PtyResizeResponse struct {
 
 func (x *PtyResizeResponse) Reset() {
 	*x = PtyResizeResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3503,7 @@ func (x *PtyResizeResponse) String() string {
 func (*PtyResizeResponse) ProtoMessage() {}
 
 func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +3516,7 @@ func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeResponse.ProtoReflect.Descriptor instead.
 func (*PtyResizeResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 type PtyKillRequest struct {
@@ -3415,7 +3529,7 @@ type PtyKillRequest struct {
 
 func (x *PtyKillRequest) Reset() {
 	*x = PtyKillRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3427,7 +3541,7 @@ func (x *PtyKillRequest) String() string {
 func (*PtyKillRequest) ProtoMessage() {}
 
 func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3440,7 +3554,7 @@ func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillRequest.ProtoReflect.Descriptor instead.
 func (*PtyKillRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PtyKillRequest) GetCapsuleId() string {
@@ -3465,7 +3579,7 @@ type PtyKillResponse struct {
 
 func (x *PtyKillResponse) Reset() {
 	*x = PtyKillResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3477,7 +3591,7 @@ func (x *PtyKillResponse) String() string {
 func (*PtyKillResponse) ProtoMessage() {}
 
 func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3490,7 +3604,7 @@ func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillResponse.ProtoReflect.Descriptor instead.
 func (*PtyKillResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 type ProcessSelector struct {
@@ -3506,7 +3620,7 @@ type ProcessSelector struct {
 
 func (x *ProcessSelector) Reset() {
 	*x = ProcessSelector{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3518,7 +3632,7 @@ func (x *ProcessSelector) String() string {
 func (*ProcessSelector) ProtoMessage() {}
 
 func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3531,7 +3645,7 @@ func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSelector.ProtoReflect.Descriptor instead.
 func (*ProcessSelector) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ProcessSelector) GetSelector() isProcessSelector_Selector {
@@ -3599,7 +3713,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3611,7 +3725,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3624,7 +3738,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *StartProcessRequest) GetCapsuleId() string {
@@ -3713,7 +3827,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3725,7 +3839,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3738,7 +3852,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *StartProcessResponse) GetPid() uint32 {
@@ -3762,7 +3876,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3774,7 +3888,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3787,7 +3901,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -3841,7 +3955,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3853,7 +3967,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3866,7 +3980,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListProcessesRequest) GetCapsuleId() string {
@@ -3885,7 +3999,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3897,7 +4011,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3910,7 +4024,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -3932,7 +4046,7 @@ type KillProcessRequest struct {
 
 func (x *KillProcessRequest) Reset() {
 	*x = KillProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3944,7 +4058,7 @@ func (x *KillProcessRequest) String() string {
 func (*KillProcessRequest) ProtoMessage() {}
 
 func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3957,7 +4071,7 @@ func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessRequest.ProtoReflect.Descriptor instead.
 func (*KillProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *KillProcessRequest) GetCapsuleId() string {
@@ -3989,7 +4103,7 @@ type KillProcessResponse struct {
 
 func (x *KillProcessResponse) Reset() {
 	*x = KillProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4001,7 +4115,7 @@ func (x *KillProcessResponse) String() string {
 func (*KillProcessResponse) ProtoMessage() {}
 
 func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4014,7 +4128,7 @@ func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessResponse.ProtoReflect.Descriptor instead.
 func (*KillProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 type ConnectProcessRequest struct {
@@ -4027,7 +4141,7 @@ type ConnectProcessRequest struct {
 
 func (x *ConnectProcessRequest) Reset() {
 	*x = ConnectProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4039,7 +4153,7 @@ func (x *ConnectProcessRequest) String() string {
 func (*ConnectProcessRequest) ProtoMessage() {}
 
 func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4052,7 +4166,7 @@ func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectProcessRequest.ProtoReflect.Descriptor instead.
 func (*ConnectProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ConnectProcessRequest) GetCapsuleId() string {
@@ -4082,7 +4196,7 @@ type SendProcessInputRequest struct {
 
 func (x *SendProcessInputRequest) Reset() {
 	*x = SendProcessInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4094,7 +4208,7 @@ func (x *SendProcessInputRequest) String() string {
 func (*SendProcessInputRequest) ProtoMessage() {}
 
 func (x *SendProcessInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4107,7 +4221,7 @@ func (x *SendProcessInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendProcessInputRequest.ProtoReflect.Descriptor instead.
 func (*SendProcessInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SendProcessInputRequest) GetCapsuleId() string {
@@ -4146,7 +4260,7 @@ type SendProcessInputResponse struct {
 
 func (x *SendProcessInputResponse) Reset() {
 	*x = SendProcessInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4158,7 +4272,7 @@ func (x *SendProcessInputResponse) String() string {
 func (*SendProcessInputResponse) ProtoMessage() {}
 
 func (x *SendProcessInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4171,7 +4285,7 @@ func (x *SendProcessInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendProcessInputResponse.ProtoReflect.Descriptor instead.
 func (*SendProcessInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 type MetricPoint struct {
@@ -4190,7 +4304,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4202,7 +4316,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4215,7 +4329,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *MetricPoint) GetTsMs() int64 {
@@ -4278,7 +4392,7 @@ type GetCapsuleMetricsRequest struct {
 
 func (x *GetCapsuleMetricsRequest) Reset() {
 	*x = GetCapsuleMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4290,7 +4404,7 @@ func (x *GetCapsuleMetricsRequest) String() string {
 func (*GetCapsuleMetricsRequest) ProtoMessage() {}
 
 func (x *GetCapsuleMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4303,7 +4417,7 @@ func (x *GetCapsuleMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetCapsuleMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetCapsuleMetricsRequest) GetCapsuleId() string {
@@ -4332,7 +4446,7 @@ type GetCapsuleMetricsResponse struct {
 
 func (x *GetCapsuleMetricsResponse) Reset() {
 	*x = GetCapsuleMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4344,7 +4458,7 @@ func (x *GetCapsuleMetricsResponse) String() string {
 func (*GetCapsuleMetricsResponse) ProtoMessage() {}
 
 func (x *GetCapsuleMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4357,7 +4471,7 @@ func (x *GetCapsuleMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetCapsuleMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetCapsuleMetricsResponse) GetPoints() []*MetricPoint {
@@ -4399,7 +4513,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4411,7 +4525,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4424,7 +4538,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CreateSnapshotRequest) GetCapsuleId() string {
@@ -4473,7 +4587,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4485,7 +4599,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4498,7 +4612,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() string {
@@ -4544,7 +4658,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4556,7 +4670,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4569,7 +4683,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
 }
 
 type HostTemplate struct {
@@ -4584,7 +4698,7 @@ type HostTemplate struct {
 
 func (x *HostTemplate) Reset() {
 	*x = HostTemplate{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4596,7 +4710,7 @@ func (x *HostTemplate) String() string {
 func (*HostTemplate) ProtoMessage() {}
 
 func (x *HostTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4609,7 +4723,7 @@ func (x *HostTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostTemplate.ProtoReflect.Descriptor instead.
 func (*HostTemplate) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *HostTemplate) GetName() string {
@@ -4642,7 +4756,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4654,7 +4768,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4667,7 +4781,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*HostTemplate {
@@ -4689,7 +4803,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4701,7 +4815,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4714,7 +4828,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *DeleteTemplateRequest) GetTemplate() string {
@@ -4739,7 +4853,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4751,7 +4865,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4764,7 +4878,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
 }
 
 type ImportImageHeader struct {
@@ -4784,7 +4898,7 @@ type ImportImageHeader struct {
 
 func (x *ImportImageHeader) Reset() {
 	*x = ImportImageHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4796,7 +4910,7 @@ func (x *ImportImageHeader) String() string {
 func (*ImportImageHeader) ProtoMessage() {}
 
 func (x *ImportImageHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4809,7 +4923,7 @@ func (x *ImportImageHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageHeader.ProtoReflect.Descriptor instead.
 func (*ImportImageHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ImportImageHeader) GetRef() string {
@@ -4860,7 +4974,7 @@ type ImportImageRequest struct {
 
 func (x *ImportImageRequest) Reset() {
 	*x = ImportImageRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4872,7 +4986,7 @@ func (x *ImportImageRequest) String() string {
 func (*ImportImageRequest) ProtoMessage() {}
 
 func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4885,7 +4999,7 @@ func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
 func (*ImportImageRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ImportImageRequest) GetMsg() isImportImageRequest_Msg {
@@ -4958,7 +5072,7 @@ type ImportImageResponse struct {
 
 func (x *ImportImageResponse) Reset() {
 	*x = ImportImageResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4970,7 +5084,7 @@ func (x *ImportImageResponse) String() string {
 func (*ImportImageResponse) ProtoMessage() {}
 
 func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4983,7 +5097,7 @@ func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageResponse.ProtoReflect.Descriptor instead.
 func (*ImportImageResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ImportImageResponse) GetTemplate() string {
@@ -5116,7 +5230,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\anetwork\x18\x03 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\"O\n" +
 	"\x1cUpdateCapsuleNetworkResponse\x12/\n" +
 	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xcc\x05\n" +
+	"\x12GetHostInfoRequest\"\x83\x06\n" +
 	"\x13GetHostInfoResponse\x12\x16\n" +
 	"\x06driver\x18\x01 \x01(\tR\x06driver\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1b\n" +
@@ -5137,7 +5251,18 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x17memory_snapshots_reason\x18\x10 \x01(\tR\x15memorySnapshotsReason\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x11 \x01(\x03R\tstartedAt\x12)\n" +
-	"\x10shared_templates\x18( \x01(\bR\x0fsharedTemplates\"\x98\x05\n" +
+	"\x10shared_templates\x18( \x01(\bR\x0fsharedTemplates\x125\n" +
+	"\n" +
+	"warm_pools\x182 \x03(\v2\x16.hostagent.v1.WarmPoolR\twarmPools\"\xbc\x01\n" +
+	"\bWarmPool\x12\x1a\n" +
+	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\x05R\x05ready\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\x05R\x06target\x12\x12\n" +
+	"\x04auto\x18\x04 \x01(\bR\x04auto\x12\x10\n" +
+	"\x03max\x18\x05 \x01(\x05R\x03max\x12\x12\n" +
+	"\x04hits\x18\x06 \x01(\x04R\x04hits\x12\x16\n" +
+	"\x06misses\x18\a \x01(\x04R\x06misses\x12\x14\n" +
+	"\x05limit\x18\b \x01(\tR\x05limit\"\x98\x05\n" +
 	"\x14CreateCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -5549,7 +5674,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(CapsuleState)(0),                    // 0: hostagent.v1.CapsuleState
 	(Signal)(0),                          // 1: hostagent.v1.Signal
@@ -5561,189 +5686,191 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*UpdateCapsuleNetworkResponse)(nil), // 7: hostagent.v1.UpdateCapsuleNetworkResponse
 	(*GetHostInfoRequest)(nil),           // 8: hostagent.v1.GetHostInfoRequest
 	(*GetHostInfoResponse)(nil),          // 9: hostagent.v1.GetHostInfoResponse
-	(*CreateCapsuleRequest)(nil),         // 10: hostagent.v1.CreateCapsuleRequest
-	(*CreateCapsuleResponse)(nil),        // 11: hostagent.v1.CreateCapsuleResponse
-	(*DestroyCapsuleRequest)(nil),        // 12: hostagent.v1.DestroyCapsuleRequest
-	(*DestroyCapsuleResponse)(nil),       // 13: hostagent.v1.DestroyCapsuleResponse
-	(*PauseCapsuleRequest)(nil),          // 14: hostagent.v1.PauseCapsuleRequest
-	(*PauseCapsuleResponse)(nil),         // 15: hostagent.v1.PauseCapsuleResponse
-	(*ResumeCapsuleRequest)(nil),         // 16: hostagent.v1.ResumeCapsuleRequest
-	(*ResumeCapsuleResponse)(nil),        // 17: hostagent.v1.ResumeCapsuleResponse
-	(*ListCapsulesRequest)(nil),          // 18: hostagent.v1.ListCapsulesRequest
-	(*ListCapsulesResponse)(nil),         // 19: hostagent.v1.ListCapsulesResponse
-	(*GetCapsuleRequest)(nil),            // 20: hostagent.v1.GetCapsuleRequest
-	(*GetCapsuleResponse)(nil),           // 21: hostagent.v1.GetCapsuleResponse
-	(*PingCapsuleRequest)(nil),           // 22: hostagent.v1.PingCapsuleRequest
-	(*PingCapsuleResponse)(nil),          // 23: hostagent.v1.PingCapsuleResponse
-	(*SetCapsuleTimeoutRequest)(nil),     // 24: hostagent.v1.SetCapsuleTimeoutRequest
-	(*SetCapsuleTimeoutResponse)(nil),    // 25: hostagent.v1.SetCapsuleTimeoutResponse
-	(*ExecRequest)(nil),                  // 26: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),                 // 27: hostagent.v1.ExecResponse
-	(*ProcessEnd)(nil),                   // 28: hostagent.v1.ProcessEnd
-	(*ExecStreamResponse)(nil),           // 29: hostagent.v1.ExecStreamResponse
-	(*FileEntry)(nil),                    // 30: hostagent.v1.FileEntry
-	(*ReadFileRequest)(nil),              // 31: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),             // 32: hostagent.v1.ReadFileResponse
-	(*ReadFileStreamResponse)(nil),       // 33: hostagent.v1.ReadFileStreamResponse
-	(*WriteFileRequest)(nil),             // 34: hostagent.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),            // 35: hostagent.v1.WriteFileResponse
-	(*WriteFileHeader)(nil),              // 36: hostagent.v1.WriteFileHeader
-	(*WriteFileStreamRequest)(nil),       // 37: hostagent.v1.WriteFileStreamRequest
-	(*ListDirRequest)(nil),               // 38: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),              // 39: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),               // 40: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),              // 41: hostagent.v1.MakeDirResponse
-	(*RemovePathRequest)(nil),            // 42: hostagent.v1.RemovePathRequest
-	(*RemovePathResponse)(nil),           // 43: hostagent.v1.RemovePathResponse
-	(*PtyStartRequest)(nil),              // 44: hostagent.v1.PtyStartRequest
-	(*PtyOutput)(nil),                    // 45: hostagent.v1.PtyOutput
-	(*PtyAttachRequest)(nil),             // 46: hostagent.v1.PtyAttachRequest
-	(*PtyInputRequest)(nil),              // 47: hostagent.v1.PtyInputRequest
-	(*PtyInputResponse)(nil),             // 48: hostagent.v1.PtyInputResponse
-	(*PtyResizeRequest)(nil),             // 49: hostagent.v1.PtyResizeRequest
-	(*PtyResizeResponse)(nil),            // 50: hostagent.v1.PtyResizeResponse
-	(*PtyKillRequest)(nil),               // 51: hostagent.v1.PtyKillRequest
-	(*PtyKillResponse)(nil),              // 52: hostagent.v1.PtyKillResponse
-	(*ProcessSelector)(nil),              // 53: hostagent.v1.ProcessSelector
-	(*StartProcessRequest)(nil),          // 54: hostagent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),         // 55: hostagent.v1.StartProcessResponse
-	(*ProcessInfo)(nil),                  // 56: hostagent.v1.ProcessInfo
-	(*ListProcessesRequest)(nil),         // 57: hostagent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),        // 58: hostagent.v1.ListProcessesResponse
-	(*KillProcessRequest)(nil),           // 59: hostagent.v1.KillProcessRequest
-	(*KillProcessResponse)(nil),          // 60: hostagent.v1.KillProcessResponse
-	(*ConnectProcessRequest)(nil),        // 61: hostagent.v1.ConnectProcessRequest
-	(*SendProcessInputRequest)(nil),      // 62: hostagent.v1.SendProcessInputRequest
-	(*SendProcessInputResponse)(nil),     // 63: hostagent.v1.SendProcessInputResponse
-	(*MetricPoint)(nil),                  // 64: hostagent.v1.MetricPoint
-	(*GetCapsuleMetricsRequest)(nil),     // 65: hostagent.v1.GetCapsuleMetricsRequest
-	(*GetCapsuleMetricsResponse)(nil),    // 66: hostagent.v1.GetCapsuleMetricsResponse
-	(*CreateSnapshotRequest)(nil),        // 67: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),       // 68: hostagent.v1.CreateSnapshotResponse
-	(*ListTemplatesRequest)(nil),         // 69: hostagent.v1.ListTemplatesRequest
-	(*HostTemplate)(nil),                 // 70: hostagent.v1.HostTemplate
-	(*ListTemplatesResponse)(nil),        // 71: hostagent.v1.ListTemplatesResponse
-	(*DeleteTemplateRequest)(nil),        // 72: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),       // 73: hostagent.v1.DeleteTemplateResponse
-	(*ImportImageHeader)(nil),            // 74: hostagent.v1.ImportImageHeader
-	(*ImportImageRequest)(nil),           // 75: hostagent.v1.ImportImageRequest
-	(*ImportImageResponse)(nil),          // 76: hostagent.v1.ImportImageResponse
-	nil,                                  // 77: hostagent.v1.Capsule.LabelsEntry
-	nil,                                  // 78: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                                  // 79: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                                  // 80: hostagent.v1.ExecRequest.EnvEntry
-	nil,                                  // 81: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                                  // 82: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                  // 83: hostagent.v1.ProcessInfo.EnvEntry
+	(*WarmPool)(nil),                     // 10: hostagent.v1.WarmPool
+	(*CreateCapsuleRequest)(nil),         // 11: hostagent.v1.CreateCapsuleRequest
+	(*CreateCapsuleResponse)(nil),        // 12: hostagent.v1.CreateCapsuleResponse
+	(*DestroyCapsuleRequest)(nil),        // 13: hostagent.v1.DestroyCapsuleRequest
+	(*DestroyCapsuleResponse)(nil),       // 14: hostagent.v1.DestroyCapsuleResponse
+	(*PauseCapsuleRequest)(nil),          // 15: hostagent.v1.PauseCapsuleRequest
+	(*PauseCapsuleResponse)(nil),         // 16: hostagent.v1.PauseCapsuleResponse
+	(*ResumeCapsuleRequest)(nil),         // 17: hostagent.v1.ResumeCapsuleRequest
+	(*ResumeCapsuleResponse)(nil),        // 18: hostagent.v1.ResumeCapsuleResponse
+	(*ListCapsulesRequest)(nil),          // 19: hostagent.v1.ListCapsulesRequest
+	(*ListCapsulesResponse)(nil),         // 20: hostagent.v1.ListCapsulesResponse
+	(*GetCapsuleRequest)(nil),            // 21: hostagent.v1.GetCapsuleRequest
+	(*GetCapsuleResponse)(nil),           // 22: hostagent.v1.GetCapsuleResponse
+	(*PingCapsuleRequest)(nil),           // 23: hostagent.v1.PingCapsuleRequest
+	(*PingCapsuleResponse)(nil),          // 24: hostagent.v1.PingCapsuleResponse
+	(*SetCapsuleTimeoutRequest)(nil),     // 25: hostagent.v1.SetCapsuleTimeoutRequest
+	(*SetCapsuleTimeoutResponse)(nil),    // 26: hostagent.v1.SetCapsuleTimeoutResponse
+	(*ExecRequest)(nil),                  // 27: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),                 // 28: hostagent.v1.ExecResponse
+	(*ProcessEnd)(nil),                   // 29: hostagent.v1.ProcessEnd
+	(*ExecStreamResponse)(nil),           // 30: hostagent.v1.ExecStreamResponse
+	(*FileEntry)(nil),                    // 31: hostagent.v1.FileEntry
+	(*ReadFileRequest)(nil),              // 32: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),             // 33: hostagent.v1.ReadFileResponse
+	(*ReadFileStreamResponse)(nil),       // 34: hostagent.v1.ReadFileStreamResponse
+	(*WriteFileRequest)(nil),             // 35: hostagent.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),            // 36: hostagent.v1.WriteFileResponse
+	(*WriteFileHeader)(nil),              // 37: hostagent.v1.WriteFileHeader
+	(*WriteFileStreamRequest)(nil),       // 38: hostagent.v1.WriteFileStreamRequest
+	(*ListDirRequest)(nil),               // 39: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),              // 40: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),               // 41: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),              // 42: hostagent.v1.MakeDirResponse
+	(*RemovePathRequest)(nil),            // 43: hostagent.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),           // 44: hostagent.v1.RemovePathResponse
+	(*PtyStartRequest)(nil),              // 45: hostagent.v1.PtyStartRequest
+	(*PtyOutput)(nil),                    // 46: hostagent.v1.PtyOutput
+	(*PtyAttachRequest)(nil),             // 47: hostagent.v1.PtyAttachRequest
+	(*PtyInputRequest)(nil),              // 48: hostagent.v1.PtyInputRequest
+	(*PtyInputResponse)(nil),             // 49: hostagent.v1.PtyInputResponse
+	(*PtyResizeRequest)(nil),             // 50: hostagent.v1.PtyResizeRequest
+	(*PtyResizeResponse)(nil),            // 51: hostagent.v1.PtyResizeResponse
+	(*PtyKillRequest)(nil),               // 52: hostagent.v1.PtyKillRequest
+	(*PtyKillResponse)(nil),              // 53: hostagent.v1.PtyKillResponse
+	(*ProcessSelector)(nil),              // 54: hostagent.v1.ProcessSelector
+	(*StartProcessRequest)(nil),          // 55: hostagent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),         // 56: hostagent.v1.StartProcessResponse
+	(*ProcessInfo)(nil),                  // 57: hostagent.v1.ProcessInfo
+	(*ListProcessesRequest)(nil),         // 58: hostagent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),        // 59: hostagent.v1.ListProcessesResponse
+	(*KillProcessRequest)(nil),           // 60: hostagent.v1.KillProcessRequest
+	(*KillProcessResponse)(nil),          // 61: hostagent.v1.KillProcessResponse
+	(*ConnectProcessRequest)(nil),        // 62: hostagent.v1.ConnectProcessRequest
+	(*SendProcessInputRequest)(nil),      // 63: hostagent.v1.SendProcessInputRequest
+	(*SendProcessInputResponse)(nil),     // 64: hostagent.v1.SendProcessInputResponse
+	(*MetricPoint)(nil),                  // 65: hostagent.v1.MetricPoint
+	(*GetCapsuleMetricsRequest)(nil),     // 66: hostagent.v1.GetCapsuleMetricsRequest
+	(*GetCapsuleMetricsResponse)(nil),    // 67: hostagent.v1.GetCapsuleMetricsResponse
+	(*CreateSnapshotRequest)(nil),        // 68: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),       // 69: hostagent.v1.CreateSnapshotResponse
+	(*ListTemplatesRequest)(nil),         // 70: hostagent.v1.ListTemplatesRequest
+	(*HostTemplate)(nil),                 // 71: hostagent.v1.HostTemplate
+	(*ListTemplatesResponse)(nil),        // 72: hostagent.v1.ListTemplatesResponse
+	(*DeleteTemplateRequest)(nil),        // 73: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),       // 74: hostagent.v1.DeleteTemplateResponse
+	(*ImportImageHeader)(nil),            // 75: hostagent.v1.ImportImageHeader
+	(*ImportImageRequest)(nil),           // 76: hostagent.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),          // 77: hostagent.v1.ImportImageResponse
+	nil,                                  // 78: hostagent.v1.Capsule.LabelsEntry
+	nil,                                  // 79: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                                  // 80: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                                  // 81: hostagent.v1.ExecRequest.EnvEntry
+	nil,                                  // 82: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                                  // 83: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                  // 84: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	77, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	78, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
 	4,  // 2: hostagent.v1.Capsule.network:type_name -> hostagent.v1.NetworkPolicy
 	4,  // 3: hostagent.v1.UpdateCapsuleNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	3,  // 4: hostagent.v1.UpdateCapsuleNetworkResponse.capsule:type_name -> hostagent.v1.Capsule
-	78, // 5: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	79, // 6: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	4,  // 7: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
-	3,  // 8: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 9: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 10: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 11: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
-	3,  // 12: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	0,  // 13: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	80, // 14: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
-	28, // 15: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
-	30, // 16: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
-	36, // 17: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	30, // 18: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	30, // 19: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	81, // 20: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
-	28, // 21: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	82, // 22: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	83, // 23: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
-	56, // 24: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
-	53, // 25: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	1,  // 26: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
-	53, // 27: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	53, // 28: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
-	2,  // 29: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
-	64, // 30: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
-	5,  // 31: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
-	70, // 32: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
-	74, // 33: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
-	8,  // 34: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	10, // 35: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	12, // 36: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	14, // 37: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	16, // 38: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	18, // 39: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	20, // 40: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	22, // 41: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	24, // 42: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	26, // 43: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	26, // 44: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	31, // 45: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	34, // 46: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	31, // 47: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	37, // 48: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	38, // 49: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	40, // 50: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	42, // 51: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	44, // 52: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	46, // 53: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	47, // 54: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	49, // 55: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	51, // 56: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	54, // 57: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	57, // 58: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	59, // 59: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	61, // 60: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	62, // 61: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	65, // 62: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	6,  // 63: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
-	67, // 64: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	69, // 65: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	72, // 66: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	75, // 67: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
-	9,  // 68: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	11, // 69: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	13, // 70: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	15, // 71: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	17, // 72: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	19, // 73: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	21, // 74: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	23, // 75: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	25, // 76: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	27, // 77: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	29, // 78: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	32, // 79: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	35, // 80: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	33, // 81: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	35, // 82: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	39, // 83: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	41, // 84: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	43, // 85: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	45, // 86: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	45, // 87: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	48, // 88: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	50, // 89: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	52, // 90: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	55, // 91: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	58, // 92: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	60, // 93: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	29, // 94: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	63, // 95: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	66, // 96: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	7,  // 97: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
-	68, // 98: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	71, // 99: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	73, // 100: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	76, // 101: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
-	68, // [68:102] is the sub-list for method output_type
-	34, // [34:68] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	10, // 5: hostagent.v1.GetHostInfoResponse.warm_pools:type_name -> hostagent.v1.WarmPool
+	79, // 6: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	80, // 7: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	4,  // 8: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	3,  // 9: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 10: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 11: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 12: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
+	3,  // 13: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	0,  // 14: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
+	81, // 15: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	29, // 16: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
+	31, // 17: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
+	37, // 18: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	31, // 19: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	31, // 20: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	82, // 21: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	29, // 22: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
+	83, // 23: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	84, // 24: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	57, // 25: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
+	54, // 26: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	1,  // 27: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
+	54, // 28: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	54, // 29: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
+	2,  // 30: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
+	65, // 31: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
+	5,  // 32: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
+	71, // 33: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
+	75, // 34: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
+	8,  // 35: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	11, // 36: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	13, // 37: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	15, // 38: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	17, // 39: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	19, // 40: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	21, // 41: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	23, // 42: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	25, // 43: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	27, // 44: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	27, // 45: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	32, // 46: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	35, // 47: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	32, // 48: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	38, // 49: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	39, // 50: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	41, // 51: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	43, // 52: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	45, // 53: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	47, // 54: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	48, // 55: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	50, // 56: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	52, // 57: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	55, // 58: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	58, // 59: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	60, // 60: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	62, // 61: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	63, // 62: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	66, // 63: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	6,  // 64: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
+	68, // 65: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	70, // 66: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	73, // 67: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	76, // 68: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
+	9,  // 69: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	12, // 70: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	14, // 71: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	16, // 72: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	18, // 73: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	20, // 74: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	22, // 75: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	24, // 76: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	26, // 77: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	28, // 78: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	30, // 79: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	33, // 80: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	36, // 81: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	34, // 82: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	36, // 83: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	40, // 84: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	42, // 85: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	44, // 86: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	46, // 87: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	46, // 88: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	49, // 89: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	51, // 90: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	53, // 91: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	56, // 92: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	59, // 93: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	61, // 94: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	30, // 95: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	64, // 96: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	67, // 97: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	7,  // 98: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
+	69, // 99: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	72, // 100: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	74, // 101: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	77, // 102: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
+	69, // [69:103] is the sub-list for method output_type
+	35, // [35:69] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5751,26 +5878,26 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[26].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[27].OneofWrappers = []any{
 		(*ExecStreamResponse_StartedPid)(nil),
 		(*ExecStreamResponse_Stdout)(nil),
 		(*ExecStreamResponse_Stderr)(nil),
 		(*ExecStreamResponse_End)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[34].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[35].OneofWrappers = []any{
 		(*WriteFileStreamRequest_Header)(nil),
 		(*WriteFileStreamRequest_Data)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[42].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[43].OneofWrappers = []any{
 		(*PtyOutput_StartedPid)(nil),
 		(*PtyOutput_Data)(nil),
 		(*PtyOutput_End)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[50].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{
 		(*ProcessSelector_Pid)(nil),
 		(*ProcessSelector_Tag)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[72].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[73].OneofWrappers = []any{
 		(*ImportImageRequest_Header)(nil),
 		(*ImportImageRequest_Data)(nil),
 	}
@@ -5780,7 +5907,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   81,
+			NumMessages:   82,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
