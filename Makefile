@@ -139,7 +139,10 @@ test-heavy: deps build
 test-gvisor: deps build
 	WRENN_TEST_RUNSC="$${WRENN_TEST_RUNSC:-$$(scripts/runsc.sh)}" $(GO) test -tags gvisor -count=1 -timeout 25m -run 'TestGVisor|TestIsolationsRouter' ./internal/runtime/container/
 
+# `wrenn bench` against a `wrenn up` of its own (scripts/wrenn-bench.sh;
+# BENCH_ARGS=--quick for a one-minute run), then the Go benchmarks.
 bench: deps build
+	@scripts/wrenn-bench.sh $(BENCH_ARGS)
 	@scripts/bench.sh
 
 clean:

@@ -46,6 +46,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newAgentCmd())
 	root.AddCommand(newServerCmd())
 	root.AddCommand(newUpCmd(), newLoginCmd(), newCapsuleCmd(), newTemplateCmd())
+	root.AddCommand(newBenchCmd())
 	return root
 }
 

@@ -21,6 +21,7 @@ type upFlags struct {
 	home, listen, proxyListen, onExit, envdPath, cacheDir, mirror, instance, subnet, logLevel, rootfsSize string
 	noBase                                                                                                bool
 	warmPools                                                                                             *warmPoolsFlag
+	pprofListen                                                                                           string
 	criu                                                                                                  criuFlags
 	overcommit                                                                                            overcommitFlags
 	dnsUpstream                                                                                           []string
@@ -57,6 +58,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9725", "address to serve the API on")
 	fl.StringVar(&f.proxyListen, "proxy-listen", controlplane.DefaultProxyListen, "address to serve the port proxy on: capsule ports at /proxy/{capsule}/{port}/")
 	fl.StringVar(&f.onExit, "on-exit", "pause", "what happens to running capsules on shutdown: pause or destroy")
+	fl.StringVar(&f.pprofListen, "pprof-listen", "", "serve Go's profiler (/debug/pprof/) on this address, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 	fl.StringVar(&f.envdPath, "envd-path", "", "static envd binary put into every capsule (default: envd next to this binary)")
 	fl.StringVar(&f.cacheDir, "cache-dir", "/var/cache/wrenn", "machine-wide cache of base template builds")
 	fl.StringVar(&f.mirror, "debian-mirror", "http://deb.debian.org/debian", "Debian mirror for the base template")
@@ -120,6 +122,11 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if f.pprofListen != "" {
+		if err := servePprof(ctx, f.pprofListen, log); err != nil {
+			return fmt.Errorf("--pprof-listen: %w", err)
+		}
+	}
 	app, err := up.New(ctx, up.Config{
 		Home: resolveHome(f.home), Listen: f.listen, ProxyListen: f.proxyListen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
