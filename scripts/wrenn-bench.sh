@@ -4,6 +4,8 @@
 # base template, run `wrenn bench` against it and stop it (capsules
 # destroyed). Arguments go to `wrenn bench` (e.g. --quick, --json).
 # Run it alone on the machine (it takes the privileged-test lock).
+# WRENN_UP_ARGS adds flags to `wrenn up` (e.g. "--log-level debug
+# --pprof-listen 127.0.0.1:6060"); WRENN_UP_LOG keeps its log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wrenn=${WRENN_BIN:-$PWD/bin/wrenn}
@@ -14,11 +16,12 @@ pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 exec 9>/tmp/wrenn-priv.lock
 flock 9
 "$wrenn" up --home "$home" --listen "127.0.0.1:$port" --proxy-listen "127.0.0.1:$pport" \
-  --instance wbench --subnet 10.70.0.0/16 --on-exit destroy --envd-path "$PWD/bin/envd" >"$log" 2>&1 &
+  --instance wbench --subnet 10.70.0.0/16 --on-exit destroy --envd-path "$PWD/bin/envd" ${WRENN_UP_ARGS:-} >"$log" 2>&1 &
 up=$!
 stop() {
   kill -INT "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
+  if [[ -n "${WRENN_UP_LOG:-}" ]]; then cp "$log" "$WRENN_UP_LOG"; fi
   rm -rf "$home"
 }
 trap stop EXIT
