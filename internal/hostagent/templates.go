@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -96,6 +97,14 @@ func (a *Agent) deleteTemplate(name string) error {
 	}
 	if _, err := ts.Get(name); err != nil {
 		return fmt.Errorf("template %q: %w", name, runtime.ErrNoTemplate)
+	}
+	// A capsule destroyed just before still has its rootfs mounted until
+	// its teardown ends (teardown.go).
+	wctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	err := a.waitTeardowns(wctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("template %q: capsule teardowns still running: %w", name, runtime.ErrInvalidState)
 	}
 	dir := filepath.Join(ts.Dir, name)
 	trash, err := a.detachTemplate(name, dir)
