@@ -83,13 +83,17 @@ runs each scenario a few times (about a minute). Attach the output
 				return err
 			}
 			rows, err := runBench(cmd.Context(), c, cfg, f, cmd.ErrOrStderr())
+			// What was measured is printed even when a scenario failed.
+			if f.asJSON {
+				if jerr := writeJSON(cmd.OutOrStdout(), rows); jerr != nil && err == nil {
+					err = jerr
+				}
+			} else {
+				printBench(cmd.OutOrStdout(), rows)
+			}
 			if err != nil {
 				return friendly(err, c.BaseURL())
 			}
-			if f.asJSON {
-				return writeJSON(cmd.OutOrStdout(), rows)
-			}
-			printBench(cmd.OutOrStdout(), rows)
 			return nil
 		},
 	}
@@ -734,7 +738,17 @@ func (b *bench) pauseResume(ctx context.Context) error {
 		return err
 	}
 	id := c.ID
-	fill := fmt.Sprintf("mkdir -p /dev/shm && head -c %d /dev/urandom > /dev/shm/wrenn-bench-fill", int64(b.f.memoryMB)<<20)
+	// Anonymous memory held by a process (python3, in base), else a
+	// tmpfs grown to fit (minimal): random bytes, so nothing is skipped
+	// as zero pages.
+	n := int64(b.f.memoryMB) << 20
+	fill := fmt.Sprintf(`if command -v python3 >/dev/null; then
+  python3 -c 'import os, time; b = bytearray(os.urandom(%d)); open("/tmp/wrenn-bench-filled", "w").close(); time.sleep(1e9)' >/dev/null 2>&1 &
+  i=0; while [ ! -e /tmp/wrenn-bench-filled ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; test -e /tmp/wrenn-bench-filled
+else
+  mkdir -p /dev/shm && mount -o remount,size=%dm /dev/shm 2>/dev/null || mount -t tmpfs -o size=%dm tmpfs /dev/shm
+  head -c %d /dev/urandom > /dev/shm/wrenn-bench-fill
+fi`, n, b.f.memoryMB+64, b.f.memoryMB+64, n)
 	res, err := b.c.Exec(ctx, id, wrenn.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", fill}, Timeout: 5 * time.Minute})
 	if err != nil {
 		return err
