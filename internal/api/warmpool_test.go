@@ -16,12 +16,13 @@ func TestHostWarmPools(t *testing.T) {
 		e := newEnv(t, st)
 		admin := e.signup("pooladmin@example.com")
 		e.makeAdmin(admin)
-		hostID, _ := e.registerHost(admin, "127.0.0.1:50061", "")
-		caps := `{"runtimes":["container"],"isolations":["runc"],"memory_snapshots":true,` +
-			`"warm_pools":[{"template":"base","ready":1,"target":2,"auto":true,"max":8,"hits":5,"misses":2,"limit":"memory"}]}`
-		if err := st.SetHostCapabilities(context.Background(), hostID, store.HostUsage{Capabilities: caps}); err != nil {
-			t.Fatal(err)
-		}
+		hostID, cred := e.registerHost(admin, "127.0.0.1:50061", "")
+		// As `wrenn up` reports them: with its heartbeat.
+		hb := map[string]any{"vcpus": 8, "memory_mb": 16384, "capabilities": map[string]any{
+			"runtimes": []string{"container"}, "isolations": []string{"runc"}, "memory_snapshots": true,
+			"warm_pools": []map[string]any{{"template": "base", "ready": 1, "target": 2, "auto": true, "max": 8, "hits": 5, "misses": 2, "limit": "memory"}},
+		}}
+		e.want(e.do("POST", "/v1/hosts/"+hostID+"/heartbeat", cred, hb), 200)
 		h := e.want(e.do("GET", "/v1/admin/hosts/"+hostID, admin.token, nil), 200).json(t)
 		c, _ := h["capabilities"].(map[string]any)
 		pools, _ := c["warm_pools"].([]any)
@@ -34,12 +35,19 @@ func TestHostWarmPools(t *testing.T) {
 				t.Errorf("warm pool %s = %v, want %v", k, p[k], want)
 			}
 		}
+		// As an agent's GetHostInfo gives them (the reconciler records them).
+		caps := `{"runtimes":["container"],"warm_pools":[{"template":"minimal","ready":3,"target":3,"max":3,"hits":0,"misses":0}]}`
+		other, _ := e.registerHost(admin, "127.0.0.1:50062", "")
+		if err := st.SetHostCapabilities(context.Background(), other, store.HostUsage{Capabilities: caps}); err != nil {
+			t.Fatal(err)
+		}
 		m := e.want(e.do("GET", "/metrics", "", nil), 200)
 		for _, want := range []string{
 			fmt.Sprintf(`wrenn_warm_pool_ready{host=%q,template="base"} 1`, hostID),
 			fmt.Sprintf(`wrenn_warm_pool_target{host=%q,template="base"} 2`, hostID),
 			fmt.Sprintf(`wrenn_warm_pool_hits_total{host=%q,template="base"} 5`, hostID),
 			fmt.Sprintf(`wrenn_warm_pool_misses_total{host=%q,template="base"} 2`, hostID),
+			fmt.Sprintf(`wrenn_warm_pool_ready{host=%q,template="minimal"} 3`, other),
 		} {
 			if !strings.Contains(string(m.body), want) {
 				t.Errorf("metrics lack %q", want)

@@ -505,44 +505,38 @@ func (b *bench) hosts(ctx context.Context) ([]wrennapi.Host, error) {
 	return out.Hosts, nil
 }
 
-// poolHits is the warm-pool hits of the template over all hosts (-1
-// when the key cannot list hosts).
-func (b *bench) poolHits(ctx context.Context) int64 {
-	hosts, err := b.hosts(ctx)
-	if err != nil {
-		return -1
-	}
-	var n int64
-	for _, h := range hosts {
-		for _, p := range h.Capabilities.WarmPools {
-			if p.Template == b.f.template {
-				n += p.Hits
-			}
-		}
-	}
-	return n
-}
-
-// poolReady waits (up to 10 s) until a host has a warm capsule of the
-// template ready; without an admin key it waits a fixed 1.5 s.
-func (b *bench) poolReady(ctx context.Context) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+// poolHits is the warm-pool hits of the template over all hosts as
+// reported after since (it waits up to 15 s for a heartbeat newer than
+// since), or -1 when the key cannot list hosts.
+func (b *bench) poolHits(ctx context.Context, since time.Time) int64 {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
 		hosts, err := b.hosts(ctx)
 		if err != nil {
-			time.Sleep(1500 * time.Millisecond)
-			return
+			return -1
 		}
+		fresh := true
+		var n int64
 		for _, h := range hosts {
+			if h.Status == wrennapi.HostStatusOnline && (h.LastHeartbeatAt == nil || h.LastHeartbeatAt.Before(since)) {
+				fresh = false
+			}
 			for _, p := range h.Capabilities.WarmPools {
-				if p.Template == b.f.template && p.Ready > 0 {
-					return
+				if p.Template == b.f.template {
+					n += p.Hits
 				}
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		if fresh || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
+
+// warmGap is the pause before each warm create: time for the pool to
+// make a capsule again after the previous one (about 0.1–0.3 s here).
+const warmGap = time.Second
 
 // createExec: create → first exec, then delete (timed), cold or warm.
 func (b *bench) createExec(ctx context.Context, warm bool) error {
@@ -550,11 +544,14 @@ func (b *bench) createExec(ctx context.Context, warm bool) error {
 	if !warm {
 		n = max(n/2, 3)
 	}
-	hits0 := b.poolHits(ctx)
+	var hits0 int64
+	if warm {
+		hits0 = b.poolHits(ctx, time.Now())
+	}
 	var ce, del []time.Duration
 	for range n {
 		if warm {
-			b.poolReady(ctx)
+			time.Sleep(warmGap)
 		}
 		t0 := time.Now()
 		c, err := b.create(ctx, warm, 0)
@@ -577,7 +574,7 @@ func (b *bench) createExec(ctx context.Context, warm bool) error {
 	}
 	r := latencyRow(name, ce)
 	if warm {
-		switch hits1 := b.poolHits(ctx); {
+		switch hits1 := b.poolHits(ctx, time.Now()); {
 		case hits0 < 0 || hits1 < 0:
 			r.Note = "pool use unknown (not an admin key)"
 		default:

@@ -50,7 +50,7 @@ type WarmPoolStatus struct {
 	Target int `json:"target"`
 	// Auto: sized by demand (between WarmPoolAutoMin and Max); else Max
 	// is the configured size.
-	Auto bool `json:"auto,omitempty"`
+	Auto bool `json:"auto"`
 	Max  int  `json:"max"`
 	// Hits and Misses count creates of this template that took a pool
 	// capsule and that found the pool empty.

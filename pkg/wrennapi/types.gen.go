@@ -1107,6 +1107,9 @@ type HostCapabilitiesReport struct {
 
 	// StartedAt When the agent process started; a change means it restarted.
 	StartedAt time.Time `json:"started_at,omitempty"`
+
+	// WarmPools The agent's warm pools (docs/PERFORMANCE.md).
+	WarmPools []WarmPool `json:"warm_pools,omitempty"`
 }
 
 // HostFree defines model for HostFree.

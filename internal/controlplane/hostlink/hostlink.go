@@ -59,7 +59,7 @@ type WarmPool struct {
 	Template string `json:"template"`
 	Ready    int    `json:"ready"`
 	Target   int    `json:"target"`
-	Auto     bool   `json:"auto,omitempty"`
+	Auto     bool   `json:"auto"`
 	Max      int    `json:"max"`
 	Hits     uint64 `json:"hits"`
 	Misses   uint64 `json:"misses"`

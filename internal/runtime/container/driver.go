@@ -170,6 +170,9 @@ const (
 	// OpWarm makes a warm-pool capsule: the OpCreate steps, then start,
 	// wait-ready, freeze.
 	OpWarm = "warm"
+	// OpTake hands a warm-pool capsule over (Take): thaw, hostname,
+	// policy, etc, state.
+	OpTake = "take"
 	// OpRestore is Restore: the OpCreate steps with image before rootfs,
 	// then memory (CRIU; a failure there falls back to start), start,
 	// save.

@@ -62,13 +62,21 @@ func (ps *poolSet) busy() func() {
 }
 
 // yieldGap is how long refills wait after the last real create ended (a
-// create is Create then Start: this covers the gap between them).
-const yieldGap = 200 * time.Millisecond
+// create is Create then Start: this covers the gap between them);
+// maxYield bounds the wait, so a steady stream of creates cannot starve
+// the pool that would serve them (one refill at a time takes at most one
+// core's share from them).
+const (
+	yieldGap = 50 * time.Millisecond
+	maxYield = time.Second
+)
 
-// waitIdle blocks until no real create is in flight (or ctx ends).
+// waitIdle blocks until no real create is in flight, for at most maxYield
+// (or until ctx ends).
 func (ps *poolSet) waitIdle(ctx context.Context) error {
+	deadline := time.Now().Add(maxYield)
 	for {
-		if ps.creating.Load() == 0 && time.Since(time.Unix(0, ps.lastBusy.Load())) >= yieldGap {
+		if ps.creating.Load() == 0 && time.Since(time.Unix(0, ps.lastBusy.Load())) >= yieldGap || time.Now().After(deadline) {
 			return nil
 		}
 		select {
@@ -293,6 +301,9 @@ func (d *Driver) destroyPooled(c *capsule) {
 // policy and labels, and returns it running. The caller then /inits envd
 // with spec.Env and the new identity. Limits must be the driver defaults.
 func (d *Driver) Take(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	// A take is a create too: the refill it kicks waits until the
+	// capsule has been handed over (pool.go, busy).
+	defer d.pools.busy()()
 	want, _, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
@@ -354,26 +365,27 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 		d.destroyPooled(c)
 		return runtime.Info{}, err
 	}
-	if err := d.cg.freeze(d.cgroupPath(c.rec.Key), false); err != nil {
-		return fail(err)
-	}
-	if err := d.setHostnameVia(ctx, &c.rec, spec.ID); err != nil {
-		return fail(err)
-	}
-	d.net.Label(c.rec.Key, spec.ID)
-	if err := d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network); err != nil {
-		return fail(err)
-	}
-	if err := d.writeEtc(&c.rec, spec.ID); err != nil {
-		return fail(err)
-	}
-	c.rec.ID = spec.ID
-	c.rec.Pool = false
-	c.rec.State = runtime.StateRunning
-	c.rec.CreatedAt = time.Now().UTC()
-	spec.DiskSizeMB = c.rec.Spec.DiskSizeMB
-	c.rec.Spec = spec
-	if err := d.save(&c.rec); err != nil {
+	// Named, timed steps like create's (debug log: op=take).
+	st := &runtime.Steps{Op: OpTake, ID: spec.ID, Log: d.log}
+	st.Append(
+		runtime.Step{Name: "thaw", Do: func(context.Context) error { return d.cg.freeze(d.cgroupPath(c.rec.Key), false) }},
+		runtime.Step{Name: "hostname", Do: func(ctx context.Context) error { return d.setHostnameVia(ctx, &c.rec, spec.ID) }},
+		runtime.Step{Name: "policy", Do: func(context.Context) error {
+			d.net.Label(c.rec.Key, spec.ID)
+			return d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network)
+		}},
+		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(&c.rec, spec.ID) }},
+		runtime.Step{Name: "state", Do: func(context.Context) error {
+			c.rec.ID = spec.ID
+			c.rec.Pool = false
+			c.rec.State = runtime.StateRunning
+			c.rec.CreatedAt = time.Now().UTC()
+			spec.DiskSizeMB = c.rec.Spec.DiskSizeMB
+			c.rec.Spec = spec
+			return d.save(&c.rec)
+		}},
+	)
+	if err := d.runSteps(ctx, st); err != nil {
 		return fail(err)
 	}
 	return d.info(&c.rec), nil

@@ -4349,6 +4349,8 @@ export interface components {
              * @description When the agent process started; a change means it restarted.
              */
             started_at?: string;
+            /** @description The agent's warm pools (docs/PERFORMANCE.md). */
+            warm_pools?: components["schemas"]["WarmPool"][];
         };
         HostList: {
             hosts: components["schemas"]["Host"][];
