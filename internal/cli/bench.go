@@ -157,6 +157,7 @@ func runBench(ctx context.Context, c *wrenn.Client, cfg clientConfig, f benchFla
 	for _, s := range steps {
 		fmt.Fprintf(log, "bench: %s…\n", s.name)
 		if err := s.fn(ctx); err != nil {
+			b.evaluate()
 			return b.rows, fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
@@ -740,7 +741,7 @@ func (b *bench) pauseResume(ctx context.Context) error {
 	// as zero pages.
 	n := int64(b.f.memoryMB) << 20
 	fill := fmt.Sprintf(`if command -v python3 >/dev/null; then
-  python3 -c 'import os, time; b = bytearray(os.urandom(%d)); open("/tmp/wrenn-bench-filled", "w").close(); time.sleep(1e9)' >/dev/null 2>&1 &
+  python3 -c 'import os, time; b = os.urandom(%d); open("/tmp/wrenn-bench-filled", "w").close(); time.sleep(1e9)' >/dev/null 2>&1 &
   i=0; while [ ! -e /tmp/wrenn-bench-filled ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; test -e /tmp/wrenn-bench-filled
 else
   mkdir -p /dev/shm && mount -o remount,size=%dm /dev/shm 2>/dev/null || mount -t tmpfs -o size=%dm tmpfs /dev/shm
