@@ -332,11 +332,17 @@ func tcpCopy(ctx context.Context, n int64, dir string) (time.Duration, error) {
 	})
 }
 
-// pipeTCP copies a child's stdout (`head -c n /dev/zero`) over loopback
-// TCP, like a capsule's stdout streamed to a client.
+// streamCmd prints n bytes of text lines (command output is text; NUL
+// bytes would be escaped six-fold in the API's JSON events).
+func streamCmd(n int64) string {
+	return fmt.Sprintf("yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ | head -c %d", n)
+}
+
+// pipeTCP copies a child's stdout (streamCmd) over loopback TCP, like a
+// capsule's stdout streamed to a client.
 func (b *bench) pipeTCP(ctx context.Context, n int64) (time.Duration, error) {
 	return loopback(ctx, "", func(conn net.Conn) error {
-		cmd := exec.CommandContext(ctx, "head", "-c", fmt.Sprint(n), "/dev/zero")
+		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", streamCmd(n))
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
@@ -619,7 +625,7 @@ func (b *bench) inCapsule(ctx context.Context) error {
 	for range runs {
 		var cw countWriter
 		t0 := time.Now()
-		st, err := b.c.ExecStream(ctx, id, wrenn.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", fmt.Sprintf("head -c %d /dev/zero", size)}}, &cw, io.Discard)
+		st, err := b.c.ExecStream(ctx, id, wrenn.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", streamCmd(size)}}, &cw, io.Discard)
 		d := time.Since(t0)
 		if err != nil {
 			return err
