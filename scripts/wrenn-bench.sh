@@ -13,6 +13,8 @@ home=$(mktemp -d /tmp/wrenn-bench-home.XXXXXX)
 log=$home/up.log
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Memory snapshots (pause to disk keeping memory) need the patched CRIU.
+export WRENN_CRIU="${WRENN_CRIU:-$(scripts/criu.sh)}"
 exec 9>/tmp/wrenn-priv.lock
 flock 9
 "$wrenn" up --home "$home" --listen "127.0.0.1:$port" --proxy-listen "127.0.0.1:$pport" \

@@ -782,12 +782,17 @@ fi`, n, b.f.memoryMB+64, b.f.memoryMB+64, n)
 	}
 	b.add(latencyRow("warm pause", pause))
 	b.add(latencyRow("warm resume → first exec", resume))
+	kept := true
 	for range diskRuns {
 		t0 := time.Now()
-		if _, err := b.c.Pause(ctx, id, wrenn.PauseOptions{ToDisk: true}); err != nil {
+		pc, err := b.c.Pause(ctx, id, wrenn.PauseOptions{ToDisk: true})
+		if err != nil {
 			return err
 		}
 		dpause = append(dpause, time.Since(t0))
+		if pc.MemoryKept != nil && !*pc.MemoryKept {
+			kept = false
+		}
 		t0 = time.Now()
 		if _, err := b.c.Resume(ctx, id, 0); err != nil {
 			return err
@@ -800,6 +805,10 @@ fi`, n, b.f.memoryMB+64, b.f.memoryMB+64, n)
 	r := latencyRow(fmt.Sprintf("pause to disk (%d MiB used)", b.f.memoryMB), dpause)
 	if p := percentile(dpause, 50); p > 0 {
 		r.Note = fmt.Sprintf("%.0f MiB/s of used memory", float64(b.f.memoryMB)/(p/1000))
+	}
+	if !kept {
+		// Files only: the memory was not written; no rate to report.
+		r.Note = "memory not kept (the host has no working CRIU): files only"
 	}
 	b.add(r)
 	b.add(latencyRow(fmt.Sprintf("resume from disk → first exec (%d MiB)", b.f.memoryMB), dresume))
@@ -896,7 +905,7 @@ func (b *bench) evaluate() {
 		switch {
 		case strings.HasSuffix(r.Scenario, "concurrent creates → first exec"):
 			r.Target, r.Met = "all succeed", ok(strings.HasPrefix(r.Note, fmt.Sprintf("%d of %d", b.f.concurrency, b.f.concurrency)))
-		case strings.HasPrefix(r.Scenario, "pause to disk") && r.N > 0:
+		case strings.HasPrefix(r.Scenario, "pause to disk") && r.N > 0 && !strings.HasPrefix(r.Note, "memory not kept"):
 			if bs := b.row(diskwr); bs != nil && bs.P50 > 0 {
 				rate := float64(b.f.memoryMB) / (r.P50 / 1000)
 				floor := min(1024, bs.P50)
