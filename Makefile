@@ -137,7 +137,10 @@ test-heavy: deps build
 test-gvisor: deps build
 	WRENN_TEST_RUNSC="$${WRENN_TEST_RUNSC:-$$(scripts/runsc.sh)}" $(GO) test -count=1 -timeout 25m -v -run 'TestGVisor|TestIsolationsRouter' ./internal/runtime/container/
 
+# `wrenn bench` against a `wrenn up` of its own (scripts/wrenn-bench.sh;
+# BENCH_ARGS=--quick for a one-minute run), then the Go benchmarks.
 bench: deps build
+	@scripts/wrenn-bench.sh $(BENCH_ARGS)
 	@scripts/bench.sh
 
 # The fleet's chaos and load suites in full (issue 24; docs/OPERATIONS.md):

@@ -54,6 +54,12 @@ func toHostJSON(h store.Host) wrennapi.Host {
 		t := c.StartedAt.UTC()
 		caps.AgentStartedAt = &t
 	}
+	for _, p := range c.WarmPools {
+		caps.WarmPools = append(caps.WarmPools, wrennapi.WarmPool{
+			Template: p.Template, Ready: p.Ready, Target: p.Target, Max: p.Max, Auto: p.Auto,
+			Hits: int64(p.Hits), Misses: int64(p.Misses), Limit: p.Limit, //nolint:gosec // counters fit in int64
+		})
+	}
 	return wrennapi.Host{
 		ID: h.ID, TeamID: h.TeamID, Address: h.Address, Status: wrennapi.HostStatus(h.Status), VCPUs: h.VCPUs, MemoryMB: h.MemoryMB,
 		DiskMB: h.DiskMB, UsedVCPUs: h.UsedVCPUs, UsedMemoryMB: h.UsedMemoryMB, UsedDiskMB: h.UsedDiskMB, LastHeartbeatAt: h.LastHeartbeatAt,

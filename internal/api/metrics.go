@@ -25,7 +25,7 @@ func newMetrics(reg *prometheus.Registry, st store.Store, log *slog.Logger) *met
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"method", "route"}),
 	}
-	reg.MustRegister(m.requests, m.latency, capsuleCollector{st: st, log: log})
+	reg.MustRegister(m.requests, m.latency, capsuleCollector{st: st, log: log}, warmPoolCollector{st: st, log: log})
 	return m
 }
 
@@ -52,5 +52,44 @@ func (c capsuleCollector) Collect(ch chan<- prometheus.Metric) {
 		store.CapsuleHibernated, store.CapsuleStopped, store.CapsuleError, store.CapsuleMissing,
 	} {
 		ch <- prometheus.MustNewConstMetric(capsulesDesc, prometheus.GaugeValue, float64(counts[s]), string(s))
+	}
+}
+
+// warmPoolCollector reports the hosts' warm pools (as their last
+// heartbeat or host-info refresh gave them) at scrape time.
+type warmPoolCollector struct {
+	st  store.Store
+	log *slog.Logger
+}
+
+var (
+	warmReadyDesc  = prometheus.NewDesc("wrenn_warm_pool_ready", "Warm-pool capsules ready, by host and template.", []string{"host", "template"}, nil)
+	warmTargetDesc = prometheus.NewDesc("wrenn_warm_pool_target", "Warm-pool target size, by host and template.", []string{"host", "template"}, nil)
+	warmHitsDesc   = prometheus.NewDesc("wrenn_warm_pool_hits_total", "Creates that took a warm-pool capsule, by host and template.", []string{"host", "template"}, nil)
+	warmMissDesc   = prometheus.NewDesc("wrenn_warm_pool_misses_total", "Creates that found the warm pool empty, by host and template.", []string{"host", "template"}, nil)
+)
+
+func (warmPoolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- warmReadyDesc
+	ch <- warmTargetDesc
+	ch <- warmHitsDesc
+	ch <- warmMissDesc
+}
+
+func (c warmPoolCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hosts, err := c.st.ListHosts(ctx)
+	if err != nil {
+		c.log.Warn("metrics: list hosts", "err", err)
+		return
+	}
+	for _, h := range hosts {
+		for _, p := range hostCapabilities(h).WarmPools {
+			ch <- prometheus.MustNewConstMetric(warmReadyDesc, prometheus.GaugeValue, float64(p.Ready), h.ID, p.Template)
+			ch <- prometheus.MustNewConstMetric(warmTargetDesc, prometheus.GaugeValue, float64(p.Target), h.ID, p.Template)
+			ch <- prometheus.MustNewConstMetric(warmHitsDesc, prometheus.CounterValue, float64(p.Hits), h.ID, p.Template)
+			ch <- prometheus.MustNewConstMetric(warmMissDesc, prometheus.CounterValue, float64(p.Misses), h.ID, p.Template)
+		}
 	}
 }

@@ -41,7 +41,7 @@ type agentFlags struct {
 	tlsKey          string
 	clientCA        string
 	logLevel        string
-	warmPools       map[string]int
+	warmPools       *warmPoolsFlag
 	snapshotGC      time.Duration
 	criu            criuFlags
 	overcommit      overcommitFlags
@@ -105,7 +105,8 @@ WRENN_CRIU (the criu binary for memory snapshots).`,
 	f.overcommit.register(fl)
 	f.templateStore.register(fl)
 	fl.DurationVar(&f.snapshotGC, "snapshot-gc-interval", 10*time.Minute, "how often to delete snapshot data no snapshot references (negative: never)")
-	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template, e.g. base=2,minimal=4")
+	f.warmPools = newWarmPoolsFlag()
+	fl.Var(f.warmPools, "warm-pool", "started-and-frozen capsules kept per template for fast creates: template=N, template=auto (sized by the create rate and free memory), or off")
 	fl.StringVar(&f.runsc, "runsc", os.Getenv("WRENN_RUNSC"), "static runsc binary for gVisor capsules (isolation \"gvisor\"; scripts/runsc.sh builds one; $WRENN_RUNSC); empty: gVisor off")
 	fl.StringVar(&f.gvisorSubnet, "gvisor-subnet", "10.201.0.0/16", "IPv4 range of gVisor capsules (their own nftables table; must differ from the container capsules' 10.200.0.0/16)")
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
@@ -266,7 +267,7 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		DefaultTemplate:    f.defaultTemplate,
 		DefaultTimeout:     f.defaultTimeout,
 		Secret:             secret,
-		WarmPools:          f.warmPools,
+		WarmPools:          f.warmPools.pools(),
 		SnapshotGCInterval: f.snapshotGC,
 		Version:            buildinfo.Version,
 		CPUOvercommit:      f.overcommit.o.CPU,

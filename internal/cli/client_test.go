@@ -30,6 +30,7 @@ func clientRoot() *cobra.Command {
 	root := &cobra.Command{Use: "wrenn", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd(), newTeamCmd())
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
+	root.AddCommand(newBenchCmd())
 	return root
 }
 
@@ -73,7 +74,7 @@ func isolate(t *testing.T) string {
 func TestHelpGolden(t *testing.T) {
 	isolate(t)
 	for _, path := range []string{
-		"login", "up",
+		"login", "up", "bench",
 		"capsule", "capsule create", "capsule ls", "capsule get", "capsule exec", "capsule shell",
 		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set", "capsule snapshot",
 		"template", "template ls", "template import", "template build", "template prepare", "template set-isolation",

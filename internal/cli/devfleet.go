@@ -28,6 +28,7 @@ type devFleetFlags struct {
 	name, dir, postgres, envd                string
 	s3Endpoint, s3Bucket, s3Prefix, s3Region string
 	noCRIU                                   bool
+	warmPool                                 string
 }
 
 func newDevFleetCmd() *cobra.Command {
@@ -61,6 +62,7 @@ every capsule and removes everything it made. Needs root.`,
 	fl.StringVar(&f.s3Prefix, "s3-prefix", "fleet/", "key prefix in the bucket")
 	fl.StringVar(&f.s3Region, "s3-region", "us-east-1", "S3 region")
 	fl.BoolVar(&f.noCRIU, "no-criu", false, "agents keep files only on pause to disk")
+	fl.StringVar(&f.warmPool, "warm-pool", "minimal=auto", "the agents' --warm-pool (off, template=N or template=auto; base is not built in a fleet)")
 	return cmd
 }
 
@@ -87,7 +89,7 @@ func runDevFleet(ctx context.Context, f devFleetFlags, out io.Writer) error {
 	}
 	o := fleet.Options{
 		Dir: dir, Name: f.name, Agents: f.agents, Replicas: f.replicas, Net: f.net,
-		Wrenn: exe, Envd: f.envd, PostgresDSN: f.postgres, Log: out,
+		Wrenn: exe, Envd: f.envd, PostgresDSN: f.postgres, Log: out, WarmPool: f.warmPool,
 	}
 	if f.noCRIU {
 		o.AgentArgs = append(o.AgentArgs, "--no-criu")

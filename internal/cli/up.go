@@ -24,7 +24,8 @@ import (
 type upFlags struct {
 	home, listen, proxyListen, onExit, envdPath, cacheDir, mirror, instance, subnet, logLevel, rootfsSize string
 	noBase                                                                                                bool
-	warmPools                                                                                             map[string]int
+	warmPools                                                                                             *warmPoolsFlag
+	pprofListen                                                                                           string
 	criu                                                                                                  criuFlags
 	overcommit                                                                                            overcommitFlags
 	dnsUpstream                                                                                           []string
@@ -103,6 +104,7 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9725", "address to serve the API on")
 	fl.StringVar(&f.proxyListen, "proxy-listen", controlplane.DefaultProxyListen, "address to serve the port proxy on: capsule ports at /proxy/{capsule}/{port}/")
 	fl.StringVar(&f.onExit, "on-exit", "pause", "what happens to running capsules on shutdown: pause or destroy")
+	fl.StringVar(&f.pprofListen, "pprof-listen", "", "serve Go's profiler (/debug/pprof/) on this address, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 	fl.StringVar(&f.envdPath, "envd-path", "", "static envd binary put into every capsule (default: envd next to this binary)")
 	fl.StringVar(&f.cacheDir, "cache-dir", "/var/cache/wrenn", "machine-wide cache of base template builds")
 	fl.StringVar(&f.mirror, "debian-mirror", "http://deb.debian.org/debian", "Debian mirror for the base template")
@@ -110,7 +112,8 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringVar(&f.rootfsSize, "default-rootfs-size", "", "default writable disk per capsule, e.g. 5GiB (default $WRENN_DEFAULT_ROOTFS_SIZE, else 5120MiB)")
 	fl.StringVar(&f.instance, "instance", "wrenn", "name of this Wrenn's cgroup parent, nftables table and network namespaces")
 	fl.StringVar(&f.subnet, "subnet", "10.200.0.0/16", "private IPv4 range capsule addresses come from")
-	fl.StringToIntVar(&f.warmPools, "warm-pool", nil, "started-and-frozen capsules to keep per template for fast creates, e.g. minimal=2")
+	f.warmPools = newWarmPoolsFlag()
+	fl.Var(f.warmPools, "warm-pool", "started-and-frozen capsules kept per template for fast creates: template=N, template=auto (sized by the create rate and free memory), or off")
 	f.criu.register(fl)
 	f.overcommit.register(fl)
 	fl.StringSliceVar(&f.dnsUpstream, "dns-upstream", nil, "resolvers the capsules' DNS forwarder asks, IP[:port] (default: the host's, from /etc/resolv.conf)")
@@ -166,11 +169,16 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if f.pprofListen != "" {
+		if err := servePprof(ctx, f.pprofListen, log); err != nil {
+			return fmt.Errorf("--pprof-listen: %w", err)
+		}
+	}
 	cfg := up.Config{
 		Home: resolveHome(f.home), Listen: f.listen, ProxyListen: f.proxyListen, OnExit: up.OnExit(f.onExit), EnvdPath: f.envdPath,
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
-		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools, Out: out, Progress: isTerminal(out), Logger: log,
+		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools.pools(), Out: out, Progress: isTerminal(out), Logger: log,
 		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
 		GitHub: gh,
 	}

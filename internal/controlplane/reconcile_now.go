@@ -46,7 +46,7 @@ func (s *Server) refreshHostInfo(ctx context.Context, h store.Host) store.Host {
 		return h
 	}
 	in := resp.Msg
-	if in.GetCpuOvercommit() == 0 && in.GetMemoryOvercommit() == 0 && in.GetDiskOvercommit() == 0 {
+	if in.GetCpuOvercommit() == 0 && in.GetMemoryOvercommit() == 0 && in.GetDiskOvercommit() == 0 && len(in.GetWarmPools()) == 0 {
 		return h
 	}
 	caps := hostlink.Capabilities{
@@ -59,6 +59,12 @@ func (s *Server) refreshHostInfo(ctx context.Context, h store.Host) store.Host {
 	}
 	if in.GetStartedAt() > 0 {
 		caps.StartedAt = time.Unix(in.GetStartedAt(), 0).UTC()
+	}
+	for _, p := range in.GetWarmPools() {
+		caps.WarmPools = append(caps.WarmPools, hostlink.WarmPool{
+			Template: p.GetTemplate(), Ready: int(p.GetReady()), Target: int(p.GetTarget()), Auto: p.GetAuto(), Max: int(p.GetMax()),
+			Hits: p.GetHits(), Misses: p.GetMisses(), Limit: p.GetLimit(),
+		})
 	}
 	b, _ := json.Marshal(caps)
 	u := store.HostUsage{

@@ -64,6 +64,9 @@ type Options struct {
 	// HeartbeatInterval and ReconcileInterval of the control plane
 	// (defaults 2 s and 2 s: a fleet for tests notices failures fast).
 	HeartbeatInterval, ReconcileInterval time.Duration
+	// WarmPool is the agents' --warm-pool (default "off": a fleet for
+	// tests keeps no warm capsules unless a test is about them).
+	WarmPool string
 	// AgentArgs are extra `wrenn agent` flags (e.g. --no-criu).
 	AgentArgs []string
 	// Log receives progress lines (default: discarded).
@@ -316,6 +319,11 @@ func (f *Fleet) prepareAgent(ctx context.Context, a *Agent, apiPort int) error {
 			"--template-store", "s3://"+f.o.S3.Bucket+"/"+f.o.S3.Prefix+"templates/",
 		)
 	}
+	pool := f.o.WarmPool
+	if pool == "" {
+		pool = "off"
+	}
+	a.args = append(a.args, "--warm-pool", pool)
 	a.args = append(a.args, f.o.AgentArgs...)
 	return nil
 }

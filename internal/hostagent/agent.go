@@ -159,10 +159,11 @@ type Agent struct {
 	mu   sync.Mutex
 	caps map[string]*capsule
 
-	bgCancel context.CancelFunc
-	bgWG     sync.WaitGroup
-	closed   sync.Once
-	started  time.Time
+	bgCancel  context.CancelFunc
+	bgWG      sync.WaitGroup
+	closed    sync.Once
+	started   time.Time
+	teardowns teardowns // driver destroys running after their answer (teardown.go)
 }
 
 // capsule is the agent's live view of one capsule.
@@ -268,6 +269,9 @@ func (a *Agent) Close() error {
 	a.closed.Do(func() {
 		a.bgCancel()
 		a.bgWG.Wait()
+		// Teardowns started before Close finish first: a driver closed
+		// under them would leave their host objects behind.
+		a.teardowns.wg.Wait()
 		a.mu.Lock()
 		caps := make([]*capsule, 0, len(a.caps))
 		for _, c := range a.caps {
@@ -642,8 +646,10 @@ func (a *Agent) forget(c *capsule) {
 	a.mu.Unlock()
 }
 
-// destroyCapsule stops a capsule and frees all its resources.
-func (a *Agent) destroyCapsule(ctx context.Context, id string) error {
+// destroyCapsule stops a capsule and frees all its resources. It answers
+// once the capsule is gone from the agent; the driver's teardown runs
+// after the answer (teardown.go).
+func (a *Agent) destroyCapsule(_ context.Context, id string) error {
 	c, err := a.lookup(id)
 	if err != nil {
 		return err
@@ -654,10 +660,8 @@ func (a *Agent) destroyCapsule(ctx context.Context, id string) error {
 		return fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
 	}
 	a.stopSampler(c)
-	if err := a.driver.Destroy(ctx, id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
-		return fmt.Errorf("destroy capsule %s: %w", id, err)
-	}
 	a.forget(c)
+	a.teardown(id)
 	a.log.Info("capsule destroyed", "capsule_id", id)
 	return nil
 }

@@ -159,6 +159,8 @@ func TestKill9MidCreateAndPause(t *testing.T) {
 			t.Errorf("destroy %s: %v", cp.GetCapsuleId(), err)
 		}
 	}
+	// Teardowns run after the answer (teardown.go).
+	testutil.Eventually(t, testutil.Short, func() bool { p, _ := h.agent.Teardowns(); return p == 0 }, "capsule teardowns still pending")
 	clean := func() bool {
 		for _, n := range leftovers(t, d) {
 			if n != 0 {

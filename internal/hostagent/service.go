@@ -170,6 +170,14 @@ func (s service) GetHostInfo(_ context.Context, _ *connect.Request[pb.GetHostInf
 	out.SharedTemplates = s.a.cfg.SharedTemplates != nil
 	out.CpuOvercommit, out.MemoryOvercommit, out.DiskOvercommit = s.a.cfg.CPUOvercommit, s.a.cfg.MemoryOvercommit, s.a.cfg.DiskOvercommit
 	out.Isolations, out.DefaultIsolation = isolationSupport(s.a.driver)
+	if r, ok := s.a.driver.(runtime.WarmPoolReporter); ok {
+		for _, p := range r.WarmPools() {
+			out.WarmPools = append(out.WarmPools, &pb.WarmPool{
+				Template: p.Template, Ready: int32(p.Ready), Target: int32(p.Target), Auto: p.Auto, Max: int32(p.Max), //nolint:gosec // small
+				Hits: p.Hits, Misses: p.Misses, Limit: p.Limit,
+			})
+		}
+	}
 	return connect.NewResponse(out), nil
 }
 

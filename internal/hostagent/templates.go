@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -91,11 +92,19 @@ func (a *Agent) deleteTemplate(name string) error {
 	if name == a.cfg.DefaultTemplate {
 		return fmt.Errorf("template %q is this host's default: %w", name, runtime.ErrInvalidState)
 	}
-	if a.cfg.WarmPools[name] > 0 {
+	if a.cfg.WarmPools[name] != 0 {
 		return fmt.Errorf("template %q has a warm pool on this host: %w", name, runtime.ErrInvalidState)
 	}
 	if _, err := ts.Get(name); err != nil {
 		return fmt.Errorf("template %q: %w", name, runtime.ErrNoTemplate)
+	}
+	// A capsule destroyed just before still has its rootfs mounted until
+	// its teardown ends (teardown.go).
+	wctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	err := a.waitTeardowns(wctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("template %q: capsule teardowns still running: %w", name, runtime.ErrInvalidState)
 	}
 	dir := filepath.Join(ts.Dir, name)
 	trash, err := a.detachTemplate(name, dir)

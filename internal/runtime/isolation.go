@@ -60,6 +60,7 @@ var (
 	_ Pauser            = (*Isolations)(nil)
 	_ Snapshotter       = (*Isolations)(nil)
 	_ WarmPooler        = (*Isolations)(nil)
+	_ WarmPoolReporter  = (*Isolations)(nil)
 	_ TemplateExporter  = (*Isolations)(nil)
 	_ SnapshotCollector = (*Isolations)(nil)
 	_ NetworkUpdater    = (*Isolations)(nil)
@@ -474,6 +475,17 @@ func (m *Isolations) SetWarmPool(template string, n int) {
 			wp.SetWarmPool(template, n)
 		}
 	}
+}
+
+// WarmPools implements WarmPoolReporter: the pools of every driver.
+func (m *Isolations) WarmPools() []WarmPoolStatus {
+	var out []WarmPoolStatus
+	for _, d := range m.all() {
+		if r, ok := d.(WarmPoolReporter); ok {
+			out = append(out, r.WarmPools()...)
+		}
+	}
+	return out
 }
 
 // Take implements WarmPooler: the pool of spec.Isolation's driver.

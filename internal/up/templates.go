@@ -34,7 +34,7 @@ func (a *App) templates(ctx context.Context) {
 	a.banner()
 	close(a.ready)
 	if !a.cfg.BuildBase {
-		if _, err := a.tmpls.Get(BaseTemplate); err == nil && a.cfg.WarmPools[BaseTemplate] > 0 {
+		if _, err := a.tmpls.Get(BaseTemplate); err == nil && a.cfg.WarmPools[BaseTemplate] != 0 {
 			a.drv.SetWarmPool(BaseTemplate, a.cfg.WarmPools[BaseTemplate])
 		}
 		return
@@ -43,7 +43,7 @@ func (a *App) templates(ctx context.Context) {
 		return a.tmpls.BuildDebian(ctx, BaseTemplate, template.DefaultDebianRecipe(a.cfg.DebianMirror), a.cfg.CacheDir)
 	})
 	if err == nil {
-		if n := a.cfg.WarmPools[BaseTemplate]; n > 0 {
+		if n := a.cfg.WarmPools[BaseTemplate]; n != 0 {
 			a.drv.SetWarmPool(BaseTemplate, n)
 		}
 	}

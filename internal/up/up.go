@@ -124,8 +124,10 @@ type Config struct {
 	// (default: the host's, from /etc/resolv.conf).
 	DNSUpstream []string
 	// WarmPools keeps this many started-and-frozen capsules per template
-	// (e.g. {"minimal": 2}) so creates take one instead of booting. A
-	// pool starts filling once its template is available.
+	// (e.g. {"minimal": 2}; runtime.WarmPoolAuto: sized by demand) so
+	// creates take one instead of booting. A pool starts filling once its
+	// template is available. Nil: no pools (`wrenn up` passes
+	// runtime.DefaultWarmPools unless --warm-pool says otherwise).
 	WarmPools map[string]int
 	// CRIUPath, CRIUEnv and DisableCRIU configure memory snapshots of the
 	// container driver (container.Config): "" looks up criu in PATH.
@@ -489,6 +491,9 @@ func (a *App) capabilities() *hostlink.Capabilities {
 	}
 	if a.drv != nil {
 		c.MemorySnapshots, c.MemorySnapshotsReason = a.drv.CRIUAvailable(), a.drv.CRIUUnavailableReason()
+		for _, p := range a.drv.WarmPools() {
+			c.WarmPools = append(c.WarmPools, hostlink.WarmPool(p))
+		}
 	}
 	if a.isos != nil {
 		c.DefaultIsolation = a.isos.Default()

@@ -73,6 +73,7 @@ func config(t testing.TB, home string, onExit up.OnExit, out io.Writer) up.Confi
 		Home: home, Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0", OnExit: onExit, EnvdPath: envd(t), DefaultDiskSizeMB: 256,
 		Instance: fmt.Sprintf("%s%d", instance, os.Getpid()%100000), Subnet: netip.MustParsePrefix("10.250.0.0/16"),
 		Out: out, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		WarmPools: nil, // off unless a test is about warm pools
 	}
 }
 

@@ -1369,6 +1369,9 @@ type HostCapabilities struct {
 
 	// Runtimes Runtime drivers the agent runs, e.g. container.
 	Runtimes []string `json:"runtimes"`
+
+	// WarmPools The host's warm pools (docs/PERFORMANCE.md); absent when it keeps none.
+	WarmPools []WarmPool `json:"warm_pools,omitempty"`
 }
 
 // HostCapabilitiesReport What an agent reports of itself with registration and heartbeats.
@@ -1382,6 +1385,9 @@ type HostCapabilitiesReport struct {
 
 	// StartedAt When the agent process started; a change means it restarted.
 	StartedAt time.Time `json:"started_at,omitempty"`
+
+	// WarmPools The agent's warm pools (docs/PERFORMANCE.md).
+	WarmPools []WarmPool `json:"warm_pools,omitempty"`
 }
 
 // HostFree defines model for HostFree.
@@ -1895,6 +1901,31 @@ type User struct {
 	ID            string    `json:"id"`
 	IsAdmin       bool      `json:"is_admin"`
 	Name          string    `json:"name"`
+}
+
+// WarmPool One template's warm pool on a host: started, frozen capsules that creates take instead of booting.
+type WarmPool struct {
+	// Auto Sized by the recent create rate and free memory.
+	Auto bool `json:"auto"`
+
+	// Hits Creates that took a pool capsule.
+	Hits int64 `json:"hits"`
+
+	// Limit What holds target below the demand: memory (the host's free memory).
+	Limit string `json:"limit,omitempty"`
+
+	// Max The configured size, or the ceiling of a pool sized by demand.
+	Max int `json:"max"`
+
+	// Misses Creates that found the pool empty.
+	Misses int64 `json:"misses"`
+
+	// Ready Capsules ready to be taken.
+	Ready int `json:"ready"`
+
+	// Target The size the pool is filled or drained to now.
+	Target   int    `json:"target"`
+	Template string `json:"template"`
 }
 
 // Webhook defines model for Webhook.

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -74,6 +76,10 @@ func NewTransport(tc *tls.Config, responseHeaderTimeout, dialTimeout time.Durati
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: responseHeaderTimeout,
 		ExpectContinueTimeout: time.Second,
+		// No transparent gzip: agents answer over the data-center network
+		// or loopback, where compressing file and output streams costs
+		// more CPU than it saves (docs/PERFORMANCE.md).
+		DisableCompression: true,
 	}
 }
 
@@ -115,7 +121,9 @@ func (p *Pool) Client(h store.Host) hostagentv1connect.HostAgentServiceClient {
 		return e.client
 	}
 	hc := &http.Client{Transport: bearer{base: p.transport, secret: p.Credential(h.ID)}}
-	c := hostagentv1connect.NewHostAgentServiceClient(hc, p.BaseURL(h.Address))
+	// Uncompressed answers: gzip of file downloads and output streams was
+	// 14 % of `wrenn up`'s CPU under `wrenn bench` (docs/PERFORMANCE.md).
+	c := hostagentv1connect.NewHostAgentServiceClient(hc, p.BaseURL(h.Address), connect.WithAcceptCompression("gzip", nil, nil))
 	p.clients[h.ID] = entry{addr: h.Address, client: c}
 	return c
 }

@@ -69,3 +69,40 @@ func TestClientSpeaksHTTP1WithHostCredential(t *testing.T) {
 		t.Fatalf("transport: header timeout %v, protocols %v", tr.ResponseHeaderTimeout, tr.Protocols)
 	}
 }
+
+// TestClientAsksForNoCompression: the pool's clients take agents' answers
+// uncompressed (unary and streams), so file downloads and output streams
+// are not gzipped on the way to the control plane.
+func TestClientAsksForNoCompression(t *testing.T) {
+	var mu sync.Mutex
+	var accepts []string
+	path, h := hostagentv1connect.NewHostAgentServiceHandler(hostagentv1connect.UnimplementedHostAgentServiceHandler{})
+	mux := http.NewServeMux()
+	mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		accepts = append(accepts, r.Header.Get("Accept-Encoding")+"|"+r.Header.Get("Connect-Accept-Encoding"))
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	p := agents.New(agents.Config{Key: []byte("k")})
+	c := p.Client(store.Host{ID: "host-1", Address: srv.URL})
+	ctx := context.Background()
+	_, _ = c.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{}))
+	if st, err := c.ReadFileStream(ctx, connect.NewRequest(&pb.ReadFileRequest{CapsuleId: "cl-x", Path: "/x"})); err == nil {
+		for st.Receive() {
+		}
+		_ = st.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(accepts) != 2 {
+		t.Fatalf("%d calls seen, want 2", len(accepts))
+	}
+	for _, a := range accepts {
+		if strings.Contains(a, "gzip") {
+			t.Errorf("the client accepts gzip (Accept-Encoding|Connect-Accept-Encoding = %q)", a)
+		}
+	}
+}

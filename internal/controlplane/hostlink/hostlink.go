@@ -55,6 +55,21 @@ type Capabilities struct {
 	// control plane the agent restarted, so creates it had in flight are
 	// gone.
 	StartedAt time.Time `json:"started_at,omitzero"`
+	// WarmPools are the host's warm pools (docs/PERFORMANCE.md).
+	WarmPools []WarmPool `json:"warm_pools,omitempty"`
+}
+
+// WarmPool is one template's warm pool on a host: started, frozen
+// capsules that creates take instead of booting.
+type WarmPool struct {
+	Template string `json:"template"`
+	Ready    int    `json:"ready"`
+	Target   int    `json:"target"`
+	Auto     bool   `json:"auto"`
+	Max      int    `json:"max"`
+	Hits     uint64 `json:"hits"`
+	Misses   uint64 `json:"misses"`
+	Limit    string `json:"limit,omitempty"`
 }
 
 // IsolationSupport is whether a host runs one isolation and why not.

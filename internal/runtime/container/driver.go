@@ -177,6 +177,9 @@ const (
 	// OpWarm makes a warm-pool capsule: the OpCreate steps, then start,
 	// wait-ready, freeze.
 	OpWarm = "warm"
+	// OpTake hands a warm-pool capsule over (Take): thaw, hostname,
+	// policy, etc, state.
+	OpTake = "take"
 	// OpRestore is Restore: the OpCreate steps with image before rootfs,
 	// then memory (CRIU; a failure there falls back to start), start,
 	// save.
@@ -215,6 +218,8 @@ var (
 	_ runtime.Pauser      = (*Driver)(nil)
 	_ runtime.Snapshotter = (*Driver)(nil)
 	_ runtime.WarmPooler  = (*Driver)(nil)
+
+	_ runtime.WarmPoolReporter = (*Driver)(nil)
 )
 
 // record is what state.json holds.
@@ -452,6 +457,7 @@ func (d *Driver) normalize(spec runtime.Spec) (runtime.Spec, template.Template, 
 
 // Create implements runtime.Driver.
 func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	defer d.pools.busy()() // warm-pool refills wait (pool.go)
 	spec, tmpl, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
@@ -812,6 +818,7 @@ func (d *Driver) info(rec *record) runtime.Info {
 
 // Start implements runtime.Driver.
 func (d *Driver) Start(ctx context.Context, id string) (runtime.Info, error) {
+	defer d.pools.busy()()
 	c, err := d.get(id)
 	if err != nil {
 		return runtime.Info{}, err

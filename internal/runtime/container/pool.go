@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os"
 	goruntime "runtime"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,20 +19,32 @@ import (
 
 // poolSet holds the warm pools: per template, capsules that are started,
 // have answered /health and are frozen. They are not in the driver's
-// capsule map until taken.
+// capsule map until taken. A pool's size is fixed or sized by demand
+// (runtime.PoolSizer); one filler goroutine per pool makes capsules one
+// at a time, never two at once across pools (warm), and only while no
+// real create is in flight (creating): refills yield to creates.
 type poolSet struct {
 	mu     sync.Mutex
 	pools  map[string]*pool
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	warm      sync.Mutex   // held while a pool capsule is made
+	creating  atomic.Int32 // real creates in flight
+	lastBusy  atomic.Int64 // UnixNano when the last real create ended
+	capsuleMB atomic.Int64 // memory of the last pool capsule made, MiB
 }
 
 type pool struct {
-	want    int
+	sizer   runtime.PoolSizer
+	target  int
+	limit   string
 	ready   []*capsule
 	filling bool
 	kick    chan struct{}
+	hits    uint64
+	misses  uint64
 }
 
 func (ps *poolSet) init() {
@@ -37,7 +52,43 @@ func (ps *poolSet) init() {
 	ps.ctx, ps.cancel = context.WithCancel(context.Background())
 }
 
-// SetWarmPool implements runtime.WarmPooler.
+// busy marks a real create in flight until the returned func runs.
+func (ps *poolSet) busy() func() {
+	ps.creating.Add(1)
+	return func() {
+		ps.lastBusy.Store(time.Now().UnixNano())
+		ps.creating.Add(-1)
+	}
+}
+
+// yieldGap is how long refills wait after the last real create ended (a
+// create is Create then Start: this covers the gap between them);
+// maxYield bounds the wait, so a steady stream of creates cannot starve
+// the pool that would serve them (one refill at a time takes at most one
+// core's share from them).
+const (
+	yieldGap = 50 * time.Millisecond
+	maxYield = time.Second
+)
+
+// waitIdle blocks until no real create is in flight, for at most maxYield
+// (or until ctx ends).
+func (ps *poolSet) waitIdle(ctx context.Context) error {
+	deadline := time.Now().Add(maxYield)
+	for {
+		if ps.creating.Load() == 0 && time.Since(time.Unix(0, ps.lastBusy.Load())) >= yieldGap || time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// SetWarmPool implements runtime.WarmPooler: n capsules, 0 drains,
+// runtime.WarmPoolAuto sizes the pool by demand.
 func (d *Driver) SetWarmPool(template string, n int) {
 	ps := &d.pools
 	ps.mu.Lock()
@@ -46,12 +97,10 @@ func (d *Driver) SetWarmPool(template string, n int) {
 		p = &pool{kick: make(chan struct{}, 1)}
 		ps.pools[template] = p
 	}
-	p.want = max(n, 0)
-	var drain []*capsule
-	for len(p.ready) > p.want {
-		drain = append(drain, p.ready[len(p.ready)-1])
-		p.ready = p.ready[:len(p.ready)-1]
-	}
+	old := p.sizer
+	p.sizer = runtime.NewPoolSizer(n)
+	p.sizer.CarryOver(old)
+	drain := d.retarget(p)
 	start := !p.filling && ps.ctx.Err() == nil
 	if start {
 		p.filling = true
@@ -70,6 +119,37 @@ func (d *Driver) SetWarmPool(template string, n int) {
 	}
 }
 
+// retarget recomputes p's target from demand and free memory and returns
+// the capsules above it, removed from the pool (ps.mu held).
+func (d *Driver) retarget(p *pool) []*capsule {
+	p.target, p.limit = p.sizer.Target(time.Now(), len(p.ready), d.poolMemFits())
+	var drain []*capsule
+	for len(p.ready) > p.target {
+		drain = append(drain, p.ready[len(p.ready)-1])
+		p.ready = p.ready[:len(p.ready)-1]
+	}
+	return drain
+}
+
+// poolMemFits is how many more pool capsules fit in the host's free
+// memory above runtime.WarmPoolMemoryReserve (negative: that many should
+// go). A pool capsule's size is the last one measured (64 MiB before).
+func (d *Driver) poolMemFits() int {
+	total, avail, err := runtime.MemInfo()
+	if err != nil || total == 0 {
+		return 0
+	}
+	per := max(d.pools.capsuleMB.Load(), 16) << 20
+	if d.pools.capsuleMB.Load() == 0 {
+		per = 64 << 20
+	}
+	free := int64(avail) - int64(runtime.WarmPoolMemoryReserve(total)) //nolint:gosec // memory sizes fit in int64
+	if free < 0 {
+		return int(free/per) - 1
+	}
+	return int(free / per)
+}
+
 // WarmPoolSize returns how many warm capsules of template are ready.
 func (d *Driver) WarmPoolSize(template string) int {
 	d.pools.mu.Lock()
@@ -80,15 +160,41 @@ func (d *Driver) WarmPoolSize(template string) int {
 	return 0
 }
 
-// fill keeps a pool at its wanted size until the driver closes.
+// WarmPools implements runtime.WarmPoolReporter.
+func (d *Driver) WarmPools() []runtime.WarmPoolStatus {
+	ps := &d.pools
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	out := make([]runtime.WarmPoolStatus, 0, len(ps.pools))
+	for name, p := range ps.pools {
+		if p.sizer.Max == 0 && len(p.ready) == 0 {
+			continue
+		}
+		out = append(out, runtime.WarmPoolStatus{
+			Template: name, Ready: len(p.ready), Target: p.target, Auto: p.sizer.Auto, Max: p.sizer.Max,
+			Hits: p.hits, Misses: p.misses, Limit: p.limit,
+		})
+	}
+	slices.SortFunc(out, func(a, b runtime.WarmPoolStatus) int { return strings.Compare(a.Template, b.Template) })
+	return out
+}
+
+// fill keeps a pool at its target until the driver closes: it re-sizes
+// the pool every second (demand and free memory change), drains what is
+// above the target and makes what is missing, one capsule at a time and
+// only while no real create runs.
 func (d *Driver) fill(template string, p *pool) {
 	ps := &d.pools
 	defer ps.wg.Done()
 	failures := 0
 	for {
 		ps.mu.Lock()
-		need := p.want - len(p.ready)
+		drain := d.retarget(p)
+		need := p.target - len(p.ready)
 		ps.mu.Unlock()
+		for _, c := range drain {
+			d.destroyPooled(c)
+		}
 		if need <= 0 || failures > 0 {
 			wait := time.Duration(0)
 			if failures > 0 {
@@ -105,17 +211,35 @@ func (d *Driver) fill(template string, p *pool) {
 			}
 			continue
 		}
+		if ps.waitIdle(ps.ctx) != nil {
+			return
+		}
+		ps.warm.Lock()
+		t0 := time.Now()
 		c, err := d.warmOne(ps.ctx, template)
+		took := time.Since(t0)
+		ps.warm.Unlock()
 		if err != nil {
 			if ps.ctx.Err() != nil {
 				return
 			}
 			failures++
+			if errors.Is(err, runtime.ErrNoTemplate) {
+				// A default pool of a template this host lacks (yet):
+				// look again every 30 s, quietly.
+				failures = 30
+				d.log.Debug("warm pool: no such template yet", "template", template)
+				continue
+			}
 			d.log.Warn("warm pool: cannot make capsule", "template", template, "err", err)
 			continue
 		}
+		if _, mem, _, _, err := d.cg.usage(d.cgroupPath(c.rec.Key)); err == nil && mem > 0 {
+			ps.capsuleMB.Store(int64(mem >> 20)) //nolint:gosec // MiB of one capsule fit in int64
+		}
 		ps.mu.Lock()
-		if ps.ctx.Err() != nil || len(p.ready) >= p.want {
+		p.sizer.Refilled(took)
+		if ps.ctx.Err() != nil || len(p.ready) >= p.target {
 			ps.mu.Unlock()
 			d.destroyPooled(c)
 			continue
@@ -177,6 +301,9 @@ func (d *Driver) destroyPooled(c *capsule) {
 // policy and labels, and returns it running. The caller then /inits envd
 // with spec.Env and the new identity. Limits must be the driver defaults.
 func (d *Driver) Take(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	// A take is a create too: the refill it kicks waits until the
+	// capsule has been handed over (pool.go, busy).
+	defer d.pools.busy()()
 	want, _, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
@@ -185,13 +312,28 @@ func (d *Driver) Take(ctx context.Context, spec runtime.Spec) (runtime.Info, err
 		return runtime.Info{}, fmt.Errorf("take %s: %w", spec.Template, runtime.ErrPoolMismatch)
 	}
 	ps := &d.pools
+	counted := false
 	for {
 		ps.mu.Lock()
 		p, ok := ps.pools[spec.Template]
-		if !ok || len(p.ready) == 0 {
+		if !ok {
 			ps.mu.Unlock()
 			return runtime.Info{}, fmt.Errorf("take %s: %w", spec.Template, runtime.ErrPoolEmpty)
 		}
+		if !counted {
+			counted = true
+			p.sizer.Demand(time.Now())
+		}
+		if len(p.ready) == 0 {
+			p.misses++
+			ps.mu.Unlock()
+			select {
+			case p.kick <- struct{}{}:
+			default:
+			}
+			return runtime.Info{}, fmt.Errorf("take %s: %w", spec.Template, runtime.ErrPoolEmpty)
+		}
+		p.hits++
 		c := p.ready[0]
 		p.ready = p.ready[1:]
 		ps.mu.Unlock()
@@ -223,26 +365,27 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 		d.destroyPooled(c)
 		return runtime.Info{}, err
 	}
-	if err := d.cg.freeze(d.cgroupPath(c.rec.Key), false); err != nil {
-		return fail(err)
-	}
-	if err := d.setHostnameVia(ctx, &c.rec, spec.ID); err != nil {
-		return fail(err)
-	}
-	d.net.Label(c.rec.Key, spec.ID)
-	if err := d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network); err != nil {
-		return fail(err)
-	}
-	if err := d.writeEtc(&c.rec, spec.ID); err != nil {
-		return fail(err)
-	}
-	c.rec.ID = spec.ID
-	c.rec.Pool = false
-	c.rec.State = runtime.StateRunning
-	c.rec.CreatedAt = time.Now().UTC()
-	spec.DiskSizeMB = c.rec.Spec.DiskSizeMB
-	c.rec.Spec = spec
-	if err := d.save(&c.rec); err != nil {
+	// Named, timed steps like create's (debug log: op=take).
+	st := &runtime.Steps{Op: OpTake, ID: spec.ID, Log: d.log}
+	st.Append(
+		runtime.Step{Name: "thaw", Do: func(context.Context) error { return d.cg.freeze(d.cgroupPath(c.rec.Key), false) }},
+		runtime.Step{Name: "hostname", Do: func(ctx context.Context) error { return d.setHostnameVia(ctx, &c.rec, spec.ID) }},
+		runtime.Step{Name: "policy", Do: func(context.Context) error {
+			d.net.Label(c.rec.Key, spec.ID)
+			return d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network)
+		}},
+		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(&c.rec, spec.ID) }},
+		runtime.Step{Name: "state", Do: func(context.Context) error {
+			c.rec.ID = spec.ID
+			c.rec.Pool = false
+			c.rec.State = runtime.StateRunning
+			c.rec.CreatedAt = time.Now().UTC()
+			spec.DiskSizeMB = c.rec.Spec.DiskSizeMB
+			c.rec.Spec = spec
+			return d.save(&c.rec)
+		}},
+	)
+	if err := d.runSteps(ctx, st); err != nil {
 		return fail(err)
 	}
 	return d.info(&c.rec), nil

@@ -75,7 +75,8 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 	app, err := up.New(ctx, up.Config{
 		Home: home, Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0", OnExit: up.OnExitDestroy, EnvdPath: envd,
 		DefaultDiskSizeMB: 256, Instance: o.Instance, Subnet: subnet,
-		Logger: slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		WarmPools: nil, // off: tests' instances keep no warm pools (`wrenn up` has them on by default)
+		Logger:    slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		return nil, err

@@ -715,6 +715,8 @@ type GetHostInfoResponse struct {
 	// The agent publishes templates it makes to a shared template store and
 	// fetches the ones it lacks from it (docs/TEMPLATES.md).
 	SharedTemplates bool `protobuf:"varint,40,opt,name=shared_templates,json=sharedTemplates,proto3" json:"shared_templates,omitempty"`
+	// The agent's warm pools (docs/PERFORMANCE.md).
+	WarmPools []*WarmPool `protobuf:"bytes,50,rep,name=warm_pools,json=warmPools,proto3" json:"warm_pools,omitempty"`
 	// Every isolation the agent knows, whether it runs it here and why not
 	// (empty from agents older than isolation selection: they run
 	// containers only).
@@ -881,6 +883,13 @@ func (x *GetHostInfoResponse) GetSharedTemplates() bool {
 	return false
 }
 
+func (x *GetHostInfoResponse) GetWarmPools() []*WarmPool {
+	if x != nil {
+		return x.WarmPools
+	}
+	return nil
+}
+
 func (x *GetHostInfoResponse) GetIsolations() []*IsolationSupport {
 	if x != nil {
 		return x.Isolations
@@ -976,6 +985,111 @@ func (x *IsolationSupport) GetBackend() string {
 	return ""
 }
 
+// WarmPool is one template's warm pool: started, frozen capsules that
+// creates take instead of booting.
+type WarmPool struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Template string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	Ready    int32                  `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	// The size the pool is filled or drained to now.
+	Target int32 `protobuf:"varint,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Sized by demand up to max; else max is the configured size.
+	Auto   bool   `protobuf:"varint,4,opt,name=auto,proto3" json:"auto,omitempty"`
+	Max    int32  `protobuf:"varint,5,opt,name=max,proto3" json:"max,omitempty"`
+	Hits   uint64 `protobuf:"varint,6,opt,name=hits,proto3" json:"hits,omitempty"`
+	Misses uint64 `protobuf:"varint,7,opt,name=misses,proto3" json:"misses,omitempty"`
+	// What holds target below demand: "memory" or "".
+	Limit         string `protobuf:"bytes,8,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmPool) Reset() {
+	*x = WarmPool{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmPool) ProtoMessage() {}
+
+func (x *WarmPool) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmPool.ProtoReflect.Descriptor instead.
+func (*WarmPool) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *WarmPool) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *WarmPool) GetReady() int32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *WarmPool) GetTarget() int32 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *WarmPool) GetAuto() bool {
+	if x != nil {
+		return x.Auto
+	}
+	return false
+}
+
+func (x *WarmPool) GetMax() int32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *WarmPool) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *WarmPool) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *WarmPool) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
 type CreateCapsuleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required, e.g. "cl-…".
@@ -1012,7 +1126,7 @@ type CreateCapsuleRequest struct {
 
 func (x *CreateCapsuleRequest) Reset() {
 	*x = CreateCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1138,7 @@ func (x *CreateCapsuleRequest) String() string {
 func (*CreateCapsuleRequest) ProtoMessage() {}
 
 func (x *CreateCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1151,7 @@ func (x *CreateCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*CreateCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateCapsuleRequest) GetCapsuleId() string {
@@ -1149,7 +1263,7 @@ type CreateCapsuleResponse struct {
 
 func (x *CreateCapsuleResponse) Reset() {
 	*x = CreateCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1275,7 @@ func (x *CreateCapsuleResponse) String() string {
 func (*CreateCapsuleResponse) ProtoMessage() {}
 
 func (x *CreateCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1288,7 @@ func (x *CreateCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*CreateCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateCapsuleResponse) GetCapsule() *Capsule {
@@ -1200,7 +1314,7 @@ type DestroyCapsuleRequest struct {
 
 func (x *DestroyCapsuleRequest) Reset() {
 	*x = DestroyCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1326,7 @@ func (x *DestroyCapsuleRequest) String() string {
 func (*DestroyCapsuleRequest) ProtoMessage() {}
 
 func (x *DestroyCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1339,7 @@ func (x *DestroyCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*DestroyCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DestroyCapsuleRequest) GetCapsuleId() string {
@@ -1243,7 +1357,7 @@ type DestroyCapsuleResponse struct {
 
 func (x *DestroyCapsuleResponse) Reset() {
 	*x = DestroyCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1369,7 @@ func (x *DestroyCapsuleResponse) String() string {
 func (*DestroyCapsuleResponse) ProtoMessage() {}
 
 func (x *DestroyCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1382,7 @@ func (x *DestroyCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*DestroyCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 type PauseCapsuleRequest struct {
@@ -1282,7 +1396,7 @@ type PauseCapsuleRequest struct {
 
 func (x *PauseCapsuleRequest) Reset() {
 	*x = PauseCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1408,7 @@ func (x *PauseCapsuleRequest) String() string {
 func (*PauseCapsuleRequest) ProtoMessage() {}
 
 func (x *PauseCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1421,7 @@ func (x *PauseCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*PauseCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PauseCapsuleRequest) GetCapsuleId() string {
@@ -1337,7 +1451,7 @@ type PauseCapsuleResponse struct {
 
 func (x *PauseCapsuleResponse) Reset() {
 	*x = PauseCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1463,7 @@ func (x *PauseCapsuleResponse) String() string {
 func (*PauseCapsuleResponse) ProtoMessage() {}
 
 func (x *PauseCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1476,7 @@ func (x *PauseCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*PauseCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PauseCapsuleResponse) GetCapsule() *Capsule {
@@ -1397,7 +1511,7 @@ type ResumeCapsuleRequest struct {
 
 func (x *ResumeCapsuleRequest) Reset() {
 	*x = ResumeCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1523,7 @@ func (x *ResumeCapsuleRequest) String() string {
 func (*ResumeCapsuleRequest) ProtoMessage() {}
 
 func (x *ResumeCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1536,7 @@ func (x *ResumeCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*ResumeCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResumeCapsuleRequest) GetCapsuleId() string {
@@ -1448,7 +1562,7 @@ type ResumeCapsuleResponse struct {
 
 func (x *ResumeCapsuleResponse) Reset() {
 	*x = ResumeCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1574,7 @@ func (x *ResumeCapsuleResponse) String() string {
 func (*ResumeCapsuleResponse) ProtoMessage() {}
 
 func (x *ResumeCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1587,7 @@ func (x *ResumeCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*ResumeCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResumeCapsuleResponse) GetCapsule() *Capsule {
@@ -1491,7 +1605,7 @@ type ListCapsulesRequest struct {
 
 func (x *ListCapsulesRequest) Reset() {
 	*x = ListCapsulesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1617,7 @@ func (x *ListCapsulesRequest) String() string {
 func (*ListCapsulesRequest) ProtoMessage() {}
 
 func (x *ListCapsulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1630,7 @@ func (x *ListCapsulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCapsulesRequest.ProtoReflect.Descriptor instead.
 func (*ListCapsulesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 type ListCapsulesResponse struct {
@@ -1528,7 +1642,7 @@ type ListCapsulesResponse struct {
 
 func (x *ListCapsulesResponse) Reset() {
 	*x = ListCapsulesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1654,7 @@ func (x *ListCapsulesResponse) String() string {
 func (*ListCapsulesResponse) ProtoMessage() {}
 
 func (x *ListCapsulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1667,7 @@ func (x *ListCapsulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCapsulesResponse.ProtoReflect.Descriptor instead.
 func (*ListCapsulesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListCapsulesResponse) GetCapsules() []*Capsule {
@@ -1572,7 +1686,7 @@ type GetCapsuleRequest struct {
 
 func (x *GetCapsuleRequest) Reset() {
 	*x = GetCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1698,7 @@ func (x *GetCapsuleRequest) String() string {
 func (*GetCapsuleRequest) ProtoMessage() {}
 
 func (x *GetCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1711,7 @@ func (x *GetCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*GetCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetCapsuleRequest) GetCapsuleId() string {
@@ -1616,7 +1730,7 @@ type GetCapsuleResponse struct {
 
 func (x *GetCapsuleResponse) Reset() {
 	*x = GetCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1742,7 @@ func (x *GetCapsuleResponse) String() string {
 func (*GetCapsuleResponse) ProtoMessage() {}
 
 func (x *GetCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1755,7 @@ func (x *GetCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*GetCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetCapsuleResponse) GetCapsule() *Capsule {
@@ -1660,7 +1774,7 @@ type PingCapsuleRequest struct {
 
 func (x *PingCapsuleRequest) Reset() {
 	*x = PingCapsuleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1786,7 @@ func (x *PingCapsuleRequest) String() string {
 func (*PingCapsuleRequest) ProtoMessage() {}
 
 func (x *PingCapsuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1799,7 @@ func (x *PingCapsuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingCapsuleRequest.ProtoReflect.Descriptor instead.
 func (*PingCapsuleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PingCapsuleRequest) GetCapsuleId() string {
@@ -1707,7 +1821,7 @@ type PingCapsuleResponse struct {
 
 func (x *PingCapsuleResponse) Reset() {
 	*x = PingCapsuleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1833,7 @@ func (x *PingCapsuleResponse) String() string {
 func (*PingCapsuleResponse) ProtoMessage() {}
 
 func (x *PingCapsuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1846,7 @@ func (x *PingCapsuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingCapsuleResponse.ProtoReflect.Descriptor instead.
 func (*PingCapsuleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PingCapsuleResponse) GetState() CapsuleState {
@@ -1767,7 +1881,7 @@ type SetCapsuleTimeoutRequest struct {
 
 func (x *SetCapsuleTimeoutRequest) Reset() {
 	*x = SetCapsuleTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1893,7 @@ func (x *SetCapsuleTimeoutRequest) String() string {
 func (*SetCapsuleTimeoutRequest) ProtoMessage() {}
 
 func (x *SetCapsuleTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1906,7 @@ func (x *SetCapsuleTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCapsuleTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetCapsuleTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetCapsuleTimeoutRequest) GetCapsuleId() string {
@@ -1818,7 +1932,7 @@ type SetCapsuleTimeoutResponse struct {
 
 func (x *SetCapsuleTimeoutResponse) Reset() {
 	*x = SetCapsuleTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +1944,7 @@ func (x *SetCapsuleTimeoutResponse) String() string {
 func (*SetCapsuleTimeoutResponse) ProtoMessage() {}
 
 func (x *SetCapsuleTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +1957,7 @@ func (x *SetCapsuleTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCapsuleTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetCapsuleTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetCapsuleTimeoutResponse) GetExpiresAt() int64 {
@@ -1872,7 +1986,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +1998,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2011,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ExecRequest) GetCapsuleId() string {
@@ -1972,7 +2086,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2098,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2111,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExecResponse) GetExitCode() int32 {
@@ -2054,7 +2168,7 @@ type ProcessEnd struct {
 
 func (x *ProcessEnd) Reset() {
 	*x = ProcessEnd{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2066,7 +2180,7 @@ func (x *ProcessEnd) String() string {
 func (*ProcessEnd) ProtoMessage() {}
 
 func (x *ProcessEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2079,7 +2193,7 @@ func (x *ProcessEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessEnd.ProtoReflect.Descriptor instead.
 func (*ProcessEnd) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProcessEnd) GetExitCode() int32 {
@@ -2125,7 +2239,7 @@ type ExecStreamResponse struct {
 
 func (x *ExecStreamResponse) Reset() {
 	*x = ExecStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2251,7 @@ func (x *ExecStreamResponse) String() string {
 func (*ExecStreamResponse) ProtoMessage() {}
 
 func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2264,7 @@ func (x *ExecStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExecStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExecStreamResponse) GetEvent() isExecStreamResponse_Event {
@@ -2244,7 +2358,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2370,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2383,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FileEntry) GetName() string {
@@ -2353,7 +2467,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2479,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2492,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadFileRequest) GetCapsuleId() string {
@@ -2411,7 +2525,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2537,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2550,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadFileResponse) GetContent() []byte {
@@ -2455,7 +2569,7 @@ type ReadFileStreamResponse struct {
 
 func (x *ReadFileStreamResponse) Reset() {
 	*x = ReadFileStreamResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2467,7 +2581,7 @@ func (x *ReadFileStreamResponse) String() string {
 func (*ReadFileStreamResponse) ProtoMessage() {}
 
 func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2480,7 +2594,7 @@ func (x *ReadFileStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileStreamResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileStreamResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadFileStreamResponse) GetData() []byte {
@@ -2502,7 +2616,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2514,7 +2628,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2527,7 +2641,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteFileRequest) GetCapsuleId() string {
@@ -2567,7 +2681,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2693,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2706,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteFileResponse) GetEntry() *FileEntry {
@@ -2613,7 +2727,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2625,7 +2739,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2638,7 +2752,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WriteFileHeader) GetCapsuleId() string {
@@ -2675,7 +2789,7 @@ type WriteFileStreamRequest struct {
 
 func (x *WriteFileStreamRequest) Reset() {
 	*x = WriteFileStreamRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +2801,7 @@ func (x *WriteFileStreamRequest) String() string {
 func (*WriteFileStreamRequest) ProtoMessage() {}
 
 func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +2814,7 @@ func (x *WriteFileStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileStreamRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileStreamRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WriteFileStreamRequest) GetMsg() isWriteFileStreamRequest_Msg {
@@ -2759,7 +2873,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +2885,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +2898,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListDirRequest) GetCapsuleId() string {
@@ -2824,7 +2938,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +2950,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +2963,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -2870,7 +2984,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2882,7 +2996,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2895,7 +3009,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MakeDirRequest) GetCapsuleId() string {
@@ -2930,7 +3044,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2942,7 +3056,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2955,7 +3069,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -2983,7 +3097,7 @@ type RemovePathRequest struct {
 
 func (x *RemovePathRequest) Reset() {
 	*x = RemovePathRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2995,7 +3109,7 @@ func (x *RemovePathRequest) String() string {
 func (*RemovePathRequest) ProtoMessage() {}
 
 func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3008,7 +3122,7 @@ func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
 func (*RemovePathRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RemovePathRequest) GetCapsuleId() string {
@@ -3040,7 +3154,7 @@ type RemovePathResponse struct {
 
 func (x *RemovePathResponse) Reset() {
 	*x = RemovePathResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3052,7 +3166,7 @@ func (x *RemovePathResponse) String() string {
 func (*RemovePathResponse) ProtoMessage() {}
 
 func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3065,7 +3179,7 @@ func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
 func (*RemovePathResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 type PtyStartRequest struct {
@@ -3086,7 +3200,7 @@ type PtyStartRequest struct {
 
 func (x *PtyStartRequest) Reset() {
 	*x = PtyStartRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3098,7 +3212,7 @@ func (x *PtyStartRequest) String() string {
 func (*PtyStartRequest) ProtoMessage() {}
 
 func (x *PtyStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3111,7 +3225,7 @@ func (x *PtyStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyStartRequest.ProtoReflect.Descriptor instead.
 func (*PtyStartRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PtyStartRequest) GetCapsuleId() string {
@@ -3191,7 +3305,7 @@ type PtyOutput struct {
 
 func (x *PtyOutput) Reset() {
 	*x = PtyOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3317,7 @@ func (x *PtyOutput) String() string {
 func (*PtyOutput) ProtoMessage() {}
 
 func (x *PtyOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3330,7 @@ func (x *PtyOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyOutput.ProtoReflect.Descriptor instead.
 func (*PtyOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PtyOutput) GetEvent() isPtyOutput_Event {
@@ -3285,7 +3399,7 @@ type PtyAttachRequest struct {
 
 func (x *PtyAttachRequest) Reset() {
 	*x = PtyAttachRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3297,7 +3411,7 @@ func (x *PtyAttachRequest) String() string {
 func (*PtyAttachRequest) ProtoMessage() {}
 
 func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3310,7 +3424,7 @@ func (x *PtyAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyAttachRequest.ProtoReflect.Descriptor instead.
 func (*PtyAttachRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PtyAttachRequest) GetCapsuleId() string {
@@ -3338,7 +3452,7 @@ type PtyInputRequest struct {
 
 func (x *PtyInputRequest) Reset() {
 	*x = PtyInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3350,7 +3464,7 @@ func (x *PtyInputRequest) String() string {
 func (*PtyInputRequest) ProtoMessage() {}
 
 func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3363,7 +3477,7 @@ func (x *PtyInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputRequest.ProtoReflect.Descriptor instead.
 func (*PtyInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PtyInputRequest) GetCapsuleId() string {
@@ -3395,7 +3509,7 @@ type PtyInputResponse struct {
 
 func (x *PtyInputResponse) Reset() {
 	*x = PtyInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3521,7 @@ func (x *PtyInputResponse) String() string {
 func (*PtyInputResponse) ProtoMessage() {}
 
 func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3534,7 @@ func (x *PtyInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyInputResponse.ProtoReflect.Descriptor instead.
 func (*PtyInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 type PtyResizeRequest struct {
@@ -3435,7 +3549,7 @@ type PtyResizeRequest struct {
 
 func (x *PtyResizeRequest) Reset() {
 	*x = PtyResizeRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3447,7 +3561,7 @@ func (x *PtyResizeRequest) String() string {
 func (*PtyResizeRequest) ProtoMessage() {}
 
 func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3460,7 +3574,7 @@ func (x *PtyResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeRequest.ProtoReflect.Descriptor instead.
 func (*PtyResizeRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PtyResizeRequest) GetCapsuleId() string {
@@ -3499,7 +3613,7 @@ type PtyResizeResponse struct {
 
 func (x *PtyResizeResponse) Reset() {
 	*x = PtyResizeResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3511,7 +3625,7 @@ func (x *PtyResizeResponse) String() string {
 func (*PtyResizeResponse) ProtoMessage() {}
 
 func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3524,7 +3638,7 @@ func (x *PtyResizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResizeResponse.ProtoReflect.Descriptor instead.
 func (*PtyResizeResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 type PtyKillRequest struct {
@@ -3537,7 +3651,7 @@ type PtyKillRequest struct {
 
 func (x *PtyKillRequest) Reset() {
 	*x = PtyKillRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3549,7 +3663,7 @@ func (x *PtyKillRequest) String() string {
 func (*PtyKillRequest) ProtoMessage() {}
 
 func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3562,7 +3676,7 @@ func (x *PtyKillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillRequest.ProtoReflect.Descriptor instead.
 func (*PtyKillRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PtyKillRequest) GetCapsuleId() string {
@@ -3587,7 +3701,7 @@ type PtyKillResponse struct {
 
 func (x *PtyKillResponse) Reset() {
 	*x = PtyKillResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3599,7 +3713,7 @@ func (x *PtyKillResponse) String() string {
 func (*PtyKillResponse) ProtoMessage() {}
 
 func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,7 +3726,7 @@ func (x *PtyKillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyKillResponse.ProtoReflect.Descriptor instead.
 func (*PtyKillResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 type ProcessSelector struct {
@@ -3628,7 +3742,7 @@ type ProcessSelector struct {
 
 func (x *ProcessSelector) Reset() {
 	*x = ProcessSelector{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3640,7 +3754,7 @@ func (x *ProcessSelector) String() string {
 func (*ProcessSelector) ProtoMessage() {}
 
 func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3653,7 +3767,7 @@ func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSelector.ProtoReflect.Descriptor instead.
 func (*ProcessSelector) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ProcessSelector) GetSelector() isProcessSelector_Selector {
@@ -3721,7 +3835,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3733,7 +3847,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3746,7 +3860,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *StartProcessRequest) GetCapsuleId() string {
@@ -3835,7 +3949,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3847,7 +3961,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3860,7 +3974,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *StartProcessResponse) GetPid() uint32 {
@@ -3884,7 +3998,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3896,7 +4010,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3909,7 +4023,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -3963,7 +4077,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3975,7 +4089,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3988,7 +4102,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListProcessesRequest) GetCapsuleId() string {
@@ -4007,7 +4121,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4019,7 +4133,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4032,7 +4146,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -4054,7 +4168,7 @@ type KillProcessRequest struct {
 
 func (x *KillProcessRequest) Reset() {
 	*x = KillProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4066,7 +4180,7 @@ func (x *KillProcessRequest) String() string {
 func (*KillProcessRequest) ProtoMessage() {}
 
 func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4079,7 +4193,7 @@ func (x *KillProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessRequest.ProtoReflect.Descriptor instead.
 func (*KillProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *KillProcessRequest) GetCapsuleId() string {
@@ -4111,7 +4225,7 @@ type KillProcessResponse struct {
 
 func (x *KillProcessResponse) Reset() {
 	*x = KillProcessResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4123,7 +4237,7 @@ func (x *KillProcessResponse) String() string {
 func (*KillProcessResponse) ProtoMessage() {}
 
 func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4136,7 +4250,7 @@ func (x *KillProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillProcessResponse.ProtoReflect.Descriptor instead.
 func (*KillProcessResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 type ConnectProcessRequest struct {
@@ -4149,7 +4263,7 @@ type ConnectProcessRequest struct {
 
 func (x *ConnectProcessRequest) Reset() {
 	*x = ConnectProcessRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4161,7 +4275,7 @@ func (x *ConnectProcessRequest) String() string {
 func (*ConnectProcessRequest) ProtoMessage() {}
 
 func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4174,7 +4288,7 @@ func (x *ConnectProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectProcessRequest.ProtoReflect.Descriptor instead.
 func (*ConnectProcessRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ConnectProcessRequest) GetCapsuleId() string {
@@ -4204,7 +4318,7 @@ type SendProcessInputRequest struct {
 
 func (x *SendProcessInputRequest) Reset() {
 	*x = SendProcessInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4216,7 +4330,7 @@ func (x *SendProcessInputRequest) String() string {
 func (*SendProcessInputRequest) ProtoMessage() {}
 
 func (x *SendProcessInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4229,7 +4343,7 @@ func (x *SendProcessInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendProcessInputRequest.ProtoReflect.Descriptor instead.
 func (*SendProcessInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SendProcessInputRequest) GetCapsuleId() string {
@@ -4268,7 +4382,7 @@ type SendProcessInputResponse struct {
 
 func (x *SendProcessInputResponse) Reset() {
 	*x = SendProcessInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4280,7 +4394,7 @@ func (x *SendProcessInputResponse) String() string {
 func (*SendProcessInputResponse) ProtoMessage() {}
 
 func (x *SendProcessInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4293,7 +4407,7 @@ func (x *SendProcessInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendProcessInputResponse.ProtoReflect.Descriptor instead.
 func (*SendProcessInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 type MetricPoint struct {
@@ -4312,7 +4426,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4324,7 +4438,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4337,7 +4451,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *MetricPoint) GetTsMs() int64 {
@@ -4400,7 +4514,7 @@ type GetCapsuleMetricsRequest struct {
 
 func (x *GetCapsuleMetricsRequest) Reset() {
 	*x = GetCapsuleMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4412,7 +4526,7 @@ func (x *GetCapsuleMetricsRequest) String() string {
 func (*GetCapsuleMetricsRequest) ProtoMessage() {}
 
 func (x *GetCapsuleMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4425,7 +4539,7 @@ func (x *GetCapsuleMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetCapsuleMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetCapsuleMetricsRequest) GetCapsuleId() string {
@@ -4454,7 +4568,7 @@ type GetCapsuleMetricsResponse struct {
 
 func (x *GetCapsuleMetricsResponse) Reset() {
 	*x = GetCapsuleMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4466,7 +4580,7 @@ func (x *GetCapsuleMetricsResponse) String() string {
 func (*GetCapsuleMetricsResponse) ProtoMessage() {}
 
 func (x *GetCapsuleMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4479,7 +4593,7 @@ func (x *GetCapsuleMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapsuleMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetCapsuleMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetCapsuleMetricsResponse) GetPoints() []*MetricPoint {
@@ -4521,7 +4635,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4533,7 +4647,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4546,7 +4660,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CreateSnapshotRequest) GetCapsuleId() string {
@@ -4595,7 +4709,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4607,7 +4721,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4620,7 +4734,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() string {
@@ -4666,7 +4780,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4678,7 +4792,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4691,7 +4805,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
 }
 
 type HostTemplate struct {
@@ -4706,7 +4820,7 @@ type HostTemplate struct {
 
 func (x *HostTemplate) Reset() {
 	*x = HostTemplate{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4718,7 +4832,7 @@ func (x *HostTemplate) String() string {
 func (*HostTemplate) ProtoMessage() {}
 
 func (x *HostTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4731,7 +4845,7 @@ func (x *HostTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostTemplate.ProtoReflect.Descriptor instead.
 func (*HostTemplate) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *HostTemplate) GetName() string {
@@ -4764,7 +4878,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4776,7 +4890,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4789,7 +4903,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*HostTemplate {
@@ -4811,7 +4925,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4823,7 +4937,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4836,7 +4950,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *DeleteTemplateRequest) GetTemplate() string {
@@ -4861,7 +4975,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4873,7 +4987,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4886,7 +5000,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
 }
 
 type ImportImageHeader struct {
@@ -4906,7 +5020,7 @@ type ImportImageHeader struct {
 
 func (x *ImportImageHeader) Reset() {
 	*x = ImportImageHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4918,7 +5032,7 @@ func (x *ImportImageHeader) String() string {
 func (*ImportImageHeader) ProtoMessage() {}
 
 func (x *ImportImageHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4931,7 +5045,7 @@ func (x *ImportImageHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageHeader.ProtoReflect.Descriptor instead.
 func (*ImportImageHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ImportImageHeader) GetRef() string {
@@ -4982,7 +5096,7 @@ type ImportImageRequest struct {
 
 func (x *ImportImageRequest) Reset() {
 	*x = ImportImageRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4994,7 +5108,7 @@ func (x *ImportImageRequest) String() string {
 func (*ImportImageRequest) ProtoMessage() {}
 
 func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5007,7 +5121,7 @@ func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
 func (*ImportImageRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ImportImageRequest) GetMsg() isImportImageRequest_Msg {
@@ -5080,7 +5194,7 @@ type ImportImageResponse struct {
 
 func (x *ImportImageResponse) Reset() {
 	*x = ImportImageResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5092,7 +5206,7 @@ func (x *ImportImageResponse) String() string {
 func (*ImportImageResponse) ProtoMessage() {}
 
 func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5105,7 +5219,7 @@ func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageResponse.ProtoReflect.Descriptor instead.
 func (*ImportImageResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ImportImageResponse) GetTemplate() string {
@@ -5239,7 +5353,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\anetwork\x18\x03 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\"O\n" +
 	"\x1cUpdateCapsuleNetworkResponse\x12/\n" +
 	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xb9\x06\n" +
+	"\x12GetHostInfoRequest\"\xf0\x06\n" +
 	"\x13GetHostInfoResponse\x12\x16\n" +
 	"\x06driver\x18\x01 \x01(\tR\x06driver\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1b\n" +
@@ -5260,7 +5374,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x17memory_snapshots_reason\x18\x10 \x01(\tR\x15memorySnapshotsReason\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x11 \x01(\x03R\tstartedAt\x12)\n" +
-	"\x10shared_templates\x18( \x01(\bR\x0fsharedTemplates\x12>\n" +
+	"\x10shared_templates\x18( \x01(\bR\x0fsharedTemplates\x125\n" +
+	"\n" +
+	"warm_pools\x182 \x03(\v2\x16.hostagent.v1.WarmPoolR\twarmPools\x12>\n" +
 	"\n" +
 	"isolations\x18< \x03(\v2\x1e.hostagent.v1.IsolationSupportR\n" +
 	"isolations\x12+\n" +
@@ -5270,7 +5386,16 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tavailable\x18\x02 \x01(\bR\tavailable\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x10\n" +
 	"\x03kvm\x18\x04 \x01(\bR\x03kvm\x12\x18\n" +
-	"\abackend\x18\x05 \x01(\tR\abackend\"\xb6\x05\n" +
+	"\abackend\x18\x05 \x01(\tR\abackend\"\xbc\x01\n" +
+	"\bWarmPool\x12\x1a\n" +
+	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\x05R\x05ready\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\x05R\x06target\x12\x12\n" +
+	"\x04auto\x18\x04 \x01(\bR\x04auto\x12\x10\n" +
+	"\x03max\x18\x05 \x01(\x05R\x03max\x12\x12\n" +
+	"\x04hits\x18\x06 \x01(\x04R\x04hits\x12\x16\n" +
+	"\x06misses\x18\a \x01(\x04R\x06misses\x12\x14\n" +
+	"\x05limit\x18\b \x01(\tR\x05limit\"\xb6\x05\n" +
 	"\x14CreateCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -5683,7 +5808,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(CapsuleState)(0),                    // 0: hostagent.v1.CapsuleState
 	(Signal)(0),                          // 1: hostagent.v1.Signal
@@ -5696,190 +5821,192 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*GetHostInfoRequest)(nil),           // 8: hostagent.v1.GetHostInfoRequest
 	(*GetHostInfoResponse)(nil),          // 9: hostagent.v1.GetHostInfoResponse
 	(*IsolationSupport)(nil),             // 10: hostagent.v1.IsolationSupport
-	(*CreateCapsuleRequest)(nil),         // 11: hostagent.v1.CreateCapsuleRequest
-	(*CreateCapsuleResponse)(nil),        // 12: hostagent.v1.CreateCapsuleResponse
-	(*DestroyCapsuleRequest)(nil),        // 13: hostagent.v1.DestroyCapsuleRequest
-	(*DestroyCapsuleResponse)(nil),       // 14: hostagent.v1.DestroyCapsuleResponse
-	(*PauseCapsuleRequest)(nil),          // 15: hostagent.v1.PauseCapsuleRequest
-	(*PauseCapsuleResponse)(nil),         // 16: hostagent.v1.PauseCapsuleResponse
-	(*ResumeCapsuleRequest)(nil),         // 17: hostagent.v1.ResumeCapsuleRequest
-	(*ResumeCapsuleResponse)(nil),        // 18: hostagent.v1.ResumeCapsuleResponse
-	(*ListCapsulesRequest)(nil),          // 19: hostagent.v1.ListCapsulesRequest
-	(*ListCapsulesResponse)(nil),         // 20: hostagent.v1.ListCapsulesResponse
-	(*GetCapsuleRequest)(nil),            // 21: hostagent.v1.GetCapsuleRequest
-	(*GetCapsuleResponse)(nil),           // 22: hostagent.v1.GetCapsuleResponse
-	(*PingCapsuleRequest)(nil),           // 23: hostagent.v1.PingCapsuleRequest
-	(*PingCapsuleResponse)(nil),          // 24: hostagent.v1.PingCapsuleResponse
-	(*SetCapsuleTimeoutRequest)(nil),     // 25: hostagent.v1.SetCapsuleTimeoutRequest
-	(*SetCapsuleTimeoutResponse)(nil),    // 26: hostagent.v1.SetCapsuleTimeoutResponse
-	(*ExecRequest)(nil),                  // 27: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),                 // 28: hostagent.v1.ExecResponse
-	(*ProcessEnd)(nil),                   // 29: hostagent.v1.ProcessEnd
-	(*ExecStreamResponse)(nil),           // 30: hostagent.v1.ExecStreamResponse
-	(*FileEntry)(nil),                    // 31: hostagent.v1.FileEntry
-	(*ReadFileRequest)(nil),              // 32: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),             // 33: hostagent.v1.ReadFileResponse
-	(*ReadFileStreamResponse)(nil),       // 34: hostagent.v1.ReadFileStreamResponse
-	(*WriteFileRequest)(nil),             // 35: hostagent.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),            // 36: hostagent.v1.WriteFileResponse
-	(*WriteFileHeader)(nil),              // 37: hostagent.v1.WriteFileHeader
-	(*WriteFileStreamRequest)(nil),       // 38: hostagent.v1.WriteFileStreamRequest
-	(*ListDirRequest)(nil),               // 39: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),              // 40: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),               // 41: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),              // 42: hostagent.v1.MakeDirResponse
-	(*RemovePathRequest)(nil),            // 43: hostagent.v1.RemovePathRequest
-	(*RemovePathResponse)(nil),           // 44: hostagent.v1.RemovePathResponse
-	(*PtyStartRequest)(nil),              // 45: hostagent.v1.PtyStartRequest
-	(*PtyOutput)(nil),                    // 46: hostagent.v1.PtyOutput
-	(*PtyAttachRequest)(nil),             // 47: hostagent.v1.PtyAttachRequest
-	(*PtyInputRequest)(nil),              // 48: hostagent.v1.PtyInputRequest
-	(*PtyInputResponse)(nil),             // 49: hostagent.v1.PtyInputResponse
-	(*PtyResizeRequest)(nil),             // 50: hostagent.v1.PtyResizeRequest
-	(*PtyResizeResponse)(nil),            // 51: hostagent.v1.PtyResizeResponse
-	(*PtyKillRequest)(nil),               // 52: hostagent.v1.PtyKillRequest
-	(*PtyKillResponse)(nil),              // 53: hostagent.v1.PtyKillResponse
-	(*ProcessSelector)(nil),              // 54: hostagent.v1.ProcessSelector
-	(*StartProcessRequest)(nil),          // 55: hostagent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),         // 56: hostagent.v1.StartProcessResponse
-	(*ProcessInfo)(nil),                  // 57: hostagent.v1.ProcessInfo
-	(*ListProcessesRequest)(nil),         // 58: hostagent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),        // 59: hostagent.v1.ListProcessesResponse
-	(*KillProcessRequest)(nil),           // 60: hostagent.v1.KillProcessRequest
-	(*KillProcessResponse)(nil),          // 61: hostagent.v1.KillProcessResponse
-	(*ConnectProcessRequest)(nil),        // 62: hostagent.v1.ConnectProcessRequest
-	(*SendProcessInputRequest)(nil),      // 63: hostagent.v1.SendProcessInputRequest
-	(*SendProcessInputResponse)(nil),     // 64: hostagent.v1.SendProcessInputResponse
-	(*MetricPoint)(nil),                  // 65: hostagent.v1.MetricPoint
-	(*GetCapsuleMetricsRequest)(nil),     // 66: hostagent.v1.GetCapsuleMetricsRequest
-	(*GetCapsuleMetricsResponse)(nil),    // 67: hostagent.v1.GetCapsuleMetricsResponse
-	(*CreateSnapshotRequest)(nil),        // 68: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),       // 69: hostagent.v1.CreateSnapshotResponse
-	(*ListTemplatesRequest)(nil),         // 70: hostagent.v1.ListTemplatesRequest
-	(*HostTemplate)(nil),                 // 71: hostagent.v1.HostTemplate
-	(*ListTemplatesResponse)(nil),        // 72: hostagent.v1.ListTemplatesResponse
-	(*DeleteTemplateRequest)(nil),        // 73: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),       // 74: hostagent.v1.DeleteTemplateResponse
-	(*ImportImageHeader)(nil),            // 75: hostagent.v1.ImportImageHeader
-	(*ImportImageRequest)(nil),           // 76: hostagent.v1.ImportImageRequest
-	(*ImportImageResponse)(nil),          // 77: hostagent.v1.ImportImageResponse
-	nil,                                  // 78: hostagent.v1.Capsule.LabelsEntry
-	nil,                                  // 79: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                                  // 80: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                                  // 81: hostagent.v1.ExecRequest.EnvEntry
-	nil,                                  // 82: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                                  // 83: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                  // 84: hostagent.v1.ProcessInfo.EnvEntry
+	(*WarmPool)(nil),                     // 11: hostagent.v1.WarmPool
+	(*CreateCapsuleRequest)(nil),         // 12: hostagent.v1.CreateCapsuleRequest
+	(*CreateCapsuleResponse)(nil),        // 13: hostagent.v1.CreateCapsuleResponse
+	(*DestroyCapsuleRequest)(nil),        // 14: hostagent.v1.DestroyCapsuleRequest
+	(*DestroyCapsuleResponse)(nil),       // 15: hostagent.v1.DestroyCapsuleResponse
+	(*PauseCapsuleRequest)(nil),          // 16: hostagent.v1.PauseCapsuleRequest
+	(*PauseCapsuleResponse)(nil),         // 17: hostagent.v1.PauseCapsuleResponse
+	(*ResumeCapsuleRequest)(nil),         // 18: hostagent.v1.ResumeCapsuleRequest
+	(*ResumeCapsuleResponse)(nil),        // 19: hostagent.v1.ResumeCapsuleResponse
+	(*ListCapsulesRequest)(nil),          // 20: hostagent.v1.ListCapsulesRequest
+	(*ListCapsulesResponse)(nil),         // 21: hostagent.v1.ListCapsulesResponse
+	(*GetCapsuleRequest)(nil),            // 22: hostagent.v1.GetCapsuleRequest
+	(*GetCapsuleResponse)(nil),           // 23: hostagent.v1.GetCapsuleResponse
+	(*PingCapsuleRequest)(nil),           // 24: hostagent.v1.PingCapsuleRequest
+	(*PingCapsuleResponse)(nil),          // 25: hostagent.v1.PingCapsuleResponse
+	(*SetCapsuleTimeoutRequest)(nil),     // 26: hostagent.v1.SetCapsuleTimeoutRequest
+	(*SetCapsuleTimeoutResponse)(nil),    // 27: hostagent.v1.SetCapsuleTimeoutResponse
+	(*ExecRequest)(nil),                  // 28: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),                 // 29: hostagent.v1.ExecResponse
+	(*ProcessEnd)(nil),                   // 30: hostagent.v1.ProcessEnd
+	(*ExecStreamResponse)(nil),           // 31: hostagent.v1.ExecStreamResponse
+	(*FileEntry)(nil),                    // 32: hostagent.v1.FileEntry
+	(*ReadFileRequest)(nil),              // 33: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),             // 34: hostagent.v1.ReadFileResponse
+	(*ReadFileStreamResponse)(nil),       // 35: hostagent.v1.ReadFileStreamResponse
+	(*WriteFileRequest)(nil),             // 36: hostagent.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),            // 37: hostagent.v1.WriteFileResponse
+	(*WriteFileHeader)(nil),              // 38: hostagent.v1.WriteFileHeader
+	(*WriteFileStreamRequest)(nil),       // 39: hostagent.v1.WriteFileStreamRequest
+	(*ListDirRequest)(nil),               // 40: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),              // 41: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),               // 42: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),              // 43: hostagent.v1.MakeDirResponse
+	(*RemovePathRequest)(nil),            // 44: hostagent.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),           // 45: hostagent.v1.RemovePathResponse
+	(*PtyStartRequest)(nil),              // 46: hostagent.v1.PtyStartRequest
+	(*PtyOutput)(nil),                    // 47: hostagent.v1.PtyOutput
+	(*PtyAttachRequest)(nil),             // 48: hostagent.v1.PtyAttachRequest
+	(*PtyInputRequest)(nil),              // 49: hostagent.v1.PtyInputRequest
+	(*PtyInputResponse)(nil),             // 50: hostagent.v1.PtyInputResponse
+	(*PtyResizeRequest)(nil),             // 51: hostagent.v1.PtyResizeRequest
+	(*PtyResizeResponse)(nil),            // 52: hostagent.v1.PtyResizeResponse
+	(*PtyKillRequest)(nil),               // 53: hostagent.v1.PtyKillRequest
+	(*PtyKillResponse)(nil),              // 54: hostagent.v1.PtyKillResponse
+	(*ProcessSelector)(nil),              // 55: hostagent.v1.ProcessSelector
+	(*StartProcessRequest)(nil),          // 56: hostagent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),         // 57: hostagent.v1.StartProcessResponse
+	(*ProcessInfo)(nil),                  // 58: hostagent.v1.ProcessInfo
+	(*ListProcessesRequest)(nil),         // 59: hostagent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),        // 60: hostagent.v1.ListProcessesResponse
+	(*KillProcessRequest)(nil),           // 61: hostagent.v1.KillProcessRequest
+	(*KillProcessResponse)(nil),          // 62: hostagent.v1.KillProcessResponse
+	(*ConnectProcessRequest)(nil),        // 63: hostagent.v1.ConnectProcessRequest
+	(*SendProcessInputRequest)(nil),      // 64: hostagent.v1.SendProcessInputRequest
+	(*SendProcessInputResponse)(nil),     // 65: hostagent.v1.SendProcessInputResponse
+	(*MetricPoint)(nil),                  // 66: hostagent.v1.MetricPoint
+	(*GetCapsuleMetricsRequest)(nil),     // 67: hostagent.v1.GetCapsuleMetricsRequest
+	(*GetCapsuleMetricsResponse)(nil),    // 68: hostagent.v1.GetCapsuleMetricsResponse
+	(*CreateSnapshotRequest)(nil),        // 69: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),       // 70: hostagent.v1.CreateSnapshotResponse
+	(*ListTemplatesRequest)(nil),         // 71: hostagent.v1.ListTemplatesRequest
+	(*HostTemplate)(nil),                 // 72: hostagent.v1.HostTemplate
+	(*ListTemplatesResponse)(nil),        // 73: hostagent.v1.ListTemplatesResponse
+	(*DeleteTemplateRequest)(nil),        // 74: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),       // 75: hostagent.v1.DeleteTemplateResponse
+	(*ImportImageHeader)(nil),            // 76: hostagent.v1.ImportImageHeader
+	(*ImportImageRequest)(nil),           // 77: hostagent.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),          // 78: hostagent.v1.ImportImageResponse
+	nil,                                  // 79: hostagent.v1.Capsule.LabelsEntry
+	nil,                                  // 80: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                                  // 81: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                                  // 82: hostagent.v1.ExecRequest.EnvEntry
+	nil,                                  // 83: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                                  // 84: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                  // 85: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	78, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	79, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
 	4,  // 2: hostagent.v1.Capsule.network:type_name -> hostagent.v1.NetworkPolicy
 	4,  // 3: hostagent.v1.UpdateCapsuleNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	3,  // 4: hostagent.v1.UpdateCapsuleNetworkResponse.capsule:type_name -> hostagent.v1.Capsule
-	10, // 5: hostagent.v1.GetHostInfoResponse.isolations:type_name -> hostagent.v1.IsolationSupport
-	79, // 6: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	80, // 7: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	4,  // 8: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
-	3,  // 9: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 10: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 11: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 12: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
-	3,  // 13: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	0,  // 14: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	81, // 15: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
-	29, // 16: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
-	31, // 17: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
-	37, // 18: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	31, // 19: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	31, // 20: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	82, // 21: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
-	29, // 22: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	83, // 23: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	84, // 24: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
-	57, // 25: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
-	54, // 26: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	1,  // 27: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
-	54, // 28: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	54, // 29: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
-	2,  // 30: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
-	65, // 31: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
-	5,  // 32: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
-	71, // 33: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
-	75, // 34: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
-	8,  // 35: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	11, // 36: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	13, // 37: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	15, // 38: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	17, // 39: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	19, // 40: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	21, // 41: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	23, // 42: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	25, // 43: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	27, // 44: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	27, // 45: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	32, // 46: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	35, // 47: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	32, // 48: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	38, // 49: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	39, // 50: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	41, // 51: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	43, // 52: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	45, // 53: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	47, // 54: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	48, // 55: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	50, // 56: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	52, // 57: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	55, // 58: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	58, // 59: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	60, // 60: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	62, // 61: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	63, // 62: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	66, // 63: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	6,  // 64: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
-	68, // 65: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	70, // 66: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	73, // 67: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	76, // 68: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
-	9,  // 69: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	12, // 70: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	14, // 71: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	16, // 72: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	18, // 73: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	20, // 74: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	22, // 75: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	24, // 76: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	26, // 77: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	28, // 78: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	30, // 79: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	33, // 80: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	36, // 81: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	34, // 82: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	36, // 83: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	40, // 84: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	42, // 85: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	44, // 86: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	46, // 87: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	46, // 88: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	49, // 89: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	51, // 90: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	53, // 91: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	56, // 92: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	59, // 93: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	61, // 94: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	30, // 95: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	64, // 96: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	67, // 97: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	7,  // 98: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
-	69, // 99: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	72, // 100: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	74, // 101: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	77, // 102: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
-	69, // [69:103] is the sub-list for method output_type
-	35, // [35:69] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	11, // 5: hostagent.v1.GetHostInfoResponse.warm_pools:type_name -> hostagent.v1.WarmPool
+	10, // 6: hostagent.v1.GetHostInfoResponse.isolations:type_name -> hostagent.v1.IsolationSupport
+	80, // 7: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	81, // 8: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	4,  // 9: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	3,  // 10: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 11: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 12: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 13: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
+	3,  // 14: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	0,  // 15: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
+	82, // 16: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	30, // 17: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
+	32, // 18: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
+	38, // 19: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	32, // 20: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	32, // 21: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	83, // 22: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	30, // 23: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
+	84, // 24: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	85, // 25: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	58, // 26: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
+	55, // 27: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	1,  // 28: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
+	55, // 29: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	55, // 30: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
+	2,  // 31: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
+	66, // 32: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
+	5,  // 33: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
+	72, // 34: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
+	76, // 35: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
+	8,  // 36: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	12, // 37: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	14, // 38: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	16, // 39: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	18, // 40: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	20, // 41: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	22, // 42: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	24, // 43: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	26, // 44: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	28, // 45: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	28, // 46: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	33, // 47: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	36, // 48: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	33, // 49: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	39, // 50: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	40, // 51: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	42, // 52: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	44, // 53: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	46, // 54: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	48, // 55: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	49, // 56: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	51, // 57: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	53, // 58: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	56, // 59: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	59, // 60: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	61, // 61: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	63, // 62: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	64, // 63: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	67, // 64: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	6,  // 65: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
+	69, // 66: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	71, // 67: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	74, // 68: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	77, // 69: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
+	9,  // 70: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	13, // 71: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	15, // 72: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	17, // 73: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	19, // 74: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	21, // 75: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	23, // 76: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	25, // 77: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	27, // 78: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	29, // 79: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	31, // 80: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	34, // 81: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	37, // 82: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	35, // 83: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	37, // 84: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	41, // 85: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	43, // 86: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	45, // 87: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	47, // 88: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	47, // 89: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	50, // 90: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	52, // 91: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	54, // 92: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	57, // 93: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	60, // 94: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	62, // 95: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	31, // 96: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	65, // 97: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	68, // 98: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	7,  // 99: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
+	70, // 100: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	73, // 101: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	75, // 102: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	78, // 103: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
+	70, // [70:104] is the sub-list for method output_type
+	36, // [36:70] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5887,26 +6014,26 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[27].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[28].OneofWrappers = []any{
 		(*ExecStreamResponse_StartedPid)(nil),
 		(*ExecStreamResponse_Stdout)(nil),
 		(*ExecStreamResponse_Stderr)(nil),
 		(*ExecStreamResponse_End)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[35].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[36].OneofWrappers = []any{
 		(*WriteFileStreamRequest_Header)(nil),
 		(*WriteFileStreamRequest_Data)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[43].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[44].OneofWrappers = []any{
 		(*PtyOutput_StartedPid)(nil),
 		(*PtyOutput_Data)(nil),
 		(*PtyOutput_End)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[52].OneofWrappers = []any{
 		(*ProcessSelector_Pid)(nil),
 		(*ProcessSelector_Tag)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[73].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[74].OneofWrappers = []any{
 		(*ImportImageRequest_Header)(nil),
 		(*ImportImageRequest_Data)(nil),
 	}
@@ -5916,7 +6043,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   82,
+			NumMessages:   83,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -4770,6 +4770,32 @@ export interface components {
             free: components["schemas"]["HostFree"];
             /** Format: date-time */
             agent_started_at: string | null;
+            /** @description The host's warm pools (docs/PERFORMANCE.md); absent when it keeps none. */
+            warm_pools?: components["schemas"]["WarmPool"][];
+        };
+        /** @description One template's warm pool on a host: started, frozen capsules that creates take instead of booting. */
+        WarmPool: {
+            template: string;
+            /** @description Capsules ready to be taken. */
+            ready: number;
+            /** @description The size the pool is filled or drained to now. */
+            target: number;
+            /** @description The configured size, or the ceiling of a pool sized by demand. */
+            max: number;
+            /** @description Sized by the recent create rate and free memory. */
+            auto: boolean;
+            /**
+             * Format: int64
+             * @description Creates that took a pool capsule.
+             */
+            hits: number;
+            /**
+             * Format: int64
+             * @description Creates that found the pool empty.
+             */
+            misses: number;
+            /** @description What holds target below the demand: memory (the host's free memory). */
+            limit?: string;
         };
         IsolationSupport: {
             /** @description container, gvisor or microvm. */
@@ -4817,6 +4843,8 @@ export interface components {
              * @description When the agent process started; a change means it restarted.
              */
             started_at?: string;
+            /** @description The agent's warm pools (docs/PERFORMANCE.md). */
+            warm_pools?: components["schemas"]["WarmPool"][];
         };
         HostList: {
             hosts: components["schemas"]["Host"][];
