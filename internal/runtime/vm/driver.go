@@ -139,6 +139,7 @@ type Driver struct {
 	caps     map[string]*capsule // by public ID
 	imageMu  sync.Mutex
 	imageFor map[string]*sync.Mutex
+	pools    poolSet
 }
 
 var (
@@ -163,6 +164,9 @@ type record struct {
 	// Parent is the snapshot the capsule was restored from; the next
 	// Snapshot diffs against it and then deletes it.
 	Parent string `json:"parent,omitempty"`
+	// Pool marks a warm-pool microVM (pool.go): hidden from the public
+	// calls until Take hands it over; Recover removes it.
+	Pool bool `json:"pool,omitempty"`
 }
 
 type capsule struct {
@@ -252,6 +256,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		client:   &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
 		tscKHz:   cfg.GuestTSCkHz,
 	}
+	d.pools.init()
 	if d.tscKHz == 0 {
 		d.tscKHz = hostTSCkHz()
 	}
@@ -324,6 +329,9 @@ var (
 	kvmOnce sync.Once
 	kvmOK   bool
 )
+
+// Config returns the driver's configuration, defaults filled in.
+func (d *Driver) Config() Config { return d.cfg }
 
 // UsesKVM reports whether this driver's VMs use KVM.
 func (d *Driver) UsesKVM() bool { return d.kvm }
@@ -419,8 +427,12 @@ func hostMemoryMB() int {
 	return 0
 }
 
-// get returns the capsule locked, or ErrNotFound.
-func (d *Driver) get(id string) (*capsule, error) {
+// get returns the capsule locked, or ErrNotFound (warm-pool microVMs are
+// not found).
+func (d *Driver) get(id string) (*capsule, error) { return d.getAny(id, false) }
+
+// getAny is get that also finds warm-pool microVMs if pool is set.
+func (d *Driver) getAny(id string, pool bool) (*capsule, error) {
 	d.mu.Lock()
 	c := d.caps[id]
 	d.mu.Unlock()
@@ -428,7 +440,7 @@ func (d *Driver) get(id string) (*capsule, error) {
 		return nil, fmt.Errorf("capsule %q: %w", id, runtime.ErrNotFound)
 	}
 	c.mu.Lock()
-	if c.gone {
+	if c.gone || c.rec.Pool && !pool {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("capsule %q: %w", id, runtime.ErrNotFound)
 	}
@@ -488,11 +500,16 @@ func (d *Driver) hook(s *runtime.Steps) *runtime.Steps {
 
 // Create implements runtime.Driver.
 func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	return d.create(ctx, spec, false)
+}
+
+// create does Create; pool makes a warm-pool microVM.
+func (d *Driver) create(ctx context.Context, spec runtime.Spec, pool bool) (runtime.Info, error) {
 	spec, tmpl, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
 	}
-	c := &capsule{rec: record{ID: spec.ID, Key: newKey(), Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC()}}
+	c := &capsule{rec: record{ID: spec.ID, Key: newKey(), Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC(), Pool: pool}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := d.reserve(spec.ID, c); err != nil {
@@ -576,7 +593,11 @@ func envFile(rec *record) []byte {
 // Start implements runtime.Driver: boots the VM and waits until envd
 // answers (a guest that cannot boot fails here with its console's end).
 func (d *Driver) Start(ctx context.Context, id string) (runtime.Info, error) {
-	c, err := d.get(id)
+	return d.start(ctx, id, false)
+}
+
+func (d *Driver) start(ctx context.Context, id string, pool bool) (runtime.Info, error) {
+	c, err := d.getAny(id, pool)
 	if err != nil {
 		return runtime.Info{}, err
 	}
@@ -639,7 +660,9 @@ func (d *Driver) bootSteps(c *capsule, incoming func() *os.File) []runtime.Step 
 }
 
 func (d *Driver) machineSpec(rec *record) MachineSpec {
-	cmdline := "console=ttyS0 quiet loglevel=4 panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd nokaslr random.trust_cpu=on"
+	// init_on_free=1: the guest zeroes the pages it frees, so memory it
+	// used and gave back is zero blocks, which a snapshot does not store.
+	cmdline := "console=ttyS0 quiet loglevel=4 panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd nokaslr random.trust_cpu=on init_on_free=1"
 	if !d.kvm && d.tscKHz > 0 {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(d.tscKHz) + " tsc=reliable"
 	}
@@ -649,7 +672,7 @@ func (d *Driver) machineSpec(rec *record) MachineSpec {
 		Disks: []Disk{{Path: rec.Image, ReadOnly: true}, {Path: d.diskPath(rec.Key)}, {Path: d.envdDisk, ReadOnly: true}},
 		Netns: rec.Net.Netns, Tap: TapName, MAC: guestMAC,
 		KVM:                 d.kvm,
-		BalloonStatsSeconds: 5,
+		BalloonStatsSeconds: balloonStatsSeconds,
 	}
 }
 
@@ -776,7 +799,11 @@ func (d *Driver) Stop(ctx context.Context, id string, _ time.Duration) error {
 
 // Destroy implements runtime.Driver.
 func (d *Driver) Destroy(ctx context.Context, id string) error {
-	c, err := d.get(id)
+	return d.destroy(ctx, id, false)
+}
+
+func (d *Driver) destroy(ctx context.Context, id string, pool bool) error {
+	c, err := d.getAny(id, pool)
 	if err != nil {
 		return err
 	}
@@ -885,8 +912,10 @@ func (d *Driver) Stats(_ context.Context, id string) (runtime.Stats, error) {
 	return s, nil
 }
 
-// Close implements runtime.Driver: VMs keep running.
+// Close implements runtime.Driver: VMs keep running, except warm-pool
+// ones, which are destroyed.
 func (d *Driver) Close() error {
+	d.pools.close(d)
 	d.mu.Lock()
 	caps := slices.Collect(maps.Values(d.caps))
 	d.mu.Unlock()
