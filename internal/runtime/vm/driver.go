@@ -762,11 +762,19 @@ func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 	}
 }
 
-// consoleTail returns the last lines of the guest console.
+// consoleTail returns the last lines of the guest console, after the
+// lines that say why a boot failed (the init's and switch_root's
+// messages, a kernel panic) if a panic's trace pushed them out.
 func consoleTail(con string) string {
 	lines := strings.Split(strings.TrimSpace(strings.ReplaceAll(con, "\r", "")), "\n")
+	var why []string
 	if len(lines) > 12 {
-		lines = lines[len(lines)-12:]
+		for _, l := range lines[:len(lines)-12] {
+			if strings.Contains(l, "wrenn-init:") || strings.Contains(l, "switch_root:") || strings.Contains(l, "Kernel panic") {
+				why = append(why, l)
+			}
+		}
+		lines = append(why, lines[len(lines)-12:]...)
 	}
 	s := strings.TrimSpace(strings.Join(lines, " | "))
 	if s == "" {
