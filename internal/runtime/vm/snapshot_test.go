@@ -103,7 +103,7 @@ func mustExec(t *testing.T, d runtime.Driver, id, script string) string {
 // after touching about 1 % of memory stores a diff.
 func TestMemorySnapshot(t *testing.T) {
 	storeDir := t.TempDir()
-	cfg1 := snapshotConfig(t, storeDir, 2)
+	cfg1 := snapshotConfig(t, storeDir, 3)
 	d1 := openDriver(t, cfg1)
 	ctx := testutil.Context(t, 10*time.Minute)
 	const memMB = 320
@@ -137,7 +137,7 @@ sync`)
 	}
 
 	// Restore on a second driver sharing the store.
-	cfg2 := snapshotConfig(t, storeDir, 2)
+	cfg2 := snapshotConfig(t, storeDir, 3)
 	cfg2.Snapshots = cfg1.Snapshots
 	d2 := openDriver(t, cfg2)
 	t0 = time.Now()
@@ -172,6 +172,21 @@ sync`)
 	}
 	if out := mustExec(t, d2, "cl-mem", "cat /run/m/marker; ls /mnt/fill | wc -l"); out != "in-memory\n51\n" {
 		t.Errorf("after restoring the diff: %q", out)
+	}
+	// The floor: a re-pause after the same exec round trip that touches
+	// nothing stores what the guest itself dirties between a restore and
+	// a pause (envd serving the exec, the shell and dd paged back in after
+	// the balloon evicted them, the balloon's deflate and re-inflate).
+	mustExec(t, d2, "cl-mem", "dd if=/dev/urandom of=/dev/null bs=1M count=3 2>/dev/null; sync")
+	snap3, err := d2.Snapshot(ctx, "cl-mem")
+	if err != nil {
+		t.Fatalf("third Snapshot: %v", err)
+	}
+	_, own3 := imageBytes(t, cfg1.Snapshots, snap3.ID+".mem")
+	t.Logf("re-pause after the same exec touching nothing (the guest's own floor): diff stores %.1f MiB; the touched 3 MiB cost %.1f MiB above it (%.2f x touched)",
+		float64(own3)/mib, float64(own2-own3)/mib, float64(own2-own3)/(3*mib))
+	if _, err := d2.Restore(ctx, snap3); err != nil {
+		t.Fatalf("Restore of the third snapshot: %v", err)
 	}
 }
 
