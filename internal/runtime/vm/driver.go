@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -253,8 +254,14 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		capsDir:  filepath.Join(cfg.StateDir, "capsules"),
 		caps:     map[string]*capsule{},
 		imageFor: map[string]*sync.Mutex{},
-		client:   &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
-		tscKHz:   cfg.GuestTSCkHz,
+		// Until the guest's eth0 is up its SYNs vanish: a short connect
+		// timeout retries soon instead of holding a probe (and so the
+		// moment envd is seen) for the whole request timeout.
+		client: &http.Client{Transport: &http.Transport{
+			DisableKeepAlives: true, Proxy: nil,
+			DialContext: (&net.Dialer{Timeout: 200 * time.Millisecond}).DialContext,
+		}},
+		tscKHz: cfg.GuestTSCkHz,
 	}
 	d.pools.init()
 	if d.tscKHz == 0 {
@@ -731,13 +738,17 @@ func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 		ccancel()
 	}
 	for i := 0; ; i++ {
-		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
 		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
 		resp, err := d.client.Do(req)
 		rcancel()
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode/100 == 2 {
+				if d.log.Enabled(ctx, slog.LevelDebug) {
+					drain()
+					d.log.Debug("guest boot timeline (uptime s)", "capsule_id", c.rec.ID, "steps", bootTimeline(console.String()))
+				}
 				return nil
 			}
 		}
@@ -762,6 +773,19 @@ func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 	}
 }
 
+// bootTimeline picks the guest init's timestamps ("wrenn-init: t=<uptime>
+// <step>") out of its console: "init=0.61 modules=0.93 ...".
+func bootTimeline(con string) string {
+	var out []string
+	for _, l := range strings.Split(con, "\n") {
+		_, rest, ok := strings.Cut(l, "wrenn-init: t=")
+		if f := strings.Fields(rest); ok && len(f) == 2 {
+			out = append(out, f[1]+"="+f[0])
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 // consoleTail returns the last lines of the guest console, after the
 // lines that say why a boot failed (the init's and switch_root's
 // messages, a kernel panic) if a panic's trace pushed them out.
@@ -770,7 +794,7 @@ func consoleTail(con string) string {
 	var why []string
 	if len(lines) > 12 {
 		for _, l := range lines[:len(lines)-12] {
-			if strings.Contains(l, "wrenn-init:") || strings.Contains(l, "switch_root:") || strings.Contains(l, "Kernel panic") {
+			if strings.Contains(l, "wrenn-init:") && !strings.Contains(l, "wrenn-init: t=") || strings.Contains(l, "switch_root:") || strings.Contains(l, "Kernel panic") {
 				why = append(why, l)
 			}
 		}
