@@ -63,11 +63,57 @@ func TestBadInput(t *testing.T) {
 		if got.State != runtime.StateStopped || got.PID != 0 {
 			t.Errorf("after a failed boot: %+v", got)
 		}
+		if n := vmProcesses(t, d.Config().SocketDir); n != 0 {
+			t.Errorf("%d VM processes left after a failed boot", n)
+		}
 		if err := d.Destroy(ctx, "cl-broken"); err != nil {
 			t.Fatalf("Destroy: %v", err)
 		}
-		if ns, _ := d.Network().Namespaces(); len(ns) != 0 {
-			t.Errorf("namespaces left: %v", ns)
-		}
+		nothingLeft(t, d)
 	})
+	t.Run("envd that cannot run", func(t *testing.T) {
+		// The guest's init execs envd as PID 1: a file that is not a
+		// program (a broken envd build) panics the guest kernel.
+		bad := filepath.Join(t.TempDir(), "envd")
+		if err := os.WriteFile(bad, []byte("not an ELF program\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cfg := testConfig(t, t.TempDir())
+		cfg.EnvdPath = bad
+		d := openDriver(t, cfg)
+		if _, err := d.Create(ctx, runtime.Spec{ID: "cl-noenvd", Template: tmplName}); err != nil {
+			t.Fatalf("Create: %v", err)
+		}
+		_, err := d.Start(ctx, "cl-noenvd")
+		if err == nil || !strings.Contains(err.Error(), "guest stopped before envd answered") || !strings.Contains(err.Error(), "switch_root") {
+			t.Fatalf("Start without a runnable envd: err = %v", err)
+		}
+		t.Logf("Start: %v", err)
+		if n := vmProcesses(t, cfg.SocketDir); n != 0 {
+			t.Errorf("%d VM processes left after a failed boot", n)
+		}
+		if err := d.Destroy(ctx, "cl-noenvd"); err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		nothingLeft(t, d)
+	})
+}
+
+// nothingLeft checks that a driver with no capsules holds no VM process,
+// network namespace, RAM file or capsule directory.
+func nothingLeft(t *testing.T, d *vm.Driver) {
+	t.Helper()
+	cfg := d.Config()
+	if n := vmProcesses(t, cfg.SocketDir); n != 0 {
+		t.Errorf("%d VM processes left", n)
+	}
+	if ns, _ := d.Network().Namespaces(); len(ns) != 0 {
+		t.Errorf("namespaces left: %v", ns)
+	}
+	if mems, _ := os.ReadDir(cfg.MemDir); len(mems) != 0 {
+		t.Errorf("RAM files left: %v", mems)
+	}
+	if caps, _ := os.ReadDir(filepath.Join(cfg.StateDir, "capsules")); len(caps) != 0 {
+		t.Errorf("capsule directories left: %v", caps)
+	}
 }

@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -138,6 +139,7 @@ type Driver struct {
 	caps     map[string]*capsule // by public ID
 	imageMu  sync.Mutex
 	imageFor map[string]*sync.Mutex
+	pools    poolSet
 }
 
 var (
@@ -162,6 +164,9 @@ type record struct {
 	// Parent is the snapshot the capsule was restored from; the next
 	// Snapshot diffs against it and then deletes it.
 	Parent string `json:"parent,omitempty"`
+	// Pool marks a warm-pool microVM (pool.go): hidden from the public
+	// calls until Take hands it over; Recover removes it.
+	Pool bool `json:"pool,omitempty"`
 }
 
 type capsule struct {
@@ -248,9 +253,16 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		capsDir:  filepath.Join(cfg.StateDir, "capsules"),
 		caps:     map[string]*capsule{},
 		imageFor: map[string]*sync.Mutex{},
-		client:   &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
-		tscKHz:   cfg.GuestTSCkHz,
+		// Until the guest's eth0 is up its SYNs vanish: a short connect
+		// timeout retries soon instead of holding a probe (and so the
+		// moment envd is seen) for the whole request timeout.
+		client: &http.Client{Transport: &http.Transport{
+			DisableKeepAlives: true, Proxy: nil,
+			DialContext: (&net.Dialer{Timeout: 200 * time.Millisecond}).DialContext,
+		}},
+		tscKHz: cfg.GuestTSCkHz,
 	}
+	d.pools.init()
 	if d.tscKHz == 0 {
 		d.tscKHz = hostTSCkHz()
 	}
@@ -323,6 +335,9 @@ var (
 	kvmOnce sync.Once
 	kvmOK   bool
 )
+
+// Config returns the driver's configuration, defaults filled in.
+func (d *Driver) Config() Config { return d.cfg }
 
 // UsesKVM reports whether this driver's VMs use KVM.
 func (d *Driver) UsesKVM() bool { return d.kvm }
@@ -410,8 +425,12 @@ func hostMemoryMB() int {
 	return 0
 }
 
-// get returns the capsule locked, or ErrNotFound.
-func (d *Driver) get(id string) (*capsule, error) {
+// get returns the capsule locked, or ErrNotFound (warm-pool microVMs are
+// not found).
+func (d *Driver) get(id string) (*capsule, error) { return d.getAny(id, false) }
+
+// getAny is get that also finds warm-pool microVMs if pool is set.
+func (d *Driver) getAny(id string, pool bool) (*capsule, error) {
 	d.mu.Lock()
 	c := d.caps[id]
 	d.mu.Unlock()
@@ -419,7 +438,7 @@ func (d *Driver) get(id string) (*capsule, error) {
 		return nil, fmt.Errorf("capsule %q: %w", id, runtime.ErrNotFound)
 	}
 	c.mu.Lock()
-	if c.gone {
+	if c.gone || c.rec.Pool && !pool {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("capsule %q: %w", id, runtime.ErrNotFound)
 	}
@@ -479,11 +498,16 @@ func (d *Driver) hook(s *runtime.Steps) *runtime.Steps {
 
 // Create implements runtime.Driver.
 func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, error) {
+	return d.create(ctx, spec, false)
+}
+
+// create does Create; pool makes a warm-pool microVM.
+func (d *Driver) create(ctx context.Context, spec runtime.Spec, pool bool) (runtime.Info, error) {
 	spec, tmpl, err := d.normalize(spec)
 	if err != nil {
 		return runtime.Info{}, err
 	}
-	c := &capsule{rec: record{ID: spec.ID, Key: newKey(), Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC()}}
+	c := &capsule{rec: record{ID: spec.ID, Key: newKey(), Spec: spec, State: runtime.StateCreated, CreatedAt: time.Now().UTC(), Pool: pool}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := d.reserve(spec.ID, c); err != nil {
@@ -567,7 +591,11 @@ func envFile(rec *record) []byte {
 // Start implements runtime.Driver: boots the VM and waits until envd
 // answers (a guest that cannot boot fails here with its console's end).
 func (d *Driver) Start(ctx context.Context, id string) (runtime.Info, error) {
-	c, err := d.get(id)
+	return d.start(ctx, id, false)
+}
+
+func (d *Driver) start(ctx context.Context, id string, pool bool) (runtime.Info, error) {
+	c, err := d.getAny(id, pool)
 	if err != nil {
 		return runtime.Info{}, err
 	}
@@ -630,7 +658,9 @@ func (d *Driver) bootSteps(c *capsule, incoming func() *os.File) []runtime.Step 
 }
 
 func (d *Driver) machineSpec(rec *record) MachineSpec {
-	cmdline := "console=ttyS0 quiet loglevel=4 panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd nokaslr random.trust_cpu=on"
+	// init_on_free=1: the guest zeroes the pages it frees, so memory it
+	// used and gave back is zero blocks, which a snapshot does not store.
+	cmdline := "console=ttyS0 quiet loglevel=4 panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd nokaslr random.trust_cpu=on init_on_free=1"
 	if !d.kvm && d.tscKHz > 0 {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(d.tscKHz) + " tsc=reliable"
 	}
@@ -640,7 +670,7 @@ func (d *Driver) machineSpec(rec *record) MachineSpec {
 		Disks: []Disk{{Path: rec.Image, ReadOnly: true}, {Path: d.diskPath(rec.Key)}, {Path: d.envdDisk, ReadOnly: true}},
 		Netns: rec.Net.Netns, Tap: TapName, MAC: guestMAC,
 		KVM:                 d.kvm,
-		BalloonStatsSeconds: 5,
+		BalloonStatsSeconds: balloonStatsSeconds,
 		Metadata:            map[string]string{"template_id": rec.Spec.Template, "capsule_id": rec.ID},
 	}
 }
@@ -700,13 +730,17 @@ func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 		ccancel()
 	}
 	for i := 0; ; i++ {
-		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
 		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
 		resp, err := d.client.Do(req)
 		rcancel()
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode/100 == 2 {
+				if d.log.Enabled(ctx, slog.LevelDebug) {
+					drain()
+					d.log.Debug("guest boot timeline (uptime s)", "capsule_id", c.rec.ID, "steps", bootTimeline(console.String()))
+				}
 				return nil
 			}
 		}
@@ -731,11 +765,32 @@ func (d *Driver) waitReady(ctx context.Context, c *capsule) error {
 	}
 }
 
-// consoleTail returns the last lines of the guest console.
+// bootTimeline picks the guest init's timestamps ("wrenn-init: t=<uptime>
+// <step>") out of its console: "init=0.61 modules=0.93 ...".
+func bootTimeline(con string) string {
+	var out []string
+	for _, l := range strings.Split(con, "\n") {
+		_, rest, ok := strings.Cut(l, "wrenn-init: t=")
+		if f := strings.Fields(rest); ok && len(f) == 2 {
+			out = append(out, f[1]+"="+f[0])
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// consoleTail returns the last lines of the guest console, after the
+// lines that say why a boot failed (the init's and switch_root's
+// messages, a kernel panic) if a panic's trace pushed them out.
 func consoleTail(con string) string {
 	lines := strings.Split(strings.TrimSpace(strings.ReplaceAll(con, "\r", "")), "\n")
+	var why []string
 	if len(lines) > 12 {
-		lines = lines[len(lines)-12:]
+		for _, l := range lines[:len(lines)-12] {
+			if strings.Contains(l, "wrenn-init:") && !strings.Contains(l, "wrenn-init: t=") || strings.Contains(l, "switch_root:") || strings.Contains(l, "Kernel panic") {
+				why = append(why, l)
+			}
+		}
+		lines = append(why, lines[len(lines)-12:]...)
 	}
 	s := strings.TrimSpace(strings.Join(lines, " | "))
 	if s == "" {
@@ -768,7 +823,11 @@ func (d *Driver) Stop(ctx context.Context, id string, _ time.Duration) error {
 
 // Destroy implements runtime.Driver.
 func (d *Driver) Destroy(ctx context.Context, id string) error {
-	c, err := d.get(id)
+	return d.destroy(ctx, id, false)
+}
+
+func (d *Driver) destroy(ctx context.Context, id string, pool bool) error {
+	c, err := d.getAny(id, pool)
 	if err != nil {
 		return err
 	}
@@ -877,8 +936,10 @@ func (d *Driver) Stats(_ context.Context, id string) (runtime.Stats, error) {
 	return s, nil
 }
 
-// Close implements runtime.Driver: VMs keep running.
+// Close implements runtime.Driver: VMs keep running, except warm-pool
+// ones, which are destroyed.
 func (d *Driver) Close() error {
+	d.pools.close(d)
 	d.mu.Lock()
 	caps := slices.Collect(maps.Values(d.caps))
 	d.mu.Unlock()

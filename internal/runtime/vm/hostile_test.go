@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/runtimetest"
@@ -13,7 +14,11 @@ import (
 // TestHostile runs the hostile-tenant suite against microVMs (their own
 // kernel: the shared-kernel syscall attempts are skipped; the network,
 // disk, memory and fork-bomb attacks and the leak check run).
+// The suite boots two microVMs; the fork bomb meets the guest's pids
+// limit (guest/init), so it ends with its 8 s deadline.
 func TestHostile(t *testing.T) {
+	t0 := time.Now()
+	defer func() { t.Logf("microVM hostile suite took %v", time.Since(t0).Round(time.Second)) }()
 	runtimetest.RunHostile(t,
 		func(t *testing.T) runtime.Driver { return newDriver(t) },
 		runtimetest.WithTemplate(tmplName),

@@ -104,6 +104,9 @@ func (d *Driver) readRecord(key string) (*record, error) {
 // adopt takes rec over if its resources are intact.
 func (d *Driver) adopt(ctx context.Context, rec *record) error {
 	c := &capsule{rec: *rec}
+	if rec.Pool {
+		return errors.New("a warm-pool microVM of an earlier driver")
+	}
 	switch rec.State {
 	case runtime.StateSnapshotted:
 		c.rec.Net = network.Allocation{}

@@ -25,6 +25,9 @@ const (
 // inflates before a pause to disk.
 const balloonMargin = 16 << 20
 
+// balloonStatsSeconds is the guest's periodic balloon statistics interval.
+const balloonStatsSeconds = 5
+
 // MemorySnapshots implements runtime.Snapshotter: a VM's memory is always
 // kept.
 func (d *Driver) MemorySnapshots() bool { return true }
@@ -34,10 +37,25 @@ func (d *Driver) devPath(key string) string { return filepath.Join(d.dir(key), "
 // inflate asks the balloon to take the guest's available memory (less a
 // margin) and waits, at most wait, for the guest to hand it over: those
 // pages are then holes of the RAM file that the snapshot does not store.
-// Best effort: a guest whose statistics have not arrived is left alone.
+// The figures are fresh: the guest is asked for a report now (about a
+// second) rather than trusting the periodic one, up to 5 s old, which
+// may predate memory the guest has just freed. Best effort: a guest that
+// sends no statistics is left alone.
 func (d *Driver) inflate(ctx context.Context, c *capsule, wait time.Duration) {
 	total := int64(c.rec.Spec.MemoryMB) << 20
-	info, err := c.m.Balloon(ctx)
+	var info BalloonInfo
+	err := errors.New("no statistics")
+	if r, ok := c.m.(BalloonStatsRefresher); ok {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		info, err = r.RefreshBalloonStats(rctx, balloonStatsSeconds)
+		cancel()
+		if err != nil {
+			d.log.Debug("balloon: no fresh statistics; using the last report", "capsule_id", c.rec.ID, "err", err)
+		}
+	}
+	if err != nil {
+		info, err = c.m.Balloon(ctx)
+	}
 	if err != nil || info.AvailableBytes <= 0 {
 		d.log.Debug("balloon: no guest statistics; not inflating", "capsule_id", c.rec.ID, "err", err)
 		return

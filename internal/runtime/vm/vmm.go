@@ -62,6 +62,19 @@ type BalloonInfo struct {
 	// FreeBytes and TotalBytes are the guest's own figures (-1: not
 	// reported yet); AvailableBytes its MemAvailable.
 	FreeBytes, TotalBytes, AvailableBytes int64
+	// LastUpdate is when the guest sent those figures (Unix seconds; 0:
+	// never).
+	LastUpdate int64
+}
+
+// BalloonStatsRefresher is a Machine that can ask its guest for fresh
+// balloon statistics instead of waiting for the next periodic report
+// (optional: the driver falls back to the last report).
+type BalloonStatsRefresher interface {
+	// RefreshBalloonStats asks the guest for a report now and returns it
+	// once it has arrived (within ctx); interval is the periodic
+	// statistics interval to keep afterwards (seconds).
+	RefreshBalloonStats(ctx context.Context, interval int) (BalloonInfo, error)
 }
 
 // Machine is one running VM process.
