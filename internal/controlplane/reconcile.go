@@ -115,7 +115,7 @@ func fromAgentState(st pb.CapsuleState) (store.CapsuleStatus, bool) {
 func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 	// Rows changed after this moment may reflect operations the agent's
 	// list below does not show yet (a pause or create finishing while the
-	// list travels): they are left for the next pass.
+	// list travels): the agent is asked about them once more.
 	listedAt := time.Now().Add(-time.Second)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	resp, err := s.agents.Client(h).ListCapsules(cctx, connect.NewRequest(&pb.ListCapsulesRequest{}))
@@ -138,10 +138,17 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 	known := map[string]bool{}
 	for _, c := range caps {
 		known[c.ID] = true
-		if c.UpdatedAt.After(listedAt) {
-			continue
-		}
 		ac, present := onAgent[c.ID]
+		if c.UpdatedAt.After(listedAt) {
+			fac, fpresent, ok, unimplemented := s.freshOnAgent(ctx, h, c.ID)
+			switch {
+			case unimplemented: // an agent without GetCapsule: the list stands
+			case !ok:
+				continue // the next pass decides
+			default:
+				ac, present = fac, fpresent
+			}
+		}
 		if !present && (c.Status == store.CapsulePending || c.Status == store.CapsuleStarting) {
 			lost, err := s.createLost(ctx, h, c, now)
 			if err != nil {
@@ -265,4 +272,23 @@ func (s *Server) reconcileTemplates(ctx context.Context, h store.Host, now time.
 		s.log.Info("deleted orphan template files", "template", name, "host_id", h.ID)
 	}
 	return nil
+}
+
+// freshOnAgent asks h's agent about one capsule now (a row changed while
+// the host's list was on its way). ok is false when the agent could not
+// answer; unimplemented when it has no GetCapsule.
+func (s *Server) freshOnAgent(ctx context.Context, h store.Host, id string) (c *pb.Capsule, present, ok, unimplemented bool) {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	resp, err := s.agents.Client(h).GetCapsule(cctx, connect.NewRequest(&pb.GetCapsuleRequest{CapsuleId: id}))
+	switch connect.CodeOf(err) {
+	case connect.CodeNotFound:
+		return nil, false, true, false
+	case connect.CodeUnimplemented:
+		return nil, false, false, true
+	}
+	if err != nil {
+		return nil, false, false, false
+	}
+	return resp.Msg.GetCapsule(), true, true, false
 }

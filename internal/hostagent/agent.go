@@ -417,6 +417,11 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 	if spec.Template == "" {
 		spec.Template = a.cfg.DefaultTemplate
 	}
+	// An id whose driver teardown still runs (destroyed a moment ago) is
+	// created once that teardown is done.
+	if err := a.waitTeardownOf(ctx, spec.ID); err != nil {
+		return record{}, runtime.Info{}, err
+	}
 	timeout := opt.TimeoutSec
 	if timeout == 0 {
 		timeout = int(a.cfg.DefaultTimeout / time.Second)

@@ -60,6 +60,23 @@ func (a *Agent) teardown(id string) {
 	})
 }
 
+// waitTeardownOf waits until id has no teardown pending (or ctx ends).
+func (a *Agent) waitTeardownOf(ctx context.Context, id string) error {
+	for {
+		a.teardowns.mu.Lock()
+		_, busy := a.teardowns.pending[id]
+		a.teardowns.mu.Unlock()
+		if !busy {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // waitTeardowns waits until no teardown is pending (or ctx ends).
 func (a *Agent) waitTeardowns(ctx context.Context) error {
 	done := make(chan struct{})
