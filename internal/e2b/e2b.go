@@ -137,6 +137,7 @@ func (h *Handler) routes() chi.Router {
 			r.Get("/templates", h.listTemplates)
 			r.Get("/templates/{id}", h.getTemplate)
 			r.Post("/sandboxes/{id}/snapshots", h.createSnapshot)
+			r.Post("/sandboxes/{id}/fork", h.fork)
 			r.Get("/snapshots", h.listSnapshots)
 
 			// Features other issues add; 501 until they are wired.
@@ -144,7 +145,6 @@ func (h *Handler) routes() chi.Router {
 				{"GET", "/sandboxes/{id}/logs", "sandbox logs"},
 				{"GET", "/v2/sandboxes/{id}/logs", "sandbox logs"},
 				{"GET", "/sandboxes/metrics", "metrics of several sandboxes"},
-				{"POST", "/sandboxes/{id}/fork", "fork"},
 				{"PUT", "/sandboxes/{id}/network", "network rules"},
 				{"GET", "/volumes", "volumes"},
 				{"POST", "/volumes", "volumes"},

@@ -89,7 +89,7 @@ func TestErrorsAreE2BShaped(t *testing.T) {
 	}{
 		{"GET", "/e2b/v2/sandboxes", nil, 401},
 		{"GET", "/e2b/nope", map[string]string{"X-API-Key": "k"}, 404},
-		{"POST", "/e2b/sandboxes/cl-a/fork", map[string]string{"X-API-Key": "k"}, 501},
+		{"POST", "/e2b/v3/templates", map[string]string{"X-API-Key": "k"}, 501},
 		{"GET", "/e2b/volumes", map[string]string{"X-API-Key": "k"}, 501},
 		{"PUT", "/e2b/sandboxes/cl-a/network", map[string]string{"X-API-Key": "k"}, 501},
 		{"POST", "/e2b/envd/process.Process/Start", nil, 400},
@@ -157,5 +157,22 @@ func TestResumeWithoutMemoryIs501(t *testing.T) {
 	var body apiError
 	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || w.Code != 501 || body.Code != 501 {
 		t.Errorf("resume with memory false: %d %s, want 501", w.Code, w.Body)
+	}
+}
+
+// TestForkRefusesBadCounts: E2B's fork takes 1–100 copies; Wrenn makes at
+// most capsules.MaxForkCount per request and says so; nothing is forked.
+func TestForkRefusesBadCounts(t *testing.T) {
+	h := New(Config{Key: []byte("k"), Auth: func(*http.Request) (capsules.Scope, error) {
+		return capsules.TeamScope("team-x", "", capsules.SystemScope().Actor), nil
+	}})
+	for _, body := range []string{`{"count": 0}`, `{"count": 101}`, `{"count": 21}`, `{"timeout": -1}`, `{"count": "two"}`} {
+		r := httptest.NewRequest("POST", "/e2b/sandboxes/cl-a/fork", strings.NewReader(body))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		var e apiError
+		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || w.Code != 400 || e.Code != 400 || e.Message == "" {
+			t.Errorf("fork %s: %d %s, want 400 with an E2B error body", body, w.Code, w.Body)
+		}
 	}
 }

@@ -390,3 +390,66 @@ func e2bNetwork(m map[string]any) (nw *store.CapsuleNetwork, public bool, msg st
 	}
 	return nw, public, "", 0
 }
+
+// forkBody is E2B's SandboxForkRequest.
+type forkBody struct {
+	// Timeout is each copy's time to live in seconds (E2B's default 15).
+	Timeout *int64 `json:"timeout"`
+	// Count of copies (1–100 in E2B; Wrenn makes at most
+	// capsules.MaxForkCount per request).
+	Count *int `json:"count"`
+}
+
+// forkResult is one entry of E2B's fork answer: the copy, or the error
+// that kept it from starting.
+type forkResult struct {
+	Sandbox *sandbox   `json:"sandbox,omitempty"`
+	Error   *apiError `json:"error,omitempty"`
+}
+
+// fork is E2B's POST /sandboxes/{id}/fork: the sandbox is checkpointed
+// once (it keeps running, its id and expiry untouched) and count copies
+// start from that checkpoint (capsules.Service.Fork). Wrenn's fork is all
+// or nothing: a copy that cannot start fails the request and no copy is
+// left, so every entry of a 201 carries a sandbox.
+func (h *Handler) fork(w http.ResponseWriter, r *http.Request) {
+	var body forkBody
+	if err := h.decode(w, r, &body); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	count := 1
+	if body.Count != nil {
+		count = *body.Count
+	}
+	switch {
+	case count < 1 || count > 100:
+		writeError(w, http.StatusBadRequest, "count must be between 1 and 100")
+		return
+	case count > capsules.MaxForkCount:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("Wrenn makes at most %d copies per fork request (asked: %d)", capsules.MaxForkCount, count))
+		return
+	}
+	timeout := int64(15) // E2B's default
+	if body.Timeout != nil && *body.Timeout > 0 {
+		timeout = *body.Timeout
+	} else if body.Timeout != nil && *body.Timeout < 0 {
+		writeError(w, http.StatusBadRequest, "timeout must not be negative")
+		return
+	}
+	res, err := h.cfg.Capsules.Fork(r.Context(), scope(r), chi.URLParam(r, "id"), count)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := make([]forkResult, 0, len(res.Copies))
+	for _, cp := range res.Copies {
+		if _, err := h.cfg.Capsules.SetTimeout(r.Context(), scope(r), cp.Capsule.ID, &timeout); err != nil {
+			out = append(out, forkResult{Error: &apiError{Code: http.StatusServiceUnavailable, Message: "the copy " + cp.Capsule.ID + " runs but its timeout could not be set: " + clip(err.Error())}})
+			continue
+		}
+		sb := h.toSandbox(cp.Capsule)
+		out = append(out, forkResult{Sandbox: &sb})
+	}
+	writeJSON(w, http.StatusCreated, out)
+}
