@@ -403,7 +403,7 @@ type forkBody struct {
 // forkResult is one entry of E2B's fork answer: the copy, or the error
 // that kept it from starting.
 type forkResult struct {
-	Sandbox *sandbox   `json:"sandbox,omitempty"`
+	Sandbox *sandbox  `json:"sandbox,omitempty"`
 	Error   *apiError `json:"error,omitempty"`
 }
 
