@@ -171,17 +171,8 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 	if err != nil {
 		return fmt.Errorf("--subnet %q: %w", f.subnet, err)
 	}
-	// Joining a control plane (--control-plane): register once (the
-	// credential becomes this agent's secret), heartbeat after serving.
-	var joined *joinState
-	if f.join.controlPlane != "" {
-		if f.secretFile != "" || secret != "" {
-			return errors.New("--control-plane: the host secret is the credential the control plane issues at registration; drop --secret-file / WRENN_AGENT_SECRET")
-		}
-		if joined, err = f.join.join(ctx, f.stateDir, f.listen, log); err != nil {
-			return err
-		}
-		secret = joined.Credential
+	if f.join.controlPlane != "" && (f.secretFile != "" || secret != "") {
+		return errors.New("--control-plane: the host secret is the credential the control plane issues at registration; drop --secret-file / WRENN_AGENT_SECRET")
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -259,6 +250,17 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		isos.Register(runtime.IsolationMicroVM, vdrv)
 	}
 	log.Info("isolations", "supported", isos.Supported(), "missing", isos.Missing(), "default", isos.Default())
+	// Joining a control plane (--control-plane): register once (the
+	// credential becomes this agent's secret), heartbeat after serving.
+	// Registration comes last before serving: a registered host counts as
+	// online, so the drivers must be ready by then.
+	var joined *joinState
+	if f.join.controlPlane != "" {
+		if joined, err = f.join.join(ctx, f.stateDir, f.listen, log); err != nil {
+			return err
+		}
+		secret = joined.Credential
+	}
 	agent, err := hostagent.New(ctx, hostagent.Config{
 		Driver:             isos,
 		StateDir:           f.stateDir,

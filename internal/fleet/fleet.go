@@ -481,7 +481,7 @@ func (f *Fleet) WaitHostsOnline(ctx context.Context, n int) error {
 					}
 				}
 			}
-			if online >= n {
+			if online >= n && f.agentsAnswer(ctx) {
 				return nil
 			}
 		}
@@ -500,6 +500,24 @@ func (f *Fleet) WaitHostsOnline(ctx context.Context, n int) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// agentsAnswer reports whether every started agent answers its API
+// (mutual TLS, its credential): a host is online from its registration,
+// a moment before its agent serves.
+func (f *Fleet) agentsAnswer(ctx context.Context) bool {
+	for _, a := range f.Agents {
+		if a.proc == nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := f.AgentCapsules(cctx, a.Index)
+		cancel()
+		if err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // forward listens on listen (port 0: any) and copies every connection to
