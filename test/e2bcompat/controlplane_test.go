@@ -193,7 +193,11 @@ func TestE2BSDKThroughControlPlane(t *testing.T) {
 		WrongToken, CrossToken, NoID int
 		Fork                         struct {
 			Status int
-			Body   struct{ Code int }
+			Body   []struct {
+				Sandbox *struct {
+					SandboxID string
+				}
+			}
 		}
 		Malformed int
 		OtherTeam struct {
@@ -238,7 +242,7 @@ func TestE2BSDKThroughControlPlane(t *testing.T) {
 	check("wrong access token", got.WrongToken == 401)
 	check("another sandbox's token", got.CrossToken == 401)
 	check("no sandbox id", got.NoID == 400)
-	check("fork is 501", got.Fork.Status == 501 && got.Fork.Body.Code == 501)
+	check("fork makes one copy (201, one sandbox)", got.Fork.Status == 201 && len(got.Fork.Body) == 1 && got.Fork.Body[0].Sandbox != nil && got.Fork.Body[0].Sandbox.SandboxID != "")
 	check("malformed body", got.Malformed == 400)
 	check("another team's sandbox", strings.Contains(got.OtherTeam.Get, "NotFound") && strings.Contains(got.OtherTeam.Connect, "NotFound") &&
 		!got.OtherTeam.Kill && got.OtherTeam.Listed == 0)

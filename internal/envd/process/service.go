@@ -27,7 +27,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -325,6 +327,7 @@ func (s *Service) start(req *connect.Request[pb.StartRequest]) (*proc, *subscrib
 		return nil, nil, startError(sp.path, err)
 	}
 	p.pid = cmd.Process.Pid
+	raiseOOMScore(p.pid)
 	s.mu.Lock()
 	closed := s.closed
 	if !closed {
@@ -567,4 +570,19 @@ func inputError(p *proc, err error) error {
 		return err
 	}
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("input to process %d: %w", p.pid, err))
+}
+
+// childOOMScoreAdj is the OOM score adjustment of every process envd
+// starts (inherited by their children): the most preferred victims, so a
+// capsule out of memory loses a user process, never envd (whose own
+// adjustment, set by the runtime, is lower; capsule root may raise a
+// score but not lower it). A process that forks before the raise leaves
+// children at envd's score: the window is the time between fork and
+// this write, microseconds against the child's own start.
+const childOOMScoreAdj = "1000"
+
+// raiseOOMScore sets pid's OOM score adjustment to childOOMScoreAdj (best
+// effort: outside a capsule, without /proc or permission, nothing changes).
+func raiseOOMScore(pid int) {
+	_ = os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte(childOOMScoreAdj), 0)
 }
