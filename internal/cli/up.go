@@ -10,12 +10,14 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
+	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/vm"
 	"github.com/wrenn-dev/wrenn/internal/up"
@@ -31,6 +33,8 @@ type upFlags struct {
 	dnsUpstream                                                                                           []string
 	github                                                                                                githubFlags
 	isolation                                                                                             upIsolationFlags
+	eventRetention                                                                                        time.Duration
+	webhookAllowPrivate                                                                                   bool
 }
 
 // upIsolationFlags choose the isolations `wrenn up` offers besides
@@ -120,6 +124,8 @@ Must run as root. Environment: WRENN_HOME, WRENN_DEFAULT_ROOTFS_SIZE, WRENN_CRIU
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to standard error)")
 	f.github.register(fl)
 	f.isolation.register(fl)
+	fl.DurationVar(&f.eventRetention, "event-retention", events.DefaultRetention, "how long the event log keeps events (GET /v1/events)")
+	fl.BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", false, "let webhook URLs point at loopback, link-local, private addresses and this host")
 	return cmd
 }
 
@@ -180,7 +186,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools.pools(), Out: out, Progress: isTerminal(out), Logger: log,
 		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
-		GitHub: gh,
+		GitHub: gh, EventRetention: f.eventRetention, WebhookAllowPrivate: f.webhookAllowPrivate,
 	}
 	if err := f.isolation.apply(&cfg); err != nil {
 		return err

@@ -146,6 +146,12 @@ type Config struct {
 	// create, template and team name none (default container; this host
 	// must run it).
 	DefaultIsolation string
+	// EventRetention is how long the event log keeps events (default
+	// events.DefaultRetention); WebhookAllowPrivate lets webhook URLs
+	// point at loopback, private and this host's addresses (as wrenn
+	// server's flags).
+	EventRetention      time.Duration
+	WebhookAllowPrivate bool
 	// RunscPath, when set, offers gVisor isolation: a static runsc
 	// (scripts/runsc.sh). gVisor capsules take their addresses from
 	// GVisorSubnet (default 10.201.0.0/16), in their own nftables table
@@ -318,7 +324,7 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	if a.cp, err = controlplane.New(ctx, controlplane.Config{
 		Listen: a.ln.Addr().String(), ProxyListen: a.proxyLn.Addr().String(), Store: a.store, Secret: secret, PublicURL: a.url,
 		HeartbeatInterval: cfg.HeartbeatInterval, Logger: cfg.Logger, GitHub: cfg.GitHub,
-		DefaultIsolation: cfg.DefaultIsolation,
+		DefaultIsolation: cfg.DefaultIsolation, EventRetention: cfg.EventRetention, WebhookAllowPrivate: cfg.WebhookAllowPrivate,
 	}); err != nil {
 		return nil, err
 	}

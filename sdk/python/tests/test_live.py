@@ -195,3 +195,87 @@ def test_async_client():
                 await c.capsules.get(cap.id)
 
     asyncio.run(main())
+
+
+def test_events_and_webhooks(client):
+    """A local receiver (the test's wrenn up runs with --webhook-allow-private) gets signed deliveries;
+    the log and the live stream carry a capsule's life cycle."""
+    import http.server
+    import json
+    import threading
+    import time
+
+    got = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            got.append((self.headers.get("Wrenn-Signature"), self.headers.get("Wrenn-Event-Id"), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    hook = None
+    try:
+        hook = client.webhooks.create(f"http://127.0.0.1:{srv.server_address[1]}/hook",
+                                      event_types=["capsule.created", "capsule.destroyed"])
+        assert hook.secret and hook.enabled and hook.event_types == ["capsule.created", "capsule.destroyed"]
+        assert client.webhooks.get(hook.id).secret is None  # shown once
+        assert hook.id in [w.id for w in client.webhooks.list()]
+        with pytest.raises(wrenn.InvalidArgumentError):
+            client.webhooks.create("ftp://example.com/x")
+
+        cap = client.capsules.create(template=TEMPLATE)
+        cap.delete()
+
+        def wait_for(pred, what):
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if pred():
+                    return
+                time.sleep(0.05)
+            pytest.fail(f"timed out waiting for {what}; got {[json.loads(b)['type'] for _, _, b in got]}")
+
+        def types_for(subject):
+            return [json.loads(b)["type"] for _, _, b in got if json.loads(b).get("subject") == subject]
+
+        wait_for(lambda: types_for(cap.id) == ["capsule.created", "capsule.destroyed"], "the capsule's deliveries")
+        for sig, event_id, body in got:
+            wrenn.verify_webhook(hook.secret, sig, body)
+            assert event_id == json.loads(body)["id"]
+            with pytest.raises(wrenn.WebhookVerificationError):
+                wrenn.verify_webhook("wrong-secret", sig, body)
+
+        new_secret = client.webhooks.rotate_secret(hook.id)
+        assert new_secret and new_secret != hook.secret
+        n = len(got)
+        test_delivery = client.webhooks.test(hook.id)
+        assert test_delivery.event_type == "webhook.test"
+        wait_for(lambda: len(got) > n, "the test delivery")
+        sig, _, body = got[n]
+        wrenn.verify_webhook(new_secret, sig, body)
+        with pytest.raises(wrenn.WebhookVerificationError):
+            wrenn.verify_webhook(hook.secret, sig, body)
+        wait_for(lambda: any(d.status == "delivered" and d.event_type == "webhook.test"
+                             for d in client.webhooks.deliveries(hook.id)), "the delivery record")
+        assert client.webhooks.update(hook.id, enabled=False).enabled is False
+
+        events = client.events.list(subject=cap.id)
+        types = [e.type for e in events]
+        assert types[0] == "capsule.created" and types[-1] == "capsule.destroyed", types
+        page = client.events.list_page(subject=cap.id, limit=1)
+        assert len(page.events) == 1 and page.next_cursor
+        # The stream replays what follows Last-Event-ID, then goes live.
+        for e in client.events.stream(subject=cap.id, last_event_id=events[0].id):
+            assert e.id == events[1].id and e.type == events[1].type
+            break
+    finally:
+        if hook is not None:
+            client.webhooks.delete(hook.id)
+        srv.shutdown()
+    with pytest.raises(wrenn.NotFoundError):
+        client.webhooks.get(hook.id)

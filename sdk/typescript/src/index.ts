@@ -13,6 +13,7 @@
  * @module
  */
 import type { components } from './openapi.js';
+import { Events, Webhooks } from './events.js';
 import {
   APIError,
   CommandExitError,
@@ -26,6 +27,8 @@ import {
 export { APIError, CommandExitError, ConnectionError, StreamClosedError, TimeoutError, WrennError } from './errors.js';
 export type { components, paths } from './openapi.js';
 export { verifyWebhook, WebhookVerificationError } from './webhooks.js';
+export { Events, Webhooks } from './events.js';
+export type { EventFilter, EventPage, WebhookDelivery, WebhookDeliveryPage } from './events.js';
 
 type S = components['schemas'];
 /** A capsule's state as the API sends it (schema `Capsule`). */
@@ -173,6 +176,10 @@ export class Client {
   readonly templates: Templates;
   /** Template builds (platform admins). */
   readonly builds: Builds;
+  /** The team's event log and live stream. */
+  readonly events: Events;
+  /** The team's webhook endpoints (team admins and owners). */
+  readonly webhooks: Webhooks;
   private readonly apiKey: string;
   private readonly timeoutMs: number;
   private readonly fetchImpl: typeof fetch;
@@ -185,6 +192,8 @@ export class Client {
     this.capsules = new Capsules(this);
     this.templates = new Templates(this);
     this.builds = new Builds(this);
+    this.events = new Events(this);
+    this.webhooks = new Webhooks(this);
   }
 
   /** Who the credential acts as (`GET /v1/me`). */

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Client, APIError, CommandExitError, TimeoutError } from '../dist/index.js';
+import { Client, APIError, CommandExitError, TimeoutError, verifyWebhook, WebhookVerificationError } from '../dist/index.js';
 
 const TEMPLATE = process.env.WRENN_TEMPLATE || 'minimal';
 let c;
@@ -151,4 +151,76 @@ test('templates, me, builds, bad key', async () => {
   } finally {
     await cap.delete();
   }
+});
+
+test('events and webhooks', async () => {
+  // A local receiver (the test's wrenn up runs with --webhook-allow-private).
+  const { createServer } = await import('node:http');
+  const got = [];
+  const srv = createServer((req, res) => {
+    const parts = [];
+    req.on('data', (d) => parts.push(d));
+    req.on('end', () => {
+      got.push({ sig: req.headers['wrenn-signature'], id: req.headers['wrenn-event-id'], body: Buffer.concat(parts).toString() });
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  let hook;
+  const waitFor = async (pred, what) => {
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      if (pred()) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.fail(`timed out waiting for ${what}; got ${got.map((g) => JSON.parse(g.body).type)}`);
+  };
+  try {
+    hook = await c.webhooks.create(`http://127.0.0.1:${srv.address().port}/hook`, { eventTypes: ['capsule.created', 'capsule.destroyed'] });
+    assert.ok(hook.secret && hook.enabled);
+    assert.equal((await c.webhooks.get(hook.id)).secret, undefined);
+    assert.ok((await c.webhooks.list()).some((w) => w.id === hook.id));
+    await assert.rejects(c.webhooks.create('ftp://example.com/x'), (e) => e instanceof APIError && e.status === 400);
+
+    const cap = await c.capsules.create({ template: TEMPLATE });
+    await cap.delete();
+    const typesFor = (id) => got.map((g) => JSON.parse(g.body)).filter((e) => e.subject === id).map((e) => e.type);
+    await waitFor(() => typesFor(cap.id).join() === 'capsule.created,capsule.destroyed', "the capsule's deliveries");
+    for (const g of got) {
+      verifyWebhook(hook.secret, g.sig, g.body);
+      assert.equal(g.id, JSON.parse(g.body).id);
+      assert.throws(() => verifyWebhook('wrong-secret', g.sig, g.body), WebhookVerificationError);
+    }
+
+    const secret = await c.webhooks.rotateSecret(hook.id);
+    assert.ok(secret && secret !== hook.secret);
+    const n = got.length;
+    assert.equal((await c.webhooks.test(hook.id)).event_type, 'webhook.test');
+    await waitFor(() => got.length > n, 'the test delivery');
+    verifyWebhook(secret, got[n].sig, got[n].body);
+    assert.throws(() => verifyWebhook(hook.secret, got[n].sig, got[n].body), WebhookVerificationError);
+    let delivered = false;
+    for (let i = 0; i < 600 && !delivered; i++) { // 30 s
+      delivered = (await c.webhooks.deliveries(hook.id)).some((d) => d.status === 'delivered' && d.event_type === 'webhook.test');
+      if (!delivered) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal((await c.webhooks.update(hook.id, { enabled: false })).enabled, false);
+
+    const events = await c.events.list({ subject: cap.id });
+    assert.equal(events[0].type, 'capsule.created');
+    assert.equal(events.at(-1).type, 'capsule.destroyed');
+    const page = await c.events.listPage({ subject: cap.id, limit: 1 });
+    assert.equal(page.events.length, 1);
+    assert.ok(page.next_cursor);
+    // The stream replays what follows Last-Event-ID, then goes live.
+    for await (const e of c.events.stream({ subject: cap.id, lastEventId: events[0].id })) {
+      assert.equal(e.id, events[1].id);
+      assert.equal(e.type, events[1].type);
+      break;
+    }
+  } finally {
+    if (hook) await c.webhooks.delete(hook.id);
+    srv.close();
+  }
+  await assert.rejects(c.webhooks.get(hook.id), (e) => e instanceof APIError && e.status === 404);
 });

@@ -23,6 +23,7 @@ from ._async import (
     AsyncTemplates,
     OutputCallback,
 )
+from ._events import AsyncEvents, AsyncWebhooks
 from ._errors import (
     APIError,
     CommandExitError,
@@ -43,6 +44,11 @@ from ._errors import (
 from ._models import (
     Build,
     BuildLogRecord,
+    Event,
+    EventPage,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryPage,
     BuildSpec,
     CapsuleInfo,
     CapsuleMetrics,
@@ -62,7 +68,7 @@ from ._models import (
     ForkResult,
     Template,
 )
-from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates
+from ._sync import Builds, Capsule, Capsules, Client, Events, Files, Processes, Pty, Templates, Webhooks
 from ._webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "0.1.0"
@@ -78,5 +84,7 @@ __all__ = [
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
     "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
     "ForkResult",
+    "Events", "Webhooks", "AsyncEvents", "AsyncWebhooks", "Event", "EventPage", "Webhook", "WebhookDelivery",
+    "WebhookDeliveryPage",
     "verify_webhook", "WebhookVerificationError",
 ]

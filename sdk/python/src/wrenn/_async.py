@@ -52,6 +52,8 @@ except ImportError:  # websockets 10.x-12.x (Debian 12 ships 10.4)
     _WS_HEADERS = "extra_headers"
 import websockets.exceptions as _wsx
 
+from ._events import AsyncEvents, AsyncWebhooks
+
 __all__ = ["AsyncClient", "AsyncCapsule", "AsyncCapsules", "AsyncFiles", "AsyncProcesses", "AsyncPty",
            "AsyncTemplates", "AsyncBuilds", "DEFAULT_URL", "OutputCallback"]
 
@@ -116,6 +118,10 @@ class AsyncClient:
         """Templates (:class:`AsyncTemplates`)."""
         self.builds = AsyncBuilds(self)
         """Template builds, platform admins only (:class:`AsyncBuilds`)."""
+        self.events = AsyncEvents(self)
+        """The team's event log and live stream (:class:`AsyncEvents`)."""
+        self.webhooks = AsyncWebhooks(self)
+        """The team's webhook endpoints (:class:`AsyncWebhooks`)."""
 
     async def __aenter__(self) -> "AsyncClient":
         return self

@@ -30,6 +30,11 @@ __all__ = [
     "Build",
     "CapsuleMetrics",
     "MetricPoint",
+    "Event",
+    "EventPage",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDeliveryPage",
 ]
 
 T = TypeVar("T")
@@ -414,5 +419,87 @@ _NESTED.update(
         "Me.team": Team,
         "Build.spec": BuildSpec,
         "CapsuleMetrics.points": MetricPoint,
+    }
+)
+
+
+# ---- events and webhooks (docs/EVENTS.md) ----
+
+
+@dataclass
+class Event(_Model):
+    """One life-cycle event of the team's log (schema ``Event``).
+
+    ``id`` orders the log (decimal, increasing) and is the cursor and the SSE id; ``subject`` is the
+    capsule, build or host the event is about; ``type`` is e.g. ``capsule.created``.
+    """
+
+    __schema__ = "Event"
+    id: str
+    type: str
+    time: str
+    team_id: str
+    subject: str
+    data: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EventPage(_Model):
+    """A page of the event log (schema ``EventPage``); ``next_cursor`` is empty on the last page."""
+
+    __schema__ = "EventPage"
+    events: List[Event] = field(default_factory=list)
+    next_cursor: Optional[str] = None
+
+
+@dataclass
+class Webhook(_Model):
+    """A webhook endpoint (schema ``Webhook``).
+
+    ``secret`` is set only in the answers of create and rotate-secret: keep it then, it is never shown
+    again. ``event_types`` empty means every type.
+    """
+
+    __schema__ = "Webhook"
+    id: str
+    url: str
+    event_types: List[str] = field(default_factory=list)
+    enabled: bool = True
+    created_at: str = ""
+    updated_at: str = ""
+    secret: Optional[str] = None
+
+
+@dataclass
+class WebhookDelivery(_Model):
+    """One delivery of an event to an endpoint (schema ``WebhookDelivery``); ``status`` is ``pending``,
+    ``delivered`` or ``failed``; ``response_status`` 0 means no answer."""
+
+    __schema__ = "WebhookDelivery"
+    id: int
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int = 0
+    next_attempt_at: str = ""
+    response_status: int = 0
+    created_at: str = ""
+    last_attempt_at: Optional[str] = None
+    last_error: Optional[str] = None
+
+
+@dataclass
+class WebhookDeliveryPage(_Model):
+    """A page of an endpoint's deliveries, newest first (schema ``WebhookDeliveryPage``)."""
+
+    __schema__ = "WebhookDeliveryPage"
+    deliveries: List[WebhookDelivery] = field(default_factory=list)
+    next_cursor: Optional[str] = None
+
+
+_NESTED.update(
+    {
+        "EventPage.events": Event,
+        "WebhookDeliveryPage.deliveries": WebhookDelivery,
     }
 )

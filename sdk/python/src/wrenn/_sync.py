@@ -12,10 +12,10 @@ import functools
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Union
 
-from . import _async
-from ._models import BuildLogRecord, CapsuleInfo
+from . import _async, _events
+from ._models import BuildLogRecord, CapsuleInfo, Event
 
-__all__ = ["Client", "Capsules", "Capsule", "Files", "Processes", "Pty", "Templates", "Builds"]
+__all__ = ["Client", "Capsules", "Capsule", "Files", "Processes", "Pty", "Templates", "Builds", "Events", "Webhooks"]
 
 
 class _Loop:
@@ -86,6 +86,10 @@ class Client:
         """Templates (:class:`Templates`)."""
         self.builds = Builds(self._loop, self._a.builds)
         """Template builds, platform admins only (:class:`Builds`)."""
+        self.events = Events(self._loop, self._a.events)
+        """The team's event log and live stream (:class:`Events`)."""
+        self.webhooks = Webhooks(self._loop, self._a.webhooks)
+        """The team's webhook endpoints (:class:`Webhooks`)."""
         self._closed = False
 
     def __enter__(self) -> "Client":
@@ -270,7 +274,42 @@ class Builds(_Wrapped):
     cancel = _mirror("cancel")
 
 
-for _a_cls, _s_cls in [(_async.AsyncCapsules, Capsules), (_async.AsyncCapsule, Capsule), (_async.AsyncPty, Pty),
+class Events(_Wrapped):
+    """The team's life-cycle events (``client.events``): the ordered log and the live stream."""
+
+    list_page = _mirror("list_page")
+    list = _mirror("list")
+
+    def stream(self, type: Optional[str] = None, subject: Optional[str] = None,
+               last_event_id: Optional[str] = None) -> Iterator["Event"]:
+        """Yield events as they happen (Server-Sent Events), after ``last_event_id`` when given. The
+        stream never ends by itself: break out of the loop to stop (the connection is then closed)."""
+        agen = self._a.stream(type, subject, last_event_id)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(agen.aclose())
+
+
+class Webhooks(_Wrapped):
+    """The team's webhook endpoints (``client.webhooks``; team admins and owners)."""
+
+    create = _mirror("create")
+    list = _mirror("list")
+    get = _mirror("get")
+    update = _mirror("update")
+    delete = _mirror("delete")
+    test = _mirror("test")
+    rotate_secret = _mirror("rotate_secret")
+    deliveries_page = _mirror("deliveries_page")
+    deliveries = _mirror("deliveries")
+
+
+for _a_cls, _s_cls in [(_events.AsyncEvents, Events), (_events.AsyncWebhooks, Webhooks), (_async.AsyncCapsules, Capsules), (_async.AsyncCapsule, Capsule), (_async.AsyncPty, Pty),
                        (_async.AsyncProcesses, Processes), (_async.AsyncFiles, Files),
                        (_async.AsyncTemplates, Templates), (_async.AsyncBuilds, Builds),
                        (_async.AsyncClient, Client)]:
