@@ -198,7 +198,7 @@ func (r *Runner) buildSteps(parent context.Context, b store.Build, in Inputs, bl
 
 	// The build capsule. The agent's own TTL reaps it even if this
 	// control plane dies mid-build.
-	ttl := *spec.TimeoutSec + int64(r.cfg.StaleMargin/time.Second)
+	ttl := *spec.TimeoutSec + int64(r.cfg.StaleAfter/time.Second)
 	if err := r.progress(ctx, b, "starting a capsule from "+bs.from.Name); err != nil {
 		return stopped("start", err)
 	}

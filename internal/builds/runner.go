@@ -61,9 +61,14 @@ type Config struct {
 	// PollInterval is how often a running step re-reads its build to
 	// notice a cancel (default 1 s).
 	PollInterval time.Duration
-	// StaleMargin is added to a build's timeout before a running build
-	// whose updated_at has not moved is declared interrupted (default 2 min).
-	StaleMargin time.Duration
+	// StaleAfter is how long a running build's updated_at may stand still
+	// before another runner declares it interrupted (its control plane
+	// died) and destroys its capsule (default 1 min). The runner executing
+	// a build moves updated_at every StaleAfter/4, so a long step (an
+	// apt-get of minutes) is not mistaken for a dead runner, and a
+	// replica killed mid-build frees its builds within StaleAfter — not
+	// the build's whole timeout.
+	StaleAfter time.Duration
 	// MaxConcurrent bounds the builds this runner executes at once
 	// (default 2).
 	MaxConcurrent int
@@ -88,8 +93,8 @@ func New(cfg Config) *Runner {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
-	if cfg.StaleMargin <= 0 {
-		cfg.StaleMargin = 2 * time.Minute
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = DefaultStaleAfter
 	}
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 2
@@ -191,9 +196,9 @@ func (r *Runner) Pass(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// sweepStale fails a running build nobody has touched for longer than its
-// timeout plus the margin (its control plane died) and destroys any capsule
-// left for it.
+// sweepStale fails a running build nobody has touched for longer than
+// StaleAfter (the runner executing it touches it every StaleAfter/4: its
+// control plane died) and destroys any capsule left for it.
 func (r *Runner) sweepStale(ctx context.Context, b store.Build) error {
 	r.mu.Lock()
 	mine := r.mine[b.ID]
@@ -201,11 +206,7 @@ func (r *Runner) sweepStale(ctx context.Context, b store.Build) error {
 	if mine {
 		return nil
 	}
-	timeout := time.Duration(DefaultTimeoutSec) * time.Second
-	if s, err := ParseSpec(b.Spec); err == nil {
-		timeout = time.Duration(*s.TimeoutSec) * time.Second
-	}
-	if time.Since(b.UpdatedAt) < timeout+r.cfg.StaleMargin {
+	if time.Since(b.UpdatedAt) < r.cfg.StaleAfter {
 		return nil
 	}
 	ok, err := r.cfg.Store.UpdateBuildStatus(ctx, b.TeamID, b.ID, []store.BuildStatus{store.BuildRunning}, store.BuildFailed, MsgInterrupted, "")
@@ -244,6 +245,9 @@ func failed(format string, args ...any) outcome {
 	return outcome{status: store.BuildFailed, msg: fmt.Sprintf(format, args...)}
 }
 
+// DefaultStaleAfter is Config.StaleAfter's default.
+const DefaultStaleAfter = time.Minute
+
 // errStopped: the build left running behind the runner's back (cancelled,
 // or failed by a stale sweep); the runner just cleans up.
 var errStopped = errors.New("build is no longer running")
@@ -252,7 +256,12 @@ var errStopped = errors.New("build is no longer running")
 func (r *Runner) execute(ctx context.Context, b store.Build) {
 	log := r.log.With("build_id", b.ID, "team_id", b.TeamID, "template_name", b.TemplateName)
 	start := time.Now()
+	alive := make(chan struct{})
+	var hb sync.WaitGroup
+	hb.Go(func() { r.heartbeat(ctx, b, alive, log) })
 	out := r.build(ctx, b, log)
+	close(alive)
+	hb.Wait()
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	if out.status == "" {
@@ -281,6 +290,25 @@ func (r *Runner) execute(ctx context.Context, b store.Build) {
 		log.Info("build finished", "status", out.status, "error", out.msg, "template_id", out.templateID,
 			"elapsed", time.Since(start).Round(time.Millisecond))
 		r.buildEvent(bg, b, out.status, out.msg, out.templateID)
+	}
+}
+
+// heartbeat moves the build's updated_at every StaleAfter/4 until done
+// closes, so other runners know this one is alive (sweepStale).
+func (r *Runner) heartbeat(ctx context.Context, b store.Build, done <-chan struct{}, log *slog.Logger) {
+	t := time.NewTicker(r.cfg.StaleAfter / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := r.cfg.Store.TouchBuild(context.WithoutCancel(ctx), b.TeamID, b.ID); err != nil {
+				log.Warn("build heartbeat", "err", err)
+			}
+		}
 	}
 }
 

@@ -106,7 +106,7 @@ func TestStaleSweepSparesFreshBuilds(t *testing.T) {
 	if ok, err := st.UpdateBuildStatus(ctx, b.TeamID, b.ID, []store.BuildStatus{store.BuildPending}, store.BuildRunning, "", ""); !ok || err != nil {
 		t.Fatalf("claim: %v %v", ok, err)
 	}
-	r := builds.New(builds.Config{Store: st, Scheduler: scheduler.New(st), StaleMargin: time.Hour, Logger: quiet})
+	r := builds.New(builds.Config{Store: st, Scheduler: scheduler.New(st), StaleAfter: time.Hour, Logger: quiet})
 	if err := r.Pass(ctx); err != nil {
 		t.Fatal(err)
 	}

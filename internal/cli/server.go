@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/builds"
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane"
 	"github.com/wrenn-dev/wrenn/internal/email"
@@ -44,6 +45,7 @@ type serverFlags struct {
 	sessionTTL         time.Duration
 	heartbeatInterval  time.Duration
 	reconcileInterval  time.Duration
+	buildStaleAfter    time.Duration
 	disableSignup      bool
 	secureCookies      bool
 	wsOrigins          []string
@@ -120,6 +122,7 @@ missing.`,
 	fl.DurationVar(&f.sessionTTL, "session-ttl", 24*time.Hour, "lifetime of session tokens")
 	fl.DurationVar(&f.heartbeatInterval, "heartbeat-interval", 30*time.Second, "host heartbeat interval; three missed beats make a host unavailable")
 	fl.DurationVar(&f.reconcileInterval, "reconcile-interval", 30*time.Second, "how often the store is aligned with the agents")
+	fl.DurationVar(&f.buildStaleAfter, "build-stale-after", builds.DefaultStaleAfter, "a running template build whose replica has not said it is alive for this long is failed as interrupted (replicas say so every quarter of it)")
 	fl.BoolVar(&f.disableSignup, "disable-signup", false, "refuse new sign-ups")
 	fl.BoolVar(&f.secureCookies, "secure-cookies", false, "mark cookies Secure (serve over HTTPS)")
 	fl.StringSliceVar(&f.wsOrigins, "ws-origin", nil, "extra origin allowed to open WebSockets (repeatable)")
@@ -184,7 +187,7 @@ func serverConfig(f serverFlags, stderr io.Writer) (controlplane.Config, error) 
 	cfg := controlplane.Config{
 		Listen: f.listen, DB: f.db, Secret: secret, SessionTTL: f.sessionTTL, PublicURL: f.publicURL,
 		ProxyListen: f.proxyListen, ProxyDomain: f.proxyDomain, AgentCA: f.agentCA, AgentClientCert: f.agentClientCert, AgentClientKey: f.agentClientKey,
-		HeartbeatInterval: f.heartbeatInterval, ReconcileInterval: f.reconcileInterval,
+		HeartbeatInterval: f.heartbeatInterval, ReconcileInterval: f.reconcileInterval, BuildStaleAfter: f.buildStaleAfter,
 		DisableSignup: f.disableSignup, SecureCookies: f.secureCookies, WSOriginPatterns: f.wsOrigins, Logger: log,
 		DisableMetricsFlush: f.noMetricsFlush, ReplicaID: f.replicaID,
 		DisableBuildRunner: f.noBuildRunner,

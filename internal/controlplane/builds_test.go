@@ -334,9 +334,9 @@ func TestTemplateBuilds(t *testing.T) {
 				}
 				r := builds.New(builds.Config{
 					Store: st, Agents: agentsFunc(c.srvAgent), Scheduler: scheduler.New(st), Logger: logger(),
-					StaleMargin: 100 * time.Millisecond,
+					StaleAfter: 100 * time.Millisecond,
 				})
-				time.Sleep(1200 * time.Millisecond) // past timeout_sec + margin
+				time.Sleep(300 * time.Millisecond) // past StaleAfter: nobody touched it
 				if err := r.Pass(ctx); err != nil {
 					t.Fatal(err)
 				}

@@ -122,6 +122,10 @@ type Config struct {
 	// BuildPollInterval is how often a running build step checks for a
 	// cancel (default 1 s).
 	BuildPollInterval time.Duration
+	// BuildStaleAfter is how long a running build may go without its
+	// runner's heartbeat before another replica fails it as interrupted
+	// (default builds.DefaultStaleAfter, 1 min).
+	BuildStaleAfter time.Duration
 	// DisableBuildRunner turns the template build runner off.
 	DisableBuildRunner bool
 	// BuildDir holds team builds' uploads (contexts, images) until the
@@ -317,7 +321,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if !cfg.DisableBuildRunner {
 		s.builds = builds.New(builds.Config{
 			Store: s.store, Agents: s.agents, Scheduler: s.scheduler, Capsules: s.capsules, Logger: s.log,
-			PollInterval: cfg.BuildPollInterval, Events: s.events,
+			PollInterval: cfg.BuildPollInterval, Events: s.events, StaleAfter: cfg.BuildStaleAfter,
 		})
 		buildRunner = s.builds
 	}

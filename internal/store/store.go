@@ -685,6 +685,9 @@ type Store interface {
 	// errMsg, templateID when not empty, finished time for terminal states)
 	// and reports whether it applied.
 	UpdateBuildStatus(ctx context.Context, teamID, id string, from []BuildStatus, to BuildStatus, errMsg, templateID string) (bool, error)
+	// TouchBuild moves a running build's updated_at to now (the runner
+	// executing it says it is alive); false when the build is not running.
+	TouchBuild(ctx context.Context, teamID, id string) (bool, error)
 	// AppendBuildLogs stores a build's log records (their Seq set by the
 	// caller, increasing); ListBuildLogs returns up to limit records with
 	// Seq > afterSeq in order; TrimBuildLogs deletes those with Seq <

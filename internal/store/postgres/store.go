@@ -1012,6 +1012,15 @@ func (s *Store) UpdateBuildStatus(ctx context.Context, teamID, id string, from [
 	return false, nil
 }
 
+// TouchBuild implements store.Store.
+func (s *Store) TouchBuild(ctx context.Context, teamID, id string) (bool, error) {
+	n, err := s.qw.TouchBuild(ctx, db.TouchBuildParams{TeamID: teamID, ID: id, Now: ts(store.Now())})
+	if err != nil {
+		return false, mapErr(err, "touch build")
+	}
+	return n > 0, nil
+}
+
 // AppendBuildLogs implements store.Store.
 func (s *Store) AppendBuildLogs(ctx context.Context, buildID string, recs []store.BuildLog) error {
 	return s.tx(ctx, func(q *db.Queries) error {

@@ -694,6 +694,15 @@ func testBuilds(t *testing.T, s store.Store) {
 
 	eq(t, "start", must(s.UpdateBuildStatus(ctx, a.ID, b1.ID, []store.BuildStatus{store.BuildPending}, store.BuildRunning, "", ""))(t), true)
 	eq(t, "start twice", must(s.UpdateBuildStatus(ctx, a.ID, b1.ID, []store.BuildStatus{store.BuildPending}, store.BuildRunning, "", ""))(t), false)
+	before := must(s.GetBuild(ctx, a.ID, b1.ID))(t)
+	time.Sleep(5 * time.Millisecond)
+	eq(t, "touch running", must(s.TouchBuild(ctx, a.ID, b1.ID))(t), true)
+	touched := must(s.GetBuild(ctx, a.ID, b1.ID))(t)
+	if !touched.UpdatedAt.After(before.UpdatedAt) || touched.Error != before.Error || touched.Status != store.BuildRunning {
+		t.Fatalf("touch: before %+v, after %+v", before, touched)
+	}
+	eq(t, "touch pending", must(s.TouchBuild(ctx, a.ID, b2.ID))(t), false)
+	eq(t, "touch other team's", must(s.TouchBuild(ctx, "team-nope", b1.ID))(t), false)
 	ok := must(s.UpdateBuildStatus(ctx, a.ID, b1.ID, []store.BuildStatus{store.BuildRunning}, store.BuildSucceeded, "", "tpl-py"))(t)
 	eq(t, "succeed", ok, true)
 	got := must(s.GetBuild(ctx, a.ID, b1.ID))(t)

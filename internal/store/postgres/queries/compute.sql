@@ -114,6 +114,10 @@ SET status = sqlc.arg(to_status), error = sqlc.arg(error), template_id = COALESC
     updated_at = sqlc.arg(now), finished_at = sqlc.narg(finished_at)
 WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = sqlc.arg(from_status);
 
+-- name: TouchBuild :execrows
+UPDATE builds SET updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id) AND status = 'running';
+
 -- name: CreateCapsule :one
 INSERT INTO capsules (id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec,
                       expires_at, env, public, access_token_hash, created_by, created_at, updated_at, allow_internet, metadata, network, isolation,

@@ -1752,6 +1752,25 @@ func (q *Queries) SetTemplateLifecycle(ctx context.Context, arg SetTemplateLifec
 	return result.RowsAffected()
 }
 
+const touchBuild = `-- name: TouchBuild :execrows
+UPDATE builds SET updated_at = ?1
+WHERE team_id = ?2 AND id = ?3 AND status = 'running'
+`
+
+type TouchBuildParams struct {
+	Now    int64
+	TeamID string
+	ID     string
+}
+
+func (q *Queries) TouchBuild(ctx context.Context, arg TouchBuildParams) (int64, error) {
+	result, err := q.exec(ctx, q.touchBuildStmt, touchBuild, arg.Now, arg.TeamID, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const updateBuildStatus = `-- name: UpdateBuildStatus :execrows
 UPDATE builds
 SET status = ?1, error = ?2, template_id = COALESCE(?3, template_id),

@@ -405,6 +405,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.touchAPIKeyStmt, err = db.PrepareContext(ctx, touchAPIKey); err != nil {
 		return nil, fmt.Errorf("error preparing query TouchAPIKey: %w", err)
 	}
+	if q.touchBuildStmt, err = db.PrepareContext(ctx, touchBuild); err != nil {
+		return nil, fmt.Errorf("error preparing query TouchBuild: %w", err)
+	}
 	if q.trimBuildLogsStmt, err = db.PrepareContext(ctx, trimBuildLogs); err != nil {
 		return nil, fmt.Errorf("error preparing query TrimBuildLogs: %w", err)
 	}
@@ -1072,6 +1075,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing touchAPIKeyStmt: %w", cerr)
 		}
 	}
+	if q.touchBuildStmt != nil {
+		if cerr := q.touchBuildStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing touchBuildStmt: %w", cerr)
+		}
+	}
 	if q.trimBuildLogsStmt != nil {
 		if cerr := q.trimBuildLogsStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing trimBuildLogsStmt: %w", cerr)
@@ -1283,6 +1291,7 @@ type Queries struct {
 	softDeleteUserStmt               *sql.Stmt
 	sumUsageStmt                     *sql.Stmt
 	touchAPIKeyStmt                  *sql.Stmt
+	touchBuildStmt                   *sql.Stmt
 	trimBuildLogsStmt                *sql.Stmt
 	tryLeaseStmt                     *sql.Stmt
 	unlinkOAuthStmt                  *sql.Stmt
@@ -1425,6 +1434,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		softDeleteUserStmt:               q.softDeleteUserStmt,
 		sumUsageStmt:                     q.sumUsageStmt,
 		touchAPIKeyStmt:                  q.touchAPIKeyStmt,
+		touchBuildStmt:                   q.touchBuildStmt,
 		trimBuildLogsStmt:                q.trimBuildLogsStmt,
 		tryLeaseStmt:                     q.tryLeaseStmt,
 		unlinkOAuthStmt:                  q.unlinkOAuthStmt,
