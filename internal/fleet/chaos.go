@@ -32,7 +32,13 @@ const (
 	FaultKillPostgres  = "kill -9 postgresql"
 	FaultKillS3        = "kill -9 s3 gateway"
 	FaultPartitionHost = "partition host"
+	// FaultDiskFull fills one host's disk (Options.HomeSizeMB) while
+	// the clients run, then frees it.
+	FaultDiskFull = "disk full"
 )
+
+// AllFaults are the chaos suite's faults, in the order a run injects them.
+var AllFaults = []string{FaultKillAgent, FaultKillReplica, FaultKillPostgres, FaultKillS3, FaultPartitionHost, FaultDiskFull}
 
 // ChaosOptions bound a chaos run.
 type ChaosOptions struct {
@@ -50,7 +56,13 @@ type ChaosOptions struct {
 	// Steady capsules stay running through every fault and must answer
 	// at the end (default 2).
 	Steady int
-	Log    func(format string, a ...any)
+	// Builds starts a template build (FROM minimal, one RUN step) during
+	// each fault; every build must end (succeeded, or failed with a
+	// reason) within BuildsEnd after the last fault, and a succeeded
+	// one's template must start capsules.
+	Builds    bool
+	BuildsEnd time.Duration
+	Log       func(format string, a ...any)
 }
 
 // ChaosReport is what a run saw.
@@ -65,6 +77,8 @@ type ChaosReport struct {
 	Problems []string
 	// Settle is how long each fault took to settle (all rows agreeing).
 	Settle map[string]time.Duration
+	// Builds counts the builds by how they ended.
+	Builds map[string]int
 }
 
 type chaos struct {
@@ -83,7 +97,13 @@ type chaos struct {
 // fleet's own PostgreSQL and S3 gateway (never shared ones).
 func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOptions) (*ChaosReport, error) {
 	if len(o.Faults) == 0 {
-		o.Faults = []string{FaultKillAgent, FaultKillReplica, FaultKillPostgres, FaultKillS3, FaultPartitionHost}
+		o.Faults = AllFaults
+		if f.o.HomeSizeMB == 0 {
+			o.Faults = AllFaults[:len(AllFaults)-1]
+		}
+	}
+	if o.BuildsEnd == 0 {
+		o.BuildsEnd = 3 * time.Minute
 	}
 	if o.Workers == 0 {
 		o.Workers = 2
@@ -101,7 +121,7 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 		o.Log = func(string, ...any) {}
 	}
 	c := &chaos{f: f, pg: pg, s3: s3, o: o, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 24))} //nolint:gosec // test randomness
-	c.rep.Statuses, c.rep.Settle = map[int]int{}, map[string]time.Duration{}
+	c.rep.Statuses, c.rep.Settle, c.rep.Builds = map[int]int{}, map[string]time.Duration{}, map[string]int{}
 
 	keepers, err := c.makeKeepers(ctx)
 	if err != nil {
@@ -115,11 +135,21 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 		}
 		steady = append(steady, cp.ID)
 	}
-	for _, fault := range o.Faults {
+	var builds []string
+	for n, fault := range o.Faults {
 		c.stop.Store(false)
 		var wg sync.WaitGroup
 		for w := range o.Workers {
 			wg.Go(func() { c.worker(ctx, w) })
+		}
+		if o.Builds {
+			wg.Go(func() {
+				if id := c.startBuild(ctx, n); id != "" {
+					c.mu.Lock()
+					builds = append(builds, id)
+					c.mu.Unlock()
+				}
+			})
 		}
 		time.Sleep(f.o.HeartbeatInterval)
 		o.Log("fault: %s", fault)
@@ -139,6 +169,16 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 		o.Log("%s settled in %v", fault, d.Round(time.Millisecond))
 	}
 	c.checkKeepers(ctx, keepers)
+	// One more build once the faults are over: it must succeed.
+	c.stop.Store(false)
+	final := c.startBuild(ctx, len(o.Faults))
+	c.stop.Store(true)
+	c.checkBuilds(ctx, builds)
+	if final == "" {
+		c.problem("no replica took a build after the faults")
+	} else if st := c.checkBuilds(ctx, []string{final}); st != "succeeded" {
+		c.problem("the build after the faults ended %q, want succeeded", st)
+	}
 	for _, id := range steady {
 		var r struct {
 			ExitCode int    `json:"exit_code"`
@@ -253,6 +293,18 @@ func (c *chaos) inject(ctx context.Context, fault string) error {
 		c.s3.Kill()
 		time.Sleep(c.o.Down)
 		return c.s3.Start(ctx)
+	case FaultDiskFull:
+		i := c.rng.IntN(len(c.f.Agents))
+		undo, err := c.f.FillDisk(i)
+		if err != nil {
+			if undo != nil {
+				_ = undo()
+			}
+			return err
+		}
+		c.o.Log("host %d: disk full", i)
+		time.Sleep(c.o.Down)
+		return undo()
 	case FaultPartitionHost:
 		i := c.rng.IntN(len(c.f.Agents))
 		a := c.f.Agents[i]
@@ -528,4 +580,88 @@ func Leaks(name, dir string) string {
 	}
 	return fmt.Sprintf("netns=%d cgroups=%d links=%d mounts=%d loops=%d nft=%d procs=%d",
 		count("/run/netns", name), cg, links, mounts, loops, tables, procs)
+}
+
+// startBuild starts build n of the run (a platform build: FROM minimal,
+// one RUN step) through the API, retrying through the fault, and returns
+// its id ("" when no replica took it before the fault ended).
+func (c *chaos) startBuild(ctx context.Context, n int) string {
+	body := map[string]any{
+		"template_name": fmt.Sprintf("chaos-%d-%d", time.Now().Unix()%100000, n),
+		"spec": map[string]any{
+			"from": "minimal", "run": []string{"echo built > /built"}, "timeout_sec": 300,
+			"memory_mb": 128, "disk_size_mb": 512,
+		},
+	}
+	for !c.stop.Load() && ctx.Err() == nil {
+		var b struct {
+			ID string `json:"id"`
+		}
+		if err := c.do(ctx, http.MethodPost, "/v1/admin/builds", body, &b); err == nil {
+			return b.ID
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return ""
+}
+
+// checkBuilds waits until every build started during the faults has
+// ended: succeeded (its template starts a capsule whose file says so) or
+// failed with a reason. A build left running or pending, or a failure
+// without a reason, is a problem.
+func (c *chaos) checkBuilds(ctx context.Context, ids []string) (last string) {
+	type build struct {
+		ID         string `json:"id"`
+		Status     string `json:"status"`
+		Error      string `json:"error"`
+		TemplateID string `json:"template_id"`
+	}
+	deadline := time.Now().Add(c.o.BuildsEnd)
+	for _, id := range ids {
+		var b build
+		for {
+			var page struct {
+				Builds []build `json:"builds"`
+			}
+			err := c.f.AdminDo(ctx, http.MethodGet, "/v1/admin/builds", nil, &page)
+			if err == nil {
+				for _, x := range page.Builds {
+					if x.ID == id {
+						b = x
+					}
+				}
+			}
+			if b.Status != "" && b.Status != "pending" && b.Status != "running" || time.Now().After(deadline) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+		c.mu.Lock()
+		c.rep.Builds[b.Status]++
+		c.mu.Unlock()
+		c.o.Log("build %s: %s %s", id, b.Status, b.Error)
+		last = b.Status
+		switch b.Status {
+		case "succeeded":
+			var cp capsuleJSON
+			if err := c.f.AdminDo(ctx, http.MethodPost, "/v1/capsules", map[string]any{"template": b.TemplateID, "memory_mb": 128, "disk_size_mb": 512, "timeout_sec": 120}, &cp); err != nil {
+				c.problem("build %s succeeded but its template %s starts no capsule: %v", id, b.TemplateID, err)
+				continue
+			}
+			var r struct {
+				Stdout string `json:"stdout"`
+			}
+			if err := c.f.AdminDo(ctx, http.MethodPost, "/v1/capsules/"+cp.ID+"/exec", map[string]any{"cmd": "cat", "args": []string{"/built"}}, &r); err != nil || strings.TrimSpace(r.Stdout) != "built" {
+				c.problem("build %s: its template's capsule lacks the step's file: %q %v", id, r.Stdout, err)
+			}
+			_ = c.f.AdminDo(ctx, http.MethodDelete, "/v1/capsules/"+cp.ID, nil, nil)
+		case "failed", "cancelled":
+			if b.Error == "" {
+				c.problem("build %s %s without a reason", id, b.Status)
+			}
+		default:
+			c.problem("build %s still %q %v after the last fault", id, b.Status, c.o.BuildsEnd)
+		}
+	}
+	return last
 }

@@ -69,6 +69,13 @@ type Options struct {
 	WarmPool string
 	// AgentArgs are extra `wrenn agent` flags (e.g. --no-criu).
 	AgentArgs []string
+	// HomeSizeMB, when > 0, puts each agent's home on an ext4 filesystem
+	// of its own of that size (a sparse image in Dir on a loop device), so
+	// that filling one host's disk (the chaos fault) touches nothing else.
+	HomeSizeMB int
+	// BuildStaleAfter is the replicas' --build-stale-after (0: their
+	// default): how soon a build whose replica died is failed.
+	BuildStaleAfter time.Duration
 	// Log receives progress lines (default: discarded).
 	Log io.Writer
 }
@@ -101,6 +108,7 @@ type Agent struct {
 	Subnet   netip.Prefix
 	Home     string
 	HostID   string // once joined
+	image    string // the home's filesystem image (HomeSizeMB)
 	proc     *proc
 	args     []string
 }
@@ -178,6 +186,9 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 			"--heartbeat-interval", o.HeartbeatInterval.String(), "--reconcile-interval", o.ReconcileInterval.String(),
 			"--log-level", "warn",
 		}
+		if o.BuildStaleAfter > 0 {
+			r.args = append(r.args, "--build-stale-after", o.BuildStaleAfter.String())
+		}
 		if i == 0 {
 			r.args = append(r.args, "--admin-key-file", filepath.Join(o.Dir, "admin.key"))
 		}
@@ -220,6 +231,11 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 		apiPort := apiLB.Port()
 		if err := apiLB.ListenAlso(netip.AddrPortFrom(a.HostIP, uint16(apiPort)).String()); err != nil { //nolint:gosec // a port
 			return f, err
+		}
+		if o.HomeSizeMB > 0 {
+			if err := mountHome(ctx, a, filepath.Join(o.Dir, a.Instance+"-home.img"), o.HomeSizeMB); err != nil {
+				return f, err
+			}
 		}
 		if err := f.prepareAgent(ctx, a, apiPort); err != nil {
 			return f, err
@@ -670,9 +686,92 @@ func cleanupAgent(name string, a *Agent) []error {
 			_ = removeCgroupTree(p)
 		}
 	}
+	if a.image != "" {
+		// The loop device was set up with autoclear: it goes with the
+		// last unmount. The capsule mounts detached above (their loop
+		// devices backed by files in the home) may hold it for a moment.
+		var err error
+		for range 50 {
+			if err = syscall.Unmount(a.Home, 0); !errors.Is(err, syscall.EBUSY) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("fleet: unmount %s: %w", a.Home, err))
+			_ = syscall.Unmount(a.Home, syscall.MNT_DETACH)
+		}
+		_ = os.Remove(a.image)
+	}
 	_ = exec.Command("ip", "netns", "del", a.Netns).Run()
 	_ = exec.Command("ip", "link", "del", fmt.Sprintf("%sh%d", name, a.Index)).Run()
 	return errs
+}
+
+// mountHome puts the agent's home on an ext4 filesystem of sizeMB in a
+// sparse image (no reserved blocks: the agent runs as root, which could
+// write into them), on an autoclear loop device.
+func mountHome(ctx context.Context, a *Agent, image string, sizeMB int) error {
+	f, err := os.Create(image)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(int64(sizeMB) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	a.image = image
+	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", image).CombinedOutput(); err != nil {
+		return fmt.Errorf("fleet: mkfs %s: %w: %s", image, err, out)
+	}
+	if err := os.MkdirAll(a.Home, 0o755); err != nil {
+		return err
+	}
+	if out, err := exec.CommandContext(ctx, "mount", "-o", "loop", image, a.Home).CombinedOutput(); err != nil {
+		return fmt.Errorf("fleet: mount %s: %w: %s", image, err, out)
+	}
+	return nil
+}
+
+// FillDisk fills agent i's home filesystem (Options.HomeSizeMB) with one
+// file and returns a function that removes it.
+func (f *Fleet) FillDisk(i int) (undo func() error, err error) {
+	a := f.Agents[i]
+	if a.image == "" {
+		return nil, errors.New("fleet: filling a disk needs Options.HomeSizeMB")
+	}
+	p := filepath.Join(a.Home, "fleet-disk-full")
+	fh, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	undo = func() error { return os.Remove(p) }
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(a.Home, &st); err != nil {
+		return undo, err
+	}
+	if n := int64(st.Bfree) * st.Bsize; n > 1<<20 { //nolint:gosec // block counts fit
+		// Most of it at once; the writes below take the rest.
+		_ = syscall.Fallocate(int(fh.Fd()), 0, 0, n-1<<20) //nolint:gosec // a file descriptor
+		_, _ = fh.Seek(0, io.SeekEnd)
+	}
+	for _, size := range []int{64 << 10, 4 << 10} { // big writes, then the last blocks
+		buf := make([]byte, size)
+		for {
+			_, err := fh.Write(buf)
+			if errors.Is(err, syscall.ENOSPC) {
+				break
+			}
+			if err != nil {
+				return undo, err
+			}
+		}
+	}
+	return undo, nil
 }
 
 func cgroupRoots() []string {

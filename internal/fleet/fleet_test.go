@@ -133,12 +133,15 @@ var full = flag.Bool("fleet.full", false, "run the chaos suite in full (make cha
 
 // TestChaos (issue 24, item 5): a fleet with its own PostgreSQL and S3
 // gateway, clients cycling create → exec → pause → resume → exec → delete,
-// and one of each fault: kill -9 of an agent, a replica, PostgreSQL and
-// the S3 gateway, and a network partition between a host and the control
-// planes. After each: every capsule row agrees with its host within two
-// reconcile intervals (plus a heartbeat); at the end hibernated capsules
-// resume with their files intact, the API never answered 500, and Stop
-// leaves the host as it found it. `make chaos` runs it with -fleet.full.
+// a template build started during each fault, and one of each fault:
+// kill -9 of an agent, a replica, PostgreSQL and the S3 gateway, a network
+// partition between a host and the control planes, and a host's disk
+// filled (each agent's home is a filesystem of its own). After each: every
+// capsule row agrees with its host within two reconcile intervals (plus a
+// heartbeat); at the end hibernated capsules resume with their files
+// intact, every build ended (a succeeded one's template works, a failed
+// one says why), the API never answered 500, and Stop leaves the host as
+// it found it. `make chaos` runs it with -fleet.full.
 func TestChaos(t *testing.T) {
 	testutil.RequireRoot(t)
 	ctx := testutil.Context(t, 20*time.Minute)
@@ -174,18 +177,19 @@ func TestChaos(t *testing.T) {
 		Dir: dir, Name: name, Agents: agents, Replicas: 2, Net: 16,
 		Wrenn: wrenn, Envd: envd, PostgresDSN: pg.DSN, S3: &s3.Config,
 		AgentArgs: []string{"--no-criu"}, Log: testWriter{t},
+		HomeSizeMB: 2048, BuildStaleAfter: 15 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var faults []string
 	for range rounds {
-		faults = append(faults, fleet.FaultKillAgent, fleet.FaultKillReplica, fleet.FaultKillPostgres, fleet.FaultKillS3, fleet.FaultPartitionHost)
+		faults = append(faults, fleet.AllFaults...)
 	}
 	start := time.Now()
-	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{Faults: faults, Workers: workers, Log: t.Logf})
+	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{Faults: faults, Workers: workers, Builds: true, Log: t.Logf})
 	if rep != nil {
-		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v", rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle)
+		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v, builds %v", rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle, rep.Builds)
 		for _, p := range rep.Problems {
 			t.Error(p)
 		}
