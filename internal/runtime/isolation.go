@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/snapshot"
 )
 
 // Isolation names: how a capsule is separated from the host and from other
@@ -266,6 +268,9 @@ func (m *Isolations) Create(ctx context.Context, spec Spec) (Info, error) {
 	iso, d, err := m.forSpec(spec.Isolation)
 	if err != nil {
 		return Info{}, err
+	}
+	if _, ok := d.(VolumeMounter); len(spec.Volumes) > 0 && !ok {
+		return Info{}, fmt.Errorf("%w: the %s isolation does not mount volumes", ErrNotSupported, iso)
 	}
 	if err := m.claim(spec.ID, iso); err != nil {
 		return Info{}, err
@@ -607,6 +612,19 @@ func (m *Isolations) CreateFromMemory(ctx context.Context, spec Spec, archive st
 		return Info{}, err
 	}
 	return m.tag(info, nil, spec.ID)
+}
+
+// VolumeSnapshots implements VolumeMounter: the snapshot engine of the
+// container isolation's driver (nil when it mounts no volumes).
+func (m *Isolations) VolumeSnapshots() *snapshot.Manager {
+	d, ok := m.Driver(IsolationContainer)
+	if !ok {
+		return nil
+	}
+	if vm, ok := d.(VolumeMounter); ok {
+		return vm.VolumeSnapshots()
+	}
+	return nil
 }
 
 // CRIUUnavailableReason passes on the default driver's reason why memory

@@ -27,6 +27,8 @@ import (
 	"io"
 	"net/netip"
 	"time"
+
+	"github.com/wrenn-dev/wrenn/internal/snapshot"
 )
 
 // EnvdPort is the TCP port envd listens on inside every capsule.
@@ -78,6 +80,27 @@ type Spec struct {
 	// IsolationGVisor, IsolationMicroVM; "" = the host's default). Only
 	// Isolations (isolation.go) reads it: it picks the driver.
 	Isolation string `json:",omitempty"`
+	// Volumes are mounted volume file systems to bind into the capsule
+	// (docs/VOLUMES.md); only drivers that implement VolumeMounter take
+	// them (others refuse a spec with volumes: ErrNotSupported).
+	Volumes []VolumeMount `json:",omitempty"`
+}
+
+// VolumeMount binds the host directory Source (the root of a mounted
+// volume, its on-disk ids being capsule ids) at Path inside the capsule.
+type VolumeMount struct {
+	VolumeID string
+	Source   string
+	Path     string
+	ReadOnly bool `json:",omitempty"`
+}
+
+// VolumeMounter is implemented by drivers whose capsules mount volumes
+// (Spec.Volumes); VolumeSnapshots is the snapshot engine the host agent
+// writes volumes back to and fetches them from (the one pause to disk
+// uses, so a shared --snapshot-store lets volumes travel between hosts).
+type VolumeMounter interface {
+	VolumeSnapshots() *snapshot.Manager
 }
 
 // Info describes one capsule.
