@@ -41,7 +41,6 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/hostagent/metrics"
 	"github.com/wrenn-dev/wrenn/internal/hostagent/portproxy"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
-	"github.com/wrenn-dev/wrenn/internal/snapshot"
 	"github.com/wrenn-dev/wrenn/internal/template"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -244,12 +243,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		caps:    map[string]*capsule{},
 	}
 	a.proxy = portproxy.New(portproxy.Config{Resolve: a.resolveIP, Logger: a.log})
-	a.vols = &volumes{dir: filepath.Join(cfg.StateDir, "volumes"), log: a.log, vols: map[string]*volume{}, snaps: func() *snapshot.Manager {
-		if vm, ok := cfg.Driver.(runtime.VolumeMounter); ok {
-			return vm.VolumeSnapshots()
-		}
-		return nil
-	}}
+	a.vols = &volumes{dir: filepath.Join(cfg.StateDir, "volumes"), log: a.log, vols: map[string]*volume{}}
+	if vm, ok := cfg.Driver.(runtime.VolumeMounter); ok {
+		a.vols.move = vm
+	}
 	if err := os.MkdirAll(a.vols.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("hostagent: volumes dir: %w", err)
 	}

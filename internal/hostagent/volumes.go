@@ -19,8 +19,6 @@ import (
 
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
-	"github.com/wrenn-dev/wrenn/internal/snapshot"
-	snapstore "github.com/wrenn-dev/wrenn/internal/snapshot/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
@@ -43,9 +41,9 @@ import (
 // so a restarted agent finds which capsules still hold it and releases
 // the volumes of capsules that are gone.
 type volumes struct {
-	dir   string
-	snaps func() *snapshot.Manager
-	log   *slog.Logger
+	dir  string
+	move runtime.VolumeMounter // nil: the driver mounts no volumes
+	log  *slog.Logger
 
 	mu   sync.Mutex
 	vols map[string]*volume
@@ -67,7 +65,10 @@ type volumeState struct {
 	Dirty bool
 }
 
-var volumeIDRE = regexp.MustCompile(`^vol-[a-z0-9]{1,64}$`)
+var (
+	volumeIDRE     = regexp.MustCompile(`^vol-[a-z0-9]{1,64}$`)
+	snapshotNameRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$`)
+)
 
 // errVolumeHeld refuses deleting a volume that a holder uses.
 var errVolumeHeld = errors.New("the volume is in use on this host")
@@ -121,8 +122,8 @@ func specOf(p *pb.Volume) (volumeState, error) {
 	if p.GetSizeMb() < 8 || p.GetSizeMb() > 1<<20 {
 		return volumeState{}, fmt.Errorf("%w: volume size %d MB", runtime.ErrInvalidSpec, p.GetSizeMb())
 	}
-	if err := snapstore.ValidName(p.GetSnapshotName()); err != nil {
-		return volumeState{}, fmt.Errorf("%w: volume snapshot name: %w", runtime.ErrInvalidSpec, err)
+	if !snapshotNameRE.MatchString(p.GetSnapshotName()) {
+		return volumeState{}, fmt.Errorf("%w: invalid volume snapshot name", runtime.ErrInvalidSpec)
 	}
 	return volumeState{VolumeID: p.GetVolumeId(), SnapshotName: p.GetSnapshotName(), SizeMB: p.GetSizeMb()}, nil
 }
@@ -181,15 +182,15 @@ func (v *volumes) materialize(ctx context.Context, st volumeState) error {
 		// An image without state is a fetch a crash cut short.
 		_ = os.Remove(v.image(id))
 	}
-	snaps := v.snaps()
-	if snaps == nil {
-		return fmt.Errorf("%w: this host has no snapshot store for volumes", runtime.ErrNotSupported)
+	if v.move == nil {
+		return fmt.Errorf("%w: this host's runtime mounts no volumes", runtime.ErrNotSupported)
 	}
 	tmp := v.image(id) + ".part"
 	_ = os.Remove(tmp)
-	r, err := snaps.Open(ctx, st.SnapshotName)
+	err := v.move.FetchVolume(ctx, st.SnapshotName, tmp)
 	switch {
-	case errors.Is(err, snapstore.ErrNotFound):
+	case errors.Is(err, runtime.ErrNotFound):
+		_ = os.Remove(tmp)
 		if err := rootfs.MakeImage(ctx, tmp, int(st.SizeMB)); err != nil {
 			return fmt.Errorf("volume %s: %w", id, err)
 		}
@@ -198,14 +199,8 @@ func (v *volumes) materialize(ctx context.Context, st volumeState) error {
 			return fmt.Errorf("volume %s: %w", id, err)
 		}
 	case err != nil:
+		_ = os.Remove(tmp)
 		return fmt.Errorf("volume %s: fetch: %w", id, err)
-	default:
-		werr := r.WriteFile(ctx, tmp)
-		_ = r.Close()
-		if werr != nil {
-			_ = os.Remove(tmp)
-			return fmt.Errorf("volume %s: fetch: %w", id, werr)
-		}
 	}
 	st.Holders, st.Dirty = map[string]bool{}, false
 	if err := v.save(st); err != nil {
@@ -263,17 +258,14 @@ func (v *volumes) writeBack(ctx context.Context, st volumeState) error {
 		if err := syncFile(v.image(id)); err != nil {
 			return fmt.Errorf("volume %s: %w", id, err)
 		}
-		snaps := v.snaps()
-		if snaps == nil {
+		if v.move == nil {
 			return fmt.Errorf("volume %s: no snapshot store; kept on this host", id)
 		}
 		t0 := time.Now()
-		h, err := snaps.Pause(ctx, st.SnapshotName, v.image(id), snapshot.PauseOptions{})
-		if err != nil {
+		if err := v.move.PublishVolume(ctx, st.SnapshotName, v.image(id)); err != nil {
 			return fmt.Errorf("volume %s: write back (kept on this host, retried at its next release): %w", id, err)
 		}
-		c := h.Counts()
-		v.log.Info("volume written back", "volume_id", id, "snapshot", st.SnapshotName, "stored_blocks", c.Stored, "took", time.Since(t0))
+		v.log.Info("volume written back", "volume_id", id, "snapshot", st.SnapshotName, "took", time.Since(t0))
 	}
 	return os.RemoveAll(v.path(id))
 }
@@ -373,8 +365,8 @@ func (v *volumes) deleteVolume(ctx context.Context, p *pb.Volume) error {
 	if err := os.RemoveAll(v.path(id)); err != nil {
 		return err
 	}
-	if snaps := v.snaps(); snaps != nil {
-		if _, err := snaps.DeleteAndFree(ctx, want.SnapshotName); err != nil {
+	if v.move != nil {
+		if err := v.move.DeleteVolume(ctx, want.SnapshotName); err != nil {
 			return err
 		}
 	}

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/wrenn-dev/wrenn/internal/snapshot"
 )
 
 // Isolation names: how a capsule is separated from the host and from other
@@ -614,17 +612,40 @@ func (m *Isolations) CreateFromMemory(ctx context.Context, spec Spec, archive st
 	return m.tag(info, nil, spec.ID)
 }
 
-// VolumeSnapshots implements VolumeMounter: the snapshot engine of the
-// container isolation's driver (nil when it mounts no volumes).
-func (m *Isolations) VolumeSnapshots() *snapshot.Manager {
+// volumes is the container isolation's driver, which mounts volumes.
+func (m *Isolations) volumes() (VolumeMounter, error) {
 	d, ok := m.Driver(IsolationContainer)
-	if !ok {
-		return nil
+	if vm, isVM := d.(VolumeMounter); ok && isVM {
+		return vm, nil
 	}
-	if vm, ok := d.(VolumeMounter); ok {
-		return vm.VolumeSnapshots()
+	return nil, fmt.Errorf("%w: this host runs no container isolation for volumes", ErrNotSupported)
+}
+
+// PublishVolume implements VolumeMounter (the container driver's).
+func (m *Isolations) PublishVolume(ctx context.Context, name, path string) error {
+	vm, err := m.volumes()
+	if err != nil {
+		return err
 	}
-	return nil
+	return vm.PublishVolume(ctx, name, path)
+}
+
+// FetchVolume implements VolumeMounter (the container driver's).
+func (m *Isolations) FetchVolume(ctx context.Context, name, path string) error {
+	vm, err := m.volumes()
+	if err != nil {
+		return err
+	}
+	return vm.FetchVolume(ctx, name, path)
+}
+
+// DeleteVolume implements VolumeMounter (the container driver's).
+func (m *Isolations) DeleteVolume(ctx context.Context, name string) error {
+	vm, err := m.volumes()
+	if err != nil {
+		return err
+	}
+	return vm.DeleteVolume(ctx, name)
 }
 
 // CRIUUnavailableReason passes on the default driver's reason why memory

@@ -27,8 +27,6 @@ import (
 	"io"
 	"net/netip"
 	"time"
-
-	"github.com/wrenn-dev/wrenn/internal/snapshot"
 )
 
 // EnvdPort is the TCP port envd listens on inside every capsule.
@@ -96,11 +94,19 @@ type VolumeMount struct {
 }
 
 // VolumeMounter is implemented by drivers whose capsules mount volumes
-// (Spec.Volumes); VolumeSnapshots is the snapshot engine the host agent
-// writes volumes back to and fetches them from (the one pause to disk
-// uses, so a shared --snapshot-store lets volumes travel between hosts).
+// (Spec.Volumes). It also moves volume images through the driver's
+// snapshot store (the one pause to disk uses, so a shared
+// --snapshot-store lets volumes travel between hosts).
 type VolumeMounter interface {
-	VolumeSnapshots() *snapshot.Manager
+	// PublishVolume stores the image file at path as name (zero blocks
+	// are not stored); the previous content of name is replaced at once
+	// when the upload is complete, never partly.
+	PublishVolume(ctx context.Context, name, path string) error
+	// FetchVolume writes the image called name to a new sparse file at
+	// path; ErrNotFound when the store has none.
+	FetchVolume(ctx context.Context, name, path string) error
+	// DeleteVolume removes the image called name (absent: no error).
+	DeleteVolume(ctx context.Context, name string) error
 }
 
 // Info describes one capsule.

@@ -2,6 +2,7 @@ package container
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/rootfs"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/snapshot"
+	snapstore "github.com/wrenn-dev/wrenn/internal/snapshot/store"
 )
 
 // Volumes (docs/VOLUMES.md). The host agent mounts each volume's ext4
@@ -27,8 +29,31 @@ import (
 
 var _ runtime.VolumeMounter = (*Driver)(nil)
 
-// VolumeSnapshots implements runtime.VolumeMounter.
-func (d *Driver) VolumeSnapshots() *snapshot.Manager { return d.snaps }
+// PublishVolume implements runtime.VolumeMounter: a full image (zero
+// blocks skipped) published under name; the header write is the commit.
+func (d *Driver) PublishVolume(ctx context.Context, name, path string) error {
+	_, err := d.snaps.Pause(ctx, name, path, snapshot.PauseOptions{})
+	return err
+}
+
+// FetchVolume implements runtime.VolumeMounter.
+func (d *Driver) FetchVolume(ctx context.Context, name, path string) error {
+	r, err := d.snaps.Open(ctx, name)
+	if errors.Is(err, snapstore.ErrNotFound) {
+		return fmt.Errorf("volume image %s: %w", name, runtime.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.WriteFile(ctx, path)
+}
+
+// DeleteVolume implements runtime.VolumeMounter.
+func (d *Driver) DeleteVolume(ctx context.Context, name string) error {
+	_, err := d.snaps.DeleteAndFree(ctx, name)
+	return err
+}
 
 // volumeDir is where the capsule's volume clones are mounted.
 func (d *Driver) volumeDir(key string) string {
