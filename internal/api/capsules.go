@@ -89,7 +89,7 @@ func (a *API) createCapsule(w http.ResponseWriter, r *http.Request) {
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, DiskSizeMB: req.DiskSizeMB,
 		TimeoutSec: req.TimeoutSec, Env: req.Env, Public: req.Public, AllowInternet: req.AllowInternet,
 		Metadata: req.Metadata, Network: fromNetworkJSON(req.Network), Isolation: req.Isolation,
-		OnTimeout: req.OnTimeout, AutoResume: req.AutoResume,
+		OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, VolumeMounts: fromVolumeMountsJSON(req.VolumeMounts),
 	})
 	if err != nil {
 		a.writeError(w, r, err)

@@ -45,6 +45,11 @@ const (
 	// CodeCapsuleResumeFailed: a paused capsule with auto_resume could not
 	// be resumed for the request that used it (503).
 	CodeCapsuleResumeFailed = "capsule_resume_failed"
+	// CodeVolumesUnsupported: the capsule's isolation cannot mount
+	// volumes (422).
+	CodeVolumesUnsupported = "volumes_unsupported"
+	// CodeVolumeFull: a write does not fit in the volume (507).
+	CodeVolumeFull = "volume_full"
 )
 
 // Error is the one error type handlers return to clients: a code from the
@@ -97,8 +102,10 @@ func httpStatus(code string) int {
 		return http.StatusServiceUnavailable
 	case CodeRateLimited:
 		return http.StatusTooManyRequests
-	case CodeIsolationUnavailable:
+	case CodeIsolationUnavailable, CodeVolumesUnsupported:
 		return http.StatusUnprocessableEntity
+	case CodeVolumeFull:
+		return http.StatusInsufficientStorage
 	default:
 		return http.StatusInternalServerError
 	}
@@ -169,6 +176,10 @@ func serviceCode(k capsules.Kind) string {
 		return CodeIsolationUnavailable
 	case capsules.KindResumeFailed:
 		return CodeCapsuleResumeFailed
+	case capsules.KindVolumesUnsupported:
+		return CodeVolumesUnsupported
+	case capsules.KindVolumeFull:
+		return CodeVolumeFull
 	}
 	return CodeInternal
 }

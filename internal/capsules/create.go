@@ -48,6 +48,8 @@ type CreateRequest struct {
 	// template's default, else the team's, else kill / false.
 	OnTimeout  *string
 	AutoResume *bool
+	// VolumeMounts are the team's volumes to mount (docs/VOLUMES.md).
+	VolumeMounts []VolumeMountRequest
 	// Internal, when set, makes a platform-internal capsule (a template
 	// build's): no store row, so it is neither listed, nor metered, nor
 	// audited; the agent's labels name its owner.
@@ -234,8 +236,19 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c.OnTimeout, c.AutoResume, err = resolveLifecycle(req, tmpl, team); err != nil {
 		return Created{}, err
 	}
+	vols, err := s.resolveVolumeMounts(ctx, sc.TeamID, c.Isolation, req.VolumeMounts)
+	if err != nil {
+		return Created{}, err
+	}
+	pin := PinnedHost(tmpl)
+	if vols.hostID != "" {
+		if pin != "" && pin != vols.hostID {
+			return Created{}, errorf(KindConflict, "the template lives on one host and the volume is held on another; delete the capsules that hold the volume first")
+		}
+		pin = vols.hostID
+	}
 	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{
-		CapsuleID: c.ID, HostID: PinnedHost(tmpl), VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB, Isolation: c.Isolation,
+		CapsuleID: c.ID, HostID: pin, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB, Isolation: c.Isolation,
 	})
 	if err != nil {
 		return Created{}, err
@@ -255,6 +268,9 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c, err = s.cfg.Store.CreateCapsule(ctx, c); err != nil {
 		return Created{}, err
 	}
+	if err := s.addVolumeMounts(ctx, c, vols); err != nil {
+		return Created{}, err
+	}
 	s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleCreated, c.ID, map[string]any{
 		"template": tmpl.Name, "template_id": tmpl.ID, "host_id": host.ID, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB,
 	})
@@ -266,10 +282,16 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: agentTimeout(c, c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
-		TemplateChecksum: tmpl.Checksum, Isolation: c.Isolation,
+		TemplateChecksum: tmpl.Checksum, Isolation: c.Isolation, VolumeMounts: vols.proto,
 	}))
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)
+		if len(vols.mounts) > 0 {
+			// The capsule never ran: its mounts hold nothing.
+			if rerr := s.cfg.Store.RemoveVolumeMounts(bg, c.ID); rerr != nil {
+				s.log.Warn("forget volume mounts of a failed create", "capsule_id", c.ID, "err", rerr)
+			}
+		}
 		// The reason users see: the agent's own message when it answered,
 		// a friendly one (no addresses) when it could not be reached.
 		aerr := AgentError(err)

@@ -32,6 +32,12 @@ const (
 	// KindResumeFailed: a paused capsule with auto_resume could not be
 	// resumed for the request that used it (503 capsule_resume_failed).
 	KindResumeFailed Kind = "capsule_resume_failed"
+	// KindVolumesUnsupported: the capsule's isolation cannot mount
+	// volumes (422 volumes_unsupported).
+	KindVolumesUnsupported Kind = "volumes_unsupported"
+	// KindVolumeFull: a write does not fit in the volume's size (507
+	// volume_full).
+	KindVolumeFull Kind = "volume_full"
 )
 
 // Error is what the service returns for anything a caller can act on: a

@@ -42,6 +42,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/hostagent/portproxy"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/template"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
 
 // Config configures an Agent. Zero values take the documented defaults.
@@ -164,6 +165,7 @@ type Agent struct {
 	closed    sync.Once
 	started   time.Time
 	teardowns teardowns // driver destroys running after their answer (teardown.go)
+	vols      *volumes  // volumes held on this host (volumes.go)
 }
 
 // capsule is the agent's live view of one capsule.
@@ -241,9 +243,17 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		caps:    map[string]*capsule{},
 	}
 	a.proxy = portproxy.New(portproxy.Config{Resolve: a.resolveIP, Logger: a.log})
+	a.vols = &volumes{dir: filepath.Join(cfg.StateDir, "volumes"), log: a.log, vols: map[string]*volume{}}
+	if vm, ok := cfg.Driver.(runtime.VolumeMounter); ok {
+		a.vols.move = vm
+	}
+	if err := os.MkdirAll(a.vols.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("hostagent: volumes dir: %w", err)
+	}
 	if err := a.recover(ctx); err != nil {
 		return nil, err
 	}
+	a.vols.recover(ctx, func(id string) bool { _, err := a.lookup(id); return err == nil })
 	a.removeTemplateTrash()
 	if len(cfg.WarmPools) > 0 {
 		wp, ok := cfg.Driver.(runtime.WarmPooler)
@@ -406,6 +416,8 @@ type createOptions struct {
 	// store must have when this host fetches it ("" trusts the archive's
 	// own record).
 	TemplateChecksum string
+	// Volumes to attach and mount (docs/VOLUMES.md).
+	Volumes []*pb.VolumeMount
 }
 
 // createCapsule creates and starts a capsule, waits until envd answers and
@@ -452,6 +464,17 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 		a.forget(c)
 		return record{}, runtime.Info{}, err
 	}
+	if len(opt.Volumes) > 0 {
+		vols, err := a.attachVolumes(ctx, spec.ID, opt.Volumes)
+		if err != nil {
+			a.forget(c)
+			return record{}, runtime.Info{}, err
+		}
+		spec.Volumes = vols
+		c.mu.Lock()
+		c.rec.Spec.Volumes = vols
+		c.mu.Unlock()
+	}
 	inDriver, err := a.create(ctx, c, spec)
 	c.mu.Lock()
 	memStarted := c.fromMemory
@@ -461,6 +484,7 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 	}
 	if err != nil {
 		a.discard(c, inDriver)
+		a.vols.releaseCapsule(context.WithoutCancel(ctx), spec.ID)
 		return record{}, runtime.Info{}, err
 	}
 	a.startSampler(c)
@@ -481,7 +505,9 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 		fromMemory *runtime.Info
 		bootToken  string
 	)
-	if wp, ok := a.driver.(runtime.WarmPooler); ok {
+	// Capsules with volumes are made cold: their binds exist from the
+	// start (a pooled or memory-restored capsule was made without them).
+	if wp, ok := a.driver.(runtime.WarmPooler); ok && len(spec.Volumes) == 0 {
 		info, err = wp.Take(ctx, spec)
 		switch {
 		case err == nil:
@@ -496,7 +522,7 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 			log.Warn("warm pool take failed; creating cold", "err", err)
 		}
 	}
-	if !pooled {
+	if !pooled && len(spec.Volumes) == 0 {
 		// A template that keeps its processes' memory: restore them under
 		// the new capsule (envd still holds the template capsule's token
 		// until the /init below replaces it); if that fails, boot as usual.
@@ -665,6 +691,20 @@ func (a *Agent) destroyCapsule(_ context.Context, id string) error {
 		return fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
 	}
 	a.stopSampler(c)
+	rec, _, _ := c.snapshot()
+	if len(rec.Spec.Volumes) > 0 {
+		// Volumes are written back before the answer: once the control
+		// plane sees the capsule gone, another host may fetch them.
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if err := a.driver.Destroy(dctx, id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
+			return err
+		}
+		a.forget(c)
+		a.vols.releaseCapsule(dctx, id)
+		a.log.Info("capsule destroyed", "capsule_id", id)
+		return nil
+	}
 	a.forget(c)
 	a.teardown(id)
 	a.log.Info("capsule destroyed", "capsule_id", id)
@@ -919,6 +959,7 @@ func (a *Agent) destroyIfExpired(ctx context.Context, c *capsule) error {
 		return err
 	}
 	a.forget(c)
+	a.vols.releaseCapsule(ctx, rec.ID)
 	return nil
 }
 

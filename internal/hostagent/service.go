@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	goruntime "runtime"
@@ -79,6 +80,12 @@ func toConnect(err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, runtime.ErrNotSupported):
 		return connect.NewError(connect.CodeUnimplemented, err)
+	case errors.Is(err, errVolumeHeld):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, errTooLarge):
+		return connect.NewError(connect.CodeResourceExhausted, err)
+	case errors.Is(err, fs.ErrNotExist):
+		return connect.NewError(connect.CodeNotFound, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case errors.Is(err, context.Canceled):
@@ -317,7 +324,7 @@ func (s service) CreateCapsule(ctx context.Context, req *connect.Request[pb.Crea
 	}
 	rec, info, err := s.a.createCapsule(ctx, spec, createOptions{
 		TimeoutSec: int(m.GetTimeoutSec()), DefaultUser: m.GetDefaultUser(), DefaultWorkdir: m.GetDefaultWorkdir(),
-		TemplateChecksum: m.GetTemplateChecksum(),
+		TemplateChecksum: m.GetTemplateChecksum(), Volumes: m.GetVolumeMounts(),
 	})
 	if err != nil {
 		return nil, toConnect(err)

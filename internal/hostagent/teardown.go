@@ -46,10 +46,12 @@ func (a *Agent) teardown(id string) {
 		for attempt := range teardownRetries {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			err = a.driver.Destroy(ctx, id)
-			cancel()
 			if err == nil || errors.Is(err, runtime.ErrNotFound) {
+				a.vols.releaseCapsule(ctx, id) // none unless a crash lost track
+				cancel()
 				return
 			}
+			cancel()
 			a.log.Warn("capsule teardown failed; retrying", "capsule_id", id, "attempt", attempt+1, "err", err)
 			time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)
 		}

@@ -267,6 +267,9 @@ func (m *Isolations) Create(ctx context.Context, spec Spec) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
+	if _, ok := d.(VolumeMounter); len(spec.Volumes) > 0 && !ok {
+		return Info{}, fmt.Errorf("%w: the %s isolation does not mount volumes", ErrNotSupported, iso)
+	}
 	if err := m.claim(spec.ID, iso); err != nil {
 		return Info{}, err
 	}
@@ -607,6 +610,42 @@ func (m *Isolations) CreateFromMemory(ctx context.Context, spec Spec, archive st
 		return Info{}, err
 	}
 	return m.tag(info, nil, spec.ID)
+}
+
+// volumes is the container isolation's driver, which mounts volumes.
+func (m *Isolations) volumes() (VolumeMounter, error) {
+	d, ok := m.Driver(IsolationContainer)
+	if vm, isVM := d.(VolumeMounter); ok && isVM {
+		return vm, nil
+	}
+	return nil, fmt.Errorf("%w: this host runs no container isolation for volumes", ErrNotSupported)
+}
+
+// PublishVolume implements VolumeMounter (the container driver's).
+func (m *Isolations) PublishVolume(ctx context.Context, name, path string) error {
+	vm, err := m.volumes()
+	if err != nil {
+		return err
+	}
+	return vm.PublishVolume(ctx, name, path)
+}
+
+// FetchVolume implements VolumeMounter (the container driver's).
+func (m *Isolations) FetchVolume(ctx context.Context, name, path string) error {
+	vm, err := m.volumes()
+	if err != nil {
+		return err
+	}
+	return vm.FetchVolume(ctx, name, path)
+}
+
+// DeleteVolume implements VolumeMounter (the container driver's).
+func (m *Isolations) DeleteVolume(ctx context.Context, name string) error {
+	vm, err := m.volumes()
+	if err != nil {
+		return err
+	}
+	return vm.DeleteVolume(ctx, name)
 }
 
 // CRIUUnavailableReason passes on the default driver's reason why memory

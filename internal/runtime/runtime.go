@@ -78,6 +78,35 @@ type Spec struct {
 	// IsolationGVisor, IsolationMicroVM; "" = the host's default). Only
 	// Isolations (isolation.go) reads it: it picks the driver.
 	Isolation string `json:",omitempty"`
+	// Volumes are mounted volume file systems to bind into the capsule
+	// (docs/VOLUMES.md); only drivers that implement VolumeMounter take
+	// them (others refuse a spec with volumes: ErrNotSupported).
+	Volumes []VolumeMount `json:",omitempty"`
+}
+
+// VolumeMount binds the host directory Source (the root of a mounted
+// volume, its on-disk ids being capsule ids) at Path inside the capsule.
+type VolumeMount struct {
+	VolumeID string
+	Source   string
+	Path     string
+	ReadOnly bool `json:",omitempty"`
+}
+
+// VolumeMounter is implemented by drivers whose capsules mount volumes
+// (Spec.Volumes). It also moves volume images through the driver's
+// snapshot store (the one pause to disk uses, so a shared
+// --snapshot-store lets volumes travel between hosts).
+type VolumeMounter interface {
+	// PublishVolume stores the image file at path as name (zero blocks
+	// are not stored); the previous content of name is replaced at once
+	// when the upload is complete, never partly.
+	PublishVolume(ctx context.Context, name, path string) error
+	// FetchVolume writes the image called name to a new sparse file at
+	// path; ErrNotFound when the store has none.
+	FetchVolume(ctx context.Context, name, path string) error
+	// DeleteVolume removes the image called name (absent: no error).
+	DeleteVolume(ctx context.Context, name string) error
 }
 
 // Info describes one capsule.

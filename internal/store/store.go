@@ -549,6 +549,8 @@ type Store interface {
 	Close() error
 	// Events, webhooks and their outbox (events.go).
 	EventStore
+	// Volumes and their mounts (volumes.go).
+	VolumeStore
 
 	// Teams.
 	CreateTeam(ctx context.Context, t Team) (Team, error)

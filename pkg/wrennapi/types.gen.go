@@ -601,6 +601,24 @@ func (e StdinMessageType) Valid() bool {
 	}
 }
 
+// Defines values for VolumeLocation.
+const (
+	VolumeLocationHost  VolumeLocation = "host"
+	VolumeLocationStore VolumeLocation = "store"
+)
+
+// Valid indicates whether the value is a known member of the VolumeLocation enum.
+func (e VolumeLocation) Valid() bool {
+	switch e {
+	case VolumeLocationHost:
+		return true
+	case VolumeLocationStore:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for WebhookDeliveryStatus.
 const (
 	WebhookDeliveryStatusDelivered WebhookDeliveryStatus = "delivered"
@@ -1139,6 +1157,9 @@ type CreateCapsule struct {
 	Template   *string `json:"template,omitempty"`
 	TimeoutSec *int64  `json:"timeout_sec,omitempty"`
 	VCPUs      *int64  `json:"vcpus,omitempty"`
+
+	// VolumeMounts The team's volumes to mount (container isolation only: others are 422 volumes_unsupported). At most one read-write mount of a volume at a time (409); docs/VOLUMES.md.
+	VolumeMounts []VolumeMount `json:"volume_mounts,omitempty"`
 }
 
 // CreateHostToken defines model for CreateHostToken.
@@ -1172,6 +1193,15 @@ type CreateTeamBuild struct {
 	// RegistryAuth JSON {"username","password"} for pulling a private FROM image; used for this build only, never stored or logged.
 	RegistryAuth string `json:"registry_auth,omitempty"`
 	TimeoutSec   int    `json:"timeout_sec,omitempty"`
+}
+
+// CreateVolume defines model for CreateVolume.
+type CreateVolume struct {
+	// Name Unique in the team: 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit.
+	Name string `json:"name"`
+
+	// SizeMB The quota: the size of the volume's file system. Writes past it fail (ENOSPC inside a capsule, 507 volume_full through the file routes).
+	SizeMB *int64 `json:"size_mb,omitempty"`
 }
 
 // CreateWebhook defines model for CreateWebhook.
@@ -1903,6 +1933,51 @@ type User struct {
 	Name          string    `json:"name"`
 }
 
+// Volume defines model for Volume.
+type Volume struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// HostID The host of the capsules that mount it (location host).
+	HostID string `json:"host_id,omitempty"`
+
+	// ID Example: vol-3k9xq2m7a1b4c5d6
+	ID string `json:"id"`
+
+	// Location store: no capsule holds it, its content is in the snapshot store (any host can mount it); host: capsules on host_id mount it.
+	Location VolumeLocation `json:"location"`
+
+	// Mounts The mounts that hold the volume now (capsules not stopped).
+	Mounts    []VolumeMountStatus `json:"mounts"`
+	Name      string              `json:"name"`
+	SizeMB    int64               `json:"size_mb"`
+	UpdatedAt time.Time           `json:"updated_at"`
+}
+
+// VolumeLocation store: no capsule holds it, its content is in the snapshot store (any host can mount it); host: capsules on host_id mount it.
+type VolumeLocation string
+
+// VolumeList defines model for VolumeList.
+type VolumeList struct {
+	Volumes []Volume `json:"volumes"`
+}
+
+// VolumeMount defines model for VolumeMount.
+type VolumeMount struct {
+	// Name The team's volume.
+	Name string `json:"name"`
+
+	// Path Absolute, clean path in the capsule; not /, nor at or under /proc, /dev, /sys, /run/wrenn; mount paths of one capsule may not overlap.
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// VolumeMountStatus defines model for VolumeMountStatus.
+type VolumeMountStatus struct {
+	CapsuleID string `json:"capsule_id"`
+	Path      string `json:"path"`
+	ReadOnly  bool   `json:"read_only"`
+}
+
 // WarmPool One template's warm pool on a host: started, frozen capsules that creates take instead of booting.
 type WarmPool struct {
 	// Auto Sized by the recent create rate and free memory.
@@ -2122,6 +2197,29 @@ type GetV1TemplatesBuildsBuildIDLogsParams struct {
 	After int `form:"after,omitempty" json:"after,omitempty"`
 }
 
+// DeleteV1VolumesVolumeNameFilesParams defines parameters for DeleteV1VolumesVolumeNameFiles.
+type DeleteV1VolumesVolumeNameFilesParams struct {
+	// Path Path in the volume ("/" is its root); a ".." element is refused.
+	Path string `form:"path" json:"path"`
+}
+
+// GetV1VolumesVolumeNameFilesParams defines parameters for GetV1VolumesVolumeNameFiles.
+type GetV1VolumesVolumeNameFilesParams struct {
+	// Path Path in the volume ("/" is its root); a ".." element is refused.
+	Path string `form:"path" json:"path"`
+}
+
+// PutV1VolumesVolumeNameFilesParams defines parameters for PutV1VolumesVolumeNameFiles.
+type PutV1VolumesVolumeNameFilesParams struct {
+	// Path Path in the volume ("/" is its root); a ".." element is refused.
+	Path string `form:"path" json:"path"`
+}
+
+// GetV1VolumesVolumeNameFilesListParams defines parameters for GetV1VolumesVolumeNameFilesList.
+type GetV1VolumesVolumeNameFilesListParams struct {
+	Path string `form:"path,omitempty" json:"path,omitempty"`
+}
+
 // GetV1WebhooksWebhookIDDeliveriesParams defines parameters for GetV1WebhooksWebhookIDDeliveries.
 type GetV1WebhooksWebhookIDDeliveriesParams struct {
 	Cursor string `form:"cursor,omitempty" json:"cursor,omitempty"`
@@ -2232,6 +2330,9 @@ type PostV1TemplatesBuildsMultipartRequestBody = CreateTeamBuild
 
 // PatchV1TemplatesTemplateIDJSONRequestBody defines body for PatchV1TemplatesTemplateID for application/json ContentType.
 type PatchV1TemplatesTemplateIDJSONRequestBody = TemplateUpdate
+
+// PostV1VolumesJSONRequestBody defines body for PostV1Volumes for application/json ContentType.
+type PostV1VolumesJSONRequestBody = CreateVolume
 
 // PostV1WebhooksJSONRequestBody defines body for PostV1Webhooks for application/json ContentType.
 type PostV1WebhooksJSONRequestBody = CreateWebhook

@@ -462,6 +462,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, e
 	if err != nil {
 		return runtime.Info{}, err
 	}
+	if err := d.checkVolumes(spec); err != nil {
+		return runtime.Info{}, err
+	}
 	c := &capsule{}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -579,6 +582,7 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 			},
 			Undo: func(context.Context) error { return rootfs.Unmount(p) },
 		},
+		d.volumesStep(rec),
 		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(rec, rec.ID) }},
 		runtime.Step{Name: "bundle", Do: func(context.Context) error { return d.writeBundle(rec) }},
 		runtime.Step{Name: "state", Do: func(context.Context) error { return d.save(rec) }},
@@ -685,6 +689,7 @@ func (d *Driver) writeBundle(rec *record) error {
 		LXCFS:           d.lxcfsMount(),
 		Cpus:            d.capsuleCPUs(rec.Spec.VCPUs),
 	})
+	s.Mounts = append(s.Mounts, d.volumeOCIMounts(rec)...)
 	d.adjustSpec(s)
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -726,6 +731,9 @@ func (d *Driver) release(ctx context.Context, rec *record) {
 		errs = append(errs, err)
 	}
 	if err := d.teardownNet(rec); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.unmountVolumes(rec.Key); err != nil {
 		errs = append(errs, err)
 	}
 	// The directory goes last: while it exists, Recover can find the key.

@@ -1918,3 +1918,170 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, owner strin
 	}
 	return n == 1, nil
 }
+
+// --- volumes (migration 17) ---
+
+func toVolume(v db.Volume) store.Volume {
+	return store.Volume{
+		ID: v.ID, TeamID: v.TeamID, Name: v.Name, SizeMB: v.SizeMb, CreatedAt: tm(v.CreatedAt), UpdatedAt: tm(v.UpdatedAt),
+		Version: v.Version, SnapshotName: v.SnapshotName,
+	}
+}
+
+// CreateVolume implements store.Store.
+func (s *Store) CreateVolume(ctx context.Context, v store.Volume) (store.Volume, error) {
+	if v.ID == "" {
+		v.ID = store.NewID(store.PrefixVolume)
+	}
+	v.CreatedAt = store.Now()
+	v.UpdatedAt = v.CreatedAt
+	v.Version = 0
+	err := s.qw.InsertVolume(ctx, db.InsertVolumeParams{
+		ID: v.ID, TeamID: v.TeamID, Name: v.Name, SizeMb: v.SizeMB, CreatedAt: ts(v.CreatedAt), UpdatedAt: ts(v.UpdatedAt),
+		SnapshotName: v.SnapshotName,
+	})
+	if err != nil {
+		return store.Volume{}, mapErr(err, "create volume")
+	}
+	return v, nil
+}
+
+// GetVolumeByName implements store.Store.
+func (s *Store) GetVolumeByName(ctx context.Context, teamID, name string) (store.Volume, error) {
+	r, err := s.qr.GetVolumeByName(ctx, db.GetVolumeByNameParams{TeamID: teamID, Name: name})
+	if err != nil {
+		return store.Volume{}, mapErr(err, "get volume")
+	}
+	return toVolume(r), nil
+}
+
+// ListVolumes implements store.Store.
+func (s *Store) ListVolumes(ctx context.Context, teamID string) ([]store.Volume, error) {
+	rows, err := s.qr.ListVolumes(ctx, teamID)
+	if err != nil {
+		return nil, mapErr(err, "list volumes")
+	}
+	out := make([]store.Volume, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, toVolume(r))
+	}
+	return out, nil
+}
+
+func toActiveMounts(rows []db.ActiveVolumeMountsRow) []store.VolumeMount {
+	out := make([]store.VolumeMount, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, store.VolumeMount{
+			CapsuleID: r.CapsuleID, VolumeID: r.VolumeID, Path: r.Path, ReadOnly: r.ReadOnly, CreatedAt: tm(r.CreatedAt),
+			HostID: r.HostID, CapsuleStatus: store.CapsuleStatus(r.Status),
+		})
+	}
+	return out
+}
+
+// DeleteVolume implements store.Store: under the volume's lock, refused
+// while an active mount holds it.
+func (s *Store) DeleteVolume(ctx context.Context, teamID, id string) error {
+	return s.retry(ctx, func() error {
+		return s.tx(ctx, func(q *db.Queries) error {
+			if _, err := q.LockVolume(ctx, db.LockVolumeParams{TeamID: teamID, ID: id}); err != nil {
+				return mapErr(err, "delete volume")
+			}
+			active, err := q.ActiveVolumeMounts(ctx, id)
+			if err != nil {
+				return mapErr(err, "delete volume")
+			}
+			if len(active) > 0 {
+				return fmt.Errorf("delete volume: mounted by capsule %s: %w", active[0].CapsuleID, store.ErrConflict)
+			}
+			if err := q.DeleteVolumeMounts(ctx, id); err != nil {
+				return mapErr(err, "delete volume")
+			}
+			n, err := q.DeleteVolume(ctx, db.DeleteVolumeParams{TeamID: teamID, ID: id})
+			if err != nil {
+				return mapErr(err, "delete volume")
+			}
+			if n == 0 {
+				return fmt.Errorf("delete volume: %w", store.ErrNotFound)
+			}
+			return nil
+		})
+	})
+}
+
+// ActiveVolumeMounts implements store.Store.
+func (s *Store) ActiveVolumeMounts(ctx context.Context, volumeID string) ([]store.VolumeMount, error) {
+	rows, err := s.qr.ActiveVolumeMounts(ctx, volumeID)
+	if err != nil {
+		return nil, mapErr(err, "list volume mounts")
+	}
+	return toActiveMounts(rows), nil
+}
+
+// AddVolumeMounts implements store.Store: one transaction; each volume's
+// row is locked before its active mounts are checked, so two creates can
+// never both mount a volume read-write.
+func (s *Store) AddVolumeMounts(ctx context.Context, teamID, capsuleID string, mounts []store.VolumeMount) error {
+	now := store.Now()
+	return s.retry(ctx, func() error {
+		return s.tx(ctx, func(q *db.Queries) error {
+			host, err := q.CapsuleHost(ctx, db.CapsuleHostParams{TeamID: teamID, ID: capsuleID})
+			if err != nil {
+				return mapErr(err, "add volume mounts: capsule")
+			}
+			for _, m := range mounts {
+				if _, err := q.LockVolume(ctx, db.LockVolumeParams{TeamID: teamID, ID: m.VolumeID}); err != nil {
+					return mapErr(err, "add volume mounts: volume "+m.VolumeID)
+				}
+				rows, err := q.ActiveVolumeMounts(ctx, m.VolumeID)
+				if err != nil {
+					return mapErr(err, "add volume mounts")
+				}
+				for _, a := range rows {
+					if a.CapsuleID == capsuleID {
+						return fmt.Errorf("add volume mounts: volume %s mounted twice in capsule %s: %w", m.VolumeID, capsuleID, store.ErrConflict)
+					}
+					if !m.ReadOnly || !a.ReadOnly {
+						return fmt.Errorf("add volume mounts: volume %s is mounted read-write by capsule %s or would be twice: %w", m.VolumeID, a.CapsuleID, store.ErrConflict)
+					}
+					if a.HostID != host {
+						return fmt.Errorf("add volume mounts: volume %s is held on host %s: %w", m.VolumeID, a.HostID, store.ErrConflict)
+					}
+				}
+				err = q.InsertVolumeMount(ctx, db.InsertVolumeMountParams{
+					CapsuleID: capsuleID, VolumeID: m.VolumeID, Path: m.Path, ReadOnly: m.ReadOnly, CreatedAt: ts(now),
+				})
+				if err != nil {
+					return mapErr(err, "add volume mount")
+				}
+			}
+			return nil
+		})
+	})
+}
+
+// RemoveVolumeMounts implements store.Store.
+func (s *Store) RemoveVolumeMounts(ctx context.Context, capsuleID string) error {
+	return mapErr(s.qw.DeleteCapsuleVolumeMounts(ctx, capsuleID), "remove volume mounts")
+}
+
+// CapsuleVolumeMounts implements store.Store.
+func (s *Store) CapsuleVolumeMounts(ctx context.Context, capsuleID string) ([]store.VolumeMount, error) {
+	rows, err := s.qr.ListCapsuleVolumeMounts(ctx, capsuleID)
+	if err != nil {
+		return nil, mapErr(err, "list capsule volume mounts")
+	}
+	out := make([]store.VolumeMount, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, store.VolumeMount{
+			CapsuleID: r.CapsuleID, VolumeID: r.VolumeID, Path: r.Path, ReadOnly: r.ReadOnly, CreatedAt: tm(r.CreatedAt),
+			VolumeName: r.Name, SizeMB: r.SizeMb, SnapshotName: r.SnapshotName,
+		})
+	}
+	return out, nil
+}
+
+// BumpVolumeVersion implements store.Store.
+func (s *Store) BumpVolumeVersion(ctx context.Context, id string) error {
+	return mapErr(s.qw.BumpVolumeVersion(ctx, db.BumpVolumeVersionParams{ID: id, UpdatedAt: ts(store.Now())}), "bump volume version")
+}

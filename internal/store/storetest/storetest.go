@@ -67,6 +67,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"LeasesConcurrent", testLeasesConcurrent},
 		{"Events", testEvents},
 		{"WebhookOutbox", testWebhookOutbox},
+		{"Volumes", testVolumes},
+		{"VolumeMountsConcurrent", testVolumeMountsConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

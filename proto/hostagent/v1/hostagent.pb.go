@@ -1119,7 +1119,11 @@ type CreateCapsuleRequest struct {
 	// agent's default). An isolation the host does not run is
 	// UNIMPLEMENTED (with the host's reason), an unknown name
 	// INVALID_ARGUMENT.
-	Isolation     string `protobuf:"bytes,60,opt,name=isolation,proto3" json:"isolation,omitempty"`
+	Isolation string `protobuf:"bytes,60,opt,name=isolation,proto3" json:"isolation,omitempty"`
+	// Volumes to mount (docs/VOLUMES.md): the control plane has checked the
+	// paths and that at most one mount of a volume is read-write. Only the
+	// container isolation mounts volumes (others: UNIMPLEMENTED).
+	VolumeMounts  []*VolumeMount `protobuf:"bytes,90,rep,name=volume_mounts,json=volumeMounts,proto3" json:"volume_mounts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1250,6 +1254,13 @@ func (x *CreateCapsuleRequest) GetIsolation() string {
 		return x.Isolation
 	}
 	return ""
+}
+
+func (x *CreateCapsuleRequest) GetVolumeMounts() []*VolumeMount {
+	if x != nil {
+		return x.VolumeMounts
+	}
+	return nil
 }
 
 type CreateCapsuleResponse struct {
@@ -5299,6 +5310,490 @@ func (x *ImportImageResponse) GetChecksum() string {
 	return ""
 }
 
+// Volume names one volume: where its image lives in the snapshot store
+// (snapshot_name; absent there = a new, empty volume) and its quota.
+type Volume struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	SizeMb        int64                  `protobuf:"varint,2,opt,name=size_mb,json=sizeMb,proto3" json:"size_mb,omitempty"`
+	SnapshotName  string                 `protobuf:"bytes,3,opt,name=snapshot_name,json=snapshotName,proto3" json:"snapshot_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Volume) Reset() {
+	*x = Volume{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Volume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Volume) ProtoMessage() {}
+
+func (x *Volume) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Volume.ProtoReflect.Descriptor instead.
+func (*Volume) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *Volume) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *Volume) GetSizeMb() int64 {
+	if x != nil {
+		return x.SizeMb
+	}
+	return 0
+}
+
+func (x *Volume) GetSnapshotName() string {
+	if x != nil {
+		return x.SnapshotName
+	}
+	return ""
+}
+
+type VolumeMount struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Absolute path inside the capsule.
+	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly      bool   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeMount) Reset() {
+	*x = VolumeMount{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeMount) ProtoMessage() {}
+
+func (x *VolumeMount) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
+func (*VolumeMount) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *VolumeMount) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *VolumeMount) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *VolumeMount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+type VolumeFileRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Path inside the volume ("/" or "" is its root).
+	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeFileRequest) Reset() {
+	*x = VolumeFileRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeFileRequest) ProtoMessage() {}
+
+func (x *VolumeFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeFileRequest.ProtoReflect.Descriptor instead.
+func (*VolumeFileRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *VolumeFileRequest) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *VolumeFileRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type VolumeReadFileResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeReadFileResponse) Reset() {
+	*x = VolumeReadFileResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeReadFileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeReadFileResponse) ProtoMessage() {}
+
+func (x *VolumeReadFileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeReadFileResponse.ProtoReflect.Descriptor instead.
+func (*VolumeReadFileResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *VolumeReadFileResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type VolumeWriteFileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeWriteFileRequest) Reset() {
+	*x = VolumeWriteFileRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeWriteFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeWriteFileRequest) ProtoMessage() {}
+
+func (x *VolumeWriteFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeWriteFileRequest.ProtoReflect.Descriptor instead.
+func (*VolumeWriteFileRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *VolumeWriteFileRequest) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *VolumeWriteFileRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *VolumeWriteFileRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type VolumeWriteFileResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *FileEntry             `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeWriteFileResponse) Reset() {
+	*x = VolumeWriteFileResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeWriteFileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeWriteFileResponse) ProtoMessage() {}
+
+func (x *VolumeWriteFileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeWriteFileResponse.ProtoReflect.Descriptor instead.
+func (*VolumeWriteFileResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *VolumeWriteFileResponse) GetEntry() *FileEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type VolumeListDirResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*FileEntry           `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeListDirResponse) Reset() {
+	*x = VolumeListDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeListDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeListDirResponse) ProtoMessage() {}
+
+func (x *VolumeListDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeListDirResponse.ProtoReflect.Descriptor instead.
+func (*VolumeListDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *VolumeListDirResponse) GetEntries() []*FileEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type VolumeRemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeRemoveResponse) Reset() {
+	*x = VolumeRemoveResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeRemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeRemoveResponse) ProtoMessage() {}
+
+func (x *VolumeRemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeRemoveResponse.ProtoReflect.Descriptor instead.
+func (*VolumeRemoveResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{83}
+}
+
+type DeleteVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteVolumeRequest) Reset() {
+	*x = DeleteVolumeRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteVolumeRequest) ProtoMessage() {}
+
+func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *DeleteVolumeRequest) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+type DeleteVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteVolumeResponse) Reset() {
+	*x = DeleteVolumeResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteVolumeResponse) ProtoMessage() {}
+
+func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{85}
+}
+
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
@@ -5395,7 +5890,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x03max\x18\x05 \x01(\x05R\x03max\x12\x12\n" +
 	"\x04hits\x18\x06 \x01(\x04R\x04hits\x12\x16\n" +
 	"\x06misses\x18\a \x01(\x04R\x06misses\x12\x14\n" +
-	"\x05limit\x18\b \x01(\tR\x05limit\"\xb6\x05\n" +
+	"\x05limit\x18\b \x01(\tR\x05limit\"\xf6\x05\n" +
 	"\x14CreateCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1a\n" +
@@ -5414,7 +5909,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0fdefault_workdir\x18\v \x01(\tR\x0edefaultWorkdir\x125\n" +
 	"\anetwork\x18\x14 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\x12+\n" +
 	"\x11template_checksum\x18) \x01(\tR\x10templateChecksum\x12\x1c\n" +
-	"\tisolation\x18< \x01(\tR\tisolation\x1a6\n" +
+	"\tisolation\x18< \x01(\tR\tisolation\x12>\n" +
+	"\rvolume_mounts\x18Z \x03(\v2\x19.hostagent.v1.VolumeMountR\fvolumeMounts\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -5737,7 +6233,32 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"size_bytes\x18\t \x01(\x03R\tsizeBytes\x12!\n" +
 	"\fplain_rootfs\x18\n" +
 	" \x01(\bR\vplainRootfs\x12\x1a\n" +
-	"\bchecksum\x18\v \x01(\tR\bchecksum*\xd0\x01\n" +
+	"\bchecksum\x18\v \x01(\tR\bchecksum\"c\n" +
+	"\x06Volume\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
+	"\asize_mb\x18\x02 \x01(\x03R\x06sizeMb\x12#\n" +
+	"\rsnapshot_name\x18\x03 \x01(\tR\fsnapshotName\"l\n" +
+	"\vVolumeMount\x12,\n" +
+	"\x06volume\x18\x01 \x01(\v2\x14.hostagent.v1.VolumeR\x06volume\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\"U\n" +
+	"\x11VolumeFileRequest\x12,\n" +
+	"\x06volume\x18\x01 \x01(\v2\x14.hostagent.v1.VolumeR\x06volume\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\",\n" +
+	"\x16VolumeReadFileResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"n\n" +
+	"\x16VolumeWriteFileRequest\x12,\n" +
+	"\x06volume\x18\x01 \x01(\v2\x14.hostagent.v1.VolumeR\x06volume\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"H\n" +
+	"\x17VolumeWriteFileResponse\x12-\n" +
+	"\x05entry\x18\x01 \x01(\v2\x17.hostagent.v1.FileEntryR\x05entry\"J\n" +
+	"\x15VolumeListDirResponse\x121\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.hostagent.v1.FileEntryR\aentries\"\x16\n" +
+	"\x14VolumeRemoveResponse\"C\n" +
+	"\x13DeleteVolumeRequest\x12,\n" +
+	"\x06volume\x18\x01 \x01(\v2\x14.hostagent.v1.VolumeR\x06volume\"\x16\n" +
+	"\x14DeleteVolumeResponse*\xd0\x01\n" +
 	"\fCapsuleState\x12\x1d\n" +
 	"\x19CAPSULE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16CAPSULE_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -5754,7 +6275,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1aMETRICS_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12METRICS_WINDOW_10M\x10\x01\x12\x15\n" +
 	"\x11METRICS_WINDOW_2H\x10\x02\x12\x16\n" +
-	"\x12METRICS_WINDOW_24H\x10\x032\xdc\x16\n" +
+	"\x12METRICS_WINDOW_24H\x10\x032\x98\x1a\n" +
 	"\x10HostAgentService\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateCapsule\x12\".hostagent.v1.CreateCapsuleRequest\x1a#.hostagent.v1.CreateCapsuleResponse\x12[\n" +
@@ -5792,7 +6313,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
 	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12[\n" +
 	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12T\n" +
-	"\vImportImage\x12 .hostagent.v1.ImportImageRequest\x1a!.hostagent.v1.ImportImageResponse(\x01B\xae\x01\n" +
+	"\vImportImage\x12 .hostagent.v1.ImportImageRequest\x1a!.hostagent.v1.ImportImageResponse(\x01\x12W\n" +
+	"\x0eVolumeReadFile\x12\x1f.hostagent.v1.VolumeFileRequest\x1a$.hostagent.v1.VolumeReadFileResponse\x12^\n" +
+	"\x0fVolumeWriteFile\x12$.hostagent.v1.VolumeWriteFileRequest\x1a%.hostagent.v1.VolumeWriteFileResponse\x12U\n" +
+	"\rVolumeListDir\x12\x1f.hostagent.v1.VolumeFileRequest\x1a#.hostagent.v1.VolumeListDirResponse\x12S\n" +
+	"\fVolumeRemove\x12\x1f.hostagent.v1.VolumeFileRequest\x1a\".hostagent.v1.VolumeRemoveResponse\x12U\n" +
+	"\fDeleteVolume\x12!.hostagent.v1.DeleteVolumeRequest\x1a\".hostagent.v1.DeleteVolumeResponseB\xae\x01\n" +
 	"\x10com.hostagent.v1B\x0eHostagentProtoP\x01Z9github.com/wrenn-dev/wrenn/proto/hostagent/v1;hostagentv1\xa2\x02\x03HXX\xaa\x02\fHostagent.V1\xca\x02\fHostagent\\V1\xe2\x02\x18Hostagent\\V1\\GPBMetadata\xea\x02\rHostagent::V1b\x06proto3"
 
 var (
@@ -5808,7 +6334,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(CapsuleState)(0),                    // 0: hostagent.v1.CapsuleState
 	(Signal)(0),                          // 1: hostagent.v1.Signal
@@ -5889,124 +6415,151 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*ImportImageHeader)(nil),            // 76: hostagent.v1.ImportImageHeader
 	(*ImportImageRequest)(nil),           // 77: hostagent.v1.ImportImageRequest
 	(*ImportImageResponse)(nil),          // 78: hostagent.v1.ImportImageResponse
-	nil,                                  // 79: hostagent.v1.Capsule.LabelsEntry
-	nil,                                  // 80: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                                  // 81: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                                  // 82: hostagent.v1.ExecRequest.EnvEntry
-	nil,                                  // 83: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                                  // 84: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                  // 85: hostagent.v1.ProcessInfo.EnvEntry
+	(*Volume)(nil),                       // 79: hostagent.v1.Volume
+	(*VolumeMount)(nil),                  // 80: hostagent.v1.VolumeMount
+	(*VolumeFileRequest)(nil),            // 81: hostagent.v1.VolumeFileRequest
+	(*VolumeReadFileResponse)(nil),       // 82: hostagent.v1.VolumeReadFileResponse
+	(*VolumeWriteFileRequest)(nil),       // 83: hostagent.v1.VolumeWriteFileRequest
+	(*VolumeWriteFileResponse)(nil),      // 84: hostagent.v1.VolumeWriteFileResponse
+	(*VolumeListDirResponse)(nil),        // 85: hostagent.v1.VolumeListDirResponse
+	(*VolumeRemoveResponse)(nil),         // 86: hostagent.v1.VolumeRemoveResponse
+	(*DeleteVolumeRequest)(nil),          // 87: hostagent.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),         // 88: hostagent.v1.DeleteVolumeResponse
+	nil,                                  // 89: hostagent.v1.Capsule.LabelsEntry
+	nil,                                  // 90: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                                  // 91: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                                  // 92: hostagent.v1.ExecRequest.EnvEntry
+	nil,                                  // 93: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                                  // 94: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                  // 95: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	79, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	89, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
 	4,  // 2: hostagent.v1.Capsule.network:type_name -> hostagent.v1.NetworkPolicy
 	4,  // 3: hostagent.v1.UpdateCapsuleNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	3,  // 4: hostagent.v1.UpdateCapsuleNetworkResponse.capsule:type_name -> hostagent.v1.Capsule
 	11, // 5: hostagent.v1.GetHostInfoResponse.warm_pools:type_name -> hostagent.v1.WarmPool
 	10, // 6: hostagent.v1.GetHostInfoResponse.isolations:type_name -> hostagent.v1.IsolationSupport
-	80, // 7: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	81, // 8: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	90, // 7: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	91, // 8: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
 	4,  // 9: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
-	3,  // 10: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 11: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 12: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	3,  // 13: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
-	3,  // 14: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
-	0,  // 15: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	82, // 16: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
-	30, // 17: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
-	32, // 18: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
-	38, // 19: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	32, // 20: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	32, // 21: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	83, // 22: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
-	30, // 23: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	84, // 24: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	85, // 25: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
-	58, // 26: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
-	55, // 27: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	1,  // 28: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
-	55, // 29: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
-	55, // 30: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
-	2,  // 31: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
-	66, // 32: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
-	5,  // 33: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
-	72, // 34: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
-	76, // 35: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
-	8,  // 36: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	12, // 37: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	14, // 38: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	16, // 39: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	18, // 40: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	20, // 41: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	22, // 42: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	24, // 43: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	26, // 44: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	28, // 45: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	28, // 46: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	33, // 47: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	36, // 48: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	33, // 49: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	39, // 50: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	40, // 51: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	42, // 52: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	44, // 53: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	46, // 54: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	48, // 55: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	49, // 56: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	51, // 57: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	53, // 58: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	56, // 59: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	59, // 60: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	61, // 61: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	63, // 62: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	64, // 63: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	67, // 64: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	6,  // 65: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
-	69, // 66: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	71, // 67: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	74, // 68: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	77, // 69: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
-	9,  // 70: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	13, // 71: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	15, // 72: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	17, // 73: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	19, // 74: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	21, // 75: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	23, // 76: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	25, // 77: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	27, // 78: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	29, // 79: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	31, // 80: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	34, // 81: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	37, // 82: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	35, // 83: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	37, // 84: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	41, // 85: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	43, // 86: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	45, // 87: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	47, // 88: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	47, // 89: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	50, // 90: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	52, // 91: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	54, // 92: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	57, // 93: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	60, // 94: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	62, // 95: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	31, // 96: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	65, // 97: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	68, // 98: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	7,  // 99: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
-	70, // 100: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	73, // 101: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	75, // 102: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	78, // 103: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
-	70, // [70:104] is the sub-list for method output_type
-	36, // [36:70] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	80, // 10: hostagent.v1.CreateCapsuleRequest.volume_mounts:type_name -> hostagent.v1.VolumeMount
+	3,  // 11: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 12: hostagent.v1.PauseCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 13: hostagent.v1.ResumeCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	3,  // 14: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
+	3,  // 15: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	0,  // 16: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
+	92, // 17: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	30, // 18: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
+	32, // 19: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
+	38, // 20: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	32, // 21: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	32, // 22: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	93, // 23: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	30, // 24: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
+	94, // 25: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	95, // 26: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	58, // 27: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
+	55, // 28: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	1,  // 29: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
+	55, // 30: hostagent.v1.ConnectProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
+	55, // 31: hostagent.v1.SendProcessInputRequest.process:type_name -> hostagent.v1.ProcessSelector
+	2,  // 32: hostagent.v1.GetCapsuleMetricsRequest.window:type_name -> hostagent.v1.MetricsWindow
+	66, // 33: hostagent.v1.GetCapsuleMetricsResponse.points:type_name -> hostagent.v1.MetricPoint
+	5,  // 34: hostagent.v1.GetCapsuleMetricsResponse.network:type_name -> hostagent.v1.NetworkCounters
+	72, // 35: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.HostTemplate
+	76, // 36: hostagent.v1.ImportImageRequest.header:type_name -> hostagent.v1.ImportImageHeader
+	79, // 37: hostagent.v1.VolumeMount.volume:type_name -> hostagent.v1.Volume
+	79, // 38: hostagent.v1.VolumeFileRequest.volume:type_name -> hostagent.v1.Volume
+	79, // 39: hostagent.v1.VolumeWriteFileRequest.volume:type_name -> hostagent.v1.Volume
+	32, // 40: hostagent.v1.VolumeWriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
+	32, // 41: hostagent.v1.VolumeListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	79, // 42: hostagent.v1.DeleteVolumeRequest.volume:type_name -> hostagent.v1.Volume
+	8,  // 43: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	12, // 44: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	14, // 45: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	16, // 46: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	18, // 47: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	20, // 48: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	22, // 49: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	24, // 50: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	26, // 51: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	28, // 52: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	28, // 53: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	33, // 54: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	36, // 55: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	33, // 56: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	39, // 57: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	40, // 58: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	42, // 59: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	44, // 60: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	46, // 61: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	48, // 62: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	49, // 63: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	51, // 64: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	53, // 65: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	56, // 66: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	59, // 67: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	61, // 68: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	63, // 69: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	64, // 70: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	67, // 71: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	6,  // 72: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
+	69, // 73: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	71, // 74: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	74, // 75: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	77, // 76: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
+	81, // 77: hostagent.v1.HostAgentService.VolumeReadFile:input_type -> hostagent.v1.VolumeFileRequest
+	83, // 78: hostagent.v1.HostAgentService.VolumeWriteFile:input_type -> hostagent.v1.VolumeWriteFileRequest
+	81, // 79: hostagent.v1.HostAgentService.VolumeListDir:input_type -> hostagent.v1.VolumeFileRequest
+	81, // 80: hostagent.v1.HostAgentService.VolumeRemove:input_type -> hostagent.v1.VolumeFileRequest
+	87, // 81: hostagent.v1.HostAgentService.DeleteVolume:input_type -> hostagent.v1.DeleteVolumeRequest
+	9,  // 82: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	13, // 83: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	15, // 84: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	17, // 85: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	19, // 86: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	21, // 87: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	23, // 88: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	25, // 89: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	27, // 90: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	29, // 91: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	31, // 92: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	34, // 93: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	37, // 94: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	35, // 95: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	37, // 96: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	41, // 97: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	43, // 98: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	45, // 99: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	47, // 100: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	47, // 101: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	50, // 102: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	52, // 103: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	54, // 104: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	57, // 105: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	60, // 106: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	62, // 107: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	31, // 108: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	65, // 109: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	68, // 110: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	7,  // 111: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
+	70, // 112: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	73, // 113: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	75, // 114: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	78, // 115: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
+	82, // 116: hostagent.v1.HostAgentService.VolumeReadFile:output_type -> hostagent.v1.VolumeReadFileResponse
+	84, // 117: hostagent.v1.HostAgentService.VolumeWriteFile:output_type -> hostagent.v1.VolumeWriteFileResponse
+	85, // 118: hostagent.v1.HostAgentService.VolumeListDir:output_type -> hostagent.v1.VolumeListDirResponse
+	86, // 119: hostagent.v1.HostAgentService.VolumeRemove:output_type -> hostagent.v1.VolumeRemoveResponse
+	88, // 120: hostagent.v1.HostAgentService.DeleteVolume:output_type -> hostagent.v1.DeleteVolumeResponse
+	82, // [82:121] is the sub-list for method output_type
+	43, // [43:82] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -6043,7 +6596,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   83,
+			NumMessages:   93,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

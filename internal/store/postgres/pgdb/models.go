@@ -230,6 +230,25 @@ type UserToken struct {
 	ExpiresAt time.Time
 }
 
+type Volume struct {
+	ID           string
+	TeamID       string
+	Name         string
+	SizeMb       int64
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	Version      int64
+	SnapshotName string
+}
+
+type VolumeMount struct {
+	CapsuleID string
+	VolumeID  string
+	Path      string
+	ReadOnly  bool
+	CreatedAt time.Time
+}
+
 type Webhook struct {
 	ID         string
 	TeamID     string

@@ -27,6 +27,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.activateUserStmt, err = db.PrepareContext(ctx, activateUser); err != nil {
 		return nil, fmt.Errorf("error preparing query ActivateUser: %w", err)
 	}
+	if q.activeVolumeMountsStmt, err = db.PrepareContext(ctx, activeVolumeMounts); err != nil {
+		return nil, fmt.Errorf("error preparing query ActiveVolumeMounts: %w", err)
+	}
 	if q.addTeamMemberStmt, err = db.PrepareContext(ctx, addTeamMember); err != nil {
 		return nil, fmt.Errorf("error preparing query AddTeamMember: %w", err)
 	}
@@ -35,6 +38,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.appendBuildLogStmt, err = db.PrepareContext(ctx, appendBuildLog); err != nil {
 		return nil, fmt.Errorf("error preparing query AppendBuildLog: %w", err)
+	}
+	if q.bumpVolumeVersionStmt, err = db.PrepareContext(ctx, bumpVolumeVersion); err != nil {
+		return nil, fmt.Errorf("error preparing query BumpVolumeVersion: %w", err)
+	}
+	if q.capsuleHostStmt, err = db.PrepareContext(ctx, capsuleHost); err != nil {
+		return nil, fmt.Errorf("error preparing query CapsuleHost: %w", err)
 	}
 	if q.consumeHostTokenStmt, err = db.PrepareContext(ctx, consumeHostToken); err != nil {
 		return nil, fmt.Errorf("error preparing query ConsumeHostToken: %w", err)
@@ -87,6 +96,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.deleteCapsuleStmt, err = db.PrepareContext(ctx, deleteCapsule); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteCapsule: %w", err)
 	}
+	if q.deleteCapsuleVolumeMountsStmt, err = db.PrepareContext(ctx, deleteCapsuleVolumeMounts); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteCapsuleVolumeMounts: %w", err)
+	}
 	if q.deleteEventsBeforeStmt, err = db.PrepareContext(ctx, deleteEventsBefore); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteEventsBefore: %w", err)
 	}
@@ -107,6 +119,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.deleteUserTokensStmt, err = db.PrepareContext(ctx, deleteUserTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteUserTokens: %w", err)
+	}
+	if q.deleteVolumeStmt, err = db.PrepareContext(ctx, deleteVolume); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteVolume: %w", err)
+	}
+	if q.deleteVolumeMountsStmt, err = db.PrepareContext(ctx, deleteVolumeMounts); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteVolumeMounts: %w", err)
 	}
 	if q.deleteWebhookStmt, err = db.PrepareContext(ctx, deleteWebhook); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteWebhook: %w", err)
@@ -165,6 +183,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.getUserByEmailStmt, err = db.PrepareContext(ctx, getUserByEmail); err != nil {
 		return nil, fmt.Errorf("error preparing query GetUserByEmail: %w", err)
 	}
+	if q.getVolumeByNameStmt, err = db.PrepareContext(ctx, getVolumeByName); err != nil {
+		return nil, fmt.Errorf("error preparing query GetVolumeByName: %w", err)
+	}
 	if q.getWebhookStmt, err = db.PrepareContext(ctx, getWebhook); err != nil {
 		return nil, fmt.Errorf("error preparing query GetWebhook: %w", err)
 	}
@@ -188,6 +209,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.insertMetricSnapshotStmt, err = db.PrepareContext(ctx, insertMetricSnapshot); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertMetricSnapshot: %w", err)
+	}
+	if q.insertVolumeStmt, err = db.PrepareContext(ctx, insertVolume); err != nil {
+		return nil, fmt.Errorf("error preparing query InsertVolume: %w", err)
+	}
+	if q.insertVolumeMountStmt, err = db.PrepareContext(ctx, insertVolumeMount); err != nil {
+		return nil, fmt.Errorf("error preparing query InsertVolumeMount: %w", err)
 	}
 	if q.insertWebhookStmt, err = db.PrepareContext(ctx, insertWebhook); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertWebhook: %w", err)
@@ -233,6 +260,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.listCapsuleMetricSnapshotsStmt, err = db.PrepareContext(ctx, listCapsuleMetricSnapshots); err != nil {
 		return nil, fmt.Errorf("error preparing query ListCapsuleMetricSnapshots: %w", err)
+	}
+	if q.listCapsuleVolumeMountsStmt, err = db.PrepareContext(ctx, listCapsuleVolumeMounts); err != nil {
+		return nil, fmt.Errorf("error preparing query ListCapsuleVolumeMounts: %w", err)
 	}
 	if q.listCapsulesStmt, err = db.PrepareContext(ctx, listCapsules); err != nil {
 		return nil, fmt.Errorf("error preparing query ListCapsules: %w", err)
@@ -300,11 +330,17 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.listUsersStmt, err = db.PrepareContext(ctx, listUsers); err != nil {
 		return nil, fmt.Errorf("error preparing query ListUsers: %w", err)
 	}
+	if q.listVolumesStmt, err = db.PrepareContext(ctx, listVolumes); err != nil {
+		return nil, fmt.Errorf("error preparing query ListVolumes: %w", err)
+	}
 	if q.listWebhookDeliveriesStmt, err = db.PrepareContext(ctx, listWebhookDeliveries); err != nil {
 		return nil, fmt.Errorf("error preparing query ListWebhookDeliveries: %w", err)
 	}
 	if q.listWebhooksStmt, err = db.PrepareContext(ctx, listWebhooks); err != nil {
 		return nil, fmt.Errorf("error preparing query ListWebhooks: %w", err)
+	}
+	if q.lockVolumeStmt, err = db.PrepareContext(ctx, lockVolume); err != nil {
+		return nil, fmt.Errorf("error preparing query LockVolume: %w", err)
 	}
 	if q.markStaleHostsUnavailableStmt, err = db.PrepareContext(ctx, markStaleHostsUnavailable); err != nil {
 		return nil, fmt.Errorf("error preparing query MarkStaleHostsUnavailable: %w", err)
@@ -445,6 +481,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing activateUserStmt: %w", cerr)
 		}
 	}
+	if q.activeVolumeMountsStmt != nil {
+		if cerr := q.activeVolumeMountsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing activeVolumeMountsStmt: %w", cerr)
+		}
+	}
 	if q.addTeamMemberStmt != nil {
 		if cerr := q.addTeamMemberStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing addTeamMemberStmt: %w", cerr)
@@ -458,6 +499,16 @@ func (q *Queries) Close() error {
 	if q.appendBuildLogStmt != nil {
 		if cerr := q.appendBuildLogStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing appendBuildLogStmt: %w", cerr)
+		}
+	}
+	if q.bumpVolumeVersionStmt != nil {
+		if cerr := q.bumpVolumeVersionStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing bumpVolumeVersionStmt: %w", cerr)
+		}
+	}
+	if q.capsuleHostStmt != nil {
+		if cerr := q.capsuleHostStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing capsuleHostStmt: %w", cerr)
 		}
 	}
 	if q.consumeHostTokenStmt != nil {
@@ -545,6 +596,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing deleteCapsuleStmt: %w", cerr)
 		}
 	}
+	if q.deleteCapsuleVolumeMountsStmt != nil {
+		if cerr := q.deleteCapsuleVolumeMountsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteCapsuleVolumeMountsStmt: %w", cerr)
+		}
+	}
 	if q.deleteEventsBeforeStmt != nil {
 		if cerr := q.deleteEventsBeforeStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing deleteEventsBeforeStmt: %w", cerr)
@@ -578,6 +634,16 @@ func (q *Queries) Close() error {
 	if q.deleteUserTokensStmt != nil {
 		if cerr := q.deleteUserTokensStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing deleteUserTokensStmt: %w", cerr)
+		}
+	}
+	if q.deleteVolumeStmt != nil {
+		if cerr := q.deleteVolumeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteVolumeStmt: %w", cerr)
+		}
+	}
+	if q.deleteVolumeMountsStmt != nil {
+		if cerr := q.deleteVolumeMountsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteVolumeMountsStmt: %w", cerr)
 		}
 	}
 	if q.deleteWebhookStmt != nil {
@@ -675,6 +741,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing getUserByEmailStmt: %w", cerr)
 		}
 	}
+	if q.getVolumeByNameStmt != nil {
+		if cerr := q.getVolumeByNameStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing getVolumeByNameStmt: %w", cerr)
+		}
+	}
 	if q.getWebhookStmt != nil {
 		if cerr := q.getWebhookStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing getWebhookStmt: %w", cerr)
@@ -713,6 +784,16 @@ func (q *Queries) Close() error {
 	if q.insertMetricSnapshotStmt != nil {
 		if cerr := q.insertMetricSnapshotStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing insertMetricSnapshotStmt: %w", cerr)
+		}
+	}
+	if q.insertVolumeStmt != nil {
+		if cerr := q.insertVolumeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing insertVolumeStmt: %w", cerr)
+		}
+	}
+	if q.insertVolumeMountStmt != nil {
+		if cerr := q.insertVolumeMountStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing insertVolumeMountStmt: %w", cerr)
 		}
 	}
 	if q.insertWebhookStmt != nil {
@@ -788,6 +869,11 @@ func (q *Queries) Close() error {
 	if q.listCapsuleMetricSnapshotsStmt != nil {
 		if cerr := q.listCapsuleMetricSnapshotsStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listCapsuleMetricSnapshotsStmt: %w", cerr)
+		}
+	}
+	if q.listCapsuleVolumeMountsStmt != nil {
+		if cerr := q.listCapsuleVolumeMountsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listCapsuleVolumeMountsStmt: %w", cerr)
 		}
 	}
 	if q.listCapsulesStmt != nil {
@@ -900,6 +986,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing listUsersStmt: %w", cerr)
 		}
 	}
+	if q.listVolumesStmt != nil {
+		if cerr := q.listVolumesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listVolumesStmt: %w", cerr)
+		}
+	}
 	if q.listWebhookDeliveriesStmt != nil {
 		if cerr := q.listWebhookDeliveriesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listWebhookDeliveriesStmt: %w", cerr)
@@ -908,6 +999,11 @@ func (q *Queries) Close() error {
 	if q.listWebhooksStmt != nil {
 		if cerr := q.listWebhooksStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listWebhooksStmt: %w", cerr)
+		}
+	}
+	if q.lockVolumeStmt != nil {
+		if cerr := q.lockVolumeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing lockVolumeStmt: %w", cerr)
 		}
 	}
 	if q.markStaleHostsUnavailableStmt != nil {
@@ -1165,9 +1261,12 @@ type Queries struct {
 	db                               DBTX
 	tx                               *sql.Tx
 	activateUserStmt                 *sql.Stmt
+	activeVolumeMountsStmt           *sql.Stmt
 	addTeamMemberStmt                *sql.Stmt
 	anonymizeUserAuditLogsStmt       *sql.Stmt
 	appendBuildLogStmt               *sql.Stmt
+	bumpVolumeVersionStmt            *sql.Stmt
+	capsuleHostStmt                  *sql.Stmt
 	consumeHostTokenStmt             *sql.Stmt
 	consumeUserTokenStmt             *sql.Stmt
 	countActiveAdminsStmt            *sql.Stmt
@@ -1185,6 +1284,7 @@ type Queries struct {
 	deleteAPIKeyStmt                 *sql.Stmt
 	deleteAllUserTokensStmt          *sql.Stmt
 	deleteCapsuleStmt                *sql.Stmt
+	deleteCapsuleVolumeMountsStmt    *sql.Stmt
 	deleteEventsBeforeStmt           *sql.Stmt
 	deleteHostStmt                   *sql.Stmt
 	deleteMetricSnapshotsBeforeStmt  *sql.Stmt
@@ -1192,6 +1292,8 @@ type Queries struct {
 	deleteTeamInviteStmt             *sql.Stmt
 	deleteTemplateStmt               *sql.Stmt
 	deleteUserTokensStmt             *sql.Stmt
+	deleteVolumeStmt                 *sql.Stmt
+	deleteVolumeMountsStmt           *sql.Stmt
 	deleteWebhookStmt                *sql.Stmt
 	dueWebhooksStmt                  *sql.Stmt
 	finishWebhookDeliveryStmt        *sql.Stmt
@@ -1211,6 +1313,7 @@ type Queries struct {
 	getTemplateByNameStmt            *sql.Stmt
 	getUserStmt                      *sql.Stmt
 	getUserByEmailStmt               *sql.Stmt
+	getVolumeByNameStmt              *sql.Stmt
 	getWebhookStmt                   *sql.Stmt
 	getWebhookUnscopedStmt           *sql.Stmt
 	grantUserAdminStmt               *sql.Stmt
@@ -1219,6 +1322,8 @@ type Queries struct {
 	insertEventStmt                  *sql.Stmt
 	insertHostStmt                   *sql.Stmt
 	insertMetricSnapshotStmt         *sql.Stmt
+	insertVolumeStmt                 *sql.Stmt
+	insertVolumeMountStmt            *sql.Stmt
 	insertWebhookStmt                *sql.Stmt
 	insertWebhookDeliveryStmt        *sql.Stmt
 	lastEventIDStmt                  *sql.Stmt
@@ -1234,6 +1339,7 @@ type Queries struct {
 	listBuildLogsStmt                *sql.Stmt
 	listBuildsStmt                   *sql.Stmt
 	listCapsuleMetricSnapshotsStmt   *sql.Stmt
+	listCapsuleVolumeMountsStmt      *sql.Stmt
 	listCapsulesStmt                 *sql.Stmt
 	listCapsulesByHostStmt           *sql.Stmt
 	listDailyUsageStmt               *sql.Stmt
@@ -1256,8 +1362,10 @@ type Queries struct {
 	listTemplatesStmt                *sql.Stmt
 	listTimedOutPausableStmt         *sql.Stmt
 	listUsersStmt                    *sql.Stmt
+	listVolumesStmt                  *sql.Stmt
 	listWebhookDeliveriesStmt        *sql.Stmt
 	listWebhooksStmt                 *sql.Stmt
+	lockVolumeStmt                   *sql.Stmt
 	markStaleHostsUnavailableStmt    *sql.Stmt
 	markTeamInviteAcceptedStmt       *sql.Stmt
 	pendingWebhookDeliveriesStmt     *sql.Stmt
@@ -1308,9 +1416,12 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		db:                               tx,
 		tx:                               tx,
 		activateUserStmt:                 q.activateUserStmt,
+		activeVolumeMountsStmt:           q.activeVolumeMountsStmt,
 		addTeamMemberStmt:                q.addTeamMemberStmt,
 		anonymizeUserAuditLogsStmt:       q.anonymizeUserAuditLogsStmt,
 		appendBuildLogStmt:               q.appendBuildLogStmt,
+		bumpVolumeVersionStmt:            q.bumpVolumeVersionStmt,
+		capsuleHostStmt:                  q.capsuleHostStmt,
 		consumeHostTokenStmt:             q.consumeHostTokenStmt,
 		consumeUserTokenStmt:             q.consumeUserTokenStmt,
 		countActiveAdminsStmt:            q.countActiveAdminsStmt,
@@ -1328,6 +1439,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		deleteAPIKeyStmt:                 q.deleteAPIKeyStmt,
 		deleteAllUserTokensStmt:          q.deleteAllUserTokensStmt,
 		deleteCapsuleStmt:                q.deleteCapsuleStmt,
+		deleteCapsuleVolumeMountsStmt:    q.deleteCapsuleVolumeMountsStmt,
 		deleteEventsBeforeStmt:           q.deleteEventsBeforeStmt,
 		deleteHostStmt:                   q.deleteHostStmt,
 		deleteMetricSnapshotsBeforeStmt:  q.deleteMetricSnapshotsBeforeStmt,
@@ -1335,6 +1447,8 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		deleteTeamInviteStmt:             q.deleteTeamInviteStmt,
 		deleteTemplateStmt:               q.deleteTemplateStmt,
 		deleteUserTokensStmt:             q.deleteUserTokensStmt,
+		deleteVolumeStmt:                 q.deleteVolumeStmt,
+		deleteVolumeMountsStmt:           q.deleteVolumeMountsStmt,
 		deleteWebhookStmt:                q.deleteWebhookStmt,
 		dueWebhooksStmt:                  q.dueWebhooksStmt,
 		finishWebhookDeliveryStmt:        q.finishWebhookDeliveryStmt,
@@ -1354,6 +1468,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		getTemplateByNameStmt:            q.getTemplateByNameStmt,
 		getUserStmt:                      q.getUserStmt,
 		getUserByEmailStmt:               q.getUserByEmailStmt,
+		getVolumeByNameStmt:              q.getVolumeByNameStmt,
 		getWebhookStmt:                   q.getWebhookStmt,
 		getWebhookUnscopedStmt:           q.getWebhookUnscopedStmt,
 		grantUserAdminStmt:               q.grantUserAdminStmt,
@@ -1362,6 +1477,8 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		insertEventStmt:                  q.insertEventStmt,
 		insertHostStmt:                   q.insertHostStmt,
 		insertMetricSnapshotStmt:         q.insertMetricSnapshotStmt,
+		insertVolumeStmt:                 q.insertVolumeStmt,
+		insertVolumeMountStmt:            q.insertVolumeMountStmt,
 		insertWebhookStmt:                q.insertWebhookStmt,
 		insertWebhookDeliveryStmt:        q.insertWebhookDeliveryStmt,
 		lastEventIDStmt:                  q.lastEventIDStmt,
@@ -1377,6 +1494,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listBuildLogsStmt:                q.listBuildLogsStmt,
 		listBuildsStmt:                   q.listBuildsStmt,
 		listCapsuleMetricSnapshotsStmt:   q.listCapsuleMetricSnapshotsStmt,
+		listCapsuleVolumeMountsStmt:      q.listCapsuleVolumeMountsStmt,
 		listCapsulesStmt:                 q.listCapsulesStmt,
 		listCapsulesByHostStmt:           q.listCapsulesByHostStmt,
 		listDailyUsageStmt:               q.listDailyUsageStmt,
@@ -1399,8 +1517,10 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		listTemplatesStmt:                q.listTemplatesStmt,
 		listTimedOutPausableStmt:         q.listTimedOutPausableStmt,
 		listUsersStmt:                    q.listUsersStmt,
+		listVolumesStmt:                  q.listVolumesStmt,
 		listWebhookDeliveriesStmt:        q.listWebhookDeliveriesStmt,
 		listWebhooksStmt:                 q.listWebhooksStmt,
+		lockVolumeStmt:                   q.lockVolumeStmt,
 		markStaleHostsUnavailableStmt:    q.markStaleHostsUnavailableStmt,
 		markTeamInviteAcceptedStmt:       q.markTeamInviteAcceptedStmt,
 		pendingWebhookDeliveriesStmt:     q.pendingWebhookDeliveriesStmt,

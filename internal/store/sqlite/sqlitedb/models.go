@@ -226,6 +226,25 @@ type UserToken struct {
 	ExpiresAt int64
 }
 
+type Volume struct {
+	ID           string
+	TeamID       string
+	Name         string
+	SizeMb       int64
+	CreatedAt    int64
+	UpdatedAt    int64
+	Version      int64
+	SnapshotName string
+}
+
+type VolumeMount struct {
+	CapsuleID string
+	VolumeID  string
+	Path      string
+	ReadOnly  bool
+	CreatedAt int64
+}
+
 type Webhook struct {
 	ID         string
 	TeamID     string

@@ -146,6 +146,21 @@ const (
 	// HostAgentServiceImportImageProcedure is the fully-qualified name of the HostAgentService's
 	// ImportImage RPC.
 	HostAgentServiceImportImageProcedure = "/hostagent.v1.HostAgentService/ImportImage"
+	// HostAgentServiceVolumeReadFileProcedure is the fully-qualified name of the HostAgentService's
+	// VolumeReadFile RPC.
+	HostAgentServiceVolumeReadFileProcedure = "/hostagent.v1.HostAgentService/VolumeReadFile"
+	// HostAgentServiceVolumeWriteFileProcedure is the fully-qualified name of the HostAgentService's
+	// VolumeWriteFile RPC.
+	HostAgentServiceVolumeWriteFileProcedure = "/hostagent.v1.HostAgentService/VolumeWriteFile"
+	// HostAgentServiceVolumeListDirProcedure is the fully-qualified name of the HostAgentService's
+	// VolumeListDir RPC.
+	HostAgentServiceVolumeListDirProcedure = "/hostagent.v1.HostAgentService/VolumeListDir"
+	// HostAgentServiceVolumeRemoveProcedure is the fully-qualified name of the HostAgentService's
+	// VolumeRemove RPC.
+	HostAgentServiceVolumeRemoveProcedure = "/hostagent.v1.HostAgentService/VolumeRemove"
+	// HostAgentServiceDeleteVolumeProcedure is the fully-qualified name of the HostAgentService's
+	// DeleteVolume RPC.
+	HostAgentServiceDeleteVolumeProcedure = "/hostagent.v1.HostAgentService/DeleteVolume"
 )
 
 // HostAgentServiceClient is a client for the hostagent.v1.HostAgentService service.
@@ -230,6 +245,17 @@ type HostAgentServiceClient interface {
 	// after the header. Images are cached by image id (a second import
 	// fetches no layer); header.template also publishes it under that name.
 	ImportImage(context.Context) *connect.ClientStreamForClient[v1.ImportImageRequest, v1.ImportImageResponse]
+	// Volumes (docs/VOLUMES.md): file access without a capsule. The agent
+	// attaches the volume (its own copy if a capsule here holds it, else
+	// fetched from the snapshot store), does the one operation and, when no
+	// capsule holds it, writes it back (a write) and lets it go.
+	VolumeReadFile(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeReadFileResponse], error)
+	VolumeWriteFile(context.Context, *connect.Request[v1.VolumeWriteFileRequest]) (*connect.Response[v1.VolumeWriteFileResponse], error)
+	VolumeListDir(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeListDirResponse], error)
+	VolumeRemove(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeRemoveResponse], error)
+	// DeleteVolume removes a volume no capsule here holds: its local copy
+	// and its image in the snapshot store.
+	DeleteVolume(context.Context, *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -447,6 +473,36 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("ImportImage")),
 			connect.WithClientOptions(opts...),
 		),
+		volumeReadFile: connect.NewClient[v1.VolumeFileRequest, v1.VolumeReadFileResponse](
+			httpClient,
+			baseURL+HostAgentServiceVolumeReadFileProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("VolumeReadFile")),
+			connect.WithClientOptions(opts...),
+		),
+		volumeWriteFile: connect.NewClient[v1.VolumeWriteFileRequest, v1.VolumeWriteFileResponse](
+			httpClient,
+			baseURL+HostAgentServiceVolumeWriteFileProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("VolumeWriteFile")),
+			connect.WithClientOptions(opts...),
+		),
+		volumeListDir: connect.NewClient[v1.VolumeFileRequest, v1.VolumeListDirResponse](
+			httpClient,
+			baseURL+HostAgentServiceVolumeListDirProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("VolumeListDir")),
+			connect.WithClientOptions(opts...),
+		),
+		volumeRemove: connect.NewClient[v1.VolumeFileRequest, v1.VolumeRemoveResponse](
+			httpClient,
+			baseURL+HostAgentServiceVolumeRemoveProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("VolumeRemove")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteVolume: connect.NewClient[v1.DeleteVolumeRequest, v1.DeleteVolumeResponse](
+			httpClient,
+			baseURL+HostAgentServiceDeleteVolumeProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("DeleteVolume")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -486,6 +542,11 @@ type hostAgentServiceClient struct {
 	listTemplates        *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
 	deleteTemplate       *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
 	importImage          *connect.Client[v1.ImportImageRequest, v1.ImportImageResponse]
+	volumeReadFile       *connect.Client[v1.VolumeFileRequest, v1.VolumeReadFileResponse]
+	volumeWriteFile      *connect.Client[v1.VolumeWriteFileRequest, v1.VolumeWriteFileResponse]
+	volumeListDir        *connect.Client[v1.VolumeFileRequest, v1.VolumeListDirResponse]
+	volumeRemove         *connect.Client[v1.VolumeFileRequest, v1.VolumeRemoveResponse]
+	deleteVolume         *connect.Client[v1.DeleteVolumeRequest, v1.DeleteVolumeResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgentService.GetHostInfo.
@@ -658,6 +719,31 @@ func (c *hostAgentServiceClient) ImportImage(ctx context.Context) *connect.Clien
 	return c.importImage.CallClientStream(ctx)
 }
 
+// VolumeReadFile calls hostagent.v1.HostAgentService.VolumeReadFile.
+func (c *hostAgentServiceClient) VolumeReadFile(ctx context.Context, req *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeReadFileResponse], error) {
+	return c.volumeReadFile.CallUnary(ctx, req)
+}
+
+// VolumeWriteFile calls hostagent.v1.HostAgentService.VolumeWriteFile.
+func (c *hostAgentServiceClient) VolumeWriteFile(ctx context.Context, req *connect.Request[v1.VolumeWriteFileRequest]) (*connect.Response[v1.VolumeWriteFileResponse], error) {
+	return c.volumeWriteFile.CallUnary(ctx, req)
+}
+
+// VolumeListDir calls hostagent.v1.HostAgentService.VolumeListDir.
+func (c *hostAgentServiceClient) VolumeListDir(ctx context.Context, req *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeListDirResponse], error) {
+	return c.volumeListDir.CallUnary(ctx, req)
+}
+
+// VolumeRemove calls hostagent.v1.HostAgentService.VolumeRemove.
+func (c *hostAgentServiceClient) VolumeRemove(ctx context.Context, req *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeRemoveResponse], error) {
+	return c.volumeRemove.CallUnary(ctx, req)
+}
+
+// DeleteVolume calls hostagent.v1.HostAgentService.DeleteVolume.
+func (c *hostAgentServiceClient) DeleteVolume(ctx context.Context, req *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error) {
+	return c.deleteVolume.CallUnary(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// GetHostInfo describes the host: driver, capabilities, capacity, load.
@@ -740,6 +826,17 @@ type HostAgentServiceHandler interface {
 	// after the header. Images are cached by image id (a second import
 	// fetches no layer); header.template also publishes it under that name.
 	ImportImage(context.Context, *connect.ClientStream[v1.ImportImageRequest]) (*connect.Response[v1.ImportImageResponse], error)
+	// Volumes (docs/VOLUMES.md): file access without a capsule. The agent
+	// attaches the volume (its own copy if a capsule here holds it, else
+	// fetched from the snapshot store), does the one operation and, when no
+	// capsule holds it, writes it back (a write) and lets it go.
+	VolumeReadFile(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeReadFileResponse], error)
+	VolumeWriteFile(context.Context, *connect.Request[v1.VolumeWriteFileRequest]) (*connect.Response[v1.VolumeWriteFileResponse], error)
+	VolumeListDir(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeListDirResponse], error)
+	VolumeRemove(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeRemoveResponse], error)
+	// DeleteVolume removes a volume no capsule here holds: its local copy
+	// and its image in the snapshot store.
+	DeleteVolume(context.Context, *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -953,6 +1050,36 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("ImportImage")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceVolumeReadFileHandler := connect.NewUnaryHandler(
+		HostAgentServiceVolumeReadFileProcedure,
+		svc.VolumeReadFile,
+		connect.WithSchema(hostAgentServiceMethods.ByName("VolumeReadFile")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceVolumeWriteFileHandler := connect.NewUnaryHandler(
+		HostAgentServiceVolumeWriteFileProcedure,
+		svc.VolumeWriteFile,
+		connect.WithSchema(hostAgentServiceMethods.ByName("VolumeWriteFile")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceVolumeListDirHandler := connect.NewUnaryHandler(
+		HostAgentServiceVolumeListDirProcedure,
+		svc.VolumeListDir,
+		connect.WithSchema(hostAgentServiceMethods.ByName("VolumeListDir")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceVolumeRemoveHandler := connect.NewUnaryHandler(
+		HostAgentServiceVolumeRemoveProcedure,
+		svc.VolumeRemove,
+		connect.WithSchema(hostAgentServiceMethods.ByName("VolumeRemove")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceDeleteVolumeHandler := connect.NewUnaryHandler(
+		HostAgentServiceDeleteVolumeProcedure,
+		svc.DeleteVolume,
+		connect.WithSchema(hostAgentServiceMethods.ByName("DeleteVolume")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceGetHostInfoProcedure:
@@ -1023,6 +1150,16 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceDeleteTemplateHandler.ServeHTTP(w, r)
 		case HostAgentServiceImportImageProcedure:
 			hostAgentServiceImportImageHandler.ServeHTTP(w, r)
+		case HostAgentServiceVolumeReadFileProcedure:
+			hostAgentServiceVolumeReadFileHandler.ServeHTTP(w, r)
+		case HostAgentServiceVolumeWriteFileProcedure:
+			hostAgentServiceVolumeWriteFileHandler.ServeHTTP(w, r)
+		case HostAgentServiceVolumeListDirProcedure:
+			hostAgentServiceVolumeListDirHandler.ServeHTTP(w, r)
+		case HostAgentServiceVolumeRemoveProcedure:
+			hostAgentServiceVolumeRemoveHandler.ServeHTTP(w, r)
+		case HostAgentServiceDeleteVolumeProcedure:
+			hostAgentServiceDeleteVolumeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1166,4 +1303,24 @@ func (UnimplementedHostAgentServiceHandler) DeleteTemplate(context.Context, *con
 
 func (UnimplementedHostAgentServiceHandler) ImportImage(context.Context, *connect.ClientStream[v1.ImportImageRequest]) (*connect.Response[v1.ImportImageResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ImportImage is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) VolumeReadFile(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeReadFileResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.VolumeReadFile is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) VolumeWriteFile(context.Context, *connect.Request[v1.VolumeWriteFileRequest]) (*connect.Response[v1.VolumeWriteFileResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.VolumeWriteFile is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) VolumeListDir(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeListDirResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.VolumeListDir is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) VolumeRemove(context.Context, *connect.Request[v1.VolumeFileRequest]) (*connect.Response[v1.VolumeRemoveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.VolumeRemove is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) DeleteVolume(context.Context, *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.DeleteVolume is not implemented"))
 }

@@ -1,0 +1,159 @@
+package hostagent_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/rootfs"
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
+	"github.com/wrenn-dev/wrenn/internal/snapshot"
+	snapstore "github.com/wrenn-dev/wrenn/internal/snapshot/store"
+	"github.com/wrenn-dev/wrenn/internal/testutil"
+	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
+	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// volumeDirs are dirs on the volumes task's subnets (10.2.0.0/16) whose
+// driver publishes to the shared snapshot store at shared.
+func volumeDirs(t *testing.T, half int, shared string) dirs {
+	d := newDirs(t)
+	d.subnet = netip.MustParsePrefix(fmt.Sprintf("10.2.%d.0/17", 128*half))
+	d.tweakDriver = func(c *container.Config) {
+		st, err := snapstore.OpenLocal(shared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Snapshots = &snapshot.Manager{Store: st, TempDir: t.TempDir()}
+	}
+	return d
+}
+
+func execOut(t *testing.T, c hostagentv1connect.HostAgentServiceClient, id, script string) (string, int32) {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.Long)
+	res, err := c.Exec(ctx, connect.NewRequest(&pb.ExecRequest{CapsuleId: id, Cmd: "/bin/sh", Args: []string{"-c", script}}))
+	if err != nil {
+		t.Fatalf("exec %q: %v", script, err)
+	}
+	return string(res.Msg.GetStdout()) + string(res.Msg.GetStderr()), res.Msg.GetExitCode()
+}
+
+// TestVolumes: a volume written in a capsule on host A outlives it, is
+// written back to the shared snapshot store and mounted read-only on host
+// B with its content; the quota holds (ENOSPC inside, ResourceExhausted
+// through the file RPCs); file access works without a capsule; nothing
+// (mounts, loop devices, local copies) is left behind.
+func TestVolumes(t *testing.T) {
+	shared := t.TempDir()
+	da, db := volumeDirs(t, 0, shared), volumeDirs(t, 1, shared)
+	a := startHost(t, da, nil)
+	b := startHost(t, db, nil)
+	ctx := testutil.Context(t, testutil.Long)
+	vid := fmt.Sprintf("vol-t%d%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	vol := &pb.Volume{VolumeId: vid, SizeMb: 32, SnapshotName: "volume-" + vid}
+
+	c1 := create(t, a.client, &pb.CreateCapsuleRequest{TimeoutSec: 600, VolumeMounts: []*pb.VolumeMount{{Volume: vol, Path: "/data"}}})
+	id1 := c1.GetCapsuleId()
+	if out, code := execOut(t, a.client, id1, "echo hello from A > /data/hello && mkdir -p /data/sub && echo x > /data/sub/f && ls -ld /data && id -u"); code != 0 {
+		t.Fatalf("write in capsule: %d %s", code, out)
+	}
+	// The quota: a 32 MB volume takes no 40 MB file.
+	out, code := execOut(t, a.client, id1, "dd if=/dev/zero of=/data/big bs=1M count=40 2>&1; echo rc=$?; rm -f /data/big")
+	if !strings.Contains(out, "No space left on device") || strings.Contains(out, "rc=0") {
+		t.Fatalf("dd past the quota: code %d, %s", code, out)
+	}
+	if _, err := a.client.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id1})); err != nil {
+		t.Fatal(err)
+	}
+	// Written back and let go on A: no local copy, no mount, no loop.
+	volDir := filepath.Join(da.agentState, "volumes", vol.GetVolumeId())
+	if _, err := os.Stat(volDir); !os.IsNotExist(err) {
+		t.Fatalf("local copy left on A: %v", err)
+	}
+	if loops, _ := rootfs.LoopDevicesFor(filepath.Join(volDir, "disk.img")); len(loops) > 0 {
+		t.Fatalf("loop devices left: %v", loops)
+	}
+
+	// On host B, read-only: the content is there, writes are refused.
+	c2 := create(t, b.client, &pb.CreateCapsuleRequest{TimeoutSec: 600, VolumeMounts: []*pb.VolumeMount{{Volume: vol, Path: "/mnt/v", ReadOnly: true}}})
+	id2 := c2.GetCapsuleId()
+	if got := execOK(t, b.client, id2, "/bin/cat", "/mnt/v/hello"); got != "hello from A\n" {
+		t.Fatalf("read on B: %q", got)
+	}
+	if out, code := execOut(t, b.client, id2, "echo no > /mnt/v/x"); code == 0 || !strings.Contains(out, "Read-only") {
+		t.Fatalf("write to a read-only mount: code %d %s", code, out)
+	}
+	// File RPCs on the host that holds it (read-only holders: reads).
+	lres, err := b.client.VolumeListDir(ctx, connect.NewRequest(&pb.VolumeFileRequest{Volume: vol, Path: "/"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range lres.Msg.GetEntries() {
+		names = append(names, e.GetName()+":"+e.GetType())
+	}
+	if got := strings.Join(names, ","); got != "hello:file,sub:dir" {
+		t.Fatalf("list: %s", got)
+	}
+	if _, err := b.client.DeleteVolume(ctx, connect.NewRequest(&pb.DeleteVolumeRequest{Volume: vol})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("delete while held: %v", err)
+	}
+	if _, err := b.client.DestroyCapsule(ctx, connect.NewRequest(&pb.DestroyCapsuleRequest{CapsuleId: id2})); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without a capsule, on A: write, read, list, remove; quota.
+	if _, err := a.client.VolumeWriteFile(ctx, connect.NewRequest(&pb.VolumeWriteFileRequest{Volume: vol, Path: "/up/load.txt", Data: []byte("via api")})); err != nil {
+		t.Fatal(err)
+	}
+	rres, err := b.client.VolumeReadFile(ctx, connect.NewRequest(&pb.VolumeFileRequest{Volume: vol, Path: "/up/load.txt"}))
+	if err != nil || string(rres.Msg.GetData()) != "via api" {
+		t.Fatalf("read back on B: %v %q", err, rres.Msg.GetData())
+	}
+	big := make([]byte, 40<<20)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	if _, err := a.client.VolumeWriteFile(ctx, connect.NewRequest(&pb.VolumeWriteFileRequest{Volume: vol, Path: "/big", Data: big})); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("write past the quota: %v", err)
+	}
+	if _, err := a.client.VolumeReadFile(ctx, connect.NewRequest(&pb.VolumeFileRequest{Volume: vol, Path: "/big"})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("a failed write left a file: %v", err)
+	}
+	for _, bad := range []string{"/../etc/passwd", "a/../../b"} {
+		if _, err := a.client.VolumeReadFile(ctx, connect.NewRequest(&pb.VolumeFileRequest{Volume: vol, Path: bad})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Fatalf("path %q: %v", bad, err)
+		}
+	}
+	if _, err := a.client.VolumeRemove(ctx, connect.NewRequest(&pb.VolumeFileRequest{Volume: vol, Path: "/sub"})); err != nil {
+		t.Fatal(err)
+	}
+	// A mount over / is refused by the driver too.
+	_, err = a.client.CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{CapsuleId: newID(), VolumeMounts: []*pb.VolumeMount{{Volume: vol, Path: "/"}}}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("mount over /: %v", err)
+	}
+	for _, h := range []dirs{da, db} {
+		es, _ := os.ReadDir(filepath.Join(h.agentState, "volumes"))
+		if len(es) > 0 {
+			t.Fatalf("volumes left on a host: %v", es)
+		}
+	}
+	if _, err := a.client.DeleteVolume(ctx, connect.NewRequest(&pb.DeleteVolumeRequest{Volume: vol})); err != nil {
+		t.Fatal(err)
+	}
+	st, err := snapstore.OpenLocal(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetHeader(ctx, vol.GetSnapshotName()); err == nil {
+		t.Fatal("header left after delete")
+	}
+}

@@ -1,0 +1,2 @@
+DROP TABLE volume_mounts;
+DROP TABLE volumes;
