@@ -93,6 +93,10 @@ type Config struct {
 	// its header, and a pause diffing against a parent reads that parent
 	// for as long as the pause takes. Default 1 hour.
 	SnapshotGCMinAge time.Duration
+	// SharedSnapshotIsolations lists the isolations whose snapshots are in
+	// a store every host shares (--snapshot-store s3://…): their capsules,
+	// paused to disk, can move to another host (move.go).
+	SharedSnapshotIsolations []string
 	// WarmPools asks a driver that implements runtime.WarmPooler to keep
 	// this many started-and-frozen capsules per template.
 	WarmPools map[string]int

@@ -214,6 +214,23 @@ type Snapshotter interface {
 	MemorySnapshots() bool
 }
 
+// Mover is implemented by drivers whose snapshots another host can
+// restore (a snapshot store every host shares): a capsule snapshotted on
+// one host moves to another (docs/FLEET.md, "Moving capsules").
+type Mover interface {
+	// Adopt records here a capsule another host snapshotted, in
+	// StateSnapshotted, from its SnapshotInfo (the snapshot must be in
+	// the store): Restore brings it back, Destroy deletes it and its
+	// snapshot, Recover finds it after a restart. ErrExists when the
+	// driver holds the capsule already.
+	Adopt(ctx context.Context, snap SnapshotInfo) (Info, error)
+	// Release forgets a snapshotted capsule that another host now owns,
+	// removing its local state only — its snapshot objects in the store
+	// are left alone (unlike Destroy, which deletes them).
+	// ErrInvalidState unless the capsule is snapshotted.
+	Release(ctx context.Context, id string) error
+}
+
 // WarmPooler is implemented by drivers that keep started-and-frozen capsules
 // per template to cut create latency.
 type WarmPooler interface {

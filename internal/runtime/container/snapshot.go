@@ -281,6 +281,58 @@ func (d *Driver) dropSnapshot(ctx context.Context, name string) {
 	}
 }
 
+// Adopt implements runtime.Mover: a capsule another host snapshotted to
+// the shared store becomes a snapshotted capsule here (state.json only;
+// Restore materialises it). The snapshot's header must be readable.
+func (d *Driver) Adopt(ctx context.Context, snap runtime.SnapshotInfo) (runtime.Info, error) {
+	if len(snap.Keys) == 0 || snap.CapsuleID == "" || snap.ID == "" {
+		return runtime.Info{}, fmt.Errorf("%w: empty snapshot", runtime.ErrInvalidSpec)
+	}
+	r, err := d.snaps.Open(ctx, snap.Keys[0])
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("adopt capsule %s: open snapshot %s: %w", snap.CapsuleID, snap.Keys[0], err)
+	}
+	_ = r.Close()
+	spec := snap.Spec
+	spec.ID = snap.CapsuleID
+	c := &capsule{}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := d.reserve(spec.ID, c); err != nil {
+		return runtime.Info{}, err
+	}
+	c.rec = newRecord(spec, false)
+	c.rec.State = runtime.StateSnapshotted
+	c.rec.Snapshot = &snap
+	if err := os.MkdirAll(filepath.Join(d.capsDir, c.rec.Key), 0o700); err != nil {
+		d.unreserve(spec.ID, c)
+		return runtime.Info{}, fmt.Errorf("container: %w", err)
+	}
+	if err := d.save(&c.rec); err != nil {
+		_ = os.RemoveAll(filepath.Join(d.capsDir, c.rec.Key))
+		d.unreserve(spec.ID, c)
+		return runtime.Info{}, err
+	}
+	return d.info(&c.rec), nil
+}
+
+// Release implements runtime.Mover: a snapshotted capsule that another
+// host restored from the shared store (a move) is forgotten here — its
+// state directory goes, its snapshot objects stay (Destroy would delete
+// them, breaking the capsule's new home).
+func (d *Driver) Release(ctx context.Context, id string) error {
+	c, err := d.get(id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if c.rec.State != runtime.StateSnapshotted {
+		return fmt.Errorf("release capsule %s in state %s: %w", id, c.rec.State, runtime.ErrInvalidState)
+	}
+	d.destroyLocked(ctx, c)
+	return nil
+}
+
 // Restore implements runtime.Snapshotter: it materialises the snapshot's
 // disk image as a sparse file (zero blocks stay holes), attaches and mounts
 // it, rebuilds the overlay and the network, and then, when the snapshot has

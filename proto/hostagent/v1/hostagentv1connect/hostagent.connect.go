@@ -146,6 +146,12 @@ const (
 	// HostAgentServiceImportImageProcedure is the fully-qualified name of the HostAgentService's
 	// ImportImage RPC.
 	HostAgentServiceImportImageProcedure = "/hostagent.v1.HostAgentService/ImportImage"
+	// HostAgentServiceAdoptCapsuleProcedure is the fully-qualified name of the HostAgentService's
+	// AdoptCapsule RPC.
+	HostAgentServiceAdoptCapsuleProcedure = "/hostagent.v1.HostAgentService/AdoptCapsule"
+	// HostAgentServiceReleaseCapsuleProcedure is the fully-qualified name of the HostAgentService's
+	// ReleaseCapsule RPC.
+	HostAgentServiceReleaseCapsuleProcedure = "/hostagent.v1.HostAgentService/ReleaseCapsule"
 )
 
 // HostAgentServiceClient is a client for the hostagent.v1.HostAgentService service.
@@ -230,6 +236,19 @@ type HostAgentServiceClient interface {
 	// after the header. Images are cached by image id (a second import
 	// fetches no layer); header.template also publishes it under that name.
 	ImportImage(context.Context) *connect.ClientStreamForClient[v1.ImportImageRequest, v1.ImportImageResponse]
+	// Moves between hosts (docs/FLEET.md, "Moving capsules").
+	//
+	// AdoptCapsule takes over a capsule another host paused to the shared
+	// snapshot store, from the export record that host's PauseCapsule
+	// returned: the capsule (same id, access token, limits, env, template)
+	// becomes hibernated here and, with resume, is restored and running.
+	// FailedPrecondition when this host has no shared snapshot store;
+	// AlreadyExists when it already holds the capsule in another state.
+	AdoptCapsule(context.Context, *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error)
+	// ReleaseCapsule forgets a hibernated capsule that another host now
+	// owns: its local state goes, its snapshot in the shared store stays.
+	// FailedPrecondition unless the capsule is hibernated.
+	ReleaseCapsule(context.Context, *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -447,6 +466,18 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("ImportImage")),
 			connect.WithClientOptions(opts...),
 		),
+		adoptCapsule: connect.NewClient[v1.AdoptCapsuleRequest, v1.AdoptCapsuleResponse](
+			httpClient,
+			baseURL+HostAgentServiceAdoptCapsuleProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("AdoptCapsule")),
+			connect.WithClientOptions(opts...),
+		),
+		releaseCapsule: connect.NewClient[v1.ReleaseCapsuleRequest, v1.ReleaseCapsuleResponse](
+			httpClient,
+			baseURL+HostAgentServiceReleaseCapsuleProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ReleaseCapsule")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -486,6 +517,8 @@ type hostAgentServiceClient struct {
 	listTemplates        *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
 	deleteTemplate       *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
 	importImage          *connect.Client[v1.ImportImageRequest, v1.ImportImageResponse]
+	adoptCapsule         *connect.Client[v1.AdoptCapsuleRequest, v1.AdoptCapsuleResponse]
+	releaseCapsule       *connect.Client[v1.ReleaseCapsuleRequest, v1.ReleaseCapsuleResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgentService.GetHostInfo.
@@ -658,6 +691,16 @@ func (c *hostAgentServiceClient) ImportImage(ctx context.Context) *connect.Clien
 	return c.importImage.CallClientStream(ctx)
 }
 
+// AdoptCapsule calls hostagent.v1.HostAgentService.AdoptCapsule.
+func (c *hostAgentServiceClient) AdoptCapsule(ctx context.Context, req *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error) {
+	return c.adoptCapsule.CallUnary(ctx, req)
+}
+
+// ReleaseCapsule calls hostagent.v1.HostAgentService.ReleaseCapsule.
+func (c *hostAgentServiceClient) ReleaseCapsule(ctx context.Context, req *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error) {
+	return c.releaseCapsule.CallUnary(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// GetHostInfo describes the host: driver, capabilities, capacity, load.
@@ -740,6 +783,19 @@ type HostAgentServiceHandler interface {
 	// after the header. Images are cached by image id (a second import
 	// fetches no layer); header.template also publishes it under that name.
 	ImportImage(context.Context, *connect.ClientStream[v1.ImportImageRequest]) (*connect.Response[v1.ImportImageResponse], error)
+	// Moves between hosts (docs/FLEET.md, "Moving capsules").
+	//
+	// AdoptCapsule takes over a capsule another host paused to the shared
+	// snapshot store, from the export record that host's PauseCapsule
+	// returned: the capsule (same id, access token, limits, env, template)
+	// becomes hibernated here and, with resume, is restored and running.
+	// FailedPrecondition when this host has no shared snapshot store;
+	// AlreadyExists when it already holds the capsule in another state.
+	AdoptCapsule(context.Context, *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error)
+	// ReleaseCapsule forgets a hibernated capsule that another host now
+	// owns: its local state goes, its snapshot in the shared store stays.
+	// FailedPrecondition unless the capsule is hibernated.
+	ReleaseCapsule(context.Context, *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -953,6 +1009,18 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("ImportImage")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceAdoptCapsuleHandler := connect.NewUnaryHandler(
+		HostAgentServiceAdoptCapsuleProcedure,
+		svc.AdoptCapsule,
+		connect.WithSchema(hostAgentServiceMethods.ByName("AdoptCapsule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceReleaseCapsuleHandler := connect.NewUnaryHandler(
+		HostAgentServiceReleaseCapsuleProcedure,
+		svc.ReleaseCapsule,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ReleaseCapsule")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceGetHostInfoProcedure:
@@ -1023,6 +1091,10 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceDeleteTemplateHandler.ServeHTTP(w, r)
 		case HostAgentServiceImportImageProcedure:
 			hostAgentServiceImportImageHandler.ServeHTTP(w, r)
+		case HostAgentServiceAdoptCapsuleProcedure:
+			hostAgentServiceAdoptCapsuleHandler.ServeHTTP(w, r)
+		case HostAgentServiceReleaseCapsuleProcedure:
+			hostAgentServiceReleaseCapsuleHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1166,4 +1238,12 @@ func (UnimplementedHostAgentServiceHandler) DeleteTemplate(context.Context, *con
 
 func (UnimplementedHostAgentServiceHandler) ImportImage(context.Context, *connect.ClientStream[v1.ImportImageRequest]) (*connect.Response[v1.ImportImageResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ImportImage is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) AdoptCapsule(context.Context, *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.AdoptCapsule is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ReleaseCapsule(context.Context, *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ReleaseCapsule is not implemented"))
 }
