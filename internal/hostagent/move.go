@@ -104,6 +104,11 @@ func (a *Agent) adoptCapsule(ctx context.Context, export []byte, resume bool, ti
 	}
 	log := a.log.With("capsule_id", rec.ID, "snapshot", rec.Snapshot.ID)
 	t0 := time.Now()
+	// Created here now: the control plane's reconciler leaves a capsule
+	// it does not place on this host alone for a settle time from its
+	// created_at — the moment between this adopt and the store's
+	// re-homing must not look like an old orphan.
+	rec.CreatedAt = time.Now().UTC()
 	c := &capsule{rec: rec}
 	c.op.Lock()
 	a.mu.Lock()
