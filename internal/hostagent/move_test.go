@@ -24,11 +24,12 @@ import (
 
 // moveDirs is a host whose container driver keeps snapshots in the store
 // at shared (the same directory for every host: a store all hosts share),
-// on its own subnet (10.3/16 and 10.4/16 are the move tests').
+// on its own subnet: the upper halves of 10.3/16 and 10.4/16 (the move
+// tests' ranges; the fleet's move tests use the lower halves).
 func moveDirs(t *testing.T, shared string, net int) dirs {
 	t.Helper()
 	d := newDirs(t)
-	d.subnet = netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", net))
+	d.subnet = netip.MustParsePrefix(fmt.Sprintf("10.%d.128.0/17", net))
 	criu := os.Getenv("WRENN_TEST_CRIU")
 	tmp := filepath.Join(d.driverState, "shared-snapshot-tmp")
 	d.tweakDriver = func(dc *container.Config) {
