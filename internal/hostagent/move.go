@@ -123,7 +123,7 @@ func (a *Agent) adoptCapsule(ctx context.Context, export []byte, resume bool, ti
 			_, info, _ := old.snapshot()
 			return orec, info, nil
 		}
-		return a.resumeCapsule(ctx, rec.ID, timeoutSec)
+		return a.resumeCapsuleAs(ctx, rec.ID, timeoutSec, true)
 	}
 	a.caps[rec.ID] = c
 	a.mu.Unlock()
@@ -156,7 +156,34 @@ func (a *Agent) adoptCapsule(ctx context.Context, export []byte, resume bool, ti
 		r, i, _ := c.snapshot()
 		return r, i, nil
 	}
-	return a.resumeCapsule(ctx, rec.ID, timeoutSec)
+	return a.resumeCapsuleAs(ctx, rec.ID, timeoutSec, true)
+}
+
+// releaseLocal removes c from this host without deleting its snapshot
+// objects (a failed adopt-and-resume: the capsule's old host still owns
+// it), and forgets it.
+func (a *Agent) releaseLocal(c *capsule) {
+	a.stopSampler(c)
+	id := c.rec.ID
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if mv, ok := a.driver.(runtime.Mover); ok {
+		if err := mv.Release(ctx, id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
+			a.log.Error("release after a failed adopt", "capsule_id", id, "err", err)
+		}
+	}
+	a.forget(c)
+}
+
+// destroyUnadoptable removes a capsule found at start that the agent
+// cannot take back. A snapshotted one without agent state is an adopt cut
+// short (the driver recorded it, the agent had not yet): it is released,
+// never destroyed, since its snapshot belongs to the host it came from.
+func (a *Agent) destroyUnadoptable(ctx context.Context, rec *record, info runtime.Info) error {
+	if mv, ok := a.driver.(runtime.Mover); ok && rec == nil && info.State == runtime.StateSnapshotted {
+		return mv.Release(ctx, info.ID)
+	}
+	return a.driver.Destroy(ctx, info.ID)
 }
 
 // releaseCapsule forgets a hibernated capsule another host now owns,

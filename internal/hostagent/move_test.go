@@ -2,6 +2,7 @@ package hostagent_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -103,6 +104,37 @@ func TestMoveBetweenHosts(t *testing.T) {
 		t.Fatal("no snapshot in the shared store after a pause to disk")
 	}
 	a.stop() // host A goes away
+
+	// An adopt cut short on B (its driver recorded the capsule, its agent
+	// died before it did): B's restart releases the record and keeps the
+	// snapshot, which still belongs to A.
+	var ex struct {
+		Record struct {
+			Snapshot runtime.SnapshotInfo `json:"snapshot"`
+		} `json:"record"`
+	}
+	if err := json.Unmarshal(export, &ex); err != nil {
+		t.Fatal(err)
+	}
+	b.stop()
+	drv, err := container.New(ctx, driverConfig(dB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := drv.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := drv.Adopt(ctx, ex.Record.Snapshot); err != nil {
+		t.Fatalf("driver Adopt: %v", err)
+	}
+	_ = drv.Close()
+	b = startHost(t, dB, movable)
+	if _, err := b.client.GetCapsule(ctx, connect.NewRequest(&pb.GetCapsuleRequest{CapsuleId: id})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("B after a cut-short adopt: %v, want NotFound", err)
+	}
+	if n := count0(t, shared); n < before {
+		t.Fatalf("B's restart deleted the snapshot of a cut-short adopt: %d objects before, %d after", before, n)
+	}
 
 	t0 := time.Now()
 	ad, err := b.client.AdoptCapsule(ctx, connect.NewRequest(&pb.AdoptCapsuleRequest{Export: export, Resume: true}))

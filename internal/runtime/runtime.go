@@ -224,10 +224,10 @@ type Mover interface {
 	// snapshot, Recover finds it after a restart. ErrExists when the
 	// driver holds the capsule already.
 	Adopt(ctx context.Context, snap SnapshotInfo) (Info, error)
-	// Release forgets a snapshotted capsule that another host now owns,
-	// removing its local state only — its snapshot objects in the store
-	// are left alone (unlike Destroy, which deletes them).
-	// ErrInvalidState unless the capsule is snapshotted.
+	// Release removes a capsule that another host owns from this host
+	// (its processes and host resources, in any state) but leaves its
+	// snapshot objects in the store alone — unlike Destroy, which deletes
+	// them.
 	Release(ctx context.Context, id string) error
 }
 

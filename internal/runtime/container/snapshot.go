@@ -316,20 +316,20 @@ func (d *Driver) Adopt(ctx context.Context, snap runtime.SnapshotInfo) (runtime.
 	return d.info(&c.rec), nil
 }
 
-// Release implements runtime.Mover: a snapshotted capsule that another
-// host restored from the shared store (a move) is forgotten here — its
-// state directory goes, its snapshot objects stay (Destroy would delete
-// them, breaking the capsule's new home).
+// Release implements runtime.Mover: a capsule that another host owns (a
+// snapshotted one restored there from the shared store, or a copy whose
+// move failed) is removed from this host — processes, mounts, network,
+// state directory — while its snapshot objects stay (Destroy would delete
+// them, breaking the capsule's other home).
 func (d *Driver) Release(ctx context.Context, id string) error {
 	c, err := d.get(id)
 	if err != nil {
 		return err
 	}
 	defer c.mu.Unlock()
-	if c.rec.State != runtime.StateSnapshotted {
-		return fmt.Errorf("release capsule %s in state %s: %w", id, c.rec.State, runtime.ErrInvalidState)
-	}
 	d.destroyLocked(ctx, c)
+	d.stopLXCFSIfIdle()
+	d.releaseRunscRoot()
 	return nil
 }
 
@@ -398,7 +398,11 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 		return nil
 	}
 	c.rec = newRecord(spec, false)
-	c.rec.Parent = name
+	// The snapshot becomes the capsule's parent (which a destroy
+	// deletes) only once the restore has succeeded: a restore killed
+	// midway leaves a record whose cleanup must not delete a snapshot
+	// that is still the capsule's only copy — or, after a move, still
+	// another host's.
 	s := d.createSteps(OpRestore, &c.rec, tmpl, materialise)
 	s.Append(
 		runtime.Step{
@@ -431,6 +435,7 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 			Undo: func(ctx context.Context) error { return d.removeContainer(ctx, &c.rec) },
 		},
 		runtime.Step{Name: "save", Do: func(context.Context) error {
+			c.rec.Parent = name
 			if err := d.save(&c.rec); err != nil {
 				d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
 			}
