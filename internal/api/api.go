@@ -321,6 +321,8 @@ func (a *API) routes() chi.Router {
 				r.Get("/hosts", a.listHosts)
 				r.Get("/hosts/{hostID}", a.getHost)
 				r.Delete("/hosts/{hostID}", a.deleteHost)
+				r.Post("/hosts/{hostID}/drain", a.drainHost)
+				r.Post("/hosts/{hostID}/undrain", a.undrainHost)
 				a.mountAdmin(r)
 			})
 		})

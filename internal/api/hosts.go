@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn-dev/wrenn/internal/auth"
+	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/controlplane/hostlink"
 	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
@@ -63,8 +64,49 @@ func toHostJSON(h store.Host) wrennapi.Host {
 	return wrennapi.Host{
 		ID: h.ID, TeamID: h.TeamID, Address: h.Address, Status: wrennapi.HostStatus(h.Status), VCPUs: h.VCPUs, MemoryMB: h.MemoryMB,
 		DiskMB: h.DiskMB, UsedVCPUs: h.UsedVCPUs, UsedMemoryMB: h.UsedMemoryMB, UsedDiskMB: h.UsedDiskMB, LastHeartbeatAt: h.LastHeartbeatAt,
-		Capabilities: caps,
+		Capabilities: caps, Drain: toHostDrainJSON(h),
 	}
+}
+
+// toHostDrainJSON is a host's drain (nil when it is not draining).
+func toHostDrainJSON(h store.Host) *wrennapi.HostDrain {
+	if h.Drain == store.HostDrainNone {
+		return nil
+	}
+	rep := capsules.ParseDrainReport(h)
+	out := &wrennapi.HostDrain{State: wrennapi.HostDrainState(h.Drain), Moved: rep.Moved, Left: []wrennapi.HostDrainCapsule{}}
+	if !rep.UpdatedAt.IsZero() {
+		t := rep.UpdatedAt.UTC()
+		out.UpdatedAt = &t
+	}
+	for _, l := range rep.Left {
+		out.Left = append(out.Left, wrennapi.HostDrainCapsule{CapsuleID: l.ID, Status: l.Status, Reason: l.Reason, Permanent: l.Permanent})
+	}
+	return out
+}
+
+// drainHost answers POST /v1/admin/hosts/{hostID}/drain.
+func (a *API) drainHost(w http.ResponseWriter, r *http.Request) {
+	a.setDrain(w, r, a.capsules.Drain)
+}
+
+// undrainHost answers POST /v1/admin/hosts/{hostID}/undrain.
+func (a *API) undrainHost(w http.ResponseWriter, r *http.Request) {
+	a.setDrain(w, r, a.capsules.Undrain)
+}
+
+func (a *API) setDrain(w http.ResponseWriter, r *http.Request, do func(context.Context, capsules.Scope, string) (store.Host, error)) {
+	id := chi.URLParam(r, "hostID")
+	if err := validID(store.PrefixHost, id); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	h, err := do(r.Context(), adminScope(r), id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toHostJSON(h))
 }
 
 func (a *API) createHostToken(w http.ResponseWriter, r *http.Request, teamID string, admin bool) {

@@ -208,6 +208,9 @@ func (s *Service) Pause(ctx context.Context, sc Scope, id string, toDisk bool) (
 	if resp.Msg.GetCapsule().GetState() == pb.CapsuleState_CAPSULE_STATE_HIBERNATED || toDisk {
 		to, kept = store.CapsuleHibernated, resp.Msg.GetMemoryKept()
 	}
+	if to == store.CapsuleHibernated {
+		s.recordExport(ctx, c, resp.Msg) // move.go
+	}
 	c, err = s.settle(ctx, c, to)
 	if err == nil {
 		c.PauseReason = store.PauseReasonUser
@@ -234,6 +237,23 @@ func (s *Service) Resume(ctx context.Context, sc Scope, id string, timeoutSec *i
 	if !c.Status.IsPaused() {
 		return Result{}, errorf(KindConflict, "capsule %s is %s, not paused", c.ID, c.Status)
 	}
+	// Paused to disk on a host that is away or draining: it resumes on
+	// another host (move.go).
+	if c.Status == store.CapsuleHibernated {
+		away, err := s.hostAway(ctx, c)
+		if err != nil {
+			return Result{}, err
+		}
+		if away {
+			mr, err := s.move(ctx, sc, c, true, timeout)
+			return Result{Capsule: mr.Capsule, MemoryKept: mr.MemoryKept}, err
+		}
+	}
+	return s.resumeHere(ctx, sc, c, timeout)
+}
+
+// resumeHere resumes paused capsule c on its own host.
+func (s *Service) resumeHere(ctx context.Context, sc Scope, c store.Capsule, timeout int64) (Result, error) {
 	cl, _, err := s.agentFor(ctx, c)
 	if err != nil {
 		return Result{}, err

@@ -169,6 +169,7 @@ func (s *Service) pauseOnTimeout(ctx context.Context, c store.Capsule) error {
 		s.markGoneIfMissing(ctx, cl, c, "the capsule vanished from its host during its timeout pause")
 		return AgentError(err)
 	}
+	s.recordExport(ctx, c, resp.Msg) // move.go
 	if _, err := s.settle(ctx, c, store.CapsuleHibernated); err != nil {
 		return err
 	}

@@ -271,11 +271,15 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		Secret:             secret,
 		WarmPools:          f.warmPools.pools(),
 		SnapshotGCInterval: f.snapshotGC,
-		Version:            buildinfo.Version,
-		CPUOvercommit:      f.overcommit.o.CPU,
-		MemoryOvercommit:   f.overcommit.o.Memory,
-		DiskOvercommit:     f.overcommit.o.Disk,
-		Logger:             log,
+		// An explicit --snapshot-store is one every host shares (an S3
+		// bucket, or a directory they all mount): container capsules
+		// paused to disk can then move to another host.
+		SharedSnapshotIsolations: sharedSnapshotIsolations(snaps != nil),
+		Version:                  buildinfo.Version,
+		CPUOvercommit:            f.overcommit.o.CPU,
+		MemoryOvercommit:         f.overcommit.o.Memory,
+		DiskOvercommit:           f.overcommit.o.Disk,
+		Logger:                   log,
 	})
 	if err != nil {
 		return err
@@ -321,4 +325,14 @@ func newVMDriver(ctx context.Context, f agentFlags, templates *template.Store, s
 	}
 	log.Info("microVM backend", "microvm_backend", d.Backend())
 	return d, nil
+}
+
+// sharedSnapshotIsolations lists the isolations whose capsules can move
+// (hostagent.Config.SharedSnapshotIsolations): container capsules when the
+// container driver's snapshot store is shared.
+func sharedSnapshotIsolations(shared bool) []string {
+	if !shared {
+		return nil
+	}
+	return []string{runtime.IsolationContainer}
 }

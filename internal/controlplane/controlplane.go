@@ -455,6 +455,7 @@ func (s *Server) Serve(ctx context.Context, ln, proxyLn net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.leases.Loop(bg, leaseReconcile, s.cfg.ReconcileInterval, s.ReconcileOnce) })
 	wg.Go(func() { s.leases.Loop(bg, leaseLifecycle, s.cfg.LifecycleInterval, s.capsules.Sweep) })
+	wg.Go(func() { s.leases.Loop(bg, leaseDrain, s.cfg.ReconcileInterval, s.capsules.DrainPass) })
 	wg.Go(func() { s.usage.Run(bg, s.cfg.UsageRollupInterval); s.leases.Release(leaseUsage) })
 	if !s.cfg.DisableMetricsFlush {
 		flusher := &metricsflush.Flusher{
@@ -518,6 +519,7 @@ const (
 	leaseLifecycle    = "lifecycle"
 	leaseUsage        = "usage-rollup"
 	leaseMetricsFlush = "metrics-flush"
+	leaseDrain        = "host-drain"
 )
 
 // Close releases the server's resources (and the store when it opened it).

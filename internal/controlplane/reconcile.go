@@ -215,6 +215,16 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 			continue
 		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
+		} else if err == nil && ac.GetState() == pb.CapsuleState_CAPSULE_STATE_HIBERNATED {
+			// Moved to another host while this one was away (or before
+			// it could be told): forget the copy, keep the snapshot the
+			// new host restores from.
+			if err := s.capsules.ReleaseMoved(ctx, h, id); err != nil {
+				s.log.Warn("reconcile: release moved capsule", "capsule_id", id, "host_id", h.ID, "now_on", c.HostID, "err", err)
+				continue
+			}
+			s.log.Info("released a capsule that moved to another host", "capsule_id", id, "host_id", h.ID, "now_on", c.HostID)
+			continue
 		}
 		if err := s.capsules.DestroyOrphan(ctx, h, id); err != nil {
 			s.log.Warn("reconcile: destroy orphan capsule", "capsule_id", id, "host_id", h.ID, "err", err)

@@ -32,18 +32,25 @@ import (
 
 // Event types.
 const (
-	CapsuleCreated         = "capsule.created"
-	CapsuleRunning         = "capsule.running"
-	CapsulePaused          = "capsule.paused"
-	CapsuleResumed         = "capsule.resumed"
-	CapsuleForked          = "capsule.forked"
-	CapsuleTimedOut        = "capsule.timed_out"
-	CapsuleDestroyed       = "capsule.destroyed"
-	CapsuleError           = "capsule.error"
+	CapsuleCreated   = "capsule.created"
+	CapsuleRunning   = "capsule.running"
+	CapsulePaused    = "capsule.paused"
+	CapsuleResumed   = "capsule.resumed"
+	CapsuleForked    = "capsule.forked"
+	CapsuleTimedOut  = "capsule.timed_out"
+	CapsuleDestroyed = "capsule.destroyed"
+	CapsuleError     = "capsule.error"
+	// CapsuleMoved: the capsule now lives on another host (a move or a
+	// drain; docs/FLEET.md).
+	CapsuleMoved           = "capsule.moved"
 	TemplateBuildSucceeded = "template.build.succeeded"
 	TemplateBuildFailed    = "template.build.failed"
 	HostUp                 = "host.up"
 	HostDown               = "host.down"
+	// HostDraining / HostDrained: an admin started a drain; the drain
+	// moved every capsule off the host.
+	HostDraining = "host.draining"
+	HostDrained  = "host.drained"
 	// WebhookTest is sent only by POST /v1/webhooks/{id}/test; it is not
 	// in the log.
 	WebhookTest = "webhook.test"
@@ -53,6 +60,7 @@ const (
 var Types = []string{
 	CapsuleCreated, CapsuleRunning, CapsulePaused, CapsuleResumed, CapsuleForked, CapsuleTimedOut,
 	CapsuleDestroyed, CapsuleError, TemplateBuildSucceeded, TemplateBuildFailed, HostUp, HostDown,
+	CapsuleMoved, HostDraining, HostDrained,
 }
 
 // ValidType reports whether t is a type of the log.

@@ -53,6 +53,10 @@ type Options struct {
 	// Net is the second octet of the link addresses (10.Net.i.0/30);
 	// capsule subnets use 10.Net+1 … 10.Net+Agents.
 	Net int
+	// CapsuleNet, when set, puts the agents' capsule subnets in
+	// 10.CapsuleNet.0.0/16 instead, a /18 each (at most 4 agents), so a
+	// fleet uses two second octets whatever its size.
+	CapsuleNet int
 	// Wrenn and Envd are the binaries to run.
 	Wrenn, Envd string
 	// PostgresDSN may CREATE DATABASE; the fleet makes its own database
@@ -164,6 +168,9 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 			Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(o.Net + 1 + i), 0, 0}), 16),
 			Home:     filepath.Join(o.Dir, fmt.Sprintf("agent%d", i)),
 		}
+		if o.CapsuleNet != 0 {
+			a.Subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(o.CapsuleNet), byte(64 * i), 0}), 18)
+		}
 		if err := f.certs.server(a.Instance, a.IP); err != nil {
 			return f, err
 		}
@@ -261,6 +268,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("fleet: %d agents and %d replicas: want 1–50 and 1–10", o.Agents, o.Replicas)
 	case o.Net < 1 || o.Net+o.Agents > 254:
 		return fmt.Errorf("fleet: Net %d does not leave room for %d capsule subnets", o.Net, o.Agents)
+	case o.CapsuleNet != 0 && (o.CapsuleNet < 1 || o.CapsuleNet > 254 || o.Agents > 4):
+		return fmt.Errorf("fleet: CapsuleNet %d holds capsule subnets for at most 4 agents (%d asked)", o.CapsuleNet, o.Agents)
 	case o.Wrenn == "" || o.Envd == "":
 		return errors.New("fleet: Wrenn and Envd binaries are required")
 	case o.PostgresDSN == "":

@@ -94,6 +94,10 @@ type Config struct {
 	// its header, and a pause diffing against a parent reads that parent
 	// for as long as the pause takes. Default 1 hour.
 	SnapshotGCMinAge time.Duration
+	// SharedSnapshotIsolations lists the isolations whose snapshots are in
+	// a store every host shares (--snapshot-store s3://…): their capsules,
+	// paused to disk, can move to another host (move.go).
+	SharedSnapshotIsolations []string
 	// WarmPools asks a driver that implements runtime.WarmPooler to keep
 	// this many started-and-frozen capsules per template.
 	WarmPools map[string]int
@@ -814,6 +818,12 @@ func (a *Agent) unquiesce(c *capsule) {
 // resumeCapsule thaws or restores a paused capsule and re-inits envd. A failed
 // resume destroys the capsule. timeoutSec > 0 replaces the capsule's TTL.
 func (a *Agent) resumeCapsule(ctx context.Context, id string, timeoutSec int) (record, runtime.Info, error) {
+	return a.resumeCapsuleAs(ctx, id, timeoutSec, false)
+}
+
+// resumeCapsuleAs is resumeCapsule; adopting (a move's adopt-and-resume)
+// releases instead of destroying a capsule whose resume fails (move.go).
+func (a *Agent) resumeCapsuleAs(ctx context.Context, id string, timeoutSec int, adopting bool) (record, runtime.Info, error) {
 	c, err := a.lookup(id)
 	if err != nil {
 		return record{}, runtime.Info{}, err
@@ -832,6 +842,12 @@ func (a *Agent) resumeCapsule(ctx context.Context, id string, timeoutSec int) (r
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ResumeTimeout)
 	defer cancel()
 	if err := a.resume(rctx, c, rec); err != nil {
+		if adopting {
+			// Another host still owns the capsule and its snapshot.
+			a.log.Error("resume of an adopted capsule failed; releasing it", "capsule_id", id, "err", err)
+			a.releaseLocal(c)
+			return record{}, runtime.Info{}, fmt.Errorf("resume capsule %s failed; it stays where it was: %w", id, err)
+		}
 		a.log.Error("resume failed; destroying the capsule", "capsule_id", id, "err", err)
 		a.discard(c, true)
 		return record{}, runtime.Info{}, fmt.Errorf("resume capsule %s failed and it was destroyed: %w", id, err)
@@ -980,7 +996,7 @@ func (a *Agent) recover(ctx context.Context) error {
 		rec := recs[info.ID]
 		if reason := adoptable(rec, info); reason != "" {
 			a.log.Warn("destroying capsule that cannot be re-adopted", "capsule_id", info.ID, "reason", reason)
-			if err := a.driver.Destroy(ctx, info.ID); err != nil && !errors.Is(err, runtime.ErrNotFound) {
+			if err := a.destroyUnadoptable(ctx, rec, info); err != nil && !errors.Is(err, runtime.ErrNotFound) {
 				a.log.Error("destroy unadoptable capsule", "capsule_id", info.ID, "err", err)
 			}
 			_ = a.state.remove(info.ID)

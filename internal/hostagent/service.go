@@ -351,9 +351,13 @@ func (s service) PauseCapsule(ctx context.Context, req *connect.Request[pb.Pause
 		return nil, toConnect(err)
 	}
 	_, info, _ := s.capsuleState(req.Msg.GetCapsuleId())
-	return connect.NewResponse(&pb.PauseCapsuleResponse{
+	out := &pb.PauseCapsuleResponse{
 		Capsule: capsuleProto(res.Record, info), SnapshotId: res.SnapshotID, MemoryKept: res.MemoryKept,
-	}), nil
+	}
+	if req.Msg.GetToDisk() {
+		out.Export, out.ExportUnavailable = s.a.export(res.Record) // move.go
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (s service) capsuleState(id string) (record, runtime.Info, error) {

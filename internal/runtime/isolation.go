@@ -433,6 +433,47 @@ func (m *Isolations) Snapshot(ctx context.Context, id string) (SnapshotInfo, err
 	return snap, err
 }
 
+// Adopt implements Mover: the driver of snap.Spec.Isolation adopts it.
+func (m *Isolations) Adopt(ctx context.Context, snap SnapshotInfo) (Info, error) {
+	iso, d, err := m.forSpec(snap.Spec.Isolation)
+	if err != nil {
+		return Info{}, err
+	}
+	mv, ok := d.(Mover)
+	if !ok {
+		return Info{}, notSupported(d, "adopt a capsule from another host")
+	}
+	if err := m.claim(snap.CapsuleID, iso); err != nil {
+		return Info{}, err
+	}
+	info, err := mv.Adopt(ctx, snap)
+	if err != nil {
+		if !errors.Is(err, ErrExists) {
+			m.release(snap.CapsuleID, iso)
+		}
+		return Info{}, err
+	}
+	return m.tag(info, nil, snap.CapsuleID)
+}
+
+// Release implements Mover: the capsule's driver forgets it.
+func (m *Isolations) Release(ctx context.Context, id string) error {
+	iso := m.Isolation(id)
+	d, err := m.byID(id)
+	if err != nil {
+		return err
+	}
+	mv, ok := d.(Mover)
+	if !ok {
+		return notSupported(d, "release a capsule")
+	}
+	err = mv.Release(ctx, id)
+	if err == nil || errors.Is(err, ErrNotFound) {
+		m.release(id, iso)
+	}
+	return err
+}
+
 // Restore implements Snapshotter: the driver of snap.Spec.Isolation ("" =
 // the default) restores it.
 func (m *Isolations) Restore(ctx context.Context, snap SnapshotInfo) (Info, error) {

@@ -243,6 +243,23 @@ type Snapshotter interface {
 	MemorySnapshots() bool
 }
 
+// Mover is implemented by drivers whose snapshots another host can
+// restore (a snapshot store every host shares): a capsule snapshotted on
+// one host moves to another (docs/FLEET.md, "Moving capsules").
+type Mover interface {
+	// Adopt records here a capsule another host snapshotted, in
+	// StateSnapshotted, from its SnapshotInfo (the snapshot must be in
+	// the store): Restore brings it back, Destroy deletes it and its
+	// snapshot, Recover finds it after a restart. ErrExists when the
+	// driver holds the capsule already.
+	Adopt(ctx context.Context, snap SnapshotInfo) (Info, error)
+	// Release removes a capsule that another host owns from this host
+	// (its processes and host resources, in any state) but leaves its
+	// snapshot objects in the store alone — unlike Destroy, which deletes
+	// them.
+	Release(ctx context.Context, id string) error
+}
+
 // WarmPooler is implemented by drivers that keep started-and-frozen capsules
 // per template to cut create latency.
 type WarmPooler interface {

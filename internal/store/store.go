@@ -93,6 +93,13 @@ const (
 	HostDraining    HostStatus = "draining"
 )
 
+// Host drain states (Host.Drain).
+const (
+	HostDrainNone     = ""
+	HostDrainDraining = "draining"
+	HostDrainDrained  = "drained"
+)
+
 // CapsuleStatus is a capsule's lifecycle state.
 type CapsuleStatus string
 
@@ -302,6 +309,12 @@ type Host struct {
 	LastHeartbeatAt *time.Time
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
+	// Drain is HostDrainNone (schedulable), HostDraining (no new
+	// placements; its capsules are being moved off) or HostDrained.
+	Drain string
+	// DrainReport is the drain's progress as JSON (internal/capsules
+	// DrainReport), "" before the first pass.
+	DrainReport string
 	// Placed lists the capsules placed on the host after its last
 	// heartbeat, by any control-plane replica (so not yet in its Used
 	// figures). Only ListSchedulableHosts fills it.
@@ -445,6 +458,10 @@ type Capsule struct {
 	// PauseReason says why a paused capsule is paused (PauseReason*); ""
 	// when it is not paused or was paused before it was recorded.
 	PauseReason string
+	// MoveRecord is the export record its host returned at its last pause
+	// to disk (opaque): another host adopts the capsule from it. "" when
+	// the capsule cannot move.
+	MoveRecord string
 }
 
 // DefaultIsolation is the isolation of a capsule row that names none
@@ -665,6 +682,8 @@ type Store interface {
 	// (GetHostInfo); it does not count as a heartbeat.
 	SetHostCapabilities(ctx context.Context, id string, u HostUsage) error
 	SetHostStatus(ctx context.Context, id string, s HostStatus) error
+	// SetHostDrain records a host's drain state and progress report.
+	SetHostDrain(ctx context.Context, id, drain, report string) error
 	DeleteHost(ctx context.Context, id string) error
 
 	// Templates. Get/List see the team's own and public templates; Update
@@ -730,6 +749,12 @@ type Store interface {
 	// clears the reason).
 	FailCapsule(ctx context.Context, teamID, id string, from CapsuleStatus, reason string) (bool, error)
 	SetCapsuleHost(ctx context.Context, teamID, id, hostID string) error
+	// SetCapsuleMoveRecord records the export record of a capsule's last
+	// pause to disk ("" clears it).
+	SetCapsuleMoveRecord(ctx context.Context, teamID, id, record string) error
+	// MoveCapsuleHost re-homes a capsule from fromHost to toHost if it is
+	// still on fromHost in status, and reports whether it applied.
+	MoveCapsuleHost(ctx context.Context, teamID, id, fromHost, toHost string, status CapsuleStatus) (bool, error)
 	// SetCapsuleTimeout sets the TTL and the expiry (nil: never expires).
 	SetCapsuleTimeout(ctx context.Context, teamID, id string, timeoutSec int64, expiresAt *time.Time) error
 	SetCapsulePublic(ctx context.Context, teamID, id string, public bool) error

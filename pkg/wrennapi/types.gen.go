@@ -289,11 +289,14 @@ const (
 	EventTypeCapsuleDestroyed       EventType = "capsule.destroyed"
 	EventTypeCapsuleError           EventType = "capsule.error"
 	EventTypeCapsuleForked          EventType = "capsule.forked"
+	EventTypeCapsuleMoved           EventType = "capsule.moved"
 	EventTypeCapsulePaused          EventType = "capsule.paused"
 	EventTypeCapsuleResumed         EventType = "capsule.resumed"
 	EventTypeCapsuleRunning         EventType = "capsule.running"
 	EventTypeCapsuleTimedOut        EventType = "capsule.timed_out"
 	EventTypeHostDown               EventType = "host.down"
+	EventTypeHostDrained            EventType = "host.drained"
+	EventTypeHostDraining           EventType = "host.draining"
 	EventTypeHostUp                 EventType = "host.up"
 	EventTypeTemplateBuildFailed    EventType = "template.build.failed"
 	EventTypeTemplateBuildSucceeded EventType = "template.build.succeeded"
@@ -311,6 +314,8 @@ func (e EventType) Valid() bool {
 		return true
 	case EventTypeCapsuleForked:
 		return true
+	case EventTypeCapsuleMoved:
+		return true
 	case EventTypeCapsulePaused:
 		return true
 	case EventTypeCapsuleResumed:
@@ -320,6 +325,10 @@ func (e EventType) Valid() bool {
 	case EventTypeCapsuleTimedOut:
 		return true
 	case EventTypeHostDown:
+		return true
+	case EventTypeHostDrained:
+		return true
+	case EventTypeHostDraining:
 		return true
 	case EventTypeHostUp:
 		return true
@@ -415,6 +424,24 @@ func (e HostStatus) Valid() bool {
 	case HostStatusOnline:
 		return true
 	case HostStatusUnavailable:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HostDrainState.
+const (
+	HostDrainStateDrained  HostDrainState = "drained"
+	HostDrainStateDraining HostDrainState = "draining"
+)
+
+// Valid indicates whether the value is a known member of the HostDrainState enum.
+func (e HostDrainState) Valid() bool {
+	switch e {
+	case HostDrainStateDrained:
+		return true
+	case HostDrainStateDraining:
 		return true
 	default:
 		return false
@@ -1363,12 +1390,15 @@ type Host struct {
 	Address string `json:"address"`
 
 	// Capabilities What the host can run, the overcommit ratios the scheduler applies to it, and what may still be placed on it (docs/OPERATIONS.md).
-	Capabilities    HostCapabilities `json:"capabilities"`
-	DiskMB          int64            `json:"disk_mb"`
-	ID              string           `json:"id"`
-	LastHeartbeatAt *time.Time       `json:"last_heartbeat_at"`
-	MemoryMB        int64            `json:"memory_mb"`
-	Status          HostStatus       `json:"status"`
+	Capabilities HostCapabilities `json:"capabilities"`
+	DiskMB       int64            `json:"disk_mb"`
+
+	// Drain A host's drain, present while it is draining or drained (POST /v1/admin/hosts/{id}/drain).
+	Drain           *HostDrain `json:"drain,omitempty"`
+	ID              string     `json:"id"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
+	MemoryMB        int64      `json:"memory_mb"`
+	Status          HostStatus `json:"status"`
 
 	// TeamID Set for a team's own (BYOC) host.
 	TeamID       string `json:"team_id,omitempty"`
@@ -1418,6 +1448,34 @@ type HostCapabilitiesReport struct {
 
 	// WarmPools The agent's warm pools (docs/PERFORMANCE.md).
 	WarmPools []WarmPool `json:"warm_pools,omitempty"`
+}
+
+// HostDrain A host's drain, present while it is draining or drained (POST /v1/admin/hosts/{id}/drain).
+type HostDrain struct {
+	// Left Capsules still on the host that are to move.
+	Left []HostDrainCapsule `json:"left"`
+
+	// Moved Capsules this drain moved to other hosts so far.
+	Moved int            `json:"moved"`
+	State HostDrainState `json:"state"`
+
+	// UpdatedAt End of the drain's last pass.
+	UpdatedAt *time.Time `json:"updated_at,omitempty"`
+}
+
+// HostDrainState defines model for HostDrain.State.
+type HostDrainState string
+
+// HostDrainCapsule defines model for HostDrainCapsule.
+type HostDrainCapsule struct {
+	CapsuleID string `json:"capsule_id"`
+
+	// Permanent It cannot move at all; the drain leaves it (delete it, or undrain).
+	Permanent bool `json:"permanent,omitempty"`
+
+	// Reason Why it is still there (e.g. no other host has capacity; cannot move: its host's snapshot store is local to it); empty while it waits its turn.
+	Reason string `json:"reason,omitempty"`
+	Status string `json:"status"`
 }
 
 // HostFree defines model for HostFree.

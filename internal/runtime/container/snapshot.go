@@ -281,6 +281,58 @@ func (d *Driver) dropSnapshot(ctx context.Context, name string) {
 	}
 }
 
+// Adopt implements runtime.Mover: a capsule another host snapshotted to
+// the shared store becomes a snapshotted capsule here (state.json only;
+// Restore materialises it). The snapshot's header must be readable.
+func (d *Driver) Adopt(ctx context.Context, snap runtime.SnapshotInfo) (runtime.Info, error) {
+	if len(snap.Keys) == 0 || snap.CapsuleID == "" || snap.ID == "" {
+		return runtime.Info{}, fmt.Errorf("%w: empty snapshot", runtime.ErrInvalidSpec)
+	}
+	r, err := d.snaps.Open(ctx, snap.Keys[0])
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("adopt capsule %s: open snapshot %s: %w", snap.CapsuleID, snap.Keys[0], err)
+	}
+	_ = r.Close()
+	spec := snap.Spec
+	spec.ID = snap.CapsuleID
+	c := &capsule{}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := d.reserve(spec.ID, c); err != nil {
+		return runtime.Info{}, err
+	}
+	c.rec = newRecord(spec, false)
+	c.rec.State = runtime.StateSnapshotted
+	c.rec.Snapshot = &snap
+	if err := os.MkdirAll(filepath.Join(d.capsDir, c.rec.Key), 0o700); err != nil {
+		d.unreserve(spec.ID, c)
+		return runtime.Info{}, fmt.Errorf("container: %w", err)
+	}
+	if err := d.save(&c.rec); err != nil {
+		_ = os.RemoveAll(filepath.Join(d.capsDir, c.rec.Key))
+		d.unreserve(spec.ID, c)
+		return runtime.Info{}, err
+	}
+	return d.info(&c.rec), nil
+}
+
+// Release implements runtime.Mover: a capsule that another host owns (a
+// snapshotted one restored there from the shared store, or a copy whose
+// move failed) is removed from this host — processes, mounts, network,
+// state directory — while its snapshot objects stay (Destroy would delete
+// them, breaking the capsule's other home).
+func (d *Driver) Release(ctx context.Context, id string) error {
+	c, err := d.get(id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	d.destroyLocked(ctx, c)
+	d.stopLXCFSIfIdle()
+	d.releaseRunscRoot()
+	return nil
+}
+
 // Restore implements runtime.Snapshotter: it materialises the snapshot's
 // disk image as a sparse file (zero blocks stay holes), attaches and mounts
 // it, rebuilds the overlay and the network, and then, when the snapshot has
@@ -346,7 +398,11 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 		return nil
 	}
 	c.rec = newRecord(spec, false)
-	c.rec.Parent = name
+	// The snapshot becomes the capsule's parent (which a destroy
+	// deletes) only once the restore has succeeded: a restore killed
+	// midway leaves a record whose cleanup must not delete a snapshot
+	// that is still the capsule's only copy — or, after a move, still
+	// another host's.
 	s := d.createSteps(OpRestore, &c.rec, tmpl, materialise)
 	s.Append(
 		runtime.Step{
@@ -379,6 +435,7 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 			Undo: func(ctx context.Context) error { return d.removeContainer(ctx, &c.rec) },
 		},
 		runtime.Step{Name: "save", Do: func(context.Context) error {
+			c.rec.Parent = name
 			if err := d.save(&c.rec); err != nil {
 				d.log.Warn("save restored capsule", "id", spec.ID, "err", err)
 			}

@@ -666,7 +666,7 @@ func toHost(h db.Host) store.Host {
 		CredentialHash: h.CredentialHash, VCPUs: h.Vcpus, MemoryMB: h.MemoryMb, DiskMB: h.DiskMb,
 		UsedVCPUs: h.UsedVcpus, UsedMemoryMB: h.UsedMemoryMb, UsedDiskMB: h.UsedDiskMb,
 		CPUOvercommit: h.CpuOvercommit, MemoryOvercommit: h.MemoryOvercommit, DiskOvercommit: h.DiskOvercommit,
-		Capabilities:    h.Capabilities,
+		Capabilities: h.Capabilities, Drain: h.Drain, DrainReport: h.DrainReport,
 		LastHeartbeatAt: tmp(h.LastHeartbeatAt), CreatedAt: tm(h.CreatedAt), UpdatedAt: tm(h.UpdatedAt),
 	}
 }
@@ -815,6 +815,12 @@ func (s *Store) SetHostCapabilities(ctx context.Context, id string, u store.Host
 func (s *Store) SetHostStatus(ctx context.Context, id string, st store.HostStatus) error {
 	n, err := s.qw.SetHostStatus(ctx, db.SetHostStatusParams{ID: id, Status: string(st), Now: ts(store.Now())})
 	return one(n, err, "set host status")
+}
+
+// SetHostDrain implements store.Store.
+func (s *Store) SetHostDrain(ctx context.Context, id, drain, report string) error {
+	n, err := s.qw.SetHostDrain(ctx, db.SetHostDrainParams{ID: id, Drain: drain, DrainReport: report, Now: ts(store.Now())})
+	return one(n, err, "set host drain")
 }
 
 // DeleteHost implements store.Store.
@@ -1088,6 +1094,7 @@ func toCapsule(c db.Capsule) (store.Capsule, error) {
 		CreatedAt: tm(c.CreatedAt), UpdatedAt: tm(c.UpdatedAt), PausedAt: tmp(c.PausedAt),
 		AllowInternet: c.AllowInternet, ErrorReason: c.ErrorReason, Isolation: c.Isolation,
 		OnTimeout: c.OnTimeout, AutoResume: c.AutoResume, PauseReason: c.PauseReason,
+		MoveRecord: c.MoveRecord,
 	}, nil
 }
 
@@ -1281,6 +1288,23 @@ func (s *Store) updateCapsuleStatus(ctx context.Context, teamID, id string, from
 func (s *Store) SetCapsuleHost(ctx context.Context, teamID, id, hostID string) error {
 	n, err := s.qw.SetCapsuleHost(ctx, db.SetCapsuleHostParams{TeamID: teamID, ID: id, HostID: strp(hostID), Now: ts(store.Now())})
 	return one(n, err, "set capsule host")
+}
+
+// SetCapsuleMoveRecord implements store.Store.
+func (s *Store) SetCapsuleMoveRecord(ctx context.Context, teamID, id, record string) error {
+	n, err := s.qw.SetCapsuleMoveRecord(ctx, db.SetCapsuleMoveRecordParams{TeamID: teamID, ID: id, MoveRecord: record})
+	return one(n, err, "set capsule move record")
+}
+
+// MoveCapsuleHost implements store.Store.
+func (s *Store) MoveCapsuleHost(ctx context.Context, teamID, id, fromHost, toHost string, status store.CapsuleStatus) (bool, error) {
+	n, err := s.qw.MoveCapsuleHost(ctx, db.MoveCapsuleHostParams{
+		TeamID: teamID, ID: id, FromHost: strp(fromHost), ToHost: strp(toHost), Status: string(status), Now: ts(store.Now()),
+	})
+	if err != nil {
+		return false, mapErr(err, "move capsule host")
+	}
+	return n == 1, nil
 }
 
 // SetCapsuleTimeout implements store.Store.

@@ -639,6 +639,23 @@ func testHosts(t *testing.T, s store.Store) {
 	eq(t, "status", must(s.HostHeartbeat(ctx, h1.ID, store.HostUsage{Address: "a", VCPUs: 8, MemoryMB: 1, DiskMB: 1}))(t).Status, store.HostOnline)
 	eq(t, "fresh host not stale", len(must(s.MarkStaleHostsUnavailable(ctx, time.Now().Add(-time.Minute)))(t)), 0)
 
+	// A draining (or drained) host takes no new placements, whatever its
+	// heartbeats say; undrained, it is schedulable again.
+	schedulable := func() bool {
+		return slices.ContainsFunc(must(s.ListSchedulableHosts(ctx, "any", false))(t), func(h store.Host) bool { return h.ID == h1.ID })
+	}
+	eq(t, "schedulable before a drain", schedulable(), true)
+	noErr(t, s.SetHostDrain(ctx, h1.ID, store.HostDrainDraining, `{"left":1}`))
+	must(s.HostHeartbeat(ctx, h1.ID, store.HostUsage{Address: "a", VCPUs: 8, MemoryMB: 1, DiskMB: 1}))(t)
+	dh := must(s.GetHost(ctx, h1.ID))(t)
+	if dh.Drain != store.HostDrainDraining || dh.DrainReport != `{"left":1}` || dh.Status != store.HostOnline {
+		t.Fatalf("draining host: drain %q report %q status %q", dh.Drain, dh.DrainReport, dh.Status)
+	}
+	eq(t, "schedulable while draining", schedulable(), false)
+	noErr(t, s.SetHostDrain(ctx, h1.ID, store.HostDrainNone, ""))
+	eq(t, "schedulable after undrain", schedulable(), true)
+	wantErr(t, s.SetHostDrain(ctx, "host-missing", store.HostDrainDraining, ""), store.ErrNotFound)
+
 	noErr(t, s.SetHostStatus(ctx, h1.ID, store.HostDraining))
 	eq(t, "draining", must(s.GetHost(ctx, h1.ID))(t).Status, store.HostDraining)
 	wantErr(t, s.SetHostStatus(ctx, h1.ID, "bogus"), store.ErrInvalid)
@@ -647,6 +664,16 @@ func testHosts(t *testing.T, s store.Store) {
 	c := newCapsule(t, s, byoc.ID, time.Time{})
 	noErr(t, s.SetCapsuleHost(ctx, byoc.ID, c.ID, h2.ID))
 	eq(t, "capsules on host", len(must(s.ListCapsulesByHost(ctx, h2.ID))(t)), 1)
+	// A move re-homes a capsule only from the host and status it was read
+	// in (two racing moves: one wins).
+	noErr(t, s.SetCapsuleMoveRecord(ctx, byoc.ID, c.ID, `{"version":1}`))
+	eq(t, "move record", must(s.GetCapsule(ctx, byoc.ID, c.ID))(t).MoveRecord, `{"version":1}`)
+	eq(t, "move from another status", must(s.MoveCapsuleHost(ctx, byoc.ID, c.ID, h2.ID, h1.ID, store.CapsuleError))(t), false)
+	eq(t, "move", must(s.MoveCapsuleHost(ctx, byoc.ID, c.ID, h2.ID, h1.ID, c.Status))(t), true)
+	eq(t, "moved", must(s.GetCapsule(ctx, byoc.ID, c.ID))(t).HostID, h1.ID)
+	eq(t, "second move from the old host", must(s.MoveCapsuleHost(ctx, byoc.ID, c.ID, h2.ID, h1.ID, c.Status))(t), false)
+	eq(t, "move back", must(s.MoveCapsuleHost(ctx, byoc.ID, c.ID, h1.ID, h2.ID, c.Status))(t), true)
+	wantErr(t, s.SetCapsuleMoveRecord(ctx, byoc.ID, "cl-missing", ""), store.ErrNotFound)
 	noErr(t, s.DeleteHost(ctx, h2.ID))
 	wantErr(t, s.DeleteHost(ctx, h2.ID), store.ErrNotFound)
 	eq(t, "capsule host cleared", must(s.GetCapsule(ctx, byoc.ID, c.ID))(t).HostID, "")

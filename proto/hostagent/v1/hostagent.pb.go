@@ -1455,9 +1455,16 @@ type PauseCapsuleResponse struct {
 	// Set when to_disk: the snapshot that Resume restores.
 	SnapshotId string `protobuf:"bytes,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
 	// When to_disk: whether the snapshot holds process memory.
-	MemoryKept    bool `protobuf:"varint,3,opt,name=memory_kept,json=memoryKept,proto3" json:"memory_kept,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MemoryKept bool `protobuf:"varint,3,opt,name=memory_kept,json=memoryKept,proto3" json:"memory_kept,omitempty"`
+	// When to_disk and the snapshot is in a store every host shares: the
+	// capsule's export record (opaque to the control plane), which
+	// AdoptCapsule on another host takes. Empty when the capsule cannot move
+	// (a local snapshot store, or an isolation without shared snapshots).
+	Export []byte `protobuf:"bytes,90,opt,name=export,proto3" json:"export,omitempty"`
+	// Why export is empty (for the operator), when it is.
+	ExportUnavailable string `protobuf:"bytes,91,opt,name=export_unavailable,json=exportUnavailable,proto3" json:"export_unavailable,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PauseCapsuleResponse) Reset() {
@@ -1509,6 +1516,20 @@ func (x *PauseCapsuleResponse) GetMemoryKept() bool {
 		return x.MemoryKept
 	}
 	return false
+}
+
+func (x *PauseCapsuleResponse) GetExport() []byte {
+	if x != nil {
+		return x.Export
+	}
+	return nil
+}
+
+func (x *PauseCapsuleResponse) GetExportUnavailable() string {
+	if x != nil {
+		return x.ExportUnavailable
+	}
+	return ""
 }
 
 type ResumeCapsuleRequest struct {
@@ -5794,6 +5815,203 @@ func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{85}
 }
 
+type AdoptCapsuleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The export record of PauseCapsuleResponse.
+	Export []byte `protobuf:"bytes,1,opt,name=export,proto3" json:"export,omitempty"`
+	// Restore the capsule after adopting it (else it stays hibernated).
+	Resume bool `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
+	// With resume: new time to live from now; 0 keeps the capsule's.
+	TimeoutSec int32 `protobuf:"varint,3,opt,name=timeout_sec,json=timeoutSec,proto3" json:"timeout_sec,omitempty"`
+	// SHA-256 of the template in the shared template store, as in
+	// CreateCapsuleRequest (fetched when this host lacks the template).
+	TemplateChecksum string `protobuf:"bytes,4,opt,name=template_checksum,json=templateChecksum,proto3" json:"template_checksum,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AdoptCapsuleRequest) Reset() {
+	*x = AdoptCapsuleRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptCapsuleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptCapsuleRequest) ProtoMessage() {}
+
+func (x *AdoptCapsuleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptCapsuleRequest.ProtoReflect.Descriptor instead.
+func (*AdoptCapsuleRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *AdoptCapsuleRequest) GetExport() []byte {
+	if x != nil {
+		return x.Export
+	}
+	return nil
+}
+
+func (x *AdoptCapsuleRequest) GetResume() bool {
+	if x != nil {
+		return x.Resume
+	}
+	return false
+}
+
+func (x *AdoptCapsuleRequest) GetTimeoutSec() int32 {
+	if x != nil {
+		return x.TimeoutSec
+	}
+	return 0
+}
+
+func (x *AdoptCapsuleRequest) GetTemplateChecksum() string {
+	if x != nil {
+		return x.TemplateChecksum
+	}
+	return ""
+}
+
+type AdoptCapsuleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Capsule       *Capsule               `protobuf:"bytes,1,opt,name=capsule,proto3" json:"capsule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptCapsuleResponse) Reset() {
+	*x = AdoptCapsuleResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptCapsuleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptCapsuleResponse) ProtoMessage() {}
+
+func (x *AdoptCapsuleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptCapsuleResponse.ProtoReflect.Descriptor instead.
+func (*AdoptCapsuleResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *AdoptCapsuleResponse) GetCapsule() *Capsule {
+	if x != nil {
+		return x.Capsule
+	}
+	return nil
+}
+
+type ReleaseCapsuleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CapsuleId     string                 `protobuf:"bytes,1,opt,name=capsule_id,json=capsuleId,proto3" json:"capsule_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseCapsuleRequest) Reset() {
+	*x = ReleaseCapsuleRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseCapsuleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseCapsuleRequest) ProtoMessage() {}
+
+func (x *ReleaseCapsuleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseCapsuleRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseCapsuleRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *ReleaseCapsuleRequest) GetCapsuleId() string {
+	if x != nil {
+		return x.CapsuleId
+	}
+	return ""
+}
+
+type ReleaseCapsuleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseCapsuleResponse) Reset() {
+	*x = ReleaseCapsuleResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseCapsuleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseCapsuleResponse) ProtoMessage() {}
+
+func (x *ReleaseCapsuleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseCapsuleResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseCapsuleResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{89}
+}
+
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
@@ -5927,13 +6145,15 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x13PauseCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x17\n" +
-	"\ato_disk\x18\x02 \x01(\bR\x06toDisk\"\x89\x01\n" +
+	"\ato_disk\x18\x02 \x01(\bR\x06toDisk\"\xd0\x01\n" +
 	"\x14PauseCapsuleResponse\x12/\n" +
 	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
 	"snapshotId\x12\x1f\n" +
 	"\vmemory_kept\x18\x03 \x01(\bR\n" +
-	"memoryKept\"V\n" +
+	"memoryKept\x12\x16\n" +
+	"\x06export\x18Z \x01(\fR\x06export\x12-\n" +
+	"\x12export_unavailable\x18[ \x01(\tR\x11exportUnavailable\"V\n" +
 	"\x14ResumeCapsuleRequest\x12\x1d\n" +
 	"\n" +
 	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x1f\n" +
@@ -6258,7 +6478,19 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x14VolumeRemoveResponse\"C\n" +
 	"\x13DeleteVolumeRequest\x12,\n" +
 	"\x06volume\x18\x01 \x01(\v2\x14.hostagent.v1.VolumeR\x06volume\"\x16\n" +
-	"\x14DeleteVolumeResponse*\xd0\x01\n" +
+	"\x14DeleteVolumeResponse\"\x93\x01\n" +
+	"\x13AdoptCapsuleRequest\x12\x16\n" +
+	"\x06export\x18\x01 \x01(\fR\x06export\x12\x16\n" +
+	"\x06resume\x18\x02 \x01(\bR\x06resume\x12\x1f\n" +
+	"\vtimeout_sec\x18\x03 \x01(\x05R\n" +
+	"timeoutSec\x12+\n" +
+	"\x11template_checksum\x18\x04 \x01(\tR\x10templateChecksum\"G\n" +
+	"\x14AdoptCapsuleResponse\x12/\n" +
+	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"6\n" +
+	"\x15ReleaseCapsuleRequest\x12\x1d\n" +
+	"\n" +
+	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\"\x18\n" +
+	"\x16ReleaseCapsuleResponse*\xd0\x01\n" +
 	"\fCapsuleState\x12\x1d\n" +
 	"\x19CAPSULE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16CAPSULE_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -6275,7 +6507,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1aMETRICS_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12METRICS_WINDOW_10M\x10\x01\x12\x15\n" +
 	"\x11METRICS_WINDOW_2H\x10\x02\x12\x16\n" +
-	"\x12METRICS_WINDOW_24H\x10\x032\x98\x1a\n" +
+	"\x12METRICS_WINDOW_24H\x10\x032\xcc\x1b\n" +
 	"\x10HostAgentService\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateCapsule\x12\".hostagent.v1.CreateCapsuleRequest\x1a#.hostagent.v1.CreateCapsuleResponse\x12[\n" +
@@ -6318,7 +6550,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0fVolumeWriteFile\x12$.hostagent.v1.VolumeWriteFileRequest\x1a%.hostagent.v1.VolumeWriteFileResponse\x12U\n" +
 	"\rVolumeListDir\x12\x1f.hostagent.v1.VolumeFileRequest\x1a#.hostagent.v1.VolumeListDirResponse\x12S\n" +
 	"\fVolumeRemove\x12\x1f.hostagent.v1.VolumeFileRequest\x1a\".hostagent.v1.VolumeRemoveResponse\x12U\n" +
-	"\fDeleteVolume\x12!.hostagent.v1.DeleteVolumeRequest\x1a\".hostagent.v1.DeleteVolumeResponseB\xae\x01\n" +
+	"\fDeleteVolume\x12!.hostagent.v1.DeleteVolumeRequest\x1a\".hostagent.v1.DeleteVolumeResponse\x12U\n" +
+	"\fAdoptCapsule\x12!.hostagent.v1.AdoptCapsuleRequest\x1a\".hostagent.v1.AdoptCapsuleResponse\x12[\n" +
+	"\x0eReleaseCapsule\x12#.hostagent.v1.ReleaseCapsuleRequest\x1a$.hostagent.v1.ReleaseCapsuleResponseB\xae\x01\n" +
 	"\x10com.hostagent.v1B\x0eHostagentProtoP\x01Z9github.com/wrenn-dev/wrenn/proto/hostagent/v1;hostagentv1\xa2\x02\x03HXX\xaa\x02\fHostagent.V1\xca\x02\fHostagent\\V1\xe2\x02\x18Hostagent\\V1\\GPBMetadata\xea\x02\rHostagent::V1b\x06proto3"
 
 var (
@@ -6334,7 +6568,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 97)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(CapsuleState)(0),                    // 0: hostagent.v1.CapsuleState
 	(Signal)(0),                          // 1: hostagent.v1.Signal
@@ -6425,24 +6659,28 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*VolumeRemoveResponse)(nil),         // 86: hostagent.v1.VolumeRemoveResponse
 	(*DeleteVolumeRequest)(nil),          // 87: hostagent.v1.DeleteVolumeRequest
 	(*DeleteVolumeResponse)(nil),         // 88: hostagent.v1.DeleteVolumeResponse
-	nil,                                  // 89: hostagent.v1.Capsule.LabelsEntry
-	nil,                                  // 90: hostagent.v1.CreateCapsuleRequest.EnvEntry
-	nil,                                  // 91: hostagent.v1.CreateCapsuleRequest.LabelsEntry
-	nil,                                  // 92: hostagent.v1.ExecRequest.EnvEntry
-	nil,                                  // 93: hostagent.v1.PtyStartRequest.EnvEntry
-	nil,                                  // 94: hostagent.v1.StartProcessRequest.EnvEntry
-	nil,                                  // 95: hostagent.v1.ProcessInfo.EnvEntry
+	(*AdoptCapsuleRequest)(nil),          // 89: hostagent.v1.AdoptCapsuleRequest
+	(*AdoptCapsuleResponse)(nil),         // 90: hostagent.v1.AdoptCapsuleResponse
+	(*ReleaseCapsuleRequest)(nil),        // 91: hostagent.v1.ReleaseCapsuleRequest
+	(*ReleaseCapsuleResponse)(nil),       // 92: hostagent.v1.ReleaseCapsuleResponse
+	nil,                                  // 93: hostagent.v1.Capsule.LabelsEntry
+	nil,                                  // 94: hostagent.v1.CreateCapsuleRequest.EnvEntry
+	nil,                                  // 95: hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	nil,                                  // 96: hostagent.v1.ExecRequest.EnvEntry
+	nil,                                  // 97: hostagent.v1.PtyStartRequest.EnvEntry
+	nil,                                  // 98: hostagent.v1.StartProcessRequest.EnvEntry
+	nil,                                  // 99: hostagent.v1.ProcessInfo.EnvEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Capsule.state:type_name -> hostagent.v1.CapsuleState
-	89, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
+	93, // 1: hostagent.v1.Capsule.labels:type_name -> hostagent.v1.Capsule.LabelsEntry
 	4,  // 2: hostagent.v1.Capsule.network:type_name -> hostagent.v1.NetworkPolicy
 	4,  // 3: hostagent.v1.UpdateCapsuleNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	3,  // 4: hostagent.v1.UpdateCapsuleNetworkResponse.capsule:type_name -> hostagent.v1.Capsule
 	11, // 5: hostagent.v1.GetHostInfoResponse.warm_pools:type_name -> hostagent.v1.WarmPool
 	10, // 6: hostagent.v1.GetHostInfoResponse.isolations:type_name -> hostagent.v1.IsolationSupport
-	90, // 7: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
-	91, // 8: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
+	94, // 7: hostagent.v1.CreateCapsuleRequest.env:type_name -> hostagent.v1.CreateCapsuleRequest.EnvEntry
+	95, // 8: hostagent.v1.CreateCapsuleRequest.labels:type_name -> hostagent.v1.CreateCapsuleRequest.LabelsEntry
 	4,  // 9: hostagent.v1.CreateCapsuleRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	80, // 10: hostagent.v1.CreateCapsuleRequest.volume_mounts:type_name -> hostagent.v1.VolumeMount
 	3,  // 11: hostagent.v1.CreateCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
@@ -6451,16 +6689,16 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	3,  // 14: hostagent.v1.ListCapsulesResponse.capsules:type_name -> hostagent.v1.Capsule
 	3,  // 15: hostagent.v1.GetCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
 	0,  // 16: hostagent.v1.PingCapsuleResponse.state:type_name -> hostagent.v1.CapsuleState
-	92, // 17: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
+	96, // 17: hostagent.v1.ExecRequest.env:type_name -> hostagent.v1.ExecRequest.EnvEntry
 	30, // 18: hostagent.v1.ExecStreamResponse.end:type_name -> hostagent.v1.ProcessEnd
 	32, // 19: hostagent.v1.WriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
 	38, // 20: hostagent.v1.WriteFileStreamRequest.header:type_name -> hostagent.v1.WriteFileHeader
 	32, // 21: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
 	32, // 22: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	93, // 23: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
+	97, // 23: hostagent.v1.PtyStartRequest.env:type_name -> hostagent.v1.PtyStartRequest.EnvEntry
 	30, // 24: hostagent.v1.PtyOutput.end:type_name -> hostagent.v1.ProcessEnd
-	94, // 25: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
-	95, // 26: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
+	98, // 25: hostagent.v1.StartProcessRequest.env:type_name -> hostagent.v1.StartProcessRequest.EnvEntry
+	99, // 26: hostagent.v1.ProcessInfo.env:type_name -> hostagent.v1.ProcessInfo.EnvEntry
 	58, // 27: hostagent.v1.ListProcessesResponse.processes:type_name -> hostagent.v1.ProcessInfo
 	55, // 28: hostagent.v1.KillProcessRequest.process:type_name -> hostagent.v1.ProcessSelector
 	1,  // 29: hostagent.v1.KillProcessRequest.signal:type_name -> hostagent.v1.Signal
@@ -6477,89 +6715,94 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	32, // 40: hostagent.v1.VolumeWriteFileResponse.entry:type_name -> hostagent.v1.FileEntry
 	32, // 41: hostagent.v1.VolumeListDirResponse.entries:type_name -> hostagent.v1.FileEntry
 	79, // 42: hostagent.v1.DeleteVolumeRequest.volume:type_name -> hostagent.v1.Volume
-	8,  // 43: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	12, // 44: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
-	14, // 45: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
-	16, // 46: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
-	18, // 47: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
-	20, // 48: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
-	22, // 49: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
-	24, // 50: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
-	26, // 51: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
-	28, // 52: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
-	28, // 53: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
-	33, // 54: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	36, // 55: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	33, // 56: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
-	39, // 57: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
-	40, // 58: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
-	42, // 59: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	44, // 60: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
-	46, // 61: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
-	48, // 62: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
-	49, // 63: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
-	51, // 64: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
-	53, // 65: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
-	56, // 66: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
-	59, // 67: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
-	61, // 68: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
-	63, // 69: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
-	64, // 70: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
-	67, // 71: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
-	6,  // 72: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
-	69, // 73: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	71, // 74: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	74, // 75: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	77, // 76: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
-	81, // 77: hostagent.v1.HostAgentService.VolumeReadFile:input_type -> hostagent.v1.VolumeFileRequest
-	83, // 78: hostagent.v1.HostAgentService.VolumeWriteFile:input_type -> hostagent.v1.VolumeWriteFileRequest
-	81, // 79: hostagent.v1.HostAgentService.VolumeListDir:input_type -> hostagent.v1.VolumeFileRequest
-	81, // 80: hostagent.v1.HostAgentService.VolumeRemove:input_type -> hostagent.v1.VolumeFileRequest
-	87, // 81: hostagent.v1.HostAgentService.DeleteVolume:input_type -> hostagent.v1.DeleteVolumeRequest
-	9,  // 82: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	13, // 83: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
-	15, // 84: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
-	17, // 85: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
-	19, // 86: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
-	21, // 87: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
-	23, // 88: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
-	25, // 89: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
-	27, // 90: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
-	29, // 91: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
-	31, // 92: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
-	34, // 93: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	37, // 94: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	35, // 95: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
-	37, // 96: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
-	41, // 97: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
-	43, // 98: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	45, // 99: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
-	47, // 100: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
-	47, // 101: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
-	50, // 102: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
-	52, // 103: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
-	54, // 104: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
-	57, // 105: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
-	60, // 106: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
-	62, // 107: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
-	31, // 108: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
-	65, // 109: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
-	68, // 110: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
-	7,  // 111: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
-	70, // 112: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	73, // 113: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	75, // 114: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	78, // 115: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
-	82, // 116: hostagent.v1.HostAgentService.VolumeReadFile:output_type -> hostagent.v1.VolumeReadFileResponse
-	84, // 117: hostagent.v1.HostAgentService.VolumeWriteFile:output_type -> hostagent.v1.VolumeWriteFileResponse
-	85, // 118: hostagent.v1.HostAgentService.VolumeListDir:output_type -> hostagent.v1.VolumeListDirResponse
-	86, // 119: hostagent.v1.HostAgentService.VolumeRemove:output_type -> hostagent.v1.VolumeRemoveResponse
-	88, // 120: hostagent.v1.HostAgentService.DeleteVolume:output_type -> hostagent.v1.DeleteVolumeResponse
-	82, // [82:121] is the sub-list for method output_type
-	43, // [43:82] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	3,  // 43: hostagent.v1.AdoptCapsuleResponse.capsule:type_name -> hostagent.v1.Capsule
+	8,  // 44: hostagent.v1.HostAgentService.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	12, // 45: hostagent.v1.HostAgentService.CreateCapsule:input_type -> hostagent.v1.CreateCapsuleRequest
+	14, // 46: hostagent.v1.HostAgentService.DestroyCapsule:input_type -> hostagent.v1.DestroyCapsuleRequest
+	16, // 47: hostagent.v1.HostAgentService.PauseCapsule:input_type -> hostagent.v1.PauseCapsuleRequest
+	18, // 48: hostagent.v1.HostAgentService.ResumeCapsule:input_type -> hostagent.v1.ResumeCapsuleRequest
+	20, // 49: hostagent.v1.HostAgentService.ListCapsules:input_type -> hostagent.v1.ListCapsulesRequest
+	22, // 50: hostagent.v1.HostAgentService.GetCapsule:input_type -> hostagent.v1.GetCapsuleRequest
+	24, // 51: hostagent.v1.HostAgentService.PingCapsule:input_type -> hostagent.v1.PingCapsuleRequest
+	26, // 52: hostagent.v1.HostAgentService.SetCapsuleTimeout:input_type -> hostagent.v1.SetCapsuleTimeoutRequest
+	28, // 53: hostagent.v1.HostAgentService.Exec:input_type -> hostagent.v1.ExecRequest
+	28, // 54: hostagent.v1.HostAgentService.ExecStream:input_type -> hostagent.v1.ExecRequest
+	33, // 55: hostagent.v1.HostAgentService.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	36, // 56: hostagent.v1.HostAgentService.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	33, // 57: hostagent.v1.HostAgentService.ReadFileStream:input_type -> hostagent.v1.ReadFileRequest
+	39, // 58: hostagent.v1.HostAgentService.WriteFileStream:input_type -> hostagent.v1.WriteFileStreamRequest
+	40, // 59: hostagent.v1.HostAgentService.ListDir:input_type -> hostagent.v1.ListDirRequest
+	42, // 60: hostagent.v1.HostAgentService.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	44, // 61: hostagent.v1.HostAgentService.RemovePath:input_type -> hostagent.v1.RemovePathRequest
+	46, // 62: hostagent.v1.HostAgentService.PtyStart:input_type -> hostagent.v1.PtyStartRequest
+	48, // 63: hostagent.v1.HostAgentService.PtyAttach:input_type -> hostagent.v1.PtyAttachRequest
+	49, // 64: hostagent.v1.HostAgentService.PtyInput:input_type -> hostagent.v1.PtyInputRequest
+	51, // 65: hostagent.v1.HostAgentService.PtyResize:input_type -> hostagent.v1.PtyResizeRequest
+	53, // 66: hostagent.v1.HostAgentService.PtyKill:input_type -> hostagent.v1.PtyKillRequest
+	56, // 67: hostagent.v1.HostAgentService.StartProcess:input_type -> hostagent.v1.StartProcessRequest
+	59, // 68: hostagent.v1.HostAgentService.ListProcesses:input_type -> hostagent.v1.ListProcessesRequest
+	61, // 69: hostagent.v1.HostAgentService.KillProcess:input_type -> hostagent.v1.KillProcessRequest
+	63, // 70: hostagent.v1.HostAgentService.ConnectProcess:input_type -> hostagent.v1.ConnectProcessRequest
+	64, // 71: hostagent.v1.HostAgentService.SendProcessInput:input_type -> hostagent.v1.SendProcessInputRequest
+	67, // 72: hostagent.v1.HostAgentService.GetCapsuleMetrics:input_type -> hostagent.v1.GetCapsuleMetricsRequest
+	6,  // 73: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:input_type -> hostagent.v1.UpdateCapsuleNetworkRequest
+	69, // 74: hostagent.v1.HostAgentService.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	71, // 75: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	74, // 76: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	77, // 77: hostagent.v1.HostAgentService.ImportImage:input_type -> hostagent.v1.ImportImageRequest
+	81, // 78: hostagent.v1.HostAgentService.VolumeReadFile:input_type -> hostagent.v1.VolumeFileRequest
+	83, // 79: hostagent.v1.HostAgentService.VolumeWriteFile:input_type -> hostagent.v1.VolumeWriteFileRequest
+	81, // 80: hostagent.v1.HostAgentService.VolumeListDir:input_type -> hostagent.v1.VolumeFileRequest
+	81, // 81: hostagent.v1.HostAgentService.VolumeRemove:input_type -> hostagent.v1.VolumeFileRequest
+	87, // 82: hostagent.v1.HostAgentService.DeleteVolume:input_type -> hostagent.v1.DeleteVolumeRequest
+	89, // 83: hostagent.v1.HostAgentService.AdoptCapsule:input_type -> hostagent.v1.AdoptCapsuleRequest
+	91, // 84: hostagent.v1.HostAgentService.ReleaseCapsule:input_type -> hostagent.v1.ReleaseCapsuleRequest
+	9,  // 85: hostagent.v1.HostAgentService.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	13, // 86: hostagent.v1.HostAgentService.CreateCapsule:output_type -> hostagent.v1.CreateCapsuleResponse
+	15, // 87: hostagent.v1.HostAgentService.DestroyCapsule:output_type -> hostagent.v1.DestroyCapsuleResponse
+	17, // 88: hostagent.v1.HostAgentService.PauseCapsule:output_type -> hostagent.v1.PauseCapsuleResponse
+	19, // 89: hostagent.v1.HostAgentService.ResumeCapsule:output_type -> hostagent.v1.ResumeCapsuleResponse
+	21, // 90: hostagent.v1.HostAgentService.ListCapsules:output_type -> hostagent.v1.ListCapsulesResponse
+	23, // 91: hostagent.v1.HostAgentService.GetCapsule:output_type -> hostagent.v1.GetCapsuleResponse
+	25, // 92: hostagent.v1.HostAgentService.PingCapsule:output_type -> hostagent.v1.PingCapsuleResponse
+	27, // 93: hostagent.v1.HostAgentService.SetCapsuleTimeout:output_type -> hostagent.v1.SetCapsuleTimeoutResponse
+	29, // 94: hostagent.v1.HostAgentService.Exec:output_type -> hostagent.v1.ExecResponse
+	31, // 95: hostagent.v1.HostAgentService.ExecStream:output_type -> hostagent.v1.ExecStreamResponse
+	34, // 96: hostagent.v1.HostAgentService.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	37, // 97: hostagent.v1.HostAgentService.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	35, // 98: hostagent.v1.HostAgentService.ReadFileStream:output_type -> hostagent.v1.ReadFileStreamResponse
+	37, // 99: hostagent.v1.HostAgentService.WriteFileStream:output_type -> hostagent.v1.WriteFileResponse
+	41, // 100: hostagent.v1.HostAgentService.ListDir:output_type -> hostagent.v1.ListDirResponse
+	43, // 101: hostagent.v1.HostAgentService.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	45, // 102: hostagent.v1.HostAgentService.RemovePath:output_type -> hostagent.v1.RemovePathResponse
+	47, // 103: hostagent.v1.HostAgentService.PtyStart:output_type -> hostagent.v1.PtyOutput
+	47, // 104: hostagent.v1.HostAgentService.PtyAttach:output_type -> hostagent.v1.PtyOutput
+	50, // 105: hostagent.v1.HostAgentService.PtyInput:output_type -> hostagent.v1.PtyInputResponse
+	52, // 106: hostagent.v1.HostAgentService.PtyResize:output_type -> hostagent.v1.PtyResizeResponse
+	54, // 107: hostagent.v1.HostAgentService.PtyKill:output_type -> hostagent.v1.PtyKillResponse
+	57, // 108: hostagent.v1.HostAgentService.StartProcess:output_type -> hostagent.v1.StartProcessResponse
+	60, // 109: hostagent.v1.HostAgentService.ListProcesses:output_type -> hostagent.v1.ListProcessesResponse
+	62, // 110: hostagent.v1.HostAgentService.KillProcess:output_type -> hostagent.v1.KillProcessResponse
+	31, // 111: hostagent.v1.HostAgentService.ConnectProcess:output_type -> hostagent.v1.ExecStreamResponse
+	65, // 112: hostagent.v1.HostAgentService.SendProcessInput:output_type -> hostagent.v1.SendProcessInputResponse
+	68, // 113: hostagent.v1.HostAgentService.GetCapsuleMetrics:output_type -> hostagent.v1.GetCapsuleMetricsResponse
+	7,  // 114: hostagent.v1.HostAgentService.UpdateCapsuleNetwork:output_type -> hostagent.v1.UpdateCapsuleNetworkResponse
+	70, // 115: hostagent.v1.HostAgentService.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	73, // 116: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	75, // 117: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	78, // 118: hostagent.v1.HostAgentService.ImportImage:output_type -> hostagent.v1.ImportImageResponse
+	82, // 119: hostagent.v1.HostAgentService.VolumeReadFile:output_type -> hostagent.v1.VolumeReadFileResponse
+	84, // 120: hostagent.v1.HostAgentService.VolumeWriteFile:output_type -> hostagent.v1.VolumeWriteFileResponse
+	85, // 121: hostagent.v1.HostAgentService.VolumeListDir:output_type -> hostagent.v1.VolumeListDirResponse
+	86, // 122: hostagent.v1.HostAgentService.VolumeRemove:output_type -> hostagent.v1.VolumeRemoveResponse
+	88, // 123: hostagent.v1.HostAgentService.DeleteVolume:output_type -> hostagent.v1.DeleteVolumeResponse
+	90, // 124: hostagent.v1.HostAgentService.AdoptCapsule:output_type -> hostagent.v1.AdoptCapsuleResponse
+	92, // 125: hostagent.v1.HostAgentService.ReleaseCapsule:output_type -> hostagent.v1.ReleaseCapsuleResponse
+	85, // [85:126] is the sub-list for method output_type
+	44, // [44:85] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -6596,7 +6839,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   93,
+			NumMessages:   97,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2590,6 +2590,88 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/hosts/{hostID}/drain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                hostID: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Drain a host (platform admins): no new placements on it, and every capsule on it moves to other hosts — running ones are paused to the shared snapshot store and resumed elsewhere, paused and hibernated ones re-homed paused to disk. The drain runs in the background; the host's drain shows its progress. Idempotent. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    hostID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The host, draining */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Host"];
+                    };
+                };
+                404: components["responses"]["Error"];
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/hosts/{hostID}/undrain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                hostID: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Make a draining or drained host schedulable again (platform admins); capsules already moved stay where they are. Idempotent. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    hostID: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The host */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Host"];
+                    };
+                };
+                404: components["responses"]["Error"];
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/proxy/{capsuleID}/{port}/{rest}": {
         parameters: {
             query?: never;
@@ -4754,6 +4836,29 @@ export interface components {
             /** Format: date-time */
             last_heartbeat_at: string | null;
             capabilities: components["schemas"]["HostCapabilities"];
+            drain?: components["schemas"]["HostDrain"];
+        };
+        /** @description A host's drain, present while it is draining or drained (POST /v1/admin/hosts/{id}/drain). */
+        HostDrain: {
+            /** @enum {string} */
+            state: "draining" | "drained";
+            /** @description Capsules this drain moved to other hosts so far. */
+            moved: number;
+            /** @description Capsules still on the host that are to move. */
+            left: components["schemas"]["HostDrainCapsule"][];
+            /**
+             * Format: date-time
+             * @description End of the drain's last pass.
+             */
+            updated_at?: string | null;
+        };
+        HostDrainCapsule: {
+            capsule_id: string;
+            status: string;
+            /** @description Why it is still there (e.g. no other host has capacity; cannot move: its host's snapshot store is local to it); empty while it waits its turn. */
+            reason?: string;
+            /** @description It cannot move at all; the drain leaves it (delete it, or undrain). */
+            permanent?: boolean;
         };
         /** @description What the host can run, the overcommit ratios the scheduler applies to it, and what may still be placed on it (docs/OPERATIONS.md). */
         HostCapabilities: {
@@ -4954,7 +5059,7 @@ export interface components {
             /** @description Decimal, increasing within the log. */
             id: string;
             /** @enum {string} */
-            type: "capsule.created" | "capsule.running" | "capsule.paused" | "capsule.resumed" | "capsule.forked" | "capsule.timed_out" | "capsule.destroyed" | "capsule.error" | "template.build.succeeded" | "template.build.failed" | "host.up" | "host.down" | "webhook.test";
+            type: "capsule.created" | "capsule.running" | "capsule.paused" | "capsule.resumed" | "capsule.forked" | "capsule.timed_out" | "capsule.destroyed" | "capsule.error" | "template.build.succeeded" | "template.build.failed" | "host.up" | "host.down" | "capsule.moved" | "host.draining" | "host.drained" | "webhook.test";
             /** Format: date-time */
             time: string;
             team_id: string;

@@ -83,6 +83,7 @@ type Capsule struct {
 	OnTimeout       string
 	AutoResume      bool
 	PauseReason     string
+	MoveRecord      string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -131,6 +132,8 @@ type Host struct {
 	MemoryOvercommit float64
 	DiskOvercommit   float64
 	Capabilities     string
+	Drain            string
+	DrainReport      string
 }
 
 type HostToken struct {

@@ -24,10 +24,10 @@ SELECT * FROM hosts WHERE credential_hash = sqlc.arg(credential_hash);
 SELECT * FROM hosts ORDER BY created_at, id;
 
 -- name: ListOnlineSharedHosts :many
-SELECT * FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id;
+SELECT * FROM hosts WHERE status = 'online' AND drain = '' AND team_id IS NULL ORDER BY id;
 
 -- name: ListOnlineTeamHosts :many
-SELECT * FROM hosts WHERE status = 'online' AND team_id = sqlc.arg(team_id) ORDER BY id;
+SELECT * FROM hosts WHERE status = 'online' AND drain = '' AND team_id = sqlc.arg(team_id) ORDER BY id;
 
 -- name: HostHeartbeat :one
 UPDATE hosts
@@ -223,4 +223,21 @@ WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
 
 -- name: SetTeamLifecycle :execrows
 UPDATE teams SET on_timeout = sqlc.narg(on_timeout), auto_resume = sqlc.narg(auto_resume), updated_at = sqlc.arg(updated_at)
+WHERE id = sqlc.arg(id);
+
+-- Capsule moves and host drains (migration 18).
+
+-- name: SetCapsuleMoveRecord :execrows
+UPDATE capsules SET move_record = sqlc.arg(move_record)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id);
+
+-- name: MoveCapsuleHost :execrows
+-- Re-homes a capsule that is still on from_host in status: the one
+-- statement that decides which of two racing moves wins.
+UPDATE capsules SET host_id = sqlc.arg(to_host), updated_at = sqlc.arg(now)
+WHERE team_id = sqlc.arg(team_id) AND id = sqlc.arg(id)
+  AND host_id = sqlc.arg(from_host) AND status = sqlc.arg(status);
+
+-- name: SetHostDrain :execrows
+UPDATE hosts SET drain = sqlc.arg(drain), drain_report = sqlc.arg(drain_report), updated_at = sqlc.arg(now)
 WHERE id = sqlc.arg(id);

@@ -121,7 +121,7 @@ VALUES (?1, ?2, ?3, ?4, ?5,
         ?10, ?11, ?12, ?13,
         ?14, ?15, ?15, ?16, ?17, ?18,
         ?19, ?20, ?21)
-RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason
+RETURNING id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record
 `
 
 type CreateCapsuleParams struct {
@@ -199,6 +199,7 @@ func (q *Queries) CreateCapsule(ctx context.Context, arg CreateCapsuleParams) (C
 		&i.OnTimeout,
 		&i.AutoResume,
 		&i.PauseReason,
+		&i.MoveRecord,
 	)
 	return i, err
 }
@@ -355,7 +356,7 @@ func (q *Queries) GetBuild(ctx context.Context, arg GetBuildParams) (Build, erro
 }
 
 const getCapsule = `-- name: GetCapsule :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules WHERE team_id = ?1 AND id = ?2
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules WHERE team_id = ?1 AND id = ?2
 `
 
 type GetCapsuleParams struct {
@@ -392,12 +393,13 @@ func (q *Queries) GetCapsule(ctx context.Context, arg GetCapsuleParams) (Capsule
 		&i.OnTimeout,
 		&i.AutoResume,
 		&i.PauseReason,
+		&i.MoveRecord,
 	)
 	return i, err
 }
 
 const getCapsuleUnscoped = `-- name: GetCapsuleUnscoped :one
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules WHERE id = ?1
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules WHERE id = ?1
 `
 
 func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, error) {
@@ -429,12 +431,13 @@ func (q *Queries) GetCapsuleUnscoped(ctx context.Context, id string) (Capsule, e
 		&i.OnTimeout,
 		&i.AutoResume,
 		&i.PauseReason,
+		&i.MoveRecord,
 	)
 	return i, err
 }
 
 const getHost = `-- name: GetHost :one
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE id = ?1
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report FROM hosts WHERE id = ?1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -459,12 +462,14 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.MemoryOvercommit,
 		&i.DiskOvercommit,
 		&i.Capabilities,
+		&i.Drain,
+		&i.DrainReport,
 	)
 	return i, err
 }
 
 const getHostByCredentialHash = `-- name: GetHostByCredentialHash :one
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE credential_hash = ?1
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report FROM hosts WHERE credential_hash = ?1
 `
 
 func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash string) (Host, error) {
@@ -489,6 +494,8 @@ func (q *Queries) GetHostByCredentialHash(ctx context.Context, credentialHash st
 		&i.MemoryOvercommit,
 		&i.DiskOvercommit,
 		&i.Capabilities,
+		&i.Drain,
+		&i.DrainReport,
 	)
 	return i, err
 }
@@ -570,7 +577,7 @@ SET used_vcpus = ?1, used_memory_mb = ?2, used_disk_mb = ?3,
     last_heartbeat_at = ?12, updated_at = ?12,
     status = CASE WHEN status = 'unavailable' THEN 'online' ELSE status END
 WHERE id = ?13
-RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities
+RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report
 `
 
 type HostHeartbeatParams struct {
@@ -625,6 +632,8 @@ func (q *Queries) HostHeartbeat(ctx context.Context, arg HostHeartbeatParams) (H
 		&i.MemoryOvercommit,
 		&i.DiskOvercommit,
 		&i.Capabilities,
+		&i.Drain,
+		&i.DrainReport,
 	)
 	return i, err
 }
@@ -634,7 +643,7 @@ INSERT INTO hosts (id, team_id, address, status, credential_hash, vcpus, memory_
                    last_heartbeat_at, created_at, updated_at)
 VALUES (?1, ?2, ?3, 'online', ?4,
         ?5, ?6, ?7, ?8, ?8, ?8)
-RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities
+RETURNING id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report
 `
 
 type InsertHostParams struct {
@@ -679,6 +688,8 @@ func (q *Queries) InsertHost(ctx context.Context, arg InsertHostParams) (Host, e
 		&i.MemoryOvercommit,
 		&i.DiskOvercommit,
 		&i.Capabilities,
+		&i.Drain,
+		&i.DrainReport,
 	)
 	return i, err
 }
@@ -723,7 +734,7 @@ func (q *Queries) ListAllBuilds(ctx context.Context) ([]Build, error) {
 }
 
 const listAllCapsules = `-- name: ListAllCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules
 WHERE (status = ?1 OR ?1 = '')
   AND (created_at, id) < (?2, CAST(?3 AS TEXT))
 ORDER BY created_at DESC, id DESC
@@ -777,6 +788,7 @@ func (q *Queries) ListAllCapsules(ctx context.Context, arg ListAllCapsulesParams
 			&i.OnTimeout,
 			&i.AutoResume,
 			&i.PauseReason,
+			&i.MoveRecord,
 		); err != nil {
 			return nil, err
 		}
@@ -874,7 +886,7 @@ func (q *Queries) ListBuilds(ctx context.Context, teamID string) ([]Build, error
 }
 
 const listCapsules = `-- name: ListCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules
 WHERE team_id = ?1
   AND (status = ?2 OR ?2 = '')
   AND (created_at, id) < (?3, CAST(?4 AS TEXT))
@@ -931,6 +943,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 			&i.OnTimeout,
 			&i.AutoResume,
 			&i.PauseReason,
+			&i.MoveRecord,
 		); err != nil {
 			return nil, err
 		}
@@ -946,7 +959,7 @@ func (q *Queries) ListCapsules(ctx context.Context, arg ListCapsulesParams) ([]C
 }
 
 const listCapsulesByHost = `-- name: ListCapsulesByHost :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules WHERE host_id = ?1 ORDER BY id
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules WHERE host_id = ?1 ORDER BY id
 `
 
 func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Capsule, error) {
@@ -984,6 +997,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 			&i.OnTimeout,
 			&i.AutoResume,
 			&i.PauseReason,
+			&i.MoveRecord,
 		); err != nil {
 			return nil, err
 		}
@@ -999,7 +1013,7 @@ func (q *Queries) ListCapsulesByHost(ctx context.Context, hostID *string) ([]Cap
 }
 
 const listExpiredCapsules = `-- name: ListExpiredCapsules :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules
 WHERE expires_at <= ?1 AND status IN ('pending', 'starting', 'running')
 ORDER BY expires_at, id
 LIMIT ?2
@@ -1045,6 +1059,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 			&i.OnTimeout,
 			&i.AutoResume,
 			&i.PauseReason,
+			&i.MoveRecord,
 		); err != nil {
 			return nil, err
 		}
@@ -1060,7 +1075,7 @@ func (q *Queries) ListExpiredCapsules(ctx context.Context, arg ListExpiredCapsul
 }
 
 const listHosts = `-- name: ListHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts ORDER BY created_at, id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report FROM hosts ORDER BY created_at, id
 `
 
 func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
@@ -1091,6 +1106,8 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 			&i.MemoryOvercommit,
 			&i.DiskOvercommit,
 			&i.Capabilities,
+			&i.Drain,
+			&i.DrainReport,
 		); err != nil {
 			return nil, err
 		}
@@ -1106,7 +1123,7 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listOnlineSharedHosts = `-- name: ListOnlineSharedHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE status = 'online' AND team_id IS NULL ORDER BY id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report FROM hosts WHERE status = 'online' AND drain = '' AND team_id IS NULL ORDER BY id
 `
 
 func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
@@ -1137,6 +1154,8 @@ func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
 			&i.MemoryOvercommit,
 			&i.DiskOvercommit,
 			&i.Capabilities,
+			&i.Drain,
+			&i.DrainReport,
 		); err != nil {
 			return nil, err
 		}
@@ -1152,7 +1171,7 @@ func (q *Queries) ListOnlineSharedHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listOnlineTeamHosts = `-- name: ListOnlineTeamHosts :many
-SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities FROM hosts WHERE status = 'online' AND team_id = ?1 ORDER BY id
+SELECT id, team_id, address, status, credential_hash, vcpus, memory_mb, disk_mb, used_vcpus, used_memory_mb, used_disk_mb, last_heartbeat_at, created_at, updated_at, cpu_overcommit, memory_overcommit, disk_overcommit, capabilities, drain, drain_report FROM hosts WHERE status = 'online' AND drain = '' AND team_id = ?1 ORDER BY id
 `
 
 func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Host, error) {
@@ -1183,6 +1202,8 @@ func (q *Queries) ListOnlineTeamHosts(ctx context.Context, teamID *string) ([]Ho
 			&i.MemoryOvercommit,
 			&i.DiskOvercommit,
 			&i.Capabilities,
+			&i.Drain,
+			&i.DrainReport,
 		); err != nil {
 			return nil, err
 		}
@@ -1247,7 +1268,7 @@ func (q *Queries) ListPlacementsSinceHeartbeat(ctx context.Context) ([]ListPlace
 }
 
 const listRetentionExpired = `-- name: ListRetentionExpired :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules
 WHERE pause_reason = 'timeout' AND status IN ('paused', 'hibernated') AND paused_at <= ?1
 ORDER BY paused_at, id
 LIMIT ?2
@@ -1293,6 +1314,7 @@ func (q *Queries) ListRetentionExpired(ctx context.Context, arg ListRetentionExp
 			&i.OnTimeout,
 			&i.AutoResume,
 			&i.PauseReason,
+			&i.MoveRecord,
 		); err != nil {
 			return nil, err
 		}
@@ -1351,7 +1373,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID string) ([]Template,
 }
 
 const listTimedOutPausable = `-- name: ListTimedOutPausable :many
-SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason FROM capsules
+SELECT id, team_id, template_id, host_id, status, vcpus, memory_mb, disk_size_mb, timeout_sec, expires_at, env, public, access_token_hash, created_by, created_at, updated_at, paused_at, allow_internet, error_reason, metadata, network, isolation, on_timeout, auto_resume, pause_reason, move_record FROM capsules
 WHERE on_timeout = 'pause' AND status = 'running' AND expires_at <= ?1
 ORDER BY expires_at, id
 LIMIT ?2
@@ -1397,6 +1419,7 @@ func (q *Queries) ListTimedOutPausable(ctx context.Context, arg ListTimedOutPaus
 			&i.OnTimeout,
 			&i.AutoResume,
 			&i.PauseReason,
+			&i.MoveRecord,
 		); err != nil {
 			return nil, err
 		}
@@ -1443,6 +1466,38 @@ func (q *Queries) MarkStaleHostsUnavailable(ctx context.Context, arg MarkStaleHo
 		return nil, err
 	}
 	return items, nil
+}
+
+const moveCapsuleHost = `-- name: MoveCapsuleHost :execrows
+UPDATE capsules SET host_id = ?1, updated_at = ?2
+WHERE team_id = ?3 AND id = ?4
+  AND host_id = ?5 AND status = ?6
+`
+
+type MoveCapsuleHostParams struct {
+	ToHost   *string
+	Now      int64
+	TeamID   string
+	ID       string
+	FromHost *string
+	Status   string
+}
+
+// Re-homes a capsule that is still on from_host in status: the one
+// statement that decides which of two racing moves wins.
+func (q *Queries) MoveCapsuleHost(ctx context.Context, arg MoveCapsuleHostParams) (int64, error) {
+	result, err := q.exec(ctx, q.moveCapsuleHostStmt, moveCapsuleHost,
+		arg.ToHost,
+		arg.Now,
+		arg.TeamID,
+		arg.ID,
+		arg.FromHost,
+		arg.Status,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
 }
 
 const setCapsuleExpiry = `-- name: SetCapsuleExpiry :execrows
@@ -1518,6 +1573,27 @@ func (q *Queries) SetCapsuleLifecycle(ctx context.Context, arg SetCapsuleLifecyc
 		arg.TeamID,
 		arg.ID,
 	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setCapsuleMoveRecord = `-- name: SetCapsuleMoveRecord :execrows
+
+UPDATE capsules SET move_record = ?1
+WHERE team_id = ?2 AND id = ?3
+`
+
+type SetCapsuleMoveRecordParams struct {
+	MoveRecord string
+	TeamID     string
+	ID         string
+}
+
+// Capsule moves and host drains (migration 18).
+func (q *Queries) SetCapsuleMoveRecord(ctx context.Context, arg SetCapsuleMoveRecordParams) (int64, error) {
+	result, err := q.exec(ctx, q.setCapsuleMoveRecordStmt, setCapsuleMoveRecord, arg.MoveRecord, arg.TeamID, arg.ID)
 	if err != nil {
 		return 0, err
 	}
@@ -1623,6 +1699,31 @@ func (q *Queries) SetHostCapabilities(ctx context.Context, arg SetHostCapabiliti
 		arg.MemoryOvercommit,
 		arg.DiskOvercommit,
 		arg.Capabilities,
+		arg.Now,
+		arg.ID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const setHostDrain = `-- name: SetHostDrain :execrows
+UPDATE hosts SET drain = ?1, drain_report = ?2, updated_at = ?3
+WHERE id = ?4
+`
+
+type SetHostDrainParams struct {
+	Drain       string
+	DrainReport string
+	Now         int64
+	ID          string
+}
+
+func (q *Queries) SetHostDrain(ctx context.Context, arg SetHostDrainParams) (int64, error) {
+	result, err := q.exec(ctx, q.setHostDrainStmt, setHostDrain,
+		arg.Drain,
+		arg.DrainReport,
 		arg.Now,
 		arg.ID,
 	)

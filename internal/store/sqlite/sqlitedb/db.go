@@ -348,6 +348,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.markTeamInviteAcceptedStmt, err = db.PrepareContext(ctx, markTeamInviteAccepted); err != nil {
 		return nil, fmt.Errorf("error preparing query MarkTeamInviteAccepted: %w", err)
 	}
+	if q.moveCapsuleHostStmt, err = db.PrepareContext(ctx, moveCapsuleHost); err != nil {
+		return nil, fmt.Errorf("error preparing query MoveCapsuleHost: %w", err)
+	}
 	if q.pendingWebhookDeliveriesStmt, err = db.PrepareContext(ctx, pendingWebhookDeliveries); err != nil {
 		return nil, fmt.Errorf("error preparing query PendingWebhookDeliveries: %w", err)
 	}
@@ -381,6 +384,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.setCapsuleLifecycleStmt, err = db.PrepareContext(ctx, setCapsuleLifecycle); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleLifecycle: %w", err)
 	}
+	if q.setCapsuleMoveRecordStmt, err = db.PrepareContext(ctx, setCapsuleMoveRecord); err != nil {
+		return nil, fmt.Errorf("error preparing query SetCapsuleMoveRecord: %w", err)
+	}
 	if q.setCapsuleNetworkStmt, err = db.PrepareContext(ctx, setCapsuleNetwork); err != nil {
 		return nil, fmt.Errorf("error preparing query SetCapsuleNetwork: %w", err)
 	}
@@ -392,6 +398,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.setHostCapabilitiesStmt, err = db.PrepareContext(ctx, setHostCapabilities); err != nil {
 		return nil, fmt.Errorf("error preparing query SetHostCapabilities: %w", err)
+	}
+	if q.setHostDrainStmt, err = db.PrepareContext(ctx, setHostDrain); err != nil {
+		return nil, fmt.Errorf("error preparing query SetHostDrain: %w", err)
 	}
 	if q.setHostStatusStmt, err = db.PrepareContext(ctx, setHostStatus); err != nil {
 		return nil, fmt.Errorf("error preparing query SetHostStatus: %w", err)
@@ -1016,6 +1025,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing markTeamInviteAcceptedStmt: %w", cerr)
 		}
 	}
+	if q.moveCapsuleHostStmt != nil {
+		if cerr := q.moveCapsuleHostStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing moveCapsuleHostStmt: %w", cerr)
+		}
+	}
 	if q.pendingWebhookDeliveriesStmt != nil {
 		if cerr := q.pendingWebhookDeliveriesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing pendingWebhookDeliveriesStmt: %w", cerr)
@@ -1071,6 +1085,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing setCapsuleLifecycleStmt: %w", cerr)
 		}
 	}
+	if q.setCapsuleMoveRecordStmt != nil {
+		if cerr := q.setCapsuleMoveRecordStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setCapsuleMoveRecordStmt: %w", cerr)
+		}
+	}
 	if q.setCapsuleNetworkStmt != nil {
 		if cerr := q.setCapsuleNetworkStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setCapsuleNetworkStmt: %w", cerr)
@@ -1089,6 +1108,11 @@ func (q *Queries) Close() error {
 	if q.setHostCapabilitiesStmt != nil {
 		if cerr := q.setHostCapabilitiesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing setHostCapabilitiesStmt: %w", cerr)
+		}
+	}
+	if q.setHostDrainStmt != nil {
+		if cerr := q.setHostDrainStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setHostDrainStmt: %w", cerr)
 		}
 	}
 	if q.setHostStatusStmt != nil {
@@ -1368,6 +1392,7 @@ type Queries struct {
 	lockVolumeStmt                   *sql.Stmt
 	markStaleHostsUnavailableStmt    *sql.Stmt
 	markTeamInviteAcceptedStmt       *sql.Stmt
+	moveCapsuleHostStmt              *sql.Stmt
 	pendingWebhookDeliveriesStmt     *sql.Stmt
 	releaseLeaseStmt                 *sql.Stmt
 	releaseWebhookStmt               *sql.Stmt
@@ -1379,10 +1404,12 @@ type Queries struct {
 	setCapsuleExpiryStmt             *sql.Stmt
 	setCapsuleHostStmt               *sql.Stmt
 	setCapsuleLifecycleStmt          *sql.Stmt
+	setCapsuleMoveRecordStmt         *sql.Stmt
 	setCapsuleNetworkStmt            *sql.Stmt
 	setCapsulePauseReasonStmt        *sql.Stmt
 	setCapsulePublicStmt             *sql.Stmt
 	setHostCapabilitiesStmt          *sql.Stmt
+	setHostDrainStmt                 *sql.Stmt
 	setHostStatusStmt                *sql.Stmt
 	setTeamBYOCStmt                  *sql.Stmt
 	setTeamCapsuleInternetStmt       *sql.Stmt
@@ -1523,6 +1550,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		lockVolumeStmt:                   q.lockVolumeStmt,
 		markStaleHostsUnavailableStmt:    q.markStaleHostsUnavailableStmt,
 		markTeamInviteAcceptedStmt:       q.markTeamInviteAcceptedStmt,
+		moveCapsuleHostStmt:              q.moveCapsuleHostStmt,
 		pendingWebhookDeliveriesStmt:     q.pendingWebhookDeliveriesStmt,
 		releaseLeaseStmt:                 q.releaseLeaseStmt,
 		releaseWebhookStmt:               q.releaseWebhookStmt,
@@ -1534,10 +1562,12 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		setCapsuleExpiryStmt:             q.setCapsuleExpiryStmt,
 		setCapsuleHostStmt:               q.setCapsuleHostStmt,
 		setCapsuleLifecycleStmt:          q.setCapsuleLifecycleStmt,
+		setCapsuleMoveRecordStmt:         q.setCapsuleMoveRecordStmt,
 		setCapsuleNetworkStmt:            q.setCapsuleNetworkStmt,
 		setCapsulePauseReasonStmt:        q.setCapsulePauseReasonStmt,
 		setCapsulePublicStmt:             q.setCapsulePublicStmt,
 		setHostCapabilitiesStmt:          q.setHostCapabilitiesStmt,
+		setHostDrainStmt:                 q.setHostDrainStmt,
 		setHostStatusStmt:                q.setHostStatusStmt,
 		setTeamBYOCStmt:                  q.setTeamBYOCStmt,
 		setTeamCapsuleInternetStmt:       q.setTeamCapsuleInternetStmt,

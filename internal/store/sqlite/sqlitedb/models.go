@@ -79,6 +79,7 @@ type Capsule struct {
 	OnTimeout       string
 	AutoResume      bool
 	PauseReason     string
+	MoveRecord      string
 }
 
 type CapsuleMetricSnapshot struct {
@@ -127,6 +128,8 @@ type Host struct {
 	MemoryOvercommit float64
 	DiskOvercommit   float64
 	Capabilities     string
+	Drain            string
+	DrainReport      string
 }
 
 type HostToken struct {

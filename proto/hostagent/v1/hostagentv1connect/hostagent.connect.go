@@ -161,6 +161,12 @@ const (
 	// HostAgentServiceDeleteVolumeProcedure is the fully-qualified name of the HostAgentService's
 	// DeleteVolume RPC.
 	HostAgentServiceDeleteVolumeProcedure = "/hostagent.v1.HostAgentService/DeleteVolume"
+	// HostAgentServiceAdoptCapsuleProcedure is the fully-qualified name of the HostAgentService's
+	// AdoptCapsule RPC.
+	HostAgentServiceAdoptCapsuleProcedure = "/hostagent.v1.HostAgentService/AdoptCapsule"
+	// HostAgentServiceReleaseCapsuleProcedure is the fully-qualified name of the HostAgentService's
+	// ReleaseCapsule RPC.
+	HostAgentServiceReleaseCapsuleProcedure = "/hostagent.v1.HostAgentService/ReleaseCapsule"
 )
 
 // HostAgentServiceClient is a client for the hostagent.v1.HostAgentService service.
@@ -256,6 +262,19 @@ type HostAgentServiceClient interface {
 	// DeleteVolume removes a volume no capsule here holds: its local copy
 	// and its image in the snapshot store.
 	DeleteVolume(context.Context, *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error)
+	// Moves between hosts (docs/FLEET.md, "Moving capsules").
+	//
+	// AdoptCapsule takes over a capsule another host paused to the shared
+	// snapshot store, from the export record that host's PauseCapsule
+	// returned: the capsule (same id, access token, limits, env, template)
+	// becomes hibernated here and, with resume, is restored and running.
+	// FailedPrecondition when this host has no shared snapshot store;
+	// AlreadyExists when it already holds the capsule in another state.
+	AdoptCapsule(context.Context, *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error)
+	// ReleaseCapsule forgets a hibernated capsule that another host now
+	// owns: its local state goes, its snapshot in the shared store stays.
+	// FailedPrecondition unless the capsule is hibernated.
+	ReleaseCapsule(context.Context, *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -503,6 +522,18 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("DeleteVolume")),
 			connect.WithClientOptions(opts...),
 		),
+		adoptCapsule: connect.NewClient[v1.AdoptCapsuleRequest, v1.AdoptCapsuleResponse](
+			httpClient,
+			baseURL+HostAgentServiceAdoptCapsuleProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("AdoptCapsule")),
+			connect.WithClientOptions(opts...),
+		),
+		releaseCapsule: connect.NewClient[v1.ReleaseCapsuleRequest, v1.ReleaseCapsuleResponse](
+			httpClient,
+			baseURL+HostAgentServiceReleaseCapsuleProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ReleaseCapsule")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -547,6 +578,8 @@ type hostAgentServiceClient struct {
 	volumeListDir        *connect.Client[v1.VolumeFileRequest, v1.VolumeListDirResponse]
 	volumeRemove         *connect.Client[v1.VolumeFileRequest, v1.VolumeRemoveResponse]
 	deleteVolume         *connect.Client[v1.DeleteVolumeRequest, v1.DeleteVolumeResponse]
+	adoptCapsule         *connect.Client[v1.AdoptCapsuleRequest, v1.AdoptCapsuleResponse]
+	releaseCapsule       *connect.Client[v1.ReleaseCapsuleRequest, v1.ReleaseCapsuleResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgentService.GetHostInfo.
@@ -744,6 +777,16 @@ func (c *hostAgentServiceClient) DeleteVolume(ctx context.Context, req *connect.
 	return c.deleteVolume.CallUnary(ctx, req)
 }
 
+// AdoptCapsule calls hostagent.v1.HostAgentService.AdoptCapsule.
+func (c *hostAgentServiceClient) AdoptCapsule(ctx context.Context, req *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error) {
+	return c.adoptCapsule.CallUnary(ctx, req)
+}
+
+// ReleaseCapsule calls hostagent.v1.HostAgentService.ReleaseCapsule.
+func (c *hostAgentServiceClient) ReleaseCapsule(ctx context.Context, req *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error) {
+	return c.releaseCapsule.CallUnary(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// GetHostInfo describes the host: driver, capabilities, capacity, load.
@@ -837,6 +880,19 @@ type HostAgentServiceHandler interface {
 	// DeleteVolume removes a volume no capsule here holds: its local copy
 	// and its image in the snapshot store.
 	DeleteVolume(context.Context, *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error)
+	// Moves between hosts (docs/FLEET.md, "Moving capsules").
+	//
+	// AdoptCapsule takes over a capsule another host paused to the shared
+	// snapshot store, from the export record that host's PauseCapsule
+	// returned: the capsule (same id, access token, limits, env, template)
+	// becomes hibernated here and, with resume, is restored and running.
+	// FailedPrecondition when this host has no shared snapshot store;
+	// AlreadyExists when it already holds the capsule in another state.
+	AdoptCapsule(context.Context, *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error)
+	// ReleaseCapsule forgets a hibernated capsule that another host now
+	// owns: its local state goes, its snapshot in the shared store stays.
+	// FailedPrecondition unless the capsule is hibernated.
+	ReleaseCapsule(context.Context, *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -1080,6 +1136,18 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("DeleteVolume")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceAdoptCapsuleHandler := connect.NewUnaryHandler(
+		HostAgentServiceAdoptCapsuleProcedure,
+		svc.AdoptCapsule,
+		connect.WithSchema(hostAgentServiceMethods.ByName("AdoptCapsule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceReleaseCapsuleHandler := connect.NewUnaryHandler(
+		HostAgentServiceReleaseCapsuleProcedure,
+		svc.ReleaseCapsule,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ReleaseCapsule")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceGetHostInfoProcedure:
@@ -1160,6 +1228,10 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceVolumeRemoveHandler.ServeHTTP(w, r)
 		case HostAgentServiceDeleteVolumeProcedure:
 			hostAgentServiceDeleteVolumeHandler.ServeHTTP(w, r)
+		case HostAgentServiceAdoptCapsuleProcedure:
+			hostAgentServiceAdoptCapsuleHandler.ServeHTTP(w, r)
+		case HostAgentServiceReleaseCapsuleProcedure:
+			hostAgentServiceReleaseCapsuleHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1323,4 +1395,12 @@ func (UnimplementedHostAgentServiceHandler) VolumeRemove(context.Context, *conne
 
 func (UnimplementedHostAgentServiceHandler) DeleteVolume(context.Context, *connect.Request[v1.DeleteVolumeRequest]) (*connect.Response[v1.DeleteVolumeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.DeleteVolume is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) AdoptCapsule(context.Context, *connect.Request[v1.AdoptCapsuleRequest]) (*connect.Response[v1.AdoptCapsuleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.AdoptCapsule is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ReleaseCapsule(context.Context, *connect.Request[v1.ReleaseCapsuleRequest]) (*connect.Response[v1.ReleaseCapsuleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ReleaseCapsule is not implemented"))
 }

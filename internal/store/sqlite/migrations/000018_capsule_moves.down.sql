@@ -1,0 +1,3 @@
+ALTER TABLE hosts DROP COLUMN drain_report;
+ALTER TABLE hosts DROP COLUMN drain;
+ALTER TABLE capsules DROP COLUMN move_record;
