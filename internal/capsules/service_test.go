@@ -30,7 +30,7 @@ type agent struct {
 	createErr error
 	pauseErr  error
 	expiresAt int64 // CreateCapsule answers this expiry (unix seconds; 0: none)
-	gone      bool // PingCapsule answers not found
+	gone      bool  // PingCapsule answers not found
 	created   []*pb.CreateCapsuleRequest
 	onResume  func() // runs inside ResumeCapsule (e.g. a reconciler moving the row)
 	// UpdateCapsuleNetwork (network_test.go)
