@@ -263,8 +263,11 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	token := auth.RandomToken("wrc_")
 	c.TeamID, c.TemplateID, c.HostID, c.CreatedBy = sc.TeamID, tmpl.ID, host.ID, sc.UserID
 	c.AccessTokenHash = auth.HashToken(token)
-	exp := store.Now().Add(time.Duration(c.TimeoutSec) * time.Second)
+	exp := store.Now().Add(time.Duration(c.TimeoutSec) * time.Second).Truncate(time.Second)
 	c.ExpiresAt = &exp
+	// Inserted as starting (pending → starting has no event: one store
+	// write less per create).
+	c.Status = store.CapsuleStarting
 	if c, err = s.cfg.Store.CreateCapsule(ctx, c); err != nil {
 		return Created{}, err
 	}
@@ -274,10 +277,6 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleCreated, c.ID, map[string]any{
 		"template": tmpl.Name, "template_id": tmpl.ID, "host_id": host.ID, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB,
 	})
-	if _, err := s.transition(ctx, c, store.CapsuleStarting, ""); err != nil {
-		return Created{}, err
-	}
-	c.Status = store.CapsuleStarting
 	resp, err := s.cfg.Agents.Client(host).CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: agentTimeout(c, c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
@@ -310,7 +309,9 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if _, err := s.transition(bg, c, store.CapsuleRunning, ""); err != nil {
 		return Created{}, err
 	}
-	if e := resp.Msg.GetCapsule().GetExpiresAt(); e > 0 {
+	// The host's expiry is the one it enforces; it is written only when
+	// it differs (to the second) from the one inserted.
+	if e := resp.Msg.GetCapsule().GetExpiresAt(); e > 0 && (c.ExpiresAt == nil || c.ExpiresAt.Unix() != e) {
 		t := store.Truncate(time.Unix(e, 0))
 		_ = s.cfg.Store.SetCapsuleTimeout(bg, c.TeamID, c.ID, c.TimeoutSec, &t)
 	}

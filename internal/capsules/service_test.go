@@ -29,7 +29,8 @@ type agent struct {
 	mu        sync.Mutex
 	createErr error
 	pauseErr  error
-	gone      bool // PingCapsule answers not found
+	expiresAt int64 // CreateCapsule answers this expiry (unix seconds; 0: none)
+	gone      bool  // PingCapsule answers not found
 	created   []*pb.CreateCapsuleRequest
 	onResume  func() // runs inside ResumeCapsule (e.g. a reconciler moving the row)
 	// UpdateCapsuleNetwork (network_test.go)
@@ -69,7 +70,7 @@ func (a *agent) CreateCapsule(_ context.Context, r *connect.Request[pb.CreateCap
 	// A capsule of a team template (a fork's base, named by id) is
 	// "restored" with its processes.
 	fromMemory := strings.HasPrefix(r.Msg.GetTemplate(), store.PrefixTemplate+"-")
-	return connect.NewResponse(&pb.CreateCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId(), MemoryKept: fromMemory}}), nil
+	return connect.NewResponse(&pb.CreateCapsuleResponse{Capsule: &pb.Capsule{CapsuleId: r.Msg.GetCapsuleId(), MemoryKept: fromMemory, ExpiresAt: a.expiresAt}}), nil
 }
 
 func (a *agent) PauseCapsule(_ context.Context, r *connect.Request[pb.PauseCapsuleRequest]) (*connect.Response[pb.PauseCapsuleResponse], error) {

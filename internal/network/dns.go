@@ -143,7 +143,7 @@ func (f *forwarder) serve(key string, w dns.ResponseWriter, req *dns.Msg) {
 	}
 	st := f.m.policy(key)
 	name := req.Question[0].Name
-	if st == nil || !st.internet {
+	if st == nil || !st.internet || st.held {
 		f.denied(key, name, "allow_internet=false")
 		reply(dns.RcodeRefused)
 		return

@@ -273,6 +273,20 @@ func (m *Manager) Setup(key string, allowInternet bool, policy *runtime.NetworkP
 // nil makes it as Setup does. The rest (veth, addresses, rules) is done
 // from the host as for any namespace.
 func (m *Manager) SetupWith(key string, allowInternet bool, policy *runtime.NetworkPolicy, newNetns func(path string) error) (a Allocation, err error) {
+	return m.setup(key, allowInternet, policy, newNetns, false)
+}
+
+// SetupHeld is SetupWith for a capsule made ahead of its use (a warm-pool
+// capsule): its chain, sets and rate limits are written for allowInternet
+// and policy, but its dispatch rule is not, so it has no egress at all
+// (the forward chain drops flows no capsule rule accepted) until a
+// SetPolicy releases it. A SetPolicy with the same policy then adds that
+// one rule (≈ 0.1 ms) instead of rewriting the chain (10-20 ms).
+func (m *Manager) SetupHeld(key string, allowInternet bool, policy *runtime.NetworkPolicy, newNetns func(path string) error) (a Allocation, err error) {
+	return m.setup(key, allowInternet, policy, newNetns, true)
+}
+
+func (m *Manager) setup(key string, allowInternet bool, policy *runtime.NetworkPolicy, newNetns func(path string) error, hold bool) (a Allocation, err error) {
 	if err := policy.Validate(); err != nil {
 		return a, err
 	}
@@ -303,7 +317,7 @@ func (m *Manager) SetupWith(key string, allowInternet bool, policy *runtime.Netw
 	if err := m.link(a); err != nil {
 		return a, err
 	}
-	if err := m.SetPolicy(a, allowInternet, policy); err != nil {
+	if err := m.setPolicy(a, allowInternet, policy, hold); err != nil {
 		return a, err
 	}
 	return a, nil

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -365,5 +366,76 @@ func TestRateLimit(t *testing.T) {
 	}
 	if float64(got) < 0.5*limit/1.5 {
 		t.Errorf("ingress only %.1f MB", float64(got)/(1<<20))
+	}
+}
+
+// TestHeldCapsule: a capsule set up held (a warm-pool capsule) has no
+// egress and no name resolution; SetPolicy with the policy it was held
+// with releases it by adding its dispatch rule only (its chain is not
+// rewritten: same rule handles); a held capsule given another policy gets
+// that policy in full.
+func TestHeldCapsule(t *testing.T) {
+	m := newManager(t)
+	nettest.Start(t)
+	a, err := m.SetupHeld("phold", true, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(a) })
+	if reach(t, a, web(nettest.Web1)) {
+		t.Fatal("held capsule reached the internet")
+	}
+	if r, err := resolve(t, a, network.InsideGateway, "udp", "allowed."+nettest.Zone); err != nil || r.Rcode != dns.RcodeRefused {
+		t.Fatalf("held capsule resolved a name: %v %v", r, err)
+	}
+	before, err := network.ChainHandles(m, a.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetPolicy(a, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !reach(t, a, web(nettest.Web1)) {
+		t.Fatal("released capsule cannot reach the internet")
+	}
+	after, err := network.ChainHandles(m, a.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(before, after) || len(after) == 0 {
+		t.Errorf("release rewrote the chain: rule handles %v, then %v", before, after)
+	}
+	if r, err := resolve(t, a, network.InsideGateway, "udp", "allowed."+nettest.Zone); err != nil || r.Rcode != dns.RcodeSuccess {
+		t.Errorf("released capsule cannot resolve: %v %v", r, err)
+	}
+	// Counters still work after the release.
+	if _, err := m.Counters(a); err != nil {
+		t.Fatal(err)
+	}
+
+	// Taken with another policy: enforced in full.
+	b, err := m.SetupHeld("phold2", true, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(b) })
+	pol := &runtime.NetworkPolicy{AllowOut: []string{nettest.Web1.String()}, DenyOut: []string{"0.0.0.0/0"}}
+	if err := m.SetPolicy(b, true, pol); err != nil {
+		t.Fatal(err)
+	}
+	if !reach(t, b, web(nettest.Web1)) || reach(t, b, web(nettest.Web2)) {
+		t.Error("held capsule taken with an allow-list: policy not enforced")
+	}
+	// Without internet: nothing, although it was held with internet.
+	c, err := m.SetupHeld("phold3", true, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Teardown(c) })
+	if err := m.SetPolicy(c, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if reach(t, c, web(nettest.Web1)) {
+		t.Error("held capsule taken without internet reached the internet")
 	}
 }

@@ -556,16 +556,21 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 			Async: true,
 			Do: func(context.Context) (err error) {
 				d.net.Label(rec.Key, rec.ID)
-				allow := rec.Spec.AllowInternet && !rec.Pool
-				if rec.IDBase == 0 {
-					rec.Net, err = d.net.Setup(rec.Key, allow, rec.Spec.Network)
-					return err
-				}
 				// The capsule's netns is made inside its user namespace
 				// (owned by it), so CRIU can checkpoint the capsule.
-				rec.Net, err = d.net.SetupWith(rec.Key, allow, rec.Spec.Network, func(path string) error {
-					return newOwnedNetns(rec.IDBase, filepath.Join(p.Dir, usernsFile), path)
-				})
+				var newNetns func(string) error
+				if rec.IDBase != 0 {
+					newNetns = func(path string) error {
+						return newOwnedNetns(rec.IDBase, filepath.Join(p.Dir, usernsFile), path)
+					}
+				}
+				if rec.Pool {
+					// Held: no egress until taken; the take of a default
+					// create (internet, default policy) only releases it.
+					rec.Net, err = d.net.SetupHeld(rec.Key, true, nil, newNetns)
+					return err
+				}
+				rec.Net, err = d.net.SetupWith(rec.Key, rec.Spec.AllowInternet, rec.Spec.Network, newNetns)
 				return err
 			},
 			Undo: func(context.Context) error { return d.teardownNet(rec) },

@@ -3,6 +3,7 @@ package container_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
+	"github.com/wrenn-dev/wrenn/internal/testutil/fakeinet"
 )
 
 // TestWarmPoolAuto: a pool sized by demand (the default of `wrenn up` and
@@ -117,6 +119,32 @@ func TestWarmPoolAuto(t *testing.T) {
 	for _, id := range []string{"cl-pool-a", "cl-pool-b", "cl-pool-c"} {
 		if err := d.Destroy(ctx, id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
 			t.Error(err)
+		}
+	}
+}
+
+// TestWarmPoolTakeNetwork: a warm-pool capsule is held without egress; a
+// take with internet reaches the internet (the pool's network was set up
+// for the default policy and is only released), a take without internet
+// does not.
+func TestWarmPoolTakeNetwork(t *testing.T) {
+	d := newDriver(t)
+	ctx := testutil.Context(t, testutil.Long)
+	inetAddr := fakeinet.New(t, "wpn").Serve(t)
+	d.SetWarmPool(tmplName, 1)
+	for i, internet := range []bool{true, false} {
+		testutil.Eventually(t, testutil.Long, func() bool { return d.WarmPoolSize(tmplName) == 1 }, "pool filled")
+		id := fmt.Sprintf("cl-wpnet%d", i)
+		info, err := d.Take(ctx, runtime.Spec{ID: id, Template: tmplName, AllowInternet: internet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Destroy(context.Background(), id) })
+		if err := d.WaitReady(ctx, info); err != nil {
+			t.Fatal(err)
+		}
+		if got, out := fetch(ctx, d, id, inetAddr, "/health"); got != internet {
+			t.Errorf("taken with allow_internet=%v: internet reachable = %v (%s)", internet, got, out)
 		}
 	}
 }
