@@ -419,6 +419,10 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		_ = os.RemoveAll(work)
 		return "", nil, err
 	}
+	if st, err := readCRIUStats("stats-dump", work, images); err == nil {
+		d.log.Info("criu dump", "id", rec.ID, "freezing", st.Freezing, "frozen", st.Frozen,
+			"memdump", st.MemDump, "memwrite", st.MemWrite, "pages_scanned", st.PagesScanned, "pages_written", st.PagesWritten)
+	}
 	_ = os.RemoveAll(work)
 	rec.State = runtime.StateStopped
 	rec.PID = 0
@@ -656,10 +660,12 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 	images := filepath.Join(capsuleDir, criuImagesDir)
 	if snapshot.IsCRIUVA(r) {
 		// Only the dumped pages are read, in the order CRIU wants them.
+		start := time.Now()
 		if err := snapshot.WriteCRIUImages(ctx, r, images); err != nil {
 			_ = os.RemoveAll(images)
 			return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
 		}
+		d.log.Info("criu images fetched", "id", capsuleID, "bytes", imagesSize(images), "took", time.Since(start))
 		return images, keys, nil
 	}
 	archive := filepath.Join(capsuleDir, criuImagesDir+".tar")
@@ -760,6 +766,9 @@ func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, 
 		}
 		rec.PID = 0
 		return err
+	}
+	if st, err := readCRIUStats("stats-restore", work, images); err == nil {
+		d.log.Info("criu restore", "id", rec.ID, "forking", st.Forking, "restore", st.Restore, "pages_restored", st.PagesRestored)
 	}
 	rec.State = runtime.StateRunning
 	rec.StartedAt = time.Now().UTC()

@@ -223,7 +223,7 @@ func BenchmarkCRIUPauseVA(b *testing.B) {
 	for _, mib := range []int{256, 1024} {
 		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
 			cfg := criuConfig(b)
-			cfg.Network.Subnet = netipPrefix(22)
+			cfg.Network.Subnet = netipPrefix(7)
 			cfg.DefaultDiskSizeMB = 256
 			// Info: the driver logs where a pause's time goes (checkpoint,
 			// memory store processing and publish, disk publish).
