@@ -388,9 +388,23 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		images, err := d.runscCheckpoint(ctx, rec)
 		return images, nil, err
 	}
-	if rec.State == runtime.StatePaused {
-		if err := d.cg.freeze(d.cgroupPath(rec.Key), false); err != nil {
+	// The capsule is frozen (cgroup freezer) before criu starts: criu
+	// polls a freeze it starts itself every 100 ms, so a freeze that takes
+	// a millisecond cost a pause 100 ms (criu's "freezing" stat); on a
+	// frozen cgroup criu seizes the tasks at once. A paused capsule is
+	// frozen already.
+	cg := d.cgroupPath(rec.Key)
+	if rec.State == runtime.StateRunning {
+		if err := d.cg.freeze(cg, true); err != nil {
+			_ = d.cg.freeze(cg, false)
 			return "", nil, err
+		}
+	}
+	// On failure criu leaves the cgroup frozen again: the capsule goes
+	// back to running, as before the attempt.
+	thaw := func() {
+		if err := d.cg.freeze(cg, false); err != nil {
+			d.log.Warn("thaw after a failed checkpoint", "id", rec.ID, "err", err)
 		}
 		rec.State = runtime.StateRunning
 	}
@@ -399,11 +413,13 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	work := filepath.Join(p.Dir, criuWorkDir)
 	for _, dir := range []string{images, work} {
 		if err := os.RemoveAll(dir); err != nil {
+			thaw()
 			return "", nil, fmt.Errorf("container: %w", err)
 		}
 	}
 	keys, err := hostFileKeys(rec.PID)
 	if err != nil {
+		thaw()
 		return "", nil, err
 	}
 	conf := append([]string(nil), baseCRIUConf...)
@@ -411,12 +427,14 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		conf = append(conf, "external "+k)
 	}
 	if err := os.MkdirAll(images, 0o700); err != nil {
+		thaw()
 		return "", nil, fmt.Errorf("container: %w", err)
 	}
 	err = d.runcCRIU(ctx, conf, work, nil, "checkpoint", "--image-path", images, "--work-path", work, rec.Key)
 	if err != nil {
 		_ = os.RemoveAll(images)
 		_ = os.RemoveAll(work)
+		thaw()
 		return "", nil, err
 	}
 	if st, err := readCRIUStats("stats-dump", work, images); err == nil {
@@ -766,6 +784,10 @@ func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, 
 		}
 		rec.PID = 0
 		return err
+	}
+	// The dump was taken of a frozen cgroup; the restored tasks run.
+	if err := d.cg.freeze(d.cgroupPath(rec.Key), false); err != nil {
+		d.log.Warn("thaw after a memory restore", "id", rec.ID, "err", err)
 	}
 	if st, err := readCRIUStats("stats-restore", work, images); err == nil {
 		d.log.Info("criu restore", "id", rec.ID, "forking", st.Forking, "restore", st.Restore, "pages_restored", st.PagesRestored)
