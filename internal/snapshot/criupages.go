@@ -494,6 +494,20 @@ func (m *Manager) PauseCRIU(ctx context.Context, name, dir string, o CRIUPauseOp
 	}
 	size := int64(len(slots.keys)+1) * criuSlotSize
 	s.zeros(cursor, size/criuPage-cursor)
+	return m.publishCRIU(ctx, name, b, slots, parent, tarLen, o, stats, start)
+}
+
+// publishCRIU finishes b (every block of the image placed: the tar in
+// slot 0 and the pages), merges a chain longer than o.MaxChain and
+// publishes the image as name. It consumes b.
+func (m *Manager) publishCRIU(ctx context.Context, name string, b *builder, slots *slotTable, parent *Reader, tarLen int64, o CRIUPauseOptions, stats CRIUStats, start time.Time) (*Header, CRIUStats, error) {
+	size := int64(len(slots.keys)+1) * criuSlotSize
+	if b.unsorted {
+		if err := b.sortMappings(size / criuPage); err != nil {
+			b.abort()
+			return nil, stats, err
+		}
+	}
 
 	md := make(map[string]string, len(o.Metadata)+3)
 	for k, v := range o.Metadata {

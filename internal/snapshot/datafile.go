@@ -9,6 +9,9 @@ import (
 	"hash/crc32"
 	"io"
 	"math/bits"
+	"os"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn-dev/wrenn/internal/snapshot/store"
 )
@@ -37,7 +40,17 @@ type dataWriter struct {
 	bs     int64
 	crcs   []uint32
 	blocks int64
+	// file, when set, is the file w writes to: its dirty pages are
+	// handed to writeback every writebackChunk bytes (sync_file_range),
+	// so the fsync that commits the build finds little left to write
+	// and the disk works while blocks are still being produced.
+	file   *os.File
+	synced int64
 }
+
+// writebackChunk is how much written data a dataWriter lets accumulate
+// before starting its writeback.
+const writebackChunk = 32 << 20
 
 func newDataWriter(w io.Writer, bs int64) *dataWriter {
 	return &dataWriter{w: bufio.NewWriterSize(w, 1<<20), bs: bs}
@@ -53,6 +66,14 @@ func (d *dataWriter) writeBlock(p []byte) (int64, error) {
 	}
 	d.crcs = append(d.crcs, crc32.Checksum(p, castagnoli))
 	d.blocks++
+	if d.file != nil {
+		if out := d.blocks*d.bs - int64(d.w.Buffered()); out-d.synced >= writebackChunk {
+			// Best effort: an error here only means the final fsync
+			// does all the work.
+			_ = unix.SyncFileRange(int(d.file.Fd()), d.synced, out-d.synced, unix.SYNC_FILE_RANGE_WRITE)
+			d.synced = out
+		}
+	}
 	return d.blocks - 1, nil
 }
 
