@@ -37,6 +37,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +59,10 @@ const (
 	// reader to the store goroutine holds.
 	psChunkPages = 1024
 )
+
+// errPeerGone: CRIU closed the session before CLOSE (it failed or was
+// killed).
+var errPeerGone = errors.New("snapshot: page server: criu ended the session before CLOSE")
 
 // CRIUPageServer receives one CRIU dump's pages (see above). Start it with
 // StartCRIUPageServer, hand Addr to CRIU, then call Finish after CRIU
@@ -153,15 +158,27 @@ func (ps *CRIUPageServer) release() {
 	ps.m.gcMu.RUnlock()
 }
 
-// serve accepts CRIU's one connection and runs the session.
+// serve accepts CRIU's connection and runs the session. Only a
+// connection from a socket owned by root (CRIU runs as root) is taken: a
+// local unprivileged process cannot feed pages into a capsule's image.
 func (ps *CRIUPageServer) serve() {
 	defer close(ps.done)
-	c, err := ps.ln.Accept()
-	_ = ps.ln.Close()
-	if err != nil {
-		ps.err = fmt.Errorf("snapshot: page server: accept: %w", err)
-		return
+	var c net.Conn
+	for {
+		var err error
+		c, err = ps.ln.Accept()
+		if err != nil {
+			ps.err = fmt.Errorf("snapshot: page server: accept: %w", err)
+			return
+		}
+		uid, err := loopbackPeerUID(c)
+		if err == nil && uid == 0 {
+			break
+		}
+		ps.m.log().Warn("criu page server: connection refused", "peer", c.RemoteAddr().String(), "uid", uid, "err", err)
+		_ = c.Close()
 	}
+	_ = ps.ln.Close()
 	ps.mu.Lock()
 	ps.conn = c
 	ps.mu.Unlock()
@@ -183,11 +200,7 @@ func (ps *CRIUPageServer) session(c net.Conn) error {
 		var err error
 		for ch := range chunks {
 			if err == nil {
-				for k, blk := range ch.blks {
-					if err = ps.s.data(blk, ch.buf[k*criuPage:(k+1)*criuPage]); err != nil {
-						break
-					}
-				}
+				err = ps.store(ch)
 			}
 			free <- ch.buf
 		}
@@ -201,11 +214,41 @@ func (ps *CRIUPageServer) session(c net.Conn) error {
 	return err
 }
 
+// store hands a chunk's pages to the sink. Without a parent, runs of
+// non-zero pages on consecutive blocks are written with one write each.
+func (ps *CRIUPageServer) store(ch psChunk) error {
+	page := func(k int) []byte { return ch.buf[k*criuPage : (k+1)*criuPage] }
+	if _, full := ps.s.(fullSink); !full {
+		for k, blk := range ch.blks {
+			if err := ps.s.data(blk, page(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for k := 0; k < len(ch.blks); {
+		if isZero(page(k)) {
+			ps.b.zero(ch.blks[k], 1)
+			k++
+			continue
+		}
+		e := k + 1
+		for e < len(ch.blks) && ch.blks[e] == ch.blks[e-1]+1 && !isZero(page(e)) {
+			e++
+		}
+		if err := ps.b.storeRun(ch.blks[k], ch.buf[k*criuPage:e*criuPage]); err != nil {
+			return err
+		}
+		k = e
+	}
+	return nil
+}
+
 func (ps *CRIUPageServer) read(c net.Conn, chunks chan<- psChunk, free chan []byte) error {
 	hdr := make([]byte, psHeaderLen)
 	for {
 		if _, err := io.ReadFull(c, hdr); err != nil {
-			return fmt.Errorf("snapshot: page server: session ended before CLOSE: %w", err)
+			return fmt.Errorf("%w: %w", errPeerGone, err)
 		}
 		raw := binary.LittleEndian.Uint32(hdr)
 		cmd, flags := raw&0xffff, raw>>16
@@ -283,7 +326,7 @@ func (ps *CRIUPageServer) add(c net.Conn, dst, vaddr, nr uint64, flags uint32, c
 		p := buf[:n*criuPage]
 		if _, err := io.ReadFull(c, p); err != nil {
 			free <- buf
-			return fmt.Errorf("snapshot: page server: read pages: %w", err)
+			return fmt.Errorf("%w: read pages: %w", errPeerGone, err)
 		}
 		blks := make([]int64, n)
 		for k := range blks {
@@ -322,6 +365,23 @@ func (ps *CRIUPageServer) stop() {
 	ps.mu.Unlock()
 }
 
+// Failed returns the session's error after Abort when the page server
+// itself failed (a layout it cannot hold, a write error, a protocol
+// error), nil when the session went well or CRIU ended it: then a dump
+// that failed failed on CRIU's side, and dumping again to files would fail
+// the same way.
+func (ps *CRIUPageServer) Failed() error {
+	select {
+	case <-ps.done:
+	default:
+		return nil
+	}
+	if ps.err == nil || errors.Is(ps.err, errPeerGone) || errors.Is(ps.err, net.ErrClosed) {
+		return nil
+	}
+	return ps.err
+}
+
 // Abort ends the session and deletes what it built. Safe to call after
 // Finish (it then does nothing).
 func (ps *CRIUPageServer) Abort() {
@@ -338,9 +398,13 @@ func (ps *CRIUPageServer) Abort() {
 // Finish waits for CRIU's session to end, writes the pagemaps into dir
 // (CRIU's image directory of the same dump, which holds every other
 // image) and publishes the image as name: dir's files in slot 0, the
-// pages where the session placed them.
-func (ps *CRIUPageServer) Finish(ctx context.Context, name, dir string) (*Header, CRIUStats, error) {
+// pages where the session placed them. md, when not nil, replaces the
+// metadata given to StartCRIUPageServer.
+func (ps *CRIUPageServer) Finish(ctx context.Context, name, dir string, md map[string]string) (*Header, CRIUStats, error) {
 	var stats CRIUStats
+	if md != nil {
+		ps.o.Metadata = md
+	}
 	if ps.finished {
 		return nil, stats, errors.New("snapshot: page server already finished")
 	}
@@ -395,4 +459,35 @@ func (ps *CRIUPageServer) Finish(ctx context.Context, name, dir string) (*Header
 		return fail(err)
 	}
 	return ps.m.publishCRIU(ctx, name, ps.b, ps.slots, ps.parent, tarLen, ps.o, stats, ps.start)
+}
+
+// loopbackPeerUID returns the uid owning the other end of a loopback TCP
+// connection, from /proc/net/tcp (the peer's socket is the entry whose
+// local address is c's remote address and whose remote address is c's
+// local one).
+func loopbackPeerUID(c net.Conn) (int, error) {
+	la, ok1 := c.LocalAddr().(*net.TCPAddr)
+	ra, ok2 := c.RemoteAddr().(*net.TCPAddr)
+	if !ok1 || !ok2 || !ra.IP.IsLoopback() {
+		return -1, errors.New("not a loopback TCP connection")
+	}
+	hexAddr := func(a *net.TCPAddr) string {
+		ip := a.IP.To4()
+		if ip == nil {
+			return ""
+		}
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port)
+	}
+	want, peer := hexAddr(ra), hexAddr(la)
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return -1, err
+	}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) > 7 && f[1] == want && f[2] == peer {
+			return strconv.Atoi(f[7])
+		}
+	}
+	return -1, errors.New("peer socket not found in /proc/net/tcp")
 }

@@ -8,7 +8,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,7 +102,7 @@ func TestCRIUPageServer(t *testing.T) {
 		sendDump(t, ps.Addr(), procs, false)
 		dir := filepath.Join(t.TempDir(), "images")
 		writeCRIUDir(t, dir, nil, extra) // what CRIU leaves locally: no pagemaps, no pages
-		h, stats, err := ps.Finish(ctx, name, dir)
+		h, stats, err := ps.Finish(ctx, name, dir, nil)
 		ps.Abort() // no-op after Finish
 		if err != nil {
 			t.Fatalf("Finish: %v", err)
@@ -113,6 +116,30 @@ func TestCRIUPageServer(t *testing.T) {
 		return stats
 	}
 	st1 := stream("cap.s1", "", procs)
+	// Only a root-owned peer is served: a connection from another user
+	// first is closed, and CRIU's (root) connection after it still works.
+	if os.Geteuid() == 0 {
+		ps, err := m.StartCRIUPageServer(ctx, snapshot.CRIUPauseOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(ps.Addr())
+		cmd := exec.Command("bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+port+"; printf 'junk%.0s' {1..20} >&3; cat <&3")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		// cat ends when the server closes (or resets) the connection.
+		if out, err := cmd.CombinedOutput(); err != nil && !strings.Contains(string(out), "reset") {
+			t.Fatalf("unprivileged connection: %v: %s", err, out)
+		}
+		sendDump(t, ps.Addr(), procs, false)
+		dir := filepath.Join(t.TempDir(), "images")
+		writeCRIUDir(t, dir, nil, extra)
+		if _, _, err := ps.Finish(ctx, "cap.root", dir, nil); err != nil {
+			t.Fatalf("Finish after an unprivileged connection: %v", err)
+		}
+		want := filepath.Join(t.TempDir(), "want")
+		writeCRIUDir(t, want, procs, extra)
+		sameDirs(t, want, restoreCRIU(t, m, "cap.root"))
+	}
 	wantPages := int64(10+64+3000+16+100) * page
 	if st1.PageBytes != wantPages {
 		t.Errorf("page bytes %d, want %d", st1.PageBytes, wantPages)
@@ -152,7 +179,7 @@ func TestCRIUPageServer(t *testing.T) {
 	sendDump(t, ps.Addr(), procs, true)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, _, err := ps.Finish(cctx, "cap.cut", t.TempDir()); err == nil {
+	if _, _, err := ps.Finish(cctx, "cap.cut", t.TempDir(), nil); err == nil {
 		t.Fatal("Finish of a dump cut off mid-way succeeded")
 	}
 	after, _ := st.ListHeaders(ctx)
@@ -183,8 +210,53 @@ func TestCRIUPageServer(t *testing.T) {
 	_, _ = c.Write(psHeader(4, 0, 0, 1<<8|1))
 	_, _ = io.ReadFull(c, make([]byte, 1))
 	_, _ = c.Write(psHeader(6|1<<16, 1, 0x1000, 1<<8|1))
-	if _, _, err := ps.Finish(cctx, "cap.hole", t.TempDir()); !errors.Is(err, snapshot.ErrCRIULayout) {
+	if _, _, err := ps.Finish(cctx, "cap.hole", t.TempDir(), nil); !errors.Is(err, snapshot.ErrCRIULayout) {
 		t.Errorf("parent pages: %v, want ErrCRIULayout", err)
 	}
 	_ = c.Close()
+}
+
+// BenchmarkCRIUPageServer measures the store side of a streamed pause: a
+// client sends a 256 MiB dump (one range of random pages) over loopback
+// TCP as CRIU does, and the page server stores it; next to PauseCRIU of
+// the same dump written to a directory first (write, then read back). In
+// MiB/s of dumped memory.
+func BenchmarkCRIUPageServer(b *testing.B) {
+	const mib = 256
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(8, 9))
+	procs := []fakeProc{{pid: 1, pagesID: 1, vmas: []fakeVMA{{vaddr: 0x7f00_0000_0000, data: randPages(r, mib<<20/page)}}}}
+	root := b.TempDir()
+	var streamed, local time.Duration
+	for i := 0; i < b.N; i++ {
+		st, err := store.OpenLocal(filepath.Join(root, "store"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		m := &snapshot.Manager{Store: st, TempDir: root}
+		t0 := time.Now()
+		ps, err := m.StartCRIUPageServer(ctx, snapshot.CRIUPauseOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sendDump(b, ps.Addr(), procs, false)
+		dir := filepath.Join(root, "images")
+		writeCRIUDir(b, dir, nil, map[string][]byte{"core-1.img": []byte("core")})
+		if _, _, err := ps.Finish(ctx, "s", dir, nil); err != nil {
+			b.Fatal(err)
+		}
+		streamed += time.Since(t0)
+		_ = os.RemoveAll(dir)
+		t0 = time.Now()
+		writeCRIUDir(b, dir, procs, map[string][]byte{"core-1.img": []byte("core")})
+		if _, _, err := m.PauseCRIU(ctx, "l", dir, snapshot.CRIUPauseOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		local += time.Since(t0)
+		_ = os.RemoveAll(dir)
+		_ = os.RemoveAll(filepath.Join(root, "store"))
+	}
+	n := float64(b.N)
+	b.ReportMetric(mib/(streamed.Seconds()/n), "streamed-MiB/s")
+	b.ReportMetric(mib/(local.Seconds()/n), "write-then-read-MiB/s")
 }

@@ -220,6 +220,17 @@ func (b *builder) sortMappings(nblocks int64) error {
 	return nil
 }
 
+// storeRun stores the blocks of p (whole blocks, none of them zero) at
+// blk, blk+1, … with one write.
+func (b *builder) storeRun(blk int64, p []byte) error {
+	i, err := b.data.writeBlocks(p)
+	if err != nil {
+		return err
+	}
+	b.add(Mapping{Start: blk, Count: int64(len(p)) / b.bs, Build: b.own, DataBlock: i})
+	return nil
+}
+
 func newBuilder(bs int64, tempDir string) (*builder, error) {
 	if tempDir == "" {
 		tempDir = os.TempDir()

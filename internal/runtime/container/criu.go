@@ -430,12 +430,50 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		thaw()
 		return "", nil, fmt.Errorf("container: %w", err)
 	}
-	err = d.runcCRIU(ctx, conf, work, nil, "checkpoint", "--image-path", images, "--work-path", work, rec.Key)
+	args := []string{"checkpoint", "--image-path", images, "--work-path", work}
+	// With Config.CRIUPageServer the pages stream into the snapshot
+	// store while CRIU dumps them (snapshot.CRIUPageServer): no pages
+	// file is written and read back.
+	var ps *snapshot.CRIUPageServer
+	if d.cfg.CRIUPageServer {
+		var parent string
+		if rec.Parent != "" {
+			parent = rec.Parent + memSuffix
+		}
+		ps, err = d.snaps.StartCRIUPageServer(ctx, snapshot.CRIUPauseOptions{Parent: parent})
+		if err != nil {
+			d.log.Warn("criu page server not started, dumping pages to files", "id", rec.ID, "err", err)
+			ps = nil
+		} else {
+			args = append(args, "--page-server", ps.Addr())
+		}
+	}
+	err = d.runcCRIU(ctx, conf, work, nil, append(args, rec.Key)...)
+	if err != nil && ps != nil {
+		ps.Abort()
+		if serr := ps.Failed(); serr != nil {
+			// The store side failed (e.g. a layout it cannot hold), not
+			// the dump: CRIU resumed the tasks, dump again to files.
+			d.log.Warn("criu page server failed, dumping again to files", "id", rec.ID, "err", serr)
+			ps = nil
+			_ = os.RemoveAll(images)
+			_ = unmountUnder(work)
+			_ = os.RemoveAll(work)
+			if merr := os.MkdirAll(images, 0o700); merr == nil {
+				if ferr := d.cg.freeze(cg, true); ferr == nil {
+					err = d.runcCRIU(ctx, conf, work, nil, "checkpoint", "--image-path", images, "--work-path", work, rec.Key)
+				}
+			}
+		}
+	}
 	if err != nil {
 		_ = os.RemoveAll(images)
 		_ = os.RemoveAll(work)
 		thaw()
 		return "", nil, err
+	}
+	if ps != nil {
+		d.dumps.Store(images, ps)
 	}
 	if st, err := readCRIUStats("stats-dump", work, images); err == nil {
 		d.log.Info("criu dump", "id", rec.ID, "freezing", st.Freezing, "frozen", st.Frozen,
@@ -445,6 +483,20 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	rec.State = runtime.StateStopped
 	rec.PID = 0
 	return images, keys, nil
+}
+
+// SetCRIUPageServer turns streaming a pause's pages into the store on or
+// off (Config.CRIUPageServer), for tests and benchmarks that compare both
+// in one run. Not to be called while a pause runs.
+func (d *Driver) SetCRIUPageServer(on bool) { d.cfg.CRIUPageServer = on }
+
+// dropDump removes a pause's image directory and drops what the store
+// received of its pages if nothing published them.
+func (d *Driver) dropDump(images string) {
+	if v, ok := d.dumps.LoadAndDelete(images); ok {
+		v.(*snapshot.CRIUPageServer).Abort()
+	}
+	_ = os.RemoveAll(images)
 }
 
 // setupScratch resolves Config.CRIUScratch (see there) and empties the
@@ -623,6 +675,18 @@ func (d *Driver) publishMemory(ctx context.Context, rec *record, name, images st
 	md[metaKind] = kindCRIU
 	md[metaCRIUKeys] = strings.Join(keys, ",")
 	memName := name + memSuffix
+	if v, ok := d.dumps.LoadAndDelete(images); ok {
+		// The pages are in the store already; the directory has the
+		// other images.
+		hdr, st, err := v.(*snapshot.CRIUPageServer).Finish(ctx, memName, images, md)
+		if err != nil {
+			return "", 0, fmt.Errorf("publish memory image: %w", err)
+		}
+		d.log.Info("capsule memory streamed by virtual address", "id", rec.ID,
+			"page_bytes", st.PageBytes, "stored_bytes", st.StoredBytes, "merged", st.Merged,
+			"process", st.Process, "publish", st.Publish, "generation", hdr.Generation)
+		return memName, st.StoredBytes, nil
+	}
 	if !d.rt.runsc {
 		var parent string
 		if rec.Parent != "" {
@@ -677,6 +741,7 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 	}
 	images := filepath.Join(capsuleDir, criuImagesDir)
 	if snapshot.IsCRIUVA(r) {
+		images = d.restoreDir(capsuleDir, r)
 		// Only the dumped pages are read, in the order CRIU wants them.
 		start := time.Now()
 		if err := snapshot.WriteCRIUImages(ctx, r, images); err != nil {
@@ -696,6 +761,32 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 		return "", nil, err
 	}
 	return images, keys, nil
+}
+
+// restoreDir is where a VA memory image is unpacked for `runc restore`:
+// the scratch tmpfs when there is one and the host has twice the image's
+// stored bytes (plus 256 MiB) available — CRIU then reads its pages from
+// memory, and the unpacking does not write them to disk — else the
+// capsule's directory. The scratch directory is made traversable (not
+// listable) so the restored tasks, which open some images themselves as
+// capsule root, reach their own directory; every dump and restore
+// directory in it is private to root or to its capsule's ids.
+func (d *Driver) restoreDir(capsuleDir string, r *snapshot.Reader) string {
+	local := filepath.Join(capsuleDir, criuImagesDir)
+	if d.scratch == "" {
+		return local
+	}
+	var stored int64
+	for _, b := range r.Header().Builds {
+		stored += b.DataLen
+	}
+	if memAvailable() < 2*stored+256<<20 {
+		return local
+	}
+	if err := os.Chmod(d.scratch, 0o711); err != nil {
+		return local
+	}
+	return filepath.Join(d.scratch, filepath.Base(capsuleDir)+".restore")
 }
 
 // restoreMemory restores a built (not started) capsule's processes from

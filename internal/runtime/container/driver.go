@@ -140,6 +140,13 @@ type Config struct {
 	// anyway when the host's available memory is under twice the capsule's
 	// memory limit (plus 256 MiB).
 	CRIUScratch string
+	// CRIUPageServer streams a pause's pages into the snapshot store
+	// while CRIU dumps them (CRIU's page-server protocol over loopback
+	// TCP, snapshot.CRIUPageServer) instead of having CRIU write them to
+	// the scratch directory for the store to read back. Off by default:
+	// on the 2-core VM it was measured on, streaming was 2.5× slower
+	// (docs/PERFORMANCE.md, "Pause and resume to disk").
+	CRIUPageServer bool
 	// DisableSeccomp runs capsules without the seccomp allow-list
 	// (seccomp.go). For benchmarks only: the zero value is secure.
 	DisableSeccomp bool
@@ -201,6 +208,10 @@ type Driver struct {
 	client   *http.Client
 	snaps    *snapshot.Manager
 	rt       runtimeClass
+
+	// dumps: CRIU image directory → the *snapshot.CRIUPageServer holding
+	// its pages until the pause publishes them (criu.go).
+	dumps sync.Map
 
 	mu   sync.Mutex
 	caps map[string]*capsule // by public ID
