@@ -431,15 +431,16 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		return "", nil, fmt.Errorf("container: %w", err)
 	}
 	args := []string{"checkpoint", "--image-path", images, "--work-path", work}
-	// With Config.CRIUPageServer the pages stream into the snapshot
-	// store while CRIU dumps them (snapshot.CRIUPageServer): no pages
-	// file is written and read back.
+	// Per Config.CRIUPageServer the pages stream into the snapshot store
+	// while CRIU dumps them (snapshot.CRIUPageServer): no pages file is
+	// written and read back.
 	var ps *snapshot.CRIUPageServer
-	if d.cfg.CRIUPageServer {
-		var parent string
-		if rec.Parent != "" {
-			parent = rec.Parent + memSuffix
-		}
+	var parent string
+	if rec.Parent != "" {
+		parent = rec.Parent + memSuffix
+	}
+	onScratch := d.scratch != "" && strings.HasPrefix(images, d.scratch+string(filepath.Separator))
+	if mode := d.cfg.CRIUPageServer; mode == "on" || (mode != "off" && !onScratch) {
 		ps, err = d.snaps.StartCRIUPageServer(ctx, snapshot.CRIUPauseOptions{Parent: parent})
 		if err != nil {
 			d.log.Warn("criu page server not started, dumping pages to files", "id", rec.ID, "err", err)
@@ -485,10 +486,10 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	return images, keys, nil
 }
 
-// SetCRIUPageServer turns streaming a pause's pages into the store on or
-// off (Config.CRIUPageServer), for tests and benchmarks that compare both
-// in one run. Not to be called while a pause runs.
-func (d *Driver) SetCRIUPageServer(on bool) { d.cfg.CRIUPageServer = on }
+// SetCRIUPageServer sets Config.CRIUPageServer ("", "on", "off"), for
+// tests and benchmarks that compare the modes in one run. Not to be called
+// while a pause runs.
+func (d *Driver) SetCRIUPageServer(mode string) { d.cfg.CRIUPageServer = mode }
 
 // dropDump removes a pause's image directory and drops what the store
 // received of its pages if nothing published them.

@@ -54,13 +54,10 @@ func atoi(t testing.TB, s string) int {
 // diff after 1 % of the memory was rewritten.
 func TestCRIUMemoryIdenticalAfterResume(t *testing.T) {
 	d := memTemplateDriver(t, 7)
-	for _, mode := range []struct {
-		name   string
-		stream bool
-	}{{"files", false}, {"page-server", true}} {
+	for _, mode := range []struct{ name, ps string }{{"files", "off"}, {"page-server", "on"}} {
 		t.Run(mode.name, func(t *testing.T) {
 			ctx := testutil.Context(t, 5*time.Minute)
-			d.SetCRIUPageServer(mode.stream)
+			d.SetCRIUPageServer(mode.ps)
 			id := "cl-criu-sum-" + mode.name
 			startCapsule(t, d, runtime.Spec{ID: id, MemoryMB: 512})
 			startMemhog(ctx, t, d, id, 96)
@@ -97,7 +94,7 @@ func TestCRIUMemoryIdenticalAfterResume(t *testing.T) {
 			}
 		})
 	}
-	d.SetCRIUPageServer(false)
+	d.SetCRIUPageServer("")
 	assertClean(t, d)
 }
 
@@ -110,13 +107,10 @@ func TestCRIUMemoryIdenticalAfterResume(t *testing.T) {
 // removes: both directories are emptied when a driver opens.)
 func TestCRIUPauseInterrupted(t *testing.T) {
 	d := memTemplateDriver(t, 7)
-	for _, mode := range []struct {
-		name   string
-		stream bool
-	}{{"files", false}, {"page-server", true}} {
+	for _, mode := range []struct{ name, ps string }{{"files", "off"}, {"page-server", "on"}} {
 		t.Run(mode.name, func(t *testing.T) {
 			ctx := testutil.Context(t, 5*time.Minute)
-			d.SetCRIUPageServer(mode.stream)
+			d.SetCRIUPageServer(mode.ps)
 			id := "cl-criu-cut-" + mode.name
 			startCapsule(t, d, runtime.Spec{ID: id, MemoryMB: 1024})
 			startMemhog(ctx, t, d, id, 512)
@@ -150,6 +144,6 @@ func TestCRIUPauseInterrupted(t *testing.T) {
 			}
 		})
 	}
-	d.SetCRIUPageServer(false)
+	d.SetCRIUPageServer("")
 	assertClean(t, d)
 }
