@@ -481,11 +481,9 @@ func (m *Manager) PauseCRIU(ctx context.Context, name, dir string, o CRIUPauseOp
 				b.abort()
 				return nil, stats, fmt.Errorf("snapshot: read %s: %w", r.file, err)
 			}
-			for k := range n {
-				if err := s.data(r.blk+done+k, p[k*criuPage:(k+1)*criuPage]); err != nil {
-					b.abort()
-					return nil, stats, err
-				}
+			if err := storePages(b, s, r.blk+done, p); err != nil {
+				b.abort()
+				return nil, stats, err
 			}
 			done += n
 		}
@@ -494,6 +492,20 @@ func (m *Manager) PauseCRIU(ctx context.Context, name, dir string, o CRIUPauseOp
 	}
 	size := int64(len(slots.keys)+1) * criuSlotSize
 	s.zeros(cursor, size/criuPage-cursor)
+	return m.publishCRIU(ctx, name, b, slots, parent, tarLen, o, stats, start)
+}
+
+// publishCRIU finishes b (every block of the image placed: the tar in
+// slot 0 and the pages), merges a chain longer than o.MaxChain and
+// publishes the image as name. It consumes b.
+func (m *Manager) publishCRIU(ctx context.Context, name string, b *builder, slots *slotTable, parent *Reader, tarLen int64, o CRIUPauseOptions, stats CRIUStats, start time.Time) (*Header, CRIUStats, error) {
+	size := int64(len(slots.keys)+1) * criuSlotSize
+	if b.unsorted {
+		if err := b.sortMappings(size / criuPage); err != nil {
+			b.abort()
+			return nil, stats, err
+		}
+	}
 
 	md := make(map[string]string, len(o.Metadata)+3)
 	for k, v := range o.Metadata {
@@ -549,6 +561,38 @@ func (m *Manager) PauseCRIU(ctx context.Context, name, dir string, o CRIUPauseOp
 		"generation", img.Header.Generation, "page_bytes", stats.PageBytes, "stored_bytes", stats.StoredBytes,
 		"chain", len(img.Header.Builds), "merged", stats.Merged, "process", stats.Process, "publish", stats.Publish)
 	return img.Header, stats, nil
+}
+
+// storePages hands the pages of p, which go to consecutive blocks from
+// blk, to s. Without a parent (fullSink), each run of non-zero pages is
+// written with one write: no copy through the data file's buffer.
+func storePages(b *builder, s sink, blk int64, p []byte) error {
+	n := len(p) / criuPage
+	page := func(k int) []byte { return p[k*criuPage : (k+1)*criuPage] }
+	if _, full := s.(fullSink); !full {
+		for k := range n {
+			if err := s.data(blk+int64(k), page(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for k := 0; k < n; {
+		if isZero(page(k)) {
+			b.zero(blk+int64(k), 1)
+			k++
+			continue
+		}
+		e := k + 1
+		for e < n && !isZero(page(e)) {
+			e++
+		}
+		if err := b.storeRun(blk+int64(k), p[k*criuPage:e*criuPage]); err != nil {
+			return err
+		}
+		k = e
+	}
+	return nil
 }
 
 func mapsKeys[V any](m map[string]V) func(func(string) bool) {

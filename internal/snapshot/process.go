@@ -2,12 +2,14 @@ package snapshot
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/bits"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -155,9 +157,17 @@ type builder struct {
 	mappings []Mapping
 	data     *dataWriter
 	file     *os.File
+	// unsorted: blocks arrive in any order (a streamed CRIU dump); the
+	// mappings are sorted, coalesced and their gaps mapped to zero by
+	// sortMappings before finish.
+	unsorted bool
 }
 
 func (b *builder) add(m Mapping) {
+	if b.unsorted {
+		b.mappings = append(b.mappings, m)
+		return
+	}
 	if n := len(b.mappings); n > 0 {
 		last := &b.mappings[n-1]
 		if last.Zero && m.Zero {
@@ -187,6 +197,40 @@ func (b *builder) store(blk int64, p []byte) error {
 	return nil
 }
 
+// sortMappings orders an unsorted builder's mappings, coalesces them and
+// maps every block of [0, nblocks) no mapping covers to zero. Two
+// mappings of one block are an error.
+func (b *builder) sortMappings(nblocks int64) error {
+	ms := b.mappings
+	slices.SortFunc(ms, func(x, y Mapping) int { return cmp.Compare(x.Start, y.Start) })
+	b.mappings, b.unsorted = make([]Mapping, 0, len(ms)), false
+	var cursor int64
+	for _, m := range ms {
+		if m.Start < cursor {
+			return fmt.Errorf("snapshot: block %d mapped twice", m.Start)
+		}
+		b.zero(cursor, m.Start-cursor)
+		b.add(m)
+		cursor = m.End()
+	}
+	if cursor > nblocks {
+		return fmt.Errorf("snapshot: block %d past the image's %d blocks", cursor-1, nblocks)
+	}
+	b.zero(cursor, nblocks-cursor)
+	return nil
+}
+
+// storeRun stores the blocks of p (whole blocks, none of them zero) at
+// blk, blk+1, … with one write.
+func (b *builder) storeRun(blk int64, p []byte) error {
+	i, err := b.data.writeBlocks(p)
+	if err != nil {
+		return err
+	}
+	b.add(Mapping{Start: blk, Count: int64(len(p)) / b.bs, Build: b.own, DataBlock: i})
+	return nil
+}
+
 func newBuilder(bs int64, tempDir string) (*builder, error) {
 	if tempDir == "" {
 		tempDir = os.TempDir()
@@ -195,7 +239,9 @@ func newBuilder(bs int64, tempDir string) (*builder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: create data file: %w", err)
 	}
-	return &builder{bs: bs, own: NewBuildID(), data: newDataWriter(f, bs), file: f}, nil
+	d := newDataWriter(f, bs)
+	d.file = f
+	return &builder{bs: bs, own: NewBuildID(), data: d, file: f}, nil
 }
 
 func (b *builder) abort() {

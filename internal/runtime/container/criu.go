@@ -388,9 +388,23 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		images, err := d.runscCheckpoint(ctx, rec)
 		return images, nil, err
 	}
-	if rec.State == runtime.StatePaused {
-		if err := d.cg.freeze(d.cgroupPath(rec.Key), false); err != nil {
+	// The capsule is frozen (cgroup freezer) before criu starts: criu
+	// polls a freeze it starts itself every 100 ms, so a freeze that takes
+	// a millisecond cost a pause 100 ms (criu's "freezing" stat); on a
+	// frozen cgroup criu seizes the tasks at once. A paused capsule is
+	// frozen already.
+	cg := d.cgroupPath(rec.Key)
+	if rec.State == runtime.StateRunning {
+		if err := d.cg.freeze(cg, true); err != nil {
+			_ = d.cg.freeze(cg, false)
 			return "", nil, err
+		}
+	}
+	// On failure criu leaves the cgroup frozen again: the capsule goes
+	// back to running, as before the attempt.
+	thaw := func() {
+		if err := d.cg.freeze(cg, false); err != nil {
+			d.log.Warn("thaw after a failed checkpoint", "id", rec.ID, "err", err)
 		}
 		rec.State = runtime.StateRunning
 	}
@@ -399,11 +413,13 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	work := filepath.Join(p.Dir, criuWorkDir)
 	for _, dir := range []string{images, work} {
 		if err := os.RemoveAll(dir); err != nil {
+			thaw()
 			return "", nil, fmt.Errorf("container: %w", err)
 		}
 	}
 	keys, err := hostFileKeys(rec.PID)
 	if err != nil {
+		thaw()
 		return "", nil, err
 	}
 	conf := append([]string(nil), baseCRIUConf...)
@@ -411,18 +427,77 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 		conf = append(conf, "external "+k)
 	}
 	if err := os.MkdirAll(images, 0o700); err != nil {
+		thaw()
 		return "", nil, fmt.Errorf("container: %w", err)
 	}
-	err = d.runcCRIU(ctx, conf, work, nil, "checkpoint", "--image-path", images, "--work-path", work, rec.Key)
+	args := []string{"checkpoint", "--image-path", images, "--work-path", work}
+	// Per Config.CRIUPageServer the pages stream into the snapshot store
+	// while CRIU dumps them (snapshot.CRIUPageServer): no pages file is
+	// written and read back.
+	var ps *snapshot.CRIUPageServer
+	var parent string
+	if rec.Parent != "" {
+		parent = rec.Parent + memSuffix
+	}
+	onScratch := d.scratch != "" && strings.HasPrefix(images, d.scratch+string(filepath.Separator))
+	if mode := d.cfg.CRIUPageServer; mode == "on" || (mode != "off" && !onScratch) {
+		ps, err = d.snaps.StartCRIUPageServer(ctx, snapshot.CRIUPauseOptions{Parent: parent})
+		if err != nil {
+			d.log.Warn("criu page server not started, dumping pages to files", "id", rec.ID, "err", err)
+			ps = nil
+		} else {
+			args = append(args, "--page-server", ps.Addr())
+		}
+	}
+	err = d.runcCRIU(ctx, conf, work, nil, append(args, rec.Key)...)
+	if err != nil && ps != nil {
+		ps.Abort()
+		if serr := ps.Failed(); serr != nil {
+			// The store side failed (e.g. a layout it cannot hold), not
+			// the dump: CRIU resumed the tasks, dump again to files.
+			d.log.Warn("criu page server failed, dumping again to files", "id", rec.ID, "err", serr)
+			ps = nil
+			_ = os.RemoveAll(images)
+			_ = unmountUnder(work)
+			_ = os.RemoveAll(work)
+			if merr := os.MkdirAll(images, 0o700); merr == nil {
+				if ferr := d.cg.freeze(cg, true); ferr == nil {
+					err = d.runcCRIU(ctx, conf, work, nil, "checkpoint", "--image-path", images, "--work-path", work, rec.Key)
+				}
+			}
+		}
+	}
 	if err != nil {
 		_ = os.RemoveAll(images)
 		_ = os.RemoveAll(work)
+		thaw()
 		return "", nil, err
+	}
+	if ps != nil {
+		d.dumps.Store(images, ps)
+	}
+	if st, err := readCRIUStats("stats-dump", work, images); err == nil {
+		d.log.Info("criu dump", "id", rec.ID, "freezing", st.Freezing, "frozen", st.Frozen,
+			"memdump", st.MemDump, "memwrite", st.MemWrite, "pages_scanned", st.PagesScanned, "pages_written", st.PagesWritten)
 	}
 	_ = os.RemoveAll(work)
 	rec.State = runtime.StateStopped
 	rec.PID = 0
 	return images, keys, nil
+}
+
+// SetCRIUPageServer sets Config.CRIUPageServer ("", "on", "off"), for
+// tests and benchmarks that compare the modes in one run. Not to be called
+// while a pause runs.
+func (d *Driver) SetCRIUPageServer(mode string) { d.cfg.CRIUPageServer = mode }
+
+// dropDump removes a pause's image directory and drops what the store
+// received of its pages if nothing published them.
+func (d *Driver) dropDump(images string) {
+	if v, ok := d.dumps.LoadAndDelete(images); ok {
+		v.(*snapshot.CRIUPageServer).Abort()
+	}
+	_ = os.RemoveAll(images)
 }
 
 // setupScratch resolves Config.CRIUScratch (see there) and empties the
@@ -601,6 +676,18 @@ func (d *Driver) publishMemory(ctx context.Context, rec *record, name, images st
 	md[metaKind] = kindCRIU
 	md[metaCRIUKeys] = strings.Join(keys, ",")
 	memName := name + memSuffix
+	if v, ok := d.dumps.LoadAndDelete(images); ok {
+		// The pages are in the store already; the directory has the
+		// other images.
+		hdr, st, err := v.(*snapshot.CRIUPageServer).Finish(ctx, memName, images, md)
+		if err != nil {
+			return "", 0, fmt.Errorf("publish memory image: %w", err)
+		}
+		d.log.Info("capsule memory streamed by virtual address", "id", rec.ID,
+			"page_bytes", st.PageBytes, "stored_bytes", st.StoredBytes, "merged", st.Merged,
+			"process", st.Process, "publish", st.Publish, "generation", hdr.Generation)
+		return memName, st.StoredBytes, nil
+	}
 	if !d.rt.runsc {
 		var parent string
 		if rec.Parent != "" {
@@ -655,11 +742,14 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 	}
 	images := filepath.Join(capsuleDir, criuImagesDir)
 	if snapshot.IsCRIUVA(r) {
+		images = d.restoreDir(capsuleDir, r)
 		// Only the dumped pages are read, in the order CRIU wants them.
+		start := time.Now()
 		if err := snapshot.WriteCRIUImages(ctx, r, images); err != nil {
 			_ = os.RemoveAll(images)
 			return "", nil, fmt.Errorf("memory image %s: %w", memName, err)
 		}
+		d.log.Info("criu images fetched", "id", capsuleID, "bytes", imagesSize(images), "took", time.Since(start))
 		return images, keys, nil
 	}
 	archive := filepath.Join(capsuleDir, criuImagesDir+".tar")
@@ -672,6 +762,32 @@ func (d *Driver) fetchMemory(ctx context.Context, capsuleDir, memName, capsuleID
 		return "", nil, err
 	}
 	return images, keys, nil
+}
+
+// restoreDir is where a VA memory image is unpacked for `runc restore`:
+// the scratch tmpfs when there is one and the host has twice the image's
+// stored bytes (plus 256 MiB) available — CRIU then reads its pages from
+// memory, and the unpacking does not write them to disk — else the
+// capsule's directory. The scratch directory is made traversable (not
+// listable) so the restored tasks, which open some images themselves as
+// capsule root, reach their own directory; every dump and restore
+// directory in it is private to root or to its capsule's ids.
+func (d *Driver) restoreDir(capsuleDir string, r *snapshot.Reader) string {
+	local := filepath.Join(capsuleDir, criuImagesDir)
+	if d.scratch == "" {
+		return local
+	}
+	var stored int64
+	for _, b := range r.Header().Builds {
+		stored += b.DataLen
+	}
+	if memAvailable() < 2*stored+256<<20 {
+		return local
+	}
+	if err := os.Chmod(d.scratch, 0o711); err != nil {
+		return local
+	}
+	return filepath.Join(d.scratch, filepath.Base(capsuleDir)+".restore")
 }
 
 // restoreMemory restores a built (not started) capsule's processes from
@@ -760,6 +876,13 @@ func (d *Driver) restoreMemory(ctx context.Context, rec *record, images string, 
 		}
 		rec.PID = 0
 		return err
+	}
+	// The dump was taken of a frozen cgroup; the restored tasks run.
+	if err := d.cg.freeze(d.cgroupPath(rec.Key), false); err != nil {
+		d.log.Warn("thaw after a memory restore", "id", rec.ID, "err", err)
+	}
+	if st, err := readCRIUStats("stats-restore", work, images); err == nil {
+		d.log.Info("criu restore", "id", rec.ID, "forking", st.Forking, "restore", st.Restore, "pages_restored", st.PagesRestored)
 	}
 	rec.State = runtime.StateRunning
 	rec.StartedAt = time.Now().UTC()

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/runtime/container"
@@ -213,36 +215,86 @@ func diskWriteRate(tb testing.TB, dir string, size int64) float64 {
 	return float64(size) / time.Since(start).Seconds()
 }
 
+// memoryFloors measures, in this process, what moving mib MiB of memory
+// costs on this host at least: a memcpy between faulted buffers, faulting
+// fresh anonymous memory in page by page (what a restore's page faults
+// cost), and writing it to the scratch tmpfs. In MiB/s.
+func memoryFloors(tb testing.TB, mib int) (memcpy, fault, tmpfs float64) {
+	tb.Helper()
+	n := mib << 20
+	src := make([]byte, n)
+	for i := 0; i < n; i += 4096 {
+		src[i] = byte(i/4096 + 1)
+	}
+	dst := make([]byte, n)
+	copy(dst, src) // faulted in
+	t0 := time.Now()
+	copy(dst, src)
+	memcpy = float64(mib) / time.Since(t0).Seconds()
+	fresh, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	t0 = time.Now()
+	for i := 0; i < n; i += 4096 {
+		fresh[i] = 1
+	}
+	fault = float64(mib) / time.Since(t0).Seconds()
+	_ = unix.Munmap(fresh)
+	f, err := os.CreateTemp("/dev/shm", "wrenn-floor-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	t0 = time.Now()
+	if _, err := f.Write(src); err != nil {
+		tb.Fatal(err)
+	}
+	tmpfs = float64(mib) / time.Since(t0).Seconds()
+	_ = f.Close()
+	return memcpy, fault, tmpfs
+}
+
 // BenchmarkCRIUPauseVA measures pause to disk (Snapshot: CRIU dump, disk
 // and memory published by virtual address) and resume → first exec of a
-// capsule whose memhog holds 256 MiB and 1 GiB, the bytes a re-pause
-// stores after 1 % of it was rewritten, and, as the same-run baseline, the
-// disk's sequential write rate (1 MiB writes + fsync into the store's
-// directory). Needs WRENN_TEST_CRIU.
+// capsule whose memhog holds 256 MiB, 1 GiB and 2 GiB: a first (full)
+// pause, and a re-pause after 1 % of the memory was rewritten (stored as
+// a diff), each followed by a resume. Two capsules per size, one after the
+// other: pages dumped to files on the scratch tmpfs and read back by the
+// store (SetCRIUPageServer("off")), and pages streamed into the store while
+// CRIU dumps them (CRIU's page-server protocol, "on"). The default ("")
+// is the files path when the scratch tmpfs has room, as here: pause-ms,
+// repause-ms and resume-first-exec-ms are its figures. Same-run
+// floors: the disk's sequential write rate (1 MiB writes + fsync into the
+// store's directory), a memcpy, faulting in fresh memory page by page
+// (what a restore's page faults cost), writing to tmpfs. Needs
+// WRENN_TEST_CRIU. The driver logs where each pause and resume spends its
+// time (CRIU's stats: freezing, frozen, memdump, memwrite; restore; image
+// fetch; store processing and publish). Run it with -benchtime 1x: in
+// later rounds the "first" pause diffs against the round before.
 func BenchmarkCRIUPauseVA(b *testing.B) {
-	for _, mib := range []int{256, 1024} {
+	for _, mib := range []int{256, 1024, 2048} {
 		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
 			cfg := criuConfig(b)
-			cfg.Network.Subnet = netipPrefix(22)
+			cfg.Network.Subnet = netipPrefix(7)
 			cfg.DefaultDiskSizeMB = 256
-			// Info: the driver logs where a pause's time goes (checkpoint,
-			// memory store processing and publish, disk publish).
+			cfg.CRIUTimeout = 5 * time.Minute
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			d := openDriver(b, cfg)
 			ctx := testutil.Context(b, 30*time.Minute)
-			id := fmt.Sprintf("cl-bench-va-%d", mib)
-			startCapsule(b, d, runtime.Spec{ID: id, MemoryMB: mib + 512})
-			startMemhog(ctx, b, d, id, mib)
 			rate := diskWriteRate(b, filepath.Join(cfg.StateDir), 512<<20)
-			var pause, resume time.Duration
-			var stored, touched int64
-			for i := 0; i < b.N; i++ {
+			memcpy, fault, tmpfs := memoryFloors(b, mib)
+			type result struct {
+				pause, resume, repause, reresume time.Duration
+				stored, touched                  int64
+			}
+			timed := func(id string) (pause, resume time.Duration, snap runtime.SnapshotInfo) {
 				t0 := time.Now()
 				snap, err := d.Snapshot(ctx, id)
 				if err != nil || !snap.MemoryKept {
 					b.Fatalf("Snapshot: %+v, %v", snap, err)
 				}
-				pause += time.Since(t0)
+				pause = time.Since(t0)
 				t0 = time.Now()
 				info, err := d.Restore(ctx, snap)
 				if err != nil || !info.MemoryKept {
@@ -251,34 +303,51 @@ func BenchmarkCRIUPauseVA(b *testing.B) {
 				if out, err := runtimetest.EnvdExec(ctx, info, "root", "true"); err != nil {
 					b.Fatalf("first exec: %v: %s", err, out)
 				}
-				resume += time.Since(t0)
-				touched = touchMemhog(ctx, b, d, id, i+1)
-				snap2, err := d.Snapshot(ctx, id)
-				if err != nil || !snap2.MemoryKept {
-					b.Fatalf("re-pause: %+v, %v", snap2, err)
+				return pause, time.Since(t0), snap
+			}
+			run := func(mode, name string) result {
+				d.SetCRIUPageServer(mode)
+				defer d.SetCRIUPageServer("")
+				id := fmt.Sprintf("cl-bench-va-%d-%s", mib, name)
+				startCapsule(b, d, runtime.Spec{ID: id, MemoryMB: mib + 512})
+				startMemhog(ctx, b, d, id, mib)
+				var r result
+				for i := 0; i < b.N; i++ {
+					p, rs, _ := timed(id)
+					r.pause, r.resume = r.pause+p, r.resume+rs
+					r.touched = touchMemhog(ctx, b, d, id, i+1)
+					p, rs, snap := timed(id)
+					r.repause, r.reresume = r.repause+p, r.reresume+rs
+					r.stored = ownStored(readHeader(ctx, b, d.SnapshotManager(), snap.Keys[1]))
 				}
-				stored = ownStored(readHeader(ctx, b, d.SnapshotManager(), snap2.Keys[1]))
-				info, err = d.Restore(ctx, snap2)
-				if err != nil || !info.MemoryKept {
-					b.Fatalf("Restore: %+v, %v", info, err)
-				}
-				if err := d.WaitReady(ctx, info); err != nil {
+				if err := d.Destroy(ctx, id); err != nil {
 					b.Fatal(err)
 				}
+				return r
 			}
+			b.ResetTimer()
+			files := run("off", "files")
+			streamed := run("on", "stream")
 			n := float64(b.N)
-			mbps := float64(mib) / (pause.Seconds() / n)
+			per := func(d time.Duration) float64 { return ms(d) / n }
+			mbps := float64(mib) / (files.pause.Seconds() / n)
 			b.ReportMetric(mbps, "pause-MiB/s")
 			b.ReportMetric(rate/(1<<20), "disk-write-MiB/s")
 			b.ReportMetric(mbps/(rate/(1<<20)), "pause/disk")
-			b.ReportMetric(ms(pause)/n, "pause-ms")
-			b.ReportMetric(ms(resume)/n, "resume-first-exec-ms")
-			b.ReportMetric(float64(stored)/float64(touched), "repause-stored/touched")
-			b.Logf("%d MiB: pause %.0f ms (%.0f MiB/s; disk writes %.0f MiB/s), resume → first exec %.0f ms, re-pause stored %d bytes for %d rewritten",
-				mib, ms(pause)/n, mbps, rate/(1<<20), ms(resume)/n, stored, touched)
-			if err := d.Destroy(ctx, id); err != nil {
-				b.Fatal(err)
-			}
+			b.ReportMetric(per(files.pause), "pause-ms")
+			b.ReportMetric(per(files.repause), "repause-ms")
+			b.ReportMetric(per(files.resume), "resume-first-exec-ms")
+			b.ReportMetric(float64(files.stored)/float64(files.touched), "repause-stored/touched")
+			b.ReportMetric(per(streamed.pause), "stream-pause-ms")
+			b.ReportMetric(per(streamed.repause), "stream-repause-ms")
+			b.ReportMetric(per(streamed.resume), "stream-resume-first-exec-ms")
+			b.ReportMetric(memcpy, "memcpy-MiB/s")
+			b.ReportMetric(fault, "fault-in-MiB/s")
+			b.ReportMetric(tmpfs, "tmpfs-write-MiB/s")
+			b.Logf("%d MiB: full pause to files %.0f ms (%.0f MiB/s) / streamed %.0f ms; re-pause to files %.0f ms / streamed %.0f ms (stored %d bytes for %d rewritten); "+
+				"resume → first exec %.0f / %.0f ms (files / streamed run), after the re-pause %.0f / %.0f ms; floors: disk write+fsync %.0f MiB/s, memcpy %.0f MiB/s, fault-in %.0f MiB/s, tmpfs write %.0f MiB/s",
+				mib, per(files.pause), mbps, per(streamed.pause), per(files.repause), per(streamed.repause), files.stored, files.touched,
+				per(files.resume), per(streamed.resume), per(files.reresume), per(streamed.reresume), rate/(1<<20), memcpy, fault, tmpfs)
 		})
 	}
 }

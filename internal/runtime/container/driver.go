@@ -140,6 +140,17 @@ type Config struct {
 	// anyway when the host's available memory is under twice the capsule's
 	// memory limit (plus 256 MiB).
 	CRIUScratch string
+	// CRIUPageServer says when a pause streams its pages into the
+	// snapshot store while CRIU dumps them (CRIU's page-server protocol
+	// over loopback TCP, snapshot.CRIUPageServer) instead of having CRIU
+	// write them to files for the store to read back: "" (auto) when the
+	// dump cannot go to the scratch tmpfs (too little free memory: the
+	// files would otherwise go to disk and the memory be written twice),
+	// "on" always, "off" never. Measured on a 2-core VM
+	// (docs/PERFORMANCE.md, "Pause and resume to disk"): with the tmpfs
+	// available, streaming was not faster (CRIU's dump slows down while
+	// the store works beside it on the other core).
+	CRIUPageServer string
 	// DisableSeccomp runs capsules without the seccomp allow-list
 	// (seccomp.go). For benchmarks only: the zero value is secure.
 	DisableSeccomp bool
@@ -201,6 +212,10 @@ type Driver struct {
 	client   *http.Client
 	snaps    *snapshot.Manager
 	rt       runtimeClass
+
+	// dumps: CRIU image directory → the *snapshot.CRIUPageServer holding
+	// its pages until the pause publishes them (criu.go).
+	dumps sync.Map
 
 	mu   sync.Mutex
 	caps map[string]*capsule // by public ID

@@ -117,8 +117,9 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 		} else {
 			d.log.Info("capsule memory checkpointed", "id", id, "took", time.Since(start), "images", images)
 			// Whatever happens next, the dump goes (it may be on the
-			// scratch tmpfs, outside the capsule's directory).
-			defer os.RemoveAll(images)
+			// scratch tmpfs, outside the capsule's directory), with
+			// what the store received of it.
+			defer d.dropDump(images)
 		}
 	}
 	if err := d.stop(ctx, rec, 2*time.Second); err != nil {
@@ -383,6 +384,13 @@ func (d *Driver) Restore(ctx context.Context, snap runtime.SnapshotInfo) (runtim
 		images   string
 		criuKeys []string
 	)
+	// The unpacked memory image may be on the scratch tmpfs: it goes
+	// whatever happens (restoreMemory removes it as well).
+	defer func() {
+		if images != "" {
+			_ = os.RemoveAll(images)
+		}
+	}()
 	materialise := func(image string) error {
 		if err := r.WriteFile(ctx, image); err != nil {
 			return fmt.Errorf("container: materialise snapshot %s: %w", name, err)

@@ -2,10 +2,13 @@
 // CRIU pause/resume tests and benchmarks: `memhog MIB`. When ready it
 // writes its pid to /tmp/memhog.pid; on SIGUSR1 it rewrites every 100th
 // page (1 % of its memory) and appends "<generation> <bytes rewritten>" to
-// /tmp/memhog.touched.
+// /tmp/memhog.touched; on SIGUSR2 it appends the SHA-256 of all its
+// memory to /tmp/memhog.sum (so a test can check a restore brought back
+// every byte).
 package main
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/signal"
@@ -45,6 +48,18 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
+	sum := make(chan os.Signal, 1)
+	signal.Notify(sum, syscall.SIGUSR2)
+	go func() {
+		for range sum {
+			h := sha256.Sum256(buf)
+			f, err := os.OpenFile("/tmp/memhog.sum", os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+			if err == nil {
+				fmt.Fprintf(f, "%x\n", h)
+				_ = f.Close()
+			}
+		}
+	}()
 	if err := os.WriteFile("/tmp/memhog.pid", []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
