@@ -716,7 +716,9 @@ func WriteCRIUImages(ctx context.Context, r *Reader, dir string) error {
 	return nil
 }
 
-// writePages writes runs (in pagemap order) into a new pages file.
+// writePages writes runs (in pagemap order) into a new pages file. One
+// goroutine reads (and CRC-checks) the blocks while this one writes the
+// previous chunk, so a resume's unpacking uses both cores.
 func writePages(ctx context.Context, r *Reader, path string, runs []pageRun, buf []byte) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -727,22 +729,60 @@ func writePages(ctx context.Context, r *Reader, path string, runs []pageRun, buf
 			err = fmt.Errorf("snapshot: %w", cerr)
 		}
 	}()
-	w := bufio.NewWriterSize(f, 1<<20)
-	for _, run := range runs {
-		for done := int64(0); done < run.n; {
-			if err := ctx.Err(); err != nil {
-				return err
+	type chunk struct {
+		p   []byte
+		err error
+	}
+	free := make(chan []byte, 2)
+	free <- buf
+	free <- make([]byte, len(buf))
+	full := make(chan chunk, 2)
+	stop := make(chan struct{})
+	go func() {
+		defer close(full)
+		for _, run := range runs {
+			for done := int64(0); done < run.n; {
+				var b []byte
+				select {
+				case b = <-free:
+				case <-stop:
+					return
+				}
+				n := min(int64(len(b))/criuPage, run.n-done)
+				p := b[:n*criuPage]
+				err := ctx.Err()
+				if err == nil {
+					if _, rerr := r.ReadAt(p, (run.blk+done)*criuPage); rerr != nil {
+						err = fmt.Errorf("snapshot: criu pages: %w", rerr)
+					}
+				}
+				select {
+				case full <- chunk{p, err}:
+				case <-stop:
+					return
+				}
+				if err != nil {
+					return
+				}
+				done += n
 			}
-			n := min(int64(len(buf))/criuPage, run.n-done)
-			p := buf[:n*criuPage]
-			if _, err := r.ReadAt(p, (run.blk+done)*criuPage); err != nil {
-				return fmt.Errorf("snapshot: criu pages: %w", err)
-			}
-			if _, err := w.Write(p); err != nil {
-				return fmt.Errorf("snapshot: %w", err)
-			}
-			done += n
 		}
+	}()
+	// The reader is gone (it uses r) before this returns.
+	defer func() {
+		close(stop)
+		for range full {
+		}
+	}()
+	w := bufio.NewWriterSize(f, 1<<20)
+	for c := range full {
+		if c.err != nil {
+			return c.err
+		}
+		if _, err := w.Write(c.p); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		free <- c.p[:cap(c.p)]
 	}
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
