@@ -489,7 +489,7 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 // pages: measured here, a 2 GiB capsule paused in half the time streamed
 // (its 2 GiB of tmpfs files beside the capsule were slow to write, and
 // the store's pass came on top), while at 256 MiB and 1 GiB the files
-// path was as fast or faster (docs/PERFORMANCE.md).
+// path was ahead in four of six comparisons (docs/PERFORMANCE.md).
 const streamAbove = 1536 << 20
 
 // streamDump says whether a pause with Config.CRIUPageServer "" streams:

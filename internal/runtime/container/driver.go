@@ -148,8 +148,9 @@ type Config struct {
 	// tmpfs (too little free memory: the files would otherwise go to disk
 	// and the memory be written twice); "on" always; "off" never.
 	// Measured on a 2-core VM (docs/PERFORMANCE.md, "Pause and resume to
-	// disk"): streaming halved a 2 GiB pause but was not faster at 256 MiB
-	// and 1 GiB (CRIU's dump slows down while the store works beside it).
+	// disk"): streaming halved a 2 GiB pause but was not reliably faster
+	// at 256 MiB and 1 GiB (CRIU's dump slows down while the store works
+	// beside it).
 	CRIUPageServer string
 	// DisableSeccomp runs capsules without the seccomp allow-list
 	// (seccomp.go). For benchmarks only: the zero value is secure.
