@@ -449,46 +449,93 @@ func (m *Manager) PauseCRIU(ctx context.Context, name, dir string, o CRIUPauseOp
 		return nil, stats, err
 	}
 	cursor := tarBlocks
-	files := map[string]*os.File{}
-	defer func() {
-		for _, f := range files {
-			_ = f.Close()
-		}
-	}()
-	buf := make([]byte, scanChunk)
 	for _, r := range runs {
-		f := files[r.file]
-		if f == nil {
-			if f, err = os.Open(filepath.Join(dir, r.file)); err != nil {
-				b.abort()
-				return nil, stats, fmt.Errorf("snapshot: %w", err)
-			}
-			files[r.file] = f
-		}
 		if r.blk < cursor {
 			b.abort()
 			return nil, stats, fmt.Errorf("snapshot: criu image: overlapping pages at block %d", r.blk)
 		}
-		s.zeros(cursor, r.blk-cursor)
-		for done := int64(0); done < r.n; {
-			if err := ctx.Err(); err != nil {
-				b.abort()
-				return nil, stats, err
-			}
-			n := min(int64(len(buf))/criuPage, r.n-done)
-			p := buf[:n*criuPage]
-			if _, err := f.ReadAt(p, r.off+done*criuPage); err != nil {
-				b.abort()
-				return nil, stats, fmt.Errorf("snapshot: read %s: %w", r.file, err)
-			}
-			if err := storePages(b, s, r.blk+done, p); err != nil {
-				b.abort()
-				return nil, stats, err
-			}
-			done += n
-		}
-		stats.PageBytes += r.n * criuPage
 		cursor = r.blk + r.n
+	}
+	cursor = tarBlocks
+	// One goroutine reads the pages files; this one zero-checks, diffs,
+	// hashes and writes what it read before (two cores).
+	type chunk struct {
+		blk int64
+		p   []byte
+		err error
+	}
+	free := make(chan []byte, 2)
+	free <- make([]byte, scanChunk)
+	free <- make([]byte, scanChunk)
+	full := make(chan chunk, 2)
+	stop := make(chan struct{})
+	go func() {
+		defer close(full)
+		files := map[string]*os.File{}
+		defer func() {
+			for _, f := range files {
+				_ = f.Close()
+			}
+		}()
+		send := func(c chunk) bool {
+			select {
+			case full <- c:
+				return c.err == nil
+			case <-stop:
+				return false
+			}
+		}
+		for _, r := range runs {
+			f := files[r.file]
+			if f == nil {
+				var err error
+				if f, err = os.Open(filepath.Join(dir, r.file)); err != nil {
+					send(chunk{err: fmt.Errorf("snapshot: %w", err)})
+					return
+				}
+				files[r.file] = f
+			}
+			for done := int64(0); done < r.n; {
+				var buf []byte
+				select {
+				case buf = <-free:
+				case <-stop:
+					return
+				}
+				n := min(int64(len(buf))/criuPage, r.n-done)
+				p := buf[:n*criuPage]
+				err := ctx.Err()
+				if err == nil {
+					if _, rerr := f.ReadAt(p, r.off+done*criuPage); rerr != nil {
+						err = fmt.Errorf("snapshot: read %s: %w", r.file, rerr)
+					}
+				}
+				if !send(chunk{blk: r.blk + done, p: p, err: err}) {
+					return
+				}
+				done += n
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		for range full {
+		}
+	}()
+	for c := range full {
+		if c.err == nil && c.blk > cursor {
+			s.zeros(cursor, c.blk-cursor)
+		}
+		if c.err == nil {
+			c.err = storePages(b, s, c.blk, c.p)
+		}
+		if c.err != nil {
+			b.abort()
+			return nil, stats, c.err
+		}
+		stats.PageBytes += int64(len(c.p))
+		cursor = c.blk + int64(len(c.p))/criuPage
+		free <- c.p[:cap(c.p)]
 	}
 	size := int64(len(slots.keys)+1) * criuSlotSize
 	s.zeros(cursor, size/criuPage-cursor)
@@ -716,7 +763,9 @@ func WriteCRIUImages(ctx context.Context, r *Reader, dir string) error {
 	return nil
 }
 
-// writePages writes runs (in pagemap order) into a new pages file.
+// writePages writes runs (in pagemap order) into a new pages file. One
+// goroutine reads (and CRC-checks) the blocks while this one writes the
+// previous chunk, so a resume's unpacking uses both cores.
 func writePages(ctx context.Context, r *Reader, path string, runs []pageRun, buf []byte) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -727,22 +776,60 @@ func writePages(ctx context.Context, r *Reader, path string, runs []pageRun, buf
 			err = fmt.Errorf("snapshot: %w", cerr)
 		}
 	}()
-	w := bufio.NewWriterSize(f, 1<<20)
-	for _, run := range runs {
-		for done := int64(0); done < run.n; {
-			if err := ctx.Err(); err != nil {
-				return err
+	type chunk struct {
+		p   []byte
+		err error
+	}
+	free := make(chan []byte, 2)
+	free <- buf
+	free <- make([]byte, len(buf))
+	full := make(chan chunk, 2)
+	stop := make(chan struct{})
+	go func() {
+		defer close(full)
+		for _, run := range runs {
+			for done := int64(0); done < run.n; {
+				var b []byte
+				select {
+				case b = <-free:
+				case <-stop:
+					return
+				}
+				n := min(int64(len(b))/criuPage, run.n-done)
+				p := b[:n*criuPage]
+				err := ctx.Err()
+				if err == nil {
+					if _, rerr := r.ReadAt(p, (run.blk+done)*criuPage); rerr != nil {
+						err = fmt.Errorf("snapshot: criu pages: %w", rerr)
+					}
+				}
+				select {
+				case full <- chunk{p, err}:
+				case <-stop:
+					return
+				}
+				if err != nil {
+					return
+				}
+				done += n
 			}
-			n := min(int64(len(buf))/criuPage, run.n-done)
-			p := buf[:n*criuPage]
-			if _, err := r.ReadAt(p, (run.blk+done)*criuPage); err != nil {
-				return fmt.Errorf("snapshot: criu pages: %w", err)
-			}
-			if _, err := w.Write(p); err != nil {
-				return fmt.Errorf("snapshot: %w", err)
-			}
-			done += n
 		}
+	}()
+	// The reader is gone (it uses r) before this returns.
+	defer func() {
+		close(stop)
+		for range full {
+		}
+	}()
+	w := bufio.NewWriterSize(f, 1<<20)
+	for c := range full {
+		if c.err != nil {
+			return c.err
+		}
+		if _, err := w.Write(c.p); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		free <- c.p[:cap(c.p)]
 	}
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)

@@ -439,8 +439,7 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	if rec.Parent != "" {
 		parent = rec.Parent + memSuffix
 	}
-	onScratch := d.scratch != "" && strings.HasPrefix(images, d.scratch+string(filepath.Separator))
-	if mode := d.cfg.CRIUPageServer; mode == "on" || (mode != "off" && !onScratch) {
+	if mode := d.cfg.CRIUPageServer; mode == "on" || (mode != "off" && d.streamDump(cg, images)) {
 		ps, err = d.snaps.StartCRIUPageServer(ctx, snapshot.CRIUPauseOptions{Parent: parent})
 		if err != nil {
 			d.log.Warn("criu page server not started, dumping pages to files", "id", rec.ID, "err", err)
@@ -484,6 +483,24 @@ func (d *Driver) checkpoint(ctx context.Context, rec *record) (string, []string,
 	rec.State = runtime.StateStopped
 	rec.PID = 0
 	return images, keys, nil
+}
+
+// streamAbove is the memory use from which an automatic pause streams its
+// pages: measured here, a 2 GiB capsule paused in half the time streamed
+// (its 2 GiB of tmpfs files beside the capsule were slow to write, and
+// the store's pass came on top), while at 256 MiB and 1 GiB the files
+// path was ahead in four of six comparisons (docs/PERFORMANCE.md).
+const streamAbove = 1536 << 20
+
+// streamDump says whether a pause with Config.CRIUPageServer "" streams:
+// when the dump cannot go to the scratch tmpfs (it would go to disk and
+// the memory be written twice), or the capsule uses streamAbove or more.
+func (d *Driver) streamDump(cg, images string) bool {
+	if d.scratch == "" || !strings.HasPrefix(images, d.scratch+string(filepath.Separator)) {
+		return true
+	}
+	_, mem, _, _, err := d.cg.usage(cg)
+	return err == nil && mem >= streamAbove
 }
 
 // SetCRIUPageServer sets Config.CRIUPageServer ("", "on", "off"), for

@@ -262,9 +262,10 @@ func memoryFloors(tb testing.TB, mib int) (memcpy, fault, tmpfs float64) {
 // a diff), each followed by a resume. Two capsules per size, one after the
 // other: pages dumped to files on the scratch tmpfs and read back by the
 // store (SetCRIUPageServer("off")), and pages streamed into the store while
-// CRIU dumps them (CRIU's page-server protocol, "on"). The default ("")
-// is the files path when the scratch tmpfs has room, as here: pause-ms,
-// repause-ms and resume-first-exec-ms are its figures. Same-run
+// CRIU dumps them (CRIU's page-server protocol, "on"). pause-ms,
+// repause-ms and resume-first-exec-ms are the files path's figures, the
+// default below 1.5 GiB of memory use; stream-pause-ms is the default's
+// at 2 GiB. Same-run
 // floors: the disk's sequential write rate (1 MiB writes + fsync into the
 // store's directory), a memcpy, faulting in fresh memory page by page
 // (what a restore's page faults cost), writing to tmpfs. Needs

@@ -144,12 +144,13 @@ type Config struct {
 	// snapshot store while CRIU dumps them (CRIU's page-server protocol
 	// over loopback TCP, snapshot.CRIUPageServer) instead of having CRIU
 	// write them to files for the store to read back: "" (auto) when the
-	// dump cannot go to the scratch tmpfs (too little free memory: the
-	// files would otherwise go to disk and the memory be written twice),
-	// "on" always, "off" never. Measured on a 2-core VM
-	// (docs/PERFORMANCE.md, "Pause and resume to disk"): with the tmpfs
-	// available, streaming was not faster (CRIU's dump slows down while
-	// the store works beside it on the other core).
+	// capsule uses 1.5 GiB or more, or the dump cannot go to the scratch
+	// tmpfs (too little free memory: the files would otherwise go to disk
+	// and the memory be written twice); "on" always; "off" never.
+	// Measured on a 2-core VM (docs/PERFORMANCE.md, "Pause and resume to
+	// disk"): streaming halved a 2 GiB pause but was not reliably faster
+	// at 256 MiB and 1 GiB (CRIU's dump slows down while the store works
+	// beside it).
 	CRIUPageServer string
 	// DisableSeccomp runs capsules without the seccomp allow-list
 	// (seccomp.go). For benchmarks only: the zero value is secure.
