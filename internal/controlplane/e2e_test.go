@@ -429,9 +429,14 @@ func TestEndToEnd(t *testing.T) {
 	// records the raw request carrying the caller's Wrenn credentials.
 	c.call("POST", base+"/processes", userTok, map[string]any{"cmd": "sh", "args": []string{
 		"-c",
-		// The sleep keeps nc's input open, so it reads the whole request
-		// before it exits (under load it could leave after its answer).
-		`(printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok'; sleep 3) | nc -l -p 8001 > /tmp/req.txt`,
+		// The answer goes out only once the request's headers are in:
+		// an answer sent as the connection opens can reach the proxy's
+		// transport before its request does ("unsolicited response on
+		// idle channel"), failing the one-shot listener's only chance.
+		// nc's input is a FIFO it holds open itself (no EOF, no block).
+		`cr=$(printf '\r'); rm -f /tmp/resp; mkfifo /tmp/resp; nc -l -p 8001 0<>/tmp/resp > /tmp/req.txt & ` +
+			`until grep -q "^$cr\$" /tmp/req.txt 2>/dev/null; do sleep 0.05; done; ` +
+			`printf 'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok' > /tmp/resp; wait`,
 	}}, 201)
 	apiKey := c.call("POST", "/v1/api-keys", userTok, map[string]any{"name": "proxy probe"}, 201).obj(t)["key"].(string)
 	testutil.Eventually(t, 20*time.Second, func() bool {
