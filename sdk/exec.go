@@ -104,7 +104,7 @@ func (c *Client) dial(ctx context.Context, path string, q url.Values) (*websocke
 // (either may be nil) as it is produced, then returns its exit status.
 // Cancelling ctx stops the command.
 func (c *Client) ExecStream(ctx context.Context, id string, r ExecRequest, stdout, stderr io.Writer) (*ExitStatus, error) {
-	conn, err := c.dial(ctx, "/v1/capsules/"+url.PathEscape(id)+"/exec/stream", nil)
+	conn, err := c.dial(ctx, "/v1/capsules/"+url.PathEscape(id)+"/exec/stream", binaryFrames)
 	if err != nil {
 		return nil, err
 	}
@@ -119,18 +119,42 @@ func (c *Client) ExecStream(ctx context.Context, id string, r ExecRequest, stdou
 	return pumpEvents(ctx, conn, stdout, stderr)
 }
 
-// pumpEvents reads JSON events until the end event.
+// binaryFrames asks the server for output as binary messages (one byte
+// naming the stream, 1 stdout or 2 stderr, then the raw bytes) instead of
+// JSON events; a server that does not know the parameter sends JSON
+// events, which pumpEvents reads too.
+var binaryFrames = url.Values{"frames": {"binary"}}
+
+// Stream bytes of a binary output message.
+const (
+	frameStdout = 1
+	frameStderr = 2
+)
+
+// pumpEvents reads events until the end event: output as binary messages
+// or as JSON events, the rest as JSON events.
 func pumpEvents(ctx context.Context, conn *websocket.Conn, stdout, stderr io.Writer) (*ExitStatus, error) {
+	buf := make([]byte, 64<<10)
 	for {
-		typ, msg, err := conn.Read(ctx)
+		typ, r, err := conn.Reader(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
 			return nil, fmt.Errorf("%w: %w", ErrStreamClosed, err)
 		}
-		if typ != websocket.MessageText {
+		if typ == websocket.MessageBinary {
+			if err := copyOutput(r, buf, stdout, stderr); err != nil {
+				return nil, err
+			}
 			continue
+		}
+		msg, err := io.ReadAll(r)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("%w: %w", ErrStreamClosed, err)
 		}
 		var ev wsEvent
 		if err := json.Unmarshal(msg, &ev); err != nil {
@@ -157,6 +181,42 @@ func pumpEvents(ctx context.Context, conn *websocket.Conn, stdout, stderr io.Wri
 			return exitStatus(ev), nil
 		case "error":
 			return nil, &Error{Code: ev.Code, Message: ev.Message}
+		}
+	}
+}
+
+// copyOutput copies one binary output message to stdout or stderr
+// (dropped when that writer is nil) through buf.
+func copyOutput(r io.Reader, buf []byte, stdout, stderr io.Writer) error {
+	if _, err := io.ReadFull(r, buf[:1]); err != nil {
+		return fmt.Errorf("%w: %w", ErrStreamClosed, err)
+	}
+	var w io.Writer
+	switch buf[0] {
+	case frameStdout:
+		w = stdout
+	case frameStderr:
+		w = stderr
+	default:
+		return fmt.Errorf("wrenn: bad stream frame (stream byte %d)", buf[0])
+	}
+	if w == nil {
+		w = io.Discard
+	}
+	// io.CopyBuffer would use w's ReadFrom (a bytes.Buffer's grows by
+	// reading into its own spare room); plain reads into buf are fine.
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrStreamClosed, err)
 		}
 	}
 }
@@ -216,7 +276,7 @@ func (c *Client) KillProcess(ctx context.Context, id string, pid uint32, signal 
 // AttachProcess follows a background process's output until it exits (or
 // ctx ends) and returns its exit status.
 func (c *Client) AttachProcess(ctx context.Context, id string, pid uint32, stdout, stderr io.Writer) (*ExitStatus, error) {
-	conn, err := c.dial(ctx, "/v1/capsules/"+url.PathEscape(id)+"/processes/"+strconv.FormatUint(uint64(pid), 10)+"/stream", nil)
+	conn, err := c.dial(ctx, "/v1/capsules/"+url.PathEscape(id)+"/processes/"+strconv.FormatUint(uint64(pid), 10)+"/stream", binaryFrames)
 	if err != nil {
 		return nil, err
 	}

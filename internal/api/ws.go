@@ -52,6 +52,38 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn, e
 	return c, nil
 }
 
+// Binary output frames (issue 21): a client that opens exec/stream or
+// processes/{pid}/stream with the query parameter frames=binary gets each
+// output chunk as a binary message — one byte naming the stream
+// (frameStdout, frameStderr) followed by the raw bytes — instead of a
+// JSON event; start, end and error stay JSON text messages. Without the
+// parameter (older clients) every event is JSON as before.
+const (
+	frameStdout = 1
+	frameStderr = 2
+)
+
+// binaryFrames reports whether the client asked for binary output frames.
+func binaryFrames(r *http.Request) bool { return r.URL.Query().Get("frames") == "binary" }
+
+// writeOutput sends one chunk of output as a binary frame: the stream
+// byte, then the data, written through the message writer (no copy).
+func writeOutput(ctx context.Context, c *websocket.Conn, stream byte, b []byte) error {
+	wctx, cancel := context.WithTimeout(ctx, wsWriteDeadline)
+	defer cancel()
+	w, err := c.Writer(wctx, websocket.MessageBinary)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write([]byte{stream}); err != nil {
+		return err
+	}
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
 func writeEvent(ctx context.Context, c *websocket.Conn, ev wsEvent) error {
 	b, err := json.Marshal(ev)
 	if err != nil {
@@ -123,11 +155,12 @@ func (a *API) wsExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer stream.Close()
-	a.pumpProcess(ctx, conn, stream.Receive, stream.Msg, stream.Err)
+	a.pumpProcess(ctx, conn, binaryFrames(r), stream.Receive, stream.Msg, stream.Err)
 }
 
-// pumpProcess forwards exec/process stream events to the socket.
-func (a *API) pumpProcess(ctx context.Context, conn *websocket.Conn, recv func() bool, msg func() *pb.ExecStreamResponse, errf func() error) {
+// pumpProcess forwards exec/process stream events to the socket: output
+// as binary frames when binary, as JSON events otherwise.
+func (a *API) pumpProcess(ctx context.Context, conn *websocket.Conn, binary bool, recv func() bool, msg func() *pb.ExecStreamResponse, errf func() error) {
 	for recv() {
 		m := msg()
 		var ev wsEvent
@@ -135,8 +168,20 @@ func (a *API) pumpProcess(ctx context.Context, conn *websocket.Conn, recv func()
 		case *pb.ExecStreamResponse_StartedPid:
 			ev = wsEvent{Type: "start", PID: e.StartedPid}
 		case *pb.ExecStreamResponse_Stdout:
+			if binary {
+				if err := writeOutput(ctx, conn, frameStdout, e.Stdout); err != nil {
+					return
+				}
+				continue
+			}
 			ev = outputEvent("stdout", e.Stdout)
 		case *pb.ExecStreamResponse_Stderr:
+			if binary {
+				if err := writeOutput(ctx, conn, frameStderr, e.Stderr); err != nil {
+					return
+				}
+				continue
+			}
 			ev = outputEvent("stderr", e.Stderr)
 		case *pb.ExecStreamResponse_End:
 			if err := writeEvent(ctx, conn, endEvent(e.End)); err == nil {
@@ -210,7 +255,7 @@ func (a *API) wsProcess(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	a.pumpProcess(ctx, conn, stream.Receive, stream.Msg, stream.Err)
+	a.pumpProcess(ctx, conn, binaryFrames(r), stream.Receive, stream.Msg, stream.Err)
 }
 
 func (a *API) wsPTY(w http.ResponseWriter, r *http.Request) {

@@ -621,8 +621,16 @@ func (b *bench) inCapsule(ctx context.Context) error {
 	if b.f.quick {
 		runs = 2
 	}
-	var stream, up, down []float64
+	var stream, floor, up, down []float64
 	for range runs {
+		// The floor inside the capsule: the same producer into a pipe
+		// read by cat, on the capsule's own CPU (no envd, no network).
+		t0f := time.Now()
+		if _, err := b.c.Exec(ctx, id, wrenn.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", streamCmd(size) + " | cat > /dev/null"}}); err != nil {
+			return err
+		}
+		floor = append(floor, mibps(size, time.Since(t0f)))
+
 		var cw countWriter
 		t0 := time.Now()
 		st, err := b.c.ExecStream(ctx, id, wrenn.ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", streamCmd(size)}}, &cw, io.Discard)
@@ -651,6 +659,7 @@ func (b *bench) inCapsule(ctx context.Context) error {
 		}
 		down = append(down, mibps(size, time.Since(t0)))
 	}
+	b.add(rateRow("floor: producer → pipe inside the capsule", floor))
 	b.add(rateRow("stdout streaming", stream))
 	b.add(rateRow("file upload", up))
 	b.add(rateRow("file download", down))

@@ -511,14 +511,26 @@ const IFBPrefix = "wb"
 // setRates puts the capsule's rate limits on its host-side veth, one
 // mechanism for every isolation (a VM's tap gets the same):
 //   - what the capsule receives leaves the host through the veth: a token
-//     bucket (tbf) root qdisc on the veth shapes it;
+//     bucket (tbf) shapes it, in the default class of an htb root qdisc
+//     whose other class (unshaped) takes only the agent's traffic to envd
+//     (TCP from the host-side address to the capsule's envd port);
 //   - what the capsule sends enters the host through the veth: a u32
 //     match-all filter on the veth's ingress qdisc redirects it (mirred) to
-//     the capsule's IFB device "wb<key>", whose tbf root qdisc shapes it.
+//     the capsule's IFB device "wb<key>", whose tbf root qdisc shapes it;
+//     a filter before it lets envd's answers to the agent (TCP from the
+//     envd port to the host-side address, which the input chain accepts
+//     only as replies) pass unshaped.
 //     (An ingress policer would need act_police, which not every kernel
 //     has; shaping also treats TCP more gently than policing.)
 //
+// The limits are the capsule's network's; the API's data path (exec
+// output, file transfers: the user's own authenticated requests, relayed
+// by the agent) is not capsule traffic and is not shaped (issue 21: it
+// was capped at the default 200 MB/s after the burst).
+//
 // Both buckets hold the policy's burst; each queues at most about 50 ms.
+// A capsule whose veth still has the older layout (a root tbf, one
+// filter; from before an agent upgrade) keeps it.
 func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
 	l, err := netlink.LinkByName(a.Veth)
 	if err != nil {
@@ -538,16 +550,23 @@ func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
 		return fmt.Errorf("network: %s up: %w", ifbName, err)
 	}
 	burst := uint32(min(pol.BurstBytes, math.MaxUint32>>1))
-	if err := setTBF(l.Attrs().Index, pol.IngressBytes, burst); err != nil {
-		return fmt.Errorf("network: tbf on %s: %w", a.Veth, err)
-	}
-	if err := setTBF(ifb.Attrs().Index, pol.EgressBytes, burst); err != nil {
-		return fmt.Errorf("network: tbf on %s: %w", ifbName, err)
-	}
 	idx := l.Attrs().Index
 	qdiscs, err := netlink.QdiscList(l)
 	if err != nil {
 		return fmt.Errorf("network: list qdiscs on %s: %w", a.Veth, err)
+	}
+	oldLayout := slices.ContainsFunc(qdiscs, func(q netlink.Qdisc) bool {
+		return q.Type() == "tbf" && q.Attrs().Parent == netlink.HANDLE_ROOT
+	})
+	if oldLayout {
+		if err := setTBF(idx, netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0), pol.IngressBytes, burst); err != nil {
+			return fmt.Errorf("network: tbf on %s: %w", a.Veth, err)
+		}
+	} else if err := m.setIngressShaping(l, a, pol.IngressBytes, burst); err != nil {
+		return err
+	}
+	if err := setTBF(ifb.Attrs().Index, netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0), pol.EgressBytes, burst); err != nil {
+		return fmt.Errorf("network: tbf on %s: %w", ifbName, err)
 	}
 	if !slices.ContainsFunc(qdiscs, func(q netlink.Qdisc) bool { return q.Type() == "ingress" }) {
 		ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
@@ -555,26 +574,126 @@ func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
 			return fmt.Errorf("network: ingress qdisc on %s: %w", a.Veth, err)
 		}
 	}
-	filter := &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_ALL},
-		Sel:         &netlink.TcU32Sel{Flags: nl32Terminal, Nkeys: 1, Keys: []netlink.TcU32Key{{Mask: 0, Val: 0, Off: 0}}},
-		Actions:     []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)},
-	}
 	filters, err := netlink.FilterList(l, netlink.MakeHandle(0xffff, 0))
 	if err != nil {
 		return fmt.Errorf("network: list filters on %s: %w", a.Veth, err)
 	}
 	if len(filters) == 0 {
-		if err := netlink.FilterAdd(filter); err != nil {
+		// envd's answers to the agent: a terminal match with no action
+		// ends the classification (the packet passes), before the redirect.
+		for _, peer := range envdPeers(a) {
+			pass := &netlink.U32{
+				FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_IP},
+				Sel:         &netlink.TcU32Sel{Flags: nl32Terminal, Keys: envdKeys(peer, false)},
+			}
+			if err := netlink.FilterAdd(pass); err != nil {
+				return fmt.Errorf("network: envd filter on %s: %w", a.Veth, err)
+			}
+		}
+		redirect := &netlink.U32{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(0xffff, 0), Priority: 2, Protocol: unix.ETH_P_ALL},
+			Sel:         &netlink.TcU32Sel{Flags: nl32Terminal, Nkeys: 1, Keys: []netlink.TcU32Key{{Mask: 0, Val: 0, Off: 0}}},
+			Actions:     []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)},
+		}
+		if err := netlink.FilterAdd(redirect); err != nil {
 			return fmt.Errorf("network: redirect filter on %s: %w", a.Veth, err)
 		}
 	}
 	return nil
 }
 
-func setTBF(link int, rate uint64, burst uint32) error {
+// setIngressShaping shapes what the capsule receives: an htb root qdisc
+// (1:) with two classes that do not shape (1:1, 1:2), everything in 1:2
+// (the default) under a tbf (20:), except the agent's traffic to envd,
+// which a filter puts in 1:1. (htb, not prio: kernels such as this
+// machine's build in htb and tbf but not prio.)
+func (m *Manager) setIngressShaping(l netlink.Link, a Allocation, rate uint64, burst uint32) error {
+	idx := l.Attrs().Index
+	qdiscs, err := netlink.QdiscList(l)
+	if err != nil {
+		return fmt.Errorf("network: list qdiscs on %s: %w", a.Veth, err)
+	}
+	if !slices.ContainsFunc(qdiscs, func(q netlink.Qdisc) bool { return q.Type() == "htb" && q.Attrs().Parent == netlink.HANDLE_ROOT }) {
+		// htb has no change operation: added once, then kept.
+		htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT})
+		htb.Defcls = 2
+		if err := netlink.QdiscReplace(htb); err != nil {
+			return fmt.Errorf("network: htb qdisc on %s: %w", a.Veth, err)
+		}
+	}
+	for _, minor := range []uint16{1, 2} {
+		cl := netlink.NewHtbClass(
+			netlink.ClassAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(1, 0), Handle: netlink.MakeHandle(1, minor)},
+			netlink.HtbClassAttrs{Rate: unshapedBits, Ceil: unshapedBits, Buffer: 1 << 20, Cbuffer: 1 << 20, Quantum: 200000},
+		)
+		if err := netlink.ClassReplace(cl); err != nil {
+			return fmt.Errorf("network: htb class on %s: %w", a.Veth, err)
+		}
+	}
+	if err := setTBF(idx, netlink.MakeHandle(1, 2), netlink.MakeHandle(0x20, 0), rate, burst); err != nil {
+		return fmt.Errorf("network: tbf on %s: %w", a.Veth, err)
+	}
+	filters, err := netlink.FilterList(l, netlink.MakeHandle(1, 0))
+	if err != nil {
+		return fmt.Errorf("network: list filters on %s: %w", a.Veth, err)
+	}
+	if len(filters) > 0 {
+		return nil
+	}
+	for _, peer := range envdPeers(a) {
+		f := &netlink.U32{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(1, 0), Priority: 1, Protocol: unix.ETH_P_IP},
+			Sel:         &netlink.TcU32Sel{Flags: nl32Terminal, Keys: envdKeys(peer, true)},
+			ClassId:     netlink.MakeHandle(1, 1),
+		}
+		if err := netlink.FilterAdd(f); err != nil {
+			return fmt.Errorf("network: envd filter on %s: %w", a.Veth, err)
+		}
+	}
+	return nil
+}
+
+// envdPeers are the addresses the agent's packets to envd carry where tc
+// sees them on the host end of the veth: the capsule's gateway as the
+// capsule sees it (the stateless address translation, insideTable, runs
+// in the netdev egress hook before the root qdisc, and in the ingress
+// hook after tc's ingress filters), and the host-side address (with
+// HostSideAddress, where nothing is translated).
+func envdPeers(a Allocation) []netip.Addr {
+	if a.Host == InsideGateway {
+		return []netip.Addr{a.Host}
+	}
+	return []netip.Addr{InsideGateway, a.Host}
+}
+
+// unshapedBits is the rate (bits/s) of the htb classes that do not shape
+// (their 1 MiB buffer is explicit: the library's default overflows to a
+// zero burst at this rate, which made htb throttle every packet).
+const unshapedBits = 100e9
+
+// envdKeys match (u32, from the IPv4 header; a header with options does
+// not match) TCP between the host (peer, as the packet carries it) and
+// the capsule's envd port: toEnvd from peer to the envd port, otherwise
+// from the envd port to peer.
+func envdKeys(host netip.Addr, toEnvd bool) []netlink.TcU32Key {
+	h := binary.BigEndian.Uint32(host.AsSlice())
+	keys := []netlink.TcU32Key{
+		{Mask: 0x0f000000, Val: 0x05000000, Off: 0}, // IHL 5: no options
+		{Mask: 0x00ff0000, Val: uint32(unix.IPPROTO_TCP) << 16, Off: 8},
+	}
+	if toEnvd {
+		return append(keys,
+			netlink.TcU32Key{Mask: 0xffffffff, Val: h, Off: 12},
+			netlink.TcU32Key{Mask: 0x0000ffff, Val: runtime.EnvdPort, Off: 20})
+	}
+	return append(keys,
+		netlink.TcU32Key{Mask: 0xffffffff, Val: h, Off: 16},
+		netlink.TcU32Key{Mask: 0xffff0000, Val: runtime.EnvdPort << 16, Off: 20})
+}
+
+func setTBF(link int, parent, handle uint32, rate uint64, burst uint32) error {
 	return netlink.QdiscReplace(&netlink.Tbf{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link, Handle: handle, Parent: parent},
 		Rate:       rate,
 		Buffer:     netlink.Xmittime(rate, burst),
 		Limit:      uint32(min(max(rate/20, 256<<10), math.MaxUint32>>1)),

@@ -439,3 +439,67 @@ func TestHeldCapsule(t *testing.T) {
 		t.Error("held capsule taken without internet reached the internet")
 	}
 }
+
+// TestRateLimitSparesEnvd: the agent's traffic with envd (the API's data
+// path: exec output, file transfers) is not shaped by the capsule's
+// network rate limits, in either direction, while other traffic of the
+// capsule is (TestRateLimit).
+func TestRateLimitSparesEnvd(t *testing.T) {
+	m := newManager(t)
+	a := setup(t, m, "penvd", true, &runtime.NetworkPolicy{EgressMBps: 10, IngressMBps: 10, BurstMB: 1})
+	const size = 64 << 20 // 6.4 s each way at the limit
+	ln := listenIn(t, a.Netns, fmt.Sprintf("0.0.0.0:%d", runtime.EnvdPort))
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// One byte says the direction: 'd' download, 'u' upload.
+				var op [1]byte
+				if _, err := io.ReadFull(c, op[:]); err != nil {
+					return
+				}
+				if op[0] == 'd' {
+					_, _ = io.CopyN(c, zeros{}, size)
+					return
+				}
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	addr := netip.AddrPortFrom(a.Guest, runtime.EnvdPort).String()
+	for _, op := range []byte{'d', 'u'} {
+		c, err := net.DialTimeout("tcp4", addr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := c.Write([]byte{op}); err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		if op == 'd' {
+			n, err = io.Copy(io.Discard, c)
+		} else {
+			n, err = io.CopyN(c, zeros{}, size)
+		}
+		c.Close()
+		el := time.Since(start)
+		rate := float64(n) / (1 << 20) / el.Seconds()
+		t.Logf("%c: %d MB in %v (%.0f MB/s; the capsule's limit is 10)", op, n>>20, el, rate)
+		if err != nil || n != size {
+			t.Fatalf("%c: %d bytes, %v", op, n, err)
+		}
+		if rate < 40 {
+			t.Errorf("%c: envd traffic shaped: %.0f MB/s with a 10 MB/s limit", op, rate)
+		}
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -398,13 +398,22 @@ function eventBytes(ev: ExecEvent): Uint8Array {
   return ev.data_b64 ? b64(ev.data_b64) : enc.encode(ev.data ?? '');
 }
 
+/** Asks exec and process streams for output as binary frames instead of JSON events (an older server ignores it). */
+const BINARY_FRAMES = { frames: 'binary' };
+
 async function pump(sock: Socket, h: StreamHandlers): Promise<ExitStatus> {
   let pid = 0;
   try {
     for (;;) {
       const m = await sock.next();
       if (m === null) break;
-      if (typeof m !== 'string') continue;
+      if (typeof m !== 'string') {
+        // A binary output frame (?frames=binary): the stream's byte (1
+        // stdout, 2 stderr), then the raw bytes.
+        if (m.length > 0 && m[0] === 1) await h.onStdout?.(m.subarray(1));
+        else if (m.length > 0 && m[0] === 2) await h.onStderr?.(m.subarray(1));
+        continue;
+      }
       const ev = JSON.parse(m) as ExecEvent;
       switch (ev.type) {
         case 'start':
@@ -598,7 +607,7 @@ export class Capsule {
 
   /** Runs `cmd args…` with its output delivered live to the handlers (WebSocket `…/exec/stream`). */
   async execStream(cmd: string, args: string[] = [], o: ExecOptions & StreamHandlers = {}): Promise<ExitStatus> {
-    const sock = await this.c.ws(this.path + '/exec/stream');
+    const sock = await this.c.ws(this.path + '/exec/stream', BINARY_FRAMES);
     sock.send(JSON.stringify(execBody(cmd, args, o)));
     const st = await pump(sock, o);
     if (o.check && st.exitCode !== 0) throw new CommandExitError(st.exitCode);
@@ -678,7 +687,7 @@ export class Processes {
 
   /** Follows `pid`'s output until it exits; first sends `stdin` (and closes it with `closeStdin`). */
   async attach(pid: number, o: StreamHandlers & { stdin?: string; closeStdin?: boolean } = {}): Promise<ExitStatus> {
-    const sock = await this.c.ws(`${this.path}/${pid}/stream`);
+    const sock = await this.c.ws(`${this.path}/${pid}/stream`, BINARY_FRAMES);
     if (o.stdin !== undefined) sock.send(JSON.stringify({ type: 'stdin', data: o.stdin }));
     if (o.closeStdin) sock.send(JSON.stringify({ type: 'close_stdin' }));
     return pump(sock, o);

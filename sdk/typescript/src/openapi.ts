@@ -1847,7 +1847,7 @@ export interface paths {
             };
             cookie?: never;
         };
-        /** WebSocket. Send one text message with an Exec object; receive JSON events {type: start|stdout|stderr|end|error, pid, data, exit_code}; the server closes normally after end. */
+        /** WebSocket. Send one text message with an Exec object; receive JSON events {type: start|stdout|stderr|end|error, pid, data, exit_code}; the server closes normally after end. Query frames=binary: stdout and stderr come as binary messages instead (one byte naming the stream, 1 stdout or 2 stderr, then the raw bytes); start, end and error stay JSON text. */
         get: {
             parameters: {
                 query?: never;
@@ -2068,7 +2068,7 @@ export interface paths {
             };
             cookie?: never;
         };
-        /** WebSocket: the process's output as exec/stream events; send {type: stdin, data} or {type: close_stdin}. */
+        /** WebSocket: the process's output as exec/stream events (query frames=binary as there); send {type: stdin, data} or {type: close_stdin}. */
         get: {
             parameters: {
                 query?: never;

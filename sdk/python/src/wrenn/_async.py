@@ -280,11 +280,22 @@ def _event_bytes(ev: ExecEvent) -> bytes:
     return (ev.data or "").encode()
 
 
+# Asks exec and process streams for output as binary frames instead of
+# JSON events (a server that does not know the parameter sends JSON).
+_BINARY_FRAMES = {"frames": "binary"}
+
+
 async def _pump(ws, on_stdout: Optional[OutputCallback], on_stderr: Optional[OutputCallback]) -> ExitStatus:
     pid = 0
     try:
         async for msg in ws:
             if isinstance(msg, bytes):
+                # A binary output frame (frames=binary): the stream's byte
+                # (1 stdout, 2 stderr), then the raw bytes.
+                if msg[:1] == b"\x01":
+                    await _call_back(on_stdout, msg[1:])
+                elif msg[:1] == b"\x02":
+                    await _call_back(on_stderr, msg[1:])
                 continue
             ev = ExecEvent.from_dict(json.loads(msg))
             if ev.type == "start":
@@ -552,7 +563,7 @@ class AsyncCapsule:
         Returns the :class:`~wrenn.ExitStatus`; with ``check=True`` a non-zero exit raises
         :class:`~wrenn.CommandExitError` (its result carries no output).
         """
-        ws = await self._c._ws(self._path + "/exec/stream")
+        ws = await self._c._ws(self._path + "/exec/stream", _BINARY_FRAMES)
         await ws.send(json.dumps(_exec_body(cmd, args, env, cwd, user, timeout, stdin)))
         st = await _pump(ws, on_stdout, on_stderr)
         if check and st.exit_code != 0:
@@ -659,7 +670,7 @@ class AsyncProcesses:
         close_stdin: bool = False,
     ) -> ExitStatus:
         """Follow process ``pid``'s output until it exits; first send ``stdin`` (and close it with ``close_stdin``)."""
-        ws = await self._c._ws(f"{self._path}/{int(pid)}/stream")
+        ws = await self._c._ws(f"{self._path}/{int(pid)}/stream", _BINARY_FRAMES)
         if stdin is not None:
             data = stdin.decode() if isinstance(stdin, (bytes, bytearray)) else stdin
             await ws.send(json.dumps({"type": "stdin", "data": data}))
