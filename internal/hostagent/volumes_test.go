@@ -20,11 +20,11 @@ import (
 	"github.com/wrenn-dev/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
-// volumeDirs are dirs on the volumes task's subnets (10.2.0.0/16) whose
+// volumeDirs are dirs on 10.2.<32*half>.0/19 (the volumes tests use 10.2/16) whose
 // driver publishes to the shared snapshot store at shared.
 func volumeDirs(t *testing.T, half int, shared string) dirs {
 	d := newDirs(t)
-	d.subnet = netip.MustParsePrefix(fmt.Sprintf("10.2.%d.0/17", 128*half))
+	d.subnet = netip.MustParsePrefix(fmt.Sprintf("10.2.%d.0/19", 32*half))
 	d.tweakDriver = func(c *container.Config) {
 		st, err := snapstore.OpenLocal(shared)
 		if err != nil {
