@@ -3990,6 +3990,268 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/volumes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The team's volumes, by name. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["VolumeList"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        /** Create an empty volume (409 already_exists when the team has one of that name). */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["CreateVolume"];
+                };
+            };
+            responses: {
+                /** @description Created */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Volume"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{volumeName}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                volumeName: string;
+            };
+            cookie?: never;
+        };
+        /** One volume, where it lives and the mounts that hold it. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    volumeName: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Volume"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        /** Delete the volume and its content (409 conflict while a capsule mounts it). */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    volumeName: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Deleted */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{volumeName}/files": {
+        parameters: {
+            query: {
+                /** @description Path in the volume ("/" is its root); a ".." element is refused. */
+                path: string;
+            };
+            header?: never;
+            path: {
+                volumeName: string;
+            };
+            cookie?: never;
+        };
+        /** Download a file of the volume (at most 64 MiB through this route), with or without a capsule holding it. */
+        get: {
+            parameters: {
+                query: {
+                    /** @description Path in the volume ("/" is its root); a ".." element is refused. */
+                    path: string;
+                };
+                header?: never;
+                path: {
+                    volumeName: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description File bytes */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/octet-stream": unknown;
+                    };
+                };
+            };
+        };
+        /** Upload a file (raw body, at most 64 MiB; parents created; 507 volume_full when it does not fit, the old file then unchanged). */
+        put: {
+            parameters: {
+                query: {
+                    /** @description Path in the volume ("/" is its root); a ".." element is refused. */
+                    path: string;
+                };
+                header?: never;
+                path: {
+                    volumeName: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/octet-stream": unknown;
+                };
+            };
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["FileEntry"];
+                    };
+                };
+            };
+        };
+        post?: never;
+        /** Remove a file or directory tree of the volume. */
+        delete: {
+            parameters: {
+                query: {
+                    /** @description Path in the volume ("/" is its root); a ".." element is refused. */
+                    path: string;
+                };
+                header?: never;
+                path: {
+                    volumeName: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Removed */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/volumes/{volumeName}/files/list": {
+        parameters: {
+            query?: {
+                path?: string;
+            };
+            header?: never;
+            path: {
+                volumeName: string;
+            };
+            cookie?: never;
+        };
+        /** List a directory of the volume. */
+        get: {
+            parameters: {
+                query?: {
+                    path?: string;
+                };
+                header?: never;
+                path: {
+                    volumeName: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["FileList"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -4308,6 +4570,8 @@ export interface components {
             on_timeout?: "kill" | "pause";
             /** @description Any use of the paused capsule (API data routes, the port proxy, the E2B routes) resumes it first. Default: the template's, else the team's, else false. */
             auto_resume?: boolean;
+            /** @description The team's volumes to mount (container isolation only: others are 422 volumes_unsupported). At most one read-write mount of a volume at a time (409); docs/VOLUMES.md. */
+            volume_mounts?: components["schemas"]["VolumeMount"][];
         };
         Capsule: {
             /** @example cl-3k9xq2m7a1b4c5d6 */
@@ -5023,6 +5287,52 @@ export interface components {
         WebhookDeliveryPage: {
             deliveries: components["schemas"]["WebhookDelivery"][];
             next_cursor?: string;
+        };
+        CreateVolume: {
+            /** @description Unique in the team: 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit. */
+            name: string;
+            /**
+             * Format: int64
+             * @description The quota: the size of the volume's file system. Writes past it fail (ENOSPC inside a capsule, 507 volume_full through the file routes).
+             * @default 1024
+             */
+            size_mb?: number;
+        };
+        Volume: {
+            /** @example vol-3k9xq2m7a1b4c5d6 */
+            id: string;
+            name: string;
+            /** Format: int64 */
+            size_mb: number;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+            /**
+             * @description store: no capsule holds it, its content is in the snapshot store (any host can mount it); host: capsules on host_id mount it.
+             * @enum {string}
+             */
+            location: "store" | "host";
+            /** @description The host of the capsules that mount it (location host). */
+            host_id?: string;
+            /** @description The mounts that hold the volume now (capsules not stopped). */
+            mounts: components["schemas"]["VolumeMountStatus"][];
+        };
+        VolumeMountStatus: {
+            capsule_id: string;
+            path: string;
+            read_only: boolean;
+        };
+        VolumeList: {
+            volumes: components["schemas"]["Volume"][];
+        };
+        VolumeMount: {
+            /** @description The team's volume. */
+            name: string;
+            /** @description Absolute, clean path in the capsule; not /, nor at or under /proc, /dev, /sys, /run/wrenn; mount paths of one capsule may not overlap. */
+            path: string;
+            /** @default false */
+            read_only?: boolean;
         };
     };
     responses: {

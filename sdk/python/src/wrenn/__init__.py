@@ -21,6 +21,7 @@ from ._async import (
     AsyncProcesses,
     AsyncPty,
     AsyncTemplates,
+    AsyncVolumes,
     OutputCallback,
 )
 from ._errors import (
@@ -61,8 +62,11 @@ from ._models import (
     SnapshotTemplate,
     ForkResult,
     Template,
+    Volume,
+    VolumeMount,
+    VolumeMountStatus,
 )
-from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates
+from ._sync import Builds, Capsule, Capsules, Client, Files, Processes, Pty, Templates, Volumes
 from ._webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "0.1.0"
@@ -77,6 +81,6 @@ __all__ = [
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
     "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
-    "ForkResult",
+    "ForkResult", "Volumes", "AsyncVolumes", "Volume", "VolumeMount", "VolumeMountStatus",
     "verify_webhook", "WebhookVerificationError",
 ]

@@ -86,6 +86,8 @@ class Client:
         """Templates (:class:`Templates`)."""
         self.builds = Builds(self._loop, self._a.builds)
         """Template builds, platform admins only (:class:`Builds`)."""
+        self.volumes = Volumes(self._loop, self._a.volumes)
+        """Persistent volumes (:class:`Volumes`)."""
         self._closed = False
 
     def __enter__(self) -> "Client":
@@ -270,8 +272,22 @@ class Builds(_Wrapped):
     cancel = _mirror("cancel")
 
 
+class Volumes(_Wrapped):
+    """The team's persistent volumes (``client.volumes``; docs/VOLUMES.md)."""
+
+    create = _mirror("create")
+    list = _mirror("list")
+    get = _mirror("get")
+    delete = _mirror("delete")
+    read = _mirror("read")
+    write = _mirror("write")
+    list_files = _mirror("list_files")
+    remove = _mirror("remove")
+
+
 for _a_cls, _s_cls in [(_async.AsyncCapsules, Capsules), (_async.AsyncCapsule, Capsule), (_async.AsyncPty, Pty),
                        (_async.AsyncProcesses, Processes), (_async.AsyncFiles, Files),
                        (_async.AsyncTemplates, Templates), (_async.AsyncBuilds, Builds),
+                       (_async.AsyncVolumes, Volumes),
                        (_async.AsyncClient, Client)]:
     _doc(_a_cls, _s_cls)
