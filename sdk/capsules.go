@@ -62,6 +62,9 @@ type CreateParams struct {
 	// (exec, files, processes, the port proxy) resumes it first; nil takes
 	// the template's default, else the team's, else false.
 	AutoResume *bool
+	// VolumeMounts mounts the team's volumes (docs/VOLUMES.md; container
+	// isolation only, else an *Error with Code "volumes_unsupported").
+	VolumeMounts []VolumeMount
 }
 
 // What the end of a capsule's timeout does (CreateParams.OnTimeout).
@@ -100,7 +103,7 @@ func (c *Client) Create(ctx context.Context, p CreateParams) (*Capsule, error) {
 	body := wrennapi.CreateCapsule{
 		VCPUs: optInt(p.VCPUs), MemoryMB: optInt(p.MemoryMB), DiskSizeMB: optInt(p.DiskSizeMB),
 		TimeoutSec: optInt(timeoutSec(p.Timeout)), Env: p.Env, Public: p.Public, Network: p.Network,
-		Isolation: p.Isolation,
+		Isolation: p.Isolation, VolumeMounts: p.VolumeMounts,
 	}
 	if p.NoInternet {
 		off := false

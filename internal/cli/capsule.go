@@ -69,6 +69,7 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 		timeout    time.Duration
 		nf         networkFlags
 		autoResume bool
+		volumes    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
@@ -76,11 +77,15 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 		Example: `  wrenn capsule create --template minimal
   id=$(wrenn capsule create -q --memory 1024 --timeout 1h)
   wrenn capsule create --allow-only --allow-out pypi.org,'*.pythonhosted.org' --egress-mbps 10
-  wrenn capsule create --isolation gvisor`,
+  wrenn capsule create --isolation gvisor
+  wrenn capsule create --volume data:/data --volume models:/models:ro`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if p.Env, err = parseEnv(env); err != nil {
+				return err
+			}
+			if p.VolumeMounts, err = parseVolumeMounts(volumes); err != nil {
 				return err
 			}
 			p.Timeout = timeout
@@ -118,6 +123,7 @@ func (cc *capsuleCmd) createCmd() *cobra.Command {
 	fl.StringVar(&p.Isolation, "isolation", "", isolationHelp+" (default: the template's, else the team's, else the platform's)")
 	fl.StringVar(&p.OnTimeout, "on-timeout", "", "what the end of the timeout does: kill, or pause (to disk, processes kept where the host can) (default: the template's, else the team's, else kill)")
 	fl.BoolVar(&autoResume, "auto-resume", false, "resume the paused capsule on any use: exec, files, terminals, its ports (default: the template's, else the team's, else off)")
+	fl.StringArrayVar(&volumes, "volume", nil, "mount a volume NAME:/path or NAME:/path:ro (repeatable; container isolation only)")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the capsule id")
 	fl.BoolVar(&asJSON, "json", false, "print the capsule as JSON")
 	nf.add(fl)

@@ -47,6 +47,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newServerCmd())
 	root.AddCommand(newUpCmd(), newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newTeamCmd(), newDevCmd())
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
+	root.AddCommand(newVolumeCmd())
 	root.AddCommand(newBenchCmd())
 	return root
 }

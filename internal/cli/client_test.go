@@ -30,6 +30,7 @@ func clientRoot() *cobra.Command {
 	root := &cobra.Command{Use: "wrenn", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd(), newTeamCmd())
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
+	root.AddCommand(newVolumeCmd())
 	root.AddCommand(newBenchCmd())
 	return root
 }
@@ -80,6 +81,7 @@ func TestHelpGolden(t *testing.T) {
 		"template", "template ls", "template import", "template build", "template prepare", "template set-isolation",
 		"team", "team set-isolation",
 		"events", "webhook", "webhook create",
+		"volume", "volume create",
 	} {
 		t.Run(path, func(t *testing.T) {
 			got, errOut, code := runCLI(t, nil, append(strings.Fields(path), "--help")...)

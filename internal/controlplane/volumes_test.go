@@ -26,7 +26,7 @@ import (
 )
 
 // volumeAgent is a registered host agent whose snapshot store (pause to
-// disk, volumes) is the shared store st, on subnet 10.2.<128*half>.0/17
+// disk, volumes) is the shared store st, on subnet 10.2.<64+32*half>.0/19
 // (the volumes tests' range).
 type volumeAgent struct {
 	hostID   string
@@ -64,7 +64,7 @@ func startVolumeAgent(t *testing.T, c *cp, adminTok string, half, memMB int, st 
 		StateDir: filepath.Join(dir, "driver"), Templates: *tmpls, EnvdPath: envd,
 		DefaultMemoryMB: 128, DefaultDiskSizeMB: 512, PidsLimit: 128, CgroupParent: "/" + tag,
 		Network: network.Config{
-			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.2.%d.0/17", 128*half)),
+			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.2.%d.0/19", 64+32*half)),
 			Table:  tag, NetnsPrefix: tag + "-",
 		},
 		Snapshots:   &snapshot.Manager{Store: st, TempDir: tmp},

@@ -139,6 +139,10 @@ func (h *Handler) routes() chi.Router {
 			r.Post("/sandboxes/{id}/snapshots", h.createSnapshot)
 			r.Post("/sandboxes/{id}/fork", h.fork)
 			r.Get("/snapshots", h.listSnapshots)
+			r.Get("/volumes", h.listVolumes)
+			r.Post("/volumes", h.createVolume)
+			r.Get("/volumes/{vid}", h.getVolume)
+			r.Delete("/volumes/{vid}", h.deleteVolume)
 
 			// Features other issues add; 501 until they are wired.
 			for _, nf := range []struct{ method, path, what string }{
@@ -146,10 +150,6 @@ func (h *Handler) routes() chi.Router {
 				{"GET", "/v2/sandboxes/{id}/logs", "sandbox logs"},
 				{"GET", "/sandboxes/metrics", "metrics of several sandboxes"},
 				{"PUT", "/sandboxes/{id}/network", "network rules"},
-				{"GET", "/volumes", "volumes"},
-				{"POST", "/volumes", "volumes"},
-				{"GET", "/volumes/{vid}", "volumes"},
-				{"DELETE", "/volumes/{vid}", "volumes"},
 				{"POST", "/templates", "template builds"},
 				{"POST", "/v2/templates", "template builds"},
 				{"POST", "/v3/templates", "template builds"},

@@ -90,7 +90,7 @@ func TestErrorsAreE2BShaped(t *testing.T) {
 		{"GET", "/e2b/v2/sandboxes", nil, 401},
 		{"GET", "/e2b/nope", map[string]string{"X-API-Key": "k"}, 404},
 		{"POST", "/e2b/v3/templates", map[string]string{"X-API-Key": "k"}, 501},
-		{"GET", "/e2b/volumes", map[string]string{"X-API-Key": "k"}, 501},
+		{"GET", "/e2b/secrets", map[string]string{"X-API-Key": "k"}, 501},
 		{"PUT", "/e2b/sandboxes/cl-a/network", map[string]string{"X-API-Key": "k"}, 501},
 		{"POST", "/e2b/envd/process.Process/Start", nil, 400},
 		{"POST", "/e2b/envd/process.Process/Start", map[string]string{sandboxIDHeader: "cl-a"}, 401},

@@ -87,9 +87,6 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		// E2B's rule: lifecycle.autoResume needs onTimeout 'pause'.
 		writeError(w, http.StatusBadRequest, "autoResume needs autoPause (lifecycle.onTimeout 'pause')")
 		return
-	case len(req.VolumeMounts) > 0:
-		writeError(w, http.StatusNotImplemented, "volumes are not supported yet by Wrenn's E2B-compatible API")
-		return
 	case len(req.MCP) > 0:
 		writeError(w, http.StatusNotImplemented, "MCP gateways are not supported yet by Wrenn's E2B-compatible API")
 		return
@@ -118,6 +115,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	out, err := h.cfg.Capsules.Create(r.Context(), scope(r), capsules.CreateRequest{
 		Template: &tmpl, TimeoutSec: timeout, Env: req.EnvVars, AllowInternet: req.AllowInternetAccess,
 		Metadata: req.Metadata, Network: nw, Public: public, OnTimeout: &onTimeout, AutoResume: &autoResume,
+		VolumeMounts: toVolumeMounts(req.VolumeMounts),
 	})
 	if err != nil {
 		h.fail(w, r, err)

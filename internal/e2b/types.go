@@ -26,7 +26,7 @@ type newSandbox struct {
 	EnvVars             map[string]string       `json:"envVars"`
 	MCP                 map[string]any          `json:"mcp"`
 	Network             map[string]any          `json:"network"`
-	VolumeMounts        []any                   `json:"volumeMounts"`
+	VolumeMounts        []volumeMount           `json:"volumeMounts"`
 }
 
 // sandbox is the create and connect answer.

@@ -109,7 +109,10 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 		images   string
 		criuKeys []string
 	)
-	if d.criu && (rec.State == runtime.StateRunning || rec.State == runtime.StatePaused) {
+	// A capsule with volumes pauses with its files only (processes boot
+	// again on resume): a CRIU restore of processes that use the volume
+	// binds does not bring them back (docs/VOLUMES.md).
+	if d.criu && len(rec.Spec.Volumes) == 0 && (rec.State == runtime.StateRunning || rec.State == runtime.StatePaused) {
 		start := time.Now()
 		images, criuKeys, err = d.checkpoint(ctx, rec)
 		if err != nil {

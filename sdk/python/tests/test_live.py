@@ -279,3 +279,33 @@ def test_events_and_webhooks(client):
         srv.shutdown()
     with pytest.raises(wrenn.NotFoundError):
         client.webhooks.get(hook.id)
+
+
+def test_volumes(client):
+    v = client.volumes.create("py-vol", size_mb=32)
+    assert v.id.startswith("vol-") and v.size_mb == 32 and v.location == "store"
+    try:
+        with pytest.raises(wrenn.InvalidArgumentError):
+            client.volumes.create("py/vol")
+        with client.capsules.create(template=TEMPLATE, volume_mounts=[wrenn.VolumeMount("py-vol", "/vol")]) as cap:
+            assert cap.exec("sh", "-c", "echo kept > /vol/note").exit_code == 0
+            with pytest.raises(wrenn.ConflictError):
+                client.capsules.create(template=TEMPLATE, volume_mounts=[{"name": "py-vol", "path": "/vol"}])
+            got = client.volumes.get("py-vol")
+            assert got.location == "host" and got.mounts[0].capsule_id == cap.id
+            with pytest.raises(wrenn.ConflictError):
+                client.volumes.delete("py-vol")
+        with client.capsules.create(template=TEMPLATE, volume_mounts=[wrenn.VolumeMount("py-vol", "/v", read_only=True)]) as cap:
+            assert cap.exec("cat", "/v/note").stdout == "kept\n"
+        client.volumes.write("py-vol", "/a/b.txt", "hi")
+        assert client.volumes.read("py-vol", "/a/b.txt") == b"hi"
+        assert sorted(e.name for e in client.volumes.list_files("py-vol")) == ["a", "note"]
+        with pytest.raises(wrenn.APIError) as ei:
+            client.volumes.write("py-vol", "/big", b"\0" * (33 << 20))
+        assert ei.value.code == "volume_full" and ei.value.status_code == 507
+        client.volumes.remove("py-vol", "/a")
+        assert "py-vol" in [x.name for x in client.volumes.list()]
+    finally:
+        client.volumes.delete("py-vol")
+    with pytest.raises(wrenn.NotFoundError):
+        client.volumes.get("py-vol")

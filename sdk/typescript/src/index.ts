@@ -37,6 +37,10 @@ export type CapsuleInfo = S['Capsule'];
 export type CapsulePage = S['CapsuleList'];
 /** The body of a create (schema `CreateCapsule`). */
 export type CreateCapsuleParams = S['CreateCapsule'];
+/** A team's persistent volume (docs/VOLUMES.md): `location` "store" (no capsule holds it) or "host". */
+export type Volume = S['Volume'];
+/** Mounts a volume at create (`volume_mounts`): one read-write mount at a time. */
+export type VolumeMount = S['VolumeMount'];
 /**
  * A capsule's egress policy and rate limits (schema `CapsuleNetwork`): `allow_out` and `deny_out` hold
  * IPv4 CIDRs, addresses and domain names (`*.example.com` for every name below it); an allow rule wins over a
@@ -180,6 +184,8 @@ export class Client {
   readonly events: Events;
   /** The team's webhook endpoints (team admins and owners). */
   readonly webhooks: Webhooks;
+  /** Persistent volumes. */
+  readonly volumes: Volumes;
   private readonly apiKey: string;
   private readonly timeoutMs: number;
   private readonly fetchImpl: typeof fetch;
@@ -194,6 +200,7 @@ export class Client {
     this.builds = new Builds(this);
     this.events = new Events(this);
     this.webhooks = new Webhooks(this);
+    this.volumes = new Volumes(this);
   }
 
   /** Who the credential acts as (`GET /v1/me`). */
@@ -903,5 +910,59 @@ export class Builds {
   /** Cancels a pending or running build (`conflict` when it already finished). */
   async cancel(id: string): Promise<Build> {
     return (await this.c.json('POST', `/v1/admin/builds/${encodeURIComponent(id)}/cancel`)) as Build;
+  }
+}
+
+function vpath(name: string): string {
+  return '/v1/volumes/' + encodeURIComponent(name);
+}
+
+/** The team's persistent volumes (`client.volumes`; docs/VOLUMES.md). */
+export class Volumes {
+  /** @internal */
+  constructor(private readonly c: Client) {}
+
+  /** Creates an empty volume of `sizeMb` (the quota; default 1024). */
+  async create(name: string, sizeMb?: number): Promise<Volume> {
+    const json: Record<string, unknown> = { name };
+    if (sizeMb !== undefined) json.size_mb = sizeMb;
+    return (await this.c.json('POST', '/v1/volumes', { json })) as Volume;
+  }
+
+  /** The team's volumes, by name. */
+  async list(): Promise<Volume[]> {
+    return ((await this.c.json('GET', '/v1/volumes')) as S['VolumeList']).volumes;
+  }
+
+  /** One volume, where it lives and the mounts holding it. */
+  async get(name: string): Promise<Volume> {
+    return (await this.c.json('GET', vpath(name))) as Volume;
+  }
+
+  /** Deletes the volume and its files (a `conflict` error while a capsule mounts it). */
+  async delete(name: string): Promise<void> {
+    await this.c.send('DELETE', vpath(name));
+  }
+
+  /** A file of the volume (at most 64 MiB), with or without a capsule holding it. */
+  async read(name: string, path: string): Promise<Uint8Array> {
+    const resp = await this.c.send('GET', vpath(name) + '/files', { query: { path }, stream: true });
+    return new Uint8Array(await resp.arrayBuffer());
+  }
+
+  /** Creates or replaces a file (at most 64 MiB; parents created); `volume_full` (507) when it does not fit. */
+  async write(name: string, path: string, data: Uint8Array | string): Promise<FileEntry> {
+    const body = (typeof data === 'string' ? new TextEncoder().encode(data) : data) as unknown as BodyInit;
+    return (await this.c.json('PUT', vpath(name) + '/files', { query: { path }, body, contentType: 'application/octet-stream' })) as FileEntry;
+  }
+
+  /** The entries of a directory of the volume. */
+  async listFiles(name: string, path = '/'): Promise<FileEntry[]> {
+    return ((await this.c.json('GET', vpath(name) + '/files/list', { query: { path } })) as S['FileList']).entries;
+  }
+
+  /** Removes a file or directory tree of the volume. */
+  async remove(name: string, path: string): Promise<void> {
+    await this.c.send('DELETE', vpath(name) + '/files', { query: { path } });
   }
 }

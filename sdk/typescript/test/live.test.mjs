@@ -224,3 +224,33 @@ test('events and webhooks', async () => {
   }
   await assert.rejects(c.webhooks.get(hook.id), (e) => e instanceof APIError && e.status === 404);
 });
+
+test('volumes', async () => {
+  const v = await c.volumes.create('ts-vol', 32);
+  assert.match(v.id, /^vol-/);
+  assert.equal(v.location, 'store');
+  try {
+    await assert.rejects(c.volumes.create('ts/vol'), (e) => e instanceof APIError && e.code === 'invalid_argument');
+    await withCapsule(async (cap) => {
+      assert.equal((await cap.exec('sh', ['-c', 'echo kept > /vol/note'])).exitCode, 0);
+      await assert.rejects(c.capsules.create({ template: TEMPLATE, volume_mounts: [{ name: 'ts-vol', path: '/vol' }] }),
+        (e) => e instanceof APIError && e.code === 'conflict' && e.status === 409);
+      const got = await c.volumes.get('ts-vol');
+      assert.equal(got.location, 'host');
+      assert.equal(got.mounts[0].capsule_id, cap.id);
+    }, { volume_mounts: [{ name: 'ts-vol', path: '/vol' }] });
+    await withCapsule(async (cap) => {
+      assert.equal((await cap.exec('cat', ['/v/note'])).stdout, 'kept\n');
+    }, { volume_mounts: [{ name: 'ts-vol', path: '/v', read_only: true }] });
+    await c.volumes.write('ts-vol', '/a/b.txt', 'hi');
+    assert.equal(Buffer.from(await c.volumes.read('ts-vol', '/a/b.txt')).toString(), 'hi');
+    assert.deepEqual((await c.volumes.listFiles('ts-vol')).map((e) => e.name).sort(), ['a', 'note']);
+    await assert.rejects(c.volumes.write('ts-vol', '/big', new Uint8Array(33 << 20)),
+      (e) => e instanceof APIError && e.code === 'volume_full' && e.status === 507);
+    await c.volumes.remove('ts-vol', '/a');
+    assert.ok((await c.volumes.list()).some((x) => x.name === 'ts-vol'));
+  } finally {
+    await c.volumes.delete('ts-vol');
+  }
+  await assert.rejects(c.volumes.get('ts-vol'), (e) => e instanceof APIError && e.status === 404);
+});

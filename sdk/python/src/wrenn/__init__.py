@@ -21,6 +21,7 @@ from ._async import (
     AsyncProcesses,
     AsyncPty,
     AsyncTemplates,
+    AsyncVolumes,
     OutputCallback,
 )
 from ._events import AsyncEvents, AsyncWebhooks
@@ -67,8 +68,11 @@ from ._models import (
     SnapshotTemplate,
     ForkResult,
     Template,
+    Volume,
+    VolumeMount,
+    VolumeMountStatus,
 )
-from ._sync import Builds, Capsule, Capsules, Client, Events, Files, Processes, Pty, Templates, Webhooks
+from ._sync import Builds, Capsule, Capsules, Client, Events, Files, Processes, Pty, Templates, Volumes, Webhooks
 from ._webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "0.1.0"
@@ -83,7 +87,7 @@ __all__ = [
     "InternalError", "ConnectionError", "TimeoutError", "StreamClosedError", "CommandExitError",
     "Build", "BuildLogRecord", "BuildSpec", "CapsuleInfo", "CapsuleMetrics", "CapsulePage", "ExecEvent", "ExecResult", "ExitStatus",
     "FileEntry", "Me", "MetricPoint", "MkdirResult", "Network", "Process", "ProcessStarted", "Team", "Template", "SnapshotTemplate",
-    "ForkResult",
+    "ForkResult", "Volumes", "AsyncVolumes", "Volume", "VolumeMount", "VolumeMountStatus",
     "Events", "Webhooks", "AsyncEvents", "AsyncWebhooks", "Event", "EventPage", "Webhook", "WebhookDelivery",
     "WebhookDeliveryPage",
     "verify_webhook", "WebhookVerificationError",

@@ -40,6 +40,8 @@ from ._models import (
     SnapshotTemplate,
     Team,
     Template,
+    Volume,
+    VolumeMount,
 )
 
 try:  # websockets >= 13: the new asyncio client
@@ -122,6 +124,8 @@ class AsyncClient:
         """The team's event log and live stream (:class:`AsyncEvents`)."""
         self.webhooks = AsyncWebhooks(self)
         """The team's webhook endpoints (:class:`AsyncWebhooks`)."""
+        self.volumes = AsyncVolumes(self)
+        """Persistent volumes (:class:`AsyncVolumes`)."""
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -337,8 +341,13 @@ class AsyncCapsules:
         isolation: Optional[str] = None,
         on_timeout: Optional[str] = None,
         auto_resume: Optional[bool] = None,
+        volume_mounts: Optional[List[Union[VolumeMount, Dict[str, Any]]]] = None,
     ) -> "AsyncCapsule":
         """Create a capsule (``POST /v1/capsules``); omitted fields take the server's defaults.
+
+        ``volume_mounts`` mounts the team's volumes, e.g.
+        ``[VolumeMount("data", "/data")]`` (one read-write mount of a volume at a
+        time, any number read-only; container isolation only).
 
         ``metadata`` is string key/values returned with the capsule and
         filterable in list (``metadata={"k": "v"}``).
@@ -366,6 +375,8 @@ class AsyncCapsules:
                                       allow_internet=allow_internet, metadata=metadata,
                                       network=_network_dict(network), isolation=isolation, on_timeout=on_timeout,
                                       auto_resume=auto_resume).items() if v is not None}
+        if volume_mounts is not None:
+            body["volume_mounts"] = [m.to_dict() if isinstance(m, VolumeMount) else m for m in volume_mounts]
         d = await self._c._json("POST", "/v1/capsules", json_body=body)
         return AsyncCapsule(self._c, CapsuleInfo.from_dict(d))
 
@@ -890,3 +901,57 @@ class AsyncBuilds:
     async def cancel(self, build_id: str) -> Build:
         """Cancel a pending or running build (``conflict`` when it already finished)."""
         return Build.from_dict(await self._c._json("POST", f"/v1/admin/builds/{quote(build_id, safe='')}/cancel"))
+
+
+def _vpath(name: str) -> str:
+    return "/v1/volumes/" + quote(name, safe="")
+
+
+class AsyncVolumes:
+    """The team's persistent volumes (``client.volumes``; docs/VOLUMES.md)."""
+
+    def __init__(self, client: AsyncClient):
+        self._c = client
+
+    async def create(self, name: str, size_mb: Optional[int] = None) -> Volume:
+        """Create an empty volume of ``size_mb`` (the quota; default 1024)."""
+        body: Dict[str, Any] = {"name": name}
+        if size_mb is not None:
+            body["size_mb"] = size_mb
+        return Volume.from_dict(await self._c._json("POST", "/v1/volumes", json_body=body))
+
+    async def list(self) -> List[Volume]:
+        """The team's volumes, by name."""
+        d = await self._c._json("GET", "/v1/volumes")
+        return [Volume.from_dict(v) for v in d.get("volumes", [])]
+
+    async def get(self, name: str) -> Volume:
+        """One volume, where it lives and the mounts holding it."""
+        return Volume.from_dict(await self._c._json("GET", _vpath(name)))
+
+    async def delete(self, name: str) -> None:
+        """Delete the volume and its files (a :class:`ConflictError` while a capsule mounts it)."""
+        await self._c._send("DELETE", _vpath(name))
+
+    async def read(self, name: str, path: str) -> bytes:
+        """A file of the volume (at most 64 MiB), with or without a capsule holding it."""
+        resp = await self._c._send("GET", _vpath(name) + "/files", query={"path": path})
+        return resp.content
+
+    async def write(self, name: str, path: str, data: Union[bytes, str]) -> FileEntry:
+        """Create or replace a file (at most 64 MiB; parents created). Data that does not
+        fit raises an :class:`APIError` with ``code == "volume_full"`` (HTTP 507)."""
+        if isinstance(data, str):
+            data = data.encode()
+        d = await self._c._json("PUT", _vpath(name) + "/files", query={"path": path}, content=data,
+                                content_type="application/octet-stream")
+        return FileEntry.from_dict(d)
+
+    async def list_files(self, name: str, path: str = "/") -> List[FileEntry]:
+        """The entries of a directory of the volume."""
+        d = await self._c._json("GET", _vpath(name) + "/files/list", query={"path": path})
+        return [FileEntry.from_dict(e) for e in d.get("entries", [])]
+
+    async def remove(self, name: str, path: str) -> None:
+        """Remove a file or directory tree of the volume."""
+        await self._c._send("DELETE", _vpath(name) + "/files", query={"path": path})

@@ -411,8 +411,47 @@ class CapsuleMetrics(_Model):
     points: List[MetricPoint] = field(default_factory=list)
 
 
+@dataclass
+class VolumeMountStatus(_Model):
+    """A mount that holds a volume now (schema ``VolumeMountStatus``)."""
+
+    __schema__ = "VolumeMountStatus"
+    capsule_id: str
+    path: str
+    read_only: bool = False
+
+
+@dataclass
+class Volume(_Model):
+    """A team's persistent volume (schema ``Volume``; docs/VOLUMES.md).
+
+    ``location`` is ``"store"`` (no capsule holds it: any host can mount it)
+    or ``"host"`` (capsules on ``host_id`` mount it; ``mounts`` lists them)."""
+
+    __schema__ = "Volume"
+    id: str
+    name: str
+    size_mb: int
+    created_at: str = ""
+    updated_at: str = ""
+    location: str = "store"
+    host_id: Optional[str] = None
+    mounts: List[VolumeMountStatus] = field(default_factory=list)
+
+
+@dataclass
+class VolumeMount(_Model):
+    """Mounts a volume at create (schema ``VolumeMount``): one read-write mount at a time."""
+
+    __schema__ = "VolumeMount"
+    name: str
+    path: str
+    read_only: bool = False
+
+
 _NESTED.update(
     {
+        "Volume.mounts": VolumeMountStatus,
         "CapsulePage.capsules": CapsuleInfo,
         "CapsuleInfo.network": Network,
         "MkdirResult.entry": FileEntry,

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 from . import _async, _events
 from ._models import BuildLogRecord, CapsuleInfo, Event
 
-__all__ = ["Client", "Capsules", "Capsule", "Files", "Processes", "Pty", "Templates", "Builds", "Events", "Webhooks"]
+__all__ = ["Client", "Capsules", "Capsule", "Files", "Processes", "Pty", "Templates", "Builds", "Events", "Webhooks", "Volumes"]
 
 
 class _Loop:
@@ -90,6 +90,8 @@ class Client:
         """The team's event log and live stream (:class:`Events`)."""
         self.webhooks = Webhooks(self._loop, self._a.webhooks)
         """The team's webhook endpoints (:class:`Webhooks`)."""
+        self.volumes = Volumes(self._loop, self._a.volumes)
+        """Persistent volumes (:class:`Volumes`)."""
         self._closed = False
 
     def __enter__(self) -> "Client":
@@ -309,8 +311,22 @@ class Webhooks(_Wrapped):
     deliveries = _mirror("deliveries")
 
 
+class Volumes(_Wrapped):
+    """The team's persistent volumes (``client.volumes``; docs/VOLUMES.md)."""
+
+    create = _mirror("create")
+    list = _mirror("list")
+    get = _mirror("get")
+    delete = _mirror("delete")
+    read = _mirror("read")
+    write = _mirror("write")
+    list_files = _mirror("list_files")
+    remove = _mirror("remove")
+
+
 for _a_cls, _s_cls in [(_events.AsyncEvents, Events), (_events.AsyncWebhooks, Webhooks), (_async.AsyncCapsules, Capsules), (_async.AsyncCapsule, Capsule), (_async.AsyncPty, Pty),
                        (_async.AsyncProcesses, Processes), (_async.AsyncFiles, Files),
                        (_async.AsyncTemplates, Templates), (_async.AsyncBuilds, Builds),
+                       (_async.AsyncVolumes, Volumes),
                        (_async.AsyncClient, Client)]:
     _doc(_a_cls, _s_cls)
