@@ -181,6 +181,10 @@ func (s *Service) move(ctx context.Context, sc Scope, c store.Capsule, resume bo
 	return res, err
 }
 
+// errRehome: the new host adopted the capsule but the store could not
+// record it (the old copy must not be started again).
+var errRehome = errors.New("the move could not be recorded")
+
 // rehome records that c (hibernated, on c.HostID) now lives on host. A
 // store that fails is retried; a capsule deleted meanwhile is dropped from
 // host again (its snapshot goes with it, as the delete wanted).
@@ -201,7 +205,7 @@ func (s *Service) rehome(ctx context.Context, c store.Capsule, host store.Host) 
 	case err != nil:
 		s.log.Error("capsule adopted by its new host but the store could not record the move; the reconciler resolves it",
 			"capsule_id", c.ID, "from", c.HostID, "to", host.ID, "err", err)
-		return err
+		return fmt.Errorf("%w: %w", errRehome, err)
 	case ok:
 		return nil
 	}

@@ -48,6 +48,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newUpCmd(), newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newTeamCmd(), newDevCmd())
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
 	root.AddCommand(newBenchCmd())
+	root.AddCommand(newAdminCmd())
 	return root
 }
 

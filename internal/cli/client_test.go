@@ -30,7 +30,7 @@ func clientRoot() *cobra.Command {
 	root := &cobra.Command{Use: "wrenn", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd(), newTeamCmd())
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
-	root.AddCommand(newBenchCmd())
+	root.AddCommand(newBenchCmd(), newAdminCmd())
 	return root
 }
 
@@ -78,7 +78,7 @@ func TestHelpGolden(t *testing.T) {
 		"capsule", "capsule create", "capsule ls", "capsule get", "capsule exec", "capsule shell",
 		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set", "capsule snapshot",
 		"template", "template ls", "template import", "template build", "template prepare", "template set-isolation",
-		"team", "team set-isolation",
+		"team", "team set-isolation", "admin host", "admin host drain",
 		"events", "webhook", "webhook create",
 	} {
 		t.Run(path, func(t *testing.T) {

@@ -134,8 +134,10 @@ var full = flag.Bool("fleet.full", false, "run the chaos suite in full (make cha
 // TestChaos (issue 24, item 5): a fleet with its own PostgreSQL and S3
 // gateway, clients cycling create → exec → pause → resume → exec → delete,
 // and one of each fault: kill -9 of an agent, a replica, PostgreSQL and
-// the S3 gateway, and a network partition between a host and the control
-// planes. After each: every capsule row agrees with its host within two
+// the S3 gateway, a network partition between a host and the control
+// planes, and a kill -9 of an agent during a move (a drain in progress);
+// throughout, a mover drains and undrains hosts, so capsules move between
+// hosts while the faults happen. After each: every capsule row agrees with its host within two
 // reconcile intervals (plus a heartbeat); at the end hibernated capsules
 // resume with their files intact, the API never answered 500, and Stop
 // leaves the host as it found it. `make chaos` runs it with -fleet.full.
@@ -181,11 +183,12 @@ func TestChaos(t *testing.T) {
 	var faults []string
 	for range rounds {
 		faults = append(faults, fleet.FaultKillAgent, fleet.FaultKillReplica, fleet.FaultKillPostgres, fleet.FaultKillS3, fleet.FaultPartitionHost)
+		faults = append(faults, fleet.FaultKillAgentMove)
 	}
 	start := time.Now()
-	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{Faults: faults, Workers: workers, Log: t.Logf})
+	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{Faults: faults, Workers: workers, Moves: true, Log: t.Logf})
 	if rep != nil {
-		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v", rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle)
+		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v, drains %d moving %d capsules", rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle, rep.Drains, rep.Moved)
 		for _, p := range rep.Problems {
 			t.Error(p)
 		}

@@ -248,9 +248,11 @@ func TestMoveAndDrain(t *testing.T) {
 	if _, err := c.Pause(ctx, id, sdk.PauseOptions{ToDisk: true}); err != nil {
 		t.Fatalf("pause on B after A came back: %v", err)
 	}
+	t0 = time.Now()
 	if _, err := c.Resume(ctx, id, 0); err != nil {
 		t.Fatalf("resume on B after A came back: %v", err)
 	}
+	t.Logf("BASELINE resume of the same capsule from disk on its own host: %v", time.Since(t0).Round(time.Millisecond))
 	if h := m.capsule(id).HostID; h != b {
 		t.Fatalf("resumed on %s, want %s (its host is back)", h, b)
 	}
@@ -259,7 +261,9 @@ func TestMoveAndDrain(t *testing.T) {
 	// 2. Drain B: its running capsule moves to A, running.
 	nb := m.count(id)
 	t0 = time.Now()
-	m.post("/v1/admin/hosts/" + b + "/drain")
+	if _, err := c.DrainHost(ctx, b); err != nil { // the Go SDK's admin call
+		t.Fatalf("DrainHost: %v", err)
+	}
 	testutil.Eventually(t, 2*time.Minute, func() bool { d := m.drain(b); return d != nil && d.State == "drained" }, "host B never drained")
 	t.Logf("DRAIN 1 running capsule: %v", time.Since(t0).Round(time.Millisecond))
 	if got := m.capsule(id); got.HostID != a || got.Status != "running" {
@@ -303,7 +307,9 @@ func TestMoveAndDrain(t *testing.T) {
 	// 4. B back in service: A's drain moves everything there.
 	n1, nl := m.count(r1), m.count(id)
 	t0 = time.Now()
-	m.post("/v1/admin/hosts/" + b + "/undrain")
+	if hb, err := c.UndrainHost(ctx, b); err != nil || hb.Drain != nil {
+		t.Fatalf("UndrainHost: %+v, %v", hb, err)
+	}
 	testutil.Eventually(t, 3*time.Minute, func() bool { d := m.drain(a); return d != nil && d.State == "drained" }, "host A never drained")
 	t.Logf("DRAIN 4 capsules (2 running, 1 paused, 1 hibernated): %v", time.Since(t0).Round(time.Millisecond))
 	want := map[string]string{id: "running", r1: "running", p1: "hibernated", h1: "hibernated"}
