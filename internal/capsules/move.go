@@ -43,17 +43,26 @@ func (s *Service) recordExport(ctx context.Context, c store.Capsule, resp *pb.Pa
 // hostAway reports whether c's host cannot take c back: gone, unavailable
 // or draining (a move is then the way to resume it).
 func (s *Service) hostAway(ctx context.Context, c store.Capsule) (bool, error) {
+	away, _, err := s.hostState(ctx, c)
+	return away, err
+}
+
+// hostState is hostAway, and whether the host still runs capsules (a
+// draining host that is online: a resume there is the fallback when a
+// move finds no room).
+func (s *Service) hostState(ctx context.Context, c store.Capsule) (away, reachable bool, err error) {
 	if c.HostID == "" {
-		return true, nil
+		return true, false, nil
 	}
 	h, err := s.cfg.Store.GetHost(ctx, c.HostID)
 	if errors.Is(err, store.ErrNotFound) {
-		return true, nil
+		return true, false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	return h.Status == store.HostUnavailable || h.Drain != store.HostDrainNone, nil
+	online := h.Status != store.HostUnavailable
+	return !online || h.Drain != store.HostDrainNone, online, nil
 }
 
 // cannotMove says why hibernated capsule c cannot move to another host

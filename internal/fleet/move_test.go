@@ -303,6 +303,17 @@ func TestMoveAndDrain(t *testing.T) {
 	if st := m.capsule(r1).Status; st != "running" {
 		t.Fatalf("drain without capacity left %s %s", r1, st)
 	}
+	// A resume that finds no other host runs the capsule on its draining
+	// host (which is up); it goes back to disk for the rest of the test.
+	if _, err := c.Resume(ctx, h1, 0); err != nil {
+		t.Fatalf("resume on a draining host with no other room: %v", err)
+	}
+	if got := m.capsule(h1); got.HostID != a || got.Status != "running" {
+		t.Fatalf("resumed with no other room: %+v, want running on %s", got, a)
+	}
+	if _, err := c.Pause(ctx, h1, sdk.PauseOptions{ToDisk: true}); err != nil {
+		t.Fatal(err)
+	}
 
 	// 4. B back in service: A's drain moves everything there.
 	n1, nl := m.count(r1), m.count(id)
