@@ -253,17 +253,3 @@ func (s *Service) ReleaseMoved(ctx context.Context, h store.Host, id string) err
 	}
 	return err
 }
-
-// Move moves a hibernated capsule to another host now (platform admins;
-// the drain and resumes of capsules whose host is away move by
-// themselves). With resume it runs there afterwards.
-func (s *Service) Move(ctx context.Context, sc Scope, id string, resume bool) (MoveResult, error) {
-	if !sc.anyTeam() {
-		return MoveResult{}, errorf(KindPermissionDenied, "only a platform admin can move a capsule")
-	}
-	c, err := s.Get(ctx, sc, id)
-	if err != nil {
-		return MoveResult{}, err
-	}
-	return s.move(ctx, sc, c, resume, c.TimeoutSec)
-}
