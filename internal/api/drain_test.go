@@ -16,7 +16,8 @@ func TestHostDrainAPI(t *testing.T) {
 		admin := e.signup("drainadmin@example.com")
 		e.makeAdmin(admin)
 		user := e.signup("drainuser@example.com")
-		hostID, _ := e.registerHost(admin, "127.0.0.1:50061", "")
+		hostID, cred := e.registerHost(admin, "127.0.0.1:50061", "")
+		hb := map[string]any{"vcpus": 4, "memory_mb": 8192}
 
 		e.want(e.do("POST", "/v1/admin/hosts/"+hostID+"/drain", user.token, nil), 403)
 		if c := e.want(e.do("POST", "/v1/admin/hosts/nothost/drain", admin.token, nil), 404).str(t, "code"); c != "not_found" {
@@ -32,6 +33,10 @@ func TestHostDrainAPI(t *testing.T) {
 			t.Fatalf("after drain: %v", d)
 		}
 		e.want(e.do("POST", "/v1/admin/hosts/"+hostID+"/drain", admin.token, nil), 200) // idempotent
+		// Its agent hears it in the heartbeat answer (and empties its warm pools).
+		if st := e.want(e.do("POST", "/v1/hosts/"+hostID+"/heartbeat", cred, hb), 200).str(t, "status"); st != "draining" {
+			t.Fatalf("heartbeat answer while draining: status %q", st)
+		}
 		g := e.want(e.do("GET", "/v1/admin/hosts/"+hostID, admin.token, nil), 200).json(t)["drain"].(map[string]any)
 		if g["state"] != "draining" {
 			t.Fatalf("GET while draining: %v", g)
@@ -49,5 +54,8 @@ func TestHostDrainAPI(t *testing.T) {
 			t.Fatalf("after undrain: drain %v", got)
 		}
 		e.want(e.do("POST", "/v1/admin/hosts/"+hostID+"/undrain", admin.token, nil), 200)
+		if st := e.want(e.do("POST", "/v1/hosts/"+hostID+"/heartbeat", cred, hb), 200).str(t, "status"); st != "online" {
+			t.Fatalf("heartbeat answer after undrain: status %q", st)
+		}
 	})
 }

@@ -334,7 +334,11 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		a.log.InfoContext(r.Context(), "host answers again after silence or a restart; reconciling it now", "host_id", h.ID)
 		a.cfg.OnHostReturned(h.ID)
 	}
-	writeJSON(w, http.StatusOK, wrennapi.HeartbeatAnswer{Status: wrennapi.HeartbeatAnswerStatus(h.Status), HeartbeatIntervalSec: int(a.cfg.HeartbeatInterval.Seconds())})
+	status := wrennapi.HeartbeatAnswerStatus(h.Status)
+	if h.Drain != store.HostDrainNone {
+		status = wrennapi.HeartbeatAnswerStatus(store.HostDraining) // its agent keeps no warm pool meanwhile
+	}
+	writeJSON(w, http.StatusOK, wrennapi.HeartbeatAnswer{Status: status, HeartbeatIntervalSec: int(a.cfg.HeartbeatInterval.Seconds())})
 }
 
 // hostReturned reports whether a heartbeat (req) from a host whose row

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/audit"
 	"github.com/wrenn-dev/wrenn/internal/events"
+	"github.com/wrenn-dev/wrenn/internal/lease"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -84,9 +86,42 @@ func (s *Service) Undrain(ctx context.Context, sc Scope, id string) (store.Host,
 	if err := s.cfg.Store.SetHostDrain(ctx, id, store.HostDrainNone, ""); err != nil {
 		return h, err
 	}
+	// Capsules the drain paused to disk and could not move yet were
+	// running: they run again here.
+	for _, l := range ParseDrainReport(h).Left {
+		if l.ResumeAfterMove {
+			s.resumeDrained(ctx, l.ID)
+		}
+	}
 	s.hostAudit(ctx, sc, h, "undrain")
 	s.log.Info("host undrained", "host_id", id)
 	return s.cfg.Store.GetHost(ctx, id)
+}
+
+// resumeDrained runs again, on its own host, a capsule a drain paused to
+// disk and did not move — unless a move of it is under way (its lease is
+// taken: that move resumes it where it goes) or it is no longer
+// hibernated on an available host.
+func (s *Service) resumeDrained(ctx context.Context, id string) {
+	c, err := s.cfg.Store.GetCapsuleUnscoped(ctx, id)
+	if err != nil || c.Status != store.CapsuleHibernated {
+		return
+	}
+	if away, err := s.hostAway(ctx, c); err != nil || away {
+		return
+	}
+	holder, name := lease.NewHolder(), "capsule-move:"+c.ID
+	now := time.Now()
+	if ok, err := s.cfg.Store.TryLease(ctx, name, holder, now, now.Add(moveLeaseTTL)); err != nil || !ok {
+		return
+	}
+	defer func() { _ = s.cfg.Store.ReleaseLease(context.WithoutCancel(ctx), name, holder) }()
+	if c, err = s.cfg.Store.GetCapsule(ctx, c.TeamID, c.ID); err != nil || c.Status != store.CapsuleHibernated {
+		return
+	}
+	if _, err := s.resumeHere(ctx, SystemScope(), c, c.TimeoutSec); err != nil {
+		s.log.Warn("undrain: could not resume a capsule the drain had paused", "capsule_id", id, "err", err)
+	}
 }
 
 func (s *Service) adminHost(ctx context.Context, sc Scope, id string) (store.Host, error) {
@@ -136,7 +171,28 @@ func toMove(st store.CapsuleStatus) bool {
 	return false
 }
 
+// drainLeaseTTL bounds a host's drain pass lease, renewed before each
+// capsule: a pass longer than the job lease's TTL (moves take seconds
+// each) is never joined by a second replica's pass over the same host,
+// and a replica that dies mid-pass hands the host over within it.
+const drainLeaseTTL = 3 * time.Minute
+
 func (s *Service) drainHost(ctx context.Context, h store.Host) error {
+	holder, name := lease.NewHolder(), "host-drain:"+h.ID
+	hold := func() bool {
+		now := time.Now()
+		ok, err := s.cfg.Store.TryLease(ctx, name, holder, now, now.Add(drainLeaseTTL))
+		return err == nil && ok
+	}
+	if !hold() {
+		return nil // another replica's pass is at it
+	}
+	defer func() { _ = s.cfg.Store.ReleaseLease(context.WithoutCancel(ctx), name, holder) }()
+	// Re-read under the lease: the previous pass's report is the base.
+	h, err := s.cfg.Store.GetHost(ctx, h.ID)
+	if err != nil || h.Drain != store.HostDrainDraining {
+		return err
+	}
 	prev := ParseDrainReport(h)
 	permanent := map[string]DrainCapsule{}
 	resumeAfter := map[string]bool{}
@@ -151,22 +207,54 @@ func (s *Service) drainHost(ctx context.Context, h store.Host) error {
 		return err
 	}
 	rep := DrainReport{Moved: prev.Moved}
-	stopped := false
+	var todo []store.Capsule
 	for _, c := range caps {
-		if !toMove(c.Status) {
-			continue
+		if toMove(c.Status) {
+			todo = append(todo, c)
+		}
+	}
+	// progress records the report mid-pass: what is done, and the rest
+	// still waiting its turn (best effort; the pass's end writes it all).
+	progress := func(next int) {
+		p := rep
+		p.Left = slices.Clone(rep.Left)
+		for _, c := range todo[next:] {
+			p.Left = append(p.Left, DrainCapsule{ID: c.ID, Status: string(c.Status), ResumeAfterMove: resumeAfter[c.ID]})
+		}
+		p.UpdatedAt = store.Now()
+		b, _ := json.Marshal(p)
+		if cur, err := s.cfg.Store.GetHost(ctx, h.ID); err == nil && cur.Drain == store.HostDrainDraining {
+			_ = s.cfg.Store.SetHostDrain(ctx, h.ID, store.HostDrainDraining, string(b))
+		}
+	}
+	stopped := false
+	for i, c := range todo {
+		if i > 0 {
+			progress(i)
+			if !hold() {
+				return nil
+			}
 		}
 		if p, ok := permanent[c.ID]; ok && p.Status == string(c.Status) {
 			rep.Left = append(rep.Left, p)
 			continue
 		}
 		if stopped || ctx.Err() != nil {
-			rep.Left = append(rep.Left, DrainCapsule{ID: c.ID, Status: string(c.Status)})
+			rep.Left = append(rep.Left, DrainCapsule{ID: c.ID, Status: string(c.Status), ResumeAfterMove: resumeAfter[c.ID]})
 			continue
 		}
 		// Undrained meanwhile: stop moving.
 		if cur, err := s.cfg.Store.GetHost(ctx, h.ID); err != nil || cur.Drain != store.HostDrainDraining {
 			return err
+		}
+		if c.Status == store.CapsuleRunning {
+			// Recorded before the pause: a pass cut short (a replica or
+			// the database killed) leaves the intent behind, and the next
+			// pass — or an undrain — runs the capsule again.
+			intent := resumeAfter[c.ID]
+			resumeAfter[c.ID] = true
+			progress(i)
+			resumeAfter[c.ID] = intent
 		}
 		left, err := s.drainCapsule(ctx, c, resumeAfter[c.ID])
 		if left == nil {
@@ -236,6 +324,7 @@ func (s *Service) drainCapsule(ctx context.Context, c store.Capsule, resume bool
 		}
 		s.recordExport(ctx, c, resp.Msg)
 		wasRunning := c.Status == store.CapsuleRunning
+		resume = resume || wasRunning
 		if c, err = s.settle(ctx, c, store.CapsuleHibernated); err != nil {
 			return left(err.Error(), false, err)
 		}
@@ -250,6 +339,21 @@ func (s *Service) drainCapsule(ctx context.Context, c store.Capsule, resume bool
 			return left("cannot move: "+resp.Msg.GetExportUnavailable(), true, nil)
 		}
 		resume = wasRunning
+		if _, err := s.move(ctx, sc, c, resume, c.TimeoutSec); err != nil {
+			// Put it back as it was here; the next pass tries again.
+			if wasRunning && !errors.Is(err, errRehome) {
+				if _, rerr := s.resumeHere(context.WithoutCancel(ctx), sc, c, c.TimeoutSec); rerr == nil {
+					c.Status, resume = store.CapsuleRunning, false
+				} else {
+					s.log.Warn("drain: could not resume a capsule whose move failed; the next pass moves it running", "capsule_id", c.ID, "err", rerr)
+				}
+			}
+			if kindOf(err) == KindUnavailable {
+				return left("move failed: "+errMessage(err), false, errNoCapacity)
+			}
+			return left("move failed: "+errMessage(err), false, err)
+		}
+		return nil, nil
 	}
 	if _, err := s.move(ctx, sc, c, resume, c.TimeoutSec); err != nil {
 		if kindOf(err) == KindUnavailable {

@@ -240,13 +240,18 @@ func (s *Service) Resume(ctx context.Context, sc Scope, id string, timeoutSec *i
 	// Paused to disk on a host that is away or draining: it resumes on
 	// another host (move.go).
 	if c.Status == store.CapsuleHibernated {
-		away, err := s.hostAway(ctx, c)
+		away, reachable, err := s.hostState(ctx, c)
 		if err != nil {
 			return Result{}, err
 		}
 		if away {
 			mr, err := s.move(ctx, sc, c, true, timeout)
-			return Result{Capsule: mr.Capsule, MemoryKept: mr.MemoryKept}, err
+			// A draining host that is still up resumes it when no other
+			// host can (the drain moves it later).
+			if err == nil || !reachable || kindOf(err) != KindUnavailable {
+				return Result{Capsule: mr.Capsule, MemoryKept: mr.MemoryKept}, err
+			}
+			s.log.Info("resume: no other host takes the capsule; resuming it on its draining host", "capsule_id", c.ID, "err", err)
 		}
 	}
 	return s.resumeHere(ctx, sc, c, timeout)

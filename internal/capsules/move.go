@@ -43,17 +43,26 @@ func (s *Service) recordExport(ctx context.Context, c store.Capsule, resp *pb.Pa
 // hostAway reports whether c's host cannot take c back: gone, unavailable
 // or draining (a move is then the way to resume it).
 func (s *Service) hostAway(ctx context.Context, c store.Capsule) (bool, error) {
+	away, _, err := s.hostState(ctx, c)
+	return away, err
+}
+
+// hostState is hostAway, and whether the host still runs capsules (a
+// draining host that is online: a resume there is the fallback when a
+// move finds no room).
+func (s *Service) hostState(ctx context.Context, c store.Capsule) (away, reachable bool, err error) {
 	if c.HostID == "" {
-		return true, nil
+		return true, false, nil
 	}
 	h, err := s.cfg.Store.GetHost(ctx, c.HostID)
 	if errors.Is(err, store.ErrNotFound) {
-		return true, nil
+		return true, false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	return h.Status == store.HostUnavailable || h.Drain != store.HostDrainNone, nil
+	online := h.Status != store.HostUnavailable
+	return !online || h.Drain != store.HostDrainNone, online, nil
 }
 
 // cannotMove says why hibernated capsule c cannot move to another host
@@ -181,6 +190,10 @@ func (s *Service) move(ctx context.Context, sc Scope, c store.Capsule, resume bo
 	return res, err
 }
 
+// errRehome: the new host adopted the capsule but the store could not
+// record it (the old copy must not be started again).
+var errRehome = errors.New("the move could not be recorded")
+
 // rehome records that c (hibernated, on c.HostID) now lives on host. A
 // store that fails is retried; a capsule deleted meanwhile is dropped from
 // host again (its snapshot goes with it, as the delete wanted).
@@ -201,7 +214,7 @@ func (s *Service) rehome(ctx context.Context, c store.Capsule, host store.Host) 
 	case err != nil:
 		s.log.Error("capsule adopted by its new host but the store could not record the move; the reconciler resolves it",
 			"capsule_id", c.ID, "from", c.HostID, "to", host.ID, "err", err)
-		return err
+		return fmt.Errorf("%w: %w", errRehome, err)
 	case ok:
 		return nil
 	}
@@ -239,18 +252,4 @@ func (s *Service) ReleaseMoved(ctx context.Context, h store.Host, id string) err
 		return nil
 	}
 	return err
-}
-
-// Move moves a hibernated capsule to another host now (platform admins;
-// the drain and resumes of capsules whose host is away move by
-// themselves). With resume it runs there afterwards.
-func (s *Service) Move(ctx context.Context, sc Scope, id string, resume bool) (MoveResult, error) {
-	if !sc.anyTeam() {
-		return MoveResult{}, errorf(KindPermissionDenied, "only a platform admin can move a capsule")
-	}
-	c, err := s.Get(ctx, sc, id)
-	if err != nil {
-		return MoveResult{}, err
-	}
-	return s.move(ctx, sc, c, resume, c.TimeoutSec)
 }

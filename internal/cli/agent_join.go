@@ -145,6 +145,9 @@ func (st *joinState) heartbeat(ctx context.Context, a *hostagent.Agent, f agentF
 			Capabilities:     agentCapabilities(l, reason),
 		}, nil
 	}
+	// A draining host's warm-pool capsules are discarded (and its pools
+	// kept empty until it is undrained).
+	st.client.OnStatus = func(status string) { a.SetDraining(status == "draining") }
 	st.client.Run(ctx, st.HostID, st.Credential, time.Duration(st.HeartbeatSec)*time.Second, usage, log)
 }
 

@@ -49,6 +49,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
 	root.AddCommand(newVolumeCmd())
 	root.AddCommand(newBenchCmd())
+	root.AddCommand(newAdminCmd())
 	return root
 }
 

@@ -31,7 +31,7 @@ func clientRoot() *cobra.Command {
 	root.AddCommand(newLoginCmd(), newCapsuleCmd(), newTemplateCmd(), newUpCmd(), newTeamCmd())
 	root.AddCommand(newEventsCmd(), newWebhookCmd())
 	root.AddCommand(newVolumeCmd())
-	root.AddCommand(newBenchCmd())
+	root.AddCommand(newBenchCmd(), newAdminCmd())
 	return root
 }
 
@@ -79,7 +79,7 @@ func TestHelpGolden(t *testing.T) {
 		"capsule", "capsule create", "capsule ls", "capsule get", "capsule exec", "capsule shell",
 		"capsule cp", "capsule pause", "capsule resume", "capsule rm", "capsule logs", "capsule network set", "capsule snapshot",
 		"template", "template ls", "template import", "template build", "template prepare", "template set-isolation",
-		"team", "team set-isolation",
+		"team", "team set-isolation", "admin host", "admin host drain",
 		"events", "webhook", "webhook create",
 		"volume", "volume create",
 	} {

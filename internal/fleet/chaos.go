@@ -35,14 +35,18 @@ const (
 	// FaultDiskFull fills one host's disk (Options.HomeSizeMB) while
 	// the clients run, then frees it.
 	FaultDiskFull = "disk full"
+	// FaultKillAgentMove drains a host and kills an agent (the drained
+	// host's or the one its capsules go to) while the drain moves them.
+	FaultKillAgentMove = "kill -9 agent during a move"
 )
 
 // AllFaults are the chaos suite's faults, in the order a run injects them.
-var AllFaults = []string{FaultKillAgent, FaultKillReplica, FaultKillPostgres, FaultKillS3, FaultPartitionHost, FaultDiskFull}
+var AllFaults = []string{FaultKillAgent, FaultKillReplica, FaultKillPostgres, FaultKillS3, FaultPartitionHost, FaultKillAgentMove, FaultDiskFull}
 
 // ChaosOptions bound a chaos run.
 type ChaosOptions struct {
-	// Faults to inject, in order (default: all five, once).
+	// Faults to inject, in order (default: AllFaults once; the disk fault
+	// only with Options.HomeSizeMB).
 	Faults []string
 	// Workers is the number of clients cycling create → exec → pause →
 	// resume → exec → delete during the faults (default 2).
@@ -62,7 +66,10 @@ type ChaosOptions struct {
 	// one's template must start capsules.
 	Builds    bool
 	BuildsEnd time.Duration
-	Log       func(format string, a ...any)
+	// Moves: during every fault a mover drains a random host and
+	// undrains it again, so capsules move between hosts all the time.
+	Moves bool
+	Log   func(format string, a ...any)
 }
 
 // ChaosReport is what a run saw.
@@ -79,6 +86,9 @@ type ChaosReport struct {
 	Settle map[string]time.Duration
 	// Builds counts the builds by how they ended.
 	Builds map[string]int
+	// Drains counts the drains the mover started (Moves); Moved the
+	// capsules they moved.
+	Drains, Moved int
 }
 
 type chaos struct {
@@ -97,9 +107,10 @@ type chaos struct {
 // fleet's own PostgreSQL and S3 gateway (never shared ones).
 func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOptions) (*ChaosReport, error) {
 	if len(o.Faults) == 0 {
-		o.Faults = AllFaults
-		if f.o.HomeSizeMB == 0 {
-			o.Faults = AllFaults[:len(AllFaults)-1]
+		for _, fault := range AllFaults {
+			if fault != FaultDiskFull || f.o.HomeSizeMB > 0 {
+				o.Faults = append(o.Faults, fault)
+			}
 		}
 	}
 	if o.BuildsEnd == 0 {
@@ -151,6 +162,9 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 				}
 			})
 		}
+		if o.Moves && fault != FaultKillAgentMove {
+			wg.Go(func() { c.mover(ctx) })
+		}
 		time.Sleep(f.o.HeartbeatInterval)
 		o.Log("fault: %s", fault)
 		if err := c.inject(ctx, fault); err != nil {
@@ -161,6 +175,9 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 		time.Sleep(f.o.HeartbeatInterval)
 		c.stop.Store(true)
 		wg.Wait()
+		if o.Moves || fault == FaultKillAgentMove {
+			c.undrainAll(ctx)
+		}
 		d, err := c.settle(ctx)
 		c.rep.Settle[fault] = d
 		if err != nil {
@@ -305,6 +322,8 @@ func (c *chaos) inject(ctx context.Context, fault string) error {
 		c.o.Log("host %d: disk full", i)
 		time.Sleep(c.o.Down)
 		return undo()
+	case FaultKillAgentMove:
+		return c.killDuringMove(ctx)
 	case FaultPartitionHost:
 		i := c.rng.IntN(len(c.f.Agents))
 		a := c.f.Agents[i]
@@ -330,6 +349,90 @@ func (c *chaos) inject(ctx context.Context, fault string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown fault %q", fault)
+}
+
+// mover drains a random host, waits two heartbeats (the drain moves its
+// capsules to the others), undrains it and waits one, until stopped.
+func (c *chaos) mover(ctx context.Context) {
+	for !c.stop.Load() && ctx.Err() == nil {
+		h := c.f.Agents[rand.IntN(len(c.f.Agents))].HostID //nolint:gosec // test randomness
+		if c.do(ctx, http.MethodPost, "/v1/admin/hosts/"+h+"/drain", nil, nil) == nil {
+			c.mu.Lock()
+			c.rep.Drains++
+			c.mu.Unlock()
+		}
+		time.Sleep(2 * c.f.o.HeartbeatInterval)
+		if d, err := c.hostDrain(ctx, h); err == nil && d != nil {
+			c.mu.Lock()
+			c.rep.Moved += d.Moved
+			c.mu.Unlock()
+		}
+		_ = c.do(ctx, http.MethodPost, "/v1/admin/hosts/"+h+"/undrain", nil, nil)
+		time.Sleep(c.f.o.HeartbeatInterval)
+	}
+}
+
+// undrainAll makes every host schedulable again (retrying through the
+// end of a fault).
+func (c *chaos) undrainAll(ctx context.Context) {
+	for _, a := range c.f.Agents {
+		for range 40 {
+			if c.do(ctx, http.MethodPost, "/v1/admin/hosts/"+a.HostID+"/undrain", nil, nil) == nil {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+}
+
+// drainJSON is a host's drain as the API shows it.
+type drainJSON struct {
+	State string `json:"state"`
+	Moved int    `json:"moved"`
+	Left  []struct {
+		ID     string `json:"capsule_id"`
+		Reason string `json:"reason"`
+	} `json:"left"`
+}
+
+// hostDrain reads host h's drain (nil when it is not draining).
+func (c *chaos) hostDrain(ctx context.Context, h string) (*drainJSON, error) {
+	var out struct {
+		Drain *drainJSON `json:"drain"`
+	}
+	err := c.f.AdminDo(ctx, http.MethodGet, "/v1/admin/hosts/"+h, nil, &out)
+	return out.Drain, err
+}
+
+// killDuringMove drains a host holding capsules and, while the drain
+// moves them (its pass starts within a reconcile interval), kills with
+// SIGKILL the agent of that host or of another (the one adopting), then
+// restarts it; the host is undrained after the fault.
+func (c *chaos) killDuringMove(ctx context.Context) error {
+	src := c.rng.IntN(len(c.f.Agents))
+	h := c.f.Agents[src].HostID
+	if err := c.do(ctx, http.MethodPost, "/v1/admin/hosts/"+h+"/drain", nil, nil); err != nil {
+		return err
+	}
+	// Kill once the drain has moved one capsule and has more to go (or
+	// after a reconcile interval and a half if it never gets there).
+	deadline := time.Now().Add(c.f.o.ReconcileInterval * 3 / 2)
+	for time.Now().Before(deadline) {
+		if d, err := c.hostDrain(ctx, h); err == nil && d != nil && d.Moved > 0 && len(d.Left) > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	victim := src
+	if len(c.f.Agents) > 1 && c.rng.IntN(2) == 1 {
+		victim = (src + 1 + c.rng.IntN(len(c.f.Agents)-1)) % len(c.f.Agents)
+	}
+	if d, err := c.hostDrain(ctx, h); err == nil && d != nil {
+		c.o.Log("killing agent %d while host %d drains (moved %d, left %d)", victim, src, d.Moved, len(d.Left))
+	}
+	c.f.KillAgent(victim)
+	time.Sleep(c.o.Down)
+	return c.f.StartAgent(ctx, victim)
 }
 
 // settle waits until every capsule row agrees with its host (two

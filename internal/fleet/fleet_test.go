@@ -135,13 +135,16 @@ var full = flag.Bool("fleet.full", false, "run the chaos suite in full (make cha
 // gateway, clients cycling create → exec → pause → resume → exec → delete,
 // a template build started during each fault, and one of each fault:
 // kill -9 of an agent, a replica, PostgreSQL and the S3 gateway, a network
-// partition between a host and the control planes, and a host's disk
-// filled (each agent's home is a filesystem of its own). After each: every
-// capsule row agrees with its host within two reconcile intervals (plus a
-// heartbeat); at the end hibernated capsules resume with their files
-// intact, every build ended (a succeeded one's template works, a failed
-// one says why), the API never answered 500, and Stop leaves the host as
-// it found it. `make chaos` runs it with -fleet.full.
+// partition between a host and the control planes, a kill -9 of an agent
+// during a move (a drain in progress), and a host's disk filled (each
+// agent's home is a filesystem of its own); throughout, a mover drains
+// and undrains hosts, so capsules move between hosts while the faults
+// happen. After each: every capsule row agrees with its host within two
+// reconcile intervals (plus a heartbeat); at the end hibernated capsules
+// resume with their files intact, every build ended (a succeeded one's
+// template works, a failed one says why), the API never answered 500, and
+// Stop leaves the host as it found it. `make chaos` runs it with
+// -fleet.full.
 func TestChaos(t *testing.T) {
 	testutil.RequireRoot(t)
 	ctx := testutil.Context(t, 20*time.Minute)
@@ -187,9 +190,10 @@ func TestChaos(t *testing.T) {
 		faults = append(faults, fleet.AllFaults...)
 	}
 	start := time.Now()
-	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{Faults: faults, Workers: workers, Builds: true, Log: t.Logf})
+	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{Faults: faults, Workers: workers, Builds: true, Moves: true, Log: t.Logf})
 	if rep != nil {
-		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v, builds %v", rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle, rep.Builds)
+		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v, builds %v, drains %d moving %d capsules",
+			rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle, rep.Builds, rep.Drains, rep.Moved)
 		for _, p := range rep.Problems {
 			t.Error(p)
 		}

@@ -74,6 +74,25 @@ func (m *moveFleet) drain(hostID string) *hostDrain {
 	return h.Drain
 }
 
+// warmReady counts host h's ready warm-pool capsules.
+func (m *moveFleet) warmReady(h string) int {
+	var out struct {
+		Capabilities struct {
+			WarmPools []struct {
+				Ready int `json:"ready"`
+			} `json:"warm_pools"`
+		} `json:"capabilities"`
+	}
+	if err := m.f.AdminDo(m.ctx, http.MethodGet, "/v1/admin/hosts/"+h, nil, &out); err != nil {
+		return -1
+	}
+	n := 0
+	for _, p := range out.Capabilities.WarmPools {
+		n += p.Ready
+	}
+	return n
+}
+
 func (m *moveFleet) post(path string) {
 	m.t.Helper()
 	if err := m.f.AdminDo(m.ctx, http.MethodPost, path, nil, nil); err != nil {
@@ -180,7 +199,7 @@ func TestMoveAndDrain(t *testing.T) {
 	f, err := fleet.Start(ctx, fleet.Options{
 		Dir: dir, Name: name, Agents: 2, Replicas: 2, Net: 3, CapsuleNet: 4,
 		Wrenn: wrenn, Envd: envd, PostgresDSN: teststore.PostgresDSN(t), S3: &s3,
-		AgentArgs: args, Log: testWriter{t},
+		AgentArgs: args, Log: testWriter{t}, WarmPool: "minimal=1",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -248,9 +267,11 @@ func TestMoveAndDrain(t *testing.T) {
 	if _, err := c.Pause(ctx, id, sdk.PauseOptions{ToDisk: true}); err != nil {
 		t.Fatalf("pause on B after A came back: %v", err)
 	}
+	t0 = time.Now()
 	if _, err := c.Resume(ctx, id, 0); err != nil {
 		t.Fatalf("resume on B after A came back: %v", err)
 	}
+	t.Logf("BASELINE resume of the same capsule from disk on its own host: %v", time.Since(t0).Round(time.Millisecond))
 	if h := m.capsule(id).HostID; h != b {
 		t.Fatalf("resumed on %s, want %s (its host is back)", h, b)
 	}
@@ -258,10 +279,16 @@ func TestMoveAndDrain(t *testing.T) {
 
 	// 2. Drain B: its running capsule moves to A, running.
 	nb := m.count(id)
+	testutil.Eventually(t, time.Minute, func() bool { return m.warmReady(b) >= 1 }, "host B's warm pool never filled")
 	t0 = time.Now()
-	m.post("/v1/admin/hosts/" + b + "/drain")
+	if _, err := c.DrainHost(ctx, b); err != nil { // the Go SDK's admin call
+		t.Fatalf("DrainHost: %v", err)
+	}
 	testutil.Eventually(t, 2*time.Minute, func() bool { d := m.drain(b); return d != nil && d.State == "drained" }, "host B never drained")
 	t.Logf("DRAIN 1 running capsule: %v", time.Since(t0).Round(time.Millisecond))
+	// A drained host keeps no warm capsules (its agent hears "draining"
+	// in its heartbeat answers).
+	testutil.Eventually(t, 30*time.Second, func() bool { return m.warmReady(b) == 0 }, "drained host B kept its warm pool")
 	if got := m.capsule(id); got.HostID != a || got.Status != "running" {
 		t.Fatalf("after draining B: %+v, want running on %s", got, a)
 	}
@@ -299,11 +326,24 @@ func TestMoveAndDrain(t *testing.T) {
 	if st := m.capsule(r1).Status; st != "running" {
 		t.Fatalf("drain without capacity left %s %s", r1, st)
 	}
+	// A resume that finds no other host runs the capsule on its draining
+	// host (which is up); it goes back to disk for the rest of the test.
+	if _, err := c.Resume(ctx, h1, 0); err != nil {
+		t.Fatalf("resume on a draining host with no other room: %v", err)
+	}
+	if got := m.capsule(h1); got.HostID != a || got.Status != "running" {
+		t.Fatalf("resumed with no other room: %+v, want running on %s", got, a)
+	}
+	if _, err := c.Pause(ctx, h1, sdk.PauseOptions{ToDisk: true}); err != nil {
+		t.Fatal(err)
+	}
 
 	// 4. B back in service: A's drain moves everything there.
 	n1, nl := m.count(r1), m.count(id)
 	t0 = time.Now()
-	m.post("/v1/admin/hosts/" + b + "/undrain")
+	if hb, err := c.UndrainHost(ctx, b); err != nil || hb.Drain != nil {
+		t.Fatalf("UndrainHost: %+v, %v", hb, err)
+	}
 	testutil.Eventually(t, 3*time.Minute, func() bool { d := m.drain(a); return d != nil && d.State == "drained" }, "host A never drained")
 	t.Logf("DRAIN 4 capsules (2 running, 1 paused, 1 hibernated): %v", time.Since(t0).Round(time.Millisecond))
 	want := map[string]string{id: "running", r1: "running", p1: "hibernated", h1: "hibernated"}

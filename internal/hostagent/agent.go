@@ -161,8 +161,9 @@ type Agent struct {
 	state  stateDir
 	proxy  *portproxy.Proxy
 
-	mu   sync.Mutex
-	caps map[string]*capsule
+	mu       sync.Mutex
+	caps     map[string]*capsule
+	draining bool // warm pools emptied for a drain (move.go)
 
 	bgCancel  context.CancelFunc
 	bgWG      sync.WaitGroup

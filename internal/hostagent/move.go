@@ -235,3 +235,28 @@ func (s service) ReleaseCapsule(ctx context.Context, req *connect.Request[pb.Rel
 	}
 	return connect.NewResponse(&pb.ReleaseCapsuleResponse{}), nil
 }
+
+// SetDraining empties the driver's warm pools while the host drains (the
+// control plane says so in its heartbeat answers) and refills them to
+// Config.WarmPools once it no longer does: warm capsules are not capsules
+// yet, so a drain discards them instead of moving them.
+func (a *Agent) SetDraining(on bool) {
+	wp, ok := a.driver.(runtime.WarmPooler)
+	if !ok || len(a.cfg.WarmPools) == 0 {
+		return
+	}
+	a.mu.Lock()
+	changed := a.draining != on
+	a.draining = on
+	a.mu.Unlock()
+	if !changed {
+		return
+	}
+	for tmpl, n := range a.cfg.WarmPools {
+		if on {
+			n = 0
+		}
+		wp.SetWarmPool(tmpl, n)
+	}
+	a.log.Info("warm pools follow the host's drain", "draining", on)
+}

@@ -237,3 +237,23 @@ func count0(t *testing.T, dir string) int {
 	})
 	return n
 }
+
+// TestDrainEmptiesWarmPools: while its host drains, an agent keeps no warm
+// capsules (a drain discards them: they are not capsules yet); undrained,
+// it refills its pools.
+func TestDrainEmptiesWarmPools(t *testing.T) {
+	h := startHost(t, newDirs(t), func(c *hostagent.Config) { c.WarmPools = map[string]int{tmplName: 1} })
+	ready := func() int {
+		n := 0
+		for _, p := range h.driver.WarmPools() {
+			n += p.Ready
+		}
+		return n
+	}
+	testutil.Eventually(t, 60*time.Second, func() bool { return ready() == 1 }, "warm pool never filled")
+	h.agent.SetDraining(true)
+	testutil.Eventually(t, 30*time.Second, func() bool { return ready() == 0 }, "a draining host kept its warm capsules")
+	h.agent.SetDraining(true) // idempotent
+	h.agent.SetDraining(false)
+	testutil.Eventually(t, 60*time.Second, func() bool { return ready() == 1 }, "warm pool not refilled after the drain")
+}

@@ -146,6 +146,9 @@ type Registration struct {
 type Client struct {
 	BaseURL string
 	HTTP    *http.Client
+	// OnStatus, when set, receives the host's status from every heartbeat
+	// answer ("draining" while an admin drains the host).
+	OnStatus func(status string)
 }
 
 func (c *Client) post(ctx context.Context, path, bearer string, in, out any) error {
@@ -190,13 +193,18 @@ func (c *Client) Register(ctx context.Context, token string, u Usage) (Registrat
 	return out, nil
 }
 
-// Heartbeat reports usage once and returns the interval to use next.
+// Heartbeat reports usage once and returns the interval to use next. The
+// host's status in the answer (online, draining) goes to OnStatus.
 func (c *Client) Heartbeat(ctx context.Context, hostID, credential string, u Usage) (time.Duration, error) {
 	var out struct {
-		HeartbeatIntervalSec int `json:"heartbeat_interval_sec"`
+		Status               string `json:"status"`
+		HeartbeatIntervalSec int    `json:"heartbeat_interval_sec"`
 	}
 	if err := c.post(ctx, "/v1/hosts/"+hostID+"/heartbeat", credential, u, &out); err != nil {
 		return 0, fmt.Errorf("hostlink: heartbeat: %w", err)
+	}
+	if c.OnStatus != nil && out.Status != "" {
+		c.OnStatus(out.Status)
 	}
 	return time.Duration(out.HeartbeatIntervalSec) * time.Second, nil
 }
