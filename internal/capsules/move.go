@@ -67,10 +67,17 @@ func (s *Service) hostState(ctx context.Context, c store.Capsule) (away, reachab
 
 // cannotMove says why hibernated capsule c cannot move to another host
 // ("" when it can): no export record (its host's snapshot store is its
-// own) or a template that lives only on its host.
+// own), volumes mounted, or a template that lives only on its host.
 func (s *Service) cannotMove(ctx context.Context, c store.Capsule) (string, store.Template, error) {
 	if c.MoveRecord == "" {
 		return "its snapshot is in its host's own snapshot store (the host has no shared --snapshot-store)", store.Template{}, nil
+	}
+	// A paused capsule keeps its volumes attached on its host (docs/VOLUMES.md);
+	// moving it would need them released and fetched there first: not built.
+	if mounts, err := s.cfg.Store.CapsuleVolumeMounts(ctx, c.ID); err != nil {
+		return "", store.Template{}, err
+	} else if len(mounts) > 0 {
+		return "it has volumes mounted (a capsule with volumes cannot move between hosts yet)", store.Template{}, nil
 	}
 	tmpl, err := s.cfg.Store.GetTemplate(ctx, c.TeamID, c.TemplateID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
