@@ -247,9 +247,10 @@ func (c *chaos) do(ctx context.Context, method, path string, in, out any) error 
 }
 
 type capsuleJSON struct {
-	ID     string `json:"id"`
-	Status string `json:"status"`
-	HostID string `json:"host_id"`
+	ID          string `json:"id"`
+	Status      string `json:"status"`
+	HostID      string `json:"host_id"`
+	ErrorReason string `json:"error_reason,omitempty"`
 }
 
 // worker cycles capsules until stopped; failures are expected during a
