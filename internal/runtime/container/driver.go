@@ -603,7 +603,11 @@ func (d *Driver) createSteps(op string, rec *record, tmpl template.Template, ima
 			},
 			Undo: func(context.Context) error { return rootfs.Unmount(p) },
 		},
-		d.volumesStep(rec),
+	)
+	if len(rec.Spec.Volumes) > 0 {
+		s.Append(d.volumesStep(rec))
+	}
+	s.Append(
 		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(rec, rec.ID) }},
 		runtime.Step{Name: "bundle", Do: func(context.Context) error { return d.writeBundle(rec) }},
 		runtime.Step{Name: "state", Do: func(context.Context) error { return d.save(rec) }},
