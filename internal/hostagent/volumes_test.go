@@ -188,7 +188,7 @@ func TestVolumeAcrossMemoryPause(t *testing.T) {
 	if criu == "" {
 		t.Skip("memory snapshots: set WRENN_TEST_CRIU to a working criu (WRENN_TEST_CRIU=$(scripts/criu.sh)); make test does")
 	}
-	d := volumeDirs(t, 2, t.TempDir())
+	d := volumeDirs(t, 6, t.TempDir()) // 10.2.192.0/19: the control-plane volume tests use 64–127
 	tweak := d.tweakDriver
 	d.tweakDriver = func(dc *container.Config) {
 		tweak(dc)
