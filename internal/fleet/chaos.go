@@ -75,7 +75,7 @@ type ChaosOptions struct {
 	// that running capsule (a known defect, docs/FLEET.md): make test's
 	// reduced run leaves both out, make chaos keeps them.
 	KillsDuringMoves bool
-	Log   func(format string, a ...any)
+	Log              func(format string, a ...any)
 }
 
 // ChaosReport is what a run saw.
