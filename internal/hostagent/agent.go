@@ -774,9 +774,7 @@ func (a *Agent) pauseCapsule(ctx context.Context, id string, toDisk bool) (pause
 	}
 	snap, err := snapper.Snapshot(ctx, id)
 	if err != nil {
-		if rec.Phase == phaseRunning {
-			a.unquiesce(c)
-		}
+		a.afterFailedSnapshot(ctx, c, rec.Phase)
 		return pauseResult{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
 	}
 	a.proxy.Evict(id)
@@ -788,6 +786,52 @@ func (a *Agent) pauseCapsule(ctx context.Context, id string, toDisk bool) (pause
 	a.log.Info("capsule paused to disk", "capsule_id", id, "snapshot", snap.ID, "memory_kept", snap.MemoryKept)
 	rec, _, _ = c.snapshot()
 	return pauseResult{Record: rec, SnapshotID: snap.ID, MemoryKept: snap.MemoryKept}, nil
+}
+
+// afterFailedSnapshot brings a capsule back after a failed pause to disk.
+// A snapshot that failed before the driver stopped the capsule (a failed
+// checkpoint) leaves it as it was: a running one is un-quiesced. One that
+// failed after (its publish failed, e.g. on a full disk) leaves it stopped
+// with its disk remounted: it is started again (files kept, processes
+// booted again) and runs, instead of being a "running" capsule without
+// processes that the health monitor would end in error.
+func (a *Agent) afterFailedSnapshot(ctx context.Context, c *capsule, was phase) {
+	rec, _, _ := c.snapshot()
+	info, err := a.driver.Inspect(ctx, rec.ID)
+	if err != nil || (info.State != runtime.StateStopped && info.State != runtime.StateCreated) {
+		if was == phaseRunning {
+			a.unquiesce(c)
+		}
+		return
+	}
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ReadyTimeout+a.cfg.InitTimeout+30*time.Second)
+	defer cancel()
+	if info, err = a.driver.Start(bg, rec.ID); err != nil {
+		a.log.Error("start a capsule again after its pause to disk failed", "capsule_id", rec.ID, "err", err)
+		return
+	}
+	cl, err := a.newEnvd(info, "")
+	if err != nil {
+		a.log.Error("envd client after a failed pause to disk", "capsule_id", rec.ID, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.info, c.envd = info, cl
+	c.mu.Unlock()
+	if err := a.readyAndInit(bg, c, true); err != nil {
+		a.log.Error("re-init a capsule started again after its pause to disk failed", "capsule_id", rec.ID, "err", err)
+		return
+	}
+	if err := a.save(c, func(r *record) {
+		r.Phase = phaseRunning
+		if r.ExpiresAt.IsZero() {
+			r.ExpiresAt = a.expiry(r.TimeoutSec)
+		}
+	}); err != nil {
+		a.log.Warn("record a capsule started again", "capsule_id", rec.ID, "err", err)
+	}
+	a.startSampler(c)
+	a.log.Warn("pause to disk failed after the capsule stopped; started it again (files kept, processes booted again)", "capsule_id", rec.ID)
 }
 
 // quiesce prepares a running capsule for a freeze: sampler stopped, idle
