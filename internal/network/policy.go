@@ -551,7 +551,7 @@ func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
 	}
 	burst := uint32(min(pol.BurstBytes, math.MaxUint32>>1))
 	idx := l.Attrs().Index
-	qdiscs, err := netlink.QdiscList(l)
+	qdiscs, err := dump(func() ([]netlink.Qdisc, error) { return netlink.QdiscList(l) })
 	if err != nil {
 		return fmt.Errorf("network: list qdiscs on %s: %w", a.Veth, err)
 	}
@@ -574,7 +574,7 @@ func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
 			return fmt.Errorf("network: ingress qdisc on %s: %w", a.Veth, err)
 		}
 	}
-	filters, err := netlink.FilterList(l, netlink.MakeHandle(0xffff, 0))
+	filters, err := dump(func() ([]netlink.Filter, error) { return netlink.FilterList(l, netlink.MakeHandle(0xffff, 0)) })
 	if err != nil {
 		return fmt.Errorf("network: list filters on %s: %w", a.Veth, err)
 	}
@@ -609,7 +609,7 @@ func (m *Manager) setRates(a Allocation, pol *runtime.CompiledPolicy) error {
 // machine's build in htb and tbf but not prio.)
 func (m *Manager) setIngressShaping(l netlink.Link, a Allocation, rate uint64, burst uint32) error {
 	idx := l.Attrs().Index
-	qdiscs, err := netlink.QdiscList(l)
+	qdiscs, err := dump(func() ([]netlink.Qdisc, error) { return netlink.QdiscList(l) })
 	if err != nil {
 		return fmt.Errorf("network: list qdiscs on %s: %w", a.Veth, err)
 	}
@@ -633,7 +633,7 @@ func (m *Manager) setIngressShaping(l netlink.Link, a Allocation, rate uint64, b
 	if err := setTBF(idx, netlink.MakeHandle(1, 2), netlink.MakeHandle(0x20, 0), rate, burst); err != nil {
 		return fmt.Errorf("network: tbf on %s: %w", a.Veth, err)
 	}
-	filters, err := netlink.FilterList(l, netlink.MakeHandle(1, 0))
+	filters, err := dump(func() ([]netlink.Filter, error) { return netlink.FilterList(l, netlink.MakeHandle(1, 0)) })
 	if err != nil {
 		return fmt.Errorf("network: list filters on %s: %w", a.Veth, err)
 	}
@@ -708,7 +708,7 @@ func clearRates(veth string) error {
 	if err != nil {
 		return nil
 	}
-	qdiscs, err := netlink.QdiscList(l)
+	qdiscs, err := dump(func() ([]netlink.Qdisc, error) { return netlink.QdiscList(l) })
 	if err != nil {
 		return fmt.Errorf("network: list qdiscs on %s: %w", veth, err)
 	}
@@ -761,7 +761,7 @@ func linkDel(l netlink.Link) error {
 // sweepIFBs removes IFB devices of keys keep rejects whose veth is gone
 // (a veth that still exists may belong to another manager's capsule).
 func sweepIFBs(keep func(key string) bool) error {
-	links, err := netlink.LinkList()
+	links, err := dump(netlink.LinkList)
 	if err != nil {
 		return fmt.Errorf("network: list links: %w", err)
 	}
@@ -782,3 +782,18 @@ func sweepIFBs(keep func(key string) bool) error {
 
 // nl32Terminal is TC_U32_TERMINAL.
 const nl32Terminal = 1
+
+// dump runs a netlink dump again while the kernel reports it interrupted
+// (NLM_F_DUMP_INTR: links, qdiscs or filters changed while it ran, as when
+// other capsules are set up or torn down at the same time); the results
+// of an interrupted dump may be incomplete.
+func dump[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range 10 {
+		if v, err = f(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
