@@ -15,7 +15,8 @@ import (
 // kernel: the shared-kernel syscall attempts are skipped; the network,
 // disk, memory and fork-bomb attacks and the leak check run).
 // The suite boots two microVMs; the fork bomb meets the guest's pids
-// limit (guest/init), so it ends with its 8 s deadline.
+// limit (guest/init: 2 tasks per MiB of memory), so it ends with its 8 s
+// deadline.
 func TestHostile(t *testing.T) {
 	t0 := time.Now()
 	defer func() { t.Logf("microVM hostile suite took %v", time.Since(t0).Round(time.Second)) }()
