@@ -467,7 +467,16 @@ func (s *Service) Align(ctx context.Context, c store.Capsule, want store.Capsule
 			reason = clip(agentReason) // e.g. "envd has not answered for 10 s"
 		}
 	}
-	return s.alignTo(ctx, c, want, reason)
+	ok, err := s.alignTo(ctx, c, want, reason)
+	if ok && err == nil && want == store.CapsuleHibernated && c.MoveRecord != "" {
+		// Paused to disk without this service seeing the pause (an agent
+		// that committed it and then crashed): the export record of an
+		// earlier pause names a snapshot that one superseded.
+		if err := s.cfg.Store.SetCapsuleMoveRecord(context.WithoutCancel(ctx), c.TeamID, c.ID, ""); err != nil {
+			s.log.Warn("could not clear a stale export record", "capsule_id", c.ID, "err", err)
+		}
+	}
+	return ok, err
 }
 
 // Expire records that c's host reaped it at the end of its timeout.

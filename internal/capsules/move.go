@@ -249,12 +249,12 @@ func (s *Service) releaseOld(ctx context.Context, hostID, id string) {
 }
 
 // ReleaseMoved tells host h to forget capsule id, which the store places
-// on another host now (the reconciler, for a host back after a move). Only
-// a hibernated copy is released; anything else is the caller's to handle.
+// on another host now (the reconciler: a host back after a move, or a copy
+// a move whose answer was lost left there); its snapshots stay.
 func (s *Service) ReleaseMoved(ctx context.Context, h store.Host, id string) error {
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	_, err := s.cfg.Agents.Client(h).ReleaseCapsule(rctx, connect.NewRequest(&pb.ReleaseCapsuleRequest{CapsuleId: id}))
+	_, err := s.cfg.Agents.Client(h).ReleaseCapsule(rctx, connect.NewRequest(&pb.ReleaseCapsuleRequest{CapsuleId: id, Running: true}))
 	if connect.CodeOf(err) == connect.CodeNotFound {
 		return nil
 	}

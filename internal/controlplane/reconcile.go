@@ -215,10 +215,12 @@ func (s *Server) reconcileHost(ctx context.Context, h store.Host) error {
 			continue
 		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
-		} else if err == nil && ac.GetState() == pb.CapsuleState_CAPSULE_STATE_HIBERNATED {
-			// Moved to another host while this one was away (or before
-			// it could be told): forget the copy, keep the snapshot the
-			// new host restores from.
+		} else if err == nil {
+			// Placed on another host: moved while this one was away (or
+			// before it could be told), or a copy a move left here (the
+			// adopt's answer was lost: running here, hibernated in the
+			// store on its old host). Forget the copy, keep the snapshots
+			// the store's copy restores from.
 			if err := s.capsules.ReleaseMoved(ctx, h, id); err != nil {
 				s.log.Warn("reconcile: release moved capsule", "capsule_id", id, "host_id", h.ID, "now_on", c.HostID, "err", err)
 				continue

@@ -71,9 +71,6 @@ type ChaosOptions struct {
 	Moves bool
 	// KillsDuringMoves lets the mover run while an agent is killed
 	// (FaultKillAgent); FaultKillAgentMove kills one mid-drain either way.
-	// An agent killed in the middle of a files-only pause to disk loses
-	// that running capsule (a known defect, docs/FLEET.md): make test's
-	// reduced run leaves both out, make chaos keeps them.
 	KillsDuringMoves bool
 	Log              func(format string, a ...any)
 }

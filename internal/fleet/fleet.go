@@ -46,6 +46,8 @@ import (
 type Options struct {
 	// Dir holds homes, certificates, logs; it must exist (left to the caller).
 	Dir string
+	// LogLevel of the agents and replicas ("warn" when empty).
+	LogLevel string
 	// Name prefixes every host object (1–6 lower-case letters and digits).
 	Name string
 	// Agents and Replicas count the hosts and control-plane replicas (≥ 1).
@@ -191,7 +193,7 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 			"--jwt-secret-file", secret, "--replica-id", fmt.Sprintf("%s-r%d", o.Name, i),
 			"--agent-ca", f.certs.caPath, "--agent-client-cert", f.certs.clientCert, "--agent-client-key", f.certs.clientKey,
 			"--heartbeat-interval", o.HeartbeatInterval.String(), "--reconcile-interval", o.ReconcileInterval.String(),
-			"--log-level", "warn",
+			"--log-level", o.logLevel(),
 		}
 		if o.BuildStaleAfter > 0 {
 			r.args = append(r.args, "--build-stale-after", o.BuildStaleAfter.String())
@@ -331,7 +333,7 @@ func (f *Fleet) prepareAgent(ctx context.Context, a *Agent, apiPort int) error {
 		"--control-plane", fmt.Sprintf("http://%s:%d", a.HostIP, apiPort), "--join-token-file", tokFile,
 		"--advertise-address", fmt.Sprintf("https://%s:50051", a.IP),
 		"--tls-cert", cert, "--tls-key", key, "--client-ca", f.certs.caPath,
-		"--log-level", "warn",
+		"--log-level", f.o.logLevel(),
 	}
 	if f.o.S3 != nil {
 		fwd, err := f.forward(netip.AddrPortFrom(a.HostIP, 0).String(), f.o.S3.Endpoint)
@@ -351,6 +353,13 @@ func (f *Fleet) prepareAgent(ctx context.Context, a *Agent, apiPort int) error {
 	a.args = append(a.args, "--warm-pool", pool)
 	a.args = append(a.args, f.o.AgentArgs...)
 	return nil
+}
+
+func (o Options) logLevel() string {
+	if o.LogLevel == "" {
+		return "warn"
+	}
+	return o.LogLevel
 }
 
 // StartAgent starts (or restarts) agent i in its namespace.

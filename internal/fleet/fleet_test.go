@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +126,54 @@ func TestFleet(t *testing.T) {
 
 type testWriter struct{ t *testing.T }
 
+// capsuleIDRE matches capsule IDs and the drivers' 12-hex keys (in
+// namespace names).
+var capsuleIDRE = regexp.MustCompile(`cl-[a-z0-9]{8,}|\b[0-9a-f]{12}\b`)
+
+// logLinesAbout prints the fleet's log lines (agents, replicas) that name
+// a capsule (or driver key) a problem names, so a CI failure shows what
+// happened to it; lines naming a capsule whose key is named come too.
+func logLinesAbout(t *testing.T, dir, problem string) {
+	ids := capsuleIDRE.FindAllString(problem, -1)
+	if len(ids) == 0 {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		var lines []string
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, id := range ids {
+				// A key's line names its capsule: follow it.
+				if !strings.HasPrefix(id, "cl-") && strings.Contains(line, id) {
+					for _, c := range regexp.MustCompile(`cl-[a-z0-9]{8,}`).FindAllString(line, -1) {
+						if !slices.Contains(ids, c) {
+							ids = append(ids, c)
+						}
+					}
+				}
+			}
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, id := range ids {
+				if strings.Contains(line, id) {
+					lines = append(lines, line)
+					break
+				}
+			}
+		}
+		if n := len(lines); n > 60 {
+			lines = lines[n-60:]
+		}
+		if len(lines) > 0 {
+			t.Logf("%s about %v:\n%s", filepath.Base(l), ids, strings.Join(lines, "\n"))
+		}
+	}
+}
+
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
@@ -181,30 +231,25 @@ func TestChaos(t *testing.T) {
 		Wrenn: wrenn, Envd: envd, PostgresDSN: pg.DSN, S3: &s3.Config,
 		AgentArgs: []string{"--no-criu"}, Log: testWriter{t},
 		HomeSizeMB: 2048, BuildStaleAfter: 15 * time.Second,
+		LogLevel: "info", // a problem prints the lines about its capsule
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var faults []string
 	for range rounds {
-		for _, fault := range fleet.AllFaults {
-			// The reduced run leaves out an agent killed mid-drain: a known
-			// defect loses a running capsule whose files-only pause it cuts
-			// (docs/FLEET.md); make chaos keeps it.
-			if *full || fault != fleet.FaultKillAgentMove {
-				faults = append(faults, fault)
-			}
-		}
+		faults = append(faults, fleet.AllFaults...)
 	}
 	start := time.Now()
 	rep, err := fleet.RunChaos(ctx, f, pg, s3, fleet.ChaosOptions{
-		Faults: faults, Workers: workers, Builds: true, Moves: true, KillsDuringMoves: *full, Log: t.Logf,
+		Faults: faults, Workers: workers, Builds: true, Moves: true, KillsDuringMoves: true, Log: t.Logf,
 	})
 	if rep != nil {
 		t.Logf("chaos: %d cycles in %v, answers %v, no answer %d, settle %v, builds %v, drains %d moving %d capsules",
 			rep.Cycles, time.Since(start).Round(time.Second), rep.Statuses, rep.Transport, rep.Settle, rep.Builds, rep.Drains, rep.Moved)
 		for _, p := range rep.Problems {
 			t.Error(p)
+			logLinesAbout(t, dir, p)
 		}
 	}
 	if err != nil {
@@ -212,6 +257,7 @@ func TestChaos(t *testing.T) {
 	}
 	if err := f.Stop(); err != nil {
 		t.Errorf("Stop: %v", err)
+		logLinesAbout(t, dir, err.Error())
 	}
 	pg.Stop()
 	s3.Stop()

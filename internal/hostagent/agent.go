@@ -772,14 +772,24 @@ func (a *Agent) pauseCapsule(ctx context.Context, id string, toDisk bool) (pause
 		rec, _, _ = c.snapshot()
 		return pauseResult{Record: rec}, nil
 	}
+	if err := a.save(c, func(r *record) { r.PausingToDisk = true }); err != nil {
+		if rec.Phase == phaseRunning {
+			a.unquiesce(c)
+		}
+		return pauseResult{}, fmt.Errorf("pause capsule %s to disk: %w", id, err)
+	}
 	snap, err := snapper.Snapshot(ctx, id)
 	if err != nil {
 		a.afterFailedSnapshot(ctx, c, rec.Phase)
+		if serr := a.save(c, func(r *record) { r.PausingToDisk = false }); serr != nil {
+			a.log.Warn("record a failed pause to disk", "capsule_id", id, "err", serr)
+		}
 		return pauseResult{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
 	}
 	a.proxy.Evict(id)
 	if err := a.save(c, func(r *record) {
 		r.Phase, r.ExpiresAt, r.Snapshot, r.MemoryKept = phaseHibernated, time.Time{}, &snap, snap.MemoryKept
+		r.PausingToDisk = false
 	}); err != nil {
 		return pauseResult{}, err
 	}
@@ -1035,10 +1045,13 @@ func (a *Agent) recover(ctx context.Context) error {
 		a.log.Warn("agent state", "err", e)
 	}
 	seen := map[string]bool{}
-	var reinit []*capsule
+	var reinit, restart []*capsule
 	for _, info := range infos {
 		seen[info.ID] = true
 		rec := recs[info.ID]
+		if rec != nil && rec.PausingToDisk {
+			info = a.interruptedPause(ctx, rec, info)
+		}
 		if reason := adoptable(rec, info); reason != "" {
 			a.log.Warn("destroying capsule that cannot be re-adopted", "capsule_id", info.ID, "reason", reason)
 			if err := a.destroyUnadoptable(ctx, rec, info); err != nil && !errors.Is(err, runtime.ErrNotFound) {
@@ -1049,6 +1062,10 @@ func (a *Agent) recover(ctx context.Context) error {
 		}
 		c := &capsule{rec: *rec, info: info}
 		switch info.State {
+		case runtime.StateStopped:
+			// A pause to disk a crash interrupted before it committed:
+			// started again below (files kept, processes booted again).
+			restart = append(restart, c)
 		case runtime.StateRunning:
 			c.rec.Phase = phaseRunning
 			if c.rec.ExpiresAt.IsZero() {
@@ -1087,6 +1104,13 @@ func (a *Agent) recover(ctx context.Context) error {
 			a.startSampler(c)
 		})
 	}
+	for _, c := range restart {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			a.restartAfterInterruptedPause(ctx, c)
+		})
+	}
 	wg.Wait()
 	for id := range recs {
 		if !seen[id] {
@@ -1106,8 +1130,84 @@ func adoptable(rec *record, info runtime.Info) string {
 		return "create never finished"
 	case info.State == runtime.StateSnapshotted && rec.Snapshot == nil:
 		return "snapshot finished after the agent died; no snapshot recorded"
+	case info.State == runtime.StateStopped && rec.PausingToDisk:
+		return "" // started again (restartAfterInterruptedPause)
 	case info.State != runtime.StateRunning && info.State != runtime.StatePaused && info.State != runtime.StateSnapshotted:
 		return "driver state " + string(info.State)
 	}
 	return ""
+}
+
+// interruptedPause settles, at restart, a capsule whose pause to disk the
+// agent's crash interrupted. A committed one (the driver holds its
+// snapshot) becomes hibernated; a capsule the driver froze for its memory
+// checkpoint is thawed; one the pause had stopped is left for
+// restartAfterInterruptedPause. The returned info is what to adopt.
+func (a *Agent) interruptedPause(ctx context.Context, rec *record, info runtime.Info) runtime.Info {
+	rec.PausingToDisk = false
+	switch info.State {
+	case runtime.StateSnapshotted:
+		if rec.Snapshot == nil {
+			if cs, ok := a.driver.(runtime.CommittedSnapshots); ok {
+				if snap, ok := cs.CommittedSnapshot(info.ID); ok {
+					rec.Snapshot, rec.MemoryKept, rec.ExpiresAt = &snap, snap.MemoryKept, time.Time{}
+					a.log.Warn("a pause to disk the agent's crash interrupted had committed; the capsule is hibernated", "capsule_id", info.ID, "snapshot", snap.ID)
+				}
+			}
+		}
+	case runtime.StatePaused:
+		if rec.Phase != phaseRunning {
+			break // paused by its user before the pause to disk
+		}
+		p, ok := a.driver.(runtime.Pauser)
+		if !ok {
+			break
+		}
+		if err := p.Resume(ctx, info.ID); err != nil {
+			a.log.Warn("thaw a capsule frozen by an interrupted pause to disk", "capsule_id", info.ID, "err", err)
+			break
+		}
+		info.State = runtime.StateRunning
+		a.log.Warn("a pause to disk the agent's crash interrupted had frozen the capsule; thawed it", "capsule_id", info.ID)
+	case runtime.StateStopped, runtime.StateCreated:
+		info.State = runtime.StateStopped
+		rec.PausingToDisk = true // restartAfterInterruptedPause clears it
+	}
+	return info
+}
+
+// restartAfterInterruptedPause starts again a capsule an interrupted pause
+// to disk had stopped (its files are kept; its processes boot again), as
+// after a failed pause (afterFailedSnapshot).
+func (a *Agent) restartAfterInterruptedPause(ctx context.Context, c *capsule) {
+	rec, _, _ := c.snapshot()
+	bg, cancel := context.WithTimeout(ctx, a.cfg.ReadyTimeout+a.cfg.InitTimeout+30*time.Second)
+	defer cancel()
+	info, err := a.driver.Start(bg, rec.ID)
+	if err != nil {
+		a.log.Error("start a capsule an interrupted pause to disk had stopped", "capsule_id", rec.ID, "err", err)
+		return
+	}
+	cl, err := a.newEnvd(info, rec.AccessToken)
+	if err != nil {
+		a.log.Error("envd client after an interrupted pause to disk", "capsule_id", rec.ID, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.info, c.envd = info, cl
+	c.mu.Unlock()
+	if err := a.readyAndInit(bg, c, true); err != nil {
+		a.log.Error("re-init a capsule started again after an interrupted pause to disk", "capsule_id", rec.ID, "err", err)
+		return
+	}
+	if err := a.save(c, func(r *record) {
+		r.Phase, r.PausingToDisk = phaseRunning, false
+		if r.ExpiresAt.IsZero() {
+			r.ExpiresAt = a.expiry(r.TimeoutSec)
+		}
+	}); err != nil {
+		a.log.Warn("record a capsule started again", "capsule_id", rec.ID, "err", err)
+	}
+	a.startSampler(c)
+	a.log.Warn("a pause to disk the agent's crash interrupted had stopped the capsule; started it again (files kept, processes booted again)", "capsule_id", rec.ID)
 }

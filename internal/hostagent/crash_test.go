@@ -81,6 +81,10 @@ func TestKill9MidCreateAndPause(t *testing.T) {
 
 	createDelays := []time.Duration{0, 20 * time.Millisecond, 60 * time.Millisecond, 120 * time.Millisecond, 250 * time.Millisecond}
 	pauseDelays := []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond}
+	// Pauses to disk (files only here) stop the capsule, unmount its disk,
+	// publish it and free the host: a kill anywhere in that must keep the
+	// capsule and its files (running again, or hibernated).
+	diskDelays := []time.Duration{5 * time.Millisecond, 25 * time.Millisecond, 45 * time.Millisecond, 60 * time.Millisecond, 75 * time.Millisecond, 90 * time.Millisecond, 110 * time.Millisecond, 400 * time.Millisecond}
 	if testing.Short() {
 		createDelays = createDelays[1:3]
 		pauseDelays = pauseDelays[1:2]
@@ -115,6 +119,19 @@ func TestKill9MidCreateAndPause(t *testing.T) {
 			return err
 		})
 	}
+	for i, delay := range diskDelays {
+		id := fmt.Sprintf("cl-crash-d%d", i)
+		kill(fmt.Sprintf("mid-pause-to-disk %v", delay), delay, func(p *agentProcess) error {
+			if _, err := p.client.CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{CapsuleId: id})); err != nil {
+				return err
+			}
+			execOK(t, p.client, id, "/bin/sh", "-c", "echo "+id+" >/root/kept && sync")
+			return nil
+		}, func(p *agentProcess) error {
+			_, err := p.client.PauseCapsule(ctx, connect.NewRequest(&pb.PauseCapsuleRequest{CapsuleId: id, ToDisk: true}))
+			return err
+		})
+	}
 
 	// Restart: every capsule is either usable or gone without a trace.
 	h := startHost(t, d, nil)
@@ -129,11 +146,12 @@ func TestKill9MidCreateAndPause(t *testing.T) {
 	if len(drv) != len(list.Msg.GetCapsules()) {
 		t.Errorf("driver holds %d capsules, agent reports %d", len(drv), len(list.Msg.GetCapsules()))
 	}
-	t.Logf("after %d kills: %d capsules re-adopted", len(createDelays)+len(pauseDelays), len(list.Msg.GetCapsules()))
+	t.Logf("after %d kills: %d capsules re-adopted", len(createDelays)+len(pauseDelays)+len(diskDelays), len(list.Msg.GetCapsules()))
 	for _, cp := range list.Msg.GetCapsules() {
 		id := cp.GetCapsuleId()
+		t.Logf("re-adopted %s: %v", id, cp.GetState())
 		switch cp.GetState() {
-		case pb.CapsuleState_CAPSULE_STATE_PAUSED:
+		case pb.CapsuleState_CAPSULE_STATE_PAUSED, pb.CapsuleState_CAPSULE_STATE_HIBERNATED:
 			if _, err := h.client.ResumeCapsule(ctx, connect.NewRequest(&pb.ResumeCapsuleRequest{CapsuleId: id})); err != nil {
 				t.Errorf("resume re-adopted %s: %v", id, err)
 				continue
@@ -152,6 +170,17 @@ func TestKill9MidCreateAndPause(t *testing.T) {
 		id := fmt.Sprintf("cl-crash-p%d", i)
 		if _, err := h.client.GetCapsule(ctx, connect.NewRequest(&pb.GetCapsuleRequest{CapsuleId: id})); err != nil {
 			t.Errorf("capsule %s (created, killed mid-pause) lost: %v", id, err)
+		}
+	}
+	// So was every pause-to-disk target, with the file it wrote.
+	for i := range diskDelays {
+		id := fmt.Sprintf("cl-crash-d%d", i)
+		if _, err := h.client.GetCapsule(ctx, connect.NewRequest(&pb.GetCapsuleRequest{CapsuleId: id})); err != nil {
+			t.Errorf("capsule %s (created, killed mid-pause to disk) lost: %v", id, err)
+			continue
+		}
+		if got := execOK(t, h.client, id, "/bin/cat", "/root/kept"); got != id+"\n" {
+			t.Errorf("capsule %s (killed mid-pause to disk): its file holds %q, want %q", id, got, id+"\n")
 		}
 	}
 	for _, cp := range list.Msg.GetCapsules() {

@@ -186,9 +186,13 @@ func (a *Agent) destroyUnadoptable(ctx context.Context, rec *record, info runtim
 	return a.driver.Destroy(ctx, info.ID)
 }
 
-// releaseCapsule forgets a hibernated capsule another host now owns,
-// leaving its snapshot in the shared store.
-func (a *Agent) releaseCapsule(ctx context.Context, id string) error {
+// releaseCapsule forgets a capsule another host now owns, leaving its
+// snapshots in the shared store: a hibernated copy after a move, or (with
+// running) a copy a move left here running when its adopt's answer was
+// lost (an agent killed after it resumed the capsule) — destroying that
+// one would delete the snapshot the store's copy on its old host still
+// resumes from.
+func (a *Agent) releaseCapsule(ctx context.Context, id string, running bool) error {
 	c, err := a.lookup(id)
 	if err != nil {
 		return err
@@ -199,13 +203,23 @@ func (a *Agent) releaseCapsule(ctx context.Context, id string) error {
 	if c.gone {
 		return fmt.Errorf("capsule %s: %w", id, runtime.ErrNotFound)
 	}
-	if rec.Phase != phaseHibernated {
+	switch {
+	case rec.Phase == phaseStarting:
+		return fmt.Errorf("release capsule %s: it is %s: %w", id, rec.Phase, runtime.ErrInvalidState)
+	case rec.Phase != phaseHibernated && !running:
 		return fmt.Errorf("release capsule %s: it is %s, not paused to disk: %w", id, rec.Phase, runtime.ErrInvalidState)
+	}
+	if len(rec.Spec.Volumes) > 0 {
+		// Capsules with volumes never move (movable): such a capsule is
+		// this host's own.
+		return fmt.Errorf("release capsule %s: it has volumes; capsules with volumes do not move: %w", id, runtime.ErrInvalidState)
 	}
 	mv, ok := a.driver.(runtime.Mover)
 	if !ok {
 		return fmt.Errorf("release capsule %s: %w", id, runtime.ErrNotSupported)
 	}
+	a.stopSampler(c)
+	a.proxy.Evict(id)
 	if err := mv.Release(ctx, id); err != nil && !errors.Is(err, runtime.ErrNotFound) {
 		return fmt.Errorf("release capsule %s: %w", id, err)
 	}
@@ -230,7 +244,7 @@ func (s service) ReleaseCapsule(ctx context.Context, req *connect.Request[pb.Rel
 	if req.Msg.GetCapsuleId() == "" {
 		return nil, invalid("capsule_id is required")
 	}
-	if err := s.a.releaseCapsule(ctx, req.Msg.GetCapsuleId()); err != nil {
+	if err := s.a.releaseCapsule(ctx, req.Msg.GetCapsuleId(), req.Msg.GetRunning()); err != nil {
 		return nil, toConnect(err)
 	}
 	return connect.NewResponse(&pb.ReleaseCapsuleResponse{}), nil

@@ -257,3 +257,47 @@ func TestDrainEmptiesWarmPools(t *testing.T) {
 	h.agent.SetDraining(false)
 	testutil.Eventually(t, 60*time.Second, func() bool { return ready() == 1 }, "warm pool not refilled after the drain")
 }
+
+// TestReleaseRunningCopyKeepsSnapshot: a move whose adopt's answer was
+// lost leaves the capsule running on the new host while the store keeps it
+// hibernated on the old one. The reconciler releases that copy (running:
+// true): the snapshot it was restored from stays, and the old host resumes
+// the capsule from it with its files. Without running, a running capsule
+// is not released.
+func TestReleaseRunningCopyKeepsSnapshot(t *testing.T) {
+	shared := t.TempDir()
+	dA, dB := moveDirs(t, shared, 3), moveDirs(t, shared, 4)
+	dA.subnet, dB.subnet = netip.MustParsePrefix("10.3.0.0/17"), netip.MustParsePrefix("10.4.0.0/17")
+	a := startHost(t, dA, movable)
+	b := startHost(t, dB, movable)
+	ctx := testutil.Context(t, testutil.Long)
+
+	id := create(t, a.client, &pb.CreateCapsuleRequest{TimeoutSec: 600}).GetCapsuleId()
+	execOK(t, a.client, id, "/bin/sh", "-c", "echo old-host > /root/kept.txt")
+	pr, err := a.client.PauseCapsule(ctx, connect.NewRequest(&pb.PauseCapsuleRequest{CapsuleId: id, ToDisk: true}))
+	if err != nil {
+		t.Fatalf("pause to disk: %v", err)
+	}
+	before := count0(t, shared)
+	if _, err := b.client.AdoptCapsule(ctx, connect.NewRequest(&pb.AdoptCapsuleRequest{Export: pr.Msg.GetExport(), Resume: true})); err != nil {
+		t.Fatalf("AdoptCapsule on B: %v", err)
+	}
+	if _, err := b.client.ReleaseCapsule(ctx, connect.NewRequest(&pb.ReleaseCapsuleRequest{CapsuleId: id})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("release of a running capsule without running: %v, want FailedPrecondition", err)
+	}
+	if _, err := b.client.ReleaseCapsule(ctx, connect.NewRequest(&pb.ReleaseCapsuleRequest{CapsuleId: id, Running: true})); err != nil {
+		t.Fatalf("release of the running copy: %v", err)
+	}
+	if _, err := b.client.GetCapsule(ctx, connect.NewRequest(&pb.GetCapsuleRequest{CapsuleId: id})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("B after release: %v, want NotFound", err)
+	}
+	if n := count0(t, shared); n < before {
+		t.Fatalf("releasing the running copy deleted snapshot objects: %d before, %d after", before, n)
+	}
+	if _, err := a.client.ResumeCapsule(ctx, connect.NewRequest(&pb.ResumeCapsuleRequest{CapsuleId: id})); err != nil {
+		t.Fatalf("resume on the old host: %v", err)
+	}
+	if s := strings.TrimSpace(execOK(t, a.client, id, "/bin/cat", "/root/kept.txt")); s != "old-host" {
+		t.Fatalf("file on the old host after the release = %q", s)
+	}
+}

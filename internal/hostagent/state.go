@@ -41,6 +41,10 @@ type record struct {
 	Snapshot       *runtime.SnapshotInfo `json:"snapshot,omitempty"`
 	MemoryKept     bool                  `json:"memory_kept"`
 	CreatedAt      time.Time             `json:"created_at"`
+	// PausingToDisk is set while a pause to disk runs: an agent restarted
+	// after a crash mid-pause keeps the capsule (recover): running again
+	// if the pause had not committed, hibernated if it had.
+	PausingToDisk bool `json:"pausing_to_disk,omitempty"`
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)

@@ -201,6 +201,13 @@ type Pauser interface {
 	Resume(ctx context.Context, id string) error
 }
 
+// CommittedSnapshots is implemented by drivers that can say which snapshot
+// a capsule's last pause to disk committed, for an agent that crashed
+// before it recorded the snapshot itself.
+type CommittedSnapshots interface {
+	CommittedSnapshot(id string) (SnapshotInfo, bool)
+}
+
 // SnapshotStore is where a Snapshotter puts and finds snapshot artifacts
 // (rootfs archives, memory images). Keys are slash-separated names chosen
 // by the driver, unique per snapshot.

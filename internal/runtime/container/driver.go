@@ -257,6 +257,15 @@ type record struct {
 	// IDBase is the first host id of the capsule's user namespace range
 	// (0: no user namespace; userns.go).
 	IDBase uint32 `json:"id_base,omitempty"`
+	// Publishing names the snapshot a pause to disk is storing; it is not
+	// committed yet. A capsule recovered with it set crashed mid-pause:
+	// Recover drops what the store received and keeps the capsule
+	// (stopped, its disk mounted again).
+	Publishing string `json:"publishing,omitempty"`
+	// Releasing marks a committed pause to disk whose host resources
+	// (processes, mounts, network, local image) are being freed; Recover
+	// finishes the release.
+	Releasing bool `json:"releasing,omitempty"`
 }
 
 type capsule struct {
@@ -744,7 +753,12 @@ func (d *Driver) save(rec *record) error {
 
 // release frees every host resource of a capsule; it is idempotent and
 // does not depend on the record being complete.
-func (d *Driver) release(ctx context.Context, rec *record) {
+func (d *Driver) release(ctx context.Context, rec *record) { d.releaseHost(ctx, rec, false) }
+
+// releaseHost is release; with keepRecord the capsule's directory stays
+// with only its state.json (a capsule paused to disk), so a crash
+// anywhere in it leaves a record that Recover finds.
+func (d *Driver) releaseHost(ctx context.Context, rec *record, keepRecord bool) {
 	var errs []error
 	if err := d.runcDelete(ctx, rec.Key); err != nil {
 		errs = append(errs, err)
@@ -758,11 +772,20 @@ func (d *Driver) release(ctx context.Context, rec *record) {
 	if err := d.teardownNet(rec); err != nil {
 		errs = append(errs, err)
 	}
+	if keepRecord && rec.Snapshot != nil {
+		crashPoint("releasing", rec.Snapshot.ID)
+	}
 	if err := d.unmountVolumes(rec.Key); err != nil {
 		errs = append(errs, err)
 	}
 	// The directory goes last: while it exists, Recover can find the key.
-	if err := removeDir(d.paths(rec.Key)); err != nil {
+	if keepRecord {
+		if err := emptyDirKeepingRecord(d.paths(rec.Key)); err != nil {
+			errs = append(errs, err)
+		} else {
+			d.freeIDBase(rec.IDBase)
+		}
+	} else if err := removeDir(d.paths(rec.Key)); err != nil {
 		errs = append(errs, err)
 	} else {
 		d.freeIDBase(rec.IDBase)

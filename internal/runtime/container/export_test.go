@@ -29,3 +29,12 @@ func SetRunscSHA(d *Driver, sha string) (undo func()) {
 
 // UnmountAll is unmountAll (tests clean runsc's null-netns up with it).
 var UnmountAll = unmountAll
+
+// SetSnapshotCrashHook calls f at each step of a pause to disk ("stopped",
+// "detached", "published", "committed", "releasing"), until the returned
+// function removes it.
+func SetSnapshotCrashHook(f func(point, snapID string)) (undo func()) {
+	old := crashHook
+	crashHook = f
+	return func() { crashHook = old }
+}

@@ -83,15 +83,35 @@ func (d *Driver) adoptable(ctx context.Context, key string) (record, bool) {
 		return rec, false
 	}
 	if rec.State == runtime.StateSnapshotted {
-		return rec, rec.Snapshot != nil
+		if rec.Snapshot == nil {
+			return rec, false
+		}
+		if rec.Releasing {
+			// A crash after a pause to disk's commit: finish it.
+			if err := d.finishSnapshot(ctx, &rec); err != nil {
+				d.log.Warn("recover: finish a pause to disk", "id", rec.ID, "err", err)
+			}
+		}
+		return rec, true
 	}
-	p := d.paths(key)
-	mounts, err := rootfs.MountsUnder(p.Dir)
-	if err != nil || !slices.Contains(mounts, p.Root()) || !slices.Contains(mounts, p.Disk()) {
-		return rec, false
+	if rec.Publishing != "" {
+		// A crash mid pause to disk, before its commit: what the store
+		// received goes; the capsule stays (its disk is mounted again
+		// below if the pause had unmounted it).
+		d.log.Warn("recover: a pause to disk was interrupted; keeping the capsule", "id", rec.ID, "snapshot", rec.Publishing)
+		d.dropSnapshot(ctx, rec.Publishing)
+		rec.Publishing = ""
 	}
 	if _, err := os.Stat(rec.Net.Netns); err != nil {
 		return rec, false
+	}
+	p := d.paths(key)
+	mounts, err := rootfs.MountsUnder(p.Dir)
+	if err != nil {
+		return rec, false
+	}
+	if !slices.Contains(mounts, p.Root()) || !slices.Contains(mounts, p.Disk()) {
+		return rec, d.remountAfterCrash(ctx, &rec)
 	}
 	st, err := d.state(ctx, key)
 	if err != nil {
@@ -120,6 +140,44 @@ func (d *Driver) adoptable(ctx context.Context, key string) (record, bool) {
 		return rec, true
 	}
 	return rec, false
+}
+
+// remountAfterCrash keeps, stopped, a capsule whose disk a crash left
+// unmounted: a pause to disk detaches the disk before it publishes it, so
+// an agent killed then leaves the capsule's files only in its image.
+// The image is mounted again, as after a failed pause; a capsule without
+// an image (a create that never finished) is not kept.
+func (d *Driver) remountAfterCrash(ctx context.Context, rec *record) bool {
+	switch rec.State {
+	case runtime.StateRunning, runtime.StatePaused, runtime.StateStopped:
+	default:
+		return false
+	}
+	p := d.paths(rec.Key)
+	if _, err := os.Stat(p.Image()); err != nil {
+		return false
+	}
+	tmpl, err := d.cfg.Templates.Get(rec.Spec.Template)
+	if err != nil {
+		d.log.Warn("recover: disk left unmounted; its template is gone", "id", rec.ID, "template", rec.Spec.Template, "err", err)
+		return false
+	}
+	if err := d.runcDelete(ctx, rec.Key); err != nil {
+		d.log.Warn("recover: disk left unmounted; its container remains", "id", rec.ID, "err", err)
+		return false
+	}
+	_ = os.RemoveAll(filepath.Join(p.Dir, criuImagesDir))
+	if err := rootfs.Unmount(p); err != nil {
+		d.log.Warn("recover: disk left unmounted", "id", rec.ID, "err", err)
+		return false
+	}
+	if err := d.mountRootfs(ctx, rec, tmpl.Rootfs, ""); err != nil {
+		d.log.Warn("recover: mount a disk left unmounted", "id", rec.ID, "err", err)
+		return false
+	}
+	d.log.Info("recover: mounted again the disk a crash left unmounted; the capsule is stopped", "id", rec.ID)
+	rec.State, rec.PID = runtime.StateStopped, 0
+	return true
 }
 
 // sweep removes every host object of a key keep rejects.

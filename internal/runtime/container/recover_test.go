@@ -294,3 +294,141 @@ func TestFailedRestoreDestroys(t *testing.T) {
 		t.Fatal("no restore was cancelled, not even with an expired context")
 	}
 }
+
+var snapCrashHelper = flag.String("snap-crash-helper", "", "JSON config: run as the agent TestKill9MidPauseToDisk kills")
+
+// snapCrashConfig is what the pause-to-disk crash helper gets.
+type snapCrashConfig struct {
+	Driver helperConfig
+	Point  string // the step of Snapshot to be killed at
+}
+
+// TestSnapCrashHelper is the "agent" of TestKill9MidPauseToDisk: it starts
+// a capsule, writes a file in it and pauses it to disk (files only), and
+// waits, announcing it, at the step it is to be killed at.
+func TestSnapCrashHelper(t *testing.T) {
+	if *snapCrashHelper == "" {
+		t.Skip("runs only as TestKill9MidPauseToDisk's subprocess")
+	}
+	var h snapCrashConfig
+	if err := json.Unmarshal([]byte(*snapCrashHelper), &h); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, err := container.New(ctx, h.Driver.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const id = "cl-snapcrash"
+	if _, err := d.Create(ctx, runtime.Spec{ID: id, Template: tmplName}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := d.Start(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitReady(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runcExec(ctx, d, id, "/bin/sh", "-c", "echo kept >/root/kept && sync"); err != nil {
+		t.Fatal(err)
+	}
+	container.SetSnapshotCrashHook(func(point, snapID string) {
+		if point == h.Point {
+			fmt.Printf("at %s %s\n", point, snapID)
+			select {} // killed here
+		}
+	})
+	if _, err := d.Snapshot(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("done")
+}
+
+// TestKill9MidPauseToDisk kills the agent process at each step of a pause
+// to disk and starts a new driver on its state: the capsule and the file
+// it wrote are kept — stopped with its disk mounted again before the
+// snapshot's commit (the store keeps nothing of the attempt), paused to
+// disk after it — and destroying it leaves no host object behind.
+func TestKill9MidPauseToDisk(t *testing.T) {
+	testutil.RequireRoot(t)
+	if setupErr != nil {
+		t.Fatalf("test setup: %v", setupErr)
+	}
+	for _, point := range []string{"stopped", "detached", "published", "committed", "releasing"} {
+		t.Run(point, func(t *testing.T) {
+			cfg := testConfig(t, t.TempDir())
+			hcfg, _ := json.Marshal(snapCrashConfig{Driver: toHelper(cfg), Point: point})
+			ctx := testutil.Context(t, testutil.Long)
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSnapCrashHelper$", "-snap-crash-helper="+string(hcfg))
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var snapID string
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				if rest, ok := strings.CutPrefix(sc.Text(), "at "+point); ok {
+					snapID = strings.TrimSpace(rest)
+					break
+				}
+			}
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			if sc.Err() != nil || (snapID == "" && point != "stopped") {
+				t.Fatalf("the helper did not reach %q (snapshot %q, %v)", point, snapID, sc.Err())
+			}
+
+			d := openDriver(t, cfg) // New + Recover
+			const id = "cl-snapcrash"
+			info, err := d.Inspect(ctx, id)
+			if err != nil {
+				t.Fatalf("capsule killed mid-pause at %q not kept: %v", point, err)
+			}
+			committed := point == "committed" || point == "releasing"
+			if committed {
+				if info.State != runtime.StateSnapshotted {
+					t.Fatalf("state %s after a kill past the commit, want %s", info.State, runtime.StateSnapshotted)
+				}
+				snap, ok := d.CommittedSnapshot(id)
+				if !ok || snap.ID != snapID {
+					t.Fatalf("committed snapshot %q (%v), want %q", snap.ID, ok, snapID)
+				}
+				if info, err = d.Restore(ctx, snap); err != nil {
+					t.Fatalf("Restore: %v", err)
+				}
+			} else {
+				if info.State != runtime.StateStopped {
+					t.Fatalf("state %s after a kill before the commit, want %s", info.State, runtime.StateStopped)
+				}
+				if snapID != "" {
+					if r, err := d.SnapshotManager().Open(ctx, snapID); err == nil {
+						_ = r.Close()
+						t.Errorf("the uncommitted snapshot %s is still in the store", snapID)
+					}
+				}
+				if info, err = d.Start(ctx, id); err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+			}
+			if err := d.WaitReady(ctx, info); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := runcExec(ctx, d, id, "/bin/cat", "/root/kept"); err != nil || got != "kept\n" {
+				t.Errorf("the capsule's file after a kill at %q: %q, %v", point, got, err)
+			}
+			if err := d.Destroy(ctx, id); err != nil {
+				t.Fatalf("Destroy: %v", err)
+			}
+			assertClean(t, d)
+		})
+	}
+}

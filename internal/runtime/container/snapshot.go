@@ -128,6 +128,7 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	if err := d.stop(ctx, rec, 2*time.Second); err != nil {
 		return runtime.SnapshotInfo{}, err
 	}
+	crashPoint("stopped", "")
 	p := d.paths(rec.Key)
 	tmpl, err := d.cfg.Templates.Get(rec.Spec.Template)
 	if err != nil {
@@ -139,6 +140,16 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	}
 	now := time.Now().UTC()
 	snapID := fmt.Sprintf("%s-%d", rec.ID, now.UnixNano())
+	// From here to the commit below, a crash leaves the disk unmounted:
+	// Recover sees Publishing, drops what the store received and mounts
+	// the disk again (the capsule is kept, stopped).
+	rec.Publishing = snapID
+	if err := d.save(rec); err != nil {
+		rec.Publishing = ""
+		d.remount(rec, tmpl.Rootfs)
+		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
+	}
+	crashPoint("detached", snapID)
 	var memName string
 	if images != "" {
 		var memBytes int64
@@ -155,9 +166,12 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 		if memName != "" {
 			d.dropSnapshot(ctx, memName)
 		}
+		rec.Publishing = ""
+		_ = d.save(rec)
 		d.remount(rec, tmpl.Rootfs)
 		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: %w", id, err)
 	}
+	crashPoint("published", snapID)
 	keys := []string{snapID}
 	if memName != "" {
 		keys = append(keys, memName)
@@ -168,24 +182,64 @@ func (d *Driver) Snapshot(ctx context.Context, id string) (runtime.SnapshotInfo,
 	}
 	d.log.Info("capsule disk snapshotted", "id", rec.ID, "snapshot", snapID, "memory", memName != "",
 		"parent", rec.Parent, "generation", hdr.Generation, "stored_bytes", storedBytes(hdr))
-	// The new image supersedes the one the disk was restored from.
-	if rec.Parent != "" && rec.Parent != snapID {
-		d.dropSnapshot(ctx, rec.Parent)
-	}
-	// Free the host: processes are gone; now mounts, loop, network and
-	// the local image (rootfs.Remove deletes the capsule directory).
-	d.release(ctx, rec)
-	rec.State = runtime.StateSnapshotted
-	rec.Snapshot = &snap
-	rec.Parent = ""
-	rec.Net = network.Allocation{}
-	if err := os.MkdirAll(filepath.Join(d.capsDir, rec.Key), 0o700); err != nil {
-		return snap, fmt.Errorf("container: %w", err)
-	}
+	// The commit point: the record names the snapshot. A record that
+	// cannot be written (a full disk) undoes the pause instead.
+	was := *rec
+	rec.State, rec.Snapshot, rec.Publishing, rec.Releasing = runtime.StateSnapshotted, &snap, "", true
 	if err := d.save(rec); err != nil {
+		*rec = was
+		rec.Publishing = ""
+		_ = d.save(rec)
+		d.dropSnapshot(ctx, snapID)
+		d.remount(rec, tmpl.Rootfs)
+		return runtime.SnapshotInfo{}, fmt.Errorf("snapshot capsule %s: record the snapshot: %w", id, err)
+	}
+	crashPoint("committed", snapID)
+	if err := d.finishSnapshot(ctx, rec); err != nil {
 		return snap, err
 	}
 	return snap, nil
+}
+
+// crashHook, set only by tests (SetSnapshotCrashHook), is called at each
+// step of a pause to disk: a test's helper process waits in it to be
+// killed there.
+var crashHook func(point, snapID string)
+
+func crashPoint(point, snapID string) {
+	if crashHook != nil {
+		crashHook(point, snapID)
+	}
+}
+
+// CommittedSnapshot implements runtime.CommittedSnapshots.
+func (d *Driver) CommittedSnapshot(id string) (runtime.SnapshotInfo, bool) {
+	c, err := d.get(id)
+	if err != nil {
+		return runtime.SnapshotInfo{}, false
+	}
+	defer c.mu.Unlock()
+	if c.rec.State != runtime.StateSnapshotted || c.rec.Snapshot == nil {
+		return runtime.SnapshotInfo{}, false
+	}
+	return *c.rec.Snapshot, true
+}
+
+// finishSnapshot frees the host after a committed pause to disk (also
+// one a crash interrupted: Recover calls it): the superseded parent image
+// goes from the store, then processes, mounts, loop, network and the
+// local image; the capsule's directory keeps only its state.json.
+func (d *Driver) finishSnapshot(ctx context.Context, rec *record) error {
+	// The new image supersedes the one the disk was restored from.
+	if rec.Parent != "" && rec.Parent != rec.Snapshot.ID {
+		d.dropSnapshot(ctx, rec.Parent)
+	}
+	d.releaseHost(ctx, rec, true)
+	rec.Parent, rec.Net, rec.PID, rec.Releasing = "", network.Allocation{}, 0, false
+	if err := os.MkdirAll(filepath.Join(d.capsDir, rec.Key), 0o700); err != nil {
+		return fmt.Errorf("container: %w", err)
+	}
+	return d.save(rec)
 }
 
 // publish runs Manager.Pause on the detached image, diffing against the

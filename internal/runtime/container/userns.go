@@ -302,6 +302,32 @@ func removeDir(p rootfs.Paths) error {
 	return rootfs.Remove(p)
 }
 
+// emptyDirKeepingRecord is removeDir that keeps the directory and its
+// state.json: everything else (mounts, the user namespace pin, the image,
+// the layers) goes.
+func emptyDirKeepingRecord(p rootfs.Paths) error {
+	if err := unpinUserns(p.Dir); err != nil {
+		return err
+	}
+	if err := rootfs.Unmount(p); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(p.Dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("container: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.Name() == "state.json" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(p.Dir, e.Name())); err != nil {
+			errs = append(errs, fmt.Errorf("container: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // makeRestoreMountpoints creates, as capsule root, the mount points
 // `runc restore` would create in the capsule's rootfs (runc 1.1.5,
 // prepareCriuRestoreMounts): every mount's destination outside a tmpfs,

@@ -5933,8 +5933,13 @@ func (x *AdoptCapsuleResponse) GetCapsule() *Capsule {
 }
 
 type ReleaseCapsuleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CapsuleId     string                 `protobuf:"bytes,1,opt,name=capsule_id,json=capsuleId,proto3" json:"capsule_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CapsuleId string                 `protobuf:"bytes,1,opt,name=capsule_id,json=capsuleId,proto3" json:"capsule_id,omitempty"`
+	// running also releases a capsule that is not paused to disk: a copy a
+	// move left on this host when its adopt's answer was lost (the
+	// reconciler, for a capsule the store places on another host). Without
+	// it only a hibernated copy is released.
+	Running       bool `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5974,6 +5979,13 @@ func (x *ReleaseCapsuleRequest) GetCapsuleId() string {
 		return x.CapsuleId
 	}
 	return ""
+}
+
+func (x *ReleaseCapsuleRequest) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
 }
 
 type ReleaseCapsuleResponse struct {
@@ -6486,10 +6498,11 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"timeoutSec\x12+\n" +
 	"\x11template_checksum\x18\x04 \x01(\tR\x10templateChecksum\"G\n" +
 	"\x14AdoptCapsuleResponse\x12/\n" +
-	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"6\n" +
+	"\acapsule\x18\x01 \x01(\v2\x15.hostagent.v1.CapsuleR\acapsule\"P\n" +
 	"\x15ReleaseCapsuleRequest\x12\x1d\n" +
 	"\n" +
-	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\"\x18\n" +
+	"capsule_id\x18\x01 \x01(\tR\tcapsuleId\x12\x18\n" +
+	"\arunning\x18\x02 \x01(\bR\arunning\"\x18\n" +
 	"\x16ReleaseCapsuleResponse*\xd0\x01\n" +
 	"\fCapsuleState\x12\x1d\n" +
 	"\x19CAPSULE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
