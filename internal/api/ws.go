@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/coder/websocket"
 
+	"github.com/wrenn-dev/wrenn/internal/api/agents"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
@@ -169,20 +170,26 @@ func (a *API) pumpProcess(ctx context.Context, conn *websocket.Conn, binary bool
 			ev = wsEvent{Type: "start", PID: e.StartedPid}
 		case *pb.ExecStreamResponse_Stdout:
 			if binary {
-				if err := writeOutput(ctx, conn, frameStdout, e.Stdout); err != nil {
+				err := writeOutput(ctx, conn, frameStdout, e.Stdout)
+				agents.ReleaseOutput(e.Stdout) // written (or failed): not referenced any more
+				if err != nil {
 					return
 				}
 				continue
 			}
 			ev = outputEvent("stdout", e.Stdout)
+			agents.ReleaseOutput(e.Stdout) // the event holds a string or base64 copy
 		case *pb.ExecStreamResponse_Stderr:
 			if binary {
-				if err := writeOutput(ctx, conn, frameStderr, e.Stderr); err != nil {
+				err := writeOutput(ctx, conn, frameStderr, e.Stderr)
+				agents.ReleaseOutput(e.Stderr)
+				if err != nil {
 					return
 				}
 				continue
 			}
 			ev = outputEvent("stderr", e.Stderr)
+			agents.ReleaseOutput(e.Stderr)
 		case *pb.ExecStreamResponse_End:
 			if err := writeEvent(ctx, conn, endEvent(e.End)); err == nil {
 				_ = conn.Close(websocket.StatusNormalClosure, "process exited")
@@ -469,6 +476,7 @@ func (a *API) runPTY(w http.ResponseWriter, r *http.Request, c store.Capsule, cl
 			wctx, wcancel := context.WithTimeout(ctx, wsWriteDeadline)
 			err := conn.Write(wctx, websocket.MessageBinary, e.Data)
 			wcancel()
+			agents.ReleaseOutput(e.Data)
 			if err != nil {
 				ended = true
 			}

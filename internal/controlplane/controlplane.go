@@ -409,6 +409,11 @@ func (s *Server) Agent(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	return s.agents.Client(h)
 }
 
+// SetLocalAgent makes RPCs to the agent at address (a host's registered
+// address) call h, that agent's handler in this process, without a socket
+// (`wrenn up`; agents.LocalTransport).
+func (s *Server) SetLocalAgent(address string, h http.Handler) { s.agents.SetLocal(address, h) }
+
 // NewHTTPServer returns the http.Server for h with the server timeouts:
 // headers within 10 s, and request bodies bounded per route class
 // (api.BodyDeadlines: JSON bodies 10 s, uploads a minimum rate).

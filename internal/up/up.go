@@ -592,6 +592,9 @@ func (a *App) startAgent(ctx context.Context) error {
 		return fmt.Errorf("up: host agent: %w", err)
 	}
 	a.agent = agent
+	// The control plane calls this agent in-process, not over loopback TCP
+	// (output streams: one copy instead of two kernel copies; issue 21).
+	a.cp.SetLocalAgent(a.agentLn.Addr().String(), agent.Handler())
 	a.transport = &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second}
 	hc := &http.Client{Transport: secretTransport{secret: a.credential, base: a.transport}}
 	a.agentRPC = hostagentv1connect.NewHostAgentServiceClient(hc, "http://"+a.agentLn.Addr().String())

@@ -46,6 +46,7 @@ type Pool struct {
 
 	mu      sync.Mutex
 	clients map[string]entry
+	local   map[string]http.Handler // agents in this process, by address (SetLocal)
 }
 
 type entry struct {
@@ -95,6 +96,22 @@ func New(cfg Config) *Pool {
 		cfg:       cfg,
 		transport: NewTransport(cfg.TLS, cfg.ResponseHeaderTimeout, cfg.DialTimeout),
 		clients:   map[string]entry{},
+		local:     map[string]http.Handler{},
+	}
+}
+
+// SetLocal makes the Connect clients of hosts at address call h, an
+// agent's handler in this process (`wrenn up`), through a LocalTransport
+// instead of a socket. The host credential is still sent and checked.
+// Transport (plain HTTP calls such as the envd route) is not affected.
+func (p *Pool) SetLocal(address string, h http.Handler) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.local[address] = h
+	for id, e := range p.clients {
+		if e.addr == address {
+			delete(p.clients, id)
+		}
 	}
 }
 
@@ -120,10 +137,16 @@ func (p *Pool) Client(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	if e, ok := p.clients[h.ID]; ok && e.addr == h.Address {
 		return e.client
 	}
-	hc := &http.Client{Transport: bearer{base: p.transport, secret: p.Credential(h.ID)}}
+	var base http.RoundTripper = p.transport
+	if lh, ok := p.local[h.Address]; ok {
+		base = LocalTransport{Handler: lh}
+	}
+	hc := &http.Client{Transport: bearer{base: base, secret: p.Credential(h.ID)}}
 	// Uncompressed answers: gzip of file downloads and output streams was
 	// 14 % of `wrenn up`'s CPU under `wrenn bench` (docs/PERFORMANCE.md).
-	c := hostagentv1connect.NewHostAgentServiceClient(hc, p.BaseURL(h.Address), connect.WithAcceptCompression("gzip", nil, nil))
+	// Output chunks of streams are decoded into pooled buffers
+	// (outputCodec; consumers hand them back with ReleaseOutput).
+	c := hostagentv1connect.NewHostAgentServiceClient(hc, p.BaseURL(h.Address), connect.WithAcceptCompression("gzip", nil, nil), connect.WithCodec(outputCodec{}))
 	p.clients[h.ID] = entry{addr: h.Address, client: c}
 	return c
 }

@@ -64,6 +64,7 @@ func (p *proc) hasPTY() bool { return p.fds.pty != nil }
 // tuning are the knobs of a process's I/O (copied from the Service).
 type tuning struct {
 	readChunk int
+	bulkWait  time.Duration // pause after a mid-sized read (0: none)
 	drainIdle time.Duration
 	drainMax  time.Duration
 }
@@ -107,6 +108,20 @@ func (p *proc) run(t tuning) {
 // bulk output moves in large messages.
 const minReadChunk = 16 << 10
 
+// Bulk pacing (issue 21): a read of at least bulkRead bytes that filled
+// less than half the buffer means output streams in about as fast as it is
+// read, so each message would carry only what the producer wrote since the
+// last read (8–16 KiB for `yes | head`, 4 KiB for many programs), and every
+// hop after envd (agent, control plane, client) pays per message. Waiting
+// bulkWait before the next read lets the pipe (1 MiB) fill: messages grow to
+// what the producer writes in that time, hundreds of KiB at bulk rates. The
+// chunk just read is published first, so no output waits; small writes
+// (interactive output, a prompt, a line) never trigger the wait.
+const (
+	bulkRead = 4 << 10
+	bulkWait = 250 * time.Microsecond
+)
+
 // read forwards one output stream to the hub until EOF (a PTY reports EIO
 // once the last slave descriptor closes) or the drain deadline.
 func (p *proc) read(o output, t tuning) {
@@ -121,6 +136,7 @@ func (p *proc) read(o output, t tuning) {
 			_ = o.f.SetReadDeadline(earliest(time.Now().Add(t.drainIdle), p.drainUntil))
 		}
 		n, err := o.f.Read(ob.b)
+		paced := n >= bulkRead && n < len(ob.b)/2 && t.bulkWait > 0
 		if n > 0 {
 			if n == len(ob.b) && size < t.readChunk {
 				size = min(2*size, t.readChunk)
@@ -141,6 +157,9 @@ func (p *proc) read(o output, t tuning) {
 					ob = pool.get(size)
 				}
 			}
+		}
+		if paced && err == nil && !p.exited.Load() {
+			time.Sleep(t.bulkWait)
 		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {

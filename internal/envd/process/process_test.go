@@ -1169,3 +1169,94 @@ func TestFanOutKeepsEveryByte(t *testing.T) {
 		}
 	}
 }
+
+// TestBulkOutputMovesInLargeMessages: a producer writing 8 KiB at a time,
+// fast but no faster than the reader keeps up with (`yes | head` in a
+// capsule), reaches subscribers in messages of many writes, not one message
+// per write, and every byte arrives in order (issue 21: each message costs
+// every hop after envd). Without the pause after mid-sized reads the
+// messages averaged the write size.
+func TestBulkOutputMovesInLargeMessages(t *testing.T) {
+	r, w, err := pipe(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	const writes, size = 1500, 8 << 10
+	go func() {
+		defer w.Close()
+		b := make([]byte, size)
+		for i := range writes {
+			for j := range b {
+				b[j] = byte(i)
+			}
+			if _, err := w.Write(b); err != nil {
+				return
+			}
+			// ≈ 300 MiB/s: a spin, as a sleep this short oversleeps.
+			for t0 := time.Now(); time.Since(t0) < 25*time.Microsecond; {
+			}
+		}
+	}()
+	p := &proc{hub: newHub(DefaultSubBuffer, DefaultSubBytes, DefaultBacklog, time.Second)}
+	sub, _ := p.hub.subscribe()
+	got := make(chan []int, 1)
+	go func() {
+		var sizes []int
+		var want byte
+		off := 0
+		for c := range sub.ch {
+			sub.taken(c)
+			p.hub.freed()
+			for _, b := range c.data {
+				if b != want {
+					t.Errorf("byte %d is %d, want %d: output reordered or lost", off, b, want)
+					got <- sizes
+					return
+				}
+				off++
+				if off%size == 0 {
+					want++
+				}
+			}
+			sizes = append(sizes, len(c.data))
+			c.release()
+			if off == writes*size {
+				got <- sizes
+				return
+			}
+		}
+	}()
+	p.read(output{f: r, kind: kindStdout}, tuning{readChunk: DefaultReadChunk, bulkWait: bulkWait, drainIdle: time.Second, drainMax: time.Second})
+	var sizes []int
+	select {
+	case sizes = <-got:
+	case <-time.After(testutil.Long):
+		t.Fatal("not all output arrived")
+	}
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	if total != writes*size {
+		t.Fatalf("%d bytes of %d", total, writes*size)
+	}
+	if avg := total / len(sizes); avg < 2*size {
+		t.Fatalf("%d messages of %d bytes on average; want at least 2 writes (%d bytes) per message for bulk output", len(sizes), avg, 2*size)
+	}
+	t.Logf("%d messages, %d KiB on average", len(sizes), total/len(sizes)>>10)
+}
+
+// TestSmallOutputIsNotDelayed: a short write is sent at once (the bulk
+// pause applies only after reads of bulkRead bytes or more).
+func TestSmallOutputIsNotDelayed(t *testing.T) {
+	h := newHarness(t)
+	ctx := testutil.Context(t, testutil.Long)
+	stream, r := h.started(ctx, t, h.client, connect.NewRequest(startReq("sh", "-c", "echo hi; sleep 5")))
+	began := time.Now()
+	until(t, stream, r, func(r *result) bool { return r.stdout.Len() > 0 })
+	if d := time.Since(began); d > 2*time.Second {
+		t.Fatalf("first line after %v", d)
+	}
+	_ = stream.Close()
+}

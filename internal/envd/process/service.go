@@ -66,6 +66,7 @@ type Service struct {
 	subBytes     int           // output bytes buffered per subscriber
 	backlogLimit int           // bytes kept while nobody is attached
 	readChunk    int           // bytes per output read
+	bulkWait     time.Duration // pause after a mid-sized output read (bulkWait in proc.go)
 	stallTimeout time.Duration // longest a reader waits for a subscriber with no room
 	drainIdle    time.Duration // after exit: stop reading output silent this long
 	drainMax     time.Duration // after exit: stop reading output after this long
@@ -97,6 +98,7 @@ func NewService(logger *slog.Logger, d *defaults.Defaults) *Service {
 		subBytes:     DefaultSubBytes,
 		backlogLimit: DefaultBacklog,
 		readChunk:    DefaultReadChunk,
+		bulkWait:     bulkWait,
 		stallTimeout: DefaultStallTimeout,
 		drainIdle:    DefaultDrainIdle,
 		drainMax:     DefaultDrainMax,
@@ -355,7 +357,7 @@ func (s *Service) start(req *connect.Request[pb.StartRequest]) (*proc, *subscrib
 	}
 	s.log.Debug("process started", "pid", p.pid, "cmd", sp.path, "user", u.Name, "pty", p.hasPTY())
 
-	t := tuning{readChunk: s.readChunk, drainIdle: s.drainIdle, drainMax: s.drainMax}
+	t := tuning{readChunk: s.readChunk, bulkWait: s.bulkWait, drainIdle: s.drainIdle, drainMax: s.drainMax}
 	go func() {
 		defer s.wg.Done()
 		p.run(t)
