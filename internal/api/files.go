@@ -2,7 +2,6 @@ package api
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,8 +12,6 @@ import (
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
-
-const fileChunk = 256 << 10
 
 func pathParam(r *http.Request) (string, error) {
 	p := r.URL.Query().Get("path")
@@ -32,96 +29,83 @@ func toEntryJSON(e *pb.FileEntry) wrennapi.FileEntry {
 	}
 }
 
-// readFile streams a file's bytes (any size).
+// readFile streams a file's bytes (any size) from envd through the
+// agent's envd route (envdfiles.go), with the file's Content-Length.
 func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	path, err := pathParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	c, cl, err := a.runningCapsule(r)
+	conn, err := a.capsules.Connect(r.Context(), scope(r), capsuleID(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	stream, err := cl.ReadFileStream(r.Context(), connect.NewRequest(&pb.ReadFileRequest{CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user")}))
+	resp, err := a.envdFiles(r.Context(), conn, http.MethodGet, path, r.URL.Query().Get("user"), nil, 0)
 	if err != nil {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	defer stream.Close()
-	started := false
-	for stream.Receive() {
-		if !started {
-			w.Header().Set("Content-Type", "application/octet-stream")
-			w.Header().Set("Content-Disposition", attachment(path))
-			w.WriteHeader(http.StatusOK)
-			started = true
-		}
-		if _, err := w.Write(stream.Msg().GetData()); err != nil {
-			return
-		}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		a.writeError(w, r, envdFilesError("download", resp))
+		return
 	}
-	if err := stream.Err(); err != nil {
-		if !started {
-			a.writeError(w, r, agentError(err))
-			return
-		}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Disposition", attachment(path))
+	if resp.ContentLength >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	src := &errRecorder{r: resp.Body}
+	if _, err := copyFile(w, src); err != nil && src.err != nil && r.Context().Err() == nil {
 		// Headers are out: abort the response so the client sees a
-		// truncated body, not a silently short file.
-		a.log.WarnContext(r.Context(), "file stream broke", "capsule_id", c.ID, "request_id", requestID(r.Context()), "err", err)
+		// truncated body, not a silently short file. (A failed write is
+		// the client gone: nothing to tell.)
+		a.log.WarnContext(r.Context(), "file stream broke", "capsule_id", conn.Capsule.ID, "request_id", requestID(r.Context()), "err", src.err)
 		panic(http.ErrAbortHandler)
-	}
-	if !started {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Disposition", attachment(path))
-		w.WriteHeader(http.StatusOK)
 	}
 }
 
-// writeFile streams the request body into a file.
+// writeFile streams the request body into a file through the agent's envd
+// route (envdfiles.go); a known Content-Length is kept, so envd splices
+// the body into the file.
 func (a *API) writeFile(w http.ResponseWriter, r *http.Request) {
 	path, err := pathParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	c, cl, err := a.runningCapsule(r)
+	if r.ContentLength > a.cfg.MaxFileBytes {
+		a.writeError(w, r, &http.MaxBytesError{Limit: a.cfg.MaxFileBytes})
+		return
+	}
+	conn, err := a.capsules.Connect(r.Context(), scope(r), capsuleID(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)
-	stream := cl.WriteFileStream(r.Context())
-	sendErr := stream.Send(&pb.WriteFileStreamRequest{Msg: &pb.WriteFileStreamRequest_Header{Header: &pb.WriteFileHeader{
-		CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user"),
-	}}})
-	buf := make([]byte, fileChunk)
-	var readErr error
-	for sendErr == nil {
-		n, err := io.ReadFull(body, buf)
-		if n > 0 {
-			sendErr = stream.Send(&pb.WriteFileStreamRequest{Msg: &pb.WriteFileStreamRequest_Data{Data: append([]byte(nil), buf[:n]...)}})
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
+	user := r.URL.Query().Get("user")
+	body := &errRecorder{r: http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)}
+	resp, err := a.envdFiles(r.Context(), conn, http.MethodPost, path, user, body, r.ContentLength)
+	if resp != nil {
+		defer func() { _ = resp.Body.Close() }()
 	}
-	if readErr != nil {
-		_, _ = stream.CloseAndReceive()
-		a.writeError(w, r, readErr)
-		return
-	}
-	resp, err := stream.CloseAndReceive()
-	if err != nil {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(body.err, &mbe):
+		a.writeError(w, r, body.err)
+	case err != nil && body.err != nil:
+		a.writeError(w, r, body.err)
+	case err != nil:
 		a.writeError(w, r, agentError(err))
-		return
+	case resp.StatusCode != http.StatusOK:
+		a.writeError(w, r, envdFilesError("upload", resp))
+	default:
+		writeJSON(w, http.StatusOK, a.uploadedEntry(r.Context(), conn, user, path, resp.Body))
 	}
-	writeJSON(w, http.StatusOK, toEntryJSON(resp.Msg.GetEntry()))
 }
 
 func (a *API) removeFile(w http.ResponseWriter, r *http.Request) {

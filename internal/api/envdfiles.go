@@ -1,0 +1,208 @@
+package api
+
+// File transfers (GET and PUT /v1/capsules/{id}/files) move their bytes
+// with one plain HTTP request to the capsule's host agent, on its envd
+// route (/envd/{capsule}/files, internal/hostagent/envdroute.go), which
+// reverse-proxies envd's own /files endpoint with the capsule's envd
+// token. No protobuf framing, one user-space copy per hop with 1 MiB
+// buffers, Content-Length kept end to end (envd serves downloads with
+// sendfile and splices sized uploads into the file).
+//
+// Invariants:
+//   - The request to the agent is built here, never copied from the
+//     client's: it carries only the path, the user, the body, its length
+//     and the host credential (which the agent removes); no client header,
+//     cookie or Wrenn credential reaches the agent or envd.
+//   - The capsule is resolved (team scope, auto-resume, running) by
+//     capsules.Connect before any byte moves.
+//   - A non-200 answer (the agent's {"code","message"} or envd's
+//     {"message","code"}) maps to the same codes the agent's Connect file
+//     RPCs gave (envdStatusCode), so errors did not change with the path.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/wrenn-dev/wrenn/internal/capsules"
+	"github.com/wrenn-dev/wrenn/internal/envdclient"
+	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
+	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
+	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
+)
+
+// fileCopyBuf is the size of the buffers file bytes are copied through.
+const fileCopyBuf = 1 << 20
+
+var fileBufPool = sync.Pool{New: func() any { b := make([]byte, fileCopyBuf); return &b }}
+
+// envdRouteBase is the URL of capsule c's envd route on its agent.
+func (a *API) envdRouteBase(conn capsules.Conn) (string, error) {
+	if a.cfg.Agents == nil {
+		return "", errors.New("api: no agent pool configured")
+	}
+	return a.cfg.Agents.BaseURL(conn.Host.Address) + hostagent.EnvdRoutePrefix + url.PathEscape(conn.Capsule.ID), nil
+}
+
+// envdFiles sends one request to envd's /files endpoint of conn's capsule
+// through its agent. body (nil for a download) is sent with length size
+// (-1: unknown, sent chunked).
+func (a *API) envdFiles(ctx context.Context, conn capsules.Conn, method, filePath, user string, body io.Reader, size int64) (*http.Response, error) {
+	base, err := a.envdRouteBase(conn)
+	if err != nil {
+		return nil, err
+	}
+	q := url.Values{"path": {filePath}}
+	if user != "" {
+		q.Set("username", user)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+"/files?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.ContentLength = size
+		req.Body = io.NopCloser(body)
+		if size == 0 {
+			req.Body = http.NoBody
+		}
+	}
+	req.Header.Set(hostagent.SecretHeader, a.cfg.Agents.Credential(conn.Host.ID))
+	return a.cfg.Agents.FileTransport().RoundTrip(req)
+}
+
+// envdStatusCode is the Connect code of an envd (or envd route) HTTP
+// status, as the agent maps it for its own file RPCs.
+func envdStatusCode(status int) connect.Code {
+	switch status {
+	case http.StatusNotFound:
+		return connect.CodeNotFound
+	case http.StatusBadRequest:
+		return connect.CodeInvalidArgument
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return connect.CodePermissionDenied
+	case http.StatusInsufficientStorage, http.StatusRequestEntityTooLarge:
+		return connect.CodeResourceExhausted
+	case http.StatusConflict:
+		return connect.CodeAlreadyExists
+	}
+	return connect.CodeUnknown
+}
+
+// envdFilesError maps a non-200 answer of the envd route to an API error.
+// op names the operation in the message ("download", "upload").
+func envdFilesError(op string, resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	msg := strings.TrimSpace(string(b))
+	// The agent's {"code":"…","message"} or envd's {"message","code":N}
+	// (field names match case-insensitively).
+	var body struct {
+		Code    any
+		Message string
+	}
+	if json.Unmarshal(b, &body) == nil && body.Message != "" {
+		msg = body.Message
+	}
+	err := fmt.Errorf("envd %s: status %d: %s", op, resp.StatusCode, msg)
+	if c, _ := body.Code.(string); c == "unauthenticated" {
+		// The agent refused the control plane's credential: not the
+		// caller's fault.
+		return &capsules.Error{Kind: capsules.KindUnavailable, Message: capsules.MsgAgentUnavailable, Err: err}
+	}
+	return capsules.AgentError(connect.NewError(envdStatusCode(resp.StatusCode), err))
+}
+
+// errRecorder remembers the first error its reader returned other than
+// io.EOF, to tell a failed read (abort) from a failed write (client gone).
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// writerOnly hides a ResponseWriter's ReadFrom: net/http's ReadFrom copies
+// a non-socket source through 32 KiB buffers, io.CopyBuffer with ours
+// through 1 MiB.
+type writerOnly struct{ io.Writer }
+
+// copyFile copies src to dst through a pooled 1 MiB buffer.
+func copyFile(dst io.Writer, src io.Reader) (int64, error) {
+	bp := fileBufPool.Get().(*[]byte)
+	defer fileBufPool.Put(bp)
+	return io.CopyBuffer(writerOnly{dst}, src, *bp)
+}
+
+// uploadedEntry is the metadata of a file an upload wrote: envd's upload
+// answer names it only, so it is stat'ed (as the writing user, through
+// the same envd route) for its size, mode and owner; the name-only entry
+// stands if the stat fails, as the agent's WriteFileStream did.
+func (a *API) uploadedEntry(ctx context.Context, conn capsules.Conn, user, filePath string, answer io.Reader) wrennapi.FileEntry {
+	var es []envdclient.EntryInfo
+	out := wrennapi.FileEntry{Path: filePath, Type: "file"}
+	if json.NewDecoder(io.LimitReader(answer, 1<<20)).Decode(&es) == nil && len(es) > 0 {
+		out = wrennapi.FileEntry{Name: es[0].Name, Path: es[0].Path, Type: es[0].Type}
+	}
+	base, err := a.envdRouteBase(conn)
+	if err != nil {
+		return out
+	}
+	secret := a.cfg.Agents.Credential(conn.Host.ID)
+	headers := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			req.Header().Set(hostagent.SecretHeader, secret)
+			if user != "" {
+				req.Header().Set("Authorization", envdclient.BasicUser(user))
+			}
+			return next(ctx, req)
+		}
+	})
+	fs := filesystemconnect.NewFilesystemClient(&http.Client{Transport: a.cfg.Agents.Transport()}, base,
+		connect.WithInterceptors(headers), connect.WithAcceptCompression("gzip", nil, nil))
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := fs.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: out.Path}))
+	if err != nil || st.Msg.GetEntry() == nil {
+		a.log.DebugContext(ctx, "stat after upload failed", "capsule_id", conn.Capsule.ID, "err", err)
+		return out
+	}
+	return envdEntryJSON(st.Msg.GetEntry())
+}
+
+// envdEntryJSON converts envd's entry as the agent's fileEntry does.
+func envdEntryJSON(e *fspb.EntryInfo) wrennapi.FileEntry {
+	out := wrennapi.FileEntry{
+		Name: e.GetName(), Path: e.GetPath(), Size: e.GetSize(), Mode: e.GetMode(),
+		Permissions: e.GetPermissions(), Owner: e.GetOwner(), Group: e.GetGroup(),
+		SymlinkTarget: e.GetSymlinkTarget(),
+	}
+	switch e.GetType() {
+	case fspb.FileType_FILE_TYPE_FILE:
+		out.Type = "file"
+	case fspb.FileType_FILE_TYPE_DIRECTORY:
+		out.Type = "dir"
+	case fspb.FileType_FILE_TYPE_SYMLINK:
+		out.Type = "symlink"
+	}
+	if t := e.GetModifiedTime(); t != nil {
+		out.ModifiedAt = t.GetSeconds()
+	}
+	return out
+}
