@@ -27,6 +27,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/capsules"
 	"github.com/wrenn-dev/wrenn/internal/envdclient"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
+	"github.com/wrenn-dev/wrenn/internal/relay"
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
@@ -54,19 +56,30 @@ func (a *API) envdRouteBase(conn capsules.Conn) (string, error) {
 	return a.cfg.Agents.BaseURL(conn.Host.Address) + hostagent.EnvdRoutePrefix + url.PathEscape(conn.Capsule.ID), nil
 }
 
-// envdFiles sends one request to envd's /files endpoint of conn's capsule
-// through its agent. body (nil for a download) is sent with length size
-// (-1: unknown, sent chunked).
-func (a *API) envdFiles(ctx context.Context, conn capsules.Conn, method, filePath, user string, body io.Reader, size int64) (*http.Response, error) {
-	base, err := a.envdRouteBase(conn)
-	if err != nil {
-		return nil, err
-	}
+// envdFilesRequest builds a request to envd's /files endpoint of conn's
+// capsule through its agent (base: envdRouteBase).
+func (a *API) envdFilesRequest(ctx context.Context, conn capsules.Conn, base, method, filePath, user string) (*http.Request, error) {
 	q := url.Values{"path": {filePath}}
 	if user != "" {
 		q.Set("username", user)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+"/files?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(hostagent.SecretHeader, a.cfg.Agents.Credential(conn.Host.ID))
+	return req, nil
+}
+
+// envdFiles sends one request to envd's /files endpoint of conn's capsule
+// through its agent, on the pool's file transport. body (nil for a
+// download) is sent with length size (-1: unknown, sent chunked).
+func (a *API) envdFiles(ctx context.Context, conn capsules.Conn, method, filePath, user string, body io.Reader, size int64) (*http.Response, error) {
+	base, err := a.envdRouteBase(conn)
+	if err != nil {
+		return nil, err
+	}
+	req, err := a.envdFilesRequest(ctx, conn, base, method, filePath, user)
 	if err != nil {
 		return nil, err
 	}
@@ -78,8 +91,73 @@ func (a *API) envdFiles(ctx context.Context, conn capsules.Conn, method, filePat
 			req.Body = http.NoBody
 		}
 	}
-	req.Header.Set(hostagent.SecretHeader, a.cfg.Agents.Credential(conn.Host.ID))
 	return a.cfg.Agents.FileTransport().RoundTrip(req)
+}
+
+// agentResponseTimeout bounds the wait for the agent's answer headers on
+// a raw download connection (as the pool's ResponseHeaderTimeout does).
+const agentResponseTimeout = 5 * time.Minute
+
+// readFileRaw serves a download from a plain-HTTP agent on a connection
+// of its own (relay.RoundTripRaw), so that the body goes from the agent's
+// socket to the client's with splice(2) when the client's connection is
+// plain TCP too: no copy through user space here.
+func (a *API) readFileRaw(w http.ResponseWriter, r *http.Request, conn capsules.Conn, base, filePath, user string) {
+	ctx := r.Context()
+	req, err := a.envdFilesRequest(ctx, conn, base, http.MethodGet, filePath, user)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	resp, err := relay.RoundTripRaw(req, req.URL.Host, 5*time.Second, agentResponseTimeout)
+	if err != nil {
+		a.writeError(w, r, agentError(err))
+		return
+	}
+	defer func() { _ = resp.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		a.writeError(w, r, envdFilesError("download", resp.Response))
+		return
+	}
+	size := int64(-1)
+	if resp.Sized() {
+		size = resp.ContentLength
+	}
+	startDownload(w, filePath, size)
+	bp := fileBufPool.Get().(*[]byte)
+	defer fileBufPool.Put(bp)
+	missing, err := resp.CopyBody(w, r.TLS == nil, *bp)
+	if missing > 0 || err != nil {
+		if ctx.Err() == nil {
+			a.log.WarnContext(ctx, "file stream broke", "capsule_id", conn.Capsule.ID, "request_id", requestID(ctx),
+				"missing_bytes", missing, "err", err)
+		}
+		// Abort the response: the client sees a truncated body, not a
+		// silently short file (or it is gone already).
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// startDownload writes a download's headers (size -1: unknown).
+func startDownload(w http.ResponseWriter, filePath string, size int64) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Disposition", attachment(filePath))
+	if size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// finishDownload copies body to w after startDownload; a failed read
+// aborts the response (the client sees a truncated body, not a silently
+// short file), a failed write is the client gone.
+func (a *API) finishDownload(w http.ResponseWriter, r *http.Request, conn capsules.Conn, body io.Reader) {
+	src := &errRecorder{r: body}
+	if _, err := copyFile(w, src); err != nil && src.err != nil && r.Context().Err() == nil {
+		a.log.WarnContext(r.Context(), "file stream broke", "capsule_id", conn.Capsule.ID, "request_id", requestID(r.Context()), "err", src.err)
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // envdStatusCode is the Connect code of an envd (or envd route) HTTP

@@ -42,7 +42,12 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	resp, err := a.envdFiles(r.Context(), conn, http.MethodGet, path, r.URL.Query().Get("user"), nil, 0)
+	user := r.URL.Query().Get("user")
+	if base, err := a.envdRouteBase(conn); err == nil && strings.HasPrefix(base, "http://") {
+		a.readFileRaw(w, r, conn, base, path, user)
+		return
+	}
+	resp, err := a.envdFiles(r.Context(), conn, http.MethodGet, path, user, nil, 0)
 	if err != nil {
 		a.writeError(w, r, agentError(err))
 		return
@@ -52,21 +57,8 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, envdFilesError("download", resp))
 		return
 	}
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Content-Disposition", attachment(path))
-	if resp.ContentLength >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
-	}
-	w.WriteHeader(http.StatusOK)
-	src := &errRecorder{r: resp.Body}
-	if _, err := copyFile(w, src); err != nil && src.err != nil && r.Context().Err() == nil {
-		// Headers are out: abort the response so the client sees a
-		// truncated body, not a silently short file. (A failed write is
-		// the client gone: nothing to tell.)
-		a.log.WarnContext(r.Context(), "file stream broke", "capsule_id", conn.Capsule.ID, "request_id", requestID(r.Context()), "err", src.err)
-		panic(http.ErrAbortHandler)
-	}
+	startDownload(w, path, resp.ContentLength)
+	a.finishDownload(w, r, conn, resp.Body)
 }
 
 // writeFile streams the request body into a file through the agent's envd

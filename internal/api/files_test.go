@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,7 +20,9 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn-dev/wrenn/internal/api"
+	"github.com/wrenn-dev/wrenn/internal/api/agents"
 	"github.com/wrenn-dev/wrenn/internal/api/apitest"
+	"github.com/wrenn-dev/wrenn/internal/auth"
 	"github.com/wrenn-dev/wrenn/internal/hostagent"
 	fspb "github.com/wrenn-dev/wrenn/proto/envd/filesystem"
 	"github.com/wrenn-dev/wrenn/proto/envd/filesystem/filesystemconnect"
@@ -150,12 +154,28 @@ func (h statOnly) Stat(_ context.Context, req *connect.Request[fspb.StatRequest]
 	}}), nil
 }
 
-func newFilesEnv(t *testing.T, maxFile int64) (*env, *envdStandIn, string, string) {
+// newFilesEnv serves the API with a stand-in agent: over plain HTTP
+// (downloads take a raw connection of their own, spliced) or, withTLS,
+// over HTTPS (downloads take the pool's file transport).
+func newFilesEnv(t *testing.T, maxFile int64, withTLS bool) (*env, *envdStandIn, string, string) {
 	t.Helper()
-	e := newEnv(t, apitest.SQLite(t), func(c *api.Config, _ string) { c.MaxFileBytes = maxFile })
 	standIn := &envdStandIn{files: map[string][]byte{}}
-	agent := httptest.NewServer(standIn)
+	agent := httptest.NewUnstartedServer(standIn)
+	if withTLS {
+		agent.StartTLS()
+	} else {
+		agent.Start()
+	}
 	t.Cleanup(agent.Close)
+	e := newEnv(t, apitest.SQLite(t), func(c *api.Config, _ string) {
+		c.MaxFileBytes = maxFile
+		if withTLS {
+			roots := x509.NewCertPool()
+			roots.AddCert(agent.Certificate())
+			c.Agents = agents.New(agents.Config{Key: auth.DeriveKey(testKey, "host"), TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}})
+			t.Cleanup(c.Agents.Close)
+		}
+	})
 	admin := e.signup("root@example.com")
 	e.makeAdmin(admin)
 	hostID, _ := e.registerHost(admin, strings.TrimPrefix(agent.URL, "http://"), "")
@@ -171,7 +191,13 @@ func newFilesEnv(t *testing.T, maxFile int64) (*env, *envdStandIn, string, strin
 // route with the body's length, the path and the user, and nothing of the
 // client's credentials or headers.
 func TestFilesThroughEnvdRoute(t *testing.T) {
-	e, standIn, key, files := newFilesEnv(t, 64<<20)
+	for _, withTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https"}[withTLS], func(t *testing.T) { testFilesThroughEnvdRoute(t, withTLS) })
+	}
+}
+
+func testFilesThroughEnvdRoute(t *testing.T, withTLS bool) {
+	e, standIn, key, files := newFilesEnv(t, 64<<20, withTLS)
 	data := make([]byte, 3<<20+17)
 	_, _ = rand.Read(data)
 	hostile := []string{
@@ -207,7 +233,7 @@ func TestFilesThroughEnvdRoute(t *testing.T) {
 		for name, vals := range s.header {
 			switch http.CanonicalHeaderKey(name) {
 			case "Content-Length", "Content-Type", "Accept-Encoding", "User-Agent", "Connect-Protocol-Version",
-				"Connect-Timeout-Ms":
+				"Connect-Timeout-Ms", "Connection":
 				continue
 			case hostagent.SecretHeader:
 				if vals[0] == standIn.secret {
@@ -240,7 +266,13 @@ func TestFilesThroughEnvdRoute(t *testing.T) {
 // TestFilesErrorsThroughEnvdRoute: envd's and the agent's error answers
 // map to the API's codes as the agent's file RPCs did.
 func TestFilesErrorsThroughEnvdRoute(t *testing.T) {
-	e, standIn, key, files := newFilesEnv(t, 1<<20)
+	for _, withTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https"}[withTLS], func(t *testing.T) { testFilesErrorsThroughEnvdRoute(t, withTLS) })
+	}
+}
+
+func testFilesErrorsThroughEnvdRoute(t *testing.T, withTLS bool) {
+	e, standIn, key, files := newFilesEnv(t, 1<<20, withTLS)
 	for _, tc := range []struct {
 		name, method, query string
 		body                any

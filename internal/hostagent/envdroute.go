@@ -3,6 +3,7 @@ package hostagent
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -90,8 +91,65 @@ func (a *Agent) newEnvdRoute() http.Handler {
 		out := r.Clone(context.WithValue(r.Context(), envdTargetKey{}, envdTarget{addr: info.EnvdAddr(), token: rec.AccessToken}))
 		out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
 		credstrip.Request(out)
+		if r.Method == http.MethodGet && u.Path == "/files" && r.TLS == nil {
+			a.envdDownload(w, out, info.EnvdAddr(), rec.AccessToken)
+			return
+		}
 		fwd.ServeHTTP(w, out)
 	})
+}
+
+// hopHeaders are not forwarded by envdDownload (RFC 9110 7.6.1).
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// envdDownload forwards a file download (GET /files, already stripped of
+// Wrenn credentials) to envd on a connection of its own, so that the body
+// goes from envd's socket to the control plane's with splice(2)
+// (relay.RawResponse.CopyBody) instead of through the reverse proxy's
+// buffer. Only for a plain-TCP request (the caller checks r.TLS).
+func (a *Agent) envdDownload(w http.ResponseWriter, r *http.Request, addr, token string) {
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+addr+r.URL.RequestURI(), nil)
+	if err != nil {
+		writeAgentError(w, http.StatusBadRequest, "invalid_argument", "bad path")
+		return
+	}
+	req.Header = r.Header.Clone()
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	req.Header.Del(envdclient.AccessTokenHeader)
+	if token != "" {
+		req.Header.Set(envdclient.AccessTokenHeader, token)
+	}
+	resp, err := relay.RoundTripRaw(req, addr, 5*time.Second, 5*time.Minute)
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			a.log.Debug("envd route upstream error", "err", err)
+		}
+		writeAgentError(w, http.StatusBadGateway, "unavailable", "the capsule's envd cannot be reached right now")
+		return
+	}
+	defer func() { _ = resp.Close() }()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	for _, h := range hopHeaders {
+		w.Header().Del(h)
+	}
+	w.WriteHeader(resp.StatusCode)
+	buf := envdBuffers{}.Get()
+	defer envdBuffers{}.Put(buf)
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+		_, _ = io.CopyBuffer(w, io.LimitReader(resp.Body, 1<<20), buf)
+		return
+	}
+	if missing, err := resp.CopyBody(w, true, buf); missing > 0 || err != nil {
+		// The client must see a cut body, not a short file.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 func writeAgentError(w http.ResponseWriter, status int, code, msg string) {
