@@ -216,7 +216,7 @@ func (a *Agent) envdUpload(w http.ResponseWriter, hj http.Hijacker, r *http.Requ
 	fmt.Fprintf(&head, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nConnection: close\r\n", r.URL.RequestURI(), addr, r.ContentLength)
 	_ = h.Write(&head)
 	head.WriteString("\r\n")
-	buffered, _ := brw.Reader.Peek(int(min(int64(brw.Reader.Buffered()), r.ContentLength)))
+	buffered, _ := brw.Peek(int(min(int64(brw.Reader.Buffered()), r.ContentLength)))
 	head.Write(buffered)
 	rest := &io.LimitedReader{R: conn, N: r.ContentLength - int64(len(buffered))}
 	if _, err := up.Write(head.Bytes()); err == nil {
