@@ -20,6 +20,7 @@ package api
 //     RPCs gave (envdStatusCode), so errors did not change with the path.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -283,4 +284,143 @@ func envdEntryJSON(e *fspb.EntryInfo) wrennapi.FileEntry {
 		out.ModifiedAt = t.GetSeconds()
 	}
 	return out
+}
+
+// localRequest builds the request the in-process agent's handler serves
+// (`wrenn up`): the same request envdFiles sends, with the server-side
+// fields a handler reads and the client connection's TLS state (the
+// agent splices only to a plain-TCP connection).
+func (a *API) localRequest(r *http.Request, conn capsules.Conn, method, filePath, user string) (*http.Request, error) {
+	base, err := a.envdRouteBase(conn)
+	if err != nil {
+		return nil, err
+	}
+	req, err := a.envdFilesRequest(r.Context(), conn, base, method, filePath, user)
+	if err != nil {
+		return nil, err
+	}
+	req.RequestURI = req.URL.RequestURI()
+	req.Proto, req.ProtoMajor, req.ProtoMinor = "HTTP/1.1", 1, 1
+	req.RemoteAddr, req.TLS = r.RemoteAddr, r.TLS
+	req.Body = http.NoBody
+	return req, nil
+}
+
+// localAnswer receives the in-process agent's answer. With pass set (a
+// download) a 200 goes straight to the client (its Content-Length, our
+// headers; ReadFrom kept for splice); anything else is kept (up to 1 MiB)
+// for the caller to map. It has no Hijack: the agent then forwards an
+// upload with its reverse proxy and answers here.
+type localAnswer struct {
+	w        http.ResponseWriter
+	filePath string
+	pass     bool
+
+	header  http.Header
+	status  int
+	passing bool
+	body    bytes.Buffer
+}
+
+func (l *localAnswer) Header() http.Header { return l.header }
+
+func (l *localAnswer) WriteHeader(status int) {
+	if l.status != 0 {
+		return
+	}
+	l.status = status
+	if l.pass && status == http.StatusOK {
+		size := int64(-1)
+		if n, err := strconv.ParseInt(l.header.Get("Content-Length"), 10, 64); err == nil {
+			size = n
+		}
+		startDownload(l.w, l.filePath, size)
+		l.passing = true
+	}
+}
+
+func (l *localAnswer) Write(b []byte) (int, error) {
+	if l.status == 0 {
+		l.WriteHeader(http.StatusOK)
+	}
+	if l.passing {
+		return l.w.Write(b)
+	}
+	if room := 1<<20 - l.body.Len(); room > 0 {
+		l.body.Write(b[:min(len(b), room)])
+	}
+	return len(b), nil
+}
+
+func (l *localAnswer) ReadFrom(src io.Reader) (int64, error) {
+	if l.status == 0 {
+		l.WriteHeader(http.StatusOK)
+	}
+	if rf, ok := l.w.(io.ReaderFrom); ok && l.passing {
+		return rf.ReadFrom(src)
+	}
+	return copyFile(writerOnly{l}, src)
+}
+
+func (l *localAnswer) Flush() {
+	if l.passing {
+		_ = http.NewResponseController(l.w).Flush()
+	}
+}
+
+// Unwrap lets the agent's http.ResponseController reach the server's
+// writer (full-duplex mode).
+func (l *localAnswer) Unwrap() http.ResponseWriter { return l.w }
+
+// response is the kept answer, for envdFilesError and uploadedEntry.
+func (l *localAnswer) response() *http.Response {
+	status := l.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	return &http.Response{StatusCode: status, Header: l.header, Body: io.NopCloser(bytes.NewReader(l.body.Bytes()))}
+}
+
+// readFileLocal serves a download through the in-process agent's handler:
+// envd's socket to the client's, one splice and no loopback hop.
+func (a *API) readFileLocal(w http.ResponseWriter, r *http.Request, conn capsules.Conn, agent http.Handler, filePath, user string) {
+	req, err := a.localRequest(r, conn, http.MethodGet, filePath, user)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	ans := &localAnswer{w: w, filePath: filePath, pass: true, header: http.Header{}}
+	agent.ServeHTTP(ans, req)
+	if !ans.passing {
+		a.writeError(w, r, envdFilesError("download", ans.response()))
+	}
+}
+
+// writeFileLocal sends an upload through the in-process agent's handler
+// (its reverse proxy to envd: one copy, no loopback hop) and returns its
+// answer.
+func (a *API) writeFileLocal(r *http.Request, conn capsules.Conn, agent http.Handler, filePath, user string, body io.Reader) (*http.Response, error) {
+	req, err := a.localRequest(r, conn, http.MethodPost, filePath, user)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.ContentLength = r.ContentLength
+	if r.ContentLength != 0 {
+		req.Body = io.NopCloser(body)
+	}
+	if r.ContentLength < 0 {
+		req.TransferEncoding = []string{"chunked"}
+	}
+	ans := &localAnswer{header: http.Header{}}
+	agent.ServeHTTP(ans, req)
+	return ans.response(), nil
+}
+
+// localAgent is the in-process handler of conn's agent (`wrenn up`), or nil.
+func (a *API) localAgent(conn capsules.Conn) http.Handler {
+	if a.cfg.Agents == nil {
+		return nil
+	}
+	return a.cfg.Agents.Local(conn.Host.ID)
 }

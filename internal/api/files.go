@@ -43,6 +43,10 @@ func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := r.URL.Query().Get("user")
+	if agent := a.localAgent(conn); agent != nil {
+		a.readFileLocal(w, r, conn, agent, path, user)
+		return
+	}
 	if base, err := a.envdRouteBase(conn); err == nil && strings.HasPrefix(base, "http://") {
 		a.readFileRaw(w, r, conn, base, path, user)
 		return
@@ -81,7 +85,12 @@ func (a *API) writeFile(w http.ResponseWriter, r *http.Request) {
 	}
 	user := r.URL.Query().Get("user")
 	body := &errRecorder{r: http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)}
-	resp, err := a.envdFiles(r.Context(), conn, http.MethodPost, path, user, body, r.ContentLength)
+	var resp *http.Response
+	if agent := a.localAgent(conn); agent != nil {
+		resp, err = a.writeFileLocal(r, conn, agent, path, user, body)
+	} else {
+		resp, err = a.envdFiles(r.Context(), conn, http.MethodPost, path, user, body, r.ContentLength)
+	}
 	if resp != nil {
 		defer func() { _ = resp.Body.Close() }()
 	}

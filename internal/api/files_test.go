@@ -154,11 +154,15 @@ func (h statOnly) Stat(_ context.Context, req *connect.Request[fspb.StatRequest]
 	}}), nil
 }
 
-// newFilesEnv serves the API with a stand-in agent: over plain HTTP
-// (downloads take a raw connection of their own, spliced) or, withTLS,
-// over HTTPS (downloads take the pool's file transport).
-func newFilesEnv(t *testing.T, maxFile int64, withTLS bool) (*env, *envdStandIn, string, string) {
+// fileModes are the ways the API reaches an agent: plain HTTP (downloads
+// take a raw connection of their own, spliced), HTTPS (the pool's file
+// transport) and in process (`wrenn up`: the agent's handler is called).
+var fileModes = []string{"http", "https", "local"}
+
+// newFilesEnv serves the API with a stand-in agent reached in mode.
+func newFilesEnv(t *testing.T, maxFile int64, mode string) (*env, *envdStandIn, string, string) {
 	t.Helper()
+	withTLS := mode == "https"
 	standIn := &envdStandIn{files: map[string][]byte{}}
 	agent := httptest.NewUnstartedServer(standIn)
 	if withTLS {
@@ -184,6 +188,9 @@ func newFilesEnv(t *testing.T, maxFile int64, withTLS bool) (*env, *envdStandIn,
 	c := e.insertCapsule(u.team, hostID)
 	standIn.capsuleID = c.ID
 	standIn.secret = e.agents.Credential(hostID)
+	if mode == "local" {
+		e.agents.SetLocal(hostID, standIn)
+	}
 	return e, standIn, key, "/v1/capsules/" + c.ID + "/files"
 }
 
@@ -191,13 +198,13 @@ func newFilesEnv(t *testing.T, maxFile int64, withTLS bool) (*env, *envdStandIn,
 // route with the body's length, the path and the user, and nothing of the
 // client's credentials or headers.
 func TestFilesThroughEnvdRoute(t *testing.T) {
-	for _, withTLS := range []bool{false, true} {
-		t.Run(map[bool]string{false: "http", true: "https"}[withTLS], func(t *testing.T) { testFilesThroughEnvdRoute(t, withTLS) })
+	for _, mode := range fileModes {
+		t.Run(mode, func(t *testing.T) { testFilesThroughEnvdRoute(t, mode) })
 	}
 }
 
-func testFilesThroughEnvdRoute(t *testing.T, withTLS bool) {
-	e, standIn, key, files := newFilesEnv(t, 64<<20, withTLS)
+func testFilesThroughEnvdRoute(t *testing.T, mode string) {
+	e, standIn, key, files := newFilesEnv(t, 64<<20, mode)
 	data := make([]byte, 3<<20+17)
 	_, _ = rand.Read(data)
 	hostile := []string{
@@ -266,13 +273,13 @@ func testFilesThroughEnvdRoute(t *testing.T, withTLS bool) {
 // TestFilesErrorsThroughEnvdRoute: envd's and the agent's error answers
 // map to the API's codes as the agent's file RPCs did.
 func TestFilesErrorsThroughEnvdRoute(t *testing.T) {
-	for _, withTLS := range []bool{false, true} {
-		t.Run(map[bool]string{false: "http", true: "https"}[withTLS], func(t *testing.T) { testFilesErrorsThroughEnvdRoute(t, withTLS) })
+	for _, mode := range fileModes {
+		t.Run(mode, func(t *testing.T) { testFilesErrorsThroughEnvdRoute(t, mode) })
 	}
 }
 
-func testFilesErrorsThroughEnvdRoute(t *testing.T, withTLS bool) {
-	e, standIn, key, files := newFilesEnv(t, 1<<20, withTLS)
+func testFilesErrorsThroughEnvdRoute(t *testing.T, mode string) {
+	e, standIn, key, files := newFilesEnv(t, 1<<20, mode)
 	for _, tc := range []struct {
 		name, method, query string
 		body                any

@@ -401,6 +401,11 @@ func (s *Server) Store() store.Store { return s.store }
 // HostCredential is the secret host hostID and the control plane share.
 func (s *Server) HostCredential(hostID string) string { return s.agents.Credential(hostID) }
 
+// SetLocalAgent registers the handler of a host agent that runs in this
+// process (`wrenn up`): file transfers to its capsules are served through
+// it without a loopback TCP hop (agents.Pool.SetLocal).
+func (s *Server) SetLocalAgent(hostID string, h http.Handler) { s.agents.SetLocal(hostID, h) }
+
 // Capsules returns the server's capsule service.
 func (s *Server) Capsules() *capsules.Service { return s.capsules }
 

@@ -49,6 +49,7 @@ type Pool struct {
 
 	mu      sync.Mutex
 	clients map[string]entry
+	local   map[string]http.Handler
 }
 
 type entry struct {
@@ -132,6 +133,25 @@ func (p *Pool) Client(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	c := hostagentv1connect.NewHostAgentServiceClient(hc, p.BaseURL(h.Address), connect.WithAcceptCompression("gzip", nil, nil))
 	p.clients[h.ID] = entry{addr: h.Address, client: c}
 	return c
+}
+
+// SetLocal registers the HTTP handler of an agent that runs in this
+// process (`wrenn up`), for callers that can serve a request through it
+// without a loopback TCP hop (the files API's downloads and uploads).
+func (p *Pool) SetLocal(hostID string, h http.Handler) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.local == nil {
+		p.local = map[string]http.Handler{}
+	}
+	p.local[hostID] = h
+}
+
+// Local returns the in-process handler of hostID's agent, or nil.
+func (p *Pool) Local(hostID string) http.Handler {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.local[hostID]
 }
 
 // Forget drops a host's client (host deleted).
