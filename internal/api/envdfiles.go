@@ -302,16 +302,19 @@ func (a *API) localRequest(r *http.Request, conn capsules.Conn, method, filePath
 	req.RequestURI = req.URL.RequestURI()
 	req.Proto, req.ProtoMajor, req.ProtoMinor = "HTTP/1.1", 1, 1
 	req.RemoteAddr, req.TLS = r.RemoteAddr, r.TLS
+	req.Body = http.NoBody
 	return req, nil
 }
 
-// localAnswer receives the in-process agent's answer to a download: a
-// 200 goes straight to the client (its Content-Length, our headers;
-// ReadFrom kept for splice); anything else is kept (up to 1 MiB) for the
-// caller to map.
+// localAnswer receives the in-process agent's answer. With pass set (a
+// download) a 200 goes straight to the client (its Content-Length, our
+// headers; ReadFrom kept for splice); anything else is kept (up to 1 MiB)
+// for the caller to map. It has no Hijack: the agent then forwards an
+// upload with its reverse proxy and answers here.
 type localAnswer struct {
 	w        http.ResponseWriter
 	filePath string
+	pass     bool
 
 	header  http.Header
 	status  int
@@ -326,7 +329,7 @@ func (l *localAnswer) WriteHeader(status int) {
 		return
 	}
 	l.status = status
-	if status == http.StatusOK {
+	if l.pass && status == http.StatusOK {
 		size := int64(-1)
 		if n, err := strconv.ParseInt(l.header.Get("Content-Length"), 10, 64); err == nil {
 			size = n
@@ -369,7 +372,7 @@ func (l *localAnswer) Flush() {
 // writer (full-duplex mode).
 func (l *localAnswer) Unwrap() http.ResponseWriter { return l.w }
 
-// response is the kept answer, for envdFilesError.
+// response is the kept answer, for envdFilesError and uploadedEntry.
 func (l *localAnswer) response() *http.Response {
 	status := l.status
 	if status == 0 {
@@ -386,11 +389,32 @@ func (a *API) readFileLocal(w http.ResponseWriter, r *http.Request, conn capsule
 		a.writeError(w, r, err)
 		return
 	}
-	ans := &localAnswer{w: w, filePath: filePath, header: http.Header{}}
+	ans := &localAnswer{w: w, filePath: filePath, pass: true, header: http.Header{}}
 	agent.ServeHTTP(ans, req)
 	if !ans.passing {
 		a.writeError(w, r, envdFilesError("download", ans.response()))
 	}
+}
+
+// writeFileLocal sends an upload through the in-process agent's handler
+// (its reverse proxy to envd: one copy, no loopback hop) and returns its
+// answer.
+func (a *API) writeFileLocal(r *http.Request, conn capsules.Conn, agent http.Handler, filePath, user string, body io.Reader) (*http.Response, error) {
+	req, err := a.localRequest(r, conn, http.MethodPost, filePath, user)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.ContentLength = r.ContentLength
+	if r.ContentLength != 0 {
+		req.Body = io.NopCloser(body)
+	}
+	if r.ContentLength < 0 {
+		req.TransferEncoding = []string{"chunked"}
+	}
+	ans := &localAnswer{header: http.Header{}}
+	agent.ServeHTTP(ans, req)
+	return ans.response(), nil
 }
 
 // localAgent is the in-process handler of conn's agent (`wrenn up`), or nil.

@@ -85,10 +85,12 @@ func (a *API) writeFile(w http.ResponseWriter, r *http.Request) {
 	}
 	user := r.URL.Query().Get("user")
 	body := &errRecorder{r: http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)}
-	// Also to an in-process agent over loopback TCP: its envd route then
-	// splices a sized body to envd, which measured faster than calling its
-	// handler here (its reverse proxy copies the body; docs/PERFORMANCE.md).
-	resp, err := a.envdFiles(r.Context(), conn, http.MethodPost, path, user, body, r.ContentLength)
+	var resp *http.Response
+	if agent := a.localAgent(conn); agent != nil {
+		resp, err = a.writeFileLocal(r, conn, agent, path, user, body)
+	} else {
+		resp, err = a.envdFiles(r.Context(), conn, http.MethodPost, path, user, body, r.ContentLength)
+	}
 	if resp != nil {
 		defer func() { _ = resp.Body.Close() }()
 	}

@@ -402,8 +402,8 @@ func (s *Server) Store() store.Store { return s.store }
 func (s *Server) HostCredential(hostID string) string { return s.agents.Credential(hostID) }
 
 // SetLocalAgent registers the handler of a host agent that runs in this
-// process (`wrenn up`): file downloads from its capsules are served
-// through it without a loopback TCP hop (agents.Pool.SetLocal).
+// process (`wrenn up`): file transfers to its capsules are served through
+// it without a loopback TCP hop (agents.Pool.SetLocal).
 func (s *Server) SetLocalAgent(hostID string, h http.Handler) { s.agents.SetLocal(hostID, h) }
 
 // Capsules returns the server's capsule service.

@@ -334,7 +334,7 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err := a.startAgent(ctx); err != nil {
 		return nil, err
 	}
-	// File downloads skip the loopback hop to the in-process agent.
+	// File transfers skip the loopback hop to the in-process agent.
 	a.cp.SetLocalAgent(a.hostID, a.agent.Handler())
 	// Report the isolations the agent runs now, so a create right after
 	// start is placed by them (not by the next heartbeat).

@@ -137,7 +137,7 @@ func (p *Pool) Client(h store.Host) hostagentv1connect.HostAgentServiceClient {
 
 // SetLocal registers the HTTP handler of an agent that runs in this
 // process (`wrenn up`), for callers that can serve a request through it
-// without a loopback TCP hop (the files API's downloads).
+// without a loopback TCP hop (the files API's downloads and uploads).
 func (p *Pool) SetLocal(hostID string, h http.Handler) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
