@@ -6,6 +6,8 @@
 # Run it alone on the machine (it takes the privileged-test lock).
 # WRENN_UP_ARGS adds flags to `wrenn up` (e.g. "--log-level debug
 # --pprof-listen 127.0.0.1:6060"); WRENN_UP_LOG keeps its log there.
+# WRENN_BENCH_SUBNET / WRENN_BENCH_INSTANCE override the subnet and
+# instance (to run beside another `wrenn up` on the same machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wrenn=${WRENN_BIN:-$PWD/bin/wrenn}
@@ -18,7 +20,7 @@ export WRENN_CRIU="${WRENN_CRIU:-$(scripts/criu.sh)}"
 exec 9>/tmp/wrenn-priv.lock
 flock 9
 "$wrenn" up --home "$home" --listen "127.0.0.1:$port" --proxy-listen "127.0.0.1:$pport" \
-  --instance wbench --subnet 10.70.0.0/16 --on-exit destroy --envd-path "$PWD/bin/envd" ${WRENN_UP_ARGS:-} >"$log" 2>&1 &
+  --instance "${WRENN_BENCH_INSTANCE:-wbench}" --subnet "${WRENN_BENCH_SUBNET:-10.70.0.0/16}" --on-exit destroy --envd-path "$PWD/bin/envd" ${WRENN_UP_ARGS:-} >"$log" 2>&1 &
 up=$!
 stop() {
   kill -INT "$up" 2>/dev/null || true

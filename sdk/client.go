@@ -173,6 +173,12 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	if err != nil {
 		return nil, fmt.Errorf("wrenn: %w", err)
 	}
+	if s, ok := body.(sizedBody); ok {
+		req.ContentLength = s.n
+		if s.n == 0 {
+			req.Body = http.NoBody
+		}
+	}
 	c.authorize(req.Header)
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strconv"
 
@@ -49,7 +50,52 @@ func (f *FilesService) Read(ctx context.Context, id, filePath string, w io.Write
 
 // Write streams r into the file at filePath in the capsule (created or
 // replaced; parent directories are created) and returns the new entry.
+// The length is sent when r tells it (a regular *os.File, *bytes.Reader,
+// *bytes.Buffer, *strings.Reader), which lets the capsule write the body
+// to the file without copying it through user space; else use WriteSized.
 func (f *FilesService) Write(ctx context.Context, id, filePath string, r io.Reader) (*FileEntry, error) {
+	if n, ok := readerSize(r); ok {
+		return f.WriteSized(ctx, id, filePath, r, n)
+	}
+	return f.write(ctx, id, filePath, r)
+}
+
+// WriteSized is Write for a body of exactly size bytes (sent as its
+// Content-Length): a reader that ends early or has more fails the upload.
+func (f *FilesService) WriteSized(ctx context.Context, id, filePath string, r io.Reader, size int64) (*FileEntry, error) {
+	if size < 0 {
+		return f.write(ctx, id, filePath, r)
+	}
+	return f.write(ctx, id, filePath, sizedBody{r, size})
+}
+
+// sizedBody is a request body of known length (Client.do sends it as the
+// Content-Length).
+type sizedBody struct {
+	io.Reader
+	n int64
+}
+
+// readerSize is the number of bytes r has left, when r tells it.
+func readerSize(r io.Reader) (int64, bool) {
+	switch v := r.(type) {
+	case interface{ Len() int }: // *bytes.Reader, *bytes.Buffer, *strings.Reader
+		return int64(v.Len()), true
+	case *os.File:
+		st, err := v.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			return 0, false
+		}
+		off, err := v.Seek(0, io.SeekCurrent)
+		if err != nil || off > st.Size() {
+			return 0, false
+		}
+		return st.Size() - off, true
+	}
+	return 0, false
+}
+
+func (f *FilesService) write(ctx context.Context, id, filePath string, r io.Reader) (*FileEntry, error) {
 	var out FileEntry
 	resp, err := f.c.do(ctx, http.MethodPut, filesPath(id), url.Values{"path": {filePath}}, r, "application/octet-stream")
 	if err != nil {

@@ -2,7 +2,6 @@ package api
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,8 +12,6 @@ import (
 	"github.com/wrenn-dev/wrenn/pkg/wrennapi"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
-
-const fileChunk = 256 << 10
 
 func pathParam(r *http.Request) (string, error) {
 	p := r.URL.Query().Get("path")
@@ -32,96 +29,84 @@ func toEntryJSON(e *pb.FileEntry) wrennapi.FileEntry {
 	}
 }
 
-// readFile streams a file's bytes (any size).
+// readFile streams a file's bytes (any size) from envd through the
+// agent's envd route (envdfiles.go), with the file's Content-Length.
 func (a *API) readFile(w http.ResponseWriter, r *http.Request) {
 	path, err := pathParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	c, cl, err := a.runningCapsule(r)
+	conn, err := a.capsules.Connect(r.Context(), scope(r), capsuleID(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	stream, err := cl.ReadFileStream(r.Context(), connect.NewRequest(&pb.ReadFileRequest{CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user")}))
+	user := r.URL.Query().Get("user")
+	if agent := a.localAgent(conn); agent != nil {
+		a.readFileLocal(w, r, conn, agent, path, user)
+		return
+	}
+	if base, err := a.envdRouteBase(conn); err == nil && strings.HasPrefix(base, "http://") {
+		a.readFileRaw(w, r, conn, base, path, user)
+		return
+	}
+	resp, err := a.envdFiles(r.Context(), conn, http.MethodGet, path, user, nil, 0)
 	if err != nil {
 		a.writeError(w, r, agentError(err))
 		return
 	}
-	defer stream.Close()
-	started := false
-	for stream.Receive() {
-		if !started {
-			w.Header().Set("Content-Type", "application/octet-stream")
-			w.Header().Set("Content-Disposition", attachment(path))
-			w.WriteHeader(http.StatusOK)
-			started = true
-		}
-		if _, err := w.Write(stream.Msg().GetData()); err != nil {
-			return
-		}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		a.writeError(w, r, envdFilesError("download", resp))
+		return
 	}
-	if err := stream.Err(); err != nil {
-		if !started {
-			a.writeError(w, r, agentError(err))
-			return
-		}
-		// Headers are out: abort the response so the client sees a
-		// truncated body, not a silently short file.
-		a.log.WarnContext(r.Context(), "file stream broke", "capsule_id", c.ID, "request_id", requestID(r.Context()), "err", err)
-		panic(http.ErrAbortHandler)
-	}
-	if !started {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Disposition", attachment(path))
-		w.WriteHeader(http.StatusOK)
-	}
+	startDownload(w, path, resp.ContentLength)
+	a.finishDownload(w, r, conn, resp.Body)
 }
 
-// writeFile streams the request body into a file.
+// writeFile streams the request body into a file through the agent's envd
+// route (envdfiles.go); a known Content-Length is kept, so envd splices
+// the body into the file.
 func (a *API) writeFile(w http.ResponseWriter, r *http.Request) {
 	path, err := pathParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	c, cl, err := a.runningCapsule(r)
+	if r.ContentLength > a.cfg.MaxFileBytes {
+		a.writeError(w, r, &http.MaxBytesError{Limit: a.cfg.MaxFileBytes})
+		return
+	}
+	conn, err := a.capsules.Connect(r.Context(), scope(r), capsuleID(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)
-	stream := cl.WriteFileStream(r.Context())
-	sendErr := stream.Send(&pb.WriteFileStreamRequest{Msg: &pb.WriteFileStreamRequest_Header{Header: &pb.WriteFileHeader{
-		CapsuleId: c.ID, Path: path, User: r.URL.Query().Get("user"),
-	}}})
-	buf := make([]byte, fileChunk)
-	var readErr error
-	for sendErr == nil {
-		n, err := io.ReadFull(body, buf)
-		if n > 0 {
-			sendErr = stream.Send(&pb.WriteFileStreamRequest{Msg: &pb.WriteFileStreamRequest_Data{Data: append([]byte(nil), buf[:n]...)}})
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
+	user := r.URL.Query().Get("user")
+	body := &errRecorder{r: http.MaxBytesReader(w, r.Body, a.cfg.MaxFileBytes)}
+	var resp *http.Response
+	if agent := a.localAgent(conn); agent != nil {
+		resp, err = a.writeFileLocal(r, conn, agent, path, user, body)
+	} else {
+		resp, err = a.envdFiles(r.Context(), conn, http.MethodPost, path, user, body, r.ContentLength)
 	}
-	if readErr != nil {
-		_, _ = stream.CloseAndReceive()
-		a.writeError(w, r, readErr)
-		return
+	if resp != nil {
+		defer func() { _ = resp.Body.Close() }()
 	}
-	resp, err := stream.CloseAndReceive()
-	if err != nil {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(body.err, &mbe):
+		a.writeError(w, r, body.err)
+	case err != nil && body.err != nil:
+		a.writeError(w, r, body.err)
+	case err != nil:
 		a.writeError(w, r, agentError(err))
-		return
+	case resp.StatusCode != http.StatusOK:
+		a.writeError(w, r, envdFilesError("upload", resp))
+	default:
+		writeJSON(w, http.StatusOK, a.uploadedEntry(r.Context(), conn, user, path, resp.Body))
 	}
-	writeJSON(w, http.StatusOK, toEntryJSON(resp.Msg.GetEntry()))
 }
 
 func (a *API) removeFile(w http.ResponseWriter, r *http.Request) {

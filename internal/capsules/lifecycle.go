@@ -21,6 +21,9 @@ import (
 type Conn struct {
 	Capsule store.Capsule
 	Agent   hostagentv1connect.HostAgentServiceClient
+	// Host is the capsule's host (for plain HTTP calls to its agent, e.g.
+	// the envd route file transfers take).
+	Host store.Host
 }
 
 // agentFor returns the client of c's host; an unavailable host is a
@@ -59,8 +62,8 @@ func (s *Service) Connect(ctx context.Context, sc Scope, id string) (Conn, error
 		}
 		return Conn{Capsule: c}, errorf(KindConflict, "capsule %s is %s, not running", c.ID, c.Status)
 	}
-	cl, _, err := s.agentFor(ctx, c)
-	return Conn{Capsule: c, Agent: cl}, err
+	cl, h, err := s.agentFor(ctx, c)
+	return Conn{Capsule: c, Agent: cl, Host: h}, err
 }
 
 // ExecRequest is a unary command run.

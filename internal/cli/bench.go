@@ -644,7 +644,8 @@ func (b *bench) inCapsule(ctx context.Context) error {
 		stream = append(stream, mibps(size, d))
 
 		t0 = time.Now()
-		if _, err := b.c.Files.Write(ctx, id, "/tmp/wrenn-bench.bin", io.LimitReader(zeroReader{}, size)); err != nil {
+		// Sized, as `wrenn capsule cp` sends a local file.
+		if _, err := b.c.Files.WriteSized(ctx, id, "/tmp/wrenn-bench.bin", io.LimitReader(zeroReader{}, size), size); err != nil {
 			return err
 		}
 		up = append(up, mibps(size, time.Since(t0)))

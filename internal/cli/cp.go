@@ -96,7 +96,9 @@ func (cc *capsuleCmd) upload(cmd *cobra.Command, local, id, remote string, showB
 		if st.IsDir() {
 			return fmt.Errorf("%s is a directory; cp copies single files (use tar: tar c DIR | wrenn capsule cp - %s:/tmp/dir.tar)", local, id)
 		}
-		r, size = f, st.Size()
+		// Its size now is the upload's Content-Length (a file that grows
+		// meanwhile is sent as it was; one that shrinks fails the upload).
+		r, size = io.LimitReader(f, st.Size()), st.Size()
 	}
 	if remote == "" || strings.HasSuffix(remote, "/") || cc.isRemoteDir(ctx, id, remote) {
 		if name == "" {
@@ -111,7 +113,7 @@ func (cc *capsuleCmd) upload(cmd *cobra.Command, local, id, remote string, showB
 		b := newBar(cmd.ErrOrStderr(), size, "upload")
 		r = io.TeeReader(r, b)
 	}
-	e, err := cc.c.Files.Write(ctx, id, remote, r)
+	e, err := cc.c.Files.WriteSized(ctx, id, remote, r, size) // size -1 (standard input): sent chunked
 	if err != nil {
 		return cc.wrap(err)
 	}

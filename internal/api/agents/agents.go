@@ -43,6 +43,9 @@ type Config struct {
 type Pool struct {
 	cfg       Config
 	transport *http.Transport
+	// files is transport with 1 MiB socket buffers, for bulk bytes (file
+	// uploads and downloads through the agents' envd route).
+	files *http.Transport
 
 	mu      sync.Mutex
 	clients map[string]entry
@@ -92,9 +95,12 @@ func New(cfg Config) *Pool {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	files := NewTransport(cfg.TLS, cfg.ResponseHeaderTimeout, cfg.DialTimeout)
+	files.WriteBufferSize, files.ReadBufferSize = 1<<20, 1<<20
 	return &Pool{
 		cfg:       cfg,
 		transport: NewTransport(cfg.TLS, cfg.ResponseHeaderTimeout, cfg.DialTimeout),
+		files:     files,
 		clients:   map[string]entry{},
 		local:     map[string]http.Handler{},
 	}
@@ -151,6 +157,15 @@ func (p *Pool) Client(h store.Host) hostagentv1connect.HostAgentServiceClient {
 	return c
 }
 
+// Local returns the in-process handler of the agent at address (SetLocal),
+// or nil: callers that can serve a request through it skip the loopback
+// TCP hop (the files API's downloads and uploads).
+func (p *Pool) Local(address string) http.Handler {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.local[address]
+}
+
 // Forget drops a host's client (host deleted).
 func (p *Pool) Forget(hostID string) {
 	p.mu.Lock()
@@ -162,8 +177,17 @@ func (p *Pool) Forget(hostID string) {
 // e.g. the E2B envd route; add the host credential yourself).
 func (p *Pool) Transport() http.RoundTripper { return p.transport }
 
+// FileTransport is the transport for bulk transfers to agents (file
+// uploads and downloads): the pool's settings with 1 MiB read and write
+// buffers, in its own connection pool so that a long transfer never holds
+// a connection an RPC would reuse. Add the host credential yourself.
+func (p *Pool) FileTransport() http.RoundTripper { return p.files }
+
 // Close closes idle connections.
-func (p *Pool) Close() { p.transport.CloseIdleConnections() }
+func (p *Pool) Close() {
+	p.transport.CloseIdleConnections()
+	p.files.CloseIdleConnections()
+}
 
 type bearer struct {
 	base   http.RoundTripper
