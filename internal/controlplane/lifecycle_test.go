@@ -100,9 +100,15 @@ func TestOnTimeoutPauseAndAutoResume(t *testing.T) {
 	}, "web server up")
 	pid := c.execOut(t, tok, id, "cat /tmp/pid")
 
-	// The timeout pauses it to disk.
-	m = c.waitStatus(t, tok, id, "hibernated", 60*time.Second)
-	if m["pause_reason"] != "timeout" {
+	// The timeout pauses it to disk. The reason is written just after the
+	// status (and the reconciler may align the status first, from the
+	// agent's list): wait for both.
+	c.waitStatus(t, tok, id, "hibernated", 60*time.Second)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		m = c.call("GET", "/v1/capsules/"+id, tok, nil, 200).obj(t)
+		return m["pause_reason"] == "timeout"
+	}, "pause_reason timeout after the timeout's pause")
+	if m["status"] != "hibernated" {
 		t.Fatalf("paused by timeout: %v", m)
 	}
 	before := c.auditCount(t, tok, id, "auto_resume")
