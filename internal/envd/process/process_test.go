@@ -705,15 +705,20 @@ func TestConcurrentProcesses(t *testing.T) {
 
 func TestSlowSubscriber(t *testing.T) {
 	// A large stall timeout: the slow subscriber must be dropped because the
-	// fast one has room, not because a timer ran out.
+	// fast one has room, not because a timer ran out. The budget is several
+	// output messages (bulk output moves in messages of up to 1 MiB): with
+	// a budget of one message, the fast subscriber, slowed by the race
+	// detector, could be the one found full while the stalled one's socket
+	// buffers still took its output. The output is many budgets long, so
+	// the stalled one fills and is dropped.
 	h := newHarness(t, fast, func(s *Service) {
 		s.stallTimeout = time.Minute
-		s.subBytes = 1 << 20
+		s.subBytes = 4 << 20
 	})
 	ctx := testutil.Context(t, testutil.Long)
 	size := 64 << 20
 	if testing.Short() {
-		size = 8 << 20
+		size = 32 << 20
 	}
 	req := startReq("sh", "-c", `read x; head -c "$1" /dev/zero`, "sh", strconv.Itoa(size))
 	// Neither side takes gzip: this measures fan-out, not compression.
