@@ -265,26 +265,8 @@ func (a *API) uploadedEntry(ctx context.Context, conn capsules.Conn, user, fileP
 	return envdEntryJSON(st.Msg.GetEntry())
 }
 
-// envdEntryJSON converts envd's entry as the agent's fileEntry does.
-func envdEntryJSON(e *fspb.EntryInfo) wrennapi.FileEntry {
-	out := wrennapi.FileEntry{
-		Name: e.GetName(), Path: e.GetPath(), Size: e.GetSize(), Mode: e.GetMode(),
-		Permissions: e.GetPermissions(), Owner: e.GetOwner(), Group: e.GetGroup(),
-		SymlinkTarget: e.GetSymlinkTarget(),
-	}
-	switch e.GetType() {
-	case fspb.FileType_FILE_TYPE_FILE:
-		out.Type = "file"
-	case fspb.FileType_FILE_TYPE_DIRECTORY:
-		out.Type = "dir"
-	case fspb.FileType_FILE_TYPE_SYMLINK:
-		out.Type = "symlink"
-	}
-	if t := e.GetModifiedTime(); t != nil {
-		out.ModifiedAt = t.GetSeconds()
-	}
-	return out
-}
+// envdEntryJSON converts envd's entry as the agent's file routes do.
+func envdEntryJSON(e *fspb.EntryInfo) wrennapi.FileEntry { return toEntryJSON(hostagent.FileEntry(e)) }
 
 // localRequest builds the request the in-process agent's handler serves
 // (`wrenn up`): the same request envdFiles sends, with the server-side

@@ -651,7 +651,7 @@ func writtenEntry(ctx context.Context, cl *envdclient.Client, user string, es []
 	if err != nil || st.Msg.GetEntry() == nil {
 		return e
 	}
-	return fileEntry(st.Msg.GetEntry())
+	return FileEntry(st.Msg.GetEntry())
 }
 
 func (s service) WriteFile(ctx context.Context, req *connect.Request[pb.WriteFileRequest]) (*connect.Response[pb.WriteFileResponse], error) {
@@ -705,7 +705,9 @@ func (s service) WriteFileStream(ctx context.Context, stream *connect.ClientStre
 	return connect.NewResponse(&pb.WriteFileResponse{Entry: writtenEntry(ctx, cl, h.GetUser(), es, h.GetPath())}), nil
 }
 
-func fileEntry(e *fspb.EntryInfo) *pb.FileEntry {
+// FileEntry converts envd's entry to the agent's (nil for nil); the API's
+// file routes convert envd's answers with it too.
+func FileEntry(e *fspb.EntryInfo) *pb.FileEntry {
 	if e == nil {
 		return nil
 	}
@@ -741,7 +743,7 @@ func (s service) ListDir(ctx context.Context, req *connect.Request[pb.ListDirReq
 	}
 	out := &pb.ListDirResponse{}
 	for _, e := range res.Msg.GetEntries() {
-		out.Entries = append(out.Entries, fileEntry(e))
+		out.Entries = append(out.Entries, FileEntry(e))
 	}
 	return connect.NewResponse(out), nil
 }
@@ -761,12 +763,12 @@ func (s service) MakeDir(ctx context.Context, req *connect.Request[pb.MakeDirReq
 		if st.Msg.GetEntry().GetType() != fspb.FileType_FILE_TYPE_DIRECTORY {
 			return nil, toConnect(err)
 		}
-		return connect.NewResponse(&pb.MakeDirResponse{Entry: fileEntry(st.Msg.GetEntry())}), nil
+		return connect.NewResponse(&pb.MakeDirResponse{Entry: FileEntry(st.Msg.GetEntry())}), nil
 	}
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&pb.MakeDirResponse{Entry: fileEntry(res.Msg.GetEntry()), Created: true}), nil
+	return connect.NewResponse(&pb.MakeDirResponse{Entry: FileEntry(res.Msg.GetEntry()), Created: true}), nil
 }
 
 func (s service) RemovePath(ctx context.Context, req *connect.Request[pb.RemovePathRequest]) (*connect.Response[pb.RemovePathResponse], error) {
