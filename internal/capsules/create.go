@@ -15,6 +15,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/events"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
 	"github.com/wrenn-dev/wrenn/internal/scheduler"
+	"github.com/wrenn-dev/wrenn/internal/steptrace"
 	"github.com/wrenn-dev/wrenn/internal/store"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -191,6 +192,11 @@ func (s *Service) pick(ctx context.Context, teamID string, req scheduler.Request
 	if err != nil {
 		return store.Host{}, err
 	}
+	return s.pickFor(ctx, team, req)
+}
+
+// pickFor is pick for a team already read.
+func (s *Service) pickFor(ctx context.Context, team store.Team, req scheduler.Request) (store.Host, error) {
 	h, err := s.cfg.Scheduler.Pick(ctx, team, req)
 	if errors.Is(err, scheduler.ErrNoHosts) || errors.Is(err, scheduler.ErrNoCapacity) {
 		return h, &Error{Kind: KindUnavailable, Message: MsgNoCapacity, Err: err}
@@ -213,6 +219,8 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		return Created{}, errorf(KindInvalid, "a capsule is created in a team")
 	}
 	c := store.Capsule{ID: store.NewID(store.PrefixCapsule), Status: store.CapsulePending, Env: req.Env, Public: req.Public}
+	tr := steptrace.New()
+	defer tr.Log(s.log, "capsule create steps", "capsule_id", c.ID)
 	if err := req.validate(&c); err != nil {
 		return Created{}, err
 	}
@@ -240,6 +248,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if err != nil {
 		return Created{}, err
 	}
+	tr.Mark("resolve")
 	pin := PinnedHost(tmpl)
 	if vols.hostID != "" {
 		if pin != "" && pin != vols.hostID {
@@ -247,12 +256,13 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 		}
 		pin = vols.hostID
 	}
-	host, err := s.pick(ctx, sc.TeamID, scheduler.Request{
+	host, err := s.pickFor(ctx, team, scheduler.Request{
 		CapsuleID: c.ID, HostID: pin, VCPUs: c.VCPUs, MemoryMB: c.MemoryMB, DiskMB: c.DiskSizeMB, Isolation: c.Isolation,
 	})
 	if err != nil {
 		return Created{}, err
 	}
+	tr.Mark("pick")
 	bg := context.WithoutCancel(ctx)
 	placed := true
 	defer func() {
@@ -274,15 +284,24 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if err := s.addVolumeMounts(ctx, c, vols); err != nil {
 		return Created{}, err
 	}
-	s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleCreated, c.ID, map[string]any{
-		"template": tmpl.Name, "template_id": tmpl.ID, "host_id": host.ID, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB,
-	})
+	tr.Mark("insert")
+	// The created event is recorded while the host creates the capsule
+	// (it does not depend on the answer), and before any later event.
+	evDone := make(chan struct{})
+	go func() {
+		defer close(evDone)
+		s.cfg.Events.Emit(ctx, c.TeamID, events.CapsuleCreated, c.ID, map[string]any{
+			"template": tmpl.Name, "template_id": tmpl.ID, "host_id": host.ID, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB,
+		})
+	}()
 	resp, err := s.cfg.Agents.Client(host).CreateCapsule(ctx, connect.NewRequest(&pb.CreateCapsuleRequest{
 		CapsuleId: c.ID, Template: HostTemplateName(tmpl), Vcpus: int32(c.VCPUs), MemoryMb: int32(c.MemoryMB), //nolint:gosec // bounded by limits
 		DiskSizeMb: int32(c.DiskSizeMB), TimeoutSec: agentTimeout(c, c.TimeoutSec), Env: c.Env, //nolint:gosec // bounded by limits
 		Labels: map[string]string{"team_id": c.TeamID}, AllowInternet: c.AllowInternet, Network: networkProto(c.Network, c.AllowInternet, team),
 		TemplateChecksum: tmpl.Checksum, Isolation: c.Isolation, VolumeMounts: vols.proto,
 	}))
+	<-evDone
+	tr.Mark("agent+event")
 	if err != nil {
 		s.log.WarnContext(ctx, "capsule create failed on host", "capsule_id", c.ID, "host_id", host.ID, "err", err)
 		if len(vols.mounts) > 0 {
@@ -309,6 +328,7 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if _, err := s.transition(bg, c, store.CapsuleRunning, ""); err != nil {
 		return Created{}, err
 	}
+	tr.Mark("running")
 	// The host's expiry is the one it enforces; it is written only when
 	// it differs (to the second) from the one inserted.
 	if e := resp.Msg.GetCapsule().GetExpiresAt(); e > 0 && (c.ExpiresAt == nil || c.ExpiresAt.Unix() != e) {
@@ -318,10 +338,12 @@ func (s *Service) Create(ctx context.Context, sc Scope, req CreateRequest) (Crea
 	if c, err = s.cfg.Store.GetCapsule(bg, c.TeamID, c.ID); err != nil {
 		return Created{}, err
 	}
+	tr.Mark("reread")
 	s.audit(ctx, sc, c, "create", nil, map[string]any{
 		"template": tmpl.Name, "vcpus": c.VCPUs, "memory_mb": c.MemoryMB, "disk_size_mb": c.DiskSizeMB,
 		"host_id": host.ID, "allow_internet": c.AllowInternet, "isolation": c.Isolation, "on_timeout": c.OnTimeout, "auto_resume": c.AutoResume,
 	})
+	tr.Mark("audit")
 	out := Created{Capsule: c, AccessToken: token, Host: host, Restored: resp.Msg.GetCapsule().GetMemoryKept()}
 	if c.OnTimeout == store.OnTimeoutPause || c.AutoResume {
 		kept := s.hostKeepsMemory(ctx, host)

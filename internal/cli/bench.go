@@ -37,6 +37,7 @@ type benchFlags struct {
 	fileMB      int
 	iterations  int
 	dir         string
+	only        []string
 }
 
 // benchRow is one line of the report. Latencies are in ms; throughputs
@@ -107,6 +108,7 @@ runs each scenario a few times (about a minute). Attach the output
 	fl.IntVar(&f.fileMB, "file-mb", 0, "size of the file and stream scenarios (default 256, 64 with --quick)")
 	fl.IntVar(&f.iterations, "iterations", 0, "iterations of the latency scenarios (default 30, 8 with --quick)")
 	fl.StringVar(&f.dir, "dir", os.TempDir(), "scratch directory of the local baselines (its disk is measured)")
+	fl.StringSliceVar(&f.only, "only", nil, "run only these scenarios (comma-separated: create-cold, create-warm, in-capsule, pause, concurrent); the baselines always run")
 	return cmd
 }
 
@@ -122,7 +124,15 @@ type bench struct {
 	ids  map[string]bool // capsules to delete at the end
 }
 
+// benchScenarios are the names --only takes.
+var benchScenarios = []string{"create-cold", "create-warm", "in-capsule", "pause", "concurrent"}
+
 func runBench(ctx context.Context, c *wrenn.Client, cfg clientConfig, f benchFlags, log io.Writer) ([]benchRow, error) {
+	for _, o := range f.only {
+		if !slices.Contains(benchScenarios, o) {
+			return nil, fmt.Errorf("--only: unknown scenario %q (one of %s)", o, strings.Join(benchScenarios, ", "))
+		}
+	}
 	if f.iterations <= 0 {
 		f.iterations = 30
 		if f.quick {
@@ -144,17 +154,24 @@ func runBench(ctx context.Context, c *wrenn.Client, cfg clientConfig, f benchFla
 		return nil, err
 	}
 	steps := []struct {
-		name string
-		fn   func(context.Context) error
+		key, name string
+		fn        func(context.Context) error
 	}{
-		{"baselines", b.baselines},
-		{"create cold", func(ctx context.Context) error { return b.createExec(ctx, false) }},
-		{"create warm", func(ctx context.Context) error { return b.createExec(ctx, true) }},
-		{"exec, files, PTY", b.inCapsule},
-		{"pause/resume", b.pauseResume},
-		{"concurrent creates", b.concurrent},
+		{"", "baselines", b.baselines},
+		{"create-cold", "create cold", func(ctx context.Context) error { return b.createExec(ctx, false) }},
+		{"create-warm", "create warm", func(ctx context.Context) error { return b.createExec(ctx, true) }},
+		{"in-capsule", "exec, files, PTY", b.inCapsule},
+		{"pause", "pause/resume", b.pauseResume},
+		{"concurrent", "concurrent creates", b.concurrent},
+	}
+	want := map[string]bool{}
+	for _, o := range f.only {
+		want[o] = true
 	}
 	for _, s := range steps {
+		if s.key != "" && len(want) > 0 && !want[s.key] {
+			continue
+		}
 		fmt.Fprintf(log, "bench: %s…\n", s.name)
 		if err := s.fn(ctx); err != nil {
 			b.evaluate()
@@ -555,7 +572,7 @@ func (b *bench) createExec(ctx context.Context, warm bool) error {
 	if warm {
 		hits0 = b.poolHits(ctx, time.Now())
 	}
-	var ce, del []time.Duration
+	var ce, cr, fe, del []time.Duration
 	for range n {
 		if warm {
 			time.Sleep(warmGap)
@@ -565,10 +582,12 @@ func (b *bench) createExec(ctx context.Context, warm bool) error {
 		if err != nil {
 			return err
 		}
+		t1 := time.Now()
 		if err := b.execTrue(ctx, c.ID); err != nil {
 			return err
 		}
 		ce = append(ce, time.Since(t0))
+		cr, fe = append(cr, t1.Sub(t0)), append(fe, time.Since(t1))
 		d, err := b.delete(ctx, c.ID)
 		if err != nil {
 			return err
@@ -589,6 +608,13 @@ func (b *bench) createExec(ctx context.Context, warm bool) error {
 		}
 	}
 	b.add(r)
+	// The split: the create's answer, then the capsule's first exec.
+	kind := "cold"
+	if warm {
+		kind = "warm"
+	}
+	b.add(latencyRow("  of which create (answer), "+kind, cr))
+	b.add(latencyRow("  of which first exec, "+kind, fe))
 	if warm {
 		b.add(latencyRow("delete (answer)", del))
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +112,14 @@ func TestBenchBaselines(t *testing.T) {
 		if err != nil || d <= 0 {
 			t.Errorf("%s: %v, %v", name, d, err)
 		}
+	}
+}
+
+// TestBenchOnlyUnknown: --only names a scenario that does not exist: a
+// clear error before anything runs.
+func TestBenchOnlyUnknown(t *testing.T) {
+	_, err := runBench(context.Background(), nil, clientConfig{}, benchFlags{only: []string{"create-warm", "nope"}, concurrency: 1, memoryMB: 1}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `unknown scenario "nope"`) || !strings.Contains(err.Error(), "create-warm") {
+		t.Fatalf("err = %v", err)
 	}
 }

@@ -271,6 +271,21 @@ func (c *Client) Health(ctx context.Context) error {
 	return c.unaryJSON(ctx, "health", http.MethodGet, "/health", nil, nil, http.StatusOK)
 }
 
+// Prime opens the connection the process calls use (a GET /health on
+// the streaming transport), so the first exec after a create does not
+// pay for a new connection. Its error is envd's.
+func (c *Client) Prime(ctx context.Context) error {
+	resp, err := c.do(ctx, c.stream, http.MethodGet, "/health", nil, "")
+	if err != nil {
+		return err
+	}
+	defer drain(resp)
+	if resp.StatusCode != http.StatusOK {
+		return statusError("health", resp)
+	}
+	return nil
+}
+
 // WaitHealthy polls Health until it succeeds or ctx ends: first after
 // 250 µs, then doubling the pause up to interval.
 func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) error {

@@ -41,6 +41,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/hostagent/metrics"
 	"github.com/wrenn-dev/wrenn/internal/hostagent/portproxy"
 	"github.com/wrenn-dev/wrenn/internal/runtime"
+	"github.com/wrenn-dev/wrenn/internal/steptrace"
 	"github.com/wrenn-dev/wrenn/internal/template"
 	pb "github.com/wrenn-dev/wrenn/proto/hostagent/v1"
 )
@@ -434,11 +435,14 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 	if spec.Template == "" {
 		spec.Template = a.cfg.DefaultTemplate
 	}
+	tr := steptrace.New()
+	defer tr.Log(a.log, "capsule create steps", "capsule_id", spec.ID)
 	// An id whose driver teardown still runs (destroyed a moment ago) is
 	// created once that teardown is done.
 	if err := a.waitTeardownOf(ctx, spec.ID); err != nil {
 		return record{}, runtime.Info{}, err
 	}
+	tr.Mark("teardown-wait")
 	timeout := opt.TimeoutSec
 	if timeout == 0 {
 		timeout = int(a.cfg.DefaultTimeout / time.Second)
@@ -450,6 +454,7 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 		return record{}, runtime.Info{}, err
 	}
 	spec.Env, opt.DefaultUser, opt.DefaultWorkdir = rc.Apply(spec.Env, opt.DefaultUser, opt.DefaultWorkdir)
+	tr.Mark("run-config")
 	c := &capsule{rec: record{
 		ID: spec.ID, Template: spec.Template, Spec: spec, Phase: phaseStarting,
 		AccessToken: newToken(), TimeoutSec: timeout,
@@ -469,6 +474,7 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 		a.forget(c)
 		return record{}, runtime.Info{}, err
 	}
+	tr.Mark("template")
 	if len(opt.Volumes) > 0 {
 		vols, err := a.attachVolumes(ctx, spec.ID, opt.Volumes)
 		if err != nil {
@@ -480,7 +486,7 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 		c.rec.Spec.Volumes = vols
 		c.mu.Unlock()
 	}
-	inDriver, err := a.create(ctx, c, spec)
+	inDriver, err := a.create(ctx, c, spec, tr)
 	c.mu.Lock()
 	memStarted := c.fromMemory
 	c.mu.Unlock()
@@ -493,13 +499,14 @@ func (a *Agent) createCapsule(ctx context.Context, spec runtime.Spec, opt create
 		return record{}, runtime.Info{}, err
 	}
 	a.startSampler(c)
+	tr.Mark("sampler")
 	rec, info, _ := c.snapshot()
 	return rec, info, nil
 }
 
 // create does the work of Create; inDriver reports whether the driver
 // holds the capsule (so a failure must destroy it there).
-func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDriver bool, err error) {
+func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec, tr *steptrace.Trace) (inDriver bool, err error) {
 	log := a.log.With("capsule_id", spec.ID)
 	// No state file until the capsule runs: after a crash mid-create the
 	// driver's capsule has no agent state, and Recover destroys it.
@@ -512,14 +519,23 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 	)
 	// Capsules with volumes are made cold: their binds exist from the
 	// start (a pooled or memory-restored capsule was made without them).
+	var early *earlyInit
 	if wp, ok := a.driver.(runtime.WarmPooler); ok && len(spec.Volumes) == 0 {
-		info, err = wp.Take(ctx, spec)
+		// A warm pool of a memory template holds capsules restored
+		// from it: their envd expects the template capsule's token.
+		poolToken := a.memoryToken(spec.Template)
+		early = &earlyInit{}
+		tctx := runtime.WithThawed(ctx, func(info runtime.Info) { early.start(ctx, a, c, info, poolToken) })
+		info, err = wp.Take(tctx, spec)
+		early.wait()
+		if err != nil && early.cl != nil {
+			early.cl.CloseIdleConnections()
+			early.cl = nil
+		}
 		switch {
 		case err == nil:
 			pooled = true
-			// A warm pool of a memory template holds capsules restored
-			// from it: their envd expects the template capsule's token.
-			bootToken = a.memoryToken(spec.Template)
+			bootToken = poolToken
 		case errors.Is(err, runtime.ErrPoolEmpty), errors.Is(err, runtime.ErrPoolMismatch):
 		case errors.Is(err, runtime.ErrNoTemplate), errors.Is(err, runtime.ErrInvalidSpec):
 			return false, fmt.Errorf("create capsule %s: %w", spec.ID, err)
@@ -545,25 +561,46 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 		}
 	}
 	started := time.Since(t0)
-	cl, err := a.newEnvd(info, bootToken)
-	if err != nil {
+	tr.Mark("driver")
+	var cl *envdclient.Client
+	if pooled && early.cl != nil {
+		cl = early.cl // /init already ran beside the take's last steps
+	} else if cl, err = a.newEnvd(info, bootToken); err != nil {
 		return true, err
 	}
 	c.mu.Lock()
 	c.info, c.envd, c.pooled = info, cl, pooled
 	c.fromMemory = fromMemory != nil || (pooled && bootToken != "")
 	c.mu.Unlock()
-	// A pooled capsule answered /health before it was frozen and is
-	// thawed now: go straight to /init, and wait only if that fails.
-	if err := a.readyAndInit(ctx, c, !pooled); err != nil {
-		if !pooled {
-			return true, err
+	switch {
+	case pooled && early.cl != nil && early.err == nil:
+	case pooled:
+		// A pooled capsule answered /health before it was frozen and is
+		// thawed now: go straight to /init, and wait only if that fails.
+		if early.cl == nil {
+			err = a.readyAndInit(ctx, c, false)
+		} else {
+			err = early.err
 		}
+		if err != nil {
+			if err := a.readyAndInit(ctx, c, true); err != nil {
+				return true, err
+			}
+		}
+	default:
 		if err := a.readyAndInit(ctx, c, true); err != nil {
 			return true, err
 		}
 	}
 	ready := time.Since(t0) - started
+	tr.Mark("envd-init")
+	// Open the connection process calls use now, while the answer goes
+	// back, so the capsule's first exec does not pay for it.
+	go func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = cl.Prime(pctx)
+	}()
 	err = a.save(c, func(r *record) {
 		r.Phase = phaseRunning
 		r.ExpiresAt = a.expiry(r.TimeoutSec)
@@ -571,6 +608,7 @@ func (a *Agent) create(ctx context.Context, c *capsule, spec runtime.Spec) (inDr
 		// memory_kept; a fork reports it).
 		r.MemoryKept = fromMemory != nil
 	})
+	tr.Mark("save")
 	log.Info("capsule created", "template", spec.Template, "ip", info.IP, "warm_pool", pooled, "from_memory", fromMemory != nil,
 		"driver_ms", started.Milliseconds(), "envd_ready_init_ms", ready.Milliseconds())
 	return true, err
@@ -617,6 +655,35 @@ func (a *Agent) createFromMemory(ctx context.Context, spec runtime.Spec) (*runti
 	return &info, mem.Metadata[memoryTokenKey]
 }
 
+// earlyInit is a warm take's /init, started from the driver's thaw
+// (runtime.WithThawed) so that it overlaps the rest of the take.
+type earlyInit struct {
+	cl   *envdclient.Client
+	err  error
+	done chan struct{}
+}
+
+// start makes envd's client for info and sends /init in the background.
+func (e *earlyInit) start(ctx context.Context, a *Agent, c *capsule, info runtime.Info, token string) {
+	cl, err := a.newEnvd(info, token)
+	if err != nil {
+		return // the create makes its own client and reports it
+	}
+	e.cl, e.done = cl, make(chan struct{})
+	rec, _, _ := c.snapshot()
+	go func() {
+		defer close(e.done)
+		e.err = a.initEnvd(ctx, cl, rec)
+	}()
+}
+
+// wait waits for a started /init (nothing when none started).
+func (e *earlyInit) wait() {
+	if e != nil && e.done != nil {
+		<-e.done
+	}
+}
+
 // readyAndInit waits for envd's /health (wait) under its own timeout,
 // then sends /init under a second, separate timeout.
 func (a *Agent) readyAndInit(ctx context.Context, c *capsule, wait bool) error {
@@ -629,6 +696,12 @@ func (a *Agent) readyAndInit(ctx context.Context, c *capsule, wait bool) error {
 			return fmt.Errorf("capsule %s: %w", rec.ID, err)
 		}
 	}
+	return a.initEnvd(ctx, cl, rec)
+}
+
+// initEnvd sends envd the capsule's identity, environment and token
+// (/init) under its own timeout.
+func (a *Agent) initEnvd(ctx context.Context, cl *envdclient.Client, rec record) error {
 	ictx, cancel := context.WithTimeout(ctx, a.cfg.InitTimeout)
 	defer cancel()
 	env := rec.Spec.Env

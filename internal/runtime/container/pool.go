@@ -379,13 +379,24 @@ func (d *Driver) adoptPooled(ctx context.Context, c *capsule, spec runtime.Spec)
 	// Named, timed steps like create's (debug log: op=take).
 	st := &runtime.Steps{Op: OpTake, ID: spec.ID, Log: d.log}
 	st.Append(
-		runtime.Step{Name: "thaw", Do: func(context.Context) error { return d.cg.freeze(d.cgroupPath(c.rec.Key), false) }},
-		runtime.Step{Name: "hostname", Do: func(ctx context.Context) error { return d.setHostnameVia(ctx, &c.rec, spec.ID) }},
-		runtime.Step{Name: "policy", Do: func(context.Context) error {
+		runtime.Step{Name: "thaw", Do: func(ctx context.Context) error {
+			if err := d.cg.freeze(d.cgroupPath(c.rec.Key), false); err != nil {
+				return err
+			}
+			// envd runs again: the agent's /init overlaps the steps below.
+			info := d.info(&c.rec)
+			info.ID = spec.ID
+			runtime.Thawed(ctx, info)
+			return nil
+		}},
+		// hostname, policy and etc only read the record: they run side by
+		// side, and state (which writes it) waits for them.
+		runtime.Step{Name: "hostname", Async: true, Do: func(ctx context.Context) error { return d.setHostnameVia(ctx, &c.rec, spec.ID) }},
+		runtime.Step{Name: "policy", Async: true, Do: func(context.Context) error {
 			d.net.Label(c.rec.Key, spec.ID)
 			return d.net.SetPolicy(c.rec.Net, spec.AllowInternet, spec.Network)
 		}},
-		runtime.Step{Name: "etc", Do: func(context.Context) error { return d.writeEtc(&c.rec, spec.ID) }},
+		runtime.Step{Name: "etc", Async: true, Do: func(context.Context) error { return d.writeEtc(&c.rec, spec.ID) }},
 		runtime.Step{Name: "state", Do: func(context.Context) error {
 			c.rec.ID = spec.ID
 			c.rec.Pool = false
