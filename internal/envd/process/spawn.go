@@ -302,7 +302,8 @@ func command(sp *spec, canSwitch bool) (*exec.Cmd, *fds, error) {
 // waits in them; they count against the creating user's pipe limit unless
 // envd has CAP_SYS_RESOURCE (as root), and where that limit refuses the
 // size the pipe keeps its default, which only costs throughput. Only stdout
-// is enlarged.
+// is enlarged, and only once its reader sees bulk output (proc.read): most
+// processes write little, and resizing costs a kernel allocation per exec.
 const stdoutPipeSize = 1 << 20
 
 func openPipes(cmd *exec.Cmd, f *fds, stdin bool) error {
@@ -316,7 +317,6 @@ func openPipes(cmd *exec.Cmd, f *fds, stdin bool) error {
 		f.outputs = append(f.outputs, output{f: r, kind: kind})
 		f.child = append(f.child, w)
 		if kind == kindStdout {
-			setPipeSize(r, stdoutPipeSize)
 			cmd.Stdout = w
 		} else {
 			cmd.Stderr = w
