@@ -41,6 +41,10 @@ const maxNameLen = 64
 // of that uid when /etc/passwd has one (gid overriding its group), else a
 // user without an entry (name the uid, home "/", gid 0 unless given).
 func Lookup(name string) (*User, error) {
+	return cached(name, func() (*User, error) { return lookup(name) })
+}
+
+func lookup(name string) (*User, error) {
 	if uid, gid, hasGID, ok := numericUser(name); ok {
 		return lookupNumeric(name, uid, gid, hasGID)
 	}
@@ -101,6 +105,11 @@ func lookupNumeric(name string, uid, gid uint32, hasGID bool) (*User, error) {
 
 // Current returns the user envd itself runs as.
 func Current() (*User, error) {
+	// The key cannot be a user name: names are printable and never empty.
+	return cached("\x00"+strconv.Itoa(os.Getuid()), current)
+}
+
+func current() (*User, error) {
 	u, err := user.LookupId(strconv.Itoa(os.Getuid()))
 	if err != nil {
 		// A capsule without /etc/passwd still has a uid: synthesise the entry.

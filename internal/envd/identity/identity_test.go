@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -93,4 +94,56 @@ func FuzzUsernameFromHeader(f *testing.F) {
 			_, _ = Lookup(name)
 		}
 	})
+}
+
+// TestLookupCache: a repeated lookup is answered from the cache, a change
+// to either account file (its size, times or inode) makes the next lookup
+// read the files again, and callers get copies they may change.
+func TestLookupCache(t *testing.T) {
+	dir := t.TempDir()
+	saved := accountFiles
+	t.Cleanup(func() { accountFiles = saved })
+	for i := range accountFiles {
+		accountFiles[i] = dir + "/" + strconv.Itoa(i)
+		if err := os.WriteFile(accountFiles[i], []byte("x\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lookups := func(name string) uint64 {
+		t.Helper()
+		before := userCache.misses.Load()
+		u, err := Lookup(name)
+		if err != nil || u.UID != 0 {
+			t.Fatalf("Lookup(%s) = %+v, %v", name, u, err)
+		}
+		u.UID, u.Groups = 99, append(u.Groups, 99) // must not reach the cache
+		return userCache.misses.Load() - before
+	}
+	lookups("root")
+	if n := lookups("root"); n != 0 {
+		t.Fatalf("second lookup read the files (%d misses)", n)
+	}
+	if _, err := Current(); err != nil {
+		t.Fatal(err)
+	}
+	for i, path := range accountFiles {
+		if err := os.WriteFile(path, []byte("xy\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if n := lookups("root"); n != 1 {
+			t.Fatalf("lookup after file %d changed: %d misses, want 1", i, n)
+		}
+		if n := lookups("root"); n != 0 {
+			t.Fatalf("lookup after file %d settled: %d misses, want 0", i, n)
+		}
+	}
+	if err := os.Remove(accountFiles[1]); err != nil {
+		t.Fatal(err)
+	}
+	if n := lookups("root"); n != 1 {
+		t.Fatalf("lookup after a file vanished: %d misses, want 1", n)
+	}
+	if _, err := Lookup("no-such-user-wrenn"); !errors.Is(err, ErrUnknownUser) {
+		t.Fatalf("unknown user: %v", err)
+	}
 }

@@ -43,7 +43,7 @@ func newHarness(t testing.TB, tune ...func(*Service)) *harness {
 		f(svc)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(processconnect.NewProcessHandler(svc, HandlerOptions()...))
+	mux.Handle(svc.Handler())
 	srv := httptest.NewUnstartedServer(mux)
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)

@@ -131,12 +131,19 @@ func (p *proc) read(o output, t tuning) {
 	size := min(minReadChunk, t.readChunk)
 	ob := pool.get(size)
 	defer ob.release()
+	grown := o.kind != kindStdout // only stdout pipes are enlarged
 	for {
 		if p.exited.Load() {
 			_ = o.f.SetReadDeadline(earliest(time.Now().Add(t.drainIdle), p.drainUntil))
 		}
 		n, err := o.f.Read(ob.b)
 		paced := n >= bulkRead && n < len(ob.b)/2 && t.bulkWait > 0
+		if n >= bulkRead && !grown {
+			// Bulk output: let the producer run ahead of this reader
+			// (see stdoutPipeSize). A pipe may grow with data in it.
+			setPipeSize(o.f, stdoutPipeSize)
+			grown = true
+		}
 		if n > 0 {
 			if n == len(ob.b) && size < t.readChunk {
 				size = min(2*size, t.readChunk)

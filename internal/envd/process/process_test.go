@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/wrenn-dev/wrenn/internal/envd/identity"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 	pb "github.com/wrenn-dev/wrenn/proto/envd/process"
+	"github.com/wrenn-dev/wrenn/proto/envd/process/processconnect"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -1264,4 +1266,102 @@ func TestSmallOutputIsNotDelayed(t *testing.T) {
 		t.Fatalf("first line after %v", d)
 	}
 	_ = stream.Close()
+}
+
+// TestBatchedEventsOverEveryProtocol: a short process's events, batched
+// into few flushes, arrive complete and in order (start, output, end), and
+// the stream then ends cleanly (the end of stream, trailers in gRPC, are
+// flushed when the handler returns), over the Connect protocol, gRPC and
+// gRPC-Web, HTTP/2 and HTTP/1.1; a failing Start still answers its error.
+func TestBatchedEventsOverEveryProtocol(t *testing.T) {
+	h := newHarness(t)
+	ctx := testutil.Context(t, testutil.Long)
+	h1 := &http.Transport{}
+	t.Cleanup(h1.CloseIdleConnections)
+	clients := map[string]processconnect.ProcessClient{
+		"connect h2":  h.client,
+		"connect h1":  processconnect.NewProcessClient(&http.Client{Transport: h1}, h.srv.URL),
+		"grpc h2":     processconnect.NewProcessClient(&http.Client{Transport: h.tr}, h.srv.URL, connect.WithGRPC()),
+		"grpc-web h1": processconnect.NewProcessClient(&http.Client{Transport: h1}, h.srv.URL, connect.WithGRPCWeb()),
+		"grpc-web h2": processconnect.NewProcessClient(&http.Client{Transport: h.tr}, h.srv.URL, connect.WithGRPCWeb()),
+	}
+	for name, client := range clients {
+		t.Run(name, func(t *testing.T) {
+			stream, err := client.Start(ctx, connect.NewRequest(startReq("sh", "-c", "echo out; echo err >&2; exit 3")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = stream.Close() }()
+			var kinds []string
+			r := &result{}
+			for stream.Receive() {
+				ev := stream.Msg().GetEvent()
+				switch ev.GetEvent().(type) {
+				case *pb.ProcessEvent_Start:
+					kinds = append(kinds, "start")
+				case *pb.ProcessEvent_Data:
+					kinds = append(kinds, "data")
+				case *pb.ProcessEvent_End:
+					kinds = append(kinds, "end")
+				}
+				r.add(ev)
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatalf("stream error after %v: %v", kinds, err)
+			}
+			if len(kinds) < 3 || kinds[0] != "start" || kinds[len(kinds)-1] != "end" || slices.Contains(kinds[1:len(kinds)-1], "start") || slices.Contains(kinds[1:len(kinds)-1], "end") {
+				t.Fatalf("events %v", kinds)
+			}
+			if r.pid == 0 || r.stdout.String() != "out\n" || r.stderr.String() != "err\n" || r.end.GetExitCode() != 3 || !r.end.GetExited() {
+				t.Fatalf("pid %d stdout %q stderr %q end %v", r.pid, r.stdout.String(), r.stderr.String(), r.end)
+			}
+
+			bad, err := client.Start(ctx, connect.NewRequest(startReq("/no/such/binary")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = bad.Close() }()
+			for bad.Receive() {
+				t.Fatalf("event from a failed start: %v", bad.Msg())
+			}
+			if connect.CodeOf(bad.Err()) != connect.CodeNotFound {
+				t.Fatalf("failed start: %v, want not_found", bad.Err())
+			}
+		})
+	}
+}
+
+// TestPipeBlockingEnds: the parent's end of a pipe is nonblocking (Go's
+// poller serves it), the child's is blocking (programs expect it), both
+// close on exec.
+func TestPipeBlockingEnds(t *testing.T) {
+	for _, parentReads := range []bool{true, false} {
+		r, w, err := pipe(parentReads)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parent, child := r, w
+		if !parentReads {
+			parent, child = w, r
+		}
+		for _, c := range []struct {
+			f        *os.File
+			nonblock bool
+		}{{parent, true}, {child, false}} {
+			rc, err := c.f.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fl, fdfl int
+			_ = rc.Control(func(fd uintptr) {
+				fl, _ = unix.FcntlInt(fd, unix.F_GETFL, 0)
+				fdfl, _ = unix.FcntlInt(fd, unix.F_GETFD, 0)
+			})
+			if got := fl&unix.O_NONBLOCK != 0; got != c.nonblock || fdfl&unix.FD_CLOEXEC == 0 {
+				t.Errorf("parentReads=%v %s: nonblocking %v (want %v), fd flags %#x", parentReads, c.f.Name(), got, c.nonblock, fdfl)
+			}
+		}
+		_ = r.Close()
+		_ = w.Close()
+	}
 }

@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -35,6 +34,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn-dev/wrenn/internal/envd/defaults"
 	"github.com/wrenn-dev/wrenn/internal/envd/identity"
@@ -114,8 +114,8 @@ func NewService(logger *slog.Logger, d *defaults.Defaults) *Service {
 // message; for terminal echo and start/end events that only adds latency.
 const compressMinBytes = 16 << 10
 
-// HandlerOptions are the connect options to mount the service with
-// (processconnect.NewProcessHandler(svc, process.HandlerOptions()...)):
+// HandlerOptions are the connect options the service is mounted with
+// (Handler uses them):
 // small messages — keystroke echo, start and end events — are never
 // gzipped, bulk output still is when the client asks for it.
 func HandlerOptions() []connect.HandlerOption {
@@ -371,8 +371,7 @@ func (s *Service) ended(p *proc) {
 	s.mu.Lock()
 	delete(s.children, p.pid)
 	s.mu.Unlock()
-	st := p.cmd.ProcessState
-	s.log.Debug("process ended", "pid", p.pid, "state", st.String())
+	s.log.Debug("process ended", "pid", p.pid, "state", p.cmd.ProcessState) // formatted only when logged
 	if s.retention > 0 {
 		p.retainMu.Lock()
 		p.retain = time.AfterFunc(s.retention, func() { s.collect(p) })
@@ -399,9 +398,13 @@ func (p *proc) stopRetention() {
 }
 
 // pump streams a process's events to one subscriber: start, replayed
-// backlog, live output and keepalives, and finally the end event.
+// backlog, live output and keepalives, and finally the end event. Events
+// that are ready together leave in one flush (see batchWriter); pump
+// flushes before every wait.
 func (s *Service) pump(ctx context.Context, p *proc, sub *subscriber, replay []chunk, send func(*pb.ProcessEvent) error) error {
 	defer p.hub.unsubscribe(sub)
+	batch := batchFrom(ctx)
+	batch.hold()
 	start := &pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: uint32(p.pid)}}} //nolint:gosec // pids are positive
 	if err := send(start); err != nil {
 		return err
@@ -411,46 +414,65 @@ func (s *Service) pump(ctx context.Context, p *proc, sub *subscriber, replay []c
 			return err
 		}
 	}
+	output := func(c chunk) error {
+		sub.taken(c)
+		p.hub.freed()
+		// When send returns, connect's codec has copied c's bytes into
+		// its own buffer (the handler has no interceptor that could
+		// keep the message), so the buffer may go back to the reader.
+		err := send(c.event())
+		c.release()
+		return err
+	}
+	end := func() error {
+		select {
+		case <-sub.dropped:
+			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("process %d: %w", p.pid, sub.err))
+		default:
+		}
+		for {
+			select {
+			case c := <-sub.ch:
+				err := send(c.event())
+				c.release()
+				if err != nil {
+					return err
+				}
+				continue
+			default:
+			}
+			break
+		}
+		if err := send(p.hub.endEvent()); err != nil {
+			return err
+		}
+		s.collect(p)
+		return nil
+	}
 	keepalive := time.NewTicker(s.keepalive)
 	defer keepalive.Stop()
 	for {
+		// What is ready now joins the events sent since the last flush.
 		select {
 		case c := <-sub.ch:
-			sub.taken(c)
-			p.hub.freed()
-			// When send returns, connect's codec has copied c's bytes into
-			// its own buffer (the handler has no interceptor that could
-			// keep the message), so the buffer may go back to the reader.
-			err := send(c.event())
-			c.release()
-			if err != nil {
+			if err := output(c); err != nil {
+				return err
+			}
+			continue
+		case <-p.hub.ended:
+			return end()
+		default:
+		}
+		batch.flush()
+		select {
+		case c := <-sub.ch:
+			if err := output(c); err != nil {
 				return err
 			}
 		case <-sub.dropped:
 			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("process %d: %w", p.pid, sub.err))
 		case <-p.hub.ended:
-			select {
-			case <-sub.dropped:
-				return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("process %d: %w", p.pid, sub.err))
-			default:
-			}
-			for drained := false; !drained; {
-				select {
-				case c := <-sub.ch:
-					err := send(c.event())
-					c.release()
-					if err != nil {
-						return err
-					}
-				default:
-					drained = true
-				}
-			}
-			if err := send(p.hub.endEvent()); err != nil {
-				return err
-			}
-			s.collect(p)
-			return nil
+			return end()
 		case <-keepalive.C:
 			if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Keepalive{Keepalive: &pb.ProcessEvent_KeepAlive{}}}); err != nil {
 				return err
@@ -585,6 +607,15 @@ const childOOMScoreAdj = "1000"
 
 // raiseOOMScore sets pid's OOM score adjustment to childOOMScoreAdj (best
 // effort: outside a capsule, without /proc or permission, nothing changes).
+// Plain system calls: os.WriteFile would also try to add the file to the
+// poller and allocate an *os.File, on every exec.
 func raiseOOMScore(pid int) {
-	_ = os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte(childOOMScoreAdj), 0)
+	var buf [32]byte
+	path := append(strconv.AppendInt(append(buf[:0], "/proc/"...), int64(pid), 10), "/oom_score_adj"...)
+	fd, err := unix.Open(string(path), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Write(fd, []byte(childOOMScoreAdj))
+	_ = unix.Close(fd)
 }

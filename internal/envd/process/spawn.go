@@ -179,11 +179,21 @@ func lookPath(cmd, pathEnv, cwd string) (string, error) {
 			dir = filepath.Join(cwd, dir)
 		}
 		p := filepath.Join(dir, cmd)
-		if checkExecutable(p) == nil {
+		if isExecutable(p) {
 			return p, nil
 		}
 	}
 	return "", connect.NewError(connect.CodeNotFound, fmt.Errorf("executable %q not found in PATH %q", cmd, pathEnv))
+}
+
+// isExecutable reports what checkExecutable(p) == nil does, without
+// building an error for each PATH entry that lacks the command.
+func isExecutable(p string) bool {
+	var st unix.Stat_t
+	if unix.Stat(p, &st) != nil {
+		return false
+	}
+	return st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Mode&0o111 != 0
 }
 
 func checkExecutable(p string) error {
@@ -292,7 +302,8 @@ func command(sp *spec, canSwitch bool) (*exec.Cmd, *fds, error) {
 // waits in them; they count against the creating user's pipe limit unless
 // envd has CAP_SYS_RESOURCE (as root), and where that limit refuses the
 // size the pipe keeps its default, which only costs throughput. Only stdout
-// is enlarged.
+// is enlarged, and only once its reader sees bulk output (proc.read): most
+// processes write little, and resizing costs a kernel allocation per exec.
 const stdoutPipeSize = 1 << 20
 
 func openPipes(cmd *exec.Cmd, f *fds, stdin bool) error {
@@ -306,7 +317,6 @@ func openPipes(cmd *exec.Cmd, f *fds, stdin bool) error {
 		f.outputs = append(f.outputs, output{f: r, kind: kind})
 		f.child = append(f.child, w)
 		if kind == kindStdout {
-			setPipeSize(r, stdoutPipeSize)
 			cmd.Stdout = w
 		} else {
 			cmd.Stderr = w
@@ -327,17 +337,20 @@ func openPipes(cmd *exec.Cmd, f *fds, stdin bool) error {
 // pipe returns a close-on-exec pipe whose parent end (the read end when
 // parentReads, else the write end) is nonblocking and served by Go's poller,
 // and whose child end stays blocking and out of the poller (the child gets
-// it as a plain descriptor).
+// it as a plain descriptor). The pipe is created nonblocking and the child
+// end made blocking again: one fcntl instead of two.
 func pipe(parentReads bool) (r, w *os.File, err error) {
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, nil, err
 	}
-	parent := p[1]
+	child := p[0]
 	if parentReads {
-		parent = p[0]
+		child = p[1]
 	}
-	if err := unix.SetNonblock(parent, true); err != nil {
+	// F_SETFL sets the status flags (here: none, so blocking); the access
+	// mode and close-on-exec are not status flags and stay.
+	if _, err := unix.FcntlInt(uintptr(child), unix.F_SETFL, 0); err != nil { //nolint:gosec // fds are small
 		_ = unix.Close(p[0])
 		_ = unix.Close(p[1])
 		return nil, nil, err
