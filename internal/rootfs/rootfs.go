@@ -148,6 +148,37 @@ func Mount(ctx context.Context, p Paths, lower string, sizeMB int, blankDir stri
 	return mountOverlay(p, lower, o)
 }
 
+// PrepareDisk makes the capsule's disk ahead of its template (a spare for
+// a cold create): the directories, a blank image of sizeMB (a sparse copy
+// of blankDir's, as Mount makes it) mounted on p.Disk(). MountOverlay then
+// finishes the rootfs. On error, what it mounted is unmounted.
+func PrepareDisk(ctx context.Context, p Paths, sizeMB int, blankDir string) (err error) {
+	for _, d := range []string{p.Dir, p.Disk(), p.Root()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	if err := newImage(ctx, p.Image(), sizeMB, blankDir); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = Unmount(p)
+		}
+	}()
+	return mountImage(p.Image(), p.Disk())
+}
+
+// MountOverlay mounts the overlay over lower on a disk PrepareDisk
+// mounted (the template-specific part of Mount).
+func MountOverlay(p Paths, lower string, opts ...Option) error {
+	o := mountOptions{userns: -1}
+	for _, f := range opts {
+		f(&o)
+	}
+	return mountOverlay(p, lower, o)
+}
+
 func mountOverlay(p Paths, lower string, o mountOptions) error {
 	for _, d := range []string{p.Upper(), p.Work()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

@@ -105,7 +105,11 @@ var floorVariants = []floorVariant{
 	{"no_resources", noResources},
 	{"no_masks", noMasks},
 	{"no_cgroupns", func(s *specs.Spec) { dropNamespace(s, specs.CgroupNamespace) }},
-	{"no_caps_nnp", func(s *specs.Spec) { s.Process.Capabilities = nil; s.Process.NoNewPrivileges = false; s.Process.OOMScoreAdj = nil }},
+	{"no_caps_nnp", func(s *specs.Spec) {
+		s.Process.Capabilities = nil
+		s.Process.NoNewPrivileges = false
+		s.Process.OOMScoreAdj = nil
+	}},
 	{"none", func(s *specs.Spec) {
 		noUserns(s)
 		s.Linux.Seccomp = nil
@@ -123,7 +127,9 @@ var floorVariants = []floorVariant{
 //	    other mounts, its overlay rootfs), and the same config with one
 //	    piece taken out at a time (no_*) and with all of them out (none);
 //	(c) cold: the driver's Create+Start until envd answers /health, with
-//	    the p50 of each step (network runs beside dir..rootfs).
+//	    the p50 of each step (network runs beside dir..rootfs);
+//	(d) the same cold create with DefaultColdSpares spares (spares.go),
+//	    each sample taken with the spares made.
 //
 // (b) − (a) is what the isolation the product requires costs at start.
 // Run with -benchtime=20x (each iteration takes one sample of each kind).
@@ -137,23 +143,28 @@ func BenchmarkColdFloor(b *testing.B) {
 		mu    sync.Mutex
 		steps = map[string][]time.Duration{}
 	)
-	cfg := testConfig(b, b.TempDir())
-	cfg.CreateSteps = func(s *runtime.Steps) {
-		if s.Op != container.OpCreate && s.Op != container.OpStart {
-			return
+	timed := func(label string, spares int) *container.Driver {
+		cfg := testConfig(b, b.TempDir())
+		cfg.ColdSpares = spares
+		cfg.CreateSteps = func(s *runtime.Steps) {
+			if s.Op != container.OpCreate && s.Op != container.OpStart {
+				return
+			}
+			for _, name := range s.Names() {
+				_ = s.Wrap(name, func(ctx context.Context, next func(context.Context) error) error {
+					t0 := time.Now()
+					err := next(ctx)
+					mu.Lock()
+					steps[label+name] = append(steps[label+name], time.Since(t0))
+					mu.Unlock()
+					return err
+				})
+			}
 		}
-		for _, name := range s.Names() {
-			_ = s.Wrap(name, func(ctx context.Context, next func(context.Context) error) error {
-				t0 := time.Now()
-				err := next(ctx)
-				mu.Lock()
-				steps[name] = append(steps[name], time.Since(t0))
-				mu.Unlock()
-				return err
-			})
-		}
+		return openDriver(b, cfg)
 	}
-	d := openDriver(b, cfg)
+	d := timed("c_step_", 0)
+	ds := timed("d_step_", container.DefaultColdSpares)
 	if _, err := d.Create(ctx, runtime.Spec{ID: "cl-floor", Template: tmplName}); err != nil {
 		b.Fatal(err)
 	}
@@ -184,20 +195,10 @@ func BenchmarkColdFloor(b *testing.B) {
 		_, _ = exec.Command("runc", "--root", root, "delete", "-f", id).CombinedOutput()
 		return dt
 	}
-	var bareD, coldD, readyD []time.Duration
-	varD := make([][]time.Duration, len(floorVariants))
-	mu.Lock()
-	clear(steps)
-	mu.Unlock()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		bareD = append(bareD, run(bareRoot, bare, fmt.Sprintf("floor-bare-%d-%d", os.Getpid(), i)))
-		for j := range floorVariants {
-			varD[j] = append(varD[j], run(d.RuncRoot(), bundles[j], fmt.Sprintf("floor-%d-%d-%d", j, os.Getpid(), i)))
-		}
-		cid := fmt.Sprintf("cl-floor-%d", i)
+	var bareD, coldD, readyD, spareD []time.Duration
+	coldCreate := func(d *container.Driver, cid string) (total, ready time.Duration) {
 		t0 := time.Now()
-		if _, err := d.Create(ctx, runtime.Spec{ID: cid, Template: tmplName}); err != nil {
+		if _, err := d.Create(ctx, runtime.Spec{ID: cid, Template: tmplName, AllowInternet: true}); err != nil {
 			b.Fatal(err)
 		}
 		info, err := d.Start(ctx, cid)
@@ -208,10 +209,42 @@ func BenchmarkColdFloor(b *testing.B) {
 		if err := d.WaitReady(ctx, info); err != nil {
 			b.Fatal(err)
 		}
-		coldD = append(coldD, time.Since(t0))
-		readyD = append(readyD, time.Since(t1))
+		return time.Since(t0), time.Since(t1)
+	}
+	varD := make([][]time.Duration, len(floorVariants))
+	mu.Lock()
+	clear(steps)
+	mu.Unlock()
+	b.ResetTimer()
+	waitSpares := func() {
+		for n, _, _ := ds.SpareCount(); n < container.DefaultColdSpares; n, _, _ = ds.SpareCount() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; i < b.N; i++ {
+		// No refill of ds's spares runs during the other samples.
+		b.StopTimer()
+		waitSpares()
+		b.StartTimer()
+		bareD = append(bareD, run(bareRoot, bare, fmt.Sprintf("floor-bare-%d-%d", os.Getpid(), i)))
+		for j := range floorVariants {
+			varD[j] = append(varD[j], run(d.RuncRoot(), bundles[j], fmt.Sprintf("floor-%d-%d-%d", j, os.Getpid(), i)))
+		}
+		cid := fmt.Sprintf("cl-floor-%d", i)
+		total, ready := coldCreate(d, cid)
+		coldD = append(coldD, total)
+		readyD = append(readyD, ready)
 		b.StopTimer()
 		_ = d.Destroy(ctx, cid)
+		// (d) the same with spares: wait until they are made, outside the sample.
+		waitSpares()
+		b.StartTimer()
+		sid := fmt.Sprintf("cl-floor-s%d", i)
+		total, _ = coldCreate(ds, sid)
+		spareD = append(spareD, total)
+		b.StopTimer()
+		_ = ds.Destroy(ctx, sid)
 		time.Sleep(50 * time.Millisecond) // the teardown after Destroy runs outside the next sample
 		b.StartTimer()
 	}
@@ -224,12 +257,14 @@ func BenchmarkColdFloor(b *testing.B) {
 	b.ReportMetric(p50(varD[0])-p50(bareD), "floor_b-a_ms")
 	b.ReportMetric(p50(coldD), "c_cold_p50_ms")
 	b.ReportMetric(p50(readyD), "c_wait_ready_p50_ms")
+	b.ReportMetric(p50(spareD), "d_cold_spares_p50_ms")
 	mu.Lock()
 	for name, ds := range steps {
-		b.ReportMetric(p50(ds), "c_step_"+name+"_p50_ms")
+		b.ReportMetric(p50(ds), name+"_p50_ms")
 	}
 	mu.Unlock()
 	b.ReportMetric(p50(coldD)/p50(bareD), "cold/bare_p50")
+	b.ReportMetric(p50(spareD)/p50(bareD), "spares/bare_p50")
 	b.ReportMetric(p50(varD[0])/p50(bareD), "capsule/bare_p50")
 	b.ReportMetric(0, "ns/op")
 }
