@@ -64,6 +64,8 @@ type Option func(*mountOptions)
 type mountOptions struct {
 	userns   int    // fd of a user namespace, -1 for none
 	hostRoot uint32 // host id its root maps to
+	// diskMapped: PrepareDisk already mounted the idmapped disk.
+	diskMapped bool
 }
 
 // WithIDMap idmaps both overlay layers with the uid/gid mapping of the
@@ -150,9 +152,14 @@ func Mount(ctx context.Context, p Paths, lower string, sizeMB int, blankDir stri
 
 // PrepareDisk makes the capsule's disk ahead of its template (a spare for
 // a cold create): the directories, a blank image of sizeMB (a sparse copy
-// of blankDir's, as Mount makes it) mounted on p.Disk(). MountOverlay then
-// finishes the rootfs. On error, what it mounted is unmounted.
-func PrepareDisk(ctx context.Context, p Paths, sizeMB int, blankDir string) (err error) {
+// of blankDir's, as Mount makes it) mounted on p.Disk() and, WithIDMap,
+// its idmapped clone. MountOverlay (with the same options) then finishes
+// the rootfs. On error, what it mounted is unmounted.
+func PrepareDisk(ctx context.Context, p Paths, sizeMB int, blankDir string, opts ...Option) (err error) {
+	o := mountOptions{userns: -1}
+	for _, f := range opts {
+		f(&o)
+	}
 	for _, d := range []string{p.Dir, p.Disk(), p.Root()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("rootfs: %w", err)
@@ -166,16 +173,28 @@ func PrepareDisk(ctx context.Context, p Paths, sizeMB int, blankDir string) (err
 			_ = Unmount(p)
 		}
 	}()
-	return mountImage(p.Image(), p.Disk())
+	if err := mountImage(p.Image(), p.Disk()); err != nil {
+		return err
+	}
+	if o.userns < 0 {
+		return nil
+	}
+	for _, d := range []string{p.Upper(), p.Work()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	return idmapMount(p.Disk(), p.IDDisk(), o.userns)
 }
 
 // MountOverlay mounts the overlay over lower on a disk PrepareDisk
-// mounted (the template-specific part of Mount).
+// mounted with the same options (the template-specific part of Mount).
 func MountOverlay(p Paths, lower string, opts ...Option) error {
 	o := mountOptions{userns: -1}
 	for _, f := range opts {
 		f(&o)
 	}
+	o.diskMapped = o.userns >= 0
 	return mountOverlay(p, lower, o)
 }
 
@@ -190,8 +209,10 @@ func mountOverlay(p Paths, lower string, o mountOptions) error {
 		if err := idmapMount(lower, p.Lower(), o.userns); err != nil {
 			return err
 		}
-		if err := idmapMount(p.Disk(), p.IDDisk(), o.userns); err != nil {
-			return err
+		if !o.diskMapped {
+			if err := idmapMount(p.Disk(), p.IDDisk(), o.userns); err != nil {
+				return err
+			}
 		}
 		lower = p.Lower()
 		upper = filepath.Join(p.IDDisk(), "upper")

@@ -3,7 +3,9 @@ package container
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -29,7 +31,8 @@ const OpSpare = "spare"
 // as a warm-pool capsule's), and a blank disk image of the default size
 // on a loop device, mounted. A cold Create that fits (default disk size,
 // runc) takes one and does only the template's part on its path: the
-// network policy (releasing the hold is one nftables rule), the overlay,
+// network policy (releasing the hold is one nftables rule), the
+// template's idmapped clone and the overlay,
 // /etc, the bundle, the state. One filler goroutine refills them one at
 // a time, yielding to real creates as warm-pool refills do.
 //
@@ -136,7 +139,15 @@ func (d *Driver) makeSpare(ctx context.Context) (*record, error) {
 		s.Replace("rootfs", runtime.Step{
 			Name: "disk",
 			Do: func(ctx context.Context) error {
-				return rootfs.PrepareDisk(ctx, p, rec.Spec.DiskSizeMB, d.blankDir())
+				if rec.IDBase == 0 {
+					return rootfs.PrepareDisk(ctx, p, rec.Spec.DiskSizeMB, d.blankDir())
+				}
+				ns, err := openUserns(rec.IDBase)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(ns)
+				return rootfs.PrepareDisk(ctx, p, rec.Spec.DiskSizeMB, d.blankDir(), rootfs.WithIDMap(ns, rec.IDBase))
 			},
 			Undo: func(context.Context) error { return rootfs.Unmount(p) },
 		}),
@@ -199,9 +210,11 @@ func (d *Driver) useSpare(s *runtime.Steps, rec *record, tmpl template.Template)
 			if rec.IDBase == 0 {
 				return rootfs.MountOverlay(p, tmpl.Rootfs)
 			}
-			ns, err := openUserns(rec.IDBase)
+			// The spare's pinned user namespace (same mapping as
+			// openUserns's, without forking a helper on the path).
+			ns, err := unix.Open(filepath.Join(p.Dir, usernsFile), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 			if err != nil {
-				return err
+				return fmt.Errorf("container: spare user namespace: %w", err)
 			}
 			defer unix.Close(ns)
 			return rootfs.MountOverlay(p, tmpl.Rootfs, rootfs.WithIDMap(ns, rec.IDBase))
