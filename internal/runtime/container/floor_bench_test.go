@@ -23,7 +23,7 @@ import (
 // defaultRuncBundle writes the floor's bundle: a busybox rootfs and the
 // config `runc spec` writes, running /bin/true without a terminal (as
 // `wrenn bench`'s runcBaseline does).
-func defaultRuncBundle(b *testing.B, ctx context.Context) string {
+func defaultRuncBundle(ctx context.Context, b *testing.B) string {
 	b.Helper()
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
@@ -184,7 +184,7 @@ func BenchmarkColdFloor(b *testing.B) {
 		bundles[i] = b.TempDir()
 		writeSpec(b, bundles[i], &s)
 	}
-	bare := defaultRuncBundle(b, ctx)
+	bare := defaultRuncBundle(ctx, b)
 	bareRoot := b.TempDir()
 	run := func(root, bundle, id string) time.Duration {
 		t0 := time.Now()
