@@ -195,6 +195,7 @@ func runAgent(ctx context.Context, f agentFlags, stderr interface{ Write([]byte)
 		CRIUEnv:           f.criu.env,
 		DisableCRIU:       f.criu.off,
 		DisableUserNS:     f.criu.noUserNS,
+		ColdSpares:        f.criu.spares,
 		CgroupParent:      "/" + f.instance,
 		Network:           network.Config{Subnet: subnet, Table: f.instance, NetnsPrefix: f.instance + "-", DNSUpstream: f.dnsUpstream},
 		Logger:            log,

@@ -4,6 +4,8 @@ import (
 	"os"
 
 	"github.com/spf13/pflag"
+
+	"github.com/wrenn-dev/wrenn/internal/runtime/container"
 )
 
 // criuFlags choose the CRIU binary the container driver uses for memory
@@ -14,6 +16,8 @@ type criuFlags struct {
 	off  bool
 	// noUserNS runs capsules without user namespaces (container driver).
 	noUserNS bool
+	// spares is container.Config.ColdSpares.
+	spares int
 }
 
 func (c *criuFlags) register(fl *pflag.FlagSet) {
@@ -23,4 +27,6 @@ func (c *criuFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&c.off, "no-criu", false, "pause to disk keeps files only, never process memory")
 	fl.BoolVar(&c.noUserNS, "insecure-no-userns", false,
 		"run capsules without a user namespace (capsule root is host root; docs/SECURITY.md). Memory snapshots with user namespaces need the CRIU scripts/criu.sh builds (docs/CRIU.md)")
+	fl.IntVar(&c.spares, "cold-spares", container.DefaultColdSpares,
+		"network namespaces and blank disks the container driver keeps ready for cold creates (0: off; docs/PERFORMANCE.md)")
 }

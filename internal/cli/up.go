@@ -185,7 +185,7 @@ func runUp(cmd *cobra.Command, f upFlags) error {
 		CacheDir: f.cacheDir, BuildBase: !f.noBase, DebianMirror: f.mirror,
 		DefaultDiskSizeMB: int(size >> 20), //nolint:gosec // far below 2^63 MiB
 		Instance:          f.instance, Subnet: subnet, DNSUpstream: f.dnsUpstream, WarmPools: f.warmPools.pools(), Out: out, Progress: isTerminal(out), Logger: log,
-		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, Overcommit: f.overcommit.o,
+		CRIUPath: f.criu.path, CRIUEnv: f.criu.env, DisableCRIU: f.criu.off, DisableUserNS: f.criu.noUserNS, ColdSpares: f.criu.spares, Overcommit: f.overcommit.o,
 		GitHub: gh, EventRetention: f.eventRetention, WebhookAllowPrivate: f.webhookAllowPrivate,
 	}
 	if err := f.isolation.apply(&cfg); err != nil {

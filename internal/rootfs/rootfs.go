@@ -64,6 +64,8 @@ type Option func(*mountOptions)
 type mountOptions struct {
 	userns   int    // fd of a user namespace, -1 for none
 	hostRoot uint32 // host id its root maps to
+	// diskMapped: PrepareDisk already mounted the idmapped disk.
+	diskMapped bool
 }
 
 // WithIDMap idmaps both overlay layers with the uid/gid mapping of the
@@ -148,6 +150,54 @@ func Mount(ctx context.Context, p Paths, lower string, sizeMB int, blankDir stri
 	return mountOverlay(p, lower, o)
 }
 
+// PrepareDisk makes the capsule's disk ahead of its template (a spare for
+// a cold create): the directories, a blank image of sizeMB (a sparse copy
+// of blankDir's, as Mount makes it) mounted on p.Disk() and, WithIDMap,
+// its idmapped clone. MountOverlay (with the same options) then finishes
+// the rootfs. On error, what it mounted is unmounted.
+func PrepareDisk(ctx context.Context, p Paths, sizeMB int, blankDir string, opts ...Option) (err error) {
+	o := mountOptions{userns: -1}
+	for _, f := range opts {
+		f(&o)
+	}
+	for _, d := range []string{p.Dir, p.Disk(), p.Root()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	if err := newImage(ctx, p.Image(), sizeMB, blankDir); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = Unmount(p)
+		}
+	}()
+	if err := mountImage(p.Image(), p.Disk()); err != nil {
+		return err
+	}
+	if o.userns < 0 {
+		return nil
+	}
+	for _, d := range []string{p.Upper(), p.Work()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	return idmapMount(p.Disk(), p.IDDisk(), o.userns)
+}
+
+// MountOverlay mounts the overlay over lower on a disk PrepareDisk
+// mounted with the same options (the template-specific part of Mount).
+func MountOverlay(p Paths, lower string, opts ...Option) error {
+	o := mountOptions{userns: -1}
+	for _, f := range opts {
+		f(&o)
+	}
+	o.diskMapped = o.userns >= 0
+	return mountOverlay(p, lower, o)
+}
+
 func mountOverlay(p Paths, lower string, o mountOptions) error {
 	for _, d := range []string{p.Upper(), p.Work()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -159,8 +209,10 @@ func mountOverlay(p Paths, lower string, o mountOptions) error {
 		if err := idmapMount(lower, p.Lower(), o.userns); err != nil {
 			return err
 		}
-		if err := idmapMount(p.Disk(), p.IDDisk(), o.userns); err != nil {
-			return err
+		if !o.diskMapped {
+			if err := idmapMount(p.Disk(), p.IDDisk(), o.userns); err != nil {
+				return err
+			}
 		}
 		lower = p.Lower()
 		upper = filepath.Join(p.IDDisk(), "upper")

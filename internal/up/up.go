@@ -137,6 +137,9 @@ type Config struct {
 	// DisableUserNS runs capsules without user namespaces
 	// (container.Config.DisableUserNS).
 	DisableUserNS bool
+	// ColdSpares is container.Config.ColdSpares (0: off; the CLI's
+	// default is container.DefaultColdSpares).
+	ColdSpares int
 	// HeartbeatInterval of the in-process host (default 10 s).
 	HeartbeatInterval time.Duration
 	// Overcommit are the ratios this host admits capsules by, reported
@@ -575,6 +578,7 @@ func (a *App) startAgent(ctx context.Context) error {
 		CRIUEnv:           a.cfg.CRIUEnv,
 		DisableCRIU:       a.cfg.DisableCRIU,
 		DisableUserNS:     a.cfg.DisableUserNS,
+		ColdSpares:        a.cfg.ColdSpares,
 		Logger:            a.cfg.Logger,
 	})
 	if err != nil {

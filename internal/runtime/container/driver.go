@@ -177,6 +177,12 @@ type Config struct {
 	// value is the secure default: every capsule in its own user
 	// namespace over an unprivileged host id range (userns.go).
 	DisableUserNS bool
+	// ColdSpares is how many spares (spares.go: a user namespace id range,
+	// a held network namespace with its nftables chain, a mounted blank
+	// disk of DefaultDiskSizeMB) the driver keeps ready for cold creates,
+	// refilled in the background once Recover has run. 0 (the zero value)
+	// is off; the agent and `wrenn up` use DefaultColdSpares.
+	ColdSpares int
 }
 
 // Operations whose work the driver runs as a runtime.Steps list (Op).
@@ -221,7 +227,8 @@ type Driver struct {
 	mu   sync.Mutex
 	caps map[string]*capsule // by public ID
 
-	pools poolSet
+	pools  poolSet
+	spares spareSet // spares.go
 
 	idsUsed map[uint32]bool // user namespace id ranges in use (guarded by mu)
 	lxcfs   *lxcfs          // nil: off
@@ -497,7 +504,20 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (runtime.Info, e
 		return runtime.Info{}, err
 	}
 	c.rec = newRecord(spec, false)
-	if err := d.runSteps(ctx, d.createSteps(OpCreate, &c.rec, tmpl, nil)); err != nil {
+	var s *runtime.Steps
+	if sp := d.takeSpare(spec); sp != nil {
+		// A spare's pieces (spares.go): only the template's part is left.
+		c.rec.Key, c.rec.IDBase, c.rec.Net = sp.Key, sp.IDBase, sp.Net
+		s = d.createSteps(OpCreate, &c.rec, tmpl, nil)
+		if err := d.useSpare(s, &c.rec, tmpl); err != nil {
+			d.unreserve(spec.ID, c)
+			d.releaseSpare(sp)
+			return runtime.Info{}, err
+		}
+	} else {
+		s = d.createSteps(OpCreate, &c.rec, tmpl, nil)
+	}
+	if err := d.runSteps(ctx, s); err != nil {
 		d.unreserve(spec.ID, c)
 		return runtime.Info{}, err
 	}
@@ -1149,6 +1169,7 @@ func (d *Driver) WaitReady(ctx context.Context, info runtime.Info) error {
 // Close stops the warm pools and destroys their capsules. Other capsules
 // keep running for a later Recover.
 func (d *Driver) Close() error {
+	d.closeSpares()
 	d.pools.close(d)
 	d.closed.Store(true)
 	d.stopLXCFSIfIdle()

@@ -72,7 +72,9 @@ func (d *Driver) Recover(ctx context.Context) ([]runtime.Info, error) {
 		adopted = append(adopted, d.info(&c.rec))
 		d.log.Info("recover: adopted capsule", "id", rec.ID, "key", key, "state", rec.State)
 	}
-	return adopted, d.sweep(ctx, func(k string) bool { return kept[k] })
+	err = d.sweep(ctx, func(k string) bool { return kept[k] })
+	d.startSpares() // after the sweep, which would take a spare's pieces
+	return adopted, err
 }
 
 // adoptable reads a capsule's record and checks its resources.

@@ -41,7 +41,9 @@ func (h helperConfig) config() container.Config {
 		StateDir: h.StateDir, Templates: template.Store{Dir: h.Templates}, EnvdPath: h.Envd,
 		DefaultMemoryMB: 128, DefaultDiskSizeMB: 64, PidsLimit: 128, CgroupParent: h.CgroupParent,
 		Network: network.Config{Subnet: h.Subnet, Table: h.Table, NetnsPrefix: h.NetnsPrefix},
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// Spares on: the kill leaves them for the next Recover to clean.
+		ColdSpares: container.DefaultColdSpares,
+		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 }
 
