@@ -71,7 +71,8 @@ type Options struct {
 	// (defaults 2 s and 2 s: a fleet for tests notices failures fast).
 	HeartbeatInterval, ReconcileInterval time.Duration
 	// WarmPool is the agents' --warm-pool (default "off": a fleet for
-	// tests keeps no warm capsules unless a test is about them).
+	// tests keeps no warm capsules unless a test is about them); cold
+	// spares are off too (AgentArgs may turn them on).
 	WarmPool string
 	// AgentArgs are extra `wrenn agent` flags (e.g. --no-criu).
 	AgentArgs []string
@@ -350,7 +351,8 @@ func (f *Fleet) prepareAgent(ctx context.Context, a *Agent, apiPort int) error {
 	if pool == "" {
 		pool = "off"
 	}
-	a.args = append(a.args, "--warm-pool", pool)
+	// Nor cold spares (flags later in AgentArgs win).
+	a.args = append(a.args, "--warm-pool", pool, "--cold-spares", "0")
 	a.args = append(a.args, f.o.AgentArgs...)
 	return nil
 }

@@ -113,7 +113,7 @@ func startUp(t testing.TB, subnet string) wrennUp {
 	// --log-level info: the log mailer's verification and reset links are
 	// read from the log by the browser test (WRENN_UP_LOG).
 	cmd := exec.Command(filepath.Join(bin, "wrenn"), "up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr,
-		"--no-base", "--instance", instance, "--subnet", subnet, "--on-exit", "destroy", "--log-level", "info", "--warm-pool", "off",
+		"--no-base", "--instance", instance, "--subnet", subnet, "--on-exit", "destroy", "--log-level", "info", "--warm-pool", "off", "--cold-spares", "0",
 		"--github-client-id", ghClientID, "--github-client-secret-file", secret,
 		"--github-authorize-url", gh.URL+"/authorize", "--github-token-url", gh.URL+"/token", "--github-api-url", gh.URL+"/api")
 	upLog, err := os.Create(filepath.Join(t.TempDir(), "up.log"))

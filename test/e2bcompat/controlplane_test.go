@@ -62,7 +62,7 @@ func wrennUp(ctx context.Context, tb testing.TB, base bool, subnet string) (url,
 	home = tb.TempDir()
 	addr, proxyAddr := freeAddr(tb), freeAddr(tb)
 	instance := fmt.Sprintf("we2b%d", os.Getpid()%10000)
-	args := []string{"up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--instance", instance, "--subnet", subnet, "--on-exit", "destroy", "--warm-pool", "off"}
+	args := []string{"up", "--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--instance", instance, "--subnet", subnet, "--on-exit", "destroy", "--warm-pool", "off", "--cold-spares", "0"}
 	if !base {
 		args = append(args, "--no-base")
 	}

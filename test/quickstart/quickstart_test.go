@@ -220,7 +220,7 @@ func TestQuickStart(t *testing.T) {
 	home := t.TempDir()
 	addr, proxyAddr := freeAddr(t), freeAddr(t)
 	instance := fmt.Sprintf("wqs%d", os.Getpid()%100000)
-	upArgs := []string{"--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--no-base", "--instance", instance, "--subnet", "10.253.0.0/16", "--warm-pool", "off"}
+	upArgs := []string{"--home", home, "--listen", addr, "--proxy-listen", proxyAddr, "--no-base", "--instance", instance, "--subnet", "10.253.0.0/16", "--warm-pool", "off", "--cold-spares", "0"}
 	t.Cleanup(func() {
 		// Whatever happened, destroy every capsule this home still has: a
 		// start with --on-exit destroy re-adopts them, and its stop
@@ -385,7 +385,7 @@ func TestQuickStartBaseTemplate(t *testing.T) {
 	args := []string{
 		"--home", home, "--listen", addr, "--proxy-listen", freeAddr(t), "--on-exit", "destroy",
 		"--instance", fmt.Sprintf("wqb%d", os.Getpid()%100000), "--subnet", "10.253.0.0/16", // tests of this package run one at a time
-		"--warm-pool", "off",
+		"--warm-pool", "off", "--cold-spares", "0",
 	}
 	srv, _ := startUp(t, wrenn, args...)
 	defer srv.stop(t)

@@ -132,7 +132,7 @@ func startUp() (*up, error) {
 	u := &up{
 		bin: filepath.Join(binDir, "wrenn"), url: "http://" + addr, home: home, exited: make(chan error, 1),
 		args: []string{
-			"--home", home, "--listen", addr, "--no-base", "--on-exit", "destroy", "--warm-pool", "off", "--webhook-allow-private",
+			"--home", home, "--listen", addr, "--no-base", "--on-exit", "destroy", "--warm-pool", "off", "--cold-spares", "0", "--webhook-allow-private",
 			"--instance", fmt.Sprintf("wsdk%d", os.Getpid()%100000), "--subnet", "10.165.0.0/16",
 		},
 	}
