@@ -307,6 +307,9 @@ func (m *Manager) setup(key string, allowInternet bool, policy *runtime.NetworkP
 			}
 		}
 	}()
+	if err := EnsureNetnsDir(); err != nil {
+		return a, err
+	}
 	if newNetns != nil {
 		if err := newNetns(a.Netns); err != nil {
 			return a, fmt.Errorf("network: create netns %s: %w", a.Netns, err)

@@ -32,6 +32,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
@@ -487,6 +489,9 @@ func HTTPClientIn(path string, timeout time.Duration) *http.Client {
 // NewNetns creates the named network namespace (bind-mounted in
 // /run/netns) without moving the calling thread into it.
 func NewNetns(name string) (netns.NsHandle, error) {
+	if err := network.EnsureNetnsDir(); err != nil {
+		return 0, err
+	}
 	goruntime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
