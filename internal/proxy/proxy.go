@@ -26,8 +26,9 @@
 //   - A capsule that is not public needs its access token (header
 //     X-Wrenn-Access-Token or query wrenn_access_token); client
 //     X-Forwarded-* headers are replaced.
-//   - Reverse proxies are cached per capsule+port+host and evicted when a
-//     capsule is destroyed.
+//   - Reverse proxies are cached per capsule+port+host+agent URL (a moved
+//     capsule gets a new one) and evicted when a capsule is destroyed or
+//     moved by this replica.
 package proxy
 
 import (
@@ -109,6 +110,11 @@ type key struct {
 	capsule string
 	port    int
 	host    string
+	// agent is the agent URL the proxy targets: a capsule that moved to
+	// another host (possibly by another replica, which evicts only its own
+	// cache) gets a new proxy, never the old host's with the new host's
+	// secret.
+	agent string
 }
 
 // New returns a proxy.
@@ -318,7 +324,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, capsule string, po
 		writeError(w, http.StatusConflict, "conflict", "the capsule is not running")
 		return
 	}
-	k := key{capsule: capsule, port: port, host: r.Host}
+	k := key{capsule: capsule, port: port, host: r.Host, agent: t.AgentURL}
 	v, ok := p.cache.Load(k)
 	if !ok {
 		rp, err := p.newReverseProxy(t.AgentURL)

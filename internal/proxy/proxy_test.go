@@ -282,6 +282,38 @@ func TestEvict(t *testing.T) {
 	}
 }
 
+// TestMovedCapsuleNotEvicted: a capsule that moved to another host, on a
+// replica that did not run the move (so nothing evicted its cached proxy),
+// is proxied to its new host with that host's secret — not to the old
+// host with the new secret (which answered 401).
+func TestMovedCapsuleNotEvicted(t *testing.T) {
+	c := newChain(t)
+	c.target.Public = true
+	path := "/proxy/" + capsuleID + "/" + strconv.Itoa(c.port) + "/"
+	if code, _, _ := c.get(t, path, ""); code != http.StatusOK {
+		t.Fatalf("before the move: %d", code)
+	}
+	// The new host: its own agent, its own secret; the old one refuses it.
+	const newSecret = "other-host-secret"
+	pp := portproxy.New(portproxy.Config{Resolve: func(context.Context, string) (netip.Addr, error) {
+		return netip.MustParseAddr("127.0.0.1"), nil
+	}})
+	t.Cleanup(pp.Close)
+	moved := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Wrenn-Host-Secret") != newSecret {
+			http.Error(w, "bad host secret", http.StatusUnauthorized)
+			return
+		}
+		r.Header.Del("X-Wrenn-Host-Secret")
+		pp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(moved.Close)
+	c.target.AgentURL, c.target.HostSecret = moved.URL, newSecret
+	if code, body, _ := c.get(t, path, ""); code != http.StatusOK {
+		t.Fatalf("after the move: %d %q", code, body)
+	}
+}
+
 func TestRewriteLocation(t *testing.T) {
 	tests := []struct{ loc, prefix, want string }{
 		{"/a/", "/proxy/cl-x/80", "/proxy/cl-x/80/a/"},
