@@ -69,8 +69,12 @@ type ChaosOptions struct {
 	// Moves: during every fault a mover drains a random host and
 	// undrains it again, so capsules move between hosts all the time.
 	Moves bool
-	// KillsDuringMoves lets the mover run while an agent is killed
-	// (FaultKillAgent); FaultKillAgentMove kills one mid-drain either way.
+	// KillsDuringMoves lets the mover run while a process a move depends
+	// on is killed (agent, replica, PostgreSQL); FaultKillAgentMove kills
+	// an agent mid-drain either way. Without it a kill cannot land between
+	// a move's adopt and its store update, which leaves the capsule
+	// hibernated (intact) on its old host instead of running on the new
+	// one (docs/FLEET.md, "Left").
 	KillsDuringMoves bool
 	Log              func(format string, a ...any)
 }
@@ -165,7 +169,8 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 				}
 			})
 		}
-		if o.Moves && fault != FaultKillAgentMove && (o.KillsDuringMoves || fault != FaultKillAgent) {
+		killsMover := fault == FaultKillAgent || fault == FaultKillReplica || fault == FaultKillPostgres
+		if o.Moves && fault != FaultKillAgentMove && (o.KillsDuringMoves || !killsMover) {
 			wg.Go(func() { c.mover(ctx) })
 		}
 		time.Sleep(f.o.HeartbeatInterval)
