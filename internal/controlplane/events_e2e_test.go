@@ -159,7 +159,18 @@ func TestWebhooksEndToEnd(t *testing.T) {
 	if len(evs) != len(want) {
 		t.Fatalf("log has %d events for the capsule: %v", len(evs), evs)
 	}
-	ds := c.call("GET", "/v1/webhooks/"+hook["id"].(string)+"/deliveries", userTok, nil, 200).obj(t)["deliveries"].([]any)
+	// A delivery is recorded as delivered after the receiver's answer:
+	// the last one may still be on its way when the receiver has it.
+	var ds []any
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		ds = c.call("GET", "/v1/webhooks/"+hook["id"].(string)+"/deliveries", userTok, nil, 200).obj(t)["deliveries"].([]any)
+		for _, d := range ds {
+			if d.(map[string]any)["status"] != "delivered" {
+				return false
+			}
+		}
+		return true
+	}, "every delivery recorded as delivered")
 	retried := false
 	for _, d := range ds {
 		m := d.(map[string]any)
