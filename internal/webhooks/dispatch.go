@@ -217,9 +217,12 @@ func (d *Dispatcher) attempt(ctx context.Context, w store.Webhook, p store.Webho
 	disabled := !w.Enabled && p.EventID > 0 // test pings go out regardless
 	if !disabled {
 		status, err = d.post(ctx, w, p)
-		if ctx.Err() != nil {
-			return false // shutting down: the attempt is not counted, it reruns later
+		if err != nil && ctx.Err() != nil {
+			return false // cut short by a shutdown: not counted, it reruns later
 		}
+		// A post that got its answer is recorded even while shutting down
+		// (below, with a context that outlives ctx): otherwise the next
+		// replica would deliver it a second time.
 	}
 	o.ResponseStatus = status
 	switch {
