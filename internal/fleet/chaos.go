@@ -70,7 +70,8 @@ type ChaosOptions struct {
 	// undrains it again, so capsules move between hosts all the time.
 	Moves bool
 	// KillsDuringMoves lets the mover run while a process a move depends
-	// on is killed (agent, replica, PostgreSQL); FaultKillAgentMove kills
+	// on is killed (agent, replica, PostgreSQL) or a disk is full;
+	// FaultKillAgentMove kills
 	// an agent mid-drain either way. Without it a kill cannot land between
 	// a move's adopt and its store update, which leaves the capsule
 	// hibernated (intact) on its old host instead of running on the new
@@ -169,7 +170,10 @@ func RunChaos(ctx context.Context, f *Fleet, pg *Postgres, s3 *S3, o ChaosOption
 				}
 			})
 		}
-		killsMover := fault == FaultKillAgent || fault == FaultKillReplica || fault == FaultKillPostgres
+		// A full disk is left out too: a capsule moved onto the full host
+		// and paused there again cannot start until the space is back, and
+		// nothing starts it then (docs/FLEET.md, "Left").
+		killsMover := fault == FaultKillAgent || fault == FaultKillReplica || fault == FaultKillPostgres || fault == FaultDiskFull
 		if o.Moves && fault != FaultKillAgentMove && (o.KillsDuringMoves || !killsMover) {
 			wg.Go(func() { c.mover(ctx) })
 		}
