@@ -39,6 +39,26 @@ type chain struct {
 	target   *proxy.Target
 }
 
+// newAgent is an agent's real port proxy (to loopback) behind a
+// host-secret check like the agent's.
+func newAgent(t *testing.T, hostSecret string) *httptest.Server {
+	t.Helper()
+	pp := portproxy.New(portproxy.Config{Resolve: func(context.Context, string) (netip.Addr, error) {
+		return netip.MustParseAddr("127.0.0.1"), nil
+	}})
+	t.Cleanup(pp.Close)
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Wrenn-Host-Secret") != hostSecret {
+			http.Error(w, "bad host secret", http.StatusUnauthorized)
+			return
+		}
+		r.Header.Del("X-Wrenn-Host-Secret")
+		pp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(agent.Close)
+	return agent
+}
+
 func newChain(t *testing.T) *chain {
 	t.Helper()
 	// A bare handler (no ServeMux) so paths arrive uncleaned.
@@ -88,19 +108,7 @@ func newChain(t *testing.T) *chain {
 	_, portStr, _ := net.SplitHostPort(up.Listener.Addr().String())
 	port, _ := strconv.Atoi(portStr)
 
-	pp := portproxy.New(portproxy.Config{Resolve: func(context.Context, string) (netip.Addr, error) {
-		return netip.MustParseAddr("127.0.0.1"), nil
-	}})
-	t.Cleanup(pp.Close)
-	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Wrenn-Host-Secret") != secret {
-			http.Error(w, "bad host secret", http.StatusUnauthorized)
-			return
-		}
-		r.Header.Del("X-Wrenn-Host-Secret")
-		pp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(agent.Close)
+	agent := newAgent(t, secret)
 
 	c := &chain{port: port, upstream: up.Listener.Addr().String()}
 	c.target = &proxy.Target{AgentURL: agent.URL, HostSecret: secret, AccessTokenHash: auth.HashToken(token), Running: true}
@@ -295,19 +303,7 @@ func TestMovedCapsuleNotEvicted(t *testing.T) {
 	}
 	// The new host: its own agent, its own secret; the old one refuses it.
 	const newSecret = "other-host-secret"
-	pp := portproxy.New(portproxy.Config{Resolve: func(context.Context, string) (netip.Addr, error) {
-		return netip.MustParseAddr("127.0.0.1"), nil
-	}})
-	t.Cleanup(pp.Close)
-	moved := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Wrenn-Host-Secret") != newSecret {
-			http.Error(w, "bad host secret", http.StatusUnauthorized)
-			return
-		}
-		r.Header.Del("X-Wrenn-Host-Secret")
-		pp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(moved.Close)
+	moved := newAgent(t, newSecret)
 	c.target.AgentURL, c.target.HostSecret = moved.URL, newSecret
 	if code, body, _ := c.get(t, path, ""); code != http.StatusOK {
 		t.Fatalf("after the move: %d %q", code, body)
