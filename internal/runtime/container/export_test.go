@@ -42,16 +42,5 @@ func SetSnapshotCrashHook(f func(point, snapID string)) (undo func()) {
 // AbandonSpares stops the spare filler and forgets the spares without
 // releasing them, as a crash of the agent leaves them.
 func AbandonSpares(d *Driver) {
-	sp := &d.spares
-	sp.mu.Lock()
-	if !sp.started {
-		sp.mu.Unlock()
-		return
-	}
-	sp.cancel()
-	sp.mu.Unlock()
-	sp.wg.Wait()
-	sp.mu.Lock()
-	sp.ready = nil
-	sp.mu.Unlock()
+	_ = d.stopSpares()
 }

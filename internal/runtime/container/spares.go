@@ -231,20 +231,26 @@ func (d *Driver) releaseSpare(rec *record) {
 
 // closeSpares stops the filler and releases the spares.
 func (d *Driver) closeSpares() {
+	for _, rec := range d.stopSpares() {
+		d.releaseSpare(rec)
+	}
+}
+
+// stopSpares stops the filler (if it runs) and hands over the spares it
+// made, which the driver then no longer holds.
+func (d *Driver) stopSpares() []*record {
 	sp := &d.spares
 	sp.mu.Lock()
 	if !sp.started {
 		sp.mu.Unlock()
-		return
+		return nil
 	}
 	sp.cancel()
 	sp.mu.Unlock()
 	sp.wg.Wait()
 	sp.mu.Lock()
+	defer sp.mu.Unlock()
 	all := sp.ready
 	sp.ready = nil
-	sp.mu.Unlock()
-	for _, rec := range all {
-		d.releaseSpare(rec)
-	}
+	return all
 }
