@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/wrenn-dev/wrenn/internal/network"
 	"github.com/wrenn-dev/wrenn/internal/testutil"
 )
 
@@ -31,6 +32,11 @@ func New(t *testing.T, tag string) *Net {
 	t.Helper()
 	suffix := fmt.Sprintf("%s%d", tag, os.Getpid()%100000)
 	name := "wtinet" + suffix
+	// Before the pin, as the network manager does: a /run/netns made a
+	// mount point later would hide it (network.EnsureNetnsDir).
+	if err := network.EnsureNetnsDir(); err != nil {
+		t.Fatal(err)
+	}
 	goruntime.LockOSThread()
 	defer goruntime.UnlockOSThread()
 	orig, err := netns.Get()
